@@ -1,0 +1,1 @@
+"""One module per `slidenet` subcommand; see `slidenet.cli`."""

@@ -1,0 +1,28 @@
+"""`slidenet summary PATTERN`: every layer's shape, parameters and cost, before any weights exist."""
+import json
+
+from slidenet.pattern import parse, parse_sets
+from slidenet.shapes import infer
+from slidenet.summary import summary_json, summary_text
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "summary", help="shapes, parameters and costs of a pattern, layer by layer",
+        description="Work out every layer of a pattern from INPUT onwards: output volume, "
+                    "parameters, (N + 2P - F) / S + 1, receptive field, multiply-adds, memory.")
+    parser.add_argument("pattern", metavar="PATTERN",
+                        help="e.g. 'INPUT(32x32x3) -> [CONV(32) -> RELU]*N -> POOL -> FC(10)'")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="N=2",
+                        help="bind an UPPER-CASE repeat count in the pattern (repeatable)")
+    parser.add_argument("--skip-optional", action="store_true",
+                        help="drop the layers and groups marked '?'")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    specs = parse(args.pattern, parse_sets(args.sets), skip_optional=args.skip_optional)
+    infos = infer(specs, args.pattern)
+    print(json.dumps(summary_json(infos), indent=2) if args.json else summary_text(infos))
+    return 0

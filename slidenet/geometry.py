@@ -1,0 +1,93 @@
+"""The one output-size formula of the lecture, and the words that explain it.
+
+A filter of size F slid with stride S over an input of size N zero-padded by P on each side
+fits ``(N + 2P - F) / S + 1`` times (pooling is the same with P = 0: ``(W - F) / S + 1``).
+Kernels, shape inference, the summary and the error messages all use these functions, so the
+number a user reads in an error is the number the kernel would have computed.
+"""
+from fractions import Fraction
+
+from slidenet.errors import GeometryError
+
+
+def formula(n, f, s, p=0):
+    """The formula with the numbers filled in, without its result.
+
+    >>> formula(7, 3, 3)
+    '(7 - 3) / 3 + 1'
+    >>> formula(32, 5, 1, 2)
+    '(32 + 2*2 - 5) / 1 + 1'
+    """
+    inner = f"{n} - {f}" if p == 0 else f"{n} + 2*{p} - {f}"
+    return f"({inner}) / {s} + 1"
+
+
+def exact_size(n, f, s, p=0):
+    """``(n + 2p - f) / s + 1`` as an exact Fraction (may be fractional or <= 0)."""
+    return Fraction(n + 2 * p - f, s) + 1
+
+
+def describe(n, f, s, p=0):
+    """``'(7 - 3) / 3 + 1 = 2.33'``: the formula and its value, two decimals when fractional."""
+    value = exact_size(n, f, s, p)
+    shown = str(value.numerator) if value.denominator == 1 else f"{float(value):.2f}"
+    return f"{formula(n, f, s, p)} = {shown}"
+
+
+def fitting_strides(n, f, p=0, limit=4):
+    """Strides (up to `limit`, at most f) with which an f-filter tiles n + 2p exactly."""
+    span = n + 2 * p - f
+    if span < 0:
+        return []
+    return [s for s in range(1, max(1, min(f, limit)) + 1) if span % s == 0]
+
+
+def fitting_pads(n, f, s, limit=None):
+    """Smallest paddings (0..f-1) with which stride s tiles the padded input exactly."""
+    limit = f - 1 if limit is None else limit
+    return [p for p in range(0, limit + 1) if n + 2 * p - f >= 0 and (n + 2 * p - f) % s == 0]
+
+
+def output_size(n, f, s, p=0, what="input"):
+    """The whole number of filter positions along one axis, or a GeometryError that teaches.
+
+    n: input size along the axis; f: filter (window) size; s: stride; p: zero padding per side.
+    `what` names the axis in messages ("height", "width").
+    Returns ``(n + 2p - f) / s + 1`` when it is a positive whole number.
+    """
+    if f > n + 2 * p:
+        pad_hint = f"; padding p={(f - n + 1) // 2} or a filter of at most {n + 2 * p}" \
+            if p == 0 else f"; a filter of at most {n + 2 * p}"
+        raise GeometryError(
+            f"the {f}-wide window is larger than the {what} ({n}"
+            + (f" + 2*{p} padding = {n + 2 * p}" if p else "")
+            + f"): {describe(n, f, s, p)} leaves no room to slide{pad_hint}")
+    value = exact_size(n, f, s, p)
+    if value.denominator != 1:
+        raise GeometryError(
+            f"stride {s} does not tile the {what}: {describe(n, f, s, p)} is not a whole number; "
+            + suggest(n, f, s, p))
+    return int(value)
+
+
+def suggest(n, f, s, p=0):
+    """A fix in words for a geometry that does not tile: other strides, or a padding."""
+    hints = []
+    strides = fitting_strides(n, f, p)
+    if strides:
+        listed = " or ".join(str(x) for x in strides)
+        hints.append(f"stride {listed} tiles this input")
+    pads = [q for q in fitting_pads(n, f, s) if q != p]
+    if pads:
+        q = pads[0]
+        hints.append(f"p={q} makes it {describe(n, f, s, q)}")
+    return "; ".join(hints) if hints else "change the filter size, stride or padding"
+
+
+def same_padding(f):
+    """Padding that keeps the size at stride 1: (F - 1) / 2, defined for odd F only."""
+    if f % 2 == 0:
+        raise GeometryError(
+            f"p=same needs an odd filter size: (F - 1) / 2 = ({f} - 1) / 2 = {(f - 1) / 2} "
+            f"is not a whole number; use an odd filter such as {f + 1} or an explicit p=")
+    return (f - 1) // 2

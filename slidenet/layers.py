@@ -1,0 +1,157 @@
+"""Layers: thin holders of parameters that call the kernels in `slidenet.ops`.
+
+Each layer is built from a `LayerInfo` (its spec and its input/output shapes, already checked by
+`slidenet.shapes.infer`), owns its parameters and gradients as plain NumPy arrays under stable
+local names ("W", "b", "gamma", "beta"), and remembers what backward needs from the last forward.
+"""
+import numpy as np
+
+from slidenet import ops
+
+
+class Layer:
+    """A layer with no parameters. `forward(x, train) -> out`, `backward(dout) -> dx`."""
+
+    def __init__(self, info):
+        self.info = info
+        self.name = info.name
+        self.params = {}
+        self.grads = {}
+        self.buffers = {}       # state that is saved but not trained (batchnorm running stats)
+        self.cache = None
+
+    def _param(self, key, value):
+        self.params[key] = value
+        self.grads[key] = np.zeros_like(value)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.info.spec.text})"
+
+
+class Conv(Layer):
+    """K filters of F_h x F_w x D, He-initialised: W (F_h, F_w, D, K), b (K,)."""
+
+    def __init__(self, info, rng, dtype):
+        super().__init__(info)
+        s = info.spec
+        fh, fw = s.size
+        d = info.input_shape[2]
+        fan_in = fh * fw * d
+        self._param("W", (rng.standard_normal((fh, fw, d, s.filters)) * np.sqrt(2 / fan_in)).astype(dtype))
+        self._param("b", np.zeros(s.filters, dtype=dtype))
+
+    def forward(self, x, train):
+        out, self.cache = ops.conv_forward(x, self.params["W"], self.params["b"],
+                                           self.info.spec.stride, self.info.spec.pad)
+        return out
+
+    def backward(self, dout):
+        dx, self.grads["W"][...], self.grads["b"][...] = ops.conv_backward(dout, self.cache)
+        return dx
+
+
+class Pool(Layer):
+    """MAXPOOL or AVGPOOL over F_h x F_w windows with stride (S_h, S_w); no parameters."""
+
+    def forward(self, x, train):
+        mode = "max" if self.info.spec.kind == "MAXPOOL" else "avg"
+        out, self.cache = ops.pool_forward(x, self.info.spec.size, self.info.spec.stride, mode)
+        return out
+
+    def backward(self, dout):
+        return ops.pool_backward(dout, self.cache)
+
+
+class FC(Layer):
+    """Fully connected: W (I, O) with I the flattened input volume, b (O,); He-initialised."""
+
+    def __init__(self, info, rng, dtype):
+        super().__init__(info)
+        inputs = int(np.prod(info.input_shape))
+        outputs = info.spec.filters
+        self._param("W", (rng.standard_normal((inputs, outputs)) * np.sqrt(2 / inputs)).astype(dtype))
+        self._param("b", np.zeros(outputs, dtype=dtype))
+
+    def forward(self, x, train):
+        out, self.cache = ops.fc_forward(x, self.params["W"], self.params["b"])
+        return out
+
+    def backward(self, dout):
+        dx, self.grads["W"][...], self.grads["b"][...] = ops.fc_backward(dout, self.cache)
+        return dx
+
+
+class Activation(Layer):
+    """RELU, LEAKYRELU(a), TANH or SIGMOID: one forward/backward pair from `ops`."""
+
+    KERNELS = {
+        "RELU": (ops.relu_forward, ops.relu_backward),
+        "TANH": (ops.tanh_forward, ops.tanh_backward),
+        "SIGMOID": (ops.sigmoid_forward, ops.sigmoid_backward),
+    }
+
+    def forward(self, x, train):
+        spec = self.info.spec
+        if spec.kind == "LEAKYRELU":
+            out, self.cache = ops.leaky_relu_forward(x, spec.alpha)
+        else:
+            out, self.cache = self.KERNELS[spec.kind][0](x)
+        return out
+
+    def backward(self, dout):
+        if self.info.spec.kind == "LEAKYRELU":
+            return ops.leaky_relu_backward(dout, self.cache)
+        return self.KERNELS[self.info.spec.kind][1](dout, self.cache)
+
+
+class Dropout(Layer):
+    """Inverted dropout with rate p; draws its masks from the net's dropout generator."""
+
+    def __init__(self, info, rng):
+        super().__init__(info)
+        self.rng = rng
+
+    def forward(self, x, train):
+        out, self.cache = ops.dropout_forward(x, self.info.spec.rate, self.rng, train)
+        return out
+
+    def backward(self, dout):
+        return ops.dropout_backward(dout, self.cache)
+
+
+class BatchNorm(Layer):
+    """Per-depth-channel batch normalisation: gamma, beta (D,) and running mean/var buffers."""
+
+    def __init__(self, info, dtype):
+        super().__init__(info)
+        d = info.input_shape[-1]
+        self._param("gamma", np.ones(d, dtype=dtype))
+        self._param("beta", np.zeros(d, dtype=dtype))
+        self.buffers = {"running_mean": np.zeros(d, dtype=dtype),
+                        "running_var": np.ones(d, dtype=dtype)}
+
+    def forward(self, x, train):
+        out, self.cache = ops.batchnorm_forward(
+            x, self.params["gamma"], self.params["beta"],
+            self.buffers["running_mean"], self.buffers["running_var"], train)
+        return out
+
+    def backward(self, dout):
+        dx, self.grads["gamma"][...], self.grads["beta"][...] = ops.batchnorm_backward(dout, self.cache)
+        return dx
+
+
+def build(info, init_rng, dropout_rng, dtype):
+    """The layer for one LayerInfo (never called for INPUT)."""
+    kind = info.spec.kind
+    if kind == "CONV":
+        return Conv(info, init_rng, dtype)
+    if kind == "FC":
+        return FC(info, init_rng, dtype)
+    if kind in ("MAXPOOL", "AVGPOOL"):
+        return Pool(info)
+    if kind == "DROPOUT":
+        return Dropout(info, dropout_rng)
+    if kind == "BATCHNORM":
+        return BatchNorm(info, dtype)
+    return Activation(info)

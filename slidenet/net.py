@@ -1,0 +1,108 @@
+"""A network: the layers of a pattern, run forward to scores and backward to gradients.
+
+    net = Net.from_pattern("INPUT(32x32x3) -> [CONV(32) -> RELU]*2 -> POOL -> FC(10)")
+    scores = net.forward(x)            # x: (batch, 32, 32, 3) -> scores: (batch, 10)
+    loss, dscores = softmax_loss(scores, y)
+    net.backward(dscores)              # fills net.grads; returns d loss / d x
+
+Every shape is inferred when the net is built, so a geometry that does not fit fails here,
+before any data is loaded.
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from slidenet import layers as layer_classes
+from slidenet.errors import DataError, SlidenetError
+from slidenet.pattern import parse
+from slidenet.shapes import infer
+from slidenet.summary import summary_text
+
+DTYPES = ("float32", "float64")
+
+
+class Net:
+    """Layers built from a pattern.
+
+    params / grads / buffers: ordered dicts of "layer.key" -> live NumPy array, in layer order
+    (for each CONV/FC its weight "W" then its bias "b"). Updating `params` in place changes the
+    net; `backward` overwrites `grads` in place, so the dicts can be held on to.
+    """
+
+    def __init__(self, pattern, variables, skip_optional, seed, dtype):
+        if dtype not in DTYPES:
+            raise SlidenetError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        self.pattern = pattern
+        self.variables = dict(variables)
+        self.skip_optional = skip_optional
+        self.seed = seed
+        self.dtype = np.dtype(dtype)
+        self.infos = infer(parse(pattern, self.variables, skip_optional), pattern)
+        init_rng = np.random.default_rng(seed)
+        # Dropout draws from its own stream, so adding dropout never changes the initial weights.
+        self.dropout_rng = np.random.default_rng([seed, 1])
+        self.layers = [layer_classes.build(info, init_rng, self.dropout_rng, self.dtype)
+                       for info in self.infos[1:]]
+        self.params, self.grads, self.buffers = OrderedDict(), OrderedDict(), OrderedDict()
+        for layer in self.layers:
+            for key, value in layer.params.items():
+                self.params[f"{layer.name}.{key}"] = value
+                self.grads[f"{layer.name}.{key}"] = layer.grads[key]
+            for key, value in layer.buffers.items():
+                self.buffers[f"{layer.name}.{key}"] = value
+
+    @classmethod
+    def from_pattern(cls, pattern, seed=0, dtype="float32", skip_optional=False, **variables):
+        """Parse `pattern`, infer every shape, and initialise the weights from `seed`."""
+        return cls(pattern, variables, skip_optional, seed, dtype)
+
+    @property
+    def input_shape(self):
+        """(height, width, depth) of INPUT."""
+        return self.infos[0].output_shape
+
+    @property
+    def num_outputs(self):
+        """Size of the last layer's output (the number of class scores)."""
+        return int(np.prod(self.infos[-1].output_shape))
+
+    def _check_input(self, x):
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
+            got = "x".join(str(v) for v in x.shape[1:]) if x.ndim == 4 else f"an array of shape {x.shape}"
+            want = "x".join(str(v) for v in self.input_shape)
+            raise DataError(f"the input is {got} but the net's INPUT is {want} "
+                            f"(arrays are (batch, height, width, depth))")
+        return x.astype(self.dtype, copy=False)
+
+    def forward(self, x, train=False):
+        """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs)."""
+        out = self._check_input(x)
+        for layer in self.layers:
+            out = layer.forward(out, train)
+        return out
+
+    def activations(self, x):
+        """Evaluation-mode forward that keeps every layer's output: [(name, array), ...]."""
+        out = self._check_input(x)
+        kept = [("input", out)]
+        for layer in self.layers:
+            out = layer.forward(out, False)
+            kept.append((layer.name, out))
+        return kept
+
+    def backward(self, dscores):
+        """dscores: (batch, num_outputs), the loss gradient for the last forward.
+
+        Fills `grads` in place and returns the gradient with respect to the input (batch, H, W, D).
+        """
+        grad = dscores.astype(self.dtype, copy=False)
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        return grad
+
+    def summary(self):
+        """The summary table as text: shapes, parameters and formulas for every layer."""
+        return summary_text(self.infos)
+
+    def __repr__(self):
+        return f"Net({self.pattern!r})"

@@ -1,0 +1,21 @@
+"""Pure NumPy kernels: each is a forward(...) -> (out, cache) and backward(dout, cache) pair.
+
+`slidenet.ops.naive` holds the lecture's loop versions, used as the oracle in tests.
+"""
+from slidenet.ops.activations import (
+    leaky_relu_backward, leaky_relu_forward, relu_backward, relu_forward, sigmoid_backward,
+    sigmoid_forward, tanh_backward, tanh_forward)
+from slidenet.ops.batchnorm import batchnorm_backward, batchnorm_forward
+from slidenet.ops.conv import conv_backward, conv_forward
+from slidenet.ops.dropout import dropout_backward, dropout_forward
+from slidenet.ops.fc import fc_backward, fc_forward
+from slidenet.ops.losses import softmax_loss, svm_loss
+from slidenet.ops.pool import pool_backward, pool_forward
+
+__all__ = [
+    "batchnorm_backward", "batchnorm_forward", "conv_backward", "conv_forward",
+    "dropout_backward", "dropout_forward", "fc_backward", "fc_forward", "leaky_relu_backward",
+    "leaky_relu_forward", "pool_backward", "pool_forward", "relu_backward", "relu_forward",
+    "sigmoid_backward", "sigmoid_forward", "softmax_loss", "svm_loss", "tanh_backward",
+    "tanh_forward",
+]

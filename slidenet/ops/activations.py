@@ -1,0 +1,50 @@
+"""Element-wise nonlinearities, each next to its local derivative.
+
+Every forward returns (out, cache); every backward takes (dout, cache) and returns dx, the
+upstream gradient times the local derivative. Shapes are whatever the input's shape is.
+"""
+import numpy as np
+
+
+def relu_forward(x):
+    """max(0, x). The cache is the output: its positive entries are where gradient flows."""
+    out = np.maximum(x, 0)
+    return out, out
+
+
+def relu_backward(dout, out):
+    """d max(0, x)/dx = 1 where x > 0, else 0."""
+    return np.where(out > 0, dout, 0).astype(dout.dtype, copy=False)
+
+
+def leaky_relu_forward(x, alpha=0.01):
+    """x where x > 0, alpha * x elsewhere."""
+    return np.where(x > 0, x, alpha * x).astype(x.dtype, copy=False), (x, alpha)
+
+
+def leaky_relu_backward(dout, cache):
+    """Local derivative 1 where x > 0, alpha elsewhere."""
+    x, alpha = cache
+    return np.where(x > 0, dout, alpha * dout).astype(dout.dtype, copy=False)
+
+
+def tanh_forward(x):
+    """tanh(x); the cache is the output, since d tanh/dx = 1 - tanh^2."""
+    out = np.tanh(x)
+    return out, out
+
+
+def tanh_backward(dout, out):
+    return dout * (1 - out * out)
+
+
+def sigmoid_forward(x):
+    """1 / (1 + e^-x), computed without overflow for large |x|."""
+    e = np.exp(-np.abs(x))
+    out = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+    return out, out
+
+
+def sigmoid_backward(dout, out):
+    """d sigma/dx = sigma (1 - sigma)."""
+    return dout * out * (1 - out)

@@ -1,0 +1,19 @@
+"""Inverted dropout: drop each unit with probability `rate` while training, scale the rest.
+
+Scaling the kept units by 1 / (1 - rate) at training time keeps the expected activation the
+same, so nothing changes at test time (the layer is the identity there).
+"""
+import numpy as np
+
+
+def dropout_forward(x, rate, rng, train):
+    """x: any shape. rng: numpy.random.Generator. Returns out (shape of x) and the mask (or None)."""
+    if not train or rate == 0:
+        return x, None
+    mask = (rng.random(x.shape, dtype=np.float64) >= rate).astype(x.dtype) / x.dtype.type(1 - rate)
+    return x * mask, mask
+
+
+def dropout_backward(dout, mask):
+    """The same mask scales the gradient; identity when nothing was dropped."""
+    return dout if mask is None else dout * mask

@@ -1,0 +1,33 @@
+"""Losses on class scores: softmax cross-entropy and the multiclass SVM (hinge).
+
+scores: (N, C) for N examples and C classes; y: (N,) integer labels in [0, C).
+Each returns the mean loss over the batch and its gradient with respect to the scores.
+"""
+import numpy as np
+
+
+def softmax_loss(scores, y):
+    """L = mean_i -log(e^{s_{i,y_i}} / sum_j e^{s_ij}); dL/ds = (softmax - onehot) / N."""
+    n = scores.shape[0]
+    shifted = scores - scores.max(axis=1, keepdims=True)   # same softmax, no overflow
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows = np.arange(n)
+    loss = -log_probs[rows, y].mean()
+    dscores = np.exp(log_probs)
+    dscores[rows, y] -= 1
+    return float(loss), (dscores / n).astype(scores.dtype, copy=False)
+
+
+def svm_loss(scores, y, margin=1.0):
+    """L = mean_i sum_{j != y_i} max(0, s_ij - s_{i,y_i} + margin).
+
+    dL/ds_ij = 1/N for each violated margin; the correct class gets minus their count.
+    """
+    n = scores.shape[0]
+    rows = np.arange(n)
+    margins = np.maximum(0, scores - scores[rows, y][:, None] + margin)
+    margins[rows, y] = 0
+    loss = margins.sum() / n
+    dscores = (margins > 0).astype(scores.dtype)
+    dscores[rows, y] = -dscores.sum(axis=1)
+    return float(loss), dscores / scores.dtype.type(n)

@@ -1,0 +1,78 @@
+"""The one windowing primitive behind convolution and pooling.
+
+Both slide an `F_h x F_w` window with stride `(S_h, S_w)` over a (zero-padded) input and look
+at each window; they differ only in what they do with it (a dot product with each filter, the
+max, the mean). `windows` gives every window as a strided view, without copying; `im2col`
+copies them into the rows of a matrix so a convolution becomes one matrix multiply; `col2im_add`
+is the backward of both: it adds each window's gradient back onto the input positions it
+covered, as F_h x F_w strided slice additions (overlapping windows simply add up).
+"""
+import numpy as np
+
+from slidenet.geometry import output_size
+
+
+def out_hw(h, w, size, stride, pad=(0, 0)):
+    """(H', W') from the lecture's (N + 2P - F) / S + 1, per axis; GeometryError if it does not fit."""
+    return (output_size(h, size[0], stride[0], pad[0], "height"),
+            output_size(w, size[1], stride[1], pad[1], "width"))
+
+
+def pad_hw(x, pad):
+    """Zero-pad the height and width of x (N, H, W, D) by pad = (P_h, P_w) on each side.
+
+    Returns x itself when there is nothing to pad; otherwise a new (N, H+2P_h, W+2P_w, D) array.
+    """
+    ph, pw = pad
+    if ph == 0 and pw == 0:
+        return x
+    n, h, w, d = x.shape
+    xp = np.zeros((n, h + 2 * ph, w + 2 * pw, d), dtype=x.dtype)
+    xp[:, ph:ph + h, pw:pw + w, :] = x
+    return xp
+
+
+def unpad_hw(xp, pad):
+    """The interior of a padded (N, H+2P_h, W+2P_w, D) array (a view)."""
+    ph, pw = pad
+    return xp[:, ph:xp.shape[1] - ph, pw:xp.shape[2] - pw, :]
+
+
+def windows(xp, size, stride):
+    """Every window of xp as a read-only view.
+
+    xp: (N, H, W, D), already padded. Returns (N, H', W', F_h, F_w, D) where
+    ``view[n, i, j] == xp[n, i*S_h : i*S_h + F_h, j*S_w : j*S_w + F_w, :]``.
+    """
+    n, h, w, d = xp.shape
+    (fh, fw), (sh, sw) = size, stride
+    ho, wo = (h - fh) // sh + 1, (w - fw) // sw + 1
+    s_n, s_h, s_w, s_d = xp.strides
+    return np.lib.stride_tricks.as_strided(
+        xp, shape=(n, ho, wo, fh, fw, d),
+        strides=(s_n, s_h * sh, s_w * sw, s_h, s_w, s_d), writeable=False)
+
+
+def im2col(xp, size, stride):
+    """Windows copied into rows: (N * H' * W', F_h * F_w * D), one row per output position.
+
+    Row order is (n, i, j) and column order (f_h, f_w, d), which matches a weight of shape
+    (F_h, F_w, D, K) reshaped to (F_h * F_w * D, K).
+    """
+    view = windows(xp, size, stride)
+    n, ho, wo, fh, fw, d = view.shape
+    return view.reshape(n * ho * wo, fh * fw * d)
+
+
+def col2im_add(dwin, dxp, stride):
+    """Add window gradients back onto the input they came from, in place.
+
+    dwin: (N, H', W', F_h, F_w, D) gradient of every window; dxp: (N, H, W, D) padded-input
+    gradient, accumulated into. One strided slice addition per filter tap, never np.add.at.
+    """
+    _, ho, wo, fh, fw, _ = dwin.shape
+    sh, sw = stride
+    for i in range(fh):
+        for j in range(fw):
+            dxp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :] += dwin[:, :, :, i, j, :]
+    return dxp

@@ -12,7 +12,7 @@ import sys
 from slidenet.errors import SlidenetError
 
 # Order here is the order in `slidenet --help`.
-COMMANDS = ("summary", "gradcheck")
+COMMANDS = ("summary", "train", "eval", "predict", "gradcheck")
 
 
 def build_parser():
@@ -34,6 +34,10 @@ def main(argv=None):
     except SlidenetError as err:
         print(f"slidenet {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`slidenet eval ... | head`): stop quietly, as Unix tools do.
+        sys.stderr.close()
+        return 141
     except KeyboardInterrupt:
         print(f"slidenet {args.command}: interrupted", file=sys.stderr)
         return 130

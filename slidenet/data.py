@@ -482,10 +482,11 @@ def _load_npz(arg, spec):
     """
     path = _existing_file(_required_arg(arg, spec, "file"))
     with _reading(path):
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise DataError(f"{path} is a single .npy array, not an .npz archive with x and y")
-        with archive:
+        with open(path, "rb") as fh:
+            # np.load would try anything that is neither zip nor .npy as a pickle.
+            if fh.read(2) != b"PK":
+                raise DataError(f"{path} is not an .npz archive (np.savez writes one)")
+        with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     if "x" not in arrays or "y" not in arrays or ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{path} should hold arrays x and y, and optionally both x_test and "

@@ -206,7 +206,7 @@ def _item(reader, variables, depth):
 
 
 def _count(reader, variables):
-    star = reader.skip()
+    star = reader.pos   # where the '*' belongs: right after the ']'
     if not reader.take("*"):
         raise reader.error("a bracket group needs a repeat count: write [ ... ]*2, "
                            "or [ ... ]*N with --set N=2", star)

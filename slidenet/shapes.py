@@ -123,7 +123,7 @@ def _window(spec, walk):
     """Slide spec's window over walk's volume -> (H', W', D, formulas, field, jump)."""
     if len(walk.shape) == 1:
         raise _Unfit(
-            f"a {spec.kind} slides a window over an H x W x D volume, but "
+            f"{spec.kind} slides a window over an H x W x D volume, but "
             f"{walk.flattened_by} already flattened it into a vector of {walk.shape[0]:,} "
             "numbers; put every CONV and POOL before the first FC")
     (h, w, d), (fh, fw), (sh, sw), (ph, pw) = walk.shape, spec.size, spec.stride, spec.pad

@@ -13,7 +13,7 @@ def register(subparsers):
                     "parameters, (N + 2P - F) / S + 1, receptive field, multiply-adds, memory.")
     parser.add_argument("pattern", metavar="PATTERN",
                         help="e.g. 'INPUT(32x32x3) -> [CONV(32) -> RELU]*N -> POOL -> FC(10)'")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="N=2",
+    parser.add_argument("--set", action="append", default=[], metavar="N=2",
                         help="bind an UPPER-CASE repeat count in the pattern (repeatable)")
     parser.add_argument("--skip-optional", action="store_true",
                         help="drop the layers and groups marked '?'")
@@ -22,7 +22,7 @@ def register(subparsers):
 
 
 def run(args):
-    specs = parse(args.pattern, parse_sets(args.sets), skip_optional=args.skip_optional)
+    specs = parse(args.pattern, parse_sets(args.set), skip_optional=args.skip_optional)
     infos = infer(specs, args.pattern)
     print(json.dumps(summary_json(infos), indent=2) if args.json else summary_text(infos))
     return 0

@@ -1,0 +1,47 @@
+"""`slidenet eval MODEL`: accuracy, loss, per-class accuracy and the confusion matrix."""
+import json
+
+from slidenet import data as datasets
+from slidenet.errors import SlidenetError
+from slidenet.train import evaluate, load_model
+
+
+def register(subparsers):
+    p = subparsers.add_parser("eval", help="evaluate a trained model on a data split",
+                              description="Evaluate MODEL, by default on the test split of the "
+                                          "data it was trained on.")
+    p.add_argument("model", help="a model file written by `slidenet train` (model.npz, best.npz)")
+    p.add_argument("--data", help="data spec (default: the data the model was trained on)")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--json", action="store_true", help="print JSON: accuracy, loss, per_class, confusion")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    net, normalizer, meta, _ = load_model(args.model)
+    dataset = datasets.load(args.data or meta["data"])
+    datasets.check_fits(dataset, net.input_shape, net.num_outputs)
+    x, y = (dataset.x_test, dataset.y_test) if args.split == "test" else (dataset.x_train, dataset.y_train)
+    if len(y) == 0:
+        raise SlidenetError(f"{dataset.spec} has no {args.split} split")
+    loss = meta.get("config", {}).get("loss", "softmax")
+    result = evaluate(net, x, y, normalizer, len(dataset.class_names), loss)
+    if args.json:
+        print(json.dumps({**result, "class_names": list(dataset.class_names), "images": int(len(y))}))
+        return 0
+    print(f"{args.model} on {dataset.spec} ({args.split}, {len(y)} images)")
+    print(f"accuracy {result['accuracy']:.4f}   loss {result['loss']:.4f}")
+    print(_confusion_text(result, dataset.class_names))
+    return 0
+
+
+def _confusion_text(result, names):
+    """Per-class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    width = max(5, *(len(str(v)) for row in result["confusion"] for v in row))
+    label = max(len(n) for n in names)
+    head = " " * (label + 9) + " ".join(f"{i:>{width}}" for i in range(len(names)))
+    lines = ["per-class accuracy and confusion (rows: true, columns: predicted)", head]
+    for i, (name, acc, row) in enumerate(zip(names, result["per_class"], result["confusion"])):
+        shown = "  n/a " if acc != acc else f"{acc:6.3f}"
+        lines.append(f"{name:>{label}} {shown}  " + " ".join(f"{v:>{width}}" for v in row) + f"   {i}")
+    return "\n".join(lines)

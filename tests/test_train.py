@@ -1,0 +1,169 @@
+"""The training loop and the train / eval / predict commands, on small generated data."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from slidenet import Net
+from slidenet.ops import softmax_loss
+from slidenet.optim import make_optimizer
+from slidenet.train import TrainConfig, load_model, train
+
+TINY = "INPUT(8x8x1) -> CONV(4) -> RELU -> POOL -> DROPOUT(0.2) -> FC(3)"
+
+
+def bars(n, seed=0):
+    """Three learnable classes of 8x8 images: a horizontal bar, a vertical bar, a dot; uint8."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.integers(0, 40, size=(n, 8, 8, 1)).astype(np.uint8)
+    pos = rng.integers(1, 7, size=n)
+    for i in range(n):
+        if y[i] == 0:
+            x[i, pos[i], :, 0] = 250
+        elif y[i] == 1:
+            x[i, :, pos[i], 0] = 250
+        else:
+            x[i, pos[i] - 1:pos[i] + 1, pos[i] - 1:pos[i] + 1, 0] = 250
+    return x, y
+
+
+@pytest.fixture
+def npz_data(tmp_path):
+    x, y = bars(180)
+    xt, yt = bars(60, seed=1)
+    path = tmp_path / "bars.npz"
+    np.savez(path, x=x, y=y, x_test=xt, y_test=yt, class_names=np.array(["row", "column", "dot"]))
+    return f"npz:{path}"
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "slidenet", *args], capture_output=True, text=True)
+
+
+def test_a_tiny_net_overfits_a_tiny_batch():
+    x, y = bars(12)
+    net = Net.from_pattern("INPUT(8x8x1) -> CONV(8) -> RELU -> POOL -> FC(16) -> RELU -> FC(3)", seed=0)
+    opt = make_optimizer("adam", net.params)
+    xf = (x / 255.0).astype(np.float32)
+    for _ in range(150):
+        loss, d = softmax_loss(net.forward(xf, train=True), y)
+        net.backward(d)
+        opt.step(net.grads, 3e-3)
+    assert loss < 0.05
+    assert (net.forward(xf).argmax(axis=1) == y).all()
+
+
+def config(tmp_path, data, **kw):
+    base = dict(pattern=TINY, data=data, epochs=2, batch_size=16, lr=3e-3, augment=True,
+                seed=5, out=str(tmp_path / "run"))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def assert_same_models(a, b):
+    arrays_a, meta_a = a[3], a[2]
+    arrays_b, meta_b = b[3], b[2]
+    assert set(arrays_a) == set(arrays_b)
+    for name in arrays_a:
+        np.testing.assert_array_equal(arrays_a[name], arrays_b[name], err_msg=name)
+    strip = ("seconds", "images_per_s")
+    clean = [[{k: v for k, v in h.items() if k not in strip} for h in m["history"]] for m in (meta_a, meta_b)]
+    assert clean[0] == clean[1]
+
+
+def test_resume_is_bit_identical_to_straight_training(tmp_path, npz_data):
+    straight = config(tmp_path / "a", npz_data, schedule="warmup-cosine")
+    train(straight, log=lambda *_: None)
+    interrupted = config(tmp_path / "b", npz_data, schedule="warmup-cosine", stop_after=1)
+    assert len(train(interrupted, log=lambda *_: None)) == 1
+    resumed = config(tmp_path / "b", npz_data, epochs=2)
+    train(resumed, resume=str(tmp_path / "b" / "run" / "model.npz"), log=lambda *_: None)
+    assert_same_models(load_model(str(tmp_path / "a" / "run" / "model.npz")),
+                       load_model(str(tmp_path / "b" / "run" / "model.npz")))
+
+
+def test_resume_after_a_finished_run_continues_exactly(tmp_path, npz_data):
+    # With a constant schedule, "1 epoch, then resume to 2" equals "2 epochs" too.
+    train(config(tmp_path / "a", npz_data, schedule="constant", optimizer="momentum"), log=lambda *_: None)
+    train(config(tmp_path / "b", npz_data, schedule="constant", optimizer="momentum", epochs=1), log=lambda *_: None)
+    train(config(tmp_path / "b", npz_data, epochs=2),
+          resume=str(tmp_path / "b" / "run" / "model.npz"), log=lambda *_: None)
+    assert_same_models(load_model(str(tmp_path / "a" / "run" / "model.npz")),
+                       load_model(str(tmp_path / "b" / "run" / "model.npz")))
+
+
+def test_training_learns_and_writes_its_files(tmp_path, npz_data):
+    history = train(config(tmp_path, npz_data, epochs=8, augment=False, lr=1e-2), log=lambda *_: None)
+    out = tmp_path / "run"
+    assert {"model.npz", "best.npz", "history.json"} <= set(os.listdir(out))
+    assert json.loads((out / "history.json").read_text()) == history
+    assert history[-1]["accuracy"] > 0.8 and history[-1]["val_accuracy"] > 0.8
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_cli_train_eval_predict(tmp_path, npz_data):
+    out = tmp_path / "cli"
+    r = run_cli("train", "--pattern", TINY, "--data", npz_data, "--epochs", "5", "--batch-size", "16",
+                "--lr", "1e-2", "--no-augment", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "epoch   5/5" in r.stdout
+    r = run_cli("eval", str(out / "best.npz"), "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert {"accuracy", "loss", "per_class", "confusion"} <= set(result)
+    confusion = np.array(result["confusion"])
+    assert confusion.shape == (3, 3) and confusion.sum() == 60
+    assert np.isclose(result["accuracy"], np.trace(confusion) / 60)
+    assert result["accuracy"] > 0.8
+
+    from PIL import Image
+    x, y = bars(3, seed=9)
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"img{i}.png"))
+        Image.fromarray(x[i, :, :, 0]).save(paths[-1])
+    r = run_cli("predict", str(out / "best.npz"), *paths, "--top", "2")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 3 and all(line.count(",") == 1 for line in lines)
+    names = ["row", "column", "dot"]
+    assert sum(line.split(": ")[1].startswith(names[y[i]]) for i, line in enumerate(lines)) >= 2
+
+
+def test_divergence_stops_with_advice_and_keeps_the_last_good_model(tmp_path, npz_data):
+    out = tmp_path / "div"
+    good = run_cli("train", "--pattern", TINY, "--data", npz_data, "--epochs", "1", "--out", str(out))
+    assert good.returncode == 0, good.stderr
+    before = (out / "model.npz").read_bytes()
+    bad = run_cli("train", "--pattern", TINY, "--data", npz_data, "--epochs", "2", "--optimizer", "sgd",
+                  "--lr", "1e30", "--schedule", "constant", "--out", str(out))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "lower learning rate" in bad.stderr
+    assert (out / "model.npz").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--data", "nosuch"], "nosuch"),
+    (["--data", "folder:/no/such/dir"], "/no/such/dir"),
+    (["--pattern", "INPUT(9x9x1) -> FC(3)"], "9x9x1"),
+    (["--pattern", "INPUT(8x8x1) -> FC(2)"], "3 classes"),
+    (["--epochs", "0"], "--epochs"),
+    (["--resume", "/no/model.npz"], "/no/model.npz"),
+])
+def test_bad_training_input_exits_2_with_one_clear_message(tmp_path, npz_data, args, needle):
+    base = ["train", "--pattern", TINY, "--data", npz_data, "--epochs", "1", "--out", str(tmp_path / "o")]
+    r = run_cli(*base, *args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and needle in r.stderr
+
+
+def test_eval_and_predict_refuse_bad_files(tmp_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a model at all")
+    for args in (["eval", str(junk)], ["predict", str(junk), str(junk)]):
+        r = run_cli(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and "junk.npz" in r.stderr

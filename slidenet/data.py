@@ -59,8 +59,9 @@ class Dataset:
         self.y_train = self._labels("train", self.x_train, self.y_train)
         self.y_test = self._labels("test", self.x_test, self.y_test)
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise DataError(f"{self.name}: training images are {_shape_text(self.x_train.shape[1:])}"
-                            f" but test images are {_shape_text(self.x_test.shape[1:])}")
+            raise DataError(f"{self.name}: training images are "
+                            f"{_shape_text(self.x_train.shape[1:])} but test images are "
+                            f"{_shape_text(self.x_test.shape[1:])}")
 
     def _labels(self, part, x, y):
         if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4:
@@ -93,8 +94,9 @@ class Dataset:
 def load(spec="mnist5k"):
     """The data set named by `spec` (see the module docstring for the specs)."""
     kind, _, arg = spec.partition(":")
-    loaders = {"mnist5k": _load_mnist5k, "fashion-mnist": _load_fashion_mnist, "mnist": _load_mnist,
-               "cifar10": _load_cifar10, "folder": _load_folder, "npz": _load_npz}
+    loaders = {"mnist5k": _load_mnist5k, "fashion-mnist": _load_fashion_mnist,
+               "mnist": _load_mnist, "cifar10": _load_cifar10, "folder": _load_folder,
+               "npz": _load_npz}
     if kind not in loaders:
         raise DataError(f"unknown data set {spec!r}; valid specs: {', '.join(SPECS)}")
     return loaders[kind](arg, spec)
@@ -213,7 +215,8 @@ def read_idx(path):
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
     if len(raw) < 4 or raw[0] or raw[1] or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path} is not an IDX file (its magic number is {raw[:4].hex() or 'missing'})")
+        raise DataError(f"{path} is not an IDX file "
+                        f"(its magic number is {raw[:4].hex() or 'missing'})")
     dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
     start = 4 + 4 * ndim
     if len(raw) < start:
@@ -494,7 +497,8 @@ def _load_npz(arg, spec):
     parts = {key: (_npz_labels if key.startswith("y") else _npz_images)(arrays[key], key, path)
              for key in ("x", "y", "x_test", "y_test") if key in arrays}
     if len(parts["x"]) != len(parts["y"]):
-        raise DataError(f"{path}: x has {len(parts['x'])} images but y has {len(parts['y'])} labels")
+        raise DataError(f"{path}: x has {len(parts['x'])} images but y has "
+                        f"{len(parts['y'])} labels")
     if "class_names" in arrays:
         names = arrays["class_names"]
         if names.ndim != 1 or names.dtype.kind not in "US":

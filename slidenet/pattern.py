@@ -341,10 +341,9 @@ def _input(fields):
 def _conv(fields):
     size = _axes(fields.get("size"), "filter size", (1, 2), minimum=1, default=(3, 3),
                  hint="F or FhxFw; the depth always spans the whole input, so leave it out")
+    stride = _axes(fields.get("stride"), "stride", (1, 2), minimum=1, default=(1, 1))
     return {"filters": _whole(fields["filters"], "number of filters", minimum=1),
-            "size": size,
-            "stride": _axes(fields.get("stride"), "stride", (1, 2), minimum=1, default=(1, 1)),
-            "pad": _pad(fields.get("pad"), size)}
+            "size": size, "stride": stride, "pad": _pad(fields.get("pad"), size, stride)}
 
 
 def _pool(fields):
@@ -401,10 +400,12 @@ def _axes(value, what, counts, minimum, default=None, hint="F or FhxFw"):
     return tuple(numbers * 2) if len(numbers) == 1 else tuple(numbers)
 
 
-def _pad(value, size):
-    """Padding per axis; by default (F - 1) / 2 for odd F (keeps the size at stride 1), else 0."""
+def _pad(value, size, stride):
+    """Padding per axis. By default (F - 1) / 2 along an axis with odd F and stride 1, which
+    keeps the size (the lecture's usual choice); 0 otherwise, so that the lecture's 7x7 input
+    with a 3x3 filter at stride 3 is (7 - 3) / 3 + 1 and fails as the lecture says it does."""
     if value is None:
-        return tuple((f - 1) // 2 if f % 2 else 0 for f in size)
+        return tuple((f - 1) // 2 if f % 2 and s == 1 else 0 for f, s in zip(size, stride))
     word = value.text.lower()
     if word == "valid":
         return (0, 0)

@@ -175,7 +175,8 @@ def test_idx_with_extra_bytes_is_refused(tmp_path, mnist_arrays):
 
 
 @pytest.mark.parametrize("content", [b"not an idx file at all", b"\x89PNG\r\n\x1a\n", b"",
-                                     b"\x1f\x8b\x08\x00garbage"], ids=["text", "png", "empty", "gz"])
+                                     b"\x1f\x8b\x08\x00garbage"],
+                         ids=["text", "png", "empty", "gz"])
 def test_foreign_idx_file_is_named(tmp_path, mnist_arrays, content):
     write_mnist_dir(tmp_path, *mnist_arrays)
     path = tmp_path / "train-labels-idx1-ubyte"
@@ -238,11 +239,14 @@ class Hostile:
 
 
 def hostile_payloads(marker):
+    """name -> (what __reduce__ returns, what the refusal says)."""
+    refused = "which a CIFAR-10 batch never does"
     return {
-        "os.system": (os.system, (f"touch {marker}",)),
-        "builtins.eval": (eval, (f"open({str(marker)!r}, 'w')",)),
-        "builtins.open": (open, (str(marker), "w")),
-        "codecs-not-latin1": (codecs.encode, (str(marker), "rot13")),
+        "os.system": ((os.system, (f"touch {marker}",)), refused),
+        "builtins.eval": ((eval, (f"open({str(marker)!r}, 'w')",)), refused),
+        "builtins.open": ((open, (str(marker), "w")), refused),
+        # The one callable admitted, with arguments no batch uses.
+        "codecs-not-latin1": ((codecs.encode, (str(marker), "rot13")), "_codecs.encode"),
     }
 
 
@@ -253,16 +257,19 @@ def test_hostile_pickle_is_refused_and_never_runs(tmp_path, cifar_parts, kind, p
     batches, test = cifar_parts
     write_cifar_dir(tmp_path, batches, test, CIFAR_NAMES)
     marker = tmp_path / "pwned"
-    batch = {b"data": cifar_rows(batches[0][0]), b"labels": Hostile(hostile_payloads(marker)[kind])}
+    payload, refusal = hostile_payloads(marker)[kind]
+    # Labels first: the payload is met before numpy's protocol-5 array globals (also refused).
+    batch = {b"labels": Hostile(payload), b"data": cifar_rows(batches[0][0])}
     (tmp_path / "data_batch_3").write_bytes(pickle.dumps(batch, protocol=protocol))
-    one_line_error(str(tmp_path / "data_batch_3"), data.load, f"cifar10:{tmp_path}")
+    message = one_line_error(str(tmp_path / "data_batch_3"), data.load, f"cifar10:{tmp_path}")
+    assert refusal in message
     assert not marker.exists()
 
 
 def test_hostile_pickle_message_names_the_global(tmp_path, cifar_parts):
     batches, test = cifar_parts
     write_cifar_dir(tmp_path, batches, test, CIFAR_NAMES)
-    payload = Hostile(hostile_payloads(tmp_path / "pwned")["os.system"])
+    payload = Hostile(hostile_payloads(tmp_path / "pwned")["os.system"][0])
     (tmp_path / "test_batch").write_bytes(pickle.dumps(payload, protocol=2))
     one_line_error(r"(posix|nt)\.system, which a CIFAR-10 batch never does", data.load,
                    f"cifar10:{tmp_path}")
@@ -532,7 +539,8 @@ def test_load_image_missing_or_broken(tmp_path):
 def test_check_fits_names_both_shapes_and_the_class_count(mnist5k):
     data.check_fits(mnist5k, (28, 28, 1), 10)
     data.check_fits(mnist5k, (28, 28, 1), 12)
-    one_line_error(r"mnist5k images are 28x28x1 but the net's INPUT is 32x32x3: .*INPUT\(28x28x1\)",
+    one_line_error(r"mnist5k images are 28x28x1 but the net's INPUT is 32x32x3: "
+                   r".*INPUT\(28x28x1\)",
                    data.check_fits, mnist5k, (32, 32, 3), 10)
     one_line_error(r"mnist5k has 10 classes but the last FC has 5 outputs: .*FC\(10\)",
                    data.check_fits, mnist5k, (28, 28, 1), 5)

@@ -42,9 +42,11 @@ def test_conv_defaults_keep_the_size():
     assert parse("INPUT(8x8x1) -> CONV(6, 5x5)")[1].pad == (2, 2)
     assert parse("INPUT(8x8x1) -> CONV(6, 5)")[1].size == (5, 5)
     assert parse("INPUT(8x8x1) -> CONV(6, f=5)")[1].pad == (2, 2)
-    # Even filters have no centred padding; odd ones keep (F - 1) // 2 even at stride 2.
+    # Even filters have no centred padding; at stride > 1 nothing keeps the size, so no padding
+    # by default (per axis: only the stride-1 axis of s=2x1 is padded).
     assert parse("INPUT(8x8x1) -> CONV(6, 4x4)")[1].pad == (0, 0)
-    assert parse("INPUT(8x8x1) -> CONV(6, 5x5, s=2)")[1].pad == (2, 2)
+    assert parse("INPUT(8x8x1) -> CONV(6, 5x5, s=2)")[1].pad == (0, 0)
+    assert parse("INPUT(8x8x1) -> CONV(6, 5x5, s=2x1)")[1].pad == (0, 2)
 
 
 def test_conv_per_axis_and_named_padding():

@@ -54,9 +54,9 @@ def test_7x7_input_3x3_filter(stride, side):
 
 
 def test_7x7_input_stride_3_does_not_fit():
-    pattern = "INPUT(7x7x1) -> RELU -> CONV(3, 3x3, s=3, p=0)"
+    pattern = "INPUT(7x7x1) -> RELU -> CONV(3, 3x3, s=3)"
     err = failure(pattern)
-    assert err.message.startswith("layer 2, CONV(3, 3x3, s=3, p=0): stride 3 does not tile")
+    assert err.message.startswith("layer 2, CONV(3, 3x3, s=3): stride 3 does not tile")
     assert "(7 - 3) / 3 + 1 = 2.33 is not a whole number" in err.message
     assert "stride 1 or 2 tiles this input" in err.message
     assert str(err).splitlines()[1:] == ["  " + pattern, "  " + " " * 24 + "^"]

@@ -1,4 +1,4 @@
-"""`slidenet summary PATTERN`: every layer's shape, parameters and cost, before any weights exist."""
+"""`slidenet summary PATTERN`: each layer's shape, parameters and cost, before any weight exists."""
 import json
 
 from slidenet.pattern import parse, parse_sets

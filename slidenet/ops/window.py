@@ -5,7 +5,9 @@ at each window; they differ only in what they do with it (a dot product with eac
 max, the mean). `windows` gives every window as a strided view, without copying; `im2col`
 copies them into the rows of a matrix so a convolution becomes one matrix multiply; `col2im_add`
 is the backward of both: it adds each window's gradient back onto the input positions it
-covered, as F_h x F_w strided slice additions (overlapping windows simply add up).
+covered, as F_h x F_w strided slice additions (overlapping windows simply add up). `tap` is the
+other way to look at the same windows: entry (i, j) of every window at once, which is how
+pooling reduces a window without ever building it.
 """
 import numpy as np
 
@@ -32,6 +34,21 @@ def pad_hw(x, pad):
     return xp
 
 
+def pad_into(xp, x, pad):
+    """Copy x (N, H, W, D) into the interior of xp (N, H+2P_h, W+2P_w, D) and zero its border.
+
+    Lets a reused buffer serve as the padded input, instead of a fresh np.pad on every call.
+    """
+    ph, pw = pad
+    h, w = x.shape[1:3]
+    xp[:, :ph] = 0
+    xp[:, ph + h:] = 0
+    xp[:, ph:ph + h, :pw] = 0
+    xp[:, ph:ph + h, pw + w:] = 0
+    xp[:, ph:ph + h, pw:pw + w] = x
+    return xp
+
+
 def unpad_hw(xp, pad):
     """The interior of a padded (N, H+2P_h, W+2P_w, D) array (a view)."""
     ph, pw = pad
@@ -53,6 +70,15 @@ def windows(xp, size, stride):
         strides=(s_n, s_h * sh, s_w * sw, s_h, s_w, s_d), writeable=False)
 
 
+def tap(xp, i, j, out_size, stride):
+    """Entry (i, j) of every window, as a view (N, H', W', D).
+
+    ``tap(xp, i, j)[n, r, c] == windows(xp, ...)[n, r, c, i, j] == xp[n, i + r*S_h, j + c*S_w]``.
+    """
+    (ho, wo), (sh, sw) = out_size, stride
+    return xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+
+
 def im2col(xp, size, stride):
     """Windows copied into rows: (N * H' * W', F_h * F_w * D), one row per output position.
 
@@ -71,8 +97,8 @@ def col2im_add(dwin, dxp, stride):
     gradient, accumulated into. One strided slice addition per filter tap, never np.add.at.
     """
     _, ho, wo, fh, fw, _ = dwin.shape
-    sh, sw = stride
     for i in range(fh):
         for j in range(fw):
-            dxp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :] += dwin[:, :, :, i, j, :]
+            view = tap(dxp, i, j, (ho, wo), stride)
+            view += dwin[:, :, :, i, j, :]
     return dxp

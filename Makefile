@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# Train the default lecture-style net on the 5,000 embedded MNIST digits, then evaluate it on
+# the 1,000 held-out ones.
 demo: $(STAMP)
-	$(VENV)/bin/slidenet summary 'INPUT(32x32x3) -> [[CONV(32) -> RELU]*N -> POOL?]*M -> [FC(128) -> RELU]*K -> FC(10)' --set N=2 --set M=3 --set K=2
+	$(VENV)/bin/slidenet train --out runs/demo
+	$(VENV)/bin/slidenet eval runs/demo/best.npz
 
 test: $(STAMP)
 	$(PY) -m pytest

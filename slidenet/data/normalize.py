@@ -1,0 +1,56 @@
+"""`Normalizer`: per-channel standardisation fitted on the training images, kept in model files."""
+from dataclasses import dataclass
+
+import numpy as np
+
+from slidenet.errors import DataError, ModelFileError
+
+
+@dataclass
+class Normalizer:
+    """Per-channel standardisation fitted on the training images.
+
+    mean, std: float32 (D,), statistics of x / 255 over all training pixels of each channel.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, x, chunk=1024):
+        """x: uint8 (N, H, W, D). Two passes in float64, `chunk` images at a time, so a large
+        data set is never held as floats all at once."""
+        count = x.shape[0] * x.shape[1] * x.shape[2]
+        if count == 0:
+            raise DataError("cannot fit a normalizer on an empty training set")
+        total = sum(x[i:i + chunk].sum(axis=(0, 1, 2), dtype=np.float64)
+                    for i in range(0, len(x), chunk))
+        mean = total / count / 255
+        squares = sum(((x[i:i + chunk] / 255.0 - mean) ** 2).sum(axis=(0, 1, 2))
+                      for i in range(0, len(x), chunk))
+        std = np.sqrt(squares / count)
+        # A constant channel carries no information; only centre it instead of dividing by 0.
+        std[std == 0] = 1.0
+        return cls(mean.astype(np.float32), std.astype(np.float32))
+
+    def normalize(self, x, dtype=np.float32):
+        """x: uint8 (N, H, W, D) -> `dtype` (N, H, W, D) equal to (x / 255 - mean) / std."""
+        if x.shape[-1] != len(self.mean):
+            raise DataError(f"images of depth {x.shape[-1]} given to a normalizer fitted on depth "
+                            f"{len(self.mean)}")
+        mean, std = self.mean.astype(np.float64), self.std.astype(np.float64)
+        # One multiply-add per pixel: (x/255 - mean)/std = x * 1/(255 std) - mean/std.
+        scale, shift = (1 / (255 * std)).astype(dtype), (-mean / std).astype(dtype)
+        return x.astype(dtype) * scale + shift
+
+    def to_arrays(self):
+        """{"normalizer.mean": (D,), "normalizer.std": (D,)} for a model file."""
+        return {"normalizer.mean": self.mean, "normalizer.std": self.std}
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        """The inverse of `to_arrays` (extra keys, such as the net's weights, are ignored)."""
+        if "normalizer.mean" not in arrays or "normalizer.std" not in arrays:
+            raise ModelFileError("the model file has no normalizer.mean and normalizer.std")
+        return cls(np.asarray(arrays["normalizer.mean"], dtype=np.float32),
+                   np.asarray(arrays["normalizer.std"], dtype=np.float32))

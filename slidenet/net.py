@@ -19,6 +19,9 @@ from slidenet.shapes import infer
 from slidenet.summary import summary_text
 
 DTYPES = ("float32", "float64")
+# Weights beyond this are refused with a message rather than a MemoryError halfway through
+# initialisation (the summary still describes such a net, since it allocates nothing).
+MAX_WEIGHT_BYTES = 4 * 2**30
 
 
 class Net:
@@ -38,6 +41,12 @@ class Net:
         self.seed = seed
         self.dtype = np.dtype(dtype)
         self.infos = infer(parse(pattern, self.variables, skip_optional), pattern)
+        weight_bytes = sum(info.params for info in self.infos) * self.dtype.itemsize
+        if weight_bytes > MAX_WEIGHT_BYTES:
+            raise SlidenetError(
+                f"this net needs {weight_bytes / 2**30:.1f} GiB of {dtype} weights, more than the "
+                f"{MAX_WEIGHT_BYTES / 2**30:.0f} GiB slidenet allocates; `slidenet summary` describes "
+                "it without allocating anything")
         init_rng = np.random.default_rng(seed)
         # Dropout draws from its own stream, so adding dropout never changes the initial weights.
         self.dropout_rng = np.random.default_rng([seed, 1])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from slidenet import Net, ops
-from slidenet.errors import DataError, PatternError
+from slidenet.errors import DataError, PatternError, SlidenetError
 from slidenet.gradcheck import TOLERANCE, check_net, check_pattern
 
 ISSUE_PATTERN = ("INPUT(9x7x2) -> CONV(3, 3x3, s=2, p=1) -> RELU -> MAXPOOL(3x3, s=1) -> CONV(2, 1x1) "
@@ -95,3 +95,8 @@ def test_gradcheck_cli_exit_codes():
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "2.33" in bad.stderr
+
+
+def test_a_net_too_large_to_allocate_is_refused_with_a_message():
+    with pytest.raises(SlidenetError, match=r"GiB of float32 weights"):
+        Net.from_pattern("INPUT(128x128x64) -> FC(1500)")

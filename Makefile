@@ -26,5 +26,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Speed against the machine's sgemm peak and, when it is installed, PyTorch (see docs/benchmarks.md).
+bench: $(STAMP)
+	$(VENV)/bin/slidenet bench
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

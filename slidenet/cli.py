@@ -12,7 +12,7 @@ import sys
 from slidenet.errors import SlidenetError
 
 # Order here is the order in `slidenet --help`.
-COMMANDS = ("summary", "train", "eval", "predict", "gradcheck")
+COMMANDS = ("summary", "train", "eval", "predict", "gradcheck", "bench", "viz", "report")
 
 
 def build_parser():

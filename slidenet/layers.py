@@ -3,6 +3,12 @@
 Each layer is built from a `LayerInfo` (its spec and its input/output shapes, already checked by
 `slidenet.shapes.infer`), owns its parameters and gradients as plain NumPy arrays under stable
 local names ("W", "b", "gamma", "beta"), and remembers what backward needs from the last forward.
+
+`fuse(layers)` lets a CONV or FC that is followed by a RELU apply that ReLU itself while
+training: the rectified output is then computed while it is still in cache and its positive
+entries are the ReLU's mask, so the RELU layer passes values and gradients straight through and
+no separate mask or copy is made. Evaluation (`train=False`) never fuses, so every layer's
+output stays what its name says (`Net.activations` shows a CONV's maps before the ReLU).
 """
 import numpy as np
 
@@ -10,7 +16,11 @@ from slidenet import ops
 
 
 class Layer:
-    """A layer with no parameters. `forward(x, train) -> out`, `backward(dout) -> dx`."""
+    """A layer with no parameters. `forward(x, train) -> out`, `backward(dout) -> dx`.
+
+    `backward(dout, need_dx=False)` says nobody needs dx (the first layer of a training step):
+    CONV and FC then skip that product and return None; the others return dx all the same.
+    """
 
     def __init__(self, info):
         self.info = info
@@ -19,6 +29,12 @@ class Layer:
         self.grads = {}
         self.buffers = {}       # state that is saved but not trained (batchnorm running stats)
         self.cache = None
+        self.fused_relu = False     # set by `fuse`: CONV/FC applies the next RELU; RELU is applied
+
+    def _fusing(self, train):
+        """Whether this forward fuses: only while training, and only with the stock ReLU kernels
+        (a replaced RELU kernel must run as written)."""
+        return train and self.fused_relu and Activation.KERNELS["RELU"] is _STOCK_RELU
 
     def _param(self, key, value):
         self.params[key] = value
@@ -42,11 +58,12 @@ class Conv(Layer):
 
     def forward(self, x, train):
         out, self.cache = ops.conv_forward(x, self.params["W"], self.params["b"],
-                                           self.info.spec.stride, self.info.spec.pad)
+                                           self.info.spec.stride, self.info.spec.pad,
+                                           relu=self._fusing(train))
         return out
 
-    def backward(self, dout):
-        dx, self.grads["W"][...], self.grads["b"][...] = ops.conv_backward(dout, self.cache)
+    def backward(self, dout, need_dx=True):
+        dx, self.grads["W"][...], self.grads["b"][...] = ops.conv_backward(dout, self.cache, need_dx)
         return dx
 
 
@@ -58,7 +75,7 @@ class Pool(Layer):
         out, self.cache = ops.pool_forward(x, self.info.spec.size, self.info.spec.stride, mode)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         return ops.pool_backward(dout, self.cache)
 
 
@@ -73,32 +90,41 @@ class FC(Layer):
         self._param("b", np.zeros(outputs, dtype=dtype))
 
     def forward(self, x, train):
-        out, self.cache = ops.fc_forward(x, self.params["W"], self.params["b"])
+        out, self.cache = ops.fc_forward(x, self.params["W"], self.params["b"], relu=self._fusing(train))
         return out
 
-    def backward(self, dout):
-        dx, self.grads["W"][...], self.grads["b"][...] = ops.fc_backward(dout, self.cache)
+    def backward(self, dout, need_dx=True):
+        dx, self.grads["W"][...], self.grads["b"][...] = ops.fc_backward(dout, self.cache, need_dx)
         return dx
+
+
+_STOCK_RELU = (ops.relu_forward, ops.relu_backward)
+_APPLIED = object()     # an Activation's cache when the layer before it applied the ReLU
 
 
 class Activation(Layer):
     """RELU, LEAKYRELU(a), TANH or SIGMOID: one forward/backward pair from `ops`."""
 
     KERNELS = {
-        "RELU": (ops.relu_forward, ops.relu_backward),
+        "RELU": _STOCK_RELU,
         "TANH": (ops.tanh_forward, ops.tanh_backward),
         "SIGMOID": (ops.sigmoid_forward, ops.sigmoid_backward),
     }
 
     def forward(self, x, train):
         spec = self.info.spec
+        if self._fusing(train):
+            self.cache = _APPLIED
+            return x
         if spec.kind == "LEAKYRELU":
             out, self.cache = ops.leaky_relu_forward(x, spec.alpha)
         else:
             out, self.cache = self.KERNELS[spec.kind][0](x)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
+        if self.cache is _APPLIED:
+            return dout
         if self.info.spec.kind == "LEAKYRELU":
             return ops.leaky_relu_backward(dout, self.cache)
         return self.KERNELS[self.info.spec.kind][1](dout, self.cache)
@@ -115,7 +141,7 @@ class Dropout(Layer):
         out, self.cache = ops.dropout_forward(x, self.info.spec.rate, self.rng, train)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         return ops.dropout_backward(dout, self.cache)
 
 
@@ -136,9 +162,21 @@ class BatchNorm(Layer):
             self.buffers["running_mean"], self.buffers["running_var"], train)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         dx, self.grads["gamma"][...], self.grads["beta"][...] = ops.batchnorm_backward(dout, self.cache)
         return dx
+
+
+def fuse(layers):
+    """Mark every CONV or FC directly followed by a RELU (in the list `layers`) to fuse them.
+
+    Changes nothing a forward or backward returns; see the module docstring. Returns `layers`.
+    """
+    for layer, after in zip(layers, layers[1:]):
+        if isinstance(layer, (Conv, FC)) and isinstance(after, Activation) \
+                and after.info.spec.kind == "RELU":
+            layer.fused_relu = after.fused_relu = True
+    return layers
 
 
 def build(info, init_rng, dropout_rng, dtype):

@@ -50,8 +50,8 @@ class Net:
         init_rng = np.random.default_rng(seed)
         # Dropout draws from its own stream, so adding dropout never changes the initial weights.
         self.dropout_rng = np.random.default_rng([seed, 1])
-        self.layers = [layer_classes.build(info, init_rng, self.dropout_rng, self.dtype)
-                       for info in self.infos[1:]]
+        self.layers = layer_classes.fuse([layer_classes.build(info, init_rng, self.dropout_rng, self.dtype)
+                                          for info in self.infos[1:]])
         self.params, self.grads, self.buffers = OrderedDict(), OrderedDict(), OrderedDict()
         for layer in self.layers:
             for key, value in layer.params.items():
@@ -99,15 +99,17 @@ class Net:
             kept.append((layer.name, out))
         return kept
 
-    def backward(self, dscores):
+    def backward(self, dscores, input_grad=True):
         """dscores: (batch, num_outputs), the loss gradient for the last forward.
 
         Fills `grads` in place and returns the gradient with respect to the input (batch, H, W, D).
+        input_grad=False: a training step that needs only `grads` skips the first layer's dx
+        (and may get None back).
         """
         grad = dscores.astype(self.dtype, copy=False)
-        for layer in reversed(self.layers):
+        for layer in reversed(self.layers[1:]):
             grad = layer.backward(grad)
-        return grad
+        return self.layers[0].backward(grad, need_dx=input_grad)
 
     def summary(self):
         """The summary table as text: shapes, parameters and formulas for every layer."""

@@ -5,16 +5,28 @@ upstream gradient times the local derivative. Shapes are whatever the input's sh
 """
 import numpy as np
 
+from slidenet.ops.runtime import empty
+
+
+def _long_rows(a):
+    """a as (rows, long row) and a zero row to compare with: NumPy's max and compare run
+    several times faster against an array than against a scalar 0."""
+    rows = a.reshape(a.shape[0], -1) if a.ndim > 1 and a.shape[0] else a.reshape(1, -1)
+    return rows, np.zeros(rows.shape[1], dtype=a.dtype)
+
 
 def relu_forward(x):
     """max(0, x). The cache is the output: its positive entries are where gradient flows."""
-    out = np.maximum(x, 0)
+    rows, zero = _long_rows(x)
+    out = empty(x.shape, x.dtype)
+    np.maximum(rows, zero, out=out.reshape(rows.shape))
     return out, out
 
 
 def relu_backward(dout, out):
     """d max(0, x)/dx = 1 where x > 0, else 0."""
-    return np.where(out > 0, dout, 0).astype(dout.dtype, copy=False)
+    rows, zero = _long_rows(out)
+    return np.multiply(dout, np.greater(rows, zero).reshape(out.shape), out=empty(dout.shape, dout.dtype))
 
 
 def leaky_relu_forward(x, alpha=0.01):

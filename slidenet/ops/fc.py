@@ -2,19 +2,57 @@
 
 As in the lecture's 32x32x3 -> 3072 example, the input volume is flattened in (height, width,
 depth) order, which for channels-last arrays is just their memory order.
+
+Each product is split into one block per worker thread (see `runtime`): forward and dx by rows
+of the batch, dw by rows of W.
 """
+import numpy as np
+
+from slidenet.ops.runtime import run_chunks, split
 
 
-def fc_forward(x, w, b):
+def fc_forward(x, w, b, relu=False):
     """x: (N, ...) any volume with I = prod(...) values; w: (I, O); b: (O,).
 
-    Returns out (N, O) = x.reshape(N, I) @ w + b, and a cache.
+    Returns out (N, O) = x.reshape(N, I) @ w + b, and a cache. relu: return max(0, out)
+    instead, and let backward apply the ReLU's mask.
     """
     x2 = x.reshape(x.shape[0], -1)
-    return x2 @ w + b, (x2, x.shape, w)
+    (n, i), o = x2.shape, w.shape[1]
+    out = np.empty((n, o), dtype=np.result_type(x2, w))
+    zero = np.zeros(o, out.dtype)
+
+    def work(sl):
+        np.matmul(x2[sl], w, out=out[sl])
+        np.add(out[sl], b, out=out[sl])
+        if relu:
+            np.maximum(out[sl], zero, out=out[sl])
+
+    run_chunks(work, split(n, n * i * o))
+    return out, (x2, x.shape, w, out if relu else None)
 
 
-def fc_backward(dout, cache):
-    """dout: (N, O). Returns dx (shape of x), dw (I, O), db (O,)."""
-    x2, shape, w = cache
-    return (dout @ w.T).reshape(shape), x2.T @ dout, dout.sum(axis=0)
+def fc_backward(dout, cache, need_dx=True):
+    """dout: (N, O). Returns dx (shape of x), dw (I, O), db (O,).
+
+    need_dx=False skips dx (returned as None).
+    """
+    x2, shape, w, relu_out = cache
+    if relu_out is not None:
+        dout = dout * (relu_out > 0)
+    (n, i), o = x2.shape, w.shape[1]
+    dx = np.empty((n, i), dtype=np.result_type(dout, w)) if need_dx else None
+    dw = np.empty((i, o), dtype=np.result_type(x2, dout))
+
+    def work(task):
+        product, sl = task
+        if product == "dw":
+            np.matmul(x2[:, sl].T, dout, out=dw[sl])
+        else:
+            np.matmul(dout[sl], w.T, out=dx[sl])
+
+    tasks = [("dw", sl) for sl in split(i, n * i * o)]
+    if need_dx:
+        tasks += [("dx", sl) for sl in split(n, n * i * o)]
+    run_chunks(work, tasks)
+    return None if dx is None else dx.reshape(shape), dw, dout.sum(axis=0)

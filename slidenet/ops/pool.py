@@ -3,10 +3,23 @@
 Pooling works on each depth slice independently and has no parameters; the output size is the
 lecture's (W - F) / S + 1. Windows may overlap (3x3, s=2): the backward adds overlapping
 contributions together.
+
+Nothing is copied into windows: with `tap(x, i, j)` the (i, j) entry of every window at once
+(a strided view), the max of a window is the running np.maximum over its F_h * F_w taps, and
+the mean is their sum over F_h * F_w. Max pooling keeps no argmax. Backward hands each window's
+gradient out tap by tap in row-major order: a tap equal to the window's max takes what is left
+of the gradient, leaving zero for the taps after it; the last tap takes whatever no earlier tap
+took (it must then be the max). So exactly one entry per window, the first maximum as in the
+naive loops, gets the gradient, even when a whole window is zero after a ReLU.
 """
 import numpy as np
 
-from slidenet.ops.window import col2im_add, out_hw, windows
+from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
+from slidenet.ops.window import out_hw, tap
+
+
+def _taps(size):
+    return [(i, j) for i in range(size[0]) for j in range(size[1])]
 
 
 def pool_forward(x, size, stride, mode="max"):
@@ -17,29 +30,63 @@ def pool_forward(x, size, stride, mode="max"):
     For max, the gradient goes to the first maximum of each window in row-major order.
     """
     n, h, w, d = x.shape
-    fh, fw = size
     ho, wo = out_hw(h, w, size, stride)
-    view = windows(x, size, stride)
-    if mode == "avg":
-        return view.mean(axis=(3, 4), dtype=x.dtype), (x.shape, size, stride, mode, None)
-    flat = view.reshape(n, ho, wo, fh * fw, d)
-    arg = flat.argmax(axis=3)[:, :, :, None, :]
-    out = np.take_along_axis(flat, arg, axis=3)[:, :, :, 0, :]
-    return out, (x.shape, size, stride, mode, arg)
+    out = empty((n, ho, wo, d), x.dtype)
+    reduce = np.maximum if mode == "max" else np.add
+    first, *rest = _taps(size)
+
+    def work(sl):
+        xs, o = x[sl], out[sl]
+        o[...] = tap(xs, *first, (ho, wo), stride)
+        for i, j in rest:
+            reduce(o, tap(xs, i, j, (ho, wo), stride), out=o)
+        if mode == "avg":
+            o /= size[0] * size[1]
+
+    run_chunks(work, batch_chunks(n, h * w * d * x.itemsize))
+    return out, (x, out, size, stride, mode)
 
 
 def pool_backward(dout, cache):
     """Gradient of pool_forward. dout: (N, H', W', D). Returns dx (N, H, W, D)."""
-    shape, (fh, fw), stride, mode, arg = cache
+    x, out, size, stride, mode = cache
     n, ho, wo, d = dout.shape
-    if mode == "avg":
-        dwin = np.broadcast_to((dout / (fh * fw))[:, :, :, None, None, :], (n, ho, wo, fh, fw, d))
-    else:
-        dwin = np.zeros((n, ho, wo, fh * fw, d), dtype=dout.dtype)
-        np.put_along_axis(dwin, arg, dout[:, :, :, None, :], axis=3)
-        dwin = dwin.reshape(n, ho, wo, fh, fw, d)
-    if stride == (fh, fw) and shape[1] == ho * fh and shape[2] == wo * fw:
-        # Windows tile the input exactly: the backward is a transpose, no additions.
-        return np.ascontiguousarray(dwin.transpose(0, 1, 3, 2, 4, 5)).reshape(shape)
-    dx = np.zeros(shape, dtype=dout.dtype)
-    return col2im_add(dwin, dx, stride)
+    # When the windows tile the input, every input entry is in exactly one window: each tap of
+    # dx is written once, with no zeroing and no additions.
+    tiles = stride == size and x.shape[1] == ho * size[0] and x.shape[2] == wo * size[1]
+    dx = empty(x.shape, dout.dtype)
+    if not tiles:
+        dx[...] = 0
+    taps = _taps(size)
+
+    def work(sl):
+        g, dxs = dout[sl], dx[sl]
+        if mode == "avg":
+            share = np.divide(g, size[0] * size[1], out=scratch("pool.share", g.shape, g.dtype))
+            for i, j in taps:
+                view = tap(dxs, i, j, (ho, wo), stride)
+                if tiles:
+                    view[...] = share
+                else:
+                    view += share
+            return
+        xs, o = x[sl], out[sl]
+        hit = scratch("pool.hit", g.shape, bool)
+        left = g                                # the gradient no tap has taken yet
+        for t, (i, j) in enumerate(taps):
+            view = tap(dxs, i, j, (ho, wo), stride)
+            if t == len(taps) - 1:
+                taken = left
+            else:
+                np.equal(tap(xs, i, j, (ho, wo), stride), o, out=hit)
+                taken = np.multiply(left, hit, out=view if tiles else scratch("pool.taken", g.shape, g.dtype))
+                # left - taken is exactly 0 where this tap took it and exactly left elsewhere.
+                left = np.subtract(left, taken, out=scratch("pool.left", g.shape, g.dtype))
+            if tiles:
+                if taken is not view:
+                    view[...] = taken
+            else:
+                view += taken
+
+    run_chunks(work, batch_chunks(n, x.shape[1] * x.shape[2] * d * x.itemsize))
+    return dx

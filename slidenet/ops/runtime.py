@@ -18,8 +18,16 @@ on the calling thread and BLAS uses whatever threads it was given.
 
 Scratch buffers are private to a thread and live only inside one kernel call; nothing a kernel
 returns or caches ever points into them, so layers and nets can run interleaved safely.
+
+Large results (activations, gradients) come from `empty`, which recycles the memory of earlier
+results that nothing references any more, much as PyTorch's caching allocator does. Fresh
+memory is slow: every new page is a page fault, and on a virtual machine that hands freed
+memory back to its host, a fault can cost microseconds; a 32 MiB activation is 8,192 of them.
+A buffer is handed out again only when its reference count shows that no array, view or cache
+anywhere still uses it, so recycling never changes a result.
 """
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,7 +40,14 @@ DEFAULT_BUDGET = 64 * 2**20
 # the GEMM reads them, large enough that the GEMM and the Python loop stay efficient.
 DEFAULT_CHUNK_BYTES = 4 * 2**20
 
-_settings = {"budget": DEFAULT_BUDGET, "chunk_bytes": DEFAULT_CHUNK_BYTES, "threads": 1}
+# Results smaller than this come straight from np.empty; the recycled ones are kept up to
+# RECYCLE_LIMIT bytes in all (what is in use counts too: it is free again after the step).
+RECYCLE_MIN_BYTES = 2**20
+DEFAULT_RECYCLE_LIMIT = 2**30
+
+_settings = {"budget": DEFAULT_BUDGET, "chunk_bytes": DEFAULT_CHUNK_BYTES, "threads": 1,
+             "recycle_limit": DEFAULT_RECYCLE_LIMIT}
+_recycled = {"buffers": [], "lock": threading.Lock()}
 _pool = {"executor": None, "size": 0}
 _local = threading.local()
 
@@ -97,6 +112,61 @@ def scratch(name, shape, dtype):
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
+def set_recycle_limit(nbytes=None):
+    """Keep at most `nbytes` of recycled result memory (None: the default, 0: recycle nothing).
+
+    Returns the previous limit. Free buffers beyond the limit are released at once.
+    """
+    previous = _settings["recycle_limit"]
+    _settings["recycle_limit"] = DEFAULT_RECYCLE_LIMIT if nbytes is None else int(nbytes)
+    with _recycled["lock"]:
+        _trim(0)
+    return previous
+
+
+def _in_use(buffers, i):
+    # References: the list's and getrefcount's own argument. Any array viewing the buffer
+    # (our result, a view of it, a cache holding it) adds one through its `.base`.
+    return sys.getrefcount(buffers[i]) > 2
+
+
+def _trim(extra):
+    """Drop free buffers, oldest first, until the kept bytes plus `extra` fit the limit."""
+    buffers = _recycled["buffers"]
+    total = sum(b.nbytes for b in buffers) + extra
+    i = 0
+    while total > _settings["recycle_limit"] and i < len(buffers):
+        if _in_use(buffers, i):
+            i += 1
+        else:
+            total -= buffers.pop(i).nbytes
+
+
+def empty(shape, dtype):
+    """np.empty(shape, dtype), reusing the memory of a large earlier result nobody holds now.
+
+    For the arrays a kernel returns; see the module docstring.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if nbytes < RECYCLE_MIN_BYTES or _settings["recycle_limit"] <= 0:
+        return np.empty(shape, dtype)
+    with _recycled["lock"]:
+        buffers = _recycled["buffers"]
+        best = None
+        for i in range(len(buffers)):      # no loop variable may hold a buffer (refcounts)
+            size = buffers[i].nbytes
+            # Not much larger than needed, so a big buffer is not tied up by a small array.
+            if nbytes <= size <= 2 * nbytes and (best is None or size < buffers[best].nbytes) \
+                    and not _in_use(buffers, i):
+                best = i
+        if best is None:
+            _trim(nbytes)
+            buffers.append(np.empty(nbytes, dtype=np.uint8))
+            best = len(buffers) - 1
+        return buffers[best][:nbytes].view(dtype).reshape(shape)
+
+
 def batch_chunks(n, bytes_per_image, budget=None):
     """Slices of the batch axis (0..n) for images that each need `bytes_per_image` of scratch.
 
@@ -109,6 +179,16 @@ def batch_chunks(n, bytes_per_image, budget=None):
     # Spread the images evenly: 128 in chunks of at most 5 are 26 chunks of 4 or 5, not 25 + 3.
     count = -(-n // step)
     bounds = [n * i // count for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def split(n, work=None):
+    """The range 0..n in one even slice per worker thread, for a kernel that is one big GEMM.
+
+    work: its multiply-adds; below ~a million, handing it to threads costs more than it saves.
+    """
+    parts = 1 if work is not None and work < 2**20 else min(threads(), max(1, n))
+    bounds = [n * i // parts for i in range(parts + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 

@@ -1,0 +1,69 @@
+"""An image passing through the net: the activation maps after every CONV, nonlinearity and POOL.
+
+One row per layer, one tile per depth channel, one colour scale (and colour bar) per layer. A
+layer with negative values is drawn on a diverging map centred on zero, so the sign shows;
+after a RELU everything is >= 0 and a sequential map from 0 shows where the filter fired.
+"""
+import numpy as np
+
+from slidenet.viz import grid
+from slidenet.viz.probe import NONLINEAR, POOLS
+
+KINDS = ("CONV",) + NONLINEAR + POOLS
+MAX_CHANNELS = 32       # per layer; enough to see what a layer does without a wall of tiles
+ROW_WIDTH = 16          # tiles per row
+
+
+def activation_maps(net, image):
+    """The maps of one image after each CONV, nonlinear and POOL layer.
+
+    image: (H, W, D) or (1, H, W, D), already normalised as the net expects.
+    Returns [(LayerInfo, maps (H', W', D'))]: the very arrays `net.activations` returns.
+    """
+    image = np.asarray(image)
+    batch = image[None] if image.ndim == 3 else image
+    by_name = dict(net.activations(batch))
+    return [(info, by_name[info.name][0]) for info in net.infos[1:]
+            if info.spec.kind in KINDS and len(info.output_shape) == 3]
+
+
+def activations_figure(net, image, pixels=None, caption="", max_channels=MAX_CHANNELS):
+    """A Figure of `image` (normalised, (H, W, D)) and its activation maps, one row per layer.
+
+    pixels: the uint8 (H, W, D) image to show at the top (default: the normalised one).
+    Returns the Figure; `fig.tiles` maps each layer name to its `grid.Layout`, and the axes of
+    a layer carry its name as their label (`ax.get_label()`).
+    """
+    maps = activation_maps(net, image)
+    shown = [(info, np.moveaxis(a[..., :max_channels], -1, 0)) for info, a in maps]
+    mosaics = [grid.mosaic(tiles, grid.columns(len(tiles), ROW_WIDTH))[0] for _, tiles in shown]
+    # Each row's height follows its mosaic's aspect, so every tile keeps square pixels.
+    ratios = [0.12] + [m.shape[0] / m.shape[1] for m in mosaics]
+    width = 10.0
+    fig = grid.new_figure(width, 1.0 + sum(width * 0.86 * r + 0.45 for r in ratios))
+    axes = fig.subplots(len(ratios), 1, gridspec_kw={"height_ratios": ratios})
+
+    top = np.asarray(image if pixels is None else pixels)
+    if top.shape[-1] == 1:
+        axes[0].imshow(top[..., 0], cmap="gray", interpolation="nearest",
+                       **({"vmin": 0, "vmax": 255} if pixels is not None else {}))
+    else:
+        axes[0].imshow(grid.stretch(top) if pixels is None else top, interpolation="nearest")
+    axes[0].set_title(f"input  {'x'.join(map(str, top.shape))}  {caption}".rstrip(), fontsize=9)
+    axes[0].set_axis_off()
+
+    fig.tiles = {}
+    for ax, (info, tiles) in zip(axes[1:], shown):
+        negative = tiles.min() < 0
+        limits = grid.symmetric(tiles) if negative else (0.0, max(float(tiles.max()), 1e-6))
+        drawn, layout = grid.show(ax, tiles, grid.columns(len(tiles), ROW_WIDTH),
+                                  cmap="RdBu_r" if negative else "viridis", limits=limits)
+        grid.label_grid(ax, layout, "", "channel", fontsize=6)
+        depth = info.output_shape[2]
+        cut = f"  (first {len(tiles)} of {depth} channels)" if len(tiles) < depth else ""
+        ax.set_title(f"{info.name}  {info.spec.text}  ->  "
+                     f"{'x'.join(map(str, info.output_shape))}{cut}", fontsize=9, loc="left")
+        ax.set_label(info.name)
+        fig.colorbar(drawn, ax=ax, fraction=0.025, pad=0.01)
+        fig.tiles[info.name] = layout
+    return fig

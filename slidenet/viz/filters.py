@@ -1,0 +1,91 @@
+"""What the filters of a layer look like: the weights themselves, drawn as small images.
+
+A first-layer filter lives in pixel space (F_h x F_w x D over the image), so it is drawn as an
+image: in colour when D = 3, each filter stretched to its own range because only its pattern,
+not its scale, is visible in RGB; on one shared diverging scale with a colour bar when D = 1.
+A deeper filter spans D activation maps, not colours, so it is drawn as a grid with one row per
+filter and one column per input channel, all on one scale.
+
+An FC layer that reads a volume is drawn the same way: its weights for output o, reshaped to
+the volume's (H, W, D), are a template of the whole input (the lecture's linear classifier).
+"""
+import numpy as np
+
+from slidenet.errors import SlidenetError
+from slidenet.viz import grid
+from slidenet.viz.probe import pick_layer
+
+MAX_FILTERS = 64        # rows of a deeper layer's grid
+MAX_CHANNELS = 64       # columns of a deeper layer's grid
+
+
+def filter_weights(net, layer=None):
+    """(LayerInfo, W) for a CONV layer, or an FC layer reading a volume.
+
+    layer: name or position (default: the first such layer).
+    W: (F_h, F_w, D, K), the layer's weights as filters; for an FC, (H, W, D, outputs).
+    """
+    drawable = [i for i in net.infos if i.spec.kind == "CONV"
+                or (i.spec.kind == "FC" and len(i.input_shape) == 3)]
+    names = ", ".join(i.name for i in drawable) or "none"
+    if layer is None:
+        if not drawable:
+            raise SlidenetError("the net has no CONV layer (nor an FC reading a volume), so no "
+                                "filters to draw")
+        info = drawable[0]
+    else:
+        info = pick_layer(net, layer, kinds=("CONV", "FC"), why="to show its filters")
+        if info not in drawable:
+            raise SlidenetError(f"--layer {layer}: {info.name} reads a vector, not a volume, so "
+                                f"its weights are not images; layers with filters: {names}")
+    w = net.params[f"{info.name}.W"]
+    if info.spec.kind == "FC":
+        w = w.reshape(*info.input_shape, -1)
+    return info, w
+
+
+def filters_figure(net, layer=None):
+    """A Figure of a layer's filters (see the module docstring for how each kind is drawn).
+
+    Returns the Figure; `fig.tiles` maps the layer name to its `grid.Layout` (tile count, rows,
+    columns), for tests and for readers who want tile k back.
+    """
+    info, w = filter_weights(net, layer)
+    fh, fw, d, k = w.shape
+    # Only layers that change the geometry move a filter out of pixel space.
+    first = not any(i.spec.kind in ("CONV", "FC", "MAXPOOL", "AVGPOOL")
+                    for i in net.infos[1:info.index])
+    what = "templates" if info.spec.kind == "FC" else "filters"
+    if first and d in (1, 3):
+        # One tile per filter, in the image's own space.
+        if d == 3:
+            tiles = np.stack([grid.stretch(w[..., i]) for i in range(k)])  # (K, F_h, F_w, 3)
+            note = "in RGB, each scaled to its own range"
+        else:
+            tiles = np.moveaxis(w[:, :, 0, :], -1, 0)                       # (K, F_h, F_w)
+            note = "one scale for all"
+        cols = grid.columns(k, widest=8)
+        xlabel, ylabel, row_step = f"{what[:-1]} (row + column)", "", None
+    else:
+        shown_k, shown_d = min(k, MAX_FILTERS), min(d, MAX_CHANNELS)
+        # Row f, column c: how filter f weighs input channel c.
+        tiles = np.transpose(w[:, :, :shown_d, :shown_k], (3, 2, 0, 1)).reshape(-1, fh, fw)
+        cols = shown_d
+        cut = "" if (shown_k, shown_d) == (k, d) else f", first {shown_k} x {shown_d} shown"
+        note = f"row: {what[:-1]}, column: input channel{cut}"
+        xlabel, ylabel, row_step = "input channel", what[:-1], 1
+
+    image_h = (len(tiles) + cols - 1) // cols * (fh + 1)
+    width, height = grid.inches(image_h, cols * (fw + 1), max_width=9, max_height=8, scale=0.25)
+    fig = grid.new_figure(max(width + 1.6, 4.5), height + 1.1)
+    ax = fig.add_subplot()
+    rgb = tiles.ndim == 4
+    drawn, layout = grid.show(ax, tiles, cols, cmap="RdBu_r",
+                              limits=None if rgb else grid.symmetric(tiles))
+    grid.label_grid(ax, layout, xlabel, ylabel, row_step=row_step)
+    ax.set_title(f"{info.name}  {info.spec.text}: {k} {what} of {fh}x{fw}x{d}\n{note}",
+                 fontsize=10)
+    if not rgb:
+        fig.colorbar(drawn, ax=ax, shrink=0.8, label="weight")
+    fig.tiles = {info.name: layout}
+    return fig

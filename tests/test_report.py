@@ -1,0 +1,77 @@
+"""`slidenet report`: one self-contained HTML page with every section, on a tiny trained model."""
+import base64
+import io
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from slidenet.cli import main
+from slidenet.report import SECTIONS
+from slidenet.train import evaluate, load_model
+
+from test_viz import CLASSES, bars, train_tiny
+
+SECTIONS_WANTED = (("summary", "Architecture"), ("training", "Training"),
+                   ("accuracy", "Test accuracy"), ("filters", "Filters"),
+                   ("activations", "Activation maps"), ("patches", "Top patches"),
+                   ("predictions", "Sample predictions"))
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("report")
+    path, spec = train_tiny(folder)
+    out = folder / "report.html"
+    assert main(["report", str(path), "--data", spec, "--images", "2", "--samples", "6",
+                 "--out", str(out)]) == 0
+    return {"html": out.read_text(encoding="utf-8"), "path": path, "folder": folder}
+
+
+def test_every_section_is_there(page):
+    text = page["html"]
+    assert SECTIONS == SECTIONS_WANTED
+    for key, title in SECTIONS_WANTED:
+        assert f'<section id="{key}"><h2>{title}</h2>' in text
+    # The summary's formulas, with the numbers of this net.
+    assert "4 x (3*3*1 + 1) = 40" in text and "(12 + 2*1 - 3) / 1 + 1 = 12" in text
+    assert len(re.findall(r'class="sample( wrong)?"', text)) >= 6
+    assert all(name in text for name in CLASSES)
+
+
+def test_accuracy_and_confusion_are_the_evaluation(page):
+    net, normalizer, _, _ = load_model(str(page["path"]))
+    x, y = bars(60, seed=1)
+    result = evaluate(net, x, y, normalizer, 3)
+    assert f"Accuracy <b>{result['accuracy']:.4f}</b>" in page["html"]
+    table = page["html"].split('<table class="confusion">')[1].split("</table>")[0]
+    cells = [int(v) if v else 0 for v in re.findall(r'title="true [^"]*">(\d*)</td>', table)]
+    assert np.array(cells).reshape(3, 3).tolist() == result["confusion"]
+
+
+def test_the_page_is_self_contained(page):
+    text = page["html"]
+    assert "http://" not in text and "https://" not in text
+    assert "<script" not in text and "<link" not in text and "@import" not in text
+    assert "url(" not in text
+    sources = re.findall(r'src="([^"]*)"', text)
+    assert len(sources) >= 6 + 4     # samples, and curves, filters, maps, patches
+    for source in sources:
+        assert source.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))) as image:
+            assert np.asarray(image.convert("L"), dtype=float).std() > 0
+
+
+def test_bad_arguments_exit_2_with_one_clear_line(page):
+    for args, words in ((["missing.npz"], "no such model file"),
+                        ([str(page["path"]), "--data", "npz:nowhere.npz"], "nowhere.npz"),
+                        ([str(page["path"]), "--images", "0"], "--images must be at least 1")):
+        done = subprocess.run([sys.executable, "-m", "slidenet", "report", *args],
+                              capture_output=True, text=True, timeout=120, cwd=page["folder"])
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("slidenet report: error: ")
+        assert words in lines[0]

@@ -51,8 +51,8 @@ class TrainConfig:
     weight_decay: float = 5e-4              # L2 on weights (decoupled for adam)
     schedule: str = "warmup-cosine"         # constant | step | cosine | warmup-cosine
     loss: str = "softmax"                   # softmax | svm
-    augment: bool = True                    # random crop (pad 2) and, for non-digits, flips
-    flip: bool = False                      # horizontal flips (off for digits: a flipped 2 is no 2)
+    augment: bool = True                    # random crops of the image zero-padded by 2
+    flip: bool = False                      # random horizontal flips (off for digits: a flipped 2 is no 2)
     val_fraction: float = 0.1               # share of the training split held out for validation
     patience: int = 0                       # early stopping after this many epochs without gain; 0 = off
     seed: int = 0                           # weights, split, shuffling, augmentation, dropout
@@ -189,8 +189,9 @@ def train(config, resume=None, log=print):
         with _progress(len(y_train), f"epoch {epoch + 1}/{config.epochs}") as bar:
             for idx in datasets.batches(len(y_train), config.batch_size, shuffle_rng):
                 xb = normalizer.normalize(x_train[idx])
-                if config.augment:
-                    xb = datasets.augment(xb, augment_rng, crop_pad=2, flip=config.flip)
+                if config.augment or config.flip:
+                    xb = datasets.augment(xb, augment_rng, crop_pad=2 if config.augment else 0,
+                                          flip=config.flip)
                 yb = y_train[idx]
                 scores = net.forward(xb, train=True)
                 loss, dscores = loss_fn(scores, yb)

@@ -15,6 +15,7 @@ Threads: with `threads=T`, PyTorch gets `torch.set_num_threads(T)` and slidenet 
 worker threads with BLAS limited to one thread per call (via threadpoolctl when it is
 installed; without it slidenet runs one worker and BLAS keeps its own thread count).
 """
+import importlib.util
 import json
 import os
 import platform
@@ -72,6 +73,10 @@ def _torch():
     return torch
 
 
+def _has_threadpoolctl():
+    return importlib.util.find_spec("threadpoolctl") is not None
+
+
 @contextmanager
 def slidenet_threads(count):
     """Run slidenet with `count` threads: kernel workers, each calling a one-thread BLAS."""
@@ -106,9 +111,13 @@ def machine():
         blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
         if blas:
             b = blas[0]
-            info["blas"] = f"{b['internal_api']} {b.get('version')} ({b.get('architecture')})"
+            info["blas"] = f"{b['internal_api']} {b.get('version')}, {b.get('architecture')} kernels"
     except ImportError:
-        pass
+        try:    # which BLAS numpy was built with, though not which kernel it picked
+            b = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+            info["blas"] = f"{b['name']} {b.get('version', '')}"
+        except (TypeError, KeyError):
+            pass
     torch = _torch()
     if torch is not None:
         info["torch"] = torch.__version__
@@ -397,7 +406,12 @@ def run(settings, nets):
     with OtherLoad() as load:
         peak = sgemm_gflops(settings.sgemm_size, threads)
         results = {name: bench_net(pattern, settings, peak) for name, pattern in nets.items()}
+    with slidenet_threads(threads):
+        workers = runtime.threads()
+    mode = f"{workers} kernel worker{'s' * (workers > 1)} x 1 BLAS thread" if _has_threadpoolctl() \
+        else "1 kernel worker, BLAS threads as configured (install threadpoolctl to use workers)"
     return {"machine": machine(), "settings": asdict(settings), "threads": threads,
+            "slidenet_threads": mode,
             "sgemm": {"n": settings.sgemm_size, "gflops": peak}, "other_load_cores": load.cores,
             "nets": results}
 
@@ -407,8 +421,9 @@ def report(result):
     m = result["machine"]
     lines = [f"machine: {m['cpu']}, {m['cores']} cores; python {m['python']}, numpy {m['numpy']} "
              f"({m['blas']})" + (f", torch {m['torch']}" if "torch" in m else ""),
-             f"threads: {result['threads']} per library; sgemm {result['sgemm']['n']}^3 float32: "
-             f"{result['sgemm']['gflops']:.1f} GFLOPS (the peak below)"]
+             f"threads: {result['threads']} per library (slidenet: {result['slidenet_threads']}); "
+             f"sgemm {result['sgemm']['n']}^3 float32: {result['sgemm']['gflops']:.1f} GFLOPS "
+             "(the peak below)"]
     if "env" in m:
         lines.append("environment: " + ", ".join(f"{k}={v}" for k, v in m["env"].items()))
     load = result.get("other_load_cores")

@@ -5,7 +5,7 @@ upstream gradient times the local derivative. Shapes are whatever the input's sh
 """
 import numpy as np
 
-from slidenet.ops.runtime import empty
+from slidenet.ops.runtime import empty, run_chunks, split
 
 
 def _long_rows(a):
@@ -19,14 +19,20 @@ def relu_forward(x):
     """max(0, x). The cache is the output: its positive entries are where gradient flows."""
     rows, zero = _long_rows(x)
     out = empty(x.shape, x.dtype)
-    np.maximum(rows, zero, out=out.reshape(rows.shape))
+    result = out.reshape(rows.shape)
+    run_chunks(lambda sl: np.maximum(rows[sl], zero, out=result[sl]), split(len(rows), rows.size))
     return out, out
 
 
 def relu_backward(dout, out):
     """d max(0, x)/dx = 1 where x > 0, else 0."""
     rows, zero = _long_rows(out)
-    return np.multiply(dout, np.greater(rows, zero).reshape(out.shape), out=empty(dout.shape, dout.dtype))
+    grads = dout.reshape(rows.shape)
+    dx = empty(dout.shape, dout.dtype)
+    result = dx.reshape(rows.shape)
+    run_chunks(lambda sl: np.multiply(grads[sl], np.greater(rows[sl], zero), out=result[sl]),
+               split(len(rows), rows.size))
+    return dx
 
 
 def leaky_relu_forward(x, alpha=0.01):

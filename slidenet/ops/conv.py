@@ -23,7 +23,7 @@ cache, backward masks dout by that output (the ReLU's mask) chunk by chunk.
 import numpy as np
 
 from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
-from slidenet.ops.window import col2im_add, out_hw, pad_into, unpad_hw, windows
+from slidenet.ops.window import col2im_add, out_hw, pad_into, tap, unpad_hw, windows, zero_border
 
 
 def _rows(x, size, stride, pad, name):
@@ -36,7 +36,14 @@ def _rows(x, size, stride, pad, name):
         x = pad_into(scratch(name + ".pad", (n, h + 2 * ph, w + 2 * pw, d), x.dtype), x, pad)
     view = windows(x, size, stride)
     rows = scratch(name, view.shape, x.dtype)
-    np.copyto(rows, view)
+    if d == 1:
+        # One number per pixel: copying tap by tap runs NumPy's inner loop along whole image
+        # rows instead of along F_w numbers, three times faster.
+        for i in range(fh):
+            for j in range(fw):
+                rows[:, :, :, i, j] = tap(x, i, j, view.shape[1:3], stride)
+    else:
+        np.copyto(rows, view)
     return rows.reshape(-1, fh * fw * d)
 
 
@@ -84,56 +91,85 @@ def conv_backward(dout, cache, need_dx=True):
     fh, fw, _, k = w.shape
     _, ho, wo, _ = dout.shape
     dout = np.ascontiguousarray(dout)
-    w2 = np.ascontiguousarray(w).reshape(fh * fw * d, k)
     dx = empty(x.shape, np.result_type(dout, w)) if need_dx else None
+    zero_row = np.zeros(wo * k, dout.dtype)
     # dx as a "full" convolution needs stride 1 and P <= F - 1 (a wider padding would crop dout).
-    full = stride == (1, 1) and pad[0] < fh and pad[1] < fw
+    full = need_dx and stride == (1, 1) and pad[0] < fh and pad[1] < fw
     if full:
         back_pad = (fh - 1 - pad[0], fw - 1 - pad[1])
         # w_flip[i, j, k, d] = w[F_h-1-i, F_w-1-j, d, k]: rows of dout's windows times it give dx.
         w_flip = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(fh * fw * k, d)
+        padded_out = (ho + 2 * back_pad[0]) * (wo + 2 * back_pad[1])
+    else:
+        w2 = np.ascontiguousarray(w).reshape(fh * fw * d, k)
 
-    def dx_chunk(g, dxs):
-        """dx of the images whose (masked) output gradient is g, written into dxs."""
-        if full:
-            np.matmul(_rows(g, (fh, fw), (1, 1), back_pad, "conv.grows"), w_flip,
-                      out=dxs.reshape(-1, d))
-            return
-        c = g.shape[0]
-        drows = scratch("conv.drows", (c, ho, wo, fh, fw, d), dxs.dtype)
-        np.matmul(g.reshape(-1, k), w2.T, out=drows.reshape(-1, fh * fw * d))
-        dxp = dxs if pad == (0, 0) else \
-            scratch("conv.dxpad", (c, h + 2 * pad[0], wd + 2 * pad[1], d), dxs.dtype)
-        dxp[...] = 0
-        col2im_add(drows, dxp, stride)
-        if dxp is not dxs:
-            dxs[...] = unpad_hw(dxp, pad)
+    def masked(sl, into):
+        """dout of the images sl, times the fused ReLU's mask, written into `into`."""
+        if relu_out is None:
+            into[...] = dout[sl]
+            return into
+        positive = scratch("conv.mask", ((sl.stop - sl.start) * ho, wo * k), bool)
+        np.greater(relu_out[sl].reshape(-1, wo * k), zero_row, out=positive)
+        return np.multiply(dout[sl], positive.reshape(into.shape), out=into)
 
-    def work(sl):
-        g = dout[sl]
-        if relu_out is not None:
-            positive = scratch("conv.mask", (g.shape[0] * ho, wo * k), bool)
-            np.greater(relu_out[sl].reshape(-1, wo * k), zero_row, out=positive)
-            g = np.multiply(g, positive.reshape(g.shape), out=scratch("conv.g", g.shape, g.dtype))
+    def work_full(sl):
+        # One set of rows serves both products. With grows[p, (i', j'), k] = dout at
+        # p + (i', j') - (F - 1 - P), dx = grows @ w_flip and, since dw[i, j] = sum over
+        # input positions p of x[p]^T dout[p - (i, j) + P], dw[i, j] = x^T @ grows[:, flipped (i, j)].
+        c = sl.stop - sl.start
+        gp = scratch("conv.gpad", (c, ho + 2 * back_pad[0], wo + 2 * back_pad[1], k), dout.dtype)
+        masked(sl, zero_border(gp, back_pad))
+        db_part = ones[:c * padded_out] @ gp.reshape(-1, k)     # the zero border adds nothing
+        view = windows(gp, (fh, fw), (1, 1))
+        grows = scratch("conv.grows", view.shape, dout.dtype)
+        np.copyto(grows, view)
+        grows = grows.reshape(-1, fh * fw * k)
+        np.matmul(grows, w_flip, out=dx[sl].reshape(-1, d))
+        return x[sl].reshape(-1, d).T @ grows, db_part          # dw as (D, F_h, F_w, K), flipped
+
+    def work_rows(sl):
+        g = dout[sl] if relu_out is None else masked(sl, scratch("conv.g", dout[sl].shape, dout.dtype))
         g2 = g.reshape(-1, k)
-        dw_part = _rows(x[sl], (fh, fw), stride, pad, "conv.rows").T @ g2
+        dw_part = np.matmul(_rows(x[sl], (fh, fw), stride, pad, "conv.rows").T, g2)
         db_part = ones[:g2.shape[0]] @ g2       # a GEMV: far faster than g2.sum(axis=0)
         if need_dx:
-            dx_chunk(g, dx[sl])
+            _scatter_dx(g2, w2, dx[sl], (fh, fw), stride, pad)
         return dw_part, db_part
 
-    zero_row = np.zeros(wo * k, dout.dtype)
-    rows_bytes = ho * wo * fh * fw * d + (h + 2 * pad[0]) * (wd + 2 * pad[1]) * d
-    back_bytes = 0 if not need_dx else \
-        h * wd * fh * fw * k + (ho + 2 * fh) * (wo + 2 * fw) * k if full else \
-        ho * wo * fh * fw * d + (h + 2 * pad[0]) * (wd + 2 * pad[1]) * d
-    per_image = (rows_bytes + back_bytes + ho * wo * k) * x.itemsize
-    chunks = batch_chunks(n, per_image, budget)
-    ones = np.ones(max(sl.stop - sl.start for sl in chunks) * ho * wo, dout.dtype)
-    parts = run_chunks(work, chunks)
-    dw = parts[0][0]
-    db = parts[0][1]
-    for dw_part, db_part in parts[1:]:
-        dw += dw_part
+    # Scratch numbers per image (for the budget) and those one GEMM works on (for the cache).
+    if full:
+        per_image = h * wd * fh * fw * k + padded_out * k
+        hot = h * wd * fh * fw * k
+    else:
+        rows = ho * wo * fh * fw * d
+        padded = (h + 2 * pad[0]) * (wd + 2 * pad[1]) * d
+        per_image = rows + padded + ho * wo * k + (rows + padded if need_dx else 0)
+        hot = rows
+    chunks = batch_chunks(n, per_image * x.itemsize, budget, hot * x.itemsize)
+    largest = max((sl.stop - sl.start for sl in chunks), default=0)
+    ones = np.ones(largest * (padded_out if full else ho * wo), dout.dtype)
+    dw = np.zeros((d, fh, fw, k) if full else (fh * fw * d, k), np.result_type(x, dout))
+    db = np.zeros(k, dout.dtype)
+    for dw_part, db_part in run_chunks(work_full if full else work_rows, chunks):
+        dw += dw_part.reshape(dw.shape)
         db += db_part
+    if full:
+        dw = np.ascontiguousarray(dw[:, ::-1, ::-1, :].transpose(1, 2, 0, 3))
     return dx, dw.reshape(w.shape), db
+
+
+def _scatter_dx(g2, w2, dxs, size, stride, pad):
+    """dx of a chunk at any stride: each window's gradient (g2 @ w^T) added back where it came from.
+
+    g2: (c*H'*W', K) output gradient; dxs: (c, H, W, D), written.
+    """
+    c, h, wd, d = dxs.shape
+    (fh, fw), (ph, pw) = size, pad
+    ho, wo = out_hw(h, wd, size, stride, pad)
+    drows = scratch("conv.drows", (c, ho, wo, fh, fw, d), dxs.dtype)
+    np.matmul(g2, w2.T, out=drows.reshape(-1, fh * fw * d))
+    dxp = dxs if pad == (0, 0) else scratch("conv.dxpad", (c, h + 2 * ph, wd + 2 * pw, d), dxs.dtype)
+    dxp[...] = 0
+    col2im_add(drows, dxp, stride)
+    if dxp is not dxs:
+        dxs[...] = unpad_hw(dxp, pad)

@@ -167,17 +167,22 @@ def empty(shape, dtype):
         return buffers[best][:nbytes].view(dtype).reshape(shape)
 
 
-def batch_chunks(n, bytes_per_image, budget=None):
+def batch_chunks(n, bytes_per_image, budget=None, hot_bytes_per_image=None):
     """Slices of the batch axis (0..n) for images that each need `bytes_per_image` of scratch.
 
-    A chunk aims for `chunk_bytes` and all worker threads' chunks together stay within
-    `budget` (the global memory budget when None); a chunk always holds at least one image.
+    All worker threads' chunks together stay within `budget` (the global memory budget when
+    None), and the data one step works on at a time (`hot_bytes_per_image` per image, e.g.
+    the rows of one GEMM; all the scratch when None) aims for `chunk_bytes`. A chunk always
+    holds at least one image.
     """
     budget = memory_budget() if budget is None else budget
-    per_chunk = min(_settings["chunk_bytes"], budget // threads())
-    step = max(1, int(per_chunk // max(1, bytes_per_image)))
-    # Spread the images evenly: 128 in chunks of at most 5 are 26 chunks of 4 or 5, not 25 + 3.
-    count = -(-n // step)
+    hot = bytes_per_image if hot_bytes_per_image is None else hot_bytes_per_image
+    step = max(1, min(int(budget // threads() // max(1, bytes_per_image)),
+                      int(_settings["chunk_bytes"] // max(1, hot))))
+    # Spread the images evenly (128 in chunks of at most 5: 26 chunks of 4 or 5, not 25 + 3),
+    # over a multiple of the thread count, so that no thread is left with the last chunk alone.
+    count = max(1, -(-n // step))
+    count = min(max(n, 1), -(-count // threads()) * threads())
     bounds = [n * i // count for i in range(count + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
@@ -204,23 +209,42 @@ def _executor(size):
 def run_chunks(work, slices):
     """Call ``work(sl)`` for every slice and return the results in slice order.
 
-    With several worker threads, thread t takes slices t, t + T, t + 2T, ... (the calling thread
-    is thread 0), so a kernel call costs one hand-off per thread, not one per chunk. `work` must
-    write only to its own slice of any shared output.
+    With several worker threads (the calling thread is one of them), each takes the next slice
+    not yet taken until none is left: a thread slowed down by anything else on the machine
+    simply takes fewer. A kernel call costs one hand-off per thread, not one per chunk. `work`
+    must write only to its own slice of any shared output; which thread ran a slice never
+    changes its result.
     """
     count = min(threads(), len(slices))
     if count <= 1 or getattr(_local, "worker", False):
         return [work(sl) for sl in slices]
+    order, lock = iter(range(len(slices))), threading.Lock()
 
-    def part(t):
+    def take():
+        with lock:
+            return next(order, None)
+
+    def part():
         _local.worker = True
+        done = []
         try:
-            return [(i, work(slices[i])) for i in range(t, len(slices), count)]
+            for i in iter(take, None):
+                done.append((i, work(slices[i])))
+        except BaseException:
+            with lock:                  # a failed chunk: the other threads stop taking more
+                for _ in order:
+                    pass
+            raise
         finally:
             _local.worker = False
+        return done
 
-    futures = [_executor(count - 1).submit(part, t) for t in range(1, count)]
-    results = part(0)
+    futures = [_executor(count - 1).submit(part) for _ in range(1, count)]
+    try:
+        results = part()
+    finally:
+        for future in futures:          # never return while a worker still writes
+            future.exception()
     for future in futures:
         results.extend(future.result())
     return [value for _, value in sorted(results, key=lambda pair: pair[0])]

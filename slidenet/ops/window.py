@@ -39,14 +39,19 @@ def pad_into(xp, x, pad):
 
     Lets a reused buffer serve as the padded input, instead of a fresh np.pad on every call.
     """
+    zero_border(xp, pad)[...] = x
+    return xp
+
+
+def zero_border(xp, pad):
+    """Zero the P_h rows and P_w columns around xp's interior; return the interior (a view)."""
     ph, pw = pad
-    h, w = x.shape[1:3]
+    h, w = xp.shape[1] - 2 * ph, xp.shape[2] - 2 * pw
     xp[:, :ph] = 0
     xp[:, ph + h:] = 0
     xp[:, ph:ph + h, :pw] = 0
     xp[:, ph:ph + h, pw + w:] = 0
-    xp[:, ph:ph + h, pw:pw + w] = x
-    return xp
+    return unpad_hw(xp, pad)
 
 
 def unpad_hw(xp, pad):

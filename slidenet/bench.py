@@ -12,10 +12,8 @@ machine, and the report gives the ratios (medians over the rounds). Peak memory 
 a fresh subprocess per library, so neither pays for the other's imports or buffers.
 
 Threads: with `threads=T`, PyTorch gets `torch.set_num_threads(T)` and slidenet T kernel
-worker threads with BLAS limited to one thread per call (via threadpoolctl when it is
-installed; without it slidenet runs one worker and BLAS keeps its own thread count).
+worker threads with BLAS limited to one thread per call (`slidenet.ops.runtime.workers`).
 """
-import importlib.util
 import json
 import os
 import platform
@@ -23,10 +21,11 @@ import resource
 import subprocess
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from slidenet.net import Net
 from slidenet.ops import runtime, softmax_loss
@@ -73,28 +72,6 @@ def _torch():
     return torch
 
 
-def _has_threadpoolctl():
-    return importlib.util.find_spec("threadpoolctl") is not None
-
-
-@contextmanager
-def slidenet_threads(count):
-    """Run slidenet with `count` threads: kernel workers, each calling a one-thread BLAS."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    previous = runtime.set_threads(count if threadpool_limits else 1)
-    try:
-        if threadpool_limits is None:
-            yield
-        else:
-            with threadpool_limits(limits=1, user_api="blas"):
-                yield
-    finally:
-        runtime.set_threads(previous)
-
-
 def machine():
     """What the numbers were measured on: CPU, cores, library versions, the BLAS kernel."""
     cpu = platform.processor() or platform.machine()
@@ -106,18 +83,10 @@ def machine():
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "blas": "unknown"}
-    try:
-        from threadpoolctl import threadpool_info
-        blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
-        if blas:
-            b = blas[0]
-            info["blas"] = f"{b['internal_api']} {b.get('version')}, {b.get('architecture')} kernels"
-    except ImportError:
-        try:    # which BLAS numpy was built with, though not which kernel it picked
-            b = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-            info["blas"] = f"{b['name']} {b.get('version', '')}"
-        except (TypeError, KeyError):
-            pass
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    if blas:
+        b = blas[0]
+        info["blas"] = f"{b['internal_api']} {b.get('version')}, {b.get('architecture')} kernels"
     torch = _torch()
     if torch is not None:
         info["torch"] = torch.__version__
@@ -130,19 +99,13 @@ def machine():
 
 def sgemm_gflops(n, threads, repeats=3):
     """Best GFLOPS of an n x n x n float32 matmul with BLAS on `threads` threads."""
-    try:
-        from threadpoolctl import threadpool_limits
-        limit = threadpool_limits(limits=threads, user_api="blas")
-    except ImportError:
-        limit = None
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     out = np.empty((n, n), np.float32)
-    np.matmul(a, b, out=out)
-    best = min(_seconds(lambda: np.matmul(a, b, out=out)) for _ in range(repeats))
-    if limit is not None:
-        limit.restore_original_limits()
+    with threadpool_limits(limits=threads, user_api="blas"):
+        np.matmul(a, b, out=out)
+        best = min(_seconds(lambda: np.matmul(a, b, out=out)) for _ in range(repeats))
     return 2 * n ** 3 / best / 1e9
 
 
@@ -343,7 +306,7 @@ def _memory_child(spec):
     else:
         if budget:
             runtime.set_memory_budget(budget)
-        with slidenet_threads(threads):
+        with runtime.workers(threads):
             runner = SlidenetRunner(pattern, batch, 1)
             base = _peak_rss_mb()
             tracemalloc.start()
@@ -372,7 +335,7 @@ def bench_net(pattern, settings, peak):
     sn = SlidenetRunner(pattern, settings.batch, settings.infer_batch)
     infos = sn.net.infos
     runners = [sn]
-    contexts = {"slidenet": lambda: slidenet_threads(threads)}
+    contexts = {"slidenet": lambda: runtime.workers(threads)}
     torch = _torch() if settings.torch else None
     if torch is not None:
         torch.set_num_threads(threads)
@@ -382,7 +345,7 @@ def bench_net(pattern, settings, peak):
     train_flops = sum(f + b for f, b in flops.values()) * settings.batch
     infer_flops = sum(f for f, _ in flops.values()) * settings.infer_batch
     result = {"pattern": pattern, "batch": settings.batch, "infer_batch": settings.infer_batch}
-    with slidenet_threads(threads):
+    with runtime.workers(threads):
         result["layers"] = layer_times(sn, infos, settings, peak)
     for method, batch, work in (("train_step", settings.batch, train_flops),
                                 ("infer", settings.infer_batch, infer_flops)):
@@ -406,10 +369,9 @@ def run(settings, nets):
     with OtherLoad() as load:
         peak = sgemm_gflops(settings.sgemm_size, threads)
         results = {name: bench_net(pattern, settings, peak) for name, pattern in nets.items()}
-    with slidenet_threads(threads):
+    with runtime.workers(threads):
         workers = runtime.threads()
-    mode = f"{workers} kernel worker{'s' * (workers > 1)} x 1 BLAS thread" if _has_threadpoolctl() \
-        else "1 kernel worker, BLAS threads as configured (install threadpoolctl to use workers)"
+    mode = f"{workers} kernel worker{'s' * (workers > 1)} x 1 BLAS thread"
     return {"machine": machine(), "settings": asdict(settings), "threads": threads,
             "slidenet_threads": mode,
             "sgemm": {"n": settings.sgemm_size, "gflops": peak}, "other_load_cores": load.cores,

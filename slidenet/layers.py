@@ -32,9 +32,8 @@ class Layer:
         self.fused_relu = False     # set by `fuse`: CONV/FC applies the next RELU; RELU is applied
 
     def _fusing(self, train):
-        """Whether this forward fuses: only while training, and only with the stock ReLU kernels
-        (a replaced RELU kernel must run as written)."""
-        return train and self.fused_relu and Activation.KERNELS["RELU"] is _STOCK_RELU
+        """Whether this forward applies the next RELU itself: only while training."""
+        return train and self.fused_relu
 
     def _param(self, key, value):
         self.params[key] = value
@@ -98,7 +97,6 @@ class FC(Layer):
         return dx
 
 
-_STOCK_RELU = (ops.relu_forward, ops.relu_backward)
 _APPLIED = object()     # an Activation's cache when the layer before it applied the ReLU
 
 
@@ -106,7 +104,7 @@ class Activation(Layer):
     """RELU, LEAKYRELU(a), TANH or SIGMOID: one forward/backward pair from `ops`."""
 
     KERNELS = {
-        "RELU": _STOCK_RELU,
+        "RELU": (ops.relu_forward, ops.relu_backward),
         "TANH": (ops.tanh_forward, ops.tanh_backward),
         "SIGMOID": (ops.sigmoid_forward, ops.sigmoid_backward),
     }

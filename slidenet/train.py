@@ -22,7 +22,7 @@ from slidenet import data as datasets
 from slidenet import modelfile
 from slidenet.errors import SlidenetError
 from slidenet.net import Net
-from slidenet.ops import softmax_loss, svm_loss
+from slidenet.ops import runtime, softmax_loss, svm_loss
 from slidenet.optim import make_optimizer
 from slidenet.schedules import make_schedule
 
@@ -58,6 +58,7 @@ class TrainConfig:
     seed: int = 0                           # weights, split, shuffling, augmentation, dropout
     out: str = "runs/latest"                # where model.npz, best.npz and history.json go
     stop_after: int = 0                     # stop after this many epochs in this run (0 = run to `epochs`)
+    threads: int = 0                        # kernel worker threads; 0 = one per core (see `train`)
 
 
 def _progress(total, desc):
@@ -138,12 +139,20 @@ def train(config, resume=None, log=print):
     """Train as `config` says (or continue the run saved in `resume`). Returns the history list.
 
     Each history entry: epoch, loss, accuracy, val_accuracy, val_loss, lr, seconds, images_per_s.
+    The kernels run on `config.threads` worker threads. Results are deterministic for a given
+    count; another count changes the rounding of the sums (about 1e-7), so an exact resume uses
+    the same count (the default, one per core, on the same machine).
     """
+    with runtime.workers(config.threads or None):
+        return _train(config, resume, log)
+
+
+def _train(config, resume, log):
     state = None
     if resume is not None:
         net, normalizer, meta, state = load_model(resume)
         saved = TrainConfig(**{**meta["config"], "epochs": config.epochs, "out": config.out,
-                               "stop_after": config.stop_after})
+                               "stop_after": config.stop_after, "threads": config.threads})
         config = saved
         history = meta["history"]
         start_epoch = meta["epoch"]
@@ -199,7 +208,7 @@ def train(config, resume=None, log=print):
                     raise TrainingDiverged(
                         f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; the last good "
                         f"model is in {config.out}; try a lower learning rate (--lr {config.lr / 10:g})")
-                net.backward(dscores)
+                net.backward(dscores, input_grad=False)
                 optimizer.step(net.grads, schedule(step))
                 step += 1
                 seen += len(yb)

@@ -78,11 +78,15 @@ def test_every_layer_kind_passes_gradcheck():
 
 
 def test_gradcheck_catches_a_wrong_backward(monkeypatch):
-    # A ReLU backward that forgets its mask must be caught.
-    monkeypatch.setattr(ops, "relu_backward", lambda dout, out: dout)
-    from slidenet.layers import Activation
-    monkeypatch.setitem(Activation.KERNELS, "RELU", (ops.relu_forward, ops.relu_backward))
-    net = Net.from_pattern("INPUT(5x5x2) -> CONV(3) -> RELU -> FC(3)", dtype="float64")
+    # A max-pool backward that spreads the gradient like an average must be caught.
+    real_backward = ops.pool_backward
+
+    def spread(dout, cache):
+        x, _, size, stride, _ = cache
+        return real_backward(dout, ops.pool_forward(x, size, stride, "avg")[1])
+    net = Net.from_pattern("INPUT(6x6x2) -> CONV(3) -> RELU -> POOL -> FC(3)", dtype="float64")
+    assert max(check_net(net).values()) < TOLERANCE
+    monkeypatch.setattr(ops, "pool_backward", spread)
     assert max(check_net(net).values()) > 1e-3
 
 

@@ -42,6 +42,8 @@ def register(subparsers):
     p.add_argument("--resume", metavar="MODEL", help="continue the run saved in MODEL to --epochs")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="stop after N epochs of this run, as an interruption would (resume later)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="kernel worker threads (default: one per core); an exact --resume needs the same count")
     p.set_defaults(func=run)
 
 
@@ -49,6 +51,8 @@ def _check(args):
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise SlidenetError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if args.threads < 0:
+        raise SlidenetError(f"--threads must be 0 (one per core) or more, not {args.threads}")
     if not args.lr > 0:
         raise SlidenetError(f"--lr must be > 0, not {args.lr}")
     if not 0 <= args.val_fraction < 1:
@@ -66,7 +70,7 @@ def run(args):
         optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
         schedule=args.schedule, loss=args.loss, augment=args.augment, flip=args.flip,
         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, out=out,
-        stop_after=args.stop_after)
+        stop_after=args.stop_after, threads=args.threads)
     history = train(config, resume=args.resume)
     if history:
         last = history[-1]

@@ -30,8 +30,10 @@ import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 # Scratch memory one kernel call may use, over all threads. 64 MiB holds the chunks of every
 # layer of R1 many times over; a budget below one image's rows still runs, one image at a time.
@@ -93,6 +95,21 @@ def set_threads(n=None):
 def threads():
     """The number of worker threads the kernels use."""
     return _settings["threads"]
+
+
+@contextmanager
+def workers(count=None):
+    """Run the kernels inside the block on `count` worker threads (None: one per core), each
+    calling a one-thread BLAS, so workers and BLAS threads never fight over the cores."""
+    previous = set_threads(count)
+    try:
+        if threads() == 1:
+            yield
+        else:
+            with threadpool_limits(limits=1, user_api="blas"):
+                yield
+    finally:
+        set_threads(previous)
 
 
 def scratch(name, shape, dtype):

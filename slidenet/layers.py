@@ -30,6 +30,10 @@ class Layer:
         self.buffers = {}       # state that is saved but not trained (batchnorm running stats)
         self.cache = None
         self.fused_relu = False     # set by `fuse`: CONV/FC applies the next RELU; RELU is applied
+        # Set by `fuse` on a CONV -> RELU -> MAXPOOL: the pool's backward applies the ReLU's mask
+        # (on the pooled numbers), so the CONV's backward does not.
+        self.pool_masks_relu = False
+        self._masked = False        # whether the last forward used that (it fuses only in training)
 
     def _fusing(self, train):
         """Whether this forward applies the next RELU itself: only while training."""
@@ -56,13 +60,15 @@ class Conv(Layer):
         self._param("b", np.zeros(s.filters, dtype=dtype))
 
     def forward(self, x, train):
+        self._masked = self._fusing(train) and self.pool_masks_relu
         out, self.cache = ops.conv_forward(x, self.params["W"], self.params["b"],
                                            self.info.spec.stride, self.info.spec.pad,
                                            relu=self._fusing(train))
         return out
 
     def backward(self, dout, need_dx=True):
-        dx, self.grads["W"][...], self.grads["b"][...] = ops.conv_backward(dout, self.cache, need_dx)
+        dx, self.grads["W"][...], self.grads["b"][...] = ops.conv_backward(
+            dout, self.cache, need_dx, relu_masked=self._masked)
         return dx
 
 
@@ -71,11 +77,12 @@ class Pool(Layer):
 
     def forward(self, x, train):
         mode = "max" if self.info.spec.kind == "MAXPOOL" else "avg"
+        self._masked = train and self.pool_masks_relu
         out, self.cache = ops.pool_forward(x, self.info.spec.size, self.info.spec.stride, mode)
         return out
 
     def backward(self, dout, need_dx=True):
-        return ops.pool_backward(dout, self.cache)
+        return ops.pool_backward(dout, self.cache, relu_mask=self._masked)
 
 
 class FC(Layer):
@@ -174,6 +181,10 @@ def fuse(layers):
         if isinstance(layer, (Conv, FC)) and isinstance(after, Activation) \
                 and after.info.spec.kind == "RELU":
             layer.fused_relu = after.fused_relu = True
+    for conv, relu, pool in zip(layers, layers[1:], layers[2:]):
+        if isinstance(conv, Conv) and conv.fused_relu and relu.fused_relu \
+                and isinstance(pool, Pool) and pool.info.spec.kind == "MAXPOOL":
+            conv.pool_masks_relu = pool.pool_masks_relu = True
     return layers
 
 

@@ -105,8 +105,9 @@ def test_fused_net_matches_unfused_net():
     fused = Net.from_pattern(SMALL, dtype="float64")
     plain = Net.from_pattern(SMALL, dtype="float64")
     for layer in plain.layers:
-        layer.fused_relu = False
+        layer.fused_relu = layer.pool_masks_relu = False
     assert any(layer.fused_relu for layer in fused.layers)
+    assert any(layer.pool_masks_relu for layer in fused.layers)
     x = RNG.standard_normal((3, 10, 10, 3))
     ds = RNG.standard_normal((3, 3))
     np.testing.assert_allclose(fused.forward(x, train=True), plain.forward(x, train=True), rtol=1e-12)
@@ -227,6 +228,52 @@ def test_layers_fuse_only_conv_or_fc_before_relu():
     assert fused == {"conv1": True, "relu1": True, "maxpool1": False, "relu2": False, "fc1": False,
                      "tanh1": False, "fc2": True, "relu3": True}
     assert layers.fuse([]) == []
+
+
+@pytest.mark.parametrize("hw,size,stride", [((8, 8), (2, 2), (2, 2)), ((7, 7), (3, 3), (2, 2)),
+                                            ((8, 9), (2, 3), (1, 2))])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_relu_mask_in_maxpool_backward_equals_relu_backward(settings, hw, size, stride, threads):
+    # CONV -> RELU -> MAXPOOL: the pool's backward applying the ReLU's mask (and the CONV then
+    # skipping it) must give the same gradients, including windows that are all zero after the
+    # ReLU (ties: the gradient goes to the first tap, whose ReLU mask is 0) and overlapping pools.
+    runtime.set_threads(threads)
+    runtime.set_chunk_bytes(1)
+    x = RNG.integers(-1, 2, (6, *hw, 3)).astype(np.float64)
+    w = RNG.integers(-1, 2, (3, 3, 3, 4)).astype(np.float64)     # integer maps: many ties and zeros
+    b = np.array([0.0, -1.0, 1.0, -3.0])
+    out, cache = ops.conv_forward(x, w, b, (1, 1), (1, 1), relu=True)
+    assert (out == 0).any()
+    pooled, pool_cache = ops.pool_forward(out, size, stride)
+    dout = RNG.standard_normal(pooled.shape)
+    want = ops.conv_backward(ops.pool_backward(dout, pool_cache), cache)
+    got = ops.conv_backward(ops.pool_backward(dout, pool_cache, relu_mask=True), cache, relu_masked=True)
+    for g, wnt in zip(got, want):
+        np.testing.assert_allclose(g, wnt, rtol=1e-12, atol=1e-12)
+    # And against the naive loops: ReLU, then the naive max pool's backward, then the conv's.
+    relu_grad = naive.pool_backward(dout, out, size, stride) * (out > 0)
+    _, plain_cache = ops.conv_forward(x, w, b, (1, 1), (1, 1))
+    for g, wnt in zip(got, ops.conv_backward(relu_grad, plain_cache)):
+        np.testing.assert_allclose(g, wnt, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_pool_mask_net_matches_unfused_net():
+    pattern = ("INPUT(9x9x2) -> CONV(3) -> RELU -> MAXPOOL(3x3, s=2) -> CONV(4) -> RELU -> POOL "
+               "-> CONV(2) -> RELU -> AVGPOOL(2x2, s=1) -> FC(3)")
+    fused = Net.from_pattern(pattern, dtype="float64")
+    plain = Net.from_pattern(pattern, dtype="float64")
+    assert {layer.name: layer.pool_masks_relu for layer in fused.layers if layer.pool_masks_relu} == \
+        {"conv1": True, "maxpool1": True, "conv2": True, "maxpool2": True}
+    for layer in plain.layers:
+        layer.fused_relu = layer.pool_masks_relu = False
+    x = RNG.integers(-1, 2, (4, 9, 9, 2)).astype(np.float64)      # ties and all-zero windows
+    ds = RNG.standard_normal((4, 3))
+    for _ in range(2):      # a training step, then evaluation, then training again
+        np.testing.assert_allclose(fused.forward(x, train=True), plain.forward(x, train=True), rtol=1e-12)
+        np.testing.assert_allclose(fused.backward(ds), plain.backward(ds), rtol=1e-10, atol=1e-12)
+        for name in plain.grads:
+            np.testing.assert_allclose(fused.grads[name], plain.grads[name], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(fused.forward(x), plain.forward(x), rtol=1e-12)
 
 
 @pytest.mark.parametrize("batch", [1, 2, 5])

@@ -80,13 +80,17 @@ def conv_forward(x, w, b, stride=(1, 1), pad=(0, 0), budget=None, relu=False):
     return out, (x, w, stride, pad, budget, out if relu else None)
 
 
-def conv_backward(dout, cache, need_dx=True):
+def conv_backward(dout, cache, need_dx=True, relu_masked=False):
     """Gradients of conv_forward.
 
     dout: (N, H', W', K). Returns dx (N, H, W, D), dw (F_h, F_w, D, K), db (K,).
     need_dx=False skips dx (returned as None): the first layer's input needs no gradient.
+    relu_masked=True: dout already carries the fused ReLU's mask (a max pool after the ReLU
+    applied it, `pool_backward(..., relu_mask=True)`), so it is not applied again.
     """
     x, w, stride, pad, budget, relu_out = cache
+    if relu_masked:
+        relu_out = None
     n, h, wd, d = x.shape
     fh, fw, _, k = w.shape
     _, ho, wo, _ = dout.shape

@@ -47,10 +47,18 @@ def pool_forward(x, size, stride, mode="max"):
     return out, (x, out, size, stride, mode)
 
 
-def pool_backward(dout, cache):
-    """Gradient of pool_forward. dout: (N, H', W', D). Returns dx (N, H, W, D)."""
+def pool_backward(dout, cache, relu_mask=False):
+    """Gradient of pool_forward. dout: (N, H', W', D). Returns dx (N, H, W, D).
+
+    relu_mask=True (max pooling of a ReLU's output only): also apply that ReLU's mask, so the
+    ReLU (or the CONV that fused it) need not. Max pooling hands gradient only to a window's
+    maximum, whose ReLU output is the pooled value itself: masking dout by `out > 0` here is
+    the ReLU's mask on a quarter of the numbers (for 2x2 windows).
+    """
     x, out, size, stride, mode = cache
     n, ho, wo, d = dout.shape
+    relu_mask = relu_mask and mode == "max"
+    zero_row = np.zeros(wo * d, dout.dtype) if relu_mask else None
     # When the windows tile the input, every input entry is in exactly one window: each tap of
     # dx is written once, with no zeroing and no additions.
     tiles = stride == size and x.shape[1] == ho * size[0] and x.shape[2] == wo * size[1]
@@ -72,6 +80,11 @@ def pool_backward(dout, cache):
             return
         xs, o = x[sl], out[sl]
         hit = scratch("pool.hit", g.shape, bool)
+        if relu_mask:
+            # Against a row of zeros over whole output rows: NumPy is slow against a scalar 0.
+            rows = (g.shape[0] * ho, wo * d)
+            np.greater(o.reshape(rows), zero_row, out=hit.reshape(rows))
+            g = np.multiply(g, hit, out=scratch("pool.masked", g.shape, g.dtype))
         left = g                                # the gradient no tap has taken yet
         for t, (i, j) in enumerate(taps):
             view = tap(dxs, i, j, (ho, wo), stride)

@@ -78,11 +78,12 @@ class Pool(Layer):
     def forward(self, x, train):
         mode = "max" if self.info.spec.kind == "MAXPOOL" else "avg"
         self._masked = train and self.pool_masks_relu
-        out, self.cache = ops.pool_forward(x, self.info.spec.size, self.info.spec.stride, mode)
+        out, self.cache = ops.pool_forward(x, self.info.spec.size, self.info.spec.stride, mode,
+                                           relu_mask=self._masked)
         return out
 
     def backward(self, dout, need_dx=True):
-        return ops.pool_backward(dout, self.cache, relu_mask=self._masked)
+        return ops.pool_backward(dout, self.cache)
 
 
 class FC(Layer):

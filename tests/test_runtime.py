@@ -245,9 +245,11 @@ def test_relu_mask_in_maxpool_backward_equals_relu_backward(settings, hw, size, 
     out, cache = ops.conv_forward(x, w, b, (1, 1), (1, 1), relu=True)
     assert (out == 0).any()
     pooled, pool_cache = ops.pool_forward(out, size, stride)
+    masked, masked_cache = ops.pool_forward(out, size, stride, relu_mask=True)
+    np.testing.assert_array_equal(masked, pooled)
     dout = RNG.standard_normal(pooled.shape)
     want = ops.conv_backward(ops.pool_backward(dout, pool_cache), cache)
-    got = ops.conv_backward(ops.pool_backward(dout, pool_cache, relu_mask=True), cache, relu_masked=True)
+    got = ops.conv_backward(ops.pool_backward(dout, masked_cache), cache, relu_masked=True)
     for g, wnt in zip(got, want):
         np.testing.assert_allclose(g, wnt, rtol=1e-12, atol=1e-12)
     # And against the naive loops: ReLU, then the naive max pool's backward, then the conv's.

@@ -86,7 +86,7 @@ def conv_backward(dout, cache, need_dx=True, relu_masked=False):
     dout: (N, H', W', K). Returns dx (N, H, W, D), dw (F_h, F_w, D, K), db (K,).
     need_dx=False skips dx (returned as None): the first layer's input needs no gradient.
     relu_masked=True: dout already carries the fused ReLU's mask (a max pool after the ReLU
-    applied it, `pool_backward(..., relu_mask=True)`), so it is not applied again.
+    applied it, `pool_forward(..., relu_mask=True)`), so it is not applied again.
     """
     x, w, stride, pad, budget, relu_out = cache
     if relu_masked:

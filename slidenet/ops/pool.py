@@ -22,12 +22,16 @@ def _taps(size):
     return [(i, j) for i in range(size[0]) for j in range(size[1])]
 
 
-def pool_forward(x, size, stride, mode="max"):
+def pool_forward(x, size, stride, mode="max", relu_mask=False):
     """Pool each depth slice of x with an F_h x F_w window.
 
     x: (N, H, W, D); size (F_h, F_w); stride (S_h, S_w); mode "max" or "avg".
     Returns out (N, H', W', D) with H' = (H - F_h) / S_h + 1, and a cache.
     For max, the gradient goes to the first maximum of each window in row-major order.
+    relu_mask=True (max only; x must be a ReLU's output): the backward also applies that ReLU's
+    mask, so the ReLU (or the CONV that fused it) need not. Max pooling hands gradient only to
+    a window's maximum, whose ReLU output is the pooled value itself: masking dout by `out > 0`
+    is the ReLU's mask on a quarter of the numbers (for 2x2 windows).
     """
     n, h, w, d = x.shape
     ho, wo = out_hw(h, w, size, stride)
@@ -44,20 +48,17 @@ def pool_forward(x, size, stride, mode="max"):
             o /= size[0] * size[1]
 
     run_chunks(work, batch_chunks(n, h * w * d * x.itemsize))
-    return out, (x, out, size, stride, mode)
+    return out, (x, out, size, stride, "max+relu" if relu_mask and mode == "max" else mode)
 
 
-def pool_backward(dout, cache, relu_mask=False):
+def pool_backward(dout, cache):
     """Gradient of pool_forward. dout: (N, H', W', D). Returns dx (N, H, W, D).
 
-    relu_mask=True (max pooling of a ReLU's output only): also apply that ReLU's mask, so the
-    ReLU (or the CONV that fused it) need not. Max pooling hands gradient only to a window's
-    maximum, whose ReLU output is the pooled value itself: masking dout by `out > 0` here is
-    the ReLU's mask on a quarter of the numbers (for 2x2 windows).
+    With pool_forward(..., relu_mask=True), dx also carries the ReLU's mask (see there).
     """
     x, out, size, stride, mode = cache
     n, ho, wo, d = dout.shape
-    relu_mask = relu_mask and mode == "max"
+    relu_mask = mode == "max+relu"         # the cache's mode says so (see pool_forward)
     zero_row = np.zeros(wo * d, dout.dtype) if relu_mask else None
     # When the windows tile the input, every input entry is in exactly one window: each tap of
     # dx is written once, with no zeroing and no additions.

@@ -2,8 +2,8 @@
 
 Both slide an `F_h x F_w` window with stride `(S_h, S_w)` over a (zero-padded) input and look
 at each window; they differ only in what they do with it (a dot product with each filter, the
-max, the mean). `windows` gives every window as a strided view, without copying; `im2col`
-copies them into the rows of a matrix so a convolution becomes one matrix multiply; `col2im_add`
+max, the mean). `windows` gives every window as a strided view, without copying (convolution copies them into
+the rows of a matrix, im2col, so it becomes one matrix multiply: `conv._rows`); `col2im_add`
 is the backward of both: it adds each window's gradient back onto the input positions it
 covered, as F_h x F_w strided slice additions (overlapping windows simply add up). `tap` is the
 other way to look at the same windows: entry (i, j) of every window at once, which is how
@@ -18,20 +18,6 @@ def out_hw(h, w, size, stride, pad=(0, 0)):
     """(H', W') from the lecture's (N + 2P - F) / S + 1, per axis; GeometryError if it does not fit."""
     return (output_size(h, size[0], stride[0], pad[0], "height"),
             output_size(w, size[1], stride[1], pad[1], "width"))
-
-
-def pad_hw(x, pad):
-    """Zero-pad the height and width of x (N, H, W, D) by pad = (P_h, P_w) on each side.
-
-    Returns x itself when there is nothing to pad; otherwise a new (N, H+2P_h, W+2P_w, D) array.
-    """
-    ph, pw = pad
-    if ph == 0 and pw == 0:
-        return x
-    n, h, w, d = x.shape
-    xp = np.zeros((n, h + 2 * ph, w + 2 * pw, d), dtype=x.dtype)
-    xp[:, ph:ph + h, pw:pw + w, :] = x
-    return xp
 
 
 def pad_into(xp, x, pad):
@@ -82,17 +68,6 @@ def tap(xp, i, j, out_size, stride):
     """
     (ho, wo), (sh, sw) = out_size, stride
     return xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-
-
-def im2col(xp, size, stride):
-    """Windows copied into rows: (N * H' * W', F_h * F_w * D), one row per output position.
-
-    Row order is (n, i, j) and column order (f_h, f_w, d), which matches a weight of shape
-    (F_h, F_w, D, K) reshaped to (F_h * F_w * D, K).
-    """
-    view = windows(xp, size, stride)
-    n, ho, wo, fh, fw, d = view.shape
-    return view.reshape(n * ho * wo, fh * fw * d)
 
 
 def col2im_add(dwin, dxp, stride):

@@ -19,11 +19,35 @@ Backward, for each chunk of dout (N, H', W', K):
 
 `relu=True` fuses the ReLU that follows: forward rectifies its output while it is still in
 cache, backward masks dout by that output (the ReLU's mask) chunk by chunk.
+
+A 3-tall filter at stride 1 (the lecture's CONV 3x3, pad 1) takes the same rows through
+Winograd's F(2, 3) down the height instead (`winograd`): the same result from two thirds of the
+multiply-adds, for the forward, for dx and for dw. `algorithm` chooses: "auto" (Winograd where it
+applies and both depths are at least WINOGRAD_MIN_DEPTH), "im2col" or "winograd".
 """
 import numpy as np
 
+from slidenet.ops import winograd
 from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
 from slidenet.ops.window import col2im_add, out_hw, pad_into, tap, unpad_hw, windows, zero_border
+
+# Below this many input or output channels the GEMMs of F(2, 3) (inner size F_w * D) are too
+# narrow for BLAS to run near its peak, and im2col's single wider GEMM wins (an RGB first layer).
+WINOGRAD_MIN_DEPTH = 8
+ALGORITHMS = ("auto", "im2col", "winograd")
+
+
+def _use_winograd(algorithm, size, stride, d, k):
+    """Whether a convolution with this filter size, stride and depths D -> K runs F(2, 3)."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+    fits = winograd.applies(size, stride)
+    if algorithm == "winograd" and not fits:
+        raise ValueError(f"Winograd F(2, 3) needs a 3-tall filter at stride 1, "
+                         f"not {size[0]}x{size[1]} at stride {stride[0]}x{stride[1]}")
+    if algorithm == "auto":
+        return fits and min(d, k) >= WINOGRAD_MIN_DEPTH
+    return algorithm == "winograd"
 
 
 def _rows(x, size, stride, pad, name):
@@ -47,37 +71,58 @@ def _rows(x, size, stride, pad, name):
     return rows.reshape(-1, fh * fw * d)
 
 
-def conv_forward(x, w, b, stride=(1, 1), pad=(0, 0), budget=None, relu=False):
+def conv_forward(x, w, b, stride=(1, 1), pad=(0, 0), budget=None, relu=False, algorithm="auto"):
     """Convolve K filters over x.
 
     x: (N, H, W, D); w: (F_h, F_w, D, K); b: (K,); stride (S_h, S_w); pad (P_h, P_w).
     Returns out (N, H', W', K) with H' = (H + 2P_h - F_h) / S_h + 1 (and W' likewise), and a
     cache for `conv_backward`. budget: scratch bytes for this call (None: the global budget).
     relu: return max(0, out) instead, and let backward apply the ReLU's mask.
+    algorithm: "auto", "im2col" or "winograd" (see the module docstring); backward follows it.
     """
     n, h, wd, d = x.shape
     fh, fw, dw, k = w.shape
     if dw != d:
         raise ValueError(f"filters span depth {dw} but the input has depth {d}")
     ho, wo = out_hw(h, wd, (fh, fw), stride, pad)
+    fast = _use_winograd(algorithm, (fh, fw), stride, d, k)
     x = np.ascontiguousarray(x)
-    w2 = np.ascontiguousarray(w).reshape(fh * fw * d, k)
     out = empty((n, ho, wo, k), np.result_type(x, w))
+    if fast:
+        g = winograd.filters(np.ascontiguousarray(w, dtype=out.dtype))
+    else:
+        w2 = np.ascontiguousarray(w).reshape(fh * fw * d, k)
     # Bias and ReLU go over whole output rows (W' * K numbers): NumPy's inner loops are fast
     # on long rows and slow on K-long ones or on a scalar 0.
     bias_row = np.tile(b.astype(out.dtype, copy=False), wo)
     zero_row = np.zeros_like(bias_row)
 
+    def product(sl):
+        """out[sl] = the convolution of the images sl, before bias and ReLU."""
+        if not fast:
+            np.matmul(_rows(x[sl], (fh, fw), stride, pad, "conv.rows"), w2, out=out[sl].reshape(-1, k))
+            return
+        xp, inner = winograd.padded("conv.wpad", sl.stop - sl.start, h, wd, d, pad, x.dtype)
+        inner[...] = x[sl]
+        r = winograd.rows(xp, fw, "conv.wrows")
+        m = np.matmul(r, g, out=scratch("conv.wm", (4, r.shape[1], k), out.dtype))
+        winograd.output(m, out[sl])
+
     def work(sl):
-        np.matmul(_rows(x[sl], (fh, fw), stride, pad, "conv.rows"), w2, out=out[sl].reshape(-1, k))
+        product(sl)
         o = out[sl].reshape(-1, wo * k)
         np.add(o, bias_row, out=o)
         if relu:
             np.maximum(o, zero_row, out=o)
 
-    per_image = (ho * wo * fh * fw + (h + 2 * pad[0]) * (wd + 2 * pad[1])) * d * x.itemsize
-    run_chunks(work, batch_chunks(n, per_image, budget))
-    return out, (x, w, stride, pad, budget, out if relu else None)
+    if fast:
+        t, wp = winograd.tiles(ho), wd + 2 * pad[1]
+        hot = 4 * t * wo * (fw * d + k)                 # the GEMMs' rows and products
+        per_image = hot + (2 * t + 2) * wp * d + 4 * t * wp * d
+    else:
+        per_image = hot = ho * wo * fh * fw * d + (h + 2 * pad[0]) * (wd + 2 * pad[1]) * d
+    run_chunks(work, batch_chunks(n, per_image * x.itemsize, budget, hot * x.itemsize))
+    return out, (x, w, stride, pad, budget, out if relu else None, algorithm)
 
 
 def conv_backward(dout, cache, need_dx=True, relu_masked=False):
@@ -88,7 +133,7 @@ def conv_backward(dout, cache, need_dx=True, relu_masked=False):
     relu_masked=True: dout already carries the fused ReLU's mask (a max pool after the ReLU
     applied it, `pool_forward(..., relu_mask=True)`), so it is not applied again.
     """
-    x, w, stride, pad, budget, relu_out = cache
+    x, w, stride, pad, budget, relu_out, algorithm = cache
     if relu_masked:
         relu_out = None
     n, h, wd, d = x.shape
@@ -99,11 +144,17 @@ def conv_backward(dout, cache, need_dx=True, relu_masked=False):
     zero_row = np.zeros(wo * k, dout.dtype)
     # dx as a "full" convolution needs stride 1 and P <= F - 1 (a wider padding would crop dout).
     full = need_dx and stride == (1, 1) and pad[0] < fh and pad[1] < fw
+    fast = full and _use_winograd(algorithm, (fh, fw), stride, d, k)
     if full:
         back_pad = (fh - 1 - pad[0], fw - 1 - pad[1])
         # w_flip[i, j, k, d] = w[F_h-1-i, F_w-1-j, d, k]: rows of dout's windows times it give dx.
-        w_flip = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(fh * fw * k, d)
-        padded_out = (ho + 2 * back_pad[0]) * (wo + 2 * back_pad[1])
+        w_flip = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
+        if fast:
+            g_flip = winograd.filters(w_flip.astype(dx.dtype, copy=False))
+            padded_out = (2 * winograd.tiles(h) + 2) * (wo + 2 * back_pad[1])
+        else:
+            w_flip = w_flip.reshape(fh * fw * k, d)
+            padded_out = (ho + 2 * back_pad[0]) * (wo + 2 * back_pad[1])
     else:
         w2 = np.ascontiguousarray(w).reshape(fh * fw * d, k)
 
@@ -131,6 +182,18 @@ def conv_backward(dout, cache, need_dx=True, relu_masked=False):
         np.matmul(grows, w_flip, out=dx[sl].reshape(-1, d))
         return x[sl].reshape(-1, d).T @ grows, db_part          # dw as (D, F_h, F_w, K), flipped
 
+    def work_winograd(sl):
+        # The same two products through F(2, 3): dx = output(rows @ g_flip), and the gradient
+        # of the flipped filters' four g's is rows^T @ adjoint(x) (see `winograd`).
+        c = sl.stop - sl.start
+        gp, inner = winograd.padded("conv.wgpad", c, ho, wo, k, back_pad, dout.dtype)
+        masked(sl, inner)
+        db_part = ones[:c * padded_out] @ gp.reshape(-1, k)
+        r = winograd.rows(gp, fw, "conv.wgrows")
+        m = np.matmul(r, g_flip, out=scratch("conv.wm", (4, r.shape[1], d), dx.dtype))
+        winograd.output(m, dx[sl])
+        return np.matmul(r.transpose(0, 2, 1), winograd.adjoint(x[sl], "conv.wx")), db_part
+
     def work_rows(sl):
         g = dout[sl] if relu_out is None else masked(sl, scratch("conv.g", dout[sl].shape, dout.dtype))
         g2 = g.reshape(-1, k)
@@ -141,23 +204,34 @@ def conv_backward(dout, cache, need_dx=True, relu_masked=False):
         return dw_part, db_part
 
     # Scratch numbers per image (for the budget) and those one GEMM works on (for the cache).
-    if full:
+    if fast:
+        t, wp = winograd.tiles(h), wo + 2 * back_pad[1]
+        hot = 4 * t * wd * (fw * k + 2 * d)             # rows, products and adjoint(x)
+        per_image = hot + padded_out * k + 4 * t * wp * k
+        work, dw_shape = work_winograd, (4, fw * k, d)
+    elif full:
         per_image = h * wd * fh * fw * k + padded_out * k
         hot = h * wd * fh * fw * k
+        work, dw_shape = work_full, (d, fh, fw, k)
     else:
         rows = ho * wo * fh * fw * d
         padded = (h + 2 * pad[0]) * (wd + 2 * pad[1]) * d
         per_image = rows + padded + ho * wo * k + (rows + padded if need_dx else 0)
         hot = rows
+        work, dw_shape = work_rows, (fh * fw * d, k)
     chunks = batch_chunks(n, per_image * x.itemsize, budget, hot * x.itemsize)
     largest = max((sl.stop - sl.start for sl in chunks), default=0)
     ones = np.ones(largest * (padded_out if full else ho * wo), dout.dtype)
-    dw = np.zeros((d, fh, fw, k) if full else (fh * fw * d, k), np.result_type(x, dout))
+    dw = np.zeros(dw_shape, np.result_type(x, dout))
     db = np.zeros(k, dout.dtype)
-    for dw_part, db_part in run_chunks(work_full if full else work_rows, chunks):
+    for dw_part, db_part in run_chunks(work, chunks):
         dw += dw_part.reshape(dw.shape)
         db += db_part
-    if full:
+    if fast:
+        dw[3] *= -1                     # adjoint() left out X3's minus sign
+        dw = winograd.filter_grad(dw).reshape(fh, fw, k, d)     # the flipped filters' gradient
+        dw = np.ascontiguousarray(dw[::-1, ::-1].transpose(0, 1, 3, 2))
+    elif full:
         dw = np.ascontiguousarray(dw[:, ::-1, ::-1, :].transpose(1, 2, 0, 3))
     return dx, dw.reshape(w.shape), db
 

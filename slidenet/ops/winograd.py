@@ -1,0 +1,137 @@
+"""Winograd's F(2, 3) down the height axis: two output rows of a 3-tall filter from four products.
+
+Slide a filter of three rows w0, w1, w2 down four input rows d0..d3 and it gives two output rows,
+
+    y0 = d0 w0 + d1 w1 + d2 w2,        y1 = d1 w0 + d2 w1 + d3 w2,
+
+six products. Winograd's minimal filtering algorithm gets the same two rows from four:
+
+    m0 = (d0 - d2) g0,   m1 = (d1 + d2) g1,   m2 = (d2 - d1) g2,   m3 = (d1 - d3) g3,
+    y0 = m0 + m1 + m2,   y1 = m1 - m2 - m3,
+
+    with g0 = w0,  g1 = (w0 + w1 + w2) / 2,  g2 = (w0 - w1 + w2) / 2,  g3 = w2.
+
+(Expand y0 and y1 to check: every cross term cancels.) slidenet applies it along the height only.
+Each d_i is a whole input row's im2col rows along the width (the F_w x D numbers each window along
+the row covers, exactly as in `conv`), each w_i the filter's row i as an (F_w*D x K) matrix, and
+each "product" one GEMM over every tile of the chunk. So a 3 x F_w convolution at stride 1 costs
+4 GEMMs for every 2 output rows instead of im2col's 3 per row: two thirds of the multiply-adds.
+The sums and differences run over whole padded image rows (long contiguous inner loops), and the
+rows copied for the GEMMs are 6 times the input instead of im2col's 9.
+
+Backward needs the same algorithm twice, on the same rows. dx at stride 1 is a convolution of
+the zero-padded dout with the flipped filters (see `conv`), so it is `rows` of dout times the
+flipped filters' g, then `output`. And since <x, dx> = <dout, y> for every filter, the filter
+gradient is the gradient of <x, dx> with respect to the flipped filters: dG_a = rows_a^T @ X_a,
+where X (`adjoint`) is what `output` does, transposed, to x: X0 = x0, X1 = x0 + x1,
+X2 = x0 - x1, X3 = -x1 for the row pair (x0, x1) of each tile, and dw_i = sum over a of
+G[a, i] dG_a (`filter_grad`).
+
+Exact in exact arithmetic; in floating point the halves and the extra additions change results
+by a few units in the last place, as any other order of summation would.
+"""
+import numpy as np
+
+from slidenet.ops.runtime import scratch
+from slidenet.ops.window import windows
+
+# g = G @ (w0, w1, w2): the filter rows' transform above.
+G = np.array([[1.0, 0.0, 0.0],
+              [0.5, 0.5, 0.5],
+              [0.5, -0.5, 0.5],
+              [0.0, 0.0, 1.0]])
+
+
+def applies(size, stride):
+    """Whether F(2, 3) down the height computes this convolution: a 3-tall filter at stride 1."""
+    return size[0] == 3 and tuple(stride) == (1, 1)
+
+
+def tiles(out_h):
+    """Row pairs (tiles) that cover out_h output rows; an odd last row gets a pair of its own."""
+    return (out_h + 1) // 2
+
+
+def filters(w):
+    """w (3, F_w, D, K) -> g (4, F_w*D, K): the four filter matrices of the products m0..m3."""
+    _, fw, d, k = w.shape
+    return np.ascontiguousarray(np.tensordot(G.astype(w.dtype), w, axes=(1, 0)).reshape(4, fw * d, k))
+
+
+def filter_grad(dg):
+    """The gradient of the filter rows from the gradients of the four g's: (4, ...) -> (3, ...)."""
+    return np.tensordot(G.T.astype(dg.dtype), dg, axes=(1, 0))
+
+
+def padded(name, c, h, w, d, pad, dtype):
+    """A zero-bordered scratch image batch for `rows`, and its interior (a view) to fill.
+
+    The result holds c images of h x w x d padded by pad = (P_h, P_w), plus one more zero row at
+    the bottom when the output height is odd, so that the last tile has its four input rows.
+    """
+    ph, pw = pad
+    out_h = h + 2 * ph - 2
+    rows_total = 2 * tiles(out_h) + 2
+    xp = scratch(name, (c, rows_total, w + 2 * pw, d), dtype)
+    xp[:, :ph] = 0
+    xp[:, ph + h:] = 0
+    xp[:, ph:ph + h, :pw] = 0
+    xp[:, ph:ph + h, pw + w:] = 0
+    return xp, xp[:, ph:ph + h, pw:pw + w]
+
+
+def rows(xp, fw, name):
+    """The four transformed row sets of a `padded` batch, ready for the GEMMs.
+
+    xp: (c, 2T + 2, W_p, D). Returns (4, c*T*W', F_w*D) with W' = W_p - F_w + 1: entry a holds,
+    for every tile t and output column, the width window of d0 - d2, d1 + d2, d2 - d1 or d1 - d3
+    (a = 0..3), where d_i is padded row 2t + i.
+    """
+    c, hp, wp, d = xp.shape
+    t = (hp - 2) // 2
+    wo = wp - fw + 1
+    r = [xp[:, i:i + 2 * t:2] for i in range(4)]      # (c, T, W_p, D): whole rows, contiguous
+    mixed = scratch(name + ".mix", (4, c, t, wp, d), xp.dtype)
+    np.subtract(r[0], r[2], out=mixed[0])
+    np.add(r[1], r[2], out=mixed[1])
+    np.subtract(r[2], r[1], out=mixed[2])
+    np.subtract(r[1], r[3], out=mixed[3])
+    out = scratch(name, (4, c, t, wo, 1, fw, d), xp.dtype)
+    for a in range(4):
+        np.copyto(out[a], windows(mixed[a], (1, fw), (1, 1)))
+    return out.reshape(4, c * t * wo, fw * d)
+
+
+def output(m, out):
+    """Write the output rows from the four products: y0 = m0 + m1 + m2, y1 = m1 - m2 - m3.
+
+    m: (4, c*T*W', K); out: (c, H', W', K) with T = tiles(H'), written (an odd H' drops the last
+    tile's second row).
+    """
+    c, ho, wo, k = out.shape
+    m = m.reshape(4, c, tiles(ho), wo, k)
+    even, odd = out[:, 0::2], out[:, 1::2]
+    np.add(m[0], m[1], out=even)
+    even += m[2]
+    half = ho // 2
+    np.subtract(m[1, :, :half], m[2, :, :half], out=odd)
+    odd -= m[3, :, :half]
+    return out
+
+
+def adjoint(x, name):
+    """`output` transposed, applied to x (c, H, W, D): (4, c*T*W, D) with T = tiles(H).
+
+    For the rows (x0, x1) = (x[2t], x[2t + 1]) of each tile (x1 = 0 past an odd H):
+    X0 = x0, X1 = x0 + x1, X2 = x0 - x1, and X3 = x1 (the minus sign of X3 = -x1 is left to
+    the caller, which folds it into `filter_grad`'s input).
+    """
+    c, h, w, d = x.shape
+    t, half = tiles(h), h // 2
+    out = scratch(name, (4, c, t, w, d), x.dtype)
+    out[0] = x[:, 0::2]
+    out[3, :, :half] = x[:, 1::2]
+    out[3, :, half:] = 0
+    np.add(out[0], out[3], out=out[1])
+    np.subtract(out[0], out[3], out=out[2])
+    return out.reshape(4, c * t * w, d)

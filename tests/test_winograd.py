@@ -1,0 +1,155 @@
+"""Winograd's F(2, 3) path of convolution against the naive loops, finite differences and im2col."""
+import numpy as np
+import pytest
+
+from slidenet import ops
+from slidenet.gradcheck import TOLERANCE, check_pattern
+from slidenet.ops import conv, naive, runtime, winograd
+
+RNG = np.random.default_rng(2023)
+
+# (H, W, D, F_w, P_h, P_w, K), all with a 3-tall filter at stride 1: even and odd output heights,
+# no padding, padding 1 and 2 (the widest the dx-as-convolution allows), filters 1, 2, 3 and 5
+# wide, non-square inputs.
+GEOMETRIES = [
+    (7, 7, 3, 3, 1, 1, 2),      # 7x7 stays 7x7: odd output height, the last tile half used
+    (8, 8, 2, 3, 1, 1, 3),      # even output height
+    (5, 5, 2, 3, 0, 0, 4),      # no padding: 3x3 output
+    (4, 4, 1, 3, 2, 2, 1),      # padding 2: 6x6 output
+    (6, 5, 2, 1, 1, 0, 2),      # a 3x1 filter
+    (8, 7, 3, 2, 2, 1, 3),      # a 3x2 filter, per-axis padding
+    (5, 9, 2, 5, 1, 2, 2),      # a 3x5 filter on a wide input
+    (3, 3, 2, 3, 0, 0, 2),      # a single output row
+]
+
+
+@pytest.mark.parametrize("h,w,d,fw,ph,pw,k", GEOMETRIES)
+def test_winograd_matches_naive(h, w, d, fw, ph, pw, k):
+    x = RNG.standard_normal((3, h, w, d))
+    wt = RNG.standard_normal((3, fw, d, k))
+    b = RNG.standard_normal(k)
+    out, cache = ops.conv_forward(x, wt, b, (1, 1), (ph, pw), algorithm="winograd")
+    np.testing.assert_allclose(out, naive.conv_forward(x, wt, b, (1, 1), (ph, pw)), rtol=1e-10, atol=1e-10)
+    dout = RNG.standard_normal(out.shape)
+    for got, want in zip(ops.conv_backward(dout, cache), naive.conv_backward(dout, x, wt, (1, 1), (ph, pw))):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_winograd_finite_differences():
+    x = RNG.standard_normal((2, 5, 4, 2))
+    wt = RNG.standard_normal((3, 2, 2, 3))
+    b = RNG.standard_normal(3)
+
+    def forward(xv, wv):
+        return ops.conv_forward(xv, wv, b, (1, 1), (1, 1), algorithm="winograd")[0]
+    out, cache = ops.conv_forward(x, wt, b, (1, 1), (1, 1), algorithm="winograd")
+    dout = RNG.standard_normal(out.shape)
+    dx, dw, _ = ops.conv_backward(dout, cache)
+    for analytic, array, f in ((dx, x, lambda v: forward(v, wt)), (dw, wt, lambda v: forward(x, v))):
+        numeric = np.zeros_like(array)
+        flat = array.reshape(-1)
+        for i in range(flat.size):
+            saved = flat[i]
+            flat[i] = saved + 1e-5
+            up = np.sum(f(array) * dout)
+            flat[i] = saved - 1e-5
+            numeric.reshape(-1)[i] = (up - np.sum(f(array) * dout)) / 2e-5
+            flat[i] = saved
+        assert np.linalg.norm(analytic - numeric) / np.linalg.norm(numeric) < 1e-8
+
+
+def test_the_four_products_give_the_two_rows():
+    # The module docstring's identity on plain numbers: y0 = d0 w0 + d1 w1 + d2 w2 and
+    # y1 = d1 w0 + d2 w1 + d3 w2 from four products.
+    d, w = RNG.standard_normal(4), RNG.standard_normal(3)
+    g = winograd.G @ w
+    m = np.array([d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]) * g
+    assert np.allclose([m[0] + m[1] + m[2], m[1] - m[2] - m[3]],
+                       [d[0:3] @ w, d[1:4] @ w], rtol=1e-14)
+
+
+def test_float32_winograd_is_as_accurate_as_im2col():
+    x = RNG.standard_normal((4, 16, 16, 32))
+    wt = RNG.standard_normal((3, 3, 32, 32)) * 0.1
+    b = RNG.standard_normal(32)
+    exact, cache64 = ops.conv_forward(x, wt, b, (1, 1), (1, 1), algorithm="im2col")
+    dout = RNG.standard_normal(exact.shape)
+    exact_grads = ops.conv_backward(dout, cache64)
+    errors = {}
+    for algorithm in ("im2col", "winograd"):
+        args = [a.astype(np.float32) for a in (x, wt, b)]
+        out, cache = ops.conv_forward(*args, (1, 1), (1, 1), algorithm=algorithm)
+        grads = ops.conv_backward(dout.astype(np.float32), cache)
+        errors[algorithm] = [np.linalg.norm(got - want) / np.linalg.norm(want)
+                             for got, want in zip((out, *grads), (exact, *exact_grads))]
+    # float32 rounding is ~6e-8 per operation; the extra additions may double it, no more.
+    assert max(errors["winograd"]) < 1e-6
+    for win, im2 in zip(errors["winograd"], errors["im2col"]):
+        assert win < 4 * im2
+
+
+@pytest.fixture
+def settings():
+    saved = (runtime.memory_budget(), runtime.threads())
+    yield
+    runtime.set_memory_budget(saved[0])
+    runtime.set_threads(saved[1])
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_chunks_threads_and_fused_relu_keep_the_result(settings, relu):
+    x = RNG.standard_normal((7, 9, 6, 8))
+    wt = RNG.standard_normal((3, 3, 8, 5))
+    b = RNG.standard_normal(5)
+    dout = RNG.standard_normal((7, 9, 6, 5))
+
+    def everything():
+        out, cache = ops.conv_forward(x, wt, b, (1, 1), (1, 1), relu=relu, algorithm="winograd")
+        return (out, *ops.conv_backward(dout, cache))
+    whole = everything()
+    plain = naive.conv_forward(x, wt, b, (1, 1), (1, 1))
+    g = dout * (plain > 0) if relu else dout
+    want = (np.maximum(plain, 0) if relu else plain, *naive.conv_backward(g, x, wt, (1, 1), (1, 1)))
+    for got, expected in zip(whole, want):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+    runtime.set_memory_budget(1)            # one image per chunk
+    one_thread = everything()
+    for got, expected in zip(one_thread, whole):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    runtime.set_threads(3)                  # which thread ran a chunk never changes a number
+    for got, expected in zip(everything(), one_thread):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_auto_takes_winograd_only_where_it_applies_and_pays(monkeypatch):
+    calls = []
+    real_rows = winograd.rows
+    monkeypatch.setattr(winograd, "rows", lambda *a: calls.append(1) or real_rows(*a))
+    deep = conv.WINOGRAD_MIN_DEPTH
+
+    def runs_winograd(d, k, size=(3, 3), stride=(1, 1)):
+        calls.clear()
+        x = RNG.standard_normal((2, 7, 7, d)).astype(np.float32)
+        wt = RNG.standard_normal((*size, d, k)).astype(np.float32)
+        out, cache = ops.conv_forward(x, wt, np.zeros(k, np.float32), stride, (1, 1))
+        ops.conv_backward(np.ones_like(out), cache)
+        return bool(calls)
+    assert runs_winograd(deep, deep)
+    assert not runs_winograd(3, deep)               # an RGB first layer stays on im2col
+    assert not runs_winograd(deep, deep, stride=(2, 2))
+    assert not runs_winograd(deep, deep, size=(5, 5))
+
+
+def test_winograd_refuses_what_it_cannot_compute():
+    x, wt, b = np.zeros((1, 7, 7, 2)), np.zeros((3, 3, 2, 2)), np.zeros(2)
+    with pytest.raises(ValueError, match="3-tall filter at stride 1, not 3x3 at stride 2x2"):
+        ops.conv_forward(x, wt, b, (2, 2), (1, 1), algorithm="winograd")
+    with pytest.raises(ValueError, match="algorithm must be one of auto, im2col, winograd"):
+        ops.conv_forward(x, wt, b, (1, 1), (1, 1), algorithm="fft")
+
+
+def test_a_net_on_winograd_passes_gradcheck():
+    # Depths of 8 make "auto" take F(2, 3) in every CONV, forward and backward.
+    errors = check_pattern("INPUT(6x4x8) -> [CONV(8) -> RELU]*2 -> POOL -> CONV(8) -> FC(3)")
+    assert max(errors.values()) < TOLERANCE

@@ -28,7 +28,7 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from slidenet.net import Net
-from slidenet.ops import runtime, softmax_loss
+from slidenet.ops import runtime, set_conv_algorithm, softmax_loss
 from slidenet.pattern import parse
 from slidenet.shapes import infer
 
@@ -51,6 +51,7 @@ class Settings:
     budget: int = 0             # slidenet scratch budget in bytes (0: the default)
     torch: bool = True          # compare with PyTorch when it is installed
     memory: bool = True         # measure peak RSS in subprocesses
+    conv: str = "auto"          # slidenet's convolution algorithm: "auto" or "im2col"
 
     @classmethod
     def quick(cls, **overrides):
@@ -294,7 +295,7 @@ def _peak_rss_mb():
 def _memory_child(spec):
     """Runs in a fresh interpreter: peak RSS (and NumPy's traced peak) over a few steps."""
     import tracemalloc
-    lib, pattern, batch, threads, budget, steps = spec
+    lib, pattern, batch, threads, budget, conv, steps = spec
     if lib == "torch":
         torch = _torch()
         torch.set_num_threads(threads)
@@ -306,6 +307,7 @@ def _memory_child(spec):
     else:
         if budget:
             runtime.set_memory_budget(budget)
+        set_conv_algorithm(conv)
         with runtime.workers(threads):
             runner = SlidenetRunner(pattern, batch, 1)
             base = _peak_rss_mb()
@@ -319,7 +321,7 @@ def _memory_child(spec):
 
 def peak_memory(lib, pattern, settings, steps=3):
     """`_memory_child` in a fresh subprocess; None if it failed."""
-    spec = [lib, pattern, settings.batch, settings.thread_count(), settings.budget, steps]
+    spec = [lib, pattern, settings.batch, settings.thread_count(), settings.budget, settings.conv, steps]
     code = ("import json, sys; from slidenet.bench import _memory_child; "
             "print(json.dumps(_memory_child(json.loads(sys.argv[1]))))")
     done = subprocess.run([sys.executable, "-c", code, json.dumps(spec)],
@@ -366,9 +368,13 @@ def run(settings, nets):
     if settings.budget:
         runtime.set_memory_budget(settings.budget)
     threads = settings.thread_count()
-    with OtherLoad() as load:
-        peak = sgemm_gflops(settings.sgemm_size, threads)
-        results = {name: bench_net(pattern, settings, peak) for name, pattern in nets.items()}
+    previous = set_conv_algorithm(settings.conv)
+    try:
+        with OtherLoad() as load:
+            peak = sgemm_gflops(settings.sgemm_size, threads)
+            results = {name: bench_net(pattern, settings, peak) for name, pattern in nets.items()}
+    finally:
+        set_conv_algorithm(previous)
     with runtime.workers(threads):
         workers = runtime.threads()
     mode = f"{workers} kernel worker{'s' * (workers > 1)} x 1 BLAS thread"
@@ -385,7 +391,10 @@ def report(result):
              f"({m['blas']})" + (f", torch {m['torch']}" if "torch" in m else ""),
              f"threads: {result['threads']} per library (slidenet: {result['slidenet_threads']}); "
              f"sgemm {result['sgemm']['n']}^3 float32: {result['sgemm']['gflops']:.1f} GFLOPS "
-             "(the peak below)"]
+             "(the peak below)",
+             f"slidenet convolutions: {result['settings']['conv']}"
+             + (" (Winograd F(2, 3) where it applies)" if result['settings']['conv'] == "auto" else "")
+             + "; GFLOPS count a direct convolution's multiply-adds, whatever the algorithm"]
     if "env" in m:
         lines.append("environment: " + ", ".join(f"{k}={v}" for k, v in m["env"].items()))
     load = result.get("other_load_cores")

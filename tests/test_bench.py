@@ -52,3 +52,16 @@ def test_torch_side_when_installed():
     result = bench.run(tiny_settings(torch=True, threads=2), {"tiny": TINY})
     net = result["nets"]["tiny"]
     assert set(net["train"]) == {"slidenet", "torch"} and net["ratio"]["infer"] > 0
+
+
+def test_conv_setting_switches_winograd_off_for_the_run_only(monkeypatch):
+    from slidenet.ops import conv, winograd
+    calls = []
+    real_rows = winograd.rows
+    monkeypatch.setattr(winograd, "rows", lambda *a: calls.append(1) or real_rows(*a))
+    deep = "INPUT(8x8x8) -> CONV(8) -> RELU -> FC(3)"       # deep enough for auto to take Winograd
+    result = bench.run(tiny_settings(conv="im2col"), {"deep": deep})
+    assert not calls and "slidenet convolutions: im2col;" in bench.report(result)
+    assert conv._default["algorithm"] == "auto"             # restored after the run
+    result = bench.run(tiny_settings(), {"deep": deep})
+    assert calls and "convolutions: auto (Winograd F(2, 3) where it applies)" in bench.report(result)

@@ -305,3 +305,29 @@ def test_a_failing_chunk_raises_and_stops_the_others(settings):
         runtime.run_chunks(work, [slice(i, i + 1) for i in range(1000)])
     assert len(ran) < 1000
     assert runtime.run_chunks(lambda sl: sl.start, [slice(i, i + 1) for i in range(50)]) == list(range(50))
+
+
+def test_bordered_buffers_keep_a_zero_border_and_only_the_latest(settings):
+    buf, inner = runtime.bordered("t", (2, 6, 7, 3), np.float32, (1, 2, 2, 1))
+    assert inner.shape == (2, 3, 4, 3) and not buf.any()
+    inner[...] = 5
+    again, inner2 = runtime.bordered("t", (2, 6, 7, 3), np.float32, (1, 2, 2, 1))
+    assert again is buf and (again.sum() == 5 * inner2.size)     # the border is still zero
+    for i in range(runtime.BORDERED_KEEP):                          # push it out: least recently used
+        runtime.bordered("t", (1, 1, 1, i + 1), np.float32, (0, 0, 0, 0))
+    assert runtime.bordered("t", (2, 6, 7, 3), np.float32, (1, 2, 2, 1))[0] is not buf
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
+def test_reused_padded_buffers_never_leak_one_call_into_the_next(algorithm):
+    # The same geometry twice, with different inputs and gradients: the padded scratch buffers
+    # (zeroed border, interior overwritten) must not carry anything from the first call.
+    w = RNG.standard_normal((3, 3, 4, 5))
+    b = RNG.standard_normal(5)
+    for _ in range(2):
+        x = RNG.standard_normal((3, 6, 7, 4))
+        out, cache = ops.conv_forward(x, w, b, (1, 1), (1, 1), algorithm=algorithm)
+        np.testing.assert_allclose(out, naive.conv_forward(x, w, b, (1, 1), (1, 1)), rtol=1e-10, atol=1e-10)
+        dout = RNG.standard_normal(out.shape)
+        for got, want in zip(ops.conv_backward(dout, cache), naive.conv_backward(dout, x, w, (1, 1), (1, 1))):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)

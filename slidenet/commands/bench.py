@@ -23,6 +23,9 @@ def register(subparsers):
     parser.add_argument("--steps", type=int, help="steps timed per round (default 3)")
     parser.add_argument("--budget", type=float, default=0, metavar="MB",
                         help="slidenet's scratch-memory budget per kernel call, in MiB")
+    parser.add_argument("--conv", choices=["auto", "im2col"], default="auto",
+                        help="slidenet's convolutions: auto (Winograd F(2, 3) where it applies, "
+                             "the default) or im2col everywhere")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -41,7 +44,7 @@ def main(args):
         raise SlidenetError("--threads and --budget must not be negative")
     values = {k: v for k, v in overrides.items() if v is not None}
     values.update(threads=args.threads, budget=int(args.budget * 2**20), torch=not args.no_torch,
-                  memory=not args.no_memory)
+                  memory=not args.no_memory, conv=args.conv)
     settings = Settings.quick(**values) if args.quick else Settings(**values)
     result = run(settings, chosen)
     print(json.dumps(result, indent=2) if args.json else report(result))

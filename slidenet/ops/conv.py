@@ -23,24 +23,43 @@ cache, backward masks dout by that output (the ReLU's mask) chunk by chunk.
 A 3-tall filter at stride 1 (the lecture's CONV 3x3, pad 1) takes the same rows through
 Winograd's F(2, 3) down the height instead (`winograd`): the same result from two thirds of the
 multiply-adds, for the forward, for dx and for dw. `algorithm` chooses: "auto" (Winograd where it
-applies and both depths are at least WINOGRAD_MIN_DEPTH), "im2col" or "winograd".
+applies and both depths are at least WINOGRAD_MIN_DEPTH), "im2col" or "winograd"; when a call
+does not say, `set_algorithm` does (for the whole process: "auto" unless changed).
 """
 import numpy as np
 
 from slidenet.ops import winograd
-from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
-from slidenet.ops.window import col2im_add, out_hw, pad_into, tap, unpad_hw, windows, zero_border
+from slidenet.ops.runtime import batch_chunks, bordered, empty, run_chunks, scratch
+from slidenet.ops.window import col2im_add, out_hw, tap, unpad_hw, windows
 
 # Below this many input or output channels the GEMMs of F(2, 3) (inner size F_w * D) are too
 # narrow for BLAS to run near its peak, and im2col's single wider GEMM wins (an RGB first layer).
 WINOGRAD_MIN_DEPTH = 8
 ALGORITHMS = ("auto", "im2col", "winograd")
+_default = {"algorithm": "auto"}
+
+
+def set_algorithm(algorithm=None):
+    """Set the algorithm of every convolution that does not name one (None: "auto").
+
+    Returns the previous one. "winograd" then fails on layers it cannot compute; "im2col" is
+    the plain method everywhere (to compare, or to rule the faster one out).
+    """
+    _check(algorithm or "auto")
+    previous = _default["algorithm"]
+    _default["algorithm"] = algorithm or "auto"
+    return previous
+
+
+def _check(algorithm):
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
 
 
 def _use_winograd(algorithm, size, stride, d, k):
     """Whether a convolution with this filter size, stride and depths D -> K runs F(2, 3)."""
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+    algorithm = algorithm or _default["algorithm"]
+    _check(algorithm)
     fits = winograd.applies(size, stride)
     if algorithm == "winograd" and not fits:
         raise ValueError(f"Winograd F(2, 3) needs a 3-tall filter at stride 1, "
@@ -57,7 +76,9 @@ def _rows(x, size, stride, pad, name):
     if size == (1, 1) and stride == (1, 1) and pad == (0, 0):
         return x.reshape(-1, d)         # a 1x1 convolution's windows are the pixels themselves
     if pad != (0, 0):
-        x = pad_into(scratch(name + ".pad", (n, h + 2 * ph, w + 2 * pw, d), x.dtype), x, pad)
+        xp, inner = bordered(name + ".pad", (n, h + 2 * ph, w + 2 * pw, d), x.dtype, (ph, ph, pw, pw))
+        inner[...] = x
+        x = xp
     view = windows(x, size, stride)
     rows = scratch(name, view.shape, x.dtype)
     if d == 1:
@@ -71,20 +92,22 @@ def _rows(x, size, stride, pad, name):
     return rows.reshape(-1, fh * fw * d)
 
 
-def conv_forward(x, w, b, stride=(1, 1), pad=(0, 0), budget=None, relu=False, algorithm="auto"):
+def conv_forward(x, w, b, stride=(1, 1), pad=(0, 0), budget=None, relu=False, algorithm=None):
     """Convolve K filters over x.
 
     x: (N, H, W, D); w: (F_h, F_w, D, K); b: (K,); stride (S_h, S_w); pad (P_h, P_w).
     Returns out (N, H', W', K) with H' = (H + 2P_h - F_h) / S_h + 1 (and W' likewise), and a
     cache for `conv_backward`. budget: scratch bytes for this call (None: the global budget).
     relu: return max(0, out) instead, and let backward apply the ReLU's mask.
-    algorithm: "auto", "im2col" or "winograd" (see the module docstring); backward follows it.
+    algorithm: "auto", "im2col" or "winograd" (see the module docstring; None: `set_algorithm`'s);
+    backward follows the choice made here.
     """
     n, h, wd, d = x.shape
     fh, fw, dw, k = w.shape
     if dw != d:
         raise ValueError(f"filters span depth {dw} but the input has depth {d}")
     ho, wo = out_hw(h, wd, (fh, fw), stride, pad)
+    algorithm = algorithm or _default["algorithm"]      # kept in the cache for backward
     fast = _use_winograd(algorithm, (fh, fw), stride, d, k)
     x = np.ascontiguousarray(x)
     out = empty((n, ho, wo, k), np.result_type(x, w))
@@ -172,8 +195,9 @@ def conv_backward(dout, cache, need_dx=True, relu_masked=False):
         # p + (i', j') - (F - 1 - P), dx = grows @ w_flip and, since dw[i, j] = sum over
         # input positions p of x[p]^T dout[p - (i, j) + P], dw[i, j] = x^T @ grows[:, flipped (i, j)].
         c = sl.stop - sl.start
-        gp = scratch("conv.gpad", (c, ho + 2 * back_pad[0], wo + 2 * back_pad[1], k), dout.dtype)
-        masked(sl, zero_border(gp, back_pad))
+        (bh, bw) = back_pad
+        gp, inner = bordered("conv.gpad", (c, ho + 2 * bh, wo + 2 * bw, k), dout.dtype, (bh, bh, bw, bw))
+        masked(sl, inner)
         db_part = ones[:c * padded_out] @ gp.reshape(-1, k)     # the zero border adds nothing
         view = windows(gp, (fh, fw), (1, 1))
         grows = scratch("conv.grows", view.shape, dout.dtype)

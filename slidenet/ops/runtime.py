@@ -47,6 +47,8 @@ DEFAULT_CHUNK_BYTES = 4 * 2**20
 # RECYCLE_LIMIT bytes in all (what is in use counts too: it is free again after the step).
 RECYCLE_MIN_BYTES = 2**20
 DEFAULT_RECYCLE_LIMIT = 2**30
+# Zero-bordered buffers (`bordered`) kept per thread: a few per convolution layer of a net.
+BORDERED_KEEP = 16
 
 _settings = {"budget": DEFAULT_BUDGET, "chunk_bytes": DEFAULT_CHUNK_BYTES, "threads": 1,
              "recycle_limit": DEFAULT_RECYCLE_LIMIT}
@@ -131,6 +133,29 @@ def scratch(name, shape, dtype):
     if buf is None or buf.nbytes < nbytes:
         buf = buffers[name] = np.empty(nbytes, dtype=np.uint8)
     return np.ndarray(shape, dtype, buf)
+
+
+def bordered(name, shape, dtype, pad):
+    """A per-thread scratch batch of zero-padded images, and its interior (a view) to fill.
+
+    shape: (N, H, W, D) including the border; pad: (top, bottom, left, right) rows and columns
+    of zeros. One buffer per exact shape and pad, zeroed when it is made: callers write only
+    the interior, so the border stays zero and is never cleared again. Clearing it costs four
+    tiny NumPy calls per chunk, and tiny calls are what two worker threads pay most for (each
+    one hands the GIL over). The BORDERED_KEEP most recently used buffers are kept per thread.
+    """
+    key = (name, tuple(shape), np.dtype(dtype).str, tuple(pad))
+    kept = getattr(_local, "bordered", None)
+    if kept is None:
+        kept = _local.bordered = {}
+    buf = kept.pop(key, None)
+    if buf is None:
+        while len(kept) >= BORDERED_KEEP:
+            kept.pop(next(iter(kept)))          # the least recently used
+        buf = np.zeros(shape, dtype)
+    kept[key] = buf                             # now the most recently used
+    top, bottom, left, right = pad
+    return buf, buf[:, top:shape[1] - bottom, left:shape[2] - right]
 
 
 def set_recycle_limit(nbytes=None):

@@ -20,26 +20,6 @@ def out_hw(h, w, size, stride, pad=(0, 0)):
             output_size(w, size[1], stride[1], pad[1], "width"))
 
 
-def pad_into(xp, x, pad):
-    """Copy x (N, H, W, D) into the interior of xp (N, H+2P_h, W+2P_w, D) and zero its border.
-
-    Lets a reused buffer serve as the padded input, instead of a fresh np.pad on every call.
-    """
-    zero_border(xp, pad)[...] = x
-    return xp
-
-
-def zero_border(xp, pad):
-    """Zero the P_h rows and P_w columns around xp's interior; return the interior (a view)."""
-    ph, pw = pad
-    h, w = xp.shape[1] - 2 * ph, xp.shape[2] - 2 * pw
-    xp[:, :ph] = 0
-    xp[:, ph + h:] = 0
-    xp[:, ph:ph + h, :pw] = 0
-    xp[:, ph:ph + h, pw + w:] = 0
-    return unpad_hw(xp, pad)
-
-
 def unpad_hw(xp, pad):
     """The interior of a padded (N, H+2P_h, W+2P_w, D) array (a view)."""
     ph, pw = pad

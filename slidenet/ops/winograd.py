@@ -32,7 +32,7 @@ by a few units in the last place, as any other order of summation would.
 """
 import numpy as np
 
-from slidenet.ops.runtime import scratch
+from slidenet.ops.runtime import bordered, scratch
 from slidenet.ops.window import windows
 
 # g = G @ (w0, w1, w2): the filter rows' transform above.
@@ -70,14 +70,8 @@ def padded(name, c, h, w, d, pad, dtype):
     the bottom when the output height is odd, so that the last tile has its four input rows.
     """
     ph, pw = pad
-    out_h = h + 2 * ph - 2
-    rows_total = 2 * tiles(out_h) + 2
-    xp = scratch(name, (c, rows_total, w + 2 * pw, d), dtype)
-    xp[:, :ph] = 0
-    xp[:, ph + h:] = 0
-    xp[:, ph:ph + h, :pw] = 0
-    xp[:, ph:ph + h, pw + w:] = 0
-    return xp, xp[:, ph:ph + h, pw:pw + w]
+    rows_total = 2 * tiles(h + 2 * ph - 2) + 2
+    return bordered(name, (c, rows_total, w + 2 * pw, d), dtype, (ph, rows_total - ph - h, pw, pw))
 
 
 def rows(xp, fw, name):
@@ -96,9 +90,10 @@ def rows(xp, fw, name):
     np.add(r[1], r[2], out=mixed[1])
     np.subtract(r[2], r[1], out=mixed[2])
     np.subtract(r[1], r[3], out=mixed[3])
-    out = scratch(name, (4, c, t, wo, 1, fw, d), xp.dtype)
-    for a in range(4):
-        np.copyto(out[a], windows(mixed[a], (1, fw), (1, 1)))
+    # All four sets' width windows in one copy: each (set, image, tile) row is one "image" of
+    # height 1 to `windows`.
+    out = scratch(name, (4 * c * t, 1, wo, 1, fw, d), xp.dtype)
+    np.copyto(out, windows(mixed.reshape(4 * c * t, 1, wp, d), (1, fw), (1, 1)))
     return out.reshape(4, c * t * wo, fw * d)
 
 
@@ -131,7 +126,8 @@ def adjoint(x, name):
     out = scratch(name, (4, c, t, w, d), x.dtype)
     out[0] = x[:, 0::2]
     out[3, :, :half] = x[:, 1::2]
-    out[3, :, half:] = 0
+    if half < t:
+        out[3, :, half:] = 0
     np.add(out[0], out[3], out=out[1])
     np.subtract(out[0], out[3], out=out[2])
     return out.reshape(4, c * t * w, d)

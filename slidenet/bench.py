@@ -28,7 +28,7 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from slidenet.net import Net
-from slidenet.ops import runtime, set_conv_algorithm, softmax_loss
+from slidenet.ops import compiled, runtime, set_conv_algorithm, softmax_loss
 from slidenet.pattern import parse
 from slidenet.shapes import infer
 
@@ -379,7 +379,7 @@ def run(settings, nets):
         workers = runtime.threads()
     mode = f"{workers} kernel worker{'s' * (workers > 1)} x 1 BLAS thread"
     return {"machine": machine(), "settings": asdict(settings), "threads": threads,
-            "slidenet_threads": mode,
+            "slidenet_threads": mode, "compiled": compiled.status(),
             "sgemm": {"n": settings.sgemm_size, "gflops": peak}, "other_load_cores": load.cores,
             "nets": results}
 
@@ -394,7 +394,8 @@ def report(result):
              "(the peak below)",
              f"slidenet convolutions: {result['settings']['conv']}"
              + (" (Winograd F(2, 3) where it applies)" if result['settings']['conv'] == "auto" else "")
-             + "; GFLOPS count a direct convolution's multiply-adds, whatever the algorithm"]
+             + f"; compiled kernels: {result['compiled']} (SLIDENET_NUMBA=0 turns them off)",
+             "GFLOPS count a direct convolution's multiply-adds, whatever the algorithm"]
     if "env" in m:
         lines.append("environment: " + ", ".join(f"{k}={v}" for k, v in m["env"].items()))
     load = result.get("other_load_cores")

@@ -4,9 +4,20 @@ import pytest
 
 from slidenet import ops
 from slidenet.gradcheck import TOLERANCE, check_pattern
-from slidenet.ops import conv, naive, runtime, winograd
+from slidenet.ops import compiled, conv, naive, runtime, winograd
 
 RNG = np.random.default_rng(2023)
+HAVE_NUMBA = compiled.kernels() is not None
+
+
+@pytest.fixture(autouse=True, params=["numpy", "numba"])
+def path(request):
+    """Every test here runs on the NumPy transforms and, when numba is installed, the compiled ones."""
+    if request.param == "numba" and not HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    previous = compiled.set_enabled(request.param == "numba")
+    yield request.param
+    compiled.set_enabled(previous)
 
 # (H, W, D, F_w, P_h, P_w, K), all with a 3-tall filter at stride 1: even and odd output heights,
 # no padding, padding 1 and 2 (the widest the dx-as-convolution allows), filters 1, 2, 3 and 5
@@ -153,3 +164,61 @@ def test_a_net_on_winograd_passes_gradcheck():
     # Depths of 8 make "auto" take F(2, 3) in every CONV, forward and backward.
     errors = check_pattern("INPUT(6x4x8) -> [CONV(8) -> RELU]*2 -> POOL -> CONV(8) -> FC(3)")
     assert max(errors.values()) < TOLERANCE
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("h,w,d,fw,ph,pw,k", GEOMETRIES)
+def test_compiled_transforms_equal_numpy_bit_for_bit(h, w, d, fw, ph, pw, k, dtype):
+    # Same arithmetic in the same order: not close, equal. Forward with bias and fused ReLU,
+    # and the backward (rows of dout, dx's output sums, x's adjoint rows).
+    x = RNG.standard_normal((3, h, w, d)).astype(dtype)
+    wt = RNG.standard_normal((3, fw, d, k)).astype(dtype)
+    b = RNG.standard_normal(k).astype(dtype)
+    results = []
+    for flag in (False, True):
+        compiled.set_enabled(flag)
+        out, cache = ops.conv_forward(x, wt, b, (1, 1), (ph, pw), relu=True, algorithm="winograd")
+        dout = np.random.default_rng(5).standard_normal(out.shape).astype(dtype)
+        results.append([out.copy(), *ops.conv_backward(dout, cache)])
+    assert (results[0][0] == 0).any() and (results[0][0] > 0).any()
+    for numpy_result, compiled_result in zip(*results):
+        np.testing.assert_array_equal(compiled_result, numpy_result)
+
+
+def test_switched_off_by_the_environment():
+    import subprocess
+    import sys
+    code = "from slidenet.ops import compiled; print(compiled.kernels() is None, compiled.status())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**__import__("os").environ, "SLIDENET_NUMBA": "0"})
+    assert done.stdout.split()[0] == "True" and "off (disabled)" in done.stdout
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize("hw,size,stride", [((8, 8), (2, 2), (2, 2)), ((7, 7), (3, 3), (2, 2)),
+                                            ((8, 9), (2, 3), (1, 2)), ((6, 6), (3, 3), (3, 3))])
+@pytest.mark.parametrize("relu_mask", [False, True])
+def test_compiled_max_pool_equals_numpy_bit_for_bit(hw, size, stride, relu_mask):
+    # Integer values after a ReLU: ties and all-zero windows everywhere; one NaN window too.
+    x = np.maximum(RNG.integers(-2, 3, (4, *hw, 3)), 0).astype(np.float32)
+    x[0, 0, 0, 0] = np.nan
+    dout = None
+    results = []
+    for flag in (False, True):
+        compiled.set_enabled(flag)
+        out, cache = ops.pool_forward(x, size, stride, relu_mask=relu_mask)
+        dout = RNG.standard_normal(out.shape).astype(np.float32) if dout is None else dout
+        results.append((out.copy(), ops.pool_backward(dout, cache).copy()))
+    np.testing.assert_array_equal(results[1][0], results[0][0])     # NaN == NaN here
+    # Windows that overlap add up to 4 gradients into one entry, window by window here and tap
+    # by tap in NumPy: the same numbers summed in another order.
+    same = np.testing.assert_array_equal if size == stride else \
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    same(results[1][1], results[0][1])
+    if not relu_mask:       # and against the lecture's loops (which know nothing of NaN)
+        x[0, 0, 0, 0] = 0
+        compiled.set_enabled(True)
+        out, cache = ops.pool_forward(x, size, stride)
+        np.testing.assert_array_equal(out, naive.pool_forward(x, size, stride))
+        same(ops.pool_backward(dout, cache), naive.pool_backward(dout, x, size, stride))

@@ -117,22 +117,24 @@ def conv_forward(x, w, b, stride=(1, 1), pad=(0, 0), budget=None, relu=False, al
         w2 = np.ascontiguousarray(w).reshape(fh * fw * d, k)
     # Bias and ReLU go over whole output rows (W' * K numbers): NumPy's inner loops are fast
     # on long rows and slow on K-long ones or on a scalar 0.
-    bias_row = np.tile(b.astype(out.dtype, copy=False), wo)
+    bias = b.astype(out.dtype, copy=False)
+    bias_row = np.tile(bias, wo)
     zero_row = np.zeros_like(bias_row)
 
     def product(sl):
-        """out[sl] = the convolution of the images sl, before bias and ReLU."""
+        """out[sl] = the convolution of the images sl; True if bias and ReLU are applied too."""
         if not fast:
             np.matmul(_rows(x[sl], (fh, fw), stride, pad, "conv.rows"), w2, out=out[sl].reshape(-1, k))
-            return
+            return False
         xp, inner = winograd.padded("conv.wpad", sl.stop - sl.start, h, wd, d, pad, x.dtype)
         inner[...] = x[sl]
         r = winograd.rows(xp, fw, "conv.wrows")
         m = np.matmul(r, g, out=scratch("conv.wm", (4, r.shape[1], k), out.dtype))
-        winograd.output(m, out[sl])
+        return winograd.output(m, out[sl], bias, relu)
 
     def work(sl):
-        product(sl)
+        if product(sl):
+            return
         o = out[sl].reshape(-1, wo * k)
         np.add(o, bias_row, out=o)
         if relu:

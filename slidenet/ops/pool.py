@@ -11,9 +11,14 @@ gradient out tap by tap in row-major order: a tap equal to the window's max take
 of the gradient, leaving zero for the taps after it; the last tap takes whatever no earlier tap
 took (it must then be the max). So exactly one entry per window, the first maximum as in the
 naive loops, gets the gradient, even when a whole window is zero after a ReLU.
+
+With numba installed, max pooling runs `compiled.max_pool` and `compiled.max_pool_backward`
+instead: the same comparisons in one pass over each window, bitwise equal results (where
+windows overlap, their gradients are added in another order).
 """
 import numpy as np
 
+from slidenet.ops import compiled
 from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
 from slidenet.ops.window import out_hw, tap
 
@@ -39,8 +44,13 @@ def pool_forward(x, size, stride, mode="max", relu_mask=False):
     reduce = np.maximum if mode == "max" else np.add
     first, *rest = _taps(size)
 
+    fast = compiled.kernels() if mode == "max" else None
+
     def work(sl):
         xs, o = x[sl], out[sl]
+        if fast is not None:
+            fast.max_pool(xs, *size, *stride, o)
+            return
         o[...] = tap(xs, *first, (ho, wo), stride)
         for i, j in rest:
             reduce(o, tap(xs, i, j, (ho, wo), stride), out=o)
@@ -67,9 +77,13 @@ def pool_backward(dout, cache):
     if not tiles:
         dx[...] = 0
     taps = _taps(size)
+    fast = compiled.kernels() if mode != "avg" else None
 
     def work(sl):
         g, dxs = dout[sl], dx[sl]
+        if fast is not None:
+            fast.max_pool_backward(x[sl], out[sl], g, *size, *stride, relu_mask, tiles, dxs)
+            return
         if mode == "avg":
             share = np.divide(g, size[0] * size[1], out=scratch("pool.share", g.shape, g.dtype))
             for i, j in taps:

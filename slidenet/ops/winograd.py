@@ -29,9 +29,13 @@ G[a, i] dG_a (`filter_grad`).
 
 Exact in exact arithmetic; in floating point the halves and the extra additions change results
 by a few units in the last place, as any other order of summation would.
+
+Each step here is a few NumPy calls over whole rows; when numba is installed, `compiled` does
+each in one pass instead, with the same arithmetic in the same order (bitwise equal results).
 """
 import numpy as np
 
+from slidenet.ops import compiled
 from slidenet.ops.runtime import bordered, scratch
 from slidenet.ops.window import windows
 
@@ -84,6 +88,11 @@ def rows(xp, fw, name):
     c, hp, wp, d = xp.shape
     t = (hp - 2) // 2
     wo = wp - fw + 1
+    fast = compiled.kernels()
+    if fast is not None:
+        out = scratch(name, (4, c, t, wo, fw * d), xp.dtype)
+        fast.winograd_rows(xp, fw, out)
+        return out.reshape(4, c * t * wo, fw * d)
     r = [xp[:, i:i + 2 * t:2] for i in range(4)]      # (c, T, W_p, D): whole rows, contiguous
     mixed = scratch(name + ".mix", (4, c, t, wp, d), xp.dtype)
     np.subtract(r[0], r[2], out=mixed[0])
@@ -97,21 +106,26 @@ def rows(xp, fw, name):
     return out.reshape(4, c * t * wo, fw * d)
 
 
-def output(m, out):
+def output(m, out, bias=None, relu=False):
     """Write the output rows from the four products: y0 = m0 + m1 + m2, y1 = m1 - m2 - m3.
 
     m: (4, c*T*W', K); out: (c, H', W', K) with T = tiles(H'), written (an odd H' drops the last
-    tile's second row).
+    tile's second row). With the compiled kernels, also adds bias (K,) and applies the ReLU in
+    the same pass and returns True; the NumPy path leaves both to the caller and returns False.
     """
     c, ho, wo, k = out.shape
     m = m.reshape(4, c, tiles(ho), wo, k)
+    fast = compiled.kernels()
+    if fast is not None:
+        fast.winograd_output(m, out, m[0, 0, 0, 0] if bias is None else bias, bias is not None, relu)
+        return True
     even, odd = out[:, 0::2], out[:, 1::2]
     np.add(m[0], m[1], out=even)
     even += m[2]
     half = ho // 2
     np.subtract(m[1, :, :half], m[2, :, :half], out=odd)
     odd -= m[3, :, :half]
-    return out
+    return False
 
 
 def adjoint(x, name):
@@ -124,6 +138,10 @@ def adjoint(x, name):
     c, h, w, d = x.shape
     t, half = tiles(h), h // 2
     out = scratch(name, (4, c, t, w, d), x.dtype)
+    fast = compiled.kernels()
+    if fast is not None:
+        fast.winograd_adjoint(x, out)
+        return out.reshape(4, c * t * w, d)
     out[0] = x[:, 0::2]
     out[3, :, :half] = x[:, 1::2]
     if half < t:

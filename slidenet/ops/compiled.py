@@ -1,0 +1,188 @@
+"""Optional compiled kernels (numba) for the memory passes around the GEMMs.
+
+Each function here does in one pass, without the GIL, what `winograd` or `pool` does with
+several NumPy calls: build the four row sets, turn the four products into output rows (with bias
+and ReLU), build x's adjoint rows; max-pool a window and hand its gradient to the first maximum.
+The arithmetic and the comparisons are the same, in the same order, so results are bitwise
+equal to the NumPy path (tested); only where pooling windows overlap, and up to four windows add
+their gradients into one input, the additions come in another order (equal to rounding). Why bother: NumPy runs each of those steps as a separate pass
+over memory, and every call hands the GIL to the other worker thread; together they cost about a
+third of a training step. NumPy alone always works: without numba installed, with
+``SLIDENET_NUMBA=0`` in the environment, or after ``set_enabled(False)``, `kernels()` is None and
+`winograd` takes its NumPy path.
+
+numba is imported, and each kernel compiled (once per dtype, cached on disk), only when a
+convolution first needs it.
+"""
+import os
+import threading
+
+import numpy as np
+
+_state = {"wanted": os.environ.get("SLIDENET_NUMBA", "1") != "0", "kernels": None, "error": None}
+_lock = threading.Lock()
+
+
+def set_enabled(flag=True):
+    """Use the compiled kernels when numba is installed (True) or never (False); returns the previous."""
+    previous = _state["wanted"]
+    _state["wanted"] = bool(flag)
+    return previous
+
+
+def kernels():
+    """The compiled kernels as a namespace, or None when they are disabled or unavailable."""
+    if not _state["wanted"]:
+        return None
+    if _state["kernels"] is None and _state["error"] is None:
+        with _lock:
+            if _state["kernels"] is None and _state["error"] is None:
+                try:
+                    _state["kernels"] = _compile()
+                except ImportError as err:         # numba is not installed: NumPy it is
+                    _state["error"] = err
+    return _state["kernels"]
+
+
+def status():
+    """One line for reports: whether the compiled kernels are in use, and if not, why."""
+    if not _state["wanted"]:
+        return "off (disabled)"
+    if kernels() is not None:
+        import numba
+        return f"numba {numba.__version__}"
+    return "off (numba is not installed)"
+
+
+class _Kernels:
+    pass
+
+
+def _compile():
+    import numba
+
+    def jit(fn):
+        try:
+            return numba.njit(nogil=True, cache=True)(fn)
+        except RuntimeError:                    # nowhere to write the cache: compile each run
+            return numba.njit(nogil=True)(fn)
+    done = _Kernels()
+    done.winograd_rows = jit(winograd_rows)
+    done.winograd_output = jit(winograd_output)
+    done.winograd_adjoint = jit(winograd_adjoint)
+    done.max_pool = jit(max_pool)
+    done.max_pool_backward = jit(max_pool_backward)
+    return done
+
+
+# The kernels, as plain Python (numba compiles them; `winograd` documents the arithmetic).
+
+def winograd_rows(xp, fw, out):
+    """xp (c, 2T + 2, W_p, D) -> out (4, c, T, W', F_w*D): d0 - d2, d1 + d2, d2 - d1, d1 - d3."""
+    c, hp, wp, d = xp.shape
+    t = (hp - 2) // 2
+    wo = wp - fw + 1
+    for n in range(c):
+        for ti in range(t):
+            r0, r1, r2, r3 = xp[n, 2 * ti], xp[n, 2 * ti + 1], xp[n, 2 * ti + 2], xp[n, 2 * ti + 3]
+            for w in range(wo):
+                for j in range(fw):
+                    for ch in range(d):
+                        a0, a1, a2, a3 = r0[w + j, ch], r1[w + j, ch], r2[w + j, ch], r3[w + j, ch]
+                        col = j * d + ch
+                        out[0, n, ti, w, col] = a0 - a2
+                        out[1, n, ti, w, col] = a1 + a2
+                        out[2, n, ti, w, col] = a2 - a1
+                        out[3, n, ti, w, col] = a1 - a3
+
+
+def winograd_output(m, out, bias, use_bias, relu):
+    """m (4, c, T, W', K) -> out (c, H', W', K): y0 = m0 + m1 + m2, y1 = m1 - m2 - m3 [+ b][ReLU]."""
+    _, c, t, wo, k = m.shape
+    ho = out.shape[1]
+    zero = out.dtype.type(0)
+    for n in range(c):
+        for ti in range(t):
+            second = 2 * ti + 1 < ho
+            for w in range(wo):
+                for ch in range(k):
+                    m1, m2 = m[1, n, ti, w, ch], m[2, n, ti, w, ch]
+                    y0 = m[0, n, ti, w, ch] + m1 + m2
+                    y1 = m1 - m2 - m[3, n, ti, w, ch]
+                    if use_bias:
+                        y0 += bias[ch]
+                        y1 += bias[ch]
+                    if relu:                    # as np.maximum: a NaN stays NaN
+                        if y0 < zero:
+                            y0 = zero
+                        if y1 < zero:
+                            y1 = zero
+                    out[n, 2 * ti, w, ch] = y0
+                    if second:
+                        out[n, 2 * ti + 1, w, ch] = y1
+
+
+def winograd_adjoint(x, out):
+    """x (c, H, W, D) -> out (4, c, T, W, D): x0, x0 + x1, x0 - x1, x1 (x1 = 0 past an odd H)."""
+    c, h, wd, d = x.shape
+    t = out.shape[2]
+    zero = out.dtype.type(0)
+    for n in range(c):
+        for ti in range(t):
+            second = 2 * ti + 1 < h
+            for w in range(wd):
+                for ch in range(d):
+                    x0 = x[n, 2 * ti, w, ch]
+                    x1 = x[n, 2 * ti + 1, w, ch] if second else zero
+                    out[0, n, ti, w, ch] = x0
+                    out[1, n, ti, w, ch] = x0 + x1
+                    out[2, n, ti, w, ch] = x0 - x1
+                    out[3, n, ti, w, ch] = x1
+
+
+def max_pool(x, fh, fw, sh, sw, out):
+    """out (c, H', W', D) = the max of each F_h x F_w window of x (c, H, W, D), NaN kept as NaN.
+
+    Loops run over the depth innermost, contiguous in memory, as NumPy's taps do.
+    """
+    c, ho, wo, d = out.shape
+    for n in range(c):
+        for i in range(ho):
+            for j in range(wo):
+                o = out[n, i, j]
+                first = x[n, i * sh, j * sw]
+                for ch in range(d):
+                    o[ch] = first[ch]
+                for a in range(fh):
+                    for b in range(fw):
+                        v = x[n, i * sh + a, j * sw + b]
+                        for ch in range(d):
+                            if v[ch] > o[ch] or v[ch] != v[ch]:     # as np.maximum(o, v)
+                                o[ch] = v[ch]
+
+
+def max_pool_backward(x, out, g, fh, fw, sh, sw, relu_mask, tiles, dx):
+    """dx (c, H, W, D): each window's gradient g to its first tap equal to the max, row-major
+    (the last tap when none is, as after a NaN). relu_mask: windows whose max is not > 0 get
+    nothing. tiles: the windows tile x, so every tap is written; otherwise dx must hold zeros
+    and gradients are added (overlapping windows)."""
+    c, ho, wo, d = g.shape
+    zero = dx.dtype.type(0)
+    left = np.empty(d, dx.dtype)                # the gradient no tap has taken yet
+    for n in range(c):
+        for i in range(ho):
+            for j in range(wo):
+                o, gr = out[n, i, j], g[n, i, j]
+                for ch in range(d):
+                    left[ch] = zero if relu_mask and not o[ch] > zero else gr[ch]
+                for a in range(fh):
+                    for b in range(fw):
+                        v, into = x[n, i * sh + a, j * sw + b], dx[n, i * sh + a, j * sw + b]
+                        last = a == fh - 1 and b == fw - 1
+                        for ch in range(d):
+                            taken = left[ch] if last or v[ch] == o[ch] else zero
+                            left[ch] -= taken
+                            if tiles:
+                                into[ch] = taken
+                            else:
+                                into[ch] += taken

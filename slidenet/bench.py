@@ -293,7 +293,7 @@ def _peak_rss_mb():
 
 
 def _memory_child(spec):
-    """Runs in a fresh interpreter: peak RSS (and NumPy's traced peak) over a few steps."""
+    """Runs in a fresh interpreter: peak RSS (and the tracemalloc peak) over a few steps."""
     import tracemalloc
     lib, pattern, batch, threads, budget, conv, steps = spec
     if lib == "torch":
@@ -427,7 +427,7 @@ def report(result):
             lines.append(f"  {'peak RSS MB, training':<28}{cells}")
             traced = net["memory"]["slidenet"].get("traced_peak_mb")
             if traced is not None:
-                lines.append(f"  {'  slidenet numpy peak MB':<28}{traced:12.0f}")
+                lines.append(f"  {'  slidenet traced peak MB':<28}{traced:12.0f}")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@
 (`set_memory_budget`), the worker threads (`set_threads`), reused buffers.
 `set_conv_algorithm` chooses how convolutions run: "auto" (Winograd's F(2, 3) where it applies),
 or "im2col" everywhere.
+`slidenet.ops.compiled` holds optional numba versions of the passes around the GEMMs.
 """
 from slidenet.ops.activations import (
     leaky_relu_backward, leaky_relu_forward, relu_backward, relu_forward, sigmoid_backward,

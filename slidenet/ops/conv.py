@@ -58,7 +58,6 @@ def _check(algorithm):
 
 def _use_winograd(algorithm, size, stride, d, k):
     """Whether a convolution with this filter size, stride and depths D -> K runs F(2, 3)."""
-    algorithm = algorithm or _default["algorithm"]
     _check(algorithm)
     fits = winograd.applies(size, stride)
     if algorithm == "winograd" and not fits:
@@ -197,7 +196,7 @@ def conv_backward(dout, cache, need_dx=True, relu_masked=False):
         # p + (i', j') - (F - 1 - P), dx = grows @ w_flip and, since dw[i, j] = sum over
         # input positions p of x[p]^T dout[p - (i, j) + P], dw[i, j] = x^T @ grows[:, flipped (i, j)].
         c = sl.stop - sl.start
-        (bh, bw) = back_pad
+        bh, bw = back_pad
         gp, inner = bordered("conv.gpad", (c, ho + 2 * bh, wo + 2 * bw, k), dout.dtype, (bh, bh, bw, bw))
         masked(sl, inner)
         db_part = ones[:c * padded_out] @ gp.reshape(-1, k)     # the zero border adds nothing

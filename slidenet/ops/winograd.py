@@ -117,6 +117,7 @@ def output(m, out, bias=None, relu=False):
     m = m.reshape(4, c, tiles(ho), wo, k)
     fast = compiled.kernels()
     if fast is not None:
+        # Without a bias the kernel still needs a (K,) array of the right type: any row of m.
         fast.winograd_output(m, out, m[0, 0, 0, 0] if bias is None else bias, bias is not None, relu)
         return True
     even, odd = out[:, 0::2], out[:, 1::2]

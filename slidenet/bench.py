@@ -180,6 +180,7 @@ class SlidenetRunner:
 
     def layer_step(self, times):
         """A training step, adding each layer's forward and backward seconds into `times`."""
+        self.net._release_caches()              # as Net.forward does
         out = self.x
         for layer in self.net.layers:
             start = time.perf_counter()

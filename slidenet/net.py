@@ -83,9 +83,17 @@ class Net:
                             f"(arrays are (batch, height, width, depth))")
         return x.astype(self.dtype, copy=False)
 
+    def _release_caches(self):
+        # A new forward makes the last one's caches useless. Dropping them first frees their
+        # arrays (a CONV's input and output, a BATCHNORM's xhat) for this forward to reuse
+        # (`ops.runtime.empty`) instead of faulting in fresh memory while they are still held.
+        for layer in self.layers:
+            layer.cache = None
+
     def forward(self, x, train=False):
         """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs)."""
         out = self._check_input(x)
+        self._release_caches()
         for layer in self.layers:
             out = layer.forward(out, train)
         return out
@@ -93,6 +101,7 @@ class Net:
     def activations(self, x):
         """Evaluation-mode forward that keeps every layer's output: [(name, array), ...]."""
         out = self._check_input(x)
+        self._release_caches()
         kept = [("input", out)]
         for layer in self.layers:
             out = layer.forward(out, False)

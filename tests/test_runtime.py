@@ -331,3 +331,39 @@ def test_reused_padded_buffers_never_leak_one_call_into_the_next(algorithm):
         dout = RNG.standard_normal(out.shape)
         for got, want in zip(ops.conv_backward(dout, cache), naive.conv_backward(dout, x, w, (1, 1), (1, 1))):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(9, 5, 4, 3), (13, 6)])
+def test_batchnorm_chunks_and_threads_keep_the_result(settings, shape):
+    x = RNG.standard_normal(shape) * 2 + 1
+    d = shape[-1]
+    gamma, beta, dout = RNG.standard_normal(d), RNG.standard_normal(d), RNG.standard_normal(shape)
+
+    def both():
+        out, cache = ops.batchnorm_forward(x, gamma, beta, np.zeros(d), np.ones(d), train=True)
+        return (out.copy(), *ops.batchnorm_backward(dout, cache))
+    whole = both()
+    # The textbook formulas, straight: the oracle.
+    axes = tuple(range(len(shape) - 1))
+    xhat = (x - x.mean(axis=axes)) / np.sqrt(x.var(axis=axes) + 1e-5)
+    m = x.size // d
+    dbeta, dgamma = dout.sum(axis=axes), (dout * xhat).sum(axis=axes)
+    dx = gamma / np.sqrt(x.var(axis=axes) + 1e-5) * (dout - dbeta / m - xhat * dgamma / m)
+    for got, want in zip(whole, (xhat * gamma + beta, dx, dgamma, dbeta)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    runtime.set_memory_budget(1)            # one image per chunk
+    runtime.set_threads(3)
+    for got, want in zip(both(), whole):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_batchnorm_keeps_a_large_mean_from_ruining_the_variance():
+    # Channels whose mean is 1,000 standard deviations from 0: E[x^2] - mean^2 in float32 would
+    # lose every digit of the variance; the two-pass mean of (x - mean)^2 keeps it.
+    x64 = 1000 + RNG.standard_normal((16, 8, 8, 4))
+    out, _ = ops.batchnorm_forward(x64.astype(np.float32), np.ones(4, np.float32),
+                                   np.zeros(4, np.float32), np.zeros(4, np.float32),
+                                   np.ones(4, np.float32), train=True)
+    want = (x64 - x64.mean(axis=(0, 1, 2))) / np.sqrt(x64.var(axis=(0, 1, 2)) + 1e-5)
+    assert out.dtype == np.float32
+    assert np.abs(out - want).max() < 1e-3

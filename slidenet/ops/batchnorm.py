@@ -4,8 +4,32 @@ Each channel is normalised over every position of every image in the batch (axes
 (N, H, W, D) volume, or N of an (N, D) vector), then scaled by gamma and shifted by beta.
 Training uses the batch statistics and updates running averages; evaluation uses the running
 averages.
+
+How it runs: a volume is viewed as rows of whole image rows, (N*H, W*D), in which the channels
+repeat every D numbers, so every elementwise step is a long row against a per-channel vector
+tiled W times (NumPy is slow on D-long inner loops), done in batch chunks on the worker threads.
+A per-channel sum is a GEMV of each chunk (ones @ rows), folded from W*D columns to D channels
+and added over chunks in float64. The variance is the mean of (x - mean)^2, a second pass, not
+E[x^2] - mean^2, which float32 would ruin when the mean is large. Results and the saved xhat
+come from `runtime.empty`: recycled memory, no fresh pages.
 """
 import numpy as np
+
+from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
+
+
+def _geometry(shape):
+    """(images, rows per image, numbers per row, channels) of an (N, H, W, D) or (N, D) array."""
+    if len(shape) == 2:
+        return shape[0], 1, shape[1], shape[1]
+    n, h, w, d = shape
+    return n, h, w * d, d
+
+
+def _channel_sums(parts, d):
+    """Add per-chunk column sums (each (W*D,)) over chunks and fold them to D channels, in float64."""
+    total = np.sum([np.asarray(p, np.float64) for p in parts], axis=0)
+    return total.reshape(-1, d).sum(axis=0)
 
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum=0.9, eps=1e-5):
@@ -14,31 +38,94 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum
     Returns out (shape of x) and a cache. When training, running_mean and running_var are
     updated in place: r = momentum * r + (1 - momentum) * batch statistic.
     """
-    axes = tuple(range(x.ndim - 1))
+    n, h, width, d = _geometry(x.shape)
+    x = np.ascontiguousarray(x)
+    rows = x.reshape(n * h, width)
+    tile = width // d
+    out = empty(x.shape, np.result_type(x, gamma))
+    out_rows = out.reshape(n * h, width)
+    chunks = batch_chunks(n, 2 * h * width * x.itemsize)
+
+    def by_chunk(work):
+        return run_chunks(lambda sl: work(slice(sl.start * h, sl.stop * h)), chunks)
+
     if not train:
-        inv = 1 / np.sqrt(running_var + eps)
-        return (x - running_mean) * (gamma * inv) + beta, None
-    mean = x.mean(axis=axes)
-    var = x.var(axis=axes)
+        scale = gamma / np.sqrt(running_var + eps)
+        scale_row = np.tile(scale.astype(out.dtype), tile)
+        shift_row = np.tile((beta - running_mean * scale).astype(out.dtype), tile)
+
+        def apply(rs):
+            np.multiply(rows[rs], scale_row, out=out_rows[rs])
+            out_rows[rs] += shift_row
+        by_chunk(apply)
+        return out, None
+
+    m = n * h * tile
+    ones = np.ones(max(sl.stop - sl.start for sl in chunks) * h, x.dtype)
+    mean = _channel_sums(by_chunk(lambda rs: ones[:rs.stop - rs.start] @ rows[rs]), d) / m
+    mean_row = np.tile(mean.astype(x.dtype), tile)
+
+    def squares(rs):
+        centred = np.subtract(rows[rs], mean_row, out=scratch("bn.centred", rows[rs].shape, x.dtype))
+        centred *= centred
+        return ones[:rs.stop - rs.start] @ centred
+    var = _channel_sums(by_chunk(squares), d) / m
     inv = (1 / np.sqrt(var + eps)).astype(x.dtype)
-    xhat = (x - mean) * inv
+    inv_row = np.tile(inv, tile)
+    gamma_row = np.tile(gamma.astype(out.dtype), tile)
+    beta_row = np.tile(beta.astype(out.dtype), tile)
+    xhat = empty(x.shape, x.dtype)
+    xhat_rows = xhat.reshape(n * h, width)
+
+    def normalise(rs):
+        np.subtract(rows[rs], mean_row, out=xhat_rows[rs])
+        xhat_rows[rs] *= inv_row
+        np.multiply(xhat_rows[rs], gamma_row, out=out_rows[rs])
+        out_rows[rs] += beta_row
+    by_chunk(normalise)
     running_mean *= momentum
     running_mean += (1 - momentum) * mean
     running_var *= momentum
     running_var += (1 - momentum) * var
-    return xhat * gamma + beta, (xhat, inv, gamma)
+    return out, (xhat, inv, gamma)
 
 
 def batchnorm_backward(dout, cache):
     """Returns dx (shape of dout), dgamma (D,), dbeta (D,).
 
     With m values per channel: dx = inv / m * (m * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)),
-    where dxhat = dout * gamma.
+    where dxhat = dout * gamma; that is, dx = gamma * inv * (dout - dbeta / m - xhat * dgamma / m).
     """
     xhat, inv, gamma = cache
-    axes = tuple(range(dout.ndim - 1))
-    m = dout.size // dout.shape[-1]
-    dbeta = dout.sum(axis=axes)
-    dgamma = (dout * xhat).sum(axis=axes)
-    dx = (inv / m) * (m * dout * gamma - gamma * dbeta - xhat * (gamma * dgamma))
-    return dx.astype(dout.dtype, copy=False), dgamma, dbeta
+    n, h, width, d = _geometry(dout.shape)
+    tile = width // d
+    m = n * h * tile
+    dout = np.ascontiguousarray(dout)
+    g_rows = dout.reshape(n * h, width)
+    xhat_rows = xhat.reshape(n * h, width)
+    chunks = batch_chunks(n, 2 * h * width * dout.itemsize)
+    ones = np.ones(max(sl.stop - sl.start for sl in chunks) * h, dout.dtype)
+
+    def sums(sl):
+        rs = slice(sl.start * h, sl.stop * h)
+        g, ones_c = g_rows[rs], ones[:rs.stop - rs.start]
+        both = np.multiply(g, xhat_rows[rs], out=scratch("bn.gx", g.shape, dout.dtype))
+        return ones_c @ g, ones_c @ both
+    parts = run_chunks(sums, chunks)
+    dbeta = _channel_sums([p[0] for p in parts], d)
+    dgamma = _channel_sums([p[1] for p in parts], d)
+    dtype = np.result_type(dout, gamma)
+    mean_g_row = np.tile((dbeta / m).astype(dtype), tile)
+    mean_gx_row = np.tile((dgamma / m).astype(dtype), tile)
+    scale_row = np.tile((gamma * inv).astype(dtype), tile)
+    dx = empty(dout.shape, dtype)
+    dx_rows = dx.reshape(n * h, width)
+
+    def grad(sl):
+        rs = slice(sl.start * h, sl.stop * h)
+        np.multiply(xhat_rows[rs], mean_gx_row, out=dx_rows[rs])
+        np.subtract(g_rows[rs], dx_rows[rs], out=dx_rows[rs])
+        dx_rows[rs] -= mean_g_row
+        dx_rows[rs] *= scale_row
+    run_chunks(grad, chunks)
+    return dx, dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)

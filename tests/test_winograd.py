@@ -222,3 +222,15 @@ def test_compiled_max_pool_equals_numpy_bit_for_bit(hw, size, stride, relu_mask)
         out, cache = ops.pool_forward(x, size, stride)
         np.testing.assert_array_equal(out, naive.pool_forward(x, size, stride))
         same(ops.pool_backward(dout, cache), naive.pool_backward(dout, x, size, stride))
+
+
+def test_other_dtypes_take_the_numpy_path(path):
+    # The compiled kernels are built for float32 and float64 only; integers pool through NumPy.
+    x = RNG.integers(-5, 5, (2, 6, 6, 3))
+    out, cache = ops.pool_forward(x, (2, 2), (2, 2))
+    assert out.dtype == x.dtype
+    np.testing.assert_array_equal(out, naive.pool_forward(x, (2, 2), (2, 2)))
+    dout = RNG.standard_normal(out.shape)
+    want = naive.pool_backward(dout, x.astype(np.float64), (2, 2), (2, 2))
+    np.testing.assert_array_equal(ops.pool_backward(dout, cache), want)
+    assert compiled.kernels(x) is None and (compiled.kernels(dout) is None) == (path == "numpy")

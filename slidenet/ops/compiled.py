@@ -30,9 +30,16 @@ def set_enabled(flag=True):
     return previous
 
 
-def kernels():
-    """The compiled kernels as a namespace, or None when they are disabled or unavailable."""
-    if not _state["wanted"]:
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def kernels(*arrays):
+    """The compiled kernels as a namespace, or None when they are disabled or unavailable.
+
+    Given arrays, also None unless all of them are float32 or float64: the kernels are
+    compiled and tested for those; anything else takes the NumPy path.
+    """
+    if not _state["wanted"] or any(a.dtype not in _FLOATS for a in arrays):
         return None
     if _state["kernels"] is None and _state["error"] is None:
         with _lock:

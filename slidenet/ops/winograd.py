@@ -88,7 +88,7 @@ def rows(xp, fw, name):
     c, hp, wp, d = xp.shape
     t = (hp - 2) // 2
     wo = wp - fw + 1
-    fast = compiled.kernels()
+    fast = compiled.kernels(xp)
     if fast is not None:
         out = scratch(name, (4, c, t, wo, fw * d), xp.dtype)
         fast.winograd_rows(xp, fw, out)
@@ -115,7 +115,7 @@ def output(m, out, bias=None, relu=False):
     """
     c, ho, wo, k = out.shape
     m = m.reshape(4, c, tiles(ho), wo, k)
-    fast = compiled.kernels()
+    fast = compiled.kernels(m, out)
     if fast is not None:
         # Without a bias the kernel still needs a (K,) array of the right type: any row of m.
         fast.winograd_output(m, out, m[0, 0, 0, 0] if bias is None else bias, bias is not None, relu)
@@ -139,7 +139,7 @@ def adjoint(x, name):
     c, h, w, d = x.shape
     t, half = tiles(h), h // 2
     out = scratch(name, (4, c, t, w, d), x.dtype)
-    fast = compiled.kernels()
+    fast = compiled.kernels(x)
     if fast is not None:
         fast.winograd_adjoint(x, out)
         return out.reshape(4, c * t * w, d)

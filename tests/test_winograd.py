@@ -234,3 +234,22 @@ def test_other_dtypes_take_the_numpy_path(path):
     want = naive.pool_backward(dout, x.astype(np.float64), (2, 2), (2, 2))
     np.testing.assert_array_equal(ops.pool_backward(dout, cache), want)
     assert compiled.kernels(x) is None and (compiled.kernels(dout) is None) == (path == "numpy")
+
+
+def test_without_numba_everything_runs_on_numpy():
+    # numba made unimportable in a fresh interpreter: the kernels fall back, and say why.
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "import numpy as np\n"
+            "from slidenet import ops\n"
+            "from slidenet.ops import compiled\n"
+            "x = np.ones((2, 6, 6, 8), np.float32)\n"
+            "out, cache = ops.conv_forward(x, np.ones((3, 3, 8, 8), np.float32), np.zeros(8, np.float32),"
+            " (1, 1), (1, 1), algorithm='winograd')\n"
+            "ops.conv_backward(out, cache)\n"
+            "print(float(out[0, 2, 2, 0]), compiled.kernels() is None, compiled.status())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    value, none, status = done.stdout.split(maxsplit=2)
+    assert float(value) == 72.0 and none == "True" and status.startswith("off (numba cannot be imported")

@@ -4,12 +4,14 @@ Each function here does in one pass, without the GIL, what `winograd` or `pool` 
 several NumPy calls: build the four row sets, turn the four products into output rows (with bias
 and ReLU), build x's adjoint rows; max-pool a window and hand its gradient to the first maximum.
 The arithmetic and the comparisons are the same, in the same order, so results are bitwise
-equal to the NumPy path (tested); only where pooling windows overlap, and up to four windows add
-their gradients into one input, the additions come in another order (equal to rounding). Why bother: NumPy runs each of those steps as a separate pass
-over memory, and every call hands the GIL to the other worker thread; together they cost about a
-third of a training step. NumPy alone always works: without numba installed, with
-``SLIDENET_NUMBA=0`` in the environment, or after ``set_enabled(False)``, `kernels()` is None and
-`winograd` takes its NumPy path.
+equal to the NumPy path (tested). The one exception is pooling windows that overlap: up to four
+windows add their gradients into one input, in another order, so those match to rounding.
+
+Why bother: NumPy runs each of those steps as a separate pass over memory, and every call hands
+the GIL to the other worker thread; on the NumPy path they cost about a quarter of a training
+step. NumPy alone always works: without numba installed, with ``SLIDENET_NUMBA=0`` in the
+environment, or after ``set_enabled(False)``, `kernels()` is None and `winograd` and `pool`
+take their NumPy paths.
 
 numba is imported, and each kernel compiled (once per dtype, cached on disk), only when a
 convolution first needs it.
@@ -58,7 +60,7 @@ def status():
     if kernels() is not None:
         import numba
         return f"numba {numba.__version__}"
-    return "off (numba is not installed)"
+    return f"off (numba cannot be imported: {_state['error']})"
 
 
 class _Kernels:

@@ -3,8 +3,12 @@
     >>> from slidenet import Net
     >>> net = Net.from_pattern("INPUT(32x32x3) -> [CONV(32) -> RELU]*2 -> POOL -> FC(10)")
     >>> print(net.summary())
+
+    >>> model = slidenet.load("runs/demo/best.npz")     # a trained model
+    >>> model.predict(images)                             # uint8 (N, H, W, D) -> probabilities
 """
+from slidenet.model import Model, load
 from slidenet.net import Net
 
-__all__ = ["Net"]
+__all__ = ["Model", "Net", "load"]
 __version__ = "0.1.0"

@@ -14,8 +14,36 @@ from slidenet.net import Net
 TOLERANCE = 1e-6
 
 
-def _relative_error(a, n, floor=1e-3):
+def relative_error(a, n, floor=1e-3):
+    """The largest |a - n| / max(|a|, |n|, floor) over the entries of a and n (see above).
+
+    The one error formula of every gradient check: `slidenet gradcheck` and the kernel tests.
+    """
+    a, n = np.asarray(a, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    if a.size == 0:
+        return 0.0
     return float(np.max(np.abs(a - n) / np.maximum(np.maximum(np.abs(a), np.abs(n)), floor)))
+
+
+def numeric_gradient(loss, array, picks, h=1e-5):
+    """Centred differences (loss(v + h) - loss(v - h)) / 2h of the scalar loss() with respect
+    to the entries `picks` of `array` (flat indices), each nudged in place and restored."""
+    flat = array.reshape(-1)
+    numeric = np.empty(len(picks))
+    for slot, i in enumerate(picks):
+        saved = flat[i]
+        flat[i] = saved + h
+        up = loss()
+        flat[i] = saved - h
+        down = loss()
+        flat[i] = saved
+        numeric[slot] = (up - down) / (2 * h)
+    return numeric
+
+
+def sample(size, samples, rng):
+    """Flat indices to check: all of them for a small array, else `samples` distinct ones."""
+    return np.arange(size) if size <= samples else rng.choice(size, samples, replace=False)
 
 
 def check_net(net, batch=2, samples=40, h=1e-5, seed=0):
@@ -41,18 +69,9 @@ def check_net(net, batch=2, samples=40, h=1e-5, seed=0):
 
     errors = {}
     for name, array in arrays.items():
-        flat = array.reshape(-1)
-        picks = np.arange(flat.size) if flat.size <= samples else rng.choice(flat.size, samples, replace=False)
-        numeric = np.empty(len(picks))
-        for slot, i in enumerate(picks):
-            saved = flat[i]
-            flat[i] = saved + h
-            up = loss()
-            flat[i] = saved - h
-            down = loss()
-            flat[i] = saved
-            numeric[slot] = (up - down) / (2 * h)
-        errors[name] = _relative_error(analytic[name].reshape(-1)[picks], numeric)
+        picks = sample(array.size, samples, rng)
+        numeric = numeric_gradient(loss, array, picks, h)
+        errors[name] = relative_error(analytic[name].reshape(-1)[picks], numeric)
     return errors
 
 

@@ -7,12 +7,16 @@
 
 Every shape is inferred when the net is built, so a geometry that does not fit fails here,
 before any data is loaded.
+
+`net.layers` holds one layer per layer of the pattern; `net.steps` is what forward and backward
+run: the same layers with CONV -> RELU and the like fused into one step (`slidenet.layers.fusion`).
+`net.activations(x)` runs the layers one by one, so each layer's own output can be seen.
 """
 from collections import OrderedDict
 
 import numpy as np
 
-from slidenet import layers as layer_classes
+from slidenet import layers as layer_kinds
 from slidenet.errors import DataError, SlidenetError
 from slidenet.pattern import parse
 from slidenet.shapes import infer
@@ -47,11 +51,11 @@ class Net:
                 f"this net needs {weight_bytes / 2**30:.1f} GiB of {dtype} weights, more than the "
                 f"{MAX_WEIGHT_BYTES / 2**30:.0f} GiB slidenet allocates; `slidenet summary` describes "
                 "it without allocating anything")
-        init_rng = np.random.default_rng(seed)
         # Dropout draws from its own stream, so adding dropout never changes the initial weights.
         self.dropout_rng = np.random.default_rng([seed, 1])
-        self.layers = layer_classes.fuse([layer_classes.build(info, init_rng, self.dropout_rng, self.dtype)
-                                          for info in self.infos[1:]])
+        init = layer_kinds.Init(np.random.default_rng(seed), self.dropout_rng, self.dtype)
+        self.layers = [layer_kinds.build(info, init) for info in self.infos[1:]]
+        self.steps = layer_kinds.fuse(self.layers)
         self.params, self.grads, self.buffers = OrderedDict(), OrderedDict(), OrderedDict()
         for layer in self.layers:
             for key, value in layer.params.items():
@@ -94,8 +98,8 @@ class Net:
         """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs)."""
         out = self._check_input(x)
         self._release_caches()
-        for layer in self.layers:
-            out = layer.forward(out, train)
+        for step in self.steps:
+            out = step.forward(out, train)
         return out
 
     def activations(self, x):
@@ -116,9 +120,9 @@ class Net:
         (and may get None back).
         """
         grad = dscores.astype(self.dtype, copy=False)
-        for layer in reversed(self.layers[1:]):
-            grad = layer.backward(grad)
-        return self.layers[0].backward(grad, need_dx=input_grad)
+        for step in reversed(self.steps[1:]):
+            grad = step.backward(grad)
+        return self.steps[0].backward(grad, need_dx=input_grad)
 
     def summary(self):
         """The summary table as text: shapes, parameters and formulas for every layer."""

@@ -18,45 +18,18 @@ import operator
 import re
 from dataclasses import dataclass
 
-from slidenet.errors import GeometryError, PatternError, SlidenetError
-from slidenet.geometry import same_padding
-from slidenet.spec import KINDS, LayerSpec
+from slidenet import layers
+from slidenet.arguments import MAX_NUMBER, WHOLE, Value, whole
+from slidenet.errors import PatternError, SlidenetError
+from slidenet.spec import LayerSpec
 
-MAX_NUMBER = 100_000    # largest filter count, window, stride, padding, output count or repeat
 MAX_LAYERS = 1000       # largest expanded net, INPUT included
 MAX_DEPTH = 32          # deepest bracket nesting; deeper is a typo, and would exhaust recursion
 EXAMPLE = "INPUT(32x32x3) -> CONV(10, 5x5) -> RELU -> FC(10)"
 
-_ALIASES = {"POOL": "MAXPOOL", "BN": "BATCHNORM"}
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _COUNT = re.compile(r"-?[A-Za-z0-9_.]+")
 _VARIABLE = re.compile(r"[A-Z][A-Z0-9_]*")
-# ASCII only: \d and str.isdigit accept digits int() and float() would then choke on.
-_WHOLE = re.compile(r"[0-9]+")
-_DECIMAL = re.compile(r"[0-9]*\.?[0-9]+|[0-9]+\.")
-_AXES = re.compile(r"\s*[xX]\s*")
-
-_POOL_KEYS = {"f": "size", "size": "size", "s": "stride", "stride": "stride"}
-# kind -> (positional fields in order, keyword -> field)
-_SIGNATURES = {
-    "INPUT": (("shape",), {}),
-    "CONV": (("filters", "size"), {"k": "filters", "f": "size", "size": "size",
-                                   "s": "stride", "stride": "stride", "p": "pad", "pad": "pad"}),
-    "MAXPOOL": (("size",), _POOL_KEYS),
-    "AVGPOOL": (("size",), _POOL_KEYS),
-    "FC": (("outputs",), {"n": "outputs"}),
-    "LEAKYRELU": (("alpha",), {"a": "alpha", "alpha": "alpha"}),
-    "DROPOUT": (("rate",), {"p": "rate", "rate": "rate"}),
-}
-_USAGE = {
-    "INPUT": "INPUT(HxWxD), e.g. INPUT(32x32x3)",
-    "CONV": "CONV(K[, FhxFw][, s=S][, p=P|same|valid]), e.g. CONV(10, 5x5, s=1, p=2)",
-    "MAXPOOL": "MAXPOOL([FhxFw][, s=S]), e.g. MAXPOOL(2x2, s=2); pooling is never padded",
-    "AVGPOOL": "AVGPOOL([FhxFw][, s=S]), e.g. AVGPOOL(2x2, s=2); pooling is never padded",
-    "FC": "FC(n), e.g. FC(10)",
-    "LEAKYRELU": "LEAKYRELU([a]) with 0 <= a < 1, e.g. LEAKYRELU(0.01)",
-    "DROPOUT": "DROPOUT([p]) with 0 <= p < 1, e.g. DROPOUT(0.5)",
-}
 
 
 def parse(pattern, variables=None, skip_optional=False):
@@ -101,24 +74,13 @@ def parse_sets(assignments):
         if not _VARIABLE.fullmatch(name):
             raise SlidenetError(f"--set {text!r}: {name!r} is not an UPPER-CASE variable name "
                                 "such as N")
-        if not _WHOLE.fullmatch(value) or len(value.lstrip("0")) > 6 or int(value) > MAX_NUMBER:
+        if not WHOLE.fullmatch(value) or len(value.lstrip("0")) > 6 or int(value) > MAX_NUMBER:
             raise SlidenetError(f"--set {text!r}: the value must be a whole number from 0 to "
                                 f"{MAX_NUMBER:,}, e.g. --set {name}=2")
         if name in bound and bound[name] != int(value):
             raise SlidenetError(f"--set {name} is given twice ({bound[name]} and {value})")
         bound[name] = int(value)
     return bound
-
-
-@dataclass(frozen=True)
-class _Value:
-    """One argument or count as written, and where it sits in the pattern."""
-    text: str
-    column: int
-    pattern: str
-
-    def error(self, message):
-        return PatternError(message, self.pattern, self.column)
 
 
 @dataclass(frozen=True)
@@ -214,7 +176,7 @@ def _count(reader, variables):
     if token is None:
         raise reader.error("expected a repeat count after '*': a whole number or an "
                            "UPPER-CASE variable such as N")
-    value = _Value(token.group(), token.start(), reader.text)
+    value = Value(token.group(), token.start(), reader.text)
     if _VARIABLE.fullmatch(value.text):
         if value.text not in variables:
             raise value.error(f"variable {value.text} is not bound: "
@@ -223,7 +185,7 @@ def _count(reader, variables):
     if _NAME.fullmatch(value.text):
         raise value.error(f"repeat count {value.text!r} must be a whole number or an "
                           "UPPER-CASE variable such as N")
-    return _whole(value, "repeat count", minimum=0)
+    return whole(value, "repeat count", minimum=0)
 
 
 def _not_a_layer(reader):
@@ -254,11 +216,12 @@ def _stray(reader, inside):
 # ---- layers and their arguments ----------------------------------------------------------
 
 def _kind(name):
+    """The registered layer class a name stands for, or a PatternError with a suggestion."""
     upper = name.group().upper()
-    kind = _ALIASES.get(upper, upper)
-    if kind in KINDS:
+    kind = layers.lookup(upper)
+    if kind is not None:
         return kind
-    known = list(KINDS) + list(_ALIASES)
+    known = layers.names()
     close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}?" if close else "known layers: " + ", ".join(known)
     raise PatternError(f"unknown layer {name.group()!r}; {hint}", name.string, name.start())
@@ -269,9 +232,9 @@ def _layer(reader, name):
     args = _arguments(reader) if reader.at("(") else []
     # reader.at skipped any spaces after a bare name; they are not part of the layer's text.
     text = reader.text[name.start():reader.pos].rstrip()
-    fields = _bind(kind, args, _Value(text, name.start(), reader.text))
-    built = _BUILDERS[kind](fields) if kind in _BUILDERS else {}
-    return LayerSpec(kind=kind, text=text, column=name.start(), **built)
+    values = _bind(kind, args, Value(text, name.start(), reader.text))
+    return LayerSpec(kind=kind.kind, text=text, column=name.start(),
+                     args=tuple(kind.read_arguments(values).items()))
 
 
 def _arguments(reader):
@@ -304,128 +267,33 @@ def _arguments(reader):
 
 def _strip(piece, start, pattern):
     stripped = piece.lstrip()
-    return _Value(stripped.rstrip(), start + len(piece) - len(stripped), pattern)
+    return Value(stripped.rstrip(), start + len(piece) - len(stripped), pattern)
 
 
 def _bind(kind, args, layer):
-    """Match arguments to fields -> {field: _Value}; checks counts, names and required ones."""
-    positional, keywords = _SIGNATURES.get(kind, ((), {}))
-    usage = _USAGE.get(kind, f"{kind} takes no arguments")
+    """Match arguments to the kind's fields -> {field: Value}; checks counts, names and the
+    required ones against its grammar (`Layer.positional`, `keywords`, `required`)."""
+    usage = kind.usage or f"{kind.kind} takes no arguments"
     fields, seen_keyword = {}, False
     for key, value in args:
         if key is None:
             if seen_keyword:
                 raise value.error(f"a value without a name cannot follow a name=value: {usage}")
-            if len(fields) >= len(positional):
+            if len(fields) >= len(kind.positional):
                 raise value.error(f"too many values: {usage}")
-            field, at = positional[len(fields)], value
+            field, at = kind.positional[len(fields)], value
         else:
             seen_keyword = True
-            field, at = keywords.get(key.text.lower()), key
+            field, at = kind.keywords.get(key.text.lower()), key
             if field is None:
-                raise key.error(f"{kind} has no argument {key.text}=: {usage}")
+                raise key.error(f"{kind.kind} has no argument {key.text}=: {usage}")
         if field in fields:
             raise at.error(f"{field} is given twice: {usage}")
         fields[field] = value
-    required = {"INPUT": "shape", "CONV": "filters", "FC": "outputs"}.get(kind)
-    if required and required not in fields:
-        raise layer.error(f"{layer.text} needs its {required}: {usage}")
+    for required in kind.required:
+        if required not in fields:
+            raise layer.error(f"{layer.text} needs its {required}: {usage}")
     return fields
-
-
-def _input(fields):
-    return {"shape": _axes(fields["shape"], "INPUT size", (3,), minimum=1,
-                           hint="height x width x depth, e.g. 32x32x3")}
-
-
-def _conv(fields):
-    size = _axes(fields.get("size"), "filter size", (1, 2), minimum=1, default=(3, 3),
-                 hint="F or FhxFw; the depth always spans the whole input, so leave it out")
-    stride = _axes(fields.get("stride"), "stride", (1, 2), minimum=1, default=(1, 1))
-    return {"filters": _whole(fields["filters"], "number of filters", minimum=1),
-            "size": size, "stride": stride, "pad": _pad(fields.get("pad"), size, stride)}
-
-
-def _pool(fields):
-    size = _axes(fields.get("size"), "window size", (1, 2), minimum=1, default=(2, 2))
-    # Without a stride, windows sit side by side: the lecture's 2x2, s=2.
-    stride = _axes(fields.get("stride"), "stride", (1, 2), minimum=1, default=size)
-    return {"size": size, "stride": stride, "pad": (0, 0)}
-
-
-def _fc(fields):
-    return {"filters": _whole(fields["outputs"], "number of outputs", minimum=1)}
-
-
-def _leaky(fields):
-    return {"alpha": _fraction(fields.get("alpha"), "slope a", 0.01)}
-
-
-def _dropout(fields):
-    return {"rate": _fraction(fields.get("rate"), "dropout probability p", 0.5)}
-
-
-_BUILDERS = {"INPUT": _input, "CONV": _conv, "MAXPOOL": _pool, "AVGPOOL": _pool, "FC": _fc,
-             "LEAKYRELU": _leaky, "DROPOUT": _dropout}
-
-
-def _whole(value, what, minimum):
-    """A whole number from `minimum` to MAX_NUMBER, or a PatternError saying what is wrong."""
-    text = value.text
-    if _WHOLE.fullmatch(text):
-        if len(text.lstrip("0")) > 6 or int(text) > MAX_NUMBER:
-            raise value.error(f"{what} {text} is too large (at most {MAX_NUMBER:,})")
-        if int(text) < minimum:
-            raise value.error(f"{what} must be at least {minimum}, got {text}")
-        return int(text)
-    if text.startswith("-") and _WHOLE.fullmatch(text[1:]):
-        raise value.error(f"{what} must be at least {minimum}, got {text}")
-    if _DECIMAL.fullmatch(text.lstrip("-")):
-        raise value.error(f"{what} must be a whole number, got {text}")
-    raise value.error(f"{what} must be a whole number, got {text!r}")
-
-
-def _axes(value, what, counts, minimum, default=None, hint="F or FhxFw"):
-    """``"3"`` -> (3, 3), ``"3x1"`` -> (3, 1), ``"32x32x3"`` -> (32, 32, 3) when counts is (3,)."""
-    if value is None:
-        return default
-    parts = _AXES.split(value.text)
-    if len(parts) not in counts:
-        raise value.error(f"{what} {value.text!r} should be {hint}")
-    numbers, offset = [], 0
-    for part in parts:
-        offset = value.text.find(part, offset)
-        numbers.append(_whole(_Value(part, value.column + offset, value.pattern), what, minimum))
-        offset += len(part)
-    return tuple(numbers * 2) if len(numbers) == 1 else tuple(numbers)
-
-
-def _pad(value, size, stride):
-    """Padding per axis. By default (F - 1) / 2 along an axis with odd F and stride 1, which
-    keeps the size (the lecture's usual choice); 0 otherwise, so that the lecture's 7x7 input
-    with a 3x3 filter at stride 3 is (7 - 3) / 3 + 1 and fails as the lecture says it does."""
-    if value is None:
-        return tuple((f - 1) // 2 if f % 2 and s == 1 else 0 for f, s in zip(size, stride))
-    word = value.text.lower()
-    if word == "valid":
-        return (0, 0)
-    if word == "same":
-        try:
-            return tuple(same_padding(f) for f in size)
-        except GeometryError as err:
-            raise value.error(str(err)) from None
-    return _axes(value, "padding", (1, 2), minimum=0, hint="P, PhxPw, same or valid")
-
-
-def _fraction(value, what, default):
-    """A number in [0, 1), such as a dropout probability."""
-    if value is None:
-        return default
-    number = float(value.text) if _DECIMAL.fullmatch(value.text) else None
-    if number is None or not 0 <= number < 1:
-        raise value.error(f"{what} must be a number from 0 up to (not including) 1, "
-                          f"got {value.text!r}")
-    return number
 
 
 # ---- the whole net -----------------------------------------------------------------------
@@ -449,7 +317,7 @@ def _inputs(items):
     for item in items:
         if isinstance(item, _Group):
             yield from _inputs(item.items)
-        elif item.spec.kind == "INPUT":
+        elif item.spec.type.is_input:
             yield item
 
 

@@ -16,13 +16,14 @@ import numpy as np
 from slidenet import data as datasets
 from slidenet.errors import SlidenetError
 from slidenet.summary import summary_json
-from slidenet.train import evaluate, load_model
+from slidenet.evaluate import evaluate
+from slidenet.model import load
 from slidenet.viz import grid
 from slidenet.viz.activations import activations_figure
 from slidenet.viz.curves import curves_figure
 from slidenet.viz.filters import filters_figure
 from slidenet.viz.patches import patches_figure, top_patches
-from slidenet.viz.probe import progress
+from slidenet.progress import progress
 
 SECTIONS = (("summary", "Architecture"), ("training", "Training"), ("accuracy", "Test accuracy"),
             ("filters", "Filters"), ("activations", "Activation maps"),
@@ -195,18 +196,6 @@ def accuracy_section(result, names, count):
             f'<div class="scroll"><h3>confusion matrix</h3>{confusion_table}</div></div>')
 
 
-def probabilities(net, normalizer, x, classes, batch_size=256):
-    """Softmax probabilities (N, classes) of uint8 images x (N, H, W, D), in float64."""
-    out = []
-    for start in range(0, len(x), batch_size):
-        scores = net.forward(normalizer.normalize(x[start:start + batch_size]))
-        scores = scores.astype(np.float64)[:, :classes]
-        scores -= scores.max(axis=1, keepdims=True)     # the same softmax, without overflow
-        e = np.exp(scores)
-        out.append(e / e.sum(axis=1, keepdims=True))
-    return np.concatenate(out) if out else np.zeros((0, classes))
-
-
 def _sample(pixels, truth, probs, names):
     best = np.argsort(-probs)[:3]
     wrong = best[0] != truth
@@ -245,7 +234,8 @@ def build_report(model_path, data=None, images=3, samples=12):
     data: data spec (default: the data the model was trained on); its test split is evaluated.
     images: test images whose activation maps are shown; samples: test images with predictions.
     """
-    net, normalizer, meta, _ = load_model(model_path)
+    model = load(model_path)
+    net, normalizer, meta = model.net, model.normalizer, model.meta
     dataset = datasets.load(data or meta["data"])
     datasets.check_fits(dataset, net.input_shape, net.num_outputs)
     x, y, names = dataset.x_test, dataset.y_test, list(dataset.class_names)
@@ -280,7 +270,7 @@ def build_report(model_path, data=None, images=3, samples=12):
                            "most, cropped to the receptive field of the strongest unit.</p>"
                            + _figure(patches_figure(found, names, y), "top patches"))
         bar.update()
-        probs = probabilities(net, normalizer, x, len(names))
+        probs = model.predict(x)
         body["predictions"] = predictions_section(x, y, probs, names, samples)
         bar.update()
     return _page(model_path, meta, dataset, result, net, body)

@@ -20,13 +20,14 @@ def test_run_reports_layers_speed_and_peak_share():
     result = bench.run(tiny_settings(), {"tiny": TINY})
     assert result["sgemm"]["gflops"] > 0 and result["threads"] == 1
     net = result["nets"]["tiny"]
-    assert [row["layer"] for row in net["layers"]] == ["conv1", "relu1", "maxpool1", "fc1", "relu2", "fc2"]
+    # One row per step the net runs: CONV -> RELU -> POOL and FC -> RELU are fused steps.
+    assert [row["layer"] for row in net["layers"]] == ["conv1+relu1+maxpool1", "fc1+relu2", "fc2"]
     conv = net["layers"][0]
     assert conv["forward"]["gflops"] > 0 and conv["backward"]["ms"] > 0
     assert set(net["train"]) == {"slidenet"} and net["train"]["slidenet"]["images_per_s"] > 0
     assert net["infer"]["slidenet"]["peak_share"] > 0
     text = bench.report(result)
-    assert "conv1 CONV(2)" in text and "train images/s (batch 4)" in text
+    assert "conv1+relu1+maxpool1" in text and "train images/s (batch 4)" in text
     json.dumps(result)
 
 

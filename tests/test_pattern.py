@@ -23,7 +23,7 @@ def test_simplest_net():
     specs = parse("INPUT(32x32x3) -> FC(10)")
     assert kinds(specs) == ["INPUT", "FC"]
     assert specs[0].shape == (32, 32, 3)
-    assert specs[1].filters == 10
+    assert specs[1].outputs == 10
 
 
 def test_text_and_column_are_as_written():

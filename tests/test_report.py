@@ -11,7 +11,8 @@ from PIL import Image
 
 from slidenet.cli import main
 from slidenet.report import SECTIONS
-from slidenet.train import evaluate, load_model
+from slidenet.evaluate import evaluate
+from slidenet.model import load
 
 from test_viz import CLASSES, bars, train_tiny
 
@@ -43,7 +44,8 @@ def test_every_section_is_there(page):
 
 
 def test_accuracy_and_confusion_are_the_evaluation(page):
-    net, normalizer, _, _ = load_model(str(page["path"]))
+    model = load(str(page["path"]))
+    net, normalizer = model.net, model.normalizer
     x, y = bars(60, seed=1)
     result = evaluate(net, x, y, normalizer, 3)
     assert f"Accuracy <b>{result['accuracy']:.4f}</b>" in page["html"]

@@ -10,7 +10,8 @@ import pytest
 from slidenet import Net
 from slidenet.ops import softmax_loss
 from slidenet.optim import make_optimizer
-from slidenet.train import TrainConfig, load_model, train
+from slidenet.model import load
+from slidenet.train import TrainConfig, train
 
 TINY = "INPUT(8x8x1) -> CONV(4) -> RELU -> POOL -> DROPOUT(0.2) -> FC(3)"
 
@@ -65,8 +66,8 @@ def config(tmp_path, data, **kw):
 
 
 def assert_same_models(a, b):
-    arrays_a, meta_a = a[3], a[2]
-    arrays_b, meta_b = b[3], b[2]
+    arrays_a, meta_a = a.state, a.meta
+    arrays_b, meta_b = b.state, b.meta
     assert set(arrays_a) == set(arrays_b)
     for name in arrays_a:
         np.testing.assert_array_equal(arrays_a[name], arrays_b[name], err_msg=name)
@@ -82,8 +83,8 @@ def test_resume_is_bit_identical_to_straight_training(tmp_path, npz_data):
     assert len(train(interrupted, log=lambda *_: None)) == 1
     resumed = config(tmp_path / "b", npz_data, epochs=2)
     train(resumed, resume=str(tmp_path / "b" / "run" / "model.npz"), log=lambda *_: None)
-    assert_same_models(load_model(str(tmp_path / "a" / "run" / "model.npz")),
-                       load_model(str(tmp_path / "b" / "run" / "model.npz")))
+    assert_same_models(load(str(tmp_path / "a" / "run" / "model.npz")),
+                       load(str(tmp_path / "b" / "run" / "model.npz")))
 
 
 def test_resume_after_a_finished_run_continues_exactly(tmp_path, npz_data):
@@ -92,8 +93,8 @@ def test_resume_after_a_finished_run_continues_exactly(tmp_path, npz_data):
     train(config(tmp_path / "b", npz_data, schedule="constant", optimizer="momentum", epochs=1), log=lambda *_: None)
     train(config(tmp_path / "b", npz_data, epochs=2),
           resume=str(tmp_path / "b" / "run" / "model.npz"), log=lambda *_: None)
-    assert_same_models(load_model(str(tmp_path / "a" / "run" / "model.npz")),
-                       load_model(str(tmp_path / "b" / "run" / "model.npz")))
+    assert_same_models(load(str(tmp_path / "a" / "run" / "model.npz")),
+                       load(str(tmp_path / "b" / "run" / "model.npz")))
 
 
 def test_training_learns_and_writes_its_files(tmp_path, npz_data):

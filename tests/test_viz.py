@@ -14,7 +14,8 @@ from PIL import Image
 
 from slidenet import Net
 from slidenet.cli import main
-from slidenet.train import TrainConfig, load_model, train
+from slidenet.model import load
+from slidenet.train import TrainConfig, train
 from slidenet.viz.activations import activation_maps, activations_figure
 from slidenet.viz.curves import curves_figure
 from slidenet.viz.filters import filters_figure
@@ -57,7 +58,8 @@ def train_tiny(folder):
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("viz")
     path, spec = train_tiny(folder)
-    net, normalizer, meta, _ = load_model(str(path))
+    model = load(str(path))
+    net, normalizer, meta = model.net, model.normalizer, model.meta
     x, y = bars(60, seed=1)
     return {"path": str(path), "data": spec, "folder": folder, "net": net,
             "normalizer": normalizer, "meta": meta, "x": x, "y": y}

@@ -23,9 +23,10 @@ def register(subparsers):
     parser.add_argument("--steps", type=int, help="steps timed per round (default 3)")
     parser.add_argument("--budget", type=float, default=0, metavar="MB",
                         help="slidenet's scratch-memory budget per kernel call, in MiB")
-    parser.add_argument("--conv", choices=["auto", "im2col"], default="auto",
-                        help="slidenet's convolutions: auto (Winograd F(2, 3) where it applies, "
-                             "the default) or im2col everywhere")
+    parser.add_argument("--conv", choices=["auto", "im2col", "full", "winograd"], default="auto",
+                        help="slidenet's convolutions: auto (the default: Winograd F(2, 3) where it "
+                             "applies and pays, else the full-convolution dx at stride 1, else "
+                             "im2col), or one algorithm everywhere (it fails where it cannot apply)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")

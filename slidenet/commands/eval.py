@@ -3,7 +3,8 @@ import json
 
 from slidenet import data as datasets
 from slidenet.errors import SlidenetError
-from slidenet.train import evaluate, load_model
+from slidenet.evaluate import evaluate
+from slidenet.model import load
 
 
 def register(subparsers):
@@ -18,7 +19,8 @@ def register(subparsers):
 
 
 def run(args):
-    net, normalizer, meta, _ = load_model(args.model)
+    model = load(args.model)
+    net, normalizer, meta = model.net, model.normalizer, model.meta
     dataset = datasets.load(args.data or meta["data"])
     datasets.check_fits(dataset, net.input_shape, net.num_outputs)
     x, y = (dataset.x_test, dataset.y_test) if args.split == "test" else (dataset.x_train, dataset.y_train)

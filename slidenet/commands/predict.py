@@ -2,7 +2,7 @@
 import numpy as np
 
 from slidenet import data as datasets
-from slidenet.train import load_model
+from slidenet.model import load
 
 
 def register(subparsers):
@@ -14,17 +14,12 @@ def register(subparsers):
     p.set_defaults(func=run)
 
 
-def softmax(scores):
-    """Probabilities from scores (N, C), row by row."""
-    e = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def run(args):
-    net, normalizer, meta, _ = load_model(args.model)
-    names = meta["class_names"]
-    images = np.stack([datasets.load_image(path, net.input_shape, resize=args.resize) for path in args.images])
-    probs = softmax(net.forward(normalizer.normalize(images)).astype(np.float64)[:, :len(names)])
+    model = load(args.model)
+    names = model.class_names
+    images = np.stack([datasets.load_image(path, model.input_shape, resize=args.resize)
+                       for path in args.images])
+    probs = model.predict(images)
     top = max(1, min(args.top, len(names)))
     for path, p in zip(args.images, probs):
         best = np.argsort(-p)[:top]

@@ -14,11 +14,9 @@ drawn, so the rest of the CLI does not need it.
 import importlib
 import importlib.util
 
-import numpy as np
-
 from slidenet import data as datasets
 from slidenet.errors import SlidenetError
-from slidenet.train import load_model
+from slidenet.model import load
 
 
 def register(subparsers):
@@ -101,27 +99,24 @@ def _positive(name, value):
 
 
 def run_filters(args):
-    net, _, _, _ = load_model(args.model)
-    return _write(_viz("filters").filters_figure(net, args.layer), args.out)
+    return _write(_viz("filters").filters_figure(load(args.model).net, args.layer), args.out)
 
 
 def run_activations(args):
-    net, normalizer, meta, _ = load_model(args.model)
-    pixels = datasets.load_image(args.image, net.input_shape, resize=args.resize)
-    x = normalizer.normalize(pixels[None])
-    scores = net.forward(x).astype(np.float64)[0]
-    names = meta.get("class_names") or [str(i) for i in range(len(scores))]
-    probs = np.exp(scores - scores.max())
-    probs /= probs.sum()
+    model = load(args.model)
+    pixels = datasets.load_image(args.image, model.input_shape, resize=args.resize)
+    probs = model.predict(pixels[None])[0]
     best = int(probs.argmax())
-    caption = f"predicted {names[best] if best < len(names) else best} (p = {probs[best]:.3f})"
-    fig = _viz("activations").activations_figure(net, x[0], pixels=pixels, caption=caption)
+    caption = f"predicted {model.class_names[best]} (p = {probs[best]:.3f})"
+    x = model.normalizer.normalize(pixels[None])
+    fig = _viz("activations").activations_figure(model.net, x[0], pixels=pixels, caption=caption)
     return _write(fig, args.out)
 
 
 def run_patches(args):
     _positive("channels", args.channels)
-    net, normalizer, meta, _ = load_model(args.model)
+    model = load(args.model)
+    net, normalizer, meta = model.net, model.normalizer, model.meta
     dataset = datasets.load(args.data or meta["data"])
     datasets.check_fits(dataset, net.input_shape, net.num_outputs)
     x, y = (dataset.x_test, dataset.y_test) if args.split == "test" else \
@@ -136,13 +131,13 @@ def run_patches(args):
 def run_maximize(args):
     for name in ("channels", "steps"):
         _positive(name, getattr(args, name))
-    net, normalizer, meta, _ = load_model(args.model)
+    model = load(args.model)
     maximize = _viz("maximize")
-    result = maximize.maximize(net, normalizer, args.layer, channels=args.channels,
+    result = maximize.maximize(model.net, model.normalizer, args.layer, channels=args.channels,
                                steps=args.steps, seed=args.seed)
     # The last layer's units are the classes: name them.
-    last = result.info.index == len(net.infos) - 1
-    names = meta.get("class_names") if last else None
+    last = result.info.index == len(model.net.infos) - 1
+    names = model.class_names if last else None
     return _write(maximize.maximize_figure(result, names), args.out)
 
 

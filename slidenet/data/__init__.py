@@ -14,7 +14,7 @@ Images stay uint8 `(N, H, W, D)`, channels last, until `Normalizer.normalize` tu
 floats. Anything wrong with a file (missing, truncated, the wrong format, a pickle that asks for
 more than a CIFAR batch contains) raises `DataError` naming the file.
 """
-from slidenet.data.batching import augment, batches
+from slidenet.data.batching import augment, batches, split_validation
 from slidenet.data.dataset import Dataset, check_fits
 from slidenet.data.idx import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx
 from slidenet.data.images import load_image
@@ -22,4 +22,4 @@ from slidenet.data.normalize import Normalizer
 from slidenet.data.specs import SPECS, load
 
 __all__ = ["Dataset", "load", "SPECS", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "read_idx",
-           "load_image", "Normalizer", "check_fits", "batches", "augment"]
+           "load_image", "Normalizer", "check_fits", "batches", "augment", "split_validation"]

@@ -1,5 +1,13 @@
-"""Training-time batches: a shuffled minibatch order and random crop/flip augmentation."""
+"""Training-time data: the validation split, a shuffled minibatch order and random crop/flip
+augmentation."""
 import numpy as np
+
+
+def split_validation(n, fraction, seed):
+    """Fixed (train_idx, val_idx) of range(n): the same split for the same seed, every run."""
+    order = np.random.default_rng([seed, 7]).permutation(n)
+    n_val = int(round(n * fraction))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 def batches(n, batch_size, rng):

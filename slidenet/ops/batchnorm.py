@@ -15,7 +15,19 @@ come from `runtime.empty`: recycled memory, no fresh pages.
 """
 import numpy as np
 
+from typing import NamedTuple, Optional
+
 from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
+
+
+class BatchNormCache(NamedTuple):
+    """What batchnorm_backward needs. Training: xhat, inv (1 / batch std) and gamma. Evaluation
+    (fixed running statistics, y = x * gamma * inv + shift): also x and the running mean."""
+    xhat: Optional[np.ndarray]      # (shape of x), training only
+    inv: np.ndarray                 # (D,)
+    gamma: np.ndarray               # (D,)
+    x: Optional[np.ndarray] = None              # evaluation only
+    running_mean: Optional[np.ndarray] = None   # evaluation only
 
 
 def _geometry(shape):
@@ -35,8 +47,8 @@ def _channel_sums(parts, d):
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum=0.9, eps=1e-5):
     """x: (N, H, W, D) or (N, D); gamma, beta, running_mean, running_var: (D,).
 
-    Returns out (shape of x) and a cache. When training, running_mean and running_var are
-    updated in place: r = momentum * r + (1 - momentum) * batch statistic.
+    Returns out (shape of x) and a BatchNormCache. When training, running_mean and running_var
+    are updated in place: r = momentum * r + (1 - momentum) * batch statistic.
     """
     n, h, width, d = _geometry(x.shape)
     x = np.ascontiguousarray(x)
@@ -58,7 +70,8 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum
             np.multiply(rows[rs], scale_row, out=out_rows[rs])
             out_rows[rs] += shift_row
         by_chunk(apply)
-        return out, None
+        inv = 1 / np.sqrt(running_var + eps)
+        return out, BatchNormCache(None, inv, gamma, x, running_mean.copy())
 
     m = n * h * tile
     ones = np.ones(max(sl.stop - sl.start for sl in chunks) * h, x.dtype)
@@ -87,7 +100,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum
     running_mean += (1 - momentum) * mean
     running_var *= momentum
     running_var += (1 - momentum) * var
-    return out, (xhat, inv, gamma)
+    return out, BatchNormCache(xhat, inv, gamma)
 
 
 def batchnorm_backward(dout, cache):
@@ -95,8 +108,11 @@ def batchnorm_backward(dout, cache):
 
     With m values per channel: dx = inv / m * (m * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)),
     where dxhat = dout * gamma; that is, dx = gamma * inv * (dout - dbeta / m - xhat * dgamma / m).
+    After an evaluation forward the statistics are constants: dx = dout * gamma * inv.
     """
-    xhat, inv, gamma = cache
+    if cache.xhat is None:
+        return _eval_backward(dout, cache)
+    xhat, inv, gamma = cache.xhat, cache.inv, cache.gamma
     n, h, width, d = _geometry(dout.shape)
     tile = width // d
     m = n * h * tile
@@ -129,3 +145,13 @@ def batchnorm_backward(dout, cache):
         dx_rows[rs] *= scale_row
     run_chunks(grad, chunks)
     return dx, dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
+
+
+def _eval_backward(dout, cache):
+    """The gradients of y = (x - running_mean) * inv * gamma + beta, a fixed affine map per
+    channel (what activation maximisation differentiates through)."""
+    axes = tuple(range(dout.ndim - 1))
+    xhat = (cache.x - cache.running_mean) * cache.inv
+    dx = (dout * (cache.gamma * cache.inv)).astype(dout.dtype, copy=False)
+    return dx, (dout * xhat).sum(axis=axes).astype(cache.gamma.dtype), \
+        dout.sum(axis=axes).astype(cache.gamma.dtype)

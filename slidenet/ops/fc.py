@@ -6,16 +6,26 @@ depth) order, which for channels-last arrays is just their memory order.
 Each product is split into one block per worker thread (see `runtime`): forward and dx by rows
 of the batch, dw by rows of W.
 """
+from typing import NamedTuple, Optional
+
 import numpy as np
 
 from slidenet.ops.runtime import run_chunks, split
 
 
+class FcCache(NamedTuple):
+    """What fc_backward needs from fc_forward."""
+    x2: np.ndarray                  # (N, I): the input, flattened in (H, W, D) order
+    shape: tuple                    # the input's own shape, (N, H, W, D) or (N, I)
+    w: np.ndarray                   # (I, O)
+    out: Optional[np.ndarray]       # (N, O) when the forward applied a ReLU (its mask)
+
+
 def fc_forward(x, w, b, relu=False):
     """x: (N, ...) any volume with I = prod(...) values; w: (I, O); b: (O,).
 
-    Returns out (N, O) = x.reshape(N, I) @ w + b, and a cache. relu: return max(0, out)
-    instead, and let backward apply the ReLU's mask.
+    Returns out (N, O) = x.reshape(N, I) @ w + b, and an FcCache. relu: return max(0, out)
+    instead (the cache then keeps it, for the ReLU's mask in the backward).
     """
     x2 = x.reshape(x.shape[0], -1)
     (n, i), o = x2.shape, w.shape[1]
@@ -29,16 +39,19 @@ def fc_forward(x, w, b, relu=False):
             np.maximum(out[sl], zero, out=out[sl])
 
     run_chunks(work, split(n, n * i * o))
-    return out, (x2, x.shape, w, out if relu else None)
+    return out, FcCache(x2, x.shape, w, out if relu else None)
 
 
-def fc_backward(dout, cache, need_dx=True):
+def fc_backward(dout, cache, need_dx=True, relu=False):
     """dout: (N, O). Returns dx (shape of x), dw (I, O), db (O,).
 
-    need_dx=False skips dx (returned as None).
+    need_dx=False skips dx (returned as None). relu=True applies the mask of the ReLU the
+    forward fused (it needs forward's relu=True).
     """
     x2, shape, w, relu_out = cache
-    if relu_out is not None:
+    if relu:
+        if relu_out is None:
+            raise ValueError("relu=True needs a forward with relu=True (its output is the mask)")
         dout = dout * (relu_out > 0)
     (n, i), o = x2.shape, w.shape[1]
     dx = np.empty((n, i), dtype=np.result_type(dout, w)) if need_dx else None

@@ -6,11 +6,21 @@ Each returns the mean loss over the batch and its gradient with respect to the s
 import numpy as np
 
 
+def log_softmax(scores):
+    """log(e^{s_ij} / sum_j e^{s_ij}) for scores (N, C), computed without overflow."""
+    shifted = scores - scores.max(axis=1, keepdims=True)   # the same softmax, no overflow
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax(scores):
+    """Class probabilities (N, C), float64, from scores (N, C): each row sums to 1."""
+    return np.exp(log_softmax(np.asarray(scores, dtype=np.float64)))
+
+
 def softmax_loss(scores, y):
     """L = mean_i -log(e^{s_{i,y_i}} / sum_j e^{s_ij}); dL/ds = (softmax - onehot) / N."""
     n = scores.shape[0]
-    shifted = scores - scores.max(axis=1, keepdims=True)   # same softmax, no overflow
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_probs = log_softmax(scores)
     rows = np.arange(n)
     loss = -log_probs[rows, y].mean()
     dscores = np.exp(log_probs)
@@ -31,3 +41,7 @@ def svm_loss(scores, y, margin=1.0):
     dscores = (margins > 0).astype(scores.dtype)
     dscores[rows, y] = -dscores.sum(axis=1)
     return float(loss), dscores / scores.dtype.type(n)
+
+
+# The losses `slidenet train --loss` can choose, by name.
+LOSSES = {"softmax": softmax_loss, "svm": svm_loss}

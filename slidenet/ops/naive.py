@@ -94,3 +94,71 @@ def fc_forward(x, w, b):
         for o in range(w.shape[1]):
             out[img, o] = np.dot(flat[img], w[:, o]) + b[o]
     return out
+
+
+def fc_backward(dout, x, w):
+    """Each output's gradient flows to every input through its weight, and to its weight from
+    every input: dx[n, i] = sum_o dout[n, o] w[i, o]; dw[i, o] = sum_n x[n, i] dout[n, o]."""
+    flat = x.reshape(x.shape[0], -1)
+    dx, dw = np.zeros_like(flat), np.zeros_like(w)
+    for img in range(flat.shape[0]):
+        for o in range(w.shape[1]):
+            dx[img] += dout[img, o] * w[:, o]
+            dw[:, o] += dout[img, o] * flat[img]
+    return dx.reshape(x.shape), dw, dout.sum(axis=0)
+
+
+# The nonlinearities, each as its formula: forward(x), and backward(dout, x) = dout * f'(x).
+def relu_forward(x):
+    return np.where(x > 0, x, 0.0)
+
+
+def relu_backward(dout, x):
+    return dout * (x > 0)
+
+
+def leaky_relu_forward(x, alpha=0.01):
+    return np.where(x > 0, x, alpha * x)
+
+
+def leaky_relu_backward(dout, x, alpha=0.01):
+    return dout * np.where(x > 0, 1.0, alpha)
+
+
+def tanh_forward(x):
+    return (np.exp(x) - np.exp(-x)) / (np.exp(x) + np.exp(-x))
+
+
+def tanh_backward(dout, x):
+    return dout * (1 - tanh_forward(x) ** 2)
+
+
+def sigmoid_forward(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def sigmoid_backward(dout, x):
+    s = sigmoid_forward(x)
+    return dout * s * (1 - s)
+
+
+def batchnorm_forward(x, gamma, beta, eps=1e-5):
+    """Training mode, channel by channel: (x - mean) / sqrt(var + eps) * gamma + beta, with the
+    mean and variance of that channel over every image and position."""
+    out = np.zeros_like(x)
+    for c in range(x.shape[-1]):
+        v = x[..., c]
+        out[..., c] = (v - v.mean()) / np.sqrt(v.var() + eps) * gamma[c] + beta[c]
+    return out
+
+
+def batchnorm_backward(dout, x, gamma, eps=1e-5):
+    """The chain rule through the mean and the variance, channel by channel (m values each):
+    dx = gamma / sqrt(var + eps) * (dout - mean(dout) - xhat * mean(dout * xhat))."""
+    dx, dgamma, dbeta = np.zeros_like(x), np.zeros_like(gamma), np.zeros_like(gamma)
+    for c in range(x.shape[-1]):
+        v, g = x[..., c], dout[..., c]
+        xhat = (v - v.mean()) / np.sqrt(v.var() + eps)
+        dgamma[c], dbeta[c] = (g * xhat).sum(), g.sum()
+        dx[..., c] = gamma[c] / np.sqrt(v.var() + eps) * (g - g.mean() - xhat * (g * xhat).mean())
+    return dx, dgamma, dbeta

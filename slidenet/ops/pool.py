@@ -15,7 +15,12 @@ naive loops, gets the gradient, even when a whole window is zero after a ReLU.
 With numba installed, max pooling runs `compiled.max_pool` and `compiled.max_pool_backward`
 instead: the same comparisons in one pass over each window, bitwise equal results (where
 windows overlap, their gradients are added in another order).
+
+Two pairs: `max_pool_forward` / `max_pool_backward` and `avg_pool_forward` / `avg_pool_backward`;
+`naive.pool_forward` and `naive.pool_backward` are the loops they are tested against.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from slidenet.ops import compiled
@@ -27,24 +32,21 @@ def _taps(size):
     return [(i, j) for i in range(size[0]) for j in range(size[1])]
 
 
-def pool_forward(x, size, stride, mode="max", relu_mask=False):
-    """Pool each depth slice of x with an F_h x F_w window.
+class PoolCache(NamedTuple):
+    """What a pooling backward needs from its forward."""
+    x: np.ndarray           # (N, H, W, D)
+    out: np.ndarray         # (N, H', W', D)
+    size: tuple             # (F_h, F_w)
+    stride: tuple           # (S_h, S_w)
 
-    x: (N, H, W, D); size (F_h, F_w); stride (S_h, S_w); mode "max" or "avg".
-    Returns out (N, H', W', D) with H' = (H - F_h) / S_h + 1, and a cache.
-    For max, the gradient goes to the first maximum of each window in row-major order.
-    relu_mask=True (max only; x must be a ReLU's output): the backward also applies that ReLU's
-    mask, so the ReLU (or the CONV that fused it) need not. Max pooling hands gradient only to
-    a window's maximum, whose ReLU output is the pooled value itself: masking dout by `out > 0`
-    is the ReLU's mask on a quarter of the numbers (for 2x2 windows).
-    """
+
+def _pool(x, size, stride, reduce, fast, divide=False):
+    """out (N, H', W', D): `reduce` over every window's taps (or the compiled max pool),
+    divided by the window's size when `divide` (a mean)."""
     n, h, w, d = x.shape
     ho, wo = out_hw(h, w, size, stride)
     out = empty((n, ho, wo, d), x.dtype)
-    reduce = np.maximum if mode == "max" else np.add
     first, *rest = _taps(size)
-
-    fast = compiled.kernels(x) if mode == "max" else None
 
     def work(sl):
         xs, o = x[sl], out[sl]
@@ -54,46 +56,54 @@ def pool_forward(x, size, stride, mode="max", relu_mask=False):
         o[...] = tap(xs, *first, (ho, wo), stride)
         for i, j in rest:
             reduce(o, tap(xs, i, j, (ho, wo), stride), out=o)
-        if mode == "avg":
+        if divide:
             o /= size[0] * size[1]
 
     run_chunks(work, batch_chunks(n, h * w * d * x.itemsize))
-    return out, (x, out, size, stride, "max+relu" if relu_mask and mode == "max" else mode)
+    return out, PoolCache(x, out, tuple(size), tuple(stride))
 
 
-def pool_backward(dout, cache):
-    """Gradient of pool_forward. dout: (N, H', W', D). Returns dx (N, H, W, D).
+def _tiles(cache):
+    """Whether the windows tile the input: then every input entry is in exactly one window, so
+    each tap of dx is written once, with no zeroing and no additions."""
+    x, out, size, stride = cache
+    return stride == size and x.shape[1] == out.shape[1] * size[0] \
+        and x.shape[2] == out.shape[2] * size[1]
 
-    With pool_forward(..., relu_mask=True), dx also carries the ReLU's mask (see there).
+
+def max_pool_forward(x, size, stride):
+    """The max of each F_h x F_w window of every depth slice of x.
+
+    x: (N, H, W, D); size (F_h, F_w); stride (S_h, S_w). Returns out (N, H', W', D) with
+    H' = (H - F_h) / S_h + 1 (W' likewise), and a PoolCache. The gradient goes to the first
+    maximum of each window in row-major order.
     """
-    x, out, size, stride, mode = cache
+    return _pool(x, size, stride, np.maximum, compiled.kernels(x))
+
+
+def max_pool_backward(dout, cache, relu_mask=False):
+    """Gradient of max_pool_forward. dout: (N, H', W', D). Returns dx (N, H, W, D).
+
+    relu_mask=True (x must be a ReLU's output): dx also carries that ReLU's mask, so the ReLU
+    (or the CONV that fused it) need not apply it. Max pooling hands gradient only to a
+    window's maximum, whose ReLU output is the pooled value itself: masking dout by `out > 0`
+    is the ReLU's mask on a quarter of the numbers (for 2x2 windows).
+    """
+    x, out, size, stride = cache
     n, ho, wo, d = dout.shape
-    relu_mask = mode == "max+relu"         # the cache's mode says so (see pool_forward)
-    zero_row = np.zeros(wo * d, dout.dtype) if relu_mask else None
-    # When the windows tile the input, every input entry is in exactly one window: each tap of
-    # dx is written once, with no zeroing and no additions.
-    tiles = stride == size and x.shape[1] == ho * size[0] and x.shape[2] == wo * size[1]
+    tiles = _tiles(cache)
     dx = empty(x.shape, dout.dtype)
     if not tiles:
         dx[...] = 0
     taps = _taps(size)
-    fast = compiled.kernels(x, dout) if mode != "avg" else None
+    zero_row = np.zeros(wo * d, dout.dtype)
+    fast = compiled.kernels(x, dout)
 
     def work(sl):
-        g, dxs = dout[sl], dx[sl]
+        g, dxs, xs, o = dout[sl], dx[sl], x[sl], out[sl]
         if fast is not None:
-            fast.max_pool_backward(x[sl], out[sl], g, *size, *stride, relu_mask, tiles, dxs)
+            fast.max_pool_backward(xs, o, g, *size, *stride, relu_mask, tiles, dxs)
             return
-        if mode == "avg":
-            share = np.divide(g, size[0] * size[1], out=scratch("pool.share", g.shape, g.dtype))
-            for i, j in taps:
-                view = tap(dxs, i, j, (ho, wo), stride)
-                if tiles:
-                    view[...] = share
-                else:
-                    view += share
-            return
-        xs, o = x[sl], out[sl]
         hit = scratch("pool.hit", g.shape, bool)
         if relu_mask:
             # Against a row of zeros over whole output rows: NumPy is slow against a scalar 0.
@@ -115,6 +125,41 @@ def pool_backward(dout, cache):
                     view[...] = taken
             else:
                 view += taken
+
+    run_chunks(work, batch_chunks(n, x.shape[1] * x.shape[2] * d * x.itemsize))
+    return dx
+
+
+def avg_pool_forward(x, size, stride):
+    """The mean of each F_h x F_w window of every depth slice of x.
+
+    x: (N, H, W, D); size (F_h, F_w); stride (S_h, S_w). Returns out (N, H', W', D) with
+    H' = (H - F_h) / S_h + 1 (W' likewise), and a PoolCache.
+    """
+    return _pool(x, size, stride, np.add, None, divide=True)
+
+
+def avg_pool_backward(dout, cache):
+    """Gradient of avg_pool_forward: each window's gradient shared evenly by its F_h * F_w taps.
+
+    dout: (N, H', W', D). Returns dx (N, H, W, D).
+    """
+    x, _, size, stride = cache
+    n, ho, wo, d = dout.shape
+    tiles = _tiles(cache)
+    dx = empty(x.shape, dout.dtype)
+    if not tiles:
+        dx[...] = 0
+
+    def work(sl):
+        g, dxs = dout[sl], dx[sl]
+        share = np.divide(g, size[0] * size[1], out=scratch("pool.share", g.shape, g.dtype))
+        for i, j in _taps(size):
+            view = tap(dxs, i, j, (ho, wo), stride)
+            if tiles:
+                view[...] = share
+            else:
+                view += share
 
     run_chunks(work, batch_chunks(n, x.shape[1] * x.shape[2] * d * x.itemsize))
     return dx

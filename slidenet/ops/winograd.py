@@ -32,11 +32,14 @@ by a few units in the last place, as any other order of summation would.
 
 Each step here is a few NumPy calls over whole rows; when numba is installed, `compiled` does
 each in one pass instead, with the same arithmetic in the same order (bitwise equal results).
+`conv_forward_winograd` and `conv_backward_winograd` are the pair built from these steps.
 """
 import numpy as np
 
 from slidenet.ops import compiled
-from slidenet.ops.runtime import bordered, scratch
+from slidenet.ops.im2col import (
+    ConvCache, check_shapes, conv_backward_im2col, finish_rows, relu_masked)
+from slidenet.ops.runtime import batch_chunks, bordered, empty, run_chunks, scratch
 from slidenet.ops.window import windows
 
 # g = G @ (w0, w1, w2): the filter rows' transform above.
@@ -150,3 +153,85 @@ def adjoint(x, name):
     np.add(out[0], out[3], out=out[1])
     np.subtract(out[0], out[3], out=out[2])
     return out.reshape(4, c * t * w, d)
+
+
+def conv_forward_winograd(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None):
+    """Convolve K 3-tall filters over x at stride 1 by F(2, 3) down the height.
+
+    Arguments and result as `im2col.conv_forward_im2col`: x (N, H, W, D), w (3, F_w, D, K),
+    b (K,) -> out (N, H', W', K) and a ConvCache. ValueError for any other filter or stride.
+    """
+    fh, fw, d, k = w.shape
+    if not applies((fh, fw), stride):
+        raise ValueError(f"Winograd F(2, 3) needs a 3-tall filter at stride 1, "
+                         f"not {fh}x{fw} at stride {stride[0]}x{stride[1]}")
+    ho, wo = check_shapes(x, w, stride, pad)
+    n, h, wd, _ = x.shape
+    x = np.ascontiguousarray(x)
+    out = empty((n, ho, wo, k), np.result_type(x, w))
+    g = filters(np.ascontiguousarray(w, dtype=out.dtype))
+    bias = b.astype(out.dtype, copy=False)
+    bias_row = np.tile(bias, wo)
+
+    def work(sl):
+        xp, inner = padded("conv.wpad", sl.stop - sl.start, h, wd, d, pad, x.dtype)
+        inner[...] = x[sl]
+        r = rows(xp, fw, "conv.wrows")
+        m = np.matmul(r, g, out=scratch("conv.wm", (4, r.shape[1], k), out.dtype))
+        if not output(m, out[sl], bias, relu):
+            finish_rows(out[sl], bias_row, relu)
+
+    t, wp = tiles(ho), wd + 2 * pad[1]
+    hot = 4 * t * wo * (fw * d + k)                 # the GEMMs' rows and products
+    per_image = hot + (2 * t + 2) * wp * d + 4 * t * wp * d
+    run_chunks(work, batch_chunks(n, per_image * x.itemsize, budget, hot * x.itemsize))
+    return out, ConvCache("winograd", x, w, tuple(stride), tuple(pad), budget, out if relu else None)
+
+
+def conv_backward_winograd(dout, cache, need_dx=True, relu=False):
+    """Gradients of the convolution through F(2, 3): dx = output(rows(dout) @ g_flip), and the
+    flipped filters' four g's get rows^T @ adjoint(x) (see the module docstring).
+
+    dout: (N, H', W', K). Returns dx (N, H, W, D) (None when need_dx is False), dw (3, F_w,
+    D, K), db (K,). relu: dout is first multiplied by the mask of the forward's ReLU. Without
+    dx, im2col's backward computes dw alone, from the input's rows.
+    """
+    if not need_dx:
+        return conv_backward_im2col(dout, cache, need_dx, relu)
+    x, w, pad, budget = cache.x, cache.w, cache.pad, cache.budget
+    n, h, wd, d = x.shape
+    fh, fw, _, k = w.shape
+    _, ho, wo, _ = dout.shape
+    dout = np.ascontiguousarray(dout)
+    dx = empty(x.shape, np.result_type(dout, w))
+    back_pad = (fh - 1 - pad[0], fw - 1 - pad[1])   # dx is a stride-1 "full" convolution
+    w_flip = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
+    g_flip = filters(w_flip.astype(dx.dtype, copy=False))
+    padded_out = (2 * tiles(h) + 2) * (wo + 2 * back_pad[1])
+
+    def work(sl):
+        c = sl.stop - sl.start
+        gp, inner = padded("conv.wgpad", c, ho, wo, k, back_pad, dout.dtype)
+        if relu:
+            relu_masked(dout[sl], cache.out[sl], inner)
+        else:
+            inner[...] = dout[sl]
+        db_part = ones[:c * padded_out] @ gp.reshape(-1, k)     # the zero border adds nothing
+        r = rows(gp, fw, "conv.wgrows")
+        m = np.matmul(r, g_flip, out=scratch("conv.wm", (4, r.shape[1], d), dx.dtype))
+        output(m, dx[sl])
+        return np.matmul(r.transpose(0, 2, 1), adjoint(x[sl], "conv.wx")), db_part
+
+    t, wp = tiles(h), wo + 2 * back_pad[1]
+    hot = 4 * t * wd * (fw * k + 2 * d)             # rows, products and adjoint(x)
+    per_image = hot + padded_out * k + 4 * t * wp * k
+    chunks = batch_chunks(n, per_image * x.itemsize, budget, hot * x.itemsize)
+    ones = np.ones(max(sl.stop - sl.start for sl in chunks) * padded_out, dout.dtype)
+    dg = np.zeros((4, fw * k, d), np.result_type(x, dout))
+    db = np.zeros(k, dout.dtype)
+    for dg_part, db_part in run_chunks(work, chunks):
+        dg += dg_part
+        db += db_part
+    dg[3] *= -1                         # adjoint() left out X3's minus sign
+    dw_flip = filter_grad(dg).reshape(fh, fw, k, d)
+    return dx, np.ascontiguousarray(dw_flip[::-1, ::-1].transpose(0, 1, 3, 2)), db

@@ -7,9 +7,8 @@ after a RELU everything is >= 0 and a sequential map from 0 shows where the filt
 import numpy as np
 
 from slidenet.viz import grid
-from slidenet.viz.probe import NONLINEAR, POOLS
+from slidenet.viz.probe import shows_maps
 
-KINDS = ("CONV",) + NONLINEAR + POOLS
 MAX_CHANNELS = 32       # per layer; enough to see what a layer does without a wall of tiles
 ROW_WIDTH = 16          # tiles per row
 
@@ -23,8 +22,7 @@ def activation_maps(net, image):
     image = np.asarray(image)
     batch = image[None] if image.ndim == 3 else image
     by_name = dict(net.activations(batch))
-    return [(info, by_name[info.name][0]) for info in net.infos[1:]
-            if info.spec.kind in KINDS and len(info.output_shape) == 3]
+    return [(info, by_name[info.name][0]) for info in net.infos[1:] if shows_maps(info)]
 
 
 def activations_figure(net, image, pixels=None, caption="", max_channels=MAX_CHANNELS):

@@ -25,8 +25,8 @@ def filter_weights(net, layer=None):
     layer: name or position (default: the first such layer).
     W: (F_h, F_w, D, K), the layer's weights as filters; for an FC, (H, W, D, outputs).
     """
-    drawable = [i for i in net.infos if i.spec.kind == "CONV"
-                or (i.spec.kind == "FC" and len(i.input_shape) == 3)]
+    images = {lay.name: lay.filter_images() for lay in net.layers}
+    drawable = [i for i in net.infos[1:] if images[i.name] is not None]
     names = ", ".join(i.name for i in drawable) or "none"
     if layer is None:
         if not drawable:
@@ -34,14 +34,12 @@ def filter_weights(net, layer=None):
                                 "filters to draw")
         info = drawable[0]
     else:
-        info = pick_layer(net, layer, kinds=("CONV", "FC"), why="to show its filters")
+        info = pick_layer(net, layer, accept=lambda i: i.spec.type.picture is not None,
+                          why="to show its filters")
         if info not in drawable:
             raise SlidenetError(f"--layer {layer}: {info.name} reads a vector, not a volume, so "
                                 f"its weights are not images; layers with filters: {names}")
-    w = net.params[f"{info.name}.W"]
-    if info.spec.kind == "FC":
-        w = w.reshape(*info.input_shape, -1)
-    return info, w
+    return info, images[info.name]
 
 
 def filters_figure(net, layer=None):
@@ -52,10 +50,11 @@ def filters_figure(net, layer=None):
     """
     info, w = filter_weights(net, layer)
     fh, fw, d, k = w.shape
-    # Only layers that change the geometry move a filter out of pixel space.
-    first = not any(i.spec.kind in ("CONV", "FC", "MAXPOOL", "AVGPOOL")
+    # Only layers that change the geometry (a window, or a new shape) move a filter out of
+    # pixel space.
+    first = not any(i.window is not None or i.output_shape != i.input_shape
                     for i in net.infos[1:info.index])
-    what = "templates" if info.spec.kind == "FC" else "filters"
+    what = info.spec.type.picture
     if first and d in (1, 3):
         # One tile per filter, in the image's own space.
         if d == 3:

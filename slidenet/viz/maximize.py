@@ -21,7 +21,8 @@ import numpy as np
 
 from slidenet.errors import SlidenetError
 from slidenet.viz import grid
-from slidenet.viz.probe import last_layer, pick_layer, progress
+from slidenet.progress import progress
+from slidenet.viz.probe import has_filters, last_layer, pick_layer
 
 BLUR = np.array([0.25, 0.5, 0.25])      # separable 3x3 binomial kernel
 
@@ -59,22 +60,8 @@ def objective_and_gradient(net, x, index, channels):
     grad = np.zeros_like(out)
     grad[rows, ..., channels] = 1.0 / units
     for layer in reversed(layers):
-        grad = _backward(layer, grad)
+        grad = layer.backward(grad)   # right for the evaluation-mode forward above
     return objective, grad
-
-
-def _backward(layer, dout):
-    """layer.backward, also for batch normalisation in evaluation mode.
-
-    There batchnorm is y = x * scale + shift per channel with fixed statistics (its own backward
-    is for training mode), so dx = dout * scale, and scale = f(1) - f(0) exactly.
-    """
-    if layer.info.spec.kind != "BATCHNORM":
-        return layer.backward(dout)
-    depth = dout.shape[-1]
-    ones, zeros = np.ones((1, depth), dout.dtype), np.zeros((1, depth), dout.dtype)
-    scale = layer.forward(ones, False) - layer.forward(zeros, False)
-    return dout * scale[0]
 
 
 def blur(x):
@@ -95,7 +82,7 @@ def maximize(net, normalizer, layer=None, channels=16, steps=200, lr=0.05, decay
     Returns a `Maximized`.
     """
     if layer is None:
-        info = last_layer(net, ("CONV",), spatial=False)
+        info = last_layer(net, has_filters, spatial=False)
         if info is None:
             raise SlidenetError("the net has no CONV layer; name a layer with --layer")
     else:

@@ -22,7 +22,8 @@ import numpy as np
 
 from slidenet.errors import SlidenetError
 from slidenet.viz import grid
-from slidenet.viz.probe import POOLS, batched, forward_to, last_layer, pick_layer, progress
+from slidenet.progress import progress
+from slidenet.viz.probe import batched, forward_to, has_filters, last_layer, pick_layer
 
 OUTSIDE = 128           # crop value where the field reaches past the image (grey)
 GAP = "#5b8fc7"         # between patches
@@ -45,12 +46,12 @@ def fields(infos, index):
     """(height Field, width Field) of the units of layer `index` (INPUT is 0) of `infos`."""
     offset, size, jump = [0, 0], [1, 1], [1, 1]
     for info in infos[1:index + 1]:
-        spec = info.spec
-        if spec.kind == "CONV" or spec.kind in POOLS:
+        window = info.window            # None for a layer that slides no window
+        if window is not None:
             for a in (0, 1):
-                offset[a] -= spec.pad[a] * jump[a]
-                size[a] += (spec.size[a] - 1) * jump[a]
-                jump[a] *= spec.stride[a]
+                offset[a] -= window.pad[a] * jump[a]
+                size[a] += (window.size[a] - 1) * jump[a]
+                jump[a] *= window.stride[a]
     return Field(offset[0], size[0], jump[0]), Field(offset[1], size[1], jump[1])
 
 
@@ -113,7 +114,7 @@ def top_patches(net, x, normalizer, layer=None, channels=16, per_channel=9, batc
     layer: name or position of a layer with an H x W x D output (default: the last CONV).
     """
     if layer is None:
-        info = last_layer(net, ("CONV",)) or last_layer(net)
+        info = last_layer(net, has_filters) or last_layer(net)
         if info is None:
             raise SlidenetError("the net has no layer with an H x W output, so no patches")
     else:

@@ -3,27 +3,35 @@
 Layers are named as in `slidenet summary` ("conv1", "relu2", "maxpool1", "fc3") or numbered by
 their position in the expanded pattern (INPUT is 0), so `--layer conv2` and `--layer 4` can name
 the same layer. `net.layers[i]` is the layer of `net.infos[i + 1]`.
-"""
-import sys
 
+Which layers a picture can use is asked of each layer kind (`slidenet.layers.base.Layer`):
+`has_filters(info)` for the layers whose weights are filters (CONV), `shows_maps(info)` for
+those whose outputs are activation maps.
+"""
 from slidenet.errors import SlidenetError
 
-POOLS = ("MAXPOOL", "AVGPOOL")
-NONLINEAR = ("RELU", "LEAKYRELU", "TANH", "SIGMOID")
+
+def has_filters(info):
+    """Whether the layer's weights are filters slid over its input (a CONV)."""
+    return info.spec.type.picture == "filters"
 
 
-def pick_layer(net, layer, kinds=None, spatial=False, why=""):
+def shows_maps(info):
+    """Whether the layer's output is H x W x D activation maps worth drawing."""
+    return info.spec.type.maps and len(info.output_shape) == 3
+
+
+def pick_layer(net, layer, accept=None, spatial=False, why=""):
     """The LayerInfo that `layer` names: a name such as "conv2", or its position as an int or
     a string of digits.
 
-    kinds: allowed spec kinds (None: any but INPUT); spatial: the layer's output must still be
-    an H x W x D volume. `why` finishes the error sentence ("to show its filters").
+    accept: a test of a LayerInfo (None: any but INPUT); spatial: the layer's output must still
+    be an H x W x D volume. `why` finishes the error sentence ("to show its filters").
     Raises SlidenetError listing the layers that would do.
     """
     infos = net.infos[1:]
     fits = [info for info in infos
-            if (kinds is None or info.spec.kind in kinds)
-            and (not spatial or len(info.output_shape) == 3)]
+            if (accept is None or accept(info)) and (not spatial or len(info.output_shape) == 3)]
     choices = ", ".join(f"{info.index} {info.name}" for info in fits) or "none in this net"
     text = str(layer).strip()
     found = [info for info in net.infos
@@ -38,10 +46,10 @@ def pick_layer(net, layer, kinds=None, spatial=False, why=""):
     return info
 
 
-def last_layer(net, kinds=None, spatial=True):
-    """The deepest layer of one of `kinds` (None: any), with an H x W x D output if `spatial`;
-    None if there is none."""
-    fits = [info for info in net.infos[1:] if (kinds is None or info.spec.kind in kinds)
+def last_layer(net, accept=None, spatial=True):
+    """The deepest layer that `accept` (a test of a LayerInfo; None: any) takes, with an
+    H x W x D output if `spatial`; None if there is none."""
+    fits = [info for info in net.infos[1:] if (accept is None or accept(info))
             and (not spatial or len(info.output_shape) == 3)]
     return fits[-1] if fits else None
 
@@ -53,12 +61,6 @@ def forward_to(net, x, index):
     for layer in net.layers[:index]:
         out = layer.forward(out, False)
     return out
-
-
-def progress(total, desc, unit="it"):
-    """A tqdm bar on a terminal; silent when stderr is redirected (logs, tests, pipes)."""
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not sys.stderr.isatty())
 
 
 def batched(n, size):

@@ -18,7 +18,7 @@ from matplotlib.patches import Rectangle
 from slidenet import geometry
 from slidenet.errors import SlidenetError
 from slidenet.viz import grid
-from slidenet.viz.probe import progress
+from slidenet.progress import progress
 
 MAX_FRAMES = 1024       # one per output position: 32 x 32 at stride 1 still fits
 MAX_CELLS = 64          # padded input cells per side that can still be told apart

@@ -1,0 +1,214 @@
+"""How fast slidenet trains and infers, measured against the machine and against PyTorch.
+
+    result = run(Settings(threads=2), {"r1": R1})
+    print(report(result))
+
+For each net: every step's forward and backward time in a training step (a step is a layer, or
+layers fused into one, such as conv1+relu1), with its GFLOPS and the share of the machine's
+measured sgemm peak (a 2048^3 float32 matmul); the images/s of a training step (forward,
+softmax cross-entropy, backward, plain SGD update) and of inference; and the peak memory of a
+training process. When PyTorch is installed, the same net runs in PyTorch (NCHW, nn.Conv2d
+etc.), alternating with slidenet round by round so both see the same machine, and the report
+gives the ratios (medians over the rounds). Peak memory is measured in a fresh subprocess per
+library, so neither pays for the other's imports or buffers.
+
+Threads: with `threads=T`, PyTorch gets `torch.set_num_threads(T)` and slidenet T kernel
+worker threads with BLAS limited to one thread per call (`slidenet.ops.runtime.workers`).
+
+Modules: `machine` (what it ran on, the sgemm peak, other load), `runners` (what is timed, per
+library), `report` (the text tables); this one runs it all.
+"""
+import json
+import os
+import subprocess
+import sys
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from slidenet.bench.machine import OtherLoad, machine, peak_rss_mb, seconds, sgemm_gflops, torch_module
+from slidenet.bench.report import report
+from slidenet.bench.runners import SlidenetRunner, TorchRunner, flops
+from slidenet.ops import compiled, runtime, set_conv_algorithm
+from slidenet.pattern import parse
+from slidenet.shapes import infer
+
+R1 = ("INPUT(32x32x3) -> [CONV(32) -> RELU]*2 -> POOL -> [CONV(64) -> RELU]*2 -> POOL -> "
+      "FC(256) -> RELU -> FC(10)")
+FASHION = ("INPUT(28x28x1) -> [CONV(32) -> RELU]*2 -> POOL -> [CONV(64) -> RELU]*2 -> POOL -> "
+           "FC(256) -> RELU -> FC(10)")
+NETS = {"r1": R1, "fashion": FASHION}
+
+__all__ = ["FASHION", "NETS", "R1", "Settings", "report", "run"]
+
+
+@dataclass
+class Settings:
+    batch: int = 128            # training batch
+    infer_batch: int = 256      # inference batch
+    threads: int = 0            # 0: one per core, for both libraries
+    rounds: int = 5             # alternating rounds; results are medians over them
+    steps: int = 3              # training steps (or inference batches) timed per round
+    sgemm_size: int = 2048      # n of the n^3 float32 matmul that measures the peak
+    budget: int = 0             # slidenet scratch budget in bytes (0: the default)
+    torch: bool = True          # compare with PyTorch when it is installed
+    memory: bool = True         # measure peak RSS in subprocesses
+    conv: str = "auto"          # slidenet's convolutions: "auto" or one algorithm everywhere
+
+    @classmethod
+    def quick(cls, **overrides):
+        """A run of seconds, for a first look (and the tests)."""
+        values = dict(rounds=2, steps=1, sgemm_size=1024)
+        values.update(overrides)
+        return cls(**values)
+
+    def thread_count(self):
+        return self.threads or os.cpu_count() or 1
+
+
+def _alternate(runners, method, settings, contexts):
+    """Median seconds per call of `method` for each runner, alternating them round by round."""
+    for runner in runners:
+        with contexts[runner.name]():
+            getattr(runner, method)()       # warm up: buffers, caches, thread pools
+    spent = {runner.name: [] for runner in runners}
+    for _ in range(settings.rounds):
+        for runner in runners:
+            with contexts[runner.name]():
+                spent[runner.name].append(seconds(getattr(runner, method), settings.steps))
+    return {name: float(np.median(values)) for name, values in spent.items()}
+
+
+def step_times(runner, infos, settings, peak):
+    """Per-step forward/backward milliseconds, GFLOPS and % of peak (medians over rounds)."""
+    per_layer = flops(infos)
+    steps = runner.net.steps
+    rounds = []
+    for _ in range(settings.rounds):
+        times = {step.name: [0.0, 0.0] for step in steps}
+        runner.step_times(times)
+        rounds.append(times)
+    rows = []
+    for step in steps:
+        work = [sum(per_layer[part.name][slot] for part in step.parts) for slot in (0, 1)]
+        row = {"layer": step.name, "text": " -> ".join(p.info.spec.text for p in step.parts)}
+        for slot, key in ((0, "forward"), (1, "backward")):
+            spent = float(np.median([r[step.name][slot] for r in rounds]))
+            gflops = work[slot] * settings.batch / spent / 1e9 if spent else 0.0
+            row[key] = {"ms": spent * 1e3, "gflops": gflops, "peak_share": gflops / peak}
+        rows.append(row)
+    return rows
+
+
+def memory_child(spec):
+    """Runs in a fresh interpreter: peak RSS (and the tracemalloc peak) over a few steps."""
+    import tracemalloc
+    lib, pattern, batch, threads, budget, conv, steps = spec
+    if lib == "torch":
+        torch = torch_module()
+        torch.set_num_threads(threads)
+        runner = TorchRunner(infer(parse(pattern)), batch, 1)
+        base = peak_rss_mb()
+        for _ in range(steps):
+            runner.train_step()
+        traced = None
+    else:
+        if budget:
+            runtime.set_memory_budget(budget)
+        set_conv_algorithm(conv)
+        with runtime.workers(threads):
+            runner = SlidenetRunner(pattern, batch, 1)
+            base = peak_rss_mb()
+            tracemalloc.start()
+            for _ in range(steps):
+                runner.train_step()
+            traced = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+    return {"rss_mb": peak_rss_mb(), "before_steps_mb": base, "traced_peak_mb": traced}
+
+
+def peak_memory(lib, pattern, settings, steps=3):
+    """`memory_child` in a fresh subprocess; None if it failed."""
+    spec = [lib, pattern, settings.batch, settings.thread_count(), settings.budget, settings.conv, steps]
+    code = ("import json, sys; from slidenet.bench import memory_child; "
+            "print(json.dumps(memory_child(json.loads(sys.argv[1]))))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(spec)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_net(pattern, settings, peak):
+    """Everything about one net: layers, training and inference speed, memory, ratios."""
+    threads = settings.thread_count()
+    sn = SlidenetRunner(pattern, settings.batch, settings.infer_batch)
+    infos = sn.net.infos
+    runners = [sn]
+    contexts = {"slidenet": lambda: runtime.workers(threads)}
+    torch = torch_module() if settings.torch else None
+    if torch is not None:
+        torch.set_num_threads(threads)
+        runners.append(TorchRunner(infos, settings.batch, settings.infer_batch))
+        contexts["torch"] = nullcontext
+    per_layer = flops(infos)
+    train_flops = sum(f + b for f, b in per_layer.values()) * settings.batch
+    infer_flops = sum(f for f, _ in per_layer.values()) * settings.infer_batch
+    result = {"pattern": pattern, "batch": settings.batch, "infer_batch": settings.infer_batch}
+    with runtime.workers(threads):
+        result["layers"] = step_times(sn, infos, settings, peak)
+    for method, batch, work in (("train_step", settings.batch, train_flops),
+                                ("infer", settings.infer_batch, infer_flops)):
+        spent = _alternate(runners, method, settings, contexts)
+        key = "train" if method == "train_step" else "infer"
+        result[key] = {name: {"ms": s * 1e3, "images_per_s": batch / s, "gflops": work / s / 1e9,
+                              "peak_share": work / s / 1e9 / peak} for name, s in spent.items()}
+    if settings.memory:
+        result["memory"] = {r.name: peak_memory(r.name, pattern, settings) for r in runners}
+    if torch is not None:
+        result["ratio"] = {key: result[key]["slidenet"]["images_per_s"] / result[key]["torch"]["images_per_s"]
+                           for key in ("train", "infer")}
+    return result
+
+
+def run(settings, nets):
+    """Benchmark each pattern of `nets` (name -> pattern); returns a JSON-able dict."""
+    if settings.budget:
+        runtime.set_memory_budget(settings.budget)
+    threads = settings.thread_count()
+    previous = set_conv_algorithm(settings.conv)
+    try:
+        with OtherLoad() as load:
+            peak = sgemm_gflops(settings.sgemm_size, threads)
+            results = {name: bench_net(pattern, settings, peak) for name, pattern in nets.items()}
+    finally:
+        set_conv_algorithm(previous)
+    with runtime.workers(threads):
+        workers = runtime.threads()
+    mode = f"{workers} kernel worker{'s' * (workers > 1)} x 1 BLAS thread"
+    return {"machine": machine(), "settings": asdict(settings), "threads": threads,
+            "slidenet_threads": mode, "compiled": compiled.status(),
+            "sgemm": {"n": settings.sgemm_size, "gflops": peak}, "other_load_cores": load.cores,
+            "nets": results}
+
+
+def run(settings, nets):
+    """Benchmark each pattern of `nets` (name -> pattern); returns a JSON-able dict."""
+    if settings.budget:
+        runtime.set_memory_budget(settings.budget)
+    threads = settings.thread_count()
+    previous = set_conv_algorithm(settings.conv)
+    try:
+        with OtherLoad() as load:
+            peak = sgemm_gflops(settings.sgemm_size, threads)
+            results = {name: bench_net(pattern, settings, peak) for name, pattern in nets.items()}
+    finally:
+        set_conv_algorithm(previous)
+    with runtime.workers(threads):
+        workers = runtime.threads()
+    mode = f"{workers} kernel worker{'s' * (workers > 1)} x 1 BLAS thread"
+    return {"machine": machine(), "settings": asdict(settings), "threads": threads,
+            "slidenet_threads": mode, "compiled": compiled.status(),
+            "sgemm": {"n": settings.sgemm_size, "gflops": peak}, "other_load_cores": load.cores,
+            "nets": results}

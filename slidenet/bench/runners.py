@@ -1,0 +1,91 @@
+"""The things a benchmark times, one runner per library: a training step, inference, layers.
+
+Each runner holds one net and random data. `SlidenetRunner` times slidenet's own steps
+(`Net.steps`, with CONV -> RELU and the like fused); `TorchRunner` builds the same layers in
+PyTorch from each kind's `torch_modules` (NCHW, nn.Conv2d, nn.MaxPool2d, nn.Linear, ...).
+"""
+import time
+
+import numpy as np
+
+from slidenet.bench.machine import torch_module
+from slidenet.net import Net
+from slidenet.ops import softmax_loss
+
+LEARNING_RATE = 0.01
+
+
+def flops(infos):
+    """Forward and backward FLOPs per image of each layer, by name: 2 per multiply-add."""
+    return {i.name: (2 * i.madds, 2 * i.backward_madds) for i in infos[1:]}
+
+
+class SlidenetRunner:
+    """One net, random data, and the three things timed: a training step, inference, layers."""
+
+    name = "slidenet"
+
+    def __init__(self, pattern, batch, infer_batch, seed=0):
+        self.net = Net.from_pattern(pattern, seed=seed)
+        rng = np.random.default_rng(seed)
+        shape = tuple(self.net.input_shape)
+        self.x = rng.standard_normal((batch, *shape), dtype=np.float32)
+        self.y = rng.integers(0, self.net.num_outputs, batch)
+        self.x_infer = rng.standard_normal((infer_batch, *shape), dtype=np.float32)
+
+    def train_step(self):
+        _, dscores = softmax_loss(self.net.forward(self.x, train=True), self.y)
+        self.net.backward(dscores, input_grad=False)
+        for key, p in self.net.params.items():
+            p -= LEARNING_RATE * self.net.grads[key]
+
+    def infer(self):
+        return self.net.forward(self.x_infer)
+
+    def step_times(self, times):
+        """A training step, adding each step's forward and backward seconds into `times`
+        (keyed by step name, e.g. "conv1+relu1")."""
+        self.net._release_caches()              # as Net.forward does
+        steps = self.net.steps
+        out = self.x
+        for step in steps:
+            start = time.perf_counter()
+            out = step.forward(out, True)
+            times[step.name][0] += time.perf_counter() - start
+        _, grad = softmax_loss(out, self.y)
+        for step in reversed(steps):
+            start = time.perf_counter()
+            grad = step.backward(grad, need_dx=step is not steps[0])
+            times[step.name][1] += time.perf_counter() - start
+        for key, p in self.net.params.items():
+            p -= LEARNING_RATE * self.net.grads[key]
+
+
+class TorchRunner:
+    """The same layers in PyTorch: NCHW, each kind's `torch_modules`, plain SGD."""
+
+    name = "torch"
+
+    def __init__(self, infos, batch, infer_batch, seed=0):
+        torch = self.torch = torch_module()
+        nn = torch.nn
+        torch.manual_seed(seed)
+        modules = [m for info in infos[1:] for m in info.spec.type.torch_modules(info, nn)]
+        self.model = nn.Sequential(*modules)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=LEARNING_RATE)
+        self.loss = nn.CrossEntropyLoss()
+        h, w, d = infos[0].output_shape
+        self.x = torch.randn(batch, d, h, w)
+        self.y = torch.randint(0, int(np.prod(infos[-1].output_shape)), (batch,))
+        self.x_infer = torch.randn(infer_batch, d, h, w)
+
+    def train_step(self):
+        self.model.train()
+        self.opt.zero_grad()
+        self.loss(self.model(self.x), self.y).backward()
+        self.opt.step()
+
+    def infer(self):
+        self.model.eval()
+        with self.torch.no_grad():
+            return self.model(self.x_infer)

@@ -1,0 +1,28 @@
+"""Layer kinds: one module each, all registered in one registry.
+
+    input           INPUT(HxWxD)
+    conv            CONV(K, FhxFw, s=S, p=P)
+    pool            MAXPOOL / POOL and AVGPOOL (FhxFw, s=S)
+    fc              FC(n)
+    activations     RELU, LEAKYRELU(a), TANH, SIGMOID
+    dropout         DROPOUT(p)
+    batchnorm       BATCHNORM / BN
+
+`base` defines what a kind is made of (the `Layer` class), `registry` holds the kinds, and
+`fusion` runs neighbouring layers as one step. To add a kind, write its module (see
+docs/design.md, "Adding a layer kind") and import it below: importing registers it.
+"""
+# Importing a kind's module registers it; the order here is the order of `kinds()`.
+from slidenet.layers import input as _input  # noqa: F401  (INPUT; "input" would shadow a builtin)
+from slidenet.layers import activations, batchnorm, conv, dropout, fc, pool  # noqa: F401
+from slidenet.layers.base import Init, Layer, Step, Unfit, Walk, Window
+from slidenet.layers.fusion import fuse
+from slidenet.layers.registry import RegistryError, kinds, lookup, names, register
+
+__all__ = ["Init", "Layer", "RegistryError", "Step", "Unfit", "Walk", "Window", "build", "fuse",
+           "kinds", "lookup", "names", "register"]
+
+
+def build(info, init):
+    """The layer object for one LayerInfo (never INPUT), its parameters drawn from `init`."""
+    return info.spec.type(info, init)

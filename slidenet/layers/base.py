@@ -1,0 +1,163 @@
+"""What every layer kind is made of: the `Layer` base class and the shape walk it takes part in.
+
+A layer kind is one subclass of `Layer` in one module of `slidenet.layers`, registered with
+`@register` (see `registry`). The class says everything about its kind:
+
+    grammar      kind, aliases, positional, keywords, required, usage, read_arguments()
+    shape rule   infer(spec, walk) -> Step: output shape, parameters with their formula, the
+                 (N + 2P - F) / S + 1 lines of the summary, multiply-adds, receptive field
+    geometry     window(spec, input_shape) -> Window or None: the window it slides, if any
+    parameters   __init__(info, init): arrays in self.params, initialised from init.rng
+    forward      forward(x, train) -> out, keeping in self.cache what backward needs
+    backward     backward(dout, need_dx=True) -> dx, filling self.grads
+    pictures     maps (its output is drawn as activation maps), picture ("filters" or
+                 "templates": what its weights look like as images), filter_images()
+    reference    torch_modules(info, nn): the same layer in PyTorch, for `slidenet bench`
+
+The class-level parts (grammar, shape rule, geometry) run before any weight exists: a pattern
+is parsed and every shape inferred without allocating anything.
+"""
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from slidenet import geometry
+
+
+class Unfit(Exception):
+    """A layer that cannot follow the one before it; `shapes.infer` adds which layer and where."""
+
+
+@dataclass(frozen=True)
+class Walk:
+    """The volume after the layers so far, and how its units sit on the input."""
+    shape: Tuple[int, ...]          # (H, W, D), or (n,) after an FC
+    field: Tuple[int, int]          # receptive field (r_h, r_w) of one unit
+    jump: Tuple[int, int]           # input pixels between neighbouring units, per axis
+    flattened_by: str               # "layer 3, FC(10)" once an FC has flattened the volume
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one layer makes of the walk so far."""
+    shape: Tuple[int, ...]                      # its output: (H', W', D') or (n,)
+    params: int = 0
+    params_formula: str = ""                    # "10 x (5*5*3 + 1) = 760"
+    size_formulas: Tuple[str, ...] = ()         # the height's and width's (N + 2P - F) / S + 1
+    madds: int = 0                              # forward multiply-adds, one image
+    backward_madds: int = 0                     # backward multiply-adds (dx and dw), one image
+    field: Optional[Tuple[int, int]] = None     # None: the same as before this layer
+    jump: Optional[Tuple[int, int]] = None
+
+
+class Window(NamedTuple):
+    """The window a layer slides over its input: F, S and P per axis."""
+    size: Tuple[int, int]
+    stride: Tuple[int, int]
+    pad: Tuple[int, int]
+
+
+class Init(NamedTuple):
+    """What building a layer may draw on."""
+    rng: np.random.Generator            # initial weights, drawn layer by layer in net order
+    dropout_rng: np.random.Generator    # dropout masks (its own stream: adding dropout never
+                                        # changes the initial weights)
+    dtype: np.dtype
+
+
+def slide(spec, window, walk):
+    """Slide `window` over walk's volume -> (H', W', D, size formulas, field, jump).
+
+    Unfit when the volume was already flattened; GeometryError when the window does not tile.
+    """
+    if len(walk.shape) == 1:
+        raise Unfit(
+            f"{spec.kind} slides a window over an H x W x D volume, but "
+            f"{walk.flattened_by} already flattened it into a vector of {walk.shape[0]:,} "
+            "numbers; put every CONV and POOL before the first FC")
+    (h, w, d), (fh, fw), (sh, sw), (ph, pw) = walk.shape, *window
+    out_h = geometry.output_size(h, fh, sh, ph, "height")
+    out_w = geometry.output_size(w, fw, sw, pw, "width")
+    formulas = (geometry.describe(h, fh, sh, ph), geometry.describe(w, fw, sw, pw))
+    # Receptive field recurrence: r_out = r_in + (F - 1) * jump_in, jump_out = jump_in * S.
+    field = tuple(r + (f - 1) * j for r, f, j in zip(walk.field, window.size, walk.jump))
+    jump = tuple(j * s for j, s in zip(walk.jump, window.stride))
+    return out_h, out_w, d, formulas, field, jump
+
+
+class Layer:
+    """A layer kind (class level) and one layer of a net (instance level).
+
+    Instances own their parameters and gradients as plain NumPy arrays under stable local names
+    ("W", "b", "gamma", "beta"); `Net` exposes them as "conv1.W" and so on. `backward` must be
+    right for whichever mode (train or not) the last forward ran in.
+    `backward(dout, need_dx=False)` says nobody needs dx (the first layer of a training step):
+    CONV and FC then skip that product and return None; the others return dx all the same.
+    """
+
+    kind = None             # the name in patterns, upper case: "CONV"
+    aliases = ()            # other names for it: ("POOL",)
+    positional = ()         # argument fields in the order they may be written without a name
+    keywords = {}           # keyword (lower case) -> field: {"s": "stride", "stride": "stride"}
+    required = ()           # fields that must be given
+    usage = ""              # how to write it: "CONV(K[, FhxFw][, s=S][, p=P]), e.g. ..."
+    is_input = False        # INPUT: starts every net, builds no layer object
+    maps = False            # its output is worth drawing as activation maps
+    picture = None          # "filters" or "templates": its weights drawn as images
+
+    # ---- the kind, before any weight exists ----
+
+    @classmethod
+    def read_arguments(cls, values):
+        """{field: arguments.Value} as written -> {field: value} with defaults applied."""
+        return {}
+
+    @classmethod
+    def infer(cls, spec, walk):
+        """The Step this layer takes from `walk` (a Walk); raise Unfit or GeometryError."""
+        raise NotImplementedError
+
+    @classmethod
+    def window(cls, spec, input_shape):
+        """The Window this layer slides over an input of (H, W, D), or None if it slides none."""
+        return None
+
+    @classmethod
+    def torch_modules(cls, info, nn):
+        """The same layer as a list of torch.nn modules (NCHW), for benchmarks and tests."""
+        raise NotImplementedError(f"{cls.kind} has no PyTorch counterpart")
+
+    # ---- one layer of a net ----
+
+    def __init__(self, info, init):
+        self.info = info
+        self.name = info.name
+        self.params = {}
+        self.grads = {}
+        self.buffers = {}       # state that is saved but not trained (batchnorm running stats)
+        self.cache = None
+
+    def param(self, key, value):
+        """Add a parameter (and its gradient, zeros of the same shape)."""
+        self.params[key] = value
+        self.grads[key] = np.zeros_like(value)
+
+    def forward(self, x, train):
+        raise NotImplementedError
+
+    def backward(self, dout, need_dx=True):
+        raise NotImplementedError
+
+    def filter_images(self):
+        """The weights as images, (F_h, F_w, D, K) like a CONV's W, when `picture` says they
+        are; else None."""
+        return None
+
+    @property
+    def parts(self):
+        """The layers this step of a net runs: itself (a fused step has several)."""
+        return (self,)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.info.spec.text})"

@@ -1,0 +1,48 @@
+"""BATCHNORM (or BN): each depth channel normalised over the batch, then scaled and shifted.
+
+Training normalises with the batch's own mean and variance of each channel (over N, H and W)
+and keeps running averages of both; evaluation uses those running averages. Parameters gamma
+and beta (D,) each, so 2 x D in all; the running statistics are saved buffers, not trained.
+"""
+import numpy as np
+
+from slidenet import ops
+from slidenet.layers.base import Layer, Step
+from slidenet.layers.registry import register
+
+
+@register
+class BatchNorm(Layer):
+    """Per-depth-channel batch normalisation: gamma, beta (D,) and running mean/var buffers."""
+
+    kind = "BATCHNORM"
+    aliases = ("BN",)
+
+    @classmethod
+    def infer(cls, spec, walk):
+        channels = walk.shape[-1]
+        # One gamma and one beta per channel (per feature after an FC).
+        return Step(walk.shape, 2 * channels, f"2 x {channels} = {2 * channels:,}")
+
+    @classmethod
+    def torch_modules(cls, info, nn):
+        channels = info.input_shape[-1]
+        return [nn.BatchNorm2d(channels) if len(info.input_shape) == 3 else nn.BatchNorm1d(channels)]
+
+    def __init__(self, info, init):
+        super().__init__(info, init)
+        d = info.input_shape[-1]
+        self.param("gamma", np.ones(d, dtype=init.dtype))
+        self.param("beta", np.zeros(d, dtype=init.dtype))
+        self.buffers = {"running_mean": np.zeros(d, dtype=init.dtype),
+                        "running_var": np.ones(d, dtype=init.dtype)}
+
+    def forward(self, x, train):
+        out, self.cache = ops.batchnorm_forward(
+            x, self.params["gamma"], self.params["beta"],
+            self.buffers["running_mean"], self.buffers["running_var"], train)
+        return out
+
+    def backward(self, dout, need_dx=True):
+        dx, self.grads["gamma"][...], self.grads["beta"][...] = ops.batchnorm_backward(dout, self.cache)
+        return dx

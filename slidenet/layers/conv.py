@@ -1,0 +1,82 @@
+"""CONV(K, FhxFw, s=S, p=P): K filters, each spanning the full depth of its input.
+
+Each filter (F_h x F_w x D) slides over the zero-padded input; at every place it takes a dot
+product with the window under it and adds its bias, giving one activation map per filter, and
+the K maps stacked are the output volume:
+
+    H' = (H + 2P_h - F_h) / S_h + 1,  W' likewise,  depth K
+    parameters: K x (F_h * F_w * D + 1), e.g. 10 x (5*5*3 + 1) = 760
+
+The kernels are `slidenet.ops.conv_forward` / `conv_backward` (which pick an algorithm); the
+lecture's loops are `slidenet.ops.naive.conv_forward`.
+"""
+import numpy as np
+
+from slidenet import arguments, ops
+from slidenet.layers.base import Layer, Step, Window, slide
+from slidenet.layers.registry import register
+
+
+@register
+class Conv(Layer):
+    """K filters of F_h x F_w x D, He-initialised: W (F_h, F_w, D, K), b (K,)."""
+
+    kind = "CONV"
+    positional = ("filters", "size")
+    keywords = {"k": "filters", "f": "size", "size": "size", "s": "stride", "stride": "stride",
+                "p": "pad", "pad": "pad"}
+    required = ("filters",)
+    usage = "CONV(K[, FhxFw][, s=S][, p=P|same|valid]), e.g. CONV(10, 5x5, s=1, p=2)"
+    maps = True
+    picture = "filters"
+
+    @classmethod
+    def read_arguments(cls, values):
+        size = arguments.axes(values.get("size"), "filter size", (1, 2), minimum=1, default=(3, 3),
+                              hint="F or FhxFw; the depth always spans the whole input, so leave it out")
+        stride = arguments.axes(values.get("stride"), "stride", (1, 2), minimum=1, default=(1, 1))
+        return {"filters": arguments.whole(values["filters"], "number of filters", minimum=1),
+                "size": size, "stride": stride,
+                "pad": arguments.padding(values.get("pad"), size, stride)}
+
+    @classmethod
+    def window(cls, spec, input_shape):
+        return Window(spec.size, spec.stride, spec.pad)
+
+    @classmethod
+    def infer(cls, spec, walk):
+        out_h, out_w, d, formulas, field, jump = slide(spec, cls.window(spec, walk.shape), walk)
+        k, (fh, fw) = spec.filters, spec.size
+        params = k * (fh * fw * d + 1)          # each filter spans the full depth, plus a bias
+        madds = out_h * out_w * k * fh * fw * d
+        return Step((out_h, out_w, k), params, f"{k} x ({fh}*{fw}*{d} + 1) = {params:,}",
+                    formulas, madds, 2 * madds, field, jump)
+
+    @classmethod
+    def torch_modules(cls, info, nn):
+        s = info.spec
+        return [nn.Conv2d(info.input_shape[2], s.filters, s.size, s.stride, s.pad)]
+
+    def __init__(self, info, init):
+        super().__init__(info, init)
+        fh, fw = info.spec.size
+        d = info.input_shape[2]
+        fan_in = fh * fw * d
+        w = init.rng.standard_normal((fh, fw, d, info.spec.filters)) * np.sqrt(2 / fan_in)
+        self.param("W", w.astype(init.dtype))
+        self.param("b", np.zeros(info.spec.filters, dtype=init.dtype))
+
+    def forward(self, x, train, relu=False):
+        """x (N, H, W, D) -> (N, H', W', K); relu=True applies the next RELU too (fusion)."""
+        out, self.cache = ops.conv_forward(x, self.params["W"], self.params["b"],
+                                           self.info.spec.stride, self.info.spec.pad, relu=relu)
+        return out
+
+    def backward(self, dout, need_dx=True, relu=False):
+        """relu=True: apply the mask of the RELU that forward(relu=True) applied."""
+        dx, self.grads["W"][...], self.grads["b"][...] = ops.conv_backward(
+            dout, self.cache, need_dx, relu=relu)
+        return dx
+
+    def filter_images(self):
+        return self.params["W"]

@@ -1,0 +1,40 @@
+"""DROPOUT(p): while training, each number is dropped with probability p and the rest are scaled
+by 1 / (1 - p) (inverted dropout), so the layer is the identity at test time.
+
+Masks come from the net's dropout generator, a stream of its own (`Init.dropout_rng`), so
+adding a DROPOUT never changes the initial weights, and a resumed run draws the same masks.
+"""
+from slidenet import arguments, ops
+from slidenet.layers.base import Layer, Step
+from slidenet.layers.registry import register
+
+
+@register
+class Dropout(Layer):
+    kind = "DROPOUT"
+    positional = ("rate",)
+    keywords = {"p": "rate", "rate": "rate"}
+    usage = "DROPOUT([p]) with 0 <= p < 1, e.g. DROPOUT(0.5)"
+
+    @classmethod
+    def read_arguments(cls, values):
+        return {"rate": arguments.fraction(values.get("rate"), "dropout probability p", 0.5)}
+
+    @classmethod
+    def infer(cls, spec, walk):
+        return Step(walk.shape)
+
+    @classmethod
+    def torch_modules(cls, info, nn):
+        return [nn.Dropout(info.spec.rate)]
+
+    def __init__(self, info, init):
+        super().__init__(info, init)
+        self.rng = init.dropout_rng
+
+    def forward(self, x, train):
+        out, self.cache = ops.dropout_forward(x, self.info.spec.rate, self.rng, train)
+        return out
+
+    def backward(self, dout, need_dx=True):
+        return ops.dropout_backward(dout, self.cache)

@@ -1,0 +1,112 @@
+"""Fusion: neighbouring layers that run faster as one step, each written out as its own layer.
+
+A RELU right after a CONV or FC is cheapest inside it: the output is rectified while it is
+still in the CPU cache, and its positive entries are the ReLU's mask, so no mask or copy is
+made. A MAXPOOL right after a RELU can apply that ReLU's mask in its own backward, on the
+pooled numbers (a quarter of them for 2x2 windows): gradient only reaches a window's maximum,
+and that maximum passed the ReLU exactly when the pooled value is above zero.
+
+`fuse(layers)` returns the steps a net runs: the same layers, with these runs replaced by
+
+    ConvRelu          CONV -> RELU             (cs231n's conv_relu_forward)
+    FCRelu            FC -> RELU
+    ConvReluMaxPool   CONV -> RELU -> MAXPOOL  (cs231n's conv_relu_pool_forward)
+    ReluMaxPool       RELU -> MAXPOOL
+
+A fused step holds the original layers (`parts`) and uses their parameters and gradients, so
+the net's arrays are the same whichever steps run; results equal the unfused layers' (tested).
+`Net.activations` runs the unfused layers, so every layer's own output stays visible.
+"""
+from slidenet import ops
+from slidenet.layers.activations import Relu
+from slidenet.layers.conv import Conv
+from slidenet.layers.fc import FC
+from slidenet.layers.pool import MaxPool
+
+
+class Fused:
+    """Several layers run as one step. `parts`: the layers; `name`: "conv1+relu1"."""
+
+    pattern = ()        # the layer classes it replaces, in order
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        self.name = "+".join(part.name for part in parts)
+        self.text = " -> ".join(part.info.spec.text for part in parts)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.text})"
+
+
+class ConvRelu(Fused):
+    """max(0, conv(x)): the CONV kernel rectifies its output, and its backward masks dout."""
+
+    pattern = (Conv, Relu)
+
+    def forward(self, x, train):
+        return self.parts[0].forward(x, train, relu=True)
+
+    def backward(self, dout, need_dx=True):
+        return self.parts[0].backward(dout, need_dx, relu=True)
+
+
+class FCRelu(Fused):
+    """max(0, x @ W + b): the FC kernel rectifies its output, and its backward masks dout."""
+
+    pattern = (FC, Relu)
+
+    def forward(self, x, train):
+        return self.parts[0].forward(x, train, relu=True)
+
+    def backward(self, dout, need_dx=True):
+        return self.parts[0].backward(dout, need_dx, relu=True)
+
+
+class ConvReluMaxPool(Fused):
+    """maxpool(max(0, conv(x))): the pool's backward applies the ReLU's mask, on pooled values,
+    so the CONV's backward takes dout as it comes."""
+
+    pattern = (Conv, Relu, MaxPool)
+
+    def forward(self, x, train):
+        conv, _, pool = self.parts
+        return pool.forward(conv.forward(x, train, relu=True), train)
+
+    def backward(self, dout, need_dx=True):
+        conv, _, pool = self.parts
+        return conv.backward(pool.backward(dout, relu_mask=True), need_dx, relu=False)
+
+
+class ReluMaxPool(Fused):
+    """maxpool(max(0, x)): the pool's backward applies the ReLU's mask; no ReLU backward runs."""
+
+    pattern = (Relu, MaxPool)
+
+    def forward(self, x, train):
+        out, _ = ops.relu_forward(x)
+        return self.parts[1].forward(out, train)
+
+    def backward(self, dout, need_dx=True):
+        return self.parts[1].backward(dout, relu_mask=True)
+
+
+# Longest first: a CONV -> RELU -> MAXPOOL becomes one step, not a ConvRelu and a lone MAXPOOL.
+RULES = (ConvReluMaxPool, ConvRelu, FCRelu, ReluMaxPool)
+
+
+def fuse(layers):
+    """The steps that run `layers` (a list of Layer): runs matching a RULES pattern replaced by
+    the fused step, every other layer as it is."""
+    steps, i = [], 0
+    while i < len(layers):
+        for rule in RULES:
+            run = layers[i:i + len(rule.pattern)]
+            if len(run) == len(rule.pattern) and all(type(layer) is cls
+                                                     for layer, cls in zip(run, rule.pattern)):
+                steps.append(rule(run))
+                i += len(run)
+                break
+        else:
+            steps.append(layers[i])
+            i += 1
+    return steps

@@ -1,0 +1,126 @@
+"""A trained model, as users and every command see it: `slidenet.load(path) -> Model`.
+
+    model = slidenet.load("runs/demo/best.npz")
+    model.input_shape                   # (28, 28, 1): (H, W, D) of INPUT
+    model.class_names                   # ["0", "1", ..., "9"]
+    p = model.predict(images)           # uint8 (N, 28, 28, 1) -> float64 probabilities (N, 10)
+    s = model.scores(images)            # the last layer's scores (N, 10), float64
+    model.net, model.normalizer         # the layers, and the pixel standardisation
+    model.meta                          # pattern, data, epoch, config, history, ...
+
+A model file (`slidenet.modelfile`) holds the net's parameters and buffers, the normaliser and,
+for a file written by `slidenet train`, the optimiser state and the random generators' states,
+which is everything `--resume` needs (`Model.state`). `model_arrays` and `model_meta` build
+those contents; `save` writes them.
+"""
+import numpy as np
+
+from slidenet import modelfile, rngstate
+from slidenet.data.normalize import Normalizer
+from slidenet.errors import DataError, ModelFileError
+from slidenet.net import Net
+from slidenet.ops.losses import softmax
+
+FORMAT = "slidenet-model"
+VERSION = 1
+BATCH = 256         # images per forward pass in predict and scores
+
+
+class Model:
+    """A net, the normaliser its inputs need, and what the model file says about it.
+
+    net: `slidenet.Net`; normalizer: `slidenet.data.Normalizer`; meta: the file's meta dict;
+    state: every array of the file by name (for resuming training), or None.
+    """
+
+    def __init__(self, net, normalizer, meta, state=None):
+        self.net = net
+        self.normalizer = normalizer
+        self.meta = meta
+        self.state = state
+
+    @property
+    def input_shape(self):
+        """(height, width, depth) of the images the model takes."""
+        return tuple(self.net.input_shape)
+
+    @property
+    def class_names(self):
+        """One name per score, in order: the file's class names, and the score's number for
+        any score the file names no class for."""
+        names = [str(n) for n in self.meta.get("class_names") or []]
+        return names + [str(i) for i in range(len(names), self.net.num_outputs)]
+
+    def scores(self, images, batch_size=BATCH):
+        """The last layer's scores (N, C), float64, for images (N, H, W, D) of pixel values
+        0..255 (uint8, or floats on that scale), in batches of `batch_size`."""
+        images = self._check(images)
+        out = [self.net.forward(self.normalizer.normalize(images[i:i + batch_size]))
+               .astype(np.float64) for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.net.num_outputs))
+
+    def predict(self, images, batch_size=BATCH):
+        """Class probabilities (N, C), float64 (the softmax of `scores`); rows sum to 1."""
+        return softmax(self.scores(images, batch_size))
+
+    def _check(self, images):
+        images = np.asarray(images)
+        want = "x".join(str(v) for v in self.input_shape)
+        if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
+            raise DataError(f"images must be an array (N, H, W, D) of {want} images, got shape "
+                            f"{images.shape}")
+        if images.dtype.kind not in "uif":
+            raise DataError(f"images must hold pixel values 0..255, got {images.dtype}")
+        return images
+
+    def __repr__(self):
+        return f"Model({self.meta.get('pattern')!r}, classes={self.class_names})"
+
+
+def load(path):
+    """The model in a file written by `slidenet train` (or `save`): a `Model`.
+
+    Raises ModelFileError when the file is missing, damaged, or not a complete slidenet model.
+    """
+    arrays, meta = modelfile.load(path)
+    try:
+        net = Net.from_pattern(meta["pattern"], seed=0, dtype=meta.get("dtype", "float32"),
+                               skip_optional=meta.get("skip_optional", False),
+                               **meta.get("variables", {}))
+        for prefix, target in (("param/", net.params), ("buffer/", net.buffers)):
+            for name, live in target.items():
+                stored = arrays[prefix + name]
+                if stored.shape != live.shape:
+                    raise KeyError(name)
+                live[...] = stored
+        normalizer = Normalizer.from_arrays(
+            {k[len("norm/"):]: v for k, v in arrays.items() if k.startswith("norm/")})
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(f"{path}: not a complete slidenet model ({err})") from None
+    return Model(net, normalizer, meta, arrays)
+
+
+def model_arrays(net, normalizer, optimizer=None, rngs=None):
+    """Everything numeric a model file holds, under prefixed names: param/, buffer/, norm/,
+    optim/ (the optimiser's state) and rng/ (generator states, see `rngstate`)."""
+    arrays = {f"param/{k}": v for k, v in net.params.items()}
+    arrays.update({f"buffer/{k}": v for k, v in net.buffers.items()})
+    arrays.update({f"norm/{k}": v for k, v in normalizer.to_arrays().items()})
+    if optimizer is not None:
+        arrays.update({f"optim/{k}": v for k, v in optimizer.state_arrays().items()})
+    for name, rng in (rngs or {}).items():
+        arrays[f"rng/{name}"] = rngstate.state_array(rng)
+    return arrays
+
+
+def model_meta(net, class_names, **extra):
+    """The meta dict of a model file: the net's pattern and dtype, the class names, and
+    `extra` (data, epoch, config, history for a training run)."""
+    return {"format": FORMAT, "version": VERSION, "pattern": net.pattern,
+            "variables": net.variables, "skip_optional": net.skip_optional,
+            "dtype": str(net.dtype), "class_names": list(class_names), **extra}
+
+
+def save(path, net, normalizer, class_names, **extra):
+    """Write a model file for `net` that `load` reads back (atomically; see `modelfile.save`)."""
+    modelfile.save(path, model_arrays(net, normalizer), model_meta(net, class_names, **extra))

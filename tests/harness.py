@@ -1,0 +1,125 @@
+"""One harness for every kernel test: `check_kernel` checks a forward/backward pair every way.
+
+    check_kernel(lambda x, w, b: ops.conv_forward(x, w, b, (1, 1), (1, 1)),
+                 ops.conv_backward,
+                 {"x": x, "w": w, "b": b}, wrt=("x", "w", "b"),
+                 naive=lambda x, w, b: naive.conv_forward(x, w, b, (1, 1), (1, 1)),
+                 naive_backward=lambda dout, x, w, b: naive.conv_backward(dout, x, w, (1, 1), (1, 1)))
+
+forward(**arrays) -> (out, cache); backward(dout, cache) -> one gradient per name in `wrt`
+(a tuple, or one array when `wrt` has one name; None for a gradient not computed). The naive
+versions are the lecture's loops (`slidenet.ops.naive`), the oracle. The checks:
+
+    1. reference     float64 out and gradients equal the naive loops' (rtol, atol)
+    2. finite diffs  each gradient against centred differences of sum(out * dout), with the
+                     relative error of `slidenet gradcheck` (below its TOLERANCE)
+    3. dtypes        float32 in, float32 out, and close to the float64 results
+    4. chunks        one image per chunk (memory budget of 1 byte) equals the whole batch
+    5. threads       2 worker threads give bit for bit what 1 gives
+    6. compiled      with numba installed, the compiled passes give bit for bit (or, where
+                     `compiled_exact=False`, to rounding) what the NumPy path gives
+
+Any check can be switched off for a kernel it does not apply to (a kink at random points,
+a kernel with no batch axis), with the reason in the test.
+"""
+import numpy as np
+
+from slidenet.gradcheck import TOLERANCE, numeric_gradient, relative_error, sample
+from slidenet.ops import compiled, runtime
+
+
+def _grads(result, wrt):
+    return (result,) if len(wrt) == 1 and not isinstance(result, tuple) else tuple(result)
+
+
+def _run(forward, backward, arrays, wrt, dout):
+    out, cache = forward(**arrays)
+    out = np.array(out, copy=True)        # results may be recycled memory: keep copies
+    grads = _grads(backward(dout.astype(out.dtype, copy=False), cache), wrt)
+    return out, tuple(None if g is None else np.array(g, copy=True) for g in grads)
+
+
+def _same(got, want, exact, rtol=1e-12, atol=1e-12, what=""):
+    for i, (g, w) in enumerate(zip(got, want)):
+        if g is None or w is None:
+            assert g is None and w is None, f"{what}: result {i} is missing on one side"
+        elif exact:
+            np.testing.assert_array_equal(g, w, err_msg=f"{what}: result {i}")
+        else:
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=f"{what}: result {i}")
+
+
+def check_kernel(forward, backward, arrays, wrt, *, naive=None, naive_backward=None,
+                 rtol=1e-10, atol=1e-10, dout=None, fd=True, fd_samples=24, dtypes=True,
+                 chunks=True, threads=True, compiled_check=True, compiled_exact=True, seed=0):
+    """Run the checks of the module docstring on one forward/backward pair.
+
+    arrays: the float64 inputs by name (not modified). dout: the upstream gradient (default:
+    standard normal of out's shape). Returns the float64 (out, grads).
+    """
+    rng = np.random.default_rng(seed)
+    arrays = {name: np.array(a, dtype=np.float64) for name, a in arrays.items()}
+    out, cache = forward(**arrays)
+    if dout is None:
+        dout = rng.standard_normal(out.shape)
+    del cache
+    out, grads = _run(forward, backward, arrays, wrt, dout)
+
+    if naive is not None:
+        np.testing.assert_allclose(out, naive(**arrays), rtol=rtol, atol=atol,
+                                   err_msg="forward against the naive loops")
+    if naive_backward is not None:
+        want = _grads(naive_backward(dout, **arrays), wrt)
+        _same(grads, want, False, rtol, atol, "backward against the naive loops")
+
+    if fd:
+        for name, grad in zip(wrt, grads):
+            if grad is None:
+                continue
+            array = {k: v.copy() for k, v in arrays.items()}
+
+            def loss():
+                return float(np.sum(forward(**array)[0] * dout))
+            picks = sample(array[name].size, fd_samples, rng)
+            numeric = numeric_gradient(loss, array[name], picks)
+            error = relative_error(grad.reshape(-1)[picks], numeric)
+            assert error < TOLERANCE, f"d/d{name}: finite differences disagree ({error:.2e})"
+
+    if dtypes:
+        single = {k: v.astype(np.float32) for k, v in arrays.items()}
+        out32, grads32 = _run(forward, backward, single, wrt, dout.astype(np.float32))
+        assert out32.dtype == np.float32, f"float32 in, {out32.dtype} out"
+        scale = max(1.0, float(np.abs(out).max()))
+        np.testing.assert_allclose(out32, out, rtol=1e-4, atol=1e-5 * scale)
+        for name, g32, g64 in zip(wrt, grads32, grads):
+            if g64 is not None:
+                assert g32.dtype == np.float32, f"d/d{name} is {g32.dtype} in float32"
+                scale = max(1.0, float(np.abs(g64).max()))
+                np.testing.assert_allclose(g32, g64, rtol=1e-3, atol=1e-4 * scale,
+                                           err_msg=f"d/d{name} in float32")
+
+    if chunks or threads:
+        previous = runtime.set_memory_budget(1)         # one image per chunk
+        try:
+            one = _run(forward, backward, arrays, wrt, dout)
+            if chunks:
+                _same((one[0], *one[1]), (out, *grads), False, what="one image per chunk")
+            if threads:
+                with runtime.workers(2):
+                    two = _run(forward, backward, arrays, wrt, dout)
+                _same((two[0], *two[1]), (one[0], *one[1]), True, what="2 threads against 1")
+        finally:
+            runtime.set_memory_budget(previous)
+
+    if compiled_check and compiled.kernels(out) is not None:
+        for dtype in (np.float64, np.float32) if dtypes else (np.float64,):
+            typed = {k: v.astype(dtype) for k, v in arrays.items()}
+            fast = _run(forward, backward, typed, wrt, dout.astype(dtype))
+            previous = compiled.set_enabled(False)
+            try:
+                plain = _run(forward, backward, typed, wrt, dout.astype(dtype))
+            finally:
+                compiled.set_enabled(previous)
+            _same((fast[0], *fast[1]), (plain[0], *plain[1]), compiled_exact, rtol=1e-6,
+                  atol=1e-7, what=f"compiled against NumPy, {np.dtype(dtype).name}")
+    return out, grads

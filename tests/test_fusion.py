@@ -1,0 +1,69 @@
+"""Fused steps (CONV -> RELU, FC -> RELU, CONV -> RELU -> MAXPOOL, RELU -> MAXPOOL) against the
+same layers run one by one: the same outputs, the same gradients, ties and all-zero windows
+included."""
+import numpy as np
+import pytest
+
+from slidenet.layers import fusion
+from slidenet.net import Net
+
+RNG = np.random.default_rng(7)
+SMALL = "INPUT(10x10x3) -> [CONV(4) -> RELU]*2 -> POOL -> CONV(6, 3x3, s=2, p=1) -> RELU -> FC(8) -> RELU -> FC(3)"
+POOLS = ("INPUT(9x9x2) -> CONV(3) -> RELU -> MAXPOOL(3x3, s=2) -> CONV(4) -> RELU -> POOL "
+         "-> CONV(2) -> RELU -> AVGPOOL(2x2, s=1) -> FC(3)")
+NORMED = "INPUT(8x8x2) -> CONV(3) -> BATCHNORM -> RELU -> POOL -> FC(6) -> RELU -> FC(3)"
+
+
+def steps(pattern):
+    return [type(step).__name__ for step in Net.from_pattern(pattern).steps]
+
+
+def test_which_runs_are_fused():
+    assert steps("INPUT(6x6x1) -> CONV(2) -> RELU -> POOL -> RELU -> FC(4) -> TANH -> FC(2) -> RELU") == \
+        ["ConvReluMaxPool", "Relu", "FC", "Tanh", "FCRelu"]
+    assert steps(NORMED) == ["Conv", "BatchNorm", "ReluMaxPool", "FCRelu", "FC"]
+    assert steps("INPUT(6x6x1) -> CONV(2) -> RELU -> AVGPOOL -> FC(2)") == ["ConvRelu", "AvgPool", "FC"]
+    assert fusion.fuse([]) == []
+
+
+def unfused(pattern):
+    net = Net.from_pattern(pattern, dtype="float64")
+    net.steps = list(net.layers)            # every layer as its own step
+    return net
+
+
+@pytest.mark.parametrize("pattern", [SMALL, POOLS, NORMED])
+def test_fused_net_matches_the_layers_one_by_one(pattern):
+    fused, plain = Net.from_pattern(pattern, dtype="float64"), unfused(pattern)
+    h, w, d = fused.input_shape
+    # Integer inputs: ties and windows that are all zero after the ReLU.
+    x = RNG.integers(-1, 2, (4, h, w, d)).astype(np.float64)
+    ds = RNG.standard_normal((4, 3))
+    for _ in range(2):      # a training step, then evaluation, then training again
+        np.testing.assert_allclose(fused.forward(x, train=True), plain.forward(x, train=True), rtol=1e-12)
+        np.testing.assert_allclose(fused.backward(ds), plain.backward(ds), rtol=1e-10, atol=1e-12)
+        for name in plain.grads:
+            np.testing.assert_allclose(fused.grads[name], plain.grads[name], rtol=1e-10, atol=1e-12,
+                                       err_msg=name)
+        np.testing.assert_allclose(fused.forward(x), plain.forward(x), rtol=1e-12)
+
+
+def test_activations_show_each_layer_unfused():
+    net = Net.from_pattern(SMALL, dtype="float64")
+    kept = dict(net.activations(RNG.standard_normal((3, 10, 10, 3))))
+    # A CONV's activations are its maps before the ReLU that the fused step applies.
+    assert (kept["conv1"] < 0).any() and not (kept["relu1"] < 0).any()
+    np.testing.assert_array_equal(kept["relu1"], np.maximum(kept["conv1"], 0))
+
+
+def test_input_grad_false_skips_only_the_first_dx():
+    net = Net.from_pattern(SMALL)
+    x = RNG.standard_normal((2, 10, 10, 3)).astype(np.float32)
+    ds = RNG.standard_normal((2, 3)).astype(np.float32)
+    net.forward(x, train=True)
+    dx = net.backward(ds)
+    grads = {k: g.copy() for k, g in net.grads.items()}
+    net.forward(x, train=True)
+    assert net.backward(ds, input_grad=False) is None and dx.shape == x.shape
+    for name, g in grads.items():
+        np.testing.assert_allclose(net.grads[name], g, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,356 @@
+"""Every kernel pair through the one harness (tests/harness.py): the naive loops, finite
+differences, float32, chunks, threads and the compiled passes. Then the lecture's own numbers."""
+import numpy as np
+import pytest
+
+from harness import check_kernel
+from slidenet import ops
+from slidenet.errors import GeometryError
+from slidenet.gradcheck import TOLERANCE, numeric_gradient, relative_error, sample
+from slidenet.ops import conv, fullconv, naive, winograd
+
+RNG = np.random.default_rng(1234)
+
+# (H, W, D, F_h, F_w, S_h, S_w, P_h, P_w, K): stride != filter, odd and non-square inputs,
+# per-axis filters/strides/padding, 1x1, padding larger than needed.
+CONV_GEOMETRIES = [
+    (7, 7, 3, 3, 3, 1, 1, 0, 0, 2),     # the lecture's 7x7 / 3x3 / stride 1 -> 5x5
+    (7, 7, 3, 3, 3, 2, 2, 0, 0, 2),     # stride 2 -> 3x3
+    (7, 7, 1, 3, 3, 1, 1, 1, 1, 2),     # padding 1 keeps 7x7
+    (9, 7, 2, 3, 3, 2, 2, 1, 1, 3),     # odd, non-square, stride 2 with padding
+    (6, 5, 2, 3, 1, 1, 1, 1, 0, 2),     # 3x1 filter, p=1x0
+    (8, 9, 2, 2, 3, 2, 3, 0, 0, 3),     # per-axis filter and stride
+    (5, 6, 4, 1, 1, 1, 1, 0, 0, 3),     # 1x1 convolution
+    (5, 5, 2, 5, 5, 1, 1, 2, 2, 2),     # 5x5 with p=2 keeps the size
+    (4, 4, 1, 2, 2, 1, 1, 3, 3, 1),     # padding larger than needed
+    (11, 11, 3, 5, 5, 3, 3, 0, 0, 4),   # stride different from the filter
+    # Winograd's F(2, 3): a 3-tall filter at stride 1; even and odd output heights, padding 0
+    # to 2 (the widest a full-convolution dx allows), filters 1, 2, 3 and 5 wide.
+    (8, 8, 2, 3, 3, 1, 1, 1, 1, 3),     # even output height
+    (5, 5, 2, 3, 3, 1, 1, 0, 0, 4),     # no padding: 3x3 output
+    (4, 4, 1, 3, 3, 1, 1, 2, 2, 1),     # padding 2: 6x6 output
+    (8, 7, 3, 3, 2, 1, 1, 2, 1, 3),     # a 3x2 filter, per-axis padding
+    (5, 9, 2, 3, 5, 1, 1, 1, 2, 2),     # a 3x5 filter on a wide input
+    (3, 3, 2, 3, 3, 1, 1, 0, 0, 2),     # a single output row
+]
+
+
+def _applies(algorithm, fh, fw, sh, sw, ph, pw):
+    if algorithm == "winograd":
+        return winograd.applies((fh, fw), (sh, sw))
+    if algorithm == "full":
+        return fullconv.applies((fh, fw), (sh, sw), (ph, pw))
+    return True
+
+
+CONV_CASES = [pytest.param(algorithm, g, id=f"{algorithm}-{'x'.join(map(str, g))}")
+              for g in CONV_GEOMETRIES for algorithm in ("im2col", "full", "winograd")
+              if _applies(algorithm, *g[3:9])]
+
+
+def conv_arrays(h, w, d, fh, fw, k, n=3):
+    return {"x": RNG.standard_normal((n, h, w, d)), "w": RNG.standard_normal((fh, fw, d, k)),
+            "b": RNG.standard_normal(k)}
+
+
+@pytest.mark.parametrize("algorithm,geometry", CONV_CASES)
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+def test_conv_pairs(algorithm, geometry, relu):
+    h, w, d, fh, fw, sh, sw, ph, pw, k = geometry
+    stride, pad = (sh, sw), (ph, pw)
+
+    def forward(x, w, b):
+        out, cache = ops.conv_forward(x, w, b, stride, pad, relu=relu, algorithm=algorithm)
+        assert cache.algorithm == algorithm
+        return out, cache
+
+    def reference(x, w, b):
+        out = naive.conv_forward(x, w, b, stride, pad)
+        return np.maximum(out, 0) if relu else out
+
+    def reference_backward(dout, x, w, b):
+        g = dout * (naive.conv_forward(x, w, b, stride, pad) > 0) if relu else dout
+        return naive.conv_backward(g, x, w, stride, pad)
+
+    check_kernel(forward, lambda dout, cache: ops.conv_backward(dout, cache, relu=relu),
+                 conv_arrays(h, w, d, fh, fw, k), ("x", "w", "b"), naive=reference,
+                 naive_backward=reference_backward)
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "full", "winograd"])
+def test_conv_without_dx_gives_dw_and_db(algorithm):
+    # The first layer of a training step: backward skips dx, and dw and db are unchanged.
+    stride, pad = (1, 1), (1, 1)
+    check_kernel(lambda x, w, b: ops.conv_forward(x, w, b, stride, pad, algorithm=algorithm),
+                 lambda dout, cache: ops.conv_backward(dout, cache, need_dx=False),
+                 conv_arrays(6, 5, 2, 3, 3, 3), ("x", "w", "b"),
+                 naive_backward=lambda dout, x, w, b: (None, *naive.conv_backward(dout, x, w, stride, pad)[1:]))
+
+
+def test_auto_picks_winograd_full_or_im2col():
+    deep = conv.WINOGRAD_MIN_DEPTH
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto") == "winograd"
+    assert conv.choose((3, 3), (1, 1), (1, 1), 3, deep, "auto") == "full"    # an RGB first layer
+    assert conv.choose((5, 5), (1, 1), (2, 2), deep, deep, "auto") == "full"
+    assert conv.choose((3, 3), (2, 2), (1, 1), deep, deep, "auto") == "im2col"
+    assert conv.choose((2, 2), (1, 1), (3, 3), 2, 2, "auto") == "im2col"      # P >= F
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "im2col") == "im2col"
+
+
+def test_conv_lecture_shapes():
+    # 32x32x3 with ten 5x5 filters, stride 1, pad 2 -> 32x32x10; 32 1x1 filters on 56x56x64.
+    out, _ = ops.conv_forward(np.zeros((1, 32, 32, 3)), np.zeros((5, 5, 3, 10)), np.zeros(10), (1, 1), (2, 2))
+    assert out.shape == (1, 32, 32, 10)
+    out, _ = ops.conv_forward(np.zeros((1, 56, 56, 64)), np.zeros((1, 1, 64, 32)), np.zeros(32))
+    assert out.shape == (1, 56, 56, 32)
+
+
+def test_conv_stride_that_does_not_fit_teaches():
+    with pytest.raises(GeometryError, match=r"\(7 - 3\) / 3 \+ 1 = 2\.33"):
+        ops.conv_forward(np.zeros((1, 7, 7, 1)), np.zeros((3, 3, 1, 1)), np.zeros(1), (3, 3))
+
+
+def test_a_named_algorithm_refuses_what_it_cannot_compute():
+    x, w, b = np.zeros((1, 7, 7, 2)), np.zeros((3, 3, 2, 2)), np.zeros(2)
+    with pytest.raises(ValueError, match="3-tall filter at stride 1, not 3x3 at stride 2x2"):
+        ops.conv_forward(x, w, b, (2, 2), (1, 1), algorithm="winograd")
+    with pytest.raises(ValueError, match="stride 1 and padding below the filter size"):
+        ops.conv_forward(x, w, b, (2, 2), (1, 1), algorithm="full")
+    with pytest.raises(ValueError, match="algorithm must be one of auto, im2col, full, winograd"):
+        ops.conv_forward(x, w, b, (1, 1), (1, 1), algorithm="fft")
+    _, cache = ops.conv_forward(x, w, b, (1, 1), (1, 1))
+    with pytest.raises(ValueError, match="relu=True needs a forward with relu=True"):
+        ops.conv_backward(np.zeros((1, 7, 7, 2)), cache, relu=True)
+
+
+# (H, W, D, F_h, F_w, S_h, S_w): tiling, overlapping (3x3 s=2), odd sizes, per-axis values.
+POOL_GEOMETRIES = [
+    (8, 8, 3, 2, 2, 2, 2),
+    (7, 7, 2, 3, 3, 2, 2),
+    (9, 7, 2, 3, 3, 1, 1),
+    (6, 9, 1, 2, 3, 2, 3),
+    (7, 6, 2, 3, 2, 2, 1),
+    (5, 5, 1, 5, 5, 1, 1),
+]
+
+
+@pytest.mark.parametrize("h,w,d,fh,fw,sh,sw", POOL_GEOMETRIES)
+def test_max_pool_pair(h, w, d, fh, fw, sh, sw):
+    size, stride = (fh, fw), (sh, sw)
+    # Overlapping windows add up to several gradients into one entry, in another order in the
+    # compiled pass than tap by tap: equal to rounding, not bit for bit.
+    check_kernel(lambda x: ops.max_pool_forward(x, size, stride), ops.max_pool_backward,
+                 {"x": RNG.standard_normal((3, h, w, d))}, ("x",),
+                 naive=lambda x: naive.pool_forward(x, size, stride, "max"),
+                 naive_backward=lambda dout, x: naive.pool_backward(dout, x, size, stride, "max"),
+                 compiled_exact=size == stride)
+
+
+@pytest.mark.parametrize("h,w,d,fh,fw,sh,sw", POOL_GEOMETRIES)
+def test_avg_pool_pair(h, w, d, fh, fw, sh, sw):
+    size, stride = (fh, fw), (sh, sw)
+    check_kernel(lambda x: ops.avg_pool_forward(x, size, stride), ops.avg_pool_backward,
+                 {"x": RNG.standard_normal((3, h, w, d))}, ("x",),
+                 naive=lambda x: naive.pool_forward(x, size, stride, "avg"),
+                 naive_backward=lambda dout, x: naive.pool_backward(dout, x, size, stride, "avg"))
+
+
+@pytest.mark.parametrize("hw,size,stride", [((8, 8), (2, 2), (2, 2)), ((7, 7), (3, 3), (2, 2)),
+                                            ((8, 9), (2, 3), (1, 2))])
+def test_max_pool_ties_follow_the_naive_rule(hw, size, stride):
+    # Integer values: many tied windows (all-zero ones after a ReLU among them). The gradient
+    # goes to exactly one entry of each window, the first maximum, as in the loops. Finite
+    # differences mean nothing at a tie, so they are off here.
+    x = RNG.integers(0, 2, (6, *hw, 2)).astype(np.float64)
+    check_kernel(lambda x: ops.max_pool_forward(x, size, stride), ops.max_pool_backward,
+                 {"x": x}, ("x",), naive=lambda x: naive.pool_forward(x, size, stride, "max"),
+                 naive_backward=lambda dout, x: naive.pool_backward(dout, x, size, stride, "max"),
+                 fd=False, dtypes=False, compiled_exact=size == stride)
+    out, cache = ops.max_pool_forward(np.zeros((1, 4, 4, 1)), (2, 2), (2, 2))
+    assert ops.max_pool_backward(np.ones_like(out), cache).sum() == out.size
+
+
+@pytest.mark.parametrize("hw,size,stride", [((8, 8), (2, 2), (2, 2)), ((7, 7), (3, 3), (2, 2)),
+                                            ((8, 9), (2, 3), (1, 2))])
+def test_max_pool_backward_with_the_relu_mask(hw, size, stride):
+    # x is a ReLU's output with ties and all-zero windows; relu_mask=True must give the ReLU's
+    # backward of the max pool's backward: pool, then the mask (x > 0), as in the loops.
+    x = np.maximum(RNG.integers(-1, 3, (6, *hw, 3)), 0).astype(np.float64)
+    check_kernel(lambda x: ops.max_pool_forward(x, size, stride),
+                 lambda dout, cache: ops.max_pool_backward(dout, cache, relu_mask=True),
+                 {"x": x}, ("x",),
+                 naive_backward=lambda dout, x: naive.pool_backward(dout, x, size, stride) * (x > 0),
+                 fd=False, dtypes=False, compiled_exact=size == stride)
+
+
+def test_pool_lecture_example():
+    out, _ = ops.max_pool_forward(np.zeros((1, 224, 224, 64), np.float32), (2, 2), (2, 2))
+    assert out.shape == (1, 112, 112, 64)
+    # The lecture's 4x4 single depth slice, max pool 2x2 stride 2 -> [[6, 8], [3, 4]].
+    x = np.array([[1, 1, 2, 4], [5, 6, 7, 8], [3, 2, 1, 0], [1, 2, 3, 4]], float).reshape(1, 4, 4, 1)
+    out, _ = ops.max_pool_forward(x, (2, 2), (2, 2))
+    np.testing.assert_array_equal(out[0, :, :, 0], [[6, 8], [3, 4]])
+
+
+def test_integer_images_pool_on_numpy():
+    # The compiled kernels are built for float32 and float64 only; integers take NumPy's path.
+    x = RNG.integers(-5, 5, (2, 6, 6, 3))
+    out, cache = ops.max_pool_forward(x, (2, 2), (2, 2))
+    assert out.dtype == x.dtype
+    np.testing.assert_array_equal(out, naive.pool_forward(x, (2, 2), (2, 2)))
+    dout = RNG.standard_normal(out.shape)
+    want = naive.pool_backward(dout, x.astype(np.float64), (2, 2), (2, 2))
+    np.testing.assert_array_equal(ops.max_pool_backward(dout, cache), want)
+
+
+@pytest.mark.parametrize("shape", [(5, 4, 5, 2), (6, 40), (9, 4, 4, 70)])
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+def test_fc_pair(shape, relu):
+    inputs = int(np.prod(shape[1:]))
+
+    def reference(x, w, b):
+        out = naive.fc_forward(x, w, b)
+        return np.maximum(out, 0) if relu else out
+
+    def reference_backward(dout, x, w, b):
+        return naive.fc_backward(dout * (naive.fc_forward(x, w, b) > 0) if relu else dout, x, w)
+
+    check_kernel(lambda x, w, b: ops.fc_forward(x, w, b, relu=relu),
+                 lambda dout, cache: ops.fc_backward(dout, cache, relu=relu),
+                 {"x": RNG.standard_normal(shape), "w": RNG.standard_normal((inputs, 30)),
+                  "b": RNG.standard_normal(30)}, ("x", "w", "b"),
+                 naive=reference, naive_backward=reference_backward)
+
+
+def test_fc_flattens_in_height_width_depth_order():
+    x = RNG.standard_normal((3, 4, 5, 2))
+    w, b = RNG.standard_normal((40, 6)), RNG.standard_normal(6)
+    out, _ = ops.fc_forward(x, w, b)
+    # (height, width, depth) order: input [h, w, d] meets weight row h*W*D + w*D + d.
+    assert np.isclose(out[0, 0] - b[0], sum(x[0, i, j, c] * w[i * 10 + j * 2 + c, 0]
+                                            for i in range(4) for j in range(5) for c in range(2)))
+
+
+@pytest.mark.parametrize("name,args", [("relu", ()), ("leaky_relu", (0.1,)), ("tanh", ()),
+                                       ("sigmoid", ())])
+def test_activation_pairs(name, args):
+    x = RNG.standard_normal((3, 5, 4, 2)) * 2
+    x[np.abs(x) < 1e-3] = 0.5          # keep clear of the kink at 0
+    forward, backward = getattr(ops, f"{name}_forward"), getattr(ops, f"{name}_backward")
+    reference = getattr(naive, f"{name}_forward")
+    reference_backward = getattr(naive, f"{name}_backward")
+    check_kernel(lambda x: forward(x, *args), backward, {"x": x}, ("x",),
+                 naive=lambda x: reference(x, *args),
+                 naive_backward=lambda dout, x: reference_backward(dout, x, *args))
+
+
+def test_activation_values():
+    x = np.array([-2.0, 0.0, 3.0])
+    np.testing.assert_array_equal(ops.relu_forward(x)[0], [0, 0, 3])
+    np.testing.assert_allclose(ops.leaky_relu_forward(x, 0.1)[0], [-0.2, 0, 3])
+    np.testing.assert_allclose(ops.sigmoid_forward(np.array([0.0, 1000.0, -1000.0]))[0], [0.5, 1, 0])
+
+
+def test_dropout_pair():
+    # One fixed mask (the same generator state every call), so the pair is a smooth function.
+    rate = 0.3
+
+    def forward(x):
+        return ops.dropout_forward(x, rate, np.random.default_rng(4), train=True)
+
+    def reference(x):
+        keep = np.random.default_rng(4).random(x.shape, dtype=np.float64) >= rate
+        return x * keep / (1 - rate)
+
+    check_kernel(forward, ops.dropout_backward, {"x": RNG.standard_normal((4, 6, 6, 3))}, ("x",),
+                 naive=reference, naive_backward=lambda dout, x: reference(dout), chunks=False,
+                 threads=False)
+
+
+def test_dropout_is_inverted_and_identity_at_test_time():
+    x = np.ones((200, 50))
+    rng = np.random.default_rng(0)
+    out, mask = ops.dropout_forward(x, 0.3, rng, train=True)
+    kept = out != 0
+    assert abs(kept.mean() - 0.7) < 0.02
+    np.testing.assert_allclose(out[kept], 1 / 0.7)
+    same, none = ops.dropout_forward(x, 0.3, rng, train=False)
+    assert same is x and none is None
+
+
+@pytest.mark.parametrize("shape", [(9, 5, 4, 3), (13, 6), (5, 3, 3, 70)])
+def test_batchnorm_pair(shape):
+    d = shape[-1]
+    check_kernel(lambda x, gamma, beta: ops.batchnorm_forward(x, gamma, beta, np.zeros(d), np.ones(d),
+                                                              train=True),
+                 ops.batchnorm_backward,
+                 {"x": RNG.standard_normal(shape) * 2 + 1, "gamma": RNG.standard_normal(d),
+                  "beta": RNG.standard_normal(d)}, ("x", "gamma", "beta"),
+                 naive=lambda x, gamma, beta: naive.batchnorm_forward(x, gamma, beta),
+                 naive_backward=lambda dout, x, gamma, beta: naive.batchnorm_backward(dout, x, gamma))
+
+
+def test_batchnorm_in_evaluation_is_a_fixed_affine_map():
+    # With the running statistics fixed, y = (x - mean) / sqrt(var + eps) * gamma + beta: its
+    # backward (used by activation maximisation) is checked like any pair.
+    d = 4
+    mean, var = RNG.standard_normal(d), RNG.random(d) + 0.5
+
+    def reference(x, gamma, beta):
+        return (x - mean) / np.sqrt(var + 1e-5) * gamma + beta
+
+    def reference_backward(dout, x, gamma, beta):
+        xhat = (x - mean) / np.sqrt(var + 1e-5)
+        return dout * gamma / np.sqrt(var + 1e-5), (dout * xhat).sum(axis=(0, 1, 2)), dout.sum(axis=(0, 1, 2))
+
+    check_kernel(lambda x, gamma, beta: ops.batchnorm_forward(x, gamma, beta, mean.astype(x.dtype),
+                                                              var.astype(x.dtype), train=False),
+                 ops.batchnorm_backward,
+                 {"x": RNG.standard_normal((5, 3, 3, d)), "gamma": RNG.standard_normal(d),
+                  "beta": RNG.standard_normal(d)}, ("x", "gamma", "beta"),
+                 naive=reference, naive_backward=reference_backward)
+
+
+def test_batchnorm_running_statistics():
+    x = RNG.standard_normal((50, 4)) * 2 + 3
+    rm, rv = np.zeros(4), np.ones(4)
+    ops.batchnorm_forward(x, np.ones(4), np.zeros(4), rm, rv, train=True, momentum=0.9)
+    np.testing.assert_allclose(rm, 0.1 * x.mean(axis=0))
+    np.testing.assert_allclose(rv, 0.9 + 0.1 * x.var(axis=0))
+    out, _ = ops.batchnorm_forward(x, np.ones(4), np.zeros(4), rm, rv, train=False)
+    np.testing.assert_allclose(out, (x - rm) / np.sqrt(rv + 1e-5))
+
+
+def test_float32_batchnorm_keeps_a_large_mean_from_ruining_the_variance():
+    # Channels whose mean is 1,000 standard deviations from 0: E[x^2] - mean^2 in float32 would
+    # lose every digit of the variance; the two-pass mean of (x - mean)^2 keeps it.
+    x64 = 1000 + RNG.standard_normal((16, 8, 8, 4))
+    out, _ = ops.batchnorm_forward(x64.astype(np.float32), np.ones(4, np.float32),
+                                   np.zeros(4, np.float32), np.zeros(4, np.float32),
+                                   np.ones(4, np.float32), train=True)
+    want = (x64 - x64.mean(axis=(0, 1, 2))) / np.sqrt(x64.var(axis=(0, 1, 2)) + 1e-5)
+    assert out.dtype == np.float32
+    assert np.abs(out - want).max() < 1e-3
+
+
+def _loss_gradient_error(loss_fn, scores, y):
+    _, analytic = loss_fn(scores, y)
+    numeric = numeric_gradient(lambda: loss_fn(scores, y)[0], scores, sample(scores.size, 100, RNG))
+    return relative_error(analytic.reshape(-1), numeric)
+
+
+def test_softmax_loss_known_value_and_gradient():
+    # Equal scores over C classes: the loss is log(C), the first sanity check of cs231n.
+    loss, _ = ops.softmax_loss(np.zeros((4, 10)), np.array([0, 1, 2, 3]))
+    assert np.isclose(loss, np.log(10))
+    assert _loss_gradient_error(ops.softmax_loss, RNG.standard_normal((5, 4)),
+                                np.array([0, 3, 1, 1, 2])) < TOLERANCE
+    np.testing.assert_allclose(ops.softmax(np.array([[0.0, np.log(3)]])), [[0.25, 0.75]])
+
+
+def test_svm_loss_known_value_and_gradient():
+    # The cs231n example: scores (3.2, 5.1, -1.7) for a cat -> max(0, 5.1-3.2+1) + max(0, -1.7-3.2+1) = 2.9.
+    loss, _ = ops.svm_loss(np.array([[3.2, 5.1, -1.7]]), np.array([0]))
+    assert np.isclose(loss, 2.9)
+    assert _loss_gradient_error(ops.svm_loss, RNG.standard_normal((6, 5)),
+                                np.array([0, 4, 1, 1, 2, 3])) < TOLERANCE

@@ -3,6 +3,7 @@
     input           INPUT(HxWxD)
     conv            CONV(K, FhxFw, s=S, p=P)
     pool            MAXPOOL / POOL and AVGPOOL (FhxFw, s=S)
+    globalavgpool   GLOBALAVGPOOL: the mean over height and width, 1 x 1 x D
     fc              FC(n)
     activations     RELU, LEAKYRELU(a), TANH, SIGMOID
     dropout         DROPOUT(p)
@@ -14,7 +15,7 @@ docs/design.md, "Adding a layer kind") and import it below: importing registers 
 """
 # Importing a kind's module registers it; the order here is the order of `kinds()`.
 from slidenet.layers import input as _input  # noqa: F401  (INPUT; "input" would shadow a builtin)
-from slidenet.layers import activations, batchnorm, conv, dropout, fc, pool  # noqa: F401
+from slidenet.layers import activations, batchnorm, conv, dropout, fc, globalavgpool, pool  # noqa: F401
 from slidenet.layers.base import Init, Layer, Step, Unfit, Walk, Window
 from slidenet.layers.fusion import fuse
 from slidenet.layers.registry import RegistryError, kinds, lookup, names, register

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -49,16 +49,35 @@ def train(config, resume=None, log=print):
         return _train(config, resume, log)
 
 
-def _train(config, resume, log):
+@dataclass
+class _Run:
+    """Everything one training run works with, set up by `_start`."""
+    config: TrainConfig
+    net: Net
+    normalizer: object          # data.Normalizer
+    dataset: object             # data.Dataset
+    x_train: np.ndarray         # uint8 (N, H, W, D): the training split minus validation
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    optimizer: object
+    schedule: object            # step -> learning rate
+    rngs: dict                  # "shuffle", "augment", "dropout" -> Generator
+    history: list
+    start_epoch: int
+    steps_per_epoch: int
+
+
+def _start(config, resume):
+    """The run's net, data, optimiser and generators: new from `config`, or as `resume` saved
+    them (then `config` only says where to go: epochs, out, stop_after, threads)."""
     state = None
     if resume is not None:
         model = load(resume)
         net, normalizer, meta, state = model.net, model.normalizer, model.meta, model.state
-        saved = TrainConfig(**{**meta["config"], "epochs": config.epochs, "out": config.out,
-                               "stop_after": config.stop_after, "threads": config.threads})
-        config = saved
-        history = meta["history"]
-        start_epoch = meta["epoch"]
+        config = TrainConfig(**{**meta["config"], "epochs": config.epochs, "out": config.out,
+                                "stop_after": config.stop_after, "threads": config.threads})
+        history, start_epoch = meta["history"], meta["epoch"]
     else:
         net = Net.from_pattern(config.pattern, seed=config.seed, skip_optional=config.skip_optional,
                                **config.variables)
@@ -71,8 +90,6 @@ def _train(config, resume, log):
     train_idx, val_idx = datasets.split_validation(len(dataset.y_train), config.val_fraction,
                                                    config.seed)
     x_train, y_train = dataset.x_train[train_idx], dataset.y_train[train_idx]
-    x_val, y_val = dataset.x_train[val_idx], dataset.y_train[val_idx]
-    num_classes = len(dataset.class_names)
     if resume is None:
         normalizer = datasets.Normalizer.fit(x_train)
 
@@ -80,72 +97,90 @@ def _train(config, resume, log):
     schedule = make_schedule(config.schedule, config.lr, steps_per_epoch * config.epochs)
     optimizer = make_optimizer(config.optimizer, net.params, momentum=config.momentum,
                                weight_decay=config.weight_decay)
-    shuffle_rng = np.random.default_rng([config.seed, 2])
-    augment_rng = np.random.default_rng([config.seed, 3])
-    rngs = {"shuffle": shuffle_rng, "augment": augment_rng, "dropout": net.dropout_rng}
+    rngs = {"shuffle": np.random.default_rng([config.seed, 2]),
+            "augment": np.random.default_rng([config.seed, 3]), "dropout": net.dropout_rng}
     if state is not None:
         optimizer.load_state_arrays({k[len("optim/"):]: v for k, v in state.items() if k.startswith("optim/")})
         for name, rng in rngs.items():
             rngstate.restore(rng, state[f"rng/{name}"])
+    return _Run(config, net, normalizer, dataset, x_train, y_train, dataset.x_train[val_idx],
+                dataset.y_train[val_idx], optimizer, schedule, rngs, history, start_epoch,
+                steps_per_epoch)
 
+
+def _train(config, resume, log):
+    run = _start(config, resume)
+    config = run.config
     os.makedirs(config.out, exist_ok=True)
-    loss_fn = LOSSES[config.loss]
-    best = max((h["val_accuracy"] for h in history), default=-1.0)
+    best = max((h["val_accuracy"] for h in run.history), default=-1.0)
     stale = 0
-    last_epoch = config.epochs if not config.stop_after else min(config.epochs, start_epoch + config.stop_after)
-
-    for epoch in range(start_epoch, last_epoch):
-        began = time.perf_counter()
-        seen = correct = 0
-        total_loss = 0.0
-        step = epoch * steps_per_epoch
-        with progress(len(y_train), f"epoch {epoch + 1}/{config.epochs}", unit="img") as bar:
-            for idx in datasets.batches(len(y_train), config.batch_size, shuffle_rng):
-                xb = normalizer.normalize(x_train[idx])
-                if config.augment or config.flip:
-                    xb = datasets.augment(xb, augment_rng, crop_pad=2 if config.augment else 0,
-                                          flip=config.flip)
-                yb = y_train[idx]
-                scores = net.forward(xb, train=True)
-                loss, dscores = loss_fn(scores, yb)
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; the last good "
-                        f"model is in {config.out}; try a lower learning rate (--lr {config.lr / 10:g})")
-                net.backward(dscores, input_grad=False)
-                optimizer.step(net.grads, schedule(step))
-                step += 1
-                seen += len(yb)
-                correct += int((scores.argmax(axis=1) == yb).sum())
-                total_loss += loss * len(yb)
-                bar.update(len(yb))
-                bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
-        seconds = time.perf_counter() - began
-        val = evaluate(net, x_val, y_val, normalizer, num_classes, config.loss) if len(y_val) else None
-        entry = {"epoch": epoch + 1, "loss": total_loss / seen, "accuracy": correct / seen,
-                 "val_accuracy": val["accuracy"] if val else None,
-                 "val_loss": val["loss"] if val else None,
-                 "lr": schedule(step - 1), "seconds": seconds, "images_per_s": seen / seconds}
-        history.append(entry)
+    last_epoch = config.epochs if not config.stop_after else \
+        min(config.epochs, run.start_epoch + config.stop_after)
+    for epoch in range(run.start_epoch, last_epoch):
+        entry = _epoch(run, epoch)
+        run.history.append(entry)
         log(f"epoch {epoch + 1:>3}/{config.epochs}  loss {entry['loss']:.4f}  acc {entry['accuracy']:.4f}"
-            + (f"  val_acc {entry['val_accuracy']:.4f}" if val else "")
-            + f"  {entry['images_per_s']:.0f} img/s  {seconds:.1f}s")
-
-        meta = model_meta(net, dataset.class_names, data=config.data, epoch=epoch + 1,
-                          config=asdict(config), history=history)
-        arrays = model_arrays(net, normalizer, optimizer, rngs)
-        modelfile.save(os.path.join(config.out, "model.npz"), arrays, meta)
-        score = entry["val_accuracy"] if val else -entry["loss"]
-        if score > best:
-            best, stale = score, 0
-            modelfile.save(os.path.join(config.out, "best.npz"), arrays, meta)
-        else:
-            stale += 1
-        _write_json(os.path.join(config.out, "history.json"), history)
+            + (f"  val_acc {entry['val_accuracy']:.4f}" if entry["val_accuracy"] is not None else "")
+            + f"  {entry['images_per_s']:.0f} img/s  {entry['seconds']:.1f}s")
+        score = entry["val_accuracy"] if entry["val_accuracy"] is not None else -entry["loss"]
+        improved = score > best
+        _checkpoint(run, epoch, improved)
+        best, stale = (score, 0) if improved else (best, stale + 1)
         if config.patience and stale >= config.patience:
             log(f"early stop: no validation gain for {config.patience} epochs")
             break
-    return history
+    return run.history
+
+
+def _epoch(run, epoch):
+    """Train one epoch, then validate: its history entry."""
+    config, net = run.config, run.net
+    loss_fn = LOSSES[config.loss]
+    began = time.perf_counter()
+    seen = correct = 0
+    total_loss = 0.0
+    step = epoch * run.steps_per_epoch
+    with progress(len(run.y_train), f"epoch {epoch + 1}/{config.epochs}", unit="img") as bar:
+        for idx in datasets.batches(len(run.y_train), config.batch_size, run.rngs["shuffle"]):
+            xb = run.normalizer.normalize(run.x_train[idx])
+            if config.augment or config.flip:
+                xb = datasets.augment(xb, run.rngs["augment"], crop_pad=2 if config.augment else 0,
+                                      flip=config.flip)
+            yb = run.y_train[idx]
+            scores = net.forward(xb, train=True)
+            loss, dscores = loss_fn(scores, yb)
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; the last good "
+                    f"model is in {config.out}; try a lower learning rate (--lr {config.lr / 10:g})")
+            net.backward(dscores, input_grad=False)
+            run.optimizer.step(net.grads, run.schedule(step))
+            step += 1
+            seen += len(yb)
+            correct += int((scores.argmax(axis=1) == yb).sum())
+            total_loss += loss * len(yb)
+            bar.update(len(yb))
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+    seconds = time.perf_counter() - began
+    val = evaluate(net, run.x_val, run.y_val, run.normalizer, len(run.dataset.class_names),
+                   config.loss) if len(run.y_val) else None
+    return {"epoch": epoch + 1, "loss": total_loss / seen, "accuracy": correct / seen,
+            "val_accuracy": val["accuracy"] if val else None,
+            "val_loss": val["loss"] if val else None,
+            "lr": run.schedule(step - 1), "seconds": seconds, "images_per_s": seen / seconds}
+
+
+def _checkpoint(run, epoch, improved):
+    """Write OUT/model.npz (everything needed to resume), OUT/best.npz when validation
+    improved, and OUT/history.json."""
+    out = run.config.out
+    meta = model_meta(run.net, run.dataset.class_names, data=run.config.data, epoch=epoch + 1,
+                      config=asdict(run.config), history=run.history)
+    arrays = model_arrays(run.net, run.normalizer, run.optimizer, run.rngs)
+    modelfile.save(os.path.join(out, "model.npz"), arrays, meta)
+    if improved:
+        modelfile.save(os.path.join(out, "best.npz"), arrays, meta)
+    _write_json(os.path.join(out, "history.json"), run.history)
 
 
 def _write_json(path, value):

@@ -191,24 +191,3 @@ def run(settings, nets):
             "slidenet_threads": mode, "compiled": compiled.status(),
             "sgemm": {"n": settings.sgemm_size, "gflops": peak}, "other_load_cores": load.cores,
             "nets": results}
-
-
-def run(settings, nets):
-    """Benchmark each pattern of `nets` (name -> pattern); returns a JSON-able dict."""
-    if settings.budget:
-        runtime.set_memory_budget(settings.budget)
-    threads = settings.thread_count()
-    previous = set_conv_algorithm(settings.conv)
-    try:
-        with OtherLoad() as load:
-            peak = sgemm_gflops(settings.sgemm_size, threads)
-            results = {name: bench_net(pattern, settings, peak) for name, pattern in nets.items()}
-    finally:
-        set_conv_algorithm(previous)
-    with runtime.workers(threads):
-        workers = runtime.threads()
-    mode = f"{workers} kernel worker{'s' * (workers > 1)} x 1 BLAS thread"
-    return {"machine": machine(), "settings": asdict(settings), "threads": threads,
-            "slidenet_threads": mode, "compiled": compiled.status(),
-            "sgemm": {"n": settings.sgemm_size, "gflops": peak}, "other_load_cores": load.cores,
-            "nets": results}

@@ -48,16 +48,17 @@ def fitting_pads(n, f, s, limit=None):
     return [p for p in range(0, limit + 1) if n + 2 * p - f >= 0 and (n + 2 * p - f) % s == 0]
 
 
-def output_size(n, f, s, p=0, what="input"):
+def output_size(n, f, s, p=0, what="input", can_pad=True):
     """The whole number of filter positions along one axis, or a GeometryError that teaches.
 
     n: input size along the axis; f: filter (window) size; s: stride; p: zero padding per side.
-    `what` names the axis in messages ("height", "width").
+    `what` names the axis in messages ("height", "width"); can_pad=False (pooling, which is
+    never padded) keeps padding out of the suggested fixes.
     Returns ``(n + 2p - f) / s + 1`` when it is a positive whole number.
     """
     if f > n + 2 * p:
         pad_hint = f"; padding p={(f - n + 1) // 2} or a filter of at most {n + 2 * p}" \
-            if p == 0 else f"; a filter of at most {n + 2 * p}"
+            if p == 0 and can_pad else f"; a window of at most {n + 2 * p}"
         raise GeometryError(
             f"the {f}-wide window is larger than the {what} ({n}"
             + (f" + 2*{p} padding = {n + 2 * p}" if p else "")
@@ -66,18 +67,19 @@ def output_size(n, f, s, p=0, what="input"):
     if value.denominator != 1:
         raise GeometryError(
             f"stride {s} does not tile the {what}: {describe(n, f, s, p)} is not a whole number; "
-            + suggest(n, f, s, p))
+            + suggest(n, f, s, p, can_pad))
     return int(value)
 
 
-def suggest(n, f, s, p=0):
-    """A fix in words for a geometry that does not tile: other strides, or a padding."""
+def suggest(n, f, s, p=0, can_pad=True):
+    """A fix in words for a geometry that does not tile: other strides, or a padding (when the
+    layer can be padded)."""
     hints = []
     strides = fitting_strides(n, f, p)
     if strides:
         listed = " or ".join(str(x) for x in strides)
         hints.append(f"stride {listed} tiles this input")
-    pads = [q for q in fitting_pads(n, f, s) if q != p]
+    pads = [q for q in fitting_pads(n, f, s) if q != p] if can_pad else []
     if pads:
         q = pads[0]
         hints.append(f"p={q} makes it {describe(n, f, s, q)}")

@@ -15,6 +15,7 @@ those contents; `save` writes them.
 """
 import numpy as np
 
+from slidenet import data as datasets
 from slidenet import modelfile, rngstate
 from slidenet.data.normalize import Normalizer
 from slidenet.errors import DataError, ModelFileError
@@ -62,6 +63,27 @@ class Model:
     def predict(self, images, batch_size=BATCH):
         """Class probabilities (N, C), float64 (the softmax of `scores`); rows sum to 1."""
         return softmax(self.scores(images, batch_size))
+
+    def load_data(self, spec=None, path="the model file"):
+        """The data set `spec` (default: the one the model was trained on), at the size the
+        model takes (stretched if it was trained with --resize), checked to fit the model.
+
+        A recorded data set that is gone is a DataError saying where the spec came from.
+        """
+        recorded = self.meta.get("data")
+        if spec is None and not recorded:
+            raise DataError(f"{path} does not say which data it was trained on: pass --data SPEC "
+                            f"(one of {', '.join(datasets.SPECS)})")
+        resize = (self.meta.get("config") or {}).get("resize", False)
+        try:
+            dataset = datasets.load(spec or recorded, size=self.input_shape[:2] if resize else None)
+        except DataError as err:
+            if spec is not None:
+                raise
+            raise DataError(f"{err}; the data spec {recorded!r} comes from {path}: pass --data "
+                            "SPEC to use data that is here") from None
+        datasets.check_fits(dataset, self.input_shape, self.net.num_outputs)
+        return dataset
 
     def _check(self, images):
         images = np.asarray(images)

@@ -54,7 +54,9 @@ class Net:
         # Dropout draws from its own stream, so adding dropout never changes the initial weights.
         self.dropout_rng = np.random.default_rng([seed, 1])
         init = layer_kinds.Init(np.random.default_rng(seed), self.dropout_rng, self.dtype)
-        self.layers = [layer_kinds.build(info, init) for info in self.infos[1:]]
+        last = self.infos[-1]
+        self.layers = [layer_kinds.build(info, init._replace(scoring=info is last))
+                       for info in self.infos[1:]]
         self.steps = layer_kinds.fuse(self.layers)
         self.params, self.grads, self.buffers = OrderedDict(), OrderedDict(), OrderedDict()
         for layer in self.layers:

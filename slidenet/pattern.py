@@ -47,9 +47,15 @@ def parse(pattern, variables=None, skip_optional=False):
     if not pattern.strip():
         raise PatternError(f"empty pattern: write one such as {EXAMPLE}")
     reader = _Reader(pattern)
-    items = _chain(reader, _bindings(variables), depth=0)
+    bound = _bindings(variables)
+    items = _chain(reader, bound, depth=0)
     if reader.skip() < len(pattern):
         raise _stray(reader, inside=False)
+    unused = [name for name in bound if name not in reader.used]
+    if unused:
+        raise PatternError(f"variable {unused[0]} is bound (--set {unused[0]}={bound[unused[0]]}) "
+                           f"but the pattern has no repeat count {unused[0]}: write [ ... ]*"
+                           f"{unused[0]}, or drop the --set")
     _check_input(items, pattern)
     _check_size(items, pattern, skip_optional)
     specs = list(_expand(items, skip_optional))
@@ -107,6 +113,7 @@ class _Reader:
     def __init__(self, text):
         self.text = text
         self.pos = 0
+        self.used = set()       # the variables the counts read
 
     def skip(self):
         while self.pos < len(self.text) and self.text[self.pos].isspace():
@@ -178,6 +185,7 @@ def _count(reader, variables):
                            "UPPER-CASE variable such as N")
     value = Value(token.group(), token.start(), reader.text)
     if _VARIABLE.fullmatch(value.text):
+        reader.used.add(value.text)
         if value.text not in variables:
             raise value.error(f"variable {value.text} is not bound: "
                               f"bind it with --set {value.text}=2")
@@ -221,6 +229,10 @@ def _kind(name):
     kind = layers.lookup(upper)
     if kind is not None:
         return kind
+    if upper == "SOFTMAX":
+        raise PatternError("SOFTMAX is not a layer here: the softmax is part of the loss "
+                           "(`train --loss softmax`, the default), applied to the scores of the "
+                           "last FC; end the pattern with that FC", name.string, name.start())
     known = layers.names()
     close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}?" if close else "known layers: " + ", ".join(known)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from slidenet import data as datasets
 from slidenet.errors import SlidenetError
 from slidenet.summary import summary_json
 from slidenet.evaluate import evaluate
@@ -236,8 +235,7 @@ def build_report(model_path, data=None, images=3, samples=12):
     """
     model = load(model_path)
     net, normalizer, meta = model.net, model.normalizer, model.meta
-    dataset = datasets.load(data or meta["data"])
-    datasets.check_fits(dataset, net.input_shape, net.num_outputs)
+    dataset = model.load_data(data, model_path)
     x, y, names = dataset.x_test, dataset.y_test, list(dataset.class_names)
     if len(y) == 0:
         raise SlidenetError(f"{dataset.spec} has no test split to report on")

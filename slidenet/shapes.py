@@ -30,6 +30,7 @@ class LayerInfo:
     params_formula: str             # "10 x (5*5*3 + 1) = 760"; "" without parameters
     size_formulas: Tuple[str, ...]  # windows: height's and width's (N + 2P - F) / S + 1
     receptive_field: Tuple[int, int]    # (r_h, r_w) of one output unit, at most the input's
+    field_capped: bool              # the window reaches past the input's edges (into padding)
     madds: int                      # multiply-adds of the forward pass, one image
     backward_madds: int             # multiply-adds of the backward pass (dx and dw), one image
     activation_bytes: int           # this layer's output, one image, float32
@@ -75,7 +76,8 @@ def infer(specs, pattern=None):
         infos.append(LayerInfo(
             name=name, spec=spec, index=index, input_shape=walk.shape, output_shape=step.shape,
             params=step.params, params_formula=step.params_formula,
-            size_formulas=step.size_formulas, receptive_field=seen, madds=step.madds,
+            size_formulas=step.size_formulas, receptive_field=seen,
+            field_capped=seen != tuple(field), madds=step.madds,
             backward_madds=step.backward_madds,
             activation_bytes=prod(step.shape) * BYTES_PER_NUMBER))
         flattened = walk.flattened_by or (where if len(step.shape) == 1 else "")

@@ -18,6 +18,7 @@ def summary_text(infos):
                  for cell, width, title in zip(row, widths, _COLUMNS)]
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "-" * len(lines[0]))
+    lines += _notes(infos)
     totals = summary_json(infos)
     lines += [
         "",
@@ -44,6 +45,8 @@ def summary_json(infos):
         "params_formula": info.params_formula,
         "size_formulas": list(info.size_formulas),
         "receptive_field": list(info.receptive_field),
+        "receptive_field_capped": info.field_capped,
+        "notes": info.spec.type.notes(info),
         "madds": info.madds,
         "activation_bytes": info.activation_bytes,
     } for info in infos]
@@ -59,8 +62,19 @@ def _row(info):
     size = height if height == width else f"h: {height}; w: {width}"
     return (info.name, info.spec.text, " x ".join(str(n) for n in info.output_shape),
             info.params_formula or "-", size or "-",
-            " x ".join(str(r) for r in info.receptive_field),
+            " x ".join(str(r) for r in info.receptive_field) + ("*" if info.field_capped else ""),
             f"{info.madds:,}", _bytes(info.activation_bytes))
+
+
+def _notes(infos):
+    """What the table leaves implicit: paddings slidenet chose, and capped receptive fields."""
+    lines = [f"{info.name} {info.spec.text}: {note}"
+             for info in infos for note in info.spec.type.notes(info)]
+    if any(info.field_capped for info in infos):
+        h, w = infos[0].output_shape[:2]
+        lines.append(f"* the whole {h} x {w} input: these windows reach past its edges, into "
+                     "padding or beyond, which adds nothing to what a unit sees")
+    return ["", "notes:"] + [f"  {line}" for line in lines] if lines else []
 
 
 def _bytes(n):

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -30,11 +30,19 @@ from slidenet.optim import make_optimizer
 from slidenet.progress import progress
 from slidenet.schedules import make_schedule
 
-__all__ = ["DEFAULT_PATTERN", "TrainConfig", "TrainingDiverged", "train"]
+__all__ = ["DEFAULT_PATTERN", "TrainConfig", "TrainingDiverged", "TrainingInterrupted", "train"]
 
 
 class TrainingDiverged(SlidenetError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; `hint` says where the last checkpoint is and how to continue."""
+
+    def __init__(self, hint):
+        super().__init__(hint)
+        self.hint = hint
 
 
 def train(config, resume=None, log=print):
@@ -66,6 +74,32 @@ class _Run:
     history: list
     start_epoch: int
     steps_per_epoch: int
+    saved: dict                 # file name -> epoch, for the files this run has written
+    resume: str = None          # the model file this run continues, if any
+
+
+AUTO_BATCH = 64                 # the batch size, unless the training split is small
+MIN_STEPS = 10                  # ... then smaller, so that an epoch has at least this many steps
+
+
+def auto_batch_size(images):
+    """64 images a step; for a training split of fewer than 640, as many as give 10 steps an
+    epoch (at least 8): 80 images of your own would otherwise be one step an epoch."""
+    return max(1, min(AUTO_BATCH, max(8, images // MIN_STEPS)))
+
+
+def _check_scores(net, spec):
+    """The net must end in the FC whose outputs are the class scores; say so before any data
+    is read, with the number of classes when it is known without reading images."""
+    last = net.infos[-1]
+    if last.spec.type.scores:
+        return
+    classes = datasets.class_count(spec)
+    want = f"FC({classes}) for {spec}" if classes else "FC(C), C the number of classes of the data"
+    raise SlidenetError(
+        f"the net must end in FC(number of classes), the layer whose outputs are the class "
+        f"scores: {want}; this one ends in {last.spec.text} (layer {last.index}). The softmax "
+        "(or SVM) is part of the loss, not a layer")
 
 
 def _start(config, resume):
@@ -75,23 +109,33 @@ def _start(config, resume):
     if resume is not None:
         model = load(resume)
         net, normalizer, meta, state = model.net, model.normalizer, model.meta, model.state
+        if config.epochs <= meta["epoch"]:
+            raise SlidenetError(
+                f"{resume} has already trained {meta['epoch']} epoch{'s' * (meta['epoch'] != 1)} and "
+                f"--epochs {config.epochs} "
+                f"counts all epochs, the saved ones too: ask for more, e.g. --epochs "
+                f"{meta['epoch'] + max(1, config.epochs)}")
         config = TrainConfig(**{**meta["config"], "epochs": config.epochs, "out": config.out,
                                 "stop_after": config.stop_after, "threads": config.threads})
         history, start_epoch = meta["history"], meta["epoch"]
     else:
         net = Net.from_pattern(config.pattern, seed=config.seed, skip_optional=config.skip_optional,
                                **config.variables)
+        config = replace(config, data=datasets.resolve(config.data))
         history, start_epoch = [], 0
     if config.loss not in LOSSES:
         raise SlidenetError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
+    _check_scores(net, config.data)
 
-    dataset = datasets.load(config.data)
-    datasets.check_fits(dataset, net.input_shape, net.num_outputs)
+    dataset = datasets.load(config.data, size=net.input_shape[:2] if config.resize else None)
+    datasets.check_fits(dataset, net.input_shape, net.num_outputs, training=True)
     train_idx, val_idx = datasets.split_validation(len(dataset.y_train), config.val_fraction,
                                                    config.seed)
     x_train, y_train = dataset.x_train[train_idx], dataset.y_train[train_idx]
     if resume is None:
         normalizer = datasets.Normalizer.fit(x_train)
+        if not config.batch_size:
+            config = replace(config, batch_size=auto_batch_size(len(y_train)))
 
     steps_per_epoch = math.ceil(len(y_train) / config.batch_size)
     schedule = make_schedule(config.schedule, config.lr, steps_per_epoch * config.epochs)
@@ -105,13 +149,53 @@ def _start(config, resume):
             rngstate.restore(rng, state[f"rng/{name}"])
     return _Run(config, net, normalizer, dataset, x_train, y_train, dataset.x_train[val_idx],
                 dataset.y_train[val_idx], optimizer, schedule, rngs, history, start_epoch,
-                steps_per_epoch)
+                steps_per_epoch, {}, resume)
+
+
+def chance_loss(loss, classes):
+    """The loss of equal scores for every class: ln C for softmax, C - 1 for the SVM (margin 1)."""
+    return math.log(classes) if loss == "softmax" else classes - 1.0
+
+
+def _opening(run):
+    """What the run starts from, in two lines: the data and its split, the net and its batch,
+    and the loss at initialisation against the loss of chance (cs231n's first sanity check)."""
+    config, ds = run.config, run.dataset
+    shape = "x".join(map(str, ds.input_shape))
+    lines = [f"{ds.name}: {len(run.y_train):,} training, {len(run.y_val):,} validation and "
+             f"{len(ds.y_test):,} test images of {shape}, {ds.num_classes} classes"]
+    lines += [f"  note: {note}" for note in ds.notes]
+    params = sum(info.params for info in run.net.infos)
+    steps = f"batch {config.batch_size}, {run.steps_per_epoch} steps an epoch"
+    if run.resume is not None:
+        lines.append(f"net: {params:,} parameters; {steps}; continuing {run.resume} from epoch "
+                     f"{run.start_epoch} to {config.epochs}")
+        return lines
+    sample = run.normalizer.normalize(run.x_train[:512])
+    loss = LOSSES[config.loss](run.net.forward(sample), run.y_train[:512])[0]
+    chance = chance_loss(config.loss, ds.num_classes)
+    name = f"ln {ds.num_classes}" if config.loss == "softmax" else f"{ds.num_classes} - 1"
+    lines.append(f"net: {params:,} parameters; {steps}; initial loss {loss:.3f} "
+                 f"(chance: {name} = {chance:.3f})")
+    return lines
 
 
 def _train(config, resume, log):
     run = _start(config, resume)
     config = run.config
+    for line in _opening(run):
+        log(line)
     os.makedirs(config.out, exist_ok=True)
+    try:
+        _epochs(run, log)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_resume_hint(run)) from None
+    log(_saved_line(run))
+    return run.history
+
+
+def _epochs(run, log):
+    config = run.config
     best = max((h["val_accuracy"] for h in run.history), default=-1.0)
     stale = 0
     last_epoch = config.epochs if not config.stop_after else \
@@ -129,7 +213,19 @@ def _train(config, resume, log):
         if config.patience and stale >= config.patience:
             log(f"early stop: no validation gain for {config.patience} epochs")
             break
-    return run.history
+
+
+def _saved_line(run):
+    """Which files this run wrote, truly: best.npz only if this run improved on it."""
+    out, saved = run.config.out, run.saved
+    if not saved:
+        return f"saved nothing in {out}"
+    line = f"saved {os.path.join(out, 'model.npz')} (epoch {saved['model.npz']} of {run.config.epochs})"
+    if "best.npz" in saved:
+        line += f" and {os.path.join(out, 'best.npz')} (epoch {saved['best.npz']}, the best validation score)"
+    else:
+        line += f"; {os.path.join(out, 'best.npz')} was not rewritten: no epoch of this run beat it"
+    return line
 
 
 def _epoch(run, epoch):
@@ -144,15 +240,15 @@ def _epoch(run, epoch):
         for idx in datasets.batches(len(run.y_train), config.batch_size, run.rngs["shuffle"]):
             xb = run.normalizer.normalize(run.x_train[idx])
             if config.augment or config.flip:
-                xb = datasets.augment(xb, run.rngs["augment"], crop_pad=2 if config.augment else 0,
+                xb = datasets.augment(xb, run.rngs["augment"], crop_pad=datasets.crop_padding(run.x_train.shape[1:3]) if config.augment else 0,
                                       flip=config.flip)
             yb = run.y_train[idx]
             scores = net.forward(xb, train=True)
             loss, dscores = loss_fn(scores, yb)
             if not math.isfinite(loss):
                 raise TrainingDiverged(
-                    f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; the last good "
-                    f"model is in {config.out}; try a lower learning rate (--lr {config.lr / 10:g})")
+                    f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
+                    f"{_last_good(run)}; try a lower learning rate (--lr {config.lr / 10:g})")
             net.backward(dscores, input_grad=False)
             run.optimizer.step(net.grads, run.schedule(step))
             step += 1
@@ -178,9 +274,33 @@ def _checkpoint(run, epoch, improved):
                       config=asdict(run.config), history=run.history)
     arrays = model_arrays(run.net, run.normalizer, run.optimizer, run.rngs)
     modelfile.save(os.path.join(out, "model.npz"), arrays, meta)
+    run.saved["model.npz"] = epoch + 1
     if improved:
         modelfile.save(os.path.join(out, "best.npz"), arrays, meta)
+        run.saved["best.npz"] = epoch + 1
     _write_json(os.path.join(out, "history.json"), run.history)
+
+
+def _resume_hint(run):
+    """Where the last checkpoint of an interrupted run is, and the command that continues it."""
+    if "model.npz" in run.saved:
+        path = os.path.join(run.config.out, "model.npz")
+        return (f"the last checkpoint is {path} (epoch {run.saved['model.npz']}); continue with: "
+                f"slidenet train --resume {path} --epochs {run.config.epochs}")
+    if run.resume is not None:
+        return (f"nothing new was saved; {run.resume} is as it was; continue with: "
+                f"slidenet train --resume {run.resume} --epochs {run.config.epochs}")
+    return "no checkpoint was written yet (one is written at the end of each epoch)"
+
+
+def _last_good(run):
+    """Where the last good model is, truly, for the message of a run that diverged."""
+    if "model.npz" in run.saved:
+        return (f"the last good model is {os.path.join(run.config.out, 'model.npz')} "
+                f"(epoch {run.saved['model.npz']})")
+    if run.resume is not None:
+        return f"nothing was saved; {run.resume} is as it was (epoch {run.start_epoch})"
+    return "no model was saved: it diverged before the end of the first epoch"
 
 
 def _write_json(path, value):

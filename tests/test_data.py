@@ -361,7 +361,7 @@ def test_folder_with_a_broken_image_names_it(tmp_path):
 def test_folder_with_an_empty_class_names_it(tmp_path):
     write_image(tmp_path / "a" / "x.png", np.zeros((4, 4), np.uint8))
     (tmp_path / "b").mkdir()
-    one_line_error(f"{tmp_path / 'b'} has no PNG or JPEG", data.load, f"folder:{tmp_path}")
+    one_line_error(f"{tmp_path / 'b'} has no images", data.load, f"folder:{tmp_path}")
 
 
 # ------------------------------------------------------------------------------- npz
@@ -539,10 +539,19 @@ def test_load_image_missing_or_broken(tmp_path):
 
 
 def test_check_fits_names_both_shapes_and_the_class_count(mnist5k):
-    data.check_fits(mnist5k, (28, 28, 1), 10)
-    data.check_fits(mnist5k, (28, 28, 1), 12)
+    # Training: the pattern is what to change, and the last FC scores exactly the classes.
+    data.check_fits(mnist5k, (28, 28, 1), 10, training=True)
     one_line_error(r"mnist5k images are 28x28x1 but the net's INPUT is 32x32x3: "
-                   r".*INPUT\(28x28x1\)",
-                   data.check_fits, mnist5k, (32, 32, 3), 10)
-    one_line_error(r"mnist5k has 10 classes but the last FC has 5 outputs: .*FC\(10\)",
+                   r"start the pattern with INPUT\(28x28x1\)$",
+                   data.check_fits, mnist5k, (32, 32, 3), 10, training=True)
+    one_line_error(r"INPUT\(28x28x1\), or pass --resize to stretch the images to 32x32",
+                   data.check_fits, mnist5k, (32, 32, 1), 10, training=True)
+    for outputs in (5, 12):
+        one_line_error(rf"mnist5k has 10 classes but the last FC has {outputs} outputs: .*FC\(10\)",
+                       data.check_fits, mnist5k, (28, 28, 1), outputs, training=True)
+    # A trained model: other data is what to change; extra scores are tolerated.
+    data.check_fits(mnist5k, (28, 28, 1), 12)
+    one_line_error(r"but the model takes 32x32x3 images: evaluate it on data like the data it "
+                   r"was trained on \(--data\)", data.check_fits, mnist5k, (32, 32, 3), 10)
+    one_line_error(r"mnist5k has 10 classes but the model scores only 5",
                    data.check_fits, mnist5k, (28, 28, 1), 5)

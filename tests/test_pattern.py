@@ -157,7 +157,24 @@ def test_empty_and_non_string():
 def test_variables_must_be_small_whole_numbers():
     for bad in (-1, 2.0, True, "2", 100_001):
         assert "variable N" in error("INPUT(4x4x1) -> [FC(2)]*N", {"N": bad}).message
-    assert len(parse("INPUT(4x4x1) -> [FC(2)]*N", {"N": 3, "UNUSED": 1})) == 4
+    assert len(parse("INPUT(4x4x1) -> [FC(2)]*N", {"N": 3})) == 4
+
+
+def test_a_variable_the_pattern_does_not_use_is_an_error():
+    # A --set that changes nothing is a typo (M for N), not something to ignore.
+    err = error("INPUT(4x4x1) -> [FC(2)]*N", {"N": 3, "M": 1})
+    assert err.message == ("variable M is bound (--set M=1) but the pattern has no repeat count "
+                           "M: write [ ... ]*M, or drop the --set")
+
+
+def test_softmax_is_explained_as_part_of_the_loss():
+    err = error("INPUT(4x4x1) -> FC(2) -> SOFTMAX")
+    assert "SOFTMAX is not a layer here: the softmax is part of the loss" in err.message
+    assert err.column == len("INPUT(4x4x1) -> FC(2) -> ")
+
+
+def test_the_lecture_times_sign_is_accepted():
+    assert parse("INPUT(32×32×3) -> CONV(10, 5×5)")[1].size == (5, 5)
 
 
 def test_layer_count_is_checked_before_expanding():

@@ -1,10 +1,13 @@
 """`slidenet summary`: the table, the JSON, and clean exits on bad input, run as a user would."""
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from slidenet.cli import main
 from slidenet.pattern import parse
 from slidenet.shapes import infer
 from slidenet.summary import summary_json, summary_text
@@ -93,6 +96,29 @@ def test_cli_text_table():
     assert all(line[start - 2:start] == "  " for line in lines[2:23])
 
 
+def test_summary_notes_the_padding_it_chose_and_capped_fields(capsys):
+    # The README's old claim: default padding "keeps the size". Only an odd filter at stride 1
+    # has a centred padding; an even one gets p=0, and summary says so with the numbers.
+    assert main(["summary", "INPUT(32x32x3) -> CONV(10, 4x4) -> CONV(8) -> CONV(4, 3x3, s=2) "
+                 "-> CONV(2, p=0) -> FC(10)"]) == 0
+    out = capsys.readouterr().out
+    notes = out.split("notes:\n")[1].split("\n\n")[0].splitlines()
+    assert notes[0] == ("  conv1 CONV(10, 4x4): no p= given, so p=0 (a 4x4 filter has no centred "
+                        "padding): 32 x 32 becomes 29 x 29; write p= to choose")
+    assert notes[1] == ("  conv2 CONV(8): no p= given, so p=1 = (F - 1) / 2, which keeps 29 x 29 "
+                        "at stride 1")
+    assert notes[2].startswith("  conv3 CONV(4, 3x3, s=2): no p= given, so p=0 (at stride 2 no "
+                               "padding keeps the size): 29 x 29 becomes 14 x 14")
+    assert not any("conv4" in line for line in notes)           # p=0 was written
+    assert "32 x 32*" in out and notes[-1].startswith("  * the whole 32 x 32 input")
+
+
+def test_summary_of_a_model_file(tmp_path, capsys):
+    fixture = Path(__file__).parent / "fixtures" / "model-0.1.0.npz"
+    assert main(["summary", str(fixture)]) == 0
+    assert re.search(r"conv2 +CONV\(4, 3x3, s=1, p=1\) +6 x 6 x 4", capsys.readouterr().out)
+
+
 def test_summary_json_matches_infer():
     pattern = "INPUT(9x8x3) -> CONV(4, 3x1, s=2x1, p=0) -> FC(2)"
     infos = infer(parse(pattern), pattern)
@@ -101,7 +127,8 @@ def test_summary_json_matches_infer():
         "name": "conv1", "text": "CONV(4, 3x1, s=2x1, p=0)", "output_shape": [4, 8, 4],
         "params": 40, "params_formula": "4 x (3*1*3 + 1) = 40",
         "size_formulas": ["(9 - 3) / 2 + 1 = 4", "(8 - 1) / 1 + 1 = 8"],
-        "receptive_field": [3, 1], "madds": 4 * 8 * 4 * 3 * 1 * 3, "activation_bytes": 512}
+        "receptive_field": [3, 1], "receptive_field_capped": False, "notes": [],
+        "madds": 4 * 8 * 4 * 3 * 1 * 3, "activation_bytes": 512}
     assert result["layers"][2]["params_formula"] == "2 x (128 + 1) = 258"
     assert result["total_params"] == 40 + 258
     assert result["total_madds"] == 1152 + 256

@@ -1,7 +1,6 @@
 """`slidenet eval MODEL`: accuracy, loss, per-class accuracy and the confusion matrix."""
 import json
 
-from slidenet import data as datasets
 from slidenet.errors import SlidenetError
 from slidenet.evaluate import evaluate
 from slidenet.model import load
@@ -21,8 +20,7 @@ def register(subparsers):
 def run(args):
     model = load(args.model)
     net, normalizer, meta = model.net, model.normalizer, model.meta
-    dataset = datasets.load(args.data or meta["data"])
-    datasets.check_fits(dataset, net.input_shape, net.num_outputs)
+    dataset = model.load_data(args.data, args.model)
     x, y = (dataset.x_test, dataset.y_test) if args.split == "test" else (dataset.x_train, dataset.y_train)
     if len(y) == 0:
         raise SlidenetError(f"{dataset.spec} has no {args.split} split")

@@ -1,6 +1,9 @@
 """`slidenet summary PATTERN`: each layer's shape, parameters and cost, before any weight exists."""
 import json
+import os
 
+from slidenet import modelfile
+from slidenet.errors import SlidenetError
 from slidenet.pattern import parse, parse_sets
 from slidenet.shapes import infer
 from slidenet.summary import summary_json, summary_text
@@ -12,7 +15,8 @@ def register(subparsers):
         description="Work out every layer of a pattern from INPUT onwards: output volume, "
                     "parameters, (N + 2P - F) / S + 1, receptive field, multiply-adds, memory.")
     parser.add_argument("pattern", metavar="PATTERN",
-                        help="e.g. 'INPUT(32x32x3) -> [CONV(32) -> RELU]*N -> POOL -> FC(10)'")
+                        help="e.g. 'INPUT(32x32x3) -> [CONV(32) -> RELU]*N -> POOL -> FC(10)', "
+                             "or a model file (its net)")
     parser.add_argument("--set", action="append", default=[], metavar="N=2",
                         help="bind an UPPER-CASE repeat count in the pattern (repeatable)")
     parser.add_argument("--skip-optional", action="store_true",
@@ -22,7 +26,18 @@ def register(subparsers):
 
 
 def run(args):
-    specs = parse(args.pattern, parse_sets(args.set), skip_optional=args.skip_optional)
-    infos = infer(specs, args.pattern)
+    pattern, variables, skip = args.pattern, parse_sets(args.set), args.skip_optional
+    if pattern.lower().endswith(".npz") or os.path.isfile(pattern):
+        # A model file: the net it holds (its weights are not needed).
+        if variables or skip:
+            raise SlidenetError("--set and --skip-optional belong to a pattern; a model file "
+                                "already says how its pattern was expanded")
+        _, meta = modelfile.load(pattern)
+        pattern, variables = meta.get("pattern"), meta.get("variables", {})
+        skip = meta.get("skip_optional", False)
+        if not isinstance(pattern, str):
+            raise SlidenetError(f"{args.pattern}: its meta holds no pattern")
+    specs = parse(pattern, variables, skip_optional=skip)
+    infos = infer(specs, pattern)
     print(json.dumps(summary_json(infos), indent=2) if args.json else summary_text(infos))
     return 0

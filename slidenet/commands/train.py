@@ -1,10 +1,11 @@
 """`slidenet train`: train a net on offline data; `--resume` continues a saved run exactly."""
 import argparse
 import os
+import sys
 
 from slidenet.errors import SlidenetError
 from slidenet.pattern import parse_sets
-from slidenet.train import TrainConfig, train
+from slidenet.train import TrainConfig, TrainingInterrupted, train
 
 DEFAULTS = TrainConfig()
 
@@ -21,7 +22,9 @@ def register(subparsers):
     p.add_argument("--data", default=DEFAULTS.data,
                    help="mnist5k | fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | folder:DIR | npz:FILE")
     p.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="total epochs")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                   help="images a step (default: 64; fewer when the training split is small, so "
+                        "that an epoch has at least 10 steps)")
     p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate")
     p.add_argument("--optimizer", default=DEFAULTS.optimizer, choices=["sgd", "momentum", "nesterov", "adam"])
     p.add_argument("--momentum", type=float, default=DEFAULTS.momentum)
@@ -42,15 +45,20 @@ def register(subparsers):
     p.add_argument("--resume", metavar="MODEL", help="continue the run saved in MODEL to --epochs")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="stop after N epochs of this run, as an interruption would (resume later)")
+    p.add_argument("--resize", action="store_true",
+                   help="stretch every image to the pattern's INPUT height x width (a folder of "
+                        "images of several sizes)")
     p.add_argument("--threads", type=int, default=0,
                    help="kernel worker threads (default: one per core); an exact --resume needs the same count")
     p.set_defaults(func=run)
 
 
 def _check(args):
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            raise SlidenetError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if args.epochs < 1:
+        raise SlidenetError(f"--epochs must be at least 1, not {args.epochs}")
+    for name in ("batch_size", "patience", "stop_after"):
+        if getattr(args, name) < 0:
+            raise SlidenetError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(args, name)}")
     if args.threads < 0:
         raise SlidenetError(f"--threads must be 0 (one per core) or more, not {args.threads}")
     if not args.lr > 0:
@@ -70,10 +78,10 @@ def run(args):
         optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
         schedule=args.schedule, loss=args.loss, augment=args.augment, flip=args.flip,
         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, out=out,
-        stop_after=args.stop_after, threads=args.threads)
-    history = train(config, resume=args.resume)
-    if history:
-        last = history[-1]
-        print(f"saved {os.path.join(out, 'model.npz')} (epoch {last['epoch']}) and "
-              f"{os.path.join(out, 'best.npz')}")
+        stop_after=args.stop_after, threads=args.threads, resize=args.resize)
+    try:
+        train(config, resume=args.resume)
+    except TrainingInterrupted as stop:
+        print(f"slidenet train: interrupted; {stop.hint}", file=sys.stderr)
+        return 130
     return 0

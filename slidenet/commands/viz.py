@@ -116,15 +116,13 @@ def run_activations(args):
 def run_patches(args):
     _positive("channels", args.channels)
     model = load(args.model)
-    net, normalizer, meta = model.net, model.normalizer, model.meta
-    dataset = datasets.load(args.data or meta["data"])
-    datasets.check_fits(dataset, net.input_shape, net.num_outputs)
+    dataset = model.load_data(args.data, args.model)
     x, y = (dataset.x_test, dataset.y_test) if args.split == "test" else \
         (dataset.x_train, dataset.y_train)
     if len(y) == 0:
         raise SlidenetError(f"{dataset.spec} has no {args.split} split")
     patches = _viz("patches")
-    found = patches.top_patches(net, x, normalizer, args.layer, channels=args.channels)
+    found = patches.top_patches(model.net, x, model.normalizer, args.layer, channels=args.channels)
     return _write(patches.patches_figure(found, dataset.class_names, y), args.out)
 
 

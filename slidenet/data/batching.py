@@ -20,6 +20,13 @@ def batches(n, batch_size, rng):
         yield order[start:start + batch_size]
 
 
+def crop_padding(size):
+    """How far random crops may shift an image of size (H, W): 2 pixels for MNIST's 28 x 28
+    and CIFAR's 32 x 32, 1 for small images (16 x 16), where 2 would move a pattern by an
+    eighth of the image."""
+    return max(1, round(min(size) / 14))
+
+
 def augment(x, rng, crop_pad=4, flip=True):
     """Random crops and mirror images of a batch, one independent draw per image.
 

@@ -1,5 +1,5 @@
 """`Dataset`, the train/test images every loader returns, and the checks and split it rests on."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,6 +13,7 @@ class Dataset:
     x_train, x_test: uint8 (N, H, W, D), channels last.
     y_train, y_test: int64 (N,), each in 0 .. len(class_names) - 1.
     name: a short name for messages ("mnist5k", or the folder / file name); spec: what was loaded.
+    notes: things the loader wants the user to know (files it left out, ...).
     """
 
     x_train: np.ndarray
@@ -22,6 +23,7 @@ class Dataset:
     class_names: list
     name: str
     spec: str
+    notes: list = field(default_factory=list)
 
     def __post_init__(self):
         self.class_names = [str(c) for c in self.class_names]
@@ -40,7 +42,11 @@ class Dataset:
             raise DataError(f"{self.name}: {len(x)} {part} images need {len(x)} integer labels, "
                             f"got an array of shape {y.shape} ({y.dtype})")
         k = len(self.class_names)
-        outside = y[(y < 0) | (y >= k)]
+        negative = np.flatnonzero(y < 0)
+        if negative.size:
+            raise DataError(f"{self.name}: {part} label {y[negative[0]]} (image {negative[0]}) is "
+                            f"negative; labels are class numbers 0, 1, 2, ...")
+        outside = y[y >= k]
         if outside.size:
             raise DataError(f"{self.name}: {part} label {outside[0]} is outside 0..{k - 1} "
                             f"(there are {k} class names)")
@@ -88,13 +94,25 @@ def _split_dataset(x, y, class_names, name, spec):
     return Dataset(x[train], y[train], x[test], y[test], class_names, name, spec)
 
 
-def check_fits(dataset, input_shape, num_outputs):
-    """DataError unless the images are exactly `input_shape` (H, W, D) and the last FC has at
-    least one output per class."""
+def check_fits(dataset, input_shape, num_outputs, training=False):
+    """DataError unless the images are exactly `input_shape` (H, W, D) and the net scores the
+    data's classes: exactly one output per class for training; at least one to evaluate a
+    trained model. The advice fits the caller: a pattern to change when training, other data
+    when evaluating a trained model."""
+    got, want = _shape_text(dataset.input_shape), _shape_text(input_shape)
     if dataset.input_shape != tuple(int(v) for v in input_shape):
-        got = _shape_text(dataset.input_shape)
-        raise DataError(f"{dataset.name} images are {got} but the net's INPUT is "
-                        f"{_shape_text(input_shape)}: start the pattern with INPUT({got})")
-    if dataset.num_classes > num_outputs:
-        raise DataError(f"{dataset.name} has {dataset.num_classes} classes but the last FC has "
-                        f"{num_outputs} outputs: end the pattern with FC({dataset.num_classes})")
+        if training:
+            resize = (f", or pass --resize to stretch the images to {want.rsplit('x', 1)[0]}"
+                      if dataset.input_shape[2] == input_shape[2] else "")
+            raise DataError(f"{dataset.name} images are {got} but the net's INPUT is {want}: "
+                            f"start the pattern with INPUT({got}){resize}")
+        raise DataError(f"{dataset.name} images are {got} but the model takes {want} images: "
+                        f"evaluate it on data like the data it was trained on (--data)")
+    classes = dataset.num_classes
+    if training and classes != num_outputs:
+        raise DataError(f"{dataset.name} has {classes} classes but the last FC has {num_outputs} "
+                        f"outputs: end the pattern with FC({classes}), one score per class")
+    if classes > num_outputs:
+        raise DataError(f"{dataset.name} has {classes} classes but the model scores only "
+                        f"{num_outputs}: it was trained on other data; evaluate it on data "
+                        "with its classes (--data)")

@@ -1,4 +1,10 @@
-"""PNG/JPEG images: the folder:DIR loader (one subfolder per class) and `load_image`."""
+"""Image files: the folder:DIR loader (one subfolder per class) and `load_image`.
+
+Any format Pillow reads is welcome (PNG, JPEG, BMP, GIF, WebP, TIFF). Hidden files (".name",
+macOS's "._name") are not data and are left out; other files are left out with a note. Images
+with transparency are composited onto a background (black for training folders, like MNIST's;
+for `load_image`, the background the model was trained on) before the alpha is dropped.
+"""
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +13,7 @@ from slidenet.data.dataset import Dataset, _shape_text, _split_dataset
 from slidenet.data.files import _BAD_FILE, _existing_dir, _existing_file, _reading, _required_arg
 from slidenet.errors import DataError
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
@@ -23,35 +29,69 @@ def _image_errors(image_module):
     return _BAD_FILE + (image_module.DecompressionBombError,)
 
 
-def _read_image(path):
-    """uint8 (H, W, D): D = 1 for grayscale modes, else 3 (RGB; an alpha channel is dropped)."""
+def _has_alpha(image):
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or \
+        (image.mode == "P" and "transparency" in image.info)
+
+
+def _pixels(image_module, image, depth, background=0, size=None):
+    """A Pillow image as uint8 (H, W, depth): grayscale for depth 1, RGB for 3; transparency
+    composited onto `background` (0 black, 255 white) first; stretched to size (H, W) if given."""
+    if _has_alpha(image):
+        rgba = image.convert("RGBA")
+        under = image_module.new("RGBA", rgba.size, (background,) * 3 + (255,))
+        under.alpha_composite(rgba)
+        image = under
+    image = image.convert("L" if depth == 1 else "RGB")
+    if size is not None and image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), image_module.BILINEAR)
+    return np.array(image).reshape(image.height, image.width, depth)
+
+
+def _read_image(path, size=None):
+    """uint8 (H, W, D): D = 1 for grayscale modes, else 3 (RGB; transparency composited onto
+    black). size (H, W): stretch the image to it."""
     image_module = _pillow()
     with _reading(path, _image_errors(image_module)):
         with image_module.open(path) as image:
-            depth = 1 if image.mode in _GRAY_MODES else 3
-            pixels = np.array(image.convert("L" if depth == 1 else "RGB"))
-    return pixels.reshape(pixels.shape[0], pixels.shape[1], depth)
+            return _pixels(image_module, image, 1 if image.mode in _GRAY_MODES else 3, 0, size)
 
 
-def _read_class_folders(directory, class_names=None):
+def _image_files(folder, skipped):
+    """The image files of a folder, sorted; hidden files are no data, other files are counted
+    into `skipped` (a list of paths)."""
+    files = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            files.append(p)
+        else:
+            skipped.append(p)
+    return files
+
+
+def _read_class_folders(directory, size, skipped, class_names=None):
     """Images (one subfolder per class) as a list of (path, uint8 (H, W, D)) and labels.
 
     class_names: the training set's classes (for a test folder); None takes the sorted
-    subfolder names.
+    subfolder names. size (H, W): stretch every image to it (None: keep their sizes).
     """
     folders = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise DataError(f"{directory} has no class subfolders (one folder of images per class)")
+        raise DataError(f"{directory} has no class subfolders: folder:DIR wants one folder of "
+                        "images per class (DIR/cat/*.png, DIR/dog/*.png), or DIR/train/<class> "
+                        "and DIR/test/<class>")
     names = [p.name for p in folders] if class_names is None else class_names
     images, labels = [], []
     for folder in folders:
         if folder.name not in names:
             raise DataError(f"{folder} is not one of the training classes: {', '.join(names)}")
-        files = sorted(p for p in folder.iterdir()
-                       if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+        files = _image_files(folder, skipped)
         if not files:
-            raise DataError(f"class folder {folder} has no PNG or JPEG images")
-        images += [(f, _read_image(f)) for f in files]
+            raise DataError(f"class folder {folder} has no images "
+                            f"({', '.join(s[1:].upper() for s in IMAGE_SUFFIXES[:5])}, ...)")
+        images += [(f, _read_image(f, size)) for f in files]
         labels += [names.index(folder.name)] * len(files)
     return images, np.array(labels, dtype=np.int64), names
 
@@ -63,43 +103,56 @@ def _stack_images(images):
         if pixels.shape[:2] != first.shape[:2]:
             raise DataError(f"all images must have one size: {first_path} is "
                             f"{_shape_text(first.shape[:2])} but {path} is "
-                            f"{_shape_text(pixels.shape[:2])}")
+                            f"{_shape_text(pixels.shape[:2])}; train with --resize to stretch "
+                            "every image to the net's INPUT size")
     depth = max(pixels.shape[2] for _, pixels in images)
     return np.stack([np.repeat(pixels, depth // pixels.shape[2], axis=2) for _, pixels in images])
 
 
-def _load_folder(arg, spec):
+def _load_folder(arg, spec, size=None):
     root = _existing_dir(_required_arg(arg, spec, "directory"))
     name = root.resolve().name
+    skipped = []
     if (root / "train").is_dir() and (root / "test").is_dir():
-        train, y_train, names = _read_class_folders(root / "train")
-        test, y_test, _ = _read_class_folders(root / "test", names)
+        train, y_train, names = _read_class_folders(root / "train", size, skipped)
+        test, y_test, _ = _read_class_folders(root / "test", size, skipped, names)
         x = _stack_images(train + test)
-        return Dataset(x[:len(train)], y_train, x[len(train):], y_test, names, name, spec)
-    images, labels, names = _read_class_folders(root)
-    return _split_dataset(_stack_images(images), labels, names, name, spec)
+        dataset = Dataset(x[:len(train)], y_train, x[len(train):], y_test, names, name, spec)
+    else:
+        images, labels, names = _read_class_folders(root, size, skipped)
+        dataset = _split_dataset(_stack_images(images), labels, names, name, spec)
+    if skipped:
+        dataset.notes.append(f"left out {len(skipped)} file{'s' * (len(skipped) > 1)} that "
+                             f"{'are' if len(skipped) > 1 else 'is'} not an image (.png, .jpg, "
+                             f".bmp, .gif, ...), e.g. {skipped[0]}")
+    return dataset
 
 
-def load_image(path, shape, resize=False):
-    """One PNG/JPEG as uint8 (H, W, D) for a net whose INPUT is shape = (H, W, D).
+def load_image(path, shape, resize=False, background=0, notes=None):
+    """One image file as uint8 (H, W, D) for a net whose INPUT is shape = (H, W, D).
 
-    The colour mode is converted to match D (1: grayscale, 3: RGB). A different size is a
-    DataError naming both shapes, unless resize=True stretches the image to H x W.
+    The colour mode is converted to match D (1: grayscale, 3: RGB). Transparency is composited
+    onto `background` (0 black, 255 white: the background of the training images), with a
+    line saying so appended to `notes` (a list) when given. A different size is a DataError
+    naming both shapes, unless resize=True stretches the image to H x W.
     """
     height, width, depth = (int(v) for v in shape)
     if depth not in (1, 3):
         raise DataError(f"an image can feed an INPUT of depth 1 or 3, not {_shape_text(shape)}")
-    path = _existing_file(Path(path))
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not an image file")
+    path = _existing_file(path)
     image_module = _pillow()
     with _reading(path, _image_errors(image_module)):
         with image_module.open(path) as image:
             if image.size != (width, height) and not resize:
                 own = 1 if image.mode in _GRAY_MODES else 3
                 raise DataError(f"{path} is {image.height}x{image.width}x{own} but the net's "
-                                f"INPUT is {_shape_text(shape)}: resize the image to "
-                                f"{height}x{width}")
-            image = image.convert("L" if depth == 1 else "RGB")
-            if image.size != (width, height):
-                image = image.resize((width, height), image_module.BILINEAR)
-            pixels = np.array(image)
-    return pixels.reshape(height, width, depth)
+                                f"INPUT is {_shape_text(shape)}: pass --resize to stretch it to "
+                                f"{height}x{width}, or resize the image yourself")
+            if _has_alpha(image) and notes is not None:
+                notes.append(f"{path} has transparent pixels: composited onto "
+                             f"{'black' if background < 128 else 'white'}, the background of "
+                             "the images the model was trained on")
+            return _pixels(image_module, image, depth, background, (height, width))

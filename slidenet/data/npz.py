@@ -12,6 +12,10 @@ def _npz_images(x, key, path):
         x = x[..., None]
     if x.ndim != 4:
         raise DataError(f"{path}: {key} has shape {x.shape}; expected (N, H, W) or (N, H, W, D)")
+    if x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
+        raise DataError(f"{path}: {key} has shape {x.shape}, which looks channels-first "
+                        f"(N, D, H, W); slidenet's images are channels-last (N, H, W, D): store "
+                        f"np.transpose({key}, (0, 2, 3, 1))")
     if x.dtype == np.uint8:
         return x
     if x.dtype.kind == "f" and (x.size == 0 or (np.isfinite(x).all() and x.min() >= 0

@@ -64,12 +64,14 @@ class Init(NamedTuple):
     dropout_rng: np.random.Generator    # dropout masks (its own stream: adding dropout never
                                         # changes the initial weights)
     dtype: np.dtype
+    scoring: bool = False               # the net's last layer: its outputs are the class scores
 
 
-def slide(spec, window, walk):
+def slide(spec, window, walk, can_pad=True):
     """Slide `window` over walk's volume -> (H', W', D, size formulas, field, jump).
 
-    Unfit when the volume was already flattened; GeometryError when the window does not tile.
+    Unfit when the volume was already flattened; GeometryError when the window does not tile
+    (its advice leaves padding out when can_pad is False, as for pooling).
     """
     if len(walk.shape) == 1:
         raise Unfit(
@@ -77,8 +79,8 @@ def slide(spec, window, walk):
             f"{walk.flattened_by} already flattened it into a vector of {walk.shape[0]:,} "
             "numbers; put every CONV and POOL before the first FC")
     (h, w, d), (fh, fw), (sh, sw), (ph, pw) = walk.shape, *window
-    out_h = geometry.output_size(h, fh, sh, ph, "height")
-    out_w = geometry.output_size(w, fw, sw, pw, "width")
+    out_h = geometry.output_size(h, fh, sh, ph, "height", can_pad)
+    out_w = geometry.output_size(w, fw, sw, pw, "width", can_pad)
     formulas = (geometry.describe(h, fh, sh, ph), geometry.describe(w, fw, sw, pw))
     # Receptive field recurrence: r_out = r_in + (F - 1) * jump_in, jump_out = jump_in * S.
     field = tuple(r + (f - 1) * j for r, f, j in zip(walk.field, window.size, walk.jump))
@@ -105,6 +107,7 @@ class Layer:
     is_input = False        # INPUT: starts every net, builds no layer object
     maps = False            # its output is worth drawing as activation maps
     picture = None          # "filters" or "templates": its weights drawn as images
+    scores = False          # it can be a net's last layer, the one whose outputs are class scores
 
     # ---- the kind, before any weight exists ----
 
@@ -122,6 +125,11 @@ class Layer:
     def window(cls, spec, input_shape):
         """The Window this layer slides over an input of (H, W, D), or None if it slides none."""
         return None
+
+    @classmethod
+    def notes(cls, info):
+        """Lines for the summary that explain a choice made for the user (a default padding)."""
+        return []
 
     @classmethod
     def torch_modules(cls, info, nn):

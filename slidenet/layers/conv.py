@@ -17,6 +17,10 @@ from slidenet.layers.base import Layer, Step, Window, slide
 from slidenet.layers.registry import register
 
 
+def _axes(a, b):
+    return str(a) if a == b else f"{a}x{b}"
+
+
 @register
 class Conv(Layer):
     """K filters of F_h x F_w x D, He-initialised: W (F_h, F_w, D, K), b (K,)."""
@@ -37,7 +41,8 @@ class Conv(Layer):
         stride = arguments.axes(values.get("stride"), "stride", (1, 2), minimum=1, default=(1, 1))
         return {"filters": arguments.whole(values["filters"], "number of filters", minimum=1),
                 "size": size, "stride": stride,
-                "pad": arguments.padding(values.get("pad"), size, stride)}
+                "pad": arguments.padding(values.get("pad"), size, stride),
+                "pad_given": values.get("pad") is not None}
 
     @classmethod
     def window(cls, spec, input_shape):
@@ -51,6 +56,25 @@ class Conv(Layer):
         madds = out_h * out_w * k * fh * fw * d
         return Step((out_h, out_w, k), params, f"{k} x ({fh}*{fw}*{d} + 1) = {params:,}",
                     formulas, madds, 2 * madds, field, jump)
+
+    @classmethod
+    def notes(cls, info):
+        """The padding slidenet chose when the pattern gave none, and why."""
+        s = info.spec
+        if s.pad_given:
+            return []
+        (fh, fw), (sh, sw), (ph, pw) = s.size, s.stride, s.pad
+        h, w = info.input_shape[:2]
+        out = " x ".join(map(str, info.output_shape[:2]))
+        if (sh, sw) == (1, 1) and fh % 2 and fw % 2:
+            return [f"no p= given, so p={_axes(ph, pw)} = (F - 1) / 2, which keeps {out} at stride 1"]
+        why = []
+        if fh % 2 == 0 or fw % 2 == 0:
+            why.append(f"a {fh}x{fw} filter has no centred padding")
+        if (sh, sw) != (1, 1):
+            why.append(f"at stride {_axes(sh, sw)} no padding keeps the size")
+        change = "" if (h, w) == info.output_shape[:2] else f": {h} x {w} becomes {out}"
+        return [f"no p= given, so p={_axes(ph, pw)} ({'; '.join(why)}){change}; write p= to choose"]
 
     @classmethod
     def torch_modules(cls, info, nn):

@@ -6,6 +6,11 @@ order, which for channels-last arrays is their memory order:
     parameters: n x (I + 1) with I = H * W * D, e.g. 10 x (3072 + 1) = 30,730
 
 Every FC unit sees the whole input, so its receptive field is the whole image.
+
+Hidden FCs are He-initialised. The scoring FC (the net's last layer) starts with weights 100
+times smaller, so every class starts with nearly the same score and the loss at initialisation
+is what chance gives: ln C for softmax, C - 1 for the SVM's margins (cs231n's first sanity
+check). With He weights there, the scores start far apart and the loss several times higher.
 """
 from math import prod
 
@@ -14,6 +19,8 @@ import numpy as np
 from slidenet import arguments, ops
 from slidenet.layers.base import Layer, Step
 from slidenet.layers.registry import register
+
+SCORING_SCALE = 0.01        # the scoring FC's initial weights, relative to He's
 
 
 @register
@@ -26,6 +33,7 @@ class FC(Layer):
     required = ("outputs",)
     usage = "FC(n), e.g. FC(10)"
     picture = "templates"
+    scores = True
 
     @classmethod
     def read_arguments(cls, values):
@@ -49,7 +57,8 @@ class FC(Layer):
     def __init__(self, info, init):
         super().__init__(info, init)
         inputs = prod(info.input_shape)
-        w = init.rng.standard_normal((inputs, info.spec.outputs)) * np.sqrt(2 / inputs)
+        scale = np.sqrt(2 / inputs) * (SCORING_SCALE if init.scoring else 1)
+        w = init.rng.standard_normal((inputs, info.spec.outputs)) * scale
         self.param("W", w.astype(init.dtype))
         self.param("b", np.zeros(info.spec.outputs, dtype=init.dtype))
 

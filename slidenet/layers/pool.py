@@ -34,7 +34,8 @@ class _Pool(Layer):
 
     @classmethod
     def infer(cls, spec, walk):
-        out_h, out_w, d, formulas, field, jump = slide(spec, cls.window(spec, walk.shape), walk)
+        out_h, out_w, d, formulas, field, jump = slide(spec, cls.window(spec, walk.shape), walk,
+                                                       can_pad=False)
         return Step((out_h, out_w, d), size_formulas=formulas, field=field, jump=jump)
 
 

@@ -13,7 +13,7 @@ from collections import OrderedDict
 import numpy as np
 
 from slidenet import layers as layer_classes
-from slidenet.errors import DataError, SlidenetError
+from slidenet.errors import DataError, OutOfMemory, SlidenetError
 from slidenet.pattern import parse
 from slidenet.shapes import infer
 from slidenet.summary import summary_text
@@ -94,8 +94,11 @@ class Net:
         """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs)."""
         out = self._check_input(x)
         self._release_caches()
-        for layer in self.layers:
-            out = layer.forward(out, train)
+        try:
+            for layer in self.layers:
+                out = layer.forward(out, train)
+        except MemoryError:
+            raise _out_of_memory(layer, len(x), "forward") from None
         return out
 
     def activations(self, x):
@@ -116,9 +119,13 @@ class Net:
         (and may get None back).
         """
         grad = dscores.astype(self.dtype, copy=False)
-        for layer in reversed(self.layers[1:]):
-            grad = layer.backward(grad)
-        return self.layers[0].backward(grad, need_dx=input_grad)
+        try:
+            for layer in reversed(self.layers[1:]):
+                grad = layer.backward(grad)
+            layer = self.layers[0]
+            return layer.backward(grad, need_dx=input_grad)
+        except MemoryError:
+            raise _out_of_memory(layer, len(dscores), "backward") from None
 
     def summary(self):
         """The summary table as text: shapes, parameters and formulas for every layer."""
@@ -126,3 +133,8 @@ class Net:
 
     def __repr__(self):
         return f"Net({self.pattern!r})"
+
+
+def _out_of_memory(layer, batch, direction):
+    """The OutOfMemory error for a MemoryError raised inside `layer`."""
+    return OutOfMemory(f"{layer.name} ({layer.info.spec.text})", batch, direction)

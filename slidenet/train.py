@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from slidenet import data as datasets
-from slidenet import modelfile
+from slidenet import modelfile, writing
 from slidenet.errors import SlidenetError
 from slidenet.net import Net
 from slidenet.ops import runtime, softmax_loss, svm_loss
@@ -136,7 +136,8 @@ def load_model(path):
 
 
 def train(config, resume=None, log=print):
-    """Train as `config` says (or continue the run saved in `resume`). Returns the history list.
+    """Train as `config` says (or continue the run saved in `resume`, which takes only epochs,
+    out, stop_after, threads and patience from `config`). Returns the history list.
 
     Each history entry: epoch, loss, accuracy, val_accuracy, val_loss, lr, seconds, images_per_s.
     The kernels run on `config.threads` worker threads. Results are deterministic for a given
@@ -152,7 +153,8 @@ def _train(config, resume, log):
     if resume is not None:
         net, normalizer, meta, state = load_model(resume)
         saved = TrainConfig(**{**meta["config"], "epochs": config.epochs, "out": config.out,
-                               "stop_after": config.stop_after, "threads": config.threads})
+                               "stop_after": config.stop_after, "threads": config.threads,
+                               "patience": config.patience})
         config = saved
         history = meta["history"]
         start_epoch = meta["epoch"]
@@ -184,7 +186,7 @@ def _train(config, resume, log):
         for name, rng in rngs.items():
             _restore_rng(rng, state[f"rng/{name}"])
 
-    os.makedirs(config.out, exist_ok=True)
+    writing.make_folder(config.out)
     loss_fn = LOSSES[config.loss]
     best = max((h["val_accuracy"] for h in history), default=-1.0)
     stale = 0
@@ -247,8 +249,5 @@ def _train(config, resume, log):
 
 
 def _write_json(path, value):
-    """Atomic JSON write: a crash leaves the previous file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(value, fh, indent=1)
-    os.replace(tmp, path)
+    """Atomic JSON write: a crash or a full disk leaves the previous file."""
+    writing.write_json(path, value)

@@ -1,8 +1,11 @@
 """PNG/JPEG images: the folder:DIR loader (one subfolder per class) and `load_image`."""
+import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from slidenet import limits
 from slidenet.data.dataset import Dataset, _shape_text, _split_dataset
 from slidenet.data.files import _BAD_FILE, _existing_dir, _existing_file, _reading, _required_arg
 from slidenet.errors import DataError
@@ -20,14 +23,44 @@ def _pillow():
 
 
 def _image_errors(image_module):
-    return _BAD_FILE + (image_module.DecompressionBombError,)
+    # SyntaxError: what Pillow's PNG reader raises for a broken chunk found while decoding.
+    return _BAD_FILE + (image_module.DecompressionBombError, SyntaxError)
 
 
-def _read_image(path):
-    """uint8 (H, W, D): D = 1 for grayscale modes, else 3 (RGB; an alpha channel is dropped)."""
+def _open(image_module, path):
+    """Pillow's Image for the file at `path`, read from memory.
+
+    Pillow reads some chunks at the length their header claims (a PNG's last IDAT chunk, in
+    `load_end`); from a file, Python allocates that length before reading, which a flipped byte
+    makes gigabytes. From memory a read returns what there is. The file itself must fit the
+    input budget. Pillow's decompression-bomb warning is not shown: the budget is checked
+    (`_decoded_bytes`), and Pillow's error for twice its limit still applies.
+    """
+    limits.check_claim(path.stat().st_size, str(path))
+    raw = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", image_module.DecompressionBombWarning)
+        return image_module.open(io.BytesIO(raw))
+
+
+def _decoded_bytes(image):
+    """Bytes Pillow needs to decode `image` (it keeps up to 4 bytes a pixel), read from the
+    header before any pixel is decoded."""
+    return image.width * image.height * 4
+
+
+def _read_image(path, before=0):
+    """uint8 (H, W, D): D = 1 for grayscale modes, else 3 (RGB; an alpha channel is dropped).
+
+    before: bytes of images already read for the same data set; with this image they must fit
+    the input budget (`slidenet.limits`), checked before it is decoded.
+    """
     image_module = _pillow()
     with _reading(path, _image_errors(image_module)):
-        with image_module.open(path) as image:
+        with _open(image_module, path) as image:
+            limits.check_claim(before + _decoded_bytes(image),
+                               f"{path} ({image.width}x{image.height} pixels)" if not before
+                               else f"the images up to {path}")
             depth = 1 if image.mode in _GRAY_MODES else 3
             pixels = np.array(image.convert("L" if depth == 1 else "RGB"))
     return pixels.reshape(pixels.shape[0], pixels.shape[1], depth)
@@ -43,7 +76,7 @@ def _read_class_folders(directory, class_names=None):
     if not folders:
         raise DataError(f"{directory} has no class subfolders (one folder of images per class)")
     names = [p.name for p in folders] if class_names is None else class_names
-    images, labels = [], []
+    images, labels, total = [], [], 0
     for folder in folders:
         if folder.name not in names:
             raise DataError(f"{folder} is not one of the training classes: {', '.join(names)}")
@@ -51,7 +84,9 @@ def _read_class_folders(directory, class_names=None):
                        if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
         if not files:
             raise DataError(f"class folder {folder} has no PNG or JPEG images")
-        images += [(f, _read_image(f)) for f in files]
+        for f in files:
+            images.append((f, _read_image(f, before=total)))
+            total += images[-1][1].nbytes
         labels += [names.index(folder.name)] * len(files)
     return images, np.array(labels, dtype=np.int64), names
 
@@ -92,7 +127,8 @@ def load_image(path, shape, resize=False):
     path = _existing_file(Path(path))
     image_module = _pillow()
     with _reading(path, _image_errors(image_module)):
-        with image_module.open(path) as image:
+        with _open(image_module, path) as image:
+            limits.check_claim(_decoded_bytes(image), f"{path} ({image.width}x{image.height} pixels)")
             if image.size != (width, height) and not resize:
                 own = 1 if image.mode in _GRAY_MODES else 3
                 raise DataError(f"{path} is {image.height}x{image.width}x{own} but the net's "

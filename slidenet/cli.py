@@ -1,9 +1,14 @@
 """The `slidenet` command: parses arguments and hands each subcommand to its module.
 
 Each subcommand lives in `slidenet/commands/<name>.py` and exposes ``register(subparsers)``,
-which adds its parser and sets ``func(args) -> int``. A `SlidenetError` (a mistake in the
-user's input) becomes one message on stderr and exit status 2; anything else is a bug and keeps
-its traceback.
+which adds its parser and sets ``func(args) -> int``. The error contract (docs/design.md):
+
+- a `SlidenetError` (a mistake in the user's input, or a file the world would not let us
+  write) becomes one message on stderr and exit status 2;
+- so do an OSError (a file we could not read, a device that failed) and a MemoryError (more
+  than the machine could give): faults of the world, not of slidenet;
+- Ctrl-C is exit 130, a closed pipe 141;
+- anything else is a bug and keeps its traceback, so that it gets reported and fixed.
 """
 import argparse
 import importlib
@@ -15,8 +20,33 @@ from slidenet.errors import SlidenetError
 COMMANDS = ("summary", "train", "eval", "predict", "gradcheck", "bench", "viz", "report")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default after its help, unless the help already says it.
+
+    A switch (store_true) is off unless given, and an option whose default is None says in its
+    help what happens without it; neither gets a "(default: ...)".
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or any(default is v for v in (None, False, argparse.SUPPRESS))
+                or not action.option_strings or default == []):
+            return text
+        shown = "on" if default is True else default
+        return f"{text} (default: {shown})"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with `HelpFormatter`; subcommands' parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="slidenet",
         description="Convolutional networks from first principles, in the lecture's notation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -32,12 +62,23 @@ def main(argv=None):
     try:
         return args.func(args) or 0
     except SlidenetError as err:
-        print(f"slidenet {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _error(args, err)
     except BrokenPipeError:
         # The reader went away (`slidenet eval ... | head`): stop quietly, as Unix tools do.
         sys.stderr.close()
         return 141
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        return _error(args, f"{where}{err.strerror or err}")
+    except MemoryError:
+        more = " (try a smaller --batch-size)" if getattr(args, "batch_size", None) else ""
+        return _error(args, f"out of memory: this machine could not give {args.command} the "
+                            f"memory it needed{more}")
     except KeyboardInterrupt:
         print(f"slidenet {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(args, message):
+    print(f"slidenet {args.command}: error: {message}", file=sys.stderr)
+    return 2

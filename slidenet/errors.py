@@ -39,3 +39,30 @@ class DataError(SlidenetError):
 
 class ModelFileError(SlidenetError):
     """A model file that is missing, damaged, or not a slidenet model."""
+
+
+class FileWriteError(SlidenetError):
+    """A file slidenet could not write (full disk, no permission, a folder in the way); the
+    previous file at that path, if any, is left exactly as it was."""
+
+
+class OutOfMemory(SlidenetError):
+    """A forward or backward pass that needed more memory than the machine could give.
+
+    layer: the layer's name and text ("conv2 (CONV(32))"); batch: images in the failing batch;
+    direction: "forward" or "backward"; advice: the fix, which a command words with its own
+    flags (`advise`), else a smaller batch in general terms.
+    """
+
+    def __init__(self, layer, batch, direction, advice=None):
+        self.layer, self.batch, self.direction = layer, batch, direction
+        if batch <= 1:
+            advice = "even one image does not fit; free some memory or use a smaller net"
+        elif advice is None:
+            advice = f"free some memory, or use smaller batches (e.g. {batch // 2})"
+        super().__init__(f"out of memory in {layer} on the {direction} pass of a batch of "
+                         f"{batch} image{'s' if batch != 1 else ''}: {advice}")
+
+    def advise(self, advice):
+        """The same error with `advice` as its fix."""
+        return OutOfMemory(self.layer, self.batch, self.direction, advice)

@@ -6,28 +6,30 @@ Inside the archive, next to the caller's arrays (``conv1.W``, ``normalizer.mean`
     __checksum__  0-d unicode: SHA-256 (hex) of every other entry, see `checksum`
 
 Reading never unpickles anything (``allow_pickle=False``), so a file from elsewhere can at worst
-be refused. Any damage (truncation, a flipped byte, a foreign file) is a `ModelFileError` naming
-the file, never a traceback.
+be refused. Every size the archive claims is checked against the input budget
+(`slidenet.limits`) before an array is allocated. Any damage (truncation, a flipped byte, a
+foreign file, a header that lies about its size) is a `ModelFileError` naming the file, never a
+traceback. Saving goes through `slidenet.writing`, so a failed save keeps the previous file.
 """
 import hashlib
 import json
-import os
-import secrets
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from slidenet import limits, writing
 from slidenet.errors import ModelFileError
 
 META = "__meta__"
 CHECKSUM = "__checksum__"
 
-# What numpy and zipfile raise on a damaged or foreign archive. MemoryError: a damaged .npy
-# header can declare an absurd shape, which numpy tries to allocate before reading.
+# What numpy and zipfile raise on a damaged or foreign archive. Sizes are checked before numpy
+# allocates (`limits.check_npz`), so a header that lies about its size is refused, not a
+# MemoryError. NotImplementedError: a member compressed by a method zipfile does not know.
 _DAMAGE = (OSError, ValueError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error,
-           MemoryError)
+           NotImplementedError)
 
 
 def checksum(entries):
@@ -46,9 +48,10 @@ def checksum(entries):
 def save(path, arrays, meta):
     """Write `arrays` (name -> numeric ndarray) and `meta` (a JSON-able dict) to `path`.
 
-    The file is written beside `path` under a temporary name, flushed to disk, then renamed over
-    `path`, so a crash at any moment leaves either the old file or the new one, never a mix.
-    Parent directories are created. Names starting with "__" are reserved.
+    Atomic (`slidenet.writing.write_file`): a crash or a failed write at any moment leaves either
+    the old file or the new one, never a mix; a disk that is full or read-only is a
+    `FileWriteError` naming `path`. Parent directories are created. Names starting with "__"
+    are reserved.
     """
     entries = {}
     for name, value in arrays.items():
@@ -61,20 +64,7 @@ def save(path, arrays, meta):
         entries[name] = array
     entries[META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), np.uint8)
     entries[CHECKSUM] = np.array(checksum(entries))
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as fh:
-            _write_npz(fh, entries)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    return writing.write_file(path, lambda fh: _write_npz(fh, entries))
 
 
 def _write_npz(fh, entries):
@@ -84,17 +74,6 @@ def _write_npz(fh, entries):
         for name, array in entries.items():
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, array, allow_pickle=False)
-
-
-def _fsync_directory(directory):
-    """Make the rename itself durable; only POSIX can open a directory to sync it."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load(path):
@@ -111,6 +90,7 @@ def load(path):
         if fh.read(2) != b"PK":
             raise ModelFileError(f"{path} is not a slidenet model file (not an .npz archive)")
     try:
+        limits.check_npz(path, ModelFileError)
         archive = np.load(path, allow_pickle=False)
     except _DAMAGE as err:
         raise ModelFileError(f"{path} is not a slidenet model file ({_reason(err)})") from None

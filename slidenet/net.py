@@ -17,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 
 from slidenet import layers as layer_kinds
-from slidenet.errors import DataError, SlidenetError
+from slidenet.errors import DataError, OutOfMemory, SlidenetError
 from slidenet.pattern import parse
 from slidenet.shapes import infer
 from slidenet.summary import summary_text
@@ -100,8 +100,11 @@ class Net:
         """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs)."""
         out = self._check_input(x)
         self._release_caches()
-        for step in self.steps:
-            out = step.forward(out, train)
+        try:
+            for step in self.steps:
+                out = step.forward(out, train)
+        except MemoryError:
+            raise _out_of_memory(step, len(x), "forward") from None
         return out
 
     def activations(self, x):
@@ -122,9 +125,13 @@ class Net:
         (and may get None back).
         """
         grad = dscores.astype(self.dtype, copy=False)
-        for step in reversed(self.steps[1:]):
-            grad = step.backward(grad)
-        return self.steps[0].backward(grad, need_dx=input_grad)
+        try:
+            for step in reversed(self.steps[1:]):
+                grad = step.backward(grad)
+            step = self.steps[0]
+            return step.backward(grad, need_dx=input_grad)
+        except MemoryError:
+            raise _out_of_memory(step, len(dscores), "backward") from None
 
     def summary(self):
         """The summary table as text: shapes, parameters and formulas for every layer."""
@@ -132,3 +139,9 @@ class Net:
 
     def __repr__(self):
         return f"Net({self.pattern!r})"
+
+
+def _out_of_memory(step, batch, direction):
+    """The OutOfMemory error for a MemoryError raised inside `step` (a layer, or fused layers)."""
+    text = " -> ".join(part.info.spec.text for part in step.parts)
+    return OutOfMemory(f"{step.name} ({text})", batch, direction)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slidenet import writing
 from slidenet.errors import SlidenetError
 from slidenet.summary import summary_json
 from slidenet.evaluate import evaluate
@@ -299,11 +300,5 @@ def _page(model_path, meta, dataset, result, net, body):
 
 
 def write_report(path, text):
-    """Write the page to `path`, creating its folder."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    except OSError as err:
-        raise SlidenetError(f"cannot write {path}: {err.strerror or err}") from None
-    return path
+    """Write the page to `path` atomically (`slidenet.writing`), creating its folder."""
+    return writing.write_text(path, text)

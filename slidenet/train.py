@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from slidenet import data as datasets
-from slidenet import modelfile, rngstate
+from slidenet import modelfile, rngstate, writing
 from slidenet.config import DEFAULT_PATTERN, TrainConfig
 from slidenet.errors import SlidenetError
 from slidenet.evaluate import evaluate
@@ -46,7 +46,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def train(config, resume=None, log=print):
-    """Train as `config` says (or continue the run saved in `resume`). Returns the history list.
+    """Train as `config` says (or continue the run saved in `resume`, which takes only epochs,
+    out, stop_after, threads and patience from `config`). Returns the history list.
 
     Each history entry: epoch, loss, accuracy, val_accuracy, val_loss, lr, seconds, images_per_s.
     The kernels run on `config.threads` worker threads. Results are deterministic for a given
@@ -116,7 +117,8 @@ def _start(config, resume):
                 f"counts all epochs, the saved ones too: ask for more, e.g. --epochs "
                 f"{meta['epoch'] + max(1, config.epochs)}")
         config = TrainConfig(**{**meta["config"], "epochs": config.epochs, "out": config.out,
-                                "stop_after": config.stop_after, "threads": config.threads})
+                                "stop_after": config.stop_after, "threads": config.threads,
+                                "patience": config.patience})
         history, start_epoch = meta["history"], meta["epoch"]
     else:
         net = Net.from_pattern(config.pattern, seed=config.seed, skip_optional=config.skip_optional,
@@ -171,8 +173,9 @@ def _opening(run):
         lines.append(f"net: {params:,} parameters; {steps}; continuing {run.resume} from epoch "
                      f"{run.start_epoch} to {config.epochs}")
         return lines
-    sample = run.normalizer.normalize(run.x_train[:512])
-    loss = LOSSES[config.loss](run.net.forward(sample), run.y_train[:512])[0]
+    # One batch: it is what the user's memory is known to hold.
+    sample = run.normalizer.normalize(run.x_train[:config.batch_size])
+    loss = LOSSES[config.loss](run.net.forward(sample), run.y_train[:config.batch_size])[0]
     chance = chance_loss(config.loss, ds.num_classes)
     name = f"ln {ds.num_classes}" if config.loss == "softmax" else f"{ds.num_classes} - 1"
     lines.append(f"net: {params:,} parameters; {steps}; initial loss {loss:.3f} "
@@ -185,7 +188,7 @@ def _train(config, resume, log):
     config = run.config
     for line in _opening(run):
         log(line)
-    os.makedirs(config.out, exist_ok=True)
+    writing.make_folder(config.out)
     try:
         _epochs(run, log)
     except KeyboardInterrupt:
@@ -304,8 +307,5 @@ def _last_good(run):
 
 
 def _write_json(path, value):
-    """Atomic JSON write: a crash leaves the previous file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(value, fh, indent=1)
-    os.replace(tmp, path)
+    """Atomic JSON write: a crash or a full disk leaves the previous file."""
+    writing.write_json(path, value)

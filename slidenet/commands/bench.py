@@ -12,8 +12,9 @@ def register(subparsers):
                     "SGD) and inference on R1 and a Fashion-MNIST-size net; report images/s, GFLOPS, "
                     "the share of the measured sgemm peak and peak memory. With PyTorch installed, "
                     "run the same nets in PyTorch, alternating round by round, and print the ratios.")
-    parser.add_argument("--net", choices=[*NETS, "all"], default="all", help="which net (default: all)")
-    parser.add_argument("--pattern", help="benchmark this pattern instead of the built-in nets")
+    parser.add_argument("--net", choices=[*NETS, "all"], help="which net (default: all)")
+    parser.add_argument("--pattern", help="benchmark this pattern instead of the built-in nets "
+                                          "(default: the nets of --net)")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and a smaller sgemm: seconds")
     parser.add_argument("--batch", type=int, help="training batch (default 128)")
     parser.add_argument("--infer-batch", type=int, help="inference batch (default 256)")
@@ -22,7 +23,8 @@ def register(subparsers):
     parser.add_argument("--rounds", type=int, help="alternating rounds, medians reported (default 5)")
     parser.add_argument("--steps", type=int, help="steps timed per round (default 3)")
     parser.add_argument("--budget", type=float, default=0, metavar="MB",
-                        help="slidenet's scratch-memory budget per kernel call, in MiB")
+                        help="slidenet's scratch-memory budget per kernel call, in MiB; "
+                             "0 = its own default")
     parser.add_argument("--conv", choices=["auto", "im2col", "full", "winograd"], default="auto",
                         help="slidenet's convolutions: auto (the default: Winograd F(2, 3) where it "
                              "applies and pays, else the full-convolution dx at stride 1, else "
@@ -34,8 +36,12 @@ def register(subparsers):
 
 
 def main(args):
+    if args.pattern and args.net:
+        raise SlidenetError(f"--net {args.net} and --pattern exclude each other: --pattern "
+                            "benchmarks the given net instead of the built-in ones; give one")
+    net = args.net or "all"
     chosen = {"given": args.pattern} if args.pattern else \
-        (dict(NETS) if args.net == "all" else {args.net: NETS[args.net]})
+        (dict(NETS) if net == "all" else {net: NETS[net]})
     overrides = {"batch": args.batch, "infer_batch": args.infer_batch, "rounds": args.rounds,
                  "steps": args.steps}
     for name, value in overrides.items():

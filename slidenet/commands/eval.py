@@ -1,7 +1,7 @@
 """`slidenet eval MODEL`: accuracy, loss, per-class accuracy and the confusion matrix."""
 import json
 
-from slidenet.errors import SlidenetError
+from slidenet.errors import OutOfMemory, SlidenetError
 from slidenet.evaluate import evaluate
 from slidenet.model import load
 
@@ -12,12 +12,16 @@ def register(subparsers):
                                           "data it was trained on.")
     p.add_argument("model", help="a model file written by `slidenet train` (model.npz, best.npz)")
     p.add_argument("--data", help="data spec (default: the data the model was trained on)")
-    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="which split")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="images per forward pass; smaller needs less memory")
     p.add_argument("--json", action="store_true", help="print JSON: accuracy, loss, per_class, confusion")
     p.set_defaults(func=run)
 
 
 def run(args):
+    if args.batch_size < 1:
+        raise SlidenetError(f"--batch-size must be at least 1, not {args.batch_size}")
     model = load(args.model)
     net, normalizer, meta = model.net, model.normalizer, model.meta
     dataset = model.load_data(args.data, args.model)
@@ -25,7 +29,10 @@ def run(args):
     if len(y) == 0:
         raise SlidenetError(f"{dataset.spec} has no {args.split} split")
     loss = meta.get("config", {}).get("loss", "softmax")
-    result = evaluate(net, x, y, normalizer, len(dataset.class_names), loss)
+    try:
+        result = evaluate(net, x, y, normalizer, len(dataset.class_names), loss, args.batch_size)
+    except OutOfMemory as err:
+        raise err.advise(f"try a smaller batch, e.g. --batch-size {args.batch_size // 2}") from None
     if args.json:
         print(json.dumps({**result, "class_names": list(dataset.class_names), "images": int(len(y))}))
         return 0

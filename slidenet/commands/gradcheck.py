@@ -13,8 +13,9 @@ def register(subparsers):
                     "of every parameter with centred finite differences.")
     p.add_argument("pattern", help="the net, e.g. 'INPUT(9x7x2) -> CONV(3, 3x3, s=2) -> FC(4)'")
     p.add_argument("--set", action="append", default=[], metavar="N=2",
-                   help="bind an upper-case variable of the pattern (repeatable)")
-    p.add_argument("--skip-optional", action="store_true", help="drop layers marked with ?")
+                   help="bind an upper-case variable of the pattern (repeatable; default: none)")
+    p.add_argument("--skip-optional", action="store_true",
+                   help="drop layers marked with ? (default: keep them)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and test inputs")
     p.set_defaults(func=run)
 

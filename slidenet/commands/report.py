@@ -14,10 +14,10 @@ def register(subparsers):
     p.add_argument("model", help="a model file written by `slidenet train` (model.npz, best.npz)")
     p.add_argument("--data", help="data spec (default: the data the model was trained on)")
     p.add_argument("--images", type=int, default=3,
-                   help="test images whose activation maps are shown (3)")
+                   help="test images whose activation maps are shown")
     p.add_argument("--samples", type=int, default=12,
-                   help="test images shown with their predictions (12)")
-    p.add_argument("--out", default="report.html", help="the page to write (report.html)")
+                   help="test images shown with their predictions")
+    p.add_argument("--out", default="report.html", help="the page to write")
     p.set_defaults(func=run)
 
 

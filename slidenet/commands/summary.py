@@ -18,7 +18,8 @@ def register(subparsers):
                         help="e.g. 'INPUT(32x32x3) -> [CONV(32) -> RELU]*N -> POOL -> FC(10)', "
                              "or a model file (its net)")
     parser.add_argument("--set", action="append", default=[], metavar="N=2",
-                        help="bind an UPPER-CASE repeat count in the pattern (repeatable)")
+                        help="bind an UPPER-CASE repeat count in the pattern "
+                             "(repeatable; default: none)")
     parser.add_argument("--skip-optional", action="store_true",
                         help="drop the layers and groups marked '?'")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -1,86 +1,183 @@
-"""`slidenet train`: train a net on offline data; `--resume` continues a saved run exactly."""
+"""`slidenet train`: train a net on offline data; `--resume` continues a saved run exactly.
+
+No flag is silently ignored. A resumed run continues exactly as it began, so the flags that
+define the run (the net, the data, the split, the optimizer, ...) cannot change on `--resume`:
+giving one with another value than the model's is an error that says so. Only the flags in
+`ON_RESUME` apply to a resumed run. `--momentum` applies only to the optimizers that use it.
+"""
 import argparse
 import os
 import sys
 
-from slidenet.errors import SlidenetError
+from slidenet import data as datasets
+from slidenet import modelfile
+from slidenet.errors import OutOfMemory, SlidenetError
 from slidenet.pattern import parse_sets
-from slidenet.train import TrainConfig, TrainingInterrupted, train
+from slidenet.train import AUTO_BATCH, TrainConfig, TrainingInterrupted, train
 
 DEFAULTS = TrainConfig()
+# The flags a resumed run takes from the command line; every other one is fixed by the model.
+ON_RESUME = ("epochs", "stop_after", "patience", "threads", "out")
+# TrainConfig fields whose flags default to None here, so that `run` can tell whether they were
+# given: on --resume a given one must agree with the model, and an absent one takes its default.
+RUN_FLAGS = ("pattern", "skip_optional", "data", "batch_size", "lr", "optimizer", "momentum",
+             "weight_decay", "schedule", "loss", "augment", "flip", "val_fraction", "seed",
+             "patience", "resize")
 
 
 def register(subparsers):
     p = subparsers.add_parser(
         "train", help="train a net on real images (default: the lecture-style net on mnist5k)",
         description="Train PATTERN on DATA. Writes OUT/model.npz (last epoch, resumable), "
-                    "OUT/best.npz (best validation accuracy) and OUT/history.json.")
-    p.add_argument("--pattern", default=DEFAULTS.pattern, help="the net in the lecture's notation")
-    p.add_argument("--set", action="append", default=[], metavar="N=2",
-                   help="bind an upper-case variable of the pattern (repeatable)")
-    p.add_argument("--skip-optional", action="store_true", help="drop layers marked with ?")
-    p.add_argument("--data", default=DEFAULTS.data,
-                   help="mnist5k | fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | folder:DIR | npz:FILE")
-    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="total epochs")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
-                   help="images a step (default: 64; fewer when the training split is small, so "
-                        "that an epoch has at least 10 steps)")
-    p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate")
-    p.add_argument("--optimizer", default=DEFAULTS.optimizer, choices=["sgd", "momentum", "nesterov", "adam"])
-    p.add_argument("--momentum", type=float, default=DEFAULTS.momentum)
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay,
-                   help="L2 on weights (decoupled for adam)")
-    p.add_argument("--schedule", default=DEFAULTS.schedule,
-                   choices=["constant", "step", "cosine", "warmup-cosine"])
-    p.add_argument("--loss", default=DEFAULTS.loss, choices=["softmax", "svm"])
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=DEFAULTS.augment,
-                   help="random crops with zero padding (default on; --no-augment to turn off)")
-    p.add_argument("--flip", action="store_true", help="also flip images horizontally (not for digits)")
-    p.add_argument("--val-fraction", type=float, default=DEFAULTS.val_fraction,
-                   help="share of the training split held out for validation")
-    p.add_argument("--patience", type=int, default=DEFAULTS.patience,
-                   help="stop after this many epochs without validation gain (0 = never)")
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    p.add_argument("--out", default=None, help=f"output folder (default {DEFAULTS.out})")
-    p.add_argument("--resume", metavar="MODEL", help="continue the run saved in MODEL to --epochs")
+                    "OUT/best.npz (best validation accuracy) and OUT/history.json. With "
+                    "--resume MODEL the run saved in MODEL continues exactly as it began: only "
+                    "--epochs, --stop-after, --patience, --threads and --out apply, and any "
+                    "other flag must agree with the model.")
+    p.add_argument("--pattern", help=f"the net in the lecture's notation (default: {DEFAULTS.pattern})")
+    p.add_argument("--set", action="append", metavar="N=2",
+                   help="bind an upper-case variable of the pattern (repeatable; default: none)")
+    p.add_argument("--skip-optional", action="store_true", default=None,
+                   help="drop layers marked with ? (default: keep them)")
+    p.add_argument("--data", help="mnist5k | fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | "
+                                  f"folder:DIR | npz:FILE (default: {DEFAULTS.data})")
+    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs,
+                   help="total epochs of the run, counting those a resumed run has already done "
+                        "(--resume of a 5-epoch model with --epochs 8 trains 3 more)")
+    p.add_argument("--batch-size", type=int,
+                   help=f"images per step (default: {AUTO_BATCH}, or fewer when the training split "
+                        "is small, so that an epoch has at least 10 steps)")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default: {DEFAULTS.lr:g})")
+    p.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adam"],
+                   help=f"update rule (default: {DEFAULTS.optimizer})")
+    p.add_argument("--momentum", type=float,
+                   help=f"velocity decay of --optimizer momentum and nesterov "
+                        f"(default: {DEFAULTS.momentum})")
+    p.add_argument("--weight-decay", type=float,
+                   help=f"L2 on weights, decoupled for adam (default: {DEFAULTS.weight_decay:g})")
+    p.add_argument("--schedule", choices=["constant", "step", "cosine", "warmup-cosine"],
+                   help=f"learning rate over the run (default: {DEFAULTS.schedule})")
+    p.add_argument("--loss", choices=["softmax", "svm"],
+                   help=f"cross-entropy of the softmax, or the multiclass SVM's hinge "
+                        f"(default: {DEFAULTS.loss})")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                   help="random crops with zero padding; --no-augment turns them off "
+                        f"(default: {'on' if DEFAULTS.augment else 'off'})")
+    p.add_argument("--flip", action="store_true", default=None,
+                   help="also flip images horizontally, not for digits (default: off)")
+    p.add_argument("--val-fraction", type=float,
+                   help=f"share of the training split held out for validation "
+                        f"(default: {DEFAULTS.val_fraction})")
+    p.add_argument("--patience", type=int,
+                   help="stop after this many epochs without validation gain, 0 = never "
+                        f"(default: {DEFAULTS.patience}; on --resume, the model's)")
+    p.add_argument("--seed", type=int,
+                   help=f"seed of the weights, the split, shuffling, augmentation and dropout "
+                        f"(default: {DEFAULTS.seed})")
+    p.add_argument("--out", help=f"output folder (default: {DEFAULTS.out}; on --resume, the "
+                                 "model's folder)")
+    p.add_argument("--resume", metavar="MODEL",
+                   help="continue the run saved in MODEL, exactly, up to --epochs (default: a new run)")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
-                   help="stop after N epochs of this run, as an interruption would (resume later)")
-    p.add_argument("--resize", action="store_true",
-                   help="stretch every image to the pattern's INPUT height x width (a folder of "
-                        "images of several sizes)")
+                   help="stop after N epochs of this run, as an interruption would, to resume "
+                        "later; 0 = run to --epochs")
+    p.add_argument("--resize", action="store_true", default=None,
+                   help="stretch every image to the pattern's INPUT height x width, for a folder "
+                        "of images of several sizes (default: refuse other sizes)")
     p.add_argument("--threads", type=int, default=0,
-                   help="kernel worker threads (default: one per core); an exact --resume needs the same count")
+                   help="kernel worker threads, 0 = one per core; an exact --resume needs the "
+                        "same count")
     p.set_defaults(func=run)
 
 
 def _check(args):
-    if args.epochs < 1:
-        raise SlidenetError(f"--epochs must be at least 1, not {args.epochs}")
-    for name in ("batch_size", "patience", "stop_after"):
-        if getattr(args, name) < 0:
-            raise SlidenetError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(args, name)}")
+    for name in ("epochs", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SlidenetError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+    for name in ("patience", "stop_after"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise SlidenetError(f"--{name.replace('_', '-')} must be 0 or more, not {value}")
     if args.threads < 0:
         raise SlidenetError(f"--threads must be 0 (one per core) or more, not {args.threads}")
-    if not args.lr > 0:
+    if args.lr is not None and not args.lr > 0:
         raise SlidenetError(f"--lr must be > 0, not {args.lr}")
-    if not 0 <= args.val_fraction < 1:
+    if args.val_fraction is not None and not 0 <= args.val_fraction < 1:
         raise SlidenetError(f"--val-fraction must be in [0, 1), not {args.val_fraction}")
     if args.resume and not os.path.isfile(args.resume):
         raise SlidenetError(f"--resume {args.resume}: no such model file")
 
 
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def _shown(name, value):
+    """How a setting reads on the command line: '--lr 0.002', '--no-augment', 'no --flip'."""
+    if name == "variables":
+        return " ".join(f"--set {k}={v}" for k, v in value.items()) or "no --set"
+    if isinstance(value, bool):
+        if name == "augment":
+            return "--augment" if value else "--no-augment"
+        return _flag(name) if value else f"no {_flag(name)}"
+    return f"{_flag(name)} {value!r}" if name == "pattern" else f"{_flag(name)} {value}"
+
+
+def _given(args):
+    """{TrainConfig field: value} of the run-defining flags on the command line."""
+    given = {name: getattr(args, name) for name in RUN_FLAGS if getattr(args, name) is not None}
+    if "data" in given:
+        given["data"] = datasets.resolve(given["data"])     # the model keeps it absolute
+    if args.set is not None:
+        given["variables"] = parse_sets(args.set)
+    return given
+
+
+def _check_resume(args, given):
+    """The saved config of --resume MODEL; SlidenetError when a given flag disagrees with it."""
+    _, meta = modelfile.load(args.resume)
+    saved = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    for name, value in given.items():
+        if name in ON_RESUME or name not in saved or saved[name] == value:
+            continue
+        if name in ("pattern", "variables", "skip_optional"):
+            why = f"the net is fixed by the model: {_shown(name, saved[name])}"
+            fix = "start a new run (without --resume) to train another net"
+        else:
+            why = f"the model's run continues exactly as it began, with {_shown(name, saved[name])}"
+            fix = f"drop {_shown(name, value)}, or start a new run (without --resume) to change it"
+        shown = _flag("set") if name == "variables" else _flag(name)
+        raise SlidenetError(f"{shown} cannot change on --resume {args.resume}: {why}; {fix}")
+    return saved
+
+
+def _memory_advice(args, config):
+    """The fix for an OutOfMemory, in this command's flags."""
+    if args.resume:
+        return (f"free some memory, or start a new run with a smaller --batch-size (a resumed "
+                f"run keeps its batch size, {config.batch_size})")
+    smaller = config.batch_size // 2 if config.batch_size else AUTO_BATCH // 2
+    return f"try a smaller batch, e.g. --batch-size {max(1, smaller)}"
+
+
 def run(args):
     _check(args)
+    given = _given(args)
+    values = {**vars(DEFAULTS), **given}
+    if args.resume:
+        saved = _check_resume(args, given)
+        values.update({k: v for k, v in saved.items() if k in values and k not in ON_RESUME})
+        values["patience"] = given.get("patience", saved.get("patience", DEFAULTS.patience))
+    if "momentum" in given and values["optimizer"] not in ("momentum", "nesterov"):
+        raise SlidenetError(f"--momentum applies to --optimizer momentum or nesterov, not "
+                            f"{values['optimizer']}, which does not use it; drop --momentum")
     out = args.out or (os.path.dirname(args.resume) if args.resume else DEFAULTS.out) or "."
-    config = TrainConfig(
-        pattern=args.pattern, variables=parse_sets(args.set), skip_optional=args.skip_optional,
-        data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
-        schedule=args.schedule, loss=args.loss, augment=args.augment, flip=args.flip,
-        val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, out=out,
-        stop_after=args.stop_after, threads=args.threads, resize=args.resize)
+    config = TrainConfig(**{**values, "epochs": args.epochs, "out": out,
+                            "stop_after": args.stop_after, "threads": args.threads})
     try:
         train(config, resume=args.resume)
+    except OutOfMemory as err:
+        raise err.advise(_memory_advice(args, config)) from None
     except TrainingInterrupted as stop:
         print(f"slidenet train: interrupted; {stop.hint}", file=sys.stderr)
         return 130

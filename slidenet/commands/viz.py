@@ -28,7 +28,8 @@ def register(subparsers):
 
     p = _picture(pictures, "filters", "the filters of a layer as images (default: the first CONV)",
                  "filters.png")
-    p.add_argument("--layer", help="a CONV (or FC) layer, by name (conv2) or position")
+    p.add_argument("--layer", help="a CONV (or FC) layer, by name (conv2) or position "
+                                   "(default: the first CONV)")
     p.set_defaults(func=run_filters)
 
     p = _picture(pictures, "activations", "an image's activation maps after every CONV, RELU "
@@ -40,32 +41,32 @@ def register(subparsers):
     p = _picture(pictures, "patches", "the 9 image patches that activate each channel most",
                  "patches.png")
     p.add_argument("--data", help="data spec (default: the data the model was trained on)")
-    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="which split")
     p.add_argument("--layer", help="a layer with an H x W output (default: the last CONV)")
-    p.add_argument("--channels", type=int, default=16, help="how many channels, from 0 (16)")
+    p.add_argument("--channels", type=int, default=16, help="how many channels, from 0")
     p.set_defaults(func=run_patches)
 
     p = _picture(pictures, "maximize", "for each filter, an input found by gradient ascent "
                  "that maximises its mean activation", "maximize.png")
     p.add_argument("--layer", help="any layer by name or position (default: the last CONV)")
-    p.add_argument("--channels", type=int, default=16, help="how many channels, from 0 (16)")
-    p.add_argument("--steps", type=int, default=200, help="gradient-ascent steps (200)")
+    p.add_argument("--channels", type=int, default=16, help="how many channels, from 0")
+    p.add_argument("--steps", type=int, default=200, help="gradient-ascent steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise and jitter")
     p.set_defaults(func=run_maximize)
 
     p = pictures.add_parser("curves", help="training and validation loss and accuracy per epoch",
                             description="Plot RUN_DIR/history.json, written by `slidenet train`.")
     p.add_argument("run", metavar="RUN_DIR", help="a run folder (or its history.json)")
-    p.add_argument("--out", default="curves.png", help="picture file to write (curves.png)")
+    p.add_argument("--out", default="curves.png", help="picture file to write")
     p.set_defaults(func=run_curves)
 
     p = pictures.add_parser(
         "slide", help="an animated GIF of a filter sliding over a zero-padded input",
         description="One frame per output position, with (N + 2P - F) / S + 1 and its numbers.")
-    p.add_argument("--input", type=int, default=7, metavar="N", help="input size N x N (7)")
-    p.add_argument("--filter", type=int, default=3, metavar="F", help="filter size F x F (3)")
-    p.add_argument("--stride", type=int, default=2, metavar="S", help="stride (2)")
-    p.add_argument("--pad", type=int, default=1, metavar="P", help="zero padding per side (1)")
+    p.add_argument("--input", type=int, default=7, metavar="N", help="input size N x N")
+    p.add_argument("--filter", type=int, default=3, metavar="F", help="filter size F x F")
+    p.add_argument("--stride", type=int, default=2, metavar="S", help="stride")
+    p.add_argument("--pad", type=int, default=1, metavar="P", help="zero padding per side")
     p.add_argument("--out", default="slide.gif",
                    help="slide.gif (animated); a .png name writes the finished picture instead")
     p.set_defaults(func=run_slide)
@@ -74,7 +75,7 @@ def register(subparsers):
 def _picture(pictures, name, text, default_out):
     p = pictures.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
     p.add_argument("model", help="a model file written by `slidenet train` (model.npz, best.npz)")
-    p.add_argument("--out", default=default_out, help=f"picture file to write ({default_out})")
+    p.add_argument("--out", default=default_out, help="picture file to write")
     return p
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 from slidenet.errors import DataError
 
 # What a damaged or foreign file raises while we read it; each becomes a DataError naming it.
-_BAD_FILE = (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile, struct.error)
+# NotImplementedError: a zip member compressed by a method zipfile does not know.
+_BAD_FILE = (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile, struct.error,
+             NotImplementedError)
 
 
 @contextmanager

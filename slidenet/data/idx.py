@@ -1,10 +1,13 @@
 """IDX files (MNIST, Fashion-MNIST): `read_idx` and the mnist:DIR and fashion-mnist loaders."""
 import gzip
+import math
+import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
+from slidenet import limits
 from slidenet.data.dataset import Dataset, _shape_text
 from slidenet.data.files import _existing_dir, _reading, _required_arg
 from slidenet.errors import DataError
@@ -23,26 +26,70 @@ def read_idx(path):
 
     Layout: two zero bytes, a type code, the number of dimensions, each dimension as a
     big-endian uint32, then the elements in row-major order. The file must be exactly that long.
+    The size the header claims is checked against the input budget (`slidenet.limits`) before
+    the array is allocated, and a gzip stream is decompressed straight into it, never beyond.
     """
     path = Path(path)
-    with _reading(path):
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    if len(raw) < 4 or raw[0] or raw[1] or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path} is not an IDX file "
-                        f"(its magic number is {raw[:4].hex() or 'missing'})")
-    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
-    start = 4 + 4 * ndim
-    if len(raw) < start:
+    with _reading(path), open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        with (gzip.GzipFile(fileobj=raw) if gzipped else raw) as fh:
+            return _read_idx_stream(fh, path, None if gzipped else os.fstat(raw.fileno()).st_size)
+
+
+def _read_idx_stream(fh, path, file_size):
+    """The array in the IDX stream `fh`; file_size: its length in bytes, None when gzipped."""
+    magic = _read_up_to(fh, 4)
+    if len(magic) < 4 or magic[0] or magic[1] or magic[2] not in _IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file (its magic number is {magic.hex() or 'missing'})")
+    dtype, ndim = _IDX_DTYPES[magic[2]], magic[3]
+    header = _read_up_to(fh, 4 * ndim)
+    if len(header) < 4 * ndim:
         raise DataError(f"{path} is truncated: its header is cut off")
-    dims = struct.unpack(f">{ndim}I", raw[4:start])
-    expected = start + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(raw) != expected:
-        state = "truncated" if len(raw) < expected else "longer than its header says"
-        raise DataError(f"{path} is {state}: a {_shape_text(dims)} {dtype.name} array needs "
-                        f"{expected} bytes, the file has {len(raw)}")
-    return np.frombuffer(raw, dtype, offset=start).reshape(dims).astype(dtype.newbyteorder("="))
+    dims = struct.unpack(f">{ndim}I", header)
+    start = 4 + 4 * ndim
+    expected = start + math.prod(dims) * dtype.itemsize
+    what = f"{path}: a {_shape_text(dims)} {dtype.name} array"
+    if file_size is not None and file_size != expected:
+        _wrong_length(path, dims, dtype, expected, file_size)
+    limits.check_claim(expected - start, what)
+    array = np.empty(dims, dtype)
+    got = start + _read_into(fh, memoryview(array.reshape(-1).view(np.uint8)))
+    if got < expected:
+        _wrong_length(path, dims, dtype, expected, got)
+    if _read_up_to(fh, 1):
+        raise DataError(f"{path} is longer than its header says: a {_shape_text(dims)} "
+                        f"{dtype.name} array needs {expected} bytes, the data goes on beyond")
+    return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _wrong_length(path, dims, dtype, expected, length):
+    state = "truncated" if length < expected else "longer than its header says"
+    raise DataError(f"{path} is {state}: a {_shape_text(dims)} {dtype.name} array needs "
+                    f"{expected} bytes, the file has {length}")
+
+
+def _read_up_to(fh, n):
+    """Up to n bytes; fewer only at the end of the stream."""
+    parts, left = [], n
+    while left:
+        part = fh.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _read_into(fh, buffer):
+    """Fill `buffer` (a byte memoryview) from `fh`; returns how many bytes arrived."""
+    filled = 0
+    while filled < len(buffer):
+        n = fh.readinto(buffer[filled:])
+        if not n:
+            break
+        filled += n
+    return filled
 
 
 def _find_idx(directory, stem):

@@ -4,11 +4,15 @@ Any format Pillow reads is welcome (PNG, JPEG, BMP, GIF, WebP, TIFF). Hidden fil
 macOS's "._name") are not data and are left out; other files are left out with a note. Images
 with transparency are composited onto a background (black for training folders, like MNIST's;
 for `load_image`, the background the model was trained on) before the alpha is dropped.
+Every file, and the pixels it decodes to, must fit the input budget (`slidenet.limits`).
 """
+import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from slidenet import limits
 from slidenet.data.dataset import Dataset, _shape_text, _split_dataset
 from slidenet.data.files import _BAD_FILE, _existing_dir, _existing_file, _reading, _required_arg
 from slidenet.errors import DataError
@@ -26,7 +30,8 @@ def _pillow():
 
 
 def _image_errors(image_module):
-    return _BAD_FILE + (image_module.DecompressionBombError,)
+    # SyntaxError: what Pillow's PNG reader raises for a broken chunk found while decoding.
+    return _BAD_FILE + (image_module.DecompressionBombError, SyntaxError)
 
 
 def _has_alpha(image):
@@ -48,12 +53,41 @@ def _pixels(image_module, image, depth, background=0, size=None):
     return np.array(image).reshape(image.height, image.width, depth)
 
 
-def _read_image(path, size=None):
+def _open(image_module, path):
+    """Pillow's Image for the file at `path`, read from memory.
+
+    Pillow reads some chunks at the length their header claims (a PNG's last IDAT chunk, in
+    `load_end`); from a file, Python allocates that length before reading, which a flipped byte
+    makes gigabytes. From memory a read returns what there is. The file itself must fit the
+    input budget. Pillow's decompression-bomb warning is not shown: the budget is checked
+    (`_decoded_bytes`), and Pillow's error for twice its limit still applies.
+    """
+    limits.check_claim(path.stat().st_size, str(path))
+    raw = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", image_module.DecompressionBombWarning)
+        return image_module.open(io.BytesIO(raw))
+
+
+def _decoded_bytes(image):
+    """Bytes Pillow needs to decode `image` (it keeps up to 4 bytes a pixel), read from the
+    header before any pixel is decoded."""
+    return image.width * image.height * 4
+
+
+def _read_image(path, size=None, before=0):
     """uint8 (H, W, D): D = 1 for grayscale modes, else 3 (RGB; transparency composited onto
-    black). size (H, W): stretch the image to it."""
+    black). size (H, W): stretch the image to it.
+
+    before: bytes of images already read for the same data set; with this image they must fit
+    the input budget (`slidenet.limits`), checked before it is decoded.
+    """
     image_module = _pillow()
     with _reading(path, _image_errors(image_module)):
-        with image_module.open(path) as image:
+        with _open(image_module, path) as image:
+            limits.check_claim(before + _decoded_bytes(image),
+                               f"{path} ({image.width}x{image.height} pixels)" if not before
+                               else f"the images up to {path}")
             return _pixels(image_module, image, 1 if image.mode in _GRAY_MODES else 3, 0, size)
 
 
@@ -83,7 +117,7 @@ def _read_class_folders(directory, size, skipped, class_names=None):
                         "images per class (DIR/cat/*.png, DIR/dog/*.png), or DIR/train/<class> "
                         "and DIR/test/<class>")
     names = [p.name for p in folders] if class_names is None else class_names
-    images, labels = [], []
+    images, labels, total = [], [], 0
     for folder in folders:
         if folder.name not in names:
             raise DataError(f"{folder} is not one of the training classes: {', '.join(names)}")
@@ -91,7 +125,9 @@ def _read_class_folders(directory, size, skipped, class_names=None):
         if not files:
             raise DataError(f"class folder {folder} has no images "
                             f"({', '.join(s[1:].upper() for s in IMAGE_SUFFIXES[:5])}, ...)")
-        images += [(f, _read_image(f, size)) for f in files]
+        for f in files:
+            images.append((f, _read_image(f, size, before=total)))
+            total += images[-1][1].nbytes
         labels += [names.index(folder.name)] * len(files)
     return images, np.array(labels, dtype=np.int64), names
 
@@ -145,7 +181,8 @@ def load_image(path, shape, resize=False, background=0, notes=None):
     path = _existing_file(path)
     image_module = _pillow()
     with _reading(path, _image_errors(image_module)):
-        with image_module.open(path) as image:
+        with _open(image_module, path) as image:
+            limits.check_claim(_decoded_bytes(image), f"{path} ({image.width}x{image.height} pixels)")
             if image.size != (width, height) and not resize:
                 own = 1 if image.mode in _GRAY_MODES else 3
                 raise DataError(f"{path} is {image.height}x{image.width}x{own} but the net's "

@@ -1,6 +1,7 @@
 """The npz:FILE loader: arrays x, y (optionally x_test, y_test, class_names) from np.savez."""
 import numpy as np
 
+from slidenet import limits
 from slidenet.data.dataset import Dataset, _split_dataset
 from slidenet.data.files import _existing_file, _reading, _required_arg
 from slidenet.errors import DataError
@@ -43,6 +44,7 @@ def _load_npz(arg, spec):
             # np.load would try anything that is neither zip nor .npy as a pickle.
             if fh.read(2) != b"PK":
                 raise DataError(f"{path} is not an .npz archive (np.savez writes one)")
+        limits.check_npz(path)
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     if "x" not in arrays or "y" not in arrays or ("x_test" in arrays) != ("y_test" in arrays):

@@ -7,6 +7,7 @@ seconds, images_per_s}, with val_* None when no validation split was held out.
 import json
 from pathlib import Path
 
+from slidenet import limits
 from slidenet.errors import SlidenetError
 from slidenet.viz import grid
 
@@ -22,6 +23,7 @@ def load_history(path):
     if not path.is_file():
         raise SlidenetError(f"no history at {path}: give a run folder written by `slidenet train` "
                             "(it holds history.json)")
+    limits.check_claim(path.stat().st_size, str(path))
     try:
         history = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
+from slidenet import writing
 from slidenet.errors import SlidenetError
 
 DPI = 100
@@ -140,13 +141,13 @@ def label_grid(ax, layout, xlabel, ylabel, row_step=None, fontsize=7):
 
 
 def save(fig, path):
-    """Write `fig` to `path` (PNG unless the suffix says otherwise), creating the folder."""
+    """Write `fig` to `path` atomically (`slidenet.writing`), in the format its suffix names
+    (PNG without one), creating the folder. A previous file survives any failure."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=DPI, facecolor="white")
-    except OSError as err:
-        raise SlidenetError(f"cannot write {path}: {err.strerror or err}") from None
-    except ValueError as err:       # an unknown suffix: matplotlib names the formats it knows
-        raise SlidenetError(f"cannot write {path}: {err}") from None
-    return path
+    kind = path.suffix[1:].lower() or "png"
+    formats = fig.canvas.get_supported_filetypes()
+    if kind not in formats:
+        raise SlidenetError(f"cannot write {path}: matplotlib writes {', '.join(sorted(formats))}, "
+                            f"not .{kind}")
+    return writing.write_file(path, lambda fh: fig.savefig(fh, format=kind, dpi=DPI,
+                                                            facecolor="white"))

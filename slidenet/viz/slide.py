@@ -7,7 +7,6 @@ input and filter drawn from a seeded generator), so each output is a dot product
 by hand. A geometry that does not fit raises the same `GeometryError` as `slidenet summary`.
 """
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -15,7 +14,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from slidenet import geometry
+from slidenet import geometry, writing
 from slidenet.errors import SlidenetError
 from slidenet.viz import grid
 from slidenet.progress import progress
@@ -224,10 +223,7 @@ def save_slide_gif(path, n, f, s, p, seed=0):
     palette = frames[-1].quantize(colors=64, method=Image.Quantize.MEDIANCUT)
     frames = [frame.quantize(palette=palette, dither=Image.Dither.NONE) for frame in frames]
     durations = [FRAME_MS] * (len(frames) - 1) + [LAST_FRAME_MS]
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:],
-                       duration=durations, loop=0, disposal=1)
-    except OSError as err:
-        raise SlidenetError(f"cannot write {path}: {err.strerror or err}") from None
+    writing.write_file(path, lambda fh: frames[0].save(
+        fh, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0,
+        disposal=1))
     return len(frames)

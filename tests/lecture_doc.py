@@ -187,6 +187,9 @@ def environment():
     """The process environment with this Python's bin folder first on PATH."""
     env = dict(os.environ)
     bin_dir = str(Path(sys.executable).parent)
+    if not (Path(bin_dir) / "slidenet").exists():
+        raise FileNotFoundError(f"no slidenet command next to {sys.executable}; run this with the "
+                                "project's .venv/bin/python (make setup creates it)")
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     return env

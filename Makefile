@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench fashion setup clean
+.PHONY: demo test bench fashion setup clean lecture-docs
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ fashion: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Re-run every command of the lecture walk-through and rewrite its outputs and pictures
+# (tests/test_lecture_doc.py fails until this is done after a change to slidenet's output).
+lecture-docs: $(STAMP)
+	$(PY) tests/lecture_doc.py --update docs/lecture.md docs/lecture.ko.md
 
 # Speed against the machine's sgemm peak and, when it is installed, PyTorch (see docs/benchmarks.md).
 bench: $(STAMP)

@@ -77,7 +77,9 @@ def infer(specs, pattern=None):
             name=name, spec=spec, index=index, input_shape=walk.shape, output_shape=step.shape,
             params=step.params, params_formula=step.params_formula,
             size_formulas=step.size_formulas, receptive_field=seen,
-            field_capped=seen != tuple(field), madds=step.madds,
+            # Capped only where a window reaches past the edge; an FC sees the whole input anyway.
+            field_capped=seen != tuple(field) and kind.window(spec, walk.shape) is not None,
+            madds=step.madds,
             backward_madds=step.backward_madds,
             activation_bytes=prod(step.shape) * BYTES_PER_NUMBER))
         flattened = walk.flattened_by or (where if len(step.shape) == 1 else "")

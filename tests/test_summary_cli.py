@@ -98,19 +98,27 @@ def test_cli_text_table():
 
 def test_summary_notes_the_padding_it_chose_and_capped_fields(capsys):
     # The README's old claim: default padding "keeps the size". Only an odd filter at stride 1
-    # has a centred padding; an even one gets p=0, and summary says so with the numbers.
+    # has a centred padding; an even one, or a stride above 1, gets p=0, and summary says so.
     assert main(["summary", "INPUT(32x32x3) -> CONV(10, 4x4) -> CONV(8) -> CONV(4, 3x3, s=2) "
-                 "-> CONV(2, p=0) -> FC(10)"]) == 0
+                 "-> CONV(2, 2x2, p=0) -> FC(10)"]) == 0
     out = capsys.readouterr().out
     notes = out.split("notes:\n")[1].split("\n\n")[0].splitlines()
-    assert notes[0] == ("  conv1 CONV(10, 4x4): no p= given, so p=0 (a 4x4 filter has no centred "
-                        "padding): 32 x 32 becomes 29 x 29; write p= to choose")
-    assert notes[1] == ("  conv2 CONV(8): no p= given, so p=1 = (F - 1) / 2, which keeps 29 x 29 "
-                        "at stride 1")
-    assert notes[2].startswith("  conv3 CONV(4, 3x3, s=2): no p= given, so p=0 (at stride 2 no "
-                               "padding keeps the size): 29 x 29 becomes 14 x 14")
-    assert not any("conv4" in line for line in notes)           # p=0 was written
-    assert "32 x 32*" in out and notes[-1].startswith("  * the whole 32 x 32 input")
+    assert notes == [
+        "  conv1 CONV(10, 4x4): no p= given, so p=0 (a 4x4 filter has no centred padding): "
+        "32 x 32 becomes 29 x 29; write p= to choose",
+        "  conv3 CONV(4, 3x3, s=2): no p= given, so p=0 (at stride 2 no padding keeps the size): "
+        "29 x 29 becomes 14 x 14; write p= to choose"]
+    assert "(29 + 2*1 - 3) / 1 + 1 = 29" in out        # conv2's default p=1, in its row
+    assert not re.search(r" x \d+\*", out)             # no window reaches past the edges
+
+
+def test_summary_marks_receptive_fields_capped_at_the_input(capsys):
+    assert main(["summary", "INPUT(8x8x1) -> [CONV(2)]*4 -> FC(2)"]) == 0
+    out = capsys.readouterr().out
+    fields = {line.split()[0]: line for line in out.splitlines() if line.startswith(("conv", "fc"))}
+    assert "7 x 7 " in fields["conv3"] and "8 x 8*" in fields["conv4"]      # 9 x 9 capped
+    assert "8 x 8*" not in fields["fc1"]        # an FC sees the whole input by definition
+    assert "* the whole 8 x 8 input: these windows reach past its edges" in out
 
 
 def test_summary_of_a_model_file(tmp_path, capsys):

@@ -59,15 +59,15 @@ class Conv(Layer):
 
     @classmethod
     def notes(cls, info):
-        """The padding slidenet chose when the pattern gave none, and why."""
+        """Why the padding is 0 when the pattern gave none and an odd filter at stride 1 would
+        have kept the size: the default only centres odd filters at stride 1. (The chosen P is
+        in every row's (N + 2P - F) / S + 1.)"""
         s = info.spec
-        if s.pad_given:
-            return []
         (fh, fw), (sh, sw), (ph, pw) = s.size, s.stride, s.pad
+        if s.pad_given or ((sh, sw) == (1, 1) and fh % 2 and fw % 2):
+            return []
         h, w = info.input_shape[:2]
         out = " x ".join(map(str, info.output_shape[:2]))
-        if (sh, sw) == (1, 1) and fh % 2 and fw % 2:
-            return [f"no p= given, so p={_axes(ph, pw)} = (F - 1) / 2, which keeps {out} at stride 1"]
         why = []
         if fh % 2 == 0 or fw % 2 == 0:
             why.append(f"a {fh}x{fw} filter has no centred padding")

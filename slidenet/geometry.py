@@ -48,6 +48,13 @@ def fitting_pads(n, f, s, limit=None):
     return [p for p in range(0, limit + 1) if n + 2 * p - f >= 0 and (n + 2 * p - f) % s == 0]
 
 
+def fitting_sizes(n, f, s, p=0, count=2):
+    """The `count` window sizes closest to f with which stride s tiles n + 2p exactly."""
+    span = n + 2 * p
+    sizes = [g for g in range(1, span + 1) if g != f and (span - g) % s == 0]
+    return sorted(sorted(sizes, key=lambda g: (abs(g - f), g))[:count])
+
+
 def output_size(n, f, s, p=0, what="input", can_pad=True):
     """The whole number of filter positions along one axis, or a GeometryError that teaches.
 
@@ -79,6 +86,10 @@ def suggest(n, f, s, p=0, can_pad=True):
     if strides:
         listed = " or ".join(str(x) for x in strides)
         hints.append(f"stride {listed} tiles this input")
+    sizes = fitting_sizes(n, f, s, p) if s > 1 else []
+    if sizes:
+        listed = " or ".join(str(g) for g in sizes)
+        hints.append(f"a window of {listed} tiles it at stride {s}: {describe(n, sizes[0], s, p)}")
     pads = [q for q in fitting_pads(n, f, s) if q != p] if can_pad else []
     if pads:
         q = pads[0]

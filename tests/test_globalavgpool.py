@@ -17,7 +17,7 @@ def test_summary_shows_one_number_per_channel(capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("globalavgpool1"))
     assert "1 x 1 x 16" in row and "(8 - 8) / 1 + 1 = 1" in row and "8 x 8" in row
-    assert "10 x (16 + 1) = 170" in out and "total parameters:        170 " in out
+    assert "10 x (1*1*16 + 1) = 170" in out and "total parameters:        170 " in out
 
 
 def test_the_kernel_is_the_mean_over_height_and_width():

@@ -30,7 +30,7 @@ DOCS = [ROOT / "docs" / "lecture.md", ROOT / "docs" / "lecture.ko.md"]
 # of the documents, and what its output must contain.
 LECTURE_FACTS = {
     # FC: 32x32x3 stretched to 3072, W of 10 x 3072, plus 10 biases.
-    "slidenet summary 'INPUT(32x32x3) -> FC(10)'": ["3072", "30,730"],
+    "slidenet summary 'INPUT(32x32x3) -> FC(10)'": ["32*32*3 + 1", "30,730", "30,720"],
     # one 5x5x3 filter: 5*5*3 + 1 numbers, one 28 x 28 activation map.
     "slidenet summary 'INPUT(32x32x3) -> CONV(1, 5x5, p=0)'": ["28 x 28 x 1", "= 76"],
     "slidenet summary 'INPUT(32x32x3) -> CONV(6, 5x5, p=0) -> RELU -> CONV(10, 5x5, p=0) -> RELU'":

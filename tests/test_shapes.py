@@ -32,7 +32,7 @@ def test_fc_on_a_cifar_image_has_30730_parameters():
     fc = last("INPUT(32x32x3) -> FC(10)")
     assert fc.output_shape == (10,)
     assert fc.params == 30_730                     # 10 x (32*32*3 + 1)
-    assert fc.params_formula == "10 x (3072 + 1) = 30,730"
+    assert fc.params_formula == "10 x (32*32*3 + 1) = 30,730"    # 32*32*3 = 3072 inputs
     assert fc.madds == 30_720
 
 

@@ -137,7 +137,7 @@ def test_summary_json_matches_infer():
         "size_formulas": ["(9 - 3) / 2 + 1 = 4", "(8 - 1) / 1 + 1 = 8"],
         "receptive_field": [3, 1], "receptive_field_capped": False, "notes": [],
         "madds": 4 * 8 * 4 * 3 * 1 * 3, "activation_bytes": 512}
-    assert result["layers"][2]["params_formula"] == "2 x (128 + 1) = 258"
+    assert result["layers"][2]["params_formula"] == "2 x (4*8*4 + 1) = 258"
     assert result["total_params"] == 40 + 258
     assert result["total_madds"] == 1152 + 256
     assert "h: (9 - 3) / 2 + 1 = 4; w: (8 - 1) / 1 + 1 = 8" in summary_text(infos)

@@ -13,12 +13,21 @@ lecture's loops are `slidenet.ops.naive.conv_forward`.
 import numpy as np
 
 from slidenet import arguments, ops
+from slidenet.errors import GeometryError
 from slidenet.layers.base import Layer, Step, Window, slide
 from slidenet.layers.registry import register
 
 
 def _axes(a, b):
     return str(a) if a == b else f"{a}x{b}"
+
+
+def _default_pad_reason(spec):
+    """Why the default padding of this CONV is 0: an even filter, or a stride above 1."""
+    (fh, fw), (sh, sw) = spec.size, spec.stride
+    if fh % 2 == 0 or fw % 2 == 0:
+        return f"a {fh}x{fw} filter has no centred padding, so it is 0"
+    return f"at stride {_axes(sh, sw)} the default padding is 0"
 
 
 @register
@@ -50,7 +59,13 @@ class Conv(Layer):
 
     @classmethod
     def infer(cls, spec, walk):
-        out_h, out_w, d, formulas, field, jump = slide(spec, cls.window(spec, walk.shape), walk)
+        try:
+            out_h, out_w, d, formulas, field, jump = slide(spec, cls.window(spec, walk.shape), walk)
+        except GeometryError as err:
+            if spec.pad_given or spec.pad != (0, 0):
+                raise
+            # The formula shows P = 0; say that it was chosen, not written.
+            raise GeometryError(f"{err} (no p= was given, and {_default_pad_reason(spec)})") from None
         k, (fh, fw) = spec.filters, spec.size
         params = k * (fh * fw * d + 1)          # each filter spans the full depth, plus a bias
         madds = out_h * out_w * k * fh * fw * d

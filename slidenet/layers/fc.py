@@ -46,7 +46,9 @@ class FC(Layer):
         # An FC unit sees the whole volume: a window as large as the input, on both axes.
         spatial = walk.shape[:2] if len(walk.shape) == 3 else (1, 1)
         field = tuple(r + (f - 1) * j for r, f, j in zip(walk.field, spatial, walk.jump))
-        return Step((n,), params, f"{n} x ({inputs} + 1) = {params:,}", (), inputs * n,
+        # A volume is stretched into H*W*D numbers: the formula says where they come from.
+        stretched = "*".join(map(str, walk.shape)) if len(walk.shape) == 3 else str(inputs)
+        return Step((n,), params, f"{n} x ({stretched} + 1) = {params:,}", (), inputs * n,
                     2 * inputs * n, field, walk.jump)
 
     @classmethod

@@ -17,9 +17,9 @@ more than a CIFAR batch contains) raises `DataError` naming the file.
 from slidenet.data.batching import augment, batches, split_validation
 from slidenet.data.dataset import Dataset, check_fits
 from slidenet.data.idx import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx
-from slidenet.data.images import load_image
+from slidenet.data.images import decode_image, load_image
 from slidenet.data.normalize import Normalizer
 from slidenet.data.specs import SPECS, load
 
 __all__ = ["Dataset", "load", "SPECS", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "read_idx",
-           "load_image", "Normalizer", "check_fits", "batches", "augment", "split_validation"]
+           "load_image", "decode_image", "Normalizer", "check_fits", "batches", "augment", "split_validation"]

@@ -1,4 +1,6 @@
-"""PNG/JPEG images: the folder:DIR loader (one subfolder per class) and `load_image`."""
+"""PNG/JPEG images: the folder:DIR loader (one subfolder per class), `load_image` (a file) and
+`decode_image` (bytes: an upload to `slidenet serve`)."""
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ from slidenet.errors import DataError
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+MAX_PIXELS = 4096 * 4096    # an image claiming more is refused before it is decoded
 
 
 def _pillow():
@@ -86,20 +89,51 @@ def load_image(path, shape, resize=False):
     The colour mode is converted to match D (1: grayscale, 3: RGB). A different size is a
     DataError naming both shapes, unless resize=True stretches the image to H x W.
     """
-    height, width, depth = (int(v) for v in shape)
-    if depth not in (1, 3):
-        raise DataError(f"an image can feed an INPUT of depth 1 or 3, not {_shape_text(shape)}")
+    _input_depth(shape)
     path = _existing_file(Path(path))
     image_module = _pillow()
     with _reading(path, _image_errors(image_module)):
         with image_module.open(path) as image:
-            if image.size != (width, height) and not resize:
-                own = 1 if image.mode in _GRAY_MODES else 3
-                raise DataError(f"{path} is {image.height}x{image.width}x{own} but the net's "
-                                f"INPUT is {_shape_text(shape)}: resize the image to "
-                                f"{height}x{width}")
-            image = image.convert("L" if depth == 1 else "RGB")
-            if image.size != (width, height):
-                image = image.resize((width, height), image_module.BILINEAR)
-            pixels = np.array(image)
-    return pixels.reshape(height, width, depth)
+            return _fit(image, shape, resize, path, image_module)
+
+
+def decode_image(data, shape, name="the upload"):
+    """PNG or JPEG bytes (an upload, a drawing) as uint8 (H, W, D) for INPUT shape = (H, W, D),
+    converted to D's colour mode and stretched to H x W.
+
+    Raises DataError naming `name` for bytes that are not a PNG or JPEG, or whose header claims
+    more than MAX_PIXELS pixels (checked before anything is decoded: a decompression bomb).
+    """
+    _input_depth(shape)
+    image_module = _pillow()
+    try:
+        with image_module.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise DataError(f"{name} is {image.width}x{image.height} pixels; at most "
+                                f"{MAX_PIXELS:,} pixels are read")
+            return _fit(image, shape, True, name, image_module)
+    except image_module.UnidentifiedImageError:
+        raise DataError(f"{name} is not a PNG or JPEG image ({len(data):,} bytes that read as "
+                        "neither); send one of those") from None
+    except _image_errors(image_module) as err:
+        raise DataError(f"cannot read {name}: {err}") from None
+
+
+def _input_depth(shape):
+    if int(shape[2]) not in (1, 3):
+        raise DataError(f"an image can feed an INPUT of depth 1 or 3, not {_shape_text(shape)}")
+
+
+def _fit(image, shape, resize, name, image_module):
+    """An open PIL image as uint8 (H, W, D) for INPUT `shape`, in its colour mode; a different
+    size is stretched (bilinear) when `resize`, else a DataError naming `name`."""
+    height, width, depth = (int(v) for v in shape)
+    if image.size != (width, height) and not resize:
+        own = 1 if image.mode in _GRAY_MODES else 3
+        raise DataError(f"{name} is {image.height}x{image.width}x{own} but the net's "
+                        f"INPUT is {_shape_text(shape)}: resize the image to "
+                        f"{height}x{width}")
+    image = image.convert("L" if depth == 1 else "RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), image_module.BILINEAR)
+    return np.array(image).reshape(height, width, depth)

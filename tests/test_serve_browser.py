@@ -17,7 +17,9 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from slidenet.model import load
+from slidenet import Net
+from slidenet.data import Normalizer
+from slidenet.model import load, save
 from slidenet.viz.patches import top_patches
 
 from serving import image_like, png_bytes, server
@@ -358,3 +360,31 @@ def test_bad_uploads_are_explained_on_the_page(visit, site):
     upload(visit, image_like((12, 12, 1), seed=8), folder)
     expect(page.locator("#error")).to_be_hidden()
     visit.only_local()
+
+
+# ---- a colour model: no drawing, any image file ----
+
+def test_a_colour_model_takes_image_files(browser, tmp_path):
+    net = Net.from_pattern("INPUT(10x10x3) -> CONV(4) -> RELU -> AVGPOOL -> FC(2)", seed=1)
+    pixels = np.random.default_rng(9).integers(0, 255, (10, 10, 3)).astype(np.uint8)
+    save(tmp_path / "colour.npz", net, Normalizer.fit(pixels[None]), ["warm", "cool"])
+    model = load(str(tmp_path / "colour.npz"))
+    with server(tmp_path / "colour.npz", cwd=tmp_path) as (_, url):
+        context = browser.new_context()
+        page = context.new_page()
+        seen = Visit(page, url)
+        page.on("console", lambda m: m.type == "error" and seen.errors.append(m.text))
+        page.on("request", lambda r: seen.requests.append(r.url))
+        page.goto(url + "/")
+        assert page.locator("#draw").count() == 0
+        upload(seen, pixels, tmp_path)
+        np.testing.assert_array_equal(canvas_pixels(page.locator("#seen"))[..., :3], pixels)
+        np.testing.assert_allclose(shown_probabilities(page), model.predict(pixels[None])[0],
+                                   atol=5e-4 + 1e-6)
+        page.locator("#layer-avgpool1 canvas.tile").nth(1).click(position={"x": 5, "y": 50})
+        expect(page.locator("#unit-body")).to_have_attribute("data-layer", "avgpool1")
+        maps = maps_of(model, pixels)
+        assert abs(number(page, "#unit-value") - float(maps["avgpool1"][0, 4, 0, 1])) <= 0.5e-4 + 1e-6
+        assert page.locator("#unit-body table.cells td").count() == 4
+        seen.clean()
+        context.close()

@@ -91,6 +91,8 @@ def run(args):
     server = uvicorn.Server(config)
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass            # uvicorn raises the Ctrl-C it handled again once it has shut down
     finally:
         sock.close()
     print("slidenet serve: stopped", flush=True)

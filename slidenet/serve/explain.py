@@ -15,6 +15,7 @@ last one's arrays, so one lock serialises every use of the net, and whatever lea
 is copied out while the lock is held.
 """
 import base64
+import io
 import threading
 
 import numpy as np
@@ -23,7 +24,7 @@ from slidenet import data as datasets
 from slidenet.errors import SlidenetError
 from slidenet.layers import Layer
 from slidenet.viz.patches import fields, top_patches
-from slidenet.viz.probe import has_filters, pick_layer, shows_maps
+from slidenet.viz.probe import has_filters, shows_maps
 
 PATCHES = 9                 # patches shown per channel, as `slidenet viz patches` draws them
 SLIDE_LIMITS = {"n": ("N", 1, 16), "f": ("F", 1, 16), "s": ("S", 1, 8), "p": ("P", 0, 4)}
@@ -37,8 +38,6 @@ def floats(array):
 
 def png_uri(pixels):
     """uint8 (H, W, 1 or 3) as a data:image/png URI."""
-    import io
-
     from PIL import Image
     buffer = io.BytesIO()
     Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, "PNG")
@@ -120,7 +119,7 @@ class Explainer:
         pixels it sees, possibly past the edge), "explanation" (the kind's `Layer.explain`
         dict, or None)}. Raises SlidenetError for a layer or position that does not exist.
         """
-        info = pick_layer(self.net, layer, why="to explain a unit")
+        info = self._layer(layer)
         shape = info.output_shape
         spatial = len(shape) == 3
         limits = (shape[0], shape[1], shape[2]) if spatial else (1, 1, shape[0])
@@ -173,8 +172,7 @@ class Explainer:
         "value", "row", "col", "label", "uri"}]}. Raises SlidenetError when the data set cannot
         be loaded or the layer has no H x W positions.
         """
-        info = pick_layer(self.net, layer, spatial=True, why="for patches: it has no H x W "
-                                                           "positions")
+        info = self._layer(layer, spatial=True)
         depth = info.output_shape[2]
         if not 0 <= channel < depth:
             raise SlidenetError(f"{info.name} has channels 0 to {depth - 1}, not {channel}")
@@ -195,6 +193,20 @@ class Explainer:
                           "uri": png_uri(found.crops[channel, rank])})
         return {"layer": info.name, "channel": channel, "data": dataset.spec,
                 "field": [found.field[0].size, found.field[1].size], "patches": shown}
+
+    def _layer(self, name, spatial=False):
+        """The LayerInfo of the layer called `name` ("conv2"); with `spatial`, one whose output
+        has H x W positions. SlidenetError naming the layers that would do otherwise."""
+        infos = [info for info in self.net.infos[1:]
+                 if not spatial or len(info.output_shape) == 3]
+        found = [info for info in self.net.infos[1:] if info.name == str(name).strip().lower()]
+        choices = ", ".join(info.name for info in infos)
+        if not found:
+            raise SlidenetError(f"{name!r}: no such layer; choose one of: {choices}")
+        if found[0] not in infos:
+            raise SlidenetError(f"{found[0].name} ({found[0].spec.text}) has no H x W positions "
+                                f"for patches; choose one of: {choices}")
+        return found[0]
 
     def _test_split(self):
         """The data set of the patches, loaded once; its DataError is kept and raised again."""

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench fashion setup clean lecture-docs
+.PHONY: demo test bench fashion setup browser clean lecture-docs
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ fashion: $(STAMP)
 	$(VENV)/bin/slidenet train --data fashion-mnist --pattern 'INPUT(28x28x1) -> [CONV(32) -> BATCHNORM -> RELU]*2 -> POOL -> [CONV(64) -> BATCHNORM -> RELU]*2 -> POOL -> FC(256) -> RELU -> DROPOUT(0.3) -> FC(10)' --epochs 15 --batch-size 128 --lr 2e-3 --no-augment --flip --out runs/fashion
 	$(VENV)/bin/slidenet eval runs/fashion/best.npz
 
-test: $(STAMP)
+# The browser tests of `slidenet serve` drive Debian's chromium (Playwright's own browser builds
+# are not on the package registries). SLIDENET_SKIP_BROWSER=1 skips them, and this step, locally.
+browser:
+	@if [ "$(SLIDENET_SKIP_BROWSER)" = "1" ] || [ -x /usr/bin/chromium ]; then :; else \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest
 
 # Re-run every command of the lecture walk-through and rewrite its outputs and pictures

@@ -17,7 +17,8 @@ import sys
 from slidenet.errors import SlidenetError
 
 # Order here is the order in `slidenet --help`.
-COMMANDS = ("summary", "train", "eval", "predict", "gradcheck", "bench", "viz", "report")
+COMMANDS = ("summary", "train", "eval", "predict", "gradcheck", "bench", "viz", "report",
+            "serve")
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -25,10 +25,10 @@ def run(args):
     for name in ("images", "samples"):
         if getattr(args, name) < 1:
             raise SlidenetError(f"--{name} must be at least 1, not {getattr(args, name)}")
-    for package in ("matplotlib", "PIL"):
+    for package in ("matplotlib", "PIL", "jinja2"):
         if importlib.util.find_spec(package) is None:
-            raise SlidenetError(f"the report needs matplotlib and Pillow, and {package} is not "
-                                "installed: pip install 'slidenet[viz]'")
+            raise SlidenetError(f"the report needs matplotlib, Pillow and Jinja2, and {package} "
+                                "is not installed: pip install 'slidenet[viz]'")
     from slidenet.report import build_report, write_report
     page = build_report(args.model, args.data, images=args.images, samples=args.samples)
     path = write_report(args.out, page)

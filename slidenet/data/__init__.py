@@ -17,9 +17,10 @@ more than a CIFAR batch contains) raises `DataError` naming the file.
 from slidenet.data.batching import augment, batches, crop_padding, split_validation
 from slidenet.data.dataset import Dataset, check_fits
 from slidenet.data.idx import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx
-from slidenet.data.images import load_image
+from slidenet.data.images import decode_image, load_image
 from slidenet.data.normalize import Normalizer
 from slidenet.data.specs import SPECS, class_count, load, resized, resolve
 
-__all__ = ["Dataset", "load", "resolve", "resized", "class_count", "SPECS", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "read_idx",
-           "load_image", "Normalizer", "check_fits", "batches", "augment", "crop_padding", "split_validation"]
+__all__ = ["Dataset", "load", "resolve", "resized", "class_count", "SPECS", "FASHION_MNIST_DIR",
+           "FASHION_MNIST_CLASSES", "read_idx", "load_image", "decode_image", "Normalizer",
+           "check_fits", "batches", "augment", "crop_padding", "split_validation"]

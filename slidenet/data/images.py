@@ -1,10 +1,12 @@
-"""Image files: the folder:DIR loader (one subfolder per class) and `load_image`.
+"""Image files: the folder:DIR loader (one subfolder per class), `load_image` (a file) and
+`decode_image` (bytes: an upload to `slidenet serve`).
 
-Any format Pillow reads is welcome (PNG, JPEG, BMP, GIF, WebP, TIFF). Hidden files (".name",
-macOS's "._name") are not data and are left out; other files are left out with a note. Images
-with transparency are composited onto a background (black for training folders, like MNIST's;
-for `load_image`, the background the model was trained on) before the alpha is dropped.
-Every file, and the pixels it decodes to, must fit the input budget (`slidenet.limits`).
+Any format Pillow reads is welcome in files (PNG, JPEG, BMP, GIF, WebP, TIFF); uploads are PNG
+or JPEG. Hidden files (".name", macOS's "._name") are not data and are left out; other files
+are left out with a note. Images with transparency are composited onto a background (black for
+training folders, like MNIST's; for `load_image`, the background the model was trained on)
+before the alpha is dropped. Every file, and the pixels it decodes to, must fit the input
+budget (`slidenet.limits`).
 """
 import io
 import warnings
@@ -19,6 +21,7 @@ from slidenet.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+MAX_PIXELS = 4096 * 4096    # an image claiming more is refused before it is decoded
 
 
 def _pillow():
@@ -172,9 +175,7 @@ def load_image(path, shape, resize=False, background=0, notes=None):
     line saying so appended to `notes` (a list) when given. A different size is a DataError
     naming both shapes, unless resize=True stretches the image to H x W.
     """
-    height, width, depth = (int(v) for v in shape)
-    if depth not in (1, 3):
-        raise DataError(f"an image can feed an INPUT of depth 1 or 3, not {_shape_text(shape)}")
+    _input_depth(shape)
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path} is a folder, not an image file")
@@ -183,13 +184,48 @@ def load_image(path, shape, resize=False, background=0, notes=None):
     with _reading(path, _image_errors(image_module)):
         with _open(image_module, path) as image:
             limits.check_claim(_decoded_bytes(image), f"{path} ({image.width}x{image.height} pixels)")
-            if image.size != (width, height) and not resize:
-                own = 1 if image.mode in _GRAY_MODES else 3
-                raise DataError(f"{path} is {image.height}x{image.width}x{own} but the net's "
-                                f"INPUT is {_shape_text(shape)}: pass --resize to stretch it to "
-                                f"{height}x{width}, or resize the image yourself")
             if _has_alpha(image) and notes is not None:
                 notes.append(f"{path} has transparent pixels: composited onto "
                              f"{'black' if background < 128 else 'white'}, the background of "
                              "the images the model was trained on")
-            return _pixels(image_module, image, depth, background, (height, width))
+            return _fit(image, shape, resize, path, image_module, background)
+
+
+def decode_image(data, shape, name="the upload"):
+    """PNG or JPEG bytes (an upload, a drawing) as uint8 (H, W, D) for INPUT shape = (H, W, D),
+    converted to D's colour mode and stretched to H x W.
+
+    Raises DataError naming `name` for bytes that are not a PNG or JPEG, or whose header claims
+    more than MAX_PIXELS pixels (checked before anything is decoded: a decompression bomb).
+    """
+    _input_depth(shape)
+    image_module = _pillow()
+    try:
+        with image_module.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise DataError(f"{name} is {image.width}x{image.height} pixels; at most "
+                                f"{MAX_PIXELS:,} pixels are read")
+            return _fit(image, shape, True, name, image_module)
+    except image_module.UnidentifiedImageError:
+        raise DataError(f"{name} is not a PNG or JPEG image ({len(data):,} bytes that read as "
+                        "neither); send one of those") from None
+    except _image_errors(image_module) as err:
+        raise DataError(f"cannot read {name}: {err}") from None
+
+
+def _input_depth(shape):
+    if int(shape[2]) not in (1, 3):
+        raise DataError(f"an image can feed an INPUT of depth 1 or 3, not {_shape_text(shape)}")
+
+
+def _fit(image, shape, resize, name, image_module, background=0):
+    """An open PIL image as uint8 (H, W, D) for INPUT `shape`, in its colour mode, transparency
+    composited onto `background`; a different size is stretched (bilinear) when `resize`,
+    else a DataError naming `name`."""
+    height, width, depth = (int(v) for v in shape)
+    if image.size != (width, height) and not resize:
+        own = 1 if image.mode in _GRAY_MODES else 3
+        raise DataError(f"{name} is {image.height}x{image.width}x{own} but the net's "
+                        f"INPUT is {_shape_text(shape)}: pass --resize to stretch it to "
+                        f"{height}x{width}, or resize the image yourself")
+    return _pixels(image_module, image, depth, background, (height, width))

@@ -13,6 +13,8 @@ A layer kind is one subclass of `Layer` in one module of `slidenet.layers`, regi
     pictures     maps (its output is drawn as activation maps), picture ("filters" or
                  "templates": what its weights look like as images), filter_images()
     reference    torch_modules(info, nn): the same layer in PyTorch, for `slidenet bench`
+    explanation  explain(x, i, j, channel) -> dict: how one output unit comes from the input
+                 (`slidenet serve` shows it); None for a kind that does not explain its units
 
 The class-level parts (grammar, shape rule, geometry) run before any weight exists: a pattern
 is parsed and every shape inferred without allocating anything.
@@ -169,3 +171,37 @@ class Layer:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.info.spec.text})"
+
+    # ---- explaining one unit ----
+
+    def explain(self, x, i, j, channel):
+        """How the output unit at position (i, j), depth `channel` comes from x, this layer's
+        input for ONE image ((H, W, D), or (n,) after an FC), as a plain dict of numbers and
+        lists (JSON-ready) with a "form" key saying how to read it; None if the kind does not
+        explain its units. Numbers are float64 worked out from the layer's own arrays, so the
+        value agrees with the kernel's output to that output's rounding."""
+        return None
+
+
+def window_at(x, window, i, j):
+    """The input window of output position (i, j): (patch, outside, rows, cols).
+
+    x: (H, W, D); window: a Window. patch (F_h, F_w, D) holds x under the window, zero where it
+    lies in the padding; outside (F_h, F_w) bool marks those padding cells; rows and cols are the
+    window's [start, stop) in x's coordinates (start negative in the padding).
+    """
+    (fh, fw), (sh, sw), (ph, pw) = window
+    r0, c0 = i * sh - ph, j * sw - pw
+    patch = np.zeros((fh, fw, x.shape[2]), dtype=x.dtype)
+    outside = np.ones((fh, fw), dtype=bool)
+    rs, re_ = max(r0, 0), min(r0 + fh, x.shape[0])
+    cs, ce = max(c0, 0), min(c0 + fw, x.shape[1])
+    if rs < re_ and cs < ce:
+        patch[rs - r0:re_ - r0, cs - c0:ce - c0] = x[rs:re_, cs:ce]
+        outside[rs - r0:re_ - r0, cs - c0:ce - c0] = False
+    return patch, outside, [r0, r0 + fh], [c0, c0 + fw]
+
+
+def by_channel(a):
+    """(F_h, F_w, D) -> nested lists (D, F_h, F_w) of floats: one F_h x F_w table per channel."""
+    return np.moveaxis(np.asarray(a, dtype=np.float64), -1, 0).tolist()

@@ -14,7 +14,7 @@ import numpy as np
 
 from slidenet import arguments, ops
 from slidenet.errors import GeometryError
-from slidenet.layers.base import Layer, Step, Window, slide
+from slidenet.layers.base import Layer, Step, Window, by_channel, slide, window_at
 from slidenet.layers.registry import register
 
 
@@ -119,3 +119,21 @@ class Conv(Layer):
 
     def filter_images(self):
         return self.params["W"]
+
+    def explain(self, x, i, j, channel):
+        """The lecture's sentence in numbers: filter `channel` over the window at (i, j) of
+        every input channel, the element-wise products, their sum, plus the bias.
+
+        x (H, W, D) -> {"form": "dot", "rows", "cols" (the window's [start, stop) in x),
+        "window", "filter", "products" (each D tables of F_h x F_w), "outside" (F_h x F_w:
+        padding), "sum", "bias", "value"}. Products of float32 numbers are exact in float64, so
+        `value` is the exact dot product; the kernel's float32 output is it, rounded.
+        """
+        patch, outside, rows, cols = window_at(x, self.window(self.info.spec, x.shape), i, j)
+        w = self.params["W"][..., channel].astype(np.float64)             # (F_h, F_w, D)
+        products = patch.astype(np.float64) * w
+        total, bias = float(products.sum()), float(self.params["b"][channel])
+        return {"form": "dot", "rows": rows, "cols": cols, "channel": int(channel),
+                "window": by_channel(patch), "filter": by_channel(w),
+                "products": by_channel(products), "outside": outside.tolist(),
+                "sum": total, "bias": bias, "value": total + bias}

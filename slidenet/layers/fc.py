@@ -21,6 +21,7 @@ from slidenet.layers.base import Layer, Step
 from slidenet.layers.registry import register
 
 SCORING_SCALE = 0.01        # the scoring FC's initial weights, relative to He's
+EXPLAINED = 12              # contributions an explanation lists, the largest first
 
 
 @register
@@ -81,3 +82,20 @@ class FC(Layer):
         if len(self.info.input_shape) != 3:
             return None
         return self.params["W"].reshape(*self.info.input_shape, -1)
+
+    def explain(self, x, i, j, channel):
+        """Unit `channel`: the flattened input times column `channel` of W, summed, plus the
+        bias; (i, j) is always (0, 0). Lists the EXPLAINED largest products by size, each with
+        where its input sits in x: {"form": "fc", "shape" (of x), "inputs", "top" ([{"at",
+        "x", "w", "product"}]), "rest" (the other products' sum), "sum", "bias", "value"}."""
+        flat = np.asarray(x, dtype=np.float64).reshape(-1)
+        products = flat * self.params["W"][:, channel].astype(np.float64)
+        order = np.argsort(-np.abs(products), kind="stable")[:EXPLAINED]
+        total, bias = float(products.sum()), float(self.params["b"][channel])
+        top = [{"at": [int(v) for v in np.unravel_index(k, np.shape(x))], "x": float(flat[k]),
+                "w": float(self.params["W"][k, channel]), "product": float(products[k])}
+               for k in order]
+        return {"form": "fc", "channel": int(channel), "shape": list(np.shape(x)),
+                "inputs": int(flat.size), "top": top,
+                "rest": float(total - products[order].sum()), "sum": total, "bias": bias,
+                "value": total + bias}

@@ -10,6 +10,7 @@ parameters). Its kernels are the average pool's (`slidenet.ops.pool`) with that 
 """
 from slidenet import ops
 from slidenet.layers.base import Layer, Step, Window, slide
+from slidenet.layers.pool import explain_mean
 from slidenet.layers.registry import register
 
 
@@ -39,3 +40,7 @@ class GlobalAvgPool(Layer):
 
     def backward(self, dout, need_dx=True):
         return ops.avg_pool_backward(dout, self.cache)
+
+    def explain(self, x, i, j, channel):
+        """The whole of depth slice `channel` and its mean (see `pool.explain_mean`)."""
+        return explain_mean(x, self.window(self.info.spec, x.shape), i, j, channel)

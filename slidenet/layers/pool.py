@@ -9,8 +9,10 @@ and width and keeps the depth:
 side by side (S = F). Windows may overlap (3x3, s=2). Both kinds are made by one builder, as
 they differ only in their kernels (`slidenet.ops.pool`).
 """
+import numpy as np
+
 from slidenet import arguments, ops
-from slidenet.layers.base import Layer, Step, Window, slide
+from slidenet.layers.base import Layer, Step, Window, slide, window_at
 from slidenet.layers.registry import register
 
 
@@ -57,6 +59,17 @@ class MaxPool(_Pool):
         """relu_mask=True: x was a ReLU's output, whose mask this backward applies (fusion)."""
         return ops.max_pool_backward(dout, self.cache, relu_mask=relu_mask)
 
+    def explain(self, x, i, j, channel):
+        """The window at (i, j) of depth slice `channel` and the input that won: {"form":
+        "max", "rows", "cols", "window" (F_h x F_w), "winner" ([r, c] in the window: the first
+        maximum in row-major order, the one the backward hands the gradient to), "value"}."""
+        patch, _, rows, cols = window_at(x, self.window(self.info.spec, x.shape), i, j)
+        values = patch[..., channel]
+        winner = np.unravel_index(int(values.argmax()), values.shape)
+        return {"form": "max", "rows": rows, "cols": cols, "channel": int(channel),
+                "window": values.astype(np.float64).tolist(),
+                "winner": [int(v) for v in winner], "value": float(values[winner])}
+
 
 @register
 class AvgPool(_Pool):
@@ -73,3 +86,17 @@ class AvgPool(_Pool):
 
     def backward(self, dout, need_dx=True):
         return ops.avg_pool_backward(dout, self.cache)
+
+    def explain(self, x, i, j, channel):
+        return explain_mean(x, self.window(self.info.spec, x.shape), i, j, channel)
+
+
+def explain_mean(x, window, i, j, channel):
+    """The window at (i, j) of depth slice `channel` and its mean: {"form": "mean", "rows",
+    "cols", "window" (F_h x F_w), "sum", "count", "value"} (the sum in float64)."""
+    patch, _, rows, cols = window_at(x, window, i, j)
+    values = patch[..., channel].astype(np.float64)
+    total = float(values.sum())
+    return {"form": "mean", "rows": rows, "cols": cols, "channel": int(channel),
+            "window": values.tolist(), "sum": total, "count": int(values.size),
+            "value": total / values.size}

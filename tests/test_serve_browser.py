@@ -1,0 +1,392 @@
+"""`slidenet serve` in a real browser: Playwright drives Debian's chromium against a live server.
+
+Each of the page's five interactions is checked against slidenet's Python API: the
+probabilities of a drawing against `Model.predict` of the image the page shows, the maps'
+colours against `net.activations`, a unit's worked sum against its activation, the sliding
+filter's numbers against a dot product done here, the top patches against `viz.top_patches`.
+Every test also checks that the page asked no other host for anything.
+
+Needs /usr/bin/chromium (`make browser`, or `apt-get install chromium`). Missing, these tests
+fail; SLIDENET_SKIP_BROWSER=1 skips them on a machine without it (never in CI).
+"""
+import os
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+
+from slidenet import Net, geometry
+from slidenet.data import Normalizer
+from slidenet.errors import GeometryError
+from slidenet.model import load, save
+from slidenet.viz.patches import top_patches
+
+from serving import image_like, png_bytes, server
+from test_viz import bars, train_tiny
+
+CHROMIUM = "/usr/bin/chromium"
+# The test machine's network is closed: Chromium must not try its own background connections.
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+TILE = 56           # CSS pixels of a map tile's longer side (serve.js)
+CELL = 14           # CSS pixels of a strip cell (serve.js)
+
+if os.environ.get("SLIDENET_SKIP_BROWSER") == "1" and not os.environ.get("CI"):
+    pytest.skip("SLIDENET_SKIP_BROWSER=1", allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402  (after the skip)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("browser")
+    path, spec = train_tiny(folder)
+    with server(path, cwd=folder) as (_, url):
+        yield {"url": url, "model": load(str(path)), "folder": folder, "data": spec}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: `make browser` (apt-get install chromium) installs "
+                    "it; SLIDENET_SKIP_BROWSER=1 skips the browser tests on this machine")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@dataclass
+class Visit:
+    """A page of the site, and what it logged: console errors and every request's URL."""
+    page: object
+    url: str
+    errors: list = field(default_factory=list)
+    requests: list = field(default_factory=list)
+
+    def only_local(self):
+        own = urlsplit(self.url).netloc
+        others = [u for u in self.requests if urlsplit(u).scheme in ("http", "https", "ws", "wss")
+                  and urlsplit(u).netloc != own]
+        assert others == [], others
+
+    def clean(self):
+        assert self.errors == []
+        self.only_local()
+
+
+@pytest.fixture
+def visit(browser, site):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    seen = Visit(page, site["url"])
+    page.on("console", lambda m: m.type == "error" and seen.errors.append(m.text))
+    page.on("pageerror", lambda err: seen.errors.append(str(err)))
+    page.on("request", lambda r: seen.requests.append(r.url))
+    page.goto(site["url"] + "/")
+    expect(page.locator("#maps .layer")).to_have_count(len(site["model"].net.layers))
+    yield seen
+    context.close()
+
+
+def upload(visit, pixels, folder, name="image.png"):
+    """Choose a PNG of `pixels` in the file field; wait until the page has shown it."""
+    before = int(visit.page.locator("body").get_attribute("data-shown") or 0)
+    path = folder / name
+    path.write_bytes(png_bytes(pixels))
+    visit.page.set_input_files("#file", str(path))
+    expect(visit.page.locator("body")).to_have_attribute("data-shown", str(before + 1))
+
+
+def canvas_pixels(locator):
+    """RGBA (H, W, 4) of a canvas as drawn."""
+    size = locator.evaluate("c => [c.height, c.width]")
+    data = locator.evaluate("c => Array.from(c.getContext('2d')"
+                            ".getImageData(0, 0, c.width, c.height).data)")
+    return np.array(data, dtype=np.uint8).reshape(*size, 4)
+
+
+def shown_probabilities(page):
+    return [float(v) for v in page.locator("#probs .prob .value").all_inner_texts()]
+
+
+def maps_of(model, pixels):
+    return dict(model.net.activations(model.normalizer.normalize(pixels[None])))
+
+
+def number(page, selector):
+    return float(page.locator(selector).inner_text())
+
+
+# ---- 1. draw or drop an image ----
+
+def test_drawing_shows_the_probabilities_as_you_draw(visit, site):
+    page, model = visit.page, site["model"]
+    box = page.locator("#draw").bounding_box()
+    page.mouse.move(box["x"] + 50, box["y"] + 150)
+    page.mouse.down()
+    for k in range(1, 12):
+        page.mouse.move(box["x"] + 50 + 16 * k, box["y"] + 150, steps=2)
+    # Still drawing, and the probabilities are already there.
+    expect(page.locator("#probs .prob")).to_have_count(3)
+    page.mouse.up()
+    expect(page.locator("body")).to_have_attribute("data-drawing", "0")
+
+    seen = canvas_pixels(page.locator("#seen"))[..., :1]           # the image as the net sees it
+    # The stroke, resized to 12 x 12: bright along row 150 / 280 * 12 = 6, black far off it.
+    assert seen[6, 4:8, 0].min() > 100 and seen[0].max() == 0 and seen[11].max() == 0
+    np.testing.assert_allclose(shown_probabilities(page), model.predict(seen[None])[0],
+                               atol=5e-4 + 1e-6)
+
+    before = shown_probabilities(page)
+    page.mouse.move(box["x"] + 140, box["y"] + 20)                  # a vertical stroke
+    page.mouse.down()
+    page.mouse.move(box["x"] + 140, box["y"] + 260, steps=12)
+    page.mouse.up()
+    expect(page.locator("body")).to_have_attribute("data-drawing", "0")
+    seen = canvas_pixels(page.locator("#seen"))[..., :1]
+    assert seen[2:10, 6, 0].min() > 100 and seen[6, 4:8, 0].min() > 100    # a cross now
+    assert shown_probabilities(page) != before
+    np.testing.assert_allclose(shown_probabilities(page), model.predict(seen[None])[0],
+                               atol=5e-4 + 1e-6)
+    visit.clean()
+
+
+def test_an_image_file_is_shown_as_the_net_sees_it(visit, site):
+    page, model = visit.page, site["model"]
+    pixels = image_like((12, 12, 1), seed=3)
+    upload(visit, pixels, site["folder"])
+    np.testing.assert_array_equal(canvas_pixels(page.locator("#seen"))[..., 0], pixels[..., 0])
+    np.testing.assert_allclose(shown_probabilities(page), model.predict(pixels[None])[0],
+                               atol=5e-4 + 1e-6)
+    best = int(model.predict(pixels[None])[0].argmax())
+    assert page.locator("#probs .prob.best .name").inner_text() == model.class_names[best]
+    visit.clean()
+
+
+# ---- 2. the whole net at once ----
+
+def test_every_layer_is_shown_in_order_on_one_scale_per_layer(visit, site):
+    page, model = visit.page, site["model"]
+    pixels = image_like((12, 12, 1), seed=4)
+    upload(visit, pixels, site["folder"])
+    maps = maps_of(model, pixels)
+    rows = page.locator("#maps .layer")
+    infos = model.net.infos[1:]
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.layer)") == [i.name for i in infos]
+    sizes = set()
+    for info in infos:
+        row = page.locator(f"#layer-{info.name}")
+        head = row.locator(".layer-head").inner_text()
+        assert info.spec.text in head and " x ".join(map(str, info.output_shape)) in head
+        out = maps[info.name][0]
+        if out.ndim == 3:
+            tiles = row.locator("canvas.tile")
+            assert tiles.count() == out.shape[2]
+            for c in range(out.shape[2]):
+                box = tiles.nth(c).bounding_box()
+                sizes.add((round(box["width"]), round(box["height"])))
+            assert f"{max(abs(out.min()), out.max()) if out.min() < 0 else out.max():.3f}" in head
+            for c in range(out.shape[2]):
+                _check_colours(canvas_pixels(tiles.nth(c))[..., :3], out[..., c], out)
+        else:
+            strip = canvas_pixels(row.locator("canvas.strip"))[..., :3].reshape(-1, 3)
+            _check_colours(strip[:len(out)], out, out)
+    assert sizes == {(TILE, TILE)}          # the same tile size in every layer
+    visit.clean()
+
+
+def _check_colours(rgb, values, layer):
+    """The colours follow the numbers on the layer's one scale: red for positive and blue for
+    negative numbers when the layer has any below zero, else brighter for larger numbers."""
+    rgb = rgb.reshape(-1, 3).astype(float)
+    values = values.reshape(-1)
+    if layer.min() < 0:
+        limit = max(-layer.min(), layer.max())
+        strong = np.abs(values) > 0.25 * limit
+        red = rgb[:, 0] > rgb[:, 2]
+        assert np.array_equal(red[strong], values[strong] > 0)
+    else:
+        brightness = rgb @ [0.3, 0.59, 0.11]
+        order = np.argsort(values, kind="stable")
+        assert np.all(np.diff(brightness[order]) >= -3)     # rounding to whole RGB values
+        assert np.all(brightness[values == values.max()] == brightness.max())
+
+
+# ---- 3. one unit ----
+
+def test_clicking_a_conv_unit_works_out_its_sum(visit, site):
+    page, model = visit.page, site["model"]
+    pixels = image_like((12, 12, 1), seed=5)
+    upload(visit, pixels, site["folder"])
+    maps = maps_of(model, pixels)
+    # conv2 is 6 x 6: a click 33 px right and 12 px down a 56 px tile is row 1, column 3.
+    page.locator("#layer-conv2 canvas.tile").nth(3).click(position={"x": 33, "y": 12})
+    body = page.locator("#unit-body")
+    expect(body).to_have_attribute("data-layer", "conv2")
+    assert [body.get_attribute(f"data-{k}") for k in ("row", "col", "channel")] == ["1", "3", "3"]
+    activation = float(maps["conv2"][0, 1, 3, 3])
+    # Shown to 4 decimals: the worked sum and the map agree to that precision.
+    assert abs(number(page, "#unit-value") - activation) <= 0.5e-4 + 1e-6
+    assert abs(number(page, "#unit-activation") - activation) <= 0.5e-4 + 1e-6
+    assert abs(number(page, "#unit-sum") + number(page, "#unit-bias")
+               - number(page, "#unit-value")) <= 1.5e-4
+    # The window of every one of maxpool1's 4 channels, rows 0..2 and columns 2..4.
+    triples = body.locator(".triple")
+    assert triples.count() == 4
+    padded = np.pad(maps["maxpool1"][0], ((1, 1), (1, 1), (0, 0)))
+    for d in range(4):
+        shown = [float(v) for v in triples.nth(d).locator("table").first.locator("td")
+                 .all_inner_texts()]
+        np.testing.assert_allclose(shown, padded[1:4, 3:6, d].reshape(-1), atol=5e-4 + 1e-6)
+    # Its receptive field, rows -1..6 and columns 3..10, lit up on the input (clipped at 0).
+    assert _field_box(page.locator("#field")) == pytest.approx(
+        [0, 100 * 3 / 12, 100 * 7 / 12, 100 * 8 / 12], abs=0.01)
+    assert "rows -1..6, columns 3..10" in page.locator("#unit-field").inner_text()
+    visit.clean()
+
+
+def _field_box(locator):
+    """[top, left, height, width] of a field box, in % of the image."""
+    style = locator.get_attribute("style")
+    return [float(re.search(rf"(?:^|;)\s*{key}:\s*([\d.]+)%", style).group(1))
+            for key in ("top", "left", "height", "width")]
+
+
+def test_clicking_a_pool_unit_shows_the_window_and_its_winner(visit, site):
+    page, model = visit.page, site["model"]
+    pixels = image_like((12, 12, 1), seed=6)
+    upload(visit, pixels, site["folder"])
+    maps = maps_of(model, pixels)
+    page.locator("#layer-maxpool1 canvas.tile").nth(2).click(position={"x": 40, "y": 50})
+    expect(page.locator("#unit-body")).to_have_attribute("data-layer", "maxpool1")
+    # 56 px over 6 units: row 5, column 4; the window is relu1 rows 10..11, columns 8..9.
+    window = maps["relu1"][0, 10:12, 8:10, 2]
+    assert abs(number(page, "#unit-value") - float(window.max())) <= 0.5e-4 + 1e-6
+    assert abs(float(maps["maxpool1"][0, 5, 4, 2]) - number(page, "#unit-activation")) <= 0.5e-4 + 1e-6
+    cells = [float(v) for v in page.locator("#unit-body table.cells td").all_inner_texts()]
+    np.testing.assert_allclose(cells, window.reshape(-1), atol=5e-4 + 1e-6)
+    winner = int(np.argmax(window.reshape(-1)))             # the first maximum, row by row
+    tds = page.locator("#unit-body table.cells td")
+    assert tds.nth(winner).get_attribute("class") == "win"
+    assert page.locator("#unit-body td.win").count() == 1
+    visit.clean()
+
+
+def test_clicking_an_fc_unit_works_out_its_sum(visit, site):
+    page, model = visit.page, site["model"]
+    pixels = image_like((12, 12, 1), seed=7)
+    upload(visit, pixels, site["folder"])
+    maps = maps_of(model, pixels)
+    page.locator("#layer-fc1 canvas.strip").click(position={"x": 2 * CELL + 5, "y": 5})
+    expect(page.locator("#unit-body")).to_have_attribute("data-channel", "2")
+    activation = float(maps["fc1"][0, 2])
+    assert abs(number(page, "#unit-value") - activation) <= 0.5e-4 + 1e-6
+    assert abs(number(page, "#unit-sum") + number(page, "#unit-bias") - activation) <= 1.5e-4
+    assert _field_box(page.locator("#field")) == [0, 0, 100, 100]      # the whole image
+    visit.clean()
+
+
+# ---- 4. sliding a filter ----
+
+def _table(locator):
+    return np.array([[int(v) for v in row.locator("td").all_inner_texts()]
+                     for row in locator.locator("tr").all()])
+
+
+def test_the_slide_stepper_works_out_each_position(visit):
+    page = visit.page
+    expect(page.locator("#slide-formula")).to_contain_text("(7 + 2*1 - 3) / 2 + 1 = 4")
+    padded, w = _table(page.locator("#slide-input")), _table(page.locator("#slide-filter"))
+    assert padded.shape == (9, 9) and w.shape == (3, 3)
+    assert not padded[0].any() and not padded[:, -1].any()         # the zero border
+    assert _table(page.locator("#slide-output")).shape == (4, 4)
+    for _ in range(6):
+        page.click("#slide-next")
+    i, j = divmod(6, 4)
+    dot = int((padded[2 * i:2 * i + 3, 2 * j:2 * j + 3] * w).sum())
+    caption = page.locator("#slide-caption").inner_text()
+    assert caption.startswith(f"output ({i}, {j}) \u2190 rows 2..4, columns 4..6")
+    assert caption.endswith(f"= {dot}")
+    assert page.locator("#slide-output td.now").inner_text() == str(dot)
+    assert page.locator("#slide-output td.done").count() == 6
+    assert page.locator("#slide-input td.window").count() == 9
+    # The lecture's stride that does not fit: slidenet's own teaching error.
+    page.fill("#slide-form input[name=s]", "3")
+    page.fill("#slide-form input[name=p]", "0")
+    with pytest.raises(GeometryError) as taught:
+        geometry.output_size(7, 3, 3, 0, "input")
+    assert "(7 - 3) / 3 + 1 = 2.33" in str(taught.value)
+    expect(page.locator("#slide-error")).to_have_text(str(taught.value))
+    expect(page.locator("#slide-view")).to_be_hidden()
+    page.fill("#slide-form input[name=p]", "1")
+    expect(page.locator("#slide-formula")).to_contain_text("(7 + 2*1 - 3) / 3 + 1 = 3")
+    expect(page.locator("#slide-error")).to_be_hidden()
+    visit.only_local()      # the refused geometry's 400 is logged by the browser itself
+
+
+# ---- 5. what a channel looks for ----
+
+def test_top_patches_are_those_of_viz_patches(visit, site):
+    page, model = visit.page, site["model"]
+    page.select_option("#patches-form select[name=layer]", "conv2")
+    page.fill("#patches-form input[name=channel]", "4")
+    page.click("#patches-form button")
+    patches = page.locator("#patches-grid .patch")
+    expect(patches).to_have_count(9)
+    x, y = bars(60, seed=1)
+    found = top_patches(model.net, x, model.normalizer, "conv2", channels=6)
+    values = [float(v) for v in page.locator("#patches-grid .patch .value").all_inner_texts()]
+    np.testing.assert_allclose(values, found.values[4], atol=5e-4 + 1e-6)
+    for rank in range(9):
+        image = int(found.images[4, rank])
+        label = ["row", "column", "square"][y[image]]
+        assert f"image {image}: {label}" in patches.nth(rank).inner_text()
+    assert "8 x 8 receptive field" in page.locator("#patches-status").inner_text()
+    visit.clean()
+
+
+# ---- refusals ----
+
+def test_bad_uploads_are_explained_on_the_page(visit, site):
+    page, folder = visit.page, site["folder"]
+    (folder / "notes.txt").write_text("not an image\n")
+    page.set_input_files("#file", str(folder / "notes.txt"))
+    expect(page.locator("#error")).to_contain_text("notes.txt: the file is not a PNG or JPEG image")
+    (folder / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(10 * 2**20))
+    page.set_input_files("#file", str(folder / "huge.png"))
+    expect(page.locator("#error")).to_contain_text("huge.png: the image is larger than 10 MB")
+    # The server goes on serving.
+    upload(visit, image_like((12, 12, 1), seed=8), folder)
+    expect(page.locator("#error")).to_be_hidden()
+    visit.only_local()
+
+
+# ---- a colour model: no drawing, any image file ----
+
+def test_a_colour_model_takes_image_files(browser, tmp_path):
+    net = Net.from_pattern("INPUT(10x10x3) -> CONV(4) -> RELU -> AVGPOOL -> FC(2)", seed=1)
+    pixels = np.random.default_rng(9).integers(0, 255, (10, 10, 3)).astype(np.uint8)
+    save(tmp_path / "colour.npz", net, Normalizer.fit(pixels[None]), ["warm", "cool"])
+    model = load(str(tmp_path / "colour.npz"))
+    with server(tmp_path / "colour.npz", cwd=tmp_path) as (_, url):
+        context = browser.new_context()
+        page = context.new_page()
+        seen = Visit(page, url)
+        page.on("console", lambda m: m.type == "error" and seen.errors.append(m.text))
+        page.on("request", lambda r: seen.requests.append(r.url))
+        page.goto(url + "/")
+        assert page.locator("#draw").count() == 0
+        upload(seen, pixels, tmp_path)
+        np.testing.assert_array_equal(canvas_pixels(page.locator("#seen"))[..., :3], pixels)
+        np.testing.assert_allclose(shown_probabilities(page), model.predict(pixels[None])[0],
+                                   atol=5e-4 + 1e-6)
+        page.locator("#layer-avgpool1 canvas.tile").nth(1).click(position={"x": 5, "y": 50})
+        expect(page.locator("#unit-body")).to_have_attribute("data-layer", "avgpool1")
+        maps = maps_of(model, pixels)
+        assert abs(number(page, "#unit-value") - float(maps["avgpool1"][0, 4, 0, 1])) <= 0.5e-4 + 1e-6
+        assert page.locator("#unit-body table.cells td").count() == 4
+        seen.clean()
+        context.close()

@@ -78,5 +78,12 @@ class Conv(Layer):
             dout, self.cache, need_dx, relu=relu)
         return dx
 
+    def to_onnx(self, graph):
+        s = self.info.spec
+        w = graph.conv_weights(self.params["W"])
+        graph.tensor = graph.node("Conv", [graph.tensor, graph.initializer("W", w),
+                                           graph.initializer("b", self.params["b"])],
+                                  **graph.window_attributes(s.size, s.stride, s.pad))
+
     def filter_images(self):
         return self.params["W"]

@@ -39,3 +39,6 @@ class GlobalAvgPool(Layer):
 
     def backward(self, dout, need_dx=True):
         return ops.avg_pool_backward(dout, self.cache)
+
+    def to_onnx(self, graph):
+        graph.tensor = graph.node("GlobalAveragePool", [graph.tensor])

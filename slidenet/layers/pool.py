@@ -56,6 +56,11 @@ class MaxPool(_Pool):
         """relu_mask=True: x was a ReLU's output, whose mask this backward applies (fusion)."""
         return ops.max_pool_backward(dout, self.cache, relu_mask=relu_mask)
 
+    def to_onnx(self, graph):
+        s = self.info.spec
+        graph.tensor = graph.node("MaxPool", [graph.tensor],
+                                  **graph.window_attributes(s.size, s.stride, s.pad))
+
 
 @register
 class AvgPool(_Pool):
@@ -72,3 +77,8 @@ class AvgPool(_Pool):
 
     def backward(self, dout, need_dx=True):
         return ops.avg_pool_backward(dout, self.cache)
+
+    def to_onnx(self, graph):
+        s = self.info.spec
+        graph.tensor = graph.node("AveragePool", [graph.tensor],
+                                  **graph.window_attributes(s.size, s.stride, s.pad))

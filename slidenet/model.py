@@ -51,6 +51,16 @@ class Model:
         names = [str(n) for n in self.meta.get("class_names") or []]
         return names + [str(i) for i in range(len(names), self.net.num_outputs)]
 
+    def data_spec(self, given=None):
+        """The data set to evaluate on: `given`, else the one the model was trained on (or was
+        named for by `slidenet import --data`). A DataError when there is neither."""
+        spec = given or self.meta.get("data")
+        if not spec:
+            source = self.meta.get("source", "elsewhere")
+            raise DataError(f"the model names no data set (it came from {source}): give "
+                            "--data SPEC, e.g. --data mnist5k or --data folder:DIR")
+        return spec
+
     def scores(self, images, batch_size=BATCH):
         """The last layer's scores (N, C), float64, for images (N, H, W, D) of pixel values
         0..255 (uint8, or floats on that scale), in batches of `batch_size`."""

@@ -236,7 +236,7 @@ def build_report(model_path, data=None, images=3, samples=12):
     """
     model = load(model_path)
     net, normalizer, meta = model.net, model.normalizer, model.meta
-    dataset = datasets.load(data or meta["data"])
+    dataset = datasets.load(model.data_spec(data))
     datasets.check_fits(dataset, net.input_shape, net.num_outputs)
     x, y, names = dataset.x_test, dataset.y_test, list(dataset.class_names)
     if len(y) == 0:

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -51,8 +51,15 @@ def train(config, resume=None, log=print):
 
 def _train(config, resume, log):
     state = None
-    if resume is not None:
-        model = load(resume)
+    model = load(resume) if resume is not None else None
+    if model is not None and "config" not in model.meta:
+        # A model made elsewhere (`slidenet import`) has no run to continue: fine-tune it, with
+        # this run's settings and a fresh optimiser, from epoch 0.
+        net, normalizer, history, start_epoch = model.net, model.normalizer, [], 0
+        config = replace(config, data=_fine_tuning_data(config, model, resume),
+                         pattern=net.pattern, variables=net.variables,
+                         skip_optional=net.skip_optional)
+    elif model is not None:
         net, normalizer, meta, state = model.net, model.normalizer, model.meta, model.state
         saved = TrainConfig(**{**meta["config"], "epochs": config.epochs, "out": config.out,
                                "stop_after": config.stop_after, "threads": config.threads})
@@ -63,6 +70,9 @@ def _train(config, resume, log):
         net = Net.from_pattern(config.pattern, seed=config.seed, skip_optional=config.skip_optional,
                                **config.variables)
         history, start_epoch = [], 0
+        normalizer = None
+    if config.data is None:         # the command line leaves it None when --data is not given
+        config = replace(config, data=TrainConfig.data)
     if config.loss not in LOSSES:
         raise SlidenetError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
 
@@ -73,7 +83,7 @@ def _train(config, resume, log):
     x_train, y_train = dataset.x_train[train_idx], dataset.y_train[train_idx]
     x_val, y_val = dataset.x_train[val_idx], dataset.y_train[val_idx]
     num_classes = len(dataset.class_names)
-    if resume is None:
+    if normalizer is None:
         normalizer = datasets.Normalizer.fit(x_train)
 
     steps_per_epoch = math.ceil(len(y_train) / config.batch_size)
@@ -146,6 +156,16 @@ def _train(config, resume, log):
             log(f"early stop: no validation gain for {config.patience} epochs")
             break
     return history
+
+
+def _fine_tuning_data(config, model, path):
+    """The data to fine-tune an imported model on: --data, else the one it was imported for."""
+    if config.data is None and not model.meta.get("data"):
+        raise SlidenetError(
+            f"--resume {path}: this model was not trained by slidenet (it came from "
+            f"{model.meta.get('source', 'elsewhere')}), so there is no run to continue and no "
+            "data set to fine-tune it on: give --data SPEC")
+    return config.data or model.meta["data"]
 
 
 def _write_json(path, value):

@@ -21,7 +21,7 @@ def register(subparsers):
 def run(args):
     model = load(args.model)
     net, normalizer, meta = model.net, model.normalizer, model.meta
-    dataset = datasets.load(args.data or meta["data"])
+    dataset = datasets.load(model.data_spec(args.data))
     datasets.check_fits(dataset, net.input_shape, net.num_outputs)
     x, y = (dataset.x_test, dataset.y_test) if args.split == "test" else (dataset.x_train, dataset.y_train)
     if len(y) == 0:

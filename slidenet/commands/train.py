@@ -18,8 +18,9 @@ def register(subparsers):
     p.add_argument("--set", action="append", default=[], metavar="N=2",
                    help="bind an upper-case variable of the pattern (repeatable)")
     p.add_argument("--skip-optional", action="store_true", help="drop layers marked with ?")
-    p.add_argument("--data", default=DEFAULTS.data,
-                   help="mnist5k | fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | folder:DIR | npz:FILE")
+    p.add_argument("--data", default=None,
+                   help="mnist5k (default) | fashion-mnist[:DIR] | mnist:DIR | cifar10:DIR | "
+                        "folder:DIR | npz:FILE")
     p.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="total epochs")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate")

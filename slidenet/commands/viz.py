@@ -116,8 +116,8 @@ def run_activations(args):
 def run_patches(args):
     _positive("channels", args.channels)
     model = load(args.model)
-    net, normalizer, meta = model.net, model.normalizer, model.meta
-    dataset = datasets.load(args.data or meta["data"])
+    net, normalizer = model.net, model.normalizer
+    dataset = datasets.load(model.data_spec(args.data))
     datasets.check_fits(dataset, net.input_shape, net.num_outputs)
     x, y = (dataset.x_test, dataset.y_test) if args.split == "test" else \
         (dataset.x_train, dataset.y_train)

@@ -183,6 +183,7 @@ def test_export_then_import_gives_the_same_model(pattern, tmp_path):
     path = tmp_path / "net.onnx"
     onnx.save(to_model(model.net, model.normalizer, model.class_names), path)
     back = read_onnx(path)
+    assert back.net.pattern == pattern              # as written, [...]*2 and all
     assert [layer.info.spec.type for layer in back.net.layers] == \
         [layer.info.spec.type for layer in model.net.layers]
     assert [layer.info.spec.args for layer in back.net.layers] == \
@@ -592,3 +593,54 @@ def test_slidenet_imports_without_onnx():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ})
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_metadata_that_lies_about_the_pattern_is_not_believed(tmp_path):
+    model = random_model(EVERY_KIND[2])
+    proto = to_model(model.net, model.normalizer)
+    for prop in proto.metadata_props:
+        if prop.key == "pattern":
+            prop.value = "INPUT(12x10x1) -> FC(10)"
+        if prop.key == "variables":
+            prop.value = "[1, 2]"
+    onnx.save(proto, tmp_path / "lying.onnx")
+    back = read_onnx(tmp_path / "lying.onnx")
+    assert back.net.pattern.startswith("INPUT(12x10x1) -> CONV(8, 5x3, s=1x1, p=2x1) -> RELU -> "
+                                       "CONV(8, 5x3")
+    x = images(model.input_shape)
+    np.testing.assert_array_equal(Model(back.net, back.normalizer, {}).predict(x), model.predict(x))
+
+
+def test_preprocessing_and_per_channel_arithmetic_fold_into_layers(tmp_path):
+    """Sub and Div before the first layer are preprocessing; Mul and Sub right after a Conv fold
+    into its weights; Cast, GlobalMaxPool, Squeeze and LogSoftmax are followed too. The oracle
+    is onnxruntime on the same graph."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.uniform(0.3, 0.7, (1, 2, 1, 1)).astype(np.float32), "m"),
+             numpy_helper.from_array(rng.uniform(0.2, 0.4, (1, 2, 1, 1)).astype(np.float32), "s"),
+             numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.uniform(0.5, 2, (3, 1, 1)).astype(np.float32), "k"),
+             numpy_helper.from_array(rng.standard_normal((1, 3, 1, 1)).astype(np.float32), "o"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+             numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Cast", ["x"], ["x32"], to=TensorProto.FLOAT),
+             helper.make_node("Sub", ["x32", "m"], ["centred"]),
+             helper.make_node("Div", ["centred", "s"], ["scaled"]),
+             helper.make_node("Conv", ["scaled", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "k"], ["ck"]),
+             helper.make_node("Sub", ["ck", "o"], ["co"]),
+             helper.make_node("Relu", ["co"], ["r"]),
+             helper.make_node("GlobalMaxPool", ["r"], ["g"]),
+             helper.make_node("Squeeze", ["g", "axes"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1),
+             helper.make_node("LogSoftmax", ["logits"], ["y"], axis=1)]
+    path = small_graph(tmp_path, nodes, inits, shape=(2, 6, 5))
+    imported = read_onnx(path)
+    assert imported.net.pattern == ("INPUT(6x5x2) -> CONV(3, 3x3, s=1x1, p=1x1) -> RELU -> "
+                                    "MAXPOOL(6x5, s=1x1) -> FC(4)")
+    pixels = images((6, 5, 2))
+    log_probabilities, = session(onnx.load(path)).run(
+        None, {"x": (pixels / 255.0).transpose(0, 3, 1, 2).astype(np.float32)})
+    predicted = Model(imported.net, imported.normalizer, {}).predict(pixels)
+    np.testing.assert_allclose(predicted, np.exp(log_probabilities), atol=TOLERANCE)

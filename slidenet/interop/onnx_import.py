@@ -36,6 +36,8 @@ from slidenet.errors import SlidenetError
 from slidenet.interop.onnx_file import Budget, OnnxFileError, read_model, tensor_array
 from slidenet.interop.onnx_graph import PIXELS, require_onnx, rows_dhw_to_hwd
 from slidenet.net import Net
+from slidenet.pattern import parse
+from slidenet.shapes import infer
 from slidenet.ops import BATCHNORM_EPSILON
 
 # The dynamic batch size inside shape computations (Shape -> Gather -> ... -> Reshape): a
@@ -149,6 +151,7 @@ def read_onnx(path, classes=None, scale=None, mean=None, std=None, input_layout=
     except SlidenetError as err:
         raise ImportRefused(f"{path}: its layers make the pattern {pattern}, which slidenet "
                             f"cannot build: {err}") from None
+    net = _as_written(net, metadata) or net
     reader.fill(net)
     names = _class_names(classes, metadata, net.num_outputs, path)
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
@@ -160,6 +163,22 @@ def read_onnx(path, classes=None, scale=None, mean=None, std=None, input_layout=
 
 def _metadata(model):
     return {p.key: p.value for p in model.metadata_props}
+
+
+def _as_written(net, metadata):
+    """The net as the metadata's pattern writes it (`[CONV -> RELU]*N`, variables), when that
+    pattern is the very net the graph holds (a slidenet export); else None."""
+    try:
+        pattern, skip = metadata["pattern"], metadata.get("skip_optional") == "true"
+        variables = json.loads(metadata.get("variables", "{}"))
+        # Shapes only, nothing allocated, until the metadata is known to describe this net.
+        infos = infer(parse(pattern, variables, skip), pattern)
+    except (KeyError, ValueError, TypeError, AttributeError, SlidenetError):
+        return None
+    if [(i.spec.type, i.spec.args, i.output_shape) for i in infos] != \
+            [(i.spec.type, i.spec.args, i.output_shape) for i in net.infos]:
+        return None
+    return Net.from_pattern(pattern, skip_optional=skip, **variables)
 
 
 # ---- reading the graph ----

@@ -644,3 +644,30 @@ def test_preprocessing_and_per_channel_arithmetic_fold_into_layers(tmp_path):
         None, {"x": (pixels / 255.0).transpose(0, 3, 1, 2).astype(np.float32)})
     predicted = Model(imported.net, imported.normalizer, {}).predict(pixels)
     np.testing.assert_allclose(predicted, np.exp(log_probabilities), atol=TOLERANCE)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")      # torch on its own exporters
+def test_live_pytorch_export_imports_and_predicts_the_same(tmp_path):
+    """Optional: runs only where PyTorch is installed (it is not a slidenet dependency; the
+    fixtures above cover the same ground without it)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(7)
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(2, 5, (3, 5), stride=(1, 2), padding=(1, 2)), nn.BatchNorm2d(5),
+                        nn.Tanh(), nn.MaxPool2d(3, stride=2), nn.Conv2d(5, 4, 1), nn.Sigmoid(),
+                        nn.Flatten(), nn.Linear(4 * 3 * 3, 6), nn.LeakyReLU(0.05),
+                        nn.Dropout(0.4), nn.Linear(6, 3)).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2)
+    path = tmp_path / "live.onnx"
+    torch.onnx.export(net, (torch.randn(1, 2, 7, 13),), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], dynamic_axes={"input": {0: "N"}})
+    imported = read_onnx(path)
+    assert imported.net.pattern.startswith("INPUT(7x13x2) -> CONV(5, 3x5, s=1x2, p=1x2)")
+    pixels = images((7, 13, 2))
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.tensor(pixels / 255.0, dtype=torch.float32)
+                                     .permute(0, 3, 1, 2)), 1).numpy()
+    np.testing.assert_allclose(Model(imported.net, imported.normalizer, {}).predict(pixels),
+                               expected, atol=TOLERANCE)

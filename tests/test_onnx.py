@@ -112,10 +112,10 @@ def test_rows_of_the_first_fc_follow_onnx_flatten_order():
     rng = np.random.default_rng(0)
     volume, weights = rng.standard_normal((3, 4, 5)), rng.standard_normal((60, 7))
     slidenet_order = volume.reshape(-1) @ weights
-    onnx_order = volume.transpose(2, 0, 1).reshape(-1) @ onnx_graph.rows_hwd_to_dhw(weights, (3, 4, 5))
+    reordered = onnx_graph.rows_hwd_to_dhw(weights, (3, 4, 5))
+    onnx_order = volume.transpose(2, 0, 1).reshape(-1) @ reordered
     np.testing.assert_allclose(onnx_order, slidenet_order)
-    np.testing.assert_array_equal(
-        onnx_graph.rows_dhw_to_hwd(onnx_graph.rows_hwd_to_dhw(weights, (3, 4, 5)), (3, 4, 5)), weights)
+    np.testing.assert_array_equal(onnx_graph.rows_dhw_to_hwd(reordered, (3, 4, 5)), weights)
 
 
 def test_without_the_row_permutation_the_export_would_be_silently_wrong(monkeypatch):
@@ -130,6 +130,15 @@ def test_without_the_row_permutation_the_export_would_be_silently_wrong(monkeypa
     wrong, = session(to_model(model.net, model.normalizer)).run(["probabilities"],
                                                                 {"pixels": x.astype(np.float32)})
     assert np.abs(wrong - model.predict(x)).max() > 100 * TOLERANCE
+
+
+def test_a_net_that_ends_on_a_volume_exports_its_scores_in_hwd_order():
+    model = random_model("INPUT(3x4x2) -> CONV(3) -> RELU")
+    x = images(model.input_shape, 10)
+    scores, = session(to_model(model.net, model.normalizer)).run(
+        ["scores"], {"pixels": x.astype(np.float32)})
+    expected = model.net.forward(model.normalizer.normalize(x)).reshape(len(x), -1)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_metadata_holds_the_pattern_and_class_names():
@@ -395,11 +404,10 @@ def test_every_unsupported_node_is_listed(tmp_path):
     assert len(lines) == 5
 
 
-def small_graph(tmp_path, nodes, initializers=(), inputs=None, output="y", opset=17, shape=(1, 8, 8)):
-    inputs = inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape])]
-    graph = helper.make_graph(nodes, "g", inputs,
-                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", "C"])],
-                              list(initializers))
+def small_graph(tmp_path, nodes, initializers=(), output="y", opset=17, shape=(1, 8, 8)):
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape])]
+    outputs = [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", "C"])]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               ir_version=8)
     path = tmp_path / "g.onnx"
@@ -440,7 +448,8 @@ def test_a_branching_graph_is_refused(tmp_path):
     with pytest.raises(SlidenetError) as caught:
         read_onnx(small_graph(tmp_path, nodes))
     message = str(caught.value)
-    assert "Sigmoid 's': it reads 'x', which node Relu 'r' also reads: the graph branches" in message
+    assert "Sigmoid 's': it reads 'x', which node Relu 'r' also reads: the graph branches" \
+        in message
 
 
 def test_an_input_flattened_at_once_needs_its_layout(tmp_path):
@@ -469,11 +478,12 @@ def test_a_truncated_file_is_refused(tmp_path):
     data = (FIXTURES / "torch_cnn_legacy.onnx").read_bytes()
     for cut in (len(data) // 2, len(data) - 3, 40):
         (tmp_path / "cut.onnx").write_bytes(data[:cut])
-        assert "is not an ONNX model, or it is truncated" in refused(tmp_path, tmp_path / "cut.onnx")
+        message = refused(tmp_path, tmp_path / "cut.onnx")
+        assert "is not an ONNX model, or it is truncated" in message
 
 
-@pytest.mark.parametrize("content", [b"", b"hello, this is text\n", b"\x89PNG\r\n\x1a\n" + bytes(64),
-                                     bytes(range(256)) * 4])
+@pytest.mark.parametrize("content", [b"", b"hello, this is text\n",
+                                     b"\x89PNG\r\n\x1a\n" + bytes(64), bytes(range(256)) * 4])
 def test_a_file_that_is_not_onnx_is_refused(tmp_path, content):
     path = tmp_path / "foreign.onnx"
     path.write_bytes(content)
@@ -495,9 +505,9 @@ def external_model(folder, location, length=None, dims=(2, 1, 3, 3), offset=0):
     for key, value in entries.items():
         weight.external_data.add(key=key, value=value)
     node = helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[1, 1, 1, 1])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                            ["N", 1, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "C"])], [weight])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "C"])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     path = folder / "model.onnx"
     path.write_bytes(model.SerializeToString())
@@ -564,7 +574,8 @@ def test_without_the_onnx_package_the_commands_say_how_to_install_it(saved_model
     monkeypatch.setitem(sys.modules, "onnx", None)      # import onnx now raises ImportError
     assert main(["export", str(saved_model), "--out", str(tmp_path / "x.onnx")]) == 2
     assert "pip install 'slidenet[onnx]'" in capsys.readouterr().err
-    assert main(["import", str(FIXTURES / "pytorch_gap.onnx"), "--out", str(tmp_path / "x.npz")]) == 2
+    assert main(["import", str(FIXTURES / "pytorch_gap.onnx"),
+                 "--out", str(tmp_path / "x.npz")]) == 2
     assert "pip install 'slidenet[onnx]'" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""`slidenet export MODEL --out FILE.onnx`: the model as a standard ONNX file (see docs/interop.md)."""
+"""`slidenet export MODEL --out FILE.onnx`: the model as a standard ONNX file (docs/interop.md)."""
 from slidenet.interop.onnx_export import OPSET, export_file
 
 

@@ -47,10 +47,15 @@ def check_claimed_size(what, nbytes, budget):
 
 
 def _available_memory():
+    """Memory the system could give this process now (Linux's MemAvailable), if it says."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return MAX_TENSOR_BYTES
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return MAX_TENSOR_BYTES
 
 
 def _size(nbytes):
@@ -199,7 +204,8 @@ def _external_file(tensor, folder, what):
         raise OnnxFileError(f"{what}: its external data {location!r} lies outside the model's "
                             f"folder {folder}; slidenet reads only files beside the model")
     if not target.is_file():
-        raise OnnxFileError(f"{what}: its external data file {location!r} is missing")
+        raise OnnxFileError(f"{what}: its external data file {location!r} is missing (or not "
+                            "a regular file)")
     size = target.stat().st_size
     if length is None:
         length = size - offset

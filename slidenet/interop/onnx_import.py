@@ -33,7 +33,7 @@ import numpy as np
 from slidenet import geometry
 from slidenet.data.normalize import Normalizer
 from slidenet.errors import SlidenetError
-from slidenet.interop.onnx_file import Budget, OnnxFileError, read_model, tensor_array
+from slidenet.interop.onnx_file import Budget, read_model, tensor_array
 from slidenet.interop.onnx_graph import PIXELS, require_onnx, rows_dhw_to_hwd
 from slidenet.net import Net
 from slidenet.pattern import parse
@@ -156,8 +156,7 @@ def read_onnx(path, classes=None, scale=None, mean=None, std=None, input_layout=
     names = _class_names(classes, metadata, net.num_outputs, path)
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
     meta = {"source": f"onnx:{Path(path).name}", "producer": producer or "unknown",
-            "onnx_opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-                              default=0)}
+            "onnx_opset": reader.opset}
     return Imported(net, normalizer, names, meta)
 
 
@@ -207,7 +206,8 @@ class _Reader:
         for tensor in self.graph.initializer:
             self.values[tensor.name] = Const(tensor_array(tensor, self.folder, self.budget))
         if len(self.graph.sparse_initializer):
-            self.faults.append(("graph", "it has sparse initializers, which slidenet does not read"))
+            self.faults.append(("graph", "it has sparse initializers, which slidenet does not "
+                                         "read"))
         self._read_input()
         for node in self.graph.node:
             handler = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
@@ -822,7 +822,8 @@ def _arithmetic(reader, node, a, inputs):
                 for key in piece.scales:
                     piece.params[key] = np.asarray(piece.params[key], np.float64) * vector
             else:
-                piece.params[piece.shift] = np.asarray(piece.params[piece.shift], np.float64) + vector
+                shifted = np.asarray(piece.params[piece.shift], np.float64) + vector
+                piece.params[piece.shift] = shifted
         else:
             raise Unsupported(f"it {_WORDS[op]} by a constant where slidenet has no layer to fold "
                               "it into: only right after a Conv, Gemm/MatMul or "

@@ -51,6 +51,7 @@ class BatchNorm(Layer):
         # Inference form: the running averages, per depth channel (axis 1 of NCHW, or of (N, n)).
         arrays = [self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
                   self.buffers["running_var"]]
-        names = [graph.initializer(key, a) for key, a in zip(("gamma", "beta", "mean", "var"), arrays)]
+        names = [graph.initializer(key, array)
+                 for key, array in zip(("gamma", "beta", "mean", "var"), arrays)]
         graph.tensor = graph.node("BatchNormalization", [graph.tensor, *names],
                                   epsilon=ops.BATCHNORM_EPSILON)

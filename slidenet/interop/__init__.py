@@ -4,7 +4,8 @@
                   `require_onnx` (the `onnx` extra is imported only when it is used)
     onnx_export   a net -> an ONNX model: `to_model`, `to_bytes`, `export_file`
     onnx_file     an untrusted .onnx file -> its graph and its tensors, sizes checked first
-    onnx_import   an ONNX graph of the lecture's layers -> a slidenet model file
+    onnx_import   an ONNX graph of the lecture's layers -> a slidenet net (`read_onnx`)
+    onnx_ops      one handler per ONNX op type, and the values a graph is read into
 
 Layout: slidenet holds images (batch, height, width, depth) and ONNX's Conv and pools want
 (batch, depth, height, width). An export transposes once, at the input, and writes every

@@ -12,13 +12,14 @@ which adds its parser and sets ``func(args) -> int``. The error contract (docs/d
 """
 import argparse
 import importlib
+import keyword
 import sys
 
 from slidenet.errors import SlidenetError
 
 # Order here is the order in `slidenet --help`.
 COMMANDS = ("summary", "train", "eval", "predict", "gradcheck", "bench", "viz", "report",
-            "serve")
+            "serve", "export", "import")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -53,7 +54,9 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        importlib.import_module(f"slidenet.commands.{name}").register(sub)
+        # `import` is a Python keyword, so its module is `import_`.
+        module = f"{name}_" if keyword.iskeyword(name) else name
+        importlib.import_module(f"slidenet.commands.{module}").register(sub)
     return parser
 
 

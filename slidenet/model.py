@@ -52,6 +52,16 @@ class Model:
         names = [str(n) for n in self.meta.get("class_names") or []]
         return names + [str(i) for i in range(len(names), self.net.num_outputs)]
 
+    def data_spec(self, given=None):
+        """The data set to evaluate on: `given`, else the one the model was trained on (or was
+        named for by `slidenet import --data`). A DataError when there is neither."""
+        spec = given or self.meta.get("data")
+        if not spec:
+            source = self.meta.get("source", "elsewhere")
+            raise DataError(f"the model names no data set (it came from {source}): give "
+                            "--data SPEC, e.g. --data mnist5k or --data folder:DIR")
+        return spec
+
     def scores(self, images, batch_size=BATCH):
         """The last layer's scores (N, C), float64, for images (N, H, W, D) of pixel values
         0..255 (uint8, or floats on that scale), in batches of `batch_size`."""
@@ -65,22 +75,19 @@ class Model:
         return softmax(self.scores(images, batch_size))
 
     def load_data(self, spec=None, path="the model file"):
-        """The data set `spec` (default: the one the model was trained on), at the size the
-        model takes (stretched if it was trained with --resize), checked to fit the model.
+        """The data set `spec` (default: the one the model was trained on, see `data_spec`), at
+        the size the model takes (stretched if it was trained with --resize), checked to fit.
 
         A recorded data set that is gone is a DataError saying where the spec came from.
         """
-        recorded = self.meta.get("data")
-        if spec is None and not recorded:
-            raise DataError(f"{path} does not say which data it was trained on: pass --data SPEC "
-                            f"(one of {', '.join(datasets.SPECS)})")
+        chosen = self.data_spec(spec)
         resize = (self.meta.get("config") or {}).get("resize", False)
         try:
-            dataset = datasets.load(spec or recorded, size=self.input_shape[:2] if resize else None)
+            dataset = datasets.load(chosen, size=self.input_shape[:2] if resize else None)
         except DataError as err:
             if spec is not None:
                 raise
-            raise DataError(f"{err}; the data spec {recorded!r} comes from {path}: pass --data "
+            raise DataError(f"{err}; the data spec {chosen!r} comes from {path}: pass --data "
                             "SPEC to use data that is here") from None
         datasets.check_fits(dataset, self.input_shape, self.net.num_outputs)
         return dataset

@@ -246,7 +246,7 @@ def _layer(reader, name):
     text = reader.text[name.start():reader.pos].rstrip()
     values = _bind(kind, args, Value(text, name.start(), reader.text))
     return LayerSpec(kind=kind.kind, text=text, column=name.start(),
-                     args=tuple(kind.read_arguments(values).items()))
+                     args=tuple(kind.read_arguments(values).items()), given=frozenset(values))
 
 
 def _arguments(reader):

@@ -14,6 +14,7 @@ class LayerSpec:
     text: str           # the layer as written, e.g. "CONV(32, 5x5, s=2)"
     column: int         # 0-based column of `text` in the pattern
     args: tuple = ()    # (name, value) pairs of the kind's arguments, e.g. (("filters", 32), ...)
+    given: frozenset = frozenset()  # the arguments the pattern wrote; the others are defaults
 
     def __getattr__(self, name):
         # spec.size, spec.stride, ...: the kind's arguments read as attributes.

@@ -107,8 +107,15 @@ def _start(config, resume):
     """The run's net, data, optimiser and generators: new from `config`, or as `resume` saved
     them (then `config` only says where to go: epochs, out, stop_after, threads)."""
     state = None
-    if resume is not None:
-        model = load(resume)
+    model = load(resume) if resume is not None else None
+    if model is not None and "config" not in model.meta:
+        # A model made elsewhere (`slidenet import`) has no run to continue: fine-tune it, with
+        # this run's settings and a fresh optimiser, from epoch 0.
+        net, normalizer, history, start_epoch = model.net, model.normalizer, [], 0
+        config = replace(config, data=_fine_tuning_data(config, model, resume),
+                         pattern=net.pattern, variables=net.variables,
+                         skip_optional=net.skip_optional)
+    elif model is not None:
         net, normalizer, meta, state = model.net, model.normalizer, model.meta, model.state
         if config.epochs <= meta["epoch"]:
             raise SlidenetError(
@@ -123,8 +130,9 @@ def _start(config, resume):
     else:
         net = Net.from_pattern(config.pattern, seed=config.seed, skip_optional=config.skip_optional,
                                **config.variables)
-        config = replace(config, data=datasets.resolve(config.data))
+        config = replace(config, data=datasets.resolve(config.data or TrainConfig.data))
         history, start_epoch = [], 0
+        normalizer = None
     if config.loss not in LOSSES:
         raise SlidenetError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
     _check_scores(net, config.data)
@@ -134,10 +142,10 @@ def _start(config, resume):
     train_idx, val_idx = datasets.split_validation(len(dataset.y_train), config.val_fraction,
                                                    config.seed)
     x_train, y_train = dataset.x_train[train_idx], dataset.y_train[train_idx]
-    if resume is None:
+    if normalizer is None:
         normalizer = datasets.Normalizer.fit(x_train)
-        if not config.batch_size:
-            config = replace(config, batch_size=auto_batch_size(len(y_train)))
+    if not config.batch_size:
+        config = replace(config, batch_size=auto_batch_size(len(y_train)))
 
     steps_per_epoch = math.ceil(len(y_train) / config.batch_size)
     schedule = make_schedule(config.schedule, config.lr, steps_per_epoch * config.epochs)
@@ -304,6 +312,16 @@ def _last_good(run):
     if run.resume is not None:
         return f"nothing was saved; {run.resume} is as it was (epoch {run.start_epoch})"
     return "no model was saved: it diverged before the end of the first epoch"
+
+
+def _fine_tuning_data(config, model, path):
+    """The data to fine-tune an imported model on: --data, else the one it was imported for."""
+    if config.data is None and not model.meta.get("data"):
+        raise SlidenetError(
+            f"--resume {path}: this model was not trained by slidenet (it came from "
+            f"{model.meta.get('source', 'elsewhere')}), so there is no run to continue and no "
+            "data set to fine-tune it on: give --data SPEC")
+    return config.data or model.meta["data"]
 
 
 def _write_json(path, value):

@@ -211,8 +211,8 @@ def _parsers(parser, prefix="slidenet"):
 def test_help_shows_every_default():
     for name, parser in _parsers(cli.build_parser()):
         for action in parser._actions:
-            if not action.option_strings or action.default is argparse.SUPPRESS:
-                continue
+            if not action.option_strings or action.default is argparse.SUPPRESS or action.required:
+                continue            # a required option has no default to show
             flag = "/".join(action.option_strings)
             text = parser.formatter_class(prog="x")._get_help_string(action)
             assert action.help, f"{name} {flag} has no help"

@@ -151,6 +151,17 @@ def _check_resume(args, given):
     return saved
 
 
+def _check_fine_tuning(args, given):
+    """A model made elsewhere (`slidenet import`) is fine-tuned with this command's settings,
+    but its net is what it is: a flag that would change the net cannot apply."""
+    for name in ("pattern", "variables", "skip_optional"):
+        if name in given:
+            shown = _flag("set") if name == "variables" else _flag(name)
+            raise SlidenetError(f"{shown} cannot apply to --resume {args.resume}: fine-tuning "
+                                "keeps the model's net; start a new run (without --resume) to "
+                                "train another net")
+
+
 def _memory_advice(args, config):
     """The fix for an OutOfMemory, in this command's flags."""
     if args.resume:
@@ -168,6 +179,9 @@ def run(args):
         saved = _check_resume(args, given)
         values.update({k: v for k, v in saved.items() if k in values and k not in ON_RESUME})
         values["patience"] = given.get("patience", saved.get("patience", DEFAULTS.patience))
+        if not saved:
+            _check_fine_tuning(args, given)
+            values["data"] = given.get("data")     # the model's own, unless --data says
     if "momentum" in given and values["optimizer"] not in ("momentum", "nesterov"):
         raise SlidenetError(f"--momentum applies to --optimizer momentum or nesterov, not "
                             f"{values['optimizer']}, which does not use it; drop --momentum")

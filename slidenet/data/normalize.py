@@ -38,10 +38,15 @@ class Normalizer:
         if x.shape[-1] != len(self.mean):
             raise DataError(f"images of depth {x.shape[-1]} given to a normalizer fitted on depth "
                             f"{len(self.mean)}")
-        mean, std = self.mean.astype(np.float64), self.std.astype(np.float64)
-        # One multiply-add per pixel: (x/255 - mean)/std = x * 1/(255 std) - mean/std.
-        scale, shift = (1 / (255 * std)).astype(dtype), (-mean / std).astype(dtype)
+        scale, shift = self.affine(dtype)
         return x.astype(dtype) * scale + shift
+
+    def affine(self, dtype=np.float32):
+        """(scale, shift), each `dtype` (D,): normalize(x) is x * scale + shift, one multiply-add
+        per pixel, since (x/255 - mean)/std = x * 1/(255 std) - mean/std. (An ONNX export
+        writes these two arrays, so it computes exactly what `normalize` does.)"""
+        mean, std = self.mean.astype(np.float64), self.std.astype(np.float64)
+        return (1 / (255 * std)).astype(dtype), (-mean / std).astype(dtype)
 
     def to_arrays(self):
         """{"normalizer.mean": (D,), "normalizer.std": (D,)} for a model file."""

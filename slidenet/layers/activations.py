@@ -36,6 +36,9 @@ class Relu(_Elementwise):
     def torch_modules(cls, info, nn):
         return [nn.ReLU()]
 
+    def to_onnx(self, graph):
+        graph.tensor = graph.node("Relu", [graph.tensor])
+
 
 @register
 class Tanh(_Elementwise):
@@ -46,6 +49,9 @@ class Tanh(_Elementwise):
     def torch_modules(cls, info, nn):
         return [nn.Tanh()]
 
+    def to_onnx(self, graph):
+        graph.tensor = graph.node("Tanh", [graph.tensor])
+
 
 @register
 class Sigmoid(_Elementwise):
@@ -55,6 +61,9 @@ class Sigmoid(_Elementwise):
     @classmethod
     def torch_modules(cls, info, nn):
         return [nn.Sigmoid()]
+
+    def to_onnx(self, graph):
+        graph.tensor = graph.node("Sigmoid", [graph.tensor])
 
 
 @register
@@ -79,3 +88,6 @@ class LeakyRelu(_Elementwise):
 
     def backward(self, dout, need_dx=True):
         return ops.leaky_relu_backward(dout, self.cache)
+
+    def to_onnx(self, graph):
+        graph.tensor = graph.node("LeakyRelu", [graph.tensor], alpha=self.info.spec.alpha)

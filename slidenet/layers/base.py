@@ -15,6 +15,7 @@ A layer kind is one subclass of `Layer` in one module of `slidenet.layers`, regi
     reference    torch_modules(info, nn): the same layer in PyTorch, for `slidenet bench`
     explanation  explain(x, i, j, channel) -> dict: how one output unit comes from the input
                  (`slidenet serve` shows it); None for a kind that does not explain its units
+    exchange     to_onnx(graph): the layer as ONNX nodes, for `slidenet export`
 
 The class-level parts (grammar, shape rule, geometry) run before any weight exists: a pattern
 is parsed and every shape inferred without allocating anything.
@@ -158,6 +159,13 @@ class Layer:
 
     def backward(self, dout, need_dx=True):
         raise NotImplementedError
+
+    def to_onnx(self, graph):
+        """Write this layer into an ONNX graph being exported (`slidenet.interop.onnx_graph.Graph`):
+        add its nodes and weights with `graph.node` and `graph.initializer`, starting from
+        `graph.tensor`, and set `graph.tensor` to its output. Every kind but INPUT has one
+        (`register` checks)."""
+        raise NotImplementedError(f"{self.info.spec.kind} cannot be exported to ONNX")
 
     def filter_images(self):
         """The weights as images, (F_h, F_w, D, K) like a CONV's W, when `picture` says they

@@ -46,3 +46,12 @@ class BatchNorm(Layer):
     def backward(self, dout, need_dx=True):
         dx, self.grads["gamma"][...], self.grads["beta"][...] = ops.batchnorm_backward(dout, self.cache)
         return dx
+
+    def to_onnx(self, graph):
+        # Inference form: the running averages, per depth channel (axis 1 of NCHW, or of (N, n)).
+        arrays = [self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
+                  self.buffers["running_var"]]
+        names = [graph.initializer(key, array)
+                 for key, array in zip(("gamma", "beta", "mean", "var"), arrays)]
+        graph.tensor = graph.node("BatchNormalization", [graph.tensor, *names],
+                                  epsilon=ops.BATCHNORM_EPSILON)

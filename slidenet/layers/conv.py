@@ -50,8 +50,7 @@ class Conv(Layer):
         stride = arguments.axes(values.get("stride"), "stride", (1, 2), minimum=1, default=(1, 1))
         return {"filters": arguments.whole(values["filters"], "number of filters", minimum=1),
                 "size": size, "stride": stride,
-                "pad": arguments.padding(values.get("pad"), size, stride),
-                "pad_given": values.get("pad") is not None}
+                "pad": arguments.padding(values.get("pad"), size, stride)}
 
     @classmethod
     def window(cls, spec, input_shape):
@@ -62,7 +61,7 @@ class Conv(Layer):
         try:
             out_h, out_w, d, formulas, field, jump = slide(spec, cls.window(spec, walk.shape), walk)
         except GeometryError as err:
-            if spec.pad_given or spec.pad != (0, 0):
+            if "pad" in spec.given or spec.pad != (0, 0):
                 raise
             # The formula shows P = 0; say that it was chosen, not written.
             raise GeometryError(f"{err} (no p= was given, and {_default_pad_reason(spec)})") from None
@@ -79,7 +78,7 @@ class Conv(Layer):
         in every row's (N + 2P - F) / S + 1.)"""
         s = info.spec
         (fh, fw), (sh, sw), (ph, pw) = s.size, s.stride, s.pad
-        if s.pad_given or ((sh, sw) == (1, 1) and fh % 2 and fw % 2):
+        if "pad" in s.given or ((sh, sw) == (1, 1) and fh % 2 and fw % 2):
             return []
         h, w = info.input_shape[:2]
         out = " x ".join(map(str, info.output_shape[:2]))
@@ -116,6 +115,13 @@ class Conv(Layer):
         dx, self.grads["W"][...], self.grads["b"][...] = ops.conv_backward(
             dout, self.cache, need_dx, relu=relu)
         return dx
+
+    def to_onnx(self, graph):
+        s = self.info.spec
+        w = graph.conv_weights(self.params["W"])
+        graph.tensor = graph.node("Conv", [graph.tensor, graph.initializer("W", w),
+                                           graph.initializer("b", self.params["b"])],
+                                  **graph.window_attributes(s.size, s.stride, s.pad))
 
     def filter_images(self):
         return self.params["W"]

@@ -38,3 +38,9 @@ class Dropout(Layer):
 
     def backward(self, dout, need_dx=True):
         return ops.dropout_backward(dout, self.cache)
+
+    def to_onnx(self, graph):
+        # ONNX's Dropout is the identity unless asked to train, so inference drops it; the node
+        # stays so that the net (and its p) survives a round trip through ONNX.
+        ratio = graph.initializer("ratio", self.info.spec.rate)
+        graph.tensor = graph.node("Dropout", [graph.tensor, ratio])

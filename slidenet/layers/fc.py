@@ -76,6 +76,12 @@ class FC(Layer):
             dout, self.cache, need_dx, relu=relu)
         return dx
 
+    def to_onnx(self, graph):
+        # Gemm takes (N, I) rows; a volume is flattened first, and W's rows follow that order.
+        w = graph.flatten(self.params["W"], self.info.input_shape)
+        graph.tensor = graph.node("Gemm", [graph.tensor, graph.initializer("W", w),
+                                           graph.initializer("b", self.params["b"])])
+
     def filter_images(self):
         """An FC reading a volume: output o's weights, reshaped to (H, W, D), are a template
         of the whole input (the lecture's linear classifier); (H, W, D, n). Else None."""

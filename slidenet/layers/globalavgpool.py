@@ -44,3 +44,6 @@ class GlobalAvgPool(Layer):
     def explain(self, x, i, j, channel):
         """The whole of depth slice `channel` and its mean (see `pool.explain_mean`)."""
         return explain_mean(x, self.window(self.info.spec, x.shape), i, j, channel)
+
+    def to_onnx(self, graph):
+        graph.tensor = graph.node("GlobalAveragePool", [graph.tensor])

@@ -70,6 +70,11 @@ class MaxPool(_Pool):
                 "window": values.astype(np.float64).tolist(),
                 "winner": [int(v) for v in winner], "value": float(values[winner])}
 
+    def to_onnx(self, graph):
+        s = self.info.spec
+        graph.tensor = graph.node("MaxPool", [graph.tensor],
+                                  **graph.window_attributes(s.size, s.stride, s.pad))
+
 
 @register
 class AvgPool(_Pool):
@@ -89,6 +94,11 @@ class AvgPool(_Pool):
 
     def explain(self, x, i, j, channel):
         return explain_mean(x, self.window(self.info.spec, x.shape), i, j, channel)
+
+    def to_onnx(self, graph):
+        s = self.info.spec
+        graph.tensor = graph.node("AveragePool", [graph.tensor],
+                                  **graph.window_attributes(s.size, s.stride, s.pad))
 
 
 def explain_mean(x, window, i, j, channel):

@@ -8,8 +8,8 @@
 The parser, shape inference, the summary, gradcheck, the benchmark, model files and pictures
 all ask this registry (`lookup(name)`) instead of comparing kind names. `register` checks the
 class when its module is imported, so a kind that is half-written (no shape rule, no backward,
-a required argument its grammar cannot read, a name already taken) stops `import slidenet`
-with a `RegistryError` instead of failing in the middle of a training run.
+no ONNX export, a required argument its grammar cannot read, a name already taken) stops
+`import slidenet` with a `RegistryError` instead of failing in the middle of a training run.
 """
 import re
 
@@ -48,7 +48,7 @@ def _problems(cls):
     if cls.infer.__func__ is Layer.infer.__func__:
         problems.append("no shape rule (classmethod infer)")
     if not cls.is_input:
-        for method in ("forward", "backward"):
+        for method in ("forward", "backward", "to_onnx"):
             if getattr(cls, method) is getattr(Layer, method):
                 problems.append(f"no {method}")
     fields = set(cls.positional) | set(cls.keywords.values())

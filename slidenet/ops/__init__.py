@@ -10,7 +10,7 @@ Convolution has one pair per algorithm (`im2col`, `fullconv`, `winograd`) and a 
 from slidenet.ops.activations import (
     leaky_relu_backward, leaky_relu_forward, relu_backward, relu_forward, sigmoid_backward,
     sigmoid_forward, tanh_backward, tanh_forward)
-from slidenet.ops.batchnorm import batchnorm_backward, batchnorm_forward
+from slidenet.ops.batchnorm import BATCHNORM_EPSILON, batchnorm_backward, batchnorm_forward
 from slidenet.ops.conv import conv_backward, conv_forward, set_algorithm as set_conv_algorithm
 from slidenet.ops.dropout import dropout_backward, dropout_forward
 from slidenet.ops.fc import fc_backward, fc_forward
@@ -20,7 +20,8 @@ from slidenet.ops.pool import (
 from slidenet.ops.runtime import memory_budget, set_memory_budget, set_threads, threads
 
 __all__ = [
-    "avg_pool_backward", "avg_pool_forward", "batchnorm_backward", "batchnorm_forward",
+    "BATCHNORM_EPSILON", "avg_pool_backward", "avg_pool_forward", "batchnorm_backward",
+    "batchnorm_forward",
     "conv_backward", "conv_forward", "dropout_backward", "dropout_forward", "fc_backward",
     "fc_forward", "leaky_relu_backward", "leaky_relu_forward", "log_softmax", "max_pool_backward",
     "max_pool_forward", "memory_budget", "relu_backward", "relu_forward", "set_conv_algorithm",

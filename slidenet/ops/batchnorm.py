@@ -19,6 +19,9 @@ from typing import NamedTuple, Optional
 
 from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
 
+# The epsilon under the square root, 1 / sqrt(var + eps): BATCHNORM's, and so ONNX's on export.
+BATCHNORM_EPSILON = 1e-5
+
 
 class BatchNormCache(NamedTuple):
     """What batchnorm_backward needs. Training: xhat, inv (1 / batch std) and gamma. Evaluation
@@ -44,7 +47,8 @@ def _channel_sums(parts, d):
     return total.reshape(-1, d).sum(axis=0)
 
 
-def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum=0.9, eps=1e-5):
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum=0.9,
+                      eps=BATCHNORM_EPSILON):
     """x: (N, H, W, D) or (N, D); gamma, beta, running_mean, running_var: (D,).
 
     Returns out (shape of x) and a BatchNormCache. When training, running_mean and running_var

@@ -1,0 +1,215 @@
+"""An .onnx file from anywhere, read as untrusted data: nothing in it is run, and every size it
+claims is checked before anything is allocated.
+
+    model, folder = read_model("cnn.onnx")       # onnx.ModelProto, the folder it lies in
+    w = tensor_array(model.graph.initializer[0], folder, budget)
+
+Refused, each as one `OnnxFileError` line naming the file: a missing, empty, truncated or
+foreign file; a file larger than protobuf can hold; a tensor whose dims say more bytes than
+its data holds or than the budget allows; external tensor data whose path leaves the model's
+folder (`..`, an absolute path, a link pointing out), whose file is missing, or whose claimed
+offset and length reach past the end of that file.
+"""
+import os
+from math import prod
+from pathlib import Path
+
+import numpy as np
+
+from slidenet.errors import SlidenetError
+from slidenet.interop.onnx_graph import require_onnx
+
+MAX_FILE_BYTES = 2**31 - 1          # protobuf's own limit on one message
+MAX_TENSOR_BYTES = 4 * 2**30        # as `Net.MAX_WEIGHT_BYTES`: more is a damaged file, not a CNN
+
+
+class OnnxFileError(SlidenetError):
+    """An .onnx file that is damaged, foreign or hostile."""
+
+
+class Budget:
+    """Bytes that the tensors of one file may still claim, all together."""
+
+    def __init__(self, total=None):
+        self.left = min(MAX_TENSOR_BYTES, _available_memory()) if total is None else total
+
+    def take(self, what, nbytes):
+        check_claimed_size(what, nbytes, self.left)
+        self.left -= nbytes
+
+
+def check_claimed_size(what, nbytes, budget):
+    """Refuse `what` when the `nbytes` it claims exceed `budget` bytes; called before allocating.
+    (slidenet's shared budget helper can take this over; it is the one place that decides.)"""
+    if nbytes > budget:
+        raise OnnxFileError(f"{what} claims {_size(nbytes)}, more than the {_size(budget)} "
+                            "slidenet allows for it (a damaged or hostile file?)")
+
+
+def _available_memory():
+    """Memory the system could give this process now (Linux's MemAvailable), if it says."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return MAX_TENSOR_BYTES
+
+
+def _size(nbytes):
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:,.1f} {unit}"
+    return f"{nbytes:,} bytes"
+
+
+def read_model(path):
+    """(onnx.ModelProto, the folder external data must stay in), or an OnnxFileError.
+
+    External tensor data is not read here: `tensor_array` reads it, after checking it.
+    """
+    onnx = require_onnx()
+    from google.protobuf.message import DecodeError
+    path = Path(path)
+    if not path.exists():
+        raise OnnxFileError(f"no such file: {path}")
+    if not path.is_file():
+        raise OnnxFileError(f"{path} is not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise OnnxFileError(f"{path} is empty, not an ONNX model")
+    check_claimed_size(f"{path}", size, MAX_FILE_BYTES)
+    data = path.read_bytes()
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError) as err:
+        raise OnnxFileError(f"{path} is not an ONNX model, or it is truncated "
+                            f"({_first_line(err) or 'protobuf cannot parse it'})") from None
+    if model.ir_version < 3 or not model.HasField("graph") or not model.opset_import:
+        raise OnnxFileError(f"{path} is not an ONNX model, or it is truncated (it has no "
+                            + ("graph" if not model.HasField("graph") else
+                               "opset" if not model.opset_import else "valid IR version") + ")")
+    folder = path.resolve().parent
+    # Every external file is vetted before the checker looks for them (it looks, with the path).
+    for tensor in _tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            _external_file(tensor, folder, f"tensor {tensor.name!r}")
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as err:        # the checker's own ValidationError, and C++ errors it wraps
+        raise OnnxFileError(f"{path} is not a valid ONNX model: {_first_line(err)}") from None
+    return model, folder
+
+
+def _tensors(graph):
+    """The graph's initializers and the tensors its nodes hold as attributes."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+
+
+def _first_line(err):
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def tensor_array(tensor, folder, budget):
+    """A TensorProto's numbers as a NumPy array, checked before anything is allocated.
+
+    The dims times the element size must fit the `budget` (a `Budget`) and match the bytes
+    the tensor holds, inline or in an external file inside `folder`.
+    """
+    onnx = require_onnx()
+    what = f"tensor {tensor.name!r}"
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    except (KeyError, TypeError, ValueError):
+        raise OnnxFileError(f"{what} has data type {tensor.data_type}, which is not numbers "
+                            "slidenet reads") from None
+    if dtype.kind not in "biuf" or dtype.itemsize > 8:
+        raise OnnxFileError(f"{what} holds {onnx.TensorProto.DataType.Name(tensor.data_type)}, "
+                            "not numbers slidenet reads")
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise OnnxFileError(f"{what} has a negative dimension {dims}")
+    count = prod(dims)
+    nbytes = count * dtype.itemsize
+    budget.take(f"{what} ({' x '.join(map(str, dims)) or 'a scalar'} {dtype.name})", nbytes)
+    if tensor.HasField("segment"):
+        raise OnnxFileError(f"{what} is split into segments, which slidenet does not read")
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        raw = _external_bytes(tensor, folder, nbytes, what)
+    elif tensor.HasField("raw_data"):
+        raw = tensor.raw_data
+        if len(raw) != nbytes:
+            raise OnnxFileError(f"{what}: its dims {dims} say {nbytes:,} bytes of {dtype.name} "
+                                f"but it holds {len(raw):,}")
+    else:
+        return _typed_field(tensor, dtype, count, dims, what)
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(dims)
+
+
+def _typed_field(tensor, dtype, count, dims, what):
+    """The numbers of a tensor kept in float_data, int64_data, ... rather than raw_data."""
+    field = {"f": "float_data" if dtype.itemsize == 4 else "double_data",
+             "i": "int64_data" if dtype.itemsize == 8 else "int32_data",
+             "u": "uint64_data" if dtype.itemsize == 8 else "int32_data",
+             "b": "int32_data"}[dtype.kind]
+    if dtype == np.float16:
+        field = "int32_data"
+    values = getattr(tensor, field)
+    if len(values) != count:
+        raise OnnxFileError(f"{what}: its dims {dims} say {count:,} numbers but it holds "
+                            f"{len(values):,}")
+    if dtype == np.float16:     # float16 bits are stored one per int32
+        return np.array(values, dtype=np.uint16).view(np.float16).reshape(dims)
+    return np.array(values, dtype=dtype).reshape(dims)
+
+
+def _external_bytes(tensor, folder, nbytes, what):
+    """`nbytes` from the external file a tensor names, which must lie inside `folder`."""
+    target, location, offset, length = _external_file(tensor, folder, what)
+    if length != nbytes:
+        raise OnnxFileError(f"{what}: its dims say {nbytes:,} bytes but its external data "
+                            f"claims {length:,}")
+    with open(target, "rb") as fh:
+        fh.seek(offset)
+        raw = fh.read(length)
+    if len(raw) != length:
+        raise OnnxFileError(f"{what}: its external data file {location!r} ended early")
+    return raw
+
+
+def _external_file(tensor, folder, what):
+    """(path, location, offset, length) of a tensor's external data, checked: the file lies
+    inside `folder` and holds the bytes claimed."""
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    location = entries.get("location", "")
+    if not location:
+        raise OnnxFileError(f"{what} says its data is external but names no file")
+    try:
+        offset = int(entries.get("offset", "0"))
+        length = int(entries["length"]) if "length" in entries else None
+    except ValueError:
+        raise OnnxFileError(f"{what}: its external offset or length is not a number") from None
+    # Resolve links too: a link inside the folder that points out of it is refused as well.
+    target = (folder / location).resolve()
+    if os.path.isabs(location) or not target.is_relative_to(folder):
+        raise OnnxFileError(f"{what}: its external data {location!r} lies outside the model's "
+                            f"folder {folder}; slidenet reads only files beside the model")
+    if not target.is_file():
+        raise OnnxFileError(f"{what}: its external data file {location!r} is missing (or not "
+                            "a regular file)")
+    size = target.stat().st_size
+    if length is None:
+        length = size - offset
+    if offset < 0 or length < 0 or offset + length > size:
+        raise OnnxFileError(f"{what}: its external data claims bytes {offset:,} to "
+                            f"{offset + length:,} of {location!r}, which has {size:,}")
+    return target, location, offset, length

@@ -1,0 +1,395 @@
+"""An ONNX graph built from the lecture's layers, read into a slidenet net and model file.
+
+    slidenet import cnn.onnx --out cnn.npz --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225
+
+The graph is read node by node, in the order ONNX keeps them (every input before its use),
+without running anything. Each value is either a constant (a weight, a shape) or the image
+batch on its way through the net, an `Act`, whose layout is tracked:
+
+    PyTorch      (N, C, H, W) all the way: Conv, Relu, MaxPool, ..., the Shape, Gather,
+                 Unsqueeze, Concat and Reshape it emits around a flatten, Gemm
+    tf2onnx      (N, H, W, C), with a Transpose to (N, C, H, W) around each Conv or pool,
+                 and MatMul + Add for a Dense layer
+
+Each node that computes something becomes one layer of slidenet's pattern (a `Piece`, made by
+the op's handler in `onnx_ops`): a Conv
+is `CONV(K, FhxFw, s=ShxSw, p=PhxPw)` with its weights turned from (K, C, F_h, F_w) into
+(F_h, F_w, C, K); a Gemm or MatMul is `FC(n)`, whose rows are reordered when the volume before
+it was flattened in (C, H, W) order, since slidenet flattens (H, W, D). A Mul or Add by a
+per-channel constant right after a Conv, Gemm or BatchNormalization is folded into its
+weights; before the first layer it is preprocessing, folded into the model's normaliser. A
+Softmax at the end is dropped (slidenet's scores are what comes before it).
+
+A node slidenet cannot represent (a dilated or grouped conv, an LSTM, a residual Add, a pool
+that does not tile its input) is a fault; every fault is listed, and nothing is written.
+"""
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from slidenet.data.normalize import Normalizer
+from slidenet.errors import SlidenetError
+from slidenet.interop.onnx_file import Budget, read_model, tensor_array
+from slidenet.interop.onnx_graph import PIXELS, require_onnx
+from slidenet.interop.onnx_ops import (
+    OPS, Act, Const, Probs, Skip, Unknown, Unsupported, attributes, channel_vector,
+    slidenet_shape, unknown_op, where)
+from slidenet.net import Net
+from slidenet.pattern import parse
+from slidenet.shapes import infer
+
+LAYOUTS = ("nchw", "nhwc")
+
+
+class ImportRefused(SlidenetError):
+    """A graph with nodes slidenet cannot represent; the message lists every one."""
+
+
+@dataclass
+class Imported:
+    """What `read_onnx` makes of a file: everything `slidenet.model.save` needs."""
+    net: Net
+    normalizer: Normalizer
+    class_names: list
+    meta: dict                          # extras for the model file: source, producer, ...
+
+
+def read_onnx(path, classes=None, scale=None, mean=None, std=None, input_layout=None):
+    """Read the CNN in the .onnx file `path` into an `Imported` net, or raise.
+
+    classes: class names, one per score (default: the file's metadata, else numbers).
+    scale, mean, std: the preprocessing the graph's input expects, (pixels * scale - mean) / std
+    per channel (one value, or one per channel). Without any: pixels / 255 (scale 1/255, mean
+    0, std 1), or the pixels as they are for a file whose metadata says its input is pixels
+    0..255 (a slidenet export).
+    input_layout: "nchw" or "nhwc", needed only when the graph does not show it (an input that
+    goes straight into a Flatten).
+    Raises OnnxFileError for a damaged or hostile file and ImportRefused listing every node
+    slidenet cannot represent.
+    """
+    onnx = require_onnx()
+    model, folder = read_model(path)
+    reader = _Reader(onnx, model, folder, input_layout)
+    reader.walk()
+    if reader.faults:
+        lines = [f"{place}: {reason}" for place, reason in reader.faults]
+        count = len({place for place, _ in reader.faults})
+        raise ImportRefused(f"{path}: slidenet cannot represent {count} "
+                            f"{'part' if count == 1 else 'parts'} of this graph, so nothing was "
+                            "written:\n  " + "\n  ".join(lines))
+    pattern, hwd = reader.pattern()
+    metadata = _metadata(model)
+    if scale is None and mean is None and std is None and \
+            metadata.get("input", "").startswith(PIXELS):
+        scale = 1.0
+    normalizer = _normalizer(reader, hwd[2], 1 / 255 if scale is None else scale,
+                             (0.0,) if mean is None else mean, (1.0,) if std is None else std,
+                             metadata)
+    try:
+        net = Net.from_pattern(pattern)
+    except SlidenetError as err:
+        raise ImportRefused(f"{path}: its layers make the pattern {pattern}, which slidenet "
+                            f"cannot build: {err}") from None
+    net = _as_written(net, metadata) or net
+    reader.fill(net)
+    names = _class_names(classes, metadata, net.num_outputs, path)
+    producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
+    meta = {"source": f"onnx:{Path(path).name}", "producer": producer or "unknown",
+            "onnx_opset": reader.opset}
+    return Imported(net, normalizer, names, meta)
+
+
+def _metadata(model):
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _as_written(net, metadata):
+    """The net as the metadata's pattern writes it (`[CONV -> RELU]*N`, variables), when that
+    pattern is the very net the graph holds (a slidenet export); else None."""
+    try:
+        pattern, skip = metadata["pattern"], metadata.get("skip_optional") == "true"
+        variables = json.loads(metadata.get("variables", "{}"))
+        # Shapes only, nothing allocated, until the metadata is known to describe this net.
+        infos = infer(parse(pattern, variables, skip), pattern)
+    except (KeyError, ValueError, TypeError, AttributeError, SlidenetError):
+        return None
+    if [(i.spec.type, i.spec.args, i.output_shape) for i in infos] != \
+            [(i.spec.type, i.spec.args, i.output_shape) for i in net.infos]:
+        return None
+    return Net.from_pattern(pattern, skip_optional=skip, **variables)
+
+
+# ---- reading the graph ----
+
+class _Reader:
+    """One walk over a graph. The handlers of `onnx_ops.OPS` read their inputs through it
+    (`act`, `const`, `volume`, `resolve`) and append layers with `add_piece`; it keeps the
+    values by name, the pieces, the preprocessing seen before the first layer, and the faults."""
+
+    def __init__(self, onnx, model, folder, input_layout):
+        self.onnx = onnx
+        self.graph = model.graph
+        self.folder = folder
+        self.budget = Budget()
+        self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                         default=1)
+        if input_layout is not None and input_layout.lower() not in LAYOUTS:
+            raise SlidenetError(f"--input-layout {input_layout!r}: say nchw or nhwc")
+        self.fallback_layout = input_layout.upper() if input_layout else None
+        self.layout = None          # the input's layout, once the graph shows it
+        self.values = {}
+        self.pieces = []
+        self.pre = []               # (place, op, constant, Act it applied to): preprocessing
+        self.faults = []            # (place, reason)
+        self.input = None
+
+    # -- the walk --
+
+    def walk(self):
+        for tensor in self.graph.initializer:
+            self.values[tensor.name] = Const(tensor_array(tensor, self.folder, self.budget))
+        if len(self.graph.sparse_initializer):
+            self.faults.append(("graph", "it has sparse initializers, which slidenet does not "
+                                         "read"))
+        self._read_input()
+        for node in self.graph.node:
+            handler = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            try:
+                if handler is None:
+                    raise Unsupported(unknown_op(node))
+                inputs = [self._value(name) for name in node.input]
+                outputs = handler(self, node, attributes(self.onnx, node), inputs)
+            except Unsupported as fault:
+                for reason in fault.args:
+                    self.faults.append((where(node), reason))
+                outputs = None
+            except Skip:
+                outputs = None
+            outputs = outputs if isinstance(outputs, list) else [outputs]
+            for i, name in enumerate(node.output):
+                if name:
+                    value = outputs[i] if i < len(outputs) and outputs[i] is not None else Unknown()
+                    if isinstance(value, Act):
+                        value.name = name
+                    self.values[name] = value
+        self._read_outputs()
+
+    def _read_input(self):
+        given = [i for i in self.graph.input if i.name not in self.values]
+        if len(given) != 1:
+            names = ", ".join(i.name for i in given) or "none"
+            self.faults.append(("graph inputs", f"{len(given)} inputs ({names}); a slidenet net "
+                                "takes one batch of images"))
+            return
+        value = given[0]
+        kind = value.type.WhichOneof("value")
+        tensor = value.type.tensor_type
+        floats = (self.onnx.TensorProto.FLOAT, self.onnx.TensorProto.DOUBLE,
+                  self.onnx.TensorProto.FLOAT16)
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        place = f"graph input {value.name!r}"
+        if kind != "tensor_type" or tensor.elem_type not in floats:
+            self.faults.append((place, "it is not a tensor of floats (images)"))
+        elif len(dims) != 4 or any(not d or d < 1 for d in dims[1:]):
+            shown = ["N" if d is None else d for d in dims]
+            self.faults.append((place, f"its shape is {shown}; slidenet reads a batch of images "
+                                "(N, C, H, W) or (N, H, W, C) of fixed size"))
+        else:
+            self.input = Act(value.name, "input", tuple(dims[1:]), pre=True)
+            self.values[value.name] = self.input
+
+    def _read_outputs(self):
+        finals = []
+        for output in self.graph.output:
+            value = self.values.get(output.name)
+            place = f"graph output {output.name!r}"
+            if isinstance(value, Probs):
+                value = value.act
+            if isinstance(value, Act):
+                if value.taken:
+                    self.faults.append((place, f"it is an intermediate value (node "
+                                               f"{value.taken} reads it on); a slidenet net has "
+                                               "one output, its scores"))
+                finals.append(value)
+            elif isinstance(value, Const):
+                self.faults.append((place, "it is a constant, not computed from the image"))
+        if self.faults:
+            return
+        if not finals:
+            self.faults.append(("graph outputs", "no output is computed from the image"))
+        elif any(act is not finals[0] for act in finals):
+            self.faults.append(("graph outputs", "it has several different outputs; a slidenet "
+                                "net has one, its scores (and their softmax)"))
+        elif not self.pieces:
+            self.faults.append(("graph", "it has no layers"))
+        elif len(slidenet_shape(finals[0]) or ()) != 1:
+            self.faults.append(("graph outputs", "the net ends on an image volume, not on one "
+                                "score per class; slidenet's scores come from an FC (Gemm)"))
+
+    # -- values --
+
+    def _value(self, name):
+        if not name:
+            return None
+        return self.values.get(name, Unknown())
+
+    def act(self, value, node, take=True):
+        """The Act a node reads; take=True: the node carries it on into the net."""
+        if isinstance(value, (Unknown, type(None))):
+            raise Skip()
+        if isinstance(value, Probs):
+            raise Unsupported("it reads the output of a Softmax; a softmax can only come last")
+        if not isinstance(value, Act):
+            raise Unsupported("its data input is a constant, not computed from the image")
+        if take:
+            if value.taken:
+                raise Unsupported(f"it reads {value.name!r}, which node {value.taken} also reads: "
+                                  "the graph branches, and a slidenet net is one chain")
+            value.taken = where(node)
+        return value
+
+    def const(self, value, what):
+        if isinstance(value, (Unknown, type(None))):
+            raise Skip()
+        if not isinstance(value, Const):
+            raise Unsupported(f"its {what} is computed from the image, not a constant")
+        return value.array
+
+    def optional_const(self, inputs, index, what, default=None):
+        if index < len(inputs) and inputs[index] is not None:
+            return self.const(inputs[index], what)
+        return default
+
+    def resolve(self, act, layout):
+        """`act` read as `layout` ("NCHW" or "NHWC"); fixes the input's layout if not yet known."""
+        if act.layout != "input":
+            return act
+        if self.layout is None:
+            self.layout = layout
+        elif self.layout != layout:
+            raise Unsupported(f"it reads the input as {layout}, where an earlier node read it as "
+                              f"{self.layout}")
+        return replace(act, layout=layout)
+
+    def volume(self, value, node):
+        """The (N, C, H, W) Act a Conv, pool or BatchNormalization reads."""
+        act = self.resolve(self.act(value, node), "NCHW")
+        if act.layout != "NCHW":
+            shape = "(N, n)" if act.layout == "flat" else "(N, H, W, C)"
+            raise Unsupported(f"it reads a {shape} tensor; ONNX's {node.op_type} works on "
+                              "(N, C, H, W), and the graph has no Transpose to make it that")
+        return act
+
+    def add_piece(self, piece, act_in, layout, dims, foldable=True, **changes):
+        """Append a layer; returns the Act of its output."""
+        self.pieces.append(piece)
+        return replace(act_in, layout=layout, dims=tuple(dims), taken=None, pre=False,
+                       piece=len(self.pieces) - 1 if foldable else None, **changes)
+
+    # -- after the walk --
+
+    def input_shape(self):
+        """(H, W, D) of the input, once its layout is known."""
+        layout = self.layout or self.fallback_layout
+        if layout is None:
+            raise ImportRefused("the graph does not show whether its input is (N, C, H, W) or "
+                                "(N, H, W, C): say --input-layout nchw or nhwc")
+        a, b, c = self.input.dims
+        return (b, c, a) if layout == "NCHW" else (a, b, c)
+
+    def pattern(self):
+        h, w, d = self.input_shape()
+        return " -> ".join([f"INPUT({h}x{w}x{d})"] + [p.text for p in self.pieces]), (h, w, d)
+
+    def fill(self, net):
+        """Copy each piece's arrays into its layer of `net` (built from `pattern`)."""
+        for layer, piece, info in zip(net.layers, self.pieces, net.infos[1:]):
+            if piece.shape is not None and tuple(piece.shape) != tuple(info.output_shape):
+                raise RuntimeError(f"import bug: {piece.text} from {piece.node} gives "
+                                   f"{piece.shape}, slidenet infers {info.output_shape}")
+            for store, arrays in ((layer.params, piece.params), (layer.buffers, piece.buffers)):
+                for key, array in arrays.items():
+                    if np.shape(array) != store[key].shape:
+                        raise RuntimeError(f"import bug: {piece.text} {key} is "
+                                           f"{np.shape(array)}, slidenet's {store[key].shape}")
+                    store[key][...] = array
+
+# ---- the normaliser and the class names ----
+
+def _normalizer(reader, depth, scale, mean, std, metadata):
+    """slidenet's Normalizer for what the graph expects, (pixels * scale - mean) / std, followed
+    by the graph's own preprocessing (Mul and Add before its first layer).
+
+    Normalizer computes x / (255 s) - m / s per channel, so with the whole affine map
+    pixels * alpha + beta: s = 1 / (255 alpha) and m = -beta * s.
+    """
+    mean, std = _per_channel("--mean", mean, depth), _per_channel("--std", std, depth)
+    if not scale or not np.isfinite(scale) or np.any(std == 0):
+        raise SlidenetError("--scale and every --std must be non-zero numbers")
+    alpha, beta = np.full(depth, scale) / std, -mean / std
+    graph_alpha, graph_beta = np.ones(depth), np.zeros(depth)
+    for place, kind, constant, act in reader.pre:
+        if act.layout == "input":
+            act = replace(act, layout=reader.layout or reader.fallback_layout or "NCHW")
+        try:
+            vector = channel_vector(act, constant, kind)
+        except Unsupported as fault:
+            raise ImportRefused(f"{place}: {fault.args[0]}") from None
+        if kind == "Mul":
+            graph_alpha, graph_beta = graph_alpha * vector, graph_beta * vector
+        else:
+            graph_beta = graph_beta + vector
+    alpha, beta = graph_alpha * alpha, graph_alpha * beta + graph_beta
+    if np.any(alpha == 0):
+        raise ImportRefused("the preprocessing multiplies a channel by 0, which no normaliser "
+                            "can express")
+    exact = _exported_normalizer(metadata, depth)
+    identity = scale == 1 and not mean.any() and np.all(std == 1)
+    if exact is not None and identity:
+        want = exact.affine(np.float32)
+        if np.array_equal(want[0], alpha.astype(np.float32)) and \
+                np.array_equal(want[1], beta.astype(np.float32)):
+            return exact        # a file slidenet exported: its normaliser, to the last bit
+    s = 1 / (255 * alpha)
+    return Normalizer((0.0 - beta * s).astype(np.float32), s.astype(np.float32))
+
+
+def _per_channel(option, values, depth):
+    values = np.asarray(values, np.float64).reshape(-1)
+    if len(values) == 1:
+        return np.repeat(values, depth)
+    if len(values) != depth:
+        raise SlidenetError(f"{option} takes one number or one per channel ({depth}), not "
+                            f"{len(values)}")
+    return values
+
+
+def _exported_normalizer(metadata, depth):
+    """The normaliser a slidenet export wrote into the metadata, if any."""
+    try:
+        stored = json.loads(metadata["normalizer"])
+        mean = np.array(stored["mean"], np.float32)
+        std = np.array(stored["std"], np.float32)
+    except (KeyError, ValueError, TypeError):
+        return None
+    if mean.shape != (depth,) or std.shape != (depth,) or np.any(std == 0):
+        return None
+    return Normalizer(mean, std)
+
+
+def _class_names(classes, metadata, count, path):
+    if classes is not None:
+        names = [c.strip() for c in classes]
+        if len(names) != count or not all(names):
+            raise SlidenetError(f"--classes names {len(names)} classes, but {path} scores "
+                                f"{count}: give {count} names, separated by commas")
+        return names
+    try:
+        names = json.loads(metadata["class_names"])
+    except (KeyError, ValueError):
+        return []
+    if isinstance(names, list) and len(names) == count and all(isinstance(n, str) for n in names):
+        return names
+    return []

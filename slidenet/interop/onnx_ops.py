@@ -1,0 +1,683 @@
+"""How each ONNX op becomes part of a slidenet net: the values a graph is read into, and one
+handler per op type (`OPS`), used by `onnx_import`.
+
+A value is a constant (`Const`: a weight, a shape), the image batch on its way through the net
+(`Act`, whose layout is tracked), the softmax of the scores (`Probs`), or `Unknown` (what a
+refused node would have made). A handler reads a node's attributes and inputs and returns its
+outputs; a node that becomes a layer appends a `Piece` (its text in the pattern and its arrays
+in slidenet's layout). A handler checks the attributes first, so a node is judged even when an
+earlier fault left its input unknown (`Skip`); `Unsupported` carries the reasons, each naming
+the attribute at fault.
+"""
+from dataclasses import dataclass, field, replace
+from math import ceil, prod
+from typing import Optional, Tuple
+
+import numpy as np
+
+from slidenet import geometry
+from slidenet.interop.onnx_file import tensor_array
+from slidenet.interop.onnx_graph import rows_dhw_to_hwd
+from slidenet.ops import BATCHNORM_EPSILON
+
+# The dynamic batch size inside shape computations (Shape -> Gather -> ... -> Reshape): a
+# number no real dimension has, which only Reshape understands.
+BATCH = -(2**62) + 11
+
+class Unsupported(Exception):
+    """What is wrong with one node: one or more reasons (the attribute at fault, and why)."""
+
+
+class Skip(Exception):
+    """A node that reads a value an earlier fault left unknown: that fault is already listed."""
+
+
+@dataclass
+class Act:
+    """The image batch on its way through the net: an ONNX value computed from the input.
+
+    layout: "input" (before the graph shows whether it is NCHW or NHWC), "NCHW", "NHWC", or
+    "flat" (N, n). dims: the sizes after the batch axis, in the tensor's own order.
+    flat_from: for a flattened volume, (order, (H, W, D)) with order "DHW" (flattened from
+    NCHW) or "HWD" (from NHWC). piece: the index of the CONV, FC or BATCHNORM whose unchanged
+    output this is (a Mul or Add can be folded into it), else None. pre: only preprocessing
+    (Mul, Add, Transpose) lies between the graph's input and here. taken: the node that read
+    this value on into the net; a second reader means the graph branches.
+    """
+    name: str
+    layout: str
+    dims: Tuple[int, ...]
+    flat_from: Optional[tuple] = None
+    piece: Optional[int] = None
+    pre: bool = False
+    taken: Optional[str] = None
+
+
+@dataclass
+class Const:
+    array: np.ndarray
+
+
+@dataclass
+class Probs:
+    """The Softmax (or LogSoftmax) of the net's scores: allowed only as an output."""
+    act: Act
+
+
+class Unknown:
+    """A value an unsupported node would have made."""
+
+
+@dataclass
+class Piece:
+    """One slidenet layer made from one or more ONNX nodes."""
+    text: str                           # in the pattern: "CONV(16, 3x3, s=1x1, p=1x1)"
+    node: str                           # the node it came from
+    shape: Optional[tuple]              # its output in slidenet's terms, (H, W, D) or (n,)
+    params: dict = field(default_factory=dict)      # slidenet's layout: W (F_h, F_w, D, K), ...
+    buffers: dict = field(default_factory=dict)
+    scales: tuple = ()                  # params a per-channel Mul after it multiplies
+    shift: Optional[str] = None         # the param a per-channel Add after it adds to
+
+
+def where(node):
+    return f"{node.op_type} {(node.name or (node.output[0] if node.output else '?'))!r}"
+
+
+def attributes(onnx, node):
+    values = {}
+    for attribute in node.attribute:
+        value = onnx.helper.get_attribute_value(attribute)
+        values[attribute.name] = value.decode() if isinstance(value, bytes) else value
+    return values
+
+
+_HINTS = {
+    "LSTM": "a recurrent layer (LSTM)", "GRU": "a recurrent layer (GRU)",
+    "RNN": "a recurrent layer (RNN)", "ConvTranspose": "a transposed convolution",
+    "Pad": "a separate padding node; slidenet's CONV pads equally on both sides of each axis",
+    "Resize": "resizing inside the net", "Upsample": "upsampling inside the net",
+    "Attention": "attention", "LayerNormalization": "layer normalisation",
+    "InstanceNormalization": "instance normalisation", "Clip": "a clipped activation (ReLU6?)",
+    "Loop": "a loop", "If": "a branch (If)", "Scan": "a scan",
+}
+
+
+def unknown_op(node):
+    what = _HINTS.get(node.op_type, "an operation")
+    domain = f" of domain {node.domain!r}" if node.domain not in ("", "ai.onnx") else ""
+    return (f"{node.op_type}{domain} is {what}, not one of the lecture's layers slidenet has "
+            "(CONV, MAXPOOL, AVGPOOL, GLOBALAVGPOOL, FC, BATCHNORM, DROPOUT, RELU, LEAKYRELU, "
+            "TANH, SIGMOID)")
+
+
+def _number(value):
+    """A float32 attribute written as the shortest decimal that reads back to it: 0.01."""
+    return np.format_float_positional(np.float32(value), trim="-")
+
+
+def slidenet_shape(act):
+    """The shape slidenet gives this value: (H, W, D) for a volume (flattened or not), (n,)."""
+    if act.layout == "NCHW":
+        c, h, w = act.dims
+        return (h, w, c)
+    if act.layout == "NHWC":
+        return tuple(act.dims)
+    if act.layout == "flat":
+        return act.flat_from[1] if act.flat_from else tuple(act.dims)
+    return None
+
+
+# ---- windows: Conv and the pools ----
+
+def _window(reader, node, a, act, size, default_pads=True):
+    """(stride, pad) per axis of a Conv or pool on `act`, checked to tile the input exactly."""
+    _, h, w = act.dims
+    stride = tuple(a.get("strides", [1, 1]))
+    if len(stride) != 2 or min(stride) < 1:
+        raise Unsupported(f"strides={list(stride)}: slidenet slides 2-D windows by at least 1")
+    auto = a.get("auto_pad", "NOTSET") or "NOTSET"
+    if auto == "NOTSET":
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+        if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
+            raise Unsupported(f"pads={pads}: more padding on one side than the other; slidenet "
+                              "pads each axis equally on both sides")
+        pad = (pads[0], pads[1])
+    elif auto == "VALID":
+        pad = (0, 0)
+    else:
+        pad = []
+        for n, f, s, axis in zip((h, w), size, stride, ("height", "width")):
+            total = max((ceil(n / s) - 1) * s + f - n, 0)
+            if total % 2:
+                raise Unsupported(f"auto_pad={auto} pads the {axis} by {total} in all, which "
+                                  "cannot be split equally between its two sides")
+            pad.append(total // 2)
+        pad = tuple(pad)
+    for n, f, s, p, axis in zip((h, w), size, stride, pad, ("height", "width")):
+        exact = geometry.exact_size(n, f, s, p)
+        if exact < 1 or exact.denominator != 1:
+            raise Unsupported(
+                f"kernel_shape={list(size)}, strides={list(stride)}, pads={list(pad)} on the "
+                f"{axis} {n}: {geometry.describe(n, f, s, p)} is not a whole number of windows; "
+                "ONNX drops the windows that do not fit, slidenet's must tile the input exactly")
+    return stride, pad
+
+
+def _conv(reader, node, a, inputs):
+    faults = []
+    dilations = list(a.get("dilations", [1, 1]))
+    if any(d != 1 for d in dilations):
+        faults.append(f"dilations={dilations}: a dilated convolution; slidenet's filters "
+                      "cover neighbouring pixels only")
+    if a.get("group", 1) != 1:
+        faults.append(f"group={a['group']}: a grouped (or depthwise) convolution; slidenet's "
+                      "filters span the full depth of their input")
+    if "kernel_shape" in a and len(a["kernel_shape"]) != 2:
+        faults.append(f"kernel_shape={list(a['kernel_shape'])}: a "
+                      f"{len(a['kernel_shape'])}-D convolution; slidenet's CONV is 2-D")
+    if faults:
+        raise Unsupported(*faults)
+    x = reader.volume(inputs[0], node)
+    weights = reader.const(inputs[1], "weights")
+    c, h, w = x.dims
+    if weights.ndim != 4 or weights.shape[1] != c:
+        raise Unsupported(f"its weights have shape {list(weights.shape)}, not (K, {c}, F_h, F_w) "
+                          f"for its {c}-channel input")
+    k = weights.shape[0]
+    size = tuple(weights.shape[2:])
+    if "kernel_shape" in a and tuple(a["kernel_shape"]) != size:
+        raise Unsupported(f"kernel_shape={list(a['kernel_shape'])} but its weights are "
+                          f"{size[0]}x{size[1]}")
+    bias = reader.optional_const(inputs, 2, "bias", np.zeros(k, np.float32))
+    if bias.shape != (k,):
+        raise Unsupported(f"its bias has shape {list(bias.shape)}, not ({k},)")
+    stride, pad = _window(reader, node, a, x, size)
+    out_h = (h + 2 * pad[0] - size[0]) // stride[0] + 1
+    out_w = (w + 2 * pad[1] - size[1]) // stride[1] + 1
+    piece = Piece(f"CONV({k}, {size[0]}x{size[1]}, s={stride[0]}x{stride[1]}, "
+                  f"p={pad[0]}x{pad[1]})", where(node), (out_h, out_w, k),
+                  {"W": weights.transpose(2, 3, 1, 0), "b": bias}, scales=("W", "b"), shift="b")
+    return reader.add_piece(piece, x, "NCHW", (k, out_h, out_w))
+
+
+def _pool(kind):
+    def handler(reader, node, a, inputs):
+        faults = []
+        if any(d != 1 for d in a.get("dilations", [1, 1])):
+            faults.append(f"dilations={list(a['dilations'])}: a dilated pool; slidenet's "
+                          "windows cover neighbouring pixels")
+        if any(a.get("pads", [0])) or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", ""):
+            faults.append(f"pads={list(a.get('pads', []))} auto_pad={a.get('auto_pad', 'NOTSET')}: "
+                          "a padded pool; slidenet's pooling is never padded")
+        size = tuple(a.get("kernel_shape", ()))
+        if len(size) != 2:
+            faults.append(f"kernel_shape={list(size)}: slidenet pools 2-D windows")
+        if len(node.output) > 1 and node.output[1]:
+            faults.append("it also outputs the indices of the maxima, which slidenet does not make")
+        if faults:
+            raise Unsupported(*faults)
+        x = reader.volume(inputs[0], node)
+        stride, _ = _window(reader, node, {"strides": a.get("strides", [1, 1])}, x, size)
+        c, h, w = x.dims
+        out_h, out_w = (h - size[0]) // stride[0] + 1, (w - size[1]) // stride[1] + 1
+        piece = Piece(f"{kind}({size[0]}x{size[1]}, s={stride[0]}x{stride[1]})", where(node),
+                      (out_h, out_w, c))
+        return reader.add_piece(piece, x, "NCHW", (c, out_h, out_w), foldable=False)
+    return handler
+
+
+def _global_pool(text):
+    def handler(reader, node, a, inputs):
+        x = reader.volume(inputs[0], node)
+        c, h, w = x.dims
+        return reader.add_piece(Piece(text.format(h=h, w=w), where(node), (1, 1, c)), x, "NCHW",
+                                (c, 1, 1), foldable=False)
+    return handler
+
+
+def _reduce_mean(reader, node, a, inputs):
+    """A mean over height and width (tf2onnx's GlobalAveragePooling2D) is GLOBALAVGPOOL."""
+    axes = a.get("axes")
+    if axes is None:
+        axes = reader.optional_const(inputs, 1, "axes")
+    x = reader.act(inputs[0], node)
+    if x.layout not in ("NCHW", "NHWC") or axes is None:
+        raise Unsupported("only a mean over the height and width of an image volume is a layer "
+                          "slidenet has (GLOBALAVGPOOL)")
+    spatial = {2, 3} if x.layout == "NCHW" else {1, 2}
+    if {int(v) % 4 for v in np.ravel(axes)} != spatial:
+        raise Unsupported(f"axes={list(np.ravel(axes))}: only the mean over height and width "
+                          "(GLOBALAVGPOOL) is a layer slidenet has")
+    h, w, c = slidenet_shape(x)
+    out = reader.add_piece(Piece("GLOBALAVGPOOL", where(node), (1, 1, c)), x, x.layout,
+                           (c, 1, 1) if x.layout == "NCHW" else (1, 1, c), foldable=False)
+    if a.get("keepdims", 1):
+        return out
+    return replace(out, layout="flat", dims=(c,), flat_from=("HWD", (1, 1, c)))
+
+
+# ---- layers of one number at a time ----
+
+def _batchnorm(reader, node, a, inputs):
+    faults = []
+    if a.get("training_mode", 0):
+        faults.append("training_mode=1: a training graph; export the model in eval mode")
+    if not a.get("spatial", 1):
+        faults.append("spatial=0: statistics per position; slidenet's are per channel")
+    if any(node.output[1:]):
+        faults.append("it outputs running statistics (a training graph); export in eval mode")
+    if faults:
+        raise Unsupported(*faults)
+    x = reader.act(inputs[0], node)
+    if x.layout == "input":
+        x = reader.resolve(x, "NCHW")
+    if x.layout == "NHWC" or (x.layout == "flat" and x.flat_from and prod(x.flat_from[1][:2]) > 1):
+        raise Unsupported("it normalises a tensor whose axis 1 is not the channels; slidenet's "
+                          "BATCHNORM works per depth channel")
+    channels = x.dims[0]
+    gamma, beta, mean, var = (np.asarray(reader.const(v, what), np.float64).reshape(-1)
+                              for v, what in zip(inputs[1:5], ("scale", "B", "mean", "var")))
+    if any(v.shape != (channels,) for v in (gamma, beta, mean, var)):
+        raise Unsupported(f"its scale, B, mean and var are not {channels} numbers each")
+    epsilon = float(a.get("epsilon", 1e-5))
+    # slidenet divides by sqrt(var + its own epsilon); moving the difference into var keeps
+    # sqrt(var + epsilon) as the graph has it.
+    if np.float32(epsilon) != np.float32(BATCHNORM_EPSILON):
+        var = var + (epsilon - BATCHNORM_EPSILON)
+    piece = Piece("BATCHNORM", where(node), slidenet_shape(x), {"gamma": gamma, "beta": beta},
+                  {"running_mean": mean, "running_var": var}, scales=("gamma", "beta"),
+                  shift="beta")
+    return reader.add_piece(piece, x, x.layout, x.dims)
+
+
+def _elementwise(text, check=None):
+    def handler(reader, node, a, inputs):
+        written = text
+        if check is not None:
+            written = check(a)
+        x = reader.act(inputs[0], node)
+        return reader.add_piece(Piece(written, where(node), slidenet_shape(x)), x, x.layout, x.dims,
+                                foldable=False)
+    return handler
+
+
+def _leaky_alpha(a):
+    alpha = float(a.get("alpha", 0.01))
+    if not 0 <= alpha < 1:
+        raise Unsupported(f"alpha={_number(alpha)}: slidenet's LEAKYRELU takes a slope 0 <= a < 1")
+    return f"LEAKYRELU({_number(alpha)})"
+
+
+def _dropout(reader, node, a, inputs):
+    ratio = a.get("ratio", 0.5)
+    if reader.opset >= 12:
+        ratio = reader.optional_const(inputs, 1, "ratio", np.array(0.5))
+        training = reader.optional_const(inputs, 2, "training_mode", np.array(False))
+        if bool(np.ravel(training)[0]):
+            raise Unsupported("training_mode=true: dropout at inference")
+        ratio = float(np.ravel(ratio)[0])
+    if not 0 <= ratio < 1:
+        raise Unsupported(f"ratio={ratio}: slidenet's DROPOUT takes 0 <= p < 1")
+    x = reader.act(inputs[0], node)
+    # Dropout is the identity at inference: a Mul or Add after it still folds into what came
+    # before, which `piece` keeps pointing at.
+    out = replace(x, taken=None, pre=False)
+    reader.pieces.append(Piece(f"DROPOUT({_number(ratio)})", where(node), slidenet_shape(x)))
+    return [out, None]
+
+
+def _softmax(reader, node, a, inputs):
+    x = reader.act(inputs[0], node, take=False)
+    axis = a.get("axis", -1 if reader.opset >= 13 else 1)
+    if x.layout != "flat" or axis not in (1, -1):
+        raise Unsupported("a softmax over anything but the class scores of a flat (N, C) value")
+    return Probs(x)
+
+
+# ---- moving values around: Identity, Transpose, Flatten, Reshape, Squeeze ----
+
+def _identity(reader, node, a, inputs):
+    value = inputs[0] if inputs else None
+    if isinstance(value, Const):
+        return value
+    return replace(reader.act(value, node), taken=None)
+
+
+def _transpose(reader, node, a, inputs):
+    value = inputs[0]
+    if isinstance(value, Const):
+        return Const(np.transpose(value.array, a.get("perm")))
+    x = reader.act(value, node)
+    perm = list(a.get("perm", range(len(x.dims) + 1)[::-1]))
+    if perm == list(range(len(x.dims) + 1)):
+        return replace(x, taken=None)
+    if perm == [0, 3, 1, 2]:
+        x = reader.resolve(x, "NHWC")
+        if x.layout == "NHWC":
+            h, w, c = x.dims
+            return replace(x, layout="NCHW", dims=(c, h, w), taken=None)
+    if perm == [0, 2, 3, 1]:
+        x = reader.resolve(x, "NCHW")
+        if x.layout == "NCHW":
+            c, h, w = x.dims
+            return replace(x, layout="NHWC", dims=(h, w, c), taken=None)
+    raise Unsupported(f"perm={perm} on a {x.layout} tensor: slidenet moves only between "
+                      "(N, C, H, W) and (N, H, W, C); this would move the batch axis or swap "
+                      "height and width")
+
+
+def _flat(reader, x, node):
+    """`x` flattened per image, (N, n), remembering the order of a flattened volume."""
+    if x.layout == "flat":
+        return replace(x, taken=None)
+    if x.layout == "input":
+        layout = reader.layout or reader.fallback_layout
+        if layout is None:
+            raise Unsupported("it flattens the graph's input directly, so the graph does not show "
+                              "whether that is (N, C, H, W) or (N, H, W, C): say --input-layout "
+                              "nchw or nhwc")
+        x = reader.resolve(x, layout)
+    order = "DHW" if x.layout == "NCHW" else "HWD"
+    return replace(x, layout="flat", dims=(prod(x.dims),), flat_from=(order, slidenet_shape(x)), taken=None)
+
+
+def _flatten(reader, node, a, inputs):
+    value = inputs[0]
+    if isinstance(value, Const):
+        axis = a.get("axis", 1) % max(value.array.ndim, 1)
+        return Const(value.array.reshape(prod(value.array.shape[:axis]), -1))
+    x = reader.act(value, node)
+    axis = a.get("axis", 1)
+    if axis < 0:
+        axis += len(x.dims) + 1
+    if axis != 1:
+        raise Unsupported(f"axis={a.get('axis')}: only flattening each image (axis=1) is "
+                          "what an FC does")
+    return _flat(reader, x, node)
+
+
+def _reshape(reader, node, a, inputs):
+    value = inputs[0]
+    target = [int(v) for v in np.ravel(reader.const(inputs[1], "shape"))]
+    allow_zero = a.get("allowzero", 0)
+    if isinstance(value, Const):
+        if BATCH in target:
+            raise Unsupported("it reshapes a constant by the batch size")
+        source = value.array
+        shape = [source.shape[i] if v == 0 and not allow_zero else v for i, v in enumerate(target)]
+        return Const(source.reshape(shape))
+    x = reader.act(value, node)
+    total = prod(x.dims)
+    batch_first = target and (target[0] == BATCH or (target[0] == 0 and not allow_zero))
+    if len(target) == 2:
+        second = target[1]
+        if second == 0 and not allow_zero:
+            second = x.dims[0]
+        if (batch_first and second in (-1, total)) or (target[0] == -1 and second == total):
+            return _flat(reader, x, node)
+    shown = ["N" if v == BATCH else v for v in target]
+    raise Unsupported(f"shape={shown}: of the reshapes, slidenet follows only flattening each "
+                      "image, (N, -1)")
+
+
+def _squeeze(reader, node, a, inputs):
+    axes = a.get("axes")
+    if axes is None:
+        axes = reader.optional_const(inputs, 1, "axes")
+    value = inputs[0]
+    if isinstance(value, Const):
+        return Const(np.squeeze(value.array, None if axes is None else tuple(np.ravel(axes))))
+    x = reader.act(value, node)
+    if x.layout in ("NCHW", "NHWC") and slidenet_shape(x)[:2] == (1, 1):
+        return _flat(reader, x, node)
+    raise Unsupported("it squeezes axes of an image volume larger than 1 x 1")
+
+
+# ---- FC: Gemm, and MatMul (+ Add) ----
+
+def _fc(reader, node, x, weights, bias):
+    """An FC reading flat `x` with ONNX's weights (n_in, n_out) and bias (n_out,)."""
+    if x.layout != "flat":
+        raise Unsupported("it multiplies a tensor that is not flat (N, n); flatten it first")
+    if weights.ndim != 2 or weights.shape[0] != x.dims[0]:
+        raise Unsupported(f"its weights have shape {list(weights.shape)}, not ({x.dims[0]}, n) "
+                          f"for its {x.dims[0]} inputs")
+    if x.flat_from and x.flat_from[0] == "DHW":
+        # Flattened from (N, C, H, W): the rows follow (C, H, W); slidenet's follow (H, W, C).
+        weights = rows_dhw_to_hwd(weights, x.flat_from[1])
+    out = weights.shape[1]
+    piece = Piece(f"FC({out})", where(node), (out,), {"W": weights, "b": bias},
+                  scales=("W", "b"), shift="b")
+    return reader.add_piece(piece, x, "flat", (out,), flat_from=None)
+
+
+def _gemm(reader, node, a, inputs):
+    if a.get("transA", 0):
+        raise Unsupported("transA=1: the images would be the columns; slidenet's FC reads rows")
+    x = reader.act(inputs[0], node)
+    b = np.asarray(reader.const(inputs[1], "weights B"), np.float64)
+    if b.ndim != 2:
+        raise Unsupported(f"its weights B have shape {list(b.shape)}, not a matrix")
+    weights = (b.T if a.get("transB", 0) else b) * a.get("alpha", 1.0)
+    c = reader.optional_const(inputs, 2, "bias C", np.zeros(1))
+    bias = _per_feature(np.asarray(c, np.float64) * a.get("beta", 1.0), weights.shape[1])
+    return _fc(reader, node, x, weights, bias)
+
+
+def _matmul(reader, node, a, inputs):
+    if isinstance(inputs[0], Const) and isinstance(inputs[1], Act):
+        raise Unsupported("it multiplies a constant by the activations (weights first); "
+                          "slidenet's FC computes x W")
+    if isinstance(inputs[1], Act):
+        raise Unsupported("it multiplies two activations, which is no layer of a CNN")
+    x = reader.act(inputs[0], node)
+    weights = np.asarray(reader.const(inputs[1], "weights"), np.float64)
+    return _fc(reader, node, x, weights, np.zeros(weights.shape[1] if weights.ndim == 2 else 1))
+
+
+def _per_feature(c, n):
+    try:
+        if np.broadcast_shapes(c.shape, (1, n)) != (1, n):
+            raise ValueError
+    except ValueError:
+        raise Unsupported(f"its bias has shape {list(c.shape)}, not ({n},)") from None
+    return np.broadcast_to(c, (1, n))[0].copy()
+
+
+# ---- arithmetic: shapes, preprocessing, and per-channel scales folded into a layer ----
+
+_ARITHMETIC = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
+_WORDS = {"Add": "adds", "Sub": "subtracts", "Mul": "multiplies", "Div": "divides"}
+
+
+def _arithmetic(reader, node, a, inputs):
+    op = node.op_type
+    left, right = inputs[0], inputs[1]
+    if isinstance(left, Const) and isinstance(right, Const):
+        if BATCH in left.array or BATCH in right.array:
+            raise Unsupported("it computes with the batch size, which slidenet does not follow")
+        if op == "Div" and left.array.dtype.kind in "iu":
+            return Const(np.trunc(left.array / right.array).astype(left.array.dtype))
+        return Const(_ARITHMETIC[op](left.array, right.array))
+    if isinstance(left, Act) and isinstance(right, Act):
+        what = ("a residual (skip) connection" if op in ("Add", "Sub")
+                else "gating or attention")
+        raise Unsupported(f"it {_WORDS[op]} two activations, {left.name!r} and {right.name!r}: "
+                          f"{what}; a slidenet net is one chain of layers")
+    if isinstance(right, Act) and op in ("Sub", "Div"):
+        if op == "Div":
+            raise Unsupported("it divides a constant by the activations")
+        x, c, steps = reader.act(right, node), reader.const(left, "operand"), [("Mul", -1.0)]
+        steps.append(("Add", c))
+    else:
+        act_value, c_value = (left, right) if isinstance(left, Act) else (right, left)
+        x, c = reader.act(act_value, node), reader.const(c_value, "operand")
+        c = np.asarray(c, np.float64)
+        steps = [{"Add": ("Add", c), "Sub": ("Add", -c), "Mul": ("Mul", c),
+                  "Div": ("Mul", 1 / c)}[op]]
+    out = replace(x, taken=None)
+    for kind, constant in steps:
+        constant = np.asarray(constant, np.float64)
+        if x.pre:
+            reader.pre.append((where(node), kind, constant, out))
+            if x.layout != "input":
+                channel_vector(out, constant, kind)     # fail here, at the node, if it cannot
+        elif x.piece is not None:
+            piece = reader.pieces[x.piece]
+            vector = channel_vector(out, constant, kind)
+            if kind == "Mul":
+                for key in piece.scales:
+                    piece.params[key] = np.asarray(piece.params[key], np.float64) * vector
+            else:
+                shifted = np.asarray(piece.params[piece.shift], np.float64) + vector
+                piece.params[piece.shift] = shifted
+        else:
+            raise Unsupported(f"it {_WORDS[op]} by a constant where slidenet has no layer to fold "
+                              "it into: only right after a Conv, Gemm/MatMul or "
+                              "BatchNormalization (or before the first layer, as preprocessing)")
+    return out
+
+
+def channel_vector(act, constant, kind):
+    """The per-channel numbers of a constant that `act` is multiplied by (or added to); an
+    Unsupported when the constant varies within a channel or would change the shape."""
+    full = (1, *act.dims)
+    try:
+        fits = np.broadcast_shapes(constant.shape, full) == full
+    except ValueError:
+        fits = False
+    if not fits:
+        raise Unsupported(f"{kind} by a constant of shape {list(constant.shape)} does not fit "
+                          f"the value's shape {['N', *act.dims]}")
+    values = np.broadcast_to(constant, full)[0]
+    if act.layout == "NCHW":
+        axis = 0
+    elif act.layout == "NHWC":
+        axis = 2
+    elif act.flat_from:
+        order, (h, w, d) = act.flat_from
+        values = values.reshape((d, h, w) if order == "DHW" else (h, w, d))
+        axis = 0 if order == "DHW" else 2
+    else:
+        return values.copy()            # (n,): one number per feature
+    per_channel = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+    if not np.all(per_channel == per_channel[:, :1]):
+        raise Unsupported(f"{kind} by a constant that varies across the image (shape "
+                          f"{list(constant.shape)}); slidenet scales each channel by one number")
+    return per_channel[:, 0].copy()
+
+
+# ---- constants and shape computations ----
+
+def _constant(reader, node, a, inputs):
+    attribute = next((x for x in node.attribute), None)
+    if attribute is None:
+        raise Unsupported("a Constant without a value")
+    if attribute.name == "value":
+        return Const(tensor_array(attribute.t, reader.folder, reader.budget))
+    if attribute.name in ("value_float", "value_floats"):
+        return Const(np.array(a[attribute.name], np.float32))
+    if attribute.name in ("value_int", "value_ints"):
+        return Const(np.array(a[attribute.name], np.int64))
+    raise Unsupported(f"a Constant given as {attribute.name}, which slidenet does not read")
+
+
+def _shape(reader, node, a, inputs):
+    value = inputs[0]
+    if isinstance(value, Const):
+        shape = np.array(value.array.shape, np.int64)
+    else:
+        x = reader.act(value, node, take=False)
+        shape = np.array([BATCH, *x.dims], np.int64)
+    start, end = a.get("start", 0), a.get("end", None)
+    return Const(shape[start:end])
+
+
+def _gather(reader, node, a, inputs):
+    data = reader.const(inputs[0], "data")
+    indices = reader.const(inputs[1], "indices")
+    return Const(np.take(data, indices.astype(np.int64), axis=a.get("axis", 0)))
+
+
+def _unsqueeze(reader, node, a, inputs):
+    axes = a.get("axes")
+    if axes is None:
+        axes = reader.const(inputs[1], "axes")
+    data = reader.const(inputs[0], "data")
+    rank = data.ndim + len(np.ravel(axes))
+    for axis in sorted(int(v) % rank for v in np.ravel(axes)):
+        data = np.expand_dims(data, axis)
+    return Const(data)
+
+
+def _concat(reader, node, a, inputs):
+    if any(isinstance(v, Act) for v in inputs):
+        raise Unsupported("it joins activations (a branch or an Inception block); a slidenet "
+                          "net is one chain")
+    arrays = [reader.const(v, "inputs") for v in inputs]
+    return Const(np.concatenate([np.atleast_1d(x) for x in arrays], axis=a.get("axis", 0)))
+
+
+def _slice(reader, node, a, inputs):
+    data = reader.const(inputs[0], "data")
+    if reader.opset < 10:
+        starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
+    else:
+        starts, ends = reader.const(inputs[1], "starts"), reader.const(inputs[2], "ends")
+        axes = reader.optional_const(inputs, 3, "axes")
+        steps = reader.optional_const(inputs, 4, "steps")
+    axes = range(len(np.ravel(starts))) if axes is None else np.ravel(axes)
+    steps = [1] * len(np.ravel(starts)) if steps is None else np.ravel(steps)
+    index = [slice(None)] * data.ndim
+    for start, end, axis, step in zip(np.ravel(starts), np.ravel(ends), axes, steps):
+        index[int(axis)] = slice(int(start), int(end), int(step))
+    return Const(data[tuple(index)])
+
+
+def _cast(reader, node, a, inputs):
+    value = inputs[0]
+    target = reader.onnx.helper.tensor_dtype_to_np_dtype(a["to"])
+    if isinstance(value, Const):
+        return Const(value.array.astype(target))
+    x = reader.act(value, node)
+    if np.dtype(target).kind != "f":
+        raise Unsupported(f"it casts the activations to {np.dtype(target).name}")
+    return replace(x, taken=None)
+
+
+OPS = {
+    "Conv": _conv,
+    "MaxPool": _pool("MAXPOOL"),
+    "AveragePool": _pool("AVGPOOL"),
+    "GlobalAveragePool": _global_pool("GLOBALAVGPOOL"),
+    "GlobalMaxPool": _global_pool("MAXPOOL({h}x{w}, s=1x1)"),
+    "ReduceMean": _reduce_mean,
+    "BatchNormalization": _batchnorm,
+    "Relu": _elementwise("RELU"),
+    "LeakyRelu": _elementwise("LEAKYRELU", _leaky_alpha),
+    "Tanh": _elementwise("TANH"),
+    "Sigmoid": _elementwise("SIGMOID"),
+    "Dropout": _dropout,
+    "Softmax": _softmax,
+    "LogSoftmax": _softmax,
+    "Identity": _identity,
+    "Transpose": _transpose,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Squeeze": _squeeze,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "Add": _arithmetic,
+    "Sub": _arithmetic,
+    "Mul": _arithmetic,
+    "Div": _arithmetic,
+    "Constant": _constant,
+    "Shape": _shape,
+    "Gather": _gather,
+    "Unsqueeze": _unsqueeze,
+    "Concat": _concat,
+    "Slice": _slice,
+    "Cast": _cast,
+}
+

@@ -11,4 +11,4 @@ from slidenet.model import Model, load
 from slidenet.net import Net
 
 __all__ = ["Model", "Net", "load"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -15,6 +15,7 @@ import importlib
 import keyword
 import sys
 
+from slidenet import __version__
 from slidenet.errors import SlidenetError
 
 # Order here is the order in `slidenet --help`.
@@ -51,6 +52,8 @@ def build_parser():
     parser = ArgumentParser(
         prog="slidenet",
         description="Convolutional networks from first principles, in the lecture's notation.")
+    parser.add_argument("--version", action="version", version=f"slidenet {__version__}",
+                        help="print slidenet's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:

@@ -62,8 +62,15 @@ def training_section(meta):
     facts = ", ".join(f"{k} {config[k]}" for k in ("optimizer", "lr", "batch_size", "schedule",
                                                    "weight_decay") if k in config)
     return {"epochs": len(history), "facts": facts, "seconds": last.get("seconds", 0),
-            "images_per_s": last.get("images_per_s", 0),
+            "images_per_s": last.get("images_per_s", 0), "held": epoch_held(meta),
             "uri": figure_uri(curves_figure(history, "training"))}
+
+
+def epoch_held(meta):
+    """Which epoch a model file holds, of how many the run was set to: "14 of 15"."""
+    epoch = meta.get("epoch", len(meta.get("history") or []))
+    planned = (meta.get("config") or {}).get("epochs")
+    return f"{epoch} of {planned}" if planned and planned != epoch else str(epoch)
 
 
 def accuracy_section(result, names, count):
@@ -147,7 +154,7 @@ def build_report(model_path, data=None, images=3, samples=12):
         bar.update()
     stats = (("test accuracy", f'{result["accuracy"]:.2%}'),
              ("parameters", f'{page["summary"]["total_params"]:,}'),
-             ("epochs", str(meta.get("epoch", len(meta.get("history") or [])))),
+             ("epoch", epoch_held(meta)),
              ("test images", f"{len(dataset.y_test):,}"))
     return pages.render("report.html", inline_style=True, pattern=meta["pattern"],
                         model_name=Path(model_path).name, model_path=str(model_path),

@@ -54,7 +54,8 @@ def train(config, resume=None, log=print):
     count; another count changes the rounding of the sums (about 1e-7), so an exact resume uses
     the same count (the default, one per core, on the same machine).
     """
-    with runtime.workers(config.threads or None):
+    # Overflow on the way to a NaN loss is what TrainingDiverged reports, in one clear line.
+    with runtime.workers(config.threads or None), np.errstate(over="ignore", invalid="ignore"):
         return _train(config, resume, log)
 
 
@@ -207,7 +208,7 @@ def _train(config, resume, log):
 
 def _epochs(run, log):
     config = run.config
-    best = max((h["val_accuracy"] for h in run.history), default=-1.0)
+    best = max((_score(h) for h in run.history), default=(-math.inf, -math.inf))
     stale = 0
     last_epoch = config.epochs if not config.stop_after else \
         min(config.epochs, run.start_epoch + config.stop_after)
@@ -217,13 +218,21 @@ def _epochs(run, log):
         log(f"epoch {epoch + 1:>3}/{config.epochs}  loss {entry['loss']:.4f}  acc {entry['accuracy']:.4f}"
             + (f"  val_acc {entry['val_accuracy']:.4f}" if entry["val_accuracy"] is not None else "")
             + f"  {entry['images_per_s']:.0f} img/s  {entry['seconds']:.1f}s")
-        score = entry["val_accuracy"] if entry["val_accuracy"] is not None else -entry["loss"]
+        score = _score(entry)
         improved = score > best
         _checkpoint(run, epoch, improved)
         best, stale = (score, 0) if improved else (best, stale + 1)
         if config.patience and stale >= config.patience:
             log(f"early stop: no validation gain for {config.patience} epochs")
             break
+
+
+def _score(entry):
+    """How good an epoch is, to keep the best one: validation accuracy, ties broken by the
+    lower validation loss (with no validation split: the lower training loss)."""
+    if entry["val_accuracy"] is None:
+        return (-entry["loss"], 0.0)
+    return (entry["val_accuracy"], -entry["val_loss"])
 
 
 def _saved_line(run):

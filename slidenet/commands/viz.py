@@ -4,7 +4,7 @@
     slidenet viz activations MODEL IMAGE              an image's maps after each layer
     slidenet viz patches MODEL [--data SPEC]          the image patches each channel likes most
     slidenet viz maximize MODEL [--layer L]           inputs found by gradient ascent
-    slidenet viz curves RUN_DIR                       loss and accuracy per epoch
+    slidenet viz curves RUN_DIR|MODEL                 loss and accuracy per epoch
     slidenet viz slide --input N --filter F ...       a filter sliding over a padded input (GIF)
 
 The pictures themselves are library functions in `slidenet.viz`; this module only parses
@@ -55,8 +55,9 @@ def register(subparsers):
     p.set_defaults(func=run_maximize)
 
     p = pictures.add_parser("curves", help="training and validation loss and accuracy per epoch",
-                            description="Plot RUN_DIR/history.json, written by `slidenet train`.")
-    p.add_argument("run", metavar="RUN_DIR", help="a run folder (or its history.json)")
+                            description="Plot RUN_DIR/history.json, written by `slidenet train`, "
+                                        "or the history inside a model file.")
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder, its history.json, or a model file")
     p.add_argument("--out", default="curves.png", help="picture file to write")
     p.set_defaults(func=run_curves)
 

@@ -34,9 +34,12 @@ def activations_figure(net, image, pixels=None, caption="", max_channels=MAX_CHA
     """
     maps = activation_maps(net, image)
     shown = [(info, np.moveaxis(a[..., :max_channels], -1, 0)) for info, a in maps]
-    mosaics = [grid.mosaic(tiles, grid.columns(len(tiles), ROW_WIDTH))[0] for _, tiles in shown]
-    # Each row's height follows its mosaic's aspect, so every tile keeps square pixels.
-    ratios = [0.12] + [m.shape[0] / m.shape[1] for m in mosaics]
+    # Every row has room for the same number of tiles, so a tile is drawn the same size in every
+    # layer, whatever its map's size and however few channels the layer has.
+    cols = min(ROW_WIDTH, max((len(tiles) for _, tiles in shown), default=1))
+    spans = [_span(tiles, cols) for _, tiles in shown]
+    # Each row's height follows its span's aspect, so every tile keeps square pixels.
+    ratios = [0.12] + [height / width for height, width in spans]
     width = 10.0
     fig = grid.new_figure(width, 1.0 + sum(width * 0.86 * r + 0.45 for r in ratios))
     axes = fig.subplots(len(ratios), 1, gridspec_kw={"height_ratios": ratios})
@@ -51,11 +54,13 @@ def activations_figure(net, image, pixels=None, caption="", max_channels=MAX_CHA
     axes[0].set_axis_off()
 
     fig.tiles = {}
-    for ax, (info, tiles) in zip(axes[1:], shown):
+    for ax, (info, tiles), (height, width) in zip(axes[1:], shown, spans):
         negative = tiles.min() < 0
         limits = grid.symmetric(tiles) if negative else (0.0, max(float(tiles.max()), 1e-6))
-        drawn, layout = grid.show(ax, tiles, grid.columns(len(tiles), ROW_WIDTH),
-                                  cmap="RdBu_r" if negative else "viridis", limits=limits)
+        drawn, layout = grid.show(ax, tiles, cols, cmap="RdBu_r" if negative else "viridis",
+                                  limits=limits)
+        ax.set_xlim(-0.5, width - 0.5)          # a row of fewer tiles leaves the rest empty
+        ax.set_ylim(height - 0.5, -0.5)
         grid.label_grid(ax, layout, "", "channel", fontsize=6)
         depth = info.output_shape[2]
         cut = f"  (first {len(tiles)} of {depth} channels)" if len(tiles) < depth else ""
@@ -65,3 +70,10 @@ def activations_figure(net, image, pixels=None, caption="", max_channels=MAX_CHA
         fig.colorbar(drawn, ax=ax, fraction=0.025, pad=0.01)
         fig.tiles[info.name] = layout
     return fig
+
+
+def _span(tiles, cols, gap=1):
+    """(height, width) in map pixels of a row block of `cols` columns holding `tiles` (n, h, w)."""
+    n, h, w = tiles.shape[:3]
+    rows = -(-n // cols)
+    return rows * (h + gap) - gap, cols * (w + gap) - gap

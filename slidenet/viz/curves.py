@@ -16,10 +16,16 @@ TRAIN, VAL = "#1f77b4", "#d62728"
 
 
 def load_history(path):
-    """The history list from RUN_DIR/history.json, or from a history.json given directly."""
+    """The history list from RUN_DIR/history.json, a history.json given directly, or a model
+    file (model.npz, best.npz: the epochs up to the one it holds)."""
     path = Path(path)
     if path.is_dir():
         path = path / "history.json"
+    if path.suffix.lower() == ".npz" and path.is_file():
+        from slidenet import modelfile
+        history = modelfile.load(path)[1].get("history")
+        check_history(history, path)
+        return history
     if not path.is_file():
         raise SlidenetError(f"no history at {path}: give a run folder written by `slidenet train` "
                             "(it holds history.json)")

@@ -3,16 +3,19 @@
 Each subcommand lives in `slidenet/commands/<name>.py` and exposes ``register(subparsers)``,
 which adds its parser and sets ``func(args) -> int``. A `SlidenetError` (a mistake in the
 user's input) becomes one message on stderr and exit status 2; anything else is a bug and keeps
-its traceback.
+its traceback. Under `mpiexec`, either ends every process of the job (`distributed.fail`).
 """
 import argparse
 import importlib
 import sys
 
+from slidenet import distributed
 from slidenet.errors import SlidenetError
 
 # Order here is the order in `slidenet --help`.
 COMMANDS = ("summary", "train", "eval", "predict", "gradcheck", "bench", "viz", "report")
+# The commands that run data-parallel under `mpiexec -n R` (docs/distributed.md).
+DISTRIBUTED = ("train", "eval")
 
 
 def build_parser():
@@ -30,14 +33,16 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if distributed.launched_size() > 1 and args.command not in DISTRIBUTED:
+            raise SlidenetError(f"{args.command} runs in one process; start it without mpiexec "
+                                f"(only {' and '.join(DISTRIBUTED)} run data-parallel)")
         return args.func(args) or 0
     except SlidenetError as err:
-        print(f"slidenet {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return distributed.fail(args.command, f"error: {err}", 2,
+                                every_rank=getattr(err, "every_rank", False))
     except BrokenPipeError:
         # The reader went away (`slidenet eval ... | head`): stop quietly, as Unix tools do.
         sys.stderr.close()
         return 141
     except KeyboardInterrupt:
-        print(f"slidenet {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return distributed.fail(args.command, "interrupted", 130)

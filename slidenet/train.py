@@ -8,6 +8,10 @@ needed to resume) and `OUT/best.npz` (best validation accuracy so far) plus `OUT
 Resume is exact: every source of randomness (shuffling, augmentation, dropout) is a Generator
 whose state is saved with the model, together with the optimizer state and the epoch, so
 training 1 epoch and resuming to 2 gives the same bits as training 2 epochs straight.
+
+Under `mpiexec -n R` the same loop trains data-parallel (`slidenet.distributed`): each rank
+computes its part of every batch, the gradients are summed over the ranks before the update,
+and rank 0 alone logs and writes the files. Each `if group:` below is that, and nothing else.
 """
 import json
 import math
@@ -18,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from slidenet import data as datasets
-from slidenet import modelfile, rngstate
+from slidenet import distributed, modelfile, rngstate, shard
 from slidenet.config import DEFAULT_PATTERN, TrainConfig
 from slidenet.errors import SlidenetError
 from slidenet.evaluate import evaluate
@@ -45,7 +49,8 @@ def train(config, resume=None, log=print):
     count; another count changes the rounding of the sums (about 1e-7), so an exact resume uses
     the same count (the default, one per core, on the same machine).
     """
-    with runtime.workers(config.threads or None):
+    group = distributed.world()     # None in one process
+    with group.workers(config.threads) if group else runtime.workers(config.threads or None):
         return _train(config, resume, log)
 
 
@@ -66,6 +71,7 @@ class _Run:
     history: list
     start_epoch: int
     steps_per_epoch: int
+    group: object = None        # distributed.Group under mpiexec, else None
 
 
 def _start(config, resume):
@@ -84,6 +90,9 @@ def _start(config, resume):
         history, start_epoch = [], 0
     if config.loss not in LOSSES:
         raise SlidenetError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
+    group = distributed.world()
+    if group:
+        group.check_batch_size(config.batch_size)
 
     dataset = datasets.load(config.data)
     datasets.check_fits(dataset, net.input_shape, net.num_outputs)
@@ -103,15 +112,22 @@ def _start(config, resume):
         optimizer.load_state_arrays({k[len("optim/"):]: v for k, v in state.items() if k.startswith("optim/")})
         for name, rng in rngs.items():
             rngstate.restore(rng, state[f"rng/{name}"])
+    if group:   # same setup everywhere, and rank 0's weights (the rest is checked per epoch)
+        group.check_setup(asdict(config), dataset)
+        group.broadcast_({**net.params, **net.buffers})
     return _Run(config, net, normalizer, dataset, x_train, y_train, dataset.x_train[val_idx],
                 dataset.y_train[val_idx], optimizer, schedule, rngs, history, start_epoch,
-                steps_per_epoch)
+                steps_per_epoch, group)
 
 
 def _train(config, resume, log):
     run = _start(config, resume)
     config = run.config
-    os.makedirs(config.out, exist_ok=True)
+    if run.group:   # rank 0 alone logs and writes
+        log = log if run.group.rank == 0 else (lambda *_: None)
+        log(run.group.describe())
+    if not run.group or run.group.rank == 0:
+        os.makedirs(config.out, exist_ok=True)
     best = max((h["val_accuracy"] for h in run.history), default=-1.0)
     stale = 0
     last_epoch = config.epochs if not config.stop_after else \
@@ -134,36 +150,48 @@ def _train(config, resume, log):
 
 def _epoch(run, epoch):
     """Train one epoch, then validate: its history entry."""
-    config, net = run.config, run.net
+    config, net, group = run.config, run.net, run.group
     loss_fn = LOSSES[config.loss]
     began = time.perf_counter()
     seen = correct = 0
     total_loss = 0.0
     step = epoch * run.steps_per_epoch
-    with progress(len(run.y_train), f"epoch {epoch + 1}/{config.epochs}", unit="img") as bar:
+    with progress(len(run.y_train), f"epoch {epoch + 1}/{config.epochs}", unit="img",
+                  show=group.shows_progress if group else None) as bar:
         for idx in datasets.batches(len(run.y_train), config.batch_size, run.rngs["shuffle"]):
+            part = group.part(len(idx)) if group else None     # this rank's rows of the batch
+            if part:
+                idx = idx[part.rows]
             xb = run.normalizer.normalize(run.x_train[idx])
             if config.augment or config.flip:
                 xb = datasets.augment(xb, run.rngs["augment"], crop_pad=2 if config.augment else 0,
-                                      flip=config.flip)
+                                      flip=config.flip, part=part)
             yb = run.y_train[idx]
+            shard.use(part)     # what DROPOUT and BATCHNORM consult (None: the whole batch)
             scores = net.forward(xb, train=True)
             loss, dscores = loss_fn(scores, yb)
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; the last good "
                     f"model is in {config.out}; try a lower learning rate (--lr {config.lr / 10:g})")
+            if part:    # the part's share of the global batch's mean loss
+                dscores *= part.weight
             net.backward(dscores, input_grad=False)
-            run.optimizer.step(net.grads, run.schedule(step))
+            grads, n, hits = net.grads, len(yb), int((scores.argmax(axis=1) == yb).sum())
+            if group:
+                grads, loss, hits, n = group.sum_step(net.grads, part, loss, hits, n)
+            run.optimizer.step(grads, run.schedule(step))
             step += 1
-            seen += len(yb)
-            correct += int((scores.argmax(axis=1) == yb).sum())
-            total_loss += loss * len(yb)
-            bar.update(len(yb))
+            seen += n
+            correct += hits
+            total_loss += loss * n
+            bar.update(n)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        shard.use(None)
     seconds = time.perf_counter() - began
-    val = evaluate(net, run.x_val, run.y_val, run.normalizer, len(run.dataset.class_names),
-                   config.loss) if len(run.y_val) else None
+    scorer = group.evaluate if group else evaluate      # under MPI: a shard per rank
+    val = scorer(net, run.x_val, run.y_val, run.normalizer, len(run.dataset.class_names),
+                 config.loss) if len(run.y_val) else None
     return {"epoch": epoch + 1, "loss": total_loss / seen, "accuracy": correct / seen,
             "val_accuracy": val["accuracy"] if val else None,
             "val_loss": val["loss"] if val else None,
@@ -177,6 +205,12 @@ def _checkpoint(run, epoch, improved):
     meta = model_meta(run.net, run.dataset.class_names, data=run.config.data, epoch=epoch + 1,
                       config=asdict(run.config), history=run.history)
     arrays = model_arrays(run.net, run.normalizer, run.optimizer, run.rngs)
+    if run.group:   # every rank holds this same state; rank 0 alone writes it
+        run.group.check_same(arrays, f"their state after epoch {epoch + 1}",
+                             "the ranks should compute identical updates; this is a bug, "
+                             "please report it")
+        if run.group.rank:
+            return
     modelfile.save(os.path.join(out, "model.npz"), arrays, meta)
     if improved:
         modelfile.save(os.path.join(out, "best.npz"), arrays, meta)

@@ -1,7 +1,11 @@
-"""`slidenet eval MODEL`: accuracy, loss, per-class accuracy and the confusion matrix."""
+"""`slidenet eval MODEL`: accuracy, loss, per-class accuracy and the confusion matrix.
+
+Under `mpiexec -n R` each rank scores one shard of the images and rank 0 prints the sums.
+"""
 import json
 
 from slidenet import data as datasets
+from slidenet import distributed
 from slidenet.errors import SlidenetError
 from slidenet.evaluate import evaluate
 from slidenet.model import load
@@ -27,7 +31,11 @@ def run(args):
     if len(y) == 0:
         raise SlidenetError(f"{dataset.spec} has no {args.split} split")
     loss = meta.get("config", {}).get("loss", "softmax")
-    result = evaluate(net, x, y, normalizer, len(dataset.class_names), loss)
+    group = distributed.world()
+    result = (group.evaluate if group else evaluate)(net, x, y, normalizer,
+                                                     len(dataset.class_names), loss)
+    if group and group.rank:
+        return 0
     if args.json:
         print(json.dumps({**result, "class_names": list(dataset.class_names), "images": int(len(y))}))
         return 0

@@ -2,6 +2,7 @@
 import argparse
 import os
 
+from slidenet import distributed
 from slidenet.errors import SlidenetError
 from slidenet.pattern import parse_sets
 from slidenet.train import TrainConfig, train
@@ -43,7 +44,8 @@ def register(subparsers):
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="stop after N epochs of this run, as an interruption would (resume later)")
     p.add_argument("--threads", type=int, default=0,
-                   help="kernel worker threads (default: one per core); an exact --resume needs the same count")
+                   help="kernel worker threads (default: one per core, shared among the mpiexec "
+                        "processes on a machine); an exact --resume needs the same count")
     p.set_defaults(func=run)
 
 
@@ -72,7 +74,7 @@ def run(args):
         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, out=out,
         stop_after=args.stop_after, threads=args.threads)
     history = train(config, resume=args.resume)
-    if history:
+    if history and distributed.rank() == 0:
         last = history[-1]
         print(f"saved {os.path.join(out, 'model.npz')} (epoch {last['epoch']}) and "
               f"{os.path.join(out, 'best.npz')}")

@@ -60,6 +60,9 @@ ASK, ANSWER = 1, 2          # message tags of the roll call
 # meets the same error (a bad setting), rank 0's abort ends the job first and it alone speaks.
 QUIET_SECONDS = 1.0
 
+# How long a rank that called MPI_Abort waits for mpiexec to end it before it exits itself.
+ABORT_GRACE_SECONDS = 10.0
+
 _state = {"group": None, "checked": False}
 
 
@@ -197,8 +200,9 @@ class Group:
 
     @property
     def shows_progress(self):
-        """Rank 0 shows the progress bar when mpiexec's output is a terminal."""
-        return self.rank == 0 and (sys.stderr.isatty() or _launcher_on_terminal())
+        """Rank 0 shows the progress bar (on stdout, see `slidenet.progress`) when mpiexec's
+        output is a terminal."""
+        return self.rank == 0 and (sys.stdout.isatty() or _launcher_on_terminal())
 
     # ----- splitting a batch ------------------------------------------------------------------
 
@@ -323,6 +327,10 @@ class Group:
             print(f"{message}; ending the job", file=sys.stderr, flush=True)
         sys.stdout.flush()
         self.comm.Abort(code)
+        # MPICH's MPI_Abort returns once it has told mpiexec, which then ends every rank with
+        # this status; this one must not go on meanwhile, nor outlive an mpiexec that failed.
+        time.sleep(ABORT_GRACE_SECONDS)
+        os._exit(code)
 
     def _excepthook(self, kind, value, traceback):
         sys.__excepthook__(kind, value, traceback)
@@ -396,8 +404,8 @@ def _timeout_setting():
 
 
 def _launcher_on_terminal():
-    """Whether a process above this one (mpiexec, through its proxy) writes to a terminal:
-    then a rank's piped stderr still ends on the user's screen (Linux /proc only)."""
+    """Whether a process above this one (mpiexec, through its proxy) writes its output to a
+    terminal: then a rank's piped stdout still ends on the user's screen (Linux /proc only)."""
     pid = os.getpid()
     try:
         for _ in range(3):
@@ -405,7 +413,7 @@ def _launcher_on_terminal():
                 pid = int(fh.read().rsplit(")", 1)[1].split()[1])
             if pid <= 1:
                 return False
-            if os.readlink(f"/proc/{pid}/fd/2").startswith(("/dev/pts/", "/dev/tty")):
+            if os.readlink(f"/proc/{pid}/fd/1").startswith(("/dev/pts/", "/dev/tty")):
                 return True
     except (OSError, ValueError, IndexError):
         pass

@@ -16,6 +16,7 @@ and rank 0 alone logs and writes the files. Each `if group:` below is that, and 
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -157,7 +158,8 @@ def _epoch(run, epoch):
     total_loss = 0.0
     step = epoch * run.steps_per_epoch
     with progress(len(run.y_train), f"epoch {epoch + 1}/{config.epochs}", unit="img",
-                  show=group.shows_progress if group else None) as bar:
+                  show=group.shows_progress if group else None,
+                  file=sys.stdout if group else None) as bar:
         for idx in datasets.batches(len(run.y_train), config.batch_size, run.rngs["shuffle"]):
             part = group.part(len(idx)) if group else None     # this rank's rows of the batch
             if part:

@@ -120,8 +120,9 @@ def _comm_world():
     except ImportError:
         raise SlidenetError(
             f"this is one of {launched} processes started by mpiexec, but mpi4py is not "
-            "installed, so they cannot work together; install it with pip install "
-            "'slidenet[mpi]' (mpi4py and mpich), or run without mpiexec") from None
+            "installed, so they cannot work together; install it with pip install mpi4py "
+            "mpich (slidenet's `mpi` extra, which make setup installs), or run without "
+            "mpiexec") from None
     comm = MPI.COMM_WORLD
     if launched > 1 and comm.Get_size() != launched:
         raise SlidenetError(

@@ -374,7 +374,7 @@ def test_under_mpiexec_without_mpi4py_the_error_says_how_to_install_it(monkeypat
     monkeypatch.delitem(sys.modules, "mpi4py.MPI", raising=False)
     monkeypatch.setattr(distributed, "_state", {"group": None, "checked": False})
     with pytest.raises(SlidenetError, match=r"one of 2 processes started by mpiexec, but mpi4py "
-                                            r"is not installed.*pip install 'slidenet\[mpi\]'"):
+                                            r"is not installed.*pip install mpi4py mpich"):
         distributed.world()
 
 

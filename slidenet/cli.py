@@ -36,6 +36,10 @@ def main(argv=None):
         if distributed.launched_size() > 1 and args.command not in DISTRIBUTED:
             raise SlidenetError(f"{args.command} runs in one process; start it without mpiexec "
                                 f"(only {' and '.join(DISTRIBUTED)} run data-parallel)")
+        if args.command in DISTRIBUTED:
+            # Under mpiexec, join the job before any check, so that an error on one rank ends
+            # them all (`distributed.fail`); in one process this is None and does nothing.
+            distributed.world()
         return args.func(args) or 0
     except SlidenetError as err:
         return distributed.fail(args.command, f"error: {err}", 2,

@@ -176,11 +176,15 @@ def test_a_batch_size_that_does_not_split_over_the_ranks_is_refused(mpiexec, dat
     assert not (tmp_path / "x").exists()
 
 
-def test_an_error_on_one_rank_ends_the_job_and_names_the_rank(mpiexec, data, tmp_path):
+@pytest.mark.parametrize("fault", ["data", "resume"])
+def test_an_error_on_one_rank_ends_the_job_and_names_the_rank(mpiexec, data, tmp_path, fault):
+    # Rank 1 alone meets the error: in loading the data, or in checking its arguments before
+    # training (a rank that left then, before joining MPI, would leave rank 0 waiting forever).
     missing = tmp_path / "missing.npz"
+    wrong = cli_args(tmp_path / "x", f"npz:{missing}") if fault == "data" else \
+        cli_args(tmp_path / "x", data) + ["--resume", str(missing)]
     began = time.monotonic()
-    r = launch(mpiexec, ["train", *cli_args(tmp_path / "x", data)],
-               ["train", *cli_args(tmp_path / "x", f"npz:{missing}")])
+    r = launch(mpiexec, ["train", *cli_args(tmp_path / "x", data)], ["train", *wrong], timeout=60)
     assert time.monotonic() - began < 60
     assert r.returncode == 2
     assert re.search(r"slidenet train: rank 1 of 2: error: .*missing\.npz.*; ending the job", r.stderr)

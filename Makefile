@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench fashion setup browser clean lecture-docs
+.PHONY: demo dist-demo test bench fashion setup browser clean lecture-docs
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/slidenet train --out runs/demo
 	$(VENV)/bin/slidenet eval runs/demo/best.npz
+
+# The same training, data-parallel on 2 processes under MPI (docs/distributed.md): each takes
+# half of every batch; rank 0 writes the files. Then the evaluation, one shard per process.
+dist-demo: $(STAMP)
+	$(VENV)/bin/mpiexec -n 2 $(VENV)/bin/slidenet train --out runs/dist-demo
+	$(VENV)/bin/mpiexec -n 2 $(VENV)/bin/slidenet eval runs/dist-demo/best.npz
 
 # The documented Fashion-MNIST result (docs/training.md); needs Debian's dataset-fashion-mnist.
 fashion: $(STAMP)

@@ -9,18 +9,22 @@ which adds its parser and sets ``func(args) -> int``. The error contract (docs/d
   than the machine could give): faults of the world, not of slidenet;
 - Ctrl-C is exit 130, a closed pipe 141;
 - anything else is a bug and keeps its traceback, so that it gets reported and fixed.
+
+Under `mpiexec`, an error ends every process of the job (`distributed.fail`).
 """
 import argparse
 import importlib
 import keyword
 import sys
 
-from slidenet import __version__
+from slidenet import __version__, distributed
 from slidenet.errors import SlidenetError
 
 # Order here is the order in `slidenet --help`.
 COMMANDS = ("summary", "train", "eval", "predict", "gradcheck", "bench", "viz", "report",
             "serve", "export", "import")
+# The commands that run data-parallel under `mpiexec -n R` (docs/distributed.md).
+DISTRIBUTED = ("train", "eval")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -67,6 +71,13 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if distributed.launched_size() > 1 and args.command not in DISTRIBUTED:
+            raise SlidenetError(f"{args.command} runs in one process; start it without mpiexec "
+                                f"(only {' and '.join(DISTRIBUTED)} run data-parallel)")
+        if args.command in DISTRIBUTED:
+            # Under mpiexec, join the job before any check, so that an error on one rank ends
+            # them all (`distributed.fail`); in one process this is None and does nothing.
+            distributed.world()
         return args.func(args) or 0
     except SlidenetError as err:
         return _error(args, err)
@@ -82,10 +93,10 @@ def main(argv=None):
         return _error(args, f"out of memory: this machine could not give {args.command} the "
                             f"memory it needed{more}")
     except KeyboardInterrupt:
-        print(f"slidenet {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return distributed.fail(args.command, "interrupted", 130)
 
 
 def _error(args, message):
-    print(f"slidenet {args.command}: error: {message}", file=sys.stderr)
-    return 2
+    """One line on stderr and exit 2; under mpiexec, every rank of the job ends."""
+    return distributed.fail(args.command, f"error: {message}", 2,
+                            every_rank=getattr(message, "every_rank", False))

@@ -8,17 +8,21 @@ needed to resume) and `OUT/best.npz` (best validation accuracy so far) plus `OUT
 Resume is exact: every source of randomness (shuffling, augmentation, dropout) is a Generator
 whose state is saved with the model, together with the optimizer state and the epoch, so
 training 1 epoch and resuming to 2 gives the same bits as training 2 epochs straight.
+
+Under `mpiexec -n R` the same loop trains data-parallel (`slidenet.distributed`): each rank
+computes its part of every batch, the gradients are summed over the ranks before the update,
+and rank 0 alone logs and writes the files. Each `if group:` below is that, and nothing else.
 """
-import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from slidenet import data as datasets
-from slidenet import modelfile, rngstate, writing
+from slidenet import distributed, modelfile, rngstate, shard, writing
 from slidenet.config import DEFAULT_PATTERN, TrainConfig
 from slidenet.errors import SlidenetError
 from slidenet.evaluate import evaluate
@@ -54,8 +58,10 @@ def train(config, resume=None, log=print):
     count; another count changes the rounding of the sums (about 1e-7), so an exact resume uses
     the same count (the default, one per core, on the same machine).
     """
+    group = distributed.world()     # None in one process
     # Overflow on the way to a NaN loss is what TrainingDiverged reports, in one clear line.
-    with runtime.workers(config.threads or None), np.errstate(over="ignore", invalid="ignore"):
+    with group.workers(config.threads) if group else runtime.workers(config.threads or None), \
+            np.errstate(over="ignore", invalid="ignore"):
         return _train(config, resume, log)
 
 
@@ -78,16 +84,19 @@ class _Run:
     steps_per_epoch: int
     saved: dict                 # file name -> epoch, for the files this run has written
     resume: str = None          # the model file this run continues, if any
+    group: object = None        # distributed.Group under mpiexec, else None
 
 
 AUTO_BATCH = 64                 # the batch size, unless the training split is small
 MIN_STEPS = 10                  # ... then smaller, so that an epoch has at least this many steps
 
 
-def auto_batch_size(images):
+def auto_batch_size(images, group=None):
     """64 images a step; for a training split of fewer than 640, as many as give 10 steps an
-    epoch (at least 8): 80 images of your own would otherwise be one step an epoch."""
-    return max(1, min(AUTO_BATCH, max(8, images // MIN_STEPS)))
+    epoch (at least 8): 80 images of your own would otherwise be one step an epoch. Under
+    mpiexec, rounded down to a multiple of the number of processes (each takes a share)."""
+    batch = max(1, min(AUTO_BATCH, max(8, images // MIN_STEPS)))
+    return max(group.size, batch - batch % group.size) if group else batch
 
 
 def _check_scores(net, spec):
@@ -145,8 +154,11 @@ def _start(config, resume):
     x_train, y_train = dataset.x_train[train_idx], dataset.y_train[train_idx]
     if normalizer is None:
         normalizer = datasets.Normalizer.fit(x_train)
+    group = distributed.world()
     if not config.batch_size:
-        config = replace(config, batch_size=auto_batch_size(len(y_train)))
+        config = replace(config, batch_size=auto_batch_size(len(y_train), group))
+    if group:
+        group.check_batch_size(config.batch_size)
 
     steps_per_epoch = math.ceil(len(y_train) / config.batch_size)
     schedule = make_schedule(config.schedule, config.lr, steps_per_epoch * config.epochs)
@@ -158,9 +170,12 @@ def _start(config, resume):
         optimizer.load_state_arrays({k[len("optim/"):]: v for k, v in state.items() if k.startswith("optim/")})
         for name, rng in rngs.items():
             rngstate.restore(rng, state[f"rng/{name}"])
+    if group:   # same setup everywhere, and rank 0's weights (the rest is checked per epoch)
+        group.check_setup(asdict(config), dataset)
+        group.broadcast_({**net.params, **net.buffers})
     return _Run(config, net, normalizer, dataset, x_train, y_train, dataset.x_train[val_idx],
                 dataset.y_train[val_idx], optimizer, schedule, rngs, history, start_epoch,
-                steps_per_epoch, {}, resume)
+                steps_per_epoch, {}, resume, group)
 
 
 def chance_loss(loss, classes):
@@ -195,9 +210,13 @@ def _opening(run):
 def _train(config, resume, log):
     run = _start(config, resume)
     config = run.config
+    if run.group:   # rank 0 alone logs and writes
+        log = log if run.group.rank == 0 else (lambda *_: None)
+        log(run.group.describe())
     for line in _opening(run):
         log(line)
-    writing.make_folder(config.out)
+    if not run.group or run.group.rank == 0:
+        writing.make_folder(config.out)
     try:
         _epochs(run, log)
     except KeyboardInterrupt:
@@ -250,36 +269,50 @@ def _saved_line(run):
 
 def _epoch(run, epoch):
     """Train one epoch, then validate: its history entry."""
-    config, net = run.config, run.net
+    config, net, group = run.config, run.net, run.group
     loss_fn = LOSSES[config.loss]
     began = time.perf_counter()
     seen = correct = 0
     total_loss = 0.0
     step = epoch * run.steps_per_epoch
-    with progress(len(run.y_train), f"epoch {epoch + 1}/{config.epochs}", unit="img") as bar:
+    with progress(len(run.y_train), f"epoch {epoch + 1}/{config.epochs}", unit="img",
+                  show=group.shows_progress if group else None,
+                  file=sys.stdout if group else None) as bar:
         for idx in datasets.batches(len(run.y_train), config.batch_size, run.rngs["shuffle"]):
+            part = group.part(len(idx)) if group else None     # this rank's rows of the batch
+            if part:
+                idx = idx[part.rows]
             xb = run.normalizer.normalize(run.x_train[idx])
             if config.augment or config.flip:
-                xb = datasets.augment(xb, run.rngs["augment"], crop_pad=datasets.crop_padding(run.x_train.shape[1:3]) if config.augment else 0,
-                                      flip=config.flip)
+                xb = datasets.augment(xb, run.rngs["augment"],
+                                      crop_pad=datasets.crop_padding(run.x_train.shape[1:3])
+                                      if config.augment else 0, flip=config.flip, part=part)
             yb = run.y_train[idx]
+            shard.use(part)     # what DROPOUT and BATCHNORM consult (None: the whole batch)
             scores = net.forward(xb, train=True)
             loss, dscores = loss_fn(scores, yb)
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
                     f"{_last_good(run)}; try a lower learning rate (--lr {config.lr / 10:g})")
+            if part:    # the part's share of the global batch's mean loss
+                dscores *= part.weight
             net.backward(dscores, input_grad=False)
-            run.optimizer.step(net.grads, run.schedule(step))
+            grads, n, hits = net.grads, len(yb), int((scores.argmax(axis=1) == yb).sum())
+            if group:
+                grads, loss, hits, n = group.sum_step(net.grads, part, loss, hits, n)
+            run.optimizer.step(grads, run.schedule(step))
             step += 1
-            seen += len(yb)
-            correct += int((scores.argmax(axis=1) == yb).sum())
-            total_loss += loss * len(yb)
-            bar.update(len(yb))
+            seen += n
+            correct += hits
+            total_loss += loss * n
+            bar.update(n)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        shard.use(None)
     seconds = time.perf_counter() - began
-    val = evaluate(net, run.x_val, run.y_val, run.normalizer, len(run.dataset.class_names),
-                   config.loss) if len(run.y_val) else None
+    scorer = group.evaluate if group else evaluate      # under MPI: a shard per rank
+    val = scorer(net, run.x_val, run.y_val, run.normalizer, len(run.dataset.class_names),
+                 config.loss) if len(run.y_val) else None
     return {"epoch": epoch + 1, "loss": total_loss / seen, "accuracy": correct / seen,
             "val_accuracy": val["accuracy"] if val else None,
             "val_loss": val["loss"] if val else None,
@@ -293,11 +326,19 @@ def _checkpoint(run, epoch, improved):
     meta = model_meta(run.net, run.dataset.class_names, data=run.config.data, epoch=epoch + 1,
                       config=asdict(run.config), history=run.history)
     arrays = model_arrays(run.net, run.normalizer, run.optimizer, run.rngs)
-    modelfile.save(os.path.join(out, "model.npz"), arrays, meta)
+    if run.group:   # every rank holds this same state
+        run.group.check_same(arrays, f"their state after epoch {epoch + 1}",
+                             "the ranks should compute identical updates; this is a bug, "
+                             "please report it")
+    # Every rank knows what was written, for its messages; rank 0 alone writes.
     run.saved["model.npz"] = epoch + 1
     if improved:
-        modelfile.save(os.path.join(out, "best.npz"), arrays, meta)
         run.saved["best.npz"] = epoch + 1
+    if run.group and run.group.rank:
+        return
+    modelfile.save(os.path.join(out, "model.npz"), arrays, meta)
+    if improved:
+        modelfile.save(os.path.join(out, "best.npz"), arrays, meta)
     _write_json(os.path.join(out, "history.json"), run.history)
 
 

@@ -1,6 +1,10 @@
-"""`slidenet eval MODEL`: accuracy, loss, per-class accuracy and the confusion matrix."""
+"""`slidenet eval MODEL`: accuracy, loss, per-class accuracy and the confusion matrix.
+
+Under `mpiexec -n R` each rank scores one shard of the images and rank 0 prints the sums.
+"""
 import json
 
+from slidenet import distributed
 from slidenet.errors import OutOfMemory, SlidenetError
 from slidenet.evaluate import evaluate
 from slidenet.model import load
@@ -29,10 +33,15 @@ def run(args):
     if len(y) == 0:
         raise SlidenetError(f"{dataset.spec} has no {args.split} split")
     loss = meta.get("config", {}).get("loss", "softmax")
+    group = distributed.world()
     try:
-        result = evaluate(net, x, y, normalizer, len(dataset.class_names), loss, args.batch_size)
+        result = (group.evaluate if group else evaluate)(net, x, y, normalizer,
+                                                         len(dataset.class_names), loss,
+                                                         args.batch_size)
     except OutOfMemory as err:
-        raise err.advise(f"try a smaller batch, e.g. --batch-size {args.batch_size // 2}") from None
+        raise err.advise(f"try a smaller batch, e.g. --batch-size {max(1, args.batch_size // 2)}") from None
+    if group and group.rank:
+        return 0
     if args.json:
         print(json.dumps({**result, "class_names": list(dataset.class_names), "images": int(len(y))}))
         return 0

@@ -84,8 +84,8 @@ def register(subparsers):
                    help="stretch every image to the pattern's INPUT height x width, for a folder "
                         "of images of several sizes (default: refuse other sizes)")
     p.add_argument("--threads", type=int, default=0,
-                   help="kernel worker threads, 0 = one per core; an exact --resume needs the "
-                        "same count")
+                   help="kernel worker threads, 0 = one per core (shared among the mpiexec "
+                        "processes on a machine); an exact --resume needs the same count")
     p.set_defaults(func=run)
 
 

@@ -27,22 +27,26 @@ def crop_padding(size):
     return max(1, round(min(size) / 14))
 
 
-def augment(x, rng, crop_pad=4, flip=True):
+def augment(x, rng, crop_pad=4, flip=True, part=None):
     """Random crops and mirror images of a batch, one independent draw per image.
 
     x: float (N, H, W, D). Each image is zero-padded by `crop_pad` on every side and an H x W
     window is cut at a random offset in 0..2*crop_pad along each axis; with flip=True, half the
     images (on average) are mirrored left to right. Returns a new (N, H, W, D) array.
+    part: None, or (a `slidenet.shard.Part`, data-parallel training) x holds rows
+    part.start:part.stop of a batch of part.total: the draws are made for the whole batch and
+    these rows' draws used, so every rank advances `rng` as one process would.
     """
     n, height, width, _ = x.shape
+    drawn, mine = (n, slice(None)) if part is None else (part.total, part.rows)
     rows = np.broadcast_to(np.arange(height), (n, height))
     cols = np.broadcast_to(np.arange(width), (n, width))
     if crop_pad:
         x = np.pad(x, ((0, 0), (crop_pad, crop_pad), (crop_pad, crop_pad), (0, 0)))
-        rows = rows + rng.integers(0, 2 * crop_pad + 1, size=(n, 1))
-        cols = cols + rng.integers(0, 2 * crop_pad + 1, size=(n, 1))
+        rows = rows + rng.integers(0, 2 * crop_pad + 1, size=(drawn, 1))[mine]
+        cols = cols + rng.integers(0, 2 * crop_pad + 1, size=(drawn, 1))[mine]
     if flip:
-        mirrored = rng.random(n) < 0.5
+        mirrored = (rng.random(drawn) < 0.5)[mine]
         cols = np.where(mirrored[:, None], cols[:, ::-1], cols)
     # One gather does crop and flip: out[i, r, c] = x[i, rows[i, r], cols[i, c]].
     return x[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]

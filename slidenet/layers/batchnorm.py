@@ -6,7 +6,7 @@ and beta (D,) each, so 2 x D in all; the running statistics are saved buffers, n
 """
 import numpy as np
 
-from slidenet import ops
+from slidenet import ops, shard
 from slidenet.layers.base import Layer, Step
 from slidenet.layers.registry import register
 
@@ -38,9 +38,12 @@ class BatchNorm(Layer):
                         "running_var": np.ones(d, dtype=init.dtype)}
 
     def forward(self, x, train):
+        # Data-parallel training: the statistics of the global batch, not of this rank's part.
+        part = shard.current() if train else None
         out, self.cache = ops.batchnorm_forward(
             x, self.params["gamma"], self.params["beta"],
-            self.buffers["running_mean"], self.buffers["running_var"], train)
+            self.buffers["running_mean"], self.buffers["running_var"], train,
+            reduce=part.reduce if part else None)
         return out
 
     def backward(self, dout, need_dx=True):

@@ -4,7 +4,7 @@ by 1 / (1 - p) (inverted dropout), so the layer is the identity at test time.
 Masks come from the net's dropout generator, a stream of its own (`Init.dropout_rng`), so
 adding a DROPOUT never changes the initial weights, and a resumed run draws the same masks.
 """
-from slidenet import arguments, ops
+from slidenet import arguments, ops, shard
 from slidenet.layers.base import Layer, Step
 from slidenet.layers.registry import register
 
@@ -33,7 +33,9 @@ class Dropout(Layer):
         self.rng = init.dropout_rng
 
     def forward(self, x, train):
-        out, self.cache = ops.dropout_forward(x, self.info.spec.rate, self.rng, train)
+        # Data-parallel training: this rank's rows of the global batch's mask (`slidenet.shard`).
+        out, self.cache = ops.dropout_forward(x, self.info.spec.rate, self.rng, train,
+                                              part=shard.current() if train else None)
         return out
 
     def backward(self, dout, need_dx=True):

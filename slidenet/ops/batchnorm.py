@@ -12,10 +12,15 @@ A per-channel sum is a GEMV of each chunk (ones @ rows), folded from W*D columns
 and added over chunks in float64. The variance is the mean of (x - mean)^2, a second pass, not
 E[x^2] - mean^2, which float32 would ruin when the mean is large. Results and the saved xhat
 come from `runtime.empty`: recycled memory, no fresh pages.
+
+Data-parallel training (`slidenet.distributed`) passes `reduce`: a function that adds float64
+per-channel sums over every rank's part of the global batch. It is called on the sums (and the
+count) of the mean, of the variance, and of the backward's two terms, so each rank normalises
+with the global batch's statistics; without it (one process) nothing changes.
 """
 import numpy as np
 
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
 
@@ -31,6 +36,8 @@ class BatchNormCache(NamedTuple):
     gamma: np.ndarray               # (D,)
     x: Optional[np.ndarray] = None              # evaluation only
     running_mean: Optional[np.ndarray] = None   # evaluation only
+    reduce: Optional[Callable] = None           # data-parallel training: sums over all ranks
+    count: Optional[float] = None               # with reduce: values per channel, all ranks
 
 
 def _geometry(shape):
@@ -48,11 +55,13 @@ def _channel_sums(parts, d):
 
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum=0.9,
-                      eps=BATCHNORM_EPSILON):
+                      eps=BATCHNORM_EPSILON, reduce=None):
     """x: (N, H, W, D) or (N, D); gamma, beta, running_mean, running_var: (D,).
 
     Returns out (shape of x) and a BatchNormCache. When training, running_mean and running_var
     are updated in place: r = momentum * r + (1 - momentum) * batch statistic.
+    reduce: None, or float64 (k,) -> (k,) adding sums over the parts of a global batch that x
+    is one of (training only; see the module docstring).
     """
     n, h, width, d = _geometry(x.shape)
     x = np.ascontiguousarray(x)
@@ -79,14 +88,21 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum
 
     m = n * h * tile
     ones = np.ones(max(sl.stop - sl.start for sl in chunks) * h, x.dtype)
-    mean = _channel_sums(by_chunk(lambda rs: ones[:rs.stop - rs.start] @ rows[rs]), d) / m
+    sums = _channel_sums(by_chunk(lambda rs: ones[:rs.stop - rs.start] @ rows[rs]), d)
+    if reduce is not None:      # data-parallel: the sums and the count over the global batch
+        sums = reduce(np.append(sums, m))
+        sums, m = sums[:-1], sums[-1]
+    mean = sums / m
     mean_row = np.tile(mean.astype(x.dtype), tile)
 
     def squares(rs):
         centred = np.subtract(rows[rs], mean_row, out=scratch("bn.centred", rows[rs].shape, x.dtype))
         centred *= centred
         return ones[:rs.stop - rs.start] @ centred
-    var = _channel_sums(by_chunk(squares), d) / m
+    squared = _channel_sums(by_chunk(squares), d)
+    if reduce is not None:
+        squared = reduce(squared)
+    var = squared / m
     inv = (1 / np.sqrt(var + eps)).astype(x.dtype)
     inv_row = np.tile(inv, tile)
     gamma_row = np.tile(gamma.astype(out.dtype), tile)
@@ -104,7 +120,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum
     running_mean += (1 - momentum) * mean
     running_var *= momentum
     running_var += (1 - momentum) * var
-    return out, BatchNormCache(xhat, inv, gamma)
+    return out, BatchNormCache(xhat, inv, gamma, reduce=reduce, count=m)
 
 
 def batchnorm_backward(dout, cache):
@@ -113,6 +129,8 @@ def batchnorm_backward(dout, cache):
     With m values per channel: dx = inv / m * (m * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)),
     where dxhat = dout * gamma; that is, dx = gamma * inv * (dout - dbeta / m - xhat * dgamma / m).
     After an evaluation forward the statistics are constants: dx = dout * gamma * inv.
+    With the forward's `reduce`, m, sum(dxhat) and sum(dxhat * xhat) are those of the global
+    batch, while dgamma and dbeta stay this part's own (the gradient sum adds them up).
     """
     if cache.xhat is None:
         return _eval_backward(dout, cache)
@@ -135,8 +153,12 @@ def batchnorm_backward(dout, cache):
     dbeta = _channel_sums([p[0] for p in parts], d)
     dgamma = _channel_sums([p[1] for p in parts], d)
     dtype = np.result_type(dout, gamma)
-    mean_g_row = np.tile((dbeta / m).astype(dtype), tile)
-    mean_gx_row = np.tile((dgamma / m).astype(dtype), tile)
+    sum_g, sum_gx = dbeta, dgamma
+    if cache.reduce is not None:    # data-parallel: dx needs the global batch's two sums
+        both = cache.reduce(np.concatenate([dbeta, dgamma]))
+        sum_g, sum_gx, m = both[:d], both[d:], cache.count
+    mean_g_row = np.tile((sum_g / m).astype(dtype), tile)
+    mean_gx_row = np.tile((sum_gx / m).astype(dtype), tile)
     scale_row = np.tile((gamma * inv).astype(dtype), tile)
     dx = empty(dout.shape, dtype)
     dx_rows = dx.reshape(n * h, width)

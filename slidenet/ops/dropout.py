@@ -6,11 +6,20 @@ same, so nothing changes at test time (the layer is the identity there).
 import numpy as np
 
 
-def dropout_forward(x, rate, rng, train):
-    """x: any shape. rng: numpy.random.Generator. Returns out (shape of x) and the mask (or None)."""
+def dropout_forward(x, rate, rng, train, part=None):
+    """x: any shape. rng: numpy.random.Generator. Returns out (shape of x) and the mask (or None).
+
+    part: None, or (a `slidenet.shard.Part`) x holds rows part.start:part.stop of a batch of
+    part.total: the draw is made for the whole batch and these rows kept, so that every part
+    advances `rng` as one process would and gets that process's mask rows.
+    """
     if not train or rate == 0:
         return x, None
-    mask = (rng.random(x.shape, dtype=np.float64) >= rate).astype(x.dtype) / x.dtype.type(1 - rate)
+    if part is None:
+        draw = rng.random(x.shape, dtype=np.float64)
+    else:
+        draw = rng.random((part.total,) + x.shape[1:], dtype=np.float64)[part.rows]
+    mask = (draw >= rate).astype(x.dtype) / x.dtype.type(1 - rate)
     return x * mask, mask
 
 

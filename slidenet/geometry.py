@@ -63,6 +63,9 @@ def output_size(n, f, s, p=0, what="input", can_pad=True):
     never padded) keeps padding out of the suggested fixes.
     Returns ``(n + 2p - f) / s + 1`` when it is a positive whole number.
     """
+    span = n + 2 * p - f
+    if span >= 0 and span % s == 0:
+        return span // s + 1            # it fits: the common case, in integers (kernels call this)
     if f > n + 2 * p:
         pad_hint = f"; padding p={(f - n + 1) // 2} or a filter of at most {n + 2 * p}" \
             if p == 0 and can_pad else f"; a window of at most {n + 2 * p}"

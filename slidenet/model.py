@@ -39,6 +39,19 @@ class Model:
         self.normalizer = normalizer
         self.meta = meta
         self.state = state
+        self._plan = None           # net.prepare(), made at the first prediction
+
+    @property
+    def plan(self):
+        """The net prepared for inference (`Net.prepare`), made once; `predict` and `scores`
+        run it. A snapshot of the weights: after changing `net`'s weights, call `refresh()`."""
+        if self._plan is None:
+            self._plan = self.net.prepare()
+        return self._plan
+
+    def refresh(self):
+        """Forget the prepared net, so the next prediction uses the weights as they are now."""
+        self._plan = None
 
     @property
     def input_shape(self):
@@ -66,7 +79,7 @@ class Model:
         """The last layer's scores (N, C), float64, for images (N, H, W, D) of pixel values
         0..255 (uint8, or floats on that scale), in batches of `batch_size`."""
         images = self._check(images)
-        out = [self.net.forward(self.normalizer.normalize(images[i:i + batch_size]))
+        out = [self.plan.forward(self.normalizer.normalize(images[i:i + batch_size]))
                .astype(np.float64) for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.net.num_outputs))
 

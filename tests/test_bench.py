@@ -1,6 +1,7 @@
 """The benchmark's code path on a tiny net: structure of the result, never timings."""
 import json
 
+import numpy as np
 import pytest
 
 from slidenet import bench
@@ -31,6 +32,20 @@ def test_run_reports_layers_speed_and_peak_share():
     json.dumps(result)
 
 
+def test_onnxruntime_infers_the_same_net_and_latency_is_reported():
+    result = bench.run(tiny_settings(), {"tiny": TINY})
+    net = result["nets"]["tiny"]
+    assert set(net["infer"]) == set(net["latency"]) == {"slidenet", "onnxruntime"}
+    assert set(net["train"]) == {"slidenet"}                  # onnxruntime does not train
+    assert net["ratio"]["infer"]["onnxruntime"] > 0 and net["latency"]["slidenet"]["ms"] > 0
+    text = bench.report(result)
+    assert "batch 1, ms per image" in text and "slidenet / onnxruntime: inference" in text
+    # What is timed is the same computation in both libraries.
+    from slidenet.bench.runners import OnnxRunner, SlidenetRunner
+    sn = SlidenetRunner(TINY, 4, 6)
+    np.testing.assert_allclose(OnnxRunner(sn, 1).infer()[0], sn.infer(), rtol=1e-4, atol=1e-5)
+
+
 def test_memory_is_measured_in_a_subprocess():
     memory = bench.peak_memory("slidenet", TINY, tiny_settings())
     assert memory["rss_mb"] > 0 and memory["traced_peak_mb"] > 0
@@ -52,7 +67,7 @@ def test_torch_side_when_installed():
     pytest.importorskip("torch")
     result = bench.run(tiny_settings(torch=True, threads=2), {"tiny": TINY})
     net = result["nets"]["tiny"]
-    assert set(net["train"]) == {"slidenet", "torch"} and net["ratio"]["infer"] > 0
+    assert set(net["train"]) == {"slidenet", "torch"} and net["ratio"]["infer"]["torch"] > 0
 
 
 def test_conv_setting_switches_winograd_off_for_the_run_only(monkeypatch):

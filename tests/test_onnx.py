@@ -533,7 +533,7 @@ def test_external_data_that_claims_more_than_its_file_is_refused(tmp_path):
     assert "which has 72" in refused(tmp_path, external_model(tmp_path, "w.bin", length=10**12))
     message = refused(tmp_path, external_model(tmp_path, "w.bin", length=72,
                                                dims=(10**6, 10**6, 10, 10)))
-    assert "claims" in message and "slidenet allows" in message
+    assert "claims" in message and "input budget" in message
 
 
 def test_external_data_inside_the_folder_is_read(tmp_path):
@@ -553,7 +553,7 @@ def test_claimed_sizes_are_checked_before_allocating(tmp_path):
     # The ONNX checker refuses this file first; slidenet's own check stands behind it.
     assert "4000000000000 bytes" in refused(tmp_path, small_graph(tmp_path, [node], [huge]))
     with pytest.raises(OnnxFileError, match=r"tensor 'w' \(100000 x 100000 x 100 float32\) "
-                                            r"claims 3,725.3 GiB, more than the"):
+                                            r"claims 3.6 TiB, more than slidenet's input budget"):
         tensor_array(huge, tmp_path, Budget())
     short = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")
     short.raw_data = short.raw_data[:-4]
@@ -563,8 +563,15 @@ def test_claimed_sizes_are_checked_before_allocating(tmp_path):
         check_claimed_size("tensor 'w'", 2048, 1024)
     budget = Budget(100)
     budget.take("a", 60)
-    with pytest.raises(OnnxFileError, match="'b' claims 60 bytes, more than the 40 bytes"):
+    with pytest.raises(OnnxFileError, match="'b' claims 60 bytes after 60 bytes of tensors before "
+                                            "it, more than slidenet's input budget of 100 bytes"):
         budget.take("'b'", 60)
+    from slidenet import limits                 # the shared setting decides the default
+    previous = limits.set_budget(5000)
+    try:
+        assert Budget().total == 5000
+    finally:
+        limits.set_budget(previous)
 
 
 # ---- without the extra, and the registry ----

@@ -29,7 +29,8 @@ import numpy as np
 
 from slidenet.bench.machine import OtherLoad, machine, peak_rss_mb, seconds, sgemm_gflops, torch_module
 from slidenet.bench.report import report
-from slidenet.bench.runners import SlidenetRunner, TorchRunner, flops
+from slidenet.bench.runners import (
+    OnnxRunner, SlidenetRunner, TorchRunner, flops, onnxruntime_module)
 from slidenet.ops import compiled, runtime, set_conv_algorithm
 from slidenet.pattern import parse
 from slidenet.shapes import infer
@@ -53,13 +54,15 @@ class Settings:
     sgemm_size: int = 2048      # n of the n^3 float32 matmul that measures the peak
     budget: int = 0             # slidenet scratch budget in bytes (0: the default)
     torch: bool = True          # compare with PyTorch when it is installed
+    onnx: bool = True           # compare inference with onnxruntime when it is installed
     memory: bool = True         # measure peak RSS in subprocesses
+    latency_calls: int = 100    # single-image predictions timed per round (batch-1 latency)
     conv: str = "auto"          # slidenet's convolutions: "auto" or one algorithm everywhere
 
     @classmethod
     def quick(cls, **overrides):
         """A run of seconds, for a first look (and the tests)."""
-        values = dict(rounds=2, steps=1, sgemm_size=1024)
+        values = dict(rounds=2, steps=1, sgemm_size=1024, latency_calls=10)
         values.update(overrides)
         return cls(**values)
 
@@ -67,8 +70,10 @@ class Settings:
         return self.threads or os.cpu_count() or 1
 
 
-def _alternate(runners, method, settings, contexts):
-    """Median seconds per call of `method` for each runner, alternating them round by round."""
+def _alternate(runners, method, settings, contexts, calls=None):
+    """Seconds per call of `method` for each runner, alternating them round by round: the
+    median over the rounds, and the spread (the fastest and slowest round)."""
+    calls = calls or settings.steps
     for runner in runners:
         with contexts[runner.name]():
             getattr(runner, method)()       # warm up: buffers, caches, thread pools
@@ -76,8 +81,9 @@ def _alternate(runners, method, settings, contexts):
     for _ in range(settings.rounds):
         for runner in runners:
             with contexts[runner.name]():
-                spent[runner.name].append(seconds(getattr(runner, method), settings.steps))
-    return {name: float(np.median(values)) for name, values in spent.items()}
+                spent[runner.name].append(seconds(getattr(runner, method), calls))
+    return {name: (float(np.median(values)), min(values), max(values))
+            for name, values in spent.items()}
 
 
 def step_times(runner, infos, settings, peak):
@@ -102,35 +108,40 @@ def step_times(runner, infos, settings, peak):
 
 
 def memory_child(spec):
-    """Runs in a fresh interpreter: peak RSS (and the tracemalloc peak) over a few steps."""
+    """Runs in a fresh interpreter: peak RSS (and slidenet's tracemalloc peak) over a few
+    training steps (mode "train") or inference batches (mode "infer") of `lib`."""
     import tracemalloc
-    lib, pattern, batch, threads, budget, conv, steps = spec
-    if lib == "torch":
+    lib, pattern, batch, threads, budget, conv, steps, mode = spec
+    method = "train_step" if mode == "train" else "infer"
+    traced = None
+    if lib in ("torch", "onnxruntime"):
         torch = torch_module()
-        torch.set_num_threads(threads)
-        runner = TorchRunner(infer(parse(pattern)), batch, 1)
+        if torch is not None:
+            torch.set_num_threads(threads)
+        runner = TorchRunner(infer(parse(pattern)), batch, batch) if lib == "torch" else \
+            OnnxRunner(SlidenetRunner(pattern, 1, batch), threads)
         base = peak_rss_mb()
         for _ in range(steps):
-            runner.train_step()
-        traced = None
+            getattr(runner, method)()
     else:
         if budget:
             runtime.set_memory_budget(budget)
         set_conv_algorithm(conv)
         with runtime.workers(threads):
-            runner = SlidenetRunner(pattern, batch, 1)
+            runner = SlidenetRunner(pattern, batch, batch)
             base = peak_rss_mb()
             tracemalloc.start()
             for _ in range(steps):
-                runner.train_step()
+                getattr(runner, method)()
             traced = tracemalloc.get_traced_memory()[1] / 2**20
             tracemalloc.stop()
     return {"rss_mb": peak_rss_mb(), "before_steps_mb": base, "traced_peak_mb": traced}
 
 
-def peak_memory(lib, pattern, settings, steps=3):
-    """`memory_child` in a fresh subprocess; None if it failed."""
-    spec = [lib, pattern, settings.batch, settings.thread_count(), settings.budget, settings.conv, steps]
+def peak_memory(lib, pattern, settings, steps=3, mode="train", batch=None):
+    """`memory_child` in a fresh subprocess; {"error": ...} if it failed."""
+    spec = [lib, pattern, batch or settings.batch, settings.thread_count(), settings.budget,
+            settings.conv, steps, mode]
     code = ("import json, sys; from slidenet.bench import memory_child; "
             "print(json.dumps(memory_child(json.loads(sys.argv[1]))))")
     done = subprocess.run([sys.executable, "-c", code, json.dumps(spec)],
@@ -140,35 +151,66 @@ def peak_memory(lib, pattern, settings, steps=3):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench_net(pattern, settings, peak):
-    """Everything about one net: layers, training and inference speed, memory, ratios."""
+def runners_for(pattern, settings, batch, infer_batch):
+    """(trainers, inferers, contexts): the libraries that train and infer this net, each
+    measured on `settings.thread_count()` threads."""
     threads = settings.thread_count()
-    sn = SlidenetRunner(pattern, settings.batch, settings.infer_batch)
-    infos = sn.net.infos
-    runners = [sn]
+    sn = SlidenetRunner(pattern, batch, infer_batch)
+    trainers, inferers = [sn], [sn]
     contexts = {"slidenet": lambda: runtime.workers(threads)}
     torch = torch_module() if settings.torch else None
     if torch is not None:
         torch.set_num_threads(threads)
-        runners.append(TorchRunner(infos, settings.batch, settings.infer_batch))
+        runner = TorchRunner(sn.net.infos, batch, infer_batch)
+        trainers.append(runner)
+        inferers.append(runner)
         contexts["torch"] = nullcontext
+    if settings.onnx and onnxruntime_module() is not None:
+        inferers.append(OnnxRunner(sn, threads))
+        contexts["onnxruntime"] = nullcontext
+    return trainers, inferers, contexts
+
+
+def _speeds(spent, images, work, peak):
+    """Seconds (median, fastest, slowest) per call -> images/s with its spread, and GFLOPS."""
+    return {name: {"ms": s * 1e3, "images_per_s": images / s, "spread": [images / hi, images / lo],
+                   "gflops": work / s / 1e9, "peak_share": work / s / 1e9 / peak}
+            for name, (s, lo, hi) in spent.items()}
+
+
+def _ratios(result):
+    """slidenet's speed over each other library's, for each measurement both made."""
+    ratios = {}
+    for key in ("train", "infer", "latency"):
+        libs = result.get(key, {})
+        if "slidenet" in libs:
+            ratios[key] = {name: libs["slidenet"]["images_per_s"] / lib["images_per_s"]
+                           for name, lib in libs.items() if name != "slidenet"}
+    return ratios
+
+
+def bench_net(pattern, settings, peak):
+    """Everything about one net: steps, training, inference and batch-1 latency, memory,
+    ratios."""
+    trainers, inferers, contexts = runners_for(pattern, settings, settings.batch,
+                                               settings.infer_batch)
+    sn = trainers[0]
+    infos = sn.net.infos
     per_layer = flops(infos)
-    train_flops = sum(f + b for f, b in per_layer.values()) * settings.batch
-    infer_flops = sum(f for f, _ in per_layer.values()) * settings.infer_batch
+    train_flops = sum(f + b for f, b in per_layer.values())
+    infer_flops = sum(f for f, _ in per_layer.values())
     result = {"pattern": pattern, "batch": settings.batch, "infer_batch": settings.infer_batch}
-    with runtime.workers(threads):
+    with runtime.workers(settings.thread_count()):
         result["layers"] = step_times(sn, infos, settings, peak)
-    for method, batch, work in (("train_step", settings.batch, train_flops),
-                                ("infer", settings.infer_batch, infer_flops)):
-        spent = _alternate(runners, method, settings, contexts)
-        key = "train" if method == "train_step" else "infer"
-        result[key] = {name: {"ms": s * 1e3, "images_per_s": batch / s, "gflops": work / s / 1e9,
-                              "peak_share": work / s / 1e9 / peak} for name, s in spent.items()}
+    result["train"] = _speeds(_alternate(trainers, "train_step", settings, contexts),
+                              settings.batch, train_flops * settings.batch, peak)
+    result["infer"] = _speeds(_alternate(inferers, "infer", settings, contexts),
+                              settings.infer_batch, infer_flops * settings.infer_batch, peak)
+    result["latency"] = _speeds(_alternate(inferers, "infer_one", settings, contexts,
+                                           settings.latency_calls), 1, infer_flops, peak)
     if settings.memory:
-        result["memory"] = {r.name: peak_memory(r.name, pattern, settings) for r in runners}
-    if torch is not None:
-        result["ratio"] = {key: result[key]["slidenet"]["images_per_s"] / result[key]["torch"]["images_per_s"]
-                           for key in ("train", "infer")}
+        result["memory"] = {r.name: peak_memory(r.name, pattern, settings) for r in trainers}
+    result["ratio"] = _ratios(result)
     return result
 
 

@@ -28,24 +28,43 @@ def report(result):
         for row in net["layers"]:
             f, b = row["forward"], row["backward"]
             lines.append(f"  {row['layer']:<{width}}{f['ms']:9.1f}{_g(f)}{b['ms']:10.1f}{_g(b)}")
-        libs = list(net["train"])
-        head = f"  {'':<28}" + "".join(f"{lib:>12}" for lib in libs)
-        lines += ["", head + ("       ratio" if "ratio" in net else "")]
-        for key, label in (("train", f"train images/s (batch {net['batch']})"),
-                           ("infer", f"infer images/s (batch {net['infer_batch']})")):
-            cells = "".join(f"{net[key][lib]['images_per_s']:12.0f}" for lib in libs)
-            ratio = f"{net['ratio'][key]:11.2f}x" if "ratio" in net else ""
-            lines.append(f"  {label:<28}{cells}{ratio}")
-            cells = "".join(f"{net[key][lib]['gflops']:6.1f} ({net[key][lib]['peak_share']:3.0%})"
-                            for lib in libs)
-            lines.append(f"  {'  GFLOPS (share of peak)':<28}{cells}")
+        libs = list(net["infer"])           # slidenet, then torch and onnxruntime when installed
+        lines += ["", f"  {'':<30}" + "".join(f"{lib:>13}" for lib in libs)]
+        for key, label, unit in (("train", f"train images/s (batch {net['batch']})", "rate"),
+                                 ("infer", f"infer images/s (batch {net['infer_batch']})", "rate"),
+                                 ("latency", "batch 1, ms per image", "ms")):
+            cells = "".join(_cell(net[key].get(lib), unit) for lib in libs)
+            lines.append(f"  {label:<30}{cells}")
+            if unit == "rate":
+                cells = "".join(f"{'-':>13}" if lib not in net[key] else
+                                f"{net[key][lib]['gflops']:7.1f} ({net[key][lib]['peak_share']:3.0%})"
+                                for lib in libs)
+                lines.append(f"  {'  GFLOPS (share of peak)':<30}{cells}")
+        for other in libs[1:]:
+            parts = [f"{what} {net['ratio'][key][other]:.2f}x" for key, what in
+                     (("train", "training"), ("infer", "inference"), ("latency", "batch 1"))
+                     if other in net["ratio"].get(key, {})]
+            lines.append(f"  slidenet / {other}: " + ", ".join(parts)
+                         + " (above 1: slidenet is faster; medians of alternating rounds)")
         if "memory" in net:
-            cells = "".join(f"{_mb(net['memory'][lib]):>12}" for lib in libs)
-            lines.append(f"  {'peak RSS MB, training':<28}{cells}")
+            cells = "".join(f"{_mb(net['memory'][lib]) if lib in net['memory'] else '-':>13}"
+                            for lib in libs)
+            lines.append(f"  {'peak RSS MB, training':<30}{cells}")
             traced = net["memory"]["slidenet"].get("traced_peak_mb")
             if traced is not None:
-                lines.append(f"  {'  slidenet traced peak MB':<28}{traced:12.0f}")
+                lines.append(f"  {'  slidenet traced peak MB':<30}{traced:13.0f}")
     return "\n".join(lines)
+
+
+def _cell(measured, unit):
+    """A library's number and its spread over the rounds, or '-' where it was not measured."""
+    if measured is None:
+        return f"{'-':>13}"
+    rate, (slow, fast) = measured["images_per_s"], measured["spread"]
+    swing = f"±{50 * (fast - slow) / rate:.0f}%"       # half the range of the rounds
+    if unit == "ms":
+        return f"{measured['ms']:8.3f} {swing:>4}"
+    return f"{rate:8.0f} {swing:>4}"
 
 
 def _g(cell):

@@ -1,16 +1,32 @@
 """The things a benchmark times, one runner per library: a training step, inference, layers.
 
 Each runner holds one net and random data. `SlidenetRunner` times slidenet's own steps
-(`Net.steps`, with CONV -> RELU and the like fused); `TorchRunner` builds the same layers in
-PyTorch from each kind's `torch_modules` (NCHW, nn.Conv2d, nn.MaxPool2d, nn.Linear, ...).
+(`Net.steps`, with CONV -> RELU and the like fused) and, for inference, the prepared net that
+`Model.predict` runs (`Net.prepare`), from pixels: the normalisation is timed too.
+`TorchRunner` builds the same layers in PyTorch from each kind's `torch_modules` (NCHW,
+nn.Conv2d, nn.MaxPool2d, nn.Linear, ...). `OnnxRunner` runs the very net slidenet exports
+(`slidenet export`: pixels in, the normalisation and an NHWC -> NCHW transpose inside) in
+onnxruntime, which infers but does not train.
+
+`infer` times a batch, `infer_one` one image: the latency of a prediction.
 """
 import time
 
 import numpy as np
 
 from slidenet.bench.machine import torch_module
+from slidenet.data import Normalizer
 from slidenet.net import Net
 from slidenet.ops import softmax_loss
+
+
+def onnxruntime_module():
+    """The onnxruntime module, or None when it is not installed (the `onnx` extra)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime
 
 LEARNING_RATE = 0.01
 
@@ -31,7 +47,18 @@ class SlidenetRunner:
         shape = tuple(self.net.input_shape)
         self.x = rng.standard_normal((batch, *shape), dtype=np.float32)
         self.y = rng.integers(0, self.net.num_outputs, batch)
-        self.x_infer = rng.standard_normal((infer_batch, *shape), dtype=np.float32)
+        # Pixels for inference (0..255 as floats), and a normaliser that keeps them as they are
+        # (x / 255 - 0) / (1 / 255): the same arithmetic a real one costs.
+        self.pixels = rng.uniform(0, 255, (infer_batch, *shape)).astype(np.float32)
+        self.normalizer = Normalizer(np.zeros(shape[2], np.float32),
+                                     np.full(shape[2], 1 / 255, np.float32))
+        self._plan = None
+
+    @property
+    def plan(self):
+        if self._plan is None:
+            self._plan = self.net.prepare()
+        return self._plan
 
     def train_step(self):
         _, dscores = softmax_loss(self.net.forward(self.x, train=True), self.y)
@@ -40,7 +67,10 @@ class SlidenetRunner:
             p -= LEARNING_RATE * self.net.grads[key]
 
     def infer(self):
-        return self.net.forward(self.x_infer)
+        return self.plan.forward(self.normalizer.normalize(self.pixels))
+
+    def infer_one(self):
+        return self.plan.forward(self.normalizer.normalize(self.pixels[:1]))
 
     def step_times(self, times):
         """A training step, adding each step's forward and backward seconds into `times`
@@ -78,6 +108,7 @@ class TorchRunner:
         self.x = torch.randn(batch, d, h, w)
         self.y = torch.randint(0, int(np.prod(infos[-1].output_shape)), (batch,))
         self.x_infer = torch.randn(infer_batch, d, h, w)
+        self.x_one = self.x_infer[:1].clone()
 
     def train_step(self):
         self.model.train()
@@ -89,3 +120,34 @@ class TorchRunner:
         self.model.eval()
         with self.torch.no_grad():
             return self.model(self.x_infer)
+
+    def infer_one(self):
+        self.model.eval()
+        with self.torch.no_grad():
+            return self.model(self.x_one)
+
+
+class OnnxRunner:
+    """slidenet's export of the same net (its weights too) in onnxruntime: `threads` intra-op
+    threads, no spinning (a spinning pool would take the cores from everything else)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, slidenet_runner, threads):
+        from slidenet.interop.onnx_export import to_bytes
+        ort = onnxruntime_module()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(
+            to_bytes(slidenet_runner.net, slidenet_runner.normalizer), options,
+            providers=["CPUExecutionProvider"])
+        self.pixels = slidenet_runner.pixels
+        self.one = self.pixels[:1].copy()
+
+    def infer(self):
+        return self.session.run(["scores"], {"pixels": self.pixels})
+
+    def infer_one(self):
+        return self.session.run(["scores"], {"pixels": self.one})

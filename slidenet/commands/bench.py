@@ -1,4 +1,5 @@
-"""`slidenet bench`: per-layer and whole-net speed on R1 and a Fashion-MNIST-size net, vs PyTorch."""
+"""`slidenet bench`: per-step and whole-net speed on R1 and a Fashion-MNIST-size net, against
+PyTorch and onnxruntime when they are installed; `--scaling` for how cost grows."""
 import json
 
 from slidenet.bench import NETS, Settings, report, run
@@ -10,8 +11,9 @@ def register(subparsers):
         "bench", help="time training and inference, layer by layer, against the sgemm peak and PyTorch",
         description="Time each layer's forward and backward, a whole training step (softmax loss, "
                     "SGD) and inference on R1 and a Fashion-MNIST-size net; report images/s, GFLOPS, "
-                    "the share of the measured sgemm peak and peak memory. With PyTorch installed, "
-                    "run the same nets in PyTorch, alternating round by round, and print the ratios.")
+                    "the share of the measured sgemm peak and peak memory. With PyTorch and "
+                    "onnxruntime installed, run the same nets in them, alternating round by round, "
+                    "and print the ratios; onnxruntime runs the net `slidenet export` writes.")
     parser.add_argument("--net", choices=[*NETS, "all"], help="which net (default: all)")
     parser.add_argument("--pattern", help="benchmark this pattern instead of the built-in nets "
                                           "(default: the nets of --net)")
@@ -30,6 +32,13 @@ def register(subparsers):
                              "applies and pays, else the full-convolution dx at stride 1, else "
                              "im2col), or one algorithm everywhere (it fails where it cannot apply)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime comparison")
+    parser.add_argument("--latency-calls", type=int,
+                        help="single-image predictions timed per round (default 100)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="instead: how cost grows with batch size (1, 8, 64, 256), input size "
+                             "(a VGG-style net, 32 to 224 pixels) and threads (1, 2), each row "
+                             "against the other libraries")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.set_defaults(func=main)
@@ -43,7 +52,7 @@ def main(args):
     chosen = {"given": args.pattern} if args.pattern else \
         (dict(NETS) if net == "all" else {net: NETS[net]})
     overrides = {"batch": args.batch, "infer_batch": args.infer_batch, "rounds": args.rounds,
-                 "steps": args.steps}
+                 "steps": args.steps, "latency_calls": args.latency_calls}
     for name, value in overrides.items():
         if value is not None and value < 1:
             raise SlidenetError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -51,8 +60,16 @@ def main(args):
         raise SlidenetError("--threads and --budget must not be negative")
     values = {k: v for k, v in overrides.items() if v is not None}
     values.update(threads=args.threads, budget=int(args.budget * 2**20), torch=not args.no_torch,
-                  memory=not args.no_memory, conv=args.conv)
+                  onnx=not args.no_onnx, memory=not args.no_memory, conv=args.conv)
     settings = Settings.quick(**values) if args.quick else Settings(**values)
+    if args.scaling:
+        from slidenet.bench.scaling import report_scaling, run_scaling
+        if args.pattern or args.net:
+            raise SlidenetError("--scaling measures its own nets (R1 and a VGG-style net): drop "
+                                "--net and --pattern")
+        result = run_scaling(settings)
+        print(json.dumps(result, indent=2) if args.json else report_scaling(result))
+        return 0
     result = run(settings, chosen)
     print(json.dumps(result, indent=2) if args.json else report(result))
     return 0

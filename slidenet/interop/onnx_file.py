@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slidenet import limits
 from slidenet.errors import SlidenetError
 from slidenet.interop.onnx_graph import require_onnx
 
@@ -28,41 +29,31 @@ class OnnxFileError(SlidenetError):
 
 
 class Budget:
-    """Bytes that the tensors of one file may still claim, all together."""
+    """Bytes that the tensors of one file may still claim, all together: slidenet's input
+    budget (`slidenet.limits`: half the memory, or $SLIDENET_MAX_INPUT_BYTES), and never more
+    than MAX_TENSOR_BYTES."""
 
     def __init__(self, total=None):
-        self.left = min(MAX_TENSOR_BYTES, _available_memory()) if total is None else total
+        self.total = min(MAX_TENSOR_BYTES, limits.budget()) if total is None else total
+        self.left = self.total
 
     def take(self, what, nbytes):
-        check_claimed_size(what, nbytes, self.left)
+        if nbytes > self.left:
+            before = self.total - self.left
+            raise OnnxFileError(
+                f"{what} claims {limits.human(nbytes)}"
+                + (f" after {limits.human(before)} of tensors before it" if before else "")
+                + f", more than slidenet's input budget of {limits.human(self.total)}: the file "
+                f"is damaged, or it is genuine and needs {limits.ENV} raised (or more memory)")
         self.left -= nbytes
 
 
 def check_claimed_size(what, nbytes, budget):
-    """Refuse `what` when the `nbytes` it claims exceed `budget` bytes; called before allocating.
-    (slidenet's shared budget helper can take this over; it is the one place that decides.)"""
+    """Refuse `what` when the `nbytes` it claims exceed `budget` bytes; called before allocating."""
     if nbytes > budget:
-        raise OnnxFileError(f"{what} claims {_size(nbytes)}, more than the {_size(budget)} "
-                            "slidenet allows for it (a damaged or hostile file?)")
-
-
-def _available_memory():
-    """Memory the system could give this process now (Linux's MemAvailable), if it says."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return MAX_TENSOR_BYTES
-
-
-def _size(nbytes):
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:,.1f} {unit}"
-    return f"{nbytes:,} bytes"
+        raise OnnxFileError(f"{what} claims {limits.human(nbytes)}, more than the "
+                            f"{limits.human(budget)} slidenet allows for it (a damaged or hostile "
+                            "file?)")
 
 
 def read_model(path):

@@ -167,6 +167,16 @@ class Layer:
         (`register` checks)."""
         raise NotImplementedError(f"{self.info.spec.kind} cannot be exported to ONNX")
 
+    def prepare(self):
+        """This layer for inference only: a function x -> out, with whatever can be computed
+        once computed now (a CONV's transformed filters). Later changes to the weights do not
+        reach it. The default runs the evaluation forward and keeps no cache."""
+        def run(x):
+            out = self.forward(x, False)
+            self.cache = None
+            return out
+        return run
+
     def filter_images(self):
         """The weights as images, (F_h, F_w, D, K) like a CONV's W, when `picture` says they
         are; else None."""

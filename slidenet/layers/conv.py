@@ -123,6 +123,13 @@ class Conv(Layer):
                                            graph.initializer("b", self.params["b"])],
                                   **graph.window_attributes(s.size, s.stride, s.pad))
 
+    def prepare(self, relu=False):
+        """Inference: the filters prepared once for the algorithm the kernels choose;
+        relu=True applies the next RELU too (fusion)."""
+        prepared = ops.prepare_conv(self.params["W"], self.params["b"], self.info.spec.stride,
+                                    self.info.spec.pad, relu)
+        return lambda x: ops.conv_infer(x, prepared)
+
     def filter_images(self):
         return self.params["W"]
 

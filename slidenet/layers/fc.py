@@ -82,6 +82,11 @@ class FC(Layer):
         graph.tensor = graph.node("Gemm", [graph.tensor, graph.initializer("W", w),
                                            graph.initializer("b", self.params["b"])])
 
+    def prepare(self, relu=False):
+        """Inference: the weights copied once; relu=True applies the next RELU too (fusion)."""
+        w, b = self.params["W"].copy(), self.params["b"].copy()
+        return lambda x: ops.fc_forward(x, w, b, relu=relu)[0]
+
     def filter_images(self):
         """An FC reading a volume: output o's weights, reshaped to (H, W, D), are a template
         of the whole input (the lecture's linear classifier); (H, W, D, n). Else None."""

@@ -43,6 +43,9 @@ class ConvRelu(Fused):
 
     pattern = (Conv, Relu)
 
+    def prepare(self):
+        return self.parts[0].prepare(relu=True)
+
     def forward(self, x, train):
         return self.parts[0].forward(x, train, relu=True)
 
@@ -54,6 +57,9 @@ class FCRelu(Fused):
     """max(0, x @ W + b): the FC kernel rectifies its output, and its backward masks dout."""
 
     pattern = (FC, Relu)
+
+    def prepare(self):
+        return self.parts[0].prepare(relu=True)
 
     def forward(self, x, train):
         return self.parts[0].forward(x, train, relu=True)
@@ -68,6 +74,10 @@ class ConvReluMaxPool(Fused):
 
     pattern = (Conv, Relu, MaxPool)
 
+    def prepare(self):
+        conv, pool = self.parts[0].prepare(relu=True), self.parts[2].prepare()
+        return lambda x: pool(conv(x))
+
     def forward(self, x, train):
         conv, _, pool = self.parts
         return pool.forward(conv.forward(x, train, relu=True), train)
@@ -81,6 +91,10 @@ class ReluMaxPool(Fused):
     """maxpool(max(0, x)): the pool's backward applies the ReLU's mask; no ReLU backward runs."""
 
     pattern = (Relu, MaxPool)
+
+    def prepare(self):
+        relu, pool = self.parts[0].prepare(), self.parts[1].prepare()
+        return lambda x: pool(relu(x))
 
     def forward(self, x, train):
         out, _ = ops.relu_forward(x)

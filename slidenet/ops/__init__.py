@@ -11,7 +11,8 @@ from slidenet.ops.activations import (
     leaky_relu_backward, leaky_relu_forward, relu_backward, relu_forward, sigmoid_backward,
     sigmoid_forward, tanh_backward, tanh_forward)
 from slidenet.ops.batchnorm import BATCHNORM_EPSILON, batchnorm_backward, batchnorm_forward
-from slidenet.ops.conv import conv_backward, conv_forward, set_algorithm as set_conv_algorithm
+from slidenet.ops.conv import (
+    conv_backward, conv_forward, conv_infer, prepare_conv, set_algorithm as set_conv_algorithm)
 from slidenet.ops.dropout import dropout_backward, dropout_forward
 from slidenet.ops.fc import fc_backward, fc_forward
 from slidenet.ops.losses import log_softmax, softmax, softmax_loss, svm_loss
@@ -22,9 +23,9 @@ from slidenet.ops.runtime import memory_budget, set_memory_budget, set_threads, 
 __all__ = [
     "BATCHNORM_EPSILON", "avg_pool_backward", "avg_pool_forward", "batchnorm_backward",
     "batchnorm_forward",
-    "conv_backward", "conv_forward", "dropout_backward", "dropout_forward", "fc_backward",
+    "conv_backward", "conv_forward", "conv_infer", "dropout_backward", "dropout_forward", "fc_backward",
     "fc_forward", "leaky_relu_backward", "leaky_relu_forward", "log_softmax", "max_pool_backward",
-    "max_pool_forward", "memory_budget", "relu_backward", "relu_forward", "set_conv_algorithm",
+    "max_pool_forward", "memory_budget", "prepare_conv", "relu_backward", "relu_forward", "set_conv_algorithm",
     "set_memory_budget", "set_threads", "sigmoid_backward", "sigmoid_forward", "softmax",
     "softmax_loss", "svm_loss", "tanh_backward", "tanh_forward", "threads",
 ]

@@ -16,12 +16,19 @@ WINOGRAD_MIN_DEPTH, else "full" where it applies, else "im2col"; or the one name
 `algorithm` argument, or by `set_algorithm` for the whole process) and records it in the
 `ConvCache` it returns; `conv_backward` runs that pair's backward.
 """
-from slidenet.ops import fullconv, winograd
+from typing import NamedTuple
+
+import numpy as np
+
+from slidenet.ops import fullconv, im2col, runtime, winograd
 from slidenet.ops.im2col import ConvCache, conv_backward_im2col, conv_forward_im2col
 
 # Below this many input or output channels the GEMMs of F(2, 3) (inner size F_w * D) are too
 # narrow for BLAS to run near its peak, and im2col's single wider GEMM wins (an RGB first layer).
 WINOGRAD_MIN_DEPTH = 8
+# Below this many multiply-adds, splitting a small batch's rows between worker threads costs
+# more in hand-overs than it saves (R1's 3 -> 32 first layer, 0.9 million a image, is below).
+BAND_MIN_MADDS = 2_000_000
 PAIRS = {
     "im2col": (conv_forward_im2col, conv_backward_im2col),
     "full": (fullconv.conv_forward_full, fullconv.conv_backward_full),
@@ -30,7 +37,12 @@ PAIRS = {
 ALGORITHMS = ("auto", *PAIRS)
 _default = {"algorithm": "auto"}
 
-__all__ = ["ALGORITHMS", "ConvCache", "choose", "conv_backward", "conv_forward", "set_algorithm"]
+# How each pair's forward wants its filters, computed once by `prepare_conv`.
+PREPARE = {"im2col": im2col.prepare_filters, "full": im2col.prepare_filters,
+           "winograd": winograd.prepare_filters}
+
+__all__ = ["ALGORITHMS", "ConvCache", "PreparedConv", "choose", "conv_backward", "conv_forward",
+           "conv_infer", "prepare_conv", "set_algorithm"]
 
 
 def set_algorithm(algorithm=None):
@@ -76,6 +88,51 @@ def conv_forward(x, w, b, stride=(1, 1), pad=(0, 0), budget=None, relu=False, al
     """
     name = choose(w.shape[:2], stride, pad, w.shape[2], w.shape[3], algorithm)
     return PAIRS[name][0](x, w, b, tuple(stride), tuple(pad), relu, budget)
+
+
+class PreparedConv(NamedTuple):
+    """A convolution made ready for many inference calls: its pair chosen and its filters
+    transformed once (`prepare_conv`), for `conv_infer`."""
+    algorithm: str
+    w: np.ndarray           # (F_h, F_w, D, K)
+    b: np.ndarray           # (K,)
+    stride: tuple
+    pad: tuple
+    relu: bool
+    filters: np.ndarray     # what the pair's GEMMs multiply by
+
+
+def prepare_conv(w, b, stride=(1, 1), pad=(0, 0), relu=False, algorithm=None):
+    """The PreparedConv of these weights (w and b are copied: later changes do not reach it)."""
+    name = choose(w.shape[:2], stride, pad, w.shape[2], w.shape[3], algorithm)
+    w, b = w.copy(), b.copy()
+    return PreparedConv(name, w, b, tuple(stride), tuple(pad), relu, PREPARE[name](w))
+
+
+def conv_infer(x, prepared, budget=None):
+    """conv_forward's output alone (no cache), with the filters `prepare_conv` made.
+
+    A batch too small to give every worker thread an image (batch 1: a prediction) is split
+    into bands of output rows instead, one per worker: each band is the same convolution of
+    the rows of the (height-padded) input it needs, so the result is the whole one.
+    """
+    p = prepared
+    forward = PAIRS[p.algorithm][0]
+    n, h = x.shape[:2]
+    (fh, fw, d, k), (sh, _), (ph, pw) = p.w.shape, p.stride, p.pad
+    ho, wo = im2col.check_shapes(x, p.w, p.stride, p.pad)
+    workers = runtime.threads()
+    if n >= workers or ho < 2 * workers or n * ho * wo * fh * fw * d * k < BAND_MIN_MADDS:
+        return forward(x, p.w, p.b, p.stride, p.pad, p.relu, budget, filters=p.filters)[0]
+    xp = np.pad(x, ((0, 0), (ph, ph), (0, 0), (0, 0))) if ph else x
+    edges = [ho * i // workers for i in range(workers + 1)]
+
+    def band(rows):
+        top, bottom = rows
+        part = xp[:, top * sh:(bottom - 1) * sh + fh]
+        return forward(part, p.w, p.b, p.stride, (0, pw), p.relu, budget, filters=p.filters)[0]
+
+    return np.concatenate(runtime.run_chunks(band, list(zip(edges, edges[1:]))), axis=1)
 
 
 def conv_backward(dout, cache, need_dx=True, relu=False):

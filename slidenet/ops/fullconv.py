@@ -29,13 +29,13 @@ def applies(size, stride, pad):
     return tuple(stride) == (1, 1) and pad[0] < size[0] and pad[1] < size[1]
 
 
-def conv_forward_full(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None):
+def conv_forward_full(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None, filters=None):
     """im2col's forward (same arguments and result), recording this pair for the backward."""
     if not applies(w.shape[:2], stride, pad):
         raise ValueError(f"a full-convolution dx needs stride 1 and padding below the filter "
                          f"size, not stride {stride[0]}x{stride[1]}, pad {pad[0]}x{pad[1]} with "
                          f"a {w.shape[0]}x{w.shape[1]} filter")
-    out, cache = conv_forward_im2col(x, w, b, stride, pad, relu, budget)
+    out, cache = conv_forward_im2col(x, w, b, stride, pad, relu, budget, filters)
     return out, cache._replace(algorithm="full")
 
 

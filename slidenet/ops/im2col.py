@@ -93,19 +93,21 @@ def relu_masked(dout, out, into):
     return np.multiply(dout, positive.reshape(into.shape), out=into)
 
 
-def conv_forward_im2col(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None):
+def conv_forward_im2col(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
+                        filters=None):
     """Convolve K filters over x by im2col.
 
     x: (N, H, W, D); w: (F_h, F_w, D, K); b: (K,); stride (S_h, S_w); pad (P_h, P_w).
     Returns out (N, H', W', K) with H' = (H + 2P_h - F_h) / S_h + 1 (W' likewise), and a
     ConvCache. relu: return max(0, out) instead. budget: scratch bytes (None: the global one).
+    filters: `prepare_filters(w)`, when a caller computed it once for many calls.
     """
     ho, wo = check_shapes(x, w, stride, pad)
     n, h, wd, d = x.shape
     fh, fw, _, k = w.shape
     x = np.ascontiguousarray(x)
     out = empty((n, ho, wo, k), np.result_type(x, w))
-    w2 = np.ascontiguousarray(w).reshape(fh * fw * d, k)
+    w2 = prepare_filters(w) if filters is None else filters
     bias_row = np.tile(b.astype(out.dtype, copy=False), wo)
 
     def work(sl):
@@ -115,6 +117,11 @@ def conv_forward_im2col(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=N
     per_image = ho * wo * fh * fw * d + (h + 2 * pad[0]) * (wd + 2 * pad[1]) * d
     run_chunks(work, batch_chunks(n, per_image * x.itemsize, budget))
     return out, ConvCache("im2col", x, w, tuple(stride), tuple(pad), budget, out if relu else None)
+
+
+def prepare_filters(w):
+    """The filters as im2col's GEMM multiplies by them: w (F_h, F_w, D, K) -> (F_h*F_w*D, K)."""
+    return np.ascontiguousarray(w).reshape(-1, w.shape[3])
 
 
 def conv_backward_im2col(dout, cache, need_dx=True, relu=False):

@@ -103,14 +103,12 @@ def threads():
 @contextmanager
 def workers(count=None):
     """Run the kernels inside the block on `count` worker threads (None: one per core), each
-    calling a one-thread BLAS, so workers and BLAS threads never fight over the cores."""
+    calling a one-thread BLAS, so workers and BLAS threads never fight over the cores (and
+    `count=1` means one thread in all, BLAS's included)."""
     previous = set_threads(count)
     try:
-        if threads() == 1:
+        with threadpool_limits(limits=1, user_api="blas"):
             yield
-        else:
-            with threadpool_limits(limits=1, user_api="blas"):
-                yield
     finally:
         set_threads(previous)
 

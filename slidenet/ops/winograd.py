@@ -155,11 +155,13 @@ def adjoint(x, name):
     return out.reshape(4, c * t * w, d)
 
 
-def conv_forward_winograd(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None):
+def conv_forward_winograd(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
+                          filters=None):
     """Convolve K 3-tall filters over x at stride 1 by F(2, 3) down the height.
 
     Arguments and result as `im2col.conv_forward_im2col`: x (N, H, W, D), w (3, F_w, D, K),
     b (K,) -> out (N, H', W', K) and a ConvCache. ValueError for any other filter or stride.
+    filters: `prepare_filters(w)` (the four g's), when a caller computed it once for many calls.
     """
     fh, fw, d, k = w.shape
     if not applies((fh, fw), stride):
@@ -169,7 +171,7 @@ def conv_forward_winograd(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget
     n, h, wd, _ = x.shape
     x = np.ascontiguousarray(x)
     out = empty((n, ho, wo, k), np.result_type(x, w))
-    g = filters(np.ascontiguousarray(w, dtype=out.dtype))
+    g = prepare_filters(w, out.dtype) if filters is None else filters
     bias = b.astype(out.dtype, copy=False)
     bias_row = np.tile(bias, wo)
 
@@ -186,6 +188,11 @@ def conv_forward_winograd(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget
     per_image = hot + (2 * t + 2) * wp * d + 4 * t * wp * d
     run_chunks(work, batch_chunks(n, per_image * x.itemsize, budget, hot * x.itemsize))
     return out, ConvCache("winograd", x, w, tuple(stride), tuple(pad), budget, out if relu else None)
+
+
+def prepare_filters(w, dtype=None):
+    """The four g's the forward's GEMMs multiply by (`filters`), from w (3, F_w, D, K)."""
+    return filters(np.ascontiguousarray(w, dtype=dtype or w.dtype))
 
 
 def conv_backward_winograd(dout, cache, need_dx=True, relu=False):

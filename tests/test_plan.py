@@ -1,0 +1,73 @@
+"""`Net.prepare()`: the inference plan `Model.predict` and `slidenet serve` run. It must score
+exactly what the net's evaluation forward scores, at every batch size and thread count."""
+import numpy as np
+import pytest
+
+import slidenet
+from slidenet import Net, ops
+from slidenet.ops import naive, runtime
+
+RNG = np.random.default_rng(11)
+NETS = [
+    "INPUT(32x32x3) -> [CONV(32) -> RELU]*2 -> POOL -> [CONV(64) -> RELU]*2 -> POOL -> FC(256) "
+    "-> RELU -> FC(10)",
+    "INPUT(15x13x2) -> CONV(8, 5x5, s=2, p=2) -> BATCHNORM -> RELU -> MAXPOOL(3x3, s=1) -> "
+    "CONV(9, 3x1, p=1x0) -> LEAKYRELU(0.1) -> AVGPOOL(2x2, s=1) -> CONV(12) -> TANH -> "
+    "GLOBALAVGPOOL -> DROPOUT(0.3) -> FC(7) -> SIGMOID -> FC(3)",
+]
+
+
+@pytest.mark.parametrize("pattern", NETS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_the_plan_scores_what_the_net_scores(pattern, dtype, threads, batch):
+    net = Net.from_pattern(pattern, seed=3, dtype=dtype)
+    for name, p in net.params.items():      # trained-looking weights: not the scoring FC's tiny ones
+        p[...] = RNG.standard_normal(p.shape) * 0.2
+    x = RNG.standard_normal((batch, *net.input_shape)).astype(dtype)
+    with runtime.workers(threads):
+        want = net.forward(x)
+        got = net.prepare().forward(x)
+    tolerance = 1e-4 if dtype == "float32" else 1e-10
+    np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * np.abs(want).max())
+
+
+@pytest.mark.parametrize("h,w,d,f,s,p,k", [(32, 32, 32, 3, 1, 1, 32), (17, 15, 8, 5, 2, 2, 64),
+                                           (11, 9, 40, 3, 1, 0, 24), (9, 9, 16, 1, 1, 0, 300)])
+def test_a_batch_of_one_is_split_into_bands_of_rows(h, w, d, f, s, p, k):
+    # With 2 workers and 1 image, each worker convolves the rows its band of outputs needs.
+    x = RNG.standard_normal((1, h, w, d))
+    wt, b = RNG.standard_normal((f, f, d, k)), RNG.standard_normal(k)
+    prepared = ops.prepare_conv(wt, b, (s, s), (p, p), relu=True)
+    with runtime.workers(2):
+        got = ops.conv_infer(x, prepared)
+    np.testing.assert_allclose(got, np.maximum(naive.conv_forward(x, wt, b, (s, s), (p, p)), 0),
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_an_fc_of_one_image_is_split_by_outputs():
+    x, w, b = RNG.standard_normal((1, 4096)), RNG.standard_normal((4096, 300)), RNG.standard_normal(300)
+    with runtime.workers(2):
+        got = ops.fc_forward(x, w, b, relu=True)[0]
+    np.testing.assert_allclose(got, np.maximum(naive.fc_forward(x, w, b), 0), rtol=1e-10, atol=1e-10)
+
+
+def test_a_plan_is_a_snapshot_and_a_model_can_refresh_it(tmp_path):
+    net = Net.from_pattern(NETS[0], seed=1)
+    x = RNG.standard_normal((2, 32, 32, 3)).astype(np.float32)
+    plan = net.prepare()
+    before = plan.forward(x).copy()
+    net.params["conv2.W"] *= -1
+    np.testing.assert_array_equal(plan.forward(x), before)      # the plan keeps its weights
+    np.testing.assert_allclose(net.prepare().forward(x), net.forward(x), rtol=1e-5, atol=1e-6)
+    from slidenet.data import Normalizer
+    slidenet.model.save(tmp_path / "m.npz", net, Normalizer(np.zeros(3, np.float32),
+                                                            np.ones(3, np.float32)), "0123456789")
+    model = slidenet.load(tmp_path / "m.npz")
+    pixels = RNG.integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    first = model.scores(pixels)
+    model.net.params["fc2.b"] += 1.0
+    np.testing.assert_array_equal(model.scores(pixels), first)
+    model.refresh()
+    np.testing.assert_allclose(model.scores(pixels), first + 1.0, rtol=1e-5)

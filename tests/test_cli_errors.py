@@ -124,9 +124,14 @@ def test_eval_out_of_memory_suggests_its_own_batch_size(model, monkeypatch, caps
 def test_predict_out_of_memory_with_one_image(model, tmp_path, monkeypatch, capsys):
     from PIL import Image
     Image.fromarray(bars(1)[0][0, :, :, 0]).save(tmp_path / "one.png")
-    run_out_of_memory(monkeypatch, Conv, "forward")
+    from slidenet import ops
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+    monkeypatch.setattr(ops, "conv_infer", no_memory)      # predict runs the prepared net
     one_line_error(capsys, ["predict", str(model), str(tmp_path / "one.png")],
-                   "batch of 1 image:", "even one image does not fit")
+                   "out of memory in conv1+relu1+maxpool1 (CONV(4) -> RELU -> POOL) on the "
+                   "forward pass of a batch of 1 image:", "even one image does not fit")
 
 
 def test_predict_in_batches_gives_the_same_answers(model, tmp_path, capsys):

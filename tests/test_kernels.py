@@ -32,6 +32,7 @@ CONV_GEOMETRIES = [
     (8, 7, 3, 3, 2, 1, 1, 2, 1, 3),     # a 3x2 filter, per-axis padding
     (5, 9, 2, 3, 5, 1, 1, 1, 2, 2),     # a 3x5 filter on a wide input
     (3, 3, 2, 3, 3, 1, 1, 0, 0, 2),     # a single output row
+    (6, 7, 6, 3, 3, 1, 1, 1, 1, 3),     # deeper than im2col.THIN_DEPTH: NumPy copies the rows
 ]
 
 

@@ -76,6 +76,9 @@ def _compile():
         except RuntimeError:                    # nowhere to write the cache: compile each run
             return numba.njit(nogil=True)(fn)
     done = _Kernels()
+    done.im2col_rows = jit(im2col_rows)
+    done.add_bias_relu = jit(add_bias_relu)
+    done.relu_mask = jit(relu_mask)
     done.winograd_rows = jit(winograd_rows)
     done.winograd_output = jit(winograd_output)
     done.winograd_adjoint = jit(winograd_adjoint)
@@ -195,3 +198,53 @@ def max_pool_backward(x, out, g, fh, fw, sh, sw, relu_mask, tiles, dx):
                                 into[ch] = taken
                             else:
                                 into[ch] += taken
+
+
+# im2col's passes for thin inputs (`im2col.rows`, `finish_rows`, `relu_masked`): the copies and
+# the elementwise work around its GEMMs, in one pass each, without the GIL.
+
+def im2col_rows(xp, taps_h, taps_w, depth, sh, sw, out):
+    """xp (c, H_p, W_p, D), already zero-padded -> out (c, H', W', F_h*F_w*D): each window as
+    one row, in (F_h, F_w, D) order, as `im2col.rows` copies it.
+
+    taps_h, taps_w, depth: tuples of F_h, F_w and D zeros. Their lengths are part of the type,
+    so numba compiles one version per filter size and depth, with constant loop counts that
+    it unrolls into straight copies; with the sizes known only at run time the same loops copy
+    2x slower, slower than NumPy.
+    """
+    fh, fw, d = len(taps_h), len(taps_w), len(depth)
+    c, ho, wo, _ = out.shape
+    for n in range(c):
+        for i in range(ho):
+            for j in range(wo):
+                row = out[n, i, j]
+                for a in range(fh):
+                    src = xp[n, i * sh + a]
+                    for b in range(fw):
+                        for e in range(d):
+                            row[(a * fw + b) * d + e] = src[j * sw + b, e]
+
+
+def add_bias_relu(o, bias_row, relu):
+    """o (R, W'*K) += bias_row (W'*K,) in place, then max(0, o) with relu (a NaN stays NaN)."""
+    rows, m = o.shape
+    zero = o.dtype.type(0)
+    for r in range(rows):
+        for q in range(m):
+            v = o[r, q] + bias_row[q]
+            if relu and v < zero:
+                v = zero
+            o[r, q] = v
+
+
+def relu_mask(dout, out, into):
+    """into = dout * (out > 0) over (c, H', W', K): dout times 1 or 0, as NumPy multiplies by
+    a boolean mask (so 0 * inf is NaN there too)."""
+    c, ho, wo, k = out.shape
+    zero = out.dtype.type(0)
+    one, nil = dout.dtype.type(1), dout.dtype.type(0)
+    for n in range(c):
+        for i in range(ho):
+            for j in range(wo):
+                for ch in range(k):
+                    into[n, i, j, ch] = dout[n, i, j, ch] * (one if out[n, i, j, ch] > zero else nil)

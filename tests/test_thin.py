@@ -1,18 +1,21 @@
-"""Thin first layers (1 to THIN_DEPTH input channels): im2col's compiled passes.
+"""Thin first layers (an RGB or grey input): the direct pair, and im2col's compiled passes.
 
-With numba, im2col copies the rows of a thin input, adds the bias with the ReLU, and applies
-the ReLU's mask in compiled passes (`compiled.im2col_rows`, `add_bias_relu`, `relu_mask`),
-bitwise equal to its NumPy passes. Every convolution test in test_kernels.py already runs both
-(the harness's "compiled" check); here: the rows themselves on every kind of geometry, the
-first layer's backward (no dx) with and without the ReLU, which inputs take the compiled copy,
-NaN and infinity handled as NumPy handles them, and a whole net bit for bit.
+"auto" gives a thin first layer with enough filters the direct pair (`ops/direct.py`): its
+forward without rows, im2col's backward. With numba, im2col copies the rows of a thin input,
+adds the bias with the ReLU, and applies the ReLU's mask in compiled passes
+(`compiled.im2col_rows`, `add_bias_relu`, `relu_mask`), bitwise equal to its NumPy passes.
+Every convolution test in test_kernels.py runs each pair with and without them (the harness's
+"compiled" check); here: which layers "auto" gives the direct pair and whether it runs its
+kernel, the rows on every kind of geometry, the first layer's backward (no dx) with and
+without the ReLU, which inputs take the compiled copy, NaN and infinity handled as NumPy
+handles them, and a whole net.
 """
 import numpy as np
 import pytest
 
 from harness import check_kernel
 from slidenet import Net, ops
-from slidenet.ops import compiled, im2col, naive
+from slidenet.ops import compiled, conv, direct, im2col, naive
 from test_kernels import CONV_GEOMETRIES, conv_arrays
 
 RNG = np.random.default_rng(77)
@@ -33,6 +36,36 @@ ROWS_GEOMETRIES = [
     (5, 6, 4, 1, 1, 2, 2, 0, 0),
     (6, 6, 5, 3, 3, 1, 1, 1, 1),        # deeper than THIN_DEPTH: NumPy copies
 ]
+
+
+def test_auto_gives_thin_first_layers_the_direct_pair():
+    # R1's conv1 (RGB, 32 filters), the default net's (grey, 16), strided and 5x5 grey ones.
+    assert conv.choose((3, 3), (1, 1), (1, 1), 3, 32, "auto") == "direct"
+    assert conv.choose((3, 3), (1, 1), (1, 1), 1, 16, "auto") == "direct"
+    assert conv.choose((3, 3), (2, 2), (1, 1), 3, 64, "auto") == "direct"
+    assert conv.choose((5, 5), (1, 1), (2, 2), 1, 32, "auto") == "direct"
+    assert conv.choose((1, 1), (1, 1), (0, 0), 3, 16, "auto") == "direct"
+    # Not where it does not pay: a deeper input, a window of more than 27 numbers, few filters.
+    assert conv.choose((1, 1), (1, 1), (0, 0), direct.DIRECT_MAX_DEPTH + 1, 32, "auto") == "full"
+    assert conv.choose((3, 3), (1, 1), (1, 1), 8, 32, "auto") == "winograd"
+    assert conv.choose((3, 3), (1, 1), (1, 1), 4, 32, "auto") == "full"          # 36 numbers
+    assert conv.choose((5, 5), (1, 1), (2, 2), 3, 32, "auto") == "full"          # 75 numbers
+    assert conv.choose((5, 5), (2, 2), (2, 2), 2, 32, "auto") == "im2col"
+    assert conv.choose((3, 3), (1, 1), (1, 1), 3, direct.DIRECT_MIN_FILTERS - 1, "auto") == "full"
+
+
+@needs_numba
+def test_a_thin_first_layer_runs_the_direct_kernel(monkeypatch):
+    calls = []
+    fast = compiled.kernels()
+    real = fast.direct_conv
+    monkeypatch.setattr(fast, "direct_conv", lambda *a: calls.append(a[0].shape[-1]) or real(*a))
+    net = Net.from_pattern("INPUT(12x12x3) -> CONV(16) -> RELU -> POOL -> CONV(16) -> FC(4)")
+    x = RNG.standard_normal((5, 12, 12, 3)).astype(np.float32)
+    net.backward(np.ones((5, 4), np.float32) - net.forward(x, train=True), input_grad=False)
+    assert calls == [3]                 # conv1 only, one chunk; conv2 has 16 input channels
+    assert [layer.cache.algorithm for layer in net.layers if hasattr(layer, "cache")
+            and hasattr(layer.cache, "algorithm")] == ["direct", "winograd"]
 
 
 def _rows_both_ways(x, size, stride, pad):
@@ -85,18 +118,21 @@ FIRST_LAYER_CASES = [pytest.param(g, id="x".join(map(str, g))) for g in CONV_GEO
 @pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
 def test_first_layer_backward_without_dx(geometry, relu):
     # A training step's first layer: dw and db only, through the mask of the fused ReLU, checked
-    # every way (naive loops, finite differences, float32, chunks, threads, compiled = NumPy).
+    # every way (naive loops, finite differences, float32, chunks, threads, compiled = NumPy),
+    # on the direct pair where it applies and on "auto"'s choice where not.
     h, w, d, fh, fw, sh, sw, ph, pw, k = geometry
     stride, pad = (sh, sw), (ph, pw)
+    algorithm = "direct" if direct.applies((fh, fw), d) else None
 
     def reference_backward(dout, x, w, b):
         g = dout * (naive.conv_forward(x, w, b, stride, pad) > 0) if relu else dout
         return (None, *naive.conv_backward(g, x, w, stride, pad)[1:])
 
-    check_kernel(lambda x, w, b: ops.conv_forward(x, w, b, stride, pad, relu=relu),
+    check_kernel(lambda x, w, b: ops.conv_forward(x, w, b, stride, pad, relu=relu,
+                                                  algorithm=algorithm),
                  lambda dout, cache: ops.conv_backward(dout, cache, need_dx=False, relu=relu),
                  conv_arrays(h, w, d, fh, fw, k, n=4), ("x", "w", "b"),
-                 naive_backward=reference_backward)
+                 naive_backward=reference_backward, compiled_exact=algorithm is None)
 
 
 @needs_numba

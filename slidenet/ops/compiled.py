@@ -79,6 +79,7 @@ def _compile():
     done.im2col_rows = jit(im2col_rows)
     done.add_bias_relu = jit(add_bias_relu)
     done.relu_mask = jit(relu_mask)
+    done.direct_conv = jit(direct_conv)
     done.winograd_rows = jit(winograd_rows)
     done.winograd_output = jit(winograd_output)
     done.winograd_adjoint = jit(winograd_adjoint)
@@ -248,3 +249,33 @@ def relu_mask(dout, out, into):
             for j in range(wo):
                 for ch in range(k):
                     into[n, i, j, ch] = dout[n, i, j, ch] * (one if out[n, i, j, ch] > zero else nil)
+
+
+def direct_conv(xp, w, bias, taps_h, taps_w, depth, steps_h, steps_w, relu, out):
+    """out (c, H', W', K) = the convolution of the zero-padded xp (c, H_p, W_p, D) with w
+    (F_h, F_w, D, K), plus bias (K,), rectified with relu; `direct` documents it.
+
+    Each output pixel's K numbers at once: for each channel, the window's F_h*F_w*D products
+    summed in (F_h, F_w, D) order, then the bias, then the ReLU (a NaN stays NaN). taps_h,
+    taps_w, depth, steps_h, steps_w: tuples whose lengths are F_h, F_w, D, S_h and S_w (see
+    `im2col_rows`): the window's loops unroll, and the loop over the K channels, innermost and
+    contiguous, is vectorised, with the window's numbers broadcast.
+    """
+    fh, fw, d = len(taps_h), len(taps_w), len(depth)
+    sh, sw = len(steps_h), len(steps_w)
+    c, ho, wo, k = out.shape
+    zero = out.dtype.type(0)
+    for n in range(c):
+        for i in range(ho):
+            for j in range(wo):
+                o = out[n, i, j]
+                for ch in range(k):
+                    s = zero
+                    for a in range(fh):
+                        for b in range(fw):
+                            for e in range(d):
+                                s += xp[n, i * sh + a, j * sw + b, e] * w[a, b, e, ch]
+                    s += bias[ch]
+                    if relu and s < zero:
+                        s = zero
+                    o[ch] = s

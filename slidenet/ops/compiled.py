@@ -251,6 +251,10 @@ def relu_mask(dout, out, into):
                     into[n, i, j, ch] = dout[n, i, j, ch] * (one if out[n, i, j, ch] > zero else nil)
 
 
+# The direct convolution of `direct`: the one kernel here with no NumPy twin. Without numba that
+# pair runs im2col's GEMM, which adds the window's products in its own order, so the two agree
+# to rounding, not bit for bit (tested so).
+
 def direct_conv(xp, w, bias, taps_h, taps_w, depth, steps_h, steps_w, relu, out):
     """out (c, H', W', K) = the convolution of the zero-padded xp (c, H_p, W_p, D) with w
     (F_h, F_w, D, K), plus bias (K,), rectified with relu; `direct` documents it.

@@ -14,9 +14,10 @@ call on the worker threads, without the GIL.
 
 It pays where the compiler unrolls the whole window, which it does up to DIRECT_MAX_TAPS
 numbers (a 3x3 window of 3 channels, a 5x5 one of 1), and where there are enough filters
-(DIRECT_MIN_FILTERS) to fill a vector: then it beats the rows + GEMM by 10-25% with two worker
-threads, and by 1.4-2.4x on one image (docs/benchmarks.md, "Thin first layers"). Beyond that
-window the same loops are not unrolled and run 10 to 25 times slower, so the pair refuses it.
+(DIRECT_MIN_FILTERS) to fill a vector: then it is 15-40% faster than im2col's rows + GEMM
+(with its compiled passes) at batches of 128 and 256 on two worker threads, up to 1.6x on one
+image (docs/benchmarks.md, "Thin first layers"). Beyond that window the same loops are not
+unrolled and run 10 to 25 times slower, so the pair refuses it.
 
 Backward is im2col's: dw = rows^T @ dout is a GEMM that runs near the BLAS peak, and a direct
 dw (each pixel's window times its K gradients, added into dw) was slower. A first layer needs no
@@ -33,7 +34,7 @@ from slidenet.ops.im2col import (
 from slidenet.ops.runtime import batch_chunks, bordered, empty, run_chunks
 
 # The largest window (F_h * F_w * D numbers) the kernel is compiled well for: measured, a 3x3x3
-# window runs at 45-60 GFLOPS on one core, a 5x5x3 one at 2 (the compiler leaves its loops
+# window runs at 40-60 GFLOPS on one core, a 5x5x3 one at 3 (the compiler leaves its loops
 # rolled, and the channel loop is no longer vectorised).
 DIRECT_MAX_TAPS = 27
 # Inputs at most this deep are "thin": deeper ones make windows too large, and their rows GEMMs

@@ -10,6 +10,9 @@ kernel, the rows on every kind of geometry, the first layer's backward (no dx) w
 without the ReLU, which inputs take the compiled copy, NaN and infinity handled as NumPy
 handles them, and a whole net.
 """
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -186,3 +189,22 @@ def test_a_net_trains_bit_for_bit_with_or_without_numba(pattern):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         np.testing.assert_array_equal(grads[1][name], grads[0][name], err_msg=name)
+
+
+def test_without_numba_the_direct_pair_runs_im2col():
+    # numba made unimportable in a fresh interpreter: "auto" still names the direct pair for a
+    # thin first layer, whose forward is then im2col's, and the numbers are the naive loops'.
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "import numpy as np\n"
+            "from slidenet import ops\n"
+            "from slidenet.ops import compiled, naive\n"
+            "rng = np.random.default_rng(0)\n"
+            "x, w, b = rng.standard_normal((2, 6, 6, 3)), rng.standard_normal((3, 3, 3, 16)), rng.standard_normal(16)\n"
+            "out, cache = ops.conv_forward(x, w, b, (1, 1), (1, 1), relu=True)\n"
+            "_, dw, db = ops.conv_backward(np.ones_like(out), cache, need_dx=False, relu=True)\n"
+            "want = np.maximum(naive.conv_forward(x, w, b, (1, 1), (1, 1)), 0)\n"
+            "_, dw_want, _ = naive.conv_backward((want > 0) * 1.0, x, w, (1, 1), (1, 1))\n"
+            "print(cache.algorithm, np.allclose(out, want), np.allclose(dw, dw_want), compiled.kernels() is None)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["direct", "True", "True", "True"]

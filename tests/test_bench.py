@@ -80,4 +80,17 @@ def test_conv_setting_switches_winograd_off_for_the_run_only(monkeypatch):
     assert not calls and "slidenet convolutions: im2col;" in bench.report(result)
     assert conv._default["algorithm"] == "auto"             # restored after the run
     result = bench.run(tiny_settings(), {"deep": deep})
-    assert calls and "convolutions: auto (Winograd F(2, 3) where it applies)" in bench.report(result)
+    assert calls and "convolutions: auto (Winograd F(2, 3) where it applies, direct for thin" in \
+        bench.report(result)
+
+
+def test_cli_refuses_a_named_conv_a_layer_is_beyond(capsys):
+    # --conv direct on R1: conv1 (3 channels) it computes, conv2 (32) it does not. Refused before
+    # anything is timed, naming the layer, with exit 2 and no traceback.
+    assert main(["bench", "--net", "r1", "--conv", "direct", "--no-torch", "--no-memory"]) == 2
+    err = capsys.readouterr().err
+    assert "--conv direct cannot compute conv2 (CONV(32)) of r1" in err
+    assert "not a 3x3 window of 32 channels" in err and "--conv auto" in err
+    assert main(["bench", "--pattern", "INPUT(13x13x3) -> CONV(16, s=2) -> RELU -> FC(3)",
+                 "--conv", "full", "--no-torch", "--no-memory"]) == 2
+    assert "--conv full cannot compute conv1 (CONV(16, s=2))" in capsys.readouterr().err

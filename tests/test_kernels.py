@@ -7,7 +7,7 @@ from harness import check_kernel
 from slidenet import ops
 from slidenet.errors import GeometryError
 from slidenet.gradcheck import TOLERANCE, numeric_gradient, relative_error, sample
-from slidenet.ops import conv, fullconv, naive, winograd
+from slidenet.ops import conv, direct, fullconv, naive, winograd
 
 RNG = np.random.default_rng(1234)
 
@@ -32,10 +32,13 @@ CONV_GEOMETRIES = [
     (8, 7, 3, 3, 2, 1, 1, 2, 1, 3),     # a 3x2 filter, per-axis padding
     (5, 9, 2, 3, 5, 1, 1, 1, 2, 2),     # a 3x5 filter on a wide input
     (3, 3, 2, 3, 3, 1, 1, 0, 0, 2),     # a single output row
+    (6, 7, 6, 3, 3, 1, 1, 1, 1, 3),     # deeper than im2col.THIN_DEPTH: NumPy copies the rows
 ]
 
 
-def _applies(algorithm, fh, fw, sh, sw, ph, pw):
+def _applies(algorithm, d, fh, fw, sh, sw, ph, pw):
+    if algorithm == "direct":
+        return direct.applies((fh, fw), d)
     if algorithm == "winograd":
         return winograd.applies((fh, fw), (sh, sw))
     if algorithm == "full":
@@ -44,8 +47,8 @@ def _applies(algorithm, fh, fw, sh, sw, ph, pw):
 
 
 CONV_CASES = [pytest.param(algorithm, g, id=f"{algorithm}-{'x'.join(map(str, g))}")
-              for g in CONV_GEOMETRIES for algorithm in ("im2col", "full", "winograd")
-              if _applies(algorithm, *g[3:9])]
+              for g in CONV_GEOMETRIES for algorithm in ("im2col", "full", "winograd", "direct")
+              if _applies(algorithm, *g[2:9])]
 
 
 def conv_arrays(h, w, d, fh, fw, k, n=3):
@@ -72,25 +75,28 @@ def test_conv_pairs(algorithm, geometry, relu):
         g = dout * (naive.conv_forward(x, w, b, stride, pad) > 0) if relu else dout
         return naive.conv_backward(g, x, w, stride, pad)
 
+    # The direct pair's forward without numba is im2col's GEMM, which adds the window's
+    # products in another order: compiled and NumPy agree to rounding there, not bit for bit.
     check_kernel(forward, lambda dout, cache: ops.conv_backward(dout, cache, relu=relu),
                  conv_arrays(h, w, d, fh, fw, k), ("x", "w", "b"), naive=reference,
-                 naive_backward=reference_backward)
+                 naive_backward=reference_backward, compiled_exact=algorithm != "direct")
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "full", "winograd"])
+@pytest.mark.parametrize("algorithm", ["im2col", "full", "winograd", "direct"])
 def test_conv_without_dx_gives_dw_and_db(algorithm):
     # The first layer of a training step: backward skips dx, and dw and db are unchanged.
     stride, pad = (1, 1), (1, 1)
     check_kernel(lambda x, w, b: ops.conv_forward(x, w, b, stride, pad, algorithm=algorithm),
                  lambda dout, cache: ops.conv_backward(dout, cache, need_dx=False),
                  conv_arrays(6, 5, 2, 3, 3, 3), ("x", "w", "b"),
-                 naive_backward=lambda dout, x, w, b: (None, *naive.conv_backward(dout, x, w, stride, pad)[1:]))
+                 naive_backward=lambda dout, x, w, b: (None, *naive.conv_backward(dout, x, w, stride, pad)[1:]),
+                 compiled_exact=algorithm != "direct")
 
 
 def test_auto_picks_winograd_full_or_im2col():
     deep = conv.WINOGRAD_MIN_DEPTH
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto") == "winograd"
-    assert conv.choose((3, 3), (1, 1), (1, 1), 3, deep, "auto") == "full"    # an RGB first layer
+    assert conv.choose((3, 3), (1, 1), (1, 1), 3, deep, "auto") == "full"    # RGB, few filters
     assert conv.choose((5, 5), (1, 1), (2, 2), deep, deep, "auto") == "full"
     assert conv.choose((3, 3), (2, 2), (1, 1), deep, deep, "auto") == "im2col"
     assert conv.choose((2, 2), (1, 1), (3, 3), 2, 2, "auto") == "im2col"      # P >= F
@@ -116,7 +122,10 @@ def test_a_named_algorithm_refuses_what_it_cannot_compute():
         ops.conv_forward(x, w, b, (2, 2), (1, 1), algorithm="winograd")
     with pytest.raises(ValueError, match="stride 1 and padding below the filter size"):
         ops.conv_forward(x, w, b, (2, 2), (1, 1), algorithm="full")
-    with pytest.raises(ValueError, match="algorithm must be one of auto, im2col, full, winograd"):
+    with pytest.raises(ValueError, match="27 numbers per window, not a 3x3 window of 4 channels"):
+        ops.conv_forward(np.zeros((1, 7, 7, 4)), np.zeros((3, 3, 4, 2)), b, (1, 1), (1, 1),
+                         algorithm="direct")
+    with pytest.raises(ValueError, match="algorithm must be one of auto, im2col, full, winograd, direct"):
         ops.conv_forward(x, w, b, (1, 1), (1, 1), algorithm="fft")
     _, cache = ops.conv_forward(x, w, b, (1, 1), (1, 1))
     with pytest.raises(ValueError, match="relu=True needs a forward with relu=True"):

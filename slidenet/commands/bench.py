@@ -2,8 +2,12 @@
 PyTorch and onnxruntime when they are installed; `--scaling` for how cost grows."""
 import json
 
+import numpy as np
+
 from slidenet.bench import NETS, Settings, report, run
 from slidenet.errors import SlidenetError
+from slidenet.net import Net
+from slidenet.ops import conv, set_conv_algorithm
 
 
 def register(subparsers):
@@ -27,10 +31,11 @@ def register(subparsers):
     parser.add_argument("--budget", type=float, default=0, metavar="MB",
                         help="slidenet's scratch-memory budget per kernel call, in MiB; "
                              "0 = its own default")
-    parser.add_argument("--conv", choices=["auto", "im2col", "full", "winograd"], default="auto",
-                        help="slidenet's convolutions: auto (the default: Winograd F(2, 3) where it "
-                             "applies and pays, else the full-convolution dx at stride 1, else "
-                             "im2col), or one algorithm everywhere (it fails where it cannot apply)")
+    parser.add_argument("--conv", choices=conv.ALGORITHMS, default="auto",
+                        help="slidenet's convolutions: auto (the default: direct for a thin first "
+                             "layer, Winograd F(2, 3) where it applies and pays, else the "
+                             "full-convolution dx at stride 1, else im2col), or one algorithm "
+                             "everywhere (refused before timing if a layer is beyond it)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime comparison")
     parser.add_argument("--latency-calls", type=int,
@@ -70,6 +75,30 @@ def main(args):
         result = run_scaling(settings)
         print(json.dumps(result, indent=2) if args.json else report_scaling(result))
         return 0
+    _check_algorithm(args.conv, chosen)
     result = run(settings, chosen)
     print(json.dumps(result, indent=2) if args.json else report(result))
     return 0
+
+
+def _check_algorithm(algorithm, nets):
+    """A named --conv must compute every CONV of the nets: one forward of one image each, before
+    anything is timed, and the first CONV it cannot compute named as the user's error."""
+    if algorithm == "auto":
+        return
+    previous = set_conv_algorithm(algorithm)
+    try:
+        for net_name, pattern in nets.items():
+            net = Net.from_pattern(pattern)
+            x = np.zeros((1, *net.input_shape), np.float32)
+            for layer, info in zip(net.layers, net.infos[1:]):
+                try:
+                    x = layer.forward(x, False)
+                except ValueError as err:
+                    if info.window is None or not layer.params:     # not a CONV: a bug
+                        raise
+                    raise SlidenetError(f"--conv {algorithm} cannot compute {info.name} "
+                                        f"({info.spec.text}) of {net_name}: {err}; --conv auto "
+                                        f"picks an algorithm for each layer") from None
+    finally:
+        set_conv_algorithm(previous)

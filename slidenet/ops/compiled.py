@@ -76,6 +76,10 @@ def _compile():
         except RuntimeError:                    # nowhere to write the cache: compile each run
             return numba.njit(nogil=True)(fn)
     done = _Kernels()
+    done.im2col_rows = jit(im2col_rows)
+    done.add_bias_relu = jit(add_bias_relu)
+    done.relu_mask = jit(relu_mask)
+    done.direct_conv = jit(direct_conv)
     done.winograd_rows = jit(winograd_rows)
     done.winograd_output = jit(winograd_output)
     done.winograd_adjoint = jit(winograd_adjoint)
@@ -195,3 +199,87 @@ def max_pool_backward(x, out, g, fh, fw, sh, sw, relu_mask, tiles, dx):
                                 into[ch] = taken
                             else:
                                 into[ch] += taken
+
+
+# im2col's passes for thin inputs (`im2col.rows`, `finish_rows`, `relu_masked`): the copies and
+# the elementwise work around its GEMMs, in one pass each, without the GIL.
+
+def im2col_rows(xp, taps_h, taps_w, depth, sh, sw, out):
+    """xp (c, H_p, W_p, D), already zero-padded -> out (c, H', W', F_h*F_w*D): each window as
+    one row, in (F_h, F_w, D) order, as `im2col.rows` copies it.
+
+    taps_h, taps_w, depth: tuples of F_h, F_w and D zeros. Their lengths are part of the type,
+    so numba compiles one version per filter size and depth, with constant loop counts that
+    it unrolls into straight copies; with the sizes known only at run time the same loops copy
+    2x slower, slower than NumPy.
+    """
+    fh, fw, d = len(taps_h), len(taps_w), len(depth)
+    c, ho, wo, _ = out.shape
+    for n in range(c):
+        for i in range(ho):
+            for j in range(wo):
+                row = out[n, i, j]
+                for a in range(fh):
+                    src = xp[n, i * sh + a]
+                    for b in range(fw):
+                        for e in range(d):
+                            row[(a * fw + b) * d + e] = src[j * sw + b, e]
+
+
+def add_bias_relu(o, bias_row, relu):
+    """o (R, W'*K) += bias_row (W'*K,) in place, then max(0, o) with relu (a NaN stays NaN)."""
+    rows, m = o.shape
+    zero = o.dtype.type(0)
+    for r in range(rows):
+        for q in range(m):
+            v = o[r, q] + bias_row[q]
+            if relu and v < zero:
+                v = zero
+            o[r, q] = v
+
+
+def relu_mask(dout, out, into):
+    """into = dout * (out > 0) over (c, H', W', K): dout times 1 or 0, as NumPy multiplies by
+    a boolean mask (so 0 * inf is NaN there too)."""
+    c, ho, wo, k = out.shape
+    zero = out.dtype.type(0)
+    one, nil = dout.dtype.type(1), dout.dtype.type(0)
+    for n in range(c):
+        for i in range(ho):
+            for j in range(wo):
+                for ch in range(k):
+                    into[n, i, j, ch] = dout[n, i, j, ch] * (one if out[n, i, j, ch] > zero else nil)
+
+
+# The direct convolution of `direct`: the one kernel here with no NumPy twin. Without numba that
+# pair runs im2col's GEMM, which adds the window's products in its own order, so the two agree
+# to rounding, not bit for bit (tested so).
+
+def direct_conv(xp, w, bias, taps_h, taps_w, depth, steps_h, steps_w, relu, out):
+    """out (c, H', W', K) = the convolution of the zero-padded xp (c, H_p, W_p, D) with w
+    (F_h, F_w, D, K), plus bias (K,), rectified with relu; `direct` documents it.
+
+    Each output pixel's K numbers at once: for each channel, the window's F_h*F_w*D products
+    summed in (F_h, F_w, D) order, then the bias, then the ReLU (a NaN stays NaN). taps_h,
+    taps_w, depth, steps_h, steps_w: tuples whose lengths are F_h, F_w, D, S_h and S_w (see
+    `im2col_rows`): the window's loops unroll, and the loop over the K channels, innermost and
+    contiguous, is vectorised, with the window's numbers broadcast.
+    """
+    fh, fw, d = len(taps_h), len(taps_w), len(depth)
+    sh, sw = len(steps_h), len(steps_w)
+    c, ho, wo, k = out.shape
+    zero = out.dtype.type(0)
+    for n in range(c):
+        for i in range(ho):
+            for j in range(wo):
+                o = out[n, i, j]
+                for ch in range(k):
+                    s = zero
+                    for a in range(fh):
+                        for b in range(fw):
+                            for e in range(d):
+                                s += xp[n, i * sh + a, j * sw + b, e] * w[a, b, e, ch]
+                    s += bias[ch]
+                    if relu and s < zero:
+                        s = zero
+                    o[ch] = s

@@ -1,7 +1,7 @@
 """Convolution: one forward/backward pair per algorithm, and a small dispatcher that picks one.
 
 The lecture's convolution (a filter spanning the full depth, a dot product plus a bias at each
-place, one activation map per filter) is computed by one of three pairs; `naive.conv_forward`
+place, one activation map per filter) is computed by one of four pairs; `naive.conv_forward`
 is the same thing as loops, and every pair is tested against it.
 
     "im2col"    `im2col`: windows copied into rows, one GEMM; dx by scattering window gradients
@@ -10,17 +10,19 @@ is the same thing as loops, and every pair is tested against it.
                 with the flipped filters (one GEMM, no scatter), and dw comes from the same rows.
     "winograd"  `winograd`: Winograd's F(2, 3) down the height for 3-tall filters at stride 1:
                 two thirds of the multiply-adds, forward and backward.
+    "direct"    `direct`: thin inputs (a first layer): each output pixel's window times the
+                filters, no rows, compiled; im2col's backward.
 
-`conv_forward` picks the pair ("auto": Winograd where it applies and both depths are at least
-WINOGRAD_MIN_DEPTH, else "full" where it applies, else "im2col"; or the one named by its
-`algorithm` argument, or by `set_algorithm` for the whole process) and records it in the
-`ConvCache` it returns; `conv_backward` runs that pair's backward.
+`conv_forward` picks the pair ("auto": "direct" where `direct.pays`, Winograd where it applies
+and both depths are at least WINOGRAD_MIN_DEPTH, else "full" where it applies, else "im2col";
+or the one named by its `algorithm` argument, or by `set_algorithm` for the whole process) and
+records it in the `ConvCache` it returns; `conv_backward` runs that pair's backward.
 """
 from typing import NamedTuple
 
 import numpy as np
 
-from slidenet.ops import fullconv, im2col, runtime, winograd
+from slidenet.ops import direct, fullconv, im2col, runtime, winograd
 from slidenet.ops.im2col import ConvCache, conv_backward_im2col, conv_forward_im2col
 
 # Below this many input or output channels the GEMMs of F(2, 3) (inner size F_w * D) are too
@@ -33,13 +35,14 @@ PAIRS = {
     "im2col": (conv_forward_im2col, conv_backward_im2col),
     "full": (fullconv.conv_forward_full, fullconv.conv_backward_full),
     "winograd": (winograd.conv_forward_winograd, winograd.conv_backward_winograd),
+    "direct": (direct.conv_forward_direct, direct.conv_backward_direct),
 }
 ALGORITHMS = ("auto", *PAIRS)
 _default = {"algorithm": "auto"}
 
 # How each pair's forward wants its filters, computed once by `prepare_conv`.
 PREPARE = {"im2col": im2col.prepare_filters, "full": im2col.prepare_filters,
-           "winograd": winograd.prepare_filters}
+           "winograd": winograd.prepare_filters, "direct": lambda w: w}
 
 __all__ = ["ALGORITHMS", "ConvCache", "PreparedConv", "choose", "conv_backward", "conv_forward",
            "conv_infer", "prepare_conv", "set_algorithm"]
@@ -63,7 +66,7 @@ def _check(algorithm):
 
 
 def choose(size, stride, pad, depth, filters, algorithm=None):
-    """The pair ("im2col", "full" or "winograd") that computes this convolution.
+    """The pair ("im2col", "full", "winograd" or "direct") that computes this convolution.
 
     size (F_h, F_w), stride, pad: the geometry; depth D and filters K; algorithm: "auto", a
     pair's name, or None for `set_algorithm`'s choice.
@@ -72,6 +75,8 @@ def choose(size, stride, pad, depth, filters, algorithm=None):
     _check(algorithm)
     if algorithm != "auto":
         return algorithm
+    if direct.pays(size, depth, filters):
+        return "direct"
     if winograd.applies(size, stride) and min(depth, filters) >= WINOGRAD_MIN_DEPTH:
         return "winograd"
     return "full" if fullconv.applies(size, stride, pad) else "im2col"

@@ -20,13 +20,25 @@ Backward, for each chunk of dout (N, H', W', K):
 and keeps that output in the cache; `relu=True` in the backward then applies the ReLU's mask
 (out > 0) to dout, chunk by chunk. This module also holds what every convolution algorithm
 shares: `ConvCache`, `check_shapes` and the two row-wise passes `finish_rows` and `relu_masked`.
+
+With numba installed (`compiled`), three passes run compiled, each in one pass without the GIL
+and bitwise equal to the NumPy path: the rows of thin inputs (at most THIN_DEPTH channels, a
+first layer), the bias and ReLU, and the ReLU's mask. For a first layer that is most of the
+work: its GEMM runs near the BLAS peak even with 27-wide rows (an RGB 3x3 filter), while NumPy
+copies those rows 9 numbers at a time (docs/benchmarks.md, "Thin first layers").
 """
 from typing import NamedTuple, Optional
 
 import numpy as np
 
+from slidenet.ops import compiled
 from slidenet.ops.runtime import batch_chunks, bordered, empty, run_chunks, scratch
 from slidenet.ops.window import col2im_add, out_hw, tap, unpad_hw, windows
+
+# Inputs with at most this many channels have their rows copied by the compiled kernel: NumPy
+# copies a window in runs of F_w * D numbers, and short runs are slow (3x3, D = 3: 2.3 -> 1.2 ms
+# for 128 images on one core). From D = 8 on NumPy's runs are long enough, and it is faster.
+THIN_DEPTH = 4
 
 
 class ConvCache(NamedTuple):
@@ -61,6 +73,12 @@ def rows(x, size, stride, pad, name):
         inner[...] = x
         x = xp
     view = windows(x, size, stride)
+    fast = compiled.kernels(x) if d <= THIN_DEPTH else None
+    if fast is not None:
+        out = scratch(name, view.shape[:3] + (fh * fw * d,), x.dtype)
+        # Tuples of F_h, F_w and D zeros: the sizes the kernel is compiled for (see there).
+        fast.im2col_rows(x, (0,) * fh, (0,) * fw, (0,) * d, stride[0], stride[1], out)
+        return out.reshape(-1, fh * fw * d)
     out = scratch(name, view.shape, x.dtype)
     if d == 1:
         # One number per pixel: copying tap by tap runs NumPy's inner loop along whole image
@@ -80,6 +98,10 @@ def finish_rows(out, bias_row, relu):
     are fast on long rows and slow on K-long ones or against a scalar 0.
     """
     o = out.reshape(-1, bias_row.size)
+    fast = compiled.kernels(o, bias_row)
+    if fast is not None:
+        fast.add_bias_relu(o, bias_row, relu)
+        return
     np.add(o, bias_row, out=o)
     if relu:
         np.maximum(o, np.zeros_like(bias_row), out=o)
@@ -87,6 +109,10 @@ def finish_rows(out, bias_row, relu):
 
 def relu_masked(dout, out, into):
     """dout times the ReLU's mask (out > 0), written into `into`; dout, out: (c, H', W', K)."""
+    fast = compiled.kernels(dout, out, into)
+    if fast is not None:
+        fast.relu_mask(dout, out, into)
+        return into
     c, ho, wo, k = out.shape
     positive = scratch("conv.mask", (c * ho, wo * k), bool)
     np.greater(out.reshape(-1, wo * k), np.zeros(wo * k, out.dtype), out=positive)

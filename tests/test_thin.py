@@ -1,0 +1,210 @@
+"""Thin first layers (an RGB or grey input): the direct pair, and im2col's compiled passes.
+
+"auto" gives a thin first layer with enough filters the direct pair (`ops/direct.py`): its
+forward without rows, im2col's backward. With numba, im2col copies the rows of a thin input,
+adds the bias with the ReLU, and applies the ReLU's mask in compiled passes
+(`compiled.im2col_rows`, `add_bias_relu`, `relu_mask`), bitwise equal to its NumPy passes.
+Every convolution test in test_kernels.py runs each pair with and without them (the harness's
+"compiled" check); here: which layers "auto" gives the direct pair and whether it runs its
+kernel, the rows on every kind of geometry, the first layer's backward (no dx) with and
+without the ReLU, which inputs take the compiled copy, NaN and infinity handled as NumPy
+handles them, and a whole net.
+"""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from harness import check_kernel
+from slidenet import Net, ops
+from slidenet.ops import compiled, conv, direct, im2col, naive
+from test_kernels import CONV_GEOMETRIES, conv_arrays
+
+RNG = np.random.default_rng(77)
+HAVE_NUMBA = compiled.kernels() is not None
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+
+# (H, W, D, F_h, F_w, S_h, S_w, P_h, P_w): 1 to 4 channels and one past THIN_DEPTH; square,
+# tall and wide filters; strides 1 to 3 per axis; padding 0 to 3; odd, non-square inputs.
+ROWS_GEOMETRIES = [
+    (32, 32, 3, 3, 3, 1, 1, 1, 1),      # R1's conv1
+    (28, 28, 1, 3, 3, 1, 1, 1, 1),      # the default net's conv1
+    (9, 7, 2, 3, 3, 2, 2, 1, 1),
+    (8, 9, 4, 2, 3, 2, 3, 0, 0),
+    (11, 11, 3, 5, 5, 3, 3, 0, 0),
+    (6, 5, 1, 3, 1, 1, 1, 1, 0),
+    (4, 4, 2, 2, 2, 1, 1, 3, 3),
+    (7, 10, 3, 7, 4, 1, 2, 3, 2),
+    (5, 6, 4, 1, 1, 2, 2, 0, 0),
+    (6, 6, 5, 3, 3, 1, 1, 1, 1),        # deeper than THIN_DEPTH: NumPy copies
+]
+
+
+def test_auto_gives_thin_first_layers_the_direct_pair():
+    # R1's conv1 (RGB, 32 filters), the default net's (grey, 16), strided and 5x5 grey ones.
+    assert conv.choose((3, 3), (1, 1), (1, 1), 3, 32, "auto") == "direct"
+    assert conv.choose((3, 3), (1, 1), (1, 1), 1, 16, "auto") == "direct"
+    assert conv.choose((3, 3), (2, 2), (1, 1), 3, 64, "auto") == "direct"
+    assert conv.choose((5, 5), (1, 1), (2, 2), 1, 32, "auto") == "direct"
+    assert conv.choose((1, 1), (1, 1), (0, 0), 3, 16, "auto") == "direct"
+    # Not where it does not pay: a deeper input, a window of more than 27 numbers, few filters.
+    assert conv.choose((1, 1), (1, 1), (0, 0), direct.DIRECT_MAX_DEPTH + 1, 32, "auto") == "full"
+    assert conv.choose((3, 3), (1, 1), (1, 1), 8, 32, "auto") == "winograd"
+    assert conv.choose((3, 3), (1, 1), (1, 1), 4, 32, "auto") == "full"          # 36 numbers
+    assert conv.choose((5, 5), (1, 1), (2, 2), 3, 32, "auto") == "full"          # 75 numbers
+    assert conv.choose((5, 5), (2, 2), (2, 2), 2, 32, "auto") == "im2col"
+    assert conv.choose((3, 3), (1, 1), (1, 1), 3, direct.DIRECT_MIN_FILTERS - 1, "auto") == "full"
+
+
+@needs_numba
+def test_a_thin_first_layer_runs_the_direct_kernel(monkeypatch):
+    calls = []
+    fast = compiled.kernels()
+    real = fast.direct_conv
+    monkeypatch.setattr(fast, "direct_conv", lambda *a: calls.append(a[0].shape[-1]) or real(*a))
+    net = Net.from_pattern("INPUT(12x12x3) -> CONV(16) -> RELU -> POOL -> CONV(16) -> FC(4)")
+    x = RNG.standard_normal((5, 12, 12, 3)).astype(np.float32)
+    net.backward(np.ones((5, 4), np.float32) - net.forward(x, train=True), input_grad=False)
+    assert calls == [3]                 # conv1 only, one chunk; conv2 has 16 input channels
+    assert [layer.cache.algorithm for layer in net.layers if hasattr(layer, "cache")
+            and hasattr(layer.cache, "algorithm")] == ["direct", "winograd"]
+
+
+def _rows_both_ways(x, size, stride, pad):
+    results = []
+    for flag in (False, True):
+        previous = compiled.set_enabled(flag)
+        try:
+            results.append(im2col.rows(x, size, stride, pad, "test.rows").copy())
+        finally:
+            compiled.set_enabled(previous)
+    return results
+
+
+@needs_numba
+@pytest.mark.parametrize("geometry", ROWS_GEOMETRIES, ids=lambda g: "x".join(map(str, g)))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_compiled_rows_are_numpys_rows(geometry, dtype):
+    h, w, d, fh, fw, sh, sw, ph, pw = geometry
+    x = RNG.standard_normal((3, h, w, d)).astype(dtype)
+    plain, fast = _rows_both_ways(x, (fh, fw), (sh, sw), (ph, pw))
+    np.testing.assert_array_equal(fast, plain)
+    # And both are the windows of the lecture: one row per output pixel, in (F_h, F_w, D) order.
+    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    ho, wo = (h + 2 * ph - fh) // sh + 1, (w + 2 * pw - fw) // sw + 1
+    i, j = ho - 1, wo // 2
+    window = xp[2, i * sh:i * sh + fh, j * sw:j * sw + fw, :]
+    np.testing.assert_array_equal(plain.reshape(3, ho, wo, -1)[2, i, j], window.reshape(-1))
+
+
+@needs_numba
+def test_only_thin_inputs_take_the_compiled_copy(monkeypatch):
+    calls = []
+    fast = compiled.kernels()
+    real = fast.im2col_rows
+    monkeypatch.setattr(fast, "im2col_rows", lambda *a: calls.append(a[0].shape[-1]) or real(*a))
+    for d in range(1, im2col.THIN_DEPTH + 3):
+        x = RNG.standard_normal((2, 7, 7, d)).astype(np.float32)
+        w = RNG.standard_normal((3, 3, d, 4)).astype(np.float32)
+        out, cache = ops.conv_forward(x, w, np.zeros(4, np.float32), (1, 1), (1, 1), relu=True)
+        ops.conv_backward(np.ones_like(out), cache, need_dx=False, relu=True)
+    # Forward and backward each built rows once per chunk, for the thin depths only.
+    assert sorted(set(calls)) == list(range(1, im2col.THIN_DEPTH + 1))
+
+
+FIRST_LAYER_CASES = [pytest.param(g, id="x".join(map(str, g))) for g in CONV_GEOMETRIES
+                     if g[2] <= im2col.THIN_DEPTH]
+
+
+@pytest.mark.parametrize("geometry", FIRST_LAYER_CASES)
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+def test_first_layer_backward_without_dx(geometry, relu):
+    # A training step's first layer: dw and db only, through the mask of the fused ReLU, checked
+    # every way (naive loops, finite differences, float32, chunks, threads, compiled = NumPy),
+    # on the direct pair where it applies and on "auto"'s choice where not.
+    h, w, d, fh, fw, sh, sw, ph, pw, k = geometry
+    stride, pad = (sh, sw), (ph, pw)
+    algorithm = "direct" if direct.applies((fh, fw), d) else None
+
+    def reference_backward(dout, x, w, b):
+        g = dout * (naive.conv_forward(x, w, b, stride, pad) > 0) if relu else dout
+        return (None, *naive.conv_backward(g, x, w, stride, pad)[1:])
+
+    check_kernel(lambda x, w, b: ops.conv_forward(x, w, b, stride, pad, relu=relu,
+                                                  algorithm=algorithm),
+                 lambda dout, cache: ops.conv_backward(dout, cache, need_dx=False, relu=relu),
+                 conv_arrays(h, w, d, fh, fw, k, n=4), ("x", "w", "b"),
+                 naive_backward=reference_backward, compiled_exact=algorithm is None)
+
+
+@needs_numba
+def test_compiled_bias_relu_and_mask_treat_nan_and_infinity_as_numpy_does():
+    # A NaN input stays NaN through the bias and the ReLU; inf * 0 is NaN in the mask, as in
+    # NumPy's multiply by a boolean; a gradient behind a negative output is a zero.
+    x = RNG.standard_normal((2, 6, 6, 3)).astype(np.float32)
+    x[0, 2, 2, 1] = np.nan
+    w = RNG.standard_normal((3, 3, 3, 5)).astype(np.float32)
+    b = np.array([-9, 9, -9, 9, 0], np.float32)     # channels 0 and 2 rectified to 0, 1 and 3 not
+    results = []
+    for flag in (False, True):
+        previous = compiled.set_enabled(flag)
+        try:
+            out, cache = ops.conv_forward(x, w, b, (1, 1), (1, 1), relu=True, algorithm="im2col")
+            dout = np.full_like(out, 0.5)
+            dout[1, 0, 0, :] = np.inf
+            dout[1, 3, 3, :] = -np.inf
+            with np.errstate(invalid="ignore"):         # inf * 0 on the NumPy path
+                masked = im2col.relu_masked(dout, out, np.empty_like(out)).copy()
+            results.append((out.copy(), masked))
+        finally:
+            compiled.set_enabled(previous)
+    (out, masked), (fast_out, fast_masked) = results
+    assert np.isnan(out[0, 2, 2]).all() and (out[1] >= 0).all()
+    assert np.isnan(masked[1, 0, 0, [0, 2]]).all() and (masked[1, 3, 3, [1, 3]] == -np.inf).all()
+    assert (masked[1, 1, 1, [0, 2]] == 0).all() and (masked[1, 1, 1, [1, 3]] == 0.5).all()
+    np.testing.assert_array_equal(fast_out, out)             # NaN == NaN here
+    np.testing.assert_array_equal(fast_masked, masked)
+
+
+@needs_numba
+@pytest.mark.parametrize("pattern", [
+    "INPUT(12x12x3) -> [CONV(8) -> RELU]*2 -> POOL -> FC(5)",
+    "INPUT(10x10x1) -> CONV(6, 5x5, p=2) -> RELU -> POOL -> CONV(4, s=2) -> RELU -> FC(3)",
+])
+def test_a_net_trains_bit_for_bit_with_or_without_numba(pattern):
+    # A whole training step (the first layer without dx, fused ReLUs, Winograd behind it where
+    # it applies, pools that tile): every gradient the same with the compiled passes or without.
+    x = RNG.standard_normal((6, *Net.from_pattern(pattern).infos[0].output_shape)).astype(np.float32)
+    grads = []
+    for flag in (False, True):
+        previous = compiled.set_enabled(flag)
+        try:
+            net = Net.from_pattern(pattern, seed=3)
+            scores = net.forward(x, train=True)
+            net.backward(np.cos(scores), input_grad=False)
+            grads.append({name: g.copy() for name, g in net.grads.items()})
+        finally:
+            compiled.set_enabled(previous)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        np.testing.assert_array_equal(grads[1][name], grads[0][name], err_msg=name)
+
+
+def test_without_numba_the_direct_pair_runs_im2col():
+    # numba made unimportable in a fresh interpreter: "auto" still names the direct pair for a
+    # thin first layer, whose forward is then im2col's, and the numbers are the naive loops'.
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "import numpy as np\n"
+            "from slidenet import ops\n"
+            "from slidenet.ops import compiled, naive\n"
+            "rng = np.random.default_rng(0)\n"
+            "x, w, b = rng.standard_normal((2, 6, 6, 3)), rng.standard_normal((3, 3, 3, 16)), rng.standard_normal(16)\n"
+            "out, cache = ops.conv_forward(x, w, b, (1, 1), (1, 1), relu=True)\n"
+            "_, dw, db = ops.conv_backward(np.ones_like(out), cache, need_dx=False, relu=True)\n"
+            "want = np.maximum(naive.conv_forward(x, w, b, (1, 1), (1, 1)), 0)\n"
+            "_, dw_want, _ = naive.conv_backward((want > 0) * 1.0, x, w, (1, 1), (1, 1))\n"
+            "print(cache.algorithm, np.allclose(out, want), np.allclose(dw, dw_want), compiled.kernels() is None)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["direct", "True", "True", "True"]

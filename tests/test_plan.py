@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import slidenet
-from slidenet import Net, ops
-from slidenet.ops import naive, runtime
+from slidenet import Net
+from slidenet.ops import runtime
 
 RNG = np.random.default_rng(11)
 NETS = [
@@ -31,26 +31,6 @@ def test_the_plan_scores_what_the_net_scores(pattern, dtype, threads, batch):
         got = net.prepare().forward(x)
     tolerance = 1e-4 if dtype == "float32" else 1e-10
     np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * np.abs(want).max())
-
-
-@pytest.mark.parametrize("h,w,d,f,s,p,k", [(32, 32, 32, 3, 1, 1, 32), (17, 15, 8, 5, 2, 2, 64),
-                                           (11, 9, 40, 3, 1, 0, 24), (9, 9, 16, 1, 1, 0, 300)])
-def test_a_batch_of_one_is_split_into_bands_of_rows(h, w, d, f, s, p, k):
-    # With 2 workers and 1 image, each worker convolves the rows its band of outputs needs.
-    x = RNG.standard_normal((1, h, w, d))
-    wt, b = RNG.standard_normal((f, f, d, k)), RNG.standard_normal(k)
-    prepared = ops.prepare_conv(wt, b, (s, s), (p, p), relu=True)
-    with runtime.workers(2):
-        got = ops.conv_infer(x, prepared)
-    np.testing.assert_allclose(got, np.maximum(naive.conv_forward(x, wt, b, (s, s), (p, p)), 0),
-                               rtol=1e-10, atol=1e-10)
-
-
-def test_an_fc_of_one_image_is_split_by_outputs():
-    x, w, b = RNG.standard_normal((1, 4096)), RNG.standard_normal((4096, 300)), RNG.standard_normal(300)
-    with runtime.workers(2):
-        got = ops.fc_forward(x, w, b, relu=True)[0]
-    np.testing.assert_allclose(got, np.maximum(naive.fc_forward(x, w, b), 0), rtol=1e-10, atol=1e-10)
 
 
 def test_a_plan_is_a_snapshot_and_a_model_can_refresh_it(tmp_path):

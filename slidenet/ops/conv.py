@@ -22,15 +22,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from slidenet.ops import direct, fullconv, im2col, runtime, winograd
+from slidenet.ops import direct, fullconv, im2col, winograd
 from slidenet.ops.im2col import ConvCache, conv_backward_im2col, conv_forward_im2col
 
 # Below this many input or output channels the GEMMs of F(2, 3) (inner size F_w * D) are too
 # narrow for BLAS to run near its peak, and im2col's single wider GEMM wins (an RGB first layer).
 WINOGRAD_MIN_DEPTH = 8
-# Below this many multiply-adds, splitting a small batch's rows between worker threads costs
-# more in hand-overs than it saves (R1's 3 -> 32 first layer, 0.9 million a image, is below).
-BAND_MIN_MADDS = 2_000_000
 PAIRS = {
     "im2col": (conv_forward_im2col, conv_backward_im2col),
     "full": (fullconv.conv_forward_full, fullconv.conv_backward_full),
@@ -117,27 +114,12 @@ def prepare_conv(w, b, stride=(1, 1), pad=(0, 0), relu=False, algorithm=None):
 def conv_infer(x, prepared, budget=None):
     """conv_forward's output alone (no cache), with the filters `prepare_conv` made.
 
-    A batch too small to give every worker thread an image (batch 1: a prediction) is split
-    into bands of output rows instead, one per worker: each band is the same convolution of
-    the rows of the (height-padded) input it needs, so the result is the whole one.
+    A batch of one image runs on the calling thread: splitting its rows between the worker
+    threads was measured slower (a hand-over costs ~30 us, R1's conv2 at batch 1 ~250 us), see
+    docs/benchmarks.md.
     """
     p = prepared
-    forward = PAIRS[p.algorithm][0]
-    n, h = x.shape[:2]
-    (fh, fw, d, k), (sh, _), (ph, pw) = p.w.shape, p.stride, p.pad
-    ho, wo = im2col.check_shapes(x, p.w, p.stride, p.pad)
-    workers = runtime.threads()
-    if n >= workers or ho < 2 * workers or n * ho * wo * fh * fw * d * k < BAND_MIN_MADDS:
-        return forward(x, p.w, p.b, p.stride, p.pad, p.relu, budget, filters=p.filters)[0]
-    xp = np.pad(x, ((0, 0), (ph, ph), (0, 0), (0, 0))) if ph else x
-    edges = [ho * i // workers for i in range(workers + 1)]
-
-    def band(rows):
-        top, bottom = rows
-        part = xp[:, top * sh:(bottom - 1) * sh + fh]
-        return forward(part, p.w, p.b, p.stride, (0, pw), p.relu, budget, filters=p.filters)[0]
-
-    return np.concatenate(runtime.run_chunks(band, list(zip(edges, edges[1:]))), axis=1)
+    return PAIRS[p.algorithm][0](x, p.w, p.b, p.stride, p.pad, p.relu, budget, filters=p.filters)[0]
 
 
 def conv_backward(dout, cache, need_dx=True, relu=False):

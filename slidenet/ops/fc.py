@@ -31,22 +31,14 @@ def fc_forward(x, w, b, relu=False):
     (n, i), o = x2.shape, w.shape[1]
     out = np.empty((n, o), dtype=np.result_type(x2, w))
     zero = np.zeros(o, out.dtype)
-    rows = split(n, n * i * o)
-    # Fewer images than workers (a prediction): split the outputs instead, so each worker
-    # reads its own columns of W, the bulk of the work at batch 1.
-    by_rows = len(rows) > 1 or n * i * o < 2**20
-    tasks = [(sl, slice(None)) for sl in rows] if by_rows else \
-        [(slice(None), cols) for cols in split(o, n * i * o)]
 
-    def work(task):
-        sl, cols = task
-        o_part = out[sl, cols]
-        np.matmul(x2[sl], w[:, cols], out=o_part)
-        np.add(o_part, b[cols], out=o_part)
+    def work(sl):
+        np.matmul(x2[sl], w, out=out[sl])
+        np.add(out[sl], b, out=out[sl])
         if relu:
-            np.maximum(o_part, zero[cols], out=o_part)
+            np.maximum(out[sl], zero, out=out[sl])
 
-    run_chunks(work, tasks)
+    run_chunks(work, split(n, n * i * o))
     return out, FcCache(x2, x.shape, w, out if relu else None)
 
 

@@ -32,11 +32,16 @@ CONV_GEOMETRIES = [
     (8, 7, 3, 3, 2, 1, 1, 2, 1, 3),     # a 3x2 filter, per-axis padding
     (5, 9, 2, 3, 5, 1, 1, 1, 2, 2),     # a 3x5 filter on a wide input
     (3, 3, 2, 3, 3, 1, 1, 0, 0, 2),     # a single output row
+    # F(4, 3) covers 4 rows a tile: every output height mod 4 above (8: 0, 5: 1, 6 and 10: 2,
+    # 3: 3), plus 2, 7 and 11 rows and a 3x1 filter; 1-3 rows are a single part-filled tile.
+    (4, 6, 2, 3, 3, 1, 1, 0, 1, 3),     # two output rows
+    (7, 5, 3, 3, 3, 1, 1, 1, 1, 2),     # 7 rows: one whole tile and one of 3
+    (11, 4, 2, 3, 1, 1, 1, 1, 0, 2),    # a 3x1 filter, 11 rows
 ]
 
 
 def _applies(algorithm, fh, fw, sh, sw, ph, pw):
-    if algorithm == "winograd":
+    if algorithm in ("winograd", "winograd4"):
         return winograd.applies((fh, fw), (sh, sw))
     if algorithm == "full":
         return fullconv.applies((fh, fw), (sh, sw), (ph, pw))
@@ -44,7 +49,7 @@ def _applies(algorithm, fh, fw, sh, sw, ph, pw):
 
 
 CONV_CASES = [pytest.param(algorithm, g, id=f"{algorithm}-{'x'.join(map(str, g))}")
-              for g in CONV_GEOMETRIES for algorithm in ("im2col", "full", "winograd")
+              for g in CONV_GEOMETRIES for algorithm in ("im2col", "full", "winograd", "winograd4")
               if _applies(algorithm, *g[3:9])]
 
 
@@ -77,7 +82,7 @@ def test_conv_pairs(algorithm, geometry, relu):
                  naive_backward=reference_backward)
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "full", "winograd"])
+@pytest.mark.parametrize("algorithm", ["im2col", "full", "winograd", "winograd4"])
 def test_conv_without_dx_gives_dw_and_db(algorithm):
     # The first layer of a training step: backward skips dx, and dw and db are unchanged.
     stride, pad = (1, 1), (1, 1)
@@ -89,7 +94,13 @@ def test_conv_without_dx_gives_dw_and_db(algorithm):
 
 def test_auto_picks_winograd_full_or_im2col():
     deep = conv.WINOGRAD_MIN_DEPTH
-    assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto") == "winograd"
+    # F(4, 3) where 6 products per 4 rows beat 4 per 2: 3, 4 and 7 or more output rows.
+    for height, want in ((1, "winograd"), (2, "winograd"), (3, "winograd4"), (4, "winograd4"),
+                         (5, "winograd"), (6, "winograd"), (7, "winograd4"), (8, "winograd4"),
+                         (9, "winograd4"), (10, "winograd4"), (32, "winograd4")):
+        assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", height) == want, height
+    assert conv.choose((3, 3), (1, 1), (0, 0), deep, deep, "auto", 8) == "winograd"    # 6 rows
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto") == "winograd4"
     assert conv.choose((3, 3), (1, 1), (1, 1), 3, deep, "auto") == "full"    # an RGB first layer
     assert conv.choose((5, 5), (1, 1), (2, 2), deep, deep, "auto") == "full"
     assert conv.choose((3, 3), (2, 2), (1, 1), deep, deep, "auto") == "im2col"

@@ -3,6 +3,7 @@ import json
 
 from slidenet.bench import NETS, Settings, report, run
 from slidenet.errors import SlidenetError
+from slidenet.ops.conv import ALGORITHMS
 
 
 def register(subparsers):
@@ -25,10 +26,11 @@ def register(subparsers):
     parser.add_argument("--budget", type=float, default=0, metavar="MB",
                         help="slidenet's scratch-memory budget per kernel call, in MiB; "
                              "0 = its own default")
-    parser.add_argument("--conv", choices=["auto", "im2col", "full", "winograd"], default="auto",
-                        help="slidenet's convolutions: auto (the default: Winograd F(2, 3) where it "
-                             "applies and pays, else the full-convolution dx at stride 1, else "
-                             "im2col), or one algorithm everywhere (it fails where it cannot apply)")
+    parser.add_argument("--conv", choices=ALGORITHMS, default="auto",
+                        help="slidenet's convolutions: auto (the default: Winograd F(4, 3) or "
+                             "F(2, 3) where it applies and pays, else the full-convolution dx at "
+                             "stride 1, else im2col), or one algorithm everywhere (it fails where "
+                             "it cannot apply; winograd4 is F(4, 3))")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")

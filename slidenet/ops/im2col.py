@@ -31,7 +31,7 @@ from slidenet.ops.window import col2im_add, out_hw, tap, unpad_hw, windows
 
 class ConvCache(NamedTuple):
     """What a convolution's backward needs from its forward, and which algorithm ran it."""
-    algorithm: str                  # "im2col", "full" or "winograd": whose backward to run
+    algorithm: str                  # "im2col", "full", "winograd"...: whose backward to run
     x: np.ndarray                   # (N, H, W, D), C-contiguous
     w: np.ndarray                   # (F_h, F_w, D, K)
     stride: tuple                   # (S_h, S_w)

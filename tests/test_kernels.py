@@ -101,6 +101,11 @@ def test_auto_picks_winograd_full_or_im2col():
         assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", height) == want, height
     assert conv.choose((3, 3), (1, 1), (0, 0), deep, deep, "auto", 8) == "winograd"    # 6 rows
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto") == "winograd4"
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep, 2, "auto", 8) == "winograd4"     # 2 filters
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep, 2, "auto", 6) == "full"
+    thin = conv.WINOGRAD4_THIN_FILTERS          # a first layer with many filters: F(4, 3)
+    assert conv.choose((3, 3), (1, 1), (1, 1), 3, thin, "auto", 32) == "winograd4"
+    assert conv.choose((3, 3), (1, 1), (1, 1), 1, thin, "auto", 6) == "full"
     assert conv.choose((3, 3), (1, 1), (1, 1), 3, deep, "auto") == "full"    # an RGB first layer
     assert conv.choose((5, 5), (1, 1), (2, 2), deep, deep, "auto") == "full"
     assert conv.choose((3, 3), (2, 2), (1, 1), deep, deep, "auto") == "im2col"

@@ -161,8 +161,12 @@ def test_auto_runs_winograd_only_where_it_applies_and_pays(monkeypatch):
         ops.conv_backward(np.ones_like(out), cache)
         return set(calls)
     deep = conv.WINOGRAD_MIN_DEPTH
-    assert runs(deep, deep) == {conv.choose((3, 3), (1, 1), (1, 1), deep, deep)}
-    assert runs(3, deep) == set()                   # an RGB first layer stays on im2col
+    assert runs(deep, deep) == {"winograd4"}        # 7 rows: two tiles of 4
+    assert runs(deep, deep, hw=(6, 6)) == {"winograd"}
+    assert runs(deep, 2) == {"winograd4"}
+    assert runs(deep, 2, hw=(6, 6)) == set()        # F(2, 3) needs 8 filters
+    assert runs(3, deep) == set()                   # an RGB first layer stays on im2col...
+    assert runs(3, conv.WINOGRAD4_THIN_FILTERS) == {"winograd4"}    # ...unless it has many filters
     assert runs(deep, deep, stride=(2, 2)) == set()
     assert runs(deep, deep, size=(5, 5)) == set()
 

@@ -1,7 +1,7 @@
 """Convolution: one forward/backward pair per algorithm, and a small dispatcher that picks one.
 
 The lecture's convolution (a filter spanning the full depth, a dot product plus a bias at each
-place, one activation map per filter) is computed by one of three pairs; `naive.conv_forward`
+place, one activation map per filter) is computed by one of these pairs; `naive.conv_forward`
 is the same thing as loops, and every pair is tested against it.
 
     "im2col"    `im2col`: windows copied into rows, one GEMM; dx by scattering window gradients
@@ -13,18 +13,26 @@ is the same thing as loops, and every pair is tested against it.
     "winograd4" `winograd4`: F(4, 3) down the height, the same filters: half the multiply-adds
                 (six products for four rows), a few times im2col's float32 rounding.
 
-`conv_forward` picks the pair ("auto": Winograd where it applies and both depths are at least
-WINOGRAD_MIN_DEPTH, F(4, 3) where its tiles of 4 rows do fewer multiply-adds than F(2, 3)'s
-tiles of 2 and F(2, 3) elsewhere; else "full" where it applies, else "im2col"; or the one named
-by its `algorithm` argument, or by `set_algorithm` for the whole process) and records it in the
-`ConvCache` it returns; `conv_backward` runs that pair's backward.
+`conv_forward` picks the pair and records it in the `ConvCache` it returns; `conv_backward` runs
+that pair's backward. The pair is the one named by its `algorithm` argument, or by
+`set_algorithm` for the whole process, or by "auto" (docs/benchmarks.md, "F(4, 3)", has the
+measurements behind it):
+
+    F(4, 3)     where it applies, its tiles of 4 rows do fewer multiply-adds than F(2, 3)'s tiles
+                of 2 (3, 4 and 7 or more output rows: `winograd4.pays`), and the input has at
+                least WINOGRAD_MIN_DEPTH channels or the layer WINOGRAD4_THIN_FILTERS filters;
+    F(2, 3)     else where it applies and both depths are at least WINOGRAD_MIN_DEPTH;
+    "full"      else where it applies; "im2col" everywhere else.
 """
 from slidenet.ops import fullconv, winograd, winograd4
 from slidenet.ops.im2col import ConvCache, conv_backward_im2col, conv_forward_im2col
 
 # Below this many input or output channels the GEMMs of F(2, 3) (inner size F_w * D) are too
-# narrow for BLAS to run near its peak, and im2col's single wider GEMM wins (an RGB first layer).
+# narrow for BLAS to run near its peak, and im2col's single wider GEMM wins. F(4, 3), with fewer
+# GEMMs, still wins with 1 to 4 filters; on fewer input channels (a first layer of 1 or 3) it wins
+# from WINOGRAD4_THIN_FILTERS filters (R1's conv1 forward 20-40% faster) but loses with 16.
 WINOGRAD_MIN_DEPTH = 8
+WINOGRAD4_THIN_FILTERS = 32
 PAIRS = {
     "im2col": (conv_forward_im2col, conv_backward_im2col),
     "full": (fullconv.conv_forward_full, fullconv.conv_backward_full),
@@ -64,9 +72,12 @@ def choose(size, stride, pad, depth, filters, algorithm=None, height=None):
     _check(algorithm)
     if algorithm != "auto":
         return algorithm
-    if winograd.applies(size, stride) and min(depth, filters) >= WINOGRAD_MIN_DEPTH:
-        out_h = None if height is None else height + 2 * pad[0] - 2
-        return "winograd4" if out_h is None or winograd4.pays(out_h) else "winograd"
+    if winograd.applies(size, stride):
+        pays = height is None or winograd4.pays(height + 2 * pad[0] - 2)
+        if pays and (depth >= WINOGRAD_MIN_DEPTH or filters >= WINOGRAD4_THIN_FILTERS):
+            return "winograd4"
+        if min(depth, filters) >= WINOGRAD_MIN_DEPTH:
+            return "winograd"
     return "full" if fullconv.applies(size, stride, pad) else "im2col"
 
 

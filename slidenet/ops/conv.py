@@ -29,8 +29,8 @@ from slidenet.ops.im2col import ConvCache, conv_backward_im2col, conv_forward_im
 
 # Below this many input or output channels the GEMMs of F(2, 3) (inner size F_w * D) are too
 # narrow for BLAS to run near its peak, and im2col's single wider GEMM wins. F(4, 3), with fewer
-# GEMMs, still wins with 1 to 4 filters; on fewer input channels (a first layer of 1 or 3) it wins
-# from WINOGRAD4_THIN_FILTERS filters (R1's conv1 forward 20-40% faster) but loses with 16.
+# GEMMs, still wins with 1 to 8 filters; on fewer input channels (a first layer of 1 or 3) it wins
+# from WINOGRAD4_THIN_FILTERS filters (inference 23-48% faster on 28-32 px maps), with 16 not.
 WINOGRAD_MIN_DEPTH = 8
 WINOGRAD4_THIN_FILTERS = 32
 PAIRS = {

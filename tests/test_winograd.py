@@ -223,9 +223,11 @@ def test_without_numba_everything_runs_on_numpy():
             "from slidenet import ops\n"
             "from slidenet.ops import compiled\n"
             "x = np.ones((2, 6, 6, 8), np.float32)\n"
-            "out, cache = ops.conv_forward(x, np.ones((3, 3, 8, 8), np.float32), np.zeros(8, np.float32),"
-            " (1, 1), (1, 1), algorithm='winograd')\n"
-            "ops.conv_backward(out, cache)\n"
+            "for algorithm in ('winograd', 'winograd4'):\n"
+            "    out, cache = ops.conv_forward(x, np.ones((3, 3, 8, 8), np.float32),"
+            " np.zeros(8, np.float32), (1, 1), (1, 1), algorithm=algorithm)\n"
+            "    ops.conv_backward(out, cache)\n"
+            "    assert float(out[0, 2, 2, 0]) == 72.0\n"
             "print(float(out[0, 2, 2, 0]), compiled.kernels() is None, compiled.status())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

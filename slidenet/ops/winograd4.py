@@ -122,25 +122,25 @@ def rows(xp, fw, name):
     d0, d1, d2, d3, d4, d5 = (xp[:, i:i + 4 * t:4] for i in range(6))    # (c, T, W_p, D)
     b = scratch(name + ".mix", (6, c, t, wp, d), xp.dtype)
     first, second = scratch(name + ".tmp", (2, c, t, wp, d), xp.dtype)
-    s, t_ = first, second
+    s, q = first, second
     np.multiply(d2, 4, out=s)
     np.subtract(d4, s, out=s)                   # s = d4 - 4 d2
-    np.multiply(d1, 4, out=t_)
-    np.subtract(d3, t_, out=t_)                 # t = d3 - 4 d1
-    np.add(s, t_, out=b[1])
-    np.subtract(s, t_, out=b[2])
-    u, v = first, second
+    np.multiply(d1, 4, out=q)
+    np.subtract(d3, q, out=q)                   # q = d3 - 4 d1
+    np.add(s, q, out=b[1])
+    np.subtract(s, q, out=b[2])
+    u, v = first, second                        # s and q are done with: reuse their memory
     np.subtract(d4, d2, out=u)
     np.subtract(d3, d1, out=v)
-    np.multiply(v, 2, out=v)
+    np.multiply(v, 2, out=v)                    # v = 2 (d3 - d1)
     np.add(u, v, out=b[3])
     np.subtract(u, v, out=b[4])
     np.subtract(d0, d2, out=b[0])
     np.multiply(b[0], 4, out=b[0])
-    np.add(b[0], u, out=b[0])
+    np.add(b[0], u, out=b[0])                   # 4 (d0 - d2) + u
     np.subtract(d5, d3, out=b[5])
     np.multiply(v, 2, out=v)
-    np.subtract(b[5], v, out=b[5])
+    np.subtract(b[5], v, out=b[5])              # (d5 - d3) - 2v
     # All six sets' width windows in one copy, as in `winograd.rows`.
     out = scratch(name, (6 * c * t, 1, wo, 1, fw, d), xp.dtype)
     np.copyto(out, windows(b.reshape(6 * c * t, 1, wp, d), (1, fw), (1, 1)))
@@ -169,7 +169,7 @@ def output(m, out, bias=None, relu=False):
     np.add(m[3], m[4], out=cc)
     np.subtract(m[3], m[4], out=e)
     y = [out[:, i::4] for i in range(4)]        # output row 4t + i of every tile t
-    n = [rows_.shape[1] for rows_ in y]         # tiles that have row i
+    n = [part.shape[1] for part in y]           # tiles that have row i
     np.add(m[0, :, :n[0]], a[:, :n[0]], out=y[0])
     y[0] += cc[:, :n[0]]
     np.multiply(e[:, :n[1]], 2, out=y[1])       # 2e + b: the same number as b + 2e

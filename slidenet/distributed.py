@@ -59,6 +59,8 @@ ASK, ANSWER = 1, 2          # message tags of the roll call
 # A rank other than 0 waits this long before it reports an error and aborts: when every rank
 # meets the same error (a bad setting), rank 0's abort ends the job first and it alone speaks.
 QUIET_SECONDS = 1.0
+# How long a rank waits, its message printed, before it calls MPI_Abort (see `Group.abort`).
+FORWARD_SECONDS = 0.3
 
 # How long a rank that called MPI_Abort waits for mpiexec to end it before it exits itself.
 ABORT_GRACE_SECONDS = 10.0
@@ -327,6 +329,9 @@ class Group:
         if message:
             print(f"{message}; ending the job", file=sys.stderr, flush=True)
         sys.stdout.flush()
+        # mpiexec forwards our output through a pipe; once told of the abort it may end the job
+        # before it has read that pipe (seen: exit status 2 and no message, ~1 run in 12).
+        time.sleep(FORWARD_SECONDS)
         self.comm.Abort(code)
         # MPICH's MPI_Abort returns once it has told mpiexec, which then ends every rank with
         # this status; this one must not go on meanwhile, nor outlive an mpiexec that failed.

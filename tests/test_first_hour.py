@@ -5,7 +5,6 @@ behaviour they expected instead.
 """
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest

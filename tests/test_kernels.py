@@ -33,13 +33,18 @@ CONV_GEOMETRIES = [
     (5, 9, 2, 3, 5, 1, 1, 1, 2, 2),     # a 3x5 filter on a wide input
     (3, 3, 2, 3, 3, 1, 1, 0, 0, 2),     # a single output row
     (6, 7, 6, 3, 3, 1, 1, 1, 1, 3),     # deeper than im2col.THIN_DEPTH: NumPy copies the rows
+    # F(4, 3) covers 4 rows a tile: every output height mod 4 above (8: 0, 5: 1, 6 and 10: 2,
+    # 3: 3), plus 2, 7 and 11 rows and a 3x1 filter; 1-3 rows are a single part-filled tile.
+    (4, 6, 2, 3, 3, 1, 1, 0, 1, 3),     # two output rows
+    (7, 5, 3, 3, 3, 1, 1, 1, 1, 2),     # 7 rows: one whole tile and one of 3
+    (11, 4, 2, 3, 1, 1, 1, 1, 0, 2),    # a 3x1 filter, 11 rows
 ]
 
 
 def _applies(algorithm, d, fh, fw, sh, sw, ph, pw):
     if algorithm == "direct":
         return direct.applies((fh, fw), d)
-    if algorithm == "winograd":
+    if algorithm in ("winograd", "winograd4"):
         return winograd.applies((fh, fw), (sh, sw))
     if algorithm == "full":
         return fullconv.applies((fh, fw), (sh, sw), (ph, pw))
@@ -47,7 +52,8 @@ def _applies(algorithm, d, fh, fw, sh, sw, ph, pw):
 
 
 CONV_CASES = [pytest.param(algorithm, g, id=f"{algorithm}-{'x'.join(map(str, g))}")
-              for g in CONV_GEOMETRIES for algorithm in ("im2col", "full", "winograd", "direct")
+              for g in CONV_GEOMETRIES
+              for algorithm in ("im2col", "full", "winograd", "winograd4", "direct")
               if _applies(algorithm, *g[2:9])]
 
 
@@ -82,7 +88,7 @@ def test_conv_pairs(algorithm, geometry, relu):
                  naive_backward=reference_backward, compiled_exact=algorithm != "direct")
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "full", "winograd", "direct"])
+@pytest.mark.parametrize("algorithm", ["im2col", "full", "winograd", "winograd4", "direct"])
 def test_conv_without_dx_gives_dw_and_db(algorithm):
     # The first layer of a training step: backward skips dx, and dw and db are unchanged.
     stride, pad = (1, 1), (1, 1)
@@ -93,10 +99,40 @@ def test_conv_without_dx_gives_dw_and_db(algorithm):
                  compiled_exact=algorithm != "direct")
 
 
+@pytest.mark.parametrize("algorithm", ["im2col", "full", "winograd", "winograd4", "direct"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_prepared_filters_give_the_forward_bit_for_bit(algorithm, dtype):
+    # Inference transforms the filters once (`prepare_conv`); the result must be the forward's
+    # own, with the ReLU, at any height (the pair is chosen for the height it was prepared for).
+    x, w, b = (a.astype(dtype) for a in conv_arrays(9, 6, 3, 3, 3, 4, n=2).values())
+    prepared = conv.prepare_conv(w, b, (1, 1), (1, 1), relu=True, algorithm=algorithm, height=9)
+    w[...] = 0                                      # a snapshot: later changes do not reach it
+    want, _ = ops.conv_forward(x, prepared.w, prepared.b, (1, 1), (1, 1), relu=True,
+                               algorithm=algorithm)
+    np.testing.assert_array_equal(conv.conv_infer(x, prepared), want)
+    assert np.any(want > 0) and not np.any(want < 0)
+
+
 def test_auto_picks_winograd_full_or_im2col():
     deep = conv.WINOGRAD_MIN_DEPTH
-    assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto") == "winograd"
-    assert conv.choose((3, 3), (1, 1), (1, 1), 3, deep, "auto") == "full"    # RGB, few filters
+    # F(4, 3) where 6 products per 4 rows beat 4 per 2: 3, 4 and 7 or more output rows.
+    for height, want in ((1, "winograd"), (2, "winograd"), (3, "winograd4"), (4, "winograd4"),
+                         (5, "winograd"), (6, "winograd"), (7, "winograd4"), (8, "winograd4"),
+                         (9, "winograd4"), (10, "winograd4"), (32, "winograd4")):
+        assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", height) == want, height
+    assert conv.choose((3, 3), (1, 1), (0, 0), deep, deep, "auto", 8) == "winograd"    # 6 rows
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto") == "winograd4"
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep, 2, "auto", 8) == "winograd4"     # 2 filters
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep, 2, "auto", 6) == "full"
+    thin = conv.WINOGRAD4_THIN_FILTERS
+    # A first layer (1 or 3 channels) with 16 filters or more: direct, whatever its height.
+    assert conv.choose((3, 3), (1, 1), (1, 1), 3, thin, "auto", 32) == "direct"
+    assert conv.choose((3, 3), (1, 1), (1, 1), 1, 16, "auto", 6) == "direct"
+    assert conv.choose((3, 3), (1, 1), (1, 1), 3, deep, "auto") == "full"    # RGB, 8 filters
+    # 5 channels is beyond direct but too thin for F(2, 3): F(4, 3) from 32 filters.
+    assert conv.choose((3, 3), (1, 1), (1, 1), 5, thin, "auto", 32) == "winograd4"
+    assert conv.choose((3, 3), (1, 1), (1, 1), 5, thin, "auto", 6) == "full"
+    assert conv.choose((3, 3), (1, 1), (1, 1), 5, thin - 1, "auto", 32) == "full"
     assert conv.choose((5, 5), (1, 1), (2, 2), deep, deep, "auto") == "full"
     assert conv.choose((3, 3), (2, 2), (1, 1), deep, deep, "auto") == "im2col"
     assert conv.choose((2, 2), (1, 1), (3, 3), 2, 2, "auto") == "im2col"      # P >= F
@@ -125,7 +161,7 @@ def test_a_named_algorithm_refuses_what_it_cannot_compute():
     with pytest.raises(ValueError, match="27 numbers per window, not a 3x3 window of 4 channels"):
         ops.conv_forward(np.zeros((1, 7, 7, 4)), np.zeros((3, 3, 4, 2)), b, (1, 1), (1, 1),
                          algorithm="direct")
-    with pytest.raises(ValueError, match="algorithm must be one of auto, im2col, full, winograd, direct"):
+    with pytest.raises(ValueError, match="algorithm must be one of auto, im2col, full, winograd, winograd4, direct"):
         ops.conv_forward(x, w, b, (1, 1), (1, 1), algorithm="fft")
     _, cache = ops.conv_forward(x, w, b, (1, 1), (1, 1))
     with pytest.raises(ValueError, match="relu=True needs a forward with relu=True"):

@@ -50,8 +50,9 @@ def test_auto_gives_thin_first_layers_the_direct_pair():
     assert conv.choose((1, 1), (1, 1), (0, 0), 3, 16, "auto") == "direct"
     # Not where it does not pay: a deeper input, a window of more than 27 numbers, few filters.
     assert conv.choose((1, 1), (1, 1), (0, 0), direct.DIRECT_MAX_DEPTH + 1, 32, "auto") == "full"
-    assert conv.choose((3, 3), (1, 1), (1, 1), 8, 32, "auto") == "winograd"
-    assert conv.choose((3, 3), (1, 1), (1, 1), 4, 32, "auto") == "full"          # 36 numbers
+    assert conv.choose((3, 3), (1, 1), (1, 1), 8, 32, "auto") == "winograd4"
+    assert conv.choose((3, 3), (1, 1), (1, 1), 4, 16, "auto") == "full"          # 36 numbers
+    assert conv.choose((3, 3), (1, 1), (1, 1), 4, 32, "auto") == "winograd4"     # many filters
     assert conv.choose((5, 5), (1, 1), (2, 2), 3, 32, "auto") == "full"          # 75 numbers
     assert conv.choose((5, 5), (2, 2), (2, 2), 2, 32, "auto") == "im2col"
     assert conv.choose((3, 3), (1, 1), (1, 1), 3, direct.DIRECT_MIN_FILTERS - 1, "auto") == "full"

@@ -1,6 +1,7 @@
-"""Winograd's F(2, 3): its algebra, its accuracy in float32, when it runs, and the compiled passes.
+"""Winograd's F(2, 3) and F(4, 3): their algebra, their accuracy in float32, when they run, and
+the compiled passes.
 
-The pair itself (against the naive loops, finite differences, chunks, threads, numba) is
+The pairs themselves (against the naive loops, finite differences, chunks, threads, numba) are
 checked with every other convolution in test_kernels.py.
 """
 import os
@@ -8,11 +9,12 @@ import subprocess
 import sys
 
 import numpy as np
+import numpy.polynomial.polynomial as P
 import pytest
 
 from slidenet import ops
 from slidenet.gradcheck import TOLERANCE, check_pattern
-from slidenet.ops import compiled, conv, winograd
+from slidenet.ops import compiled, conv, winograd, winograd4
 
 RNG = np.random.default_rng(2023)
 HAVE_NUMBA = compiled.kernels() is not None
@@ -26,6 +28,103 @@ def test_the_four_products_give_the_two_rows():
     m = np.array([d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]) * g
     assert np.allclose([m[0] + m[1] + m[2], m[1] - m[2] - m[3]],
                        [d[0:3] @ w, d[1:4] @ w], rtol=1e-14)
+
+
+def toom_cook(points, m):
+    """A^T (m x n), G (n x 3), B^T (n x n) of F(m, 3) from its finite points and infinity, built
+    as winograd4's docstring derives them (Lagrange interpolation of u(z) w(z))."""
+    n = m + 2
+    at, g, bt = np.zeros((m, n)), np.zeros((n, 3)), np.zeros((n, n))
+    for a, p in enumerate(points):
+        others = [q for q in points if q != p]
+        at[:, a] = [p ** k for k in range(m)]
+        g[a] = [p ** j / np.prod([p - q for q in others]) for j in range(3)]
+        bt[a, :n - 1] = P.polyfromroots(others)     # M(z) / (z - p), lowest power first
+    at[m - 1, n - 1], g[n - 1, 2] = 1, 1
+    bt[n - 1] = P.polyfromroots(points)             # M(z)
+    return at, g, bt
+
+
+def passes(scheme):
+    """The matrices that `scheme`'s NumPy or compiled passes actually apply, read off one-hot
+    inputs: B^T from `rows`, A^T from `output`, and `adjoint`'s (n x m)."""
+    m, n = scheme.m, scheme.m + 2
+    xp = np.eye(n).reshape(n, n, 1, 1)              # image i: 1 in padded row i
+    bt = scheme.rows(xp, 1, "test.rows")[:, :, 0]   # (n, n): entry [a, i]
+    out = np.empty((n, m, 1, 1))                    # image a: product a alone
+    scheme.output(np.eye(n).reshape(n, n, 1), out)
+    x = np.eye(m).reshape(m, m, 1, 1)
+    adj = scheme.adjoint(x, "test.adjoint")[:, :, 0]    # (n, m): entry [a, k]
+    return out[:, :, 0, 0].T, bt, adj
+
+
+@pytest.mark.parametrize("numba", [False, True], ids=["numpy", "compiled"])
+@pytest.mark.parametrize("scheme,points", [(winograd.F23, (0, 1, -1)),
+                                           (winograd4.F43, (0, 1, -1, 2, -2))],
+                         ids=["F(2, 3)", "F(4, 3)"])
+def test_the_passes_compute_the_products_of_their_points(scheme, points, numba):
+    # Each product a is the rank-one term A^T[:, a] x G[a, :] x B^T[a, :]; scaling one factor
+    # and dividing another by the same number changes nothing, so compare the terms, not the
+    # matrices, with the Toom-Cook construction from the points.
+    if numba and not HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    want = toom_cook(points, scheme.m)
+    previous = compiled.set_enabled(numba)
+    try:
+        at, bt, adj = passes(scheme)
+    finally:
+        compiled.set_enabled(previous)
+    for a in range(scheme.m + 2):
+        np.testing.assert_allclose(np.einsum("k,j,i->kji", at[:, a], scheme.G[a], bt[a]),
+                                   np.einsum("k,j,i->kji", want[0][:, a], want[1][a], want[2][a]),
+                                   atol=1e-14, err_msg=f"product {a}")
+    # dw: `adjoint` and `grad` together must be A (= A^T transposed) and G^T.
+    np.testing.assert_allclose(adj[:, :, None] * scheme.grad.T[:, None, :],
+                               at.T[:, :, None] * scheme.G[:, None, :], atol=1e-14)
+
+
+def test_winograd4_matrices_are_its_docstring_and_its_passes():
+    at, bt, adj = passes(winograd4.F43)
+    np.testing.assert_array_equal(bt, winograd4.BT)
+    np.testing.assert_array_equal(at, winograd4.AT)
+    np.testing.assert_array_equal(adj, winograd4.AT.T)
+    # The six products give the four rows of plain numbers: y_k = d[k:k+3] @ w.
+    d, w = RNG.standard_normal(6), RNG.standard_normal(3)
+    y = winograd4.AT @ ((winograd4.G @ w) * (winograd4.BT @ d))
+    np.testing.assert_allclose(y, [d[k:k + 3] @ w for k in range(4)], rtol=1e-13)
+
+
+def relu_activations(n, h, w, d):
+    """Like a trained net's ReLU outputs: spatially smooth, non-negative, about half zeros."""
+    z = RNG.standard_normal((n, h + 2, w + 2, d))
+    z = (z[:, :-2] + z[:, 1:-1] + z[:, 2:]) / 3
+    z = (z[:, :, :-2] + z[:, :, 1:-1] + z[:, :, 2:]) / 3
+    return np.maximum(z + 0.1, 0)
+
+
+@pytest.mark.parametrize("h,d,k", [(16, 32, 32), (13, 64, 64)])
+def test_float32_winograd4_stays_within_a_few_times_im2col(h, d, k):
+    # docs/benchmarks.md "F(4, 3)": on a trained net's layers F(4, 3) rounds 1.6-2.5x as much
+    # as im2col forward, 5-6x in dx (im2col's scatter is unusually exact) and 3.4-4.3x in dw,
+    # at most 7e-7 of the result. On data like it, over five seeds: at most 9.8e-7, 5.8x
+    # im2col's and 3.9x F(2, 3)'s.
+    x = relu_activations(4, h, h, d)
+    wt = RNG.standard_normal((3, 3, d, k)) * np.sqrt(2 / (9 * d))
+    b = RNG.standard_normal(k) * 0.1
+    exact, cache64 = ops.conv_forward(x, wt, b, (1, 1), (1, 1), algorithm="im2col")
+    exact = exact.copy()
+    dout = RNG.standard_normal(exact.shape) * (exact > 0)
+    exact_grads = ops.conv_backward(dout, cache64)[:2]
+    errors = {}
+    for algorithm in ("im2col", "winograd", "winograd4"):
+        out, cache = ops.conv_forward(*(a.astype(np.float32) for a in (x, wt, b)), (1, 1), (1, 1),
+                                      algorithm=algorithm)
+        grads = ops.conv_backward(dout.astype(np.float32), cache)[:2]
+        errors[algorithm] = np.array([np.linalg.norm(got - want) / np.linalg.norm(want)
+                                      for got, want in zip((out, *grads), (exact, *exact_grads))])
+    assert errors["winograd4"].max() < 2e-6
+    assert (errors["winograd4"] < 8 * errors["im2col"]).all(), errors
+    assert (errors["winograd4"] < 5 * errors["winograd"]).all(), errors
 
 
 def test_float32_winograd_is_as_accurate_as_im2col():
@@ -50,21 +149,40 @@ def test_float32_winograd_is_as_accurate_as_im2col():
 
 def test_auto_runs_winograd_only_where_it_applies_and_pays(monkeypatch):
     calls = []
-    real_rows = winograd.rows
-    monkeypatch.setattr(winograd, "rows", lambda *a: calls.append(1) or real_rows(*a))
-    deep = conv.WINOGRAD_MIN_DEPTH
+    for module, name in ((winograd, "F23"), (winograd4, "F43")):
+        scheme = getattr(module, name)
+        monkeypatch.setattr(module, name, scheme._replace(
+            rows=lambda *a, scheme=scheme: calls.append(scheme.name) or scheme.rows(*a)))
 
-    def runs_winograd(d, k, size=(3, 3), stride=(1, 1)):
+    def runs(d, k, size=(3, 3), stride=(1, 1), hw=(7, 7)):
         calls.clear()
-        x = RNG.standard_normal((2, 7, 7, d)).astype(np.float32)
+        x = RNG.standard_normal((2, *hw, d)).astype(np.float32)
         wt = RNG.standard_normal((*size, d, k)).astype(np.float32)
         out, cache = ops.conv_forward(x, wt, np.zeros(k, np.float32), stride, (1, 1))
         ops.conv_backward(np.ones_like(out), cache)
-        return bool(calls)
-    assert runs_winograd(deep, deep)
-    assert not runs_winograd(3, deep)               # an RGB first layer stays on im2col
-    assert not runs_winograd(deep, deep, stride=(2, 2))
-    assert not runs_winograd(deep, deep, size=(5, 5))
+        return set(calls)
+    deep = conv.WINOGRAD_MIN_DEPTH
+    assert runs(deep, deep) == {"winograd4"}        # 7 rows: two tiles of 4
+    assert runs(deep, deep, hw=(6, 6)) == {"winograd"}
+    assert runs(deep, 2) == {"winograd4"}
+    assert runs(deep, 2, hw=(6, 6)) == set()        # F(2, 3) needs 8 filters
+    assert runs(3, deep) == set()                   # an RGB first layer: im2col's forward,
+    assert runs(3, conv.WINOGRAD4_THIN_FILTERS) == set()    # or with many filters, "direct"
+    assert runs(5, conv.WINOGRAD4_THIN_FILTERS) == {"winograd4"}    # too deep for direct
+    assert runs(deep, deep, stride=(2, 2)) == set()
+    assert runs(deep, deep, size=(5, 5)) == set()
+
+
+@pytest.mark.parametrize("pattern", ["INPUT(6x4x3) -> [CONV(4) -> RELU]*2 -> POOL -> CONV(4) -> FC(3)",
+                                     "INPUT(7x3x2) -> CONV(3, 3x1) -> RELU -> CONV(2, p=0) -> FC(2)"])
+def test_a_net_on_winograd4_in_every_conv_passes_gradcheck(pattern):
+    # Output heights 6, 3, 7 and 5: whole tiles of 4 rows and part-filled ones, a 3x1 filter.
+    previous = ops.set_conv_algorithm("winograd4")
+    try:
+        errors = check_pattern(pattern)
+    finally:
+        ops.set_conv_algorithm(previous)
+    assert max(errors.values()) < TOLERANCE
 
 
 def test_a_net_on_winograd_passes_gradcheck():
@@ -106,9 +224,11 @@ def test_without_numba_everything_runs_on_numpy():
             "from slidenet import ops\n"
             "from slidenet.ops import compiled\n"
             "x = np.ones((2, 6, 6, 8), np.float32)\n"
-            "out, cache = ops.conv_forward(x, np.ones((3, 3, 8, 8), np.float32), np.zeros(8, np.float32),"
-            " (1, 1), (1, 1), algorithm='winograd')\n"
-            "ops.conv_backward(out, cache)\n"
+            "for algorithm in ('winograd', 'winograd4'):\n"
+            "    out, cache = ops.conv_forward(x, np.ones((3, 3, 8, 8), np.float32),"
+            " np.zeros(8, np.float32), (1, 1), (1, 1), algorithm=algorithm)\n"
+            "    ops.conv_backward(out, cache)\n"
+            "    assert float(out[0, 2, 2, 0]) == 72.0\n"
             "print(float(out[0, 2, 2, 0]), compiled.kernels() is None, compiled.status())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -127,7 +127,7 @@ class Conv(Layer):
         """Inference: the filters prepared once for the algorithm the kernels choose;
         relu=True applies the next RELU too (fusion)."""
         prepared = ops.prepare_conv(self.params["W"], self.params["b"], self.info.spec.stride,
-                                    self.info.spec.pad, relu)
+                                    self.info.spec.pad, relu, height=self.info.input_shape[0])
         return lambda x: ops.conv_infer(x, prepared)
 
     def filter_images(self):

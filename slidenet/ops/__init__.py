@@ -1,8 +1,9 @@
 """Pure NumPy kernels: each is a forward(...) -> (out, cache) and backward(dout, cache) pair.
 
 `slidenet.ops.naive` holds the lecture's loop versions, used as the oracle in tests.
-Convolution has one pair per algorithm (`im2col`, `fullconv`, `winograd`, `direct`) and a dispatcher
-(`conv`): `set_conv_algorithm` chooses for the whole process ("auto", or one pair everywhere).
+Convolution has one pair per algorithm (`im2col`, `fullconv`, `winograd`, `winograd4`, `direct`)
+and a dispatcher (`conv`): `set_conv_algorithm` chooses for the whole process ("auto", or one
+pair everywhere).
 `slidenet.ops.runtime` says how kernels run: the scratch-memory budget of one call
 (`set_memory_budget`), the worker threads (`set_threads`), reused buffers.
 `slidenet.ops.compiled` holds optional numba versions of the passes around the GEMMs.

@@ -83,6 +83,8 @@ def _compile():
     done.winograd_rows = jit(winograd_rows)
     done.winograd_output = jit(winograd_output)
     done.winograd_adjoint = jit(winograd_adjoint)
+    done.winograd4_rows, done.winograd4_output, done.winograd4_adjoint = (
+        jit(winograd4_rows), jit(winograd4_output), jit(winograd4_adjoint))
     done.max_pool = jit(max_pool)
     done.max_pool_backward = jit(max_pool_backward)
     return done
@@ -283,3 +285,108 @@ def direct_conv(xp, w, bias, taps_h, taps_w, depth, steps_h, steps_w, relu, out)
                     if relu and s < zero:
                         s = zero
                     o[ch] = s
+
+
+# Winograd's F(4, 3) (`winograd4` documents the arithmetic; the order of every addition here is
+# the NumPy path's). Multiplying by 2, 4 or 8 is exact, so only the additions round.
+
+def winograd4_rows(xp, fw, out):
+    """xp (c, 4T + 2, W_p, D) -> out (6, c, T, W', F_w*D): the rows of B^T d, width windows.
+
+    Each tile's six transformed rows are built once into a small buffer, then copied out F_w
+    times (once per filter column), instead of recomputing the sums for every copy.
+    """
+    c, hp, wp, d = xp.shape
+    t = (hp - 2) // 4
+    wo = wp - fw + 1
+    two, four = xp.dtype.type(2), xp.dtype.type(4)
+    b = np.empty((6, wp, d), xp.dtype)
+    for n in range(c):
+        for ti in range(t):
+            r = 4 * ti
+            for x in range(wp):
+                for ch in range(d):
+                    d0, d1, d2 = xp[n, r, x, ch], xp[n, r + 1, x, ch], xp[n, r + 2, x, ch]
+                    d3, d4, d5 = xp[n, r + 3, x, ch], xp[n, r + 4, x, ch], xp[n, r + 5, x, ch]
+                    s = d4 - four * d2
+                    q = d3 - four * d1
+                    u = d4 - d2
+                    v = (d3 - d1) * two
+                    b[0, x, ch] = (d0 - d2) * four + u
+                    b[1, x, ch] = s + q
+                    b[2, x, ch] = s - q
+                    b[3, x, ch] = u + v
+                    b[4, x, ch] = u - v
+                    b[5, x, ch] = (d5 - d3) - v * two
+            for a in range(6):
+                for w in range(wo):
+                    for j in range(fw):
+                        for ch in range(d):
+                            out[a, n, ti, w, j * d + ch] = b[a, w + j, ch]
+
+
+def winograd4_output(m, out, bias, use_bias, relu):
+    """m (6, c, T, W', K) -> out (c, H', W', K): y = A^T m [+ b][ReLU]; rows past H' dropped."""
+    _, c, t, wo, k = m.shape
+    ho = out.shape[1]
+    zero, two = out.dtype.type(0), out.dtype.type(2)
+    four, eight = out.dtype.type(4), out.dtype.type(8)
+    for n in range(c):
+        for ti in range(t):
+            r = 4 * ti
+            rows = min(4, ho - r)               # rows of this tile inside the output
+            for w in range(wo):
+                for ch in range(k):
+                    m1, m2 = m[1, n, ti, w, ch], m[2, n, ti, w, ch]
+                    m3, m4 = m[3, n, ti, w, ch], m[4, n, ti, w, ch]
+                    a = m1 + m2
+                    b = m1 - m2
+                    cc = m3 + m4
+                    e = m3 - m4
+                    y0 = (m[0, n, ti, w, ch] + a) + cc
+                    y1 = e * two + b
+                    y2 = cc * four + a
+                    y3 = (e * eight + b) + m[5, n, ti, w, ch]
+                    if use_bias:
+                        y0 += bias[ch]
+                        y1 += bias[ch]
+                        y2 += bias[ch]
+                        y3 += bias[ch]
+                    if relu:                    # as np.maximum: a NaN stays NaN
+                        y0 = zero if y0 < zero else y0
+                        y1 = zero if y1 < zero else y1
+                        y2 = zero if y2 < zero else y2
+                        y3 = zero if y3 < zero else y3
+                    out[n, r, w, ch] = y0
+                    if rows > 1:
+                        out[n, r + 1, w, ch] = y1
+                    if rows > 2:
+                        out[n, r + 2, w, ch] = y2
+                    if rows > 3:
+                        out[n, r + 3, w, ch] = y3
+
+
+def winograd4_adjoint(x, out):
+    """x (c, H, W, D) -> out (6, c, T, W, D): X0..X5 of each tile's rows x0..x3 (0 past H)."""
+    c, h, wd, d = x.shape
+    t = out.shape[2]
+    zero, two, four = x.dtype.type(0), x.dtype.type(2), x.dtype.type(4)
+    for n in range(c):
+        for ti in range(t):
+            r = 4 * ti
+            for w in range(wd):
+                for ch in range(d):
+                    x0 = x[n, r, w, ch]
+                    x1 = x[n, r + 1, w, ch] if r + 1 < h else zero
+                    x2 = x[n, r + 2, w, ch] if r + 2 < h else zero
+                    x3 = x[n, r + 3, w, ch] if r + 3 < h else zero
+                    e = x0 + x2
+                    o = x1 + x3
+                    f = x2 * four + x0
+                    g = (x3 * four + x1) * two
+                    out[0, n, ti, w, ch] = x0
+                    out[1, n, ti, w, ch] = e + o
+                    out[2, n, ti, w, ch] = e - o
+                    out[3, n, ti, w, ch] = f + g
+                    out[4, n, ti, w, ch] = f - g
+                    out[5, n, ti, w, ch] = x3

@@ -1,7 +1,7 @@
 """Convolution: one forward/backward pair per algorithm, and a small dispatcher that picks one.
 
 The lecture's convolution (a filter spanning the full depth, a dot product plus a bias at each
-place, one activation map per filter) is computed by one of four pairs; `naive.conv_forward`
+place, one activation map per filter) is computed by one of these pairs; `naive.conv_forward`
 is the same thing as loops, and every pair is tested against it.
 
     "im2col"    `im2col`: windows copied into rows, one GEMM; dx by scattering window gradients
@@ -10,28 +10,45 @@ is the same thing as loops, and every pair is tested against it.
                 with the flipped filters (one GEMM, no scatter), and dw comes from the same rows.
     "winograd"  `winograd`: Winograd's F(2, 3) down the height for 3-tall filters at stride 1:
                 two thirds of the multiply-adds, forward and backward.
+    "winograd4" `winograd4`: F(4, 3) down the height, the same filters: half the multiply-adds
+                (six products for four rows), a few times im2col's float32 rounding.
     "direct"    `direct`: thin inputs (a first layer): each output pixel's window times the
                 filters, no rows, compiled; im2col's backward.
 
-`conv_forward` picks the pair ("auto": "direct" where `direct.pays`, Winograd where it applies
-and both depths are at least WINOGRAD_MIN_DEPTH, else "full" where it applies, else "im2col";
-or the one named by its `algorithm` argument, or by `set_algorithm` for the whole process) and
-records it in the `ConvCache` it returns; `conv_backward` runs that pair's backward.
+`conv_forward` picks the pair and records it in the `ConvCache` it returns; `conv_backward` runs
+that pair's backward. The pair is the one named by its `algorithm` argument, or by
+`set_algorithm` for the whole process, or by "auto" (docs/benchmarks.md, "F(4, 3)" and "Thin
+first layers", has the measurements behind it):
+
+    "direct"    for a thin input (at most 4 channels, 27 numbers a window, 16 filters or more:
+                `direct.pays`), when numba compiles it;
+    F(4, 3)     where it applies, its tiles of 4 rows do fewer multiply-adds than F(2, 3)'s tiles
+                of 2 (3, 4 and 7 or more output rows: `winograd4.pays`), and the input has at
+                least WINOGRAD_MIN_DEPTH channels or the layer WINOGRAD4_THIN_FILTERS filters;
+    F(2, 3)     else where it applies and both depths are at least WINOGRAD_MIN_DEPTH;
+    "full"      else where it applies; "im2col" everywhere else.
 """
 from typing import NamedTuple
 
 import numpy as np
 
-from slidenet.ops import direct, fullconv, im2col, winograd
+from slidenet.ops import direct, fullconv, im2col, winograd, winograd4
 from slidenet.ops.im2col import ConvCache, conv_backward_im2col, conv_forward_im2col
 
 # Below this many input or output channels the GEMMs of F(2, 3) (inner size F_w * D) are too
-# narrow for BLAS to run near its peak, and im2col's single wider GEMM wins (an RGB first layer).
+# narrow for BLAS to run near its peak, and im2col's single wider GEMM wins. F(4, 3), with fewer
+# GEMMs, still wins with 1 to 8 filters; on fewer input channels it won from
+# WINOGRAD4_THIN_FILTERS filters against im2col's NumPy passes (inference 23-48% faster on 28-32
+# px maps, 16 filters not). First layers of 1 to 4 channels now go to "direct" before that rule:
+# against it and against im2col's compiled passes, F(4, 3) was 0-8% slower on R1 and the
+# Fashion net (docs/benchmarks.md, "Thin first layers").
 WINOGRAD_MIN_DEPTH = 8
+WINOGRAD4_THIN_FILTERS = 32
 PAIRS = {
     "im2col": (conv_forward_im2col, conv_backward_im2col),
     "full": (fullconv.conv_forward_full, fullconv.conv_backward_full),
     "winograd": (winograd.conv_forward_winograd, winograd.conv_backward_winograd),
+    "winograd4": (winograd4.conv_forward_winograd4, winograd4.conv_backward_winograd4),
     "direct": (direct.conv_forward_direct, direct.conv_backward_direct),
 }
 ALGORITHMS = ("auto", *PAIRS)
@@ -39,7 +56,8 @@ _default = {"algorithm": "auto"}
 
 # How each pair's forward wants its filters, computed once by `prepare_conv`.
 PREPARE = {"im2col": im2col.prepare_filters, "full": im2col.prepare_filters,
-           "winograd": winograd.prepare_filters, "direct": lambda w: w}
+           "winograd": winograd.prepare_filters, "winograd4": winograd4.prepare_filters,
+           "direct": lambda w: w}
 
 __all__ = ["ALGORITHMS", "ConvCache", "PreparedConv", "choose", "conv_backward", "conv_forward",
            "conv_infer", "prepare_conv", "set_algorithm"]
@@ -62,11 +80,12 @@ def _check(algorithm):
         raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
 
 
-def choose(size, stride, pad, depth, filters, algorithm=None):
-    """The pair ("im2col", "full", "winograd" or "direct") that computes this convolution.
+def choose(size, stride, pad, depth, filters, algorithm=None, height=None):
+    """The pair ("im2col", "full", "winograd", "winograd4" or "direct") that computes this
+    convolution.
 
     size (F_h, F_w), stride, pad: the geometry; depth D and filters K; algorithm: "auto", a
-    pair's name, or None for `set_algorithm`'s choice.
+    pair's name, or None for `set_algorithm`'s choice; height: the input's H (None: a tall one).
     """
     algorithm = algorithm or _default["algorithm"]
     _check(algorithm)
@@ -74,8 +93,12 @@ def choose(size, stride, pad, depth, filters, algorithm=None):
         return algorithm
     if direct.pays(size, depth, filters):
         return "direct"
-    if winograd.applies(size, stride) and min(depth, filters) >= WINOGRAD_MIN_DEPTH:
-        return "winograd"
+    if winograd.applies(size, stride):
+        pays = height is None or winograd4.pays(height + 2 * pad[0] - 2)
+        if pays and (depth >= WINOGRAD_MIN_DEPTH or filters >= WINOGRAD4_THIN_FILTERS):
+            return "winograd4"
+        if min(depth, filters) >= WINOGRAD_MIN_DEPTH:
+            return "winograd"
     return "full" if fullconv.applies(size, stride, pad) else "im2col"
 
 
@@ -88,7 +111,7 @@ def conv_forward(x, w, b, stride=(1, 1), pad=(0, 0), budget=None, relu=False, al
     budget). relu: return max(0, out) instead (the cache then keeps out for the ReLU's mask).
     algorithm: see `choose`.
     """
-    name = choose(w.shape[:2], stride, pad, w.shape[2], w.shape[3], algorithm)
+    name = choose(w.shape[:2], stride, pad, w.shape[2], w.shape[3], algorithm, x.shape[1])
     return PAIRS[name][0](x, w, b, tuple(stride), tuple(pad), relu, budget)
 
 
@@ -104,9 +127,13 @@ class PreparedConv(NamedTuple):
     filters: np.ndarray     # what the pair's GEMMs multiply by
 
 
-def prepare_conv(w, b, stride=(1, 1), pad=(0, 0), relu=False, algorithm=None):
-    """The PreparedConv of these weights (w and b are copied: later changes do not reach it)."""
-    name = choose(w.shape[:2], stride, pad, w.shape[2], w.shape[3], algorithm)
+def prepare_conv(w, b, stride=(1, 1), pad=(0, 0), relu=False, algorithm=None, height=None):
+    """The PreparedConv of these weights (w and b are copied: later changes do not reach it).
+
+    height: the input's H, for `choose` (None: a tall one); conv_infer then runs the pair chosen
+    for it on inputs of any height.
+    """
+    name = choose(w.shape[:2], stride, pad, w.shape[2], w.shape[3], algorithm, height)
     w, b = w.copy(), b.copy()
     return PreparedConv(name, w, b, tuple(stride), tuple(pad), relu, PREPARE[name](w))
 

@@ -43,7 +43,7 @@ THIN_DEPTH = 4
 
 class ConvCache(NamedTuple):
     """What a convolution's backward needs from its forward, and which algorithm ran it."""
-    algorithm: str                  # "im2col", "full" or "winograd": whose backward to run
+    algorithm: str                  # "im2col", "full", "winograd"...: whose backward to run
     x: np.ndarray                   # (N, H, W, D), C-contiguous
     w: np.ndarray                   # (F_h, F_w, D, K)
     stride: tuple                   # (S_h, S_w)

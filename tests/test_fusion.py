@@ -1,6 +1,8 @@
 """Fused steps (CONV -> RELU, FC -> RELU, CONV -> RELU -> MAXPOOL, RELU -> MAXPOOL) against the
 same layers run one by one: the same outputs, the same gradients, ties and all-zero windows
 included."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -67,3 +69,24 @@ def test_input_grad_false_skips_only_the_first_dx():
     assert net.backward(ds, input_grad=False) is None and dx.shape == x.shape
     for name, g in grads.items():
         np.testing.assert_allclose(net.grads[name], g, rtol=1e-4, atol=1e-6)
+
+
+def test_conv_relu_maxpool_frees_the_conv_output_before_the_conv_backward():
+    # The pool's backward is the last use of the CONV's output; once it has run, that array
+    # must be free for the CONV's dx (runtime.empty reuses memory nobody references).
+    net = Net.from_pattern("INPUT(8x8x2) -> CONV(3) -> RELU -> POOL -> FC(3)", dtype="float64")
+    step = net.steps[0]
+    conv, _, pool = step.parts
+    net.forward(RNG.standard_normal((2, 8, 8, 2)), train=True)
+    out = conv.cache.out
+    assert out is not None and pool.cache.x is out
+    holders = sys.getrefcount(out)
+    seen = {}
+    original = conv.backward
+
+    def spy(dout, need_dx=True, relu=False):
+        seen["refs"] = sys.getrefcount(out)
+        return original(dout, need_dx, relu)
+    conv.backward = spy
+    net.backward(RNG.standard_normal((2, 3)))
+    assert seen["refs"] == holders - 2      # neither the CONV's cache nor the pool's holds it

@@ -84,7 +84,14 @@ class ConvReluMaxPool(Fused):
 
     def backward(self, dout, need_dx=True):
         conv, _, pool = self.parts
-        return conv.backward(pool.backward(dout, relu_mask=True), need_dx, relu=False)
+        dpool = pool.backward(dout, relu_mask=True)
+        # The CONV's output (the pool's input) is spent: the pool has used it, and the CONV's
+        # backward takes dout unmasked. Dropping it before that backward lets its memory hold
+        # the CONV's dx (`runtime.empty`): R1's largest step then needs three 16 MiB arrays at
+        # once, not four. A second backward needs a new forward.
+        pool.cache = None
+        conv.cache = conv.cache._replace(out=None)
+        return conv.backward(dpool, need_dx, relu=False)
 
 
 class ReluMaxPool(Fused):

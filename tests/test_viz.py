@@ -142,6 +142,26 @@ def test_activation_maps_are_the_nets_own_intermediate_values(tiny, tmp_path):
             np.testing.assert_array_equal(layout.tile(image, c), expected[info.name][0, :, :, c])
 
 
+def test_activation_tiles_are_one_size_in_every_layer():
+    # Maps of 24, 12 and 6 pixels and layers of 8, 3 and 16 channels: on the page every tile
+    # is drawn at the same size (the 1-pixel gaps between tiles aside) and square.
+    net = Net.from_pattern("INPUT(24x24x1) -> CONV(8) -> RELU -> POOL -> CONV(3) -> RELU -> POOL "
+                           "-> CONV(16) -> RELU -> FC(3)")
+    image = np.random.default_rng(0).standard_normal((24, 24, 1)).astype(np.float32)
+    fig = activations_figure(net, image)
+    fig.canvas.draw()
+    sizes = []
+    for (info, _), ax in zip(activation_maps(net, image), fig.axes[1:]):
+        box = ax.get_position(original=False)       # after the equal aspect is applied
+        (left, right), (bottom, top) = ax.get_xlim(), sorted(ax.get_ylim())
+        layout = fig.tiles[info.name]
+        wide = box.width * fig.bbox.width * layout.tile_w / (right - left)
+        tall = box.height * fig.bbox.height * layout.tile_h / (top - bottom)
+        assert wide == pytest.approx(tall, rel=0.01), info.name
+        sizes.append(wide)
+    assert max(sizes) / min(sizes) < 1.15, sizes
+
+
 def test_activations_command_writes_a_picture(tiny, tmp_path):
     Image.fromarray(tiny["x"][0, :, :, 0]).save(tmp_path / "bar.png")
     out = tmp_path / "maps.png"

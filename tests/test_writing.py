@@ -12,6 +12,7 @@ import io
 import json
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -218,9 +219,21 @@ def _write_report(path):
     write_report(path, "<!DOCTYPE html><p>report</p>")
 
 
+def _write_export(path):
+    # The model file to export lives in a folder of its own: the test compares path's folder.
+    from slidenet.data.normalize import Normalizer
+    from slidenet.interop.onnx_export import export_file
+    from slidenet.model import save
+    from slidenet.net import Net
+    source = Path(tempfile.mkdtemp()) / "model.npz"
+    save(source, Net.from_pattern("INPUT(6x6x1) -> CONV(2) -> RELU -> POOL -> FC(3)"),
+         Normalizer(np.array([0.5], np.float32), np.array([0.25], np.float32)), ["a", "b", "c"])
+    export_file(source, path)
+
+
 WRITERS = {"model": (_write_model, "model.npz"), "history": (_write_history, "history.json"),
            "picture": (_write_picture, "filters.png"), "gif": (_write_gif, "slide.gif"),
-           "report": (_write_report, "report.html")}
+           "report": (_write_report, "report.html"), "export": (_write_export, "model.onnx")}
 
 
 @pytest.mark.parametrize("kind", WRITERS)

@@ -14,13 +14,11 @@ The model's metadata (`metadata_props`) holds the pattern, the class names and t
 as JSON, so `slidenet import` of the file gets back the same model.
 """
 import json
-import os
-import secrets
-from pathlib import Path
 
 from slidenet import __version__
 from slidenet.errors import SlidenetError
 from slidenet.interop.onnx_graph import PIXELS, Graph, require_onnx
+from slidenet.writing import write_bytes
 
 OPSET = 17          # the oldest opset an export writes: Softmax on one axis, Dropout's ratio input
 
@@ -86,28 +84,10 @@ def to_bytes(net, normalizer, class_names=(), opset=OPSET):
 
 
 def export_file(model_path, out_path, opset=OPSET):
-    """Write the model in `model_path` (a slidenet model file) to `out_path` as ONNX, atomically.
-    Returns (the slidenet Model, the onnx.ModelProto)."""
+    """Write the model in `model_path` (a slidenet model file) to `out_path` as ONNX, through
+    `writing.write_bytes` (atomic; a FileWriteError when the world refuses). Returns (the slidenet Model, the onnx.ModelProto)."""
     from slidenet.model import load
     model = load(model_path)
     proto = to_model(model.net, model.normalizer, model.class_names, opset)
-    _write_atomically(Path(out_path), proto.SerializeToString())
+    write_bytes(out_path, proto.SerializeToString())
     return model, proto
-
-
-def _write_atomically(path, data):
-    """Write beside `path` under a temporary name, then rename: a crash leaves the old file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temporary, path)
-    except OSError as err:
-        temporary.unlink(missing_ok=True)
-        raise SlidenetError(f"cannot write {path}: {err.strerror or err}") from None
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -22,6 +22,9 @@ versions are the lecture's loops (`slidenet.ops.naive`), the oracle. The checks:
 Any check can be switched off for a kernel it does not apply to (a kink at random points,
 a kernel with no batch axis), with the reason in the test.
 """
+import subprocess
+import sys
+
 import numpy as np
 
 from slidenet.gradcheck import TOLERANCE, numeric_gradient, relative_error, sample
@@ -129,3 +132,12 @@ def check_kernel(forward, backward, arrays, wrt, *, naive=None, naive_backward=N
             _same((fast[0], *fast[1]), (plain[0], *plain[1]), compiled_exact, *tolerance,
                   what=f"compiled against NumPy, {np.dtype(dtype).name}", scaled=True)
     return out, grads
+
+
+def without_numba(code):
+    """The standard output of `code` run in a fresh interpreter where numba cannot be imported
+    (the NumPy-only path a user without the `fast` extra gets); fails the test if it fails."""
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['numba'] = None\n" + code],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout

@@ -21,7 +21,7 @@ that pair's backward. The pair is the one named by its `algorithm` argument, or 
 first layers", has the measurements behind it):
 
     "direct"    for a thin input (at most 4 channels, 27 numbers a window, 16 filters or more:
-                `direct.pays`), when numba compiles it;
+                `direct.pays`); without numba its forward is im2col's;
     F(4, 3)     where it applies, its tiles of 4 rows do fewer multiply-adds than F(2, 3)'s tiles
                 of 2 (3, 4 and 7 or more output rows: `winograd4.pays`), and the input has at
                 least WINOGRAD_MIN_DEPTH channels or the layer WINOGRAD4_THIN_FILTERS filters;

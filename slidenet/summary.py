@@ -1,6 +1,8 @@
 """A net's summary, as a table to read or as JSON, from `slidenet.shapes.infer`'s LayerInfos.
 
 Only shapes and counts are involved, no weights, so even a VGG-16-sized net answers at once.
+`summarize` is what `slidenet summary --json` prints and what the playground's POST /api/summary
+answers: one function, so the two cannot drift apart.
 """
 
 _COLUMNS = ("layer", "pattern", "output", "parameters", "output size (N + 2P - F) / S + 1",
@@ -29,6 +31,17 @@ def summary_text(infos):
         " at float32",
     ]
     return "\n".join(lines)
+
+
+def summarize(pattern, variables=None, skip_optional=False):
+    """The JSON summary of a pattern: parse, infer every shape, `summary_json`.
+
+    Raises PatternError (with the column at fault) or another SlidenetError for a pattern
+    that does not parse or build.
+    """
+    from slidenet.pattern import parse
+    from slidenet.shapes import infer
+    return summary_json(infer(parse(pattern, variables, skip_optional=skip_optional), pattern))
 
 
 def summary_json(infos):

@@ -24,10 +24,12 @@ def png_bytes(pixels, format="PNG"):
 
 @contextmanager
 def server(model_path, *args, cwd=None, timeout=60):
-    """Start `slidenet serve MODEL --port 0 ARGS` and yield (process, base URL); stop it with
-    SIGINT (Ctrl-C) afterwards. The first line it prints names the address."""
+    """Start `slidenet serve MODEL --port 0 ARGS` (no MODEL when `model_path` is None: the
+    playground) and yield (process, base URL); stop it with SIGINT (Ctrl-C) afterwards. The
+    first line it prints names the address."""
+    model = [] if model_path is None else [str(model_path)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "slidenet", "serve", str(model_path), "--port", "0", *args],
+        [sys.executable, "-m", "slidenet", "serve", *model, "--port", "0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

@@ -1,6 +1,14 @@
-"""`slidenet serve MODEL`: the live explainer of one model, in the browser, until Ctrl-C."""
+"""`slidenet serve [MODEL | RUNS]`: a slidenet page in the browser, until Ctrl-C.
+
+    slidenet serve                  the pattern playground: write a net, see every shape
+    slidenet serve MODEL            the live explainer of one trained model
+    slidenet serve RUNS/            the curves of the runs in a folder, side by side
+
+`serve_until_stopped` is shared with `slidenet train --live`.
+"""
 import importlib.util
 import ipaddress
+import os
 import socket
 import sys
 
@@ -12,11 +20,16 @@ LOOPBACK_NAMES = ("localhost",)
 
 def register(subparsers):
     p = subparsers.add_parser(
-        "serve", help="an interactive explainer of a model in the browser",
+        "serve", help="an interactive explainer of a model in the browser; with no model, "
+                      "the pattern playground",
         description="Serve a local web page that explains MODEL live: draw or drop an image, "
                     "see every layer's maps, click a unit to see where it comes from, slide a "
-                    "filter, see the patches a channel looks for. Ctrl-C stops it.")
-    p.add_argument("model", help="a model file written by `slidenet train` (model.npz, best.npz)")
+                    "filter, see the patches a channel looks for, write a net. With no MODEL, "
+                    "the pattern playground: write a net, see every shape and number. With a "
+                    "folder of runs, their curves side by side. Ctrl-C stops it.")
+    p.add_argument("model", nargs="?",
+                   help="a model file written by `slidenet train` (model.npz, best.npz), or a "
+                        "folder of runs (each a folder with history.json); none: the playground")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (8000; 0 picks a free one)")
@@ -58,39 +71,68 @@ def listen(host, port):
     return sock
 
 
-def run(args):
+def needs_extra(command="slidenet serve"):
+    """SlidenetError unless the serve extra is installed."""
     for package in ("starlette", "uvicorn", "jinja2", "matplotlib", "PIL"):
         if importlib.util.find_spec(package) is None:
-            raise SlidenetError(f"slidenet serve needs Starlette, uvicorn, Jinja2, matplotlib "
+            raise SlidenetError(f"{command} needs Starlette, uvicorn, Jinja2, matplotlib "
                                 f"and Pillow, and {package} is not installed: "
                                 "pip install 'slidenet[serve]'")
-    import uvicorn
 
-    from slidenet.serve.app import create_app
 
-    model = load(args.model)
-    loopback = is_loopback(args.host)
-    # A loopback server answers only requests addressed to a loopback name, so a page on
-    # another site cannot reach it through a name it points at 127.0.0.1 (DNS rebinding).
-    # (Starlette's host check cannot read IPv6 literals; those servers take any Host.)
-    trusted = sorted({args.host, "127.0.0.1", "localhost"}) \
-        if loopback and ":" not in args.host else None
-    app = create_app(model, args.data, model_path=args.model, trusted_hosts=trusted)
-    sock = listen(args.host, args.port)
+def trusted_hosts(host):
+    """The Host headers a server on `host` answers: loopback names only for a loopback
+    server, so a page on another site cannot reach it through a name it points at 127.0.0.1
+    (DNS rebinding); None (any) otherwise. Starlette's host check cannot read IPv6 literals;
+    those servers take any Host."""
+    return sorted({host, "127.0.0.1", "localhost"}) \
+        if is_loopback(host) and ":" not in host else None
+
+
+def address(sock):
+    """http://HOST:PORT/ of a listening socket."""
     host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    if not loopback:
-        print(f"slidenet serve: warning: listening on {args.host} exposes this model and its "
-              "page to every machine that can reach this one, with no password; use the "
-              "default --host 127.0.0.1 to keep it to this machine", file=sys.stderr,
-              flush=True)
-    print(f"slidenet serve: {args.model} on http://{shown}:{port}/  (Ctrl-C stops it)",
-          flush=True)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def warn_if_open(host, what="this model and its page"):
+    if not is_loopback(host):
+        print(f"slidenet serve: warning: listening on {host} exposes {what} to every machine "
+              "that can reach this one, with no password; use the default --host 127.0.0.1 to "
+              "keep it to this machine", file=sys.stderr, flush=True)
+
+
+def server(app, sock):
+    """A uvicorn Server for `app`, quiet, that lets open requests finish for up to 3 s."""
+    import uvicorn
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=3)
-    server = uvicorn.Server(config)
+    return uvicorn.Server(config)
+
+
+def run(args):
+    needs_extra()
+    from slidenet.serve.app import create_app, create_playground_app
+
+    if args.model is None:
+        if args.data:
+            raise SlidenetError("--data belongs to a model (its top patches); the playground "
+                                "has none: give a MODEL, or drop --data")
+        app, what = create_playground_app(trusted_hosts(args.host)), "the playground"
+    elif os.path.isdir(args.model):
+        from slidenet.serve.runs import create_runs_app
+        app, what = create_runs_app(args.model, trusted_hosts(args.host)), f"the runs in {args.model}"
+    else:
+        model = load(args.model)
+        app, what = create_app(model, args.data, model_path=args.model,
+                               trusted_hosts=trusted_hosts(args.host)), args.model
+    sock = listen(args.host, args.port)
+    warn_if_open(args.host, "this page" if args.model is None else
+                 "these runs and their page" if os.path.isdir(args.model) else
+                 "this model and its page")
+    print(f"slidenet serve: {what} on {address(sock)}  (Ctrl-C stops it)", flush=True)
     try:
-        server.run(sockets=[sock])
+        server(app, sock).run(sockets=[sock])
     except KeyboardInterrupt:
         pass            # uvicorn raises the Ctrl-C it handled again once it has shut down
     finally:

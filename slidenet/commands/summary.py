@@ -6,7 +6,7 @@ from slidenet import modelfile
 from slidenet.errors import SlidenetError
 from slidenet.pattern import parse, parse_sets
 from slidenet.shapes import infer
-from slidenet.summary import summary_json, summary_text
+from slidenet.summary import summarize, summary_text
 
 
 def register(subparsers):
@@ -38,7 +38,8 @@ def run(args):
         skip = meta.get("skip_optional", False)
         if not isinstance(pattern, str):
             raise SlidenetError(f"{args.pattern}: its meta holds no pattern")
-    specs = parse(pattern, variables, skip_optional=skip)
-    infos = infer(specs, pattern)
-    print(json.dumps(summary_json(infos), indent=2) if args.json else summary_text(infos))
+    if args.json:
+        print(json.dumps(summarize(pattern, variables, skip), indent=2))
+        return 0
+    print(summary_text(infer(parse(pattern, variables, skip_optional=skip), pattern)))
     return 0

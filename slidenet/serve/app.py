@@ -8,6 +8,11 @@
     POST /api/unit          image bytes, ?layer=&row=&col=&channel= -> where a unit comes from
     GET  /api/slide         ?n=&f=&s=&p= -> a filter sliding over a padded input
     GET  /api/patches       ?layer=&channel= -> the test images that excite a channel most
+    POST /api/summary       pattern text -> what `slidenet summary --json` prints (playground)
+
+`create_playground_app` is the page of `slidenet serve` with no model: the playground, the
+sliding filter, /api/summary and /api/slide. `site` is what every slidenet app shares (the
+JSON refusals, /static, the Host check); slidenet.serve.live builds the live training page on it.
 
 docs/serve.md has the JSON of each. Images are the raw bytes of a PNG or JPEG file as the
 request body, at most MAX_UPLOAD bytes. Every refusal is JSON, {"error": message}, with a 4xx
@@ -23,14 +28,16 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from slidenet.config import DEFAULT_PATTERN
 from slidenet.data import decode_image
-from slidenet.errors import DataError, SlidenetError
-from slidenet.serve import pages
+from slidenet.errors import DataError, PatternError, SlidenetError
+from slidenet.serve import pages, playground
 from slidenet.serve.explain import PATCHES, Explainer
 
 MAX_UPLOAD = 10 * 2**20     # bytes of one uploaded image
 SECTIONS = (("input", "Input"), ("layers", "Every layer"), ("unit", "One unit"),
-            ("slide", "Slide a filter"), ("patches", "What a channel looks for"))
+            ("slide", "Slide a filter"), ("patches", "What a channel looks for"),
+            ("playground", "Write a net"))
 # The page loads nothing from elsewhere; the browser is told so, too.
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
                                       "style-src 'self'; script-src 'self'; object-src 'none'; "
@@ -39,33 +46,46 @@ HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:;
 
 
 class Refused(Exception):
-    """A request the app turns down: `status` and a message for the person at the page."""
+    """A request the app turns down: `status` and a message for the person at the page, and
+    `extra` keys for the JSON answer (the playground's `column`)."""
 
-    def __init__(self, status, message):
+    def __init__(self, status, message, extra=None):
         super().__init__(message)
         self.status = status
+        self.extra = extra or {}
+
+
+async def read_body(request, limit, too_large):
+    """The request body's bytes, at most `limit` of them.
+
+    Refused with 413 and the message `too_large` as soon as Content-Length, or the bytes
+    received so far, pass `limit` (the rest is not read).
+    """
+    claimed = request.headers.get("content-length")
+    if claimed is not None and (not claimed.isdigit() or int(claimed) > limit):
+        raise Refused(413, too_large) if claimed.isdigit() \
+            else Refused(400, "Content-Length is not a number")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Refused(413, too_large)
+    return bytes(body)
 
 
 async def read_image(request, explainer):
     """The request body, decoded into the model's INPUT (uint8 (H, W, D)).
 
-    Refused with 413 as soon as Content-Length, or the bytes received so far, pass MAX_UPLOAD
-    (the rest is not read); 400 for no body; 415 for bytes that are not a PNG or JPEG.
+    Refused with 413 past MAX_UPLOAD (see read_body); 400 for no body; 415 for bytes that are
+    not a PNG or JPEG.
     """
-    too_large = Refused(413, f"the image is larger than {MAX_UPLOAD // 2**20} MB; send a "
-                             "smaller PNG or JPEG")
-    claimed = request.headers.get("content-length")
-    if claimed is not None and (not claimed.isdigit() or int(claimed) > MAX_UPLOAD):
-        raise too_large if claimed.isdigit() else Refused(400, "Content-Length is not a number")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_UPLOAD:
-            raise too_large
+    body = await read_body(request, MAX_UPLOAD, f"the image is larger than "
+                                                f"{MAX_UPLOAD // 2**20} MB; send a smaller PNG "
+                                                "or JPEG")
     if not body:
         raise Refused(400, "send the bytes of a PNG or JPEG file as the request body")
     try:
-        return await run_in_threadpool(decode_image, bytes(body), explainer.model.input_shape,
+        return await run_in_threadpool(decode_image, body, explainer.model.input_shape,
                                        "the file")
     except DataError as err:
         raise Refused(415, str(err)) from None
@@ -80,6 +100,26 @@ def whole(request, name, default=None):
         return int(text)
     except (TypeError, ValueError):
         raise Refused(400, f"?{name}= must be a whole number, not {text!r}") from None
+
+
+async def pattern_summary(request):
+    """POST /api/summary: the body is a pattern; ?set=N=2 (repeatable) and ?skip_optional=1
+    as `slidenet summary` takes them. A pattern that is not a net: 400 with {"error" (the
+    message, the pattern and a caret, as the CLI prints it), "message", "column" (0-based,
+    or null)}."""
+    body = await read_body(request, playground.MAX_PATTERN,
+                           f"the pattern is longer than {playground.MAX_PATTERN // 1024} kB")
+    sets = request.query_params.getlist("set")
+    skip = request.query_params.get("skip_optional", "0") not in ("", "0", "false")
+    try:
+        return JSONResponse(await run_in_threadpool(playground.summary, body, sets, skip))
+    except PatternError as err:
+        raise Refused(400, str(err), {"message": err.message, "column": err.column}) from None
+    except SlidenetError as err:
+        raise Refused(400, str(err), {"message": str(err), "column": None}) from None
+
+
+SUMMARY = Route("/api/summary", pattern_summary, methods=["POST"])
 
 
 def create_app(model, data=None, model_path="", trusted_hosts=None):
@@ -101,7 +141,8 @@ def create_app(model, data=None, model_path="", trusted_hosts=None):
         return templates.TemplateResponse(request, "serve.html", {
             "inline_style": False, "pattern": described["pattern"], "model_path": model_path,
             "model": described, "stats": stats, "sections": SECTIONS,
-            "max_upload": MAX_UPLOAD, "per_channel": PATCHES}, headers=HEADERS)
+            "max_upload": MAX_UPLOAD, "per_channel": PATCHES,
+            "max_pattern": playground.MAX_PATTERN}, headers=HEADERS)
 
     async def model_info(request):
         return JSONResponse(described)
@@ -130,29 +171,57 @@ def create_app(model, data=None, model_path="", trusted_hosts=None):
         return JSONResponse(await run_in_threadpool(explainer.patches, layer,
                                                     whole(request, "channel", 0)))
 
-    async def refused(request, err):
-        return JSONResponse({"error": str(err)}, status_code=err.status,
-                            headers={"Connection": "close"} if err.status == 413 else None)
-
-    async def mistaken(request, err):
-        # A mistake in what the request asks for (a layer that does not exist, a stride that
-        # does not tile): slidenet's own message.
-        return JSONResponse({"error": str(err)}, status_code=400)
-
-    async def http_error(request, err):
-        return JSONResponse({"error": err.detail}, status_code=err.status_code,
-                            headers=err.headers)
-
     routes = [Route("/", page), Route("/api/model", model_info),
               Route("/api/predict", predict, methods=["POST"]),
               Route("/api/look", look, methods=["POST"]),
               Route("/api/unit", unit, methods=["POST"]),
               Route("/api/slide", slide), Route("/api/patches", patches),
-              Mount("/static", StaticFiles(directory=str(pages.STATIC)), name="static")]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)] \
-        if trusted_hosts else []
-    app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers={Refused: refused, SlidenetError: mistaken,
-                                        HTTPException: http_error})
+              SUMMARY]
+    app = site(routes, trusted_hosts)
     app.state.explainer = explainer
     return app
+
+
+def create_playground_app(trusted_hosts=None):
+    """The app of `slidenet serve` with no model: the pattern playground and the sliding
+    filter (templates/playground.html), /api/summary and /api/slide."""
+    templates = Jinja2Templates(env=pages.environment())
+
+    async def page(request):
+        return templates.TemplateResponse(request, "playground.html", {
+            "inline_style": False, "pattern": "", "stats": (),
+            "sections": playground.SECTIONS, "default_pattern": DEFAULT_PATTERN,
+            "max_pattern": playground.MAX_PATTERN}, headers=HEADERS)
+
+    async def slide(request):
+        n, f, s, p = (whole(request, name) for name in "nfsp")
+        return JSONResponse(Explainer.slide(n, f, s, p))
+
+    return site([Route("/", page), Route("/api/slide", slide), SUMMARY],
+                trusted_hosts)
+
+
+async def _refused(request, err):
+    return JSONResponse({"error": str(err), **err.extra}, status_code=err.status,
+                        headers={"Connection": "close"} if err.status == 413 else None)
+
+
+async def _mistaken(request, err):
+    # A mistake in what the request asks for (a layer that does not exist, a stride that
+    # does not tile): slidenet's own message.
+    return JSONResponse({"error": str(err)}, status_code=400)
+
+
+async def _http_error(request, err):
+    return JSONResponse({"error": err.detail}, status_code=err.status_code, headers=err.headers)
+
+
+def site(routes, trusted_hosts=None):
+    """A Starlette app of `routes` plus /static, with every refusal as JSON and, when
+    `trusted_hosts` is given, only those Host headers answered. Every slidenet page is one."""
+    routes = [*routes, Mount("/static", StaticFiles(directory=str(pages.STATIC)), name="static")]
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)] \
+        if trusted_hosts else []
+    return Starlette(routes=routes, middleware=middleware,
+                     exception_handlers={Refused: _refused, SlidenetError: _mistaken,
+                                         HTTPException: _http_error})

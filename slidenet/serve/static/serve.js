@@ -15,7 +15,6 @@
   const STRIP_COLUMNS = 32;   // cells per row of a strip
   const MAX_TILES = 64;       // channels drawn per layer
   const MAX_TABLES = 32;      // input channels whose window a CONV unit's explanation lists
-  const DIGITS = 4;           // decimals of the sums a unit's explanation shows
   const CELL_DIGITS = 3;      // decimals of the numbers in its tables
   // Colour ramps, from the low end to the high end of a layer's scale.
   const DIVERGING = [[33, 102, 172], [146, 197, 222], [247, 247, 247], [244, 165, 130],
@@ -23,24 +22,7 @@
   const SEQUENTIAL = [[12, 7, 38], [59, 41, 120], [33, 120, 142], [72, 180, 110],
                       [240, 225, 60]];
 
-  const $ = (id) => document.getElementById(id);
-
-  function el(tag, props, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(props || {})) {
-      if (key === "class") node.className = value;
-      else if (key === "text") node.textContent = value;
-      else if (key.startsWith("data-")) node.setAttribute(key, value);
-      else node[key] = value;
-    }
-    for (const child of children) if (child !== null && child !== undefined) node.append(child);
-    return node;
-  }
-
-  function fmt(value, digits = DIGITS) {
-    const text = Number(value).toFixed(digits);
-    return /^-0\.?0*$/.test(text) ? text.slice(1) : text;   // no "-0.0000"
-  }
+  const { $, el, fmt, call } = window.slidenet;
 
   function floats(base64) {
     const text = atob(base64);
@@ -66,27 +48,6 @@
     const limit = Math.max(high, 1e-12);
     return { text: `0 (dark) to ${fmt(limit, 3)} (yellow)`,
              colour: (v) => ramp(SEQUENTIAL, v / limit) };
-  }
-
-  // ---- talking to the server ----
-
-  async function call(url, options) {
-    let response;
-    try {
-      response = await fetch(url, options);
-    } catch (err) {
-      throw new Error(`the server did not answer (${err.message}); is slidenet serve running?`);
-    }
-    let body = null;
-    try {
-      body = await response.json();
-    } catch (err) {
-      body = null;
-    }
-    if (!response.ok) {
-      throw new Error((body && body.error) || `the server answered ${response.status}`);
-    }
-    return body;
   }
 
   function showError(message) {
@@ -518,94 +479,6 @@
                                   channel: answer.channel });
   }
 
-  // ---- sliding a filter ----
-
-  const slideForm = $("slide-form");
-  let slide = null;
-  let step = 0;
-  let timer = null;
-
-  function stopPlaying() {
-    if (timer) clearInterval(timer);
-    timer = null;
-    $("slide-play").textContent = "play";
-  }
-
-  function grid(table, matrix, classOf) {
-    table.replaceChildren(...matrix.map((line, r) => el("tr", {},
-      ...line.map((value, c) => el("td", { class: classOf ? classOf(r, c) : "", text: String(value) })))));
-  }
-
-  async function loadSlide() {
-    stopPlaying();
-    const query = new URLSearchParams(new FormData(slideForm));
-    try {
-      slide = await call(`/api/slide?${query}`);
-    } catch (err) {
-      slide = null;
-      $("slide-error").textContent = err.message;
-      $("slide-error").hidden = false;
-      $("slide-view").hidden = true;
-      $("slide-formula").textContent = "";
-      return;
-    }
-    $("slide-error").hidden = true;
-    $("slide-view").hidden = false;
-    $("slide-formula").textContent =
-      `output size (N + 2P - F) / S + 1 = ${slide.formula}  \u2192  ${slide.out} x ${slide.out}`;
-    const m = slide.n + 2 * slide.p;
-    const padded = Array.from({ length: m }, (_, r) => Array.from({ length: m }, (_, c) => {
-      const [i, j] = [r - slide.p, c - slide.p];
-      return i >= 0 && j >= 0 && i < slide.n && j < slide.n ? slide.x[i][j] : 0;
-    }));
-    slide.padded = padded;
-    grid($("slide-input"), padded, (r, c) => (r < slide.p || c < slide.p || r >= slide.p + slide.n
-      || c >= slide.p + slide.n ? "pad" : ""));
-    grid($("slide-filter"), slide.w, () => "filter");
-    grid($("slide-output"), slide.y);
-    showStep(0);
-  }
-
-  function showStep(k) {
-    const { out, s, f, padded, w, y } = slide;
-    step = Math.max(0, Math.min(out * out - 1, k));
-    const [i, j] = [Math.floor(step / out), step % out];
-    const [r0, c0] = [i * s, j * s];
-    [...$("slide-input").rows].forEach((tr, r) => [...tr.cells].forEach((td, c) =>
-      td.classList.toggle("window", r >= r0 && r < r0 + f && c >= c0 && c < c0 + f)));
-    [...$("slide-output").rows].forEach((tr, r) => [...tr.cells].forEach((td, c) => {
-      const index = r * out + c;
-      td.className = index < step ? "done" : index === step ? "now" : "empty";
-    }));
-    const terms = [];
-    for (let a = 0; a < f; a++) {
-      for (let b = 0; b < f; b++) terms.push(`${padded[r0 + a][c0 + b]}*${w[a][b]}`);
-    }
-    const sum = terms.length <= 25 ? `${terms.join(" + ")} = ${y[i][j]}` : `sum of the ${terms.length} products = ${y[i][j]}`;
-    $("slide-caption").textContent =
-      `output (${i}, ${j}) \u2190 rows ${r0}..${r0 + f - 1}, columns ${c0}..${c0 + f - 1} of the padded input: ${sum}`;
-    $("slide-step").textContent = `position ${step + 1} of ${out * out}`;
-  }
-
-  slideForm.addEventListener("input", loadSlide);
-  slideForm.addEventListener("submit", (event) => event.preventDefault());
-  $("slide-first").addEventListener("click", () => { stopPlaying(); showStep(0); });
-  $("slide-prev").addEventListener("click", () => { stopPlaying(); showStep(step - 1); });
-  $("slide-next").addEventListener("click", () => { stopPlaying(); showStep(step + 1); });
-  $("slide-last").addEventListener("click", () => { stopPlaying(); showStep(Infinity); });
-  $("slide-play").addEventListener("click", () => {
-    if (timer) {
-      stopPlaying();
-      return;
-    }
-    if (step >= slide.out * slide.out - 1) showStep(0);
-    $("slide-play").textContent = "pause";
-    timer = setInterval(() => {
-      if (step >= slide.out * slide.out - 1) stopPlaying();
-      else showStep(step + 1);
-    }, 450);
-  });
-
   // ---- top patches ----
 
   const patchesForm = $("patches-form");
@@ -647,5 +520,4 @@
 
   buildLayers();
   channelLimit();
-  loadSlide();
 })();

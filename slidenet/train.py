@@ -12,6 +12,11 @@ training 1 epoch and resuming to 2 gives the same bits as training 2 epochs stra
 Under `mpiexec -n R` the same loop trains data-parallel (`slidenet.distributed`): each rank
 computes its part of every batch, the gradients are summed over the ranks before the update,
 and rank 0 alone logs and writes the files. Each `if group:` below is that, and nothing else.
+
+An `Observer` passed to `train` hears of the run as it goes (`slidenet train --live` shows it in
+the browser, slidenet.serve.watch): once at the start, after every step, after every epoch. Its
+calls run on the training thread between steps, so they must be quick; under MPI only rank 0's
+observer is called.
 """
 import math
 import os
@@ -34,7 +39,8 @@ from slidenet.optim import make_optimizer
 from slidenet.progress import progress
 from slidenet.schedules import make_schedule
 
-__all__ = ["DEFAULT_PATTERN", "TrainConfig", "TrainingDiverged", "TrainingInterrupted", "train"]
+__all__ = ["DEFAULT_PATTERN", "Observer", "TrainConfig", "TrainingDiverged",
+           "TrainingInterrupted", "Watched", "train"]
 
 
 class TrainingDiverged(SlidenetError):
@@ -49,9 +55,44 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.hint = hint
 
 
-def train(config, resume=None, log=print):
+@dataclass(frozen=True)
+class Watched:
+    """What an Observer is shown of a run when it starts. The net is the live one: read it only
+    inside an Observer call (between steps), never from another thread."""
+    net: Net
+    normalizer: object          # data.Normalizer
+    x_val: np.ndarray           # uint8 (N, H, W, D): the validation images
+    y_val: np.ndarray           # int (N,)
+    class_names: list
+    config: TrainConfig         # the run's settings (a resumed run's own)
+    steps_per_epoch: int
+    start_epoch: int            # epochs done before this run (a resumed run's)
+    history: list               # the entries so far; train appends to this same list
+
+
+class Observer:
+    """Hears of a training run as it goes; every method is called on the training thread.
+
+    start(watched)                  once, before the first step (a `Watched`)
+    step(step, loss, images, lr)    after each update: the global step (1-based), the batch's
+                                    mean loss, its image count and the learning rate it used
+    epoch(entry)                    after each epoch's checkpoint: its history entry
+    """
+
+    def start(self, watched):
+        pass
+
+    def step(self, step, loss, images, lr):
+        pass
+
+    def epoch(self, entry):
+        pass
+
+
+def train(config, resume=None, log=print, observer=None):
     """Train as `config` says (or continue the run saved in `resume`, which takes only epochs,
     out, stop_after, threads and patience from `config`). Returns the history list.
+    observer: an `Observer` told of every step and epoch (rank 0's only, under MPI).
 
     Each history entry: epoch, loss, accuracy, val_accuracy, val_loss, lr, seconds, images_per_s.
     The kernels run on `config.threads` worker threads. Results are deterministic for a given
@@ -62,7 +103,7 @@ def train(config, resume=None, log=print):
     # Overflow on the way to a NaN loss is what TrainingDiverged reports, in one clear line.
     with group.workers(config.threads) if group else runtime.workers(config.threads or None), \
             np.errstate(over="ignore", invalid="ignore"):
-        return _train(config, resume, log)
+        return _train(config, resume, log, observer or Observer())
 
 
 @dataclass
@@ -85,6 +126,7 @@ class _Run:
     saved: dict                 # file name -> epoch, for the files this run has written
     resume: str = None          # the model file this run continues, if any
     group: object = None        # distributed.Group under mpiexec, else None
+    observer: Observer = None   # told of every step and epoch (rank 0's only)
 
 
 AUTO_BATCH = 64                 # the batch size, unless the training split is small
@@ -207,16 +249,21 @@ def _opening(run):
     return lines
 
 
-def _train(config, resume, log):
+def _train(config, resume, log, observer):
     run = _start(config, resume)
     config = run.config
-    if run.group:   # rank 0 alone logs and writes
+    if run.group:   # rank 0 alone logs, writes and is watched
         log = log if run.group.rank == 0 else (lambda *_: None)
+        observer = observer if run.group.rank == 0 else Observer()
         log(run.group.describe())
+    run.observer = observer
     for line in _opening(run):
         log(line)
     if not run.group or run.group.rank == 0:
         writing.make_folder(config.out)
+    observer.start(Watched(run.net, run.normalizer, run.x_val, run.y_val,
+                           list(run.dataset.class_names), config, run.steps_per_epoch,
+                           run.start_epoch, run.history))
     try:
         _epochs(run, log)
     except KeyboardInterrupt:
@@ -240,6 +287,7 @@ def _epochs(run, log):
         score = _score(entry)
         improved = score > best
         _checkpoint(run, epoch, improved)
+        run.observer.epoch(entry)
         best, stale = (score, 0) if improved else (best, stale + 1)
         if config.patience and stale >= config.patience:
             log(f"early stop: no validation gain for {config.patience} epochs")
@@ -301,8 +349,10 @@ def _epoch(run, epoch):
             grads, n, hits = net.grads, len(yb), int((scores.argmax(axis=1) == yb).sum())
             if group:
                 grads, loss, hits, n = group.sum_step(net.grads, part, loss, hits, n)
-            run.optimizer.step(grads, run.schedule(step))
+            lr = run.schedule(step)
+            run.optimizer.step(grads, lr)
             step += 1
+            run.observer.step(step, loss, n, lr)
             seen += n
             correct += hits
             total_loss += loss * n

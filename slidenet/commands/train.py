@@ -83,6 +83,13 @@ def register(subparsers):
     p.add_argument("--resize", action="store_true", default=None,
                    help="stretch every image to the pattern's INPUT height x width, for a folder "
                         "of images of several sizes (default: refuse other sizes)")
+    p.add_argument("--live", action="store_true",
+                   help="serve a web page that shows the net learning (curves, filters, maps, "
+                        "confusion matrix); when training ends it explains best.npz until Ctrl-C")
+    p.add_argument("--host", help="with --live: the address to listen on (default: 127.0.0.1, "
+                                  "this machine only)")
+    p.add_argument("--port", type=int, help="with --live: the port (default: 8000; 0 picks a "
+                                            "free one)")
     p.add_argument("--threads", type=int, default=0,
                    help="kernel worker threads, 0 = one per core (shared among the mpiexec "
                         "processes on a machine); an exact --resume needs the same count")
@@ -104,6 +111,9 @@ def _check(args):
         raise SlidenetError(f"--lr must be > 0, not {args.lr}")
     if args.val_fraction is not None and not 0 <= args.val_fraction < 1:
         raise SlidenetError(f"--val-fraction must be in [0, 1), not {args.val_fraction}")
+    if not args.live and (args.host is not None or args.port is not None):
+        raise SlidenetError(f"--{'host' if args.host is not None else 'port'} belongs to --live "
+                            "(the page that shows training): add --live, or drop it")
     if args.resume and not os.path.isfile(args.resume):
         raise SlidenetError(f"--resume {args.resume}: no such model file")
 
@@ -171,6 +181,19 @@ def _memory_advice(args, config):
     return f"try a smaller batch, e.g. --batch-size {max(1, smaller)}"
 
 
+def _train(args, config):
+    """Train, with the live page when --live asks for it (rank 0's, under mpiexec)."""
+    from slidenet import distributed
+    group = distributed.world()
+    if not args.live or (group and group.rank):
+        return train(config, resume=args.resume)
+    from slidenet.commands.serve import needs_extra
+    needs_extra("slidenet train --live")
+    from slidenet.serve.live import train_live
+    return train_live(config, args.resume, args.host or "127.0.0.1",
+                      8000 if args.port is None else args.port, train)
+
+
 def run(args):
     _check(args)
     given = _given(args)
@@ -189,7 +212,7 @@ def run(args):
     config = TrainConfig(**{**values, "epochs": args.epochs, "out": out,
                             "stop_after": args.stop_after, "threads": args.threads})
     try:
-        train(config, resume=args.resume)
+        _train(args, config)
     except OutOfMemory as err:
         raise err.advise(_memory_advice(args, config)) from None
     except TrainingInterrupted as stop:

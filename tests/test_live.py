@@ -82,6 +82,17 @@ def test_the_step_losses_average_to_the_epoch_loss(watched_run):
     assert watcher.progress(since=3 * spe - 2)["steps"] == progress["steps"][-2:]
 
 
+def test_watching_changes_nothing_in_the_training(watched_run):
+    config = watched_run["config"]
+    out = watched_run["folder"] / "unwatched"
+    from dataclasses import replace
+    train(replace(config, out=str(out)), log=lambda *_: None)
+    watched = load(str(watched_run["folder"] / "run" / "model.npz"))
+    unwatched = load(str(out / "model.npz"))
+    for name in watched.state:
+        np.testing.assert_array_equal(watched.state[name], unwatched.state[name], err_msg=name)
+
+
 def test_the_epoch_view_is_evaluate_of_the_saved_model(watched_run):
     watcher = watched_run["watcher"]
     model = load(str(watched_run["folder"] / "run" / "model.npz"))
@@ -305,6 +316,32 @@ def test_a_resumed_run_shows_the_history_so_far(tmp_path):
         process.send_signal(signal.SIGINT)
         status, _, err = wait_for_exit(process, timeout=60)
     assert status == 0, err
+
+
+def test_under_mpiexec_rank_0_serves_and_all_ranks_end_together(tmp_path):
+    from test_distributed import MPIEXEC
+    if not os.access(MPIEXEC, os.X_OK):
+        if os.environ.get("SLIDENET_SKIP_MPI") == "1" and not os.environ.get("CI"):
+            pytest.skip("SLIDENET_SKIP_MPI=1")
+        pytest.fail(f"no mpiexec at {MPIEXEC}: install slidenet[mpi] (make setup does)")
+    data = write_bars(tmp_path)
+    process = subprocess.Popen(
+        [MPIEXEC, "-n", "2", sys.executable, "-m", "slidenet", "train",
+         *_args(data, tmp_path / "run", 2)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = process.stdout.readline()
+        assert ADDRESS in line, (line, process.stderr.read())
+        url = line.split(ADDRESS)[1].split()[0].rstrip("/")
+        progress = wait_until(url, lambda p: p["done"])
+        assert progress["state"] == "finished" and len(progress["history"]) == 2
+        assert json.loads((tmp_path / "run" / "history.json").read_text()) == progress["history"]
+        assert len(progress["steps"]) == 2 * progress["steps_per_epoch"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        status, out, err = wait_for_exit(process, timeout=60)
+    assert status == 0, (out, err)
+    assert (line + out).count(ADDRESS) == 1 and "slidenet train: stopped" in out
 
 
 def test_host_and_port_belong_to_live(tmp_path):

@@ -8,6 +8,7 @@ giving one with another value than the model's is an error that says so. Only th
 import argparse
 import os
 import sys
+import time
 
 from slidenet import data as datasets
 from slidenet import modelfile
@@ -185,13 +186,33 @@ def _train(args, config):
     """Train, with the live page when --live asks for it (rank 0's, under mpiexec)."""
     from slidenet import distributed
     group = distributed.world()
-    if not args.live or (group and group.rank):
+    if not args.live:
         return train(config, resume=args.resume)
-    from slidenet.commands.serve import needs_extra
-    needs_extra("slidenet train --live")
-    from slidenet.serve.live import train_live
-    return train_live(config, args.resume, args.host or "127.0.0.1",
-                      8000 if args.port is None else args.port, train)
+    if group and group.rank:
+        history = train(config, resume=args.resume)
+    else:
+        from slidenet.commands.serve import needs_extra
+        needs_extra("slidenet train --live")
+        from slidenet.serve.live import train_live
+        history = train_live(config, args.resume, args.host or "127.0.0.1",
+                             8000 if args.port is None else args.port, train)
+    if group:
+        _together(group)
+    return history
+
+
+def _together(group):
+    """Under mpiexec with --live, the ranks end together once rank 0's page is stopped: a rank
+    that ended first would wait for rank 0 inside MPI_Finalize, where Ctrl-C cannot reach it
+    cleanly. The Ctrl-C that stops the page reaches every rank; they wait on regardless."""
+    request = group.comm.Ibarrier()
+    while True:
+        try:
+            while not request.Test():
+                time.sleep(0.1)
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 def run(args):

@@ -1,0 +1,100 @@
+"""`slidenet train --live` in Chromium: the page grows while the net learns, then explains it.
+
+The curves' points are counted against the steps and epochs trained, the confusion matrix on the
+page against `slidenet.evaluate` of the saved model, the guesses under the validation images
+against `Model.predict`; once training has finished, the page at / must have become the
+explainer of best.npz. Launching Chromium, and the rules for a machine without it, are those of
+test_serve_browser.py.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+
+from slidenet.data import split_validation
+from slidenet.evaluate import evaluate
+from slidenet.model import load
+
+from serving import wait_for_exit
+from test_live import ADDRESS, _args, write_bars
+from test_serve_browser import Visit, browser  # noqa: F401  (browser: a fixture)
+from test_viz import CLASSES, bars
+
+from playwright.sync_api import expect  # noqa: E402
+
+EPOCHS = 60
+
+
+@pytest.fixture
+def run(tmp_path):
+    data = write_bars(tmp_path)
+    process = subprocess.Popen([sys.executable, "-m", "slidenet", "train",
+                                *_args(data, tmp_path / "run", EPOCHS)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    line = process.stdout.readline()
+    assert ADDRESS in line, (line, process.stderr.read())
+    yield process, line.split(ADDRESS)[1].split()[0].rstrip("/"), tmp_path
+    process.send_signal(signal.SIGINT)
+    status, out, err = wait_for_exit(process, timeout=60)
+    assert status == 0 and "Traceback" not in err, err
+
+
+def test_the_page_grows_while_training_then_explains_best_npz(browser, run):  # noqa: F811
+    process, url, folder = run
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    visit = Visit(page, url)
+    page.on("console", lambda m: m.type == "error" and visit.errors.append(m.text))
+    page.on("pageerror", lambda err: visit.errors.append(str(err)))
+    page.on("request", lambda r: visit.requests.append(r.url))
+    page.goto(url + "/")
+
+    # While training: the loss curve gains points as steps are trained.
+    loss_steps = page.locator('#chart-loss polyline[data-series="each step"]')
+    expect(loss_steps).to_have_count(1, timeout=60_000)
+    first = int(loss_steps.get_attribute("data-count"))
+    assert page.locator("body").get_attribute("data-done") is None, "finished too soon"
+    page.wait_for_function(
+        f"() => Number(document.querySelector('#chart-loss polyline[data-series=\"each step\"]')"
+        f"?.dataset.count) > {first}", timeout=60_000)
+    expect(page.locator("#filters-image")).to_be_visible()
+    expect(page.locator("#samples-body .sample")).to_have_count(8)
+    expect(page.locator("#confusion table tr")).to_have_count(len(CLASSES) + 1, timeout=60_000)
+    assert page.locator("#stat-speed").inner_text() not in ("", "-")
+
+    # Finished: / reloads as the explainer of best.npz.
+    expect(page.locator("#maps .layer")).to_have_count(len(load(str(folder / "run" / "best.npz")).net.layers),
+                                                       timeout=180_000)
+    assert "/static/serve.js" in page.content()
+
+    # /live keeps the whole run: every step, every epoch, the last epoch's numbers.
+    page.goto(url + "/live")
+    expect(page.locator("body")).to_have_attribute("data-done", "finished")
+    expect(page.locator("body")).to_have_attribute("data-epoch-view", str(EPOCHS))
+    expect(page.locator("body")).to_have_attribute("data-pictures", str(json.loads(
+        urllib.request.urlopen(url + "/api/progress").read())["pictures"]))
+    history = json.loads((folder / "run" / "history.json").read_text())
+    spe = json.loads(urllib.request.urlopen(url + "/api/progress").read())["steps_per_epoch"]
+    assert int(loss_steps.get_attribute("data-count")) == EPOCHS * spe
+    accuracy = page.locator('#chart-accuracy polyline[data-series="validation"]')
+    assert int(accuracy.get_attribute("data-count")) == len(history) == EPOCHS
+
+    model = load(str(folder / "run" / "model.npz"))
+    x, y = bars(240, seed=0)
+    _, val = split_validation(len(y), 0.1, 0)
+    want = evaluate(model.net, x[val], y[val], model.normalizer, len(CLASSES))["confusion"]
+    shown = page.locator("#confusion table tr").evaluate_all(
+        "rows => rows.slice(1).map(r => Array.from(r.querySelectorAll('td'), c => Number(c.textContent)))")
+    assert shown == want
+    for card in page.locator("#samples-body .sample").all():
+        index = int(card.get_attribute("data-index"))
+        probs = model.predict(x[val][index][None])[0]
+        assert card.locator(".verdict").inner_text() == f"guess: {CLASSES[int(np.argmax(probs))]}"
+    visit.clean()
+    context.close()

@@ -1,0 +1,103 @@
+"""`slidenet serve RUNS/`: several runs' curves side by side, read safely from their files.
+
+Oracles: each run's own history.json and model meta (what the page must show), files made
+damaged, too large or not a history on purpose (each skipped with its reason, the rest still
+shown), and in Chromium one polyline per run and epoch count.
+"""
+import json
+import os
+import warnings
+
+import pytest
+
+from slidenet import modelfile
+from slidenet.serve import runs as runs_module
+from slidenet.serve.runs import MAX_HISTORY, Runs, create_runs_app
+from slidenet.train import TrainConfig, train
+
+from serving import server
+from test_live import write_bars
+from test_viz import PATTERN
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from starlette.testclient import TestClient
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    data = write_bars(root)
+    for name, lr, epochs in (("a-lr3e-3", 3e-3, 3), ("b-lr1e-2", 1e-2, 2)):
+        train(TrainConfig(pattern=PATTERN, data=data, epochs=epochs, batch_size=16, lr=lr,
+                          seed=0, out=str(root / "runs" / name)), log=lambda *_: None)
+    broken = root / "runs" / "c-broken"
+    broken.mkdir()
+    (broken / "history.json").write_text("{not json")
+    nan = root / "runs" / "d-nan"
+    nan.mkdir()
+    (nan / "history.json").write_text('[{"epoch": 1, "loss": NaN, "accuracy": 0.5}]')
+    large = root / "runs" / "e-large"
+    large.mkdir()
+    (large / "history.json").write_bytes(b" " * (MAX_HISTORY + 1))
+    damaged = root / "runs" / "f-damaged"
+    damaged.mkdir()
+    (damaged / "history.json").write_bytes((root / "runs" / "a-lr3e-3" / "history.json").read_bytes())
+    (damaged / "model.npz").write_bytes(b"PK\x03\x04 not a zip at all")
+    (root / "runs" / "no-history").mkdir()
+    return root / "runs"
+
+
+def test_each_run_is_its_own_files(folder):
+    answer = Runs(str(folder)).read()
+    assert [run["name"] for run in answer["runs"]] == ["a-lr3e-3", "b-lr1e-2"]
+    for run in answer["runs"]:
+        assert run["history"] == json.loads((folder / run["name"] / "history.json").read_text())
+        meta = modelfile.load(folder / run["name"] / "model.npz")[1]
+        assert run["pattern"] == meta["pattern"] == PATTERN
+        assert run["settings"]["lr"] == meta["config"]["lr"]
+        assert run["best_val_accuracy"] == max(h["val_accuracy"] for h in run["history"])
+    assert [len(run["history"]) for run in answer["runs"]] == [3, 2]
+    why = {s["name"]: s["why"] for s in answer["skipped"]}
+    assert set(why) == {"c-broken", "d-nan", "e-large", "f-damaged"}
+    assert "not a training history" in why["c-broken"] and "NaN" in why["d-nan"]
+    assert f"at most {MAX_HISTORY:,}" in why["e-large"] and "model file" in why["f-damaged"]
+
+
+def test_a_run_folder_itself_is_a_run_and_runs_past_the_cap_are_named(folder, monkeypatch):
+    alone = Runs(str(folder / "a-lr3e-3")).read()
+    assert [run["name"] for run in alone["runs"]] == ["a-lr3e-3"]
+    monkeypatch.setattr(runs_module, "MAX_RUNS", 1)
+    capped = Runs(str(folder)).read()
+    assert [run["name"] for run in capped["runs"]] == ["a-lr3e-3"]
+    assert {"name": "b-lr1e-2", "why": "only the first 1 runs are shown"} in capped["skipped"]
+
+
+def test_a_run_that_goes_on_training_shows_its_new_epochs(folder, tmp_path):
+    runs = Runs(str(folder))
+    before = runs.read()["runs"][1]
+    path = folder / "b-lr1e-2" / "history.json"
+    kept = path.read_text()
+    try:
+        history = json.loads(kept)
+        path.write_text(json.dumps(history + [{**history[-1], "epoch": 3}]))
+        os.utime(path, ns=(10**18, 10**18))
+        assert len(runs.read()["runs"][1]["history"]) == len(before["history"]) + 1
+    finally:
+        path.write_text(kept)
+
+
+def test_the_app_answers_json_and_no_request_names_a_file(folder):
+    client = TestClient(create_runs_app(str(folder)))
+    assert client.get("/api/runs?folder=/etc").json()["folder"] == str(folder)
+    assert "/static/runs.js" in client.get("/").text
+    assert client.get("/static/../runs.py").status_code == 404
+    assert client.get("/a-lr3e-3/history.json").status_code == 404
+    assert client.get("/api/model").json()["error"]
+
+
+def test_serve_a_folder_of_runs_on_the_command_line(folder):
+    import urllib.request
+    with server(folder, cwd=folder) as (process, url):
+        with urllib.request.urlopen(url + "/api/runs", timeout=30) as response:
+            assert len(json.loads(response.read())["runs"]) == 2

@@ -1,0 +1,45 @@
+"""`slidenet serve RUNS/` in Chromium: one line per run on each chart, as many points as the
+run has epochs, and a run hidden by its checkbox is gone from the charts. Launching Chromium,
+and the rules for a machine without it, are those of test_serve_browser.py."""
+import json
+
+import pytest
+
+from serving import server
+from test_runs import folder  # noqa: F401  (a fixture)
+from test_serve_browser import Visit, browser  # noqa: F401  (a fixture)
+
+from playwright.sync_api import expect  # noqa: E402
+
+
+@pytest.fixture
+def visit(browser, folder):  # noqa: F811
+    with server(folder, cwd=folder) as (_, url):
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        seen = Visit(page, url)
+        page.on("console", lambda m: m.type == "error" and seen.errors.append(m.text))
+        page.on("pageerror", lambda err: seen.errors.append(str(err)))
+        page.on("request", lambda r: seen.requests.append(r.url))
+        page.goto(url + "/")
+        expect(page.locator("body")).to_have_attribute("data-runs", "2")
+        yield seen
+        context.close()
+
+
+def test_the_runs_are_overlaid_and_can_be_hidden(visit, folder):  # noqa: F811
+    page = visit.page
+    lines = page.locator("#chart-val polyline")
+    counts = lines.evaluate_all("ls => ls.map(l => [l.dataset.series, Number(l.dataset.count)])")
+    histories = {name: json.loads((folder / name / "history.json").read_text())
+                 for name in ("a-lr3e-3", "b-lr1e-2")}
+    assert counts == [[name, len(h)] for name, h in histories.items()]
+    rows = page.locator("#runs-table tr[data-run]")
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.run)") == list(histories)
+    lr = page.locator("#runs-table tr[data-run='b-lr1e-2'] td.differs").all_inner_texts()
+    assert "0.01" in lr                                   # the setting that differs, in bold
+    assert page.locator("#runs-skipped li").count() == 4
+    page.locator("#runs-table tr[data-run='a-lr3e-3'] input").uncheck()
+    expect(page.locator("#chart-val polyline")).to_have_count(1)
+    assert page.locator("#chart-val polyline").get_attribute("data-series") == "b-lr1e-2"
+    visit.clean()

@@ -22,13 +22,13 @@ import pytest
 from PIL import Image
 
 from slidenet.data import Normalizer
-from slidenet.evaluate import evaluate
+from slidenet.training.evaluate import evaluate
 from slidenet.model import load
 from slidenet.net import Net
 from slidenet.serve import watch
 from slidenet.serve.live import create_live_app
 from slidenet.serve.watch import Watcher
-from slidenet.train import TrainConfig, Watched, train
+from slidenet.training.loop import TrainConfig, Watched, train
 
 from serving import wait_for_exit
 from test_viz import CLASSES, PATTERN, bars

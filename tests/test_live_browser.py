@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from slidenet.data import split_validation
-from slidenet.evaluate import evaluate
+from slidenet.training.evaluate import evaluate
 from slidenet.model import load
 
 from serving import wait_for_exit

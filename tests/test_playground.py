@@ -18,9 +18,9 @@ from slidenet.cli import main
 from slidenet.data import Normalizer
 from slidenet.model import load, save
 from slidenet.net import Net
-from slidenet.pattern import MAX_DEPTH
+from slidenet.notation.pattern import MAX_DEPTH
 from slidenet.serve.app import create_app, create_playground_app
-from slidenet.serve.playground import MAX_PATTERN
+from slidenet.storage.limits import MAX_PATTERN
 
 from serving import server
 
@@ -109,7 +109,7 @@ def test_a_claimed_long_pattern_is_refused_before_it_is_read(client):
 
 
 def test_the_playground_page_is_local_and_holds_the_default_net(client):
-    from slidenet.config import DEFAULT_PATTERN
+    from slidenet.training.config import DEFAULT_PATTERN
     page = client.get("/")
     assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
     assert DEFAULT_PATTERN in html.unescape(page.text)

@@ -8,8 +8,8 @@ rules for a machine without it, are those of test_serve_browser.py.
 import pytest
 
 from slidenet.cli import main
-from slidenet.config import DEFAULT_PATTERN
-from slidenet.summary import summarize
+from slidenet.training.config import DEFAULT_PATTERN
+from slidenet.notation.summary import summarize
 
 from serving import server
 from test_serve_browser import Visit, _table, browser  # noqa: F401  (browser: a fixture)

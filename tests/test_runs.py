@@ -10,10 +10,11 @@ import warnings
 
 import pytest
 
-from slidenet import modelfile
-from slidenet.serve import runs as runs_module
-from slidenet.serve.runs import MAX_HISTORY, Runs, create_runs_app
-from slidenet.train import TrainConfig, train
+from slidenet.storage import modelfile
+from slidenet.storage import limits
+from slidenet.serve.runs import Runs, create_runs_app
+from slidenet.storage.limits import MAX_HISTORY
+from slidenet.training.loop import TrainConfig, train
 
 from serving import server
 from test_live import write_bars
@@ -67,7 +68,7 @@ def test_each_run_is_its_own_files(folder):
 def test_a_run_folder_itself_is_a_run_and_runs_past_the_cap_are_named(folder, monkeypatch):
     alone = Runs(str(folder / "a-lr3e-3")).read()
     assert [run["name"] for run in alone["runs"]] == ["a-lr3e-3"]
-    monkeypatch.setattr(runs_module, "MAX_RUNS", 1)
+    monkeypatch.setattr(limits, "MAX_RUNS", 1)
     capped = Runs(str(folder)).read()
     assert [run["name"] for run in capped["runs"]] == ["a-lr3e-3"]
     assert {"name": "b-lr1e-2", "why": "only the first 1 runs are shown"} in capped["skipped"]

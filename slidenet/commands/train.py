@@ -11,10 +11,10 @@ import sys
 import time
 
 from slidenet import data as datasets
-from slidenet import modelfile
+from slidenet.storage import modelfile
 from slidenet.errors import OutOfMemory, SlidenetError
-from slidenet.pattern import parse_sets
-from slidenet.train import AUTO_BATCH, TrainConfig, TrainingInterrupted, train
+from slidenet.notation.pattern import parse_sets
+from slidenet.training.loop import AUTO_BATCH, TrainConfig, TrainingInterrupted, train
 
 DEFAULTS = TrainConfig()
 # The flags a resumed run takes from the command line; every other one is fixed by the model.
@@ -184,7 +184,7 @@ def _memory_advice(args, config):
 
 def _train(args, config):
     """Train, with the live page when --live asks for it (rank 0's, under mpiexec)."""
-    from slidenet import distributed
+    from slidenet.training import distributed
     group = distributed.world()
     if not args.live:
         return train(config, resume=args.resume)

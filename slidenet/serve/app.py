@@ -28,13 +28,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from slidenet.config import DEFAULT_PATTERN
+from slidenet.training.config import DEFAULT_PATTERN
 from slidenet.data import decode_image
 from slidenet.errors import DataError, PatternError, SlidenetError
 from slidenet.serve import pages, playground
 from slidenet.serve.explain import PATCHES, Explainer
+from slidenet.storage.limits import MAX_PATTERN, MAX_UPLOAD
 
-MAX_UPLOAD = 10 * 2**20     # bytes of one uploaded image
 SECTIONS = (("input", "Input"), ("layers", "Every layer"), ("unit", "One unit"),
             ("slide", "Slide a filter"), ("patches", "What a channel looks for"),
             ("playground", "Write a net"))
@@ -107,8 +107,8 @@ async def pattern_summary(request):
     as `slidenet summary` takes them. A pattern that is not a net: 400 with {"error" (the
     message, the pattern and a caret, as the CLI prints it), "message", "column" (0-based,
     or null)}."""
-    body = await read_body(request, playground.MAX_PATTERN,
-                           f"the pattern is longer than {playground.MAX_PATTERN // 1024} kB")
+    body = await read_body(request, MAX_PATTERN,
+                           f"the pattern is longer than {MAX_PATTERN // 1024} kB")
     sets = request.query_params.getlist("set")
     skip = request.query_params.get("skip_optional", "0") not in ("", "0", "false")
     try:
@@ -142,7 +142,7 @@ def create_app(model, data=None, model_path="", trusted_hosts=None):
             "inline_style": False, "pattern": described["pattern"], "model_path": model_path,
             "model": described, "stats": stats, "sections": SECTIONS,
             "max_upload": MAX_UPLOAD, "per_channel": PATCHES,
-            "max_pattern": playground.MAX_PATTERN}, headers=HEADERS)
+            "max_pattern": MAX_PATTERN}, headers=HEADERS)
 
     async def model_info(request):
         return JSONResponse(described)
@@ -191,7 +191,7 @@ def create_playground_app(trusted_hosts=None):
         return templates.TemplateResponse(request, "playground.html", {
             "inline_style": False, "pattern": "", "stats": (),
             "sections": playground.SECTIONS, "default_pattern": DEFAULT_PATTERN,
-            "max_pattern": playground.MAX_PATTERN}, headers=HEADERS)
+            "max_pattern": MAX_PATTERN}, headers=HEADERS)
 
     async def slide(request):
         n, f, s, p = (whole(request, name) for name in "nfsp")

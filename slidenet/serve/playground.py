@@ -5,15 +5,14 @@
 
 The page sends every keystroke's pattern, so what it may send is bounded: at most MAX_PATTERN
 bytes of UTF-8 (the web app refuses more before reading it), brackets nested at most
-`pattern.MAX_DEPTH` deep and nets of at most `pattern.MAX_LAYERS` layers (the parser's own
+`limits.MAX_DEPTH` deep and nets of at most `limits.MAX_LAYERS` layers (the parser's own
 limits, which it checks before recursing or expanding). No web server is needed in here.
 """
 from slidenet.errors import SlidenetError
-from slidenet.pattern import parse_sets
-from slidenet.summary import summarize
+from slidenet.notation.pattern import parse_sets
+from slidenet.notation.summary import summarize
+from slidenet.storage.limits import MAX_PATTERN, MAX_SETS
 
-MAX_PATTERN = 10 * 1024         # bytes of one pattern: the longest real nets take a few hundred
-MAX_SETS = 32                   # --set bindings of one request
 SECTIONS = (("playground", "Write a net"), ("slide", "Slide a filter"))
 
 

@@ -7,9 +7,9 @@ settings (TensorBoard's main use).
 
 A run is a folder holding the history.json that `slidenet train` writes, and usually its
 model.npz (whose meta gives the pattern and the settings). The runs are RUNS itself, if it is
-one, and the folders right inside it, at most MAX_RUNS of them, in name order. Files are read
-safely: history.json only up to MAX_HISTORY bytes, model files through `modelfile.load` (its
-size checks and checksum), and nothing a request names: the folder is fixed on the command line
+one, and the folders right inside it, at most `limits.MAX_RUNS` of them, in name order. Files
+are read safely: history.json only up to `limits.MAX_HISTORY` bytes, model files through
+`modelfile.load` (its size checks and checksum), and nothing a request names: the folder is fixed on the command line
 and every request reads the same files. A run whose files are missing, too large or damaged is
 listed in "skipped" with the reason; the others are still shown. What was read is kept until a
 file's size or modification time changes, so a run still training shows its new epochs.
@@ -18,12 +18,12 @@ import json
 import os
 import threading
 
-from slidenet import modelfile
+from slidenet.storage import modelfile
 from slidenet.errors import SlidenetError
+from slidenet.storage import limits
+from slidenet.storage.limits import MAX_HISTORY
 from slidenet.viz.curves import check_history
 
-MAX_RUNS = 64
-MAX_HISTORY = 4 * 2**20         # bytes of one history.json (a 10,000-epoch run takes ~2 MB)
 SETTINGS = ("data", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
             "schedule", "loss", "augment", "flip", "val_fraction", "seed", "variables")
 SECTIONS = (("curves", "Curves"), ("runs", "Runs"))
@@ -62,10 +62,10 @@ class Runs:
         """Every run's history, pattern and settings; {"folder", "runs", "skipped"}."""
         runs, skipped = [], []
         folders = self.folders()
-        if len(folders) > MAX_RUNS:
-            skipped += [{"name": name, "why": f"only the first {MAX_RUNS} runs are shown"}
-                        for name, _ in folders[MAX_RUNS:]]
-        for name, path in folders[:MAX_RUNS]:
+        if len(folders) > limits.MAX_RUNS:
+            skipped += [{"name": name, "why": f"only the first {limits.MAX_RUNS} runs are shown"}
+                        for name, _ in folders[limits.MAX_RUNS:]]
+        for name, path in folders[:limits.MAX_RUNS]:
             try:
                 history = self._cached(os.path.join(path, "history.json"), _history)
                 meta = self._meta(path)

@@ -24,7 +24,7 @@ import numpy as np
 
 from slidenet.net import Net
 from slidenet.ops.losses import softmax
-from slidenet.train import Observer
+from slidenet.training.loop import Observer
 from slidenet.viz import grid
 from slidenet.viz.filters import filter_weights
 from slidenet.viz.probe import has_filters

@@ -1,4 +1,4 @@
-"""A net's summary, as a table to read or as JSON, from `slidenet.shapes.infer`'s LayerInfos.
+"""A net's summary, as a table to read or as JSON, from `slidenet.notation.shapes.infer`'s LayerInfos.
 
 Only shapes and counts are involved, no weights, so even a VGG-16-sized net answers at once.
 `summarize` is what `slidenet summary --json` prints and what the playground's POST /api/summary
@@ -39,8 +39,8 @@ def summarize(pattern, variables=None, skip_optional=False):
     Raises PatternError (with the column at fault) or another SlidenetError for a pattern
     that does not parse or build.
     """
-    from slidenet.pattern import parse
-    from slidenet.shapes import infer
+    from slidenet.notation.pattern import parse
+    from slidenet.notation.shapes import infer
     return summary_json(infer(parse(pattern, variables, skip_optional=skip_optional), pattern))
 
 

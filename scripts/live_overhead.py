@@ -10,16 +10,16 @@ by round, so a machine whose load changes affects them alike. Prints one line pe
 Markdown table: median images/s, its spread (min-max), and the median's difference from the
 run without --live.
 
-    .venv/bin/python scripts/live_overhead.py --inside [--epochs 3]
+    .venv/bin/python scripts/live_overhead.py --inside [--epochs 9]
 
-measures instead, in one process, what watching costs the training thread (the seconds spent
-in the Watcher's calls, against the epochs' training seconds) and the CPU seconds the page's
-work takes on the server's side (a thread asking what live.js asks, on the same schedule),
-which on a machine with every core busy is time taken from training.
+measures instead, in one watched run, what watching costs the training thread (the seconds in
+the Watcher's calls, against the epochs' training seconds), and the speed of the epochs during
+which a page asks what live.js asks (every second epoch) against the epochs between them.
 """
 import argparse
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -85,7 +85,9 @@ def one_run(mode, epochs, data, folder):
 
 
 def inside(epochs, data):
-    """The training thread's seconds in Watcher calls, and the page's CPU seconds."""
+    """One watched run; a page asks what live.js asks during every second epoch only. Prints
+    the training thread's seconds in Watcher calls, and the epochs' speed with the page and
+    without it (adjacent epochs, so a load that drifts slowly touches both alike)."""
     from slidenet.serve.watch import Watcher
     from slidenet.training.loop import TrainConfig, train
 
@@ -97,17 +99,20 @@ def inside(epochs, data):
             super().step(*args)
             Timed.spent += time.perf_counter() - began
 
-        def epoch(self, entry):
+        def epoch(self, entry, confusion=None):
             began = time.perf_counter()
-            super().epoch(entry)
+            super().epoch(entry, confusion)
             Timed.spent += time.perf_counter() - began
 
     watcher = Timed(epochs=epochs)
-    stop, cpu = threading.Event(), []
+    stop, busy = threading.Event(), [0.0]
 
     def page():
-        began, since, seen, pictures_at = time.thread_time(), 0, 0, 0.0
+        since, seen, pictures_at = 0, 0, 0.0
         while not stop.wait(1.0):
+            if watcher.last_epoch % 2 == 0:         # epochs 1, 3, 5, ...: nobody watches
+                continue
+            started = time.perf_counter()
             progress = watcher.progress(since)
             since = progress["steps"][-1][0] if progress["steps"] else since
             if time.monotonic() - pictures_at >= 2.5:
@@ -116,23 +121,34 @@ def inside(epochs, data):
             if progress["epoch_view"] > seen:
                 seen = progress["epoch_view"]
                 watcher.epoch_view()
-        cpu.append(time.thread_time() - began)
+            busy[0] += time.perf_counter() - started
 
     thread = threading.Thread(target=page)
     thread.start()
+    used = resource.getrusage(resource.RUSAGE_SELF)
     with tempfile.TemporaryDirectory() as folder:
-        began = time.perf_counter()
         history = train(TrainConfig(epochs=epochs, data=data, out=folder),
                         log=lambda *_: None, observer=watcher)
-        wall = time.perf_counter() - began
     stop.set()
     thread.join()
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    process = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
     training = sum(h["seconds"] for h in history)
-    print(f"training: {training:.1f} s in {len(history)} epochs ({wall:.1f} s in all)")
+    speed = [h["images_per_s"] for h in history]
+    watched = speed[1::2]
+    alone = speed[2::2]                 # the first epoch warms up: left out
+    print(f"training: {training:.1f} s in {len(history)} epochs; load average "
+          f"{os.getloadavg()[0]:.1f}")
     print(f"training thread in the Watcher's calls: {Timed.spent * 1000:.1f} ms "
-          f"({100 * Timed.spent / training:.2f}% of the training seconds)")
-    print(f"the page's work on the server's side: {cpu[0]:.2f} CPU s "
-          f"({100 * cpu[0] / wall:.1f}% of one core over the run)")
+          f"({100 * Timed.spent / training:.3f}% of the training seconds)")
+    print(f"epochs without a page: {' '.join(f'{v:.0f}' for v in alone)} img/s, median "
+          f"{statistics.median(alone):.0f}")
+    print(f"epochs with a page:    {' '.join(f'{v:.0f}' for v in watched)} img/s, median "
+          f"{statistics.median(watched):.0f} "
+          f"({100 * (statistics.median(watched) / statistics.median(alone) - 1):+.1f}%); "
+          f"the page's calls took {busy[0]:.1f} s of wall time")
+    print(f"the painter's CPU: {watcher.painter_seconds:.2f} s of the process's {process:.1f} s "
+          f"({100 * watcher.painter_seconds / process:.1f}%), with a page during half the epochs")
 
 
 def main():

@@ -113,6 +113,19 @@ def workers(count=None):
         set_threads(previous)
 
 
+@contextmanager
+def on_this_thread():
+    """Run the kernels inside the block on the calling thread alone, leaving the worker
+    threads to whoever else uses them (`slidenet train --live` draws its pictures this way,
+    beside the training that keeps the workers busy)."""
+    previous = getattr(_local, "worker", False)
+    _local.worker = True
+    try:
+        yield
+    finally:
+        _local.worker = previous
+
+
 def scratch(name, shape, dtype):
     """A reusable uninitialised array of `shape`, private to the calling thread.
 

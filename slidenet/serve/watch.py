@@ -10,19 +10,24 @@ Training must not slow down for the page, so the training thread does only cheap
 its calls: it appends the step's loss, and copies the weights (a few MB at most) at a step
 boundary when a page has asked for pictures lately and the last copy is SNAPSHOT_EVERY seconds
 old, and at the end of every epoch. Everything else (a forward pass of the copied weights
-through a net of its own, the pictures, the confusion matrix) is done by the server's threads,
-when a page asks, once per copy. No web server is needed in here.
+through a net of its own, the pictures, the confusion matrix) is done when a page asks, once
+per copy, by one painter thread: its kernels run on it alone (`runtime.on_this_thread`, so
+training keeps the worker threads), and on Linux it runs at the lowest CPU priority (nice 19),
+so on a busy machine it takes the time training leaves. No web server is needed in here.
 """
 import base64
 import io
 import math
+import os
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from slidenet.net import Net
+from slidenet.ops import runtime
 from slidenet.ops.losses import softmax
 from slidenet.training.loop import Observer
 from slidenet.viz import grid
@@ -30,13 +35,14 @@ from slidenet.viz.filters import filter_weights
 from slidenet.viz.probe import has_filters
 
 STEPS_KEPT = 20_000         # step losses kept for the curve (a long run keeps its latest)
-SNAPSHOT_EVERY = 3.0        # seconds between weight copies while a page is watching
+SNAPSHOT_EVERY = 5.0        # seconds between weight copies while a page is watching
 WATCHED_FOR = 10.0          # a page is watching for this long after it last asked for pictures
 RATE_WINDOW = 30.0          # seconds of steps that images/s and the time left are measured over
 SAMPLES = 8                 # fixed validation images shown with their maps and predictions
-WORST = 12                  # worst-classified validation images shown after each epoch
+WORST = 12                  # worst-classified validation images shown after each epoch ...
+WORST_POOL = 128            # ... among the first this many (a forward pass of all would cost
+                            # as much as the training's own validation pass, once more)
 MAP_CHANNELS = 16           # activation maps drawn per sample
-BATCH = 256                 # images per forward pass of the epoch view
 FILTER_PIXELS = 8           # screen pixels per weight of a drawn filter
 # Colour ramps from the low to the high end of a scale (those of the explainer's page).
 DIVERGING = np.array([[33, 102, 172], [146, 197, 222], [247, 247, 247], [244, 165, 130],
@@ -82,6 +88,15 @@ def image_uri(pixels):
     return png_uri(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
 
 
+def lowest_priority():
+    """Make the calling thread the last to get a core (Linux: threads have their own nice
+    value); elsewhere, or where it is not allowed, it stays as it is."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+
+
 def pick_samples(y, count=SAMPLES):
     """Indices of `count` validation images, fixed for the run: the first of each class in
     turn, so that as many classes as possible are shown."""
@@ -117,12 +132,16 @@ class Watcher(Observer):
         self.asked = -math.inf                  # when a page last asked for pictures
         self.copied = -math.inf                 # when the weights were last copied
         self.weights = None                     # (version, {name: array}) of the last copy
-        self.epoch_weights = None               # (epoch, {name: array}) at the last epoch end
+        self.epoch_weights = None               # (epoch, {name: array}, confusion) at the
+                                                # last epoch's end
         self.state = "starting"                 # starting | training | finished | stopped
         self.best = None                        # best.npz once the run has finished
         self._shadow = None                     # a Net of the run's pattern, for the server
         self._pictures = (None, None)           # (weights version, answer)
         self._epoch_view = (None, None)         # (epoch, answer)
+        self._painter = ThreadPoolExecutor(1, thread_name_prefix="slidenet-painter",
+                                           initializer=lowest_priority)
+        self.painter_seconds = 0.0              # CPU seconds the painter has spent
 
     # ---- told by train, on the training thread ----
 
@@ -136,7 +155,7 @@ class Watcher(Observer):
             self.state = "training"
             self._copy()
             if watched.start_epoch:
-                self.epoch_weights = (watched.start_epoch, self.weights[1])
+                self.epoch_weights = (watched.start_epoch, self.weights[1], None)
 
     def step(self, step, loss, images, lr):
         now = self.clock()
@@ -150,11 +169,11 @@ class Watcher(Observer):
             if now - self.asked < WATCHED_FOR and now - self.copied >= SNAPSHOT_EVERY:
                 self._copy()
 
-    def epoch(self, entry):
+    def epoch(self, entry, confusion=None):
         with self.lock:
             self.last_epoch = entry["epoch"]
             self._copy()
-            self.epoch_weights = (entry["epoch"], self.weights[1])
+            self.epoch_weights = (entry["epoch"], self.weights[1], confusion)
 
     def _copy(self):
         """Copy the live net's weights (under self.lock, between steps)."""
@@ -241,8 +260,19 @@ class Watcher(Observer):
             return {"version": 0, "filters": None, "samples": []}
         with self.render_lock:
             if self._pictures[0] != weights[0]:
-                self._pictures = (weights[0], self._draw(weights))
+                self._pictures = (weights[0], self._paint(self._draw, weights))
             return self._pictures[1]
+
+    def _paint(self, work, weights):
+        """work(weights), on the painter thread, its kernels on that thread alone."""
+        def painted():
+            began = time.thread_time()
+            try:
+                with runtime.on_this_thread():
+                    return work(weights)
+            finally:
+                self.painter_seconds += time.thread_time() - began
+        return self._painter.submit(painted).result()
 
     def _draw(self, weights):
         version, arrays = weights
@@ -308,8 +338,9 @@ class Watcher(Observer):
         return first.index, first.name
 
     def epoch_view(self):
-        """After each epoch, of the weights at its end: the validation confusion matrix and
-        the WORST images by the probability given to their true class.
+        """After each epoch: the validation confusion matrix (the one the training's own
+        validation pass counted) and, of the weights at the epoch's end, the WORST images of
+        the first WORST_POOL validation images by the probability given to their true class.
 
         {"epoch", "classes", "confusion" (C x C counts, row: true class, column: predicted),
          "accuracy", "worst": [{"index", "uri", "label", "predicted", "probability" (of the
@@ -321,24 +352,27 @@ class Watcher(Observer):
             return {"epoch": 0}
         with self.render_lock:
             if self._epoch_view[0] != weights[0]:
-                self._epoch_view = (weights[0], self._evaluate(weights))
+                self._epoch_view = (weights[0], self._paint(self._evaluate, weights))
             return self._epoch_view[1]
 
     def _evaluate(self, weights):
-        epoch, arrays = weights
+        epoch, arrays, counted = weights
         watched = self.watched
         net = self._net(arrays)
-        x, y, names = watched.x_val, watched.y_val, watched.class_names
-        probs = np.concatenate([
-            softmax(net.forward(watched.normalizer.normalize(x[i:i + BATCH])).astype(np.float64))
-            for i in range(0, len(y), BATCH)])[:, :len(names)]
+        names = watched.class_names
+        x, y = watched.x_val[:WORST_POOL], watched.y_val[:WORST_POOL]
+        probs = softmax(net.forward(watched.normalizer.normalize(x)).astype(np.float64))
+        probs = probs[:, :len(names)]
         predicted = probs.argmax(axis=1)
-        confusion = np.zeros((len(names), len(names)), dtype=np.int64)
-        np.add.at(confusion, (y, predicted), 1)
+        if counted is None:     # a resumed run's first view: count the pool
+            counted = np.zeros((len(names), len(names)), dtype=np.int64)
+            np.add.at(counted, (y, predicted), 1)
+        confusion = np.asarray(counted, dtype=np.int64)
         truth = probs[np.arange(len(y)), y]
         worst = np.argsort(truth, kind="stable")[:WORST]
         return {"epoch": epoch, "classes": names, "confusion": confusion.tolist(),
-                "accuracy": float(np.trace(confusion) / len(y)),
+                "images": int(confusion.sum()), "pool": int(len(y)),
+                "accuracy": float(np.trace(confusion) / max(1, confusion.sum())),
                 "worst": [{"index": int(i), "uri": image_uri(x[i]), "label": names[int(y[i])],
                            "predicted": names[int(predicted[i])],
                            "probability": float(truth[i]),

@@ -78,7 +78,9 @@ class Observer:
     start(watched)                  once, before the first step (a `Watched`)
     step(step, loss, images, lr)    after each update: the global step (1-based), the batch's
                                     mean loss, its image count and the learning rate it used
-    epoch(entry)                    after each epoch's checkpoint: its history entry
+    epoch(entry, confusion)         after each epoch's checkpoint: its history entry, and the
+                                    validation confusion matrix its validation pass counted
+                                    (C x C lists, row: true class; None without validation)
     """
 
     def start(self, watched):
@@ -87,7 +89,7 @@ class Observer:
     def step(self, step, loss, images, lr):
         pass
 
-    def epoch(self, entry):
+    def epoch(self, entry, confusion=None):
         pass
 
 
@@ -129,6 +131,7 @@ class _Run:
     resume: str = None          # the model file this run continues, if any
     group: object = None        # distributed.Group under mpiexec, else None
     observer: Observer = None   # told of every step and epoch (rank 0's only)
+    confusion: list = None      # the last validation pass's confusion matrix, for the observer
 
 
 AUTO_BATCH = 64                 # the batch size, unless the training split is small
@@ -289,7 +292,7 @@ def _epochs(run, log):
         score = _score(entry)
         improved = score > best
         _checkpoint(run, epoch, improved)
-        run.observer.epoch(entry)
+        run.observer.epoch(entry, run.confusion)
         best, stale = (score, 0) if improved else (best, stale + 1)
         if config.patience and stale >= config.patience:
             log(f"early stop: no validation gain for {config.patience} epochs")
@@ -365,6 +368,7 @@ def _epoch(run, epoch):
     scorer = group.evaluate if group else evaluate      # under MPI: a shard per rank
     val = scorer(net, run.x_val, run.y_val, run.normalizer, len(run.dataset.class_names),
                  config.loss) if len(run.y_val) else None
+    run.confusion = val["confusion"] if val else None
     return {"epoch": epoch + 1, "loss": total_loss / seen, "accuracy": correct / seen,
             "val_accuracy": val["accuracy"] if val else None,
             "val_loss": val["loss"] if val else None,

@@ -136,7 +136,7 @@
         topList(w.top))));
     $("epoch-status").textContent = `After epoch ${view.epoch}: ${(100 * view.accuracy).toFixed(1)}% of the ` +
       `validation images right. The confusion matrix (row: true class, column: the net's guess), ` +
-      `and the ${view.worst.length} images whose true class gets the lowest probability.`;
+      `and the ${view.worst.length} images, of the first ${view.pool}, whose true class gets the lowest probability.`;
     epochView = view.epoch;
     document.body.dataset.epochView = epochView;
   }

@@ -5,10 +5,10 @@ page open, and with it and a page watching (polling as live.js does), in alterna
 
 Each run is a fresh `slidenet train` process; the number compared is the training time of its
 epochs after the first from history.json (the `seconds` of each epoch: forward, backward and
-update, without loading the data or validating), so start-up costs do not blur it. The modes alternate round
-by round, so a machine whose load changes affects them alike. Prints one line per run and a
-Markdown table: median images/s, its spread (min-max), and the median's difference from the
-run without --live.
+update, without loading the data or validating), so start-up costs do not blur it. The modes
+alternate, in an order that turns each round, so a machine whose load changes affects them
+alike. Prints one line per run and a Markdown table: median images/s, its spread (min-max),
+and the median's difference from the run without --live.
 
     .venv/bin/python scripts/live_overhead.py --inside [--epochs 9]
 
@@ -165,7 +165,8 @@ def main():
     results = {mode: [] for mode in range(len(MODES))}
     with tempfile.TemporaryDirectory() as folder:
         for round_ in range(args.rounds):
-            for mode in range(len(MODES)):
+            # The order turns each round, so no mode is always first (or last) of a round.
+            for mode in [(round_ + k) % len(MODES) for k in range(len(MODES))]:
                 speed, seconds = one_run(mode, args.epochs, args.data, folder)
                 results[mode].append(speed)
                 print(f"round {round_ + 1}: {MODES[mode]:<24} {speed:7.0f} img/s "

@@ -349,3 +349,24 @@ def test_host_and_port_belong_to_live(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2 and "--port belongs to --live" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_painter_runs_kernels_on_its_own_thread(monkeypatch):
+    from slidenet.ops import runtime
+    net = Net.from_pattern("INPUT(16x16x3) -> CONV(8) -> RELU -> POOL -> FC(4)", seed=1)
+    x = np.random.default_rng(0).standard_normal((32, 16, 16, 3)).astype(np.float32)
+    with runtime.workers(2):
+        runtime.set_memory_budget(1)            # one image a chunk: many chunks to share out
+        try:
+            shared = net.forward(x).copy()
+            handed = []
+            real = runtime._executor
+            monkeypatch.setattr(runtime, "_executor", lambda n: handed.append(n) or real(n))
+            with runtime.on_this_thread():
+                alone = net.forward(x).copy()
+            assert handed == []                     # no chunk went to a worker thread
+            net.forward(x)
+            assert handed                           # outside the block they do again
+        finally:
+            runtime.set_memory_budget(None)
+    np.testing.assert_array_equal(alone, shared)

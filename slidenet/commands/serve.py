@@ -120,6 +120,9 @@ def run(args):
                                 "has none: give a MODEL, or drop --data")
         app, what = create_playground_app(trusted_hosts(args.host)), "the playground"
     elif os.path.isdir(args.model):
+        if args.data:
+            raise SlidenetError(f"--data belongs to a model (its top patches); {args.model} is "
+                                "a folder of runs: drop --data")
         from slidenet.serve.runs import create_runs_app
         app, what = create_runs_app(args.model, trusted_hosts(args.host)), f"the runs in {args.model}"
     else:

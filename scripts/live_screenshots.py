@@ -3,7 +3,7 @@
     .venv/bin/python scripts/live_screenshots.py runs/livedoc docs/img/serve
 
 Opens the playground and types a net and a stride that does not fit; trains the default net
-for 3 epochs with --live into RUNS/lr2e-3 and shoots the page after the second epoch; trains it
+for 8 epochs with --live into RUNS/lr2e-3 and shoots the page after the third epoch; trains it
 again with --lr 0.01 into RUNS/lr1e-2; serves RUNS and shoots the runs side by side. Needs
 /usr/bin/chromium.
 """
@@ -19,7 +19,7 @@ from playwright.sync_api import expect, sync_playwright
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-EPOCHS = "3"
+EPOCHS = "8"
 
 
 def start(*command):
@@ -60,7 +60,7 @@ def main():
             page.goto(url)
             page.fill("#pattern-text", "INPUT(32x32x3) -> [CONV(32) -> RELU]*2 -> POOL -> "
                                        "[CONV(64) -> RELU]*2 -> POOL -> FC(256) -> RELU -> FC(10)")
-            expect(page.locator("#pattern-summary tr[data-layer]")).to_have_count(13)
+            expect(page.locator("#pattern-summary tr[data-layer]")).to_have_count(14)
             page.fill("#pattern-data", "cifar10:data/cifar10")
             page.wait_for_function("() => document.getElementById('train-command')"
                                    ".textContent.includes('cifar10')")
@@ -74,16 +74,16 @@ def main():
         process, url = start("train", "--epochs", EPOCHS, "--out", str(args.runs / "lr2e-3"),
                              "--live")
         try:
-            page.goto(url)
-            expect(page.locator("body")).to_have_attribute("data-epoch-view", "2",
+            page.goto(url + "/live")         # / would turn into the explainer when it ends
+            expect(page.locator("body")).to_have_attribute("data-epoch-view", "3",
                                                            timeout=600_000)
             expect(page.locator("#samples-body .sample")).to_have_count(8)
-            page.wait_for_timeout(3000)
             shoot(page, "header", args.out / "live-header.png")
             shoot(page, "#curves", args.out / "live-curves.png")
             shoot(page, "#filters", args.out / "live-filters.png")
             shoot(page, "#samples", args.out / "live-samples.png")
             shoot(page, "#epoch", args.out / "live-epoch.png")
+            page.goto(url)
             expect(page.locator("#maps .layer").first).to_be_visible(timeout=600_000)
         finally:
             stop(process)

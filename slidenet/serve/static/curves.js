@@ -1,8 +1,9 @@
 /* Line charts as SVG, for the live page and the runs side by side: window.slidenet.chart.
 
    chart(box, {title, x, y, series: [{name, points: [[x, y], ...], colour, width, dashed,
-   dots}], yMin, yMax}) draws into the element `box`, replacing what it held. Axes get about
-   five round ticks each; a legend names every series. */
+   dots}], yMin, yMax, legend}) draws into the element `box`, replacing what it held. Axes get
+   about five round ticks each; a legend names every series, at the top right, or at the
+   bottom right with legend: "bottom" (for curves that rise). */
 "use strict";
 
 (function () {
@@ -76,7 +77,9 @@
       legend.push(s);
     });
     legend.forEach((s, k) => {
-      const y = MARGIN.top + 6 + 16 * k;
+      const y = spec.legend === "bottom"
+        ? MARGIN.top + plotH - 6 - 16 * (legend.length - 1 - k)
+        : MARGIN.top + 6 + 16 * k;
       const x = WIDTH - MARGIN.right - 150;
       const mark = svg("line", { x1: x, x2: x + 18, y1: y, y2: y, stroke: s.colour, "stroke-width": 3 });
       if (s.dashed) mark.setAttribute("stroke-dasharray", "5 3");

@@ -43,7 +43,7 @@
       title: "accuracy", x: "epoch", y: "accuracy",
       series: [{ name: "train", points: history.map((h) => [h.epoch, h.accuracy]), colour: COLOURS.accuracy, dots: true },
                { name: "validation", points: history.map((h) => [h.epoch, h.val_accuracy]), colour: COLOURS.val_accuracy, dots: true, dashed: true }],
-      yMax: 1 });
+      yMax: 1, legend: "bottom" });
   }
 
   function showStats(progress) {

@@ -57,10 +57,10 @@
     });
     const notes = answer.layers.flatMap((layer) => layer.notes.map((note) =>
       el("li", { text: `${layer.name} ${layer.text}: ${note}` })));
+    const table = el("table", { class: "summary" },
+      el("tr", {}, ...head.map((t) => el("th", { text: t }))), ...rows);
     $("pattern-summary").replaceChildren(
-      el("table", { class: "summary" }, el("tr", {}, ...head.map((t) => el("th", { text: t }))),
-         ...rows),
-      notes.length ? el("ul", { class: "note" }, ...notes) : null);
+      ...(notes.length ? [table, el("ul", { class: "note" }, ...notes)] : [table]));
     $("pattern-totals").textContent =
       `total parameters ${thousands(answer.total_params)} ` +
       `(${bytes(answer.total_params * 4)} at float32) · ` +

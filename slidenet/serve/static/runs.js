@@ -20,7 +20,7 @@
       name: run.name, colour: run.colour, dashed, dots: true,
       points: run.history.map((h) => [h.epoch, h[key]]).filter((p) => p[1] !== null) }));
     const chart = window.slidenet.chart;
-    chart($("chart-val"), { title: "validation accuracy", x: "epoch", y: "accuracy", series: series("val_accuracy", true) });
+    chart($("chart-val"), { title: "validation accuracy", x: "epoch", y: "accuracy", series: series("val_accuracy", true), legend: "bottom" });
     chart($("chart-train-loss"), { title: "training loss (epoch mean)", x: "epoch", y: "loss", series: series("loss", false), yMin: 0 });
     chart($("chart-val-loss"), { title: "validation loss", x: "epoch", y: "loss", series: series("val_loss", true), yMin: 0 });
     chart($("chart-lr"), { title: "learning rate (at the end of each epoch)", x: "epoch", y: "lr", series: series("lr", false), yMin: 0 });

@@ -16,11 +16,13 @@ those contents; `save` writes them.
 import numpy as np
 
 from slidenet import data as datasets
-from slidenet import modelfile, rngstate
+from slidenet import modelfile, modelmeta, rngstate
 from slidenet.data.normalize import Normalizer
 from slidenet.errors import DataError, ModelFileError
 from slidenet.net import Net
 from slidenet.ops.losses import softmax
+from slidenet.pattern import parse
+from slidenet.shapes import infer
 
 FORMAT = "slidenet-model"
 VERSION = 1
@@ -125,10 +127,16 @@ def load(path):
     Raises ModelFileError when the file is missing, damaged, or not a complete slidenet model.
     """
     arrays, meta = modelfile.load(path)
+    modelmeta.check(meta, path)
+    dtype, variables = meta.get("dtype", "float32"), meta.get("variables", {})
+    skip = meta.get("skip_optional", False)
+    # The pattern's shapes, worked out without allocating, against the arrays present: a meta
+    # that claims a bigger net than the file holds is refused before any weight exists.
+    modelmeta.check_sizes(infer(parse(meta["pattern"], variables, skip), meta["pattern"]),
+                          arrays, dtype, path)
     try:
-        net = Net.from_pattern(meta["pattern"], seed=0, dtype=meta.get("dtype", "float32"),
-                               skip_optional=meta.get("skip_optional", False),
-                               **meta.get("variables", {}))
+        net = Net.from_pattern(meta["pattern"], seed=0, dtype=dtype, skip_optional=skip,
+                               **variables)
         for prefix, target in (("param/", net.params), ("buffer/", net.buffers)):
             for name, live in target.items():
                 stored = arrays[prefix + name]

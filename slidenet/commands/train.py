@@ -10,7 +10,7 @@ import os
 import sys
 
 from slidenet import data as datasets
-from slidenet import modelfile
+from slidenet import modelfile, modelmeta
 from slidenet.errors import OutOfMemory, SlidenetError
 from slidenet.pattern import parse_sets
 from slidenet.train import AUTO_BATCH, TrainConfig, TrainingInterrupted, train
@@ -136,6 +136,7 @@ def _given(args):
 def _check_resume(args, given):
     """The saved config of --resume MODEL; SlidenetError when a given flag disagrees with it."""
     _, meta = modelfile.load(args.resume)
+    modelmeta.check(meta, args.resume)
     saved = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     for name, value in given.items():
         if name in ON_RESUME or name not in saved or saved[name] == value:

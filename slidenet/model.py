@@ -81,9 +81,15 @@ class Model:
         """The last layer's scores (N, C), float64, for images (N, H, W, D) of pixel values
         0..255 (uint8, or floats on that scale), in batches of `batch_size`."""
         images = self._check(images)
-        out = [self.plan.forward(self.normalizer.normalize(images[i:i + batch_size]))
-               .astype(np.float64) for i in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.net.num_outputs))
+        with np.errstate(over="ignore", invalid="ignore"):      # refused below, in words
+            out = [self.plan.forward(self.normalizer.normalize(images[i:i + batch_size]))
+                   .astype(np.float64) for i in range(0, len(images), batch_size)]
+        scores = np.concatenate(out) if out else np.zeros((0, self.net.num_outputs))
+        if not np.isfinite(scores).all():
+            # Finite weights can still overflow float32 (weights near 1e38 do).
+            raise ModelFileError("the model's scores for these images are not finite numbers "
+                                 "(its weights overflow float arithmetic); the model is damaged")
+        return scores
 
     def predict(self, images, batch_size=BATCH):
         """Class probabilities (N, C), float64 (the softmax of `scores`); rows sum to 1."""
@@ -147,7 +153,28 @@ def load(path):
             {k[len("norm/"):]: v for k, v in arrays.items() if k.startswith("norm/")})
     except (KeyError, TypeError, ValueError) as err:
         raise ModelFileError(f"{path}: not a complete slidenet model ({err})") from None
+    _check_numbers(arrays, normalizer, net.input_shape[-1], path)
     return Model(net, normalizer, meta, arrays)
+
+
+def _check_numbers(arrays, normalizer, depth, path):
+    """ModelFileError unless every weight, buffer and the normaliser are finite numbers, and
+    the normaliser has one positive std per input channel: a NaN weight would make every
+    prediction NaN, and a std of 0 divides by zero."""
+    for name, array in arrays.items():
+        if not name.startswith(("param/", "buffer/", "norm/")):
+            continue
+        if array.dtype.kind not in "biuf" or not np.isfinite(array).all():
+            raise ModelFileError(f"{path}: {name} holds values that are not finite numbers "
+                                 "(NaN, infinity or not numbers at all); the file is damaged, "
+                                 "or it was saved from a run that diverged")
+    if normalizer.mean.shape != (depth,) or normalizer.std.shape != (depth,):
+        raise ModelFileError(f"{path}: its normaliser has {normalizer.mean.size} means and "
+                             f"{normalizer.std.size} stds for an INPUT of depth {depth}")
+    if not (normalizer.std > 0).all():
+        raise ModelFileError(f"{path}: its normaliser's std is {normalizer.std.tolist()}; each "
+                             "must be above 0 (slidenet fits 1 for a constant channel), so the "
+                             "file is damaged")
 
 
 def model_arrays(net, normalizer, optimizer=None, rngs=None):

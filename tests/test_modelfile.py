@@ -362,3 +362,31 @@ def test_every_command_refuses_a_hostile_meta_in_one_line(tmp_path, capsys, comm
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert str(path) in err
+
+
+@pytest.mark.parametrize("name, value, needle", [
+    ("param/fc2.W", np.nan, "param/fc2.W holds values that are not finite numbers"),
+    ("param/conv1.b", np.inf, "param/conv1.b holds values that are not finite"),
+    ("buffer/batchnorm1.running_var", -np.inf, "buffer/batchnorm1.running_var holds"),
+    ("norm/normalizer.mean", np.nan, "norm/normalizer.mean holds"),
+    ("norm/normalizer.std", 0.0, "std is [0.0, 0.0]; each must be above 0"),
+])
+def test_predict_refuses_weights_that_are_not_finite_or_a_std_of_0(tmp_path, capsys, name,
+                                                                   value, needle):
+    from slidenet.cli import main
+    arrays, _ = modelfile.load(OLD)
+    arrays[name] = np.full_like(arrays[name], value)
+    path = forged(tmp_path, arrays)
+    np.save(tmp_path / "x.npy", np.zeros((8, 8, 2), np.uint8))
+    assert main(["predict", str(path), str(tmp_path / "x.npy")]) == 2
+    captured = capsys.readouterr()
+    assert "nan" not in captured.out.lower() and captured.out == ""
+    assert needle in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+
+
+def test_scores_that_overflow_are_refused(tmp_path):
+    model = slidenet.load(OLD)
+    model.net.params["fc2.W"][...] = 3e38           # finite, but the sums overflow float32
+    model.refresh()
+    with pytest.raises(ModelFileError, match="scores for these images are not finite"):
+        model.predict(np.full((1, 8, 8, 2), 255, np.uint8))

@@ -433,3 +433,13 @@ def test_the_rest_of_slidenet_does_not_import_the_web_server():
             "print(sorted(m for m in ('starlette', 'uvicorn') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_a_model_whose_scores_overflow_answers_json_500(tiny):
+    model = load(str(tiny["path"]))
+    name = [k for k in model.net.params if k.endswith(".W")][-1]
+    model.net.params[name][...] = 3e38          # finite weights whose sums overflow float32
+    model.refresh()
+    answer = TestClient(create_app(model)).post("/api/predict", content=png_bytes(tiny["x"][0]))
+    assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
+    assert "not finite numbers" in answer.json()["error"]

@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from slidenet.data import decode_image
-from slidenet.errors import DataError, SlidenetError
+from slidenet.errors import DataError, ModelFileError, SlidenetError
 from slidenet.serve import pages
 from slidenet.serve.explain import PATCHES, Explainer
 
@@ -139,6 +139,11 @@ def create_app(model, data=None, model_path="", trusted_hosts=None):
         # does not tile): slidenet's own message.
         return JSONResponse({"error": str(err)}, status_code=400)
 
+    async def damaged(request, err):
+        # The model itself cannot answer (its scores overflow): the server's fault, not the
+        # request's.
+        return JSONResponse({"error": str(err)}, status_code=500)
+
     async def http_error(request, err):
         return JSONResponse({"error": err.detail}, status_code=err.status_code,
                             headers=err.headers)
@@ -152,7 +157,8 @@ def create_app(model, data=None, model_path="", trusted_hosts=None):
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)] \
         if trusted_hosts else []
     app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers={Refused: refused, SlidenetError: mistaken,
+                    exception_handlers={Refused: refused, ModelFileError: damaged,
+                                        SlidenetError: mistaken,
                                         HTTPException: http_error})
     app.state.explainer = explainer
     return app

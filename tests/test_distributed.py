@@ -190,6 +190,35 @@ def test_an_error_on_one_rank_ends_the_job_and_names_the_rank(mpiexec, data, tmp
     assert re.search(r"slidenet train: rank 1 of 2: error: .*missing\.npz.*; ending the job", r.stderr)
 
 
+@pytest.mark.parametrize("early, said", [
+    (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    (["summary", "INPUT(4x4x1) -> FC(2)"],
+     "slidenet summary: rank 1 of 2: error: summary runs in one process"),
+    (["train", "--seed", "-1"], "slidenet train: rank 1 of 2: error: --seed must be")],
+    ids=["bad-flag", "summary", "bad-seed"])
+def test_a_rank_that_ends_before_joining_mpi_ends_the_job_with_its_message(mpiexec, data,
+                                                                            tmp_path, early, said):
+    # Rank 1 ends before MPI_Init (argparse, a one-process command, a refused flag); rank 0
+    # waits for it in MPI_Init, which mpiexec does not see as a fault: its watchdog must.
+    began = time.monotonic()
+    r = launch(mpiexec, ["train", *cli_args(tmp_path / "x", data)], early, timeout=60,
+               env={"SLIDENET_MPI_TIMEOUT": "5"})
+    assert time.monotonic() - began < 30
+    assert r.returncode != 0
+    assert said in r.stderr, r.stderr
+    assert re.search(r"slidenet: rank 0 of 2 \(pid \d+\): the other ranks did not all join MPI "
+                     r"within 5 s: one of them ended before it did", r.stderr), r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("text", ["inf", "nan", "-1", "0", "1e9", "soon"])
+def test_a_timeout_that_would_switch_the_watchdog_off_is_refused(monkeypatch, text):
+    monkeypatch.setenv("SLIDENET_MPI_TIMEOUT", text)
+    with pytest.raises(SlidenetError, match=f"SLIDENET_MPI_TIMEOUT='{text}': give the seconds "
+                                            "a rank waits .* from above 0 to 86400"):
+        distributed._timeout_setting()
+
+
 def start_training(mpiexec, data, out, env=None):
     """A long run under mpiexec; returns the process, rank 1's pid, and the output so far,
     once the first checkpoint is written."""

@@ -555,3 +555,53 @@ def test_check_fits_names_both_shapes_and_the_class_count(mnist5k):
                    r"was trained on \(--data\)", data.check_fits, mnist5k, (32, 32, 3), 10)
     one_line_error(r"mnist5k has 10 classes but the model scores only 5",
                    data.check_fits, mnist5k, (28, 28, 1), 5)
+
+
+# --- decoding: what an image costs is known before it is decoded (#25) ----------------------
+
+PEAK = """
+import resource, sys
+from pathlib import Path
+from PIL import Image
+from slidenet.data import images
+data = Path(sys.argv[1]).read_bytes()
+with Image.open(sys.argv[1]) as image:
+    estimate = images._decoded_bytes(image)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+images.decode_image(data, (28, 28, int(sys.argv[2])))
+print(estimate, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("width, height, mode", [(1, 16_777_216, "RGBA"), (16_777_216, 1, "L"),
+                                                 (4096, 4096, "P"), (4096, 4096, "LA")])
+def test_decoding_peaks_within_its_estimate(tmp_path, width, height, mode):
+    """Peak memory (the process's high-water mark, measured in a fresh process) of a PNG at
+    the pixel cap, the shapes and modes that cost most, against `_decoded_bytes`."""
+    import subprocess
+    import sys
+    from PIL import Image
+    path = tmp_path / "big.png"
+    image = Image.new(mode, (width, height))
+    image.save(path, **({"transparency": 0} if mode == "P" else {}))
+    del image
+    for depth in (1, 3):
+        out = subprocess.run([sys.executable, "-c", PEAK, str(path), str(depth)],
+                             capture_output=True, text=True, check=True).stdout
+        estimate, peak = map(int, out.split())
+        assert peak <= estimate, (peak / 2**20, estimate / 2**20)
+        assert estimate <= 600 * 2**20            # and the estimate is not absurd either
+
+
+def test_an_upload_beyond_the_budget_is_refused_before_decoding(tmp_path):
+    from PIL import Image
+    from slidenet import limits
+    from serving import png_bytes
+    png = png_bytes(np.zeros((2048, 2048, 3), np.uint8))
+    previous = limits.set_budget(32 * 2**20)
+    try:
+        with pytest.raises(DataError, match=r"the upload \(2048x2048 pixels\) needs 48.0 MiB"):
+            data.decode_image(png, (28, 28, 1))
+    finally:
+        limits.set_budget(previous)
+    assert data.decode_image(png, (28, 28, 1)).shape == (28, 28, 1)

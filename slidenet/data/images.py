@@ -22,6 +22,9 @@ from slidenet.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 MAX_PIXELS = 4096 * 4096    # an image claiming more is refused before it is decoded
+DECODE_COPIES = 3           # full-size images alive at once while an image is decoded
+ROW_BYTES = 8               # Pillow's bookkeeping per row of an image (a pointer)
+REDUCING_GAP = 3.0          # downscales beyond 3 x 2 reduce by box averages first (Pillow's)
 
 
 def _pillow():
@@ -44,15 +47,24 @@ def _has_alpha(image):
 
 def _pixels(image_module, image, depth, background=0, size=None):
     """A Pillow image as uint8 (H, W, depth): grayscale for depth 1, RGB for 3; transparency
-    composited onto `background` (0 black, 255 white) first; stretched to size (H, W) if given."""
-    if _has_alpha(image):
-        rgba = image.convert("RGBA")
-        under = image_module.new("RGBA", rgba.size, (background,) * 3 + (255,))
-        under.alpha_composite(rgba)
-        image = under
-    image = image.convert("L" if depth == 1 else "RGB")
+    composited onto `background` (0 black, 255 white); stretched to size (H, W) if given.
+
+    The image is stretched before it is composited: Pillow resizes RGBA with premultiplied
+    alpha, so this is the same picture (to rounding), and the composite then costs the small
+    image's memory, not the upload's. A large downscale is first reduced by whole factors
+    (box averages, `reducing_gap`), so the bilinear filter's weights do not grow with the
+    image: without it, a 1 x 16,777,216 upload needed a gigabyte of them.
+    """
+    alpha = _has_alpha(image)
+    mode = "RGBA" if alpha else "L" if depth == 1 else "RGB"
+    if image.mode != mode:
+        image = image.convert(mode)
     if size is not None and image.size != (size[1], size[0]):
-        image = image.resize((size[1], size[0]), image_module.BILINEAR)
+        image = image.resize((size[1], size[0]), image_module.BILINEAR, reducing_gap=REDUCING_GAP)
+    if alpha:
+        under = image_module.new("RGBA", image.size, (background,) * 3 + (255,))
+        under.alpha_composite(image)
+        image = under.convert("L" if depth == 1 else "RGB")
     return np.array(image).reshape(image.height, image.width, depth)
 
 
@@ -73,9 +85,12 @@ def _open(image_module, path):
 
 
 def _decoded_bytes(image):
-    """Bytes Pillow needs to decode `image` (it keeps up to 4 bytes a pixel), read from the
-    header before any pixel is decoded."""
-    return image.width * image.height * 4
+    """Bytes decoding `image` and making it the net's pixels (`_pixels`) may take at their
+    peak, from the header before any pixel is decoded: DECODE_COPIES full-size images of up to
+    4 bytes a pixel (Pillow's decoded image, its RGBA conversion, the premultiplied copy its
+    resize makes), each with a pointer per row, which for a tall thin image is most of it
+    (tests/test_data.py measures the peak against this)."""
+    return DECODE_COPIES * image.height * (image.width * 4 + ROW_BYTES)
 
 
 def _read_image(path, size=None, before=0):
@@ -205,6 +220,8 @@ def decode_image(data, shape, name="the upload"):
             if image.width * image.height > MAX_PIXELS:
                 raise DataError(f"{name} is {image.width}x{image.height} pixels; at most "
                                 f"{MAX_PIXELS:,} pixels are read")
+            limits.check_claim(_decoded_bytes(image),
+                               f"{name} ({image.width}x{image.height} pixels)")
             return _fit(image, shape, True, name, image_module)
     except image_module.UnidentifiedImageError:
         raise DataError(f"{name} is not a PNG or JPEG image ({len(data):,} bytes that read as "

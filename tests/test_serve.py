@@ -443,3 +443,139 @@ def test_a_model_whose_scores_overflow_answers_json_500(tiny):
     answer = TestClient(create_app(model)).post("/api/predict", content=png_bytes(tiny["x"][0]))
     assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
     assert "not finite numbers" in answer.json()["error"]
+
+
+# ---- hostile requests (#25): each refused as JSON, and the server goes on --------------------
+
+def test_cross_site_api_requests_are_refused_and_the_page_may_be_linked(client, tiny):
+    body = png_bytes(tiny["x"][0])
+    for headers in ({"Origin": "http://attacker.example"}, {"Origin": "null"},
+                    {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Origin": "http://testserver:9999"}):
+        for method, path in (("POST", "/api/predict"), ("POST", "/api/look"),
+                             ("POST", "/api/unit"), ("GET", "/api/patches"),
+                             ("GET", "/api/model")):
+            answer = client.request(method, path, content=body, headers=headers)
+            assert answer.status_code == 403, (headers, path)
+            assert "only this server's own page may use its API" in answer.json()["error"]
+    own = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+    assert client.post("/api/predict", content=body, headers=own).status_code == 200
+    assert client.get("/", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
+
+
+def test_host_refusals_are_json_and_ipv6_hosts_are_read(tiny):
+    local = TestClient(create_app(tiny["model"], trusted_hosts=["127.0.0.1", "localhost", "::1"]))
+    answer = local.get("/api/model", headers={"Host": "attacker.example"})
+    assert answer.status_code == 400 and answer.headers["content-type"] == "application/json"
+    assert "not 'attacker.example'" in answer.json()["error"]
+    for host in ("[::1]:8000", "localhost:8000", "127.0.0.1"):
+        assert local.get("/api/model", headers={"Host": host}).status_code == 200, host
+
+
+def test_a_long_url_is_refused_with_json(client):
+    answer = client.get("/api/model?x=" + "a" * 60_000)      # httpx sends at most 64 KiB
+    assert answer.status_code == 414 and "is 60,012 bytes long" in answer.json()["error"]
+    assert client.get("/api/model?x=" + "a" * 8000).status_code == 200
+
+
+def test_memory_errors_are_503_json_and_the_server_goes_on(tiny, monkeypatch):
+    app = create_app(tiny["model"])
+    local = TestClient(app)
+    real, calls = app.state.explainer.predict, []
+
+    def once(pixels):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError
+        return real(pixels)
+    monkeypatch.setattr(app.state.explainer, "predict", once)
+    body = png_bytes(tiny["x"][0])
+    answer = local.post("/api/predict", content=body)
+    assert answer.status_code == 503 and "short of memory" in answer.json()["error"]
+    assert local.post("/api/predict", content=body).status_code == 200
+
+
+def test_large_decodes_take_turns_and_small_ones_pass(monkeypatch):
+    """Uploads whose decoding costs more than BIG_DECODE are decoded one at a time, at most
+    MAX_WAITING wait, and a small one is not held up behind them."""
+    import asyncio
+    from slidenet.serve import app as app_module
+    running, most, finished = [0], [0], []
+
+    def decode(body, shape, name):
+        running[0] += 1
+        most[0] = max(most[0], running[0]) if body.startswith(b"big") else most[0]
+        time.sleep(0.3 if body.startswith(b"big") else 0.01)
+        running[0] -= 1
+        finished.append(body)
+        return body
+    monkeypatch.setattr(app_module, "decode_image", decode)
+    monkeypatch.setattr(app_module, "decode_cost", lambda body, name: (
+        app_module.BIG_DECODE + 1 if body.startswith(b"big") else 1000))
+    monkeypatch.setattr(app_module, "trim", lambda: None)
+
+    async def all_at_once():
+        decodes = app_module.Decodes()
+        bigs = [decodes.decode(b"big%d" % i, (8, 8, 1)) for i in range(6)]
+        tasks = [asyncio.ensure_future(b) for b in bigs]
+        await asyncio.sleep(0.05)
+        small = await decodes.decode(b"small", (8, 8, 1))
+        return small, await asyncio.gather(*tasks, return_exceptions=True)
+
+    small, bigs = asyncio.run(all_at_once())
+    assert small == b"small" and finished.index(b"small") == 0      # not behind the big ones
+    refused = [b for b in bigs if isinstance(b, Exception)]
+    assert len(refused) == 1 and refused[0].status == 503           # 1 decoding, 4 waiting
+    assert most[0] == 1
+
+
+def test_an_upload_cut_off_mid_way_leaves_no_traceback(tiny):
+    with server(tiny["path"], cwd=tiny["folder"]) as (process, url):
+        host, port = url.split("//")[1].split(":")
+        for _ in range(3):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Length: 100000\r\n\r\n" + b"\x89PNG" + bytes(5000))
+                time.sleep(0.2)
+        time.sleep(0.5)
+        assert _post(f"{url}/api/predict", png_bytes(tiny["x"][0]))["classes"]
+        process.send_signal(signal.SIGINT)
+        code, _, err = wait_for_exit(process)
+    assert "Traceback" not in err and "ClientDisconnect" not in err, err
+
+
+def test_a_one_megabyte_url_is_answered_not_reset(live):
+    _, url = live
+    status, body = _raw(url, "GET", "/api/model?x=" + "a" * 2**20, {})
+    assert status == 414 and json.loads(body)["error"].startswith("the URL is 1,048,588 bytes")
+
+
+def test_running_out_of_descriptors_logs_a_few_lines_and_the_server_recovers(tiny):
+    """With 64 descriptors, 150 connections held open make every accept() fail with EMFILE;
+    asyncio logged a traceback for each try (300,000 in 25 s were seen)."""
+    import resource
+
+    def few_descriptors():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slidenet", "serve", str(tiny["path"]), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=few_descriptors,
+        cwd=tiny["folder"])
+    try:
+        url = re.search(r"on (http://\S+?)/? ", process.stdout.readline()).group(1)
+        host, port = url.split("//")[1].split(":")
+        held = []
+        for _ in range(150):
+            try:
+                held.append(socket.create_connection((host, int(port)), timeout=1))
+            except OSError:
+                pass
+        time.sleep(3)
+        for sock in held:
+            sock.close()
+        time.sleep(1.5)             # asyncio pauses accepting for a second after EMFILE
+        assert _post(f"{url}/api/predict", png_bytes(tiny["x"][0]))["classes"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        code, _, err = wait_for_exit(process)
+    assert err.count("Too many open files") <= 3 and len(err) < 20_000, len(err)

@@ -206,6 +206,30 @@ def load_image(path, shape, resize=False, background=0, notes=None):
             return _fit(image, shape, resize, path, image_module, background)
 
 
+def decode_cost(data, name="the upload"):
+    """Bytes decoding the PNG or JPEG `data` will take at its peak (`_decoded_bytes`), read from
+    its header alone; DataError as `decode_image` gives it for bytes it would refuse."""
+    image_module = _pillow()
+    try:
+        with image_module.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as image:
+            _check_upload(image, name)
+            return _decoded_bytes(image)
+    except image_module.UnidentifiedImageError:
+        raise DataError(f"{name} is not a PNG or JPEG image ({len(data):,} bytes that read as "
+                        "neither); send one of those") from None
+    except _image_errors(image_module) as err:
+        raise DataError(f"cannot read {name}: {err}") from None
+
+
+def _check_upload(image, name):
+    """DataError for an upload claiming more than MAX_PIXELS pixels, or more memory to decode
+    than the input budget, from its header."""
+    if image.width * image.height > MAX_PIXELS:
+        raise DataError(f"{name} is {image.width}x{image.height} pixels; at most "
+                        f"{MAX_PIXELS:,} pixels are read")
+    limits.check_claim(_decoded_bytes(image), f"{name} ({image.width}x{image.height} pixels)")
+
+
 def decode_image(data, shape, name="the upload"):
     """PNG or JPEG bytes (an upload, a drawing) as uint8 (H, W, D) for INPUT shape = (H, W, D),
     converted to D's colour mode and stretched to H x W.
@@ -217,11 +241,7 @@ def decode_image(data, shape, name="the upload"):
     image_module = _pillow()
     try:
         with image_module.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise DataError(f"{name} is {image.width}x{image.height} pixels; at most "
-                                f"{MAX_PIXELS:,} pixels are read")
-            limits.check_claim(_decoded_bytes(image),
-                               f"{name} ({image.width}x{image.height} pixels)")
+            _check_upload(image, name)
             return _fit(image, shape, True, name, image_module)
     except image_module.UnidentifiedImageError:
         raise DataError(f"{name} is not a PNG or JPEG image ({len(data):,} bytes that read as "

@@ -4,6 +4,7 @@
     model.input_shape                   # (28, 28, 1): (H, W, D) of INPUT
     model.class_names                   # ["0", "1", ..., "9"]
     p = model.predict(images)           # uint8 (N, 28, 28, 1) -> float64 probabilities (N, 10)
+                                        # (floats: pixels scaled to [0, 1], as npz: data)
     s = model.scores(images)            # the last layer's scores (N, 10), float64
     model.net, model.normalizer         # the layers, and the pixel standardisation
     model.meta                          # pattern, data, epoch, config, history, ...
@@ -67,6 +68,13 @@ class Model:
         names = [str(n) for n in self.meta.get("class_names") or []]
         return names + [str(i) for i in range(len(names), self.net.num_outputs)]
 
+    @property
+    def resized(self):
+        """Whether the model was trained with --resize (every image stretched to INPUT's
+        height x width); `load_data`, `slidenet predict` and `viz activations` do the same."""
+        config = self.meta.get("config") or {}
+        return bool(config.get("resize", False))
+
     def data_spec(self, given=None):
         """The data set to evaluate on: `given`, else the one the model was trained on (or was
         named for by `slidenet import --data`). A DataError when there is neither."""
@@ -78,8 +86,10 @@ class Model:
         return spec
 
     def scores(self, images, batch_size=BATCH):
-        """The last layer's scores (N, C), float64, for images (N, H, W, D) of pixel values
-        0..255 (uint8, or floats on that scale), in batches of `batch_size`."""
+        """The last layer's scores (N, C), float64, for images (N, H, W, D): uint8 (or other
+        integer) pixels 0..255, or floats scaled to [0, 1] as in `npz:` data sets (rounded to
+        the nearest of the 256 levels the model was trained on); in batches of `batch_size`.
+        DataError for floats outside [0, 1] or integers outside 0..255."""
         images = self._check(images)
         with np.errstate(over="ignore", invalid="ignore"):      # refused below, in words
             out = [self.plan.forward(self.normalizer.normalize(images[i:i + batch_size]))
@@ -102,9 +112,8 @@ class Model:
         A recorded data set that is gone is a DataError saying where the spec came from.
         """
         chosen = self.data_spec(spec)
-        resize = (self.meta.get("config") or {}).get("resize", False)
         try:
-            dataset = datasets.load(chosen, size=self.input_shape[:2] if resize else None)
+            dataset = datasets.load(chosen, size=self.input_shape[:2] if self.resized else None)
         except DataError as err:
             if spec is not None:
                 raise
@@ -120,7 +129,22 @@ class Model:
             raise DataError(f"images must be an array (N, H, W, D) of {want} images, got shape "
                             f"{images.shape}")
         if images.dtype.kind not in "uif":
-            raise DataError(f"images must hold pixel values 0..255, got {images.dtype}")
+            raise DataError(f"images must hold pixel values: uint8 0..255, or floats scaled to "
+                            f"[0, 1]; got {images.dtype}")
+        if images.size == 0 or images.dtype == np.uint8:
+            return images
+        low, high = images.min(), images.max()
+        if images.dtype.kind == "f":
+            # The convention of `npz:` data sets: floats are pixels scaled to [0, 1]. Floats on
+            # 0..255 would otherwise be read as 255 times too bright, without a word.
+            if not (np.isfinite(low) and np.isfinite(high) and 0 <= low and high <= 1):
+                raise DataError(f"float images must be pixels scaled to [0, 1] (as npz: data "
+                                f"stores them); these run from {low:g} to {high:g}: divide "
+                                "0..255 pixels by 255, or pass them as uint8")
+            return np.rint(images * 255).astype(np.uint8)
+        if low < 0 or high > 255:
+            raise DataError(f"integer images must hold pixel values 0..255; these run from "
+                            f"{low} to {high}")
         return images
 
     def __repr__(self):

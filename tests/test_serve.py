@@ -579,3 +579,46 @@ def test_running_out_of_descriptors_logs_a_few_lines_and_the_server_recovers(tin
         process.send_signal(signal.SIGINT)
         code, _, err = wait_for_exit(process)
     assert err.count("Too many open files") <= 3 and len(err) < 20_000, len(err)
+
+
+# ---- a model trained with --resize (#25) ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def resized(tmp_path_factory):
+    """One epoch on 12x12 bars stretched to the net's 9x9 INPUT (--resize)."""
+    from slidenet.train import TrainConfig, train
+    folder = tmp_path_factory.mktemp("resized")
+    x, y = bars(120, seed=0)
+    xt, yt = bars(30, seed=1)
+    np.savez(folder / "bars.npz", x=x, y=y, x_test=xt, y_test=yt,
+             class_names=np.array(["row", "column", "square"]))
+    train(TrainConfig(pattern="INPUT(9x9x1) -> CONV(4) -> RELU -> POOL(3x3, s=3) -> FC(3)",
+                      data=f"npz:{folder / 'bars.npz'}", epochs=1, batch_size=16, seed=0,
+                      resize=True, out=str(folder / "run")), log=lambda *_: None)
+    return folder
+
+
+def test_patches_of_a_model_trained_with_resize(resized):
+    from slidenet.data import load as load_data
+    model = load(str(resized / "run" / "model.npz"))
+    answer = Explainer(model).patches("conv1", 2)
+    stretched = load_data(model.meta["data"], size=(9, 9))            # as --resize trained it
+    found = top_patches(model.net, stretched.x_test, model.normalizer, "conv1", channels=4,
+                        per_channel=9)
+    assert [p["image"] for p in answer["patches"]] == found.images[2].tolist()
+    assert [p["value"] for p in answer["patches"]] == pytest.approx(found.values[2].tolist())
+
+
+def test_predict_and_viz_activations_honour_the_models_resize(resized, capsys, tmp_path):
+    model = load(str(resized / "run" / "model.npz"))
+    pixels = bars(3, seed=4)[0][1]                              # 12x12, the net takes 9x9
+    Image.fromarray(pixels[..., 0]).save(tmp_path / "one.png")
+    assert main(["predict", str(resized / "run" / "model.npz"), str(tmp_path / "one.png")]) == 0
+    out = capsys.readouterr().out
+    from slidenet.data import load_image
+    expected = model.predict(load_image(tmp_path / "one.png", (9, 9, 1), resize=True)[None])[0]
+    best = int(expected.argmax())
+    assert f"{model.class_names[best]} {expected[best]:.3f}" in out
+    assert main(["viz", "activations", str(resized / "run" / "model.npz"),
+                 str(tmp_path / "one.png"), "--out", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "a.png").stat().st_size > 0

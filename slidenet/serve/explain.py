@@ -20,7 +20,6 @@ import threading
 
 import numpy as np
 
-from slidenet import data as datasets
 from slidenet.errors import SlidenetError
 from slidenet.layers import Layer
 from slidenet.viz.patches import fields, top_patches
@@ -216,8 +215,8 @@ class Explainer:
                     if not self.data:
                         raise SlidenetError("the model file does not say which data it was "
                                             "trained on")
-                    dataset = datasets.load(self.data)
-                    datasets.check_fits(dataset, self.net.input_shape, self.net.num_outputs)
+                    # At the model's size: stretched when it was trained with --resize.
+                    dataset = self.model.load_data(self.data)
                     if len(dataset.y_test) == 0:
                         raise SlidenetError(f"{dataset.spec} has no test split")
                     self._dataset = dataset

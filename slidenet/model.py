@@ -113,7 +113,8 @@ class Model:
         """
         chosen = self.data_spec(spec)
         try:
-            dataset = datasets.load(chosen, size=self.input_shape[:2] if self.resized else None)
+            dataset = datasets.load(chosen, size=self.input_shape[:2] if self.resized else None,
+                                    depth=self.input_shape[2])
         except DataError as err:
             if spec is not None:
                 raise

@@ -147,7 +147,8 @@ def _start(config, resume):
         raise SlidenetError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
     _check_scores(net, config.data)
 
-    dataset = datasets.load(config.data, size=net.input_shape[:2] if config.resize else None)
+    dataset = datasets.load(config.data, size=net.input_shape[:2] if config.resize else None,
+                            depth=net.input_shape[2])
     datasets.check_fits(dataset, net.input_shape, net.num_outputs, training=True)
     train_idx, val_idx = datasets.split_validation(len(dataset.y_train), config.val_fraction,
                                                    config.seed)

@@ -352,10 +352,25 @@ def test_folder_images_of_different_sizes_are_named(tmp_path):
     assert "small.png is 4x4" in message and "big.png is 5x4" in message
 
 
-def test_folder_with_a_broken_image_names_it(tmp_path):
-    write_image(tmp_path / "a" / "good.png", np.zeros((4, 4), np.uint8))
+def test_folder_with_a_broken_image_leaves_it_out_and_names_it(tmp_path):
+    for n in range(5):
+        write_image(tmp_path / "a" / f"good{n}.png", np.full((4, 4), n, np.uint8))
+        write_image(tmp_path / "b" / f"good{n}.png", np.full((4, 4), 9 + n, np.uint8))
     (tmp_path / "a" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
-    one_line_error(str(tmp_path / "a" / "bad.png"), data.load, f"folder:{tmp_path}")
+    (tmp_path / "b" / "photo.jpg").write_bytes(b"this is no jpeg")
+    dataset = data.load(f"folder:{tmp_path}")
+    assert len(dataset.y_train) + len(dataset.y_test) == 10        # the ten good ones
+    (note,) = [n for n in dataset.notes if "could not be read" in n]
+    assert note.startswith(f"left out 2 image files that could not be read: "
+                           f"{tmp_path / 'a' / 'bad.png'}: ") and "(and 1 more)" in note
+    assert "BytesIO" not in note and "\n" not in note
+
+
+def test_a_class_whose_every_image_is_broken_is_named(tmp_path):
+    write_image(tmp_path / "a" / "good.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "b" / "bad.png").parent.mkdir()
+    (tmp_path / "b" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    one_line_error(f"{tmp_path / 'b'} has no images", data.load, f"folder:{tmp_path}")
 
 
 def test_folder_with_an_empty_class_names_it(tmp_path):
@@ -535,7 +550,9 @@ def test_load_image_converts_colour_and_can_resize(tmp_path):
 def test_load_image_missing_or_broken(tmp_path):
     one_line_error("no such file", data.load_image, tmp_path / "x.png", (4, 4, 1))
     (tmp_path / "x.png").write_text("not an image")
-    one_line_error(str(tmp_path / "x.png"), data.load_image, tmp_path / "x.png", (4, 4, 1))
+    message = one_line_error(str(tmp_path / "x.png"), data.load_image, tmp_path / "x.png",
+                             (4, 4, 1))
+    assert "not an image Pillow can read" in message and "BytesIO" not in message
 
 
 def test_check_fits_names_both_shapes_and_the_class_count(mnist5k):
@@ -605,3 +622,40 @@ def test_an_upload_beyond_the_budget_is_refused_before_decoding(tmp_path):
     finally:
         limits.set_budget(previous)
     assert data.decode_image(png, (28, 28, 1)).shape == (28, 28, 1)
+
+
+def _mixed_folder(root):
+    """Two classes of 6x6 images, each with grayscale and colour files."""
+    rng = np.random.default_rng(3)
+    for cls in ("a", "b"):
+        for n in range(5):
+            grey = n % 2 == 0
+            pixels = rng.integers(0, 256, (6, 6) if grey else (6, 6, 3), dtype=np.uint8)
+            write_image(root / cls / f"{n}.png", pixels)
+    return f"folder:{root}"
+
+
+def test_a_mixed_folder_is_converted_to_the_nets_depth(tmp_path):
+    from PIL import Image
+    spec = _mixed_folder(tmp_path)
+    assert data.load(spec).input_shape == (6, 6, 3)             # without a depth: colour wins
+    grey = data.load(spec, depth=1)
+    assert grey.input_shape == (6, 6, 1)
+    every = np.concatenate([grey.x_train, grey.x_test])
+    expected = [np.asarray(Image.open(tmp_path / c / f"{n}.png").convert("L"))
+                for c in ("a", "b") for n in range(5)]
+    # The fixed split takes every fifth image of a class for the test set: compare as sets.
+    assert sorted(x.tobytes() for x in every[..., 0]) == sorted(e.tobytes() for e in expected)
+    (note,) = [n for n in grey.notes if "converted" in n]
+    assert note.startswith("converted 4 colour images to grayscale for the net's INPUT depth 1")
+    rgb = data.load(spec, depth=3)
+    assert any("converted 6 grayscale images to RGB" in n for n in rgb.notes)
+
+
+def test_train_a_one_channel_net_on_a_mixed_folder(tmp_path, capsys):
+    from slidenet.cli import main
+    spec = _mixed_folder(tmp_path / "images")
+    assert main(["train", "--data", spec, "--pattern", "INPUT(6x6x1) -> CONV(2) -> FC(2)",
+                 "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    assert "converted 4 colour images to grayscale" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "run" / "model.npz")]) == 0

@@ -16,7 +16,7 @@ import numpy as np
 
 from slidenet import limits
 from slidenet.data.dataset import Dataset, _shape_text, _split_dataset
-from slidenet.data.files import _BAD_FILE, _existing_dir, _existing_file, _reading, _required_arg
+from slidenet.data.files import _BAD_FILE, _existing_dir, _existing_file, _required_arg
 from slidenet.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -93,20 +93,40 @@ def _decoded_bytes(image):
     return DECODE_COPIES * image.height * (image.width * 4 + ROW_BYTES)
 
 
-def _read_image(path, size=None, before=0):
+def _read_image(path, size=None, before=0, broken=None, depth=None, converted=None):
     """uint8 (H, W, D): D = 1 for grayscale modes, else 3 (RGB; transparency composited onto
     black). size (H, W): stretch the image to it.
 
     before: bytes of images already read for the same data set; with this image they must fit
     the input budget (`slidenet.limits`), checked before it is decoded.
+    broken: a list; a file that cannot be read as an image is then appended to it as (path,
+    why) and None returned, instead of a DataError (a folder goes on without it).
+    depth: 1 or 3, convert the image to it (grayscale or RGB), as Keras's color_mode does;
+    then `converted` (a list) gets the path of an image whose own depth was the other one.
     """
     image_module = _pillow()
-    with _reading(path, _image_errors(image_module)):
+    try:
         with _open(image_module, path) as image:
             limits.check_claim(before + _decoded_bytes(image),
                                f"{path} ({image.width}x{image.height} pixels)" if not before
                                else f"the images up to {path}")
-            return _pixels(image_module, image, 1 if image.mode in _GRAY_MODES else 3, 0, size)
+            own = 1 if image.mode in _GRAY_MODES else 3
+            if depth is not None and depth != own and converted is not None:
+                converted.append(path)
+            return _pixels(image_module, image, depth or own, 0, size)
+    except _image_errors(image_module) as err:
+        if broken is None:
+            raise DataError(f"cannot read {path}: {_why(err, image_module)}") from None
+        broken.append((path, _why(err, image_module)))
+        return None
+
+
+def _why(err, image_module):
+    """Why Pillow could not read a file, in words (its own message names a BytesIO object)."""
+    if isinstance(err, image_module.UnidentifiedImageError):
+        return "not an image Pillow can read (damaged, or another kind of file)"
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
 def _image_files(folder, skipped):
@@ -123,12 +143,16 @@ def _image_files(folder, skipped):
     return files
 
 
-def _read_class_folders(directory, size, skipped, class_names=None):
+def _read_class_folders(directory, size, skipped, class_names=None, broken=None, depth=None,
+                        converted=None):
     """Images (one subfolder per class) as a list of (path, uint8 (H, W, D)) and labels.
 
     class_names: the training set's classes (for a test folder); None takes the sorted
     subfolder names. size (H, W): stretch every image to it (None: keep their sizes).
+    broken: a list that collects (path, why) of the image files that cannot be read, which
+    are left out. depth, converted: see `_read_image`.
     """
+    broken = [] if broken is None else broken
     folders = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataError(f"{directory} has no class subfolders: folder:DIR wants one folder of "
@@ -140,13 +164,20 @@ def _read_class_folders(directory, size, skipped, class_names=None):
         if folder.name not in names:
             raise DataError(f"{folder} is not one of the training classes: {', '.join(names)}")
         files = _image_files(folder, skipped)
-        if not files:
-            raise DataError(f"class folder {folder} has no images "
-                            f"({', '.join(s[1:].upper() for s in IMAGE_SUFFIXES[:5])}, ...)")
+        read = 0
         for f in files:
-            images.append((f, _read_image(f, size, before=total)))
-            total += images[-1][1].nbytes
-        labels += [names.index(folder.name)] * len(files)
+            pixels = _read_image(f, size, before=total, broken=broken, depth=depth,
+                                 converted=converted)
+            if pixels is not None:
+                images.append((f, pixels))
+                total += pixels.nbytes
+                read += 1
+        if not read:
+            why = f"; {len(files)} could not be read, e.g. {broken[-1][0]}: {broken[-1][1]}" \
+                if files else ""
+            raise DataError(f"class folder {folder} has no images "
+                            f"({', '.join(s[1:].upper() for s in IMAGE_SUFFIXES[:5])}, ...){why}")
+        labels += [names.index(folder.name)] * read
     return images, np.array(labels, dtype=np.int64), names
 
 
@@ -163,18 +194,33 @@ def _stack_images(images):
     return np.stack([np.repeat(pixels, depth // pixels.shape[2], axis=2) for _, pixels in images])
 
 
-def _load_folder(arg, spec, size=None):
+def _load_folder(arg, spec, size=None, depth=None):
+    """A folder of class folders as a Dataset. size (H, W): stretch every image to it; depth
+    (1 or 3): convert every image to grayscale or RGB (None: colour wins, grayscale images
+    join it as three equal channels)."""
     root = _existing_dir(_required_arg(arg, spec, "directory"))
     name = root.resolve().name
-    skipped = []
+    skipped, broken, converted = [], [], []
+    read = dict(broken=broken, depth=depth, converted=converted)
     if (root / "train").is_dir() and (root / "test").is_dir():
-        train, y_train, names = _read_class_folders(root / "train", size, skipped)
-        test, y_test, _ = _read_class_folders(root / "test", size, skipped, names)
+        train, y_train, names = _read_class_folders(root / "train", size, skipped, None, **read)
+        test, y_test, _ = _read_class_folders(root / "test", size, skipped, names, **read)
         x = _stack_images(train + test)
         dataset = Dataset(x[:len(train)], y_train, x[len(train):], y_test, names, name, spec)
     else:
-        images, labels, names = _read_class_folders(root, size, skipped)
+        images, labels, names = _read_class_folders(root, size, skipped, None, **read)
         dataset = _split_dataset(_stack_images(images), labels, names, name, spec)
+    if converted:
+        kind = "colour" if depth == 1 else "grayscale"
+        dataset.notes.append(f"converted {len(converted)} {kind} image"
+                             f"{'s' * (len(converted) > 1)} to "
+                             f"{'grayscale' if depth == 1 else 'RGB'} for the net's INPUT depth "
+                             f"{depth}, e.g. {converted[0]}")
+    if broken:
+        path, why = broken[0]
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        dataset.notes.append(f"left out {len(broken)} image file{'s' * (len(broken) > 1)} that "
+                             f"could not be read: {path}: {why}{more}")
     if skipped:
         dataset.notes.append(f"left out {len(skipped)} file{'s' * (len(skipped) > 1)} that "
                              f"{'are' if len(skipped) > 1 else 'is'} not an image (.png, .jpg, "
@@ -196,7 +242,7 @@ def load_image(path, shape, resize=False, background=0, notes=None):
         raise DataError(f"{path} is a folder, not an image file")
     path = _existing_file(path)
     image_module = _pillow()
-    with _reading(path, _image_errors(image_module)):
+    try:
         with _open(image_module, path) as image:
             limits.check_claim(_decoded_bytes(image), f"{path} ({image.width}x{image.height} pixels)")
             if _has_alpha(image) and notes is not None:
@@ -204,6 +250,8 @@ def load_image(path, shape, resize=False, background=0, notes=None):
                              f"{'black' if background < 128 else 'white'}, the background of "
                              "the images the model was trained on")
             return _fit(image, shape, resize, path, image_module, background)
+    except _image_errors(image_module) as err:
+        raise DataError(f"cannot read {path}: {_why(err, image_module)}") from None
 
 
 def decode_cost(data, name="the upload"):

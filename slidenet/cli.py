@@ -18,7 +18,8 @@ import keyword
 import math
 import sys
 
-from slidenet import __version__, distributed
+from slidenet import __version__
+from slidenet.training import distributed
 from slidenet.errors import SlidenetError
 
 # Order here is the order in `slidenet --help`.

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import slidenet
-from slidenet import limits, modelfile, modelmeta
+from slidenet.storage import limits, modelfile, modelmeta
 from slidenet.errors import ModelFileError
 
 ARRAYS = {
@@ -204,7 +204,7 @@ def test_compressed_npz_with_valid_checksum_loads(tmp_path):
 SAVER = """
 import os, sys, time
 import numpy as np
-from slidenet import modelfile
+from slidenet.storage import modelfile
 
 stage, path = sys.argv[1], sys.argv[2]
 

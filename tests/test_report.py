@@ -11,7 +11,7 @@ from PIL import Image
 
 from slidenet.cli import main
 from slidenet.report import SECTIONS
-from slidenet.evaluate import evaluate
+from slidenet.training.evaluate import evaluate
 from slidenet.model import load
 
 from test_viz import CLASSES, bars, train_tiny
@@ -83,7 +83,7 @@ def test_a_best_file_shows_the_whole_runs_history_from_history_json(tmp_path):
     """best.npz keeps the epochs up to the best one; the run's history.json beside it has
     them all, and hides no overfitting."""
     import json
-    from slidenet import modelfile
+    from slidenet.storage import modelfile
     from slidenet.report import run_history, training_section
     path, _ = train_tiny(tmp_path)                          # two epochs
     arrays, meta = modelfile.load(path)

@@ -586,7 +586,7 @@ def test_running_out_of_descriptors_logs_a_few_lines_and_the_server_recovers(tin
 @pytest.fixture(scope="module")
 def resized(tmp_path_factory):
     """One epoch on 12x12 bars stretched to the net's 9x9 INPUT (--resize)."""
-    from slidenet.train import TrainConfig, train
+    from slidenet.training.loop import TrainConfig, train
     folder = tmp_path_factory.mktemp("resized")
     x, y = bars(120, seed=0)
     xt, yt = bars(30, seed=1)

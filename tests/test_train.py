@@ -9,9 +9,9 @@ import pytest
 
 from slidenet import Net
 from slidenet.ops import softmax_loss
-from slidenet.optim import make_optimizer
+from slidenet.training.optim import make_optimizer
 from slidenet.model import load
-from slidenet.train import TrainConfig, train
+from slidenet.training.loop import TrainConfig, train
 
 TINY = "INPUT(8x8x1) -> CONV(4) -> RELU -> POOL -> DROPOUT(0.2) -> FC(3)"
 
@@ -202,7 +202,7 @@ def test_a_small_validation_split_is_noted(npz_data, tmp_path):
 
 def test_overfitting_and_chance_level_validation_are_warned_about():
     from types import SimpleNamespace
-    from slidenet.train import _closing
+    from slidenet.training.loop import _closing
 
     def run(*epochs):
         return SimpleNamespace(dataset=SimpleNamespace(num_classes=3), history=[
@@ -218,7 +218,7 @@ def test_overfitting_and_chance_level_validation_are_warned_about():
 
 def test_eval_states_the_chance_level_and_labels_every_column(npz_data, tmp_path, capsys):
     from slidenet.cli import main
-    from slidenet.evaluate import evaluate
+    from slidenet.training.evaluate import evaluate
     train(TrainConfig(pattern=TINY, data=npz_data, epochs=1, out=str(tmp_path / "r")),
           log=lambda *_: None)
     path = str(tmp_path / "r" / "model.npz")
@@ -239,7 +239,7 @@ def test_eval_states_the_chance_level_and_labels_every_column(npz_data, tmp_path
 
 
 def test_chance_levels_are_a_guess_and_the_majority_class():
-    from slidenet.evaluate import chance, chance_text
+    from slidenet.training.evaluate import chance, chance_text
     confusion = np.array([[5, 0, 0, 0], [1, 1, 0, 0], [2, 0, 0, 0], [1, 0, 0, 0]])
     assert chance(confusion) == {"guess": 0.25, "majority": 0.5}
     text = chance_text({"accuracy": 0.6, "chance": chance(confusion)})

@@ -81,7 +81,7 @@ def run(args):
 
     from slidenet.serve import logs
     from slidenet.serve.app import create_app
-    from slidenet.serve.guard import MAX_HEAD
+    from slidenet.storage.limits import MAX_HEAD
 
     model = load(args.model)
     loopback = is_loopback(args.host)

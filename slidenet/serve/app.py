@@ -33,10 +33,8 @@ from slidenet.errors import DataError, ModelFileError, SlidenetError
 from slidenet.serve import pages
 from slidenet.serve.explain import PATCHES, Explainer
 from slidenet.serve.guard import Guard
+from slidenet.storage.limits import BIG_DECODE, MAX_UPLOAD, MAX_WAITING
 
-MAX_UPLOAD = 10 * 2**20     # bytes of one uploaded image
-BIG_DECODE = 32 * 2**20     # an upload whose decoding costs more waits for the one big slot
-MAX_WAITING = 4             # big uploads held waiting for it; the next is refused (503)
 SECTIONS = (("input", "Input"), ("layers", "Every layer"), ("unit", "One unit"),
             ("slide", "Slide a filter"), ("patches", "What a channel looks for"))
 # The page loads nothing from elsewhere; the browser is told so, too.

@@ -5,7 +5,7 @@
 - the Host check: a server bound to loopback answers only requests addressed to a loopback
   name, so a page elsewhere cannot reach it through a name it points at 127.0.0.1 (DNS
   rebinding); 400. IPv6 literals (`[::1]:8000`) are read too.
-- a URL longer than MAX_URL bytes: 414 (the HTTP layer reads heads up to MAX_HEAD, so the
+- a URL longer than MAX_URL bytes: 414 (the HTTP layer reads heads up to `limits.MAX_HEAD`, so the
   answer arrives instead of a reset connection).
 - a cross-site request to `/api/...`: a page on another site can make the browser POST to
   127.0.0.1 (a form, or fetch in no-cors mode) and so make the server decode and compute; such
@@ -15,8 +15,8 @@
 import json
 from urllib.parse import urlsplit
 
-MAX_URL = 8 * 2**10         # bytes of path and query: the API's longest is a few dozen
-MAX_HEAD = 2 * 2**20        # bytes of a request's head that the HTTP layer reads (h11)
+from slidenet.storage.limits import MAX_URL
+
 SAME = ("same-origin", "none")      # Sec-Fetch-Site values of the page itself, or a typed URL
 
 

@@ -6,7 +6,7 @@ seconds, images_per_s}, with val_* None when no validation split was held out.
 """
 from pathlib import Path
 
-from slidenet import limits, modelmeta
+from slidenet.storage import limits, modelmeta
 from slidenet.errors import SlidenetError
 from slidenet.viz import grid
 
@@ -20,7 +20,7 @@ def load_history(path):
     if path.is_dir():
         path = path / "history.json"
     if path.suffix.lower() == ".npz" and path.is_file():
-        from slidenet import modelfile
+        from slidenet.storage import modelfile
         meta = modelfile.load(path)[1]
         modelmeta.check(meta, path)
         history = meta.get("history")

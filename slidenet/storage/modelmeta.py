@@ -18,13 +18,13 @@ import json
 import math
 from dataclasses import fields
 
-from slidenet import limits
-from slidenet.config import TrainConfig
 from slidenet.errors import ModelFileError, SlidenetError
+from slidenet.storage import limits
+from slidenet.storage.limits import MAX_CLASSES
+from slidenet.storage.limits import MAX_META_DEPTH as MAX_DEPTH
+from slidenet.storage.limits import MAX_META_TEXT as MAX_TEXT
+from slidenet.training.config import TrainConfig
 
-MAX_DEPTH = 16              # a model's meta nests 4 deep (config -> variables); 16 is generous
-MAX_TEXT = 100_000          # characters in the pattern, a class name or the data spec
-MAX_CLASSES = 1_000_000
 DTYPES = ("float32", "float64")
 _NUMBER = (int, float)
 # TrainConfig's field types, by name: bool before int (a bool is an int in Python).

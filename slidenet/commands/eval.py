@@ -56,14 +56,14 @@ def _confusion_text(result, names):
     """Per-class accuracy and the confusion matrix (rows: true class, numbered; columns:
     predicted class, by the same numbers)."""
     width = max(5, *(len(str(v)) for row in result["confusion"] for v in row))
-    label = max(len(n) for n in names)
-    number = len(str(len(names) - 1))
-    lead = number + 1 + label + 1 + 6 + 2
-    head = f"{'class':<{lead}}" + " ".join(f"{i:>{width}}" for i in range(len(names)))
+    # Classes named by their numbers (digits) need no second label.
+    numbered = [str(i) for i in range(len(names))] != [str(n) for n in names]
+    labels = [f"{i} {name}" if numbered else str(name) for i, name in enumerate(names)]
+    label = max(5, *(len(t) for t in labels))
+    head = f"{'class':<{label + 9}}" + " ".join(f"{i:>{width}}" for i in range(len(names)))
     lines = ["per-class accuracy and confusion (rows: true class; columns: predicted class, "
              "by number)", head]
-    for i, (name, acc, row) in enumerate(zip(names, result["per_class"], result["confusion"])):
+    for text, acc, row in zip(labels, result["per_class"], result["confusion"]):
         shown = "  n/a " if acc != acc else f"{acc:6.3f}"
-        lines.append(f"{i:>{number}} {name:>{label}} {shown}  "
-                     + " ".join(f"{v:>{width}}" for v in row))
+        lines.append(f"{text:<{label}} {shown}  " + " ".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)

@@ -100,6 +100,7 @@ async def read_image(request, explainer, decodes):
     Refused with 413 as soon as Content-Length, or the bytes received so far, pass MAX_UPLOAD
     (the rest is not read); 400 for no body, or a client that went away mid-upload; 415 for
     bytes that are not a PNG or JPEG or cost more to decode than the input budget.
+    `?invert=1` gives 255 - pixel.
     """
     too_large = Refused(413, f"the image is larger than {MAX_UPLOAD // 2**20} MB; send a "
                              "smaller PNG or JPEG")
@@ -118,9 +119,12 @@ async def read_image(request, explainer, decodes):
     if not body:
         raise Refused(400, "send the bytes of a PNG or JPEG file as the request body")
     try:
-        return await decodes.decode(bytes(body), explainer.model.input_shape)
+        pixels = await decodes.decode(bytes(body), explainer.model.input_shape)
     except DataError as err:
         raise Refused(415, str(err)) from None
+    # ?invert=1: 255 - pixel, as `slidenet predict --invert` (dark-on-light drawings for a
+    # model trained on light-on-dark images).
+    return 255 - pixels if request.query_params.get("invert") in ("1", "true") else pixels
 
 
 def whole(request, name, default=None):

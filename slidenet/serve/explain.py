@@ -78,8 +78,12 @@ class Explainer:
                 "receptive_field": list(info.receptive_field), "spatial": spatial,
                 "maps": shows_maps(info), "filters": has_filters(info),
                 "explains": explains(by_index[info.index])})
+        # The training images' mean brightness (0..1): the page suggests inverting an image
+        # far from it, as `slidenet predict` does.
+        brightness = float(np.mean(self.model.normalizer.mean))
         return {"pattern": self.net.pattern, "input_shape": list(self.model.input_shape),
                 "classes": self.model.class_names, "data": self.data,
+                "brightness": brightness,
                 "params": sum(info.params for info in self.net.infos), "layers": layers}
 
     # ---- one image ----

@@ -205,11 +205,6 @@ def _opening(run):
                      f"{run.start_epoch} to {config.epochs}")
         lines += [f"  note: {note}" for note in _schedule_note(run)]
         return lines
-    if 0 < len(run.y_val) < FEW_VALIDATION:
-        lines.append(f"  note: only {len(run.y_val)} validation images: one more right answer "
-                     f"moves val_acc by {1 / len(run.y_val):.3f}, so it (and the best epoch "
-                     "kept in best.npz) says little; use more images, or a larger "
-                     "--val-fraction")
     # One batch: it is what the user's memory is known to hold.
     sample = run.normalizer.normalize(run.x_train[:config.batch_size])
     loss = LOSSES[config.loss](run.net.forward(sample), run.y_train[:config.batch_size])[0]
@@ -217,6 +212,11 @@ def _opening(run):
     name = f"ln {ds.num_classes}" if config.loss == "softmax" else f"{ds.num_classes} - 1"
     lines.append(f"net: {params:,} parameters; {steps}; initial loss {loss:.3f} "
                  f"(chance: {name} = {chance:.3f})")
+    if 0 < len(run.y_val) < FEW_VALIDATION:
+        lines.append(f"  note: only {len(run.y_val)} validation images: one more right answer "
+                     f"moves val_acc by {1 / len(run.y_val):.3f}, so it (and the best epoch "
+                     "kept in best.npz) says little; use more images, or a larger "
+                     "--val-fraction")
     return lines
 
 

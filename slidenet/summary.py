@@ -40,11 +40,11 @@ def summary_html(infos):
     totals, for a notebook."""
     esc = html.escape
     head = "".join(f"<th style='text-align:left'>{esc(title)}</th>" for title in _COLUMNS)
-    body = "".join(
-        "<tr>" + "".join(f"<td style='text-align:{'right' if title in _RIGHT else 'left'};"
-                         f"font-family:monospace'>{esc(cell)}</td>"
-                         for cell, title in zip(_row(info), _COLUMNS)) + "</tr>"
-        for info in infos)
+    style = {title: f"text-align:{'right' if title in _RIGHT else 'left'};padding:0 0.6em;"
+                    "font-family:monospace" for title in _COLUMNS}
+    body = "".join("<tr>" + "".join(f"<td style='{style[title]}'>{esc(cell)}</td>"
+                                    for cell, title in zip(_row(info), _COLUMNS)) + "</tr>"
+                   for info in infos)
     totals = summary_json(infos)
     notes = [line.strip() for line in _notes(infos) if line.strip() and line != "notes:"]
     foot = "".join(f"<li>{esc(line)}</li>" for line in notes)

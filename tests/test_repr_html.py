@@ -100,3 +100,18 @@ def test_progress_shows_in_a_notebook_kernel(monkeypatch):
 
 def test_in_notebook_is_false_outside_a_kernel():
     assert progress.in_notebook() is False
+
+
+def test_figures_show_in_a_notebook_as_png():
+    from io import BytesIO
+
+    from PIL import Image
+
+    from slidenet import viz
+    net = Net.from_pattern("INPUT(8x8x1) -> CONV(4) -> FC(2)")
+    fig = viz.filters_figure(net)
+    png = fig._repr_png_()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = fig.get_size_inches() * fig.dpi
+    assert Image.open(BytesIO(png)).size == (round(width), round(height))
+    assert viz.slide_figure(5, 3, 1, 0)._repr_png_().startswith(b"\x89PNG")

@@ -259,3 +259,20 @@ def test_evaluate_refuses_other_images(arrays):
         model.evaluate(np.zeros((2, 9, 9), np.uint8), [0, 1])
     with pytest.raises(SlidenetError, match="outside the classes"):
         model.evaluate(x[:2], [0, 7])
+
+
+def test_the_readme_s_python_section_runs(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## From Python and notebooks", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    model = namespace["model"]
+    assert [h["epoch"] for h in model.history] == [1, 2]
+    assert slidenet.load("digits.npz").evaluate(namespace["x"], namespace["y"]) == \
+        model.evaluate(namespace["x"], namespace["y"])
+    eval_cli = subprocess.run([sys.executable, "-m", "slidenet", "eval", "digits.npz", "--data",
+                               "mnist5k"], capture_output=True, text=True)
+    assert eval_cli.returncode == 0, eval_cli.stderr

@@ -8,7 +8,7 @@
     >>> model = slidenet.load("runs/demo/best.npz")     # a trained model
     >>> model.predict(images)                             # uint8 (N, H, W, D) -> probabilities
 """
-from slidenet.fitting import fit
+from slidenet.training.fitting import fit
 from slidenet.model import Model, load
 from slidenet.net import Net
 

@@ -13,7 +13,7 @@
 `slidenet.fit(...)` returns a Model too. In a notebook a Model shows its summary and history
 (`_repr_html_`).
 
-A model file (`slidenet.modelfile`) holds the net's parameters and buffers, the normaliser and,
+A model file (`slidenet.storage.modelfile`) holds the net's parameters and buffers, the normaliser and,
 for a file written by `slidenet train`, the optimiser state and the random generators' states,
 which is everything `--resume` needs (`Model.state`). `model_arrays` and `model_meta` build
 those contents; `save` writes them.
@@ -23,7 +23,7 @@ import numpy as np
 import html
 
 from slidenet import data as datasets
-from slidenet import modelfile, rngstate
+from slidenet.storage import modelfile, rngstate
 from slidenet.data.dataset import as_images
 from slidenet.data.normalize import Normalizer
 from slidenet.errors import DataError, ModelFileError
@@ -115,7 +115,7 @@ class Model:
         `slidenet.fit`); y: class numbers (N,). Returns {"accuracy", "loss", "per_class",
         "confusion"} (see `slidenet.evaluate.evaluate`).
         """
-        from slidenet.evaluate import evaluate
+        from slidenet.training.evaluate import evaluate
         images = as_images(x)
         if tuple(images.shape[1:]) != self.input_shape:
             want = "x".join(str(v) for v in self.input_shape)
@@ -127,7 +127,7 @@ class Model:
 
     def save(self, path):
         """Write the model to `path` (a `.npz` model file that `slidenet.load` and every command
-        read), atomically through `slidenet.writing`: a failed write keeps the previous file."""
+        read), atomically through `slidenet.storage.writing`: a failed write keeps the previous file."""
         arrays = model_arrays(self.net, self.normalizer)
         # A run's optimiser and generator states travel with it (what --resume needs).
         arrays.update({k: v for k, v in (self.state or {}).items()
@@ -137,7 +137,7 @@ class Model:
 
     def _repr_html_(self):
         """The net's summary table, then the history, for Jupyter."""
-        from slidenet.summary import history_html
+        from slidenet.notation.summary import history_html
         title = html.escape(f"Model: {len(self.class_names)} classes "
                             f"({', '.join(self.class_names[:12])}"
                             f"{', ...' if len(self.class_names) > 12 else ''})")

@@ -15,7 +15,7 @@ from slidenet.layers.conv import Conv
 from slidenet.layers.fc import FC
 from slidenet.layers.pool import MaxPool
 from slidenet.cli import main
-from slidenet.train import TrainConfig, train
+from slidenet.training.loop import TrainConfig, train
 
 from test_train import TINY, bars
 

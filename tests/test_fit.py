@@ -10,10 +10,10 @@ import pytest
 
 import slidenet
 from slidenet import Net
-from slidenet.config import TrainConfig
+from slidenet.training.config import TrainConfig
 from slidenet.errors import FileWriteError, PatternError, SlidenetError
 from slidenet.model import load
-from slidenet.train import train
+from slidenet.training.loop import train
 from test_train import TINY, bars
 
 SETTINGS = dict(epochs=2, batch_size=16, lr=3e-3, seed=5)
@@ -187,7 +187,7 @@ def test_save_is_atomic(tmp_path, arrays, monkeypatch):
     path = tmp_path / "m.npz"
     model.save(str(path))
     before = path.read_bytes()
-    from slidenet import modelfile
+    from slidenet.storage import modelfile
 
     def full_disk(fh, entries):
         fh.write(b"PK half a file")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from slidenet.cli import main
 from slidenet.report import SECTIONS
-from slidenet.evaluate import evaluate
+from slidenet.training.evaluate import evaluate
 from slidenet.model import load
 
 from test_viz import CLASSES, bars, train_tiny

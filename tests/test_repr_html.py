@@ -9,7 +9,7 @@ import slidenet
 from slidenet import Net, progress
 from slidenet.data.normalize import Normalizer
 from slidenet.model import Model
-from slidenet.summary import summary_json
+from slidenet.notation.summary import summary_json
 
 PATTERN = "INPUT(32x32x3) -> [CONV(8) -> RELU]*2 -> POOL -> CONV(4, 5x4, s=1x2, p=0) -> FC(10)"
 

@@ -9,9 +9,9 @@ import pytest
 
 from slidenet import Net
 from slidenet.ops import softmax_loss
-from slidenet.optim import make_optimizer
+from slidenet.training.optim import make_optimizer
 from slidenet.model import load
-from slidenet.train import TrainConfig, train
+from slidenet.training.loop import TrainConfig, train
 
 TINY = "INPUT(8x8x1) -> CONV(4) -> RELU -> POOL -> DROPOUT(0.2) -> FC(3)"
 

@@ -15,7 +15,7 @@ from PIL import Image
 from slidenet import Net
 from slidenet.cli import main
 from slidenet.model import load
-from slidenet.train import TrainConfig, train
+from slidenet.training.loop import TrainConfig, train
 from slidenet.viz.activations import activation_maps, activations_figure
 from slidenet.viz.curves import curves_figure
 from slidenet.viz.filters import filters_figure

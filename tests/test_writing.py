@@ -1,4 +1,4 @@
-"""Every file slidenet writes goes through `slidenet.writing`: atomic, and a refusal of the world
+"""Every file slidenet writes goes through `slidenet.storage.writing`: atomic, and a refusal of the world
 (full disk, read-only file system, no permission, a folder or file in the way) is exit 2 with the
 path and the reason, the previous file byte-identical and no temporary file left.
 
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slidenet import modelfile, writing
+from slidenet.storage import modelfile, writing
 from slidenet.cli import main
 from slidenet.errors import FileWriteError
-from slidenet.train import TrainConfig, train
+from slidenet.training.loop import TrainConfig, train
 
 from test_train import TINY, bars
 
@@ -200,7 +200,7 @@ def _write_model(path):
 
 
 def _write_history(path):
-    from slidenet.train import _write_json
+    from slidenet.training.loop import _write_json
     _write_json(str(path), [{"epoch": 1, "loss": 0.5}])
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slidenet import limits
+from slidenet.storage import limits
 from slidenet.data.dataset import _split_dataset
 from slidenet.data.files import _reading
 from slidenet.errors import DataError

@@ -9,18 +9,18 @@
     model.save("digits.npz")            # a model file every command reads
 
 One implementation: `fit` turns the arrays into a `Dataset` and the arguments into a
-`TrainConfig` with the command's defaults, and hands both to `slidenet.train.run`, the loop of
+`TrainConfig` with the command's defaults, and hands both to `slidenet.training.loop.run`, the loop of
 `slidenet train`. So `fit(pattern, x, y, seed=s)` gives the weights `slidenet train --data
 npz:FILE --seed s` gives on the same arrays, bit for bit.
 """
 from dataclasses import replace
 
-from slidenet.config import TrainConfig, check_settings
+from slidenet.training.config import TrainConfig, check_settings
 from slidenet.data.dataset import Dataset, as_images
 from slidenet.errors import DataError, SlidenetError
 from slidenet.model import Model, class_numbers, model_arrays
 from slidenet.net import Net
-from slidenet.train import TrainingInterrupted, run, run_meta
+from slidenet.training.loop import TrainingInterrupted, run, run_meta
 
 DEFAULTS = TrainConfig()
 SOURCE = "slidenet.fit"

@@ -40,9 +40,9 @@ from contextlib import contextmanager
 import numpy as np
 
 from slidenet.errors import SlidenetError
-from slidenet.evaluate import metrics, tally
+from slidenet.training.evaluate import metrics, tally
 from slidenet.ops import runtime
-from slidenet.shard import Part
+from slidenet.ops.shard import Part
 
 # What launchers put in each process's environment: the number of processes started.
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -310,7 +310,7 @@ class Group:
                         "same versions of NumPy and slidenet")
 
     def evaluate(self, net, x, y, normalizer, num_classes, loss="softmax", batch_size=256):
-        """`slidenet.evaluate.evaluate` of all of x, y, each rank scoring one contiguous shard;
+        """`slidenet.training.evaluate.evaluate` of all of x, y, each rank scoring one contiguous shard;
         the confusion matrices and loss sums are added over the ranks."""
         lo, hi = (len(y) * r // self.size for r in (self.rank, self.rank + 1))
         confusion, total_loss = tally(net, x[lo:hi], y[lo:hi], normalizer, num_classes, loss,

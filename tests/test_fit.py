@@ -276,3 +276,11 @@ def test_the_readme_s_python_section_runs(tmp_path, monkeypatch, capsys):
     eval_cli = subprocess.run([sys.executable, "-m", "slidenet", "eval", "digits.npz", "--data",
                                "mnist5k"], capture_output=True, text=True)
     assert eval_cli.returncode == 0, eval_cli.stderr
+
+
+def test_callbacks_see_the_epoch_that_patience_stops_at(arrays):
+    x, y, _, _ = arrays
+    seen = []
+    # A learning rate this small moves no validation score: patience 1 stops after epoch 2.
+    model = fit_quietly(TINY, x, y, epochs=6, lr=1e-9, patience=1, callbacks=[seen.append])
+    assert [h["epoch"] for h in model.history] == [1, 2] and seen == model.history

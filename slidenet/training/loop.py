@@ -51,7 +51,7 @@ class TrainingDiverged(SlidenetError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; `hint` says where the last checkpoint is and how to continue;
-    `run` is the run as it stood (its net holds the weights of the last finished step)."""
+    `run` is the run as it stood (its net holds the weights as they were when Ctrl-C came)."""
 
     def __init__(self, hint, run=None):
         super().__init__(hint)
@@ -186,7 +186,7 @@ def _start(config, resume, given):
         raise SlidenetError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
     _check_scores(net, config.data, given.dataset)
 
-    dataset = given.dataset or datasets.load(
+    dataset = given.dataset if given.dataset is not None else datasets.load(
         config.data, size=net.input_shape[:2] if config.resize else None)
     datasets.check_fits(dataset, net.input_shape, net.num_outputs, training=True)
     if given.validation is None:
@@ -296,10 +296,11 @@ def _epochs(run, log):
         improved = score > best
         _checkpoint(run, epoch, improved)
         best, stale = (score, 0) if improved else (best, stale + 1)
+        asked = _call_back(run.callbacks, entry)      # every epoch, the last one too
         if config.patience and stale >= config.patience:
             log(f"early stop: no validation gain for {config.patience} epochs")
             break
-        if _call_back(run.callbacks, entry):
+        if asked:
             log(f"stopped by a callback after epoch {epoch + 1}")
             break
 

@@ -4,6 +4,7 @@ import inspect
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,7 +263,7 @@ def test_evaluate_refuses_other_images(arrays):
 
 
 def test_the_readme_s_python_section_runs(tmp_path, monkeypatch, capsys):
-    from pathlib import Path
+
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     section = readme.split("## From Python and notebooks", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
@@ -284,3 +285,31 @@ def test_callbacks_see_the_epoch_that_patience_stops_at(arrays):
     # A learning rate this small moves no validation score: patience 1 stops after epoch 2.
     model = fit_quietly(TINY, x, y, epochs=6, lr=1e-9, patience=1, callbacks=[seen.append])
     assert [h["epoch"] for h in model.history] == [1, 2] and seen == model.history
+
+
+def test_a_real_sigint_returns_the_model_and_the_program_goes_on(tmp_path):
+    # What a notebook's "interrupt kernel" does: SIGINT to the process while the kernels run.
+    import signal
+    script = tmp_path / "long_fit.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+        "import slidenet\n"
+        "from test_train import TINY, bars\n"
+        "x, y = bars(180)\n"
+        "model = slidenet.fit(TINY, x, y, epochs=100000)\n"
+        "print('returned', len(model.history), flush=True)\n")
+    child = subprocess.Popen([sys.executable, "-u", str(script)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        for line in child.stdout:
+            if line.startswith("epoch   2/"):
+                child.send_signal(signal.SIGINT)
+                break
+        out, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    assert "slidenet.fit: interrupted during epoch" in out and "Traceback" not in err
+    finished = int(out.split("returned ")[1].split()[0])
+    assert finished >= 2 and f"holds the {finished} finished epochs)" in out

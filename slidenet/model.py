@@ -16,11 +16,11 @@ those contents; `save` writes them.
 import numpy as np
 
 from slidenet import data as datasets
-from slidenet.storage import modelfile, rngstate
 from slidenet.data.normalize import Normalizer
 from slidenet.errors import DataError, ModelFileError
 from slidenet.net import Net
 from slidenet.ops.losses import softmax
+from slidenet.storage import modelfile, rngstate
 
 FORMAT = "slidenet-model"
 VERSION = 1

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from slidenet import cli
+from slidenet.cli import main
 from slidenet.layers.conv import Conv
 from slidenet.layers.fc import FC
 from slidenet.layers.pool import MaxPool
-from slidenet.cli import main
 from slidenet.training.loop import TrainConfig, train
 
 from test_train import TINY, bars

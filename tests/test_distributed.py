@@ -17,13 +17,12 @@ import time
 import numpy as np
 import pytest
 
-from slidenet.ops import shard
-from slidenet.training import distributed
 from slidenet.data import augment
 from slidenet.errors import SlidenetError
-from slidenet.training.evaluate import evaluate
 from slidenet.model import load
-from slidenet.ops import batchnorm_backward, batchnorm_forward, dropout_forward
+from slidenet.ops import batchnorm_backward, batchnorm_forward, dropout_forward, shard
+from slidenet.training import distributed
+from slidenet.training.evaluate import evaluate
 from slidenet.training.loop import TrainConfig, train
 from test_train import bars
 

@@ -12,10 +12,10 @@ from PIL import Image
 
 import slidenet
 from slidenet import Net
-from slidenet.storage import modelfile
 from slidenet import data as datasets
 from slidenet.cli import main
 from slidenet.ops import softmax_loss, svm_loss
+from slidenet.storage import modelfile
 from slidenet.training.loop import TrainConfig, TrainingDiverged, train
 
 from test_train import bars

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from slidenet import data
-from slidenet.storage import limits, modelfile
 from slidenet.errors import SlidenetError
+from slidenet.storage import limits, modelfile
 
 from fakedata import write_cifar_dir, write_idx, write_image
 

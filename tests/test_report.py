@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from slidenet.cli import main
+from slidenet.model import load
 from slidenet.report import SECTIONS
 from slidenet.training.evaluate import evaluate
-from slidenet.model import load
 
 from test_viz import CLASSES, bars, train_tiny
 

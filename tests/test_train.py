@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from slidenet import Net
-from slidenet.ops import softmax_loss
-from slidenet.training.optim import make_optimizer
 from slidenet.model import load
+from slidenet.ops import softmax_loss
 from slidenet.training.loop import TrainConfig, train
+from slidenet.training.optim import make_optimizer
 
 TINY = "INPUT(8x8x1) -> CONV(4) -> RELU -> POOL -> DROPOUT(0.2) -> FC(3)"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slidenet.storage import modelfile, writing
 from slidenet.cli import main
 from slidenet.errors import FileWriteError
+from slidenet.storage import modelfile, writing
 from slidenet.training.loop import TrainConfig, train
 
 from test_train import TINY, bars

@@ -4,9 +4,9 @@ They keep the shape and have no parameters. Each calls its pair in `slidenet.ops
 where the forward sits next to its local derivative.
 """
 from slidenet import ops
-from slidenet.notation import arguments
 from slidenet.layers.base import Inferred, Layer
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
 
 
 class _Elementwise(Layer):

@@ -40,9 +40,9 @@ from contextlib import contextmanager
 import numpy as np
 
 from slidenet.errors import SlidenetError
-from slidenet.training.evaluate import metrics, tally
 from slidenet.ops import runtime
 from slidenet.ops.shard import Part
+from slidenet.training.evaluate import metrics, tally
 
 # What launchers put in each process's environment: the number of processes started.
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")

@@ -7,9 +7,9 @@ import argparse
 import errno
 import json
 
-import numpy as np
 import pytest
 
+from helpers import TINY, bars, write_bars
 from slidenet import cli
 from slidenet.layers.conv import Conv
 from slidenet.layers.fc import FC
@@ -17,17 +17,10 @@ from slidenet.layers.pool import MaxPool
 from slidenet.cli import main
 from slidenet.train import TrainConfig, train
 
-from test_train import TINY, bars
-
 
 @pytest.fixture(scope="module")
 def data_spec(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    x, y = bars(96)
-    xt, yt = bars(30, seed=1)
-    np.savez(folder / "bars.npz", x=x, y=y, x_test=xt, y_test=yt,
-             class_names=np.array(["row", "column", "dot"]))
-    return f"npz:{folder / 'bars.npz'}"
+    return write_bars(tmp_path_factory.mktemp("data") / "bars.npz", 96, test=30)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from helpers import write_bars
 from slidenet import distributed, shard
 from slidenet.data import augment
 from slidenet.errors import SlidenetError
@@ -24,7 +25,6 @@ from slidenet.evaluate import evaluate
 from slidenet.model import load
 from slidenet.ops import batchnorm_backward, batchnorm_forward, dropout_forward
 from slidenet.train import TrainConfig, train
-from test_train import bars
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 # BATCHNORM after RELU: a bias straight before a BATCHNORM has a true gradient of 0, so Adam's
@@ -43,13 +43,6 @@ def mpiexec():
             pytest.skip("SLIDENET_SKIP_MPI=1")
         pytest.fail(f"no mpiexec at {MPIEXEC}: install slidenet[mpi] (make setup does)")
     return MPIEXEC
-
-
-def write_bars(path, n):
-    x, y = bars(n)
-    xt, yt = bars(60, seed=1)
-    np.savez(path, x=x, y=y, x_test=xt, y_test=yt, class_names=np.array(["row", "column", "dot"]))
-    return f"npz:{path}"
 
 
 @pytest.fixture(scope="module")

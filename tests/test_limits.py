@@ -17,7 +17,7 @@ from slidenet import data, limits, modelfile
 from slidenet.cli import main
 from slidenet.errors import DataError, ModelFileError, SlidenetError
 
-from fakedata import _py2_value, write_cifar_dir, write_idx, write_image, write_mnist_dir
+from helpers import _py2_value, write_cifar_dir, write_idx, write_image, write_mnist_dir
 
 MiB = 2**20
 

@@ -17,14 +17,12 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
+from helpers import bars, image_like, png_bytes, server, train_tiny
 from slidenet import Net, geometry
 from slidenet.data import Normalizer
 from slidenet.errors import GeometryError
 from slidenet.model import load, save
 from slidenet.viz.patches import top_patches
-
-from serving import image_like, png_bytes, server
-from test_viz import bars, train_tiny
 
 CHROMIUM = "/usr/bin/chromium"
 # The test machine's network is closed: Chromium must not try its own background connections.
@@ -336,7 +334,7 @@ def test_top_patches_are_those_of_viz_patches(visit, site):
     page.click("#patches-form button")
     patches = page.locator("#patches-grid .patch")
     expect(patches).to_have_count(9)
-    x, y = bars(60, seed=1)
+    x, y = bars(60, seed=1, size=12)
     found = top_patches(model.net, x, model.normalizer, "conv2", channels=6)
     values = [float(v) for v in page.locator("#patches-grid .patch .value").all_inner_texts()]
     np.testing.assert_allclose(values, found.values[4], atol=5e-4 + 1e-6)

@@ -14,10 +14,9 @@ handles them, and a whole net.
 import numpy as np
 import pytest
 
-from harness import check_kernel, without_numba
+from harness import CONV_GEOMETRIES, check_kernel, conv_arrays, without_numba
 from slidenet import Net, ops
 from slidenet.ops import compiled, conv, direct, im2col, naive
-from test_kernels import CONV_GEOMETRIES, conv_arrays
 
 RNG = np.random.default_rng(77)
 HAVE_NUMBA = compiled.kernels() is not None

@@ -1,5 +1,5 @@
 """What the tests share besides fixtures (those are in conftest.py, which uses this module):
-fake data, the tiny nets that learn it, a served model.
+fake data, the tiny nets that learn it, a served model, and the rule for optional parts.
 
 - Bars: `bars(n, seed, size)`, three classes of generated images any small net can learn;
   `write_bars` saves them as an `.npz` data set; `TINY` (8x8) and `TINY_12` (12x12) are the
@@ -9,10 +9,14 @@ fake data, the tiny nets that learn it, a served model.
   batches (pickle protocol 2 with bytes keys, both as Python 3 writes them and as the original
   Python 2 files are laid out), folders of PNG/JPEG images, `png_bytes`, `image_like`.
 - `server`, `wait_for_exit`: `slidenet serve` in a subprocess on a free port.
+- `require(part, problem)`, `import_part`, `skipping(part)`: one rule for every optional part
+  (numba, ONNX, MPI, the browser): missing, its tests fail; `SLIDENET_SKIP_<PART>=1` skips
+  them on purpose on a machine without it, never where `CI` is set.
 
 Test modules import from here (and the kernel harness, harness.py), never from each other.
 """
 import gzip
+import importlib
 import io
 import os
 import pickle
@@ -26,6 +30,56 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+# --- the optional parts -------------------------------------------------------------------
+
+# Each optional part: how it is installed (`make test` installs every one).
+PARTS = {"NUMBA": "numba is slidenet's `fast` extra, which make setup installs",
+         "ONNX": "onnx and onnxruntime are slidenet's `onnx` extra, which make setup installs",
+         "MPI": "mpi4py and mpich are slidenet's `mpi` extra, which make setup installs",
+         "BROWSER": "make browser installs Chromium (apt-get install chromium) and make setup "
+                    "Playwright"}
+
+
+def skipping(part):
+    """Whether SLIDENET_SKIP_<part>=1 asks to skip the tests of an optional part here (never
+    where CI is set: CI installs every part, and a part missing there is a failure)."""
+    return os.environ.get(f"SLIDENET_SKIP_{part}") == "1" and not os.environ.get("CI")
+
+
+def require(part, problem=None):
+    """The one rule for a test that needs an optional part (NUMBA, ONNX, MPI or BROWSER).
+
+    Skipped when SLIDENET_SKIP_<part>=1 (outside CI); otherwise, where `problem` says why the
+    part cannot run here, failed with that reason and the fix. Works at a module's top level
+    as in a test or fixture. `make setup` installs every part.
+    """
+    if skipping(part):
+        pytest.skip(f"SLIDENET_SKIP_{part}=1", allow_module_level=True)
+    if problem:
+        pytest.fail(f"{problem}: {PARTS[part]} (SLIDENET_SKIP_{part}=1 skips these tests on a "
+                    "machine without it, never in CI)", pytrace=False)
+
+
+def import_part(part, *names):
+    """The modules `names` of an optional part, imported under `require`'s rule (at a test
+    module's top: the module fails, or is skipped, as a whole)."""
+    require(part)
+    modules = []
+    for name in names:
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError as err:
+            require(part, f"{name} cannot be imported ({err})")
+    return modules
+
+
+def numba_problem():
+    """Why the compiled (numba) kernels are off, or None when they run."""
+    from slidenet.ops import compiled
+    return None if compiled.kernels() is not None else f"compiled kernels {compiled.status()}"
+
 
 # --- bars: three classes a tiny net learns ------------------------------------------------
 

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import write_bars
+from helpers import require, write_bars
 from slidenet import distributed, shard
 from slidenet.data import augment
 from slidenet.errors import SlidenetError
@@ -38,10 +38,7 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def mpiexec():
-    if not os.access(MPIEXEC, os.X_OK):
-        if os.environ.get("SLIDENET_SKIP_MPI") == "1" and not os.environ.get("CI"):
-            pytest.skip("SLIDENET_SKIP_MPI=1")
-        pytest.fail(f"no mpiexec at {MPIEXEC}: install slidenet[mpi] (make setup does)")
+    require("MPI", None if os.access(MPIEXEC, os.X_OK) else f"no mpiexec at {MPIEXEC}")
     return MPIEXEC
 
 

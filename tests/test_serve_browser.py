@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from helpers import bars, image_like, png_bytes, server, train_tiny
+from helpers import bars, image_like, import_part, png_bytes, require, server, train_tiny
 from slidenet import Net, geometry
 from slidenet.data import Normalizer
 from slidenet.errors import GeometryError
@@ -31,10 +31,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
 TILE = 56           # CSS pixels of a map tile's longer side (serve.js)
 CELL = 14           # CSS pixels of a strip cell (serve.js)
 
-if os.environ.get("SLIDENET_SKIP_BROWSER") == "1" and not os.environ.get("CI"):
-    pytest.skip("SLIDENET_SKIP_BROWSER=1", allow_module_level=True)
-
-from playwright.sync_api import expect, sync_playwright  # noqa: E402  (after the skip)
+(sync_api,) = import_part("BROWSER", "playwright.sync_api")
+expect, sync_playwright = sync_api.expect, sync_api.sync_playwright
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +45,7 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: `make browser` (apt-get install chromium) installs "
-                    "it; SLIDENET_SKIP_BROWSER=1 skips the browser tests on this machine")
+    require("BROWSER", None if os.path.exists(CHROMIUM) else f"{CHROMIUM} is missing")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         yield chromium

@@ -17,7 +17,8 @@ import importlib
 import keyword
 import sys
 
-from slidenet import __version__, distributed
+from slidenet import __version__
+from slidenet.training import distributed
 from slidenet.errors import SlidenetError
 
 # Order here is the order in `slidenet --help`.

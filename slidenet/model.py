@@ -8,7 +8,7 @@
     model.net, model.normalizer         # the layers, and the pixel standardisation
     model.meta                          # pattern, data, epoch, config, history, ...
 
-A model file (`slidenet.modelfile`) holds the net's parameters and buffers, the normaliser and,
+A model file (`slidenet.storage.modelfile`) holds the net's parameters and buffers, the normaliser and,
 for a file written by `slidenet train`, the optimiser state and the random generators' states,
 which is everything `--resume` needs (`Model.state`). `model_arrays` and `model_meta` build
 those contents; `save` writes them.
@@ -16,7 +16,7 @@ those contents; `save` writes them.
 import numpy as np
 
 from slidenet import data as datasets
-from slidenet import modelfile, rngstate
+from slidenet.storage import modelfile, rngstate
 from slidenet.data.normalize import Normalizer
 from slidenet.errors import DataError, ModelFileError
 from slidenet.net import Net

@@ -18,14 +18,12 @@ import numpy as np
 
 from slidenet import layers as layer_kinds
 from slidenet.errors import DataError, OutOfMemory, SlidenetError
-from slidenet.pattern import parse
-from slidenet.shapes import infer
-from slidenet.summary import summary_text
+from slidenet.notation.pattern import parse
+from slidenet.notation.shapes import infer
+from slidenet.notation.summary import summary_text
+from slidenet.storage.limits import MAX_WEIGHT_BYTES
 
 DTYPES = ("float32", "float64")
-# Weights beyond this are refused with a message rather than a MemoryError halfway through
-# initialisation (the summary still describes such a net, since it allocates nothing).
-MAX_WEIGHT_BYTES = 4 * 2**30
 
 
 class Net:

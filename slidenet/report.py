@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from slidenet import writing
+from slidenet.storage import writing
 from slidenet.errors import SlidenetError
-from slidenet.summary import summary_json
-from slidenet.evaluate import evaluate
+from slidenet.notation.summary import summary_json
+from slidenet.training.evaluate import evaluate
 from slidenet.model import load
 from slidenet.viz import grid
 from slidenet.viz.activations import activations_figure
@@ -164,5 +164,5 @@ def build_report(model_path, data=None, images=3, samples=12):
 
 
 def write_report(path, text):
-    """Write the page to `path` atomically (`slidenet.writing`), creating its folder."""
+    """Write the page to `path` atomically (`slidenet.storage.writing`), creating its folder."""
     return writing.write_text(path, text)

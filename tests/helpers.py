@@ -8,6 +8,7 @@ fake data, the tiny nets that learn it, a served model, and the rule for optiona
   distributions have: IDX files (big-endian header, optionally gzipped), CIFAR-10 python
   batches (pickle protocol 2 with bytes keys, both as Python 3 writes them and as the original
   Python 2 files are laid out), folders of PNG/JPEG images, `png_bytes`, `image_like`.
+- `one_line_error`: the CLI's answer to a mistake, exit 2 and one line.
 - `server`, `wait_for_exit`: `slidenet serve` in a subprocess on a free port.
 - `require(part, problem)`, `import_part`, `skipping(part)`: one rule for every optional part
   (numba, ONNX, MPI, the browser): missing, its tests fail; `SLIDENET_SKIP_<PART>=1` skips
@@ -123,7 +124,7 @@ def write_bars(path, n, test=60, size=8):
 def train_tiny(folder):
     """Train TINY_12 for 2 epochs on 240 12x12 bars (60 test images) in `folder`.
     Returns (model path, data spec)."""
-    from slidenet.train import TrainConfig, train
+    from slidenet.training.loop import TrainConfig, train
     spec = write_bars(folder / "bars.npz", 240, size=12)
     config = TrainConfig(pattern=TINY_12, data=spec, epochs=2, batch_size=16, lr=3e-3, seed=0,
                          out=str(folder / "run"))
@@ -242,6 +243,21 @@ def write_image(path, array):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
     return Path(path)
+
+
+# --- the command line ---------------------------------------------------------------------
+
+def one_line_error(capsys, argv, *needles):
+    """Run the CLI in this process; assert exit 2 and one line on stderr holding `needles`.
+    Returns that stderr."""
+    from slidenet.cli import main
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
 
 
 # --- a served model -----------------------------------------------------------------------

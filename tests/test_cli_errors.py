@@ -9,13 +9,13 @@ import json
 
 import pytest
 
-from helpers import TINY, bars, write_bars
+from helpers import TINY, bars, one_line_error, write_bars
 from slidenet import cli
 from slidenet.layers.conv import Conv
 from slidenet.layers.fc import FC
 from slidenet.layers.pool import MaxPool
 from slidenet.cli import main
-from slidenet.train import TrainConfig, train
+from slidenet.training.loop import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +31,6 @@ def model(tmp_path_factory, data_spec):
                       optimizer="momentum", momentum=0.8, seed=5, out=str(out)),
           log=lambda *_: None)
     return out / "model.npz"
-
-
-def one_line_error(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 # --- the top-level guard --------------------------------------------------------------------

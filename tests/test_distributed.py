@@ -1,4 +1,4 @@
-"""Data-parallel training and evaluation under `mpiexec -n 2` (slidenet.distributed).
+"""Data-parallel training and evaluation under `mpiexec -n 2` (slidenet.training.distributed).
 
 The oracle is one process: the same seed and global batch must end with the same weights to
 float rounding. The kernels' sharded forms are checked against their whole-batch forms in one
@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 
 from helpers import require, write_bars
-from slidenet import distributed, shard
+from slidenet.ops import shard
+from slidenet.training import distributed
 from slidenet.data import augment
 from slidenet.errors import SlidenetError
-from slidenet.evaluate import evaluate
+from slidenet.training.evaluate import evaluate
 from slidenet.model import load
 from slidenet.ops import batchnorm_backward, batchnorm_forward, dropout_forward
-from slidenet.train import TrainConfig, train
+from slidenet.training.loop import TrainConfig, train
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 # BATCHNORM after RELU: a bias straight before a BATCHNORM has a true gradient of 0, so Adam's

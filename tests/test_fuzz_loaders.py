@@ -18,7 +18,8 @@ import zlib
 import numpy as np
 import pytest
 
-from slidenet import data, limits, modelfile
+from slidenet import data
+from slidenet.storage import limits, modelfile
 from slidenet.errors import SlidenetError
 
 from helpers import write_cifar_dir, write_idx, write_image

@@ -13,7 +13,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from slidenet import data, limits, modelfile
+from slidenet import data
+from slidenet.storage import limits, modelfile
 from slidenet.cli import main
 from slidenet.errors import DataError, ModelFileError, SlidenetError
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import slidenet
-from slidenet import modelfile
+from slidenet.storage import modelfile
 from slidenet.errors import DataError, ModelFileError
 from slidenet.ops import naive
 

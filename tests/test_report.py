@@ -12,7 +12,7 @@ from PIL import Image
 from helpers import CLASSES, bars, train_tiny
 from slidenet.cli import main
 from slidenet.report import SECTIONS
-from slidenet.evaluate import evaluate
+from slidenet.training.evaluate import evaluate
 from slidenet.model import load
 
 SECTIONS_WANTED = (("summary", "Architecture"), ("training", "Training"),

@@ -1,6 +1,6 @@
 """Thin first layers (an RGB or grey input): the direct pair, and im2col's compiled passes.
 
-"auto" gives a thin first layer with enough filters the direct pair (`ops/direct.py`): its
+"auto" gives a thin first layer with enough filters the direct pair (`ops/conv/direct.py`): its
 forward without rows, im2col's backward. With numba, im2col copies the rows of a thin input,
 adds the bias with the ReLU, and applies the ReLU's mask in compiled passes
 (`compiled.im2col_rows`, `add_bias_relu`, `relu_mask`), bitwise equal to its NumPy passes.
@@ -16,7 +16,8 @@ import pytest
 
 from harness import CONV_GEOMETRIES, check_kernel, conv_arrays, without_numba
 from slidenet import Net, ops
-from slidenet.ops import compiled, conv, direct, im2col, naive
+from slidenet.ops import compiled, conv, naive
+from slidenet.ops.conv import direct, im2col
 
 RNG = np.random.default_rng(77)
 # conftest's `numba` fixture: these fail without numba (SLIDENET_SKIP_NUMBA=1 skips them).

@@ -10,9 +10,9 @@ import pytest
 from helpers import CLASSES, TINY, bars
 from slidenet import Net
 from slidenet.ops import softmax_loss
-from slidenet.optim import make_optimizer
+from slidenet.training.optim import make_optimizer
 from slidenet.model import load
-from slidenet.train import TrainConfig, train
+from slidenet.training.loop import TrainConfig, train
 
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "slidenet", *args], capture_output=True, text=True)

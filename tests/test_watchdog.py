@@ -1,4 +1,4 @@
-"""The MPI watchdog (`slidenet.watchdog`) without MPI: fake ranks in one process.
+"""The MPI watchdog (`slidenet.training.watchdog`) without MPI: fake ranks in one process.
 
 `FakeComm` is one rank's end of an in-memory post office with mpi4py's calls (Isend, Irecv,
 Iprobe, Recv, Dup, Abort). A live rank is a thread waiting in its own collective (so it answers
@@ -15,9 +15,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from slidenet import watchdog
 from slidenet.errors import SlidenetError
-from slidenet.watchdog import Watchdog, timeout_setting
+from slidenet.training import watchdog
+from slidenet.training.watchdog import Watchdog, timeout_setting
 
 ANY_SOURCE = -1
 

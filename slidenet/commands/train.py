@@ -10,10 +10,10 @@ import os
 import sys
 
 from slidenet import data as datasets
-from slidenet import modelfile
+from slidenet.storage import modelfile
 from slidenet.errors import OutOfMemory, SlidenetError
-from slidenet.pattern import parse_sets
-from slidenet.train import AUTO_BATCH, TrainConfig, TrainingInterrupted, train
+from slidenet.notation.pattern import parse_sets
+from slidenet.training.loop import AUTO_BATCH, TrainConfig, TrainingInterrupted, train
 
 DEFAULTS = TrainConfig()
 # The flags a resumed run takes from the command line; every other one is fixed by the model.

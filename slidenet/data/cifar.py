@@ -6,7 +6,7 @@ import pickletools
 
 import numpy as np
 
-from slidenet import limits
+from slidenet.storage import limits
 from slidenet.data.dataset import Dataset
 from slidenet.data.files import _BAD_FILE, _existing_dir, _existing_file, _reading, _required_arg
 from slidenet.errors import DataError

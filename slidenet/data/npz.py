@@ -1,7 +1,7 @@
 """The npz:FILE loader: arrays x, y (optionally x_test, y_test, class_names) from np.savez."""
 import numpy as np
 
-from slidenet import limits
+from slidenet.storage import limits
 from slidenet.data.dataset import Dataset, _split_dataset
 from slidenet.data.files import _existing_file, _reading, _required_arg
 from slidenet.errors import DataError

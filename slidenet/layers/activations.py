@@ -3,8 +3,9 @@
 They keep the shape and have no parameters. Each calls its pair in `slidenet.ops.activations`,
 where the forward sits next to its local derivative.
 """
-from slidenet import arguments, ops
-from slidenet.layers.base import Layer, Step
+from slidenet import ops
+from slidenet.notation import arguments
+from slidenet.layers.base import Inferred, Layer
 from slidenet.layers.registry import register
 
 
@@ -13,10 +14,16 @@ class _Elementwise(Layer):
 
     maps = True
     kernels = (None, None)      # (forward(x) -> (out, cache), backward(dout, cache) -> dx)
+    torch_name = ""             # the same layer in torch.nn, built without arguments
+    onnx_op = ""                # the same layer as one ONNX node, without attributes
 
     @classmethod
     def infer(cls, spec, walk):
-        return Step(walk.shape)
+        return Inferred(walk.shape)
+
+    @classmethod
+    def torch_modules(cls, info, nn):
+        return [getattr(nn, cls.torch_name)()]
 
     def forward(self, x, train):
         out, self.cache = self.kernels[0](x)
@@ -25,45 +32,33 @@ class _Elementwise(Layer):
     def backward(self, dout, need_dx=True):
         return self.kernels[1](dout, self.cache)
 
+    def to_onnx(self, graph):
+        graph.tensor = graph.node(self.onnx_op, [graph.tensor])
+
 
 @register
 class Relu(_Elementwise):
     """max(0, x)."""
     kind = "RELU"
     kernels = (ops.relu_forward, ops.relu_backward)
-
-    @classmethod
-    def torch_modules(cls, info, nn):
-        return [nn.ReLU()]
-
-    def to_onnx(self, graph):
-        graph.tensor = graph.node("Relu", [graph.tensor])
+    torch_name = "ReLU"
+    onnx_op = "Relu"
 
 
 @register
 class Tanh(_Elementwise):
     kind = "TANH"
     kernels = (ops.tanh_forward, ops.tanh_backward)
-
-    @classmethod
-    def torch_modules(cls, info, nn):
-        return [nn.Tanh()]
-
-    def to_onnx(self, graph):
-        graph.tensor = graph.node("Tanh", [graph.tensor])
+    torch_name = "Tanh"
+    onnx_op = "Tanh"
 
 
 @register
 class Sigmoid(_Elementwise):
     kind = "SIGMOID"
     kernels = (ops.sigmoid_forward, ops.sigmoid_backward)
-
-    @classmethod
-    def torch_modules(cls, info, nn):
-        return [nn.Sigmoid()]
-
-    def to_onnx(self, graph):
-        graph.tensor = graph.node("Sigmoid", [graph.tensor])
+    torch_name = "Sigmoid"
+    onnx_op = "Sigmoid"
 
 
 @register

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from slidenet import writing
+from slidenet.storage import writing
 from slidenet.errors import SlidenetError
 
 DPI = 100
@@ -141,7 +141,7 @@ def label_grid(ax, layout, xlabel, ylabel, row_step=None, fontsize=7):
 
 
 def save(fig, path):
-    """Write `fig` to `path` atomically (`slidenet.writing`), in the format its suffix names
+    """Write `fig` to `path` atomically (`slidenet.storage.writing`), in the format its suffix names
     (PNG without one), creating the folder. A previous file survives any failure."""
     path = Path(path)
     kind = path.suffix[1:].lower() or "png"

@@ -14,7 +14,8 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from slidenet import geometry, writing
+from slidenet import geometry
+from slidenet.storage import writing
 from slidenet.errors import SlidenetError
 from slidenet.viz import grid
 from slidenet.progress import progress

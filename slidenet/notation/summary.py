@@ -1,4 +1,4 @@
-"""A net's summary, as a table to read or as JSON, from `slidenet.shapes.infer`'s LayerInfos.
+"""A net's summary, as a table to read or as JSON, from `slidenet.notation.shapes.infer`'s LayerInfos.
 
 Only shapes and counts are involved, no weights, so even a VGG-16-sized net answers at once.
 """

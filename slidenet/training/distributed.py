@@ -19,7 +19,7 @@ Rank 0 alone writes files and shows progress. Validation and `slidenet eval` sco
 the images per rank and add up the confusion matrices and loss sums.
 
 Faults end the job rather than hang it: every collective here goes through the `Watchdog` of
-`slidenet.watchdog` (the timeout, the roll call that names a silent rank, MPI_Abort), and an
+`slidenet.training.watchdog` (the timeout, the roll call, MPI_Abort), and an
 error on one rank ends them all (`fail`, and the watchdog's excepthook).
 
 Without an MPI launch (no PMI_SIZE / OMPI_COMM_WORLD_SIZE / MV2_COMM_WORLD_SIZE above 1 in the
@@ -36,10 +36,10 @@ from contextlib import contextmanager
 import numpy as np
 
 from slidenet.errors import SlidenetError
-from slidenet.evaluate import metrics, tally
+from slidenet.training.evaluate import metrics, tally
 from slidenet.ops import runtime
-from slidenet.shard import Part
-from slidenet.watchdog import Watchdog, timeout_setting
+from slidenet.ops.shard import Part
+from slidenet.training.watchdog import Watchdog, timeout_setting
 
 # What launchers put in each process's environment: the number of processes started.
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -287,7 +287,7 @@ class Group:
                         "same versions of NumPy and slidenet")
 
     def evaluate(self, net, x, y, normalizer, num_classes, loss="softmax", batch_size=256):
-        """`slidenet.evaluate.evaluate` of all of x, y, each rank scoring one contiguous shard;
+        """`slidenet.training.evaluate.evaluate` of all of x, y, each rank scoring one contiguous shard;
         the confusion matrices and loss sums are added over the ranks."""
         lo, hi = (len(y) * r // self.size for r in (self.rank, self.rank + 1))
         confusion, total_loss = tally(net, x[lo:hi], y[lo:hi], normalizer, num_classes, loss,

@@ -12,11 +12,10 @@ from typing import Tuple
 
 from slidenet.errors import GeometryError, PatternError
 from slidenet.layers import Unfit, Walk
-from slidenet.spec import LayerSpec
+from slidenet.notation.spec import LayerSpec
+from slidenet.storage.limits import MAX_ACTIVATION, MAX_PARAMS
 
 BYTES_PER_NUMBER = 4            # float32
-MAX_PARAMS = 2_000_000_000      # beyond this a net is a typo, not an experiment
-MAX_ACTIVATION = 1_000_000_000  # numbers in one layer's output for one image (4 GB at float32)
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class LayerInfo:
 def infer(specs, pattern=None):
     """Walk the specs from INPUT and describe every layer.
 
-    specs: the list from `slidenet.pattern.parse`, INPUT first.
+    specs: the list from `slidenet.notation.pattern.parse`, INPUT first.
     pattern: the source text, so errors can point at the layer with a caret.
     Returns one LayerInfo per spec. Raises PatternError, e.g. ``layer 1, CONV(3, 3x3, s=3):
     stride 3 does not tile the height: (7 - 3) / 3 + 1 = 2.33 is not a whole number; ...``.

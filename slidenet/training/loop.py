@@ -9,7 +9,7 @@ Resume is exact: every source of randomness (shuffling, augmentation, dropout) i
 whose state is saved with the model, together with the optimizer state and the epoch, so
 training 1 epoch and resuming to 2 gives the same bits as training 2 epochs straight.
 
-Under `mpiexec -n R` the same loop trains data-parallel (`slidenet.distributed`): each rank
+Under `mpiexec -n R` the same loop trains data-parallel (`slidenet.training.distributed`): each rank
 computes its part of every batch, the gradients are summed over the ranks before the update,
 and rank 0 alone logs and writes the files. Each `if group:` below is that, and nothing else.
 """
@@ -22,17 +22,19 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from slidenet import data as datasets
-from slidenet import distributed, modelfile, rngstate, shard, writing
-from slidenet.config import DEFAULT_PATTERN, TrainConfig
+from slidenet.ops import shard
+from slidenet.storage import modelfile, rngstate, writing
+from slidenet.training import distributed
+from slidenet.training.config import DEFAULT_PATTERN, TrainConfig
 from slidenet.errors import SlidenetError
-from slidenet.evaluate import evaluate
+from slidenet.training.evaluate import evaluate
 from slidenet.model import load, model_arrays, model_meta
 from slidenet.net import Net
 from slidenet.ops import runtime
 from slidenet.ops.losses import LOSSES
-from slidenet.optim import make_optimizer
+from slidenet.training.optim import make_optimizer
 from slidenet.progress import progress
-from slidenet.schedules import make_schedule
+from slidenet.training.schedules import make_schedule
 
 __all__ = ["DEFAULT_PATTERN", "TrainConfig", "TrainingDiverged", "TrainingInterrupted", "train"]
 

@@ -18,8 +18,8 @@ dw alone, from the input's rows.
 """
 import numpy as np
 
-from slidenet.ops.im2col import (
-    check_shapes, conv_backward_im2col, conv_forward_im2col, relu_masked)
+from slidenet.ops.conv.common import check_shapes, relu_masked
+from slidenet.ops.conv.im2col import conv_backward_im2col, conv_forward_im2col
 from slidenet.ops.runtime import batch_chunks, bordered, empty, run_chunks, scratch
 from slidenet.ops.window import windows
 

@@ -1,7 +1,7 @@
 """The MPI watchdog: under `mpiexec`, a fault ends the job rather than hangs it.
 
 An exception on one rank is printed with its rank and ends every rank through MPI_Abort
-(`Watchdog.abort`, and the excepthook `slidenet.distributed` installs). Every collective is
+(`Watchdog.abort`, and the excepthook `slidenet.training.distributed` installs). Every collective is
 non-blocking and watched (`Watchdog.wait`): a rank that waits longer than the timeout
 (SLIDENET_MPI_TIMEOUT, 30 s) for its peers asks them all whether they are alive (a roll call on
 a communicator of its own), names those that did not answer, and ends the job. A rank that

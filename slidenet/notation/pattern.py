@@ -19,12 +19,11 @@ import re
 from dataclasses import dataclass
 
 from slidenet import layers
-from slidenet.arguments import MAX_NUMBER, WHOLE, Value, whole
+from slidenet.notation.arguments import MAX_NUMBER, WHOLE, Value, whole
 from slidenet.errors import PatternError, SlidenetError
-from slidenet.spec import LayerSpec
+from slidenet.notation.spec import LayerSpec
+from slidenet.storage.limits import MAX_DEPTH, MAX_LAYERS
 
-MAX_LAYERS = 1000       # largest expanded net, INPUT included
-MAX_DEPTH = 32          # deepest bracket nesting; deeper is a typo, and would exhaust recursion
 EXAMPLE = "INPUT(32x32x3) -> CONV(10, 5x5) -> RELU -> FC(10)"
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

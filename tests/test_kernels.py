@@ -145,25 +145,22 @@ POOL_GEOMETRIES = [
 ]
 
 
-@pytest.mark.parametrize("h,w,d,fh,fw,sh,sw", POOL_GEOMETRIES)
-def test_max_pool_pair(h, w, d, fh, fw, sh, sw):
-    size, stride = (fh, fw), (sh, sw)
-    # Overlapping windows add up to several gradients into one entry, in another order in the
-    # compiled pass than tap by tap: equal to rounding, not bit for bit.
-    check_kernel(lambda x: ops.max_pool_forward(x, size, stride), ops.max_pool_backward,
-                 {"x": RNG.standard_normal((3, h, w, d))}, ("x",),
-                 naive=lambda x: naive.pool_forward(x, size, stride, "max"),
-                 naive_backward=lambda dout, x: naive.pool_backward(dout, x, size, stride, "max"),
-                 compiled_exact=size == stride)
+POOLS = {"max": (ops.max_pool_forward, ops.max_pool_backward),
+         "avg": (ops.avg_pool_forward, ops.avg_pool_backward)}
 
 
+@pytest.mark.parametrize("kind", POOLS)
 @pytest.mark.parametrize("h,w,d,fh,fw,sh,sw", POOL_GEOMETRIES)
-def test_avg_pool_pair(h, w, d, fh, fw, sh, sw):
+def test_pool_pair(h, w, d, fh, fw, sh, sw, kind):
     size, stride = (fh, fw), (sh, sw)
-    check_kernel(lambda x: ops.avg_pool_forward(x, size, stride), ops.avg_pool_backward,
+    forward, backward = POOLS[kind]
+    # Overlapping max-pool windows add up to several gradients into one entry, in another order
+    # in the compiled pass than tap by tap: equal to rounding, not bit for bit.
+    check_kernel(lambda x: forward(x, size, stride), backward,
                  {"x": RNG.standard_normal((3, h, w, d))}, ("x",),
-                 naive=lambda x: naive.pool_forward(x, size, stride, "avg"),
-                 naive_backward=lambda dout, x: naive.pool_backward(dout, x, size, stride, "avg"))
+                 naive=lambda x: naive.pool_forward(x, size, stride, kind),
+                 naive_backward=lambda dout, x: naive.pool_backward(dout, x, size, stride, kind),
+                 compiled_exact=kind == "avg" or size == stride)
 
 
 @pytest.mark.parametrize("hw,size,stride", [((8, 8), (2, 2), (2, 2)), ((7, 7), (3, 3), (2, 2)),

@@ -23,12 +23,12 @@ import numpy as np
 import html
 
 from slidenet import data as datasets
-from slidenet.storage import modelfile, rngstate
 from slidenet.data.dataset import as_images
 from slidenet.data.normalize import Normalizer
 from slidenet.errors import DataError, ModelFileError
 from slidenet.net import Net
 from slidenet.ops.losses import softmax
+from slidenet.storage import modelfile, rngstate
 
 FORMAT = "slidenet-model"
 VERSION = 1

@@ -12,7 +12,7 @@ import pytest
 from slidenet import data
 from slidenet.data.mnist5k import _mnist5k_path
 from slidenet.errors import DataError, ModelFileError
-from fakedata import cifar_rows, write_cifar_dir, write_idx, write_image, write_mnist_dir
+from helpers import cifar_rows, write_cifar_dir, write_idx, write_image, write_mnist_dir
 
 
 def images(rng, n, h=28, w=28, d=None):

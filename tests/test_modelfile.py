@@ -9,8 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from slidenet.storage import modelfile
 from slidenet.errors import ModelFileError
+from slidenet.storage import modelfile
 
 ARRAYS = {
     "conv1.W": np.random.default_rng(0).standard_normal((5, 5, 3, 8)).astype(np.float32),

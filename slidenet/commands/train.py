@@ -10,9 +10,9 @@ import os
 import sys
 
 from slidenet import data as datasets
-from slidenet.storage import modelfile
 from slidenet.errors import OutOfMemory, SlidenetError
 from slidenet.notation.pattern import parse_sets
+from slidenet.storage import modelfile
 from slidenet.training.config import check_settings
 from slidenet.training.loop import AUTO_BATCH, TrainConfig, TrainingInterrupted, resumable, train
 

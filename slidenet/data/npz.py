@@ -1,10 +1,10 @@
 """The npz:FILE loader: arrays x, y (optionally x_test, y_test, class_names) from np.savez."""
 import numpy as np
 
-from slidenet.storage import limits
 from slidenet.data.dataset import Dataset, _split_dataset, as_images
 from slidenet.data.files import _existing_file, _reading, _required_arg
 from slidenet.errors import DataError
+from slidenet.storage import limits
 
 
 def _npz_images(x, key, path):

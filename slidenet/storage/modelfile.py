@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from slidenet.storage import limits, writing
 from slidenet.errors import ModelFileError
+from slidenet.storage import limits, writing
 
 META = "__meta__"
 CHECKSUM = "__checksum__"

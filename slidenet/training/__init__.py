@@ -8,4 +8,5 @@
     schedules     learning-rate schedules
     evaluate      accuracy, loss, per-class accuracy and the confusion matrix
     distributed   data-parallel training and evaluation under `mpiexec -n R`
+    watchdog      the MPI watchdog: a collective that hangs names the silent ranks, ends the job
 """

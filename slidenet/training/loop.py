@@ -27,18 +27,17 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from slidenet import data as datasets
-from slidenet.ops import shard
+from slidenet.errors import SlidenetError
+from slidenet.model import load, model_arrays, model_meta
+from slidenet.net import Net
+from slidenet.ops import runtime, shard
+from slidenet.ops.losses import LOSSES
+from slidenet.progress import progress
 from slidenet.storage import modelfile, rngstate, writing
 from slidenet.training import distributed
 from slidenet.training.config import DEFAULT_PATTERN, TrainConfig
-from slidenet.errors import SlidenetError
 from slidenet.training.evaluate import evaluate
-from slidenet.model import load, model_arrays, model_meta
-from slidenet.net import Net
-from slidenet.ops import runtime
-from slidenet.ops.losses import LOSSES
 from slidenet.training.optim import make_optimizer
-from slidenet.progress import progress
 from slidenet.training.schedules import make_schedule
 
 __all__ = ["DEFAULT_PATTERN", "TrainConfig", "TrainingDiverged", "TrainingInterrupted", "run",

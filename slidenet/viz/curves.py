@@ -7,8 +7,8 @@ seconds, images_per_s}, with val_* None when no validation split was held out.
 import json
 from pathlib import Path
 
-from slidenet.storage import limits
 from slidenet.errors import SlidenetError
+from slidenet.storage import limits
 from slidenet.viz import grid
 
 KEYS = ("epoch", "loss", "accuracy")

@@ -15,8 +15,8 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from slidenet.storage import writing
 from slidenet.errors import SlidenetError
+from slidenet.storage import writing
 
 DPI = 100
 BACKGROUND = "#e8e8e8"      # the gaps between tiles, and tiles beyond the last one

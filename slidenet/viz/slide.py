@@ -14,10 +14,10 @@ from matplotlib.colors import to_rgb
 from matplotlib.patches import Rectangle
 
 from slidenet import geometry
-from slidenet.storage import writing
 from slidenet.errors import SlidenetError
-from slidenet.viz import grid
 from slidenet.progress import progress
+from slidenet.storage import writing
+from slidenet.viz import grid
 
 MAX_FRAMES = 1024       # one per output position: 32 x 32 at stride 1 still fits
 MAX_CELLS = 64          # padded input cells per side that can still be told apart

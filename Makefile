@@ -19,6 +19,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/slidenet train --out runs/demo
 	$(VENV)/bin/slidenet eval runs/demo/best.npz
+	@echo "slidenet is in $(VENV)/bin: '. $(VENV)/bin/activate' puts it on PATH for the README's tour"
 
 # The same training, data-parallel on 2 processes under MPI (docs/distributed.md): each takes
 # half of every batch; rank 0 writes the files. Then the evaluation, one shard per process.

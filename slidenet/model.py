@@ -18,9 +18,9 @@ for a file written by `slidenet train`, the optimiser state and the random gener
 which is everything `--resume` needs (`Model.state`). `model_arrays` and `model_meta` build
 those contents; `save` writes them.
 """
-import numpy as np
-
 import html
+
+import numpy as np
 
 from slidenet import data as datasets
 from slidenet.data.dataset import as_images

@@ -19,8 +19,8 @@ import math
 import sys
 
 from slidenet import __version__
-from slidenet.training import distributed
 from slidenet.errors import SlidenetError
+from slidenet.training import distributed
 
 # Order here is the order in `slidenet --help`.
 COMMANDS = ("summary", "train", "eval", "predict", "gradcheck", "bench", "viz", "report",

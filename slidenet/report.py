@@ -16,18 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from slidenet.storage import writing
 from slidenet.errors import SlidenetError
-from slidenet.notation.summary import summary_json
-from slidenet.training.evaluate import chance_text, evaluate
 from slidenet.model import load
+from slidenet.notation.summary import summary_json
+from slidenet.progress import progress
+from slidenet.serve import pages
+from slidenet.storage import writing
+from slidenet.training.evaluate import chance_text, evaluate
 from slidenet.viz import grid
 from slidenet.viz.activations import activations_figure
 from slidenet.viz.curves import curves_figure, load_history
 from slidenet.viz.filters import filters_figure
 from slidenet.viz.patches import patches_figure, top_patches
-from slidenet.progress import progress
-from slidenet.serve import pages
 
 SECTIONS = (("summary", "Architecture"), ("training", "Training"), ("accuracy", "Test accuracy"),
             ("filters", "Filters"), ("activations", "Activation maps"),

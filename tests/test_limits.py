@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from slidenet import data
-from slidenet.storage import limits, modelfile
 from slidenet.cli import main
 from slidenet.errors import DataError, ModelFileError, SlidenetError
+from slidenet.storage import limits, modelfile
 
-from fakedata import _py2_value, write_cifar_dir, write_idx, write_image, write_mnist_dir
+from helpers import _py2_value, write_cifar_dir, write_idx, write_image, write_mnist_dir
 
 MiB = 2**20
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import slidenet
-from slidenet.storage import limits, modelfile, modelmeta
 from slidenet.errors import ModelFileError
+from slidenet.storage import limits, modelfile, modelmeta
 
 ARRAYS = {
     "conv1.W": np.random.default_rng(0).standard_normal((5, 5, 3, 8)).astype(np.float32),

@@ -2,11 +2,11 @@
 import json
 import os
 
-from slidenet.storage import modelfile, modelmeta
 from slidenet.errors import SlidenetError
 from slidenet.notation.pattern import parse, parse_sets
 from slidenet.notation.shapes import infer
 from slidenet.notation.summary import summary_json, summary_text
+from slidenet.storage import modelfile, modelmeta
 
 
 def register(subparsers):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from slidenet.storage import limits
 from slidenet.data.dataset import Dataset, _shape_text, _split_dataset
 from slidenet.data.files import _BAD_FILE, _existing_dir, _existing_file, _required_arg
 from slidenet.errors import DataError
+from slidenet.storage import limits
 from slidenet.storage.limits import MAX_PIXELS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")

@@ -13,10 +13,10 @@ lecture's loops are `slidenet.ops.naive.conv_forward`.
 import numpy as np
 
 from slidenet import ops
-from slidenet.notation import arguments
 from slidenet.errors import GeometryError
 from slidenet.layers.base import Inferred, Layer, Window, by_channel, slide, window_at
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
 
 
 def _axes(a, b):

@@ -17,9 +17,9 @@ from math import prod
 import numpy as np
 
 from slidenet import ops
-from slidenet.notation import arguments
 from slidenet.layers.base import Inferred, Layer
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
 
 SCORING_SCALE = 0.01        # the scoring FC's initial weights, relative to He's
 EXPLAINED = 12              # contributions an explanation lists, the largest first

@@ -12,9 +12,9 @@ they differ only in their kernels (`slidenet.ops.pool`).
 import numpy as np
 
 from slidenet import ops
-from slidenet.notation import arguments
 from slidenet.layers.base import Inferred, Layer, Window, slide, window_at
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
 
 
 class Pooling(Layer):

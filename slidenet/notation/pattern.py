@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass
 
 from slidenet import layers
-from slidenet.notation.arguments import MAX_NUMBER, WHOLE, Value, whole
 from slidenet.errors import PatternError, SlidenetError
+from slidenet.notation.arguments import MAX_NUMBER, WHOLE, Value, whole
 from slidenet.notation.spec import LayerSpec
 from slidenet.storage.limits import MAX_DEPTH, MAX_LAYERS
 

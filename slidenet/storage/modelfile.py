@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from slidenet.storage import limits, writing
 from slidenet.errors import ModelFileError
+from slidenet.storage import limits, writing
 from slidenet.storage.modelmeta import read_json
 
 META = "__meta__"

@@ -6,8 +6,8 @@ seconds, images_per_s}, with val_* None when no validation split was held out.
 """
 from pathlib import Path
 
-from slidenet.storage import limits, modelmeta
 from slidenet.errors import SlidenetError
+from slidenet.storage import limits, modelmeta
 from slidenet.viz import grid
 
 TRAIN, VAL = "#1f77b4", "#d62728"

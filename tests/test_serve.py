@@ -586,8 +586,8 @@ def resized(tmp_path_factory):
     """One epoch on 12x12 bars stretched to the net's 9x9 INPUT (--resize)."""
     from slidenet.training.loop import TrainConfig, train
     folder = tmp_path_factory.mktemp("resized")
-    x, y = bars(120, seed=0)
-    xt, yt = bars(30, seed=1)
+    x, y = bars(120, seed=0, size=12)
+    xt, yt = bars(30, seed=1, size=12)
     np.savez(folder / "bars.npz", x=x, y=y, x_test=xt, y_test=yt,
              class_names=np.array(["row", "column", "square"]))
     train(TrainConfig(pattern="INPUT(9x9x1) -> CONV(4) -> RELU -> POOL(3x3, s=3) -> FC(3)",
@@ -609,7 +609,7 @@ def test_patches_of_a_model_trained_with_resize(resized):
 
 def test_predict_and_viz_activations_honour_the_models_resize(resized, capsys, tmp_path):
     model = load(str(resized / "run" / "model.npz"))
-    pixels = bars(3, seed=4)[0][1]                              # 12x12, the net takes 9x9
+    pixels = bars(3, seed=4, size=12)[0][1]                     # 12x12, the net takes 9x9
     Image.fromarray(pixels[..., 0]).save(tmp_path / "one.png")
     assert main(["predict", str(resized / "run" / "model.npz"), str(tmp_path / "one.png")]) == 0
     out = capsys.readouterr().out

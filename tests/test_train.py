@@ -219,7 +219,7 @@ def test_eval_states_the_chance_level_and_labels_every_column(npz_data, tmp_path
                                f"common class {majority:.4f}")
     assert ("no better" in lines[2]) == (result["accuracy"] <= 1 / 3)
     assert lines[4].split() == ["class", "0", "1", "2"]
-    for i, (name, line) in enumerate(zip(["row", "column", "dot"], lines[5:8])):
+    for i, (name, line) in enumerate(zip(CLASSES, lines[5:8])):
         words = line.split()
         assert words[:2] == [str(i), name] and len(words) == 3 + 3
         assert [int(v) for v in words[3:]] == result["confusion"][i]

@@ -620,3 +620,15 @@ def test_predict_and_viz_activations_honour_the_models_resize(resized, capsys, t
     assert main(["viz", "activations", str(resized / "run" / "model.npz"),
                  str(tmp_path / "one.png"), "--out", str(tmp_path / "a.png")]) == 0
     assert (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_a_bug_is_answered_with_json_500(tiny, monkeypatch):
+    app = create_app(tiny["model"])
+
+    def broken(pixels):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(app.state.explainer, "predict", broken)
+    answer = TestClient(app, raise_server_exceptions=False).post(
+        "/api/predict", content=png_bytes(tiny["x"][0]))
+    assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
+    assert answer.json()["error"] == "the server failed (RuntimeError); its log has the details"

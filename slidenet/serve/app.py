@@ -207,6 +207,11 @@ def create_app(model, data=None, model_path="", trusted_hosts=None):
         return JSONResponse({"error": "the server is short of memory for this request; try "
                                       "again, or with a smaller image"}, status_code=503)
 
+    async def failed(request, err):
+        # A bug: JSON like every other answer; Starlette still logs its traceback.
+        return JSONResponse({"error": f"the server failed ({type(err).__name__}); its log has "
+                                      "the details"}, status_code=500)
+
     async def http_error(request, err):
         return JSONResponse({"error": err.detail}, status_code=err.status_code,
                             headers=err.headers)
@@ -220,6 +225,6 @@ def create_app(model, data=None, model_path="", trusted_hosts=None):
     app = Starlette(routes=routes, middleware=[Middleware(Guard, trusted_hosts=trusted_hosts)],
                     exception_handlers={Refused: refused, ModelFileError: damaged,
                                         SlidenetError: mistaken, HTTPException: http_error,
-                                        MemoryError: short_of_memory})
+                                        MemoryError: short_of_memory, Exception: failed})
     app.state.explainer = explainer
     return app

@@ -103,7 +103,8 @@ def _check_scores(net, spec):
     """The net must end in the FC whose outputs are the class scores; say so before any data
     is read, with the number of classes when it is known without reading images."""
     last = net.infos[-1]
-    if last.spec.type.scores:
+    # An FC, or a 1 x 1 x C volume (a global-average-pool head, as NiN and SqueezeNet end).
+    if last.spec.type.scores or tuple(last.output_shape[:2]) == (1, 1):
         return
     classes = datasets.class_count(spec)
     want = f"FC({classes}) for {spec}" if classes else "FC(C), C the number of classes of the data"
@@ -191,7 +192,7 @@ def _opening(run):
     lines = [f"{ds.name}: {len(run.y_train):,} training, {len(run.y_val):,} validation and "
              f"{len(ds.y_test):,} test images of {shape}, {ds.num_classes} classes"]
     lines += [f"  note: {note}" for note in ds.notes]
-    params = sum(info.params for info in run.net.infos)
+    params = sum(value.size for value in run.net.params.values())
     steps = f"batch {config.batch_size}, {run.steps_per_epoch} steps an epoch"
     if run.resume is not None:
         lines.append(f"net: {params:,} parameters; {steps}; continuing {run.resume} from epoch "

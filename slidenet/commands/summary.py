@@ -2,7 +2,7 @@
 import json
 import os
 
-from slidenet import modelfile
+from slidenet import modelfile, zoo
 from slidenet.errors import SlidenetError
 from slidenet.pattern import parse, parse_sets
 from slidenet.shapes import infer
@@ -38,6 +38,7 @@ def run(args):
         skip = meta.get("skip_optional", False)
         if not isinstance(pattern, str):
             raise SlidenetError(f"{args.pattern}: its meta holds no pattern")
+    pattern = zoo.resolve(pattern)
     specs = parse(pattern, variables, skip_optional=skip)
     infos = infer(specs, pattern)
     print(json.dumps(summary_json(infos), indent=2) if args.json else summary_text(infos))

@@ -1,8 +1,10 @@
-"""RELU, LEAKYRELU(a), TANH and SIGMOID: a nonlinearity applied to every number on its own.
+"""RELU, RELU6, LEAKYRELU(a), TANH and SIGMOID: a nonlinearity applied to every number on its own.
 
 They keep the shape and have no parameters. Each calls its pair in `slidenet.ops.activations`,
 where the forward sits next to its local derivative.
 """
+import numpy as np
+
 from slidenet import arguments, ops
 from slidenet.layers.base import Layer, Step
 from slidenet.layers.registry import register
@@ -38,6 +40,26 @@ class Relu(_Elementwise):
 
     def to_onnx(self, graph):
         graph.tensor = graph.node("Relu", [graph.tensor])
+
+
+@register
+class Relu6(_Elementwise):
+    """min(max(0, x), 6): MobileNet's ReLU, bounded so that low-precision arithmetic keeps it."""
+    kind = "RELU6"
+    kernels = (ops.relu6_forward, ops.relu6_backward)
+
+    @classmethod
+    def torch_modules(cls, info, nn):
+        return [nn.ReLU6()]
+
+    def to_onnx(self, graph):
+        low = graph.initializer("min", np.zeros((), self.dtype))
+        high = graph.initializer("max", np.full((), 6, self.dtype))
+        graph.tensor = graph.node("Clip", [graph.tensor, low, high])
+
+    def __init__(self, info, init):
+        super().__init__(info, init)
+        self.dtype = init.dtype
 
 
 @register

@@ -1,34 +1,47 @@
 """MAXPOOL(FhxFw, s=S) and AVGPOOL(FhxFw, s=S): the max or the mean of each window, per depth slice.
 
-Pooling slides a window as CONV does but has no parameters and no padding; it shrinks height
-and width and keeps the depth:
+Pooling slides a window as CONV does but has no parameters and, unless asked, no padding; it
+shrinks height and width and keeps the depth:
 
     H' = (H - F_h) / S_h + 1,  W' likewise,  depth D
 
 ``POOL`` is ``MAXPOOL(2x2, s=2)``, the lecture's usual choice; without ``s=`` the windows sit
 side by side (S = F). Windows may overlap (3x3, s=2). Both kinds are made by one builder, as
 they differ only in their kernels (`slidenet.ops.pool`).
+
+``p=`` pads as PyTorch's pools do (ResNet's ``MAXPOOL(3x3, s=2, p=1)``): a max pool's padding
+never wins (it is -inf), an average pool counts its zeros (``count_include_pad``). ``round=``
+rounds windows that do not tile (`slidenet.layers.sliding`); AVGPOOL takes round=down only.
 """
 import numpy as np
 
 from slidenet import arguments, ops
-from slidenet.layers.base import Layer, Step, Window, slide, window_at
+from slidenet.layers import sliding
+from slidenet.layers.base import Layer, Step, Window, window_at
 from slidenet.layers.registry import register
+from slidenet.ops.sides import pad_sides, unpad_sides
 
 
 class _Pool(Layer):
     """A pooling window of F_h x F_w with stride (S_h, S_w); no parameters."""
 
     positional = ("size",)
-    keywords = {"f": "size", "size": "size", "s": "stride", "stride": "stride"}
+    keywords = {"f": "size", "size": "size", "s": "stride", "stride": "stride", "p": "pad",
+                "pad": "pad", "round": "round"}
     maps = True
+    fill = 0.0              # what padding holds
 
     @classmethod
     def read_arguments(cls, values):
         size = arguments.axes(values.get("size"), "window size", (1, 2), minimum=1, default=(2, 2))
         # Without a stride, windows sit side by side: the lecture's 2x2, s=2.
         stride = arguments.axes(values.get("stride"), "stride", (1, 2), minimum=1, default=size)
-        return {"size": size, "stride": stride, "pad": (0, 0)}
+        # Pooling is unpadded unless p= says otherwise (CONV's default padding is not its).
+        pad = sliding.read_padding(values.get("pad"), size, stride) \
+            if values.get("pad") is not None else {"pad": (0, 0), "pad_after": (0, 0),
+                                                   "same": False}
+        return {"size": size, "stride": stride, **pad,
+                "round": sliding.read_round(values.get("round"))}
 
     @classmethod
     def window(cls, spec, input_shape):
@@ -36,28 +49,59 @@ class _Pool(Layer):
 
     @classmethod
     def infer(cls, spec, walk):
-        out_h, out_w, d, formulas, field, jump = slide(spec, cls.window(spec, walk.shape), walk,
-                                                       can_pad=False)
+        out_h, out_w, d, formulas, field, jump = sliding.slide(
+            spec, cls.window(spec, walk.shape), walk, can_pad=False)
         return Step((out_h, out_w, d), size_formulas=formulas, field=field, jump=jump)
+
+    def __init__(self, info, init):
+        super().__init__(info, init)
+        self.sides = sliding.sides(info.spec, info.input_shape, can_pad=False)
+        # Unpadded and tiling: the pooling pairs as they are (and fusion with RELU).
+        self.fusable = self.sides.before == self.sides.after == (0, 0)
+
+    def onnx_window(self, graph):
+        """kernel_shape, strides and pads (per side) for the ONNX pool node. A window rule
+        that crops (round=down leaving rows out) keeps its last rows out by ONNX's own floor."""
+        s = self.info.spec
+        attributes = graph.window_attributes(s.size, s.stride, s.pad)
+        (bh, bw), (ah, aw) = self.sides.before, self.sides.after
+        attributes["pads"] = [bh, bw, max(ah, 0), max(aw, 0)]
+        return attributes
+
+    def _padded(self, x):
+        if self.fusable:
+            return x
+        return pad_sides(x, self.sides.before, self.sides.after, self.fill)
+
+    def _unpadded(self, dx):
+        if self.fusable:
+            return dx
+        return unpad_sides(dx, self.sides.before, self.sides.after, self.input_shape)
+
 
 
 @register
 class MaxPool(_Pool):
     kind = "MAXPOOL"
     aliases = ("POOL",)
-    usage = "MAXPOOL([FhxFw][, s=S]), e.g. MAXPOOL(2x2, s=2); pooling is never padded"
+    usage = ("MAXPOOL([FhxFw][, s=S][, p=P|B:A|same][, round=down|up]), e.g. MAXPOOL(2x2, s=2) "
+             "or ResNet's MAXPOOL(3x3, s=2, p=1)")
+    fill = -np.inf          # a padded cell never wins a window
 
     @classmethod
     def torch_modules(cls, info, nn):
-        return [nn.MaxPool2d(info.spec.size, info.spec.stride)]
+        s = info.spec
+        return [nn.MaxPool2d(s.size, s.stride, s.pad, ceil_mode=s.round == "up")]
 
     def forward(self, x, train):
-        out, self.cache = ops.max_pool_forward(x, self.info.spec.size, self.info.spec.stride)
+        self.input_shape = x.shape
+        out, self.cache = ops.max_pool_forward(self._padded(x), self.info.spec.size,
+                                               self.info.spec.stride)
         return out
 
     def backward(self, dout, need_dx=True, relu_mask=False):
         """relu_mask=True: x was a ReLU's output, whose mask this backward applies (fusion)."""
-        return ops.max_pool_backward(dout, self.cache, relu_mask=relu_mask)
+        return self._unpadded(ops.max_pool_backward(dout, self.cache, relu_mask=relu_mask))
 
     def explain(self, x, i, j, channel):
         """The window at (i, j) of depth slice `channel` and the input that won: {"form":
@@ -71,34 +115,43 @@ class MaxPool(_Pool):
                 "winner": [int(v) for v in winner], "value": float(values[winner])}
 
     def to_onnx(self, graph):
-        s = self.info.spec
-        graph.tensor = graph.node("MaxPool", [graph.tensor],
-                                  **graph.window_attributes(s.size, s.stride, s.pad))
+        graph.tensor = graph.node("MaxPool", [graph.tensor], **self.onnx_window(graph))
 
 
 @register
 class AvgPool(_Pool):
     kind = "AVGPOOL"
-    usage = "AVGPOOL([FhxFw][, s=S]), e.g. AVGPOOL(2x2, s=2); pooling is never padded"
+    usage = ("AVGPOOL([FhxFw][, s=S][, p=P|B:A|same][, round=down]), e.g. AVGPOOL(2x2, s=2); "
+             "padding counts as zeros")
+
+    @classmethod
+    def read_arguments(cls, values):
+        args = super().read_arguments(values)
+        if args["round"] == "up":
+            raise values["round"].error(
+                "AVGPOOL takes round=down only: PyTorch's ceil_mode divides the last windows by "
+                "fewer cells than the others, which slidenet does not copy")
+        return args
 
     @classmethod
     def torch_modules(cls, info, nn):
-        return [nn.AvgPool2d(info.spec.size, info.spec.stride)]
+        return [nn.AvgPool2d(info.spec.size, info.spec.stride, info.spec.pad)]
 
     def forward(self, x, train):
-        out, self.cache = ops.avg_pool_forward(x, self.info.spec.size, self.info.spec.stride)
+        self.input_shape = x.shape
+        out, self.cache = ops.avg_pool_forward(self._padded(x), self.info.spec.size,
+                                               self.info.spec.stride)
         return out
 
     def backward(self, dout, need_dx=True):
-        return ops.avg_pool_backward(dout, self.cache)
+        return self._unpadded(ops.avg_pool_backward(dout, self.cache))
 
     def explain(self, x, i, j, channel):
         return explain_mean(x, self.window(self.info.spec, x.shape), i, j, channel)
 
     def to_onnx(self, graph):
-        s = self.info.spec
-        graph.tensor = graph.node("AveragePool", [graph.tensor],
-                                  **graph.window_attributes(s.size, s.stride, s.pad))
+        graph.tensor = graph.node("AveragePool", [graph.tensor], count_include_pad=1,
+                                  **self.onnx_window(graph))
 
 
 def explain_mean(x, window, i, j, channel):

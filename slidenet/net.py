@@ -146,8 +146,9 @@ class Net:
         (and may get None back).
         """
         grad = dscores.astype(self.dtype, copy=False)
-        # A net ending on 1 x 1 x C: its scores were that volume, flattened.
-        grad = grad.reshape(len(grad), *self.infos[-1].output_shape)
+        if grad.ndim == 2 and _is_head(self.infos[-1].output_shape):
+            # A net ending on 1 x 1 x C: its scores were that volume, flattened.
+            grad = grad.reshape(len(grad), *self.infos[-1].output_shape)
         try:
             for step in reversed(self.steps[1:]):
                 grad = step.backward(grad)
@@ -190,9 +191,15 @@ class InferencePlan:
         return _scores(out)
 
 
+def _is_head(shape):
+    """A 1 x 1 x C volume: a global-average-pool head, whose C numbers are the scores."""
+    return len(shape) == 3 and tuple(shape[:2]) == (1, 1)
+
+
 def _scores(out):
-    """The last layer's output as scores (batch, C): a 1 x 1 x C volume flattened."""
-    return out.reshape(len(out), -1) if out.ndim == 4 else out
+    """The last layer's output; a 1 x 1 x C volume as scores (batch, C). Any other volume is
+    returned as it is (batch, H, W, D), as a net ending on a CONV always did."""
+    return out.reshape(len(out), -1) if out.ndim == 4 and _is_head(out.shape[1:]) else out
 
 
 def _out_of_memory(step, batch, direction):

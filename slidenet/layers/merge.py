@@ -43,6 +43,10 @@ class Identity(Layer):
     def infer(cls, spec, walk):
         return Step(walk.shape)
 
+    @classmethod
+    def torch_modules(cls, info, nn):
+        return [nn.Identity()]
+
     def forward(self, x, train):
         return x
 
@@ -71,6 +75,29 @@ class _Merge(Layer):
     def merge(cls, spec, shapes, texts):
         """The output shape of merging branch outputs `shapes`; raise Unfit to teach."""
         raise NotImplementedError
+
+    @classmethod
+    def torch_modules(cls, info, nn):
+        """The branches as torch Sequentials, merged as this kind merges (benchmarks)."""
+        branches = nn.ModuleList(
+            nn.Sequential(*[m for child in branch for m in child.spec.type.torch_modules(child, nn)])
+            for branch in info.branches)
+        adds = cls.kind == "ADD"
+
+        class Merge(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.branches = branches
+
+            def forward(self, x):
+                outs = [branch(x) for branch in self.branches]
+                if adds:
+                    total = outs[0]
+                    for out in outs[1:]:
+                        total = total + out
+                    return total
+                return _torch_cat(outs)     # along the channels of NCHW
+        return [Merge()]
 
     def __init__(self, info, init, build, fuse):
         super().__init__(info, init)
@@ -203,3 +230,8 @@ def _unequal(first, shape, text1, text2, index):
                     f"depth and stride, e.g. {{ ... | CONV({d}, 1x1{stride}) }} -> ADD")
         return f"{message}: make them equal (the same stride, padding and number of filters)"
     return f"{message}: both must be volumes of one shape"
+
+
+def _torch_cat(outs):
+    import torch        # only here: slidenet runs without PyTorch
+    return torch.cat(outs, 1)

@@ -1,3 +1,10 @@
+"""Every zoo net at its full size, once: build it, export it to ONNX, and compare onnxruntime's
+scores with slidenet's for two random images (random weights and BATCHNORM statistics); then one
+forward and backward in training mode. Slow (minutes a net on a 2-core machine); docs/zoo.md
+quotes its result.
+
+    .venv/bin/python scripts/zoo_onnx_check.py
+"""
 import time, numpy as np, onnxruntime as ort
 from slidenet import Net, zoo
 from slidenet.data.normalize import Normalizer

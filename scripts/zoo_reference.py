@@ -15,7 +15,7 @@ Run it in a throwaway virtual environment (PyTorch is not a slidenet dependency)
     /tmp/torchvenv/bin/python scripts/zoo_reference.py > tests/fixtures/zoo_reference.json
 
 Its output is recorded in tests/fixtures/zoo_reference.json; the published counts it must match
-are in slidenet/zoo.py (torchvision's model documentation).
+are in slidenet/notation/zoo.py (torchvision's model documentation).
 """
 import json
 import sys

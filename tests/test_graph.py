@@ -19,9 +19,9 @@ from slidenet.errors import PatternError
 from slidenet.gradcheck import TOLERANCE, check_pattern
 from slidenet.model import load, save
 from slidenet.ops import naive
-from slidenet.pattern import parse
-from slidenet.shapes import infer, walk_infos
-from slidenet.summary import summary_json, summary_text
+from slidenet.notation.pattern import parse
+from slidenet.notation.shapes import infer, walk_infos
+from slidenet.notation.summary import summary_json, summary_text
 
 RESIDUAL = ("INPUT(6x6x3) -> CONV(4) -> { CONV(4) -> BN -> RELU -> CONV(4) | ID } -> ADD -> RELU "
             "-> { CONV(6, s=2, p=1, round=down) -> RELU -> CONV(6) | CONV(6, 1x1, s=2, round=down) } -> ADD "

@@ -2,7 +2,7 @@
 multiply-adds at 224x224x3 are torchvision's exactly.
 
 Two oracles that do not come from slidenet: torchvision's published parameter counts (in
-`slidenet.zoo`, from torchvision's model documentation) and tests/fixtures/zoo_reference.json,
+`slidenet.notation.zoo`, from torchvision's model documentation) and tests/fixtures/zoo_reference.json,
 the output of scripts/zoo_reference.py, which rebuilds each architecture by hand in PyTorch and
 counts its parameters and its convolutions' and linear layers' multiply-adds with hooks.
 """
@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slidenet import Net, zoo
+from slidenet import Net
 from slidenet.errors import SlidenetError
-from slidenet.pattern import parse
-from slidenet.shapes import infer, walk_infos
+from slidenet.notation import zoo
+from slidenet.notation.pattern import parse
+from slidenet.notation.shapes import infer, walk_infos
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "zoo_reference.json").read_text())
 REQUIRED = {"lenet5", "alexnet", "vgg16", "nin", "googlenet", "resnet18", "resnet50",

@@ -18,7 +18,7 @@ from slidenet.bench.machine import torch_module
 from slidenet.data import Normalizer
 from slidenet.net import Net
 from slidenet.ops import softmax_loss
-from slidenet.shapes import walk_infos
+from slidenet.notation.shapes import walk_infos
 
 
 def onnxruntime_module():

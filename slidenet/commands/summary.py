@@ -2,11 +2,12 @@
 import json
 import os
 
-from slidenet import modelfile, zoo
 from slidenet.errors import SlidenetError
-from slidenet.pattern import parse, parse_sets
-from slidenet.shapes import infer
-from slidenet.summary import summary_json, summary_text
+from slidenet.notation import zoo
+from slidenet.notation.pattern import parse, parse_sets
+from slidenet.notation.shapes import infer
+from slidenet.notation.summary import summary_json, summary_text
+from slidenet.storage import modelfile
 
 
 def register(subparsers):
@@ -38,7 +39,6 @@ def run(args):
         skip = meta.get("skip_optional", False)
         if not isinstance(pattern, str):
             raise SlidenetError(f"{args.pattern}: its meta holds no pattern")
-    pattern = zoo.resolve(pattern)
     specs = parse(pattern, variables, skip_optional=skip)
     infos = infer(specs, pattern)
     print(json.dumps(summary_json(infos), indent=2) if args.json else summary_text(infos))

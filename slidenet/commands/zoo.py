@@ -1,7 +1,7 @@
-"""`slidenet zoo [NAME]`: the classic CNNs of `slidenet.zoo`, listed, or one as its pattern."""
-from slidenet import zoo
-from slidenet.pattern import parse
-from slidenet.shapes import infer, walk_infos
+"""`slidenet zoo [NAME]`: the classic CNNs of `slidenet.notation.zoo`, listed, or one as its pattern."""
+from slidenet.notation import zoo
+from slidenet.notation.pattern import parse
+from slidenet.notation.shapes import infer, walk_infos
 
 
 def register(subparsers):

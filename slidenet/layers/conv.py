@@ -20,11 +20,12 @@ and `naive.grouped_conv_forward`.
 """
 import numpy as np
 
-from slidenet import arguments, ops
+from slidenet import ops
 from slidenet.errors import GeometryError
 from slidenet.layers import sliding
-from slidenet.layers.base import Layer, Step, Unfit, Window, by_channel, window_at
+from slidenet.layers.base import Inferred, Layer, Unfit, Window, by_channel, window_at
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
 from slidenet.ops.sides import pad_sides, unpad_sides
 
 
@@ -111,7 +112,7 @@ class Conv(Layer):
         formula = f"{k} x ({span} + 1) = {params:,}" if spec.bias else \
             f"{k} x {span} = {params:,} (no bias{_why_no_bias(spec)})"
         madds = out_h * out_w * k * fh * fw * (d // g)
-        return Step((out_h, out_w, k), params, formula, formulas, madds, 2 * madds, field, jump)
+        return Inferred((out_h, out_w, k), params, formula, formulas, madds, 2 * madds, field, jump)
 
     @classmethod
     def notes(cls, info):

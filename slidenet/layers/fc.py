@@ -16,9 +16,10 @@ from math import prod
 
 import numpy as np
 
-from slidenet import arguments, ops
-from slidenet.layers.base import Layer, Step
+from slidenet import ops
+from slidenet.layers.base import Inferred, Layer
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
 
 SCORING_SCALE = 0.01        # the scoring FC's initial weights, relative to He's
 EXPLAINED = 12              # contributions an explanation lists, the largest first
@@ -53,7 +54,7 @@ class FC(Layer):
         stretched = "*".join(map(str, walk.shape)) if len(walk.shape) == 3 else str(inputs)
         formula = f"{n} x ({stretched} + 1) = {params:,}" if spec.bias else \
             f"{n} x {stretched} = {params:,} (no bias)"
-        return Step((n,), params, formula, (), inputs * n, 2 * inputs * n, field, walk.jump)
+        return Inferred((n,), params, formula, (), inputs * n, 2 * inputs * n, field, walk.jump)
 
     @classmethod
     def torch_modules(cls, info, nn):

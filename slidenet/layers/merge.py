@@ -24,7 +24,7 @@ branch is itself a small net; branches nest.
 """
 import numpy as np
 
-from slidenet.layers.base import Layer, Step, Unfit
+from slidenet.layers.base import Inferred, Layer, Unfit
 from slidenet.layers.registry import register
 
 
@@ -41,7 +41,7 @@ class Identity(Layer):
 
     @classmethod
     def infer(cls, spec, walk):
-        return Step(walk.shape)
+        return Inferred(walk.shape)
 
     @classmethod
     def torch_modules(cls, info, nn):

@@ -15,20 +15,52 @@ rounds windows that do not tile (`slidenet.layers.sliding`); AVGPOOL takes round
 """
 import numpy as np
 
-from slidenet import arguments, ops
+from slidenet import ops
 from slidenet.layers import sliding
-from slidenet.layers.base import Layer, Step, Window, window_at
+from slidenet.layers.base import Inferred, Layer, Window, slide, window_at
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
 from slidenet.ops.sides import pad_sides, unpad_sides
 
 
-class _Pool(Layer):
-    """A pooling window of F_h x F_w with stride (S_h, S_w); no parameters."""
+class Pooling(Layer):
+    """What every pooling kind shares: no parameters, a window slid over each depth slice, and a
+    kernel pair from `slidenet.ops.pool` that takes (x, size, stride). A kind sets its kernels,
+    its ONNX op and `window(spec, input_shape)`."""
+
+    maps = True
+    kernels = None          # (forward(x, size, stride) -> out, cache; backward(dout, cache))
+    onnx_op = ""            # the ONNX node, with the window's attributes
+    torch_name = ""         # MAXPOOL, AVGPOOL: the torch.nn module, built with (size, stride)
+
+    @classmethod
+    def infer(cls, spec, walk):
+        out_h, out_w, d, formulas, field, jump = slide(spec, cls.window(spec, walk.shape), walk,
+                                                       can_pad=False)
+        return Inferred((out_h, out_w, d), size_formulas=formulas, field=field, jump=jump)
+
+    def forward(self, x, train):
+        window = self.window(self.info.spec, x.shape[1:])
+        out, self.cache = self.kernels[0](x, window.size, window.stride)
+        return out
+
+    def backward(self, dout, need_dx=True):
+        return self.kernels[1](dout, self.cache)
+
+    def to_onnx(self, graph):
+        w = self.window(self.info.spec, self.info.input_shape)
+        graph.tensor = graph.node(self.onnx_op, [graph.tensor],
+                                  **graph.window_attributes(w.size, w.stride, w.pad))
+
+
+class _Pool(Pooling):
+    """A pooling window of F_h x F_w with stride (S_h, S_w), as written: MAXPOOL, AVGPOOL; with
+    p= or round=, the input is padded (or cropped) once to what the windows reach
+    (`ops.sides`), and the pooling pair runs on it unpadded."""
 
     positional = ("size",)
     keywords = {"f": "size", "size": "size", "s": "stride", "stride": "stride", "p": "pad",
                 "pad": "pad", "round": "round"}
-    maps = True
     fill = 0.0              # what padding holds
 
     @classmethod
@@ -51,7 +83,7 @@ class _Pool(Layer):
     def infer(cls, spec, walk):
         out_h, out_w, d, formulas, field, jump = sliding.slide(
             spec, cls.window(spec, walk.shape), walk, can_pad=False)
-        return Step((out_h, out_w, d), size_formulas=formulas, field=field, jump=jump)
+        return Inferred((out_h, out_w, d), size_formulas=formulas, field=field, jump=jump)
 
     def __init__(self, info, init):
         super().__init__(info, init)
@@ -59,25 +91,30 @@ class _Pool(Layer):
         # Unpadded and tiling: the pooling pairs as they are (and fusion with RELU).
         self.fusable = self.sides.before == self.sides.after == (0, 0)
 
-    def onnx_window(self, graph):
-        """kernel_shape, strides and pads (per side) for the ONNX pool node. A window rule
-        that crops (round=down leaving rows out) keeps its last rows out by ONNX's own floor."""
-        s = self.info.spec
-        attributes = graph.window_attributes(s.size, s.stride, s.pad)
-        (bh, bw), (ah, aw) = self.sides.before, self.sides.after
-        attributes["pads"] = [bh, bw, max(ah, 0), max(aw, 0)]
-        return attributes
+    def forward(self, x, train):
+        self.input_shape = x.shape
+        if not self.fusable:
+            x = pad_sides(x, self.sides.before, self.sides.after, self.fill)
+        out, self.cache = self.kernels[0](x, self.info.spec.size, self.info.spec.stride)
+        return out
 
-    def _padded(self, x):
-        if self.fusable:
-            return x
-        return pad_sides(x, self.sides.before, self.sides.after, self.fill)
+    def backward(self, dout, need_dx=True):
+        return self._unpadded(self.kernels[1](dout, self.cache))
 
     def _unpadded(self, dx):
         if self.fusable:
             return dx
         return unpad_sides(dx, self.sides.before, self.sides.after, self.input_shape)
 
+    def to_onnx(self, graph):
+        """kernel_shape, strides and pads per side. Rows that a rounded-down window leaves
+        out (a negative "after") are fewer than a stride: ONNX's own floor leaves them out."""
+        s = self.info.spec
+        attributes = graph.window_attributes(s.size, s.stride, s.pad)
+        (bh, bw), (ah, aw) = self.sides.before, self.sides.after
+        attributes["pads"] = [bh, bw, max(ah, 0), max(aw, 0)]
+        attributes.update(self.onnx_attributes)
+        graph.tensor = graph.node(self.onnx_op, [graph.tensor], **attributes)
 
 
 @register
@@ -85,19 +122,17 @@ class MaxPool(_Pool):
     kind = "MAXPOOL"
     aliases = ("POOL",)
     usage = ("MAXPOOL([FhxFw][, s=S][, p=P|B:A|same][, round=down|up]), e.g. MAXPOOL(2x2, s=2) "
-             "or ResNet's MAXPOOL(3x3, s=2, p=1)")
+             "or ResNet's MAXPOOL(3x3, s=2, p=1, round=down)")
+    kernels = (ops.max_pool_forward, ops.max_pool_backward)
+    onnx_op = "MaxPool"
+    onnx_attributes = {}
+    torch_name = "MaxPool2d"
     fill = -np.inf          # a padded cell never wins a window
 
     @classmethod
     def torch_modules(cls, info, nn):
         s = info.spec
         return [nn.MaxPool2d(s.size, s.stride, s.pad, ceil_mode=s.round == "up")]
-
-    def forward(self, x, train):
-        self.input_shape = x.shape
-        out, self.cache = ops.max_pool_forward(self._padded(x), self.info.spec.size,
-                                               self.info.spec.stride)
-        return out
 
     def backward(self, dout, need_dx=True, relu_mask=False):
         """relu_mask=True: x was a ReLU's output, whose mask this backward applies (fusion)."""
@@ -114,15 +149,16 @@ class MaxPool(_Pool):
                 "window": values.astype(np.float64).tolist(),
                 "winner": [int(v) for v in winner], "value": float(values[winner])}
 
-    def to_onnx(self, graph):
-        graph.tensor = graph.node("MaxPool", [graph.tensor], **self.onnx_window(graph))
-
 
 @register
 class AvgPool(_Pool):
     kind = "AVGPOOL"
     usage = ("AVGPOOL([FhxFw][, s=S][, p=P|B:A|same][, round=down]), e.g. AVGPOOL(2x2, s=2); "
              "padding counts as zeros")
+    kernels = (ops.avg_pool_forward, ops.avg_pool_backward)
+    onnx_op = "AveragePool"
+    onnx_attributes = {"count_include_pad": 1}
+    torch_name = "AvgPool2d"
 
     @classmethod
     def read_arguments(cls, values):
@@ -137,21 +173,8 @@ class AvgPool(_Pool):
     def torch_modules(cls, info, nn):
         return [nn.AvgPool2d(info.spec.size, info.spec.stride, info.spec.pad)]
 
-    def forward(self, x, train):
-        self.input_shape = x.shape
-        out, self.cache = ops.avg_pool_forward(self._padded(x), self.info.spec.size,
-                                               self.info.spec.stride)
-        return out
-
-    def backward(self, dout, need_dx=True):
-        return self._unpadded(ops.avg_pool_backward(dout, self.cache))
-
     def explain(self, x, i, j, channel):
         return explain_mean(x, self.window(self.info.spec, x.shape), i, j, channel)
-
-    def to_onnx(self, graph):
-        graph.tensor = graph.node("AveragePool", [graph.tensor], count_include_pad=1,
-                                  **self.onnx_window(graph))
 
 
 def explain_mean(x, window, i, j, channel):

@@ -17,8 +17,9 @@ Without round= or p=same, a stride that does not tile is the lecture's teaching 
 """
 from typing import NamedTuple, Tuple
 
-from slidenet import arguments, geometry
+from slidenet import geometry
 from slidenet.layers.base import slide as _slide_checked
+from slidenet.notation import arguments
 
 ROUNDS = {"down": "down", "floor": "down", "up": "up", "ceil": "up"}
 

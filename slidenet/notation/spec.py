@@ -1,7 +1,7 @@
 """What one layer of a pattern says, after parsing and before any shapes are known.
 
-`slidenet.pattern.parse` turns ``"INPUT(32x32x3) -> CONV(10, 5x5) -> FC(10)"`` into a list of
-`LayerSpec`; `slidenet.shapes.infer` adds the shapes; `slidenet.net.Net` builds the layers.
+`slidenet.notation.pattern.parse` turns ``"INPUT(32x32x3) -> CONV(10, 5x5) -> FC(10)"`` into a list of
+`LayerSpec`; `slidenet.notation.shapes.infer` adds the shapes; `slidenet.net.Net` builds the layers.
 Each kind's arguments are read by its own module in `slidenet.layers` (its grammar), with the
 defaults applied, so ``CONV(K)`` already says 3x3, stride 1, padding 1: ``spec.size == (3, 3)``.
 """

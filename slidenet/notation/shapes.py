@@ -11,12 +11,11 @@ from math import prod
 from typing import Tuple
 
 from slidenet.errors import GeometryError, PatternError
-from slidenet.layers import Step, Unfit, Walk
-from slidenet.spec import LayerSpec
+from slidenet.layers import Inferred, Unfit, Walk
+from slidenet.notation.spec import LayerSpec
+from slidenet.storage.limits import MAX_ACTIVATION, MAX_PARAMS
 
 BYTES_PER_NUMBER = 4            # float32
-MAX_PARAMS = 2_000_000_000      # beyond this a net is a typo, not an experiment
-MAX_ACTIVATION = 1_000_000_000  # numbers in one layer's output for one image (4 GB at float32)
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class LayerInfo:
 def infer(specs, pattern=None):
     """Walk the specs from INPUT and describe every layer.
 
-    specs: the list from `slidenet.pattern.parse`, INPUT first.
+    specs: the list from `slidenet.notation.pattern.parse`, INPUT first.
     pattern: the source text, so errors can point at the layer with a caret.
     Returns one LayerInfo per spec of the top-level chain; a merge's LayerInfo holds its
     branches' LayerInfos (`branches`). Raises PatternError, e.g. ``layer 1, CONV(3, 3x3, s=3):
@@ -127,7 +126,7 @@ def _merge(spec, walk, state, index, where):
     field = tuple(max(end.field[a] for end in ends) for a in range(2))
     jump = tuple(max(end.jump[a] for end in ends) for a in range(2))
     flattened = next((end.flattened_by for end in ends if end.flattened_by), "")
-    info = _info(state, spec, index, walk, Step(shape), field, False, tuple(children))
+    info = _info(state, spec, index, walk, Inferred(shape), field, False, tuple(children))
     return info, Walk(shape, field, jump, flattened)
 
 

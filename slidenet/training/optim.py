@@ -10,7 +10,7 @@ SGD and the momentum methods add it to the gradient (``g' = g + wd * w``); Adam 
 (AdamW: ``w -= lr * wd * w``), since inside Adam an L2 gradient would be rescaled per weight.
 
 The learning rate is an argument of `step`, not of the optimizer, so a schedule (see
-`slidenet.schedules`) can change it every step. State (velocities, moments, the step count)
+`slidenet.training.schedules`) can change it every step. State (velocities, moments, the step count)
 is saved as plain arrays (`state_arrays`) so a resumed run continues bit for bit.
 """
 import numpy as np

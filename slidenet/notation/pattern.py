@@ -24,13 +24,13 @@ import operator
 import re
 from dataclasses import dataclass
 
-from slidenet import layers, zoo
-from slidenet.arguments import MAX_NUMBER, WHOLE, Value, whole
+from slidenet import layers
 from slidenet.errors import PatternError, SlidenetError
-from slidenet.spec import LayerSpec
+from slidenet.notation import zoo
+from slidenet.notation.arguments import MAX_NUMBER, WHOLE, Value, whole
+from slidenet.notation.spec import LayerSpec
+from slidenet.storage.limits import MAX_DEPTH, MAX_LAYERS
 
-MAX_LAYERS = 1000       # largest expanded net, INPUT included
-MAX_DEPTH = 32          # deepest bracket nesting; deeper is a typo, and would exhaust recursion
 EXAMPLE = "INPUT(32x32x3) -> CONV(10, 5x5) -> RELU -> FC(10)"
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -42,7 +42,7 @@ def parse(pattern, variables=None, skip_optional=False):
     """Parse a pattern into the expanded net: one `LayerSpec` per layer, INPUT first.
 
     pattern: e.g. ``"INPUT(32x32x3) -> [CONV(32) -> RELU]*N -> POOL? -> FC(10)"``, or
-    ``"zoo:resnet18"`` for a net of `slidenet.zoo`.
+    ``"zoo:resnet18"`` for a net of `slidenet.notation.zoo`.
     variables: ``{"N": 2}`` binds the UPPER-CASE repeat counts.
     skip_optional: drop the layers and groups marked ``?`` (they are kept by default).
     Returns a list of LayerSpec; a layer inside ``[...]*N`` appears N times, with the same text

@@ -1,5 +1,5 @@
 """Which rows of a global batch this process computes: the one hook between data-parallel
-training (`slidenet.distributed`) and the layers whose result depends on the whole batch.
+training (`slidenet.training.distributed`) and the layers whose result depends on the whole batch.
 
 In one process nothing is ever set, and every layer sees its whole batch, exactly as before.
 Under `mpiexec -n R slidenet train`, each rank computes a slice of every global batch, and the

@@ -19,7 +19,7 @@ import stat
 from pathlib import Path
 
 from slidenet.errors import FileWriteError
-from slidenet.limits import human
+from slidenet.storage.limits import human
 
 
 def write_file(path, write):

@@ -1,4 +1,5 @@
-"""The input budget: how much memory a file may claim before slidenet allocates anything for it.
+"""The input budget and every cap: how much a file, a pattern or a request may claim before
+slidenet allocates anything for it.
 
 Every format slidenet reads says up front how big its contents are: an `.npy` header its shape
 and dtype, a zip member its uncompressed size, an IDX header its dimensions, a pickled array its
@@ -10,6 +11,9 @@ The budget is half of this machine's physical memory unless the environment vari
 SLIDENET_MAX_INPUT_BYTES says otherwise (a number of bytes, optionally with a K, M, G or T suffix
 in powers of 1024) or `set_budget` is called. A file that is genuine but large can be read by
 raising it.
+
+The caps below are fixed: a claim beyond them is a typo, a damaged file or an attack, never a
+CNN, whatever the memory. Each is checked by the module named beside it, and nowhere else.
 """
 import math
 import os
@@ -26,6 +30,21 @@ FALLBACK = 4 * 2**30        # when the OS does not say how much memory there is
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 _budget = None              # set by set_budget; None: the environment or the default
+
+# The notation (`notation.arguments`, `notation.pattern`, `notation.shapes`).
+MAX_NUMBER = 100_000            # largest filter count, window, stride, padding, output count or repeat
+MAX_LAYERS = 1000               # largest expanded net, INPUT included
+MAX_DEPTH = 32                  # deepest bracket nesting; deeper is a typo, and would exhaust recursion
+MAX_PARAMS = 2_000_000_000      # beyond this a net is a typo, not an experiment
+MAX_ACTIVATION = 1_000_000_000  # numbers in one layer's output for one image (4 GB at float32)
+# Building a net (`net`): weights beyond this are refused with a message rather than a
+# MemoryError halfway through initialisation (`summary` still describes such a net).
+MAX_WEIGHT_BYTES = 4 * 2**30
+# Files and requests.
+MAX_PIXELS = 4096 * 4096        # one image (`data.images`), refused before it is decoded
+MAX_ONNX_FILE_BYTES = 2**31 - 1  # one .onnx file (`interop.onnx_file`): protobuf's own limit
+MAX_TENSOR_BYTES = MAX_WEIGHT_BYTES  # one ONNX tensor: more is a damaged file, not a CNN
+MAX_UPLOAD = 10 * 2**20         # bytes of one image uploaded to `slidenet serve` (`serve.app`)
 
 
 def physical_memory():

@@ -26,7 +26,7 @@ Read off: A^T's column p evaluates u at p (p^k), its last column picks u3; G's r
 w(p) / N_p, its last row w2; B^T's row p holds the coefficients of M(z) / (z - p), its last
 row those of M(z). Then sum_k u_k y_k = sum_i d_i s_i = u . A^T[(G w) * (B^T d)] for every u,
 which is the identity above. (The same construction with the points 0, 1, -1 and infinity gives
-`winograd`'s F(2, 3); tests/test_winograd.py rebuilds both from their points.)
+`winograd_f23`'s F(2, 3); tests/test_winograd.py rebuilds both from their points.)
 
 Why these points. Larger points mean larger numbers in A^T (8 here) and smaller ones in G
 (1/24), so more float32 rounding; 0, 1, -1, 2, -2 are the five integers closest to 0. Every entry of A^T and B^T is then an integer, and every multiply the passes do is by 2, 4 or 8,
@@ -55,7 +55,7 @@ About 2-3.5x F(2, 3)'s error and at most 6x im2col's (whose dx, a scatter of K-l
 unusually exact; "full"'s dx is 1.3-1.9x im2col's), at most 7e-7 of the result: a few float32
 roundings. `conv.choose` uses F(4, 3) by default where it is faster.
 
-How slidenet applies it: as `winograd` does F(2, 3), along the height only. Each d_i is a whole
+How slidenet applies it: as `winograd_f23` does F(2, 3), along the height only. Each d_i is a whole
 padded input row's width windows (F_w*D numbers per output column), each w_i the filter's row i
 as an (F_w*D x K) matrix, each product one GEMM over every tile of the chunk: 6 GEMMs for every
 4 output rows, where im2col does 12 and F(2, 3) 8. The rows copied for the GEMMs are 4.5 times
@@ -79,10 +79,11 @@ The filters' transform G w, and dw = G^T dG, are computed in float64 and rounded
 """
 import numpy as np
 
-from slidenet.ops import compiled, winograd
+from slidenet.ops import compiled
+from slidenet.ops.conv import winograd
+from slidenet.ops.conv.winograd import Scheme, backward, forward, tiles
 from slidenet.ops.runtime import scratch
 from slidenet.ops.window import windows
-from slidenet.ops.winograd import Scheme, backward, forward, tiles
 
 # The matrices of the module docstring, for `filters` (G) and for reading (B^T, A^T: the passes
 # below do their arithmetic with shared sums).
@@ -111,9 +112,7 @@ def rows(xp, fw, name):
     for every tile t and output column, the width window of row a of B^T d, where d_i is padded
     row 4t + i (the sums of the module docstring).
     """
-    c, hp, wp, d = xp.shape
-    t = (hp - 2) // 4
-    wo = wp - fw + 1
+    c, t, wp, wo, d = winograd.row_geometry(xp, fw, 4)
     fast = compiled.kernels(xp)
     if fast is not None:
         out = scratch(name, (6, c, t, wo, fw * d), xp.dtype)
@@ -141,7 +140,7 @@ def rows(xp, fw, name):
     np.subtract(d5, d3, out=b[5])
     np.multiply(v, 2, out=v)
     np.subtract(b[5], v, out=b[5])              # (d5 - d3) - 2v
-    # All six sets' width windows in one copy, as in `winograd.rows`.
+    # All six sets' width windows in one copy, as in `winograd_f23.rows`.
     out = scratch(name, (6 * c * t, 1, wo, 1, fw, d), xp.dtype)
     np.copyto(out, windows(b.reshape(6 * c * t, 1, wp, d), (1, fw), (1, 1)))
     return out.reshape(6, c * t * wo, fw * d)
@@ -229,7 +228,7 @@ def conv_forward_winograd4(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budge
                            filters=None):
     """Convolve K 3-tall filters over x at stride 1 by F(4, 3) down the height.
 
-    Arguments and result as `im2col.conv_forward_im2col`: x (N, H, W, D), w (3, F_w, D, K),
+    Arguments and result as `winograd.forward`: x (N, H, W, D), w (3, F_w, D, K),
     b (K,) -> out (N, H', W', K) with H' = H + 2P_h - 2, W' = W + 2P_w - F_w + 1, and a
     ConvCache. ValueError for any other filter or stride. filters: `prepare_filters(w)` (the
     six g's), when a caller computed it once for many calls.
@@ -239,11 +238,11 @@ def conv_forward_winograd4(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budge
 
 def prepare_filters(w, dtype=None):
     """The six g's the forward's GEMMs multiply by (its `filters`), from w (3, F_w, D, K)."""
-    return winograd.prepare_filters(w, dtype, F43)
+    return winograd.prepare_filters(w, F43, dtype)
 
 
 def conv_backward_winograd4(dout, cache, need_dx=True, relu=False):
-    """Gradients of the convolution through F(4, 3), as `winograd.conv_backward_winograd`:
+    """Gradients of the convolution through F(4, 3), as `winograd_f23.conv_backward_winograd`:
     dx = output(rows(dout) @ g_flip), and the flipped filters' six g's get rows^T @ adjoint(x).
 
     dout: (N, H', W', K). Returns dx (N, H, W, D) (None when need_dx is False), dw (3, F_w,

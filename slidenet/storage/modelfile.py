@@ -7,9 +7,9 @@ Inside the archive, next to the caller's arrays (``conv1.W``, ``normalizer.mean`
 
 Reading never unpickles anything (``allow_pickle=False``), so a file from elsewhere can at worst
 be refused. Every size the archive claims is checked against the input budget
-(`slidenet.limits`) before an array is allocated. Any damage (truncation, a flipped byte, a
+(`slidenet.storage.limits`) before an array is allocated. Any damage (truncation, a flipped byte, a
 foreign file, a header that lies about its size) is a `ModelFileError` naming the file, never a
-traceback. Saving goes through `slidenet.writing`, so a failed save keeps the previous file.
+traceback. Saving goes through `slidenet.storage.writing`, so a failed save keeps the previous file.
 """
 import hashlib
 import json
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from slidenet import limits, writing
 from slidenet.errors import ModelFileError
+from slidenet.storage import limits, writing
 
 META = "__meta__"
 CHECKSUM = "__checksum__"
@@ -48,7 +48,7 @@ def checksum(entries):
 def save(path, arrays, meta):
     """Write `arrays` (name -> numeric ndarray) and `meta` (a JSON-able dict) to `path`.
 
-    Atomic (`slidenet.writing.write_file`): a crash or a failed write at any moment leaves either
+    Atomic (`slidenet.storage.writing.write_file`): a crash or a failed write at any moment leaves either
     the old file or the new one, never a mix; a disk that is full or read-only is a
     `FileWriteError` naming `path`. Parent directories are created. Names starting with "__"
     are reserved.

@@ -1,4 +1,4 @@
-"""Convolution: one forward/backward pair per algorithm, and a small dispatcher that picks one.
+"""The convolution dispatcher: which pair computes a convolution, and the calls that run it.
 
 The lecture's convolution (a filter spanning the full depth, a dot product plus a bias at each
 place, one activation map per filter) is computed by one of these pairs; `naive.conv_forward`
@@ -6,11 +6,12 @@ is the same thing as loops, and every pair is tested against it.
 
     "im2col"    `im2col`: windows copied into rows, one GEMM; dx by scattering window gradients
                 back (any stride and padding).
-    "full"      `fullconv`: im2col's forward; at stride 1, dx is itself a convolution of dout
+    "full"      `full_dx`: im2col's forward; at stride 1, dx is itself a convolution of dout
                 with the flipped filters (one GEMM, no scatter), and dw comes from the same rows.
-    "winograd"  `winograd`: Winograd's F(2, 3) down the height for 3-tall filters at stride 1:
-                two thirds of the multiply-adds, forward and backward.
-    "winograd4" `winograd4`: F(4, 3) down the height, the same filters: half the multiply-adds
+    "winograd"  `winograd_f23`: Winograd's F(2, 3) down the height for 3-tall filters at stride 1:
+                two thirds of the multiply-adds, forward and backward
+                (both Winograd pairs are `winograd`'s forward and backward with a tile scheme).
+    "winograd4" `winograd_f43`: F(4, 3) down the height, the same filters: half the multiply-adds
                 (six products for four rows), a few times im2col's float32 rounding.
     "direct"    `direct`: thin inputs (a first layer): each output pixel's window times the
                 filters, no rows, compiled; im2col's backward.
@@ -23,7 +24,7 @@ first layers", has the measurements behind it):
     "direct"    for a thin input (at most 4 channels, 27 numbers a window, 16 filters or more:
                 `direct.pays`); without numba its forward is im2col's;
     F(4, 3)     where it applies, its tiles of 4 rows do fewer multiply-adds than F(2, 3)'s tiles
-                of 2 (3, 4 and 7 or more output rows: `winograd4.pays`), and the input has at
+                of 2 (3, 4 and 7 or more output rows: `winograd_f43.pays`), and the input has at
                 least WINOGRAD_MIN_DEPTH channels or the layer WINOGRAD4_THIN_FILTERS filters;
     F(2, 3)     else where it applies and both depths are at least WINOGRAD_MIN_DEPTH;
     "full"      else where it applies; "im2col" everywhere else.
@@ -32,23 +33,22 @@ from typing import NamedTuple
 
 import numpy as np
 
-from slidenet.ops import direct, fullconv, im2col, winograd, winograd4
-from slidenet.ops.im2col import ConvCache, conv_backward_im2col, conv_forward_im2col
+from slidenet.ops.conv import direct, full_dx, im2col, winograd, winograd_f23, winograd_f43
+from slidenet.ops.conv.common import ConvCache
+from slidenet.ops.conv.im2col import conv_backward_im2col, conv_forward_im2col
 
 # Below this many input or output channels the GEMMs of F(2, 3) (inner size F_w * D) are too
 # narrow for BLAS to run near its peak, and im2col's single wider GEMM wins. F(4, 3), with fewer
-# GEMMs, still wins with 1 to 8 filters; on fewer input channels it won from
-# WINOGRAD4_THIN_FILTERS filters against im2col's NumPy passes (inference 23-48% faster on 28-32
-# px maps, 16 filters not). First layers of 1 to 4 channels now go to "direct" before that rule:
-# against it and against im2col's compiled passes, F(4, 3) was 0-8% slower on R1 and the
-# Fashion net (docs/benchmarks.md, "Thin first layers").
+# GEMMs, still wins on thin inputs once the layer has WINOGRAD4_THIN_FILTERS filters. First
+# layers of 1 to 4 channels go to "direct" before either rule. docs/benchmarks.md ("F(4, 3)",
+# "Thin first layers") has the measurements behind each threshold.
 WINOGRAD_MIN_DEPTH = 8
 WINOGRAD4_THIN_FILTERS = 32
 PAIRS = {
     "im2col": (conv_forward_im2col, conv_backward_im2col),
-    "full": (fullconv.conv_forward_full, fullconv.conv_backward_full),
-    "winograd": (winograd.conv_forward_winograd, winograd.conv_backward_winograd),
-    "winograd4": (winograd4.conv_forward_winograd4, winograd4.conv_backward_winograd4),
+    "full": (full_dx.conv_forward_full, full_dx.conv_backward_full),
+    "winograd": (winograd_f23.conv_forward_winograd, winograd_f23.conv_backward_winograd),
+    "winograd4": (winograd_f43.conv_forward_winograd4, winograd_f43.conv_backward_winograd4),
     "direct": (direct.conv_forward_direct, direct.conv_backward_direct),
 }
 ALGORITHMS = ("auto", *PAIRS)
@@ -56,7 +56,7 @@ _default = {"algorithm": "auto"}
 
 # How each pair's forward wants its filters, computed once by `prepare_conv`.
 PREPARE = {"im2col": im2col.prepare_filters, "full": im2col.prepare_filters,
-           "winograd": winograd.prepare_filters, "winograd4": winograd4.prepare_filters,
+           "winograd": winograd_f23.prepare_filters, "winograd4": winograd_f43.prepare_filters,
            "direct": lambda w: w}
 
 __all__ = ["ALGORITHMS", "ConvCache", "PreparedConv", "choose", "conv_backward", "conv_forward",
@@ -94,12 +94,12 @@ def choose(size, stride, pad, depth, filters, algorithm=None, height=None):
     if direct.pays(size, depth, filters):
         return "direct"
     if winograd.applies(size, stride):
-        pays = height is None or winograd4.pays(height + 2 * pad[0] - 2)
+        pays = height is None or winograd_f43.pays(height + 2 * pad[0] - 2)
         if pays and (depth >= WINOGRAD_MIN_DEPTH or filters >= WINOGRAD4_THIN_FILTERS):
             return "winograd4"
         if min(depth, filters) >= WINOGRAD_MIN_DEPTH:
             return "winograd"
-    return "full" if fullconv.applies(size, stride, pad) else "im2col"
+    return "full" if full_dx.applies(size, stride, pad) else "im2col"
 
 
 def conv_forward(x, w, b, stride=(1, 1), pad=(0, 0), budget=None, relu=False, algorithm=None):
@@ -142,8 +142,7 @@ def conv_infer(x, prepared, budget=None):
     """conv_forward's output alone (no cache), with the filters `prepare_conv` made.
 
     A batch of one image runs on the calling thread: splitting its rows between the worker
-    threads was measured slower (a hand-over costs ~30 us, R1's conv2 at batch 1 ~250 us), see
-    docs/benchmarks.md.
+    threads costs more in hand-overs than it saves (docs/benchmarks.md, "Batch 1").
     """
     p = prepared
     return PAIRS[p.algorithm][0](x, p.w, p.b, p.stride, p.pad, p.relu, budget, filters=p.filters)[0]

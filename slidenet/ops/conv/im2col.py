@@ -18,8 +18,7 @@ Backward, for each chunk of dout (N, H', W', K):
 
 `relu=True` in the forward applies the ReLU that follows while the output is still in cache,
 and keeps that output in the cache; `relu=True` in the backward then applies the ReLU's mask
-(out > 0) to dout, chunk by chunk. This module also holds what every convolution algorithm
-shares: `ConvCache`, `check_shapes` and the two row-wise passes `finish_rows` and `relu_masked`.
+(out > 0) to dout, chunk by chunk.
 
 With numba installed (`compiled`), three passes run compiled, each in one pass without the GIL
 and bitwise equal to the NumPy path: the rows of thin inputs (at most THIN_DEPTH channels, a
@@ -27,39 +26,17 @@ first layer), the bias and ReLU, and the ReLU's mask. For a first layer that is 
 work: its GEMM runs near the BLAS peak even with 27-wide rows (an RGB 3x3 filter), while NumPy
 copies those rows 9 numbers at a time (docs/benchmarks.md, "Thin first layers").
 """
-from typing import NamedTuple, Optional
-
 import numpy as np
 
 from slidenet.ops import compiled
+from slidenet.ops.conv.common import ConvCache, check_shapes, finish_rows, relu_masked
 from slidenet.ops.runtime import batch_chunks, bordered, empty, run_chunks, scratch
 from slidenet.ops.window import col2im_add, out_hw, tap, unpad_hw, windows
 
 # Inputs with at most this many channels have their rows copied by the compiled kernel: NumPy
-# copies a window in runs of F_w * D numbers, and short runs are slow (3x3, D = 3: 2.3 -> 1.2 ms
-# for 128 images on one core). From D = 8 on NumPy's runs are long enough, and it is faster.
+# copies a window in runs of F_w * D numbers, and short runs are slow. From D = 8 on NumPy's runs
+# are long enough, and it is faster.
 THIN_DEPTH = 4
-
-
-class ConvCache(NamedTuple):
-    """What a convolution's backward needs from its forward, and which algorithm ran it."""
-    algorithm: str                  # "im2col", "full", "winograd"...: whose backward to run
-    x: np.ndarray                   # (N, H, W, D), C-contiguous
-    w: np.ndarray                   # (F_h, F_w, D, K)
-    stride: tuple                   # (S_h, S_w)
-    pad: tuple                      # (P_h, P_w)
-    budget: Optional[int]           # scratch bytes per call; None: the global budget
-    out: Optional[np.ndarray]       # the output (N, H', W', K) when the forward applied a ReLU
-
-
-def check_shapes(x, w, stride, pad):
-    """(H', W') of the convolution, from (N + 2P - F) / S + 1 per axis; ValueError on a depth
-    mismatch, GeometryError when the filter does not tile the input."""
-    _, h, wd, d = x.shape
-    fh, fw, dw, _ = w.shape
-    if dw != d:
-        raise ValueError(f"filters span depth {dw} but the input has depth {d}")
-    return out_hw(h, wd, (fh, fw), stride, pad)
 
 
 def rows(x, size, stride, pad, name):
@@ -82,41 +59,13 @@ def rows(x, size, stride, pad, name):
     out = scratch(name, view.shape, x.dtype)
     if d == 1:
         # One number per pixel: copying tap by tap runs NumPy's inner loop along whole image
-        # rows instead of along F_w numbers, three times faster.
+        # rows instead of along F_w numbers, which is much faster.
         for i in range(fh):
             for j in range(fw):
                 out[:, :, :, i, j] = tap(x, i, j, view.shape[1:3], stride)
     else:
         np.copyto(out, view)
     return out.reshape(-1, fh * fw * d)
-
-
-def finish_rows(out, bias_row, relu):
-    """Add the bias to (and, with relu, rectify) output rows in place: out (c, H', W', K).
-
-    Over whole output rows of W' * K numbers, with the bias tiled W' times: NumPy's inner loops
-    are fast on long rows and slow on K-long ones or against a scalar 0.
-    """
-    o = out.reshape(-1, bias_row.size)
-    fast = compiled.kernels(o, bias_row)
-    if fast is not None:
-        fast.add_bias_relu(o, bias_row, relu)
-        return
-    np.add(o, bias_row, out=o)
-    if relu:
-        np.maximum(o, np.zeros_like(bias_row), out=o)
-
-
-def relu_masked(dout, out, into):
-    """dout times the ReLU's mask (out > 0), written into `into`; dout, out: (c, H', W', K)."""
-    fast = compiled.kernels(dout, out, into)
-    if fast is not None:
-        fast.relu_mask(dout, out, into)
-        return into
-    c, ho, wo, k = out.shape
-    positive = scratch("conv.mask", (c * ho, wo * k), bool)
-    np.greater(out.reshape(-1, wo * k), np.zeros(wo * k, out.dtype), out=positive)
-    return np.multiply(dout, positive.reshape(into.shape), out=into)
 
 
 def conv_forward_im2col(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,

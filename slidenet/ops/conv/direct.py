@@ -14,10 +14,10 @@ call on the worker threads, without the GIL.
 
 It pays where the compiler unrolls the whole window, which it does up to DIRECT_MAX_TAPS
 numbers (a 3x3 window of 3 channels, a 5x5 one of 1), and where there are enough filters
-(DIRECT_MIN_FILTERS) to fill a vector: then it is 15-40% faster than im2col's rows + GEMM
-(with its compiled passes) at batches of 128 and 256 on two worker threads, up to 1.6x on one
-image (docs/benchmarks.md, "Thin first layers"). Beyond that window the same loops are not
-unrolled and run 10 to 25 times slower, so the pair refuses it.
+(DIRECT_MIN_FILTERS) to fill a vector: then it beats im2col's rows + GEMM (with its compiled
+passes). Beyond that window the same loops are not unrolled and run many times slower, so the
+pair refuses it. docs/benchmarks.md ("Thin first layers", "Where the kernels' thresholds come
+from") has the measurements.
 
 Backward is im2col's: dw = rows^T @ dout is a GEMM that runs near the BLAS peak, and a direct
 dw (each pixel's window times its K gradients, added into dw) was slower. A first layer needs no
@@ -28,20 +28,19 @@ GEMM adds the window's products in its own order.
 """
 import numpy as np
 
-from slidenet.ops import compiled, fullconv
-from slidenet.ops.im2col import (
-    ConvCache, check_shapes, conv_backward_im2col, conv_forward_im2col)
+from slidenet.ops import compiled
+from slidenet.ops.conv import full_dx
+from slidenet.ops.conv.common import ConvCache, check_shapes
+from slidenet.ops.conv.im2col import conv_backward_im2col, conv_forward_im2col
 from slidenet.ops.runtime import batch_chunks, bordered, empty, run_chunks
 
-# The largest window (F_h * F_w * D numbers) the kernel is compiled well for: measured, a 3x3x3
-# window runs at 40-60 GFLOPS on one core, a 5x5x3 one at 3 (the compiler leaves its loops
-# rolled, and the channel loop is no longer vectorised).
+# The largest window (F_h * F_w * D numbers) the kernel is compiled well for: beyond it the
+# compiler leaves its loops rolled, and the channel loop is no longer vectorised.
 DIRECT_MAX_TAPS = 27
 # Inputs at most this deep are "thin": deeper ones make windows too large, and their rows GEMMs
 # run well anyway.
 DIRECT_MAX_DEPTH = 4
-# Below this many filters the vectorised loop over them is too short: 8 filters on an RGB input
-# ran 15-30% slower than im2col (measured), 16 and more faster.
+# Below this many filters the vectorised loop over them is too short to beat im2col.
 DIRECT_MIN_FILTERS = 16
 
 
@@ -105,6 +104,6 @@ def conv_backward_direct(dout, cache, need_dx=True, relu=False):
     dout: (N, H', W', K). Returns dx (N, H, W, D) (None when need_dx is False), dw (F_h, F_w,
     D, K), db (K,). relu: dout is first multiplied by the mask of the forward's ReLU.
     """
-    if need_dx and fullconv.applies(cache.w.shape[:2], cache.stride, cache.pad):
-        return fullconv.conv_backward_full(dout, cache, need_dx, relu)
+    if need_dx and full_dx.applies(cache.w.shape[:2], cache.stride, cache.pad):
+        return full_dx.conv_backward_full(dout, cache, need_dx, relu)
     return conv_backward_im2col(dout, cache, need_dx, relu)

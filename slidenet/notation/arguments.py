@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from slidenet.errors import GeometryError, PatternError
 from slidenet.geometry import same_padding
+from slidenet.storage.limits import MAX_NUMBER
 
-MAX_NUMBER = 100_000    # largest filter count, window, stride, padding, output count or repeat
 
 # ASCII only: \d and str.isdigit accept digits int() and float() would then choke on.
 WHOLE = re.compile(r"[0-9]+")

@@ -15,7 +15,7 @@ def evaluate(net, x_uint8, y, normalizer, num_classes, loss="softmax", batch_siz
 
 def tally(net, x_uint8, y, normalizer, num_classes, loss="softmax", batch_size=256):
     """The counts behind `evaluate`: confusion (num_classes, num_classes) int64 and the summed
-    loss, which add up over parts of a data set (`slidenet.distributed` scores one per rank)."""
+    loss, which add up over parts of a data set (`slidenet.training.distributed` scores one per rank)."""
     loss_fn = LOSSES[loss]
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     total_loss = 0.0

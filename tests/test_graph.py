@@ -324,3 +324,27 @@ def test_graph_model_trains_saves_loads_evaluates_and_predicts(tmp_path):
     np.testing.assert_array_equal(load(str(again)).scores(xt[:5]), model.scores(xt[:5]))
     r = run_cli("train", "--resume", str(out / "model.npz"), "--epochs", "7")
     assert r.returncode == 0, r.stderr
+
+
+def test_serve_explains_a_sum_by_its_branches_and_a_concatenation_by_its_source():
+    from slidenet.data.normalize import Normalizer
+    from slidenet.model import Model
+    from slidenet.serve.explain import Explainer
+    net = Net.from_pattern("INPUT(6x6x1) -> CONV(3) -> { CONV(3) -> RELU | ID } -> ADD -> "
+                           "{ CONV(2, 1x1) | MAXPOOL(3x3, s=1, p=1) } -> CONCAT -> FC(2)", seed=3)
+    model = Model(net, Normalizer(np.array([0.5], np.float32), np.array([0.25], np.float32)),
+                  {"pattern": net.pattern, "class_names": ["a", "b"]})
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 6, 1)).astype(np.uint8)
+    explainer = Explainer(model)
+    x = model.normalizer.normalize(pixels[None])
+    conv1 = net.layers[0].forward(x, False)
+    add = explainer.unit(pixels, "add1", 2, 4, 1)["explanation"]
+    skip = conv1[0, 2, 4, 1]
+    branch = np.maximum(net.layers[1].branches[0][0].forward(conv1, False), 0)[0, 2, 4, 1]
+    assert add["form"] == "sum" and [p["text"] for p in add["parts"]] == ["CONV(3) -> RELU", "ID"]
+    np.testing.assert_allclose([p["value"] for p in add["parts"]], [branch, skip], rtol=1e-6)
+    answer = explainer.unit(pixels, "concat1", 3, 1, 4)
+    concat = answer["explanation"]
+    assert concat["form"] == "concat" and concat["branch"] == 2 and concat["channel_in_branch"] == 2
+    assert concat["text"] == "MAXPOOL(3x3, s=1, p=1)" and concat["depths"] == [2, 3]
+    np.testing.assert_allclose(concat["value"], answer["activation"], rtol=1e-6)

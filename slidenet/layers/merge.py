@@ -142,6 +142,21 @@ class _Merge(Layer):
             return self.combine(outs)
         return run
 
+    def branch_outputs(self, x):
+        """Each branch's output for one image x (H, W, D), evaluation mode: a list of arrays."""
+        outs = []
+        for branch in self.branches:
+            out = x[None]
+            for layer in branch:
+                out = layer.forward(out, False)
+                layer.cache = None
+            outs.append(out[0])
+        return outs
+
+    def texts(self):
+        """Each branch as written: "CONV(64) -> RELU -> CONV(64)"."""
+        return [" -> ".join(layer.info.spec.text for layer in branch) for branch in self.branches]
+
     def to_onnx(self, graph):
         start, ends = graph.tensor, []
         for branch in self.branches:
@@ -183,6 +198,15 @@ class Add(_Merge):
     def onnx_merge(self, graph, ends):
         return graph.node("Sum", ends)
 
+    def explain(self, x, i, j, channel):
+        """The unit at (i, j, channel) as its branches' numbers there, added: {"form": "sum",
+        "parts": [{"branch", "text", "value"}], "value"} (float64 sum of the float32 parts)."""
+        outs = self.branch_outputs(x)
+        parts = [{"branch": number, "text": text, "value": float(out[i, j, channel])}
+                 for number, (text, out) in enumerate(zip(self.texts(), outs), 1)]
+        return {"form": "sum", "channel": int(channel), "parts": parts,
+                "value": float(sum(part["value"] for part in parts))}
+
 
 @register
 class Concat(_Merge):
@@ -211,6 +235,19 @@ class Concat(_Merge):
 
     def onnx_merge(self, graph, ends):
         return graph.node("Concat", ends, axis=1)
+
+    def explain(self, x, i, j, channel):
+        """Which branch channel `channel` comes from: {"form": "concat", "branch" (1-based),
+        "text", "first" (the branch's first channel here), "channel_in_branch", "value"}."""
+        outs, first = self.branch_outputs(x), 0
+        for number, (text, out) in enumerate(zip(self.texts(), outs), 1):
+            if channel < first + out.shape[-1]:
+                inside = int(channel - first)
+                return {"form": "concat", "channel": int(channel), "branch": number,
+                        "text": text, "first": first, "depths": [o.shape[-1] for o in outs],
+                        "channel_in_branch": inside, "value": float(out[i, j, inside])}
+            first += out.shape[-1]
+        raise ValueError(f"channel {channel} is beyond the {first} channels of {self.name}")
 
 
 def _unequal(first, shape, text1, text2, index):

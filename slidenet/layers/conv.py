@@ -149,8 +149,12 @@ class Conv(Layer):
         d = info.input_shape[2]
         k, self.groups = self.shape_of(info.spec, d)
         self.sides = sliding.sides(info.spec, info.input_shape)
-        # Both sides alike, one group: the convolution pairs as before (and fusion with RELU).
-        self.fusable = self.sides.even and self.groups == 1
+        # One group: the convolution pairs, fused with a RELU after it; padding that differs
+        # per side (or crops) is made once by `ops.sides`, and the pair then pads nothing.
+        # Groups run `ops.grouped_conv_forward` on their own.
+        self.fusable = self.groups == 1
+        self.pad = self.sides.before if self.sides.even else (0, 0)
+        self.input_shape = None
         fan_in = fh * fw * d // self.groups
         w = init.rng.standard_normal((fh, fw, d // self.groups, k)) * np.sqrt(2 / fan_in)
         self.param("W", w.astype(init.dtype))
@@ -166,27 +170,26 @@ class Conv(Layer):
     def forward(self, x, train, relu=False):
         """x (N, H, W, D) -> (N, H', W', K); relu=True applies the next RELU too (fusion)."""
         stride = self.info.spec.stride
+        self.input_shape = x.shape
+        x = self._padded(x)
         if self.fusable:
-            out, self.cache = ops.conv_forward(x, self.params["W"], self.bias, stride,
-                                               self.sides.before, relu=relu)
-            return out
-        xp, pad = x, self.sides.before
-        if not self.sides.even:
-            xp, pad = pad_sides(x, self.sides.before, self.sides.after), (0, 0)
-        out, cache = ops.grouped_conv_forward(xp, self.params["W"], self.bias, stride, pad,
-                                              self.groups, relu=relu)
-        self.cache = (cache, x.shape)
+            out, self.cache = ops.conv_forward(x, self.params["W"], self.bias, stride, self.pad,
+                                               relu=relu)
+        else:
+            out, self.cache = ops.grouped_conv_forward(x, self.params["W"], self.bias, stride,
+                                                       self.pad, self.groups, relu=relu)
         return out
+
+    def _padded(self, x):
+        """x with the padding of both sides made, when they differ (else x itself)."""
+        return x if self.sides.even else pad_sides(x, self.sides.before, self.sides.after)
 
     def backward(self, dout, need_dx=True, relu=False):
         """relu=True: apply the mask of the RELU that forward(relu=True) applied."""
-        if self.fusable:
-            dx, dw, db = ops.conv_backward(dout, self.cache, need_dx, relu=relu)
-        else:
-            cache, shape = self.cache
-            dx, dw, db = ops.grouped_conv_backward(dout, cache, need_dx, relu=relu)
-            if dx is not None and not self.sides.even:
-                dx = unpad_sides(dx, self.sides.before, self.sides.after, shape)
+        backward = ops.conv_backward if self.fusable else ops.grouped_conv_backward
+        dx, dw, db = backward(dout, self.cache, need_dx, relu=relu)
+        if dx is not None and not self.sides.even:
+            dx = unpad_sides(dx, self.sides.before, self.sides.after, self.input_shape)
         self.grads["W"][...] = dw
         if self.no_bias is None:
             self.grads["b"][...] = db
@@ -217,8 +220,8 @@ class Conv(Layer):
                 return out
             return run
         prepared = ops.prepare_conv(self.params["W"], self.bias, self.info.spec.stride,
-                                    self.sides.before, relu, height=self.info.input_shape[0])
-        return lambda x: ops.conv_infer(x, prepared)
+                                    self.pad, relu, height=self.info.input_shape[0])
+        return lambda x: ops.conv_infer(self._padded(x), prepared)
 
     def filter_images(self):
         return self.params["W"]

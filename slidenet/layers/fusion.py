@@ -15,8 +15,7 @@ and that maximum passed the ReLU exactly when the pooled value is above zero.
 
 A fused step holds the original layers (`parts`) and uses their parameters and gradients, so
 the net's arrays are the same whichever steps run; results equal the unfused layers' (tested).
-A layer whose `fusable` is False (a grouped CONV, or one padded unevenly, a padded MAXPOOL) runs
-on its own.
+A layer whose `fusable` is False (a grouped CONV) runs on its own.
 `Net.activations` runs the unfused layers, so every layer's own output stays visible.
 """
 from slidenet import ops

@@ -88,12 +88,13 @@ class _Pool(Pooling):
     def __init__(self, info, init):
         super().__init__(info, init)
         self.sides = sliding.sides(info.spec, info.input_shape, can_pad=False)
-        # Unpadded and tiling: the pooling pairs as they are (and fusion with RELU).
-        self.fusable = self.sides.before == self.sides.after == (0, 0)
+        # Padded or rounded: the input is padded (or cropped) once, and the pooling pair runs
+        # unpadded on it, fused with a RELU before it or not.
+        self.padded = not self.sides.before == self.sides.after == (0, 0)
 
     def forward(self, x, train):
         self.input_shape = x.shape
-        if not self.fusable:
+        if self.padded:
             x = pad_sides(x, self.sides.before, self.sides.after, self.fill)
         out, self.cache = self.kernels[0](x, self.info.spec.size, self.info.spec.stride)
         return out
@@ -102,7 +103,7 @@ class _Pool(Pooling):
         return self._unpadded(self.kernels[1](dout, self.cache))
 
     def _unpadded(self, dx):
-        if self.fusable:
+        if not self.padded:
             return dx
         return unpad_sides(dx, self.sides.before, self.sides.after, self.input_shape)
 

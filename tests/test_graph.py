@@ -348,3 +348,25 @@ def test_serve_explains_a_sum_by_its_branches_and_a_concatenation_by_its_source(
     assert concat["form"] == "concat" and concat["branch"] == 2 and concat["channel_in_branch"] == 2
     assert concat["text"] == "MAXPOOL(3x3, s=1, p=1)" and concat["depths"] == [2, 3]
     np.testing.assert_allclose(concat["value"], answer["activation"], rtol=1e-6)
+
+
+def test_a_units_field_through_branches_is_where_its_gradient_reaches():
+    from slidenet.viz.patches import fields
+    pattern = ("INPUT(13x13x1) -> CONV(2, 3x3) -> { CONV(2, 3x3, s=2, p=1, round=down) -> "
+               "CONV(2, 5x5) | CONV(2, 1x1, s=2, round=down) } -> ADD -> "
+               "{ ID | AVGPOOL(3x3, s=1, p=1) } -> CONCAT")
+    net = Net.from_pattern(pattern, dtype="float64", seed=2)
+    x = np.random.default_rng(0).standard_normal((1, 13, 13, 1))
+    out = net.forward(x, train=True)
+    height, width = fields(net.infos, len(net.infos) - 1)
+    for i, j in ((0, 0), (3, 2), (6, 6)):
+        dout = np.zeros_like(out)
+        dout[0, i, j, 3] = 1.0          # an AVGPOOL channel: the widest branch (the ID's
+                                        # channels 0 and 1 see only what ADD's output sees)
+        net.forward(x, train=True)
+        reach = np.nonzero(np.abs(net.backward(dout))[0, :, :, 0] > 0)
+        rows = [max(v, 0) for v in height.window(i)]
+        cols = [max(v, 0) for v in width.window(j)]
+        # The gradient reaches exactly the field (clipped to the image), for generic weights.
+        assert (reach[0].min(), reach[0].max() + 1) == (rows[0], min(rows[1], 13))
+        assert (reach[1].min(), reach[1].max() + 1) == (cols[0], min(cols[1], 13))

@@ -348,6 +348,10 @@ def test_serve_explains_a_sum_by_its_branches_and_a_concatenation_by_its_source(
     assert concat["form"] == "concat" and concat["branch"] == 2 and concat["channel_in_branch"] == 2
     assert concat["text"] == "MAXPOOL(3x3, s=1, p=1)" and concat["depths"] == [2, 3]
     np.testing.assert_allclose(concat["value"], answer["activation"], rtol=1e-6)
+    # The page's layer list names each merge with its branches, and counts their weights.
+    described = explainer.describe()
+    assert described["layers"][1]["text"] == "{ CONV(3) -> RELU | ID } -> ADD"
+    assert described["params"] == sum(a.size for a in net.params.values())
 
 
 def test_a_units_field_through_branches_is_where_its_gradient_reaches():

@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 
 from harness import check_kernel
+from helpers import bars, write_bars
 from slidenet import Net, geometry, ops
 from slidenet.errors import PatternError
 from slidenet.gradcheck import TOLERANCE, check_pattern
 from slidenet.model import load, save
-from slidenet.ops import naive
 from slidenet.notation.pattern import parse
 from slidenet.notation.shapes import infer, walk_infos
 from slidenet.notation.summary import summary_json, summary_text
+from slidenet.ops import naive
 
 RESIDUAL = ("INPUT(6x6x3) -> CONV(4) -> { CONV(4) -> BN -> RELU -> CONV(4) | ID } -> ADD -> RELU "
             "-> { CONV(6, s=2, p=1, round=down) -> RELU -> CONV(6) | CONV(6, 1x1, s=2, round=down) } -> ADD "
@@ -302,16 +303,13 @@ def run_cli(*args):
 
 
 def test_graph_model_trains_saves_loads_evaluates_and_predicts(tmp_path):
-    from test_train import bars
-    x, y = bars(150)
-    xt, yt = bars(60, seed=1)
-    data = tmp_path / "bars.npz"
-    np.savez(data, x=x, y=y, x_test=xt, y_test=yt)
+    data = write_bars(tmp_path / "bars.npz", 150)
+    xt, _ = bars(60, seed=1)
     pattern = ("INPUT(8x8x1) -> CONV(8) -> BN -> RELU -> { CONV(8) -> RELU -> CONV(8, g=2) | ID } "
                "-> ADD -> RELU -> { CONV(4, 1x1) | DWCONV(3x3, p=same) } -> CONCAT -> "
                "MAXPOOL(3x3, s=2, p=1, round=down) -> CONV(3, 1x1) -> GLOBALAVGPOOL")
     out = tmp_path / "run"
-    r = run_cli("train", "--pattern", pattern, "--data", f"npz:{data}", "--epochs", "6",
+    r = run_cli("train", "--pattern", pattern, "--data", data, "--epochs", "6",
                 "--batch-size", "16", "--lr", "1e-2", "--no-augment", "--out", str(out))
     assert r.returncode == 0, r.stderr
     r = run_cli("eval", str(out / "best.npz"), "--json")
@@ -320,7 +318,7 @@ def test_graph_model_trains_saves_loads_evaluates_and_predicts(tmp_path):
     model = load(str(out / "best.npz"))
     assert "conv1.b" not in model.net.params and "conv4.W" in model.net.params
     again = tmp_path / "again.npz"
-    save(str(again), model.net, model.normalizer, ["a", "b", "c"])
+    save(str(again), model.net, model.normalizer, model.class_names)
     np.testing.assert_array_equal(load(str(again)).scores(xt[:5]), model.scores(xt[:5]))
     r = run_cli("train", "--resume", str(out / "model.npz"), "--epochs", "7")
     assert r.returncode == 0, r.stderr

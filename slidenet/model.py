@@ -252,6 +252,7 @@ def load(path):
                 if stored.shape != live.shape:
                     raise KeyError(name)
                 live[...] = stored
+        arrays = _fold_dropped_biases(net, arrays)
         normalizer = Normalizer.from_arrays(
             {k[len("norm/"):]: v for k, v in arrays.items() if k.startswith("norm/")})
     except (KeyError, TypeError, ValueError) as err:
@@ -278,6 +279,29 @@ def _check_numbers(arrays, normalizer, depth, path):
         raise ModelFileError(f"{path}: its normaliser's std is {normalizer.std.tolist()}; each "
                              "must be above 0 (slidenet fits 1 for a constant channel), so the "
                              "file is damaged")
+
+
+def _fold_dropped_biases(net, arrays):
+    """A file written before a CONV or FC directly followed by BATCHNORM lost its bias still
+    holds that bias ("param/conv1.b"), and its BATCHNORM's running mean was measured with it.
+    Evaluation computes (y + b - mean) / sd; the net now computes y without b, so the bias is
+    folded into the mean (mean - b) and the outputs stay the same (to float rounding). In
+    training, each batch's own mean cancels b exactly. The bias and its optimiser state are
+    left out of the arrays returned (what `--resume` reads)."""
+    dropped = net.dropped_biases()
+    for name, batchnorm in dropped.items():
+        old = arrays.get(f"param/{name}")
+        if old is not None:
+            mean = net.buffers[f"{batchnorm}.running_mean"]
+            if old.shape != mean.shape:
+                raise KeyError(name)
+            mean -= old.astype(mean.dtype)
+    if not any(f"param/{name}" in arrays for name in dropped):
+        return arrays
+    return {key: value for key, value in arrays.items()
+            if not any(key == f"param/{name}" or (key.startswith("optim/")
+                                                  and key.endswith(f"/{name}"))
+                       for name in dropped)}
 
 
 def model_arrays(net, normalizer, optimizer=None, rngs=None):

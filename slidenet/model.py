@@ -30,7 +30,7 @@ from slidenet.errors import DataError, ModelFileError
 from slidenet.net import Net
 from slidenet.ops.losses import softmax
 from slidenet.notation.pattern import parse
-from slidenet.notation.shapes import infer
+from slidenet.notation.shapes import infer, walk_infos
 from slidenet.storage import modelfile, modelmeta, rngstate
 
 FORMAT = "slidenet-model"
@@ -241,8 +241,8 @@ def load(path):
     skip = meta.get("skip_optional", False)
     # The pattern's shapes, worked out without allocating, against the arrays present: a meta
     # that claims a bigger net than the file holds is refused before any weight exists.
-    modelmeta.check_sizes(infer(parse(meta["pattern"], variables, skip), meta["pattern"]),
-                          arrays, dtype, path)
+    infos = infer(parse(meta["pattern"], variables, skip), meta["pattern"])
+    modelmeta.check_sizes(walk_infos(infos), arrays, dtype, path)
     try:
         net = Net.from_pattern(meta["pattern"], seed=0, dtype=dtype, skip_optional=skip,
                                **variables)
@@ -252,12 +252,13 @@ def load(path):
                 if stored.shape != live.shape:
                     raise KeyError(name)
                 live[...] = stored
-        arrays = _fold_dropped_biases(net, arrays)
         normalizer = Normalizer.from_arrays(
             {k[len("norm/"):]: v for k, v in arrays.items() if k.startswith("norm/")})
+        # The numbers as the file holds them, a bias that is folded below included.
+        _check_numbers(arrays, normalizer, net.input_shape[-1], path)
+        arrays = _fold_dropped_biases(net, arrays)
     except (KeyError, TypeError, ValueError) as err:
         raise ModelFileError(f"{path}: not a complete slidenet model ({err})") from None
-    _check_numbers(arrays, normalizer, net.input_shape[-1], path)
     return Model(net, normalizer, meta, arrays)
 
 

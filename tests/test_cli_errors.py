@@ -7,27 +7,20 @@ import argparse
 import errno
 import json
 
-import numpy as np
 import pytest
 
+from helpers import TINY, bars, one_line_error, write_bars
 from slidenet import cli
+from slidenet.cli import main
 from slidenet.layers.conv import Conv
 from slidenet.layers.fc import FC
 from slidenet.layers.pool import MaxPool
-from slidenet.cli import main
 from slidenet.training.loop import TrainConfig, train
-
-from test_train import TINY, bars
 
 
 @pytest.fixture(scope="module")
 def data_spec(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    x, y = bars(96)
-    xt, yt = bars(30, seed=1)
-    np.savez(folder / "bars.npz", x=x, y=y, x_test=xt, y_test=yt,
-             class_names=np.array(["row", "column", "dot"]))
-    return f"npz:{folder / 'bars.npz'}"
+    return write_bars(tmp_path_factory.mktemp("data") / "bars.npz", 96, test=30)
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +31,6 @@ def model(tmp_path_factory, data_spec):
                       optimizer="momentum", momentum=0.8, seed=5, out=str(out)),
           log=lambda *_: None)
     return out / "model.npz"
-
-
-def one_line_error(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 # --- the top-level guard --------------------------------------------------------------------
@@ -163,6 +146,9 @@ def test_predict_in_batches_gives_the_same_answers(model, tmp_path, capsys):
     (["--flip"], ["--flip cannot change", "with no --flip"]),
     (["--data", "mnist5k"], ["--data cannot change", "--data npz:"]),
     (["--val-fraction", "0.2"], ["--val-fraction cannot change", "with --val-fraction 0.1"]),
+    (["--erase", "0.5"], ["--erase cannot change", "with --erase 0.0"]),
+    (["--label-smoothing", "0.1"], ["--label-smoothing cannot change",
+                                     "with --label-smoothing 0.0"]),
 ])
 def test_a_flag_that_cannot_apply_on_resume_is_an_error(model, capsys, flags, needles):
     before = model.read_bytes()
@@ -197,6 +183,17 @@ def test_momentum_with_an_optimizer_that_does_not_use_it(tmp_path, capsys, data_
     one_line_error(capsys, ["train", "--pattern", TINY, "--data", data_spec, "--momentum", "0.5",
                             "--out", str(tmp_path / "r")],
                    "--momentum applies to --optimizer momentum or nesterov, not adam")
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--erase", "1.5"], "--erase must be in [0, 1), not 1.5"),
+    (["--label-smoothing", "-0.1"], "--label-smoothing must be in [0, 1), not -0.1"),
+    (["--label-smoothing", "0.1", "--loss", "svm"],
+     "label smoothing spreads the softmax loss's targets; the svm loss has none"),
+])
+def test_erase_and_label_smoothing_out_of_range(tmp_path, capsys, data_spec, flags, needle):
+    one_line_error(capsys, ["train", "--pattern", TINY, "--data", data_spec, *flags,
+                            "--out", str(tmp_path / "r")], needle)
 
 
 def test_bench_net_and_pattern_exclude_each_other(capsys):
@@ -238,3 +235,58 @@ def test_epochs_help_says_it_counts_the_epochs_already_done(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "total epochs of the run, counting those a resumed run has already done" in text
     assert "(default: 15)" in text
+
+
+# --- fuzzed flags (#25): what argparse lets through is refused in one line ------------------
+
+def _argv_with(name, parser, flag):
+    """argv for the command `name` ("slidenet viz curves") with `flag`=-- and a placeholder for
+    each positional argument, so that argparse accepts it."""
+    words = name.split()[1:]
+    positional = [a for a in parser._actions if not a.option_strings
+                  and not isinstance(a, argparse._SubParsersAction)]
+    required = [w for a in parser._actions if a.required and a.option_strings
+                and flag not in a.option_strings for w in (a.option_strings[0], "x")]
+    return [*words, *("x" for _ in positional), *required, f"{flag}=--"]
+
+
+def test_every_flag_given_dash_dash_as_its_value_is_one_line(capsys):
+    """argparse stores `--FLAG=--` as an empty list, which no command expects."""
+    tried = 0
+    for name, parser in _parsers(cli.build_parser()):
+        if any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):
+            continue
+        for action in parser._actions:
+            if (not action.option_strings or action.nargs is not None
+                    or not isinstance(action, (argparse._StoreAction, argparse._AppendAction))):
+                continue
+            flag = action.option_strings[-1]
+            one_line_error(capsys, _argv_with(name, parser, flag), f"{flag}=-- gives {flag} no "
+                                                                   "value")
+            tried += 1
+    assert tried > 60
+
+
+@pytest.mark.parametrize("argv", [["gradcheck", "INPUT(4x4x1) -> FC(2)", "--seed", "-1"],
+                                  ["train", "--seed", "-1"],
+                                  ["viz", "maximize", "MODEL", "--seed", "-1"],
+                                  ["train", "--seed", str(2**64)]])
+def test_a_seed_out_of_range_is_one_line(capsys, model, argv):
+    argv = [str(model) if a == "MODEL" else a for a in argv]
+    one_line_error(capsys, argv, "--seed must be a whole number from 0 to 2**64 - 1")
+
+
+@pytest.mark.parametrize("value, needle", [("1e999", "--budget must be a finite number, not inf"),
+                                           ("nan", "--budget must be a finite number, not nan"),
+                                           ("1e300", "--budget is in MiB")])
+def test_bench_budget_that_is_not_a_size(capsys, value, needle):
+    one_line_error(capsys, ["bench", "--budget", value], needle)
+
+
+def test_viz_curves_on_a_history_nested_100000_deep(tmp_path, capsys):
+    (tmp_path / "history.json").write_text("[" * 100_000 + "]" * 100_000)
+    one_line_error(capsys, ["viz", "curves", str(tmp_path), "--out", str(tmp_path / "c.png")],
+                   "nests more than 16 deep")
+    (tmp_path / "history.json").write_text('[{"epoch": 1, "loss": "x", "accuracy": 1}]')
+    one_line_error(capsys, ["viz", "curves", str(tmp_path), "--out", str(tmp_path / "c.png")],
+                   "an epoch's loss is \"x\", not a number")

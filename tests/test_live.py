@@ -21,6 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import (CLASSES, LIVE_ADDRESS, TINY_12, live_args, live_training, require,
+                     wait_for_exit, write_bars)
+
 from slidenet.data import Normalizer
 from slidenet.training.evaluate import evaluate
 from slidenet.model import load
@@ -30,22 +33,19 @@ from slidenet.serve.live import create_live_app
 from slidenet.serve.watch import Watcher
 from slidenet.training.loop import TrainConfig, Watched, train
 
-from serving import wait_for_exit
-from test_viz import CLASSES, PATTERN, bars
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from starlette.testclient import TestClient
 
-ADDRESS = "watch it learn on "
+PATTERN = TINY_12
+NAMES = list(CLASSES)
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 
 
-def write_bars(folder, n=240):
-    x, y = bars(n, seed=0)
-    xt, yt = bars(60, seed=1)
-    path = folder / "bars.npz"
-    np.savez(path, x=x, y=y, x_test=xt, y_test=yt, class_names=np.array(CLASSES))
-    return f"npz:{path}"
+def bars_data(folder, n=240):
+    """A data set of n 12 x 12 bars in `folder`: its spec."""
+    return write_bars(folder / "bars.npz", n, size=12)
 
 
 def decode(uri):
@@ -58,7 +58,7 @@ def decode(uri):
 def watched_run(tmp_path_factory):
     """A run of 3 epochs on the bars, watched."""
     folder = tmp_path_factory.mktemp("live")
-    config = TrainConfig(pattern=PATTERN, data=write_bars(folder), epochs=3, batch_size=16,
+    config = TrainConfig(pattern=PATTERN, data=bars_data(folder), epochs=3, batch_size=16,
                          lr=3e-3, seed=0, out=str(folder / "run"))
     watcher = Watcher(epochs=3)
     history = train(config, log=lambda *_: None, observer=watcher)
@@ -98,7 +98,7 @@ def test_the_epoch_view_is_evaluate_of_the_saved_model(watched_run):
     model = load(str(watched_run["folder"] / "run" / "model.npz"))
     x, y = watcher.watched.x_val, watcher.watched.y_val
     view = watcher.epoch_view()
-    assert view["epoch"] == 3 and view["classes"] == CLASSES
+    assert view["epoch"] == 3 and view["classes"] == NAMES
     want = evaluate(model.net, x, y, model.normalizer, 3)
     assert view["confusion"] == want["confusion"]
     assert view["accuracy"] == pytest.approx(want["accuracy"])
@@ -107,8 +107,8 @@ def test_the_epoch_view_is_evaluate_of_the_saved_model(watched_run):
     shown = [w["probability"] for w in view["worst"]]
     assert shown == pytest.approx(sorted(truth)[:len(shown)], abs=1e-6)
     for w in view["worst"]:
-        assert w["label"] == CLASSES[y[w["index"]]]
-        assert w["predicted"] == CLASSES[int(probs[w["index"]].argmax())]
+        assert w["label"] == NAMES[y[w["index"]]]
+        assert w["predicted"] == NAMES[int(probs[w["index"]].argmax())]
         np.testing.assert_array_equal(decode(w["uri"])[..., 0], x[w["index"], ..., 0])
 
 
@@ -136,11 +136,11 @@ def test_the_pictures_are_the_last_weights_guesses_and_maps(watched_run):
     x, y = watcher.watched.x_val, watcher.watched.y_val
     samples = pictures["samples"]
     assert len(samples) == watch.SAMPLES
-    assert {s["label"] for s in samples} == set(CLASSES)        # every class is shown
+    assert {s["label"] for s in samples} == set(NAMES)          # every class is shown
     for s in samples:
         probs = model.predict(x[s["index"]][None])[0]
-        assert s["label"] == CLASSES[y[s["index"]]]
-        assert [t["name"] for t in s["top"]] == [CLASSES[c] for c in np.argsort(-probs)]
+        assert s["label"] == NAMES[y[s["index"]]]
+        assert [t["name"] for t in s["top"]] == [NAMES[c] for c in np.argsort(-probs)]
         assert [t["probability"] for t in s["top"]] == pytest.approx(np.sort(probs)[::-1], abs=1e-6)
         relu = dict(model.net.activations(model.normalizer.normalize(x[s["index"]][None])))["relu1"]
         assert s["maps"]["layer"] == "relu1" and s["maps"]["low"] == 0
@@ -233,17 +233,6 @@ def test_the_live_app_answers_json_and_refuses_bad_requests():
 
 # ---- the command ----
 
-def _start(args, cwd):
-    process = subprocess.Popen([sys.executable, "-m", "slidenet", "train", *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    line = process.stdout.readline()
-    if ADDRESS not in line:
-        process.kill()
-        raise AssertionError(f"no address: {line!r} {process.stderr.read()!r}")
-    return process, line.split(ADDRESS)[1].split()[0].rstrip("/")
-
-
 def get(url):
     with urllib.request.urlopen(url, timeout=60) as response:
         return response.read().decode()
@@ -259,14 +248,9 @@ def wait_until(url, test, timeout=120):
     raise AssertionError(f"not reached: {progress}")
 
 
-def _args(data, out, epochs, *more):
-    return ["--pattern", PATTERN, "--data", data, "--epochs", str(epochs), "--batch-size", "16",
-            "--lr", "0.003", "--out", str(out), "--live", "--port", "0", *more]
-
-
 def test_live_training_then_the_explainer_then_ctrl_c_exits_0(tmp_path):
-    data = write_bars(tmp_path)
-    process, url = _start(_args(data, tmp_path / "run", 2), tmp_path)
+    data = bars_data(tmp_path)
+    process, url = live_training(live_args(data, tmp_path / "run", 2), tmp_path)
     try:
         progress = wait_until(url, lambda p: p["done"])
         assert progress["state"] == "finished" and progress["best"].endswith("best.npz")
@@ -286,8 +270,8 @@ def test_live_training_then_the_explainer_then_ctrl_c_exits_0(tmp_path):
 
 
 def test_ctrl_c_while_training_is_the_usual_interruption(tmp_path):
-    data = write_bars(tmp_path, n=600)
-    process, url = _start(_args(data, tmp_path / "run", 200), tmp_path)
+    data = bars_data(tmp_path, n=600)
+    process, url = live_training(live_args(data, tmp_path / "run", 200), tmp_path)
     try:
         wait_until(url, lambda p: p["epoch"] >= 1)
     finally:
@@ -300,13 +284,13 @@ def test_ctrl_c_while_training_is_the_usual_interruption(tmp_path):
 
 
 def test_a_resumed_run_shows_the_history_so_far(tmp_path):
-    data = write_bars(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "slidenet", "train", *_args(
+    data = bars_data(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "slidenet", "train", *live_args(
         data, tmp_path / "run", 2)[:-3], "--stop-after", "1"], capture_output=True, text=True,
         timeout=120, cwd=tmp_path)
     assert done.returncode in (0, 130) and (tmp_path / "run" / "model.npz").is_file(), done.stderr
-    process, url = _start(["--resume", str(tmp_path / "run" / "model.npz"), "--epochs", "2",
-                           "--live", "--port", "0"], tmp_path)
+    process, url = live_training(["--resume", str(tmp_path / "run" / "model.npz"), "--epochs",
+                                  "2", "--live", "--port", "0"], tmp_path)
     try:
         progress = wait_until(url, lambda p: p["done"])
         assert [h["epoch"] for h in progress["history"]] == [1, 2]
@@ -319,20 +303,11 @@ def test_a_resumed_run_shows_the_history_so_far(tmp_path):
 
 
 def test_under_mpiexec_rank_0_serves_and_all_ranks_end_together(tmp_path):
-    from test_distributed import MPIEXEC
-    if not os.access(MPIEXEC, os.X_OK):
-        if os.environ.get("SLIDENET_SKIP_MPI") == "1" and not os.environ.get("CI"):
-            pytest.skip("SLIDENET_SKIP_MPI=1")
-        pytest.fail(f"no mpiexec at {MPIEXEC}: install slidenet[mpi] (make setup does)")
-    data = write_bars(tmp_path)
-    process = subprocess.Popen(
-        [MPIEXEC, "-n", "2", sys.executable, "-m", "slidenet", "train",
-         *_args(data, tmp_path / "run", 2)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    require("MPI", None if os.access(MPIEXEC, os.X_OK) else f"no mpiexec at {MPIEXEC}")
+    data = bars_data(tmp_path)
+    process, url = live_training(live_args(data, tmp_path / "run", 2), tmp_path,
+                                 command=(MPIEXEC, "-n", "2"))
     try:
-        line = process.stdout.readline()
-        assert ADDRESS in line, (line, process.stderr.read())
-        url = line.split(ADDRESS)[1].split()[0].rstrip("/")
         progress = wait_until(url, lambda p: p["done"])
         assert progress["state"] == "finished" and len(progress["history"]) == 2
         assert json.loads((tmp_path / "run" / "history.json").read_text()) == progress["history"]
@@ -341,7 +316,7 @@ def test_under_mpiexec_rank_0_serves_and_all_ranks_end_together(tmp_path):
         process.send_signal(signal.SIGINT)
         status, out, err = wait_for_exit(process, timeout=60)
     assert status == 0, (out, err)
-    assert (line + out).count(ADDRESS) == 1 and "slidenet train: stopped" in out
+    assert LIVE_ADDRESS not in out and "slidenet train: stopped" in out   # rank 0's only
 
 
 def test_host_and_port_belong_to_live(tmp_path):

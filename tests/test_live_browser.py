@@ -7,52 +7,40 @@ explainer of best.npz. Launching Chromium, and the rules for a machine without i
 test_serve_browser.py.
 """
 import json
-import os
 import signal
-import subprocess
-import sys
 import urllib.request
 
 import numpy as np
 import pytest
 
+from helpers import (CLASSES, Visit, bars, import_part, live_args, live_training,
+                     wait_for_exit, write_bars)
 from slidenet.data import split_validation
 from slidenet.training.evaluate import evaluate
 from slidenet.model import load
 
-from serving import wait_for_exit
-from test_live import ADDRESS, _args, write_bars
-from test_serve_browser import Visit, browser  # noqa: F401  (browser: a fixture)
-from test_viz import CLASSES, bars
+(sync_api,) = import_part("BROWSER", "playwright.sync_api")
+expect = sync_api.expect
 
-from playwright.sync_api import expect  # noqa: E402
-
-EPOCHS = 60
+EPOCHS = 30
+IMAGES = 1200      # enough steps that the page is open well before training ends
 
 
 @pytest.fixture
 def run(tmp_path):
-    data = write_bars(tmp_path)
-    process = subprocess.Popen([sys.executable, "-m", "slidenet", "train",
-                                *_args(data, tmp_path / "run", EPOCHS)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    line = process.stdout.readline()
-    assert ADDRESS in line, (line, process.stderr.read())
-    yield process, line.split(ADDRESS)[1].split()[0].rstrip("/"), tmp_path
+    data = write_bars(tmp_path / "bars.npz", IMAGES, size=12)
+    process, url = live_training(live_args(data, tmp_path / "run", EPOCHS), tmp_path)
+    yield process, url, tmp_path
     process.send_signal(signal.SIGINT)
     status, out, err = wait_for_exit(process, timeout=60)
     assert status == 0 and "Traceback" not in err, err
 
 
-def test_the_page_grows_while_training_then_explains_best_npz(browser, run):  # noqa: F811
+def test_the_page_grows_while_training_then_explains_best_npz(browser, run):
     process, url, folder = run
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    visit = Visit(page, url)
-    page.on("console", lambda m: m.type == "error" and visit.errors.append(m.text))
-    page.on("pageerror", lambda err: visit.errors.append(str(err)))
-    page.on("request", lambda r: visit.requests.append(r.url))
+    visit = Visit.open(context, url)
+    page = visit.page
     page.goto(url + "/")
 
     # While training: the loss curve gains points as steps are trained.
@@ -86,7 +74,7 @@ def test_the_page_grows_while_training_then_explains_best_npz(browser, run):  # 
     assert int(accuracy.get_attribute("data-count")) == len(history) == EPOCHS
 
     model = load(str(folder / "run" / "model.npz"))
-    x, y = bars(240, seed=0)
+    x, y = bars(IMAGES, seed=0, size=12)
     _, val = split_validation(len(y), 0.1, 0)
     want = evaluate(model.net, x[val], y[val], model.normalizer, len(CLASSES))["confusion"]
     shown = page.locator("#confusion table tr").evaluate_all(

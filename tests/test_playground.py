@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
+from helpers import server
 from slidenet.cli import main
 from slidenet.data import Normalizer
 from slidenet.model import load, save
@@ -22,7 +23,6 @@ from slidenet.notation.pattern import MAX_DEPTH
 from slidenet.serve.app import create_app, create_playground_app
 from slidenet.storage.limits import MAX_PATTERN
 
-from serving import server
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")

@@ -7,14 +7,13 @@ rules for a machine without it, are those of test_serve_browser.py.
 """
 import pytest
 
+from helpers import Visit, import_part, server, table_numbers
 from slidenet.cli import main
 from slidenet.training.config import DEFAULT_PATTERN
 from slidenet.notation.summary import summarize
 
-from serving import server
-from test_serve_browser import Visit, _table, browser  # noqa: F401  (browser: a fixture)
-
-from playwright.sync_api import expect  # noqa: E402
+(sync_api,) = import_part("BROWSER", "playwright.sync_api")
+expect = sync_api.expect
 
 STRIDE_3 = "INPUT(7x7x1) -> CONV(1, 3x3, s=3, p=0) -> FC(2)"
 
@@ -26,14 +25,11 @@ def site(tmp_path_factory):
 
 
 @pytest.fixture
-def visit(browser, site):  # noqa: F811
+def visit(browser, site):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.grant_permissions(["clipboard-read", "clipboard-write"])
-    page = context.new_page()
-    seen = Visit(page, site)
-    page.on("console", lambda m: m.type == "error" and seen.errors.append(m.text))
-    page.on("pageerror", lambda err: seen.errors.append(str(err)))
-    page.on("request", lambda r: seen.requests.append(r.url))
+    seen = Visit.open(context, site)
+    page = seen.page
     page.goto(site + "/")
     expect(page.locator("body")).to_have_attribute("data-summarised", "1")
     yield seen
@@ -107,7 +103,7 @@ def test_the_copy_button_copies_the_train_command(visit):
 def test_the_slide_stepper_is_on_the_playground(visit):
     page = visit.page
     expect(page.locator("#slide-formula")).to_contain_text("(7 + 2*1 - 3) / 2 + 1 = 4")
-    padded, w = _table(page.locator("#slide-input")), _table(page.locator("#slide-filter"))
+    padded, w = table_numbers(page.locator("#slide-input")), table_numbers(page.locator("#slide-filter"))
     page.click("#slide-next")
     dot = int((padded[0:3, 2:5] * w).sum())
     assert page.locator("#slide-caption").inner_text().endswith(f"= {dot}")

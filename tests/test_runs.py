@@ -10,15 +10,10 @@ import warnings
 
 import pytest
 
-from slidenet.storage import modelfile
-from slidenet.storage import limits
+from helpers import TINY_12, server, train_runs
 from slidenet.serve.runs import Runs, create_runs_app
+from slidenet.storage import limits, modelfile
 from slidenet.storage.limits import MAX_HISTORY
-from slidenet.training.loop import TrainConfig, train
-
-from serving import server
-from test_live import write_bars
-from test_viz import PATTERN
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -27,26 +22,7 @@ with warnings.catch_warnings():
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    data = write_bars(root)
-    for name, lr, epochs in (("a-lr3e-3", 3e-3, 3), ("b-lr1e-2", 1e-2, 2)):
-        train(TrainConfig(pattern=PATTERN, data=data, epochs=epochs, batch_size=16, lr=lr,
-                          seed=0, out=str(root / "runs" / name)), log=lambda *_: None)
-    broken = root / "runs" / "c-broken"
-    broken.mkdir()
-    (broken / "history.json").write_text("{not json")
-    nan = root / "runs" / "d-nan"
-    nan.mkdir()
-    (nan / "history.json").write_text('[{"epoch": 1, "loss": NaN, "accuracy": 0.5}]')
-    large = root / "runs" / "e-large"
-    large.mkdir()
-    (large / "history.json").write_bytes(b" " * (MAX_HISTORY + 1))
-    damaged = root / "runs" / "f-damaged"
-    damaged.mkdir()
-    (damaged / "history.json").write_bytes((root / "runs" / "a-lr3e-3" / "history.json").read_bytes())
-    (damaged / "model.npz").write_bytes(b"PK\x03\x04 not a zip at all")
-    (root / "runs" / "no-history").mkdir()
-    return root / "runs"
+    return train_runs(tmp_path_factory.mktemp("runs"))
 
 
 def test_each_run_is_its_own_files(folder):
@@ -55,7 +31,7 @@ def test_each_run_is_its_own_files(folder):
     for run in answer["runs"]:
         assert run["history"] == json.loads((folder / run["name"] / "history.json").read_text())
         meta = modelfile.load(folder / run["name"] / "model.npz")[1]
-        assert run["pattern"] == meta["pattern"] == PATTERN
+        assert run["pattern"] == meta["pattern"] == TINY_12
         assert run["settings"]["lr"] == meta["config"]["lr"]
         assert run["best_val_accuracy"] == max(h["val_accuracy"] for h in run["history"])
     assert [len(run["history"]) for run in answer["runs"]] == [3, 2]

@@ -5,29 +5,30 @@ import json
 
 import pytest
 
-from serving import server
-from test_runs import folder  # noqa: F401  (a fixture)
-from test_serve_browser import Visit, browser  # noqa: F401  (a fixture)
+from helpers import Visit, import_part, server, train_runs
 
-from playwright.sync_api import expect  # noqa: E402
+(sync_api,) = import_part("BROWSER", "playwright.sync_api")
+expect = sync_api.expect
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return train_runs(tmp_path_factory.mktemp("runs"))
 
 
 @pytest.fixture
-def visit(browser, folder):  # noqa: F811
+def visit(browser, folder):
     with server(folder, cwd=folder) as (_, url):
         context = browser.new_context(viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        seen = Visit(page, url)
-        page.on("console", lambda m: m.type == "error" and seen.errors.append(m.text))
-        page.on("pageerror", lambda err: seen.errors.append(str(err)))
-        page.on("request", lambda r: seen.requests.append(r.url))
+        seen = Visit.open(context, url)
+        page = seen.page
         page.goto(url + "/")
         expect(page.locator("body")).to_have_attribute("data-runs", "2")
         yield seen
         context.close()
 
 
-def test_the_runs_are_overlaid_and_can_be_hidden(visit, folder):  # noqa: F811
+def test_the_runs_are_overlaid_and_can_be_hidden(visit, folder):
     page = visit.page
     lines = page.locator("#chart-val polyline")
     counts = lines.evaluate_all("ls => ls.map(l => [l.dataset.series, Number(l.dataset.count)])")

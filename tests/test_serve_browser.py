@@ -9,34 +9,23 @@ Every test also checks that the page asked no other host for anything.
 Needs /usr/bin/chromium (`make browser`, or `apt-get install chromium`). Missing, these tests
 fail; SLIDENET_SKIP_BROWSER=1 skips them on a machine without it (never in CI).
 """
-import os
 import re
-from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 
+from helpers import Visit, bars, image_like, import_part, png_bytes, server, table_numbers, train_tiny
 from slidenet import Net, geometry
 from slidenet.data import Normalizer
 from slidenet.errors import GeometryError
 from slidenet.model import load, save
 from slidenet.viz.patches import top_patches
 
-from serving import image_like, png_bytes, server
-from test_viz import bars, train_tiny
-
-CHROMIUM = "/usr/bin/chromium"
-# The test machine's network is closed: Chromium must not try its own background connections.
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 TILE = 56           # CSS pixels of a map tile's longer side (serve.js)
 CELL = 14           # CSS pixels of a strip cell (serve.js)
 
-if os.environ.get("SLIDENET_SKIP_BROWSER") == "1" and not os.environ.get("CI"):
-    pytest.skip("SLIDENET_SKIP_BROWSER=1", allow_module_level=True)
-
-from playwright.sync_api import expect, sync_playwright  # noqa: E402  (after the skip)
+(sync_api,) = import_part("BROWSER", "playwright.sync_api")
+expect = sync_api.expect
 
 
 @pytest.fixture(scope="module")
@@ -47,44 +36,11 @@ def site(tmp_path_factory):
         yield {"url": url, "model": load(str(path)), "folder": folder, "data": spec}
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: `make browser` (apt-get install chromium) installs "
-                    "it; SLIDENET_SKIP_BROWSER=1 skips the browser tests on this machine")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield chromium
-        chromium.close()
-
-
-@dataclass
-class Visit:
-    """A page of the site, and what it logged: console errors and every request's URL."""
-    page: object
-    url: str
-    errors: list = field(default_factory=list)
-    requests: list = field(default_factory=list)
-
-    def only_local(self):
-        own = urlsplit(self.url).netloc
-        others = [u for u in self.requests if urlsplit(u).scheme in ("http", "https", "ws", "wss")
-                  and urlsplit(u).netloc != own]
-        assert others == [], others
-
-    def clean(self):
-        assert self.errors == []
-        self.only_local()
-
-
 @pytest.fixture
 def visit(browser, site):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    seen = Visit(page, site["url"])
-    page.on("console", lambda m: m.type == "error" and seen.errors.append(m.text))
-    page.on("pageerror", lambda err: seen.errors.append(str(err)))
-    page.on("request", lambda r: seen.requests.append(r.url))
+    seen = Visit.open(context, site["url"])
+    page = seen.page
     page.goto(site["url"] + "/")
     expect(page.locator("#maps .layer")).to_have_count(len(site["model"].net.layers))
     yield seen
@@ -291,18 +247,13 @@ def test_clicking_an_fc_unit_works_out_its_sum(visit, site):
 
 # ---- 4. sliding a filter ----
 
-def _table(locator):
-    return np.array([[int(v) for v in row.locator("td").all_inner_texts()]
-                     for row in locator.locator("tr").all()])
-
-
 def test_the_slide_stepper_works_out_each_position(visit):
     page = visit.page
     expect(page.locator("#slide-formula")).to_contain_text("(7 + 2*1 - 3) / 2 + 1 = 4")
-    padded, w = _table(page.locator("#slide-input")), _table(page.locator("#slide-filter"))
+    padded, w = table_numbers(page.locator("#slide-input")), table_numbers(page.locator("#slide-filter"))
     assert padded.shape == (9, 9) and w.shape == (3, 3)
     assert not padded[0].any() and not padded[:, -1].any()         # the zero border
-    assert _table(page.locator("#slide-output")).shape == (4, 4)
+    assert table_numbers(page.locator("#slide-output")).shape == (4, 4)
     for _ in range(6):
         page.click("#slide-next")
     i, j = divmod(6, 4)
@@ -336,7 +287,7 @@ def test_top_patches_are_those_of_viz_patches(visit, site):
     page.click("#patches-form button")
     patches = page.locator("#patches-grid .patch")
     expect(patches).to_have_count(9)
-    x, y = bars(60, seed=1)
+    x, y = bars(60, seed=1, size=12)
     found = top_patches(model.net, x, model.normalizer, "conv2", channels=6)
     values = [float(v) for v in page.locator("#patches-grid .patch .value").all_inner_texts()]
     np.testing.assert_allclose(values, found.values[4], atol=5e-4 + 1e-6)
@@ -390,3 +341,115 @@ def test_a_colour_model_takes_image_files(browser, tmp_path):
         assert page.locator("#unit-body table.cells td").count() == 4
         seen.clean()
         context.close()
+
+
+# ---- after the second hour (#25): the invert hint, names, layout, no stale state ----
+
+def test_a_dark_on_light_image_gets_the_invert_hint_and_toggle(visit, site):
+    page, model = visit.page, site["model"]
+    pixels = 255 - image_like((12, 12, 1), seed=10)      # light paper, dark strokes
+    upload(visit, pixels, site["folder"])
+    trained = float(np.mean(model.normalizer.mean))
+    assert abs(pixels.mean() / 255 - trained) > 0.4      # what `slidenet predict` warns about
+    expect(page.locator("#hint")).to_be_visible()
+    expect(page.locator("#hint")).to_contain_text("tick invert")
+    before = int(page.locator("body").get_attribute("data-shown"))
+    page.check("#invert")
+    expect(page.locator("body")).to_have_attribute("data-shown", str(before + 1))
+    flipped = 255 - pixels
+    np.testing.assert_array_equal(canvas_pixels(page.locator("#seen"))[..., 0], flipped[..., 0])
+    np.testing.assert_allclose(shown_probabilities(page), model.predict(flipped[None])[0],
+                               atol=5e-4 + 1e-6)
+    expect(page.locator("#hint")).to_be_hidden()
+    # A unit clicked now is worked out on the inverted image.
+    page.locator("#layer-conv1 canvas.tile").nth(0).click(position={"x": 31, "y": 31})
+    expect(page.locator("#unit-body")).to_have_attribute("data-layer", "conv1")
+    assert page.locator("#unit-body").get_attribute("data-row") == "6"
+    activation = float(maps_of(model, flipped)["conv1"][0, 6, 6, 0])
+    assert abs(number(page, "#unit-activation") - activation) <= 0.5e-4 + 1e-6
+    visit.clean()
+
+
+def test_the_last_layer_is_named_by_its_classes(visit, site):
+    page, model = visit.page, site["model"]
+    upload(visit, image_like((12, 12, 1), seed=11), site["folder"])
+    last = model.net.infos[-1].name
+    strip = page.locator(f"#layer-{last} canvas.strip")
+    strip.hover(position={"x": 2 * CELL + 5, "y": 5})
+    expect(page.locator("#hover")).to_contain_text(f"{last} score of class square: ")
+    expect(page.locator(f"#layer-{last} .classes")).to_have_text(
+        "the score of each class, in order: row, column, square")
+    strip.click(position={"x": 1 * CELL + 5, "y": 5})
+    expect(page.locator("#unit-body")).to_contain_text("the score of class column (unit 1)")
+    expect(page.locator("#unit-body .sums")).to_contain_text("the score of class column is")
+    assert "map" not in page.locator("#unit-body .sums").inner_text()
+    visit.clean()
+
+
+def test_a_conv_units_rows_line_up_and_patches_sit_on_a_3_by_3_grid(visit, site):
+    page = visit.page
+    upload(visit, image_like((12, 12, 1), seed=12), site["folder"])
+    page.locator("#layer-conv2 canvas.tile").nth(1).click(position={"x": 20, "y": 20})
+    triples = page.locator("#unit-body .triple")
+    expect(triples).to_have_count(4)
+    lefts = []
+    for d in range(4):
+        boxes = [t.bounding_box() for t in triples.nth(d).locator("table").all()]
+        assert len(boxes) == 3
+        assert len({round(b["y"]) for b in boxes}) == 1          # one row: window x filter = products
+        lefts.append(tuple(round(b["x"]) for b in boxes))
+    assert len(set(lefts)) == 1                                  # and the columns line up
+    page.select_option("#patches-form select[name=layer]", "conv2")
+    page.click("#patches-form button")
+    patches = page.locator("#patches-grid .patch img")
+    expect(patches).to_have_count(9)
+    boxes = [patches.nth(k).bounding_box() for k in range(9)]
+    xs = sorted({round(b["x"]) for b in boxes})
+    ys = sorted({round(b["y"]) for b in boxes})
+    assert len(xs) == 3 and len(ys) == 3
+    visit.clean()
+
+
+def test_a_new_image_leaves_nothing_of_the_last_one(visit, site):
+    page = visit.page
+    box = page.locator("#draw").bounding_box()
+    page.mouse.move(box["x"] + 60, box["y"] + 140)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 220, box["y"] + 140, steps=6)
+    page.mouse.up()
+    expect(page.locator("body")).to_have_attribute("data-drawing", "0")
+    page.locator("#layer-conv1 canvas.tile").nth(0).click(position={"x": 20, "y": 20})
+    expect(page.locator("#unit-body")).to_have_attribute("data-layer", "conv1")
+    page.locator("#layer-conv1 canvas.tile").nth(0).hover(position={"x": 30, "y": 30})
+    expect(page.locator("#hover")).not_to_have_text("")
+    expect(page.locator("#field")).to_be_visible()
+    upload(visit, image_like((12, 12, 1), seed=13), site["folder"])
+    expect(page.locator("#hover")).to_have_text("")
+    expect(page.locator("#field")).to_be_hidden()
+    assert page.locator("#unit-body").get_attribute("data-layer") is None
+    assert page.locator(".picked").count() == 0
+    assert canvas_pixels(page.locator("#draw"))[..., :3].max() == 0     # the drawing is gone
+    visit.clean()
+
+
+def test_nothing_scrolls_sideways_on_a_420_pixel_screen(browser, site):
+    context = browser.new_context(viewport={"width": 420, "height": 800})
+    page = context.new_page()
+    seen = Visit(page, site["url"])
+    page.on("console", lambda m: m.type == "error" and seen.errors.append(m.text))
+    page.on("request", lambda r: seen.requests.append(r.url))
+    page.goto(site["url"] + "/")
+    wide = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    assert page.evaluate(wide) <= 0
+    upload(seen, image_like((12, 12, 1), seed=14), site["folder"])
+    for layer, x in (("conv2", 20), ("maxpool1", 20)):
+        page.locator(f"#layer-{layer} canvas.tile").nth(0).click(position={"x": x, "y": 20})
+        expect(page.locator("#unit-body")).to_have_attribute("data-layer", layer)
+        assert page.evaluate(wide) <= 0, layer
+    page.locator(f"#layer-{site['model'].net.infos[-1].name} canvas.strip").click(
+        position={"x": 5, "y": 5})
+    page.click("#patches-form button")
+    expect(page.locator("#patches-grid .patch")).to_have_count(9)
+    assert page.evaluate(wide) <= 0
+    seen.clean()
+    context.close()

@@ -33,9 +33,9 @@ import numpy as np
 
 from slidenet.bench import R1
 from slidenet.bench.machine import OtherLoad
-from slidenet.training.config import DEFAULT_PATTERN
 from slidenet.net import Net
 from slidenet.ops import runtime, softmax_loss
+from slidenet.training.config import DEFAULT_PATTERN
 
 NETS = {"default": DEFAULT_PATTERN, "R1": R1}
 GLOBAL_BATCH = 64

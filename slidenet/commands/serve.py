@@ -4,7 +4,8 @@
     slidenet serve MODEL            the live explainer of one trained model
     slidenet serve RUNS/            the curves of the runs in a folder, side by side
 
-`serve_until_stopped` is shared with `slidenet train --live`.
+`needs_extra`, `trusted_hosts`, `listen`, `address`, `warn_if_open` and `server` are shared with
+`slidenet train --live` (slidenet.serve.live).
 """
 import importlib.util
 import ipaddress
@@ -71,6 +72,19 @@ def listen(host, port):
     return sock
 
 
+def _more_descriptors():
+    """Raise this process's soft limit of open files to its hard limit: each connection holds
+    one, and a soft limit of 1,024 is soon reached by a busy page. (Beyond it the log says so
+    once every few seconds, `serve.logs`.)"""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def needs_extra(command="slidenet serve"):
     """SlidenetError unless the serve extra is installed."""
     for package in ("starlette", "uvicorn", "jinja2", "matplotlib", "PIL"):
@@ -83,10 +97,8 @@ def needs_extra(command="slidenet serve"):
 def trusted_hosts(host):
     """The Host headers a server on `host` answers: loopback names only for a loopback
     server, so a page on another site cannot reach it through a name it points at 127.0.0.1
-    (DNS rebinding); None (any) otherwise. Starlette's host check cannot read IPv6 literals;
-    those servers take any Host."""
-    return sorted({host, "127.0.0.1", "localhost"}) \
-        if is_loopback(host) and ":" not in host else None
+    (DNS rebinding); None (any) otherwise."""
+    return sorted({host, "127.0.0.1", "localhost", "::1"}) if is_loopback(host) else None
 
 
 def address(sock):
@@ -102,11 +114,20 @@ def warn_if_open(host, what="this model and its page"):
               "keep it to this machine", file=sys.stderr, flush=True)
 
 
-def server(app, sock):
-    """A uvicorn Server for `app`, quiet, that lets open requests finish for up to 3 s."""
+def server(app):
+    """A quiet uvicorn Server for `app` that lets open requests finish for up to 3 s."""
     import uvicorn
+
+    from slidenet.serve import logs
+    from slidenet.storage.limits import MAX_HEAD
+
+    # h11 reads request heads up to MAX_HEAD, so a long URL gets the app's JSON 414 instead of
+    # h11's own refusal, sent while the client is still writing and so lost in a reset.
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=3)
+                            timeout_graceful_shutdown=3, http="h11",
+                            h11_max_incomplete_event_size=MAX_HEAD)
+    logs.quiet()
+    _more_descriptors()
     return uvicorn.Server(config)
 
 
@@ -114,28 +135,28 @@ def run(args):
     needs_extra()
     from slidenet.serve.app import create_app, create_playground_app
 
+    trusted = trusted_hosts(args.host)
     if args.model is None:
         if args.data:
             raise SlidenetError("--data belongs to a model (its top patches); the playground "
                                 "has none: give a MODEL, or drop --data")
-        app, what = create_playground_app(trusted_hosts(args.host)), "the playground"
+        app, what, exposed = create_playground_app(trusted), "the playground", "this page"
     elif os.path.isdir(args.model):
         if args.data:
             raise SlidenetError(f"--data belongs to a model (its top patches); {args.model} is "
                                 "a folder of runs: drop --data")
         from slidenet.serve.runs import create_runs_app
-        app, what = create_runs_app(args.model, trusted_hosts(args.host)), f"the runs in {args.model}"
+        app, what = create_runs_app(args.model, trusted), f"the runs in {args.model}"
+        exposed = "these runs and their page"
     else:
         model = load(args.model)
-        app, what = create_app(model, args.data, model_path=args.model,
-                               trusted_hosts=trusted_hosts(args.host)), args.model
+        app = create_app(model, args.data, model_path=args.model, trusted_hosts=trusted)
+        what, exposed = args.model, "this model and its page"
     sock = listen(args.host, args.port)
-    warn_if_open(args.host, "this page" if args.model is None else
-                 "these runs and their page" if os.path.isdir(args.model) else
-                 "this model and its page")
+    warn_if_open(args.host, exposed)
     print(f"slidenet serve: {what} on {address(sock)}  (Ctrl-C stops it)", flush=True)
     try:
-        server(app, sock).run(sockets=[sock])
+        server(app).run(sockets=[sock])
     except KeyboardInterrupt:
         pass            # uvicorn raises the Ctrl-C it handled again once it has shut down
     finally:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from slidenet.storage import limits
 from slidenet.data.dataset import Dataset, _shape_text
 from slidenet.data.files import _existing_dir, _reading, _required_arg
 from slidenet.errors import DataError
+from slidenet.storage import limits
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist/"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",

@@ -1,12 +1,14 @@
-"""RELU, LEAKYRELU(a), TANH and SIGMOID: a nonlinearity applied to every number on its own.
+"""RELU, RELU6, LEAKYRELU(a), TANH and SIGMOID: a nonlinearity applied to every number on its own.
 
 They keep the shape and have no parameters. Each calls its pair in `slidenet.ops.activations`,
 where the forward sits next to its local derivative.
 """
+import numpy as np
+
 from slidenet import ops
-from slidenet.notation import arguments
 from slidenet.layers.base import Inferred, Layer
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
 
 
 class _Elementwise(Layer):
@@ -36,29 +38,36 @@ class _Elementwise(Layer):
         graph.tensor = graph.node(self.onnx_op, [graph.tensor])
 
 
-@register
-class Relu(_Elementwise):
-    """max(0, x)."""
-    kind = "RELU"
-    kernels = (ops.relu_forward, ops.relu_backward)
-    torch_name = "ReLU"
-    onnx_op = "Relu"
+def _elementwise(name, kind, kernels, torch_name, onnx_op, doc):
+    """A registered kind that is one `ops` pair and nothing else (as stax builds its layers)."""
+    return register(type(name, (_Elementwise,), {
+        "__doc__": doc, "__module__": __name__, "kind": kind, "kernels": kernels,
+        "torch_name": torch_name, "onnx_op": onnx_op}))
+
+
+Relu = _elementwise("Relu", "RELU", (ops.relu_forward, ops.relu_backward), "ReLU", "Relu",
+                    "max(0, x).")
+Tanh = _elementwise("Tanh", "TANH", (ops.tanh_forward, ops.tanh_backward), "Tanh", "Tanh",
+                    "tanh(x).")
+Sigmoid = _elementwise("Sigmoid", "SIGMOID", (ops.sigmoid_forward, ops.sigmoid_backward),
+                       "Sigmoid", "Sigmoid", "1 / (1 + exp(-x)).")
 
 
 @register
-class Tanh(_Elementwise):
-    kind = "TANH"
-    kernels = (ops.tanh_forward, ops.tanh_backward)
-    torch_name = "Tanh"
-    onnx_op = "Tanh"
+class Relu6(_Elementwise):
+    """min(max(0, x), 6): MobileNet's ReLU, bounded so that low-precision arithmetic keeps it."""
+    kind = "RELU6"
+    kernels = (ops.relu6_forward, ops.relu6_backward)
+    torch_name = "ReLU6"
 
+    def __init__(self, info, init):
+        super().__init__(info, init)
+        self.dtype = init.dtype
 
-@register
-class Sigmoid(_Elementwise):
-    kind = "SIGMOID"
-    kernels = (ops.sigmoid_forward, ops.sigmoid_backward)
-    torch_name = "Sigmoid"
-    onnx_op = "Sigmoid"
+    def to_onnx(self, graph):
+        low = graph.initializer("min", np.zeros((), self.dtype))
+        high = graph.initializer("max", np.full((), 6, self.dtype))
+        graph.tensor = graph.node("Clip", [graph.tensor, low, high])
 
 
 @register

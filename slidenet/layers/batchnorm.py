@@ -7,9 +7,9 @@ and beta (D,) each, so 2 x D in all; the running statistics are saved buffers, n
 import numpy as np
 
 from slidenet import ops
-from slidenet.ops import shard
 from slidenet.layers.base import Inferred, Layer
 from slidenet.layers.registry import register
+from slidenet.ops import shard
 
 
 @register
@@ -18,6 +18,7 @@ class BatchNorm(Layer):
 
     kind = "BATCHNORM"
     aliases = ("BN",)
+    cancels_bias = True
 
     @classmethod
     def infer(cls, spec, walk):

@@ -5,10 +5,10 @@ Masks come from the net's dropout generator, a stream of its own (`Init.dropout_
 adding a DROPOUT never changes the initial weights, and a resumed run draws the same masks.
 """
 from slidenet import ops
-from slidenet.notation import arguments
-from slidenet.ops import shard
 from slidenet.layers.base import Inferred, Layer
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
+from slidenet.ops import shard
 
 
 @register

@@ -3,9 +3,9 @@
 It comes first, once, and builds no layer object: it only fixes the shape every later layer's
 shape rule starts from.
 """
-from slidenet.notation import arguments
 from slidenet.layers.base import Inferred, Layer
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
 
 
 @register

@@ -10,30 +10,37 @@
     GET  /api/patches       ?layer=&channel= -> the test images that excite a channel most
     POST /api/summary       pattern text -> what `slidenet summary --json` prints (playground)
 
+docs/serve.md has the JSON of each. Images are the raw bytes of a PNG or JPEG file as the
+request body, at most MAX_UPLOAD bytes; decoding them is gated by its cost (`Decodes`). Every
+refusal is JSON, {"error": message}, with a 4xx status (503 when memory or the decode slot is
+short); `guard.Guard` refuses other hosts, long URLs and cross-site API requests. The app
+serves the one model it was made with: no request names a file.
+
 `create_playground_app` is the page of `slidenet serve` with no model: the playground, the
 sliding filter, /api/summary and /api/slide. `site` is what every slidenet app shares (the
-JSON refusals, /static, the Host check); slidenet.serve.live builds the live training page on it.
-
-docs/serve.md has the JSON of each. Images are the raw bytes of a PNG or JPEG file as the
-request body, at most MAX_UPLOAD bytes. Every refusal is JSON, {"error": message}, with a 4xx
-status. The app serves the one model it was made with: no request names a file.
+JSON refusals, /static, the Guard); slidenet.serve.live and slidenet.serve.runs build on it.
 """
+import asyncio
+import ctypes
+
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from slidenet.training.config import DEFAULT_PATTERN
 from slidenet.data import decode_image
-from slidenet.errors import DataError, PatternError, SlidenetError
+from slidenet.data.images import decode_cost
+from slidenet.errors import DataError, ModelFileError, PatternError, SlidenetError
 from slidenet.serve import pages, playground
 from slidenet.serve.explain import PATCHES, Explainer
-from slidenet.storage.limits import MAX_PATTERN, MAX_UPLOAD
+from slidenet.serve.guard import Guard
+from slidenet.storage.limits import BIG_DECODE, MAX_PATTERN, MAX_UPLOAD, MAX_WAITING
+from slidenet.training.config import DEFAULT_PATTERN
 
 SECTIONS = (("input", "Input"), ("layers", "Every layer"), ("unit", "One unit"),
             ("slide", "Slide a filter"), ("patches", "What a channel looks for"),
@@ -55,29 +62,77 @@ class Refused(Exception):
         self.extra = extra or {}
 
 
+class Decodes:
+    """How many uploads are decoded at once. An upload's cost is known from its header
+    (`decode_cost`); one costing more than BIG_DECODE waits for the one big slot, so a few
+    large uploads cannot together take the machine's memory, while small ones (a drawing, a
+    photo of a digit) pass at once. Past MAX_WAITING big ones waiting, the next is refused
+    (503) rather than held with its body in memory. After a big decode the freed memory is
+    given back to the system (`trim`)."""
+
+    def __init__(self):
+        self.big = None             # asyncio.Semaphore(1), made in the server's event loop
+        self.waiting = 0
+
+    async def decode(self, body, shape):
+        cost = await run_in_threadpool(decode_cost, body, "the file")
+        if cost <= BIG_DECODE:
+            return await run_in_threadpool(decode_image, body, shape, "the file")
+        if self.big is None:
+            self.big = asyncio.Semaphore(1)
+        if self.waiting >= MAX_WAITING:
+            raise Refused(503, f"{MAX_WAITING} large images are already waiting to be read; "
+                               "try again in a moment, or send a smaller one")
+        self.waiting += 1
+        try:
+            await self.big.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            return await run_in_threadpool(decode_image, body, shape, "the file")
+        finally:
+            self.big.release()
+            trim()
+
+
+def trim():
+    """Hand the memory freed by a large decode back to the system (glibc keeps it otherwise,
+    and the server's resident size never comes down); elsewhere nothing to do."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 async def read_body(request, limit, too_large):
     """The request body's bytes, at most `limit` of them.
 
     Refused with 413 and the message `too_large` as soon as Content-Length, or the bytes
-    received so far, pass `limit` (the rest is not read).
+    received so far, pass `limit` (the rest is not read); 400 for a client that went away
+    mid-upload.
     """
     claimed = request.headers.get("content-length")
     if claimed is not None and (not claimed.isdigit() or int(claimed) > limit):
         raise Refused(413, too_large) if claimed.isdigit() \
             else Refused(400, "Content-Length is not a number")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise Refused(413, too_large)
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise Refused(413, too_large)
+    except ClientDisconnect:
+        # The sender gave up mid-upload: nobody is left to answer, and nothing went wrong here.
+        raise Refused(400, "the upload was cut off") from None
     return bytes(body)
 
 
-async def read_image(request, explainer):
+async def read_image(request, explainer, decodes):
     """The request body, decoded into the model's INPUT (uint8 (H, W, D)).
 
-    Refused with 413 past MAX_UPLOAD (see read_body); 400 for no body; 415 for bytes that are
-    not a PNG or JPEG.
+    Refused with 413 past MAX_UPLOAD and 400 for a cut-off upload (`read_body`); 400 for no
+    body; 415 for bytes that are not a PNG or JPEG or cost more to decode than the input
+    budget. `?invert=1` gives 255 - pixel.
     """
     body = await read_body(request, MAX_UPLOAD, f"the image is larger than "
                                                 f"{MAX_UPLOAD // 2**20} MB; send a smaller PNG "
@@ -85,10 +140,12 @@ async def read_image(request, explainer):
     if not body:
         raise Refused(400, "send the bytes of a PNG or JPEG file as the request body")
     try:
-        return await run_in_threadpool(decode_image, body, explainer.model.input_shape,
-                                       "the file")
+        pixels = await decodes.decode(bytes(body), explainer.model.input_shape)
     except DataError as err:
         raise Refused(415, str(err)) from None
+    # ?invert=1: 255 - pixel, as `slidenet predict --invert` (dark-on-light drawings for a
+    # model trained on light-on-dark images).
+    return 255 - pixels if request.query_params.get("invert") in ("1", "true") else pixels
 
 
 def whole(request, name, default=None):
@@ -130,6 +187,7 @@ def create_app(model, data=None, model_path="", trusted_hosts=None):
     accepts only loopback names, so a web page elsewhere cannot reach it by DNS rebinding.
     """
     explainer = Explainer(model, data)
+    decodes = Decodes()
     described = explainer.describe()
     templates = Jinja2Templates(env=pages.environment())
 
@@ -148,17 +206,17 @@ def create_app(model, data=None, model_path="", trusted_hosts=None):
         return JSONResponse(described)
 
     async def predict(request):
-        pixels = await read_image(request, explainer)
+        pixels = await read_image(request, explainer, decodes)
         return JSONResponse(await run_in_threadpool(explainer.predict, pixels))
 
     async def look(request):
-        pixels = await read_image(request, explainer)
+        pixels = await read_image(request, explainer, decodes)
         return JSONResponse(await run_in_threadpool(explainer.look, pixels))
 
     async def unit(request):
         layer = request.query_params.get("layer", "")
         row, col, channel = (whole(request, name, 0) for name in ("row", "col", "channel"))
-        pixels = await read_image(request, explainer)
+        pixels = await read_image(request, explainer, decodes)
         return JSONResponse(await run_in_threadpool(explainer.unit, pixels, layer, row, col,
                                                     channel))
 
@@ -175,8 +233,7 @@ def create_app(model, data=None, model_path="", trusted_hosts=None):
               Route("/api/predict", predict, methods=["POST"]),
               Route("/api/look", look, methods=["POST"]),
               Route("/api/unit", unit, methods=["POST"]),
-              Route("/api/slide", slide), Route("/api/patches", patches),
-              SUMMARY]
+              Route("/api/slide", slide), Route("/api/patches", patches), SUMMARY]
     app = site(routes, trusted_hosts)
     app.state.explainer = explainer
     return app
@@ -197,8 +254,7 @@ def create_playground_app(trusted_hosts=None):
         n, f, s, p = (whole(request, name) for name in "nfsp")
         return JSONResponse(Explainer.slide(n, f, s, p))
 
-    return site([Route("/", page), Route("/api/slide", slide), SUMMARY],
-                trusted_hosts)
+    return site([Route("/", page), Route("/api/slide", slide), SUMMARY], trusted_hosts)
 
 
 async def _refused(request, err):
@@ -212,16 +268,34 @@ async def _mistaken(request, err):
     return JSONResponse({"error": str(err)}, status_code=400)
 
 
+async def _damaged(request, err):
+    # The model itself cannot answer (its scores overflow): the server's fault, not the
+    # request's.
+    return JSONResponse({"error": str(err)}, status_code=500)
+
+
+async def _short_of_memory(request, err):
+    # The machine could not give this request its memory; the next one may well fit.
+    trim()
+    return JSONResponse({"error": "the server is short of memory for this request; try "
+                                  "again, or with a smaller image"}, status_code=503)
+
+
+async def _failed(request, err):
+    # A bug: JSON like every other answer; Starlette still logs its traceback.
+    return JSONResponse({"error": f"the server failed ({type(err).__name__}); its log has "
+                                  "the details"}, status_code=500)
+
+
 async def _http_error(request, err):
     return JSONResponse({"error": err.detail}, status_code=err.status_code, headers=err.headers)
 
 
 def site(routes, trusted_hosts=None):
-    """A Starlette app of `routes` plus /static, with every refusal as JSON and, when
-    `trusted_hosts` is given, only those Host headers answered. Every slidenet page is one."""
+    """A Starlette app of `routes` plus /static, every refusal as JSON, behind the Guard
+    (`trusted_hosts`: the Host headers it answers, None: any). Every slidenet page is one."""
     routes = [*routes, Mount("/static", StaticFiles(directory=str(pages.STATIC)), name="static")]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)] \
-        if trusted_hosts else []
-    return Starlette(routes=routes, middleware=middleware,
-                     exception_handlers={Refused: _refused, SlidenetError: _mistaken,
-                                         HTTPException: _http_error})
+    return Starlette(routes=routes, middleware=[Middleware(Guard, trusted_hosts=trusted_hosts)],
+                     exception_handlers={Refused: _refused, ModelFileError: _damaged,
+                                         SlidenetError: _mistaken, HTTPException: _http_error,
+                                         MemoryError: _short_of_memory, Exception: _failed})

@@ -75,7 +75,7 @@ class Serving:
     def __init__(self, app, sock):
         from slidenet.commands.serve import server
         self.sock = sock
-        self.server = server(app, sock)
+        self.server = server(app)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
                                        name="slidenet-live", daemon=True)
 

@@ -49,6 +49,14 @@ MAX_PATTERN = 10 * 1024         # bytes of one pattern sent to the playground (`
 MAX_SETS = 32                   # --set bindings of one playground request
 MAX_RUNS = 64                   # runs one `slidenet serve RUNS/` page shows (`serve.runs`)
 MAX_HISTORY = 4 * 2**20         # bytes of one history.json it reads (10,000 epochs take ~2 MB)
+BIG_DECODE = 32 * 2**20         # an upload costing more to decode waits for the one big slot
+MAX_WAITING = 4                 # ... and at most this many wait; the next is refused (503)
+MAX_URL = 8 * 2**10             # bytes of a request's path and query (`serve.guard`): 414 beyond
+MAX_HEAD = 2 * 2**20            # bytes of a request's head the HTTP layer (h11) reads
+# A model file's meta (`storage.modelmeta`): JSON, untrusted once anyone recomputes the checksum.
+MAX_META_DEPTH = 16             # a model's meta nests 4 deep (config -> variables); 16 is generous
+MAX_META_TEXT = 100_000         # characters in the pattern, a class name or the data spec
+MAX_CLASSES = 1_000_000         # class names in a model file
 
 
 def physical_memory():

@@ -9,40 +9,45 @@ Resume is exact: every source of randomness (shuffling, augmentation, dropout) i
 whose state is saved with the model, together with the optimizer state and the epoch, so
 training 1 epoch and resuming to 2 gives the same bits as training 2 epochs straight.
 
+The same loop trains on arrays in memory (`slidenet.fit`): `run(config, dataset=...)` takes a
+`Dataset` instead of reading `config.data`, a net instead of building one, an explicit
+validation set instead of the fraction, callbacks after each epoch, and `config.out=None` for no
+files. The command and `fit` differ only in where the images come from.
+
 Under `mpiexec -n R` the same loop trains data-parallel (`slidenet.training.distributed`): each rank
 computes its part of every batch, the gradients are summed over the ranks before the update,
 and rank 0 alone logs and writes the files. Each `if group:` below is that, and nothing else.
 
-An `Observer` passed to `train` hears of the run as it goes (`slidenet train --live` shows it in
-the browser, slidenet.serve.watch): once at the start, after every step, after every epoch. Its
-calls run on the training thread between steps, so they must be quick; under MPI only rank 0's
-observer is called.
+An `Observer` passed to `train` or `run` hears of the run as it goes (`slidenet train --live`
+shows it in the browser, slidenet.serve.watch): once at the start, after every step, after every
+epoch. Its calls run on the training thread between steps, so they must be quick; under MPI only
+rank 0's observer is called.
 """
 import math
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 
 import numpy as np
 
 from slidenet import data as datasets
-from slidenet.ops import shard
+from slidenet.errors import SlidenetError
+from slidenet.model import load, model_arrays, model_meta
+from slidenet.net import Net
+from slidenet.ops import runtime, shard
+from slidenet.ops.losses import LOSSES
+from slidenet.progress import progress
 from slidenet.storage import modelfile, rngstate, writing
 from slidenet.training import distributed
 from slidenet.training.config import DEFAULT_PATTERN, TrainConfig
-from slidenet.errors import SlidenetError
 from slidenet.training.evaluate import evaluate
-from slidenet.model import load, model_arrays, model_meta
-from slidenet.net import Net
-from slidenet.ops import runtime
-from slidenet.ops.losses import LOSSES
 from slidenet.training.optim import make_optimizer
-from slidenet.progress import progress
 from slidenet.training.schedules import make_schedule
 
 __all__ = ["DEFAULT_PATTERN", "Observer", "TrainConfig", "TrainingDiverged",
-           "TrainingInterrupted", "Watched", "train"]
+           "TrainingInterrupted", "Watched", "run", "train"]
 
 
 class TrainingDiverged(SlidenetError):
@@ -50,11 +55,13 @@ class TrainingDiverged(SlidenetError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; `hint` says where the last checkpoint is and how to continue."""
+    """Ctrl-C during training; `hint` says where the last checkpoint is and how to continue;
+    `run` is the run as it stood (its net holds the weights as they were when Ctrl-C came)."""
 
-    def __init__(self, hint):
+    def __init__(self, hint, run=None):
         super().__init__(hint)
         self.hint = hint
+        self.run = run
 
 
 @dataclass(frozen=True)
@@ -96,22 +103,49 @@ class Observer:
 def train(config, resume=None, log=print, observer=None):
     """Train as `config` says (or continue the run saved in `resume`, which takes only epochs,
     out, stop_after, threads and patience from `config`). Returns the history list.
-    observer: an `Observer` told of every step and epoch (rank 0's only, under MPI).
+    `run` is the same with more choices, and returns the whole run. observer: an `Observer`
+    told of every step and epoch (rank 0's only, under MPI).
 
     Each history entry: epoch, loss, accuracy, val_accuracy, val_loss, lr, seconds, images_per_s.
     The kernels run on `config.threads` worker threads. Results are deterministic for a given
     count; another count changes the rounding of the sums (about 1e-7), so an exact resume uses
     the same count (the default, one per core, on the same machine).
     """
+    return run(config, resume, log, observer=observer).history
+
+
+def run(config, resume=None, log=print, *, dataset=None, net=None, validation=None,
+        callbacks=(), observer=None):
+    """The training loop of `train`, returning the `Run` (net, normaliser, history, ...).
+
+    dataset: a `Dataset` to train on instead of loading `config.data` (its test part unused).
+    net: a `Net` to train, from its weights as they are, instead of building `config.pattern`.
+    validation: (x, y), uint8 (N, H, W, D) and int (N,), to validate on instead of holding out
+        `config.val_fraction` of the training images.
+    callbacks: see `slidenet.fit`; each is called with a copy of every epoch's history entry.
+    observer: an `Observer`, told of the start, every step and every epoch.
+    config.out None: write no files.
+    """
     group = distributed.world()     # None in one process
     # Overflow on the way to a NaN loss is what TrainingDiverged reports, in one clear line.
     with group.workers(config.threads) if group else runtime.workers(config.threads or None), \
             np.errstate(over="ignore", invalid="ignore"):
-        return _train(config, resume, log, observer or Observer())
+        return _train(config, resume, log, _Given(dataset, net, validation, tuple(callbacks),
+                                                  observer or Observer()))
 
 
 @dataclass
-class _Run:
+class _Given:
+    """What `run` was handed instead of reading it from the config (see `run`)."""
+    dataset: object = None
+    net: object = None
+    validation: tuple = None
+    callbacks: tuple = ()
+    observer: object = None
+
+
+@dataclass
+class Run:
     """Everything one training run works with, set up by `_start`."""
     config: TrainConfig
     net: Net
@@ -130,11 +164,15 @@ class _Run:
     saved: dict                 # file name -> epoch, for the files this run has written
     resume: str = None          # the model file this run continues, if any
     group: object = None        # distributed.Group under mpiexec, else None
+    callbacks: tuple = ()       # called after each epoch (see `run`)
+    planned: int = None         # a resumed run's total epochs as it was first planned
     observer: Observer = None   # told of every step and epoch (rank 0's only)
     confusion: list = None      # the last validation pass's confusion matrix, for the observer
 
 
 AUTO_BATCH = 64                 # the batch size, unless the training split is small
+FEW_VALIDATION = 50             # fewer validation images than this: their accuracy says little
+OVERFIT_GAP = 0.3               # training accuracy this far above validation: a warning
 MIN_STEPS = 10                  # ... then smaller, so that an epoch has at least this many steps
 
 
@@ -146,13 +184,15 @@ def auto_batch_size(images, group=None):
     return max(group.size, batch - batch % group.size) if group else batch
 
 
-def _check_scores(net, spec):
+def _check_scores(net, spec, dataset=None):
     """The net must end in the FC whose outputs are the class scores; say so before any data
     is read, with the number of classes when it is known without reading images."""
     last = net.infos[-1]
-    if last.spec.type.scores:
+    # An FC, or a 1 x 1 x C volume (a global-average-pool head, as NiN and SqueezeNet end).
+    if last.spec.type.scores or tuple(last.output_shape[:2]) == (1, 1):
         return
-    classes = datasets.class_count(spec)
+    classes = dataset.num_classes if dataset is not None else datasets.class_count(spec)
+    spec = spec or "the data"
     want = f"FC({classes}) for {spec}" if classes else "FC(C), C the number of classes of the data"
     raise SlidenetError(
         f"the net must end in FC(number of classes), the layer whose outputs are the class "
@@ -160,12 +200,12 @@ def _check_scores(net, spec):
         "(or SVM) is part of the loss, not a layer")
 
 
-def _start(config, resume):
+def _start(config, resume, given):
     """The run's net, data, optimiser and generators: new from `config`, or as `resume` saved
     them (then `config` only says where to go: epochs, out, stop_after, threads)."""
-    state = None
+    state, planned = None, None
     model = load(resume) if resume is not None else None
-    if model is not None and "config" not in model.meta:
+    if model is not None and not resumable(model.meta):
         # A model made elsewhere (`slidenet import`) has no run to continue: fine-tune it, with
         # this run's settings and a fresh optimiser, from epoch 0.
         net, normalizer, history, start_epoch = model.net, model.normalizer, [], 0
@@ -184,21 +224,35 @@ def _start(config, resume):
                                 "stop_after": config.stop_after, "threads": config.threads,
                                 "patience": config.patience})
         history, start_epoch = meta["history"], meta["epoch"]
+        planned = meta["config"].get("epochs")
+    elif given.net is not None:
+        net, history, start_epoch, normalizer = given.net, [], 0, None
     else:
         net = Net.from_pattern(config.pattern, seed=config.seed, skip_optional=config.skip_optional,
                                **config.variables)
-        config = replace(config, data=datasets.resolve(config.data or TrainConfig.data))
+        if given.dataset is None:
+            config = replace(config, data=datasets.resolve(config.data or TrainConfig.data))
         history, start_epoch = [], 0
         normalizer = None
     if config.loss not in LOSSES:
         raise SlidenetError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
-    _check_scores(net, config.data)
+    if config.label_smoothing and config.loss != "softmax":
+        raise SlidenetError(f"label smoothing spreads the softmax loss's targets; the {config.loss} "
+                            f"loss has none: drop --label-smoothing or use --loss softmax")
+    _check_scores(net, config.data, given.dataset)
 
-    dataset = datasets.load(config.data, size=net.input_shape[:2] if config.resize else None)
+    dataset = given.dataset if given.dataset is not None else datasets.load(
+        config.data, size=net.input_shape[:2] if config.resize else None,
+        depth=net.input_shape[2])
     datasets.check_fits(dataset, net.input_shape, net.num_outputs, training=True)
-    train_idx, val_idx = datasets.split_validation(len(dataset.y_train), config.val_fraction,
-                                                   config.seed)
-    x_train, y_train = dataset.x_train[train_idx], dataset.y_train[train_idx]
+    if given.validation is None:
+        train_idx, val_idx = datasets.split_validation(len(dataset.y_train), config.val_fraction,
+                                                       config.seed)
+        x_train, y_train = dataset.x_train[train_idx], dataset.y_train[train_idx]
+        x_val, y_val = dataset.x_train[val_idx], dataset.y_train[val_idx]
+    else:
+        x_train, y_train = dataset.x_train, dataset.y_train
+        x_val, y_val = given.validation
     if normalizer is None:
         normalizer = datasets.Normalizer.fit(x_train)
     group = distributed.world()
@@ -220,9 +274,17 @@ def _start(config, resume):
     if group:   # same setup everywhere, and rank 0's weights (the rest is checked per epoch)
         group.check_setup(asdict(config), dataset)
         group.broadcast_({**net.params, **net.buffers})
-    return _Run(config, net, normalizer, dataset, x_train, y_train, dataset.x_train[val_idx],
-                dataset.y_train[val_idx], optimizer, schedule, rngs, history, start_epoch,
-                steps_per_epoch, {}, resume, group)
+    return Run(config, net, normalizer, dataset, x_train, y_train, x_val, y_val, optimizer,
+               schedule, rngs, history, start_epoch, steps_per_epoch, {}, resume, group,
+               given.callbacks, planned)
+
+
+def resumable(meta):
+    """Whether a model file's meta holds a run that `train --resume` continues: one trained by
+    `slidenet train` (its config names its data). One imported from ONNX, or trained by
+    `slidenet.fit` on arrays in memory, is fine-tuned on --data instead."""
+    config = meta.get("config")
+    return isinstance(config, dict) and bool(config.get("data"))
 
 
 def chance_loss(loss, classes):
@@ -235,14 +297,16 @@ def _opening(run):
     and the loss at initialisation against the loss of chance (cs231n's first sanity check)."""
     config, ds = run.config, run.dataset
     shape = "x".join(map(str, ds.input_shape))
-    lines = [f"{ds.name}: {len(run.y_train):,} training, {len(run.y_val):,} validation and "
-             f"{len(ds.y_test):,} test images of {shape}, {ds.num_classes} classes"]
+    test = f" and {len(ds.y_test):,} test" if len(ds.y_test) else ""
+    lines = [f"{ds.name}: {len(run.y_train):,} training, {len(run.y_val):,} validation{test} "
+             f"images of {shape}, {ds.num_classes} classes"]
     lines += [f"  note: {note}" for note in ds.notes]
-    params = sum(info.params for info in run.net.infos)
+    params = sum(value.size for value in run.net.params.values())
     steps = f"batch {config.batch_size}, {run.steps_per_epoch} steps an epoch"
     if run.resume is not None:
         lines.append(f"net: {params:,} parameters; {steps}; continuing {run.resume} from epoch "
                      f"{run.start_epoch} to {config.epochs}")
+        lines += [f"  note: {note}" for note in _schedule_note(run)]
         return lines
     # One batch: it is what the user's memory is known to hold.
     sample = run.normalizer.normalize(run.x_train[:config.batch_size])
@@ -251,30 +315,78 @@ def _opening(run):
     name = f"ln {ds.num_classes}" if config.loss == "softmax" else f"{ds.num_classes} - 1"
     lines.append(f"net: {params:,} parameters; {steps}; initial loss {loss:.3f} "
                  f"(chance: {name} = {chance:.3f})")
+    if 0 < len(run.y_val) < FEW_VALIDATION:
+        lines.append(f"  note: only {len(run.y_val)} validation images: one more right answer "
+                     f"moves val_acc by {1 / len(run.y_val):.3f}, so it (and the best epoch "
+                     "kept in best.npz) says little; use more images, or a larger "
+                     "--val-fraction")
     return lines
 
 
-def _train(config, resume, log, observer):
-    run = _start(config, resume)
+def _schedule_note(run):
+    """For a resumed run whose total epochs changed: what that does to the learning rate. The
+    schedule is laid over the new total from step 0 (so the run is the one a new run of that
+    many epochs would make), which after a finished warmup-cosine run is a jump back up."""
     config = run.config
+    if not run.planned or run.planned == config.epochs or config.schedule == "constant":
+        return []
+    step = run.start_epoch * run.steps_per_epoch
+    before = make_schedule(config.schedule, config.lr, run.steps_per_epoch * run.planned)(step - 1)
+    after = run.schedule(step)
+    if abs(after - before) <= 0.1 * max(after, before):
+        return []
+    return [f"the {config.schedule} schedule was laid over {run.planned} epochs and now spans "
+            f"{config.epochs}, from its start: the learning rate goes from {before:.2g} (the "
+            f"end of epoch {run.start_epoch}) to {after:.2g}, not on from where it was "
+            f"(docs/training.md, \"Resuming\")"]
+
+
+def _closing(run):
+    """A warning when validation says the net learned little that carries over: a training
+    accuracy far above the best validation accuracy (overfitting), or a best validation
+    accuracy no better than a guess among the classes."""
+    scored = [h for h in run.history if h.get("val_accuracy") is not None]
+    if not scored:
+        return []
+    best = max(h["val_accuracy"] for h in scored)
+    train_acc = run.history[-1]["accuracy"]
+    guess = 1 / run.dataset.num_classes
+    if best <= guess:
+        return [f"warning: the best validation accuracy, {best:.3f}, is no better than a guess "
+                f"among {run.dataset.num_classes} classes ({guess:.3f}): the net has learned "
+                "nothing that carries over to new images; more images, more epochs or a "
+                "smaller net"]
+    if train_acc - best >= OVERFIT_GAP:
+        return [f"warning: training accuracy {train_acc:.3f} but the best validation accuracy "
+                f"only {best:.3f}: the net memorises its training images (overfitting), which "
+                "more images, augmentation (--flip), DROPOUT or a smaller net help with"]
+    return []
+
+
+def _train(config, resume, log, given):
+    run = _start(config, resume, given)
+    config = run.config
+    run.observer = given.observer
     if run.group:   # rank 0 alone logs, writes and is watched
         log = log if run.group.rank == 0 else (lambda *_: None)
-        observer = observer if run.group.rank == 0 else Observer()
+        run.observer = run.observer if run.group.rank == 0 else Observer()
         log(run.group.describe())
-    run.observer = observer
     for line in _opening(run):
         log(line)
-    if not run.group or run.group.rank == 0:
+    if config.out is not None and (not run.group or run.group.rank == 0):
         writing.make_folder(config.out)
-    observer.start(Watched(run.net, run.normalizer, run.x_val, run.y_val,
-                           list(run.dataset.class_names), config, run.steps_per_epoch,
-                           run.start_epoch, run.history))
+    run.observer.start(Watched(run.net, run.normalizer, run.x_val, run.y_val,
+                               list(run.dataset.class_names), config, run.steps_per_epoch,
+                               run.start_epoch, run.history))
     try:
         _epochs(run, log)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(_resume_hint(run)) from None
-    log(_saved_line(run))
-    return run.history
+        raise TrainingInterrupted(_resume_hint(run), run) from None
+    for line in _closing(run):
+        log(line)
+    if config.out is not None:
+        log(_saved_line(run))
+    return run
 
 
 def _epochs(run, log):
@@ -294,9 +406,22 @@ def _epochs(run, log):
         _checkpoint(run, epoch, improved)
         run.observer.epoch(entry, run.confusion)
         best, stale = (score, 0) if improved else (best, stale + 1)
+        asked = _call_back(run.callbacks, entry)      # every epoch, the last one too
         if config.patience and stale >= config.patience:
             log(f"early stop: no validation gain for {config.patience} epochs")
             break
+        if asked:
+            log(f"stopped by a callback after epoch {epoch + 1}")
+            break
+
+
+def _call_back(callbacks, entry):
+    """Call each callback with a copy of the epoch's entry; True when one asks to stop."""
+    stop = False
+    for callback in callbacks:
+        hook = getattr(callback, "on_epoch_end", callback)
+        stop = hook(dict(entry)) is True or stop
+    return stop
 
 
 def _score(entry):
@@ -324,6 +449,8 @@ def _epoch(run, epoch):
     """Train one epoch, then validate: its history entry."""
     config, net, group = run.config, run.net, run.group
     loss_fn = LOSSES[config.loss]
+    if config.label_smoothing:
+        loss_fn = partial(loss_fn, smoothing=config.label_smoothing)
     began = time.perf_counter()
     seen = correct = 0
     total_loss = 0.0
@@ -340,6 +467,8 @@ def _epoch(run, epoch):
                 xb = datasets.augment(xb, run.rngs["augment"],
                                       crop_pad=datasets.crop_padding(run.x_train.shape[1:3])
                                       if config.augment else 0, flip=config.flip, part=part)
+            if config.erase:
+                xb = datasets.erase(xb, run.rngs["augment"], config.erase, part=part)
             yb = run.y_train[idx]
             shard.use(part)     # what DROPOUT and BATCHNORM consult (None: the whole batch)
             scores = net.forward(xb, train=True)
@@ -379,9 +508,9 @@ def _checkpoint(run, epoch, improved):
     """Write OUT/model.npz (everything needed to resume), OUT/best.npz when validation
     improved, and OUT/history.json."""
     out = run.config.out
-    meta = model_meta(run.net, run.dataset.class_names, data=run.config.data, epoch=epoch + 1,
-                      config=asdict(run.config), history=run.history)
-    arrays = model_arrays(run.net, run.normalizer, run.optimizer, run.rngs)
+    if out is None:     # slidenet.fit without out=: the model stays in memory
+        return
+    meta, arrays = run_meta(run), model_arrays(run.net, run.normalizer, run.optimizer, run.rngs)
     if run.group:   # every rank holds this same state
         run.group.check_same(arrays, f"their state after epoch {epoch + 1}",
                              "the ranks should compute identical updates; this is a bug, "
@@ -396,6 +525,13 @@ def _checkpoint(run, epoch, improved):
     if improved:
         modelfile.save(os.path.join(out, "best.npz"), arrays, meta)
     _write_json(os.path.join(out, "history.json"), run.history)
+
+
+def run_meta(run):
+    """The meta of the run's model file, after the epochs in its history."""
+    epoch = run.history[-1]["epoch"] if run.history else run.start_epoch
+    return model_meta(run.net, run.dataset.class_names, data=run.config.data, epoch=epoch,
+                      config=asdict(run.config), history=run.history)
 
 
 def _resume_hint(run):
@@ -422,6 +558,11 @@ def _last_good(run):
 
 def _fine_tuning_data(config, model, path):
     """The data to fine-tune an imported model on: --data, else the one it was imported for."""
+    if config.data is None and not model.meta.get("data") and "config" in model.meta:
+        raise SlidenetError(
+            f"--resume {path}: this model was trained by slidenet.fit on arrays in memory, so "
+            "there is no data set to continue on: give --data SPEC to fine-tune it, or continue "
+            "in Python with slidenet.fit(model.net, x, y, ...)")
     if config.data is None and not model.meta.get("data"):
         raise SlidenetError(
             f"--resume {path}: this model was not trained by slidenet (it came from "

@@ -1,0 +1,36 @@
+"""The fixtures every test module may take; what they are made of is in helpers.py.
+
+    npz_data    a fresh `.npz` data set of 8x8 bars (180 training, 60 test images): its spec
+    numba       the compiled kernels; a test that takes it fails without numba (skips under
+                SLIDENET_SKIP_NUMBA=1, never in CI: helpers.require)
+    browser     Debian's Chromium under Playwright, one per test module (the BROWSER part's
+                rule: missing, the tests fail; SLIDENET_SKIP_BROWSER=1 skips them, never in CI)
+"""
+import os
+
+import pytest
+
+from helpers import CHROMIUM, CHROMIUM_ARGS, import_part, numba_problem, require, write_bars
+
+
+@pytest.fixture
+def npz_data(tmp_path):
+    return write_bars(tmp_path / "bars.npz", 180)
+
+
+@pytest.fixture
+def numba():
+    require("NUMBA", numba_problem())
+    from slidenet.ops import compiled
+    return compiled.kernels()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    (sync_api,) = import_part("BROWSER", "playwright.sync_api")
+    require("BROWSER", None if os.path.exists(CHROMIUM) else f"{CHROMIUM} is missing")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                              args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -18,6 +18,7 @@ import numpy as np
 
 from slidenet import layers as layer_kinds
 from slidenet.errors import DataError, OutOfMemory, SlidenetError
+from slidenet.ops.runtime import blas_for_workers
 from slidenet.pattern import parse
 from slidenet.shapes import infer
 from slidenet.summary import summary_text
@@ -101,8 +102,9 @@ class Net:
         out = self._check_input(x)
         self._release_caches()
         try:
-            for step in self.steps:
-                out = step.forward(out, train)
+            with blas_for_workers():    # whoever calls: never more threads than cores
+                for step in self.steps:
+                    out = step.forward(out, train)
         except MemoryError:
             raise _out_of_memory(step, len(x), "forward") from None
         return out
@@ -112,9 +114,10 @@ class Net:
         out = self._check_input(x)
         self._release_caches()
         kept = [("input", out)]
-        for layer in self.layers:
-            out = layer.forward(out, False)
-            kept.append((layer.name, out))
+        with blas_for_workers():
+            for layer in self.layers:
+                out = layer.forward(out, False)
+                kept.append((layer.name, out))
         return kept
 
     def backward(self, dscores, input_grad=True):
@@ -126,10 +129,11 @@ class Net:
         """
         grad = dscores.astype(self.dtype, copy=False)
         try:
-            for step in reversed(self.steps[1:]):
-                grad = step.backward(grad)
-            step = self.steps[0]
-            return step.backward(grad, need_dx=input_grad)
+            with blas_for_workers():
+                for step in reversed(self.steps[1:]):
+                    grad = step.backward(grad)
+                step = self.steps[0]
+                return step.backward(grad, need_dx=input_grad)
         except MemoryError:
             raise _out_of_memory(step, len(dscores), "backward") from None
 
@@ -160,8 +164,9 @@ class InferencePlan:
         """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs)."""
         out = self.net._check_input(x)
         try:
-            for step, run in self.steps:
-                out = run(out)
+            with blas_for_workers():
+                for step, run in self.steps:
+                    out = run(out)
         except MemoryError:
             raise _out_of_memory(step, len(x), "forward") from None
         return out

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from slidenet.ops import direct, fullconv, im2col, winograd, winograd4
+from slidenet.ops import direct, fullconv, im2col, pair, winograd, winograd4
 from slidenet.ops.im2col import ConvCache, conv_backward_im2col, conv_forward_im2col
 
 # Below this many input or output channels the GEMMs of F(2, 3) (inner size F_w * D) are too
@@ -141,11 +141,16 @@ def prepare_conv(w, b, stride=(1, 1), pad=(0, 0), relu=False, algorithm=None, he
 def conv_infer(x, prepared, budget=None):
     """conv_forward's output alone (no cache), with the filters `prepare_conv` made.
 
-    A batch of one image runs on the calling thread: splitting its rows between the worker
-    threads was measured slower (a hand-over costs ~30 us, R1's conv2 at batch 1 ~250 us), see
-    docs/benchmarks.md.
+    A batch of one image has no chunks to share: through the thread pool, splitting its rows
+    was measured slower (a hand-over costs ~30 us, R1's conv2 at batch 1 ~250 us), see
+    docs/benchmarks.md. An F(4, 3) layer of one float32 image is split with `pair` instead,
+    whose hand-over stays in compiled code.
     """
     p = prepared
+    if p.algorithm == "winograd4" and pair.applies(x, x.shape[1] + 2 * p.pad[0] - 2, p.filters):
+        out = pair.winograd4_forward(x, p.w, p.b, p.pad, p.relu, p.filters)
+        if out is not None:
+            return out
     return PAIRS[p.algorithm][0](x, p.w, p.b, p.stride, p.pad, p.relu, budget, filters=p.filters)[0]
 
 

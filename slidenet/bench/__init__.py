@@ -36,7 +36,7 @@ from slidenet.bench.machine import (
 from slidenet.bench.report import report
 from slidenet.bench.runners import (
     OnnxRunner, SlidenetRunner, TorchRunner, flops, onnxruntime_module)
-from slidenet.ops import compiled, runtime, set_conv_algorithm
+from slidenet.ops import compiled, pair, runtime, set_conv_algorithm
 from slidenet.ops.runtime import blas_for_workers
 from slidenet.pattern import parse
 from slidenet.shapes import infer
@@ -219,6 +219,9 @@ def bench_net(pattern, settings, peak):
                                   settings.batch, train_flops * settings.batch, peak)
         result["infer"] = _speeds(_alternate(inferers, "infer", settings, contexts),
                                   settings.infer_batch, infer_flops * settings.infer_batch, peak)
+        with contexts["slidenet"]():
+            if runtime.threads() > 1:
+                pair.wait_ready(120)    # the steady state of a server: the helper compiled
         result["latency"] = _speeds(_alternate(inferers, "infer_one", settings, contexts,
                                                settings.latency_calls), 1, infer_flops, peak)
     if settings.memory:

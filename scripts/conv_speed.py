@@ -32,16 +32,17 @@ import numpy as np
 from slidenet.bench import NETS
 from slidenet.bench.machine import OtherLoad
 from slidenet.bench.runners import SlidenetRunner
-from slidenet.ops import compiled, conv, runtime, winograd4
+from slidenet.ops import compiled, conv, runtime
+from slidenet.ops.conv import winograd_f43
 
-PAYS = winograd4.pays
+PAYS = winograd_f43.pays
 QUIET = 0.1             # cores other processes may keep busy during a round that counts (net)
 
 
 def use(algorithm):
     """Run every convolution on `algorithm`: a pair's name, "auto", or "auto-f23" (auto as it was
     before F(4, 3): F(2, 3) wherever auto takes Winograd)."""
-    winograd4.pays = (lambda out_h: False) if algorithm == "auto-f23" else PAYS
+    winograd_f43.pays = (lambda out_h: False) if algorithm == "auto-f23" else PAYS
     conv.set_algorithm("auto" if algorithm == "auto-f23" else algorithm)
 
 

@@ -17,8 +17,9 @@ import importlib
 import keyword
 import sys
 
-from slidenet import __version__, distributed
+from slidenet import __version__
 from slidenet.errors import SlidenetError
+from slidenet.training import distributed
 
 # Order here is the order in `slidenet --help`.
 COMMANDS = ("summary", "train", "eval", "predict", "gradcheck", "bench", "viz", "report",

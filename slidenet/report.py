@@ -16,18 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from slidenet import writing
 from slidenet.errors import SlidenetError
-from slidenet.summary import summary_json
-from slidenet.evaluate import evaluate
 from slidenet.model import load
+from slidenet.notation.summary import summary_json
+from slidenet.progress import progress
+from slidenet.serve import pages
+from slidenet.storage import writing
+from slidenet.training.evaluate import evaluate
 from slidenet.viz import grid
 from slidenet.viz.activations import activations_figure
 from slidenet.viz.curves import curves_figure
 from slidenet.viz.filters import filters_figure
 from slidenet.viz.patches import patches_figure, top_patches
-from slidenet.progress import progress
-from slidenet.serve import pages
 
 SECTIONS = (("summary", "Architecture"), ("training", "Training"), ("accuracy", "Test accuracy"),
             ("filters", "Filters"), ("activations", "Activation maps"),
@@ -164,5 +164,5 @@ def build_report(model_path, data=None, images=3, samples=12):
 
 
 def write_report(path, text):
-    """Write the page to `path` atomically (`slidenet.writing`), creating its folder."""
+    """Write the page to `path` atomically (`slidenet.storage.writing`), creating its folder."""
     return writing.write_text(path, text)

@@ -23,6 +23,10 @@ The block format, a fenced block whose info string is `console`:
   stdout and stderr together, in the order written (PYTHONUNBUFFERED=1), trailing spaces and
   trailing blank lines removed. A non-zero exit status adds a last line `[exit status N]`.
 - Other fenced blocks (```sh, ```text, ...) are prose and are not run.
+- A block opened with ```` ```console rounding ```` prints numbers that depend on floating-point
+  rounding: a model trained in the document, a gradient check's errors. Another BLAS (another
+  CPU) adds in another order and moves them a little, so there each line must match with its
+  numbers within ROUNDING (below) instead of exactly.
 
 How the commands run: by `bash -c`, one after the other, all blocks of a document in one fresh
 temporary folder (so a later block can use a model an earlier one trained), with the bin folder
@@ -32,9 +36,9 @@ project's. A command gets TIMEOUT_S seconds.
 Before comparing, both sides are normalised (`normalise`): timings are masked
 (`2315 img/s` -> `<N> img/s`, `1.6s` -> `<T>s`), and the lines in IGNORED_LINES, which a fresh
 machine prints once, are dropped. Everything else must match exactly, including the numbers of
-a model trained in the document: training is deterministic for a given seed (the same on any
-number of threads, with or without numba), though another BLAS (another CPU) rounds
-differently and moves the last digits.
+a model trained in the document outside a `rounding` block: training is deterministic for a
+given seed (the same on any number of threads, with or without numba), though another BLAS
+(another CPU) rounds differently and moves the last digits, which `rounding` blocks allow for.
 
 Pictures: every link `](img/lecture/NAME)` in a document names a file NAME that its commands
 write in the folder. `--update` copies each into docs/img/lecture/; the check requires that the
@@ -55,7 +59,15 @@ from pathlib import Path
 TIMEOUT_S = 300
 PICTURE_DIR = "img/lecture"
 
-_FENCE_OPEN = re.compile(r"^```console\s*$")
+_FENCE_OPEN = re.compile(r"^```console(\s+rounding)?\s*$")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
+# How far a number in a `rounding` block may move on another CPU. Decimals (losses,
+# accuracies, probabilities): 0.03 absolute or 3% of the larger (a class of 100 test images
+# with 3 of them changing their answer). Numbers in e-notation (a
+# gradient check's errors, far below its tolerance): within a factor of 10. Whole numbers (images
+# in a confusion cell, KiB of a report): 3 either way; written with a comma (parameter counts,
+# image counts), exactly.
+ROUNDING = {"decimal": (0.03, 0.03), "exponent": 10.0, "whole": 3}
 _HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
 _PICTURE = re.compile(r"\]\((" + re.escape(PICTURE_DIR) + r"/[^)\s]+)\)")
 _MASKS = (
@@ -80,6 +92,7 @@ class Command:
     out_start: int = 0        # 0-based range of its output lines in the document
     out_end: int = 0
     then_command: bool = False  # another command follows in the same block
+    rounding: bool = False    # in a ```console rounding block: numbers compared within ROUNDING
 
 
 @dataclass
@@ -113,14 +126,15 @@ def parse(path):
     path = Path(path)
     lines = path.read_text(encoding="utf-8").split("\n")
     doc = Document(path, lines)
-    section, i, in_block = "", 0, False
+    section, i, in_block, rounding = "", 0, False, False
     while i < len(lines):
         line = lines[i]
         if not in_block:
             if line.startswith("## "):
                 section = line[3:].strip()
-            if _FENCE_OPEN.match(line):
-                in_block = True
+            opened = _FENCE_OPEN.match(line)
+            if opened:
+                in_block, rounding = True, bool(opened.group(1))
                 doc.blocks += 1
             i += 1
             continue
@@ -158,7 +172,7 @@ def parse(path):
             raise FormatError(f"{path}:{start + 1}: the console block is never closed")
         expected = _trim([x.rstrip() for x in lines[out_start:i]])
         doc.commands.append(Command("\n".join(text), expected, section, start + 1, out_start, i,
-                                    lines[i].startswith("$ ")))
+                                    lines[i].startswith("$ "), rounding))
     if in_block:
         raise FormatError(f"{path}: the last console block is never closed")
     return doc
@@ -222,12 +236,40 @@ def run_all(texts, folder, log=None):
     return outputs
 
 
+def _close(a, b):
+    """Whether two numbers as printed differ by no more than ROUNDING allows."""
+    if "," in a or "," in b:
+        return a == b
+    x, y = float(a), float(b)
+    if "e" in a or "e" in b:
+        small, large = sorted((abs(x), abs(y)))
+        return x * y >= 0 and (large == 0 or small * ROUNDING["exponent"] >= large)
+    if "." in a or "." in b:
+        absolute, relative = ROUNDING["decimal"]
+        return abs(x - y) <= max(absolute, relative * max(abs(x), abs(y))) * (1 + 1e-9)
+    return abs(x - y) <= ROUNDING["whole"]
+
+
+def within_rounding(want, got):
+    """Whether two normalised outputs are the same text with numbers within ROUNDING (and
+    columns as wide as their numbers: 99 and 100 pad differently)."""
+    if len(want) != len(got):
+        return False
+    for a, b in zip(want, got):
+        if " ".join(_NUMBER.sub("#", a).split()) != " ".join(_NUMBER.sub("#", b).split()):
+            return False
+        if not all(_close(x, y) for x, y in zip(_NUMBER.findall(a), _NUMBER.findall(b))):
+            return False
+    return True
+
+
 def differences(doc, outputs):
-    """A unified diff for each command whose normalised output differs; [] when all match."""
+    """A unified diff for each command whose normalised output differs (within ROUNDING in a
+    `rounding` block); [] when all match."""
     found = []
     for command, actual in zip(doc.commands, outputs):
         want, got = normalise(command.expected), normalise(actual)
-        if want != got:
+        if want != got and not (command.rounding and within_rounding(want, got)):
             diff = "\n".join(difflib.unified_diff(want, got, "document", "slidenet", lineterm=""))
             found.append(f"{doc.path}:{command.line}: $ {command.text.splitlines()[0]}\n{diff}")
     return found

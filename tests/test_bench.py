@@ -71,16 +71,16 @@ def test_torch_side_when_installed():
 
 
 def test_conv_setting_switches_winograd_off_for_the_run_only(monkeypatch):
-    from slidenet.ops import conv, winograd, winograd4
+    from slidenet.ops.conv import dispatch, winograd_f23, winograd_f43
     calls = []
-    for module, name in ((winograd, "F23"), (winograd4, "F43")):
+    for module, name in ((winograd_f23, "F23"), (winograd_f43, "F43")):
         scheme = getattr(module, name)
         monkeypatch.setattr(module, name, scheme._replace(
             rows=lambda *a, rows=scheme.rows: calls.append(1) or rows(*a)))
     deep = "INPUT(8x8x8) -> CONV(8) -> RELU -> FC(3)"       # deep enough for auto to take Winograd
     result = bench.run(tiny_settings(conv="im2col"), {"deep": deep})
     assert not calls and "slidenet convolutions: im2col;" in bench.report(result)
-    assert conv._default["algorithm"] == "auto"             # restored after the run
+    assert dispatch._default["algorithm"] == "auto"             # restored after the run
     result = bench.run(tiny_settings(), {"deep": deep})
     assert calls and "convolutions: auto (Winograd F(4, 3) or F(2, 3) where it applies, direct" in \
         bench.report(result)

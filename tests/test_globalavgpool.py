@@ -7,7 +7,7 @@ from harness import check_kernel
 from slidenet.cli import main
 from slidenet.gradcheck import TOLERANCE, check_pattern
 from slidenet.net import Net
-from slidenet.train import TrainConfig, train
+from slidenet.training.loop import TrainConfig, train
 
 PATTERN = "INPUT(8x8x1) -> CONV(6) -> RELU -> CONV(6) -> RELU -> GLOBALAVGPOOL -> FC(3)"
 

@@ -216,6 +216,31 @@ def test_only_timings_are_masked():
                                   "wrote a.png"]) == ["wrote a.png"]
 
 
+def test_rounding_blocks_allow_another_cpus_last_digits_and_nothing_more(tmp_path):
+    text = ("## 1. one\n\n```console rounding\n$ echo 'acc 0.9625 loss 1.0916 err 9.51e-10 "
+            "cell 99 net 218,490'\n{}\n```\n\n```console\n$ echo 'acc 0.9625'\n{}\n```\n")
+    printed = "acc 0.9625 loss 1.0916 err 9.51e-10 cell 99 net 218,490"
+    path = tmp_path / "r.md"
+
+    def problems(written, exact_written="acc 0.9625"):
+        path.write_text(text.format(written, exact_written))
+        doc = lecture_doc.parse(path)
+        assert [c.rounding for c in doc.commands] == [True, False]
+        return lecture_doc.differences(doc, [[printed], ["acc 0.9625"]])
+
+    # Another BLAS: accuracy one image in 400 off, loss in the 4th digit, a tiny error 40% off,
+    # a confusion cell one image off.
+    assert problems("acc 0.9650 loss 1.0914 err 1.34e-09 cell 100 net 218,490") == []
+    assert problems("acc 0.9925 loss 1.0916 err 9.51e-10 cell 99 net 218,490") == []  # 3 points
+    assert problems("acc 0.9125 loss 1.0916 err 9.51e-10 cell 99 net 218,490")     # 5 points
+    assert problems("acc 0.9625 loss 1.0916 err 9.51e-08 cell 99 net 218,490")     # 100x
+    assert problems("acc 0.9625 loss 1.0916 err 9.51e-10 cell 90 net 218,490")     # 9 images
+    assert problems("acc 0.9625 loss 1.0916 err 9.51e-10 cell 99 net 218,491")     # a count
+    assert problems("acc 0.9625 loss 1.0916 err 9.51e-10 cell 99 net 218,490 ok")  # the text
+    # Outside a rounding block every digit counts.
+    assert problems(printed, "acc 0.9650")
+
+
 def test_update_rewrites_outputs_and_keeps_the_prose(tmp_path):
     stale = SMALL.replace("\nhello\n", "\ngoodbye\n").replace("A\nB", "old")
     doc = _small(tmp_path, stale)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import slidenet
-from slidenet import modelfile
 from slidenet.errors import DataError, ModelFileError
 from slidenet.ops import naive
+from slidenet.storage import modelfile
 
 OLD = Path(__file__).parent / "fixtures" / "model-0.1.0.npz"
 

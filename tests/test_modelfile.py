@@ -9,8 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from slidenet import modelfile
 from slidenet.errors import ModelFileError
+from slidenet.storage import modelfile
 
 ARRAYS = {
     "conv1.W": np.random.default_rng(0).standard_normal((5, 5, 3, 8)).astype(np.float32),
@@ -201,7 +201,7 @@ def test_compressed_npz_with_valid_checksum_loads(tmp_path):
 SAVER = """
 import os, sys, time
 import numpy as np
-from slidenet import modelfile
+from slidenet.storage import modelfile
 
 stage, path = sys.argv[1], sys.argv[2]
 

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import import_part
+
 # The `onnx` extra is part of `all`, which `make test` and CI install: without it these tests
 # fail rather than vanish. SLIDENET_SKIP_ONNX=1 skips them on purpose (never in CI).
-if os.environ.get("SLIDENET_SKIP_ONNX") == "1" and not os.environ.get("CI"):
-    pytest.skip("SLIDENET_SKIP_ONNX=1", allow_module_level=True)
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
+onnx, ort = import_part("ONNX", "onnx", "onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import slidenet  # noqa: E402
@@ -27,7 +26,7 @@ from slidenet.interop.onnx_export import to_bytes, to_model  # noqa: E402
 from slidenet.interop.onnx_file import (  # noqa: E402
     Budget, OnnxFileError, check_claimed_size, tensor_array)
 from slidenet.interop.onnx_import import read_onnx  # noqa: E402
-from slidenet.layers import Layer, RegistryError, Step, kinds, register  # noqa: E402
+from slidenet.layers import Inferred, Layer, RegistryError, kinds, register  # noqa: E402
 from slidenet.model import Model, model_arrays, save  # noqa: E402
 from slidenet.net import Net  # noqa: E402
 from slidenet.ops.losses import softmax  # noqa: E402
@@ -570,7 +569,7 @@ def test_claimed_sizes_are_checked_before_allocating(tmp_path):
     with pytest.raises(OnnxFileError, match="'b' claims 60 bytes after 60 bytes of tensors before "
                                             "it, more than slidenet's input budget of 100 bytes"):
         budget.take("'b'", 60)
-    from slidenet import limits                 # the shared setting decides the default
+    from slidenet.storage import limits  # the shared setting decides the default
     previous = limits.set_budget(5000)
     try:
         assert Budget().total == 5000
@@ -596,7 +595,7 @@ def test_a_kind_without_onnx_export_is_refused_at_registration():
 
         @classmethod
         def infer(cls, spec, walk):
-            return Step(walk.shape)
+            return Inferred(walk.shape)
 
         def forward(self, x, train):
             return x

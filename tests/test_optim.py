@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from slidenet.errors import ModelFileError, SlidenetError
-from slidenet.optim import OPTIMIZERS, decays, make_optimizer
+from slidenet.training.optim import OPTIMIZERS, decays, make_optimizer
 
 NAMES = ["sgd", "momentum", "nesterov", "adam"]
 

@@ -1,4 +1,4 @@
-"""One image's F(4, 3) layer on two threads (`ops.pair`): the same bits as on one, whoever
+"""One image's F(4, 3) layer on two threads (`ops.conv.pair`): the same bits as on one, whoever
 runs which half, and a helper that is late or busy never changes a result.
 
 The oracle is the unpaired kernel on one worker (itself checked against the lecture's loops by
@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from slidenet import Net
-from slidenet.ops import compiled, conv, pair, runtime
+from slidenet.ops import conv, runtime
+from slidenet.ops.conv import pair
 
-pytestmark = pytest.mark.skipif(compiled.kernels(np.zeros(1, np.float32)) is None,
-                                reason="the paired path needs numba")
+# conftest's `numba` fixture: these fail without numba (SLIDENET_SKIP_NUMBA=1 skips them).
+pytestmark = pytest.mark.usefixtures("numba")
 RNG = np.random.default_rng(11)
 # (H, W, D, K): R1's three F(4, 3) layers, odd sizes (a last tile that sticks out), thin ones.
 GEOMETRIES = [(32, 32, 32, 32), (16, 16, 32, 64), (8, 8, 64, 64), (13, 9, 5, 7), (7, 3, 2, 2),

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slidenet.errors import PatternError, SlidenetError
-from slidenet.pattern import MAX_LAYERS, parse, parse_sets
+from slidenet.notation.pattern import MAX_LAYERS, parse, parse_sets
 
 LECTURE = "INPUT(32x32x3) -> [[CONV(32) -> RELU]*N -> POOL?]*M -> [FC(128) -> RELU]*K -> FC(10)"
 

@@ -2,7 +2,7 @@
 says what is missing; a kind that is whole has no problems."""
 import pytest
 
-from slidenet.layers import Layer, RegistryError, Step, kinds, register
+from slidenet.layers import Inferred, Layer, RegistryError, kinds, register
 from slidenet.layers.registry import _problems
 
 
@@ -17,7 +17,7 @@ def whole_kind(**changes):
 
         @classmethod
         def infer(cls, spec, walk):
-            return Step(walk.shape)
+            return Inferred(walk.shape)
 
         @classmethod
         def read_arguments(cls, spec, given):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from slidenet.errors import SlidenetError
-from slidenet.schedules import SCHEDULES, make_schedule
+from slidenet.training.schedules import SCHEDULES, make_schedule
 
 
 def test_constant():

@@ -4,9 +4,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slidenet.errors import PatternError
-from slidenet.pattern import parse
-from slidenet.shapes import infer
-from slidenet.summary import summary_json, summary_text
+from slidenet.notation.pattern import parse
+from slidenet.notation.shapes import infer
+from slidenet.notation.summary import summary_json, summary_text
 
 LECTURE = "INPUT(32x32x3) -> [[CONV(32) -> RELU]*N -> POOL?]*M -> [FC(128) -> RELU]*K -> FC(10)"
 VGG16 = ("INPUT(224x224x3) -> [CONV(64) -> RELU]*2 -> POOL -> [CONV(128) -> RELU]*2 -> POOL"

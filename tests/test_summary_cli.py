@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from slidenet.cli import main
-from slidenet.pattern import parse
-from slidenet.shapes import infer
-from slidenet.summary import summary_json, summary_text
+from slidenet.notation.pattern import parse
+from slidenet.notation.shapes import infer
+from slidenet.notation.summary import summary_json, summary_text
 
 LECTURE = "INPUT(32x32x3) -> [[CONV(32) -> RELU]*N -> POOL?]*M -> [FC(128) -> RELU]*K -> FC(10)"
 

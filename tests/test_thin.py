@@ -1,6 +1,6 @@
 """Thin first layers (an RGB or grey input): the direct pair, and im2col's compiled passes.
 
-"auto" gives a thin first layer with enough filters the direct pair (`ops/direct.py`): its
+"auto" gives a thin first layer with enough filters the direct pair (`ops/conv/direct.py`): its
 forward without rows, im2col's backward. With numba, im2col copies the rows of a thin input,
 adds the bias with the ReLU, and applies the ReLU's mask in compiled passes
 (`compiled.im2col_rows`, `add_bias_relu`, `relu_mask`), bitwise equal to its NumPy passes.
@@ -14,14 +14,14 @@ handles them, and a whole net.
 import numpy as np
 import pytest
 
-from harness import check_kernel, without_numba
+from harness import CONV_GEOMETRIES, check_kernel, conv_arrays, without_numba
 from slidenet import Net, ops
-from slidenet.ops import compiled, conv, direct, im2col, naive, runtime
-from test_kernels import CONV_GEOMETRIES, conv_arrays
+from slidenet.ops import compiled, conv, naive, runtime
+from slidenet.ops.conv import direct, im2col
 
 RNG = np.random.default_rng(77)
-HAVE_NUMBA = compiled.kernels() is not None
-needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+# conftest's `numba` fixture: these fail without numba (SLIDENET_SKIP_NUMBA=1 skips them).
+needs_numba = pytest.mark.usefixtures("numba")
 
 # (H, W, D, F_h, F_w, S_h, S_w, P_h, P_w): 1 to 4 channels and one past THIN_DEPTH; square,
 # tall and wide filters; strides 1 to 3 per axis; padding 0 to 3; odd, non-square inputs.

@@ -7,39 +7,12 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import CLASSES, TINY, bars
 from slidenet import Net
-from slidenet.ops import softmax_loss
-from slidenet.optim import make_optimizer
 from slidenet.model import load
-from slidenet.train import TrainConfig, train
-
-TINY = "INPUT(8x8x1) -> CONV(4) -> RELU -> POOL -> DROPOUT(0.2) -> FC(3)"
-
-
-def bars(n, seed=0):
-    """Three learnable classes of 8x8 images: a horizontal bar, a vertical bar, a dot; uint8."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 3
-    x = rng.integers(0, 40, size=(n, 8, 8, 1)).astype(np.uint8)
-    pos = rng.integers(1, 7, size=n)
-    for i in range(n):
-        if y[i] == 0:
-            x[i, pos[i], :, 0] = 250
-        elif y[i] == 1:
-            x[i, :, pos[i], 0] = 250
-        else:
-            x[i, pos[i] - 1:pos[i] + 1, pos[i] - 1:pos[i] + 1, 0] = 250
-    return x, y
-
-
-@pytest.fixture
-def npz_data(tmp_path):
-    x, y = bars(180)
-    xt, yt = bars(60, seed=1)
-    path = tmp_path / "bars.npz"
-    np.savez(path, x=x, y=y, x_test=xt, y_test=yt, class_names=np.array(["row", "column", "dot"]))
-    return f"npz:{path}"
-
+from slidenet.ops import softmax_loss
+from slidenet.training.loop import TrainConfig, train
+from slidenet.training.optim import make_optimizer
 
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "slidenet", *args], capture_output=True, text=True)
@@ -131,8 +104,7 @@ def test_cli_train_eval_predict(tmp_path, npz_data):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 3 and all(line.count(",") == 1 for line in lines)
-    names = ["row", "column", "dot"]
-    assert sum(line.split(": ")[1].startswith(names[y[i]]) for i, line in enumerate(lines)) >= 2
+    assert sum(line.split(": ")[1].startswith(CLASSES[y[i]]) for i, line in enumerate(lines)) >= 2
 
 
 def test_divergence_stops_with_advice_and_keeps_the_last_good_model(tmp_path, npz_data):

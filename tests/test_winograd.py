@@ -13,19 +13,20 @@ import numpy.polynomial.polynomial as P
 import pytest
 
 from harness import without_numba
+from helpers import numba_problem, require
 from slidenet import ops
 from slidenet.gradcheck import TOLERANCE, check_pattern
-from slidenet.ops import compiled, conv, winograd, winograd4
+from slidenet.ops import compiled, conv
+from slidenet.ops.conv import winograd_f23, winograd_f43
 
 RNG = np.random.default_rng(2023)
-HAVE_NUMBA = compiled.kernels() is not None
 
 
 def test_the_four_products_give_the_two_rows():
     # The module docstring's identity on plain numbers: y0 = d0 w0 + d1 w1 + d2 w2 and
     # y1 = d1 w0 + d2 w1 + d3 w2 from four products.
     d, w = RNG.standard_normal(4), RNG.standard_normal(3)
-    g = winograd.G @ w
+    g = winograd_f23.G @ w
     m = np.array([d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]) * g
     assert np.allclose([m[0] + m[1] + m[2], m[1] - m[2] - m[3]],
                        [d[0:3] @ w, d[1:4] @ w], rtol=1e-14)
@@ -33,7 +34,7 @@ def test_the_four_products_give_the_two_rows():
 
 def toom_cook(points, m):
     """A^T (m x n), G (n x 3), B^T (n x n) of F(m, 3) from its finite points and infinity, built
-    as winograd4's docstring derives them (Lagrange interpolation of u(z) w(z))."""
+    as winograd_f43's docstring derives them (Lagrange interpolation of u(z) w(z))."""
     n = m + 2
     at, g, bt = np.zeros((m, n)), np.zeros((n, 3)), np.zeros((n, n))
     for a, p in enumerate(points):
@@ -59,18 +60,18 @@ def passes(scheme):
     return out[:, :, 0, 0].T, bt, adj
 
 
-@pytest.mark.parametrize("numba", [False, True], ids=["numpy", "compiled"])
-@pytest.mark.parametrize("scheme,points", [(winograd.F23, (0, 1, -1)),
-                                           (winograd4.F43, (0, 1, -1, 2, -2))],
+@pytest.mark.parametrize("fast", [False, True], ids=["numpy", "compiled"])
+@pytest.mark.parametrize("scheme,points", [(winograd_f23.F23, (0, 1, -1)),
+                                           (winograd_f43.F43, (0, 1, -1, 2, -2))],
                          ids=["F(2, 3)", "F(4, 3)"])
-def test_the_passes_compute_the_products_of_their_points(scheme, points, numba):
+def test_the_passes_compute_the_products_of_their_points(scheme, points, fast):
     # Each product a is the rank-one term A^T[:, a] x G[a, :] x B^T[a, :]; scaling one factor
     # and dividing another by the same number changes nothing, so compare the terms, not the
     # matrices, with the Toom-Cook construction from the points.
-    if numba and not HAVE_NUMBA:
-        pytest.skip("numba is not installed")
+    if fast:
+        require("NUMBA", numba_problem())
     want = toom_cook(points, scheme.m)
-    previous = compiled.set_enabled(numba)
+    previous = compiled.set_enabled(fast)
     try:
         at, bt, adj = passes(scheme)
     finally:
@@ -85,13 +86,13 @@ def test_the_passes_compute_the_products_of_their_points(scheme, points, numba):
 
 
 def test_winograd4_matrices_are_its_docstring_and_its_passes():
-    at, bt, adj = passes(winograd4.F43)
-    np.testing.assert_array_equal(bt, winograd4.BT)
-    np.testing.assert_array_equal(at, winograd4.AT)
-    np.testing.assert_array_equal(adj, winograd4.AT.T)
+    at, bt, adj = passes(winograd_f43.F43)
+    np.testing.assert_array_equal(bt, winograd_f43.BT)
+    np.testing.assert_array_equal(at, winograd_f43.AT)
+    np.testing.assert_array_equal(adj, winograd_f43.AT.T)
     # The six products give the four rows of plain numbers: y_k = d[k:k+3] @ w.
     d, w = RNG.standard_normal(6), RNG.standard_normal(3)
-    y = winograd4.AT @ ((winograd4.G @ w) * (winograd4.BT @ d))
+    y = winograd_f43.AT @ ((winograd_f43.G @ w) * (winograd_f43.BT @ d))
     np.testing.assert_allclose(y, [d[k:k + 3] @ w for k in range(4)], rtol=1e-13)
 
 
@@ -150,7 +151,7 @@ def test_float32_winograd_is_as_accurate_as_im2col():
 
 def test_auto_runs_winograd_only_where_it_applies_and_pays(monkeypatch):
     calls = []
-    for module, name in ((winograd, "F23"), (winograd4, "F43")):
+    for module, name in ((winograd_f23, "F23"), (winograd_f43, "F43")):
         scheme = getattr(module, name)
         monkeypatch.setattr(module, name, scheme._replace(
             rows=lambda *a, scheme=scheme: calls.append(scheme.name) or scheme.rows(*a)))
@@ -192,7 +193,7 @@ def test_a_net_on_winograd_passes_gradcheck():
     assert max(errors.values()) < TOLERANCE
 
 
-@pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+@pytest.mark.usefixtures("numba")
 def test_compiled_max_pool_keeps_nan_as_numpy_does():
     # np.maximum keeps a NaN; the compiled pass must too, and send the gradient where NumPy does.
     x = np.maximum(RNG.integers(-2, 3, (4, 8, 8, 3)), 0).astype(np.float32)

@@ -36,10 +36,11 @@ from slidenet.bench.machine import (
 from slidenet.bench.report import report
 from slidenet.bench.runners import (
     OnnxRunner, SlidenetRunner, TorchRunner, flops, onnxruntime_module)
-from slidenet.ops import compiled, pair, runtime, set_conv_algorithm
+from slidenet.notation.pattern import parse
+from slidenet.notation.shapes import infer
+from slidenet.ops import compiled, runtime, set_conv_algorithm
+from slidenet.ops.conv import pair
 from slidenet.ops.runtime import blas_for_workers
-from slidenet.pattern import parse
-from slidenet.shapes import infer
 
 R1 = ("INPUT(32x32x3) -> [CONV(32) -> RELU]*2 -> POOL -> [CONV(64) -> RELU]*2 -> POOL -> "
       "FC(256) -> RELU -> FC(10)")

@@ -33,9 +33,9 @@ import numpy as np
 
 from slidenet.bench import R1
 from slidenet.bench.machine import OtherLoad
-from slidenet.config import DEFAULT_PATTERN
 from slidenet.net import Net
 from slidenet.ops import runtime, softmax_loss
+from slidenet.training.config import DEFAULT_PATTERN
 
 NETS = {"default": DEFAULT_PATTERN, "R1": R1}
 GLOBAL_BATCH = 64
@@ -129,7 +129,7 @@ def _throughput(mpiexec, rounds, epochs):
 
 def _worker():
     """Under mpiexec: per net, gradient bytes, sum times and the step's compute time (JSON)."""
-    from slidenet import distributed
+    from slidenet.training import distributed
     group = distributed.world()
     result = {}
     with group.workers(1):

@@ -4,10 +4,10 @@ Under `mpiexec -n R` each rank scores one shard of the images and rank 0 prints 
 """
 import json
 
-from slidenet import distributed
 from slidenet.errors import OutOfMemory, SlidenetError
-from slidenet.evaluate import evaluate
 from slidenet.model import load
+from slidenet.training import distributed
+from slidenet.training.evaluate import evaluate
 
 
 def register(subparsers):

@@ -3,7 +3,7 @@
 Exits 0 when every relative error is below 1e-6, 1 otherwise.
 """
 from slidenet.gradcheck import TOLERANCE, check_pattern
-from slidenet.pattern import parse_sets
+from slidenet.notation.pattern import parse_sets
 
 
 def register(subparsers):

@@ -2,11 +2,11 @@
 import json
 import os
 
-from slidenet import modelfile
 from slidenet.errors import SlidenetError
-from slidenet.pattern import parse, parse_sets
-from slidenet.shapes import infer
-from slidenet.summary import summary_json, summary_text
+from slidenet.notation.pattern import parse, parse_sets
+from slidenet.notation.shapes import infer
+from slidenet.notation.summary import summary_json, summary_text
+from slidenet.storage import modelfile
 
 
 def register(subparsers):

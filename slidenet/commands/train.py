@@ -10,10 +10,11 @@ import os
 import sys
 
 from slidenet import data as datasets
-from slidenet import modelfile
 from slidenet.errors import OutOfMemory, SlidenetError
-from slidenet.pattern import parse_sets
-from slidenet.train import AUTO_BATCH, TrainConfig, TrainingInterrupted, train
+from slidenet.notation.pattern import parse_sets
+from slidenet.storage import modelfile
+from slidenet.training.config import check_settings
+from slidenet.training.loop import AUTO_BATCH, TrainConfig, TrainingInterrupted, resumable, train
 
 DEFAULTS = TrainConfig()
 # The flags a resumed run takes from the command line; every other one is fixed by the model.
@@ -90,20 +91,9 @@ def register(subparsers):
 
 
 def _check(args):
-    for name in ("epochs", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise SlidenetError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
-    for name in ("patience", "stop_after"):
-        value = getattr(args, name)
-        if value is not None and value < 0:
-            raise SlidenetError(f"--{name.replace('_', '-')} must be 0 or more, not {value}")
-    if args.threads < 0:
-        raise SlidenetError(f"--threads must be 0 (one per core) or more, not {args.threads}")
-    if args.lr is not None and not args.lr > 0:
-        raise SlidenetError(f"--lr must be > 0, not {args.lr}")
-    if args.val_fraction is not None and not 0 <= args.val_fraction < 1:
-        raise SlidenetError(f"--val-fraction must be in [0, 1), not {args.val_fraction}")
+    check_settings({name: getattr(args, name) for name in
+                    ("epochs", "batch_size", "patience", "stop_after", "threads", "lr",
+                     "val_fraction")}, name=_flag)
     if args.resume and not os.path.isfile(args.resume):
         raise SlidenetError(f"--resume {args.resume}: no such model file")
 
@@ -136,7 +126,7 @@ def _given(args):
 def _check_resume(args, given):
     """The saved config of --resume MODEL; SlidenetError when a given flag disagrees with it."""
     _, meta = modelfile.load(args.resume)
-    saved = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    saved = meta["config"] if resumable(meta) else {}
     for name, value in given.items():
         if name in ON_RESUME or name not in saved or saved[name] == value:
             continue

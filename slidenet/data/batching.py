@@ -33,7 +33,7 @@ def augment(x, rng, crop_pad=4, flip=True, part=None):
     x: float (N, H, W, D). Each image is zero-padded by `crop_pad` on every side and an H x W
     window is cut at a random offset in 0..2*crop_pad along each axis; with flip=True, half the
     images (on average) are mirrored left to right. Returns a new (N, H, W, D) array.
-    part: None, or (a `slidenet.shard.Part`, data-parallel training) x holds rows
+    part: None, or (a `slidenet.ops.shard.Part`, data-parallel training) x holds rows
     part.start:part.stop of a batch of part.total: the draws are made for the whole batch and
     these rows' draws used, so every rank advances `rng` as one process would.
     """

@@ -6,10 +6,10 @@ import pickletools
 
 import numpy as np
 
-from slidenet import limits
 from slidenet.data.dataset import Dataset
 from slidenet.data.files import _BAD_FILE, _existing_dir, _existing_file, _reading, _required_arg
 from slidenet.errors import DataError
+from slidenet.storage import limits
 
 
 def _latin1_encode(text, encoding):

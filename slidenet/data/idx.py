@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from slidenet import limits
 from slidenet.data.dataset import Dataset, _shape_text
 from slidenet.data.files import _existing_dir, _reading, _required_arg
 from slidenet.errors import DataError
+from slidenet.storage import limits
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist/"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -26,7 +26,7 @@ def read_idx(path):
 
     Layout: two zero bytes, a type code, the number of dimensions, each dimension as a
     big-endian uint32, then the elements in row-major order. The file must be exactly that long.
-    The size the header claims is checked against the input budget (`slidenet.limits`) before
+    The size the header claims is checked against the input budget (`slidenet.storage.limits`) before
     the array is allocated, and a gzip stream is decompressed straight into it, never beyond.
     """
     path = Path(path)

@@ -6,7 +6,7 @@ or JPEG. Hidden files (".name", macOS's "._name") are not data and are left out;
 are left out with a note. Images with transparency are composited onto a background (black for
 training folders, like MNIST's; for `load_image`, the background the model was trained on)
 before the alpha is dropped. Every file, and the pixels it decodes to, must fit the input
-budget (`slidenet.limits`).
+budget (`slidenet.storage.limits`).
 """
 import io
 import warnings
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from slidenet import limits
 from slidenet.data.dataset import Dataset, _shape_text, _split_dataset
 from slidenet.data.files import _BAD_FILE, _existing_dir, _existing_file, _reading, _required_arg
 from slidenet.errors import DataError
+from slidenet.storage import limits
+from slidenet.storage.limits import MAX_PIXELS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
-MAX_PIXELS = 4096 * 4096    # an image claiming more is refused before it is decoded
 
 
 def _pillow():
@@ -83,7 +83,7 @@ def _read_image(path, size=None, before=0):
     black). size (H, W): stretch the image to it.
 
     before: bytes of images already read for the same data set; with this image they must fit
-    the input budget (`slidenet.limits`), checked before it is decoded.
+    the input budget (`slidenet.storage.limits`), checked before it is decoded.
     """
     image_module = _pillow()
     with _reading(path, _image_errors(image_module)):

@@ -18,7 +18,7 @@ import json
 from slidenet import __version__
 from slidenet.errors import SlidenetError
 from slidenet.interop.onnx_graph import PIXELS, Graph, require_onnx
-from slidenet.writing import write_bytes
+from slidenet.storage.writing import write_bytes
 
 OPSET = 17          # the oldest opset an export writes: Softmax on one axis, Dropout's ratio input
 

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from slidenet import limits
 from slidenet.errors import SlidenetError
 from slidenet.interop.onnx_graph import require_onnx
+from slidenet.storage import limits
+from slidenet.storage.limits import MAX_ONNX_FILE_BYTES, MAX_TENSOR_BYTES
 
-MAX_FILE_BYTES = 2**31 - 1          # protobuf's own limit on one message
-MAX_TENSOR_BYTES = 4 * 2**30        # as `Net.MAX_WEIGHT_BYTES`: more is a damaged file, not a CNN
 
 
 class OnnxFileError(SlidenetError):
@@ -30,7 +29,7 @@ class OnnxFileError(SlidenetError):
 
 class Budget:
     """Bytes that the tensors of one file may still claim, all together: slidenet's input
-    budget (`slidenet.limits`: half the memory, or $SLIDENET_MAX_INPUT_BYTES), and never more
+    budget (`slidenet.storage.limits`: half the memory, or $SLIDENET_MAX_INPUT_BYTES), and never more
     than MAX_TENSOR_BYTES."""
 
     def __init__(self, total=None):
@@ -71,7 +70,7 @@ def read_model(path):
     size = path.stat().st_size
     if size == 0:
         raise OnnxFileError(f"{path} is empty, not an ONNX model")
-    check_claimed_size(f"{path}", size, MAX_FILE_BYTES)
+    check_claimed_size(f"{path}", size, MAX_ONNX_FILE_BYTES)
     data = path.read_bytes()
     model = onnx.ModelProto()
     try:

@@ -37,8 +37,8 @@ from slidenet.interop.onnx_ops import (
     OPS, Act, Const, Probs, Skip, Unknown, Unsupported, attributes, channel_vector,
     slidenet_shape, unknown_op, where)
 from slidenet.net import Net
-from slidenet.pattern import parse
-from slidenet.shapes import infer
+from slidenet.notation.pattern import parse
+from slidenet.notation.shapes import infer
 
 LAYOUTS = ("nchw", "nhwc")
 

@@ -16,11 +16,11 @@ docs/design.md, "Adding a layer kind") and import it below: importing registers 
 # Importing a kind's module registers it; the order here is the order of `kinds()`.
 from slidenet.layers import input as _input  # noqa: F401  (INPUT; "input" would shadow a builtin)
 from slidenet.layers import activations, batchnorm, conv, dropout, fc, globalavgpool, pool  # noqa: F401
-from slidenet.layers.base import Init, Layer, Step, Unfit, Walk, Window
+from slidenet.layers.base import Inferred, Init, Layer, Unfit, Walk, Window
 from slidenet.layers.fusion import fuse
 from slidenet.layers.registry import RegistryError, kinds, lookup, names, register
 
-__all__ = ["Init", "Layer", "RegistryError", "Step", "Unfit", "Walk", "Window", "build", "fuse",
+__all__ = ["Inferred", "Init", "Layer", "RegistryError", "Unfit", "Walk", "Window", "build", "fuse",
            "kinds", "lookup", "names", "register"]
 
 

@@ -3,9 +3,10 @@
 They keep the shape and have no parameters. Each calls its pair in `slidenet.ops.activations`,
 where the forward sits next to its local derivative.
 """
-from slidenet import arguments, ops
-from slidenet.layers.base import Layer, Step
+from slidenet import ops
+from slidenet.layers.base import Inferred, Layer
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
 
 
 class _Elementwise(Layer):
@@ -13,10 +14,16 @@ class _Elementwise(Layer):
 
     maps = True
     kernels = (None, None)      # (forward(x) -> (out, cache), backward(dout, cache) -> dx)
+    torch_name = ""             # the same layer in torch.nn, built without arguments
+    onnx_op = ""                # the same layer as one ONNX node, without attributes
 
     @classmethod
     def infer(cls, spec, walk):
-        return Step(walk.shape)
+        return Inferred(walk.shape)
+
+    @classmethod
+    def torch_modules(cls, info, nn):
+        return [getattr(nn, cls.torch_name)()]
 
     def forward(self, x, train):
         out, self.cache = self.kernels[0](x)
@@ -25,45 +32,23 @@ class _Elementwise(Layer):
     def backward(self, dout, need_dx=True):
         return self.kernels[1](dout, self.cache)
 
-
-@register
-class Relu(_Elementwise):
-    """max(0, x)."""
-    kind = "RELU"
-    kernels = (ops.relu_forward, ops.relu_backward)
-
-    @classmethod
-    def torch_modules(cls, info, nn):
-        return [nn.ReLU()]
-
     def to_onnx(self, graph):
-        graph.tensor = graph.node("Relu", [graph.tensor])
+        graph.tensor = graph.node(self.onnx_op, [graph.tensor])
 
 
-@register
-class Tanh(_Elementwise):
-    kind = "TANH"
-    kernels = (ops.tanh_forward, ops.tanh_backward)
-
-    @classmethod
-    def torch_modules(cls, info, nn):
-        return [nn.Tanh()]
-
-    def to_onnx(self, graph):
-        graph.tensor = graph.node("Tanh", [graph.tensor])
+def _elementwise(name, kind, kernels, torch_name, onnx_op, doc):
+    """A registered kind that is one `ops` pair and nothing else (as stax builds its layers)."""
+    return register(type(name, (_Elementwise,), {
+        "__doc__": doc, "__module__": __name__, "kind": kind, "kernels": kernels,
+        "torch_name": torch_name, "onnx_op": onnx_op}))
 
 
-@register
-class Sigmoid(_Elementwise):
-    kind = "SIGMOID"
-    kernels = (ops.sigmoid_forward, ops.sigmoid_backward)
-
-    @classmethod
-    def torch_modules(cls, info, nn):
-        return [nn.Sigmoid()]
-
-    def to_onnx(self, graph):
-        graph.tensor = graph.node("Sigmoid", [graph.tensor])
+Relu = _elementwise("Relu", "RELU", (ops.relu_forward, ops.relu_backward), "ReLU", "Relu",
+                    "max(0, x).")
+Tanh = _elementwise("Tanh", "TANH", (ops.tanh_forward, ops.tanh_backward), "Tanh", "Tanh",
+                    "tanh(x).")
+Sigmoid = _elementwise("Sigmoid", "SIGMOID", (ops.sigmoid_forward, ops.sigmoid_backward),
+                       "Sigmoid", "Sigmoid", "1 / (1 + exp(-x)).")
 
 
 @register

@@ -4,7 +4,7 @@ A layer kind is one subclass of `Layer` in one module of `slidenet.layers`, regi
 `@register` (see `registry`). The class says everything about its kind:
 
     grammar      kind, aliases, positional, keywords, required, usage, read_arguments()
-    shape rule   infer(spec, walk) -> Step: output shape, parameters with their formula, the
+    shape rule   infer(spec, walk) -> Inferred: output shape, parameters with their formula, the
                  (N + 2P - F) / S + 1 lines of the summary, multiply-adds, receptive field
     geometry     window(spec, input_shape) -> Window or None: the window it slides, if any
     parameters   __init__(info, init): arrays in self.params, initialised from init.rng
@@ -42,7 +42,7 @@ class Walk:
 
 
 @dataclass(frozen=True)
-class Step:
+class Inferred:
     """What one layer makes of the walk so far."""
     shape: Tuple[int, ...]                      # its output: (H', W', D') or (n,)
     params: int = 0
@@ -121,7 +121,7 @@ class Layer:
 
     @classmethod
     def infer(cls, spec, walk):
-        """The Step this layer takes from `walk` (a Walk); raise Unfit or GeometryError."""
+        """The Inferred this layer takes from `walk` (a Walk); raise Unfit or GeometryError."""
         raise NotImplementedError
 
     @classmethod

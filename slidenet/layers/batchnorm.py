@@ -6,9 +6,10 @@ and beta (D,) each, so 2 x D in all; the running statistics are saved buffers, n
 """
 import numpy as np
 
-from slidenet import ops, shard
-from slidenet.layers.base import Layer, Step
+from slidenet import ops
+from slidenet.layers.base import Inferred, Layer
 from slidenet.layers.registry import register
+from slidenet.ops import shard
 
 
 @register
@@ -22,7 +23,7 @@ class BatchNorm(Layer):
     def infer(cls, spec, walk):
         channels = walk.shape[-1]
         # One gamma and one beta per channel (per feature after an FC).
-        return Step(walk.shape, 2 * channels, f"2 x {channels} = {2 * channels:,}")
+        return Inferred(walk.shape, 2 * channels, f"2 x {channels} = {2 * channels:,}")
 
     @classmethod
     def torch_modules(cls, info, nn):

@@ -12,10 +12,11 @@ lecture's loops are `slidenet.ops.naive.conv_forward`.
 """
 import numpy as np
 
-from slidenet import arguments, ops
+from slidenet import ops
 from slidenet.errors import GeometryError
-from slidenet.layers.base import Layer, Step, Window, by_channel, slide, window_at
+from slidenet.layers.base import Inferred, Layer, Window, by_channel, slide, window_at
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
 
 
 def _axes(a, b):
@@ -68,7 +69,7 @@ class Conv(Layer):
         k, (fh, fw) = spec.filters, spec.size
         params = k * (fh * fw * d + 1)          # each filter spans the full depth, plus a bias
         madds = out_h * out_w * k * fh * fw * d
-        return Step((out_h, out_w, k), params, f"{k} x ({fh}*{fw}*{d} + 1) = {params:,}",
+        return Inferred((out_h, out_w, k), params, f"{k} x ({fh}*{fw}*{d} + 1) = {params:,}",
                     formulas, madds, 2 * madds, field, jump)
 
     @classmethod

@@ -4,9 +4,11 @@ by 1 / (1 - p) (inverted dropout), so the layer is the identity at test time.
 Masks come from the net's dropout generator, a stream of its own (`Init.dropout_rng`), so
 adding a DROPOUT never changes the initial weights, and a resumed run draws the same masks.
 """
-from slidenet import arguments, ops, shard
-from slidenet.layers.base import Layer, Step
+from slidenet import ops
+from slidenet.layers.base import Inferred, Layer
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
+from slidenet.ops import shard
 
 
 @register
@@ -22,7 +24,7 @@ class Dropout(Layer):
 
     @classmethod
     def infer(cls, spec, walk):
-        return Step(walk.shape)
+        return Inferred(walk.shape)
 
     @classmethod
     def torch_modules(cls, info, nn):
@@ -33,7 +35,7 @@ class Dropout(Layer):
         self.rng = init.dropout_rng
 
     def forward(self, x, train):
-        # Data-parallel training: this rank's rows of the global batch's mask (`slidenet.shard`).
+        # Data-parallel training: this rank's rows of the global batch's mask (`slidenet.ops.shard`).
         out, self.cache = ops.dropout_forward(x, self.info.spec.rate, self.rng, train,
                                               part=shard.current() if train else None)
         return out

@@ -16,9 +16,10 @@ from math import prod
 
 import numpy as np
 
-from slidenet import arguments, ops
-from slidenet.layers.base import Layer, Step
+from slidenet import ops
+from slidenet.layers.base import Inferred, Layer
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
 
 SCORING_SCALE = 0.01        # the scoring FC's initial weights, relative to He's
 EXPLAINED = 12              # contributions an explanation lists, the largest first
@@ -49,7 +50,7 @@ class FC(Layer):
         field = tuple(r + (f - 1) * j for r, f, j in zip(walk.field, spatial, walk.jump))
         # A volume is stretched into H*W*D numbers: the formula says where they come from.
         stretched = "*".join(map(str, walk.shape)) if len(walk.shape) == 3 else str(inputs)
-        return Step((n,), params, f"{n} x ({stretched} + 1) = {params:,}", (), inputs * n,
+        return Inferred((n,), params, f"{n} x ({stretched} + 1) = {params:,}", (), inputs * n,
                     2 * inputs * n, field, walk.jump)
 
     @classmethod

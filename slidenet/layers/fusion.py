@@ -38,34 +38,30 @@ class Fused:
         return f"{type(self).__name__}({self.text})"
 
 
-class ConvRelu(Fused):
-    """max(0, conv(x)): the CONV kernel rectifies its output, and its backward masks dout."""
+class WithRelu(Fused):
+    """max(0, layer(x)) for a layer whose kernel takes `relu=True` (CONV, FC): the kernel
+    rectifies its output while it is in cache, and its backward masks dout."""
+
+    def prepare(self):
+        return self.parts[0].prepare(relu=True)
+
+    def forward(self, x, train):
+        return self.parts[0].forward(x, train, relu=True)
+
+    def backward(self, dout, need_dx=True):
+        return self.parts[0].backward(dout, need_dx, relu=True)
+
+
+class ConvRelu(WithRelu):
+    """max(0, conv(x))."""
 
     pattern = (Conv, Relu)
 
-    def prepare(self):
-        return self.parts[0].prepare(relu=True)
 
-    def forward(self, x, train):
-        return self.parts[0].forward(x, train, relu=True)
-
-    def backward(self, dout, need_dx=True):
-        return self.parts[0].backward(dout, need_dx, relu=True)
-
-
-class FCRelu(Fused):
-    """max(0, x @ W + b): the FC kernel rectifies its output, and its backward masks dout."""
+class FCRelu(WithRelu):
+    """max(0, x @ W + b)."""
 
     pattern = (FC, Relu)
-
-    def prepare(self):
-        return self.parts[0].prepare(relu=True)
-
-    def forward(self, x, train):
-        return self.parts[0].forward(x, train, relu=True)
-
-    def backward(self, dout, need_dx=True):
-        return self.parts[0].backward(dout, need_dx, relu=True)
 
 
 class ConvReluMaxPool(Fused):

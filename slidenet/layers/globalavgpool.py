@@ -9,37 +9,25 @@ has D x K weights instead of H x W x D x K (`INPUT(8x8x16) -> GLOBALAVGPOOL -> F
 parameters). Its kernels are the average pool's (`slidenet.ops.pool`) with that window.
 """
 from slidenet import ops
-from slidenet.layers.base import Layer, Step, Window, slide
-from slidenet.layers.pool import explain_mean
+from slidenet.layers.base import Window
+from slidenet.layers.pool import Pooling, explain_mean
 from slidenet.layers.registry import register
 
 
 @register
-class GlobalAvgPool(Layer):
+class GlobalAvgPool(Pooling):
     """Mean over height and width: (N, H, W, D) -> (N, 1, 1, D)."""
 
     kind = "GLOBALAVGPOOL"
-    maps = True
+    kernels = (ops.avg_pool_forward, ops.avg_pool_backward)
 
     @classmethod
     def window(cls, spec, input_shape):
         return Window(tuple(input_shape[:2]), (1, 1), (0, 0)) if len(input_shape) == 3 else None
 
     @classmethod
-    def infer(cls, spec, walk):
-        out_h, out_w, d, formulas, field, jump = slide(spec, cls.window(spec, walk.shape), walk)
-        return Step((out_h, out_w, d), size_formulas=formulas, field=field, jump=jump)
-
-    @classmethod
     def torch_modules(cls, info, nn):
         return [nn.AvgPool2d(info.input_shape[:2], 1)]
-
-    def forward(self, x, train):
-        out, self.cache = ops.avg_pool_forward(x, x.shape[1:3], (1, 1))
-        return out
-
-    def backward(self, dout, need_dx=True):
-        return ops.avg_pool_backward(dout, self.cache)
 
     def explain(self, x, i, j, channel):
         """The whole of depth slice `channel` and its mean (see `pool.explain_mean`)."""

@@ -3,9 +3,9 @@
 It comes first, once, and builds no layer object: it only fixes the shape every later layer's
 shape rule starts from.
 """
-from slidenet import arguments
-from slidenet.layers.base import Layer, Step
+from slidenet.layers.base import Inferred, Layer
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
 
 
 @register
@@ -23,4 +23,4 @@ class Input(Layer):
 
     @classmethod
     def infer(cls, spec, walk):
-        return Step(spec.shape)
+        return Inferred(spec.shape)

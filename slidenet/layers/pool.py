@@ -11,17 +11,47 @@ they differ only in their kernels (`slidenet.ops.pool`).
 """
 import numpy as np
 
-from slidenet import arguments, ops
-from slidenet.layers.base import Layer, Step, Window, slide, window_at
+from slidenet import ops
+from slidenet.layers.base import Inferred, Layer, Window, slide, window_at
 from slidenet.layers.registry import register
+from slidenet.notation import arguments
 
 
-class _Pool(Layer):
-    """A pooling window of F_h x F_w with stride (S_h, S_w); no parameters."""
+class Pooling(Layer):
+    """What every pooling kind shares: no parameters, a window slid over each depth slice, and a
+    kernel pair from `slidenet.ops.pool` that takes (x, size, stride). A kind sets its kernels,
+    its ONNX op and `window(spec, input_shape)`."""
+
+    maps = True
+    kernels = None          # (forward(x, size, stride) -> out, cache; backward(dout, cache))
+    onnx_op = ""            # the ONNX node, with the window's attributes
+    torch_name = ""         # MAXPOOL, AVGPOOL: the torch.nn module, built with (size, stride)
+
+    @classmethod
+    def infer(cls, spec, walk):
+        out_h, out_w, d, formulas, field, jump = slide(spec, cls.window(spec, walk.shape), walk,
+                                                       can_pad=False)
+        return Inferred((out_h, out_w, d), size_formulas=formulas, field=field, jump=jump)
+
+    def forward(self, x, train):
+        window = self.window(self.info.spec, x.shape[1:])
+        out, self.cache = self.kernels[0](x, window.size, window.stride)
+        return out
+
+    def backward(self, dout, need_dx=True):
+        return self.kernels[1](dout, self.cache)
+
+    def to_onnx(self, graph):
+        w = self.window(self.info.spec, self.info.input_shape)
+        graph.tensor = graph.node(self.onnx_op, [graph.tensor],
+                                  **graph.window_attributes(w.size, w.stride, w.pad))
+
+
+class _Pool(Pooling):
+    """A pooling window of F_h x F_w with stride (S_h, S_w), as written: MAXPOOL, AVGPOOL."""
 
     positional = ("size",)
     keywords = {"f": "size", "size": "size", "s": "stride", "stride": "stride"}
-    maps = True
 
     @classmethod
     def read_arguments(cls, values):
@@ -35,10 +65,8 @@ class _Pool(Layer):
         return Window(spec.size, spec.stride, spec.pad)
 
     @classmethod
-    def infer(cls, spec, walk):
-        out_h, out_w, d, formulas, field, jump = slide(spec, cls.window(spec, walk.shape), walk,
-                                                       can_pad=False)
-        return Step((out_h, out_w, d), size_formulas=formulas, field=field, jump=jump)
+    def torch_modules(cls, info, nn):
+        return [getattr(nn, cls.torch_name)(info.spec.size, info.spec.stride)]
 
 
 @register
@@ -46,14 +74,9 @@ class MaxPool(_Pool):
     kind = "MAXPOOL"
     aliases = ("POOL",)
     usage = "MAXPOOL([FhxFw][, s=S]), e.g. MAXPOOL(2x2, s=2); pooling is never padded"
-
-    @classmethod
-    def torch_modules(cls, info, nn):
-        return [nn.MaxPool2d(info.spec.size, info.spec.stride)]
-
-    def forward(self, x, train):
-        out, self.cache = ops.max_pool_forward(x, self.info.spec.size, self.info.spec.stride)
-        return out
+    kernels = (ops.max_pool_forward, ops.max_pool_backward)
+    onnx_op = "MaxPool"
+    torch_name = "MaxPool2d"
 
     def backward(self, dout, need_dx=True, relu_mask=False):
         """relu_mask=True: x was a ReLU's output, whose mask this backward applies (fusion)."""
@@ -70,35 +93,17 @@ class MaxPool(_Pool):
                 "window": values.astype(np.float64).tolist(),
                 "winner": [int(v) for v in winner], "value": float(values[winner])}
 
-    def to_onnx(self, graph):
-        s = self.info.spec
-        graph.tensor = graph.node("MaxPool", [graph.tensor],
-                                  **graph.window_attributes(s.size, s.stride, s.pad))
-
 
 @register
 class AvgPool(_Pool):
     kind = "AVGPOOL"
     usage = "AVGPOOL([FhxFw][, s=S]), e.g. AVGPOOL(2x2, s=2); pooling is never padded"
-
-    @classmethod
-    def torch_modules(cls, info, nn):
-        return [nn.AvgPool2d(info.spec.size, info.spec.stride)]
-
-    def forward(self, x, train):
-        out, self.cache = ops.avg_pool_forward(x, self.info.spec.size, self.info.spec.stride)
-        return out
-
-    def backward(self, dout, need_dx=True):
-        return ops.avg_pool_backward(dout, self.cache)
+    kernels = (ops.avg_pool_forward, ops.avg_pool_backward)
+    onnx_op = "AveragePool"
+    torch_name = "AvgPool2d"
 
     def explain(self, x, i, j, channel):
         return explain_mean(x, self.window(self.info.spec, x.shape), i, j, channel)
-
-    def to_onnx(self, graph):
-        s = self.info.spec
-        graph.tensor = graph.node("AveragePool", [graph.tensor],
-                                  **graph.window_attributes(s.size, s.stride, s.pad))
 
 
 def explain_mean(x, window, i, j, channel):

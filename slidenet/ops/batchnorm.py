@@ -13,7 +13,7 @@ and added over chunks in float64. The variance is the mean of (x - mean)^2, a se
 E[x^2] - mean^2, which float32 would ruin when the mean is large. Results and the saved xhat
 come from `runtime.empty`: recycled memory, no fresh pages.
 
-Data-parallel training (`slidenet.distributed`) passes `reduce`: a function that adds float64
+Data-parallel training (`slidenet.training.distributed`) passes `reduce`: a function that adds float64
 per-channel sums over every rank's part of the global batch. It is called on the sums (and the
 count) of the mean, of the variance, and of the backward's two terms, so each rank normalises
 with the global batch's statistics; without it (one process) nothing changes.

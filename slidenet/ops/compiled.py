@@ -1,17 +1,24 @@
-"""Optional compiled kernels (numba) for the memory passes around the GEMMs.
+"""Optional compiled kernels (numba) for the memory passes around the GEMMs, and one convolution.
 
-Each function here does in one pass, without the GIL, what `winograd` or `pool` does with
-several NumPy calls: build the four row sets, turn the four products into output rows (with bias
-and ReLU), build x's adjoint rows; max-pool a window and hand its gradient to the first maximum.
+Each function here does in one pass, without the GIL, what a NumPy path elsewhere does with
+several calls:
+    Winograd (`conv.winograd_f23`, `conv.winograd_f43`): build the transformed row sets, turn the
+        products into output rows (with bias and ReLU), build x's adjoint rows;
+    im2col (`conv.common`, `conv.im2col`): the rows of thin inputs, the bias and ReLU over output
+        rows, the ReLU's mask;
+    pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;
+    the direct convolution of thin first layers (`conv.direct`): each output pixel's window
+        times the filters.
 The arithmetic and the comparisons are the same, in the same order, so results are bitwise
-equal to the NumPy path (tested). The one exception is pooling windows that overlap: up to four
-windows add their gradients into one input, in another order, so those match to rounding.
+equal to the NumPy path (tested). Two exceptions: pooling windows that overlap add up to four
+gradients into one input in another order, and the direct convolution adds a window's products
+in another order than im2col's GEMM; both match to rounding.
 
 Why bother: NumPy runs each of those steps as a separate pass over memory, and every call hands
-the GIL to the other worker thread; on the NumPy path they cost about a quarter of a training
-step. NumPy alone always works: without numba installed, with ``SLIDENET_NUMBA=0`` in the
-environment, or after ``set_enabled(False)``, `kernels()` is None and `winograd` and `pool`
-take their NumPy paths.
+the GIL to the other worker thread (docs/benchmarks.md, "Thin first layers", measures the
+difference). NumPy alone always works: without numba installed, with ``SLIDENET_NUMBA=0`` in the
+environment, or after ``set_enabled(False)``, `kernels()` is None and every caller takes its
+NumPy path.
 
 numba is imported, and each kernel compiled (once per dtype, cached on disk), only when a
 convolution first needs it.
@@ -304,7 +311,7 @@ def winograd4_rows(xp, fw, out):
 
 
 def winograd4_rows_of(xp, fw, out, t0, t1):
-    """`winograd4_rows` for tiles t0..t1 only (`ops.pair` splits one image's tiles)."""
+    """`winograd4_rows` for tiles t0..t1 only (`ops.conv.pair` splits one image's tiles)."""
     c, hp, wp, d = xp.shape
     wo = wp - fw + 1
     two, four = xp.dtype.type(2), xp.dtype.type(4)
@@ -339,7 +346,7 @@ def winograd4_output(m, out, bias, use_bias, relu):
 
 
 def winograd4_output_of(m, out, bias, use_bias, relu, t0, t1):
-    """`winograd4_output` for tiles t0..t1 only (`ops.pair` splits one image's tiles)."""
+    """`winograd4_output` for tiles t0..t1 only (`ops.conv.pair` splits one image's tiles)."""
     _, c, t, wo, k = m.shape
     ho = out.shape[1]
     zero, two = out.dtype.type(0), out.dtype.type(2)

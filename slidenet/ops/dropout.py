@@ -9,7 +9,7 @@ import numpy as np
 def dropout_forward(x, rate, rng, train, part=None):
     """x: any shape. rng: numpy.random.Generator. Returns out (shape of x) and the mask (or None).
 
-    part: None, or (a `slidenet.shard.Part`) x holds rows part.start:part.stop of a batch of
+    part: None, or (a `slidenet.ops.shard.Part`) x holds rows part.start:part.stop of a batch of
     part.total: the draw is made for the whole batch and these rows kept, so that every part
     advances `rng` as one process would and gets that process's mask rows.
     """

@@ -2,8 +2,9 @@
 
 Both slide an `F_h x F_w` window with stride `(S_h, S_w)` over a (zero-padded) input and look
 at each window; they differ only in what they do with it (a dot product with each filter, the
-max, the mean). `windows` gives every window as a strided view, without copying (convolution copies them into
-the rows of a matrix, im2col, so it becomes one matrix multiply: `conv._rows`); `col2im_add`
+max, the mean). `windows` gives every window as a strided view, without copying (convolution
+copies them into the rows of a matrix, so it becomes one matrix multiply: `conv.im2col.rows`);
+`col2im_add`
 is the backward of both: it adds each window's gradient back onto the input positions it
 covered, as F_h x F_w strided slice additions (overlapping windows simply add up). `tap` is the
 other way to look at the same windows: entry (i, j) of every window at once, which is how

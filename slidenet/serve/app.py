@@ -27,8 +27,8 @@ from slidenet.data import decode_image
 from slidenet.errors import DataError, SlidenetError
 from slidenet.serve import pages
 from slidenet.serve.explain import PATCHES, Explainer
+from slidenet.storage.limits import MAX_UPLOAD
 
-MAX_UPLOAD = 10 * 2**20     # bytes of one uploaded image
 SECTIONS = (("input", "Input"), ("layers", "Every layer"), ("unit", "One unit"),
             ("slide", "Slide a filter"), ("patches", "What a channel looks for"))
 # The page loads nothing from elsewhere; the browser is told so, too.

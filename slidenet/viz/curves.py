@@ -7,8 +7,8 @@ seconds, images_per_s}, with val_* None when no validation split was held out.
 import json
 from pathlib import Path
 
-from slidenet import limits
 from slidenet.errors import SlidenetError
+from slidenet.storage import limits
 from slidenet.viz import grid
 
 KEYS = ("epoch", "loss", "accuracy")
@@ -22,7 +22,7 @@ def load_history(path):
     if path.is_dir():
         path = path / "history.json"
     if path.suffix.lower() == ".npz" and path.is_file():
-        from slidenet import modelfile
+        from slidenet.storage import modelfile
         history = modelfile.load(path)[1].get("history")
         check_history(history, path)
         return history

@@ -5,6 +5,7 @@ between tiles, drawn by a single ``imshow`` so one colour bar holds for all tile
 hundreds of tiles stays fast. `Layout` records where each tile went, so tests (and readers) can
 take tile k back out with `Layout.tile`.
 """
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,8 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from slidenet import writing
 from slidenet.errors import SlidenetError
+from slidenet.storage import writing
 
 DPI = 100
 BACKGROUND = "#e8e8e8"      # the gaps between tiles, and tiles beyond the last one
@@ -97,9 +98,20 @@ def inches(h_px, w_px, max_width=9.0, max_height=7.0, scale=0.12):
     return w_px * s, h_px * s
 
 
+class NotebookFigure(Figure):
+    """A matplotlib Figure that Jupyter shows as a PNG, with no pyplot and no `%matplotlib`:
+    without pyplot, IPython has no formatter for a plain Figure and would print its repr."""
+
+    def _repr_png_(self):
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+        return buffer.getvalue()
+
+
 def new_figure(width, height):
-    """A Figure of width x height inches; no pyplot, so no global state and no display."""
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    """A Figure of width x height inches; no pyplot, so no global state and no display but a
+    notebook's (`NotebookFigure`)."""
+    return NotebookFigure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
 def show(ax, tiles, cols, cmap="viridis", limits=None, gap=1, between=BACKGROUND):
@@ -141,7 +153,7 @@ def label_grid(ax, layout, xlabel, ylabel, row_step=None, fontsize=7):
 
 
 def save(fig, path):
-    """Write `fig` to `path` atomically (`slidenet.writing`), in the format its suffix names
+    """Write `fig` to `path` atomically (`slidenet.storage.writing`), in the format its suffix names
     (PNG without one), creating the folder. A previous file survives any failure."""
     path = Path(path)
     kind = path.suffix[1:].lower() or "png"

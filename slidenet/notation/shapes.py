@@ -1,0 +1,97 @@
+"""What each layer does to the volume, worked out from INPUT onwards before any weight exists.
+
+For every layer: its output shape, from the lecture's ``(N + 2P - F) / S + 1`` per axis; its
+parameter count with the formula behind it; the receptive field of one of its output units on
+the input; its multiply-adds and the memory of its output for one image. Each kind's own shape
+rule (`Layer.infer` in `slidenet.layers`) does the work; this module walks the net and turns a
+geometry that does not fit into a `PatternError` naming the layer and pointing at it.
+"""
+from dataclasses import dataclass
+from math import prod
+from typing import Tuple
+
+from slidenet.errors import GeometryError, PatternError
+from slidenet.layers import Unfit, Walk
+from slidenet.notation.spec import LayerSpec
+from slidenet.storage.limits import MAX_ACTIVATION, MAX_PARAMS
+
+BYTES_PER_NUMBER = 4            # float32
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str                       # "conv1", "relu2", "maxpool1", "fc3"; INPUT is "input"
+    spec: LayerSpec
+    index: int                      # position in the expanded net; INPUT is 0
+    input_shape: Tuple[int, ...]    # (H, W, D), or (n,) after an FC
+    output_shape: Tuple[int, ...]   # (H', W', D'), or (n,) for FC
+    params: int
+    params_formula: str             # "10 x (5*5*3 + 1) = 760"; "" without parameters
+    size_formulas: Tuple[str, ...]  # windows: height's and width's (N + 2P - F) / S + 1
+    receptive_field: Tuple[int, int]    # (r_h, r_w) of one output unit, at most the input's
+    field_capped: bool              # the window reaches past the input's edges (into padding)
+    madds: int                      # multiply-adds of the forward pass, one image
+    backward_madds: int             # multiply-adds of the backward pass (dx and dw), one image
+    activation_bytes: int           # this layer's output, one image, float32
+
+    @property
+    def window(self):
+        """The Window (size, stride, pad) this layer slides over its input, or None."""
+        return self.spec.type.window(self.spec, self.input_shape)
+
+
+def infer(specs, pattern=None):
+    """Walk the specs from INPUT and describe every layer.
+
+    specs: the list from `slidenet.notation.pattern.parse`, INPUT first.
+    pattern: the source text, so errors can point at the layer with a caret.
+    Returns one LayerInfo per spec. Raises PatternError, e.g. ``layer 1, CONV(3, 3x3, s=3):
+    stride 3 does not tile the height: (7 - 3) / 3 + 1 = 2.33 is not a whole number; ...``.
+    """
+    specs = list(specs)
+    if not specs or not specs[0].type.is_input:
+        raise PatternError("a net starts with INPUT(HxWxD)", pattern,
+                           specs[0].column if specs else 0)
+    walk = Walk(specs[0].shape, (1, 1), (1, 1), "")
+    image = specs[0].shape[:2]
+    infos, counters, total = [], {}, 0
+    for index, spec in enumerate(specs):
+        where = f"layer {index}, {spec.text}"
+        kind = spec.type
+        try:
+            if kind.is_input and index:
+                raise Unfit("INPUT must come first, and only once")
+            step = kind.infer(spec, walk)
+            total += step.params
+            _check_limits(step, total)
+        except (GeometryError, Unfit) as err:
+            raise PatternError(f"{where}: {err}", pattern, spec.column) from None
+        counters[spec.kind] = counters.get(spec.kind, 0) + 1
+        name = "input" if kind.is_input else f"{spec.kind.lower()}{counters[spec.kind]}"
+        field = step.field or walk.field
+        # Past the image edge a window only sees padding, so a unit never sees more than the
+        # whole input: that is what an FC unit, or a deep enough CONV unit, covers.
+        seen = tuple(min(r, n) for r, n in zip(field, image))
+        infos.append(LayerInfo(
+            name=name, spec=spec, index=index, input_shape=walk.shape, output_shape=step.shape,
+            params=step.params, params_formula=step.params_formula,
+            size_formulas=step.size_formulas, receptive_field=seen,
+            # Capped only where a window reaches past the edge; an FC sees the whole input anyway.
+            field_capped=seen != tuple(field) and kind.window(spec, walk.shape) is not None,
+            madds=step.madds,
+            backward_madds=step.backward_madds,
+            activation_bytes=prod(step.shape) * BYTES_PER_NUMBER))
+        flattened = walk.flattened_by or (where if len(step.shape) == 1 else "")
+        walk = Walk(step.shape, field, step.jump or walk.jump, flattened)
+    return infos
+
+
+def _check_limits(step, total):
+    numbers = prod(step.shape)
+    if numbers > MAX_ACTIVATION:
+        raise Unfit(f"its output {' x '.join(map(str, step.shape))} holds {numbers:,} numbers "
+                    f"per image; at most {MAX_ACTIVATION:,} are allowed: use a smaller input, "
+                    "fewer filters or a larger stride")
+    if total > MAX_PARAMS:
+        raise Unfit(f"the net would have {total:,} parameters by here; at most "
+                    f"{MAX_PARAMS:,} are allowed")

@@ -1,0 +1,22 @@
+"""Convolution: one forward/backward pair per algorithm, the pieces they share, and a dispatcher.
+
+    dispatch       which pair computes a convolution (`choose`, "auto"), and the calls that run
+                   it: `conv_forward`, `conv_backward`, `prepare_conv`, `conv_infer`
+    common         what every pair shares: `ConvCache`, `check_shapes`, `finish_rows`,
+                   `relu_masked`
+    im2col         windows copied into rows, one GEMM; dx by scatter (any stride and padding)
+    full_dx        im2col's forward; dx as the full correlation of dout with the flipped filters
+    winograd       Winograd's F(m, 3) down the height, for any tile `Scheme`
+    winograd_f23   the F(2, 3) scheme: two output rows from four products
+    winograd_f43   the F(4, 3) scheme: four output rows from six products
+    direct         thin first layers: each output pixel's window times the filters, compiled
+    pair           one image's F(4, 3) layer on two threads, handed over in compiled code
+
+`slidenet.ops.naive.conv_forward` is the lecture's loops, the oracle every pair is tested against.
+"""
+from slidenet.ops.conv.dispatch import (
+    ALGORITHMS, PAIRS, WINOGRAD4_THIN_FILTERS, WINOGRAD_MIN_DEPTH, ConvCache, PreparedConv, choose, conv_backward, conv_forward, conv_infer,
+    prepare_conv, set_algorithm)
+
+__all__ = ["ALGORITHMS", "PAIRS", "WINOGRAD4_THIN_FILTERS", "WINOGRAD_MIN_DEPTH", "ConvCache", "PreparedConv", "choose", "conv_backward",
+           "conv_forward", "conv_infer", "prepare_conv", "set_algorithm"]

@@ -1,0 +1,168 @@
+"""The convolution dispatcher: which pair computes a convolution, and the calls that run it.
+
+The lecture's convolution (a filter spanning the full depth, a dot product plus a bias at each
+place, one activation map per filter) is computed by one of these pairs; `naive.conv_forward`
+is the same thing as loops, and every pair is tested against it.
+
+    "im2col"    `im2col`: windows copied into rows, one GEMM; dx by scattering window gradients
+                back (any stride and padding).
+    "full"      `full_dx`: im2col's forward; at stride 1, dx is itself a convolution of dout
+                with the flipped filters (one GEMM, no scatter), and dw comes from the same rows.
+    "winograd"  `winograd_f23`: Winograd's F(2, 3) down the height for 3-tall filters at stride 1:
+                two thirds of the multiply-adds, forward and backward
+                (both Winograd pairs are `winograd`'s forward and backward with a tile scheme).
+    "winograd4" `winograd_f43`: F(4, 3) down the height, the same filters: half the multiply-adds
+                (six products for four rows), a few times im2col's float32 rounding.
+    "direct"    `direct`: thin inputs (a first layer): each output pixel's window times the
+                filters, no rows, compiled; im2col's backward.
+
+`conv_forward` picks the pair and records it in the `ConvCache` it returns; `conv_backward` runs
+that pair's backward. The pair is the one named by its `algorithm` argument, or by
+`set_algorithm` for the whole process, or by "auto" (docs/benchmarks.md, "F(4, 3)" and "Thin
+first layers", has the measurements behind it):
+
+    "direct"    for a thin input (at most 4 channels, 27 numbers a window, 16 filters or more:
+                `direct.pays`); without numba its forward is im2col's;
+    F(4, 3)     where it applies, its tiles of 4 rows do fewer multiply-adds than F(2, 3)'s tiles
+                of 2 (3, 4 and 7 or more output rows: `winograd_f43.pays`), and the input has at
+                least WINOGRAD_MIN_DEPTH channels or the layer WINOGRAD4_THIN_FILTERS filters;
+    F(2, 3)     else where it applies and both depths are at least WINOGRAD_MIN_DEPTH;
+    "full"      else where it applies; "im2col" everywhere else.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from slidenet.ops.conv import (
+    direct, full_dx, im2col, pair, winograd, winograd_f23, winograd_f43)
+from slidenet.ops.conv.common import ConvCache
+from slidenet.ops.conv.im2col import conv_backward_im2col, conv_forward_im2col
+
+# Below this many input or output channels the GEMMs of F(2, 3) (inner size F_w * D) are too
+# narrow for BLAS to run near its peak, and im2col's single wider GEMM wins. F(4, 3), with fewer
+# GEMMs, still wins on thin inputs once the layer has WINOGRAD4_THIN_FILTERS filters. First
+# layers of 1 to 4 channels go to "direct" before either rule. docs/benchmarks.md ("F(4, 3)",
+# "Thin first layers") has the measurements behind each threshold.
+WINOGRAD_MIN_DEPTH = 8
+WINOGRAD4_THIN_FILTERS = 32
+PAIRS = {
+    "im2col": (conv_forward_im2col, conv_backward_im2col),
+    "full": (full_dx.conv_forward_full, full_dx.conv_backward_full),
+    "winograd": (winograd_f23.conv_forward_winograd, winograd_f23.conv_backward_winograd),
+    "winograd4": (winograd_f43.conv_forward_winograd4, winograd_f43.conv_backward_winograd4),
+    "direct": (direct.conv_forward_direct, direct.conv_backward_direct),
+}
+ALGORITHMS = ("auto", *PAIRS)
+_default = {"algorithm": "auto"}
+
+# How each pair's forward wants its filters, computed once by `prepare_conv`.
+PREPARE = {"im2col": im2col.prepare_filters, "full": im2col.prepare_filters,
+           "winograd": winograd_f23.prepare_filters, "winograd4": winograd_f43.prepare_filters,
+           "direct": lambda w: w}
+
+__all__ = ["ALGORITHMS", "ConvCache", "PreparedConv", "choose", "conv_backward", "conv_forward",
+           "conv_infer", "prepare_conv", "set_algorithm"]
+
+
+def set_algorithm(algorithm=None):
+    """Set the algorithm of every convolution that does not name one (None: "auto").
+
+    Returns the previous one. A named algorithm then fails on layers it cannot compute; "im2col"
+    is the plain method everywhere (to compare, or to rule the faster ones out).
+    """
+    _check(algorithm or "auto")
+    previous = _default["algorithm"]
+    _default["algorithm"] = algorithm or "auto"
+    return previous
+
+
+def _check(algorithm):
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+
+
+def choose(size, stride, pad, depth, filters, algorithm=None, height=None):
+    """The pair ("im2col", "full", "winograd", "winograd4" or "direct") that computes this
+    convolution.
+
+    size (F_h, F_w), stride, pad: the geometry; depth D and filters K; algorithm: "auto", a
+    pair's name, or None for `set_algorithm`'s choice; height: the input's H (None: a tall one).
+    """
+    algorithm = algorithm or _default["algorithm"]
+    _check(algorithm)
+    if algorithm != "auto":
+        return algorithm
+    if direct.pays(size, depth, filters):
+        return "direct"
+    if winograd.applies(size, stride):
+        pays = height is None or winograd_f43.pays(height + 2 * pad[0] - 2)
+        if pays and (depth >= WINOGRAD_MIN_DEPTH or filters >= WINOGRAD4_THIN_FILTERS):
+            return "winograd4"
+        if min(depth, filters) >= WINOGRAD_MIN_DEPTH:
+            return "winograd"
+    return "full" if full_dx.applies(size, stride, pad) else "im2col"
+
+
+def conv_forward(x, w, b, stride=(1, 1), pad=(0, 0), budget=None, relu=False, algorithm=None):
+    """Convolve K filters over x.
+
+    x: (N, H, W, D); w: (F_h, F_w, D, K); b: (K,); stride (S_h, S_w); pad (P_h, P_w).
+    Returns out (N, H', W', K) with H' = (H + 2P_h - F_h) / S_h + 1 (and W' likewise), and a
+    ConvCache for `conv_backward`. budget: scratch bytes for this call (None: the global
+    budget). relu: return max(0, out) instead (the cache then keeps out for the ReLU's mask).
+    algorithm: see `choose`.
+    """
+    name = choose(w.shape[:2], stride, pad, w.shape[2], w.shape[3], algorithm, x.shape[1])
+    return PAIRS[name][0](x, w, b, tuple(stride), tuple(pad), relu, budget)
+
+
+class PreparedConv(NamedTuple):
+    """A convolution made ready for many inference calls: its pair chosen and its filters
+    transformed once (`prepare_conv`), for `conv_infer`."""
+    algorithm: str
+    w: np.ndarray           # (F_h, F_w, D, K)
+    b: np.ndarray           # (K,)
+    stride: tuple
+    pad: tuple
+    relu: bool
+    filters: np.ndarray     # what the pair's GEMMs multiply by
+
+
+def prepare_conv(w, b, stride=(1, 1), pad=(0, 0), relu=False, algorithm=None, height=None):
+    """The PreparedConv of these weights (w and b are copied: later changes do not reach it).
+
+    height: the input's H, for `choose` (None: a tall one); conv_infer then runs the pair chosen
+    for it on inputs of any height.
+    """
+    name = choose(w.shape[:2], stride, pad, w.shape[2], w.shape[3], algorithm, height)
+    w, b = w.copy(), b.copy()
+    return PreparedConv(name, w, b, tuple(stride), tuple(pad), relu, PREPARE[name](w))
+
+
+def conv_infer(x, prepared, budget=None):
+    """conv_forward's output alone (no cache), with the filters `prepare_conv` made.
+
+    A batch of one image has no chunks to share: through the thread pool, splitting its rows
+    costs more in hand-overs than it saves (docs/benchmarks.md, "Batch 1"). An F(4, 3) layer
+    of one float32 image is split with `pair` instead, whose hand-over stays in compiled code.
+    """
+    p = prepared
+    if p.algorithm == "winograd4" and pair.applies(x, x.shape[1] + 2 * p.pad[0] - 2, p.filters):
+        out = pair.winograd4_forward(x, p.w, p.b, p.pad, p.relu, p.filters)
+        if out is not None:
+            return out
+    return PAIRS[p.algorithm][0](x, p.w, p.b, p.stride, p.pad, p.relu, budget, filters=p.filters)[0]
+
+
+def conv_backward(dout, cache, need_dx=True, relu=False):
+    """Gradients of conv_forward, by the pair its cache names.
+
+    dout: (N, H', W', K). Returns dx (N, H, W, D), dw (F_h, F_w, D, K), db (K,).
+    need_dx=False skips dx (returned as None): the first layer's input needs no gradient.
+    relu=True applies the mask of the ReLU the forward fused (it needs forward's relu=True);
+    leave it False when something after the ReLU already applied it (a max pool's backward,
+    `pool.max_pool_backward(..., relu_mask=True)`).
+    """
+    if relu and cache.out is None:
+        raise ValueError("relu=True needs a forward with relu=True (its output is the mask)")
+    return PAIRS[cache.algorithm][1](dout, cache, need_dx, relu)

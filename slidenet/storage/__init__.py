@@ -1,0 +1,7 @@
+"""Files: written atomically, read within a budget.
+
+    writing     the one way files are written (temporary file, fsync, rename)
+    limits      the input budget and every cap on what a file or request may claim
+    modelfile   safe `.npz` model files: checksum, `allow_pickle=False`
+    rngstate    a generator's exact state as a uint8 array, for exact resume
+"""

@@ -20,8 +20,12 @@ time; any other runs unpaired. Results are the unpaired path's bit for bit: each
 same arithmetic on its own output rows (tested).
 
 Used by `conv.conv_infer` (inference, `Net.prepare()`) for F(4, 3) layers at batch 1 in
-float32 when there are two or more workers and numba is installed.
+float32 when there are two or more workers and numba is installed; SLIDENET_PAIR=0 turns it off.
+The helper's kernels call BLAS by address, so numba cannot cache them: they compile (seconds
+of CPU, docs/benchmarks.md) in the helper thread, which starts only after `START_AFTER`
+one-image layers.
 """
+import atexit
 import ctypes
 import os
 import threading
@@ -47,6 +51,8 @@ START_AFTER = 16
 # unpaired, so a helper that cannot get a core stops spinning against the caller.
 BACKOFF = 256
 
+# SLIDENET_PAIR=0 keeps the helper off (every image on the calling thread, no compilation).
+_WANTED = os.environ.get("SLIDENET_PAIR", "1") != "0"
 # The helper of this process (pid: a forked child starts its own).
 _state = {"kernels": None, "error": None, "thread": None, "ctl": None, "event": None,
           "pid": None, "seen": 0, "skip": 0}
@@ -69,6 +75,7 @@ def ready(start_after=START_AFTER):
                 _state["thread"] = threading.Thread(target=_helper, args=(ctl, event),
                                                     name="slidenet-pair", daemon=True)
                 _state["thread"].start()
+                atexit.register(_stop, ctl, event, _state["thread"])
     return _state["kernels"] is not None
 
 
@@ -237,6 +244,14 @@ def _compile():
     return done
 
 
+def _stop(ctl, event, thread):
+    """At exit, before the interpreter frees anything: the helper told to return, and joined,
+    so it never polls memory that is being freed."""
+    ctl[STATE] = STOP
+    event.set()
+    thread.join(1.0)
+
+
 def _helper(ctl, event):
     try:
         kernels = _compile()
@@ -266,7 +281,7 @@ def _helper(ctl, event):
 def applies(x, out_h, filters):
     """Whether a batch of x can run paired: one float32 image, F(4, 3) tiles to split, two
     workers or more, the compiled kernels, and the helper `ready`."""
-    if not (x.shape[0] == 1 and x.dtype == np.float32 and filters.dtype == np.float32
+    if not (_WANTED and x.shape[0] == 1 and x.dtype == np.float32 and filters.dtype == np.float32
             and filters.shape[-1] >= 2 and runtime.threads() >= 2 and -(-out_h // 4) >= MIN_TILES
             and compiled.kernels(x) is not None and ready()):
         return False

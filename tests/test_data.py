@@ -542,6 +542,30 @@ def test_augment_is_reproducible_and_identity_without_options():
     np.testing.assert_array_equal(data.augment(x, np.random.default_rng(8), 0, False), x)
 
 
+def test_erase_sets_one_rectangle_of_the_drawn_size_to_the_mean():
+    x = asymmetric(200)                         # no pixel is 0 before erasing
+    out = data.erase(x, np.random.default_rng(10), p=0.5)
+    assert out.shape == x.shape and out.dtype == x.dtype and (x == asymmetric(200)).all()
+    erased = 0
+    for o, original in zip(out, x):
+        zero = (o == 0).all(axis=2)             # every channel of an erased pixel
+        assert ((o == 0) == zero[..., None]).all()
+        if not zero.any():
+            np.testing.assert_array_equal(o, original)
+            continue
+        erased += 1
+        rows, cols = np.flatnonzero(zero.any(axis=1)), np.flatnonzero(zero.any(axis=0))
+        # One rectangle: its bounding box is all zeros, and everything else is untouched.
+        assert zero[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+        assert zero.sum() == len(rows) * len(cols)
+        np.testing.assert_array_equal(o[~zero], original[~zero])
+        # Its area: ERASE_AREA of the 5 x 6 image, rounded to whole pixels and clipped.
+        assert 1 <= zero.sum() <= round(data.batching.ERASE_AREA[1] * 30 * 2)
+    assert 70 < erased < 130                    # p = 0.5 of 200
+    np.testing.assert_array_equal(data.erase(x, np.random.default_rng(10), p=0.0), x)
+    np.testing.assert_array_equal(out, data.erase(x, np.random.default_rng(10), p=0.5))
+
+
 def test_batches_cover_every_index_once():
     got = list(data.batches(10, 4, np.random.default_rng(9)))
     assert [len(b) for b in got] == [4, 4, 2]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from helpers import require, write_bars
-from slidenet.data import augment
+from slidenet.data import augment, erase
 from slidenet.errors import SlidenetError
 from slidenet.model import load
 from slidenet.ops import batchnorm_backward, batchnorm_forward, dropout_forward, shard
@@ -321,6 +321,7 @@ def test_dropout_and_augmentation_in_parts_draw_the_whole_batch_stream():
     x = np.random.default_rng(3).standard_normal((5, 6, 6, 2)).astype(np.float32)
     whole_mask = dropout_forward(x, 0.3, np.random.default_rng(9), True)[1]
     whole_aug = augment(x, np.random.default_rng(9), crop_pad=2, flip=True)
+    whole_erase = erase(x, np.random.default_rng(9), 0.7)
     for start, stop in ((0, 3), (3, 5), (0, 1)):
         p = shard.Part(start, stop, 5, (stop - start) / 5, None)
         rng = np.random.default_rng(9)
@@ -331,6 +332,8 @@ def test_dropout_and_augmentation_in_parts_draw_the_whole_batch_stream():
         np.testing.assert_array_equal(
             augment(x[start:stop], np.random.default_rng(9), crop_pad=2, flip=True, part=p),
             whole_aug[start:stop])
+        np.testing.assert_array_equal(erase(x[start:stop], np.random.default_rng(9), 0.7, part=p),
+                                      whole_erase[start:stop])
 
 
 class Ranks:

@@ -356,6 +356,24 @@ def test_softmax_loss_known_value_and_gradient():
     np.testing.assert_allclose(ops.softmax(np.array([[0.0, np.log(3)]])), [[0.25, 0.75]])
 
 
+def test_label_smoothing_is_cross_entropy_with_spread_targets():
+    scores, y = RNG.standard_normal((6, 5)), np.array([0, 4, 1, 1, 2, 3])
+    e = 0.1
+    # The oracle: -sum_j t_ij log p_ij with t = (1 - e) one-hot + e / C, written out.
+    targets = np.full((6, 5), e / 5)
+    targets[np.arange(6), y] += 1 - e
+    p = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    loss, dscores = ops.softmax_loss(scores, y, smoothing=e)
+    assert np.isclose(loss, -(targets * np.log(p)).sum(axis=1).mean())
+    np.testing.assert_allclose(dscores, (p - targets) / 6, atol=1e-12)
+    assert _loss_gradient_error(lambda s, t: ops.softmax_loss(s, t, smoothing=e), scores, y) \
+        < TOLERANCE
+    # Equal scores are still chance, ln C; and no smoothing is the plain loss.
+    assert np.isclose(ops.softmax_loss(np.zeros((3, 10)), np.arange(3), smoothing=0.3)[0],
+                      np.log(10))
+    assert ops.softmax_loss(scores, y, smoothing=0.0)[0] == ops.softmax_loss(scores, y)[0]
+
+
 def test_svm_loss_known_value_and_gradient():
     # The cs231n example: scores (3.2, 5.1, -1.7) for a cat -> max(0, 5.1-3.2+1) + max(0, -1.7-3.2+1) = 2.9.
     loss, _ = ops.svm_loss(np.array([[3.2, 5.1, -1.7]]), np.array([0]))

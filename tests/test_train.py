@@ -60,6 +60,21 @@ def test_resume_is_bit_identical_to_straight_training(tmp_path, npz_data):
                        load(str(tmp_path / "b" / "run" / "model.npz")))
 
 
+def test_erasing_and_label_smoothing_change_the_run_and_resume_exactly(tmp_path, npz_data):
+    options = {"erase": 0.5, "label_smoothing": 0.1, "schedule": "warmup-cosine"}
+    train(config(tmp_path / "a", npz_data, **options), log=lambda *_: None)
+    train(config(tmp_path / "b", npz_data, stop_after=1, **options), log=lambda *_: None)
+    train(config(tmp_path / "b", npz_data, epochs=2),
+          resume=str(tmp_path / "b" / "run" / "model.npz"), log=lambda *_: None)
+    a = load(str(tmp_path / "a" / "run" / "model.npz"))
+    assert_same_models(a, load(str(tmp_path / "b" / "run" / "model.npz")))
+    assert {k: a.meta["config"][k] for k in ("erase", "label_smoothing")} == \
+        {"erase": 0.5, "label_smoothing": 0.1}
+    train(config(tmp_path / "plain", npz_data, schedule="warmup-cosine"), log=lambda *_: None)
+    plain = load(str(tmp_path / "plain" / "run" / "model.npz"))
+    assert not np.array_equal(a.state["param/conv1.W"], plain.state["param/conv1.W"])
+
+
 def test_resume_after_a_finished_run_continues_exactly(tmp_path, npz_data):
     # With a constant schedule, "1 epoch, then resume to 2" equals "2 epochs" too.
     train(config(tmp_path / "a", npz_data, schedule="constant", optimizer="momentum"), log=lambda *_: None)

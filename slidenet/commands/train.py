@@ -22,8 +22,8 @@ ON_RESUME = ("epochs", "stop_after", "patience", "threads", "out")
 # TrainConfig fields whose flags default to None here, so that `run` can tell whether they were
 # given: on --resume a given one must agree with the model, and an absent one takes its default.
 RUN_FLAGS = ("pattern", "skip_optional", "data", "batch_size", "lr", "optimizer", "momentum",
-             "weight_decay", "schedule", "loss", "augment", "flip", "val_fraction", "seed",
-             "patience", "resize")
+             "weight_decay", "schedule", "loss", "augment", "flip", "erase", "label_smoothing",
+             "val_fraction", "seed", "patience", "resize")
 
 
 def register(subparsers):
@@ -65,6 +65,12 @@ def register(subparsers):
                         f"(default: {'on' if DEFAULTS.augment else 'off'})")
     p.add_argument("--flip", action="store_true", default=None,
                    help="also flip images horizontally, not for digits (default: off)")
+    p.add_argument("--erase", type=float, metavar="P",
+                   help="random erasing: each training image, with probability P, has a random "
+                        f"rectangle set to the mean (default: {DEFAULTS.erase}, off)")
+    p.add_argument("--label-smoothing", type=float, metavar="E",
+                   help="softmax targets 1 - E + E/C on the true class and E/C on the others "
+                        f"(default: {DEFAULTS.label_smoothing}, off)")
     p.add_argument("--val-fraction", type=float,
                    help=f"share of the training split held out for validation "
                         f"(default: {DEFAULTS.val_fraction})")
@@ -93,7 +99,7 @@ def register(subparsers):
 def _check(args):
     check_settings({name: getattr(args, name) for name in
                     ("epochs", "batch_size", "patience", "stop_after", "threads", "lr",
-                     "val_fraction")}, name=_flag)
+                     "val_fraction", "erase", "label_smoothing")}, name=_flag)
     if args.resume and not os.path.isfile(args.resume):
         raise SlidenetError(f"--resume {args.resume}: no such model file")
 

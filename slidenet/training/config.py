@@ -29,6 +29,8 @@ class TrainConfig:
     loss: str = "softmax"                   # softmax | svm
     augment: bool = True                    # random crops of the zero-padded image (2 pixels at 28x28)
     flip: bool = False                      # random horizontal flips (off for digits: a flipped 2 is no 2)
+    erase: float = 0.0                      # probability of random erasing: a random rectangle set to the mean
+    label_smoothing: float = 0.0            # softmax targets: 1 - e + e/C on the true class, e/C elsewhere
     val_fraction: float = 0.1               # share of the training split held out for validation
     patience: int = 0                       # early stopping after this many epochs without gain; 0 = off
     seed: int = 0                           # weights, split, shuffling, augmentation, dropout
@@ -62,12 +64,13 @@ def check_settings(settings, name=str):
             if value < low:
                 more = "at least 1" if low else f"0{_WHY.get(field_name, '')} or more"
                 raise SlidenetError(f"{shown} must be {more}, not {value}")
-        elif field_name in ("lr", "val_fraction", "momentum", "weight_decay"):
+        elif field_name in ("lr", "val_fraction", "momentum", "weight_decay", "erase",
+                            "label_smoothing"):
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
                 raise SlidenetError(f"{shown} must be a number, not {value!r}")
             if field_name == "lr" and not value > 0:
                 raise SlidenetError(f"{shown} must be > 0, not {value}")
-            if field_name == "val_fraction" and not 0 <= value < 1:
+            if field_name in ("val_fraction", "erase", "label_smoothing") and not 0 <= value < 1:
                 raise SlidenetError(f"{shown} must be in [0, 1), not {value}")
             if field_name in ("momentum", "weight_decay") and not 0 <= value < math.inf:
                 raise SlidenetError(f"{shown} must be 0 or more, not {value}")

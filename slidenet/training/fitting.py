@@ -29,7 +29,8 @@ SOURCE = "slidenet.fit"
 def fit(net, x, y, *, epochs=DEFAULTS.epochs, validation=DEFAULTS.val_fraction, batch_size=None,
         lr=DEFAULTS.lr, optimizer=DEFAULTS.optimizer, momentum=None,
         weight_decay=DEFAULTS.weight_decay, schedule=DEFAULTS.schedule, loss=DEFAULTS.loss,
-        augment=DEFAULTS.augment, flip=DEFAULTS.flip, patience=DEFAULTS.patience,
+        augment=DEFAULTS.augment, flip=DEFAULTS.flip, erase=DEFAULTS.erase,
+        label_smoothing=DEFAULTS.label_smoothing, patience=DEFAULTS.patience,
         seed=DEFAULTS.seed, threads=DEFAULTS.threads, class_names=None, callbacks=(), out=None,
         verbose=True, variables=None, skip_optional=False):
     """Train `net` on images `x` with labels `y`; returns the trained `slidenet.Model`.
@@ -45,7 +46,8 @@ def fit(net, x, y, *, epochs=DEFAULTS.epochs, validation=DEFAULTS.val_fraction, 
         epoch is then the lowest training loss).
     epochs, batch_size (None: 64, or fewer for a small training split), lr, optimizer,
         momentum (momentum and nesterov only), weight_decay, schedule, loss, augment, flip,
-        patience, seed, threads: `slidenet train`'s flags, with its defaults (TrainConfig).
+        erase, label_smoothing, patience, seed, threads: `slidenet train`'s flags, with its
+        defaults (TrainConfig).
     class_names: one name per class (default "0", "1", ...).
     callbacks: after every epoch each is called with a dict, that epoch's history entry
         (epoch, loss, accuracy, val_accuracy, val_loss, lr, seconds, images_per_s): a function
@@ -62,7 +64,8 @@ def fit(net, x, y, *, epochs=DEFAULTS.epochs, validation=DEFAULTS.val_fraction, 
     """
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
                 "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule,
-                "loss": loss, "patience": patience, "seed": seed, "threads": threads}
+                "loss": loss, "erase": erase, "label_smoothing": label_smoothing,
+                "patience": patience, "seed": seed, "threads": threads}
     check_settings(settings)
     if momentum is not None and optimizer not in ("momentum", "nesterov"):
         raise SlidenetError(f"momentum applies to optimizer='momentum' or 'nesterov', not "

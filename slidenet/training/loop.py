@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -183,6 +184,9 @@ def _start(config, resume, given):
         normalizer = None
     if config.loss not in LOSSES:
         raise SlidenetError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
+    if config.label_smoothing and config.loss != "softmax":
+        raise SlidenetError(f"label smoothing spreads the softmax loss's targets; the {config.loss} "
+                            f"loss has none: drop --label-smoothing or use --loss softmax")
     _check_scores(net, config.data, given.dataset)
 
     dataset = given.dataset if given.dataset is not None else datasets.load(
@@ -338,6 +342,8 @@ def _epoch(run, epoch):
     """Train one epoch, then validate: its history entry."""
     config, net, group = run.config, run.net, run.group
     loss_fn = LOSSES[config.loss]
+    if config.label_smoothing:
+        loss_fn = partial(loss_fn, smoothing=config.label_smoothing)
     began = time.perf_counter()
     seen = correct = 0
     total_loss = 0.0
@@ -354,6 +360,8 @@ def _epoch(run, epoch):
                 xb = datasets.augment(xb, run.rngs["augment"],
                                       crop_pad=datasets.crop_padding(run.x_train.shape[1:3])
                                       if config.augment else 0, flip=config.flip, part=part)
+            if config.erase:
+                xb = datasets.erase(xb, run.rngs["augment"], config.erase, part=part)
             yb = run.y_train[idx]
             shard.use(part)     # what DROPOUT and BATCHNORM consult (None: the whole batch)
             scores = net.forward(xb, train=True)

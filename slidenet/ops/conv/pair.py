@@ -6,18 +6,21 @@ work (docs/benchmarks.md, "Batch 1"). Here the hand-over never touches Python or
 
 * the helper thread waits in compiled code (numba, no GIL), spinning on one word of a shared
   control array for a while after each task, then sleeping on an Event;
-* the calling thread makes one compiled call per layer: it writes the other half's description
-  (array addresses and sizes) into the control array, flips the word, runs its own half, and
+* the calling thread makes one compiled call per layer: it writes the layer's description
+  (array addresses and sizes) into the control array, flips the word, does its share, and
   waits for the word to say "done";
-* both halves are compiled end to end: F(4, 3)'s row sets, six `sgemm` calls straight into
-  NumPy's own BLAS, and the output rows (+ bias, ReLU), so neither thread needs the GIL.
+* the layer runs in three steps with a two-thread barrier between them: F(4, 3)'s row sets
+  (each thread its half of the tiles), the six products (three whole `sgemm` calls each,
+  straight into NumPy's own BLAS), the output rows (+ bias, ReLU; each its half of the tiles).
+  All compiled, so neither thread needs the GIL.
 
 The word is read and written with atomic operations (compare-and-swap decides who runs the
-second half): if the helper has not taken the task by the time the caller's half is done
-(asleep, or descheduled on a busy machine) the caller takes it back and runs it itself, so a
-late helper costs at most the wait it was never given. Only one caller uses the helper at a
-time; any other runs unpaired. Results are the unpaired path's bit for bit: each half is the
-same arithmetic on its own output rows (tested).
+helper's share): if the helper has not taken the task by the time the caller's first step is
+done (asleep, or descheduled on a busy machine), the caller takes it back and runs all of it,
+so a late helper costs at most the wait it was never given. Only one caller uses the helper at
+a time; any other runs unpaired. Results are the unpaired path's bit for bit (tested): the
+passes are the same per tile, and each product is the very `sgemm` call `np.matmul` makes
+(splitting a GEMM's rows instead would change its bits: OpenBLAS picks its kernels by size).
 
 Used by `conv.conv_infer` (inference, `Net.prepare()`) for F(4, 3) layers at batch 1 in
 float32 when there are two or more workers and numba is installed; SLIDENET_PAIR=0 turns it off.

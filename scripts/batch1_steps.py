@@ -30,6 +30,7 @@ def main():
     net = Net.from_pattern(R1)
     plan = net.prepare()
     x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)
+    pair.set_enabled(True)                  # off by default
     with runtime.workers(2):
         ready = pair.wait_ready(300)
     inputs, out = [], x

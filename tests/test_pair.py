@@ -22,10 +22,24 @@ GEOMETRIES = [(32, 32, 32, 32), (16, 16, 32, 64), (8, 8, 64, 64), (13, 9, 5, 7),
               (10, 10, 3, 16)]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def helper():
+    previous = pair.set_enabled(True)               # off by default (SLIDENET_PAIR=1 is on)
     if not pair.wait_ready(300):
         pytest.fail(f"the helper did not start: {pair._state['error']}")
+    yield
+    pair.set_enabled(previous)
+
+
+def test_off_by_default_one_image_runs_on_the_calling_thread_alone():
+    if pair.enabled():
+        pytest.skip("SLIDENET_PAIR=1 turned it on")
+    x, prepared = _layer(16, 16, 32, 64)
+    runs = pair.helper_runs()
+    with runtime.workers(2):
+        for _ in range(2 * pair.START_AFTER):
+            conv.conv_infer(x, prepared)
+    assert pair.helper_runs() == runs
 
 
 def _layer(h, w, d, k, relu=True):

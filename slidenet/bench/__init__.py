@@ -221,8 +221,8 @@ def bench_net(pattern, settings, peak):
         result["infer"] = _speeds(_alternate(inferers, "infer", settings, contexts),
                                   settings.infer_batch, infer_flops * settings.infer_batch, peak)
         with contexts["slidenet"]():
-            if runtime.threads() > 1:
-                pair.wait_ready(120)    # the steady state of a server: the helper compiled
+            if runtime.threads() > 1 and pair.enabled():
+                pair.wait_ready(120)    # turned on: the steady state of a server, compiled
         result["latency"] = _speeds(_alternate(inferers, "infer_one", settings, contexts,
                                                settings.latency_calls), 1, infer_flops, peak)
     if settings.memory:

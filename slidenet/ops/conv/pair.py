@@ -23,7 +23,9 @@ passes are the same per tile, and each product is the very `sgemm` call `np.matm
 (splitting a GEMM's rows instead would change its bits: OpenBLAS picks its kernels by size).
 
 Used by `conv.conv_infer` (inference, `Net.prepare()`) for F(4, 3) layers at batch 1 in
-float32 when there are two or more workers and numba is installed; SLIDENET_PAIR=0 turns it off.
+float32 when there are two or more workers and numba is installed, and only when turned on
+(SLIDENET_PAIR=1 or `set_enabled(True)`): it is off by default until it has been measured on a
+quiet machine.
 The helper's kernels call BLAS by address, so numba cannot cache them: they compile (seconds
 of CPU, docs/benchmarks.md) in the helper thread, which starts only after `START_AFTER`
 one-image layers.
@@ -54,13 +56,27 @@ START_AFTER = 16
 # unpaired, so a helper that cannot get a core stops spinning against the caller.
 BACKOFF = 256
 
-# SLIDENET_PAIR=0 keeps the helper off (every image on the calling thread, no compilation).
-_WANTED = os.environ.get("SLIDENET_PAIR", "1") != "0"
+# Off unless SLIDENET_PAIR=1 (or `set_enabled(True)`): on a machine whose cores are all busy
+# the spinning helper slowed one image down (docs/benchmarks.md, "Round 3"), and it has not yet
+# been measured on a quiet one.
+_enabled = {"on": os.environ.get("SLIDENET_PAIR", "0") == "1"}
 # The helper of this process (pid: a forked child starts its own).
 _state = {"kernels": None, "error": None, "thread": None, "ctl": None, "event": None,
           "pid": None, "seen": 0, "skip": 0}
 _lock = threading.Lock()        # one caller at a time uses the helper
 _start = threading.Lock()
+
+
+def set_enabled(flag):
+    """Pair one-image F(4, 3) layers (True) or not (False); returns the previous setting."""
+    previous = _enabled["on"]
+    _enabled["on"] = bool(flag)
+    return previous
+
+
+def enabled():
+    """Whether one-image F(4, 3) layers are paired (`set_enabled`, SLIDENET_PAIR=1)."""
+    return _enabled["on"]
 
 
 def ready(start_after=START_AFTER):
@@ -284,7 +300,7 @@ def _helper(ctl, event):
 def applies(x, out_h, filters):
     """Whether a batch of x can run paired: one float32 image, F(4, 3) tiles to split, two
     workers or more, the compiled kernels, and the helper `ready`."""
-    if not (_WANTED and x.shape[0] == 1 and x.dtype == np.float32 and filters.dtype == np.float32
+    if not (_enabled["on"] and x.shape[0] == 1 and x.dtype == np.float32 and filters.dtype == np.float32
             and filters.shape[-1] >= 2 and runtime.threads() >= 2 and -(-out_h // 4) >= MIN_TILES
             and compiled.kernels(x) is not None and ready()):
         return False

@@ -15,7 +15,7 @@ The default is one worker per core this process may use (`available_cores`: its 
 cgroup quota), whoever calls: `Net.forward` called bare runs as `slidenet train` does.
 
 With more than one worker, BLAS itself must run one thread per call, or the two kinds of thread
-fight over the cores. `blas_for_workers()` sees to it: a cheap context (two calls into the BLAS
+fight over the cores. `blas_for_workers()` sees to it: a cheap context (three calls into the BLAS
 library when the outermost one is entered and left) that lowers BLAS's threads to cores //
 workers while any slidenet kernel runs, and puts back the caller's setting when the last one
 leaves. `Net.forward`/`backward`, the prepared net and every parallel `run_chunks` enter it, so
@@ -144,7 +144,7 @@ class _BlasLimit:
 
     Process-wide, like OpenBLAS's own setting: a count of the threads inside, the caller's
     setting saved when the first enters, put back when the last leaves. Where a BLAS keeps its
-    count per thread (OpenMP builds), slidenet's pool threads set theirs once (`_pool_thread`).
+    count per thread (OpenMP builds), slidenet's pool threads set theirs once (`pool_thread`).
     """
 
     def __init__(self):

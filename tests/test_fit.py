@@ -15,7 +15,7 @@ from slidenet.training.config import TrainConfig
 from slidenet.errors import FileWriteError, PatternError, SlidenetError
 from slidenet.model import load
 from slidenet.training.loop import train
-from test_train import TINY, bars
+from helpers import TINY, bars
 
 SETTINGS = dict(epochs=2, batch_size=16, lr=3e-3, seed=5)
 
@@ -297,7 +297,7 @@ def test_a_real_sigint_returns_the_model_and_the_program_goes_on(tmp_path):
         "import sys\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
         "import slidenet\n"
-        "from test_train import TINY, bars\n"
+        "from helpers import TINY, bars\n"
         "x, y = bars(180)\n"
         "model = slidenet.fit(TINY, x, y, epochs=100000)\n"
         "print('returned', len(model.history), flush=True)\n")

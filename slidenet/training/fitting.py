@@ -15,11 +15,11 @@ npz:FILE --seed s` gives on the same arrays, bit for bit.
 """
 from dataclasses import replace
 
-from slidenet.training.config import TrainConfig, check_settings
 from slidenet.data.dataset import Dataset, as_images
 from slidenet.errors import DataError, SlidenetError
 from slidenet.model import Model, class_numbers, model_arrays
 from slidenet.net import Net
+from slidenet.training.config import TrainConfig, check_settings
 from slidenet.training.loop import TrainingInterrupted, run, run_meta
 
 DEFAULTS = TrainConfig()

@@ -94,13 +94,21 @@ class Net:
         for layer in self.layers:
             layer.cache = None
 
-    def forward(self, x, train=False):
-        """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs)."""
+    def forward(self, x, train=False, frozen=0):
+        """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs).
+
+        frozen: the first `frozen` steps run in evaluation mode even when `train` (no dropout;
+        batch normalisation on its running statistics, which stay as they are) and keep no
+        caches, since `backward(..., frozen=frozen)` stops before them (transfer learning).
+        """
         out = self._check_input(x)
         self._release_caches()
         try:
-            for step in self.steps:
-                out = step.forward(out, train)
+            for index, step in enumerate(self.steps):
+                out = step.forward(out, train and index >= frozen)
+                if index < frozen:
+                    for part in step.parts:
+                        part.cache = None
         except MemoryError:
             raise _out_of_memory(step, len(x), "forward") from None
         return out
@@ -115,19 +123,21 @@ class Net:
             kept.append((layer.name, out))
         return kept
 
-    def backward(self, dscores, input_grad=True):
+    def backward(self, dscores, input_grad=True, frozen=0):
         """dscores: (batch, num_outputs), the loss gradient for the last forward.
 
         Fills `grads` in place and returns the gradient with respect to the input (batch, H, W, D).
         input_grad=False: a training step that needs only `grads` skips the first layer's dx
-        (and may get None back).
+        (and may get None back). frozen: stop after step `frozen` (as in `forward`): the
+        frozen steps' grads are left as they were, and None is returned.
         """
         grad = dscores.astype(self.dtype, copy=False)
         try:
-            for step in reversed(self.steps[1:]):
+            for step in reversed(self.steps[frozen + 1:]):
                 grad = step.backward(grad)
-            step = self.steps[0]
-            return step.backward(grad, need_dx=input_grad)
+            step = self.steps[frozen]
+            grad = step.backward(grad, need_dx=input_grad and not frozen)
+            return None if frozen else grad
         except MemoryError:
             raise _out_of_memory(step, len(dscores), "backward") from None
 

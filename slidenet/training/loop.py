@@ -29,7 +29,7 @@ from slidenet.ops import runtime, shard
 from slidenet.ops.losses import LOSSES
 from slidenet.progress import progress
 from slidenet.storage import modelfile, rngstate, writing
-from slidenet.training import distributed
+from slidenet.training import distributed, transfer
 from slidenet.training.config import DEFAULT_PATTERN, TrainConfig
 from slidenet.training.evaluate import evaluate
 from slidenet.training.optim import make_optimizer
@@ -86,6 +86,8 @@ class _Run:
     saved: dict                 # file name -> epoch, for the files this run has written
     resume: str = None          # the model file this run continues, if any
     group: object = None        # distributed.Group under mpiexec, else None
+    frozen: int = 0             # the net's first steps that do not train (--freeze)
+    notes: tuple = ()           # lines for the opening: a replaced head, what is frozen
 
 
 AUTO_BATCH = 64                 # the batch size, unless the training split is small
@@ -117,9 +119,13 @@ def _check_scores(net, spec):
 def _start(config, resume):
     """The run's net, data, optimiser and generators: new from `config`, or as `resume` saved
     them (then `config` only says where to go: epochs, out, stop_after, threads)."""
-    state = None
+    state, dataset, notes = None, None, []
     model = load(resume) if resume is not None else None
-    if model is not None and "config" not in model.meta:
+    if config.source and resume is None:
+        net, normalizer, dataset, config, note = _transfer(config)
+        history, start_epoch = [], 0
+        notes += [note] if note else []
+    elif model is not None and "config" not in model.meta:
         # A model made elsewhere (`slidenet import`) has no run to continue: fine-tune it, with
         # this run's settings and a fresh optimiser, from epoch 0.
         net, normalizer, history, start_epoch = model.net, model.normalizer, [], 0
@@ -147,8 +153,11 @@ def _start(config, resume):
     if config.loss not in LOSSES:
         raise SlidenetError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
     _check_scores(net, config.data)
+    frozen, note = transfer.frozen_steps(net, config.freeze)
+    notes += [note] if note else []
 
-    dataset = datasets.load(config.data, size=net.input_shape[:2] if config.resize else None)
+    if dataset is None:
+        dataset = datasets.load(config.data, size=net.input_shape[:2] if config.resize else None)
     datasets.check_fits(dataset, net.input_shape, net.num_outputs, training=True)
     train_idx, val_idx = datasets.split_validation(len(dataset.y_train), config.val_fraction,
                                                    config.seed)
@@ -163,8 +172,8 @@ def _start(config, resume):
 
     steps_per_epoch = math.ceil(len(y_train) / config.batch_size)
     schedule = make_schedule(config.schedule, config.lr, steps_per_epoch * config.epochs)
-    optimizer = make_optimizer(config.optimizer, net.params, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config.optimizer, transfer.trainable(net, frozen),
+                               momentum=config.momentum, weight_decay=config.weight_decay)
     rngs = {"shuffle": np.random.default_rng([config.seed, 2]),
             "augment": np.random.default_rng([config.seed, 3]), "dropout": net.dropout_rng}
     if state is not None:
@@ -176,7 +185,25 @@ def _start(config, resume):
         group.broadcast_({**net.params, **net.buffers})
     return _Run(config, net, normalizer, dataset, x_train, y_train, dataset.x_train[val_idx],
                 dataset.y_train[val_idx], optimizer, schedule, rngs, history, start_epoch,
-                steps_per_epoch, {}, resume, group)
+                steps_per_epoch, {}, resume, group, frozen, tuple(notes))
+
+
+def _transfer(config):
+    """A run --from a model: its net (with a fresh scoring layer when the data has another
+    number of classes), its normaliser, the data, the config naming them, and the line that
+    says what was replaced (or None)."""
+    model = load(config.source)
+    spec = config.data or model.meta.get("data")
+    if not spec:
+        raise SlidenetError(f"--from {config.source}: the model names no data set to train on "
+                            "(it came from elsewhere): give --data SPEC")
+    spec = datasets.resolve(spec)
+    net = model.net
+    dataset = datasets.load(spec, size=net.input_shape[:2] if config.resize else None)
+    net, note = transfer.with_classes(net, dataset.num_classes, config.seed)
+    config = replace(config, data=spec, pattern=net.pattern, variables=net.variables,
+                     skip_optional=net.skip_optional)
+    return net, model.normalizer, dataset, config, note
 
 
 def chance_loss(loss, classes):
@@ -192,6 +219,7 @@ def _opening(run):
     lines = [f"{ds.name}: {len(run.y_train):,} training, {len(run.y_val):,} validation and "
              f"{len(ds.y_test):,} test images of {shape}, {ds.num_classes} classes"]
     lines += [f"  note: {note}" for note in ds.notes]
+    lines += list(run.notes)
     params = sum(info.params for info in run.net.infos)
     steps = f"batch {config.batch_size}, {run.steps_per_epoch} steps an epoch"
     if run.resume is not None:
@@ -290,7 +318,7 @@ def _epoch(run, epoch):
                                       if config.augment else 0, flip=config.flip, part=part)
             yb = run.y_train[idx]
             shard.use(part)     # what DROPOUT and BATCHNORM consult (None: the whole batch)
-            scores = net.forward(xb, train=True)
+            scores = net.forward(xb, train=True, frozen=run.frozen)
             loss, dscores = loss_fn(scores, yb)
             if not math.isfinite(loss):
                 raise TrainingDiverged(
@@ -298,7 +326,7 @@ def _epoch(run, epoch):
                     f"{_last_good(run)}; try a lower learning rate (--lr {config.lr / 10:g})")
             if part:    # the part's share of the global batch's mean loss
                 dscores *= part.weight
-            net.backward(dscores, input_grad=False)
+            net.backward(dscores, input_grad=False, frozen=run.frozen)
             grads, n, hits = net.grads, len(yb), int((scores.argmax(axis=1) == yb).sum())
             if group:
                 grads, loss, hits, n = group.sum_step(net.grads, part, loss, hits, n)

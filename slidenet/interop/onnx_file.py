@@ -71,10 +71,11 @@ def read_model(path):
     if size == 0:
         raise OnnxFileError(f"{path} is empty, not an ONNX model")
     check_claimed_size(f"{path}", size, MAX_ONNX_FILE_BYTES)
-    data = path.read_bytes()
     model = onnx.ModelProto()
     try:
-        model.ParseFromString(data)
+        # The file's bytes live only while protobuf parses them: then the model alone holds
+        # the weights (one copy, read as NumPy views by `tensor_array`).
+        model.ParseFromString(path.read_bytes())
     except (DecodeError, ValueError, RuntimeError) as err:
         raise OnnxFileError(f"{path} is not an ONNX model, or it is truncated "
                             f"({_first_line(err) or 'protobuf cannot parse it'})") from None
@@ -88,10 +89,55 @@ def read_model(path):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             _external_file(tensor, folder, f"tensor {tensor.name!r}")
     try:
-        onnx.checker.check_model(str(path))
+        # The checker judges the graph without its weights (`light_model`): given the path,
+        # it would read and parse the whole file again. `tensor_array` checks each weight.
+        onnx.checker.check_model(light_model(onnx, model))
     except Exception as err:        # the checker's own ValidationError, and C++ errors it wraps
         raise OnnxFileError(f"{path} is not a valid ONNX model: {_first_line(err)}") from None
     return model, folder
+
+
+def _copy_fields(source, target, leave=()):
+    """Copy every set field of the protobuf message `source` into `target`, but `leave`."""
+    for field, value in source.ListFields():
+        if field.name in leave:
+            continue
+        if field.is_repeated:
+            getattr(target, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def light_model(onnx, model):
+    """`model` without its initializers' data: each initializer becomes a graph input of its
+    type and shape, so the checker and shape inference see the same graph at a tiny cost."""
+    light = onnx.ModelProto()
+    _copy_fields(model, light, leave=("graph",))
+    _copy_fields(model.graph, light.graph, leave=("initializer",))
+    named = {value.name for value in model.graph.input}
+    for tensor in model.graph.initializer:
+        if tensor.name not in named:
+            light.graph.input.append(onnx.helper.make_tensor_value_info(
+                tensor.name, tensor.data_type, list(tensor.dims)))
+    return light
+
+
+def inferred_shapes(onnx, model):
+    """{value name: [dims]} as ONNX's shape inference finds them (None for a dimension it
+    does not know); {} when inference fails. Only for messages about refused graphs."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light_model(onnx, model))
+    except Exception:       # inference is a help for the message, never a reason to fail
+        return {}
+    shapes = {}
+    for value in (*inferred.graph.value_info, *inferred.graph.output):
+        if value.type.WhichOneof("value") == "tensor_type" and \
+                value.type.tensor_type.HasField("shape"):
+            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None
+                                  for d in value.type.tensor_type.shape.dim]
+    return shapes
 
 
 def _tensors(graph):
@@ -142,7 +188,11 @@ def tensor_array(tensor, folder, budget):
                                 f"but it holds {len(raw):,}")
     else:
         return _typed_field(tensor, dtype, count, dims, what)
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(dims)
+    # A view on the bytes (no copy): read-only, which suits weights that are only read.
+    array = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+    if not array.dtype.isnative:
+        array = array.astype(dtype)
+    return array.reshape(dims)
 
 
 def _typed_field(tensor, dtype, count, dims, what):

@@ -31,7 +31,7 @@ import numpy as np
 
 from slidenet.data.normalize import Normalizer
 from slidenet.errors import SlidenetError
-from slidenet.interop.onnx_file import Budget, read_model, tensor_array
+from slidenet.interop.onnx_file import Budget, inferred_shapes, read_model, tensor_array
 from slidenet.interop.onnx_graph import PIXELS, require_onnx
 from slidenet.interop.onnx_ops import (
     OPS, Act, Const, Probs, Skip, Unknown, Unsupported, attributes, channel_vector,
@@ -72,13 +72,15 @@ def read_onnx(path, classes=None, scale=None, mean=None, std=None, input_layout=
     onnx = require_onnx()
     model, folder = read_model(path)
     reader = _Reader(onnx, model, folder, input_layout)
-    reader.walk()
+    # A constant that folds into nothing, or a division by a zero constant, is judged by the
+    # checks below; NumPy's own warnings about it would only be noise on stderr.
+    with np.errstate(all="ignore"):
+        reader.walk()
     if reader.faults:
-        lines = [f"{place}: {reason}" for place, reason in reader.faults]
         count = len({place for place, _ in reader.faults})
         raise ImportRefused(f"{path}: slidenet cannot represent {count} "
                             f"{'part' if count == 1 else 'parts'} of this graph, so nothing was "
-                            "written:\n  " + "\n  ".join(lines))
+                            "written:\n  " + "\n  ".join(fault_lines(reader.faults)))
     pattern, hwd = reader.pattern()
     metadata = _metadata(model)
     if scale is None and mean is None and std is None and \
@@ -99,6 +101,22 @@ def read_onnx(path, classes=None, scale=None, mean=None, std=None, input_layout=
     meta = {"source": f"onnx:{Path(path).name}", "producer": producer or "unknown",
             "onnx_opset": reader.opset}
     return Imported(net, normalizer, names, meta)
+
+
+def fault_lines(faults):
+    """One line per kind of fault: the first node's place, how many more nodes of the same op
+    have the same reason (35 identical Clip nodes are one line), and the reason. `faults`:
+    [(place, reason)] in graph order, place "Op 'name'" or a part of the graph."""
+    groups = {}
+    for place, reason in faults:
+        op = place.split(" ", 1)[0]
+        groups.setdefault((op, reason), []).append(place)
+    lines = []
+    for (op, reason), places in groups.items():
+        more = len(places) - 1
+        also = f" and {more} more {op} node{'s' * (more != 1)} like it" if more else ""
+        lines.append(f"{places[0]}{also}: {reason}")
+    return lines
 
 
 def _metadata(model):
@@ -144,6 +162,8 @@ class _Reader:
         self.pre = []               # (place, op, constant, Act it applied to): preprocessing
         self.faults = []            # (place, reason)
         self.input = None
+        self.model = model
+        self.shapes = None          # value name -> dims, from shape inference after a fault
 
     # -- the walk --
 
@@ -164,7 +184,7 @@ class _Reader:
             except Unsupported as fault:
                 for reason in fault.args:
                     self.faults.append((where(node), reason))
-                outputs = None
+                outputs = self._after_fault(node)
             except Skip:
                 outputs = None
             outputs = outputs if isinstance(outputs, list) else [outputs]
@@ -175,6 +195,22 @@ class _Reader:
                         value.name = name
                     self.values[name] = value
         self._read_outputs()
+
+    def _after_fault(self, node):
+        """What a refused node would have output, as far as ONNX's shape inference knows it, so
+        that the nodes after it are judged too and their faults listed (not only the first)."""
+        if self.shapes is None:
+            self.shapes = inferred_shapes(self.onnx, self.model)
+        acts = [v for v in (self.values.get(name) for name in node.input) if isinstance(v, Act)]
+        outputs = []
+        for name in node.output:
+            dims = self.shapes.get(name)
+            if not acts or dims is None or any(not d for d in dims[1:]) or len(dims) not in (2, 4):
+                outputs.append(None)
+                continue
+            layout = acts[0].layout if acts[0].layout in ("NCHW", "NHWC") else "NCHW"
+            outputs.append(Act(name, layout if len(dims) == 4 else "flat", tuple(dims[1:])))
+        return outputs
 
     def _read_input(self):
         given = [i for i in self.graph.input if i.name not in self.values]
@@ -225,8 +261,16 @@ class _Reader:
         elif not self.pieces:
             self.faults.append(("graph", "it has no layers"))
         elif len(slidenet_shape(finals[0]) or ()) != 1:
-            self.faults.append(("graph outputs", "the net ends on an image volume, not on one "
-                                "score per class; slidenet's scores come from an FC (Gemm)"))
+            shape = slidenet_shape(finals[0])
+            if shape and tuple(shape[:2]) == (1, 1):
+                why = (f"the net ends in a global average pool of {shape[2]} channels with no FC "
+                       "after it; slidenet's chain notation takes its scores from an FC "
+                       "(Gemm or MatMul), so a head of only a 1x1 CONV and a pool needs the "
+                       "graph notation")
+            else:
+                why = ("the net ends on an image volume, not on one score per class; "
+                       "slidenet's scores come from an FC (Gemm)")
+            self.faults.append(("graph outputs", why))
 
     # -- values --
 

@@ -514,16 +514,24 @@ def _arithmetic(reader, node, a, inputs):
         act_value, c_value = (left, right) if isinstance(left, Act) else (right, left)
         x, c = reader.act(act_value, node), reader.const(c_value, "operand")
         c = np.asarray(c, np.float64)
-        steps = [{"Add": ("Add", c), "Sub": ("Add", -c), "Mul": ("Mul", c),
-                  "Div": ("Mul", 1 / c)}[op]]
+        if op == "Div" and not np.all(c):
+            raise Unsupported("it divides by a constant that holds a zero")
+        steps = [("Add", c) if op == "Add" else ("Add", -c) if op == "Sub" else
+                 ("Mul", c) if op == "Mul" else ("Mul", 1 / c)]
     out = replace(x, taken=None)
+    if all(np.all(constant == (1 if kind == "Mul" else 0)) for kind, constant in steps) and \
+            not x.pre and x.layout != "input":
+        channel_vector(out, steps[0][1], steps[0][0])   # it must not change the shape either
+        return out      # adding 0 or multiplying by 1: nothing to fold
     for kind, constant in steps:
         constant = np.asarray(constant, np.float64)
         if x.pre:
             reader.pre.append((where(node), kind, constant, out))
             if x.layout != "input":
                 channel_vector(out, constant, kind)     # fail here, at the node, if it cannot
-        elif x.piece is not None:
+        elif x.piece is not None or _affine(reader, node, out):
+            if x.piece is None:     # a BATCHNORM that is only a scale and a shift, made here
+                out = x = reader.add_piece(_affine(reader, node, out), out, out.layout, out.dims)
             piece = reader.pieces[x.piece]
             vector = channel_vector(out, constant, kind)
             if kind == "Mul":
@@ -533,10 +541,26 @@ def _arithmetic(reader, node, a, inputs):
                 shifted = np.asarray(piece.params[piece.shift], np.float64) + vector
                 piece.params[piece.shift] = shifted
         else:
-            raise Unsupported(f"it {_WORDS[op]} by a constant where slidenet has no layer to fold "
+            raise Unsupported(f"it {_WORDS[op]} {'by ' * (op in ('Mul', 'Div'))}a constant where "
+                              "slidenet has no layer to fold "
                               "it into: only right after a Conv, Gemm/MatMul or "
                               "BatchNormalization (or before the first layer, as preprocessing)")
     return out
+
+
+def _affine(reader, node, x):
+    """A per-channel scale and shift where no layer is there to fold it into (Keras's
+    BatchNormalization after a Dense and its activation, as tf2onnx writes it: Mul then Add):
+    a BATCHNORM with mean 0 and variance 1 - epsilon, whose gamma and beta the Mul and Add set.
+    None where a BATCHNORM cannot stand (a flattened volume: its channels repeat per pixel)."""
+    shape = slidenet_shape(x)
+    if x.layout not in ("NCHW", "NHWC", "flat") or \
+            (x.layout == "flat" and len(shape) == 3 and prod(shape[:2]) > 1):
+        return None
+    n = shape[-1]
+    return Piece("BATCHNORM", where(node), shape, {"gamma": np.ones(n), "beta": np.zeros(n)},
+                 {"running_mean": np.zeros(n), "running_var": np.full(n, 1 - BATCHNORM_EPSILON)},
+                 scales=("gamma", "beta"), shift="beta")
 
 
 def channel_vector(act, constant, kind):

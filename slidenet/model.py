@@ -127,7 +127,7 @@ def load(path):
     arrays, meta = modelfile.load(path)
     try:
         net = Net.from_pattern(meta["pattern"], seed=0, dtype=meta.get("dtype", "float32"),
-                               skip_optional=meta.get("skip_optional", False),
+                               skip_optional=meta.get("skip_optional", False), blank=True,
                                **meta.get("variables", {}))
         for prefix, target in (("param/", net.params), ("buffer/", net.buffers)):
             for name, live in target.items():

@@ -34,7 +34,7 @@ class Net:
     net; `backward` overwrites `grads` in place, so the dicts can be held on to.
     """
 
-    def __init__(self, pattern, variables, skip_optional, seed, dtype):
+    def __init__(self, pattern, variables, skip_optional, seed, dtype, blank=False):
         if dtype not in DTYPES:
             raise SlidenetError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         self.pattern = pattern
@@ -51,7 +51,8 @@ class Net:
                 "it without allocating anything")
         # Dropout draws from its own stream, so adding dropout never changes the initial weights.
         self.dropout_rng = np.random.default_rng([seed, 1])
-        init = layer_kinds.Init(np.random.default_rng(seed), self.dropout_rng, self.dtype)
+        init = layer_kinds.Init(np.random.default_rng(seed), self.dropout_rng, self.dtype,
+                                blank=blank)
         last = self.infos[-1]
         self.layers = [layer_kinds.build(info, init._replace(scoring=info is last))
                        for info in self.infos[1:]]
@@ -65,9 +66,11 @@ class Net:
                 self.buffers[f"{layer.name}.{key}"] = value
 
     @classmethod
-    def from_pattern(cls, pattern, seed=0, dtype="float32", skip_optional=False, **variables):
-        """Parse `pattern`, infer every shape, and initialise the weights from `seed`."""
-        return cls(pattern, variables, skip_optional, seed, dtype)
+    def from_pattern(cls, pattern, seed=0, dtype="float32", skip_optional=False, blank=False,
+                     **variables):
+        """Parse `pattern`, infer every shape, and initialise the weights from `seed` (all
+        zeros when `blank`, for weights that are read from a file next)."""
+        return cls(pattern, variables, skip_optional, seed, dtype, blank)
 
     @property
     def input_shape(self):

@@ -443,23 +443,38 @@ def _fc(reader, node, x, weights, bias):
     if weights.ndim != 2 or weights.shape[0] != x.dims[0]:
         raise Unsupported(f"its weights have shape {list(weights.shape)}, not ({x.dims[0]}, n) "
                           f"for its {x.dims[0]} inputs")
+    out = weights.shape[1]
     if x.flat_from and x.flat_from[0] == "DHW":
         # Flattened from (N, C, H, W): the rows follow (C, H, W); slidenet's follow (H, W, C).
-        weights = rows_dhw_to_hwd(weights, x.flat_from[1])
-    out = weights.shape[1]
+        weights = _rows_to_hwd(weights, x.flat_from[1])
     piece = Piece(f"FC({out})", where(node), (out,), {"W": weights, "b": bias},
                   scales=("W", "b"), shift="b")
     return reader.add_piece(piece, x, "flat", (out,), flat_from=None)
+
+
+def _rows_to_hwd(weights, shape):
+    """`weights` (D*H*W, n), rows in (D, H, W) order, as an (H, W, D, n) view in slidenet's
+    order: no copy here (the one copy is into the net's own array, `_Reader.fill`), for an FC
+    after a large volume holds most of a net's weights (VGG's first FC: 400 MB)."""
+    h, w, d = shape
+    out = weights.shape[1]
+    if weights.T.flags.c_contiguous:        # PyTorch's Gemm (transB=1): B is (n, D*H*W)
+        return weights.T.reshape(out, d, h, w).transpose(2, 3, 1, 0)
+    if weights.flags.c_contiguous:
+        return weights.reshape(d, h, w, out).transpose(1, 2, 0, 3)
+    return rows_dhw_to_hwd(weights, shape)
 
 
 def _gemm(reader, node, a, inputs):
     if a.get("transA", 0):
         raise Unsupported("transA=1: the images would be the columns; slidenet's FC reads rows")
     x = reader.act(inputs[0], node)
-    b = np.asarray(reader.const(inputs[1], "weights B"), np.float64)
+    b = reader.const(inputs[1], "weights B")
     if b.ndim != 2:
         raise Unsupported(f"its weights B have shape {list(b.shape)}, not a matrix")
-    weights = (b.T if a.get("transB", 0) else b) * a.get("alpha", 1.0)
+    weights = b.T if a.get("transB", 0) else b     # a view: the weights are copied once, later
+    if a.get("alpha", 1.0) != 1.0:
+        weights = weights * np.float64(a["alpha"])
     c = reader.optional_const(inputs, 2, "bias C", np.zeros(1))
     bias = _per_feature(np.asarray(c, np.float64) * a.get("beta", 1.0), weights.shape[1])
     return _fc(reader, node, x, weights, bias)
@@ -472,7 +487,7 @@ def _matmul(reader, node, a, inputs):
     if isinstance(inputs[1], Act):
         raise Unsupported("it multiplies two activations, which is no layer of a CNN")
     x = reader.act(inputs[0], node)
-    weights = np.asarray(reader.const(inputs[1], "weights"), np.float64)
+    weights = reader.const(inputs[1], "weights")
     return _fc(reader, node, x, weights, np.zeros(weights.shape[1] if weights.ndim == 2 else 1))
 
 
@@ -540,6 +555,9 @@ def _arithmetic(reader, node, a, inputs):
             else:
                 shifted = np.asarray(piece.params[piece.shift], np.float64) + vector
                 piece.params[piece.shift] = shifted
+            if not all(np.isfinite(piece.params[key]).all() for key in piece.scales):
+                raise Unsupported(f"folding it into {piece.node} gives weights that are "
+                                  "infinite or NaN")
         else:
             raise Unsupported(f"it {_WORDS[op]} {'by ' * (op in ('Mul', 'Div'))}a constant where "
                               "slidenet has no layer to fold "

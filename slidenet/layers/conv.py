@@ -101,8 +101,7 @@ class Conv(Layer):
         fh, fw = info.spec.size
         d = info.input_shape[2]
         fan_in = fh * fw * d
-        w = init.rng.standard_normal((fh, fw, d, info.spec.filters)) * np.sqrt(2 / fan_in)
-        self.param("W", w.astype(init.dtype))
+        self.param("W", init.normal((fh, fw, d, info.spec.filters), np.sqrt(2 / fan_in)))
         self.param("b", np.zeros(info.spec.filters, dtype=init.dtype))
 
     def forward(self, x, train, relu=False):

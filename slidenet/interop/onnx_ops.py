@@ -410,6 +410,10 @@ def _reshape(reader, node, a, inputs):
     x = reader.act(value, node)
     total = prod(x.dims)
     batch_first = target and (target[0] == BATCH or (target[0] == 0 and not allow_zero))
+    if len(target) == 4 and (batch_first or target[0] == -1):
+        moved = _one_channel_move(reader, x, target[1:])
+        if moved is not None:
+            return moved
     if len(target) == 2:
         second = target[1]
         if second == 0 and not allow_zero:
@@ -419,6 +423,24 @@ def _reshape(reader, node, a, inputs):
     shown = ["N" if v == BATCH else v for v in target]
     raise Unsupported(f"shape={shown}: of the reshapes, slidenet follows only flattening each "
                       "image, (N, -1)")
+
+
+def _one_channel_move(reader, x, dims):
+    """A Reshape that moves a 1-channel image between (N, H, W, 1) and (N, 1, H, W): with one
+    channel, tf2onnx writes Keras's layout change around a Conv as a Reshape rather than a
+    Transpose. The same value in the other layout, or None for any other reshape."""
+    dims = list(dims)
+    if x.layout == "input":
+        a, b, c = x.dims
+        if c == 1 and dims == [1, a, b]:
+            x = reader.resolve(x, "NHWC")
+        elif a == 1 and dims == [b, c, 1]:
+            x = reader.resolve(x, "NCHW")
+    if x.layout == "NHWC" and x.dims[2] == 1 and dims == [1, *x.dims[:2]]:
+        return replace(x, layout="NCHW", dims=(1, *x.dims[:2]), taken=None)
+    if x.layout == "NCHW" and x.dims[0] == 1 and dims == [*x.dims[1:], 1]:
+        return replace(x, layout="NHWC", dims=(*x.dims[1:], 1), taken=None)
+    return None
 
 
 def _squeeze(reader, node, a, inputs):
@@ -681,7 +703,13 @@ def _cast(reader, node, a, inputs):
     value = inputs[0]
     target = reader.onnx.helper.tensor_dtype_to_np_dtype(a["to"])
     if isinstance(value, Const):
-        return Const(value.array.astype(target))
+        array = value.array
+        cast = array.astype(target)
+        if np.dtype(target).kind in "iu" and np.any(array == BATCH):
+            # tf2onnx casts Flatten's shape to int32, which would lose the batch-size marker:
+            # it stays itself, the other numbers are cast.
+            cast = np.where(array == BATCH, BATCH, cast.astype(np.int64))
+        return Const(cast)
     x = reader.act(value, node)
     if np.dtype(target).kind != "f":
         raise Unsupported(f"it casts the activations to {np.dtype(target).name}")

@@ -5,17 +5,25 @@
     model.class_names                   # ["0", "1", ..., "9"]
     p = model.predict(images)           # uint8 (N, 28, 28, 1) -> float64 probabilities (N, 10)
     s = model.scores(images)            # the last layer's scores (N, 10), float64
+    model.evaluate(x, y)                # accuracy, loss, per-class accuracy, confusion
     model.net, model.normalizer         # the layers, and the pixel standardisation
-    model.meta                          # pattern, data, epoch, config, history, ...
+    model.meta, model.history           # pattern, data, epoch, config, history, ...
+    model.save("digits.npz")            # atomically; `load` reads it back
+
+`slidenet.fit(...)` returns a Model too. In a notebook a Model shows its summary and history
+(`_repr_html_`).
 
 A model file (`slidenet.storage.modelfile`) holds the net's parameters and buffers, the normaliser and,
 for a file written by `slidenet train`, the optimiser state and the random generators' states,
 which is everything `--resume` needs (`Model.state`). `model_arrays` and `model_meta` build
 those contents; `save` writes them.
 """
+import html
+
 import numpy as np
 
 from slidenet import data as datasets
+from slidenet.data.dataset import as_images
 from slidenet.data.normalize import Normalizer
 from slidenet.errors import DataError, ModelFileError
 from slidenet.net import Net
@@ -87,6 +95,55 @@ class Model:
         """Class probabilities (N, C), float64 (the softmax of `scores`); rows sum to 1."""
         return softmax(self.scores(images, batch_size))
 
+    @property
+    def history(self):
+        """One dict per epoch trained (epoch, loss, accuracy, val_accuracy, val_loss, lr,
+        seconds, images_per_s), as `slidenet train` writes history.json; [] for none."""
+        history = self.meta.get("history")
+        return list(history) if isinstance(history, list) else []
+
+    @property
+    def loss(self):
+        """The loss the model was trained with: "softmax" or "svm"."""
+        config = self.meta.get("config")
+        return (config.get("loss") if isinstance(config, dict) else None) or "softmax"
+
+    def evaluate(self, x, y, batch_size=BATCH):
+        """Accuracy and the rest on labelled images, as `slidenet eval` prints them.
+
+        x: uint8 (N, H, W, D) or (N, H, W), or floats in [0, 1] (the rule of `npz:` data and
+        `slidenet.fit`); y: class numbers (N,). Returns {"accuracy", "loss", "per_class",
+        "confusion"} (see `slidenet.evaluate.evaluate`).
+        """
+        from slidenet.training.evaluate import evaluate
+        images = as_images(x)
+        if tuple(images.shape[1:]) != self.input_shape:
+            want = "x".join(str(v) for v in self.input_shape)
+            raise DataError(f"x holds images of {'x'.join(map(str, images.shape[1:]))}; the model "
+                            f"takes {want}")
+        labels = class_numbers(y, len(images), self.net.num_outputs)
+        return evaluate(self.net, images, labels, self.normalizer, self.net.num_outputs,
+                        self.loss, batch_size)
+
+    def save(self, path):
+        """Write the model to `path` (a `.npz` model file that `slidenet.load` and every command
+        read), atomically through `slidenet.storage.writing`: a failed write keeps the previous file."""
+        arrays = model_arrays(self.net, self.normalizer)
+        # A run's optimiser and generator states travel with it (what --resume needs).
+        arrays.update({k: v for k, v in (self.state or {}).items()
+                       if k.startswith(("optim/", "rng/"))})
+        modelfile.save(path, arrays, self.meta)
+        return path
+
+    def _repr_html_(self):
+        """The net's summary table, then the history, for Jupyter."""
+        from slidenet.notation.summary import history_html
+        title = html.escape(f"Model: {len(self.class_names)} classes "
+                            f"({', '.join(self.class_names[:12])}"
+                            f"{', ...' if len(self.class_names) > 12 else ''})")
+        return (f"<div class='slidenet-model'><p><b>{title}</b></p>{self.net._repr_html_()}"
+                f"{history_html(self.history)}</div>")
+
     def load_data(self, spec=None, path="the model file"):
         """The data set `spec` (default: the one the model was trained on, see `data_spec`), at
         the size the model takes (stretched if it was trained with --resize), checked to fit.
@@ -117,6 +174,27 @@ class Model:
 
     def __repr__(self):
         return f"Model({self.meta.get('pattern')!r}, classes={self.class_names})"
+
+
+def class_numbers(y, count, classes, key="y"):
+    """y as int64 class numbers (count,), each in 0 .. classes - 1; a DataError that says how
+    to fix anything else (one-hot rows, floats, the wrong length)."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == classes and y.shape[0] == count:
+        raise DataError(f"{key} has shape {y.shape}, one row per image (one-hot?); give class "
+                        f"numbers (N,): {key}.argmax(axis=1)")
+    if y.ndim != 1 or len(y) != count:
+        raise DataError(f"{key} must hold one class number per image: {count} of them, got an "
+                        f"array of shape {y.shape}")
+    if y.size and y.dtype.kind not in "iu":
+        if y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
+            y = y.astype(np.int64)
+        else:
+            raise DataError(f"{key} must hold integer class numbers, not {y.dtype}")
+    bad = np.flatnonzero((y < 0) | (y >= classes))
+    if bad.size:
+        raise DataError(f"{key}[{bad[0]}] is {y[bad[0]]}, outside the classes 0..{classes - 1}")
+    return y.astype(np.int64)
 
 
 def load(path):

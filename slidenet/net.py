@@ -12,6 +12,7 @@ before any data is loaded.
 run: the same layers with CONV -> RELU and the like fused into one step (`slidenet.layers.fusion`).
 `net.activations(x)` runs the layers one by one, so each layer's own output can be seen.
 """
+import html
 from collections import OrderedDict
 
 import numpy as np
@@ -20,7 +21,7 @@ from slidenet import layers as layer_kinds
 from slidenet.errors import DataError, OutOfMemory, SlidenetError
 from slidenet.notation.pattern import parse
 from slidenet.notation.shapes import infer
-from slidenet.notation.summary import summary_text
+from slidenet.notation.summary import summary_html, summary_text
 from slidenet.storage.limits import MAX_WEIGHT_BYTES
 
 DTYPES = ("float32", "float64")
@@ -153,6 +154,11 @@ class Net:
     def summary(self):
         """The summary table as text: shapes, parameters and formulas for every layer."""
         return summary_text(self.infos)
+
+    def _repr_html_(self):
+        """The summary table with its formulas, for Jupyter."""
+        return (f"<div class='slidenet-net'><p><code>{html.escape(self.pattern)}</code></p>"
+                f"{summary_html(self.infos)}</div>")
 
     def __repr__(self):
         return f"Net({self.pattern!r})"

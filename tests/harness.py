@@ -21,14 +21,57 @@ versions are the lecture's loops (`slidenet.ops.naive`), the oracle. The checks:
 
 Any check can be switched off for a kernel it does not apply to (a kink at random points,
 a kernel with no batch axis), with the reason in the test.
+
+`CONV_GEOMETRIES` and `conv_arrays` are the convolutions every convolution test runs (the pairs
+in test_kernels.py, the thin first layers in test_thin.py).
 """
 import subprocess
 import sys
 
 import numpy as np
 
+from helpers import numba_problem, require, skipping
 from slidenet.gradcheck import TOLERANCE, numeric_gradient, relative_error, sample
 from slidenet.ops import compiled, runtime
+
+
+# (H, W, D, F_h, F_w, S_h, S_w, P_h, P_w, K): stride != filter, odd and non-square inputs,
+# per-axis filters/strides/padding, 1x1, padding larger than needed.
+CONV_GEOMETRIES = [
+    (7, 7, 3, 3, 3, 1, 1, 0, 0, 2),     # the lecture's 7x7 / 3x3 / stride 1 -> 5x5
+    (7, 7, 3, 3, 3, 2, 2, 0, 0, 2),     # stride 2 -> 3x3
+    (7, 7, 1, 3, 3, 1, 1, 1, 1, 2),     # padding 1 keeps 7x7
+    (9, 7, 2, 3, 3, 2, 2, 1, 1, 3),     # odd, non-square, stride 2 with padding
+    (6, 5, 2, 3, 1, 1, 1, 1, 0, 2),     # 3x1 filter, p=1x0
+    (8, 9, 2, 2, 3, 2, 3, 0, 0, 3),     # per-axis filter and stride
+    (5, 6, 4, 1, 1, 1, 1, 0, 0, 3),     # 1x1 convolution
+    (5, 5, 2, 5, 5, 1, 1, 2, 2, 2),     # 5x5 with p=2 keeps the size
+    (4, 4, 1, 2, 2, 1, 1, 3, 3, 1),     # padding larger than needed
+    (11, 11, 3, 5, 5, 3, 3, 0, 0, 4),   # stride different from the filter
+    # Winograd's F(2, 3): a 3-tall filter at stride 1; even and odd output heights, padding 0
+    # to 2 (the widest a full-convolution dx allows), filters 1, 2, 3 and 5 wide.
+    (8, 8, 2, 3, 3, 1, 1, 1, 1, 3),     # even output height
+    (5, 5, 2, 3, 3, 1, 1, 0, 0, 4),     # no padding: 3x3 output
+    (4, 4, 1, 3, 3, 1, 1, 2, 2, 1),     # padding 2: 6x6 output
+    (8, 7, 3, 3, 2, 1, 1, 2, 1, 3),     # a 3x2 filter, per-axis padding
+    (5, 9, 2, 3, 5, 1, 1, 1, 2, 2),     # a 3x5 filter on a wide input
+    (3, 3, 2, 3, 3, 1, 1, 0, 0, 2),     # a single output row
+    (6, 7, 6, 3, 3, 1, 1, 1, 1, 3),     # deeper than im2col.THIN_DEPTH: NumPy copies the rows
+    # F(4, 3) covers 4 rows a tile: every output height mod 4 above (8: 0, 5: 1, 6 and 10: 2,
+    # 3: 3), plus 2, 7 and 11 rows and a 3x1 filter; 1-3 rows are a single part-filled tile.
+    (4, 6, 2, 3, 3, 1, 1, 0, 1, 3),     # two output rows
+    (7, 5, 3, 3, 3, 1, 1, 1, 1, 2),     # 7 rows: one whole tile and one of 3
+    (11, 4, 2, 3, 1, 1, 1, 1, 0, 2),    # a 3x1 filter, 11 rows
+]
+
+
+
+
+def conv_arrays(h, w, d, fh, fw, k, n=3, seed=1234):
+    """x (n, h, w, d), w (fh, fw, d, k), b (k,): standard normal float64, from `seed`."""
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((n, h, w, d)), "w": rng.standard_normal((fh, fw, d, k)),
+            "b": rng.standard_normal(k)}
 
 
 def _grads(result, wrt):
@@ -117,7 +160,10 @@ def check_kernel(forward, backward, arrays, wrt, *, naive=None, naive_backward=N
         finally:
             runtime.set_memory_budget(previous)
 
-    if compiled_check and compiled.kernels(out) is not None:
+    # numba's check follows the rule for every optional part (helpers.require): without numba
+    # it fails, unless SLIDENET_SKIP_NUMBA=1 leaves it out (never in CI).
+    if compiled_check and out.dtype in (np.float32, np.float64) and not skipping("NUMBA"):
+        require("NUMBA", numba_problem())
         for dtype in (np.float64, np.float32) if dtypes else (np.float64,):
             typed = {k: v.astype(dtype) for k, v in arrays.items()}
             fast = _run(forward, backward, typed, wrt, dout.astype(dtype))

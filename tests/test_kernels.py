@@ -3,7 +3,7 @@ differences, float32, chunks, threads and the compiled passes. Then the lecture'
 import numpy as np
 import pytest
 
-from harness import check_kernel
+from harness import CONV_GEOMETRIES, check_kernel, conv_arrays
 from slidenet import ops
 from slidenet.errors import GeometryError
 from slidenet.gradcheck import TOLERANCE, numeric_gradient, relative_error, sample
@@ -11,36 +11,6 @@ from slidenet.ops import conv, naive
 from slidenet.ops.conv import direct, full_dx, winograd
 
 RNG = np.random.default_rng(1234)
-
-# (H, W, D, F_h, F_w, S_h, S_w, P_h, P_w, K): stride != filter, odd and non-square inputs,
-# per-axis filters/strides/padding, 1x1, padding larger than needed.
-CONV_GEOMETRIES = [
-    (7, 7, 3, 3, 3, 1, 1, 0, 0, 2),     # the lecture's 7x7 / 3x3 / stride 1 -> 5x5
-    (7, 7, 3, 3, 3, 2, 2, 0, 0, 2),     # stride 2 -> 3x3
-    (7, 7, 1, 3, 3, 1, 1, 1, 1, 2),     # padding 1 keeps 7x7
-    (9, 7, 2, 3, 3, 2, 2, 1, 1, 3),     # odd, non-square, stride 2 with padding
-    (6, 5, 2, 3, 1, 1, 1, 1, 0, 2),     # 3x1 filter, p=1x0
-    (8, 9, 2, 2, 3, 2, 3, 0, 0, 3),     # per-axis filter and stride
-    (5, 6, 4, 1, 1, 1, 1, 0, 0, 3),     # 1x1 convolution
-    (5, 5, 2, 5, 5, 1, 1, 2, 2, 2),     # 5x5 with p=2 keeps the size
-    (4, 4, 1, 2, 2, 1, 1, 3, 3, 1),     # padding larger than needed
-    (11, 11, 3, 5, 5, 3, 3, 0, 0, 4),   # stride different from the filter
-    # Winograd's F(2, 3): a 3-tall filter at stride 1; even and odd output heights, padding 0
-    # to 2 (the widest a full-convolution dx allows), filters 1, 2, 3 and 5 wide.
-    (8, 8, 2, 3, 3, 1, 1, 1, 1, 3),     # even output height
-    (5, 5, 2, 3, 3, 1, 1, 0, 0, 4),     # no padding: 3x3 output
-    (4, 4, 1, 3, 3, 1, 1, 2, 2, 1),     # padding 2: 6x6 output
-    (8, 7, 3, 3, 2, 1, 1, 2, 1, 3),     # a 3x2 filter, per-axis padding
-    (5, 9, 2, 3, 5, 1, 1, 1, 2, 2),     # a 3x5 filter on a wide input
-    (3, 3, 2, 3, 3, 1, 1, 0, 0, 2),     # a single output row
-    (6, 7, 6, 3, 3, 1, 1, 1, 1, 3),     # deeper than im2col.THIN_DEPTH: NumPy copies the rows
-    # F(4, 3) covers 4 rows a tile: every output height mod 4 above (8: 0, 5: 1, 6 and 10: 2,
-    # 3: 3), plus 2, 7 and 11 rows and a 3x1 filter; 1-3 rows are a single part-filled tile.
-    (4, 6, 2, 3, 3, 1, 1, 0, 1, 3),     # two output rows
-    (7, 5, 3, 3, 3, 1, 1, 1, 1, 2),     # 7 rows: one whole tile and one of 3
-    (11, 4, 2, 3, 1, 1, 1, 1, 0, 2),    # a 3x1 filter, 11 rows
-]
-
 
 def _applies(algorithm, d, fh, fw, sh, sw, ph, pw):
     if algorithm == "direct":
@@ -56,11 +26,6 @@ CONV_CASES = [pytest.param(algorithm, g, id=f"{algorithm}-{'x'.join(map(str, g))
               for g in CONV_GEOMETRIES
               for algorithm in ("im2col", "full", "winograd", "winograd4", "direct")
               if _applies(algorithm, *g[2:9])]
-
-
-def conv_arrays(h, w, d, fh, fw, k, n=3):
-    return {"x": RNG.standard_normal((n, h, w, d)), "w": RNG.standard_normal((fh, fw, d, k)),
-            "b": RNG.standard_normal(k)}
 
 
 @pytest.mark.parametrize("algorithm,geometry", CONV_CASES)
@@ -180,25 +145,22 @@ POOL_GEOMETRIES = [
 ]
 
 
-@pytest.mark.parametrize("h,w,d,fh,fw,sh,sw", POOL_GEOMETRIES)
-def test_max_pool_pair(h, w, d, fh, fw, sh, sw):
-    size, stride = (fh, fw), (sh, sw)
-    # Overlapping windows add up to several gradients into one entry, in another order in the
-    # compiled pass than tap by tap: equal to rounding, not bit for bit.
-    check_kernel(lambda x: ops.max_pool_forward(x, size, stride), ops.max_pool_backward,
-                 {"x": RNG.standard_normal((3, h, w, d))}, ("x",),
-                 naive=lambda x: naive.pool_forward(x, size, stride, "max"),
-                 naive_backward=lambda dout, x: naive.pool_backward(dout, x, size, stride, "max"),
-                 compiled_exact=size == stride)
+POOLS = {"max": (ops.max_pool_forward, ops.max_pool_backward),
+         "avg": (ops.avg_pool_forward, ops.avg_pool_backward)}
 
 
+@pytest.mark.parametrize("kind", POOLS)
 @pytest.mark.parametrize("h,w,d,fh,fw,sh,sw", POOL_GEOMETRIES)
-def test_avg_pool_pair(h, w, d, fh, fw, sh, sw):
+def test_pool_pair(h, w, d, fh, fw, sh, sw, kind):
     size, stride = (fh, fw), (sh, sw)
-    check_kernel(lambda x: ops.avg_pool_forward(x, size, stride), ops.avg_pool_backward,
+    forward, backward = POOLS[kind]
+    # Overlapping max-pool windows add up to several gradients into one entry, in another order
+    # in the compiled pass than tap by tap: equal to rounding, not bit for bit.
+    check_kernel(lambda x: forward(x, size, stride), backward,
                  {"x": RNG.standard_normal((3, h, w, d))}, ("x",),
-                 naive=lambda x: naive.pool_forward(x, size, stride, "avg"),
-                 naive_backward=lambda dout, x: naive.pool_backward(dout, x, size, stride, "avg"))
+                 naive=lambda x: naive.pool_forward(x, size, stride, kind),
+                 naive_backward=lambda dout, x: naive.pool_backward(dout, x, size, stride, kind),
+                 compiled_exact=kind == "avg" or size == stride)
 
 
 @pytest.mark.parametrize("hw,size,stride", [((8, 8), (2, 2), (2, 2)), ((7, 7), (3, 3), (2, 2)),
@@ -392,6 +354,24 @@ def test_softmax_loss_known_value_and_gradient():
     assert _loss_gradient_error(ops.softmax_loss, RNG.standard_normal((5, 4)),
                                 np.array([0, 3, 1, 1, 2])) < TOLERANCE
     np.testing.assert_allclose(ops.softmax(np.array([[0.0, np.log(3)]])), [[0.25, 0.75]])
+
+
+def test_label_smoothing_is_cross_entropy_with_spread_targets():
+    scores, y = RNG.standard_normal((6, 5)), np.array([0, 4, 1, 1, 2, 3])
+    e = 0.1
+    # The oracle: -sum_j t_ij log p_ij with t = (1 - e) one-hot + e / C, written out.
+    targets = np.full((6, 5), e / 5)
+    targets[np.arange(6), y] += 1 - e
+    p = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    loss, dscores = ops.softmax_loss(scores, y, smoothing=e)
+    assert np.isclose(loss, -(targets * np.log(p)).sum(axis=1).mean())
+    np.testing.assert_allclose(dscores, (p - targets) / 6, atol=1e-12)
+    assert _loss_gradient_error(lambda s, t: ops.softmax_loss(s, t, smoothing=e), scores, y) \
+        < TOLERANCE
+    # Equal scores are still chance, ln C; and no smoothing is the plain loss.
+    assert np.isclose(ops.softmax_loss(np.zeros((3, 10)), np.arange(3), smoothing=0.3)[0],
+                      np.log(10))
+    assert ops.softmax_loss(scores, y, smoothing=0.0)[0] == ops.softmax_loss(scores, y)[0]
 
 
 def test_svm_loss_known_value_and_gradient():

@@ -18,7 +18,7 @@ from slidenet.cli import main
 from slidenet.errors import DataError, ModelFileError, SlidenetError
 from slidenet.storage import limits, modelfile
 
-from fakedata import _py2_value, write_cifar_dir, write_idx, write_image, write_mnist_dir
+from helpers import _py2_value, write_cifar_dir, write_idx, write_image, write_mnist_dir
 
 MiB = 2**20
 

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import import_part
+
 # The `onnx` extra is part of `all`, which `make test` and CI install: without it these tests
 # fail rather than vanish. SLIDENET_SKIP_ONNX=1 skips them on purpose (never in CI).
-if os.environ.get("SLIDENET_SKIP_ONNX") == "1" and not os.environ.get("CI"):
-    pytest.skip("SLIDENET_SKIP_ONNX=1", allow_module_level=True)
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
+onnx, ort = import_part("ONNX", "onnx", "onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import slidenet  # noqa: E402

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import CLASSES, bars, train_tiny
 from slidenet.cli import main
 from slidenet.model import load
 from slidenet.report import SECTIONS
 from slidenet.training.evaluate import evaluate
-
-from test_viz import CLASSES, bars, train_tiny
 
 SECTIONS_WANTED = (("summary", "Architecture"), ("training", "Training"),
                    ("accuracy", "Test accuracy"), ("filters", "Filters"),
@@ -46,7 +45,7 @@ def test_every_section_is_there(page):
 def test_accuracy_and_confusion_are_the_evaluation(page):
     model = load(str(page["path"]))
     net, normalizer = model.net, model.normalizer
-    x, y = bars(60, seed=1)
+    x, y = bars(60, seed=1, size=12)
     result = evaluate(net, x, y, normalizer, 3)
     assert f"Accuracy <b>{result['accuracy']:.4f}</b>" in page["html"]
     table = page["html"].split('<table class="confusion">')[1].split("</table>")[0]

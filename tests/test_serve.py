@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import bars, image_like, png_bytes, server, train_tiny, wait_for_exit
 from slidenet import geometry
 from slidenet.cli import main
 from slidenet.data import load_image
@@ -35,9 +36,6 @@ from slidenet.ops import naive
 from slidenet.serve.app import MAX_UPLOAD, create_app
 from slidenet.serve.explain import Explainer
 from slidenet.viz.patches import top_patches
-
-from serving import image_like, png_bytes, server, wait_for_exit
-from test_viz import bars, train_tiny
 
 with warnings.catch_warnings():
     # Starlette 1.x asks for httpx2 but still takes httpx, which the older Starlettes that
@@ -153,7 +151,7 @@ def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     path, spec = train_tiny(folder)
     model = load(str(path))
-    x, y = bars(60, seed=1)
+    x, y = bars(60, seed=1, size=12)
     return {"path": path, "data": spec, "folder": folder, "model": model, "x": x, "y": y}
 
 

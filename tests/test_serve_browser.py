@@ -17,14 +17,12 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
+from helpers import bars, image_like, import_part, png_bytes, require, server, train_tiny
 from slidenet import Net, geometry
 from slidenet.data import Normalizer
 from slidenet.errors import GeometryError
 from slidenet.model import load, save
 from slidenet.viz.patches import top_patches
-
-from serving import image_like, png_bytes, server
-from test_viz import bars, train_tiny
 
 CHROMIUM = "/usr/bin/chromium"
 # The test machine's network is closed: Chromium must not try its own background connections.
@@ -33,10 +31,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
 TILE = 56           # CSS pixels of a map tile's longer side (serve.js)
 CELL = 14           # CSS pixels of a strip cell (serve.js)
 
-if os.environ.get("SLIDENET_SKIP_BROWSER") == "1" and not os.environ.get("CI"):
-    pytest.skip("SLIDENET_SKIP_BROWSER=1", allow_module_level=True)
-
-from playwright.sync_api import expect, sync_playwright  # noqa: E402  (after the skip)
+(sync_api,) = import_part("BROWSER", "playwright.sync_api")
+expect, sync_playwright = sync_api.expect, sync_api.sync_playwright
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +45,7 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: `make browser` (apt-get install chromium) installs "
-                    "it; SLIDENET_SKIP_BROWSER=1 skips the browser tests on this machine")
+    require("BROWSER", None if os.path.exists(CHROMIUM) else f"{CHROMIUM} is missing")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         yield chromium
@@ -336,7 +330,7 @@ def test_top_patches_are_those_of_viz_patches(visit, site):
     page.click("#patches-form button")
     patches = page.locator("#patches-grid .patch")
     expect(patches).to_have_count(9)
-    x, y = bars(60, seed=1)
+    x, y = bars(60, seed=1, size=12)
     found = top_patches(model.net, x, model.normalizer, "conv2", channels=6)
     values = [float(v) for v in page.locator("#patches-grid .patch .value").all_inner_texts()]
     np.testing.assert_allclose(values, found.values[4], atol=5e-4 + 1e-6)

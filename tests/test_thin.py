@@ -14,15 +14,14 @@ handles them, and a whole net.
 import numpy as np
 import pytest
 
-from harness import check_kernel, without_numba
+from harness import CONV_GEOMETRIES, check_kernel, conv_arrays, without_numba
 from slidenet import Net, ops
 from slidenet.ops import compiled, conv, naive
 from slidenet.ops.conv import direct, im2col
-from test_kernels import CONV_GEOMETRIES, conv_arrays
 
 RNG = np.random.default_rng(77)
-HAVE_NUMBA = compiled.kernels() is not None
-needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+# conftest's `numba` fixture: these fail without numba (SLIDENET_SKIP_NUMBA=1 skips them).
+needs_numba = pytest.mark.usefixtures("numba")
 
 # (H, W, D, F_h, F_w, S_h, S_w, P_h, P_w): 1 to 4 channels and one past THIN_DEPTH; square,
 # tall and wide filters; strides 1 to 3 per axis; padding 0 to 3; odd, non-square inputs.

@@ -7,39 +7,12 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import CLASSES, TINY, bars
 from slidenet import Net
 from slidenet.model import load
 from slidenet.ops import softmax_loss
 from slidenet.training.loop import TrainConfig, train
 from slidenet.training.optim import make_optimizer
-
-TINY = "INPUT(8x8x1) -> CONV(4) -> RELU -> POOL -> DROPOUT(0.2) -> FC(3)"
-
-
-def bars(n, seed=0):
-    """Three learnable classes of 8x8 images: a horizontal bar, a vertical bar, a dot; uint8."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 3
-    x = rng.integers(0, 40, size=(n, 8, 8, 1)).astype(np.uint8)
-    pos = rng.integers(1, 7, size=n)
-    for i in range(n):
-        if y[i] == 0:
-            x[i, pos[i], :, 0] = 250
-        elif y[i] == 1:
-            x[i, :, pos[i], 0] = 250
-        else:
-            x[i, pos[i] - 1:pos[i] + 1, pos[i] - 1:pos[i] + 1, 0] = 250
-    return x, y
-
-
-@pytest.fixture
-def npz_data(tmp_path):
-    x, y = bars(180)
-    xt, yt = bars(60, seed=1)
-    path = tmp_path / "bars.npz"
-    np.savez(path, x=x, y=y, x_test=xt, y_test=yt, class_names=np.array(["row", "column", "dot"]))
-    return f"npz:{path}"
-
 
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "slidenet", *args], capture_output=True, text=True)
@@ -87,6 +60,21 @@ def test_resume_is_bit_identical_to_straight_training(tmp_path, npz_data):
                        load(str(tmp_path / "b" / "run" / "model.npz")))
 
 
+def test_erasing_and_label_smoothing_change_the_run_and_resume_exactly(tmp_path, npz_data):
+    options = {"erase": 0.5, "label_smoothing": 0.1, "schedule": "warmup-cosine"}
+    train(config(tmp_path / "a", npz_data, **options), log=lambda *_: None)
+    train(config(tmp_path / "b", npz_data, stop_after=1, **options), log=lambda *_: None)
+    train(config(tmp_path / "b", npz_data, epochs=2),
+          resume=str(tmp_path / "b" / "run" / "model.npz"), log=lambda *_: None)
+    a = load(str(tmp_path / "a" / "run" / "model.npz"))
+    assert_same_models(a, load(str(tmp_path / "b" / "run" / "model.npz")))
+    assert {k: a.meta["config"][k] for k in ("erase", "label_smoothing")} == \
+        {"erase": 0.5, "label_smoothing": 0.1}
+    train(config(tmp_path / "plain", npz_data, schedule="warmup-cosine"), log=lambda *_: None)
+    plain = load(str(tmp_path / "plain" / "run" / "model.npz"))
+    assert not np.array_equal(a.state["param/conv1.W"], plain.state["param/conv1.W"])
+
+
 def test_resume_after_a_finished_run_continues_exactly(tmp_path, npz_data):
     # With a constant schedule, "1 epoch, then resume to 2" equals "2 epochs" too.
     train(config(tmp_path / "a", npz_data, schedule="constant", optimizer="momentum"), log=lambda *_: None)
@@ -131,8 +119,7 @@ def test_cli_train_eval_predict(tmp_path, npz_data):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 3 and all(line.count(",") == 1 for line in lines)
-    names = ["row", "column", "dot"]
-    assert sum(line.split(": ")[1].startswith(names[y[i]]) for i, line in enumerate(lines)) >= 2
+    assert sum(line.split(": ")[1].startswith(CLASSES[y[i]]) for i, line in enumerate(lines)) >= 2
 
 
 def test_divergence_stops_with_advice_and_keeps_the_last_good_model(tmp_path, npz_data):

@@ -12,47 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import bars, train_tiny
 from slidenet import Net
 from slidenet.cli import main
 from slidenet.model import load
-from slidenet.training.loop import TrainConfig, train
 from slidenet.viz.activations import activation_maps, activations_figure
 from slidenet.viz.curves import curves_figure
 from slidenet.viz.filters import filters_figure
 from slidenet.viz.maximize import maximize, maximize_figure
 from slidenet.viz.patches import fields, patches_figure, strongest, top_patches
-
-PATTERN = "INPUT(12x12x1) -> CONV(4) -> RELU -> POOL -> CONV(6) -> RELU -> FC(3)"
-CLASSES = ["row", "column", "square"]
-
-
-def bars(n, seed):
-    """Three classes of 12x12 uint8 images: a bright row, a bright column, a 3x3 square."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 3
-    x = rng.integers(0, 50, size=(n, 12, 12, 1)).astype(np.uint8)
-    at = rng.integers(1, 10, size=(n, 2))
-    for i, (r, c) in enumerate(at):
-        if y[i] == 0:
-            x[i, r, :, 0] = 240
-        elif y[i] == 1:
-            x[i, :, c, 0] = 240
-        else:
-            x[i, r:r + 3, c:c + 3, 0] = 240
-    return x, y
-
-
-def train_tiny(folder):
-    """Train PATTERN for 2 epochs on generated bars. Returns (model path, data spec)."""
-    x, y = bars(240, seed=0)
-    xt, yt = bars(60, seed=1)
-    data = folder / "bars.npz"
-    np.savez(data, x=x, y=y, x_test=xt, y_test=yt, class_names=np.array(CLASSES))
-    config = TrainConfig(pattern=PATTERN, data=f"npz:{data}", epochs=2, batch_size=16, lr=3e-3,
-                         seed=0, out=str(folder / "run"))
-    train(config, log=lambda *_: None)
-    return folder / "run" / "model.npz", f"npz:{data}"
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -60,7 +28,7 @@ def tiny(tmp_path_factory):
     path, spec = train_tiny(folder)
     model = load(str(path))
     net, normalizer, meta = model.net, model.normalizer, model.meta
-    x, y = bars(60, seed=1)
+    x, y = bars(60, seed=1, size=12)
     return {"path": str(path), "data": spec, "folder": folder, "net": net,
             "normalizer": normalizer, "meta": meta, "x": x, "y": y}
 

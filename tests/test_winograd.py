@@ -13,13 +13,13 @@ import numpy.polynomial.polynomial as P
 import pytest
 
 from harness import without_numba
+from helpers import numba_problem, require
 from slidenet import ops
 from slidenet.gradcheck import TOLERANCE, check_pattern
 from slidenet.ops import compiled, conv
 from slidenet.ops.conv import winograd_f23, winograd_f43
 
 RNG = np.random.default_rng(2023)
-HAVE_NUMBA = compiled.kernels() is not None
 
 
 def test_the_four_products_give_the_two_rows():
@@ -60,18 +60,18 @@ def passes(scheme):
     return out[:, :, 0, 0].T, bt, adj
 
 
-@pytest.mark.parametrize("numba", [False, True], ids=["numpy", "compiled"])
+@pytest.mark.parametrize("fast", [False, True], ids=["numpy", "compiled"])
 @pytest.mark.parametrize("scheme,points", [(winograd_f23.F23, (0, 1, -1)),
                                            (winograd_f43.F43, (0, 1, -1, 2, -2))],
                          ids=["F(2, 3)", "F(4, 3)"])
-def test_the_passes_compute_the_products_of_their_points(scheme, points, numba):
+def test_the_passes_compute_the_products_of_their_points(scheme, points, fast):
     # Each product a is the rank-one term A^T[:, a] x G[a, :] x B^T[a, :]; scaling one factor
     # and dividing another by the same number changes nothing, so compare the terms, not the
     # matrices, with the Toom-Cook construction from the points.
-    if numba and not HAVE_NUMBA:
-        pytest.skip("numba is not installed")
+    if fast:
+        require("NUMBA", numba_problem())
     want = toom_cook(points, scheme.m)
-    previous = compiled.set_enabled(numba)
+    previous = compiled.set_enabled(fast)
     try:
         at, bt, adj = passes(scheme)
     finally:
@@ -193,7 +193,7 @@ def test_a_net_on_winograd_passes_gradcheck():
     assert max(errors.values()) < TOLERANCE
 
 
-@pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+@pytest.mark.usefixtures("numba")
 def test_compiled_max_pool_keeps_nan_as_numpy_does():
     # np.maximum keeps a NaN; the compiled pass must too, and send the gradient where NumPy does.
     x = np.maximum(RNG.integers(-2, 3, (4, 8, 8, 3)), 0).astype(np.float32)

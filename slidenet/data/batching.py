@@ -1,5 +1,5 @@
-"""Training-time data: the validation split, a shuffled minibatch order and random crop/flip
-augmentation."""
+"""Training-time data: the validation split, a shuffled minibatch order, random crop/flip
+augmentation and random erasing."""
 import numpy as np
 
 
@@ -50,3 +50,35 @@ def augment(x, rng, crop_pad=4, flip=True, part=None):
         cols = np.where(mirrored[:, None], cols[:, ::-1], cols)
     # One gather does crop and flip: out[i, r, c] = x[i, rows[i, r], cols[i, c]].
     return x[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+# Random erasing (Zhong et al. 2017): the erased rectangle covers this share of the image's
+# area, with a height / width ratio in this range (drawn on a log scale, so tall and wide
+# rectangles are as likely).
+ERASE_AREA = (0.02, 0.4)
+ERASE_ASPECT = (0.3, 1 / 0.3)
+
+
+def erase(x, rng, p, part=None):
+    """Random erasing: with probability p, one random rectangle of each image set to 0.
+
+    x: float (N, H, W, D), normalised, so 0 is the training images' mean: the rectangle hides
+    what was there without adding an edge of its own colour. Each image draws whether it is
+    erased, the rectangle's area (ERASE_AREA of the image), aspect (ERASE_ASPECT) and place;
+    a rectangle that does not fit is clipped to the image. Returns a new (N, H, W, D) array.
+    part: as `augment`'s (the draws are made for the whole batch, these rows' used).
+    """
+    n, height, width, _ = x.shape
+    drawn, mine = (n, slice(None)) if part is None else (part.total, part.rows)
+    chosen = (rng.random(drawn) < p)[mine]
+    area = rng.uniform(*ERASE_AREA, size=drawn)[mine] * height * width
+    aspect = np.exp(rng.uniform(*np.log(ERASE_ASPECT), size=drawn))[mine]
+    h = np.clip(np.rint(np.sqrt(area * aspect)), 1, height).astype(int)
+    w = np.clip(np.rint(np.sqrt(area / aspect)), 1, width).astype(int)
+    top = np.floor(rng.random(drawn)[mine] * (height - h + 1)).astype(int)
+    left = np.floor(rng.random(drawn)[mine] * (width - w + 1)).astype(int)
+    rows, cols = np.arange(height), np.arange(width)
+    in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])             # (N, H)
+    in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])           # (N, W)
+    inside = in_rows[:, :, None] & in_cols[:, None, :] & chosen[:, None, None]
+    return np.where(inside[..., None], x.dtype.type(0), x)

@@ -66,6 +66,33 @@ class Dataset:
                 f"{_shape_text(self.input_shape)}, {self.num_classes} classes)")
 
 
+def as_images(x, key="x", where=""):
+    """Images as slidenet keeps them, uint8 (N, H, W, D), from uint8 or float pixels.
+
+    x: (N, H, W, D), or (N, H, W) for one channel; uint8 (0..255) as is, or floats in [0, 1]
+    (the one float convention of slidenet: `npz:` files, `slidenet.fit`, `Model.evaluate`),
+    rounded to the nearest of the 256 levels. Anything else is a DataError that says how to
+    store it; key and where name the array in it ("x", "bars.npz: ").
+    """
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise DataError(f"{where}{key} has shape {x.shape}; expected (N, H, W) or (N, H, W, D)")
+    if x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
+        raise DataError(f"{where}{key} has shape {x.shape}, which looks channels-first "
+                        f"(N, D, H, W); slidenet's images are channels-last (N, H, W, D): store "
+                        f"np.transpose({key}, (0, 2, 3, 1))")
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind == "f" and (x.size == 0 or (np.isfinite(x).all() and x.min() >= 0
+                                                 and x.max() <= 1)):
+        return np.rint(x * 255).astype(np.uint8)
+    raise DataError(f"{where}{key} is {x.dtype}"
+                    f"{' with values outside [0, 1]' if x.dtype.kind == 'f' else ''}; "
+                    f"store uint8 pixels (0..255) or floats scaled to [0, 1]")
+
+
 def _shape_text(shape):
     return "x".join(str(v) for v in shape)
 

@@ -1,7 +1,7 @@
 """The npz:FILE loader: arrays x, y (optionally x_test, y_test, class_names) from np.savez."""
 import numpy as np
 
-from slidenet.data.dataset import Dataset, _split_dataset
+from slidenet.data.dataset import Dataset, _split_dataset, as_images
 from slidenet.data.files import _existing_file, _reading, _required_arg
 from slidenet.errors import DataError
 from slidenet.storage import limits
@@ -9,22 +9,7 @@ from slidenet.storage import limits
 
 def _npz_images(x, key, path):
     """(N, H, W) or (N, H, W, D), uint8 or float in [0, 1] -> uint8 (N, H, W, D)."""
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4:
-        raise DataError(f"{path}: {key} has shape {x.shape}; expected (N, H, W) or (N, H, W, D)")
-    if x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
-        raise DataError(f"{path}: {key} has shape {x.shape}, which looks channels-first "
-                        f"(N, D, H, W); slidenet's images are channels-last (N, H, W, D): store "
-                        f"np.transpose({key}, (0, 2, 3, 1))")
-    if x.dtype == np.uint8:
-        return x
-    if x.dtype.kind == "f" and (x.size == 0 or (np.isfinite(x).all() and x.min() >= 0
-                                                 and x.max() <= 1)):
-        return np.rint(x * 255).astype(np.uint8)
-    raise DataError(f"{path}: {key} is {x.dtype}"
-                    f"{' with values outside [0, 1]' if x.dtype.kind == 'f' else ''}; "
-                    f"store uint8 pixels (0..255) or floats scaled to [0, 1]")
+    return as_images(x, key, f"{path}: ")
 
 
 def _npz_labels(y, key, path):

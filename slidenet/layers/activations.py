@@ -36,29 +36,19 @@ class _Elementwise(Layer):
         graph.tensor = graph.node(self.onnx_op, [graph.tensor])
 
 
-@register
-class Relu(_Elementwise):
-    """max(0, x)."""
-    kind = "RELU"
-    kernels = (ops.relu_forward, ops.relu_backward)
-    torch_name = "ReLU"
-    onnx_op = "Relu"
+def _elementwise(name, kind, kernels, torch_name, onnx_op, doc):
+    """A registered kind that is one `ops` pair and nothing else (as stax builds its layers)."""
+    return register(type(name, (_Elementwise,), {
+        "__doc__": doc, "__module__": __name__, "kind": kind, "kernels": kernels,
+        "torch_name": torch_name, "onnx_op": onnx_op}))
 
 
-@register
-class Tanh(_Elementwise):
-    kind = "TANH"
-    kernels = (ops.tanh_forward, ops.tanh_backward)
-    torch_name = "Tanh"
-    onnx_op = "Tanh"
-
-
-@register
-class Sigmoid(_Elementwise):
-    kind = "SIGMOID"
-    kernels = (ops.sigmoid_forward, ops.sigmoid_backward)
-    torch_name = "Sigmoid"
-    onnx_op = "Sigmoid"
+Relu = _elementwise("Relu", "RELU", (ops.relu_forward, ops.relu_backward), "ReLU", "Relu",
+                    "max(0, x).")
+Tanh = _elementwise("Tanh", "TANH", (ops.tanh_forward, ops.tanh_backward), "Tanh", "Tanh",
+                    "tanh(x).")
+Sigmoid = _elementwise("Sigmoid", "SIGMOID", (ops.sigmoid_forward, ops.sigmoid_backward),
+                       "Sigmoid", "Sigmoid", "1 / (1 + exp(-x)).")
 
 
 @register

@@ -1,7 +1,11 @@
 """A net's summary, as a table to read or as JSON, from `slidenet.notation.shapes.infer`'s LayerInfos.
 
 Only shapes and counts are involved, no weights, so even a VGG-16-sized net answers at once.
+`summary_html` is the same table for Jupyter (`Net._repr_html_`); `history_html` a training
+history's table (`Model._repr_html_`).
 """
+import html
+import math
 
 _COLUMNS = ("layer", "pattern", "output", "parameters", "output size (N + 2P - F) / S + 1",
             "receptive field", "multiply-adds", "memory")
@@ -29,6 +33,52 @@ def summary_text(infos):
         " at float32",
     ]
     return "\n".join(lines)
+
+
+def summary_html(infos):
+    """The table of `summary_text` as an HTML table (every cell escaped), then its notes and
+    totals, for a notebook."""
+    esc = html.escape
+    head = "".join(f"<th style='text-align:left'>{esc(title)}</th>" for title in _COLUMNS)
+    style = {title: f"text-align:{'right' if title in _RIGHT else 'left'};padding:0 0.6em;"
+                    "font-family:monospace" for title in _COLUMNS}
+    body = "".join("<tr>" + "".join(f"<td style='{style[title]}'>{esc(cell)}</td>"
+                                    for cell, title in zip(_row(info), _COLUMNS)) + "</tr>"
+                   for info in infos)
+    totals = summary_json(infos)
+    notes = [line.strip() for line in _notes(infos) if line.strip() and line != "notes:"]
+    foot = "".join(f"<li>{esc(line)}</li>" for line in notes)
+    return (f"<table class='slidenet-summary'><thead><tr>{head}</tr></thead><tbody>{body}"
+            f"</tbody></table>" + (f"<p>notes:</p><ul>{foot}</ul>" if foot else "") +
+            f"<p>total parameters: {totals['total_params']:,} "
+            f"({esc(_bytes(totals['total_params'] * 4))} at float32); "
+            f"multiply-adds: {totals['total_madds']:,} per image; activation memory: "
+            f"{esc(_bytes(totals['total_activation_bytes']))} per image</p>")
+
+
+_HISTORY = ("epoch", "loss", "accuracy", "val_accuracy", "val_loss", "lr", "seconds")
+
+
+def history_html(history):
+    """A training history (one dict per epoch, as history.json holds) as an HTML table."""
+    if not history:
+        return "<p>not trained yet: no history</p>"
+    head = "".join(f"<th>{name}</th>" for name in _HISTORY)
+    rows = "".join("<tr>" + "".join(f"<td style='text-align:right'>{_number(entry.get(name))}</td>"
+                                    for name in _HISTORY) + "</tr>"
+                   for entry in history if isinstance(entry, dict))
+    return f"<table class='slidenet-history'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _number(value):
+    """A history cell: integers as they are, floats to 4 significant digits, else escaped."""
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else html.escape(str(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return html.escape(str(value))
 
 
 def summary_json(infos):

@@ -17,14 +17,26 @@ def softmax(scores):
     return np.exp(log_softmax(np.asarray(scores, dtype=np.float64)))
 
 
-def softmax_loss(scores, y):
-    """L = mean_i -log(e^{s_{i,y_i}} / sum_j e^{s_ij}); dL/ds = (softmax - onehot) / N."""
-    n = scores.shape[0]
+def softmax_loss(scores, y, smoothing=0.0):
+    """L = mean_i -sum_j t_ij log(e^{s_ij} / sum_k e^{s_ik}); dL/ds = (softmax - t) / N.
+
+    scores: (N, C); y: (N,) class numbers. The target t_i is the one-hot vector of y_i (the
+    lecture's cross-entropy, -log p_{i,y_i}), or with `smoothing` e (label smoothing, Szegedy et
+    al. 2016) 1 - e + e/C on the true class and e/C on every other: the net is never pushed to
+    make one score infinitely larger than the rest.
+    """
+    n, c = scores.shape
     log_probs = log_softmax(scores)
     rows = np.arange(n)
-    loss = -log_probs[rows, y].mean()
     dscores = np.exp(log_probs)
-    dscores[rows, y] -= 1
+    if smoothing:
+        spread = smoothing / c
+        loss = -((1 - smoothing) * log_probs[rows, y] + spread * log_probs.sum(axis=1)).mean()
+        dscores -= spread
+        dscores[rows, y] -= 1 - smoothing
+    else:
+        loss = -log_probs[rows, y].mean()
+        dscores[rows, y] -= 1
     return float(loss), (dscores / n).astype(scores.dtype, copy=False)
 
 

@@ -71,6 +71,16 @@ def _tiles(cache):
         and x.shape[2] == out.shape[2] * size[1]
 
 
+def _new_dx(dout, cache):
+    """dx (N, H, W, D) for a backward to fill, zeroed unless the windows tile the input (then
+    every entry is written once), and whether they do."""
+    tiles = _tiles(cache)
+    dx = empty(cache.x.shape, dout.dtype)
+    if not tiles:
+        dx[...] = 0
+    return dx, tiles
+
+
 def max_pool_forward(x, size, stride):
     """The max of each F_h x F_w window of every depth slice of x.
 
@@ -91,10 +101,7 @@ def max_pool_backward(dout, cache, relu_mask=False):
     """
     x, out, size, stride = cache
     n, ho, wo, d = dout.shape
-    tiles = _tiles(cache)
-    dx = empty(x.shape, dout.dtype)
-    if not tiles:
-        dx[...] = 0
+    dx, tiles = _new_dx(dout, cache)
     taps = _taps(size)
     zero_row = np.zeros(wo * d, dout.dtype)
     fast = compiled.kernels(x, dout)
@@ -146,10 +153,7 @@ def avg_pool_backward(dout, cache):
     """
     x, _, size, stride = cache
     n, ho, wo, d = dout.shape
-    tiles = _tiles(cache)
-    dx = empty(x.shape, dout.dtype)
-    if not tiles:
-        dx[...] = 0
+    dx, tiles = _new_dx(dout, cache)
 
     def work(sl):
         g, dxs = dout[sl], dx[sl]

@@ -2,7 +2,10 @@
 
 A run's config is saved in its model files, so `--resume` continues with the same settings.
 """
+import math
 from dataclasses import dataclass, field
+
+import numpy as np
 
 # The default net for 28x28 digits, in the lecture's pattern: [[CONV -> RELU]*2 -> POOL]*2,
 # then FC -> RELU -> FC, with twice the filters after the first pool.
@@ -26,6 +29,8 @@ class TrainConfig:
     loss: str = "softmax"                   # softmax | svm
     augment: bool = True                    # random crops of the zero-padded image (2 pixels at 28x28)
     flip: bool = False                      # random horizontal flips (off for digits: a flipped 2 is no 2)
+    erase: float = 0.0                      # probability of random erasing: a random rectangle set to the mean
+    label_smoothing: float = 0.0            # softmax targets: 1 - e + e/C on the true class, e/C elsewhere
     val_fraction: float = 0.1               # share of the training split held out for validation
     patience: int = 0                       # early stopping after this many epochs without gain; 0 = off
     seed: int = 0                           # weights, split, shuffling, augmentation, dropout
@@ -36,3 +41,42 @@ class TrainConfig:
     source: str = ""                        # the model whose weights the run starts from (--from)
     freeze: str = ""                        # frozen layers: "" none, "head" all but the scoring
                                             # layer, else the last frozen layer's name or position
+
+
+# The settings whose values are one of a few words (the command line's `choices`).
+CHOICES = {"optimizer": ("sgd", "momentum", "nesterov", "adam"),
+           "schedule": ("constant", "step", "cosine", "warmup-cosine"),
+           "loss": ("softmax", "svm")}
+_AT_LEAST = {"epochs": 1, "batch_size": 1, "patience": 0, "stop_after": 0, "threads": 0}
+_WHY = {"threads": " (0: one per core)"}
+
+
+def check_settings(settings, name=str):
+    """SlidenetError naming the first setting outside its range, for `slidenet train`'s flags
+    and `slidenet.fit`'s arguments alike. settings: {TrainConfig field: value}, a value of None
+    meaning "not given"; name(field) is how the message names it ("--batch-size" or "batch_size")."""
+    from slidenet.errors import SlidenetError       # config.py stays importable on its own
+    for field_name, value in settings.items():
+        if value is None:
+            continue
+        shown = name(field_name)
+        if field_name in _AT_LEAST:
+            low = _AT_LEAST[field_name]
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise SlidenetError(f"{shown} must be a whole number, not {value!r}")
+            if value < low:
+                more = "at least 1" if low else f"0{_WHY.get(field_name, '')} or more"
+                raise SlidenetError(f"{shown} must be {more}, not {value}")
+        elif field_name in ("lr", "val_fraction", "momentum", "weight_decay", "erase",
+                            "label_smoothing"):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise SlidenetError(f"{shown} must be a number, not {value!r}")
+            if field_name == "lr" and not value > 0:
+                raise SlidenetError(f"{shown} must be > 0, not {value}")
+            if field_name in ("val_fraction", "erase", "label_smoothing") and not 0 <= value < 1:
+                raise SlidenetError(f"{shown} must be in [0, 1), not {value}")
+            if field_name in ("momentum", "weight_decay") and not 0 <= value < math.inf:
+                raise SlidenetError(f"{shown} must be 0 or more, not {value}")
+        elif field_name in CHOICES and value not in CHOICES[field_name]:
+            raise SlidenetError(f"{shown} must be one of {', '.join(CHOICES[field_name])}, "
+                                f"not {value!r}")

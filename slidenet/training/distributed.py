@@ -18,12 +18,9 @@ So R ranks and one process end with the same weights to float rounding, for any 
 Rank 0 alone writes files and shows progress. Validation and `slidenet eval` score one shard of
 the images per rank and add up the confusion matrices and loss sums.
 
-Faults end the job rather than hang it. An exception on one rank is printed with its rank and
-ends every rank through MPI_Abort (`fail`, and an excepthook). Every collective is non-blocking
-and watched: a rank that waits longer than the timeout (SLIDENET_MPI_TIMEOUT, 30 s) for its
-peers asks them all whether they are alive (a roll call on a communicator of its own), names
-those that did not answer, and ends the job. A rank that dies outright (SIGKILL, the kernel's
-out-of-memory killer) is usually noticed first by mpiexec, which then ends the others at once.
+Faults end the job rather than hang it: every collective here goes through the `Watchdog` of
+`slidenet.training.watchdog` (the timeout, the roll call, MPI_Abort), and an
+error on one rank ends them all (`fail`, and the watchdog's excepthook).
 
 Without an MPI launch (no PMI_SIZE / OMPI_COMM_WORLD_SIZE / MV2_COMM_WORLD_SIZE above 1 in the
 environment, and mpi4py's MPI not imported) `world()` is None, mpi4py is never imported, and
@@ -34,7 +31,6 @@ import json
 import os
 import socket
 import sys
-import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -43,28 +39,11 @@ from slidenet.errors import SlidenetError
 from slidenet.ops import runtime
 from slidenet.ops.shard import Part
 from slidenet.training.evaluate import metrics, tally
+from slidenet.training.watchdog import Watchdog, timeout_setting
 
 # What launchers put in each process's environment: the number of processes started.
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
-# Seconds a rank waits in one collective before it holds a roll call (SLIDENET_MPI_TIMEOUT).
-# Longer than any legitimate wait (rank 0 writing a checkpoint, a first step compiling the
-# kernels), short enough that a job whose rank vanished ends within a minute.
-DEFAULT_TIMEOUT = 30.0
-ROLL_CALL_SECONDS = 5.0     # how long the roll call waits for answers
-SPIN_SECONDS = 0.002        # a collective is polled without pause this long (the usual case) ...
-NAP_SECONDS = 0.0002        # ... then with short sleeps, so that a waiting rank frees its core
-ANSWER_EVERY = 0.05         # how often a waiting rank looks for a roll call to answer
-ASK, ANSWER = 1, 2          # message tags of the roll call
-# A rank other than 0 waits this long before it reports an error and aborts: when every rank
-# meets the same error (a bad setting), rank 0's abort ends the job first and it alone speaks.
-QUIET_SECONDS = 1.0
-# How long a rank waits, its message printed, before it calls MPI_Abort (see `Group.abort`).
-FORWARD_SECONDS = 0.3
-
-# How long a rank that called MPI_Abort waits for mpiexec to end it before it exits itself.
-ABORT_GRACE_SECONDS = 10.0
-
 _state = {"group": None, "checked": False}
 
 
@@ -145,7 +124,8 @@ def fail(command, message, code, every_rank=False):
     """
     group = _state["group"]
     if group is not None and not every_rank:
-        group.abort(f"slidenet {command}: rank {group.rank} of {group.size}: {message}", code)
+        group.watchdog.abort(f"slidenet {command}: rank {group.rank} of {group.size}: {message}",
+                             code)
     # MPI not started yet, or an error of every rank: rank 0 says it for all.
     if (group.rank if group else launched_rank()) == 0:
         print(f"slidenet {command}: {message}", file=sys.stderr)
@@ -154,24 +134,21 @@ def fail(command, message, code, every_rank=False):
 
 class Group:
     """All ranks of the job: this process's `rank`, their number `size`, and the collectives
-    training and evaluation use, each watched by the timeout."""
+    training and evaluation use (the data-parallel sums), each completed by `watchdog`."""
 
     def __init__(self, comm, timeout=None):
         from mpi4py import MPI
         self.MPI = MPI
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self.timeout = timeout or _timeout_setting()
         # Blocking collectives here: nothing runs yet that a lost rank could leave waiting
         # longer than mpiexec takes to notice.
         self.pids = comm.allgather(os.getpid())
         self.hosts = comm.allgather(socket.gethostname())
         self.local_size = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
-        self._watch = comm.Dup()        # the roll call's own messages
+        self.watchdog = Watchdog(comm, MPI, timeout or timeout_setting(), self.who)
         self._flat = None               # the gradient buffer, allocated at the first step
-        self._answers = []
-        self._answered = 0.0
-        sys.excepthook = self._excepthook
+        sys.excepthook = self.watchdog.excepthook
         # mpiexec hands each rank's output on through a pipe: line by line, not when it is full.
         sys.stdout.reconfigure(line_buffering=True)
 
@@ -242,7 +219,7 @@ class Group:
 
     def sum_(self, buffer, what):
         """Add a contiguous array over all ranks, in place (one Iallreduce); returns it."""
-        self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM), what)
+        self.watchdog.wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM), what)
         return buffer
 
     def sum_step(self, grads, part, loss, hits, n):
@@ -275,7 +252,7 @@ class Group:
         if not all(a.flags.c_contiguous for a in arrays):
             raise ValueError("broadcast_ writes into contiguous arrays only")
         flat = np.concatenate([a.reshape(-1).view(np.uint8) for a in arrays])
-        self._wait(self.comm.Ibcast(flat, root=0), "the broadcast of the weights")
+        self.watchdog.wait(self.comm.Ibcast(flat, root=0), "the broadcast of the weights")
         offset = 0
         for a in arrays:
             a.reshape(-1).view(np.uint8)[...] = flat[offset:offset + a.nbytes]
@@ -291,7 +268,7 @@ class Group:
             digest.update(a.reshape(-1).view(np.uint8).data)
         mine = np.frombuffer(digest.digest(), dtype=np.uint8)
         every = np.empty((self.size, mine.size), dtype=np.uint8)
-        self._wait(self.comm.Iallgather(mine, every), f"the check of {what}")
+        self.watchdog.wait(self.comm.Iallgather(mine, every), f"the check of {what}")
         differ = [r for r in range(1, self.size) if not np.array_equal(every[r], every[0])]
         if differ:
             ranks = ", ".join(f"rank {r}" for r in differ)
@@ -319,95 +296,6 @@ class Group:
                          "the evaluation's sums")
         confusion = np.rint(both[:-1]).astype(np.int64).reshape(confusion.shape)
         return metrics(confusion, both[-1])
-
-    # ----- faults ---------------------------------------------------------------------------
-
-    def abort(self, message, code):
-        """Print `message` and end every rank of the job with exit status `code`."""
-        if self.rank:
-            time.sleep(QUIET_SECONDS)
-        if message:
-            print(f"{message}; ending the job", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        # mpiexec forwards our output through a pipe; once told of the abort it may end the job
-        # before it has read that pipe (seen: exit status 2 and no message, ~1 run in 12).
-        time.sleep(FORWARD_SECONDS)
-        self.comm.Abort(code)
-        # MPICH's MPI_Abort returns once it has told mpiexec, which then ends every rank with
-        # this status; this one must not go on meanwhile, nor outlive an mpiexec that failed.
-        time.sleep(ABORT_GRACE_SECONDS)
-        os._exit(code)
-
-    def _excepthook(self, kind, value, traceback):
-        sys.__excepthook__(kind, value, traceback)
-        self.abort(f"slidenet: rank {self.rank} of {self.size} failed with {kind.__name__} "
-                   "(traceback above)", 1)
-
-    def _wait(self, request, what):
-        """Complete a non-blocking collective; past the timeout, name the silent ranks and end
-        the job. Meanwhile answer other ranks' roll calls."""
-        began = time.monotonic()
-        while not request.Test():
-            waited = time.monotonic() - began
-            if waited > SPIN_SECONDS:
-                time.sleep(NAP_SECONDS)
-                self._answer_roll_calls()
-            if waited > self.timeout:
-                silent = self._roll_call()
-                who = " and ".join(self.who(r) for r in silent) or "another rank"
-                self.abort(f"slidenet: {who} stopped responding: rank {self.rank} waited "
-                           f"{waited:.0f} s for it in {what}", 2)
-
-    def _answer_roll_calls(self, force=False):
-        now = time.monotonic()
-        if not force and now - self._answered < ANSWER_EVERY:
-            return
-        self._answered = now
-        status = self.MPI.Status()
-        while self._watch.Iprobe(source=self.MPI.ANY_SOURCE, tag=ASK, status=status):
-            asker = np.empty(1, dtype=np.int64)
-            self._watch.Recv(asker, source=status.Get_source(), tag=ASK)
-            reply = np.array([self.rank], dtype=np.int64)
-            self._answers.append((reply, self._watch.Isend(reply, dest=int(asker[0]), tag=ANSWER)))
-
-    def _roll_call(self):
-        """Ask every other rank whether it is alive; the ranks that did not answer in time.
-        A rank answers while it waits in a collective (or holds a roll call itself)."""
-        peers = [r for r in range(self.size) if r != self.rank]
-        me = np.array([self.rank], dtype=np.int64)
-        heard = {r: np.empty(1, dtype=np.int64) for r in peers}
-        asks, replies = [], {}
-        for r in peers:
-            try:
-                asks.append(self._watch.Isend(me, dest=r, tag=ASK))
-                replies[r] = self._watch.Irecv(heard[r], source=r, tag=ANSWER)
-            except self.MPI.Exception:
-                pass                    # that rank's connection is gone: it stays silent
-        deadline = time.monotonic() + min(ROLL_CALL_SECONDS, self.timeout)
-        silent = set(peers)
-        while silent and time.monotonic() < deadline:
-            self._answer_roll_calls(force=True)
-            for r in sorted(silent):
-                try:
-                    if r in replies and replies[r].Test():
-                        silent.discard(r)
-                except self.MPI.Exception:
-                    replies.pop(r, None)
-            time.sleep(0.01)
-        return sorted(silent)
-
-
-def _timeout_setting():
-    text = os.environ.get("SLIDENET_MPI_TIMEOUT", "")
-    try:
-        value = float(text) if text else DEFAULT_TIMEOUT
-    except ValueError:
-        value = -1
-    if not value > 0:
-        raise SlidenetError(f"SLIDENET_MPI_TIMEOUT={text!r}: give the seconds a rank waits for "
-                            f"the others before it ends the job, e.g. {DEFAULT_TIMEOUT:g}")
-    return value
-
 
 def _launcher_on_terminal():
     """Whether a process above this one (mpiexec, through its proxy) writes its output to a

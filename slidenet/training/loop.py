@@ -9,6 +9,11 @@ Resume is exact: every source of randomness (shuffling, augmentation, dropout) i
 whose state is saved with the model, together with the optimizer state and the epoch, so
 training 1 epoch and resuming to 2 gives the same bits as training 2 epochs straight.
 
+The same loop trains on arrays in memory (`slidenet.fit`): `run(config, dataset=...)` takes a
+`Dataset` instead of reading `config.data`, a net instead of building one, an explicit
+validation set instead of the fraction, callbacks after each epoch, and `config.out=None` for no
+files. The command and `fit` differ only in where the images come from.
+
 Under `mpiexec -n R` the same loop trains data-parallel (`slidenet.training.distributed`): each rank
 computes its part of every batch, the gradients are summed over the ranks before the update,
 and rank 0 alone logs and writes the files. Each `if group:` below is that, and nothing else.
@@ -18,6 +23,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -35,7 +41,8 @@ from slidenet.training.evaluate import evaluate
 from slidenet.training.optim import make_optimizer
 from slidenet.training.schedules import make_schedule
 
-__all__ = ["DEFAULT_PATTERN", "TrainConfig", "TrainingDiverged", "TrainingInterrupted", "train"]
+__all__ = ["DEFAULT_PATTERN", "TrainConfig", "TrainingDiverged", "TrainingInterrupted", "run",
+           "train"]
 
 
 class TrainingDiverged(SlidenetError):
@@ -43,31 +50,57 @@ class TrainingDiverged(SlidenetError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; `hint` says where the last checkpoint is and how to continue."""
+    """Ctrl-C during training; `hint` says where the last checkpoint is and how to continue;
+    `run` is the run as it stood (its net holds the weights as they were when Ctrl-C came)."""
 
-    def __init__(self, hint):
+    def __init__(self, hint, run=None):
         super().__init__(hint)
         self.hint = hint
+        self.run = run
 
 
 def train(config, resume=None, log=print):
     """Train as `config` says (or continue the run saved in `resume`, which takes only epochs,
     out, stop_after, threads and patience from `config`). Returns the history list.
+    `run` is the same with more choices, and returns the whole run.
 
     Each history entry: epoch, loss, accuracy, val_accuracy, val_loss, lr, seconds, images_per_s.
     The kernels run on `config.threads` worker threads. Results are deterministic for a given
     count; another count changes the rounding of the sums (about 1e-7), so an exact resume uses
     the same count (the default, one per core, on the same machine).
     """
+    return run(config, resume, log).history
+
+
+def run(config, resume=None, log=print, *, dataset=None, net=None, validation=None,
+        callbacks=()):
+    """The training loop of `train`, returning the `Run` (net, normaliser, history, ...).
+
+    dataset: a `Dataset` to train on instead of loading `config.data` (its test part unused).
+    net: a `Net` to train, from its weights as they are, instead of building `config.pattern`.
+    validation: (x, y), uint8 (N, H, W, D) and int (N,), to validate on instead of holding out
+        `config.val_fraction` of the training images.
+    callbacks: see `slidenet.fit`; each is called with a copy of every epoch's history entry.
+    config.out None: write no files.
+    """
     group = distributed.world()     # None in one process
     # Overflow on the way to a NaN loss is what TrainingDiverged reports, in one clear line.
     with group.workers(config.threads) if group else runtime.workers(config.threads or None), \
             np.errstate(over="ignore", invalid="ignore"):
-        return _train(config, resume, log)
+        return _train(config, resume, log, _Given(dataset, net, validation, tuple(callbacks)))
 
 
 @dataclass
-class _Run:
+class _Given:
+    """What `run` was handed instead of reading it from the config (see `run`)."""
+    dataset: object = None
+    net: object = None
+    validation: tuple = None
+    callbacks: tuple = ()
+
+
+@dataclass
+class Run:
     """Everything one training run works with, set up by `_start`."""
     config: TrainConfig
     net: Net
@@ -86,6 +119,7 @@ class _Run:
     saved: dict                 # file name -> epoch, for the files this run has written
     resume: str = None          # the model file this run continues, if any
     group: object = None        # distributed.Group under mpiexec, else None
+    callbacks: tuple = ()       # called after each epoch (see `run`)
     frozen: int = 0             # the net's first steps that do not train (--freeze)
     notes: tuple = ()           # lines for the opening: a replaced head, what is frozen
 
@@ -102,13 +136,14 @@ def auto_batch_size(images, group=None):
     return max(group.size, batch - batch % group.size) if group else batch
 
 
-def _check_scores(net, spec):
+def _check_scores(net, spec, dataset=None):
     """The net must end in the FC whose outputs are the class scores; say so before any data
     is read, with the number of classes when it is known without reading images."""
     last = net.infos[-1]
     if last.spec.type.scores:
         return
-    classes = datasets.class_count(spec)
+    classes = dataset.num_classes if dataset is not None else datasets.class_count(spec)
+    spec = spec or "the data"
     want = f"FC({classes}) for {spec}" if classes else "FC(C), C the number of classes of the data"
     raise SlidenetError(
         f"the net must end in FC(number of classes), the layer whose outputs are the class "
@@ -116,7 +151,7 @@ def _check_scores(net, spec):
         "(or SVM) is part of the loss, not a layer")
 
 
-def _start(config, resume):
+def _start(config, resume, given):
     """The run's net, data, optimiser and generators: new from `config`, or as `resume` saved
     them (then `config` only says where to go: epochs, out, stop_after, threads)."""
     state, dataset, notes = None, None, []
@@ -125,7 +160,7 @@ def _start(config, resume):
         net, normalizer, dataset, config, note = _transfer(config)
         history, start_epoch = [], 0
         notes += [note] if note else []
-    elif model is not None and "config" not in model.meta:
+    elif model is not None and not resumable(model.meta):
         # A model made elsewhere (`slidenet import`) has no run to continue: fine-tune it, with
         # this run's settings and a fresh optimiser, from epoch 0.
         net, normalizer, history, start_epoch = model.net, model.normalizer, [], 0
@@ -144,24 +179,37 @@ def _start(config, resume):
                                 "stop_after": config.stop_after, "threads": config.threads,
                                 "patience": config.patience})
         history, start_epoch = meta["history"], meta["epoch"]
+    elif given.net is not None:
+        net, history, start_epoch, normalizer = given.net, [], 0, None
     else:
         net = Net.from_pattern(config.pattern, seed=config.seed, skip_optional=config.skip_optional,
                                **config.variables)
-        config = replace(config, data=datasets.resolve(config.data or TrainConfig.data))
+        if given.dataset is None:
+            config = replace(config, data=datasets.resolve(config.data or TrainConfig.data))
         history, start_epoch = [], 0
         normalizer = None
     if config.loss not in LOSSES:
         raise SlidenetError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
-    _check_scores(net, config.data)
+    if config.label_smoothing and config.loss != "softmax":
+        raise SlidenetError(f"label smoothing spreads the softmax loss's targets; the {config.loss} "
+                            f"loss has none: drop --label-smoothing or use --loss softmax")
+    if dataset is None:
+        dataset = given.dataset
+    _check_scores(net, config.data, dataset)
     frozen, note = transfer.frozen_steps(net, config.freeze)
     notes += [note] if note else []
 
     if dataset is None:
         dataset = datasets.load(config.data, size=net.input_shape[:2] if config.resize else None)
     datasets.check_fits(dataset, net.input_shape, net.num_outputs, training=True)
-    train_idx, val_idx = datasets.split_validation(len(dataset.y_train), config.val_fraction,
-                                                   config.seed)
-    x_train, y_train = dataset.x_train[train_idx], dataset.y_train[train_idx]
+    if given.validation is None:
+        train_idx, val_idx = datasets.split_validation(len(dataset.y_train), config.val_fraction,
+                                                       config.seed)
+        x_train, y_train = dataset.x_train[train_idx], dataset.y_train[train_idx]
+        x_val, y_val = dataset.x_train[val_idx], dataset.y_train[val_idx]
+    else:
+        x_train, y_train = dataset.x_train, dataset.y_train
+        x_val, y_val = given.validation
     if normalizer is None:
         normalizer = datasets.Normalizer.fit(x_train)
     group = distributed.world()
@@ -183,9 +231,9 @@ def _start(config, resume):
     if group:   # same setup everywhere, and rank 0's weights (the rest is checked per epoch)
         group.check_setup(asdict(config), dataset)
         group.broadcast_({**net.params, **net.buffers})
-    return _Run(config, net, normalizer, dataset, x_train, y_train, dataset.x_train[val_idx],
-                dataset.y_train[val_idx], optimizer, schedule, rngs, history, start_epoch,
-                steps_per_epoch, {}, resume, group, frozen, tuple(notes))
+    return Run(config, net, normalizer, dataset, x_train, y_train, x_val, y_val, optimizer,
+               schedule, rngs, history, start_epoch, steps_per_epoch, {}, resume, group,
+               given.callbacks, frozen, tuple(notes))
 
 
 def _transfer(config):
@@ -206,6 +254,14 @@ def _transfer(config):
     return net, model.normalizer, dataset, config, note
 
 
+def resumable(meta):
+    """Whether a model file's meta holds a run that `train --resume` continues: one trained by
+    `slidenet train` (its config names its data). One imported from ONNX, or trained by
+    `slidenet.fit` on arrays in memory, is fine-tuned on --data instead."""
+    config = meta.get("config")
+    return isinstance(config, dict) and bool(config.get("data"))
+
+
 def chance_loss(loss, classes):
     """The loss of equal scores for every class: ln C for softmax, C - 1 for the SVM (margin 1)."""
     return math.log(classes) if loss == "softmax" else classes - 1.0
@@ -216,8 +272,9 @@ def _opening(run):
     and the loss at initialisation against the loss of chance (cs231n's first sanity check)."""
     config, ds = run.config, run.dataset
     shape = "x".join(map(str, ds.input_shape))
-    lines = [f"{ds.name}: {len(run.y_train):,} training, {len(run.y_val):,} validation and "
-             f"{len(ds.y_test):,} test images of {shape}, {ds.num_classes} classes"]
+    test = f" and {len(ds.y_test):,} test" if len(ds.y_test) else ""
+    lines = [f"{ds.name}: {len(run.y_train):,} training, {len(run.y_val):,} validation{test} "
+             f"images of {shape}, {ds.num_classes} classes"]
     lines += [f"  note: {note}" for note in ds.notes]
     lines += list(run.notes)
     params = sum(info.params for info in run.net.infos)
@@ -236,22 +293,23 @@ def _opening(run):
     return lines
 
 
-def _train(config, resume, log):
-    run = _start(config, resume)
+def _train(config, resume, log, given):
+    run = _start(config, resume, given)
     config = run.config
     if run.group:   # rank 0 alone logs and writes
         log = log if run.group.rank == 0 else (lambda *_: None)
         log(run.group.describe())
     for line in _opening(run):
         log(line)
-    if not run.group or run.group.rank == 0:
+    if config.out is not None and (not run.group or run.group.rank == 0):
         writing.make_folder(config.out)
     try:
         _epochs(run, log)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(_resume_hint(run)) from None
-    log(_saved_line(run))
-    return run.history
+        raise TrainingInterrupted(_resume_hint(run), run) from None
+    if config.out is not None:
+        log(_saved_line(run))
+    return run
 
 
 def _epochs(run, log):
@@ -270,9 +328,22 @@ def _epochs(run, log):
         improved = score > best
         _checkpoint(run, epoch, improved)
         best, stale = (score, 0) if improved else (best, stale + 1)
+        asked = _call_back(run.callbacks, entry)      # every epoch, the last one too
         if config.patience and stale >= config.patience:
             log(f"early stop: no validation gain for {config.patience} epochs")
             break
+        if asked:
+            log(f"stopped by a callback after epoch {epoch + 1}")
+            break
+
+
+def _call_back(callbacks, entry):
+    """Call each callback with a copy of the epoch's entry; True when one asks to stop."""
+    stop = False
+    for callback in callbacks:
+        hook = getattr(callback, "on_epoch_end", callback)
+        stop = hook(dict(entry)) is True or stop
+    return stop
 
 
 def _score(entry):
@@ -300,6 +371,8 @@ def _epoch(run, epoch):
     """Train one epoch, then validate: its history entry."""
     config, net, group = run.config, run.net, run.group
     loss_fn = LOSSES[config.loss]
+    if config.label_smoothing:
+        loss_fn = partial(loss_fn, smoothing=config.label_smoothing)
     began = time.perf_counter()
     seen = correct = 0
     total_loss = 0.0
@@ -316,6 +389,8 @@ def _epoch(run, epoch):
                 xb = datasets.augment(xb, run.rngs["augment"],
                                       crop_pad=datasets.crop_padding(run.x_train.shape[1:3])
                                       if config.augment else 0, flip=config.flip, part=part)
+            if config.erase:
+                xb = datasets.erase(xb, run.rngs["augment"], config.erase, part=part)
             yb = run.y_train[idx]
             shard.use(part)     # what DROPOUT and BATCHNORM consult (None: the whole batch)
             scores = net.forward(xb, train=True, frozen=run.frozen)
@@ -352,9 +427,9 @@ def _checkpoint(run, epoch, improved):
     """Write OUT/model.npz (everything needed to resume), OUT/best.npz when validation
     improved, and OUT/history.json."""
     out = run.config.out
-    meta = model_meta(run.net, run.dataset.class_names, data=run.config.data, epoch=epoch + 1,
-                      config=asdict(run.config), history=run.history)
-    arrays = model_arrays(run.net, run.normalizer, run.optimizer, run.rngs)
+    if out is None:     # slidenet.fit without out=: the model stays in memory
+        return
+    meta, arrays = run_meta(run), model_arrays(run.net, run.normalizer, run.optimizer, run.rngs)
     if run.group:   # every rank holds this same state
         run.group.check_same(arrays, f"their state after epoch {epoch + 1}",
                              "the ranks should compute identical updates; this is a bug, "
@@ -369,6 +444,13 @@ def _checkpoint(run, epoch, improved):
     if improved:
         modelfile.save(os.path.join(out, "best.npz"), arrays, meta)
     _write_json(os.path.join(out, "history.json"), run.history)
+
+
+def run_meta(run):
+    """The meta of the run's model file, after the epochs in its history."""
+    epoch = run.history[-1]["epoch"] if run.history else run.start_epoch
+    return model_meta(run.net, run.dataset.class_names, data=run.config.data, epoch=epoch,
+                      config=asdict(run.config), history=run.history)
 
 
 def _resume_hint(run):
@@ -395,6 +477,11 @@ def _last_good(run):
 
 def _fine_tuning_data(config, model, path):
     """The data to fine-tune an imported model on: --data, else the one it was imported for."""
+    if config.data is None and not model.meta.get("data") and "config" in model.meta:
+        raise SlidenetError(
+            f"--resume {path}: this model was trained by slidenet.fit on arrays in memory, so "
+            "there is no data set to continue on: give --data SPEC to fine-tune it, or continue "
+            "in Python with slidenet.fit(model.net, x, y, ...)")
     if config.data is None and not model.meta.get("data"):
         raise SlidenetError(
             f"--resume {path}: this model was not trained by slidenet (it came from "

@@ -5,6 +5,7 @@ between tiles, drawn by a single ``imshow`` so one colour bar holds for all tile
 hundreds of tiles stays fast. `Layout` records where each tile went, so tests (and readers) can
 take tile k back out with `Layout.tile`.
 """
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,9 +98,20 @@ def inches(h_px, w_px, max_width=9.0, max_height=7.0, scale=0.12):
     return w_px * s, h_px * s
 
 
+class NotebookFigure(Figure):
+    """A matplotlib Figure that Jupyter shows as a PNG, with no pyplot and no `%matplotlib`:
+    without pyplot, IPython has no formatter for a plain Figure and would print its repr."""
+
+    def _repr_png_(self):
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+        return buffer.getvalue()
+
+
 def new_figure(width, height):
-    """A Figure of width x height inches; no pyplot, so no global state and no display."""
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    """A Figure of width x height inches; no pyplot, so no global state and no display but a
+    notebook's (`NotebookFigure`)."""
+    return NotebookFigure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
 def show(ax, tiles, cols, cmap="viridis", limits=None, gap=1, between=BACKGROUND):

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
-from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from slidenet import geometry
@@ -87,7 +86,7 @@ class _Drawing:
         m = slide.n + 2 * slide.p
         self.numbered = m <= MAX_NUMBERED
         # A fixed layout: the panels must not move between frames as the caption changes.
-        self.fig = Figure(figsize=(9.6, 4.8), dpi=grid.DPI)
+        self.fig = grid.NotebookFigure(figsize=(9.6, 4.8), dpi=grid.DPI)
         widths = [m, slide.f, slide.out] if self.numbered else [m, slide.out]
         axes = self.fig.subplots(1, len(widths), gridspec_kw={"width_ratios": widths})
         self.fig.subplots_adjust(left=0.02, right=0.98, top=0.86, bottom=0.15, wspace=0.08)

@@ -4,7 +4,8 @@
 algorithm ran, so any pair's backward can read any forward's cache: `full_dx` and the Winograd
 pairs hand dw alone to `im2col`'s backward when no dx is needed). `check_shapes` applies
 `(N + 2P - F) / S + 1` per axis. `finish_rows` adds the bias and the fused ReLU over whole output
-rows; `relu_masked` multiplies dout by the fused ReLU's mask. With numba (`compiled`) both passes
+rows; `relu_masked` multiplies dout by the fused ReLU's mask. `flipped` gives the filters and
+padding of dx as a stride-1 convolution (`full_dx`, `winograd`). With numba (`compiled`) both passes
 run compiled, bitwise equal to the NumPy path.
 """
 from typing import NamedTuple, Optional
@@ -62,3 +63,15 @@ def relu_masked(dout, out, into):
     positive = scratch("conv.mask", (c * ho, wo * k), bool)
     np.greater(out.reshape(-1, wo * k), np.zeros(wo * k, out.dtype), out=positive)
     return np.multiply(dout, positive.reshape(into.shape), out=into)
+
+
+def flipped(w, pad):
+    """What dx of a stride-1 convolution convolves: at stride 1, dx is the "full" convolution of
+    dout zero-padded by F - 1 - P with the filters flipped in height and width, D and K swapped.
+
+    w: (F_h, F_w, D, K); pad (P_h, P_w). Returns w_flip (F_h, F_w, K, D), C-contiguous, with
+    w_flip[i, j, k, d] = w[F_h-1-i, F_w-1-j, d, k], and dout's padding (F_h-1-P_h, F_w-1-P_w).
+    """
+    fh, fw = w.shape[:2]
+    return (np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2)),
+            (fh - 1 - pad[0], fw - 1 - pad[1]))

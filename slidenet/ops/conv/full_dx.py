@@ -18,7 +18,7 @@ dw alone, from the input's rows.
 """
 import numpy as np
 
-from slidenet.ops.conv.common import check_shapes, relu_masked
+from slidenet.ops.conv.common import flipped, relu_masked
 from slidenet.ops.conv.im2col import conv_backward_im2col, conv_forward_im2col
 from slidenet.ops.runtime import batch_chunks, bordered, empty, run_chunks, scratch
 from slidenet.ops.window import windows
@@ -47,15 +47,14 @@ def conv_backward_full(dout, cache, need_dx=True, relu=False):
     """
     if not need_dx:
         return conv_backward_im2col(dout, cache, need_dx, relu)
-    x, w, pad, budget = cache.x, cache.w, cache.pad, cache.budget
+    x, w, budget = cache.x, cache.w, cache.budget
+    w_flip, (bh, bw) = flipped(w, cache.pad)
     n, h, wd, d = x.shape
     fh, fw, _, k = w.shape
     _, ho, wo, _ = dout.shape
-    check_shapes(x, w, cache.stride, pad)
+    w_flip = w_flip.reshape(fh * fw * k, d)
     dout = np.ascontiguousarray(dout)
     dx = empty(x.shape, np.result_type(dout, w))
-    bh, bw = fh - 1 - pad[0], fw - 1 - pad[1]
-    w_flip = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(fh * fw * k, d)
     padded_out = (ho + 2 * bh) * (wo + 2 * bw)
 
     def work(sl):

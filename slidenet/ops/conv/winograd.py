@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from slidenet.ops.conv.common import ConvCache, check_shapes, finish_rows, relu_masked
+from slidenet.ops.conv.common import ConvCache, check_shapes, finish_rows, flipped, relu_masked
 from slidenet.ops.conv.im2col import conv_backward_im2col
 from slidenet.ops.runtime import batch_chunks, bordered, empty, run_chunks, scratch
 
@@ -145,15 +145,14 @@ def backward(scheme, dout, cache, need_dx=True, relu=False):
     """
     if not need_dx:
         return conv_backward_im2col(dout, cache, need_dx, relu)
-    x, w, pad, budget = cache.x, cache.w, cache.pad, cache.budget
+    x, w, budget = cache.x, cache.w, cache.budget
+    w_flip, back_pad = flipped(w, cache.pad)        # dx is a stride-1 "full" convolution
     n, h, wd, d = x.shape
     fh, fw, _, k = w.shape
     _, ho, wo, _ = dout.shape
     m, products = scheme.m, scheme.m + 2
     dout = np.ascontiguousarray(dout)
     dx = empty(x.shape, np.result_type(dout, w))
-    back_pad = (fh - 1 - pad[0], fw - 1 - pad[1])   # dx is a stride-1 "full" convolution
-    w_flip = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
     g_flip = filters(w_flip.astype(dx.dtype, copy=False), scheme.G)
     padded_out = (m * tiles(h, m) + 2) * (wo + 2 * back_pad[1])
 

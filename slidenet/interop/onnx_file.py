@@ -1,8 +1,8 @@
 """An .onnx file from anywhere, read as untrusted data: nothing in it is run, and every size it
 claims is checked before anything is allocated.
 
-    model, folder = read_model("cnn.onnx")       # onnx.ModelProto, the folder it lies in
-    w = tensor_array(model.graph.initializer[0], folder, budget)
+    model, folder, raws = read_model("cnn.onnx")     # onnx.ModelProto, its folder, weights
+    w = tensor_array(model.graph.initializer[0], folder, budget, raws[0])
 
 Refused, each as one `OnnxFileError` line naming the file: a missing, empty, truncated or
 foreign file; a file larger than protobuf can hold; a tensor whose dims say more bytes than
@@ -72,10 +72,14 @@ def read_model(path):
         raise OnnxFileError(f"{path} is empty, not an ONNX model")
     check_claimed_size(f"{path}", size, MAX_ONNX_FILE_BYTES)
     model = onnx.ModelProto()
+    data = np.fromfile(path, dtype=np.uint8)
+    data.flags.writeable = False        # the weights are views of it: read, never written
+    # The initializers' raw bytes stay where they lie in the file's buffer, viewed by NumPy;
+    # protobuf parses the rest (a few kilobytes), so the weights are in memory once, not
+    # twice, and never copied out of protobuf one by one.
+    light, raws = split_weights(data)
     try:
-        # The file's bytes live only while protobuf parses them: then the model alone holds
-        # the weights (one copy, read as NumPy views by `tensor_array`).
-        model.ParseFromString(path.read_bytes())
+        model.ParseFromString(light if light is not None else data.tobytes())
     except (DecodeError, ValueError, RuntimeError) as err:
         raise OnnxFileError(f"{path} is not an ONNX model, or it is truncated "
                             f"({_first_line(err) or 'protobuf cannot parse it'})") from None
@@ -94,7 +98,91 @@ def read_model(path):
         onnx.checker.check_model(light_model(onnx, model))
     except Exception as err:        # the checker's own ValidationError, and C++ errors it wraps
         raise OnnxFileError(f"{path} is not a valid ONNX model: {_first_line(err)}") from None
-    return model, folder
+    return model, folder, raws if light is not None else [None] * len(model.graph.initializer)
+
+
+def _varint(data, at, end):
+    """(value, next position) of the varint at `at`; ValueError past `end` or over 10 bytes."""
+    value = shift = 0
+    for i in range(at, min(end, at + 10)):
+        byte = int(data[i])
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i + 1
+        shift += 7
+    raise ValueError("a varint runs past its message")
+
+
+def _fields(data, start, end):
+    """(field number, wire type, start of the field, start of its payload, end) for each field
+    of the protobuf message in data[start:end]; ValueError for anything malformed."""
+    at = start
+    while at < end:
+        tag, payload = _varint(data, at, end)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _, stop = _varint(data, payload, end)
+        elif wire == 1:
+            stop = payload + 8
+        elif wire == 5:
+            stop = payload + 4
+        elif wire == 2:
+            length, payload = _varint(data, payload, end)
+            stop = payload + length
+        else:
+            raise ValueError("groups are not written by ONNX")
+        if stop > end or number == 0:
+            raise ValueError("a field runs past its message")
+        yield number, wire, at, payload, stop
+        at = stop
+
+
+def _length_delimited(number, body):
+    """A protobuf field `number` of wire type 2 holding the bytes `body`."""
+    head, value = bytearray(), (number << 3) | 2
+    for part in (value, len(body)):
+        while part >= 0x80:
+            head.append(part & 0x7F | 0x80)
+            part >>= 7
+        head.append(part)
+    return bytes(head) + body
+
+
+GRAPH, INITIALIZER, RAW_DATA = 7, 5, 9      # ModelProto.graph, GraphProto.initializer, ...
+
+
+def split_weights(data):
+    """(the ONNX file in `data` (uint8) without its initializers' raw_data, [a view of each
+    initializer's raw bytes in `data`, or None where it has none]); (None, None) when the file
+    is not laid out as expected, and protobuf is then left to parse (and judge) it whole."""
+    try:
+        raws, model = [], bytearray()
+        graphs = 0
+        for number, wire, start, payload, stop in _fields(data, 0, len(data)):
+            if number != GRAPH or wire != 2:
+                model += data[start:stop].tobytes()
+                continue
+            graphs += 1
+            graph = bytearray()
+            for g_number, g_wire, g_start, g_payload, g_stop in _fields(data, payload, stop):
+                if g_number != INITIALIZER or g_wire != 2:
+                    graph += data[g_start:g_stop].tobytes()
+                    continue
+                tensor, raw = bytearray(), None
+                for t_number, t_wire, t_start, t_payload, t_stop in \
+                        _fields(data, g_payload, g_stop):
+                    if t_number == RAW_DATA and t_wire == 2:
+                        raw = data[t_payload:t_stop]        # the last one counts, as in protobuf
+                    else:
+                        tensor += data[t_start:t_stop].tobytes()
+                raws.append(raw)
+                graph += _length_delimited(INITIALIZER, bytes(tensor))
+            model += _length_delimited(GRAPH, bytes(graph))
+        if graphs != 1:
+            return None, None
+        return bytes(model), raws
+    except ValueError:
+        return None, None
 
 
 def _copy_fields(source, target, leave=()):
@@ -155,11 +243,12 @@ def _first_line(err):
     return text[0] if text else type(err).__name__
 
 
-def tensor_array(tensor, folder, budget):
+def tensor_array(tensor, folder, budget, raw=None):
     """A TensorProto's numbers as a NumPy array, checked before anything is allocated.
 
     The dims times the element size must fit the `budget` (a `Budget`) and match the bytes
-    the tensor holds, inline or in an external file inside `folder`.
+    the tensor holds, inline or in an external file inside `folder`. raw: its raw_data as
+    `split_weights` found it in the file (uint8 array), when that took it out of the tensor.
     """
     onnx = require_onnx()
     what = f"tensor {tensor.name!r}"
@@ -181,8 +270,8 @@ def tensor_array(tensor, folder, budget):
         raise OnnxFileError(f"{what} is split into segments, which slidenet does not read")
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         raw = _external_bytes(tensor, folder, nbytes, what)
-    elif tensor.HasField("raw_data"):
-        raw = tensor.raw_data
+    elif raw is not None or tensor.HasField("raw_data"):
+        raw = tensor.raw_data if raw is None else raw
         if len(raw) != nbytes:
             raise OnnxFileError(f"{what}: its dims {dims} say {nbytes:,} bytes of {dtype.name} "
                                 f"but it holds {len(raw):,}")

@@ -70,8 +70,8 @@ def read_onnx(path, classes=None, scale=None, mean=None, std=None, input_layout=
     slidenet cannot represent.
     """
     onnx = require_onnx()
-    model, folder = read_model(path)
-    reader = _Reader(onnx, model, folder, input_layout)
+    model, folder, raws = read_model(path)
+    reader = _Reader(onnx, model, folder, input_layout, raws)
     # A constant that folds into nothing, or a division by a zero constant, is judged by the
     # checks below; NumPy's own warnings about it would only be noise on stderr.
     with np.errstate(all="ignore"):
@@ -151,7 +151,7 @@ class _Reader:
     (`act`, `const`, `volume`, `resolve`) and append layers with `add_piece`; it keeps the
     values by name, the pieces, the preprocessing seen before the first layer, and the faults."""
 
-    def __init__(self, onnx, model, folder, input_layout):
+    def __init__(self, onnx, model, folder, input_layout, raws=None):
         self.onnx = onnx
         self.graph = model.graph
         self.folder = folder
@@ -168,13 +168,15 @@ class _Reader:
         self.faults = []            # (place, reason)
         self.input = None
         self.model = model
+        self.raws = raws or [None] * len(model.graph.initializer)
         self.shapes = None          # value name -> dims, from shape inference after a fault
 
     # -- the walk --
 
     def walk(self):
-        for tensor in self.graph.initializer:
-            self.values[tensor.name] = Const(tensor_array(tensor, self.folder, self.budget))
+        for tensor, raw in zip(self.graph.initializer, self.raws):
+            self.values[tensor.name] = Const(tensor_array(tensor, self.folder, self.budget, raw))
+        self.raws = None
         if len(self.graph.sparse_initializer):
             self.faults.append(("graph", "it has sparse initializers, which slidenet does not "
                                          "read"))

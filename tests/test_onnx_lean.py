@@ -85,3 +85,27 @@ def test_import_holds_the_weights_at_most_twice(tmp_path):
     numbers = json.loads(done.stdout.strip().splitlines()[-1])
     above = numbers["peak"] - numbers["before"]
     assert above < 2 * weights + 40 * 2**20, (above / 2**20, weights / 2**20)
+
+
+def test_the_wire_walk_finds_every_raw_tensor_where_protobuf_does(tmp_path):
+    """split_weights against protobuf's own parse of the same file: the same initializers, each
+    raw_data byte for byte, and the rest of the model unchanged; a cut file is left to
+    protobuf (None)."""
+    from slidenet.interop.onnx_file import split_weights
+    path = tmp_path / "wide.onnx"
+    wide_net(path)
+    data = np.fromfile(path, dtype=np.uint8)
+    light, raws = split_weights(data)
+    whole = onnx.load(path)
+    rest = onnx.ModelProto()
+    rest.ParseFromString(light)
+    assert len(raws) == len(whole.graph.initializer) == len(rest.graph.initializer) == 6
+    for tensor, kept, raw in zip(whole.graph.initializer, rest.graph.initializer, raws):
+        assert raw.tobytes() == tensor.raw_data and not kept.raw_data
+        assert (kept.name, list(kept.dims), kept.data_type) == \
+            (tensor.name, list(tensor.dims), tensor.data_type)
+    for tensor in whole.graph.initializer:
+        tensor.ClearField("raw_data")
+    assert rest == whole
+    assert split_weights(data[:len(data) // 2]) == (None, None)
+    assert split_weights(np.frombuffer(b"\x89PNG\r\n\x1a\n" + bytes(64), np.uint8)) == (None, None)

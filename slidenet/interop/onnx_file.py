@@ -4,6 +4,9 @@ claims is checked before anything is allocated.
     model, folder, raws = read_model("cnn.onnx")     # onnx.ModelProto, its folder, weights
     w = tensor_array(model.graph.initializer[0], folder, budget, raws[0])
 
+The file is read once into a NumPy buffer; `split_weights` leaves each initializer's raw bytes
+there (the weights are views of it) and hands protobuf only the rest to parse.
+
 Refused, each as one `OnnxFileError` line naming the file: a missing, empty, truncated or
 foreign file; a file larger than protobuf can hold; a tensor whose dims say more bytes than
 its data holds or than the budget allows; external tensor data whose path leaves the model's

@@ -169,3 +169,14 @@ def test_frozen_backward_gives_the_trainable_layers_the_full_backwards_gradients
         np.testing.assert_array_equal(part.grads[name], full.grads[name], err_msg=name)
     assert (part.grads["conv1.W"] == 7.0).all()     # the frozen layer's grads are not touched
     assert all(p.cache is None for p in part.steps[0].parts)
+
+
+def test_freeze_cannot_change_on_resume(source, tmp_path, capsys):
+    path, _, four, _ = source
+    assert tune(path, four, tmp_path / "run", "--freeze", "--stop-after", "1") == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "run" / "model.npz"), "--epochs", "2",
+                 "--freeze", "conv1"]) == 2
+    assert "--freeze cannot change on --resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "run" / "model.npz"), "--epochs", "2",
+                 "--freeze"]) == 0      # the same as the run's: allowed

@@ -180,3 +180,20 @@ def test_freeze_cannot_change_on_resume(source, tmp_path, capsys):
     assert "--freeze cannot change on --resume" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "run" / "model.npz"), "--epochs", "2",
                  "--freeze"]) == 0      # the same as the run's: allowed
+
+
+def test_a_new_head_keeps_the_pattern_as_written_and_every_other_weight():
+    from slidenet.training.transfer import with_classes
+    pattern = "INPUT(8x8x1) -> [CONV(3) -> RELU]*N -> POOL -> FC(6) -> RELU -> FC(5)"
+    net = Net.from_pattern(pattern, seed=1, N=2)
+    fresh, line = with_classes(net, 2, seed=9)
+    assert fresh.pattern == pattern.replace("FC(5)", "FC(2)") and fresh.num_outputs == 2
+    assert fresh.variables == {"N": 2}
+    assert "scoring layer FC(5) (fc2, layer 8) is replaced by a fresh FC(2)" in line
+    for name, value in net.params.items():
+        if not name.startswith("fc2."):
+            np.testing.assert_array_equal(fresh.params[name], value)
+    assert with_classes(net, 5, seed=9) == (net, None)
+    # A scoring FC inside a repeat cannot be rewritten in place: the layers are written out.
+    looped = Net.from_pattern("INPUT(4x4x1) -> [FC(3)]*2", seed=0)
+    assert with_classes(looped, 2, seed=0)[0].pattern == "INPUT(4x4x1) -> FC(3) -> FC(2)"

@@ -15,6 +15,7 @@ Under `mpiexec`, an error ends every process of the job (`distributed.fail`).
 import argparse
 import importlib
 import keyword
+import math
 import sys
 
 from slidenet import __version__
@@ -23,7 +24,7 @@ from slidenet.training import distributed
 
 # Order here is the order in `slidenet --help`.
 COMMANDS = ("summary", "train", "eval", "predict", "gradcheck", "bench", "viz", "report",
-            "serve", "export", "import")
+            "serve", "export", "import", "zoo")
 # The commands that run data-parallel under `mpiexec -n R` (docs/distributed.md).
 DISTRIBUTED = ("train", "eval")
 
@@ -68,10 +69,44 @@ def build_parser():
     return parser
 
 
+def _actions(parser, args):
+    """Every option action of the (sub)command `args` chose, through nested subcommands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None))
+            if chosen is not None:
+                yield from _actions(chosen, args)
+        elif action.option_strings:
+            yield action
+
+
+def _check_values(parser, args):
+    """SlidenetError for what argparse lets through: `--epochs=--` (argparse reads a value
+    of "--" as the end of options and stores an empty list), a float flag of nan or inf
+    (`--budget 1e999`), and a negative --seed."""
+    for action in _actions(parser, args):
+        value = getattr(args, action.dest, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SlidenetError(f"{action.option_strings[-1]} must be a finite number, not "
+                                f"{value}")
+        if action.nargs is not None or not isinstance(value, list):
+            continue
+        if isinstance(action, argparse._StoreAction) or (
+                isinstance(action, argparse._AppendAction)
+                and any(isinstance(v, list) for v in value)):
+            flag = action.option_strings[-1]
+            raise SlidenetError(f"{flag}=-- gives {flag} no value: write {flag} "
+                                f"{action.metavar or action.dest.upper()}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed < 2**64:
+        raise SlidenetError(f"--seed must be a whole number from 0 to 2**64 - 1, not {seed}")
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_values(parser, args)
         if distributed.launched_size() > 1 and args.command not in DISTRIBUTED:
             raise SlidenetError(f"{args.command} runs in one process; start it without mpiexec "
                                 f"(only {' and '.join(DISTRIBUTED)} run data-parallel)")

@@ -4,6 +4,7 @@
     model.input_shape                   # (28, 28, 1): (H, W, D) of INPUT
     model.class_names                   # ["0", "1", ..., "9"]
     p = model.predict(images)           # uint8 (N, 28, 28, 1) -> float64 probabilities (N, 10)
+                                        # (floats: pixels scaled to [0, 1], as npz: data)
     s = model.scores(images)            # the last layer's scores (N, 10), float64
     model.evaluate(x, y)                # accuracy, loss, per-class accuracy, confusion
     model.net, model.normalizer         # the layers, and the pixel standardisation
@@ -28,7 +29,9 @@ from slidenet.data.normalize import Normalizer
 from slidenet.errors import DataError, ModelFileError
 from slidenet.net import Net
 from slidenet.ops.losses import softmax
-from slidenet.storage import modelfile, rngstate
+from slidenet.notation.pattern import parse
+from slidenet.notation.shapes import infer, walk_infos
+from slidenet.storage import modelfile, modelmeta, rngstate
 
 FORMAT = "slidenet-model"
 VERSION = 1
@@ -73,6 +76,13 @@ class Model:
         names = [str(n) for n in self.meta.get("class_names") or []]
         return names + [str(i) for i in range(len(names), self.net.num_outputs)]
 
+    @property
+    def resized(self):
+        """Whether the model was trained with --resize (every image stretched to INPUT's
+        height x width); `load_data`, `slidenet predict` and `viz activations` do the same."""
+        config = self.meta.get("config") or {}
+        return bool(config.get("resize", False))
+
     def data_spec(self, given=None):
         """The data set to evaluate on: `given`, else the one the model was trained on (or was
         named for by `slidenet import --data`). A DataError when there is neither."""
@@ -84,12 +94,20 @@ class Model:
         return spec
 
     def scores(self, images, batch_size=BATCH):
-        """The last layer's scores (N, C), float64, for images (N, H, W, D) of pixel values
-        0..255 (uint8, or floats on that scale), in batches of `batch_size`."""
+        """The last layer's scores (N, C), float64, for images (N, H, W, D): uint8 (or other
+        integer) pixels 0..255, or floats scaled to [0, 1] as in `npz:` data sets (rounded to
+        the nearest of the 256 levels the model was trained on); in batches of `batch_size`.
+        DataError for floats outside [0, 1] or integers outside 0..255."""
         images = self._check(images)
-        out = [self.plan.forward(self.normalizer.normalize(images[i:i + batch_size]))
-               .astype(np.float64) for i in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.net.num_outputs))
+        with np.errstate(over="ignore", invalid="ignore"):      # refused below, in words
+            out = [self.plan.forward(self.normalizer.normalize(images[i:i + batch_size]))
+                   .astype(np.float64) for i in range(0, len(images), batch_size)]
+        scores = np.concatenate(out) if out else np.zeros((0, self.net.num_outputs))
+        if not np.isfinite(scores).all():
+            # Finite weights can still overflow float32 (weights near 1e38 do).
+            raise ModelFileError("the model's scores for these images are not finite numbers "
+                                 "(its weights overflow float arithmetic); the model is damaged")
+        return scores
 
     def predict(self, images, batch_size=BATCH):
         """Class probabilities (N, C), float64 (the softmax of `scores`); rows sum to 1."""
@@ -151,9 +169,9 @@ class Model:
         A recorded data set that is gone is a DataError saying where the spec came from.
         """
         chosen = self.data_spec(spec)
-        resize = (self.meta.get("config") or {}).get("resize", False)
         try:
-            dataset = datasets.load(chosen, size=self.input_shape[:2] if resize else None)
+            dataset = datasets.load(chosen, size=self.input_shape[:2] if self.resized else None,
+                                    depth=self.input_shape[2])
         except DataError as err:
             if spec is not None:
                 raise
@@ -169,7 +187,22 @@ class Model:
             raise DataError(f"images must be an array (N, H, W, D) of {want} images, got shape "
                             f"{images.shape}")
         if images.dtype.kind not in "uif":
-            raise DataError(f"images must hold pixel values 0..255, got {images.dtype}")
+            raise DataError(f"images must hold pixel values: uint8 0..255, or floats scaled to "
+                            f"[0, 1]; got {images.dtype}")
+        if images.size == 0 or images.dtype == np.uint8:
+            return images
+        low, high = images.min(), images.max()
+        if images.dtype.kind == "f":
+            # The convention of `npz:` data sets: floats are pixels scaled to [0, 1]. Floats on
+            # 0..255 would otherwise be read as 255 times too bright, without a word.
+            if not (np.isfinite(low) and np.isfinite(high) and 0 <= low and high <= 1):
+                raise DataError(f"float images must be pixels scaled to [0, 1] (as npz: data "
+                                f"stores them); these run from {low:g} to {high:g}: divide "
+                                "0..255 pixels by 255, or pass them as uint8")
+            return np.rint(images * 255).astype(np.uint8)
+        if low < 0 or high > 255:
+            raise DataError(f"integer images must hold pixel values 0..255; these run from "
+                            f"{low} to {high}")
         return images
 
     def __repr__(self):
@@ -203,10 +236,16 @@ def load(path):
     Raises ModelFileError when the file is missing, damaged, or not a complete slidenet model.
     """
     arrays, meta = modelfile.load(path)
+    modelmeta.check(meta, path)
+    dtype, variables = meta.get("dtype", "float32"), meta.get("variables", {})
+    skip = meta.get("skip_optional", False)
+    # The pattern's shapes, worked out without allocating, against the arrays present: a meta
+    # that claims a bigger net than the file holds is refused before any weight exists.
+    infos = infer(parse(meta["pattern"], variables, skip), meta["pattern"])
+    modelmeta.check_sizes(walk_infos(infos), arrays, dtype, path)
     try:
-        net = Net.from_pattern(meta["pattern"], seed=0, dtype=meta.get("dtype", "float32"),
-                               skip_optional=meta.get("skip_optional", False), blank=True,
-                               **meta.get("variables", {}))
+        net = Net.from_pattern(meta["pattern"], seed=0, dtype=dtype, skip_optional=skip, blank=True,
+                               **variables)
         for prefix, target in (("param/", net.params), ("buffer/", net.buffers)):
             for name, live in target.items():
                 stored = arrays[prefix + name]
@@ -215,9 +254,55 @@ def load(path):
                 live[...] = stored
         normalizer = Normalizer.from_arrays(
             {k[len("norm/"):]: v for k, v in arrays.items() if k.startswith("norm/")})
+        # The numbers as the file holds them, a bias that is folded below included.
+        _check_numbers(arrays, normalizer, net.input_shape[-1], path)
+        arrays = _fold_dropped_biases(net, arrays)
     except (KeyError, TypeError, ValueError) as err:
         raise ModelFileError(f"{path}: not a complete slidenet model ({err})") from None
     return Model(net, normalizer, meta, arrays)
+
+
+def _check_numbers(arrays, normalizer, depth, path):
+    """ModelFileError unless every weight, buffer and the normaliser are finite numbers, and
+    the normaliser has one positive std per input channel: a NaN weight would make every
+    prediction NaN, and a std of 0 divides by zero."""
+    for name, array in arrays.items():
+        if not name.startswith(("param/", "buffer/", "norm/")):
+            continue
+        if array.dtype.kind not in "biuf" or not np.isfinite(array).all():
+            raise ModelFileError(f"{path}: {name} holds values that are not finite numbers "
+                                 "(NaN, infinity or not numbers at all); the file is damaged, "
+                                 "or it was saved from a run that diverged")
+    if normalizer.mean.shape != (depth,) or normalizer.std.shape != (depth,):
+        raise ModelFileError(f"{path}: its normaliser has {normalizer.mean.size} means and "
+                             f"{normalizer.std.size} stds for an INPUT of depth {depth}")
+    if not (normalizer.std > 0).all():
+        raise ModelFileError(f"{path}: its normaliser's std is {normalizer.std.tolist()}; each "
+                             "must be above 0 (slidenet fits 1 for a constant channel), so the "
+                             "file is damaged")
+
+
+def _fold_dropped_biases(net, arrays):
+    """A file written before a CONV or FC directly followed by BATCHNORM lost its bias still
+    holds that bias ("param/conv1.b"), and its BATCHNORM's running mean was measured with it.
+    Evaluation computes (y + b - mean) / sd; the net now computes y without b, so the bias is
+    folded into the mean (mean - b) and the outputs stay the same (to float rounding). In
+    training, each batch's own mean cancels b exactly. The bias and its optimiser state are
+    left out of the arrays returned (what `--resume` reads)."""
+    dropped = net.dropped_biases()
+    for name, batchnorm in dropped.items():
+        old = arrays.get(f"param/{name}")
+        if old is not None:
+            mean = net.buffers[f"{batchnorm}.running_mean"]
+            if old.shape != mean.shape:
+                raise KeyError(name)
+            mean -= old.astype(mean.dtype)
+    if not any(f"param/{name}" in arrays for name in dropped):
+        return arrays
+    return {key: value for key, value in arrays.items()
+            if not any(key == f"param/{name}" or (key.startswith("optim/")
+                                                  and key.endswith(f"/{name}"))
+                       for name in dropped)}
 
 
 def model_arrays(net, normalizer, optimizer=None, rngs=None):

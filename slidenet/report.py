@@ -22,10 +22,10 @@ from slidenet.notation.summary import summary_json
 from slidenet.progress import progress
 from slidenet.serve import pages
 from slidenet.storage import writing
-from slidenet.training.evaluate import evaluate
+from slidenet.training.evaluate import chance_text, evaluate
 from slidenet.viz import grid
 from slidenet.viz.activations import activations_figure
-from slidenet.viz.curves import curves_figure
+from slidenet.viz.curves import curves_figure, load_history
 from slidenet.viz.filters import filters_figure
 from slidenet.viz.patches import patches_figure, top_patches
 
@@ -51,10 +51,28 @@ def pixels_uri(pixels):
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def training_section(meta):
+def run_history(meta, model_path):
+    """The history to show for the model at `model_path`: the run's whole history.json beside
+    it when that begins with the model's own epochs (best.npz keeps only the epochs up to the
+    best one, which hides any overfitting after it), else the model's own."""
+    own = meta.get("history") or []
+    beside = Path(model_path).parent / "history.json"
+    if not own or not beside.is_file():
+        return own
+    try:
+        whole = load_history(beside)
+    except SlidenetError:
+        return own
+    same = [(h.get("epoch"), h.get("loss")) for h in whole[:len(own)]] == \
+        [(h.get("epoch"), h.get("loss")) for h in own]
+    return whole if same and len(whole) > len(own) else own
+
+
+def training_section(meta, model_path=None):
     """What the page says about training: None without a history, else the epochs, the
-    optimiser's settings in words, the last epoch's speed and the curves."""
-    history = meta.get("history") or []
+    optimiser's settings in words, the last epoch's speed and the curves (of the whole run,
+    `run_history`, when the run went on after the epoch this file holds)."""
+    history = run_history(meta, model_path) if model_path else meta.get("history") or []
     if not history:
         return None
     last = history[-1]
@@ -63,6 +81,7 @@ def training_section(meta):
                                                    "weight_decay") if k in config)
     return {"epochs": len(history), "facts": facts, "seconds": last.get("seconds", 0),
             "images_per_s": last.get("images_per_s", 0), "held": epoch_held(meta),
+            "after": len(history) > len(meta.get("history") or []),
             "uri": figure_uri(curves_figure(history, "training"))}
 
 
@@ -92,7 +111,7 @@ def accuracy_section(result, names, count):
             cells.append({"count": int(value), "style": style, "predicted": names[j]})
         rows.append({"name": names[i], "cells": cells})
     return {"accuracy": result["accuracy"], "loss": result["loss"], "count": count,
-            "per_class": per_class, "confusion": rows}
+            "per_class": per_class, "confusion": rows, "chance": chance_text(result)}
 
 
 def _sample(pixels, truth, probs, names):
@@ -132,7 +151,7 @@ def build_report(model_path, data=None, images=3, samples=12):
     with progress(len(SECTIONS), "report", unit="section") as bar:
         page["summary"] = summary_json(net.infos)
         bar.update()
-        page["training"] = training_section(meta)
+        page["training"] = training_section(meta, model_path)
         bar.update()
         loss = meta.get("config", {}).get("loss", "softmax")
         result = evaluate(net, x, y, normalizer, len(names), loss)

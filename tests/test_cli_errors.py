@@ -235,3 +235,58 @@ def test_epochs_help_says_it_counts_the_epochs_already_done(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "total epochs of the run, counting those a resumed run has already done" in text
     assert "(default: 15)" in text
+
+
+# --- fuzzed flags (#25): what argparse lets through is refused in one line ------------------
+
+def _argv_with(name, parser, flag):
+    """argv for the command `name` ("slidenet viz curves") with `flag`=-- and a placeholder for
+    each positional argument, so that argparse accepts it."""
+    words = name.split()[1:]
+    positional = [a for a in parser._actions if not a.option_strings
+                  and not isinstance(a, argparse._SubParsersAction)]
+    required = [w for a in parser._actions if a.required and a.option_strings
+                and flag not in a.option_strings for w in (a.option_strings[0], "x")]
+    return [*words, *("x" for _ in positional), *required, f"{flag}=--"]
+
+
+def test_every_flag_given_dash_dash_as_its_value_is_one_line(capsys):
+    """argparse stores `--FLAG=--` as an empty list, which no command expects."""
+    tried = 0
+    for name, parser in _parsers(cli.build_parser()):
+        if any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):
+            continue
+        for action in parser._actions:
+            if (not action.option_strings or action.nargs is not None
+                    or not isinstance(action, (argparse._StoreAction, argparse._AppendAction))):
+                continue
+            flag = action.option_strings[-1]
+            one_line_error(capsys, _argv_with(name, parser, flag), f"{flag}=-- gives {flag} no "
+                                                                   "value")
+            tried += 1
+    assert tried > 60
+
+
+@pytest.mark.parametrize("argv", [["gradcheck", "INPUT(4x4x1) -> FC(2)", "--seed", "-1"],
+                                  ["train", "--seed", "-1"],
+                                  ["viz", "maximize", "MODEL", "--seed", "-1"],
+                                  ["train", "--seed", str(2**64)]])
+def test_a_seed_out_of_range_is_one_line(capsys, model, argv):
+    argv = [str(model) if a == "MODEL" else a for a in argv]
+    one_line_error(capsys, argv, "--seed must be a whole number from 0 to 2**64 - 1")
+
+
+@pytest.mark.parametrize("value, needle", [("1e999", "--budget must be a finite number, not inf"),
+                                           ("nan", "--budget must be a finite number, not nan"),
+                                           ("1e300", "--budget is in MiB")])
+def test_bench_budget_that_is_not_a_size(capsys, value, needle):
+    one_line_error(capsys, ["bench", "--budget", value], needle)
+
+
+def test_viz_curves_on_a_history_nested_100000_deep(tmp_path, capsys):
+    (tmp_path / "history.json").write_text("[" * 100_000 + "]" * 100_000)
+    one_line_error(capsys, ["viz", "curves", str(tmp_path), "--out", str(tmp_path / "c.png")],
+                   "nests more than 16 deep")
+    (tmp_path / "history.json").write_text('[{"epoch": 1, "loss": "x", "accuracy": 1}]')
+    one_line_error(capsys, ["viz", "curves", str(tmp_path), "--out", str(tmp_path / "c.png")],
+                   "an epoch's loss is \"x\", not a number")

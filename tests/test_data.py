@@ -391,10 +391,25 @@ def test_folder_images_of_different_sizes_are_named(tmp_path):
     assert "small.png is 4x4" in message and "big.png is 5x4" in message
 
 
-def test_folder_with_a_broken_image_names_it(tmp_path):
-    write_image(tmp_path / "a" / "good.png", np.zeros((4, 4), np.uint8))
+def test_folder_with_a_broken_image_leaves_it_out_and_names_it(tmp_path):
+    for n in range(5):
+        write_image(tmp_path / "a" / f"good{n}.png", np.full((4, 4), n, np.uint8))
+        write_image(tmp_path / "b" / f"good{n}.png", np.full((4, 4), 9 + n, np.uint8))
     (tmp_path / "a" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
-    one_line_error(str(tmp_path / "a" / "bad.png"), data.load, f"folder:{tmp_path}")
+    (tmp_path / "b" / "photo.jpg").write_bytes(b"this is no jpeg")
+    dataset = data.load(f"folder:{tmp_path}")
+    assert len(dataset.y_train) + len(dataset.y_test) == 10        # the ten good ones
+    (note,) = [n for n in dataset.notes if "could not be read" in n]
+    assert note.startswith(f"left out 2 image files that could not be read: "
+                           f"{tmp_path / 'a' / 'bad.png'}: ") and "(and 1 more)" in note
+    assert "BytesIO" not in note and "\n" not in note
+
+
+def test_a_class_whose_every_image_is_broken_is_named(tmp_path):
+    write_image(tmp_path / "a" / "good.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "b" / "bad.png").parent.mkdir()
+    (tmp_path / "b" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    one_line_error(f"{tmp_path / 'b'} has no images", data.load, f"folder:{tmp_path}")
 
 
 def test_folder_with_an_empty_class_names_it(tmp_path):
@@ -598,7 +613,9 @@ def test_load_image_converts_colour_and_can_resize(tmp_path):
 def test_load_image_missing_or_broken(tmp_path):
     one_line_error("no such file", data.load_image, tmp_path / "x.png", (4, 4, 1))
     (tmp_path / "x.png").write_text("not an image")
-    one_line_error(str(tmp_path / "x.png"), data.load_image, tmp_path / "x.png", (4, 4, 1))
+    message = one_line_error(str(tmp_path / "x.png"), data.load_image, tmp_path / "x.png",
+                             (4, 4, 1))
+    assert "not an image Pillow can read" in message and "BytesIO" not in message
 
 
 def test_check_fits_names_both_shapes_and_the_class_count(mnist5k):
@@ -618,3 +635,90 @@ def test_check_fits_names_both_shapes_and_the_class_count(mnist5k):
                    r"was trained on \(--data\)", data.check_fits, mnist5k, (32, 32, 3), 10)
     one_line_error(r"mnist5k has 10 classes but the model scores only 5",
                    data.check_fits, mnist5k, (28, 28, 1), 5)
+
+
+# --- decoding: what an image costs is known before it is decoded (#25) ----------------------
+
+PEAK = """
+import resource, sys
+from pathlib import Path
+from PIL import Image
+from slidenet.data import images
+data = Path(sys.argv[1]).read_bytes()
+with Image.open(sys.argv[1]) as image:
+    estimate = images._decoded_bytes(image)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+images.decode_image(data, (28, 28, int(sys.argv[2])))
+print(estimate, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("width, height, mode", [(1, 16_777_216, "RGBA"), (16_777_216, 1, "L"),
+                                                 (4096, 4096, "P"), (4096, 4096, "LA")])
+def test_decoding_peaks_within_its_estimate(tmp_path, width, height, mode):
+    """Peak memory (the process's high-water mark, measured in a fresh process) of a PNG at
+    the pixel cap, the shapes and modes that cost most, against `_decoded_bytes`."""
+    import subprocess
+    import sys
+    from PIL import Image
+    path = tmp_path / "big.png"
+    image = Image.new(mode, (width, height))
+    image.save(path, **({"transparency": 0} if mode == "P" else {}))
+    del image
+    for depth in (1, 3):
+        out = subprocess.run([sys.executable, "-c", PEAK, str(path), str(depth)],
+                             capture_output=True, text=True, check=True).stdout
+        estimate, peak = map(int, out.split())
+        assert peak <= estimate, (peak / 2**20, estimate / 2**20)
+        assert estimate <= 600 * 2**20            # and the estimate is not absurd either
+
+
+def test_an_upload_beyond_the_budget_is_refused_before_decoding(tmp_path):
+    from PIL import Image
+    from slidenet.storage import limits
+    from helpers import png_bytes
+    png = png_bytes(np.zeros((2048, 2048, 3), np.uint8))
+    previous = limits.set_budget(32 * 2**20)
+    try:
+        with pytest.raises(DataError, match=r"the upload \(2048x2048 pixels\) needs 48.0 MiB"):
+            data.decode_image(png, (28, 28, 1))
+    finally:
+        limits.set_budget(previous)
+    assert data.decode_image(png, (28, 28, 1)).shape == (28, 28, 1)
+
+
+def _mixed_folder(root):
+    """Two classes of 6x6 images, each with grayscale and colour files."""
+    rng = np.random.default_rng(3)
+    for cls in ("a", "b"):
+        for n in range(5):
+            grey = n % 2 == 0
+            pixels = rng.integers(0, 256, (6, 6) if grey else (6, 6, 3), dtype=np.uint8)
+            write_image(root / cls / f"{n}.png", pixels)
+    return f"folder:{root}"
+
+
+def test_a_mixed_folder_is_converted_to_the_nets_depth(tmp_path):
+    from PIL import Image
+    spec = _mixed_folder(tmp_path)
+    assert data.load(spec).input_shape == (6, 6, 3)             # without a depth: colour wins
+    grey = data.load(spec, depth=1)
+    assert grey.input_shape == (6, 6, 1)
+    every = np.concatenate([grey.x_train, grey.x_test])
+    expected = [np.asarray(Image.open(tmp_path / c / f"{n}.png").convert("L"))
+                for c in ("a", "b") for n in range(5)]
+    # The fixed split takes every fifth image of a class for the test set: compare as sets.
+    assert sorted(x.tobytes() for x in every[..., 0]) == sorted(e.tobytes() for e in expected)
+    (note,) = [n for n in grey.notes if "converted" in n]
+    assert note.startswith("converted 4 colour images to grayscale for the net's INPUT depth 1")
+    rgb = data.load(spec, depth=3)
+    assert any("converted 6 grayscale images to RGB" in n for n in rgb.notes)
+
+
+def test_train_a_one_channel_net_on_a_mixed_folder(tmp_path, capsys):
+    from slidenet.cli import main
+    spec = _mixed_folder(tmp_path / "images")
+    assert main(["train", "--data", spec, "--pattern", "INPUT(6x6x1) -> CONV(2) -> FC(2)",
+                 "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    assert "converted 4 colour images to grayscale" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "run" / "model.npz")]) == 0

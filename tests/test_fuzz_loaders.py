@@ -228,3 +228,67 @@ def test_mutated_files_load_or_raise_slidenet_errors(tmp_path, kind, mutation):
     # Truncation and lies about sizes must be noticed at least some of the time.
     if mutation != "flip":
         assert outcomes["refused"] > 0, outcomes
+
+
+# --- a hostile meta: anyone can recompute a model file's checksum (#25) ---------------------
+
+HOSTILE_VALUES = (5, -1, 2**70, 1.5, "two", "", None, True, [], {}, [1, "a", None], {"a": []},
+                  "INPUT(100x100x1) -> FC(80000) -> FC(10)", "INPUT(8x8x2) -> [RELU]*999 -> FC(3)",
+                  "x" * 200_000)
+# Nested 20 deep, more than a meta may be (storage.limits.MAX_META_DEPTH).
+DEEP = 0
+for _ in range(20):
+    DEEP = [DEEP]
+HOSTILE_VALUES += (DEEP,)
+
+
+def _paths(value, prefix=()):
+    """Every (path of keys and indexes) inside a JSON value, the value's own path first."""
+    yield prefix
+    items = value.items() if isinstance(value, dict) else \
+        enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        yield from _paths(child, prefix + (key,))
+
+
+def _replace(value, path, new):
+    if not path:
+        return new
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = _replace(value[path[0]], path[1:], new)
+    return copy
+
+
+def test_a_model_whose_meta_is_altered_loads_or_is_refused(tmp_path):
+    """Seeded changes of any field of a real model's meta (a new value of another type, or a
+    claim of a bigger net), re-checksummed: `slidenet.load` loads it or raises a SlidenetError,
+    within the budget, and a loaded one predicts."""
+    from pathlib import Path
+    import slidenet
+    fixture = Path(__file__).parent / "fixtures" / "model-0.1.0.npz"
+    arrays, meta = modelfile.load(fixture)
+    paths = [p for p in _paths(meta) if p]
+    outcomes = {"loaded": 0, "refused": 0}
+    images = np.zeros((2, 8, 8, 2), np.uint8)
+    for seed in range(4 * EXAMPLES):
+        rng = np.random.default_rng([seed, 25])
+        path = paths[int(rng.integers(len(paths)))]
+        new = HOSTILE_VALUES[int(rng.integers(len(HOSTILE_VALUES)))]
+        case = f"meta{list(path)} = {str(new)[:40]!r}, seed {seed}"
+        modelfile.save(tmp_path / "m.npz", arrays, _replace(meta, path, new))
+        tracemalloc.start()
+        try:
+            model = slidenet.load(tmp_path / "m.npz")
+            model.predict(images)
+            str(model)
+            outcomes["loaded"] += 1
+        except SlidenetError as err:
+            assert str(err).strip(), case
+            outcomes["refused"] += 1
+        except Exception as err:        # anything but slidenet's own error is a defect
+            pytest.fail(f"{case}: {type(err).__name__}: {err}")
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        assert peak < PEAK, f"{case}: {peak / 2**20:.0f} MiB allocated"
+    assert outcomes["loaded"] and outcomes["refused"], outcomes

@@ -17,6 +17,7 @@ themselves (30,730 parameters, a 5 x 5 output at stride 1, 760 parameters, 56 x 
 and the run must print them under the documents' commands. The harness is tested on small
 documents of its own, so that a changed line, a changed exit status or a missing picture fails.
 """
+import re
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,18 @@ def test_format_errors_name_the_line(tmp_path):
         _small(tmp_path, "```console\n$ python - <<'EOF'\nprint(1)\n```\n")
     with pytest.raises(lecture_doc.FormatError, match="never closed"):
         _small(tmp_path, "```console\n$ true\n")
+
+
+def test_the_docs_name_the_lecture_and_point_at_nothing_outside_the_repository():
+    """A reader has the repository, not the machine it was written on: the lecture is named
+    (cs231n lecture 5), and no doc points at a file outside the repository."""
+    for path in sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]:
+        text = path.read_text(encoding="utf-8")
+        for target in re.findall(r"`(\.\./[^`\s]+)`|\]\((\.\./[^)\s]+)\)", text):
+            target = next(t for t in target if t)
+            resolved = (path.parent / target).resolve()
+            assert ROOT in resolved.parents, f"{path.name} points outside: {target}"
+        assert "shared/seeds" not in text, path.name
+    for path, lecture in zip(DOCS, ("cs231n", "cs231n")):
+        head = path.read_text(encoding="utf-8")[:600]
+        assert lecture in head and ("lecture 5" in head or "5강" in head)

@@ -309,5 +309,7 @@ def test_folder_of_images_over_the_budget_together(tmp_path):
     for cls in ("a", "b"):
         for i in range(4):
             write_image(tmp_path / cls / f"{i}.png", np.full((64, 64), 40 * i, np.uint8))
-    limits.set_budget(6 * 64 * 64)     # room to decode any one image, not to hold all eight
+    # Room to decode any one image (3 full-size copies of 4 bytes a pixel and a pointer a row,
+    # data.images._decoded_bytes) beside three held ones (64 x 64 x 1 bytes each), not more.
+    limits.set_budget(3 * 64 * (64 * 4 + 8) + 3 * 64 * 64)
     refused_without_allocating(DataError, "the images up to", data.load, f"folder:{tmp_path}")

@@ -4,13 +4,16 @@ import os
 import signal
 import subprocess
 import sys
+import tracemalloc
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import slidenet
 from slidenet.errors import ModelFileError
-from slidenet.storage import modelfile
+from slidenet.storage import limits, modelfile, modelmeta
 
 ARRAYS = {
     "conv1.W": np.random.default_rng(0).standard_normal((5, 5, 3, 8)).astype(np.float32),
@@ -254,3 +257,136 @@ def test_kill_during_save_leaves_the_old_file_loadable(saved, stage):
 def test_members_are_stored_uncompressed(saved):
     with zipfile.ZipFile(saved) as archive:
         assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
+
+
+# --- a hostile meta: its checksum matches, since anyone can recompute it ----------------------
+
+OLD = Path(__file__).parent / "fixtures" / "model-0.1.0.npz"
+
+
+def forged(tmp_path, arrays=None, **changes):
+    """The 0.1.0 fixture, or `arrays`, with `changes` in its meta, saved with a good checksum."""
+    old_arrays, meta = modelfile.load(OLD)
+    meta.update(changes)
+    path = tmp_path / "forged.npz"
+    modelfile.save(path, old_arrays if arrays is None else arrays, meta)
+    return path
+
+
+def test_a_meta_claiming_a_bigger_net_is_refused_before_any_weight_exists(tmp_path):
+    path = forged(tmp_path, pattern="INPUT(100x100x1) -> FC(80000) -> FC(10)")
+    implied = (100 * 100 * 1 + 1) * 80000 + (80000 + 1) * 10      # (in + 1) x out, twice
+    held = sum(a.size for n, a in modelfile.load(OLD)[0].items() if n.startswith("param/"))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match=f"implies {implied:,} weights but the file "
+                                                 f"holds {held:,}"):
+            slidenet.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, peak        # the 3.2 GB of weights were never allocated
+
+
+def test_a_meta_whose_one_image_exceeds_the_budget_is_refused(tmp_path):
+    arrays = {"param/fc1.W": np.zeros((3, 3), np.float32), "param/fc1.b": np.zeros(3, np.float32),
+              "norm/normalizer.mean": np.zeros(3, np.float32),
+              "norm/normalizer.std": np.ones(3, np.float32)}
+    path = forged(tmp_path, arrays, pattern="INPUT(3000x3000x3) -> GLOBALAVGPOOL -> FC(3)")
+    previous = limits.set_budget(64 * 2**20)
+    try:
+        with pytest.raises(ModelFileError, match="one image through its net needs 103.0 MiB"):
+            slidenet.load(path)          # 3000 * 3000 * 3 * 4 bytes of INPUT, and 3 + 3 numbers
+    finally:
+        limits.set_budget(previous)
+    assert slidenet.load(path).input_shape == (3000, 3000, 3)
+
+
+def test_meta_nested_100000_deep_is_refused_not_a_recursion_error(tmp_path):
+    deep = b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    entries = {"w": np.ones(2), "__meta__": np.frombuffer(deep, np.uint8)}
+    entries["__checksum__"] = np.array(modelfile.checksum(entries))
+    np.savez(tmp_path / "m.npz", **entries)
+    refused(tmp_path / "m.npz", "nests more than 16 deep")
+    sixteen = modelmeta.read_json(b'{"a": ' + b"[" * 15 + b"]" * 15 + b"}", "x")["a"]
+    for _ in range(14):
+        (sixteen,) = sixteen
+    assert sixteen == []
+    with pytest.raises(ModelFileError, match="nests more than 16 deep"):
+        modelmeta.read_json(b"[" * 17 + b"]" * 17, "x")
+
+
+BAD_META = {
+    "class_names": (5, "class_names is 5, not a list of names"),
+    "epoch": ("two", 'epoch is "two", not a whole number'),
+    "history": ([1], "every epoch needs epoch, loss, accuracy; found 1"),
+    "dtype": ("float16", 'dtype is "float16", not float32 or float64'),
+    "variables": ({"N": "2"}, "variables is"),
+    "skip_optional": ("yes", "skip_optional is"),
+    "pattern": (["INPUT(8x8x2)"], "pattern is"),
+    "config": ({"lr": "fast"}, 'config holds {"lr": "fast"}'),
+    "data": (7, "data is 7, not a string"),
+}
+
+
+@pytest.mark.parametrize("field", sorted(BAD_META))
+def test_a_meta_field_of_the_wrong_type_is_refused(tmp_path, field):
+    value, needle = BAD_META[field]
+    path = forged(tmp_path, **{field: value})
+    with pytest.raises(ModelFileError) as info:
+        slidenet.load(path)
+    assert needle in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("entry", [{"epoch": 1, "loss": "low", "accuracy": 0.5},
+                                   {"epoch": "one", "loss": 1.0, "accuracy": 0.5},
+                                   {"epoch": 1, "loss": 1.0, "accuracy": [0.5]}])
+def test_a_bad_history_entry_is_refused(tmp_path, entry):
+    with pytest.raises(ModelFileError, match="history: an epoch's .* not a number"):
+        slidenet.load(forged(tmp_path, history=[entry]))
+
+
+@pytest.mark.parametrize("command", [["eval"], ["predict"], ["summary"], ["report"],
+                                     ["viz", "curves"], ["viz", "filters"]])
+@pytest.mark.parametrize("change", [{"class_names": 5}, {"epoch": "two"},
+                                    {"pattern": "INPUT(100x100x1) -> FC(80000) -> FC(10)"}])
+def test_every_command_refuses_a_hostile_meta_in_one_line(tmp_path, capsys, command, change):
+    from slidenet.cli import main
+    if command[-1] in ("summary", "curves") and "pattern" in change:
+        return                          # neither builds the net: they allocate nothing for it
+    path = forged(tmp_path, **change)
+    image = tmp_path / "x.npy"
+    argv = [*command, str(path)] + ([str(image)] if command == ["predict"] else [])
+    argv += ["--out", str(tmp_path / "out.png")] if command[0] in ("viz", "report") else []
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert str(path) in err
+
+
+@pytest.mark.parametrize("name, value, needle", [
+    ("param/fc2.W", np.nan, "param/fc2.W holds values that are not finite numbers"),
+    ("param/conv1.b", np.inf, "param/conv1.b holds values that are not finite"),
+    ("buffer/batchnorm1.running_var", -np.inf, "buffer/batchnorm1.running_var holds"),
+    ("norm/normalizer.mean", np.nan, "norm/normalizer.mean holds"),
+    ("norm/normalizer.std", 0.0, "std is [0.0, 0.0]; each must be above 0"),
+])
+def test_predict_refuses_weights_that_are_not_finite_or_a_std_of_0(tmp_path, capsys, name,
+                                                                   value, needle):
+    from slidenet.cli import main
+    arrays, _ = modelfile.load(OLD)
+    arrays[name] = np.full_like(arrays[name], value)
+    path = forged(tmp_path, arrays)
+    np.save(tmp_path / "x.npy", np.zeros((8, 8, 2), np.uint8))
+    assert main(["predict", str(path), str(tmp_path / "x.npy")]) == 2
+    captured = capsys.readouterr()
+    assert "nan" not in captured.out.lower() and captured.out == ""
+    assert needle in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+
+
+def test_scores_that_overflow_are_refused(tmp_path):
+    model = slidenet.load(OLD)
+    model.net.params["fc2.W"][...] = 3e38           # finite, but the sums overflow float32
+    model.refresh()
+    with pytest.raises(ModelFileError, match="scores for these images are not finite"):
+        model.predict(np.full((1, 8, 8, 2), 255, np.uint8))

@@ -76,3 +76,34 @@ def test_bad_arguments_exit_2_with_one_clear_line(page):
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("slidenet report: error: ")
         assert words in lines[0]
+
+
+def test_a_best_file_shows_the_whole_runs_history_from_history_json(tmp_path):
+    """best.npz keeps the epochs up to the best one; the run's history.json beside it has
+    them all, and hides no overfitting."""
+    import json
+    from slidenet.storage import modelfile
+    from slidenet.report import run_history, training_section
+    path, _ = train_tiny(tmp_path)                          # two epochs
+    arrays, meta = modelfile.load(path)
+    whole = json.loads((path.parent / "history.json").read_text())
+    assert len(whole) == 2
+    best = path.parent / "best-at-1.npz"
+    modelfile.save(best, arrays, {**meta, "epoch": 1, "history": meta["history"][:1]})
+    assert run_history(load(str(best)).meta, best) == whole
+    section = training_section(load(str(best)).meta, best)
+    assert section["epochs"] == 2 and section["after"] and section["held"] == "1 of 2"
+    # Another run's history.json (its first epoch differs) is not taken for this file's.
+    (tmp_path / "other").mkdir()
+    other = tmp_path / "other" / "best.npz"
+    modelfile.save(other, arrays, {**meta, "epoch": 1, "history": [
+        {**meta["history"][0], "loss": meta["history"][0]["loss"] + 1}]})
+    (tmp_path / "other" / "history.json").write_text(json.dumps(whole))
+    assert len(run_history(load(str(other)).meta, other)) == 1
+
+
+def test_the_accuracy_section_states_the_chance_level(page):
+    x, y = bars(60, seed=1)
+    majority = np.bincount(y).max() / len(y)
+    assert (f"chance 0.3333 (a guess among 3 classes); always the most common class "
+            f"{majority:.4f}") in page["html"]

@@ -431,3 +431,204 @@ def test_the_rest_of_slidenet_does_not_import_the_web_server():
             "print(sorted(m for m in ('starlette', 'uvicorn') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_a_model_whose_scores_overflow_answers_json_500(tiny):
+    model = load(str(tiny["path"]))
+    name = [k for k in model.net.params if k.endswith(".W")][-1]
+    model.net.params[name][...] = 3e38          # finite weights whose sums overflow float32
+    model.refresh()
+    answer = TestClient(create_app(model)).post("/api/predict", content=png_bytes(tiny["x"][0]))
+    assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
+    assert "not finite numbers" in answer.json()["error"]
+
+
+# ---- hostile requests (#25): each refused as JSON, and the server goes on --------------------
+
+def test_cross_site_api_requests_are_refused_and_the_page_may_be_linked(client, tiny):
+    body = png_bytes(tiny["x"][0])
+    for headers in ({"Origin": "http://attacker.example"}, {"Origin": "null"},
+                    {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Origin": "http://testserver:9999"}):
+        for method, path in (("POST", "/api/predict"), ("POST", "/api/look"),
+                             ("POST", "/api/unit"), ("GET", "/api/patches"),
+                             ("GET", "/api/model")):
+            answer = client.request(method, path, content=body, headers=headers)
+            assert answer.status_code == 403, (headers, path)
+            assert "only this server's own page may use its API" in answer.json()["error"]
+    own = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+    assert client.post("/api/predict", content=body, headers=own).status_code == 200
+    assert client.get("/", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
+
+
+def test_host_refusals_are_json_and_ipv6_hosts_are_read(tiny):
+    local = TestClient(create_app(tiny["model"], trusted_hosts=["127.0.0.1", "localhost", "::1"]))
+    answer = local.get("/api/model", headers={"Host": "attacker.example"})
+    assert answer.status_code == 400 and answer.headers["content-type"] == "application/json"
+    assert "not 'attacker.example'" in answer.json()["error"]
+    for host in ("[::1]:8000", "localhost:8000", "127.0.0.1"):
+        assert local.get("/api/model", headers={"Host": host}).status_code == 200, host
+
+
+def test_a_long_url_is_refused_with_json(client):
+    answer = client.get("/api/model?x=" + "a" * 60_000)      # httpx sends at most 64 KiB
+    assert answer.status_code == 414 and "is 60,012 bytes long" in answer.json()["error"]
+    assert client.get("/api/model?x=" + "a" * 8000).status_code == 200
+
+
+def test_memory_errors_are_503_json_and_the_server_goes_on(tiny, monkeypatch):
+    app = create_app(tiny["model"])
+    local = TestClient(app)
+    real, calls = app.state.explainer.predict, []
+
+    def once(pixels):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError
+        return real(pixels)
+    monkeypatch.setattr(app.state.explainer, "predict", once)
+    body = png_bytes(tiny["x"][0])
+    answer = local.post("/api/predict", content=body)
+    assert answer.status_code == 503 and "short of memory" in answer.json()["error"]
+    assert local.post("/api/predict", content=body).status_code == 200
+
+
+def test_large_decodes_take_turns_and_small_ones_pass(monkeypatch):
+    """Uploads whose decoding costs more than BIG_DECODE are decoded one at a time, at most
+    MAX_WAITING wait, and a small one is not held up behind them."""
+    import asyncio
+    from slidenet.serve import app as app_module
+    running, most, finished = [0], [0], []
+
+    def decode(body, shape, name):
+        running[0] += 1
+        most[0] = max(most[0], running[0]) if body.startswith(b"big") else most[0]
+        time.sleep(0.3 if body.startswith(b"big") else 0.01)
+        running[0] -= 1
+        finished.append(body)
+        return body
+    monkeypatch.setattr(app_module, "decode_image", decode)
+    monkeypatch.setattr(app_module, "decode_cost", lambda body, name: (
+        app_module.BIG_DECODE + 1 if body.startswith(b"big") else 1000))
+    monkeypatch.setattr(app_module, "trim", lambda: None)
+
+    async def all_at_once():
+        decodes = app_module.Decodes()
+        bigs = [decodes.decode(b"big%d" % i, (8, 8, 1)) for i in range(6)]
+        tasks = [asyncio.ensure_future(b) for b in bigs]
+        await asyncio.sleep(0.05)
+        small = await decodes.decode(b"small", (8, 8, 1))
+        return small, await asyncio.gather(*tasks, return_exceptions=True)
+
+    small, bigs = asyncio.run(all_at_once())
+    assert small == b"small" and finished.index(b"small") == 0      # not behind the big ones
+    refused = [b for b in bigs if isinstance(b, Exception)]
+    assert len(refused) == 1 and refused[0].status == 503           # 1 decoding, 4 waiting
+    assert most[0] == 1
+
+
+def test_an_upload_cut_off_mid_way_leaves_no_traceback(tiny):
+    with server(tiny["path"], cwd=tiny["folder"]) as (process, url):
+        host, port = url.split("//")[1].split(":")
+        for _ in range(3):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Length: 100000\r\n\r\n" + b"\x89PNG" + bytes(5000))
+                time.sleep(0.2)
+        time.sleep(0.5)
+        assert _post(f"{url}/api/predict", png_bytes(tiny["x"][0]))["classes"]
+        process.send_signal(signal.SIGINT)
+        code, _, err = wait_for_exit(process)
+    assert "Traceback" not in err and "ClientDisconnect" not in err, err
+
+
+def test_a_one_megabyte_url_is_answered_not_reset(live):
+    _, url = live
+    status, body = _raw(url, "GET", "/api/model?x=" + "a" * 2**20, {})
+    assert status == 414 and json.loads(body)["error"].startswith("the URL is 1,048,588 bytes")
+
+
+def test_running_out_of_descriptors_logs_a_few_lines_and_the_server_recovers(tiny):
+    """With 64 descriptors, 150 connections held open make every accept() fail with EMFILE;
+    asyncio logged a traceback for each try (300,000 in 25 s were seen)."""
+    import resource
+
+    def few_descriptors():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slidenet", "serve", str(tiny["path"]), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=few_descriptors,
+        cwd=tiny["folder"])
+    try:
+        url = re.search(r"on (http://\S+?)/? ", process.stdout.readline()).group(1)
+        host, port = url.split("//")[1].split(":")
+        held = []
+        for _ in range(150):
+            try:
+                held.append(socket.create_connection((host, int(port)), timeout=1))
+            except OSError:
+                pass
+        time.sleep(3)
+        for sock in held:
+            sock.close()
+        time.sleep(1.5)             # asyncio pauses accepting for a second after EMFILE
+        assert _post(f"{url}/api/predict", png_bytes(tiny["x"][0]))["classes"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        code, _, err = wait_for_exit(process)
+    assert err.count("Too many open files") <= 3 and len(err) < 20_000, len(err)
+
+
+# ---- a model trained with --resize (#25) ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def resized(tmp_path_factory):
+    """One epoch on 12x12 bars stretched to the net's 9x9 INPUT (--resize)."""
+    from slidenet.training.loop import TrainConfig, train
+    folder = tmp_path_factory.mktemp("resized")
+    x, y = bars(120, seed=0, size=12)
+    xt, yt = bars(30, seed=1, size=12)
+    np.savez(folder / "bars.npz", x=x, y=y, x_test=xt, y_test=yt,
+             class_names=np.array(["row", "column", "square"]))
+    train(TrainConfig(pattern="INPUT(9x9x1) -> CONV(4) -> RELU -> POOL(3x3, s=3) -> FC(3)",
+                      data=f"npz:{folder / 'bars.npz'}", epochs=1, batch_size=16, seed=0,
+                      resize=True, out=str(folder / "run")), log=lambda *_: None)
+    return folder
+
+
+def test_patches_of_a_model_trained_with_resize(resized):
+    from slidenet.data import load as load_data
+    model = load(str(resized / "run" / "model.npz"))
+    answer = Explainer(model).patches("conv1", 2)
+    stretched = load_data(model.meta["data"], size=(9, 9))            # as --resize trained it
+    found = top_patches(model.net, stretched.x_test, model.normalizer, "conv1", channels=4,
+                        per_channel=9)
+    assert [p["image"] for p in answer["patches"]] == found.images[2].tolist()
+    assert [p["value"] for p in answer["patches"]] == pytest.approx(found.values[2].tolist())
+
+
+def test_predict_and_viz_activations_honour_the_models_resize(resized, capsys, tmp_path):
+    model = load(str(resized / "run" / "model.npz"))
+    pixels = bars(3, seed=4, size=12)[0][1]                     # 12x12, the net takes 9x9
+    Image.fromarray(pixels[..., 0]).save(tmp_path / "one.png")
+    assert main(["predict", str(resized / "run" / "model.npz"), str(tmp_path / "one.png")]) == 0
+    out = capsys.readouterr().out
+    from slidenet.data import load_image
+    expected = model.predict(load_image(tmp_path / "one.png", (9, 9, 1), resize=True)[None])[0]
+    best = int(expected.argmax())
+    assert f"{model.class_names[best]} {expected[best]:.3f}" in out
+    assert main(["viz", "activations", str(resized / "run" / "model.npz"),
+                 str(tmp_path / "one.png"), "--out", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_a_bug_is_answered_with_json_500(tiny, monkeypatch):
+    app = create_app(tiny["model"])
+
+    def broken(pixels):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(app.state.explainer, "predict", broken)
+    answer = TestClient(app, raise_server_exceptions=False).post(
+        "/api/predict", content=png_bytes(tiny["x"][0]))
+    assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
+    assert answer.json()["error"] == "the server failed (RuntimeError); its log has the details"

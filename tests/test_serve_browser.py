@@ -384,3 +384,115 @@ def test_a_colour_model_takes_image_files(browser, tmp_path):
         assert page.locator("#unit-body table.cells td").count() == 4
         seen.clean()
         context.close()
+
+
+# ---- after the second hour (#25): the invert hint, names, layout, no stale state ----
+
+def test_a_dark_on_light_image_gets_the_invert_hint_and_toggle(visit, site):
+    page, model = visit.page, site["model"]
+    pixels = 255 - image_like((12, 12, 1), seed=10)      # light paper, dark strokes
+    upload(visit, pixels, site["folder"])
+    trained = float(np.mean(model.normalizer.mean))
+    assert abs(pixels.mean() / 255 - trained) > 0.4      # what `slidenet predict` warns about
+    expect(page.locator("#hint")).to_be_visible()
+    expect(page.locator("#hint")).to_contain_text("tick invert")
+    before = int(page.locator("body").get_attribute("data-shown"))
+    page.check("#invert")
+    expect(page.locator("body")).to_have_attribute("data-shown", str(before + 1))
+    flipped = 255 - pixels
+    np.testing.assert_array_equal(canvas_pixels(page.locator("#seen"))[..., 0], flipped[..., 0])
+    np.testing.assert_allclose(shown_probabilities(page), model.predict(flipped[None])[0],
+                               atol=5e-4 + 1e-6)
+    expect(page.locator("#hint")).to_be_hidden()
+    # A unit clicked now is worked out on the inverted image.
+    page.locator("#layer-conv1 canvas.tile").nth(0).click(position={"x": 31, "y": 31})
+    expect(page.locator("#unit-body")).to_have_attribute("data-layer", "conv1")
+    assert page.locator("#unit-body").get_attribute("data-row") == "6"
+    activation = float(maps_of(model, flipped)["conv1"][0, 6, 6, 0])
+    assert abs(number(page, "#unit-activation") - activation) <= 0.5e-4 + 1e-6
+    visit.clean()
+
+
+def test_the_last_layer_is_named_by_its_classes(visit, site):
+    page, model = visit.page, site["model"]
+    upload(visit, image_like((12, 12, 1), seed=11), site["folder"])
+    last = model.net.infos[-1].name
+    strip = page.locator(f"#layer-{last} canvas.strip")
+    strip.hover(position={"x": 2 * CELL + 5, "y": 5})
+    expect(page.locator("#hover")).to_contain_text(f"{last} score of class square: ")
+    expect(page.locator(f"#layer-{last} .classes")).to_have_text(
+        "the score of each class, in order: row, column, square")
+    strip.click(position={"x": 1 * CELL + 5, "y": 5})
+    expect(page.locator("#unit-body")).to_contain_text("the score of class column (unit 1)")
+    expect(page.locator("#unit-body .sums")).to_contain_text("the score of class column is")
+    assert "map" not in page.locator("#unit-body .sums").inner_text()
+    visit.clean()
+
+
+def test_a_conv_units_rows_line_up_and_patches_sit_on_a_3_by_3_grid(visit, site):
+    page = visit.page
+    upload(visit, image_like((12, 12, 1), seed=12), site["folder"])
+    page.locator("#layer-conv2 canvas.tile").nth(1).click(position={"x": 20, "y": 20})
+    triples = page.locator("#unit-body .triple")
+    expect(triples).to_have_count(4)
+    lefts = []
+    for d in range(4):
+        boxes = [t.bounding_box() for t in triples.nth(d).locator("table").all()]
+        assert len(boxes) == 3
+        assert len({round(b["y"]) for b in boxes}) == 1          # one row: window x filter = products
+        lefts.append(tuple(round(b["x"]) for b in boxes))
+    assert len(set(lefts)) == 1                                  # and the columns line up
+    page.select_option("#patches-form select[name=layer]", "conv2")
+    page.click("#patches-form button")
+    patches = page.locator("#patches-grid .patch img")
+    expect(patches).to_have_count(9)
+    boxes = [patches.nth(k).bounding_box() for k in range(9)]
+    xs = sorted({round(b["x"]) for b in boxes})
+    ys = sorted({round(b["y"]) for b in boxes})
+    assert len(xs) == 3 and len(ys) == 3
+    visit.clean()
+
+
+def test_a_new_image_leaves_nothing_of_the_last_one(visit, site):
+    page = visit.page
+    box = page.locator("#draw").bounding_box()
+    page.mouse.move(box["x"] + 60, box["y"] + 140)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 220, box["y"] + 140, steps=6)
+    page.mouse.up()
+    expect(page.locator("body")).to_have_attribute("data-drawing", "0")
+    page.locator("#layer-conv1 canvas.tile").nth(0).click(position={"x": 20, "y": 20})
+    expect(page.locator("#unit-body")).to_have_attribute("data-layer", "conv1")
+    page.locator("#layer-conv1 canvas.tile").nth(0).hover(position={"x": 30, "y": 30})
+    expect(page.locator("#hover")).not_to_have_text("")
+    expect(page.locator("#field")).to_be_visible()
+    upload(visit, image_like((12, 12, 1), seed=13), site["folder"])
+    expect(page.locator("#hover")).to_have_text("")
+    expect(page.locator("#field")).to_be_hidden()
+    assert page.locator("#unit-body").get_attribute("data-layer") is None
+    assert page.locator(".picked").count() == 0
+    assert canvas_pixels(page.locator("#draw"))[..., :3].max() == 0     # the drawing is gone
+    visit.clean()
+
+
+def test_nothing_scrolls_sideways_on_a_420_pixel_screen(browser, site):
+    context = browser.new_context(viewport={"width": 420, "height": 800})
+    page = context.new_page()
+    seen = Visit(page, site["url"])
+    page.on("console", lambda m: m.type == "error" and seen.errors.append(m.text))
+    page.on("request", lambda r: seen.requests.append(r.url))
+    page.goto(site["url"] + "/")
+    wide = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    assert page.evaluate(wide) <= 0
+    upload(seen, image_like((12, 12, 1), seed=14), site["folder"])
+    for layer, x in (("conv2", 20), ("maxpool1", 20)):
+        page.locator(f"#layer-{layer} canvas.tile").nth(0).click(position={"x": x, "y": 20})
+        expect(page.locator("#unit-body")).to_have_attribute("data-layer", layer)
+        assert page.evaluate(wide) <= 0, layer
+    page.locator(f"#layer-{site['model'].net.infos[-1].name} canvas.strip").click(
+        position={"x": 5, "y": 5})
+    page.click("#patches-form button")
+    expect(page.locator("#patches-grid .patch")).to_have_count(9)
+    assert page.evaluate(wide) <= 0
+    seen.clean()
+    context.close()

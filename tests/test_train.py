@@ -155,3 +155,80 @@ def test_eval_and_predict_refuse_bad_files(tmp_path):
     for args in (["eval", str(junk)], ["predict", str(junk), str(junk)]):
         r = run_cli(*args)
         assert r.returncode == 2 and "Traceback" not in r.stderr and "junk.npz" in r.stderr
+
+
+# ---- what train says about its own results (#25) --------------------------------------------
+
+def test_resuming_a_finished_warmup_cosine_run_says_the_rate_jumps(npz_data, tmp_path):
+    import math
+    settings = dict(pattern=TINY, data=npz_data, batch_size=16, lr=3e-3, seed=0,
+                    out=str(tmp_path / "run"))
+    train(TrainConfig(epochs=2, **settings), log=lambda *_: None)
+    lines = []
+    train(TrainConfig(epochs=4, **settings), resume=str(tmp_path / "run" / "model.npz"),
+          log=lines.append)
+    # 162 training images in batches of 16: 11 steps an epoch. The first run's schedule spans
+    # 22 steps (warm-up 1), the resumed one's 44 (warm-up 2); the resumed run starts at step 22.
+    before = 3e-3 * 0.5 * (1 + math.cos(math.pi * (21 - 1) / 21))
+    after = 3e-3 * 0.5 * (1 + math.cos(math.pi * (22 - 2) / 42))
+    assert load(str(tmp_path / "run" / "model.npz")).meta["history"][1]["lr"] == \
+        pytest.approx(before)
+    (note,) = [line for line in lines if "schedule was laid over" in line]
+    assert (f"the warmup-cosine schedule was laid over 2 epochs and now spans 4, from its "
+            f"start: the learning rate goes from {before:.2g} (the end of epoch 2) to "
+            f"{after:.2g}") in note
+
+
+def test_a_small_validation_split_is_noted(npz_data, tmp_path):
+    lines = []
+    train(TrainConfig(pattern=TINY, data=npz_data, epochs=1, out=str(tmp_path / "r")),
+          log=lines.append)
+    assert any("note: only 18 validation images: one more right answer moves val_acc by 0.056"
+               in line for line in lines)
+
+
+def test_overfitting_and_chance_level_validation_are_warned_about():
+    from types import SimpleNamespace
+    from slidenet.training.loop import _closing
+
+    def run(*epochs):
+        return SimpleNamespace(dataset=SimpleNamespace(num_classes=3), history=[
+            {"epoch": i + 1, "accuracy": a, "val_accuracy": v} for i, (a, v) in enumerate(epochs)])
+    (line,) = _closing(run((0.6, 0.55), (0.99, 0.6)))
+    assert line.startswith("warning: training accuracy 0.990 but the best validation accuracy "
+                           "only 0.600: the net memorises its training images (overfitting)")
+    (line,) = _closing(run((0.99, 0.33)))
+    assert "the best validation accuracy, 0.330, is no better than a guess among 3 classes " \
+           "(0.333)" in line
+    assert _closing(run((0.9, 0.85))) == [] and _closing(run((0.9, None))) == []
+
+
+def test_eval_states_the_chance_level_and_labels_every_column(npz_data, tmp_path, capsys):
+    from slidenet.cli import main
+    from slidenet.training.evaluate import evaluate
+    train(TrainConfig(pattern=TINY, data=npz_data, epochs=1, out=str(tmp_path / "r")),
+          log=lambda *_: None)
+    path = str(tmp_path / "r" / "model.npz")
+    assert main(["eval", path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    model = load(path)
+    xt, yt = bars(60, seed=1)
+    result = evaluate(model.net, xt, yt, model.normalizer, 3)
+    majority = np.bincount(yt).max() / len(yt)              # 20 of 60 in each class
+    assert lines[2].startswith(f"chance 0.3333 (a guess among 3 classes); always the most "
+                               f"common class {majority:.4f}")
+    assert ("no better" in lines[2]) == (result["accuracy"] <= 1 / 3)
+    assert lines[4].split() == ["class", "0", "1", "2"]
+    for i, (name, line) in enumerate(zip(CLASSES, lines[5:8])):
+        words = line.split()
+        assert words[:2] == [str(i), name] and len(words) == 3 + 3
+        assert [int(v) for v in words[3:]] == result["confusion"][i]
+
+
+def test_chance_levels_are_a_guess_and_the_majority_class():
+    from slidenet.training.evaluate import chance, chance_text
+    confusion = np.array([[5, 0, 0, 0], [1, 1, 0, 0], [2, 0, 0, 0], [1, 0, 0, 0]])
+    assert chance(confusion) == {"guess": 0.25, "majority": 0.5}
+    text = chance_text({"accuracy": 0.6, "chance": chance(confusion)})
+    assert text == "chance 0.2500 (a guess among 4 classes); always the most common class 0.5000"
+    assert "learned nothing" in chance_text({"accuracy": 0.5, "chance": chance(confusion)})

@@ -307,3 +307,62 @@ def test_viz_curves_on_a_full_disk(tmp_path, capsys, monkeypatch):
     one_line_error(capsys, ["viz", "curves", str(run), "--out", str(tmp_path / "pics" / "c.png")],
                    "c.png", "the disk is full")
     assert snapshot(tmp_path / "pics") == before
+
+
+# --- targets that are not regular files -----------------------------------------------------
+
+def _no_replace(monkeypatch):
+    """Fail the test rather than rename anything over a device (a regression must not
+    destroy /dev/full on the machine that runs the tests)."""
+    def refuse(*args):
+        raise AssertionError(f"os.replace{args}")
+    monkeypatch.setattr(writing.os, "replace", refuse)
+
+
+@pytest.mark.parametrize("device", ["/dev/full", "/dev/null"])
+def test_a_device_is_refused_and_left_a_device(monkeypatch, device):
+    if not os.path.exists(device):
+        pytest.skip(f"no {device}")
+    _no_replace(monkeypatch)
+    with pytest.raises(FileWriteError, match=f"cannot write {device}: it is a character device, "
+                                             "not a regular file"):
+        writing.write_bytes(device, b"x" * 56_000)
+    assert stat.S_ISCHR(os.stat(device).st_mode)
+
+
+def test_a_fifo_and_a_link_to_one_are_refused(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "link").symlink_to(fifo)
+    for target in (fifo, tmp_path / "link"):
+        with pytest.raises(FileWriteError, match="it is a named pipe \\(FIFO\\), not a regular"):
+            writing.write_bytes(target, b"data")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and (tmp_path / "link").is_symlink()
+    assert sorted(os.listdir(tmp_path)) == ["link", "pipe"]
+
+
+def test_a_symlink_is_written_through_and_stays_a_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "model.npz").write_bytes(b"old")
+    (tmp_path / "latest.npz").symlink_to(tmp_path / "real" / "model.npz")
+    assert writing.write_bytes(tmp_path / "latest.npz", b"new") == tmp_path / "latest.npz"
+    assert (tmp_path / "latest.npz").is_symlink()
+    assert (tmp_path / "real" / "model.npz").read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path / "real")) == ["model.npz"]
+
+
+def test_a_dangling_symlink_is_refused(tmp_path):
+    (tmp_path / "out.png").symlink_to(tmp_path / "gone" / "x.png")
+    with pytest.raises(FileWriteError, match="symbolic link to .*gone/x.png, which does not "
+                                             "exist"):
+        writing.write_bytes(tmp_path / "out.png", b"data")
+    assert not (tmp_path / "gone").exists()
+
+
+def test_cli_out_onto_dev_full_is_exit_2(monkeypatch, capsys):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    _no_replace(monkeypatch)
+    assert main(["viz", "slide", "--out", "/dev/full"]) == 2
+    err = capsys.readouterr().err
+    assert "/dev/full: it is a character device" in err and len(err.strip().splitlines()) == 1

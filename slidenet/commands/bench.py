@@ -9,6 +9,8 @@ from slidenet.errors import SlidenetError
 from slidenet.net import Net
 from slidenet.ops import conv, set_conv_algorithm
 
+MAX_BUDGET_MB = 2**20      # 1 TiB of scratch per kernel call: beyond any machine
+
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -64,6 +66,9 @@ def main(args):
             raise SlidenetError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.threads < 0 or args.budget < 0:
         raise SlidenetError("--threads and --budget must not be negative")
+    if args.budget > MAX_BUDGET_MB:
+        raise SlidenetError(f"--budget is in MiB: {args.budget:g} MiB is more than any machine "
+                            f"has; give at most {MAX_BUDGET_MB:,} (1 TiB), or 0 for the default")
     values = {k: v for k, v in overrides.items() if v is not None}
     values.update(threads=args.threads, budget=int(args.budget * 2**20), torch=not args.no_torch,
                   onnx=not args.no_onnx, memory=not args.no_memory, conv=args.conv)

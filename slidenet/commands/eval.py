@@ -7,7 +7,7 @@ import json
 from slidenet.errors import OutOfMemory, SlidenetError
 from slidenet.model import load
 from slidenet.training import distributed
-from slidenet.training.evaluate import evaluate
+from slidenet.training.evaluate import chance_text, evaluate
 
 
 def register(subparsers):
@@ -47,17 +47,23 @@ def run(args):
         return 0
     print(f"{args.model} on {dataset.spec} ({args.split}, {len(y)} images)")
     print(f"accuracy {result['accuracy']:.4f}   loss {result['loss']:.4f}")
+    print(chance_text(result))
     print(_confusion_text(result, dataset.class_names))
     return 0
 
 
 def _confusion_text(result, names):
-    """Per-class accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    """Per-class accuracy and the confusion matrix (rows: true class, numbered; columns:
+    predicted class, by the same numbers)."""
     width = max(5, *(len(str(v)) for row in result["confusion"] for v in row))
-    label = max(len(n) for n in names)
-    head = " " * (label + 9) + " ".join(f"{i:>{width}}" for i in range(len(names)))
-    lines = ["per-class accuracy and confusion (rows: true, columns: predicted)", head]
-    for i, (name, acc, row) in enumerate(zip(names, result["per_class"], result["confusion"])):
+    # Classes named by their numbers (digits) need no second label.
+    numbered = [str(i) for i in range(len(names))] != [str(n) for n in names]
+    labels = [f"{i} {name}" if numbered else str(name) for i, name in enumerate(names)]
+    label = max(5, *(len(t) for t in labels))
+    head = f"{'class':<{label + 9}}" + " ".join(f"{i:>{width}}" for i in range(len(names)))
+    lines = ["per-class accuracy and confusion (rows: true class; columns: predicted class, "
+             "by number)", head]
+    for text, acc, row in zip(labels, result["per_class"], result["confusion"]):
         shown = "  n/a " if acc != acc else f"{acc:6.3f}"
-        lines.append(f"{name:>{label}} {shown}  " + " ".join(f"{v:>{width}}" for v in row) + f"   {i}")
+        lines.append(f"{text:<{label}} {shown}  " + " ".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)

@@ -28,7 +28,8 @@ def register(subparsers):
                    help="image files (PNG, JPEG, BMP, GIF, ...) or folders of them")
     p.add_argument("--top", type=int, default=3, help="how many classes to show per image (default: 3)")
     p.add_argument("--resize", action="store_true",
-                   help="stretch images to the net's INPUT size (default: refuse other sizes)")
+                   help="stretch images to the net's INPUT size (default: refuse other sizes, "
+                        "unless the model was trained with --resize)")
     p.add_argument("--invert", action="store_true",
                    help="use 255 - pixel: dark-on-light drawings for a model trained on "
                         "light-on-dark images such as MNIST's digits")
@@ -64,7 +65,8 @@ def run(args):
     for path in _files(args.images):
         notes = []
         try:
-            pixels = datasets.load_image(path, model.input_shape, resize=args.resize,
+            pixels = datasets.load_image(path, model.input_shape,
+                                         resize=args.resize or model.resized,
                                          background=background, notes=notes)
         except DataError as err:
             print(f"slidenet predict: error: {err}", file=sys.stderr)

@@ -58,6 +58,19 @@ def listen(host, port):
     return sock
 
 
+def _more_descriptors():
+    """Raise this process's soft limit of open files to its hard limit: each connection holds
+    one, and a soft limit of 1,024 is soon reached by a busy page. (Beyond it the log says so
+    once every few seconds, `serve.logs`.)"""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def run(args):
     for package in ("starlette", "uvicorn", "jinja2", "matplotlib", "PIL"):
         if importlib.util.find_spec(package) is None:
@@ -66,15 +79,15 @@ def run(args):
                                 "pip install 'slidenet[serve]'")
     import uvicorn
 
+    from slidenet.serve import logs
     from slidenet.serve.app import create_app
+    from slidenet.storage.limits import MAX_HEAD
 
     model = load(args.model)
     loopback = is_loopback(args.host)
     # A loopback server answers only requests addressed to a loopback name, so a page on
     # another site cannot reach it through a name it points at 127.0.0.1 (DNS rebinding).
-    # (Starlette's host check cannot read IPv6 literals; those servers take any Host.)
-    trusted = sorted({args.host, "127.0.0.1", "localhost"}) \
-        if loopback and ":" not in args.host else None
+    trusted = sorted({args.host, "127.0.0.1", "localhost", "::1"}) if loopback else None
     app = create_app(model, args.data, model_path=args.model, trusted_hosts=trusted)
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
@@ -86,8 +99,13 @@ def run(args):
               flush=True)
     print(f"slidenet serve: {args.model} on http://{shown}:{port}/  (Ctrl-C stops it)",
           flush=True)
+    # h11 reads request heads up to MAX_HEAD, so a long URL gets the app's JSON 414 instead of
+    # h11's own refusal, sent while the client is still writing and so lost in a reset.
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=3)
+                            timeout_graceful_shutdown=3, http="h11",
+                            h11_max_incomplete_event_size=MAX_HEAD)
+    logs.quiet()
+    _more_descriptors()
     server = uvicorn.Server(config)
     try:
         server.run(sockets=[sock])

@@ -3,10 +3,11 @@ import json
 import os
 
 from slidenet.errors import SlidenetError
+from slidenet.notation import zoo
 from slidenet.notation.pattern import parse, parse_sets
 from slidenet.notation.shapes import infer
 from slidenet.notation.summary import summary_json, summary_text
-from slidenet.storage import modelfile
+from slidenet.storage import modelfile, modelmeta
 
 
 def register(subparsers):
@@ -34,10 +35,9 @@ def run(args):
             raise SlidenetError("--set and --skip-optional belong to a pattern; a model file "
                                 "already says how its pattern was expanded")
         _, meta = modelfile.load(pattern)
-        pattern, variables = meta.get("pattern"), meta.get("variables", {})
+        modelmeta.check(meta, pattern)
+        pattern, variables = meta["pattern"], meta.get("variables", {})
         skip = meta.get("skip_optional", False)
-        if not isinstance(pattern, str):
-            raise SlidenetError(f"{args.pattern}: its meta holds no pattern")
     specs = parse(pattern, variables, skip_optional=skip)
     infos = infer(specs, pattern)
     print(json.dumps(summary_json(infos), indent=2) if args.json else summary_text(infos))

@@ -13,7 +13,7 @@ import sys
 from slidenet import data as datasets
 from slidenet.errors import OutOfMemory, SlidenetError
 from slidenet.notation.pattern import parse_sets
-from slidenet.storage import modelfile
+from slidenet.storage import modelfile, modelmeta
 from slidenet.training.config import check_settings
 from slidenet.training.loop import AUTO_BATCH, TrainConfig, TrainingInterrupted, resumable, train
 
@@ -168,6 +168,7 @@ def _given(args):
 def _check_resume(args, given):
     """The saved config of --resume MODEL; SlidenetError when a given flag disagrees with it."""
     _, meta = modelfile.load(args.resume)
+    modelmeta.check(meta, args.resume)
     saved = meta["config"] if resumable(meta) else {}
     for name, value in given.items():
         if name in ON_RESUME or name not in saved or saved[name] == value:

@@ -35,7 +35,9 @@ def register(subparsers):
     p = _picture(pictures, "activations", "an image's activation maps after every CONV, RELU "
                  "and POOL", "activations.png")
     p.add_argument("image", help="a PNG or JPEG of the net's input size")
-    p.add_argument("--resize", action="store_true", help="stretch the image to the input size")
+    p.add_argument("--resize", action="store_true",
+                   help="stretch the image to the input size (without it: only for a model "
+                        "trained with --resize)")
     p.set_defaults(func=run_activations)
 
     p = _picture(pictures, "patches", "the 9 image patches that activate each channel most",
@@ -106,7 +108,8 @@ def run_filters(args):
 
 def run_activations(args):
     model = load(args.model)
-    pixels = datasets.load_image(args.image, model.input_shape, resize=args.resize)
+    pixels = datasets.load_image(args.image, model.input_shape,
+                                 resize=args.resize or model.resized)
     probs = model.predict(pixels[None])[0]
     best = int(probs.argmax())
     caption = f"predicted {model.class_names[best]} (p = {probs[best]:.3f})"

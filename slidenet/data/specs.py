@@ -26,14 +26,17 @@ def _split(spec):
     return kind, arg
 
 
-def load(spec="mnist5k", size=None):
+def load(spec="mnist5k", size=None, depth=None):
     """The data set named by `spec` (see the `slidenet.data` docstring for the specs).
 
     size (H, W): stretch every image to it (a folder of images of several sizes, `--resize`).
+    depth (1 or 3): a folder's images are converted to it, grayscale or RGB, as Keras's
+    color_mode does, so a folder of mixed images feeds a net of either depth (a note says how
+    many were converted); other data sets keep their own depth.
     """
     kind, arg = _split(spec)
     if kind == "folder":
-        return _load_folder(arg, spec, size)
+        return _load_folder(arg, spec, size, depth if depth in (1, 3) else None)
     dataset = _LOADERS[kind](arg, spec)
     if size is not None and dataset.input_shape[:2] != tuple(size):
         return resized(dataset, size)

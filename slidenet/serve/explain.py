@@ -20,9 +20,9 @@ import threading
 
 import numpy as np
 
-from slidenet import data as datasets
 from slidenet.errors import SlidenetError
 from slidenet.layers import Layer
+from slidenet.notation.shapes import walk_infos
 from slidenet.viz.patches import fields, top_patches
 from slidenet.viz.probe import has_filters, shows_maps
 
@@ -73,15 +73,20 @@ class Explainer:
         for info in self.net.infos[1:]:
             spatial = len(info.output_shape) == 3
             layers.append({
-                "name": info.name, "index": info.index, "text": info.spec.text,
+                "name": info.name, "index": info.index, "text": _text(info),
                 "input_shape": list(info.input_shape), "output_shape": list(info.output_shape),
                 "size_formulas": list(info.size_formulas), "params": info.params_formula,
                 "receptive_field": list(info.receptive_field), "spatial": spatial,
                 "maps": shows_maps(info), "filters": has_filters(info),
                 "explains": explains(by_index[info.index])})
+        # The training images' mean brightness (0..1): the page suggests inverting an image
+        # far from it, as `slidenet predict` does.
+        brightness = float(np.mean(self.model.normalizer.mean))
         return {"pattern": self.net.pattern, "input_shape": list(self.model.input_shape),
                 "classes": self.model.class_names, "data": self.data,
-                "params": sum(info.params for info in self.net.infos), "layers": layers}
+                "brightness": brightness,
+                "params": sum(info.params for info in walk_infos(self.net.infos)),
+                "layers": layers}
 
     # ---- one image ----
 
@@ -216,8 +221,8 @@ class Explainer:
                     if not self.data:
                         raise SlidenetError("the model file does not say which data it was "
                                             "trained on")
-                    dataset = datasets.load(self.data)
-                    datasets.check_fits(dataset, self.net.input_shape, self.net.num_outputs)
+                    # At the model's size: stretched when it was trained with --resize.
+                    dataset = self.model.load_data(self.data)
                     if len(dataset.y_test) == 0:
                         raise SlidenetError(f"{dataset.spec} has no test split")
                     self._dataset = dataset
@@ -229,3 +234,12 @@ class Explainer:
         if isinstance(found, str):
             raise SlidenetError(found)
         return found
+
+
+def _text(info):
+    """A layer as the pattern writes it; a merge with its branches: "{ CONV(8) | ID } -> ADD"."""
+    if not info.branches:
+        return info.spec.text
+    branches = " | ".join(" -> ".join(_text(child) for child in branch)
+                          for branch in info.branches)
+    return f"{{ {branches} }} -> {info.spec.text}"

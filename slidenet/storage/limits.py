@@ -45,6 +45,14 @@ MAX_PIXELS = 4096 * 4096        # one image (`data.images`), refused before it i
 MAX_ONNX_FILE_BYTES = 2**31 - 1  # one .onnx file (`interop.onnx_file`): protobuf's own limit
 MAX_TENSOR_BYTES = MAX_WEIGHT_BYTES  # one ONNX tensor: more is a damaged file, not a CNN
 MAX_UPLOAD = 10 * 2**20         # bytes of one image uploaded to `slidenet serve` (`serve.app`)
+BIG_DECODE = 32 * 2**20         # an upload costing more to decode waits for the one big slot
+MAX_WAITING = 4                 # ... and at most this many wait; the next is refused (503)
+MAX_URL = 8 * 2**10             # bytes of a request's path and query (`serve.guard`): 414 beyond
+MAX_HEAD = 2 * 2**20            # bytes of a request's head the HTTP layer (h11) reads
+# A model file's meta (`storage.modelmeta`): JSON, untrusted once anyone recomputes the checksum.
+MAX_META_DEPTH = 16             # a model's meta nests 4 deep (config -> variables); 16 is generous
+MAX_META_TEXT = 100_000         # characters in the pattern, a class name or the data spec
+MAX_CLASSES = 1_000_000         # class names in a model file
 
 
 def physical_memory():

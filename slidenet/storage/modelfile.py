@@ -21,6 +21,7 @@ import numpy as np
 
 from slidenet.errors import ModelFileError
 from slidenet.storage import limits, writing
+from slidenet.storage.modelmeta import read_json
 
 META = "__meta__"
 CHECKSUM = "__checksum__"
@@ -106,9 +107,10 @@ def load(path):
     if stored.shape != () or stored.dtype.kind != "U" or str(stored) != checksum(entries):
         raise ModelFileError(f"{path} is damaged: its contents do not match its checksum")
     try:
-        meta = json.loads(entries.pop(META).tobytes().decode("utf-8"))
-    except ValueError:
-        meta = None
+        text = entries.pop(META).tobytes().decode("utf-8")
+    except UnicodeDecodeError:
+        text = "null"
+    meta = read_json(text, f"{path}: its {META}")
     if not isinstance(meta, dict):
         raise ModelFileError(f"{path}: its {META} is not a JSON object")
     return entries, meta

@@ -6,6 +6,10 @@ the folder makes the rename itself durable. So at any moment, a crash included, 
 either the previous file, byte for byte, or the new one complete. On any failure the temporary
 file is removed.
 
+A target that is a symbolic link is written through: the file it points at is replaced (beside
+itself, atomically) and the link stays. A target that is not a regular file (a device such as
+/dev/null, a FIFO, a socket) is refused, since renaming over it would replace it.
+
 What the world can refuse (a full disk, a read-only file system, a folder without write
 permission, a target that is a folder, a parent that is a file) becomes a `FileWriteError` that
 names the path and says why in words, and whether a previous file was kept.
@@ -30,9 +34,8 @@ def write_file(path, write):
     KeyboardInterrupt) passes through. Either way the temporary file is removed and a previous
     file at `path` is left untouched.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise FileWriteError(f"cannot write {path}: it is a folder; give a file name")
+    shown = Path(path)
+    path = _target(shown)
     _create_folder(path.parent)
     existed = path.exists()
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -47,11 +50,41 @@ def write_file(path, write):
     except BaseException as err:
         _remove(temporary)
         if isinstance(err, OSError):
-            kept = f"; {path} is unchanged" if existed else ""
-            raise FileWriteError(f"cannot write {path}: {reason(err, path.parent)}{kept}") from None
+            kept = f"; {shown} is unchanged" if existed else ""
+            raise FileWriteError(f"cannot write {shown}: {reason(err, path.parent)}{kept}") \
+                from None
         raise
     _sync_folder(path.parent)
-    return path
+    return shown
+
+
+# What stat says a path is, for the ones a file cannot replace.
+_NOT_FILES = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+              (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+
+
+def _target(path):
+    """The regular file that writing `path` replaces: `path` itself, or, for a symbolic link,
+    the file it points at (the link stays a link). FileWriteError for a folder, a device, a
+    FIFO or a socket (renaming over one would swap it for a regular file: `--out /dev/null`
+    run as root would destroy /dev/null), and for a link that points nowhere."""
+    try:
+        mode = os.stat(path).st_mode        # follows links
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise FileWriteError(f"cannot write {path}: it is a symbolic link to "
+                                 f"{os.readlink(path)}, which does not exist; remove the link "
+                                 "or give another name") from None
+        return path
+    except OSError:
+        return path                         # not there to be read: the write will say why
+    if stat.S_ISDIR(mode):
+        raise FileWriteError(f"cannot write {path}: it is a folder; give a file name")
+    for test, kind in _NOT_FILES:
+        if test(mode):
+            raise FileWriteError(f"cannot write {path}: it is {kind}, not a regular file, and "
+                                 "slidenet replaces the file it writes; give a file name")
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def write_bytes(path, data):

@@ -77,10 +77,48 @@ def world():
     """
     if not _state["checked"]:
         _state["checked"] = True
-        comm = _comm_world()
-        if comm is not None and comm.Get_size() > 1:
-            _state["group"] = Group(comm)
+        with _joining():
+            comm = _comm_world()
+            if comm is not None and comm.Get_size() > 1:
+                _state["group"] = Group(comm)
     return _state["group"]
+
+
+# The watchdog of `_joining`: a separate process, since the rank it watches may be stuck in
+# MPI_Init holding the GIL, where no thread or signal handler of its own would run. It ends
+# when its stdin closes (the rank joined, or died); past the timeout it speaks and ends it.
+_WATCHDOG = """
+import os, select, signal, sys
+pid, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if not select.select([sys.stdin], [], [], seconds)[0]:
+    sys.stderr.write(message + "\\n")
+    sys.stderr.flush()
+    os.kill(pid, signal.SIGTERM)
+"""
+
+
+@contextmanager
+def _joining():
+    """Watch this rank's start of MPI (MPI_Init and the first collectives): a rank that ended
+    before joining (a bad flag, no mpi4py on its machine, a command that runs in one process)
+    would leave the others waiting there forever, and mpiexec does not notice. Past the
+    timeout, say so and end this rank, which makes mpiexec end the job."""
+    size = launched_size()
+    if size <= 1:
+        yield
+        return
+    timeout = timeout_setting()
+    message = (f"slidenet: rank {launched_rank()} of {size} (pid {os.getpid()}): the other ranks "
+               f"did not all join MPI within {timeout:g} s: one of them ended before it did (its "
+               "message is above); ending the job (SLIDENET_MPI_TIMEOUT sets the wait)")
+    import subprocess
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout),
+                                 message], stdin=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        watchdog.stdin.close()
+        watchdog.wait()
 
 
 def rank():
@@ -126,9 +164,15 @@ def fail(command, message, code, every_rank=False):
     if group is not None and not every_rank:
         group.watchdog.abort(f"slidenet {command}: rank {group.rank} of {group.size}: {message}",
                              code)
-    # MPI not started yet, or an error of every rank: rank 0 says it for all.
-    if (group.rank if group else launched_rank()) == 0:
-        print(f"slidenet {command}: {message}", file=sys.stderr)
+    me = group.rank if group else launched_rank()
+    if me == 0:
+        # An error of every rank, or one process: rank 0 says it for all.
+        print(f"slidenet {command}: {message}", file=sys.stderr, flush=True)
+    elif not every_rank:
+        # MPI not started: this rank alone may have met it; it says so before it ends (the
+        # others, waiting for it in MPI_Init, are ended by their watchdog, `_joining`).
+        print(f"slidenet {command}: rank {me} of {launched_size()}: {message}", file=sys.stderr,
+              flush=True)
     return code
 
 

@@ -35,4 +35,26 @@ def metrics(confusion, total_loss):
     per_class = np.where(counts > 0, np.diag(confusion) / np.maximum(counts, 1), np.nan)
     return {"accuracy": float(np.trace(confusion) / max(1, images)),
             "loss": float(total_loss / max(1, images)),
-            "per_class": per_class.tolist(), "confusion": confusion.tolist()}
+            "per_class": per_class.tolist(), "confusion": confusion.tolist(),
+            "chance": chance(confusion)}
+
+
+def chance(confusion):
+    """What a model that learned nothing scores on these images: {"guess": 1 / C (a uniform
+    guess among C classes), "majority": the share of the most common true class (always
+    answering it)}. An accuracy at or below the larger is no evidence of learning."""
+    counts = np.asarray(confusion).sum(axis=1)
+    return {"guess": 1 / max(1, len(counts)),
+            "majority": float(counts.max() / max(1, counts.sum())) if len(counts) else 0.0}
+
+
+def chance_text(result):
+    """One line: the chance levels, and a warning when the accuracy does not beat them."""
+    guess, majority = result["chance"]["guess"], result["chance"]["majority"]
+    classes = round(1 / guess)
+    text = (f"chance {guess:.4f} (a guess among {classes} classes); always the most common "
+            f"class {majority:.4f}")
+    if result["accuracy"] <= max(guess, majority):
+        text += ("; this accuracy is no better: the model learned nothing that carries over "
+                 "to these images (too few of them, or overfitting: see `slidenet viz curves`)")
+    return text

@@ -120,11 +120,14 @@ class Run:
     resume: str = None          # the model file this run continues, if any
     group: object = None        # distributed.Group under mpiexec, else None
     callbacks: tuple = ()       # called after each epoch (see `run`)
+    planned: int = None         # a resumed run's total epochs as it was first planned
     frozen: int = 0             # the net's first steps that do not train (--freeze)
     notes: tuple = ()           # lines for the opening: a replaced head, what is frozen
 
 
 AUTO_BATCH = 64                 # the batch size, unless the training split is small
+FEW_VALIDATION = 50             # fewer validation images than this: their accuracy says little
+OVERFIT_GAP = 0.3               # training accuracy this far above validation: a warning
 MIN_STEPS = 10                  # ... then smaller, so that an epoch has at least this many steps
 
 
@@ -140,7 +143,8 @@ def _check_scores(net, spec, dataset=None):
     """The net must end in the FC whose outputs are the class scores; say so before any data
     is read, with the number of classes when it is known without reading images."""
     last = net.infos[-1]
-    if last.spec.type.scores:
+    # An FC, or a 1 x 1 x C volume (a global-average-pool head, as NiN and SqueezeNet end).
+    if last.spec.type.scores or tuple(last.output_shape[:2]) == (1, 1):
         return
     classes = dataset.num_classes if dataset is not None else datasets.class_count(spec)
     spec = spec or "the data"
@@ -154,7 +158,7 @@ def _check_scores(net, spec, dataset=None):
 def _start(config, resume, given):
     """The run's net, data, optimiser and generators: new from `config`, or as `resume` saved
     them (then `config` only says where to go: epochs, out, stop_after, threads)."""
-    state, dataset, notes = None, None, []
+    state, planned, dataset, notes = None, None, None, []
     model = load(resume) if resume is not None else None
     if config.source and resume is None:
         net, normalizer, dataset, config, note = _transfer(config)
@@ -179,6 +183,7 @@ def _start(config, resume, given):
                                 "stop_after": config.stop_after, "threads": config.threads,
                                 "patience": config.patience})
         history, start_epoch = meta["history"], meta["epoch"]
+        planned = meta["config"].get("epochs")
     elif given.net is not None:
         net, history, start_epoch, normalizer = given.net, [], 0, None
     else:
@@ -200,7 +205,8 @@ def _start(config, resume, given):
     notes += [note] if note else []
 
     if dataset is None:
-        dataset = datasets.load(config.data, size=net.input_shape[:2] if config.resize else None)
+        dataset = datasets.load(config.data, size=net.input_shape[:2] if config.resize else None,
+                                depth=net.input_shape[2])
     datasets.check_fits(dataset, net.input_shape, net.num_outputs, training=True)
     if given.validation is None:
         train_idx, val_idx = datasets.split_validation(len(dataset.y_train), config.val_fraction,
@@ -233,7 +239,7 @@ def _start(config, resume, given):
         group.broadcast_({**net.params, **net.buffers})
     return Run(config, net, normalizer, dataset, x_train, y_train, x_val, y_val, optimizer,
                schedule, rngs, history, start_epoch, steps_per_epoch, {}, resume, group,
-               given.callbacks, frozen, tuple(notes))
+               given.callbacks, planned, frozen, tuple(notes))
 
 
 def _transfer(config):
@@ -247,7 +253,8 @@ def _transfer(config):
                             "(it came from elsewhere): give --data SPEC")
     spec = datasets.resolve(spec)
     net = model.net
-    dataset = datasets.load(spec, size=net.input_shape[:2] if config.resize else None)
+    dataset = datasets.load(spec, size=net.input_shape[:2] if config.resize else None,
+                            depth=net.input_shape[2])
     net, note = transfer.with_classes(net, dataset.num_classes, config.seed)
     config = replace(config, data=spec, pattern=net.pattern, variables=net.variables,
                      skip_optional=net.skip_optional)
@@ -277,11 +284,12 @@ def _opening(run):
              f"images of {shape}, {ds.num_classes} classes"]
     lines += [f"  note: {note}" for note in ds.notes]
     lines += list(run.notes)
-    params = sum(info.params for info in run.net.infos)
+    params = sum(value.size for value in run.net.params.values())
     steps = f"batch {config.batch_size}, {run.steps_per_epoch} steps an epoch"
     if run.resume is not None:
         lines.append(f"net: {params:,} parameters; {steps}; continuing {run.resume} from epoch "
                      f"{run.start_epoch} to {config.epochs}")
+        lines += [f"  note: {note}" for note in _schedule_note(run)]
         return lines
     # One batch: it is what the user's memory is known to hold.
     sample = run.normalizer.normalize(run.x_train[:config.batch_size])
@@ -290,7 +298,52 @@ def _opening(run):
     name = f"ln {ds.num_classes}" if config.loss == "softmax" else f"{ds.num_classes} - 1"
     lines.append(f"net: {params:,} parameters; {steps}; initial loss {loss:.3f} "
                  f"(chance: {name} = {chance:.3f})")
+    if 0 < len(run.y_val) < FEW_VALIDATION:
+        lines.append(f"  note: only {len(run.y_val)} validation images: one more right answer "
+                     f"moves val_acc by {1 / len(run.y_val):.3f}, so it (and the best epoch "
+                     "kept in best.npz) says little; use more images, or a larger "
+                     "--val-fraction")
     return lines
+
+
+def _schedule_note(run):
+    """For a resumed run whose total epochs changed: what that does to the learning rate. The
+    schedule is laid over the new total from step 0 (so the run is the one a new run of that
+    many epochs would make), which after a finished warmup-cosine run is a jump back up."""
+    config = run.config
+    if not run.planned or run.planned == config.epochs or config.schedule == "constant":
+        return []
+    step = run.start_epoch * run.steps_per_epoch
+    before = make_schedule(config.schedule, config.lr, run.steps_per_epoch * run.planned)(step - 1)
+    after = run.schedule(step)
+    if abs(after - before) <= 0.1 * max(after, before):
+        return []
+    return [f"the {config.schedule} schedule was laid over {run.planned} epochs and now spans "
+            f"{config.epochs}, from its start: the learning rate goes from {before:.2g} (the "
+            f"end of epoch {run.start_epoch}) to {after:.2g}, not on from where it was "
+            f"(docs/training.md, \"Resuming\")"]
+
+
+def _closing(run):
+    """A warning when validation says the net learned little that carries over: a training
+    accuracy far above the best validation accuracy (overfitting), or a best validation
+    accuracy no better than a guess among the classes."""
+    scored = [h for h in run.history if h.get("val_accuracy") is not None]
+    if not scored:
+        return []
+    best = max(h["val_accuracy"] for h in scored)
+    train_acc = run.history[-1]["accuracy"]
+    guess = 1 / run.dataset.num_classes
+    if best <= guess:
+        return [f"warning: the best validation accuracy, {best:.3f}, is no better than a guess "
+                f"among {run.dataset.num_classes} classes ({guess:.3f}): the net has learned "
+                "nothing that carries over to new images; more images, more epochs or a "
+                "smaller net"]
+    if train_acc - best >= OVERFIT_GAP:
+        return [f"warning: training accuracy {train_acc:.3f} but the best validation accuracy "
+                f"only {best:.3f}: the net memorises its training images (overfitting), which "
+                "more images, augmentation (--flip), DROPOUT or a smaller net help with"]
+    return []
 
 
 def _train(config, resume, log, given):
@@ -307,6 +360,8 @@ def _train(config, resume, log, given):
         _epochs(run, log)
     except KeyboardInterrupt:
         raise TrainingInterrupted(_resume_hint(run), run) from None
+    for line in _closing(run):
+        log(line)
     if config.out is not None:
         log(_saved_line(run))
     return run

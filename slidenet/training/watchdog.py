@@ -26,6 +26,7 @@ from slidenet.errors import SlidenetError
 # Longer than any legitimate wait (rank 0 writing a checkpoint, a first step compiling the
 # kernels), short enough that a job whose rank vanished ends within a minute.
 DEFAULT_TIMEOUT = 30.0
+MAX_TIMEOUT = 86400.0       # a day: the longest wait SLIDENET_MPI_TIMEOUT may set
 ROLL_CALL_SECONDS = 5.0     # how long the roll call waits for answers
 SPIN_SECONDS = 0.002        # a collective is polled without pause this long (the usual case) ...
 NAP_SECONDS = 0.0002        # ... then with short sleeps, so that a waiting rank frees its core
@@ -139,13 +140,16 @@ class Watchdog:
 
 
 def timeout_setting():
-    """SLIDENET_MPI_TIMEOUT in seconds (DEFAULT_TIMEOUT when unset); SlidenetError if not > 0."""
+    """SLIDENET_MPI_TIMEOUT in seconds (DEFAULT_TIMEOUT when unset); SlidenetError unless above
+    0 and at most MAX_TIMEOUT (inf would switch the watchdog off, and a job that hangs would
+    then hang for good)."""
     text = os.environ.get("SLIDENET_MPI_TIMEOUT", "")
     try:
         value = float(text) if text else DEFAULT_TIMEOUT
     except ValueError:
         value = -1
-    if not value > 0:
+    if not 0 < value <= MAX_TIMEOUT:
         raise SlidenetError(f"SLIDENET_MPI_TIMEOUT={text!r}: give the seconds a rank waits for "
-                            f"the others before it ends the job, e.g. {DEFAULT_TIMEOUT:g}")
+                            f"the others before it ends the job, from above 0 to "
+                            f"{MAX_TIMEOUT:g} (a day), e.g. {DEFAULT_TIMEOUT:g}")
     return value

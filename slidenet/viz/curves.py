@@ -4,14 +4,12 @@ The numbers come from `history.json` (written by `slidenet train` after every ep
 model file's meta["history"]: a list of {epoch, loss, accuracy, val_accuracy, val_loss, lr,
 seconds, images_per_s}, with val_* None when no validation split was held out.
 """
-import json
 from pathlib import Path
 
 from slidenet.errors import SlidenetError
-from slidenet.storage import limits
+from slidenet.storage import limits, modelmeta
 from slidenet.viz import grid
 
-KEYS = ("epoch", "loss", "accuracy")
 TRAIN, VAL = "#1f77b4", "#d62728"
 
 
@@ -23,28 +21,26 @@ def load_history(path):
         path = path / "history.json"
     if path.suffix.lower() == ".npz" and path.is_file():
         from slidenet.storage import modelfile
-        history = modelfile.load(path)[1].get("history")
+        meta = modelfile.load(path)[1]
+        modelmeta.check(meta, path)
+        history = meta.get("history")
         check_history(history, path)
         return history
     if not path.is_file():
         raise SlidenetError(f"no history at {path}: give a run folder written by `slidenet train` "
                             "(it holds history.json)")
     limits.check_claim(path.stat().st_size, str(path))
-    try:
-        history = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise SlidenetError(f"{path} is not a training history ({err})") from None
+    history = modelmeta.read_json(path.read_bytes(), f"{path} (a training history)",
+                                  SlidenetError)
     check_history(history, path)
     return history
 
 
 def check_history(history, where):
-    """SlidenetError unless `history` is a non-empty list of entries with KEYS."""
-    if not isinstance(history, list) or not history:
+    """SlidenetError unless `history` is a non-empty list of epochs (`modelmeta.check_history`)."""
+    if history is None:
         raise SlidenetError(f"{where}: the history is empty; train for at least one epoch")
-    for entry in history:
-        if not isinstance(entry, dict) or any(key not in entry for key in KEYS):
-            raise SlidenetError(f"{where}: every epoch needs {', '.join(KEYS)}; found {entry!r}")
+    modelmeta.check_history(history, where)
 
 
 def _series(history, key):

@@ -17,6 +17,10 @@
   const MAX_TABLES = 32;      // input channels whose window a CONV unit's explanation lists
   const DIGITS = 4;           // decimals of the sums a unit's explanation shows
   const CELL_DIGITS = 3;      // decimals of the numbers in its tables
+  // An image whose mean brightness (0..1) is this far from the training images' is more likely
+  // drawn the other way round (dark on light) than just dim or bright: `slidenet predict`'s rule.
+  const OPPOSITE = 0.4;
+  const scores = model.layers[model.layers.length - 1];   // the last layer: one score a class
   // Colour ramps, from the low end to the high end of a layer's scale.
   const DIVERGING = [[33, 102, 172], [146, 197, 222], [247, 247, 247], [244, 165, 130],
                      [178, 24, 43]];
@@ -102,26 +106,71 @@
   let outputs = {};         // layer name -> {shape, values (Float32Array), scale}
   let inputPixels = null;   // the image as the net sees it: (H, W, D) floats 0..255
 
+  const inverted = () => $("invert").checked;
+
   async function analyse(blob) {
-    const answer = await call("/api/look", { method: "POST", body: blob });
+    const answer = await call(`/api/look${inverted() ? "?invert=1" : ""}`,
+                              { method: "POST", body: blob });
     image = blob;
     showError("");
     showProbabilities(answer.classes, answer.probabilities);
     inputPixels = floats(answer.input);
     paintPixels($("seen"), inputPixels);
+    showHint(inputPixels);
     showLayers(answer.layers);
     if (picked) await explainUnit();
     document.body.dataset.shown = ++shown;
   }
 
+  /* The CLI's --invert hint: an image far brighter (or darker) than the training images. */
+  function showHint(pixels) {
+    let total = 0;
+    for (const v of pixels) total += v;
+    const mean = total / pixels.length / 255;
+    const hint = $("hint");
+    const far = Math.abs(mean - model.brightness) > OPPOSITE;
+    hint.hidden = !far;
+    if (!far) return;
+    const light = (v) => (v > 0.5 ? "light" : "dark");
+    hint.textContent = inverted()
+      ? `Inverted, this image is mostly ${light(mean)} (mean ${mean.toFixed(2)}) but the ` +
+        `training images are mostly ${light(model.brightness)} (mean ` +
+        `${model.brightness.toFixed(2)}): untick invert.`
+      : `This image is mostly ${light(mean)} (mean ${mean.toFixed(2)}) but the training ` +
+        `images are mostly ${light(model.brightness)} (mean ${model.brightness.toFixed(2)}); ` +
+        `if it is drawn the other way round, tick invert (as slidenet predict --invert).`;
+  }
+
+  /* A new image: nothing of the last one's stays on the page (the hovered number, the picked
+     unit and its receptive field, the drawing). */
+  function forget() {
+    picked = null;
+    $("hover").textContent = "";
+    $("field").hidden = true;
+    document.querySelectorAll(".picked").forEach((node) => node.classList.remove("picked"));
+    $("unit-body").replaceChildren(el("p", { class: "note", text: UNIT_NOTE }));
+    for (const key of ["layer", "row", "col", "channel"]) delete $("unit-body").dataset[key];
+  }
+
   async function upload(file) {
     if (!file) return;
+    forget();
+    if (clearDrawing) clearDrawing();
     try {
       await analyse(file);
     } catch (err) {
       showError(`${file.name}: ${err.message}`);
     }
   }
+
+  $("invert").addEventListener("change", async () => {
+    if (!image) return;
+    try {
+      await analyse(image);
+    } catch (err) {
+      showError(err.message);
+    }
+  });
 
   function paintPixels(canvas, pixels) {
     const context = canvas.getContext("2d");
@@ -163,6 +212,7 @@
   // ---- drawing (single-channel models) ----
 
   const board = $("draw");
+  let clearDrawing = null;  // blanks the board without sending it (a file replaces the drawing)
   if (board) {
     const context = board.getContext("2d");
     let last = null;        // the pointer's last point while it is down
@@ -209,6 +259,7 @@
     };
 
     blank();
+    clearDrawing = blank;
     board.addEventListener("pointerdown", (event) => {
       event.preventDefault();
       board.setPointerCapture(event.pointerId);
@@ -234,6 +285,7 @@
     board.addEventListener("pointercancel", lift);
     $("clear").addEventListener("click", () => {
       blank();
+      forget();
       dirty = true;
       send();
     });
@@ -258,14 +310,19 @@
     return unit < row.layer.output_shape[0] ? unit : null;
   }
 
+  /* How a unit is called: "channel 2 at (1, 3)", "unit 5", or the last layer's "score of
+     class 7". */
+  function unitName(layer, r, c, channel) {
+    if (layer.spatial) return `channel ${channel} at (${r}, ${c})`;
+    return layer === scores ? `score of class ${model.classes[channel]}` : `unit ${channel}`;
+  }
+
   function hover(layer, r, c, channel) {
     const out = outputs[layer.name];
     if (!out) return;
     const [h, w] = out.shape;
     const value = layer.spatial ? out.values[(channel * h + r) * w + c] : out.values[channel];
-    $("hover").textContent = layer.spatial
-      ? `${layer.name} channel ${channel} at (${r}, ${c}): ${fmt(value)}`
-      : `${layer.name} unit ${channel}: ${fmt(value)}`;
+    $("hover").textContent = `${layer.name} ${unitName(layer, r, c, channel)}: ${fmt(value)}`;
   }
 
   function buildLayers() {
@@ -296,9 +353,11 @@
         const n = shape[0];
         row.columns = Math.min(n, STRIP_COLUMNS);
         const strip = el("canvas", { class: "strip", width: row.columns,
-                                     height: Math.ceil(n / row.columns), title: layer.name });
+                                     height: Math.ceil(n / row.columns),
+                                     title: layer === scores ? `${layer.name}: one score a class`
+                                       : layer.name });
+        // The height follows from the width (CSS height: auto), so a narrow screen shrinks it.
         strip.style.width = `${row.columns * CELL}px`;
-        strip.style.height = `${strip.height * CELL}px`;
         strip.addEventListener("click", (event) => {
           const unit = stripUnit(row, event);
           if (unit !== null) pick(layer, 0, 0, unit);
@@ -309,6 +368,10 @@
         });
         body.append(strip);
         row.strip = strip;
+        if (layer === scores) {
+          body.append(el("p", { class: "note classes", text: "the score of each class, in " +
+            `order: ${model.classes.join(", ")}` }));
+        }
       }
       rows[layer.name] = row;
       maps.append(el("div", { class: "layer", id: `layer-${layer.name}`, "data-layer": layer.name },
@@ -346,6 +409,7 @@
   // ---- one unit ----
 
   let picked = null;        // {layer, row, col, channel}
+  const UNIT_NOTE = $("unit-body").textContent;
 
   async function pick(layer, row, col, channel) {
     if (!image) {
@@ -370,6 +434,7 @@
   async function explainUnit() {
     const { layer, row, col, channel } = picked;
     const query = new URLSearchParams({ layer: layer.name, row, col, channel });
+    if (inverted()) query.set("invert", "1");
     try {
       showUnit(layer, await call(`/api/unit?${query}`, { method: "POST", body: image }));
     } catch (err) {
@@ -413,7 +478,7 @@
     const depth = ex.window.length;
     const [fh, fw] = [ex.window[0].length, ex.window[0][0].length];
     const shown = Math.min(depth, MAX_TABLES);
-    const blocks = el("div", { class: "explained" });
+    const blocks = el("div", { class: "explained dot" });
     for (let d = 0; d < shown; d++) {
       blocks.append(el("div", { class: "triple", "data-channel": d },
         labelled(`${inputName} channel ${d}`, cells(ex.window[d], ex.outside)),
@@ -432,7 +497,7 @@
       shown < depth ? el("p", { class: "note", text: `(the first ${shown} of ${depth} channels are listed; the sum has them all)` }) : null,
       sums([[`sum of the ${depth * fh * fw} products = `, number("unit-sum", ex.sum)],
             ["+ bias ", number("unit-bias", ex.bias), " = ", number("unit-value", ex.value, true)],
-            ["the map holds ", number("unit-activation", answer.activation)]]),
+            [holds(answer), number("unit-activation", answer.activation)]]),
     ];
   }
 
@@ -446,7 +511,7 @@
       sums([["max = ", number("unit-value", ex.value, true),
              `, at row ${r}, column ${c} of the window (${inputName} row ${ex.rows[0] + r}, ` +
              `column ${ex.cols[0] + c})`],
-            ["the map holds ", number("unit-activation", answer.activation)]]),
+            [holds(answer), number("unit-activation", answer.activation)]]),
     ];
   }
 
@@ -458,7 +523,7 @@
       el("div", { class: "explained" }, cells(ex.window)),
       sums([[`sum of the ${ex.count} numbers = `, number("unit-sum", ex.sum)],
             [`/ ${ex.count} = `, number("unit-value", ex.value, true)],
-            ["the map holds ", number("unit-activation", answer.activation)]]),
+            [holds(answer), number("unit-activation", answer.activation)]]),
     ];
   }
 
@@ -477,11 +542,46 @@
       sums([[`the other ${ex.inputs - ex.top.length} products add up to `, number("unit-rest", ex.rest)],
             [`sum of all ${ex.inputs} products = `, number("unit-sum", ex.sum)],
             ["+ bias ", number("unit-bias", ex.bias), " = ", number("unit-value", ex.value, true)],
+            [holds(answer), number("unit-activation", answer.activation)]]),
+    ];
+  }
+
+  /* Where the worked number sits in the layer's output: a map, a vector, or the class scores. */
+  function holds(answer) {
+    const layer = model.layers.find((other) => other.name === answer.layer);
+    if (layer && layer.spatial) return "the map holds ";
+    return layer === scores ? `the score of class ${model.classes[answer.channel]} is `
+      : "the layer's output holds ";
+  }
+
+  function explainSum(ex, answer, inputName) {
+    const terms = ex.parts.map((part, k) => [k ? "+ " : "", `branch ${part.branch} (`,
+      el("code", { text: part.text }), ") ", number(`unit-part-${part.branch}`, part.value)]);
+    return [
+      el("p", { text: `Every branch starts from ${inputName}; ADD adds their numbers at this ` +
+        `place: channel ${ex.channel} of each branch, one number each.` }),
+      sums([...terms, ["= ", number("unit-value", ex.value, true)],
             ["the map holds ", number("unit-activation", answer.activation)]]),
     ];
   }
 
-  const EXPLAIN = { dot: explainDot, max: explainMax, mean: explainMean, fc: explainFC };
+  function explainConcat(ex, answer, inputName) {
+    const ranges = ex.depths.map((d, k) => {
+      const first = ex.depths.slice(0, k).reduce((a, b) => a + b, 0);
+      return `branch ${k + 1}: channels ${first}..${first + d - 1}`;
+    }).join("; ");
+    return [
+      el("p", { text: `CONCAT stacks its branches along the depth (${ranges}). Channel ` +
+        `${ex.channel} is channel ${ex.channel_in_branch} of branch ${ex.branch}:` }),
+      el("p", {}, el("code", { text: ex.text })),
+      sums([[`branch ${ex.branch}, channel ${ex.channel_in_branch} = `,
+             number("unit-value", ex.value, true)],
+            ["the map holds ", number("unit-activation", answer.activation)]]),
+    ];
+  }
+
+  const EXPLAIN = { dot: explainDot, max: explainMax, mean: explainMean, fc: explainFC,
+                    sum: explainSum, concat: explainConcat };
 
   function showUnit(layer, answer) {
     const body = $("unit-body");
@@ -498,11 +598,12 @@
     placeField(box, answer.field);
     const where = layer.spatial
       ? `channel ${answer.channel} at row ${answer.row}, column ${answer.col}`
-      : `unit ${answer.channel}`;
+      : layer === scores ? `the score of class ${model.classes[answer.channel]} (unit ` +
+        `${answer.channel})` : `unit ${answer.channel}`;
     const explanation = answer.explanation;
     const parts = explanation && EXPLAIN[explanation.form]
       ? EXPLAIN[explanation.form](explanation, answer, inputName)
-      : [sums([["the map holds ", number("unit-activation", answer.activation, true)]]),
+      : [sums([[holds(answer), number("unit-activation", answer.activation, true)]]),
          el("p", { class: "note", text: `${layer.text} works on each number by itself, or ` +
            "has no arithmetic of its own to show: click a CONV, POOL or FC unit for that." })];
     body.replaceChildren(

@@ -132,7 +132,7 @@ class Net:
             for index, step in enumerate(self.steps):
                 out = step.forward(out, train and index >= frozen)
                 if index < frozen:
-                    for part in step.parts:
+                    for part in layer_kinds.leaves(step.parts):
                         part.cache = None
         except MemoryError:
             raise _out_of_memory(step, len(x), "forward") from None

@@ -197,3 +197,17 @@ def test_a_new_head_keeps_the_pattern_as_written_and_every_other_weight():
     # A scoring FC inside a repeat cannot be rewritten in place: the layers are written out.
     looped = Net.from_pattern("INPUT(4x4x1) -> [FC(3)]*2", seed=0)
     assert with_classes(looped, 2, seed=0)[0].pattern == "INPUT(4x4x1) -> FC(3) -> FC(2)"
+
+
+def test_freezing_a_graph_net_trains_the_layers_inside_later_branches():
+    """A residual block after the frozen layers: its convolutions (inside the branch) are
+    handed to the optimiser; one frozen by name inside a branch freezes its whole block."""
+    from slidenet.training.transfer import frozen_steps, trainable
+    net = Net.from_pattern("INPUT(8x8x3) -> CONV(4) -> RELU -> { CONV(4) -> RELU | ID } -> ADD "
+                           "-> RELU -> GLOBALAVGPOOL -> FC(3)")
+    count, line = frozen_steps(net, "relu1")
+    assert count == 1 and "trained: conv2, relu2, id1, add1" in line
+    assert list(trainable(net, count)) == ["conv2.W", "conv2.b", "fc1.W", "fc1.b"]
+    count, _ = frozen_steps(net, "conv2")
+    assert count == 2 and list(trainable(net, count)) == ["fc1.W", "fc1.b"]
+    assert frozen_steps(net, "head")[0] == len(net.steps) - 1

@@ -15,6 +15,7 @@ frozen ones stay bitwise unchanged. `--freeze` alone freezes everything but the 
 from collections import OrderedDict
 
 from slidenet.errors import SlidenetError
+from slidenet.layers import leaves
 from slidenet.net import Net
 from slidenet.notation.pattern import parse
 
@@ -70,33 +71,36 @@ def frozen_steps(net, freeze):
         return 0, None
     infos = net.infos[1:]
     if freeze == HEAD:
-        last = infos[-2] if len(infos) > 1 else None
+        last = infos[-2].name if len(infos) > 1 else None
     else:
         text = str(freeze).strip()
-        found = [info for info in infos
+        found = [info.name for info in infos
                  if info.name == text.lower() or (text.isdigit() and info.index == int(text))]
+        # A layer inside a branch, by name: the branch block it is in is frozen whole.
+        found += [layer.name for layer in net.every_layer() if layer.name == text.lower()]
         if not found:
             raise SlidenetError(f"--freeze {text}: no such layer; the net's layers are "
                                 + ", ".join(f"{info.index} {info.name}" for info in infos))
         last = found[0]
-    if last is None or last is infos[-1]:
+    if last is None or last == infos[-1].name:
         what = "the scoring layer" if last is not None else "the only layer"
         raise SlidenetError(f"--freeze {freeze}: {what} would be frozen too, and nothing would "
                             "train; name an earlier layer as the last frozen one")
     count = next(i for i, step in enumerate(net.steps)
-                 if any(part.info is last for part in step.parts)) + 1
+                 if any(part.name == last for part in leaves(step.parts))) + 1
     if count >= len(net.steps):
-        raise SlidenetError(f"--freeze {freeze}: {last.name} is fused with the scoring layer, "
+        raise SlidenetError(f"--freeze {freeze}: {last} is fused with the scoring layer, "
                             "so nothing would train; name an earlier layer")
     frozen = [part.info for step in net.steps[:count] for part in step.parts]
-    trained = [part.info for step in net.steps[count:] for part in step.parts]
+    trained = [part.name for step in net.steps[count:] for part in leaves(step.parts)]
     return count, (f"frozen: layers {frozen[0].index}-{frozen[-1].index} ({frozen[0].name} to "
                    f"{frozen[-1].name}), evaluated as in inference; trained: "
-                   + ", ".join(info.name for info in trained))
+                   + ", ".join(trained))
 
 
 def trainable(net, frozen):
-    """The params of the steps after the first `frozen`: what the optimiser updates."""
-    names = {f"{part.name}." for step in net.steps[frozen:] for part in step.parts}
+    """The params of the steps after the first `frozen` (the layers inside their branches
+    too): what the optimiser updates."""
+    names = {f"{part.name}." for step in net.steps[frozen:] for part in leaves(step.parts)}
     return OrderedDict((name, value) for name, value in net.params.items()
                        if name[:name.index(".") + 1] in names)

@@ -438,15 +438,13 @@ def conv_weights(k=2, c=1, f=3):
 
 
 @pytest.mark.parametrize("node, reason", [
-    (helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[1, 1, 0, 0]),
-     "Conv 'c': pads=[1, 1, 0, 0]: more padding on one side than the other"),
-    (helper.make_node("Conv", ["x", "w"], ["y"], name="c", auto_pad="SAME_UPPER", strides=[2, 2]),
-     "Conv 'c': auto_pad=SAME_UPPER pads the height by 1 in all, which cannot be split"),
-    (helper.make_node("MaxPool", ["x"], ["y"], name="p", kernel_shape=[3, 3], strides=[2, 2]),
-     "MaxPool 'p': kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0] on the height 8: "
-     "(8 - 3) / 2 + 1 = 3.50 is not a whole number of windows"),
-    (helper.make_node("MaxPool", ["x"], ["y"], name="p", kernel_shape=[2, 2], pads=[1, 1, 1, 1]),
-     "MaxPool 'p': pads=[1, 1, 1, 1] auto_pad=NOTSET: a padded pool"),
+    (helper.make_node("MaxPool", ["x"], ["y"], name="p", kernel_shape=[3, 3], strides=[2, 2],
+                      ceil_mode=1),
+     "MaxPool 'p': ceil_mode=1: ONNX's ceil_mode keeps a last window"),
+    (helper.make_node("AveragePool", ["x"], ["y"], name="p", kernel_shape=[2, 2],
+                      pads=[1, 1, 1, 1]),
+     "AveragePool 'p': count_include_pad=0: an average over the window's pixels inside the "
+     "image only"),
     (helper.make_node("Transpose", ["x"], ["y"], name="t", perm=[0, 1, 3, 2]),
      "Transpose 't': perm=[0, 1, 3, 2]"),
     (helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="u"),

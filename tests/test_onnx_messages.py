@@ -162,3 +162,35 @@ def test_a_pool_head_without_an_fc_says_what_it_lacks(tmp_path):
                                 tmp_path / "never.npz")
     assert status == 2 and "Warning" not in stderr
     assert "graph outputs: the net ends in a global average pool of 3 channels with no FC" in stderr
+
+
+@pytest.mark.parametrize("node, text", [
+    (helper.make_node("Conv", ["x", "w"], ["v"], name="c", pads=[1, 0, 0, 1]),
+     "CONV(2, 3x3, s=1x1, p=1:0x0:1)"),
+    (helper.make_node("Conv", ["x", "w"], ["v"], name="c", auto_pad="SAME_UPPER",
+                      strides=[2, 2]), "CONV(2, 3x3, s=2x2, p=0:1x0:1)"),
+    (helper.make_node("Conv", ["x", "w"], ["v"], name="c", auto_pad="SAME_LOWER",
+                      strides=[2, 2]), "CONV(2, 3x3, s=2x2, p=1:0x1:0)"),
+    (helper.make_node("Conv", ["x", "w"], ["v"], name="c", strides=[2, 2]),
+     "CONV(2, 3x3, s=2x2, p=0x0, round=down)"),
+    (helper.make_node("MaxPool", ["x"], ["v"], name="p", kernel_shape=[3, 3], strides=[2, 2]),
+     "MAXPOOL(3x3, s=2x2, round=down)"),
+    (helper.make_node("MaxPool", ["x"], ["v"], name="p", kernel_shape=[3, 3], strides=[2, 2],
+                      pads=[1, 1, 1, 1]), "MAXPOOL(3x3, s=2x2, p=1x1, round=down)"),
+    (helper.make_node("AveragePool", ["x"], ["v"], name="p", kernel_shape=[2, 2], strides=[2, 2],
+                      pads=[1, 1, 1, 1], count_include_pad=1), "AVGPOOL(2x2, s=2x2, p=1x1)"),
+])
+def test_uneven_padding_and_windows_that_do_not_fit_import_as_onnx_computes(tmp_path, node, text):
+    """The graph notation's per-side padding (p=B:A) and round=down: each window an ONNX
+    exporter writes, then Flatten and MatMul, against onnxruntime on an 8x8 image."""
+    inits = [weights("w", 2, 1, 3, 3)] if node.op_type == "Conv" else []
+    nodes = [node, helper.make_node("Flatten", ["v"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
+    # The FC is sized from what onnxruntime computes for the window alone.
+    probe = graph(tmp_path / "probe.onnx", [node], inits, shape=(1, 8, 8), out="v")
+    v = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.zeros((1, 1, 8, 8), np.float32)})[0]
+    fc = weights("fc", int(np.prod(v.shape[1:])), 3)
+    model = imports_like_onnxruntime(graph(tmp_path / "g.onnx", nodes, inits + [fc],
+                                           shape=(1, 8, 8)), tmp_path, (1, 8, 8))
+    assert text in model.net.pattern

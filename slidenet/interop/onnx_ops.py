@@ -15,7 +15,6 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from slidenet import geometry
 from slidenet.interop.onnx_file import tensor_array
 from slidenet.interop.onnx_graph import rows_dhw_to_hwd
 from slidenet.ops import BATCHNORM_EPSILON
@@ -130,8 +129,21 @@ def slidenet_shape(act):
 
 # ---- windows: Conv and the pools ----
 
-def _window(reader, node, a, act, size, default_pads=True):
-    """(stride, pad) per axis of a Conv or pool on `act`, checked to tile the input exactly."""
+@dataclass
+class Slide:
+    """How a Conv or pool slides: per axis (height, width) its stride, the padding before and
+    after, the output size, and what the pattern writes for it (", p=..., round=down")."""
+    stride: tuple
+    before: tuple
+    after: tuple
+    out: tuple
+    text: str
+
+
+def _window(reader, node, a, act, size):
+    """The `Slide` of a Conv or pool on `act`. Padding may differ per side (p=B:A, as
+    TensorFlow's 'same' at stride 2 pads one more after); windows that do not tile the input
+    are ONNX's floor, which is round=down (the last rows no window reaches are left out)."""
     _, h, w = act.dims
     stride = tuple(a.get("strides", [1, 1]))
     if len(stride) != 2 or min(stride) < 1:
@@ -139,29 +151,36 @@ def _window(reader, node, a, act, size, default_pads=True):
     auto = a.get("auto_pad", "NOTSET") or "NOTSET"
     if auto == "NOTSET":
         pads = list(a.get("pads", [0, 0, 0, 0]))
-        if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
-            raise Unsupported(f"pads={pads}: more padding on one side than the other; slidenet "
-                              "pads each axis equally on both sides")
-        pad = (pads[0], pads[1])
+        if len(pads) != 4 or min(pads) < 0:
+            raise Unsupported(f"pads={pads}: slidenet pads each side of a 2-D window by 0 or more")
+        before, after = tuple(pads[:2]), tuple(pads[2:])
     elif auto == "VALID":
-        pad = (0, 0)
+        before = after = (0, 0)
     else:
-        pad = []
-        for n, f, s, axis in zip((h, w), size, stride, ("height", "width")):
+        before, after = [], []
+        for n, f, s in zip((h, w), size, stride):
             total = max((ceil(n / s) - 1) * s + f - n, 0)
-            if total % 2:
-                raise Unsupported(f"auto_pad={auto} pads the {axis} by {total} in all, which "
-                                  "cannot be split equally between its two sides")
-            pad.append(total // 2)
-        pad = tuple(pad)
-    for n, f, s, p, axis in zip((h, w), size, stride, pad, ("height", "width")):
-        exact = geometry.exact_size(n, f, s, p)
-        if exact < 1 or exact.denominator != 1:
-            raise Unsupported(
-                f"kernel_shape={list(size)}, strides={list(stride)}, pads={list(pad)} on the "
-                f"{axis} {n}: {geometry.describe(n, f, s, p)} is not a whole number of windows; "
-                "ONNX drops the windows that do not fit, slidenet's must tile the input exactly")
-    return stride, pad
+            first = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            before.append(first)
+            after.append(total - first)
+        before, after = tuple(before), tuple(after)
+    if a.get("ceil_mode", 0):
+        raise Unsupported("ceil_mode=1: ONNX's ceil_mode keeps a last window that starts in the "
+                          "padding, which slidenet's round=up does not follow exactly")
+    out, rounded = [], False
+    for n, f, s, pb, pa, axis in zip((h, w), size, stride, before, after, ("height", "width")):
+        span = n + pb + pa - f
+        if span < 0:
+            raise Unsupported(f"kernel_shape={list(size)} is larger than the padded {axis} "
+                              f"{n + pb + pa}")
+        out.append(span // s + 1)
+        rounded |= span % s != 0
+    if before == after:
+        pad = f"p={before[0]}x{before[1]}"
+    else:
+        pad = f"p={before[0]}:{after[0]}x{before[1]}:{after[1]}"
+    text = f"s={stride[0]}x{stride[1]}, {pad}" + (", round=down" if rounded else "")
+    return Slide(stride, before, after, tuple(out), text)
 
 
 def _conv(reader, node, a, inputs):
@@ -192,11 +211,9 @@ def _conv(reader, node, a, inputs):
     bias = reader.optional_const(inputs, 2, "bias", np.zeros(k, np.float32))
     if bias.shape != (k,):
         raise Unsupported(f"its bias has shape {list(bias.shape)}, not ({k},)")
-    stride, pad = _window(reader, node, a, x, size)
-    out_h = (h + 2 * pad[0] - size[0]) // stride[0] + 1
-    out_w = (w + 2 * pad[1] - size[1]) // stride[1] + 1
-    piece = Piece(f"CONV({k}, {size[0]}x{size[1]}, s={stride[0]}x{stride[1]}, "
-                  f"p={pad[0]}x{pad[1]})", where(node), (out_h, out_w, k),
+    window = _window(reader, node, a, x, size)
+    out_h, out_w = window.out
+    piece = Piece(f"CONV({k}, {size[0]}x{size[1]}, {window.text})", where(node), (out_h, out_w, k),
                   {"W": weights.transpose(2, 3, 1, 0), "b": bias}, scales=("W", "b"), shift="b")
     return reader.add_piece(piece, x, "NCHW", (k, out_h, out_w))
 
@@ -207,9 +224,12 @@ def _pool(kind):
         if any(d != 1 for d in a.get("dilations", [1, 1])):
             faults.append(f"dilations={list(a['dilations'])}: a dilated pool; slidenet's "
                           "windows cover neighbouring pixels")
-        if any(a.get("pads", [0])) or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", ""):
-            faults.append(f"pads={list(a.get('pads', []))} auto_pad={a.get('auto_pad', 'NOTSET')}: "
-                          "a padded pool; slidenet's pooling is never padded")
+        padded = any(a.get("pads", [0])) or \
+            a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", "")
+        if padded and kind == "AVGPOOL" and not a.get("count_include_pad", 0):
+            faults.append("count_include_pad=0: an average over the window's pixels inside the "
+                          "image only; slidenet's padded AVGPOOL counts the zeros of the padding "
+                          "(count_include_pad=1)")
         size = tuple(a.get("kernel_shape", ()))
         if len(size) != 2:
             faults.append(f"kernel_shape={list(size)}: slidenet pools 2-D windows")
@@ -218,11 +238,11 @@ def _pool(kind):
         if faults:
             raise Unsupported(*faults)
         x = reader.volume(inputs[0], node)
-        stride, _ = _window(reader, node, {"strides": a.get("strides", [1, 1])}, x, size)
-        c, h, w = x.dims
-        out_h, out_w = (h - size[0]) // stride[0] + 1, (w - size[1]) // stride[1] + 1
-        piece = Piece(f"{kind}({size[0]}x{size[1]}, s={stride[0]}x{stride[1]})", where(node),
-                      (out_h, out_w, c))
+        window = _window(reader, node, a, x, size)
+        c = x.dims[0]
+        out_h, out_w = window.out
+        text = window.text.replace(", p=0x0", "")
+        piece = Piece(f"{kind}({size[0]}x{size[1]}, {text})", where(node), (out_h, out_w, c))
         return reader.add_piece(piece, x, "NCHW", (c, out_h, out_w), foldable=False)
     return handler
 

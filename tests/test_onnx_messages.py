@@ -152,16 +152,17 @@ def test_global_average_pooling_before_the_fc_is_accepted(tmp_path):
     assert model.net.pattern.endswith("RELU -> GLOBALAVGPOOL -> FC(3)")
 
 
-def test_a_pool_head_without_an_fc_says_what_it_lacks(tmp_path):
-    """SqueezeNet's head: a 1x1 Conv to the classes, then the global average pool, no FC."""
-    inits = [weights("w", 3, 1, 1, 1)]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
-             helper.make_node("GlobalAveragePool", ["c"], ["g"], name="gap"),
+def test_a_pool_head_without_an_fc_scores_with_the_pool(tmp_path):
+    """SqueezeNet's head: a 1x1 Conv to the classes, then the global average pool, no FC; its
+    C numbers are the scores."""
+    inits = [weights("w", 3, 1, 1, 1), weights("b", 3)]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
              helper.make_node("Flatten", ["g"], ["y"], name="flat")]
-    status, _, stderr = run_cli("import", graph(tmp_path / "g.onnx", nodes, inits), "--out",
-                                tmp_path / "never.npz")
-    assert status == 2 and "Warning" not in stderr
-    assert "graph outputs: the net ends in a global average pool of 3 channels with no FC" in stderr
+    model = imports_like_onnxruntime(graph(tmp_path / "g.onnx", nodes, inits), tmp_path,
+                                     (1, 6, 6))
+    assert model.net.pattern.endswith("RELU -> GLOBALAVGPOOL") and model.net.num_outputs == 3
 
 
 @pytest.mark.parametrize("node, text", [

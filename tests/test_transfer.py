@@ -211,3 +211,24 @@ def test_freezing_a_graph_net_trains_the_layers_inside_later_branches():
     count, _ = frozen_steps(net, "conv2")
     assert count == 2 and list(trainable(net, count)) == ["fc1.W", "fc1.b"]
     assert frozen_steps(net, "head")[0] == len(net.steps) - 1
+
+
+def test_a_global_average_pool_head_gets_a_fresh_conv(tmp_path, capsys):
+    """SqueezeNet's kind of head, CONV(classes, 1x1) -> RELU -> GLOBALAVGPOOL: its CONV is the
+    scoring layer that --from replaces; --freeze trains it alone."""
+    folder = tmp_path
+    three, four = write_data(folder / "three.npz", 3), write_data(folder / "four.npz", 4)
+    pattern = ("INPUT(8x8x1) -> CONV(6) -> RELU -> POOL -> CONV(3, 1x1) -> RELU -> "
+               "GLOBALAVGPOOL")
+    assert main(["train", "--pattern", pattern, "--data", three, "--epochs", "1",
+                 "--batch-size", "16", "--no-augment", "--out", str(folder / "src")]) == 0
+    capsys.readouterr()
+    assert tune(folder / "src" / "model.npz", four, folder / "run", "--freeze") == 0
+    out = capsys.readouterr().out
+    assert "its scoring layer CONV(3, 1x1) (conv2, layer 4) is replaced by a fresh " \
+        "CONV(4, 1x1)" in out and "trained: conv2, relu2, globalavgpool1" in out
+    old, new = slidenet.load(folder / "src" / "model.npz"), slidenet.load(folder / "run" / "model.npz")
+    assert new.net.pattern == pattern.replace("CONV(3, 1x1)", "CONV(4, 1x1)")
+    np.testing.assert_array_equal(new.net.params["conv1.W"], old.net.params["conv1.W"])
+    assert new.net.params["conv2.W"].shape == (1, 1, 6, 4)
+    assert new.predict(shapes(5, 4)[0]).shape == (5, 4)

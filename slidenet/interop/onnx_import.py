@@ -268,17 +268,13 @@ class _Reader:
                                 "net has one, its scores (and their softmax)"))
         elif not self.pieces:
             self.faults.append(("graph", "it has no layers"))
-        elif len(slidenet_shape(finals[0]) or ()) != 1:
-            shape = slidenet_shape(finals[0])
-            if shape and tuple(shape[:2]) == (1, 1):
-                why = (f"the net ends in a global average pool of {shape[2]} channels with no FC "
-                       "after it; slidenet's chain notation takes its scores from an FC "
-                       "(Gemm or MatMul), so a head of only a 1x1 CONV and a pool needs the "
-                       "graph notation")
-            else:
-                why = ("the net ends on an image volume, not on one score per class; "
-                       "slidenet's scores come from an FC (Gemm)")
-            self.faults.append(("graph outputs", why))
+        elif len(slidenet_shape(finals[0]) or ()) != 1 and \
+                tuple(slidenet_shape(finals[0])[:2]) != (1, 1):
+            # A 1 x 1 x C volume is a global-average-pool head (SqueezeNet, NiN): its C numbers
+            # are the scores. A larger volume is no score per class.
+            self.faults.append(("graph outputs", "the net ends on an image volume, not on one "
+                                "score per class; slidenet's scores come from an FC (Gemm) or "
+                                "a global average pool"))
 
     # -- values --
 

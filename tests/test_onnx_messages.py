@@ -58,15 +58,15 @@ def imports_like_onnxruntime(path, tmp_path, shape):
 
 
 def test_identical_faults_are_one_line_with_their_count_and_later_faults_are_listed(tmp_path):
-    """Five ReLU6 (Clip) nodes between convolutions, then a dilated Conv after them: the Clips
-    are one line, and the Conv after the first fault is judged and listed too."""
+    """Five Clip nodes to [-1, 6] between convolutions, then a dilated Conv after them: the
+    Clips are one line, and the Conv after the first fault is judged and listed too."""
     nodes, inits, last = [], [], "x"
     for i in range(5):
         inits.append(weights(f"w{i}", 1, 1, 1, 1))
         nodes += [helper.make_node("Conv", [last, f"w{i}"], [f"c{i}"], name=f"conv{i}"),
                   helper.make_node("Clip", [f"c{i}", "lo", "hi"], [f"r{i}"], name=f"clip{i}")]
         last = f"r{i}"
-    inits += [numpy_helper.from_array(np.array(0, np.float32), "lo"),
+    inits += [numpy_helper.from_array(np.array(-1, np.float32), "lo"),
               numpy_helper.from_array(np.array(6, np.float32), "hi"), weights("wd", 2, 1, 3, 3),
               weights("fc", 2 * 2 * 2, 3)]
     nodes += [helper.make_node("Conv", [last, "wd"], ["d"], name="dilated", dilations=[2, 2]),
@@ -78,8 +78,8 @@ def test_identical_faults_are_one_line_with_their_count_and_later_faults_are_lis
     assert status == 2 and not (tmp_path / "never.npz").exists()
     assert lines[0].endswith("slidenet cannot represent 6 parts of this graph, so nothing was "
                              "written:")
-    assert lines[1].startswith("  Clip 'clip0' and 4 more Clip nodes like it: Clip is a clipped "
-                               "activation (ReLU6?)")
+    assert lines[1].startswith("  Clip 'clip0' and 4 more Clip nodes like it: min=-1, max=6: "
+                               "slidenet clips only to [0, 6] (RELU6)")
     assert lines[2].startswith("  Conv 'dilated': dilations=[2, 2]: a dilated convolution")
     assert len(lines) == 3, stderr
 
@@ -195,3 +195,47 @@ def test_uneven_padding_and_windows_that_do_not_fit_import_as_onnx_computes(tmp_
     model = imports_like_onnxruntime(graph(tmp_path / "g.onnx", nodes, inits + [fc],
                                            shape=(1, 8, 8)), tmp_path, (1, 8, 8))
     assert text in model.net.pattern
+
+
+def test_relu6_and_grouped_and_depthwise_convolutions_import_as_onnx_computes(tmp_path):
+    """MobileNet's pieces: Clip(0, 6) is RELU6; a Conv with group=2, then a depthwise one
+    (group = channels), against onnxruntime."""
+    inits = [weights("w1", 4, 1, 3, 3), weights("w2", 6, 2, 3, 3), weights("b2", 6),
+             weights("w3", 6, 1, 3, 3), weights("fc", 6 * 6 * 6, 3),
+             numpy_helper.from_array(np.array(0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6, np.float32), "hi")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["a", "lo", "hi"], ["b"], name="relu6"),
+             helper.make_node("Conv", ["b", "w2", "b2"], ["c"], name="grouped", group=2,
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c", "w3"], ["d"], name="depthwise", group=6,
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["d"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
+    model = imports_like_onnxruntime(graph(tmp_path / "g.onnx", nodes, inits), tmp_path,
+                                     (1, 6, 6))
+    assert model.net.pattern == (
+        "INPUT(6x6x1) -> CONV(4, 3x3, s=1x1, p=1x1) -> RELU6 -> CONV(6, 3x3, s=1x1, p=1x1, g=2) "
+        "-> CONV(6, 3x3, s=1x1, p=1x1, g=6) -> FC(3)")
+
+
+def test_residual_adds_are_one_line_though_each_names_its_own_values(tmp_path):
+    """Three residual blocks: three Adds of two activations, each naming its own inputs, are
+    one line with the count; the header counts all three."""
+    nodes, inits, last = [], [], "x"
+    for i in range(3):
+        inits.append(weights(f"w{i}", 1, 1, 3, 3))
+        nodes += [helper.make_node("Conv", [last, f"w{i}"], [f"c{i}"], name=f"conv{i}",
+                                   pads=[1, 1, 1, 1]),
+                  helper.make_node("Add", [f"c{i}", last], [f"a{i}"], name=f"add{i}")]
+        last = f"a{i}"
+    inits.append(weights("fc", 36, 3))
+    nodes += [helper.make_node("Flatten", [last], ["f"], name="flat"),
+              helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
+    status, _, stderr = run_cli("import", graph(tmp_path / "g.onnx", nodes, inits), "--out",
+                                tmp_path / "never.npz")
+    lines = stderr.strip().splitlines()
+    assert status == 2 and "cannot represent 3 parts of this graph" in lines[0]
+    assert lines[1].startswith("  Add 'add0' and 2 more Add nodes like it: it adds two "
+                               "activations, 'c0' and 'x'")
+    assert len(lines) == 2, stderr

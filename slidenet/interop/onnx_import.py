@@ -24,6 +24,7 @@ A node slidenet cannot represent (a dilated or grouped conv, an LSTM, a residual
 that does not tile its input) is a fault; every fault is listed, and nothing is written.
 """
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -115,12 +116,15 @@ def fault_lines(faults):
     groups = {}
     for place, reason in faults:
         op = place.split(" ", 1)[0]
-        groups.setdefault((op, reason), []).append(place)
+        # The values a reason names ('r1' and 'c1') differ from node to node; the kind does not.
+        kind = (op, re.sub(r"'[^']*'", "''", reason))
+        groups.setdefault(kind, []).append((place, reason))
     lines = []
-    for (op, reason), places in groups.items():
-        more = len(places) - 1
+    for (op, _), members in groups.items():
+        more = len(members) - 1
         also = f" and {more} more {op} node{'s' * (more != 1)} like it" if more else ""
-        lines.append(f"{places[0]}{also}: {reason}")
+        place, reason = members[0]
+        lines.append(f"{place}{also}: {reason}")
     return lines
 
 

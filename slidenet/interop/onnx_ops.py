@@ -97,7 +97,7 @@ _HINTS = {
     "Pad": "a separate padding node; slidenet's CONV pads equally on both sides of each axis",
     "Resize": "resizing inside the net", "Upsample": "upsampling inside the net",
     "Attention": "attention", "LayerNormalization": "layer normalisation",
-    "InstanceNormalization": "instance normalisation", "Clip": "a clipped activation (ReLU6?)",
+    "InstanceNormalization": "instance normalisation",
     "Loop": "a loop", "If": "a branch (If)", "Scan": "a scan",
 }
 
@@ -189,9 +189,9 @@ def _conv(reader, node, a, inputs):
     if any(d != 1 for d in dilations):
         faults.append(f"dilations={dilations}: a dilated convolution; slidenet's filters "
                       "cover neighbouring pixels only")
-    if a.get("group", 1) != 1:
-        faults.append(f"group={a['group']}: a grouped (or depthwise) convolution; slidenet's "
-                      "filters span the full depth of their input")
+    groups = a.get("group", 1)
+    if groups < 1:
+        faults.append(f"group={groups}: a convolution has at least one group")
     if "kernel_shape" in a and len(a["kernel_shape"]) != 2:
         faults.append(f"kernel_shape={list(a['kernel_shape'])}: a "
                       f"{len(a['kernel_shape'])}-D convolution; slidenet's CONV is 2-D")
@@ -200,9 +200,10 @@ def _conv(reader, node, a, inputs):
     x = reader.volume(inputs[0], node)
     weights = reader.const(inputs[1], "weights")
     c, h, w = x.dims
-    if weights.ndim != 4 or weights.shape[1] != c:
-        raise Unsupported(f"its weights have shape {list(weights.shape)}, not (K, {c}, F_h, F_w) "
-                          f"for its {c}-channel input")
+    if c % groups or weights.ndim != 4 or weights.shape[1] != c // groups or \
+            weights.shape[0] % groups:
+        raise Unsupported(f"its weights have shape {list(weights.shape)}, not (K, {c // groups}, "
+                          f"F_h, F_w) for its {c}-channel input in {groups} group(s)")
     k = weights.shape[0]
     size = tuple(weights.shape[2:])
     if "kernel_shape" in a and tuple(a["kernel_shape"]) != size:
@@ -213,7 +214,9 @@ def _conv(reader, node, a, inputs):
         raise Unsupported(f"its bias has shape {list(bias.shape)}, not ({k},)")
     window = _window(reader, node, a, x, size)
     out_h, out_w = window.out
-    piece = Piece(f"CONV({k}, {size[0]}x{size[1]}, {window.text})", where(node), (out_h, out_w, k),
+    grouped = f", g={groups}" if groups > 1 else ""     # depthwise when groups = c
+    piece = Piece(f"CONV({k}, {size[0]}x{size[1]}, {window.text}{grouped})", where(node),
+                  (out_h, out_w, k),
                   {"W": weights.transpose(2, 3, 1, 0), "b": bias}, scales=("W", "b"), shift="b")
     return reader.add_piece(piece, x, "NCHW", (k, out_h, out_w))
 
@@ -320,6 +323,18 @@ def _elementwise(text, check=None):
         return reader.add_piece(Piece(written, where(node), slidenet_shape(x)), x, x.layout, x.dims,
                                 foldable=False)
     return handler
+
+
+def _clip(reader, node, a, inputs):
+    """Clip to [0, 6] is ReLU6 (MobileNet's), RELU6; to [0, inf) it is RELU."""
+    low = a.get("min") if reader.opset < 11 else reader.optional_const(inputs, 1, "min")
+    high = a.get("max") if reader.opset < 11 else reader.optional_const(inputs, 2, "max")
+    low = -np.inf if low is None else float(np.ravel(low)[0])
+    high = np.inf if high is None else float(np.ravel(high)[0])
+    if low != 0 or high not in (6.0, np.inf):
+        raise Unsupported(f"min={_number(low)}, max={_number(high)}: slidenet clips only to "
+                          "[0, 6] (RELU6) or [0, inf) (RELU)")
+    return _elementwise("RELU6" if high == 6 else "RELU")(reader, node, a, inputs)
 
 
 def _leaky_alpha(a):
@@ -745,6 +760,7 @@ OPS = {
     "ReduceMean": _reduce_mean,
     "BatchNormalization": _batchnorm,
     "Relu": _elementwise("RELU"),
+    "Clip": _clip,
     "LeakyRelu": _elementwise("LEAKYRELU", _leaky_alpha),
     "Tanh": _elementwise("TANH"),
     "Sigmoid": _elementwise("SIGMOID"),

@@ -28,7 +28,8 @@ def graph(path, nodes, inits, shape=(1, 6, 6), out="y", opset=17):
     model = helper.make_model(
         helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                                     ["N", *shape])],
-                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", "C"])], inits),
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", "C"])],
+                          inits),
         opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
     onnx.checker.check_model(model)
     onnx.save(model, path)

@@ -227,7 +227,8 @@ def test_a_global_average_pool_head_gets_a_fresh_conv(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "its scoring layer CONV(3, 1x1) (conv2, layer 4) is replaced by a fresh " \
         "CONV(4, 1x1)" in out and "trained: conv2, relu2, globalavgpool1" in out
-    old, new = slidenet.load(folder / "src" / "model.npz"), slidenet.load(folder / "run" / "model.npz")
+    old = slidenet.load(folder / "src" / "model.npz")
+    new = slidenet.load(folder / "run" / "model.npz")
     assert new.net.pattern == pattern.replace("CONV(3, 1x1)", "CONV(4, 1x1)")
     np.testing.assert_array_equal(new.net.params["conv1.W"], old.net.params["conv1.W"])
     assert new.net.params["conv2.W"].shape == (1, 1, 6, 4)

@@ -151,7 +151,8 @@ def _shown(name, value):
             return "--augment" if value else "--no-augment"
         return _flag(name) if value else f"no {_flag(name)}"
     if name == "freeze":
-        return "no --freeze" if not value else "--freeze" if value == "head" else f"--freeze {value}"
+        return ("no --freeze" if not value else "--freeze" if value == "head"
+                else f"--freeze {value}")
     return f"{_flag(name)} {value!r}" if name == "pattern" else f"{_flag(name)} {value}"
 
 

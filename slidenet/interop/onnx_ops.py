@@ -106,8 +106,8 @@ def unknown_op(node):
     what = _HINTS.get(node.op_type, "an operation")
     domain = f" of domain {node.domain!r}" if node.domain not in ("", "ai.onnx") else ""
     return (f"{node.op_type}{domain} is {what}, not one of the lecture's layers slidenet has "
-            "(CONV, MAXPOOL, AVGPOOL, GLOBALAVGPOOL, FC, BATCHNORM, DROPOUT, RELU, LEAKYRELU, "
-            "TANH, SIGMOID)")
+            "(CONV, MAXPOOL, AVGPOOL, GLOBALAVGPOOL, FC, BATCHNORM, DROPOUT, RELU, RELU6, "
+            "LEAKYRELU, TANH, SIGMOID)")
 
 
 def _number(value):

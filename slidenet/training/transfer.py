@@ -105,6 +105,7 @@ def frozen_steps(net, freeze):
             raise SlidenetError(f"--freeze {text}: no such layer; the net's layers are "
                                 + ", ".join(f"{info.index} {info.name}" for info in infos))
         last = found[0]
+
     def step_of(name):
         return next(i for i, step in enumerate(net.steps)
                     if any(part.name == name for part in leaves(step.parts)))

@@ -24,7 +24,7 @@ from slidenet.training import distributed
 
 # Order here is the order in `slidenet --help`.
 COMMANDS = ("summary", "train", "eval", "predict", "gradcheck", "bench", "viz", "report",
-            "serve", "export", "import")
+            "serve", "export", "import", "zoo")
 # The commands that run data-parallel under `mpiexec -n R` (docs/distributed.md).
 DISTRIBUTED = ("train", "eval")
 

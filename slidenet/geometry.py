@@ -107,3 +107,90 @@ def same_padding(f):
             f"p=same needs an odd filter size: (F - 1) / 2 = ({f} - 1) / 2 = {(f - 1) / 2} "
             f"is not a whole number; use an odd filter such as {f + 1} or an explicit p=")
     return (f - 1) // 2
+
+
+# ---- windows that do not tile: the rules a pattern may ask for --------------------------
+#
+# The lecture's rule is that (N + 2P - F) / S + 1 must be a whole number, and a pattern that
+# says nothing keeps it. Real nets break it in three documented ways, each asked for by name:
+#
+#   round=down  PyTorch's default: floor((N + P_before + P_after - F) / S) + 1 windows; the
+#               last rows or columns that no window reaches are left out (AlexNet's conv1).
+#   round=up    PyTorch's ceil_mode: ceil(...) + 1 windows, the last one reaching past the
+#               edge into extra padding, but never one that starts there (GoogLeNet's pools).
+#   p=same      TensorFlow's 'same': ceil(N / S) windows, the padding that needs split as
+#               evenly as possible, the odd one after (bottom or right).
+#
+# Each rule gives the padding actually used on each side; an "after" below the padding
+# written means the input is cropped there, above it that extra zeros are added.
+
+ROUNDING = ("exact", "down", "up")
+
+
+def sides_formula(n, f, s, before, after, rule="exact"):
+    """The size formula with per-side padding and its rounding, without its result.
+
+    >>> sides_formula(7, 3, 2, 0, 1)
+    '(7 + 0 + 1 - 3) / 2 + 1'
+    >>> sides_formula(224, 11, 4, 2, 2, "down")
+    'floor((224 + 2*2 - 11) / 4) + 1'
+    """
+    if before == after:
+        inner = f"{n} - {f}" if before == 0 else f"{n} + 2*{before} - {f}"
+    else:
+        inner = f"{n} + {before} + {after} - {f}"
+    core = f"({inner}) / {s}"
+    if rule == "down":
+        core = f"floor({core})"
+    elif rule == "up":
+        core = f"ceil({core})"
+    return f"{core} + 1"
+
+
+def fit(n, f, s, before, after, rule="exact", what="input", can_pad=True):
+    """The number of windows along one axis and the padding they use: (out, before, after).
+
+    n: input size; f: window; s: stride; before, after: zero padding written on each side;
+    rule: "exact" (the lecture's: a GeometryError that teaches when the windows do not tile),
+    "down" or "up" (see above). `after` in the result is the padding the windows reach: it is
+    below the written one (negative: rows cropped) when rounding down leaves rows out, above it
+    when rounding up adds a last window past the edge. Returns (out, before, after_used).
+    """
+    span = n + before + after - f
+    if rule == "exact":
+        if before == after:
+            return output_size(n, f, s, before, what, can_pad), before, after
+        if span >= 0 and span % s == 0:
+            return span // s + 1, before, after
+        value = Fraction(span, s) + 1
+        shown = f"{float(value):.2f}" if value.denominator != 1 else str(value)
+        raise GeometryError(
+            f"the windows do not tile the {what}: {sides_formula(n, f, s, before, after)} = "
+            f"{shown} is not a whole number; change the padding, or write round=down or "
+            "round=up to leave out or add the last rows")
+    if span < 0:
+        raise GeometryError(
+            f"the {f}-wide window is larger than the {what} with its padding "
+            f"({n} + {before} + {after} = {n + before + after}): a window of at most "
+            f"{n + before + after} fits")
+    if rule == "down":
+        out = span // s + 1
+    else:
+        out = -(-span // s) + 1
+        # As PyTorch: the last window must start inside the input or its leading padding.
+        if (out - 1) * s >= n + before:
+            out -= 1
+    return out, before, (out - 1) * s + f - n - before
+
+
+def same_sides(n, f, s):
+    """TensorFlow's 'same' padding along one axis: (before, after), with ceil(n / s) windows.
+
+    >>> same_sides(32, 3, 2)
+    (0, 1)
+    >>> same_sides(7, 3, 1)
+    (1, 1)
+    """
+    out = -(-n // s)
+    total = max((out - 1) * s + f - n, 0)
+    return total // 2, total - total // 2

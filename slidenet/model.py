@@ -30,7 +30,7 @@ from slidenet.errors import DataError, ModelFileError
 from slidenet.net import Net
 from slidenet.ops.losses import softmax
 from slidenet.notation.pattern import parse
-from slidenet.notation.shapes import infer
+from slidenet.notation.shapes import infer, walk_infos
 from slidenet.storage import modelfile, modelmeta, rngstate
 
 FORMAT = "slidenet-model"
@@ -241,8 +241,8 @@ def load(path):
     skip = meta.get("skip_optional", False)
     # The pattern's shapes, worked out without allocating, against the arrays present: a meta
     # that claims a bigger net than the file holds is refused before any weight exists.
-    modelmeta.check_sizes(infer(parse(meta["pattern"], variables, skip), meta["pattern"]),
-                          arrays, dtype, path)
+    infos = infer(parse(meta["pattern"], variables, skip), meta["pattern"])
+    modelmeta.check_sizes(walk_infos(infos), arrays, dtype, path)
     try:
         net = Net.from_pattern(meta["pattern"], seed=0, dtype=dtype, skip_optional=skip,
                                **variables)
@@ -254,9 +254,11 @@ def load(path):
                 live[...] = stored
         normalizer = Normalizer.from_arrays(
             {k[len("norm/"):]: v for k, v in arrays.items() if k.startswith("norm/")})
+        # The numbers as the file holds them, a bias that is folded below included.
+        _check_numbers(arrays, normalizer, net.input_shape[-1], path)
+        arrays = _fold_dropped_biases(net, arrays)
     except (KeyError, TypeError, ValueError) as err:
         raise ModelFileError(f"{path}: not a complete slidenet model ({err})") from None
-    _check_numbers(arrays, normalizer, net.input_shape[-1], path)
     return Model(net, normalizer, meta, arrays)
 
 
@@ -278,6 +280,29 @@ def _check_numbers(arrays, normalizer, depth, path):
         raise ModelFileError(f"{path}: its normaliser's std is {normalizer.std.tolist()}; each "
                              "must be above 0 (slidenet fits 1 for a constant channel), so the "
                              "file is damaged")
+
+
+def _fold_dropped_biases(net, arrays):
+    """A file written before a CONV or FC directly followed by BATCHNORM lost its bias still
+    holds that bias ("param/conv1.b"), and its BATCHNORM's running mean was measured with it.
+    Evaluation computes (y + b - mean) / sd; the net now computes y without b, so the bias is
+    folded into the mean (mean - b) and the outputs stay the same (to float rounding). In
+    training, each batch's own mean cancels b exactly. The bias and its optimiser state are
+    left out of the arrays returned (what `--resume` reads)."""
+    dropped = net.dropped_biases()
+    for name, batchnorm in dropped.items():
+        old = arrays.get(f"param/{name}")
+        if old is not None:
+            mean = net.buffers[f"{batchnorm}.running_mean"]
+            if old.shape != mean.shape:
+                raise KeyError(name)
+            mean -= old.astype(mean.dtype)
+    if not any(f"param/{name}" in arrays for name in dropped):
+        return arrays
+    return {key: value for key, value in arrays.items()
+            if not any(key == f"param/{name}" or (key.startswith("optim/")
+                                                  and key.endswith(f"/{name}"))
+                       for name in dropped)}
 
 
 def model_arrays(net, normalizer, optimizer=None, rngs=None):

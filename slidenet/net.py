@@ -11,6 +11,11 @@ before any data is loaded.
 `net.layers` holds one layer per layer of the pattern; `net.steps` is what forward and backward
 run: the same layers with CONV -> RELU and the like fused into one step (`slidenet.layers.fusion`).
 `net.activations(x)` runs the layers one by one, so each layer's own output can be seen.
+
+A net with branches (``{ ... | ... } -> ADD``) is still a chain at the top: a merge is one layer
+of it that holds its branches' layers (`slidenet.layers.merge`). `params`, `grads` and `buffers`
+name every layer's arrays, branches included ("conv3.W"). A net may end on a 1 x 1 x C volume
+(a global-average-pool head, no FC): its C numbers are the scores.
 """
 import html
 from collections import OrderedDict
@@ -19,6 +24,7 @@ import numpy as np
 
 from slidenet import layers as layer_kinds
 from slidenet.errors import DataError, OutOfMemory, SlidenetError
+from slidenet.notation import zoo
 from slidenet.notation.pattern import parse
 from slidenet.notation.shapes import infer
 from slidenet.notation.summary import summary_html, summary_text
@@ -38,7 +44,8 @@ class Net:
     def __init__(self, pattern, variables, skip_optional, seed, dtype):
         if dtype not in DTYPES:
             raise SlidenetError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-        self.pattern = pattern
+        self.pattern = zoo.resolve(pattern)    # a model file keeps the pattern itself
+        pattern = self.pattern
         self.variables = dict(variables)
         self.skip_optional = skip_optional
         self.seed = seed
@@ -58,7 +65,7 @@ class Net:
                        for info in self.infos[1:]]
         self.steps = layer_kinds.fuse(self.layers)
         self.params, self.grads, self.buffers = OrderedDict(), OrderedDict(), OrderedDict()
-        for layer in self.layers:
+        for layer in self.every_layer():
             for key, value in layer.params.items():
                 self.params[f"{layer.name}.{key}"] = value
                 self.grads[f"{layer.name}.{key}"] = layer.grads[key]
@@ -69,6 +76,20 @@ class Net:
     def from_pattern(cls, pattern, seed=0, dtype="float32", skip_optional=False, **variables):
         """Parse `pattern`, infer every shape, and initialise the weights from `seed`."""
         return cls(pattern, variables, skip_optional, seed, dtype)
+
+    def every_layer(self):
+        """Every layer, branches included (each branch's layers before their merge)."""
+        return layer_kinds.leaves(self.layers)
+
+    def dropped_biases(self):
+        """{"conv1.b": "batchnorm1", ...}: the biases a CONV or FC before BATCHNORM no longer has,
+        each with that BATCHNORM, whose running mean absorbs an old model file's bias."""
+        dropped, layers = {}, list(self.every_layer())
+        for layer, after in zip(layers, layers[1:]):
+            spec = layer.info.spec
+            if layer.has_bias and not spec.bias and "bias" not in spec.given and after.cancels_bias:
+                dropped[f"{layer.name}.b"] = after.name
+        return dropped
 
     @property
     def input_shape(self):
@@ -92,7 +113,7 @@ class Net:
         # A new forward makes the last one's caches useless. Dropping them first frees their
         # arrays (a CONV's input and output, a BATCHNORM's xhat) for this forward to reuse
         # (`ops.runtime.empty`) instead of faulting in fresh memory while they are still held.
-        for layer in self.layers:
+        for layer in self.every_layer():
             layer.cache = None
 
     def forward(self, x, train=False):
@@ -104,7 +125,7 @@ class Net:
                 out = step.forward(out, train)
         except MemoryError:
             raise _out_of_memory(step, len(x), "forward") from None
-        return out
+        return _scores(out)
 
     def activations(self, x):
         """Evaluation-mode forward that keeps every layer's output: [(name, array), ...]."""
@@ -124,6 +145,9 @@ class Net:
         (and may get None back).
         """
         grad = dscores.astype(self.dtype, copy=False)
+        if grad.ndim == 2 and _is_head(self.infos[-1].output_shape):
+            # A net ending on 1 x 1 x C: its scores were that volume, flattened.
+            grad = grad.reshape(len(grad), *self.infos[-1].output_shape)
         try:
             for step in reversed(self.steps[1:]):
                 grad = step.backward(grad)
@@ -168,7 +192,18 @@ class InferencePlan:
                 out = run(out)
         except MemoryError:
             raise _out_of_memory(step, len(x), "forward") from None
-        return out
+        return _scores(out)
+
+
+def _is_head(shape):
+    """A 1 x 1 x C volume: a global-average-pool head, whose C numbers are the scores."""
+    return len(shape) == 3 and tuple(shape[:2]) == (1, 1)
+
+
+def _scores(out):
+    """The last layer's output; a 1 x 1 x C volume as scores (batch, C). Any other volume is
+    returned as it is (batch, H, W, D), as a net ending on a CONV always did."""
+    return out.reshape(len(out), -1) if out.ndim == 4 and _is_head(out.shape[1:]) else out
 
 
 def _out_of_memory(step, batch, direction):

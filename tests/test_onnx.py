@@ -44,6 +44,17 @@ EVERY_KIND = [
     "INPUT(12x10x1) -> [CONV(8, 5x3, s=1, p=2x1) -> RELU]*2 -> MAXPOOL -> FC(16) -> RELU -> "
     "DROPOUT(0.5) -> FC(10)",
 ]
+# Graphs (export only: importing them is its own issue): branches merged by sum and by
+# concatenation, grouped and depthwise CONV, padding per side, rounded windows, padded pools,
+# ReLU6 and a global-average-pool head.
+GRAPHS = [
+    "INPUT(9x9x3) -> CONV(8, s=2, p=1, round=down) -> BN -> RELU6 -> MAXPOOL(3x3, s=2, p=1, "
+    "round=down) -> { CONV(8) -> BN -> RELU -> CONV(8, g=2) | ID } -> ADD -> RELU -> "
+    "{ CONV(4, 1x1) | DWCONV(3x3, p=0:2x1:1) -> CONV(4, 1x1, bias=no) | AVGPOOL(3x3, s=1, p=1) } "
+    "-> CONCAT -> CONV(5, 1x1) -> GLOBALAVGPOOL",
+    "INPUT(8x8x2) -> CONV(6, s=2, p=same) -> DWCONV(m=2, s=2, round=up) -> "
+    "{ CONV(12, 1x1, s=2, round=down) | MAXPOOL(2x2, s=2, round=up) -> CONV(12, 1x1) } -> ADD -> FC(3)",
+]
 
 
 def random_model(pattern, seed=0, dtype="float32"):
@@ -81,7 +92,7 @@ def run_cli(*args):
 
 # ---- export ----
 
-@pytest.mark.parametrize("pattern", EVERY_KIND)
+@pytest.mark.parametrize("pattern", EVERY_KIND + GRAPHS)
 def test_onnxruntime_computes_what_slidenet_predicts(pattern):
     model = random_model(pattern)
     proto = to_model(model.net, model.normalizer, model.class_names)
@@ -97,7 +108,8 @@ def test_onnxruntime_computes_what_slidenet_predicts(pattern):
 
 
 def test_the_patterns_above_hold_every_layer_kind():
-    used = {type(layer) for pattern in EVERY_KIND for layer in Net.from_pattern(pattern).layers}
+    used = {type(layer) for pattern in EVERY_KIND + GRAPHS
+            for layer in Net.from_pattern(pattern).every_layer()}
     assert used == {cls for cls in kinds().values() if not cls.is_input}
 
 

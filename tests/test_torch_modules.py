@@ -13,7 +13,8 @@ import math
 import pytest
 
 from slidenet import Net
-from slidenet.layers import kinds
+from slidenet.layers import kinds, leaves
+from slidenet.notation.shapes import walk_infos
 
 # Between them, every kind but INPUT (which has no module), per-axis sizes, strides and
 # paddings, BATCHNORM on a volume and after an FC, an FC after a volume, after an FC and after
@@ -28,6 +29,11 @@ PATTERNS = [
     "INPUT(32x32x3) -> [CONV(8, 5x5, p=2) -> RELU]*2 -> POOL -> CONV(16, 4x4, s=2, p=1) -> BN -> "
     "RELU -> FC(16) -> RELU -> DROPOUT(0.5) -> FC(10)",
     "INPUT(28x28x1) -> CONV(16) -> RELU -> MAXPOOL(2x2, s=2) -> LEAKYRELU -> FC(10)",
+    # Graphs: a residual block with a projection, grouped and depthwise CONV, padding per side,
+    # a padded pool, RELU6, and a concatenation.
+    "INPUT(9x9x4) -> { CONV(8, s=2, p=1) -> BN -> RELU6 -> CONV(8, g=2) | CONV(8, 2x2, s=2, "
+    "p=0:1) } -> ADD -> MAXPOOL(3x3, s=1, p=1) -> { ID | DWCONV(3x3, m=2) -> CONV(4, 1x1) } -> "
+    "CONCAT -> FC(3)",
 ]
 
 
@@ -162,6 +168,40 @@ class LeakyReLU(Module):
         self.call = ("LeakyReLU", negative_slope)
 
 
+class ReLU6(_Elementwise):
+    pass
+
+
+class Identity(Module):
+    def __init__(self, *args, **kwargs):
+        self.call = ("Identity",)
+
+
+class ZeroPad2d(Module):
+    def __init__(self, padding):
+        self.pads = tuple(padding)          # (left, right, top, bottom), as torch's
+        assert len(self.pads) == 4 and all(isinstance(v, int) for v in self.pads)
+        self.call = ("ZeroPad2d", self.pads)
+
+    def shape(self, s):
+        left, right, top, bottom = self.pads
+        return (s[0], s[1] + top + bottom, s[2] + left + right)
+
+
+class Sequential(Module):
+    def __init__(self, *modules):
+        self.modules = modules
+
+    @property
+    def params(self):
+        return sum(m.params for m in self.modules)
+
+    def shape(self, s):
+        for m in self.modules:
+            s = m.shape(s)
+        return s
+
+
 class Dropout(Module):
     def __init__(self, p=0.5, inplace=False):
         if not 0 <= p <= 1:
@@ -175,8 +215,10 @@ class StandIn:
     def __init__(self):
         self.calls = []
         for cls in (Conv2d, MaxPool2d, AvgPool2d, Linear, Flatten, BatchNorm2d, BatchNorm1d,
-                    ReLU, Tanh, Sigmoid, LeakyReLU, Dropout):
+                    ReLU, Tanh, Sigmoid, LeakyReLU, Dropout, ReLU6, Identity, ZeroPad2d):
             setattr(self, cls.__name__, self._recording(cls))
+        # What a merge (ADD, CONCAT) builds its branches with; not recorded.
+        self.Module, self.Sequential, self.ModuleList = Module, Sequential, list
 
     def _recording(self, cls):
         def make(*args, **kwargs):
@@ -191,7 +233,22 @@ def chw(shape):
     return (shape[2], shape[0], shape[1]) if len(shape) == 3 else tuple(shape)
 
 
-@pytest.mark.parametrize("pattern", PATTERNS, ids=["every-kind", "global-avg-pool", "deeper", "mnist"])
+def merged(module, shape, kind):
+    """A merge's module (its `branches`, torch Sequentials) on an input of `shape`, as its
+    forward computes: every branch from the same input, then summed or concatenated (channels).
+    Returns (shape, weights)."""
+    ends = [branch.shape(shape) for branch in module.branches]
+    if kind == "ADD":
+        assert all(end == ends[0] for end in ends), ends
+        out = ends[0]
+    else:
+        assert all(end[1:] == ends[0][1:] for end in ends), ends
+        out = (sum(end[0] for end in ends), *ends[0][1:])
+    return out, sum(branch.params for branch in module.branches)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS,
+                         ids=["every-kind", "global-avg-pool", "deeper", "mnist", "graph"])
 def test_each_layers_modules_have_its_shape_and_its_weights(pattern):
     net = Net.from_pattern(pattern)
     nn = StandIn()
@@ -199,16 +256,22 @@ def test_each_layers_modules_have_its_shape_and_its_weights(pattern):
     for info, layer in zip(net.infos[1:], net.layers):
         modules = info.spec.type.torch_modules(info, nn)
         assert modules and all(isinstance(m, Module) for m in modules), info.spec.text
+        weights = 0
         for module in modules:
-            shape = module.shape(shape)
+            if info.branches:
+                shape, held = merged(module, shape, info.spec.kind)
+            else:
+                shape, held = module.shape(shape), module.params
+            weights += held
         assert shape == chw(info.output_shape), info.spec.text
-        weights = sum(m.params for m in modules)
-        assert weights == info.params == sum(a.size for a in layer.params.values()), \
-            info.spec.text
+        # A merge holds its branches' weights: the summary's counts, and the layers' arrays.
+        assert weights == sum(i.params for i in walk_infos([info])) == sum(
+            a.size for part in leaves([layer]) for a in part.params.values()), info.spec.text
 
 
 def test_every_kind_is_covered():
-    used = {info.spec.kind for pattern in PATTERNS for info in Net.from_pattern(pattern).infos}
+    used = {info.spec.kind for pattern in PATTERNS
+            for info in walk_infos(Net.from_pattern(pattern).infos)}
     assert used == set(kinds())
 
 

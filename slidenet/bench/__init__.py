@@ -39,9 +39,18 @@ R1 = ("INPUT(32x32x3) -> [CONV(32) -> RELU]*2 -> POOL -> [CONV(64) -> RELU]*2 ->
       "FC(256) -> RELU -> FC(10)")
 FASHION = ("INPUT(28x28x1) -> [CONV(32) -> RELU]*2 -> POOL -> [CONV(64) -> RELU]*2 -> POOL -> "
            "FC(256) -> RELU -> FC(10)")
-NETS = {"r1": R1, "fashion": FASHION}
+# ResNet-18's layout (a stem, then two basic blocks per stage, projections where a stage
+# halves the size) at 32x32 with a quarter of its width: the graph net of issue #20.
+_BLOCK = "{{ CONV({k}) -> BN -> RELU -> CONV({k}) -> BN | ID }} -> ADD -> RELU"
+_DOWN = ("{{ CONV({k}, s=2, p=1, round=down) -> BN -> RELU -> CONV({k}) -> BN | "
+         "CONV({k}, 1x1, s=2, round=down) -> BN }} -> ADD -> RELU")
+RES18 = " -> ".join(["INPUT(32x32x3) -> CONV(16) -> BN -> RELU", _BLOCK.format(k=16),
+                     _BLOCK.format(k=16)]
+                    + [f"{_DOWN.format(k=k)} -> {_BLOCK.format(k=k)}" for k in (32, 64, 128)]
+                    + ["GLOBALAVGPOOL -> FC(10)"])
+NETS = {"r1": R1, "fashion": FASHION, "res18": RES18}
 
-__all__ = ["FASHION", "NETS", "R1", "Settings", "report", "run"]
+__all__ = ["FASHION", "NETS", "R1", "RES18", "Settings", "report", "run"]
 
 
 @dataclass

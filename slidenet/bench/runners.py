@@ -18,6 +18,7 @@ from slidenet.bench.machine import torch_module
 from slidenet.data import Normalizer
 from slidenet.net import Net
 from slidenet.ops import softmax_loss
+from slidenet.notation.shapes import walk_infos
 
 
 def onnxruntime_module():
@@ -32,8 +33,11 @@ LEARNING_RATE = 0.01
 
 
 def flops(infos):
-    """Forward and backward FLOPs per image of each layer, by name: 2 per multiply-add."""
-    return {i.name: (2 * i.madds, 2 * i.backward_madds) for i in infos[1:]}
+    """Forward and backward FLOPs per image of each layer, by name: 2 per multiply-add (a
+    merge's are its branches')."""
+    def total(info, slot):
+        return sum(getattr(i, slot) for i in walk_infos([info]))
+    return {i.name: (2 * total(i, "madds"), 2 * total(i, "backward_madds")) for i in infos[1:]}
 
 
 class SlidenetRunner:

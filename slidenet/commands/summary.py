@@ -3,6 +3,7 @@ import json
 import os
 
 from slidenet.errors import SlidenetError
+from slidenet.notation import zoo
 from slidenet.notation.pattern import parse, parse_sets
 from slidenet.notation.shapes import infer
 from slidenet.notation.summary import summary_json, summary_text

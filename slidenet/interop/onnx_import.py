@@ -139,6 +139,7 @@ class _Reader:
             raise SlidenetError(f"--input-layout {input_layout!r}: say nchw or nhwc")
         self.fallback_layout = input_layout.upper() if input_layout else None
         self.layout = None          # the input's layout, once the graph shows it
+        self.folded = []            # (BATCHNORM running mean, the bias before it) to subtract
         self.values = {}
         self.pieces = []
         self.pre = []               # (place, op, constant, Act it applied to): preprocessing
@@ -304,17 +305,28 @@ class _Reader:
         return " -> ".join([f"INPUT({h}x{w}x{d})"] + [p.text for p in self.pieces]), (h, w, d)
 
     def fill(self, net):
-        """Copy each piece's arrays into its layer of `net` (built from `pattern`)."""
+        """Copy each piece's arrays into its layer of `net` (built from `pattern`).
+
+        A CONV or FC before BATCHNORM has no bias in slidenet; the bias the graph gives it is
+        folded into that BATCHNORM's running mean (mean - b), which computes the same."""
+        dropped = net.dropped_biases()
         for layer, piece, info in zip(net.layers, self.pieces, net.infos[1:]):
             if piece.shape is not None and tuple(piece.shape) != tuple(info.output_shape):
                 raise RuntimeError(f"import bug: {piece.text} from {piece.node} gives "
                                    f"{piece.shape}, slidenet infers {info.output_shape}")
             for store, arrays in ((layer.params, piece.params), (layer.buffers, piece.buffers)):
                 for key, array in arrays.items():
+                    name = f"{layer.name}.{key}"
+                    if name in dropped and key not in store:
+                        folded = net.buffers[f"{dropped[name]}.running_mean"]
+                        self.folded.append((folded, np.asarray(array)))
+                        continue
                     if np.shape(array) != store[key].shape:
                         raise RuntimeError(f"import bug: {piece.text} {key} is "
                                            f"{np.shape(array)}, slidenet's {store[key].shape}")
                     store[key][...] = array
+        for mean, bias in self.folded:      # after BATCHNORM's own statistics are in
+            mean -= bias.astype(mean.dtype)
 
 # ---- the normaliser and the class names ----
 

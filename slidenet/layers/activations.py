@@ -1,8 +1,10 @@
-"""RELU, LEAKYRELU(a), TANH and SIGMOID: a nonlinearity applied to every number on its own.
+"""RELU, RELU6, LEAKYRELU(a), TANH and SIGMOID: a nonlinearity applied to every number on its own.
 
 They keep the shape and have no parameters. Each calls its pair in `slidenet.ops.activations`,
 where the forward sits next to its local derivative.
 """
+import numpy as np
+
 from slidenet import ops
 from slidenet.layers.base import Inferred, Layer
 from slidenet.layers.registry import register
@@ -49,6 +51,23 @@ Tanh = _elementwise("Tanh", "TANH", (ops.tanh_forward, ops.tanh_backward), "Tanh
                     "tanh(x).")
 Sigmoid = _elementwise("Sigmoid", "SIGMOID", (ops.sigmoid_forward, ops.sigmoid_backward),
                        "Sigmoid", "Sigmoid", "1 / (1 + exp(-x)).")
+
+
+@register
+class Relu6(_Elementwise):
+    """min(max(0, x), 6): MobileNet's ReLU, bounded so that low-precision arithmetic keeps it."""
+    kind = "RELU6"
+    kernels = (ops.relu6_forward, ops.relu6_backward)
+    torch_name = "ReLU6"
+
+    def __init__(self, info, init):
+        super().__init__(info, init)
+        self.dtype = init.dtype
+
+    def to_onnx(self, graph):
+        low = graph.initializer("min", np.zeros((), self.dtype))
+        high = graph.initializer("max", np.full((), 6, self.dtype))
+        graph.tensor = graph.node("Clip", [graph.tensor, low, high])
 
 
 @register

@@ -111,6 +111,10 @@ class Layer:
     maps = False            # its output is worth drawing as activation maps
     picture = None          # "filters" or "templates": its weights drawn as images
     scores = False          # it can be a net's last layer, the one whose outputs are class scores
+    merges = False          # ADD, CONCAT: merges the branches written before it (`merge.py`)
+    has_bias = False        # CONV, FC: a bias that a following BATCHNORM cancels
+    cancels_bias = False    # BATCHNORM: subtracts each channel's mean, so a bias before it is moot
+    fusable = True          # may run fused with its neighbours (`fusion.fuse`)
 
     # ---- the kind, before any weight exists ----
 

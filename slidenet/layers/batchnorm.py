@@ -18,6 +18,7 @@ class BatchNorm(Layer):
 
     kind = "BATCHNORM"
     aliases = ("BN",)
+    cancels_bias = True
 
     @classmethod
     def infer(cls, spec, walk):

@@ -7,16 +7,26 @@ the K maps stacked are the output volume:
     H' = (H + 2P_h - F_h) / S_h + 1,  W' likewise,  depth K
     parameters: K x (F_h * F_w * D + 1), e.g. 10 x (5*5*3 + 1) = 760
 
-The kernels are `slidenet.ops.conv_forward` / `conv_backward` (which pick an algorithm); the
-lecture's loops are `slidenet.ops.naive.conv_forward`.
+With ``g=G`` the filters come in G groups, each spanning D / G channels (AlexNet's two
+halves; ``CONV(32, g=32)`` on 32 channels is depthwise, which ``DWCONV`` writes without counting
+the channels): parameters K x (F_h * F_w * D / G + 1). A CONV directly followed by BATCHNORM has
+no bias (PyTorch's ``bias=False``): BATCHNORM subtracts each channel's mean, which cancels any
+bias, so its gradient is zero and it would only collect rounding noise. Padding may differ per
+side and windows that do not tile may be rounded (`slidenet.layers.sliding`).
+
+The kernels are `slidenet.ops.conv_forward` / `conv_backward` (which pick an algorithm) and, for
+groups, `ops.grouped_conv_forward`; the lecture's loops are `slidenet.ops.naive.conv_forward`
+and `naive.grouped_conv_forward`.
 """
 import numpy as np
 
 from slidenet import ops
 from slidenet.errors import GeometryError
-from slidenet.layers.base import Inferred, Layer, Window, by_channel, slide, window_at
+from slidenet.layers import sliding
+from slidenet.layers.base import Inferred, Layer, Unfit, Window, by_channel, window_at
 from slidenet.layers.registry import register
 from slidenet.notation import arguments
+from slidenet.ops.sides import pad_sides, unpad_sides
 
 
 def _axes(a, b):
@@ -38,39 +48,71 @@ class Conv(Layer):
     kind = "CONV"
     positional = ("filters", "size")
     keywords = {"k": "filters", "f": "size", "size": "size", "s": "stride", "stride": "stride",
-                "p": "pad", "pad": "pad"}
+                "p": "pad", "pad": "pad", "g": "groups", "groups": "groups", "round": "round",
+                "bias": "bias"}
     required = ("filters",)
-    usage = "CONV(K[, FhxFw][, s=S][, p=P|same|valid]), e.g. CONV(10, 5x5, s=1, p=2)"
+    usage = ("CONV(K[, FhxFw][, s=S][, p=P|B:A|same|valid][, g=G][, round=down|up][, bias=no]), "
+             "e.g. CONV(10, 5x5, s=1, p=2)")
     maps = True
     picture = "filters"
+    has_bias = True         # dropped when BATCHNORM follows (`pattern` sets bias=False)
 
     @classmethod
     def read_arguments(cls, values):
         size = arguments.axes(values.get("size"), "filter size", (1, 2), minimum=1, default=(3, 3),
                               hint="F or FhxFw; the depth always spans the whole input, so leave it out")
         stride = arguments.axes(values.get("stride"), "stride", (1, 2), minimum=1, default=(1, 1))
-        return {"filters": arguments.whole(values["filters"], "number of filters", minimum=1),
-                "size": size, "stride": stride,
-                "pad": arguments.padding(values.get("pad"), size, stride)}
+        filters = cls._read_filters(values)
+        groups = arguments.whole(values["groups"], "groups", minimum=1) \
+            if values.get("groups") is not None else 1
+        if filters and filters % groups:
+            raise values["groups"].error(f"g={groups} must divide the {filters} filters: each "
+                                         "group has K / G of them")
+        return {"filters": filters, "size": size, "stride": stride,
+                **sliding.read_padding(values.get("pad"), size, stride),
+                "round": sliding.read_round(values.get("round")), "groups": groups,
+                "bias": arguments.yes_no(values.get("bias"), "bias", True)}
+
+    @classmethod
+    def _read_filters(cls, values):
+        return arguments.whole(values["filters"], "number of filters", minimum=1)
+
+    @classmethod
+    def shape_of(cls, spec, depth):
+        """(K, G): filters and groups of this layer on an input of `depth` channels."""
+        return spec.filters, spec.groups
 
     @classmethod
     def window(cls, spec, input_shape):
-        return Window(spec.size, spec.stride, spec.pad)
+        before = spec.pad
+        if len(input_shape) == 3 and (spec.same or spec.pad != spec.pad_after):
+            try:
+                before = sliding.sides(spec, input_shape).before
+            except GeometryError:
+                pass            # the shape rule reports it
+        return Window(spec.size, spec.stride, before)
 
     @classmethod
     def infer(cls, spec, walk):
         try:
-            out_h, out_w, d, formulas, field, jump = slide(spec, cls.window(spec, walk.shape), walk)
+            out_h, out_w, d, formulas, field, jump = sliding.slide(
+                spec, cls.window(spec, walk.shape), walk)
         except GeometryError as err:
-            if "pad" in spec.given or spec.pad != (0, 0):
+            if "pad" in spec.given or spec.pad != (0, 0) or "round" in spec.given:
                 raise
             # The formula shows P = 0; say that it was chosen, not written.
             raise GeometryError(f"{err} (no p= was given, and {_default_pad_reason(spec)})") from None
-        k, (fh, fw) = spec.filters, spec.size
-        params = k * (fh * fw * d + 1)          # each filter spans the full depth, plus a bias
-        madds = out_h * out_w * k * fh * fw * d
-        return Inferred((out_h, out_w, k), params, f"{k} x ({fh}*{fw}*{d} + 1) = {params:,}",
-                    formulas, madds, 2 * madds, field, jump)
+        (k, g), (fh, fw) = cls.shape_of(spec, d), spec.size
+        if d % g:
+            raise Unfit(f"g={g} must divide the input's depth {d}: each group of filters spans "
+                        f"D / G channels; g={_divisor(d, g)} would")
+        # Each filter spans its group's D / G channels (the full depth when G = 1), plus a bias.
+        span = f"{fh}*{fw}*{d}" if g == 1 else f"{fh}*{fw}*{d}/{g}"
+        params = k * (fh * fw * (d // g) + spec.bias)
+        formula = f"{k} x ({span} + 1) = {params:,}" if spec.bias else \
+            f"{k} x {span} = {params:,} (no bias{_why_no_bias(spec)})"
+        madds = out_h * out_w * k * fh * fw * (d // g)
+        return Inferred((out_h, out_w, k), params, formula, formulas, madds, 2 * madds, field, jump)
 
     @classmethod
     def notes(cls, info):
@@ -93,43 +135,93 @@ class Conv(Layer):
 
     @classmethod
     def torch_modules(cls, info, nn):
-        s = info.spec
-        return [nn.Conv2d(info.input_shape[2], s.filters, s.size, s.stride, s.pad)]
+        s, d = info.spec, info.input_shape[2]
+        (k, g), resolved = cls.shape_of(s, d), sliding.sides(s, info.input_shape)
+        if resolved.even:
+            return [nn.Conv2d(d, k, s.size, s.stride, resolved.before, groups=g, bias=s.bias)]
+        (bh, bw), (ah, aw) = resolved.before, resolved.after
+        return [nn.ZeroPad2d((bw, aw, bh, ah)), nn.Conv2d(d, k, s.size, s.stride, 0, groups=g,
+                                                          bias=s.bias)]
 
     def __init__(self, info, init):
         super().__init__(info, init)
         fh, fw = info.spec.size
         d = info.input_shape[2]
-        fan_in = fh * fw * d
-        w = init.rng.standard_normal((fh, fw, d, info.spec.filters)) * np.sqrt(2 / fan_in)
+        k, self.groups = self.shape_of(info.spec, d)
+        self.sides = sliding.sides(info.spec, info.input_shape)
+        # One group: the convolution pairs, fused with a RELU after it; padding that differs
+        # per side (or crops) is made once by `ops.sides`, and the pair then pads nothing.
+        # Groups run `ops.grouped_conv_forward` on their own.
+        self.fusable = self.groups == 1
+        self.pad = self.sides.before if self.sides.even else (0, 0)
+        self.input_shape = None
+        fan_in = fh * fw * d // self.groups
+        w = init.rng.standard_normal((fh, fw, d // self.groups, k)) * np.sqrt(2 / fan_in)
         self.param("W", w.astype(init.dtype))
-        self.param("b", np.zeros(info.spec.filters, dtype=init.dtype))
+        if info.spec.bias:
+            self.param("b", np.zeros(k, dtype=init.dtype))
+        self.no_bias = None if info.spec.bias else np.zeros(k, dtype=init.dtype)
+
+    @property
+    def bias(self):
+        """b (K,): the parameter, or zeros when BATCHNORM follows."""
+        return self.params["b"] if self.no_bias is None else self.no_bias
 
     def forward(self, x, train, relu=False):
         """x (N, H, W, D) -> (N, H', W', K); relu=True applies the next RELU too (fusion)."""
-        out, self.cache = ops.conv_forward(x, self.params["W"], self.params["b"],
-                                           self.info.spec.stride, self.info.spec.pad, relu=relu)
+        stride = self.info.spec.stride
+        self.input_shape = x.shape
+        x = self._padded(x)
+        if self.fusable:
+            out, self.cache = ops.conv_forward(x, self.params["W"], self.bias, stride, self.pad,
+                                               relu=relu)
+        else:
+            out, self.cache = ops.grouped_conv_forward(x, self.params["W"], self.bias, stride,
+                                                       self.pad, self.groups, relu=relu)
         return out
+
+    def _padded(self, x):
+        """x with the padding of both sides made, when they differ (else x itself)."""
+        return x if self.sides.even else pad_sides(x, self.sides.before, self.sides.after)
 
     def backward(self, dout, need_dx=True, relu=False):
         """relu=True: apply the mask of the RELU that forward(relu=True) applied."""
-        dx, self.grads["W"][...], self.grads["b"][...] = ops.conv_backward(
-            dout, self.cache, need_dx, relu=relu)
+        backward = ops.conv_backward if self.fusable else ops.grouped_conv_backward
+        dx, dw, db = backward(dout, self.cache, need_dx, relu=relu)
+        if dx is not None and not self.sides.even:
+            dx = unpad_sides(dx, self.sides.before, self.sides.after, self.input_shape)
+        self.grads["W"][...] = dw
+        if self.no_bias is None:
+            self.grads["b"][...] = db
         return dx
 
     def to_onnx(self, graph):
         s = self.info.spec
         w = graph.conv_weights(self.params["W"])
-        graph.tensor = graph.node("Conv", [graph.tensor, graph.initializer("W", w),
-                                           graph.initializer("b", self.params["b"])],
-                                  **graph.window_attributes(s.size, s.stride, s.pad))
+        inputs = [graph.tensor, graph.initializer("W", w)]
+        if self.no_bias is None:
+            inputs.append(graph.initializer("b", self.params["b"]))
+        attributes = graph.window_attributes(s.size, s.stride, self.sides.before)
+        (bh, bw), (ah, aw) = self.sides.before, self.sides.after
+        # Rows a rounded-down window leaves out (a negative "after") are fewer than a stride:
+        # ONNX's own floor leaves them out.
+        attributes["pads"] = [bh, bw, max(ah, 0), max(aw, 0)]
+        if self.groups > 1:
+            attributes["group"] = self.groups
+        graph.tensor = graph.node("Conv", inputs, **attributes)
 
     def prepare(self, relu=False):
         """Inference: the filters prepared once for the algorithm the kernels choose;
         relu=True applies the next RELU too (fusion)."""
-        prepared = ops.prepare_conv(self.params["W"], self.params["b"], self.info.spec.stride,
-                                    self.info.spec.pad, relu, height=self.info.input_shape[0])
-        return lambda x: ops.conv_infer(x, prepared)
+        if not self.fusable:
+            def run(x):
+                out = self.forward(x, False, relu=relu)
+                self.cache = None
+                return out
+            return run
+        prepared = ops.prepare_conv(self.params["W"], self.bias, self.info.spec.stride,
+                                    self.pad, relu, height=self.info.input_shape[0])
+        return lambda x: ops.conv_infer(self._padded(x), prepared)
 
     def filter_images(self):
         return self.params["W"]
@@ -144,10 +236,52 @@ class Conv(Layer):
         `value` is the exact dot product; the kernel's float32 output is it, rounded.
         """
         patch, outside, rows, cols = window_at(x, self.window(self.info.spec, x.shape), i, j)
-        w = self.params["W"][..., channel].astype(np.float64)             # (F_h, F_w, D)
+        w = self.params["W"][..., channel].astype(np.float64)             # (F_h, F_w, D / G)
+        if self.groups > 1:         # the channels of this filter's group
+            span = w.shape[2]
+            group = channel // (self.params["W"].shape[3] // self.groups)
+            patch = patch[..., group * span:(group + 1) * span]
         products = patch.astype(np.float64) * w
-        total, bias = float(products.sum()), float(self.params["b"][channel])
+        total, bias = float(products.sum()), float(self.bias[channel])
         return {"form": "dot", "rows": rows, "cols": cols, "channel": int(channel),
                 "window": by_channel(patch), "filter": by_channel(w),
                 "products": by_channel(products), "outside": outside.tolist(),
                 "sum": total, "bias": bias, "value": total + bias}
+
+
+def _why_no_bias(spec):
+    return "" if "bias" in spec.given else ": BATCHNORM follows"
+
+
+def _divisor(d, g):
+    """The divisor of d nearest to g (a suggestion for g=)."""
+    return min((x for x in range(1, d + 1) if d % x == 0), key=lambda x: (abs(x - g), x))
+
+
+@register
+class DepthwiseConv(Conv):
+    """DWCONV: one F_h x F_w filter per input channel (M per channel with m=M), G = D groups;
+    the same layer as CONV(M*D, g=D), written without counting the channels."""
+
+    kind = "DWCONV"
+    positional = ("size",)
+    keywords = {"f": "size", "size": "size", "s": "stride", "stride": "stride", "p": "pad",
+                "pad": "pad", "m": "multiplier", "round": "round", "bias": "bias"}
+    required = ()
+    usage = ("DWCONV([FhxFw][, s=S][, p=P|B:A|same|valid][, m=M][, round=down|up]): depthwise, "
+             "M filters per channel (default 1), e.g. DWCONV(3x3, s=2)")
+
+    @classmethod
+    def read_arguments(cls, values):
+        multiplier = arguments.whole(values["multiplier"], "multiplier m", minimum=1) \
+            if values.get("multiplier") is not None else 1
+        args = super().read_arguments({k: v for k, v in values.items() if k != "multiplier"})
+        return {**args, "multiplier": multiplier}
+
+    @classmethod
+    def _read_filters(cls, values):
+        return 0            # M x the input's depth, known once shapes are
+
+    @classmethod
+    def shape_of(cls, spec, depth):
+        return spec.multiplier * depth, depth

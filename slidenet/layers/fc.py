@@ -31,32 +31,35 @@ class FC(Layer):
 
     kind = "FC"
     positional = ("outputs",)
-    keywords = {"n": "outputs"}
+    keywords = {"n": "outputs", "bias": "bias"}
     required = ("outputs",)
-    usage = "FC(n), e.g. FC(10)"
+    usage = "FC(n[, bias=no]), e.g. FC(10)"
     picture = "templates"
     scores = True
+    has_bias = True         # dropped when BATCHNORM follows (`pattern` sets bias=False)
 
     @classmethod
     def read_arguments(cls, values):
-        return {"outputs": arguments.whole(values["outputs"], "number of outputs", minimum=1)}
+        return {"outputs": arguments.whole(values["outputs"], "number of outputs", minimum=1),
+                "bias": arguments.yes_no(values.get("bias"), "bias", True)}
 
     @classmethod
     def infer(cls, spec, walk):
         inputs, n = prod(walk.shape), spec.outputs
-        params = (inputs + 1) * n
+        params = (inputs + spec.bias) * n
         # An FC unit sees the whole volume: a window as large as the input, on both axes.
         spatial = walk.shape[:2] if len(walk.shape) == 3 else (1, 1)
         field = tuple(r + (f - 1) * j for r, f, j in zip(walk.field, spatial, walk.jump))
         # A volume is stretched into H*W*D numbers: the formula says where they come from.
         stretched = "*".join(map(str, walk.shape)) if len(walk.shape) == 3 else str(inputs)
-        return Inferred((n,), params, f"{n} x ({stretched} + 1) = {params:,}", (), inputs * n,
-                    2 * inputs * n, field, walk.jump)
+        formula = f"{n} x ({stretched} + 1) = {params:,}" if spec.bias else \
+            f"{n} x {stretched} = {params:,} (no bias)"
+        return Inferred((n,), params, formula, (), inputs * n, 2 * inputs * n, field, walk.jump)
 
     @classmethod
     def torch_modules(cls, info, nn):
         flatten = [nn.Flatten()] if len(info.input_shape) == 3 else []
-        return flatten + [nn.Linear(prod(info.input_shape), info.spec.outputs)]
+        return flatten + [nn.Linear(prod(info.input_shape), info.spec.outputs, bias=info.spec.bias)]
 
     def __init__(self, info, init):
         super().__init__(info, init)
@@ -64,28 +67,37 @@ class FC(Layer):
         scale = np.sqrt(2 / inputs) * (SCORING_SCALE if init.scoring else 1)
         w = init.rng.standard_normal((inputs, info.spec.outputs)) * scale
         self.param("W", w.astype(init.dtype))
-        self.param("b", np.zeros(info.spec.outputs, dtype=init.dtype))
+        zeros = np.zeros(info.spec.outputs, dtype=init.dtype)
+        if info.spec.bias:
+            self.param("b", zeros)
+        self.no_bias = None if info.spec.bias else zeros
+
+    @property
+    def bias(self):
+        """b (n,): the parameter, or zeros when BATCHNORM follows."""
+        return self.params["b"] if self.no_bias is None else self.no_bias
 
     def forward(self, x, train, relu=False):
         """x (N, ...) -> (N, n); relu=True applies the next RELU too (fusion)."""
-        out, self.cache = ops.fc_forward(x, self.params["W"], self.params["b"], relu=relu)
+        out, self.cache = ops.fc_forward(x, self.params["W"], self.bias, relu=relu)
         return out
 
     def backward(self, dout, need_dx=True, relu=False):
         """relu=True: apply the mask of the RELU that forward(relu=True) applied."""
-        dx, self.grads["W"][...], self.grads["b"][...] = ops.fc_backward(
-            dout, self.cache, need_dx, relu=relu)
+        dx, self.grads["W"][...], db = ops.fc_backward(dout, self.cache, need_dx, relu=relu)
+        if self.no_bias is None:
+            self.grads["b"][...] = db
         return dx
 
     def to_onnx(self, graph):
         # Gemm takes (N, I) rows; a volume is flattened first, and W's rows follow that order.
         w = graph.flatten(self.params["W"], self.info.input_shape)
         graph.tensor = graph.node("Gemm", [graph.tensor, graph.initializer("W", w),
-                                           graph.initializer("b", self.params["b"])])
+                                           graph.initializer("b", self.bias)])
 
     def prepare(self, relu=False):
         """Inference: the weights copied once; relu=True applies the next RELU too (fusion)."""
-        w, b = self.params["W"].copy(), self.params["b"].copy()
+        w, b = self.params["W"].copy(), self.bias.copy()
         return lambda x: ops.fc_forward(x, w, b, relu=relu)[0]
 
     def filter_images(self):
@@ -103,7 +115,7 @@ class FC(Layer):
         flat = np.asarray(x, dtype=np.float64).reshape(-1)
         products = flat * self.params["W"][:, channel].astype(np.float64)
         order = np.argsort(-np.abs(products), kind="stable")[:EXPLAINED]
-        total, bias = float(products.sum()), float(self.params["b"][channel])
+        total, bias = float(products.sum()), float(self.bias[channel])
         top = [{"at": [int(v) for v in np.unravel_index(k, np.shape(x))], "x": float(flat[k]),
                 "w": float(self.params["W"][k, channel]), "product": float(products[k])}
                for k in order]

@@ -15,6 +15,7 @@ and that maximum passed the ReLU exactly when the pooled value is above zero.
 
 A fused step holds the original layers (`parts`) and uses their parameters and gradients, so
 the net's arrays are the same whichever steps run; results equal the unfused layers' (tested).
+A layer whose `fusable` is False (a grouped CONV) runs on its own.
 `Net.activations` runs the unfused layers, so every layer's own output stays visible.
 """
 from slidenet import ops
@@ -118,8 +119,9 @@ def fuse(layers):
     while i < len(layers):
         for rule in RULES:
             run = layers[i:i + len(rule.pattern)]
-            if len(run) == len(rule.pattern) and all(type(layer) is cls
-                                                     for layer, cls in zip(run, rule.pattern)):
+            if len(run) == len(rule.pattern) and all(
+                    type(layer) is cls and getattr(layer, "fusable", True)
+                    for layer, cls in zip(run, rule.pattern)):
                 steps.append(rule(run))
                 i += len(run)
                 break

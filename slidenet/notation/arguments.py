@@ -100,3 +100,15 @@ def fraction(value, what, default):
         raise value.error(f"{what} must be a number from 0 up to (not including) 1, "
                           f"got {value.text!r}")
     return number
+
+
+def yes_no(value, what, default):
+    """``yes``/``no`` (or true/false) -> bool; `default` when not given."""
+    if value is None:
+        return default
+    word = value.text.lower()
+    if word in ("yes", "true"):
+        return True
+    if word in ("no", "false"):
+        return False
+    raise value.error(f"{what}={value.text} should be {what}=no or {what}=yes")

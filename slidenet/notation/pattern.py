@@ -5,14 +5,20 @@
 Grammar (whitespace is free between tokens, layer and keyword names are case-insensitive):
 
     pattern := item ('->' item)*
-    item    := (layer | '[' pattern ']' '*' count) ['?']
+    item    := (layer | '[' pattern ']' '*' count | branches '->' merge) ['?']
+    branches:= '{' pattern ('|' pattern)+ '}'
+    merge   := a merging layer: ADD or CONCAT (`slidenet.layers.merge`)
     layer   := NAME ['(' [arg (',' arg)*] ')']
     arg     := value | key '=' value
     count   := whole number | UPPER-CASE variable, bound by `variables` (CLI: --set N=2)
 
 `?` marks a layer or group as optional: kept, unless `skip_optional`. `*0` drops a group.
+Branches all start from the volume before ``{``; ``{ CONV(64) -> RELU -> CONV(64) | ID } ->
+ADD`` is a residual block. The merge's LayerSpec holds each branch's expanded specs
+(`LayerSpec.branches`). A CONV or FC written right before BATCHNORM gets ``bias=False``.
 Every mistake is a `PatternError` whose caret points at the offending column.
 """
+import dataclasses
 import difflib
 import operator
 import re
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 
 from slidenet import layers
 from slidenet.errors import PatternError, SlidenetError
+from slidenet.notation import zoo
 from slidenet.notation.arguments import MAX_NUMBER, WHOLE, Value, whole
 from slidenet.notation.spec import LayerSpec
 from slidenet.storage.limits import MAX_DEPTH, MAX_LAYERS
@@ -34,7 +41,8 @@ _VARIABLE = re.compile(r"[A-Z][A-Z0-9_]*")
 def parse(pattern, variables=None, skip_optional=False):
     """Parse a pattern into the expanded net: one `LayerSpec` per layer, INPUT first.
 
-    pattern: e.g. ``"INPUT(32x32x3) -> [CONV(32) -> RELU]*N -> POOL? -> FC(10)"``.
+    pattern: e.g. ``"INPUT(32x32x3) -> [CONV(32) -> RELU]*N -> POOL? -> FC(10)"``, or
+    ``"zoo:resnet18"`` for a net of `slidenet.notation.zoo`.
     variables: ``{"N": 2}`` binds the UPPER-CASE repeat counts.
     skip_optional: drop the layers and groups marked ``?`` (they are kept by default).
     Returns a list of LayerSpec; a layer inside ``[...]*N`` appears N times, with the same text
@@ -43,6 +51,7 @@ def parse(pattern, variables=None, skip_optional=False):
     if not isinstance(pattern, str):
         raise PatternError(f"a pattern is a string such as {EXAMPLE!r}, "
                            f"got {type(pattern).__name__}")
+    pattern = zoo.resolve(pattern)          # zoo:resnet18 -> its pattern
     if not pattern.strip():
         raise PatternError(f"empty pattern: write one such as {EXAMPLE}")
     reader = _Reader(pattern)
@@ -57,7 +66,7 @@ def parse(pattern, variables=None, skip_optional=False):
                            f"{unused[0]}, or drop the --set")
     _check_input(items, pattern)
     _check_size(items, pattern, skip_optional)
-    specs = list(_expand(items, skip_optional))
+    specs = _drop_biases(list(_expand(items, skip_optional)))
     if len(specs) < 2:
         raise PatternError("the net has no layers after INPUT (groups repeated *0 and skipped "
                            "optional layers drop out): add one, e.g. -> FC(10)",
@@ -99,6 +108,14 @@ class _Group:
     items: list          # of _Layer and _Group
     count: int
     column: int          # of the '['
+    optional: bool
+
+
+@dataclass(frozen=True)
+class _Merge:
+    spec: LayerSpec      # the merging layer (ADD, CONCAT), branches not yet expanded
+    branches: list       # one list of items per branch
+    column: int          # of the '{'
     optional: bool
 
 
@@ -155,6 +172,8 @@ def _chain(reader, variables, depth):
 
 def _item(reader, variables, depth):
     start = reader.skip()
+    if reader.take("{"):
+        return _branches(reader, variables, depth, start)
     if reader.take("["):
         if depth >= MAX_DEPTH:
             raise reader.error(f"brackets nested more than {MAX_DEPTH} deep", start)
@@ -170,7 +189,39 @@ def _item(reader, variables, depth):
     if name is None:
         raise _not_a_layer(reader)
     spec = _layer(reader, name)
+    if spec.type.merges:
+        raise PatternError(f"{spec.kind} merges branches: write them in braces just before it, "
+                           f"e.g. {{ CONV(64) -> RELU -> CONV(64) | ID }} -> {spec.kind}",
+                           reader.text, spec.column)
     return _Layer(spec, reader.take("?"))
+
+
+def _branches(reader, variables, depth, start):
+    """``{ a | b | ... } -> MERGE`` at the cursor (after the '{') -> a _Merge."""
+    if depth >= MAX_DEPTH:
+        raise reader.error(f"brackets nested more than {MAX_DEPTH} deep", start)
+    branches = [_chain(reader, variables, depth + 1)]
+    while reader.take("|"):
+        branches.append(_chain(reader, variables, depth + 1))
+    if not reader.take("}"):
+        if reader.skip() == len(reader.text):
+            raise reader.error("unbalanced braces: this '{' is never closed; close it with "
+                               "'} -> ADD' or '} -> CONCAT'", start)
+        raise _stray(reader, inside=True)
+    if len(branches) < 2:
+        raise reader.error("braces hold two or more branches separated by '|', e.g. "
+                           "{ CONV(64) -> RELU -> CONV(64) | ID } -> ADD; one chain needs no "
+                           "braces", start)
+    arrow = reader.skip()
+    name = reader.match(_NAME) if reader.take("->") else None
+    kind = layers.lookup(name.group().upper()) if name else None
+    if kind is None or not kind.merges:
+        merges = " or ".join(k for k, cls in layers.kinds().items() if cls.merges)
+        raise reader.error(f"branches must merge: follow the '}}' with -> {merges} "
+                           "(ADD sums the branches, CONCAT stacks them along the depth)",
+                           name.start() if name else arrow)
+    spec = _layer(reader, name)
+    return _Merge(spec, branches, start, reader.take("?"))
 
 
 def _count(reader, variables):
@@ -201,7 +252,10 @@ def _not_a_layer(reader):
     char = reader.text[reader.pos]
     if char == "]":
         return reader.error("expected a layer before ']'")
-    return reader.error(f"expected a layer name or '[', got {char!r}")
+    if char in "|}":
+        return reader.error(f"expected a layer before {char!r}: a branch that keeps the volume "
+                            "as it is is written ID")
+    return reader.error(f"expected a layer name, '[' or '{{', got {char!r}")
 
 
 def _stray(reader, inside):
@@ -209,11 +263,13 @@ def _stray(reader, inside):
     char = reader.text[reader.pos]
     if char == "]":
         return reader.error("unbalanced brackets: this ']' has no matching '['")
+    if char in "|}":
+        return reader.error(f"this {char!r} belongs inside braces: {{ ... | ... }} -> ADD")
     if char == "*":
         return reader.error("'*' repeats a bracket group: write [ ... ]*N")
     if char == "?":
         return reader.error("'?' marks one layer or group as optional; it cannot repeat")
-    expected = "'->' or ']'" if inside else "'->'"
+    expected = "'->', ']', '|' or '}'" if inside else "'->'"
     word = reader.match(_NAME)
     got = repr(word.group()) if word else repr(char)
     return reader.error(f"expected {expected} here, got {got}",
@@ -328,6 +384,9 @@ def _inputs(items):
     for item in items:
         if isinstance(item, _Group):
             yield from _inputs(item.items)
+        elif isinstance(item, _Merge):
+            for branch in item.branches:
+                yield from _inputs(branch)
         elif item.spec.type.is_input:
             yield item
 
@@ -339,7 +398,7 @@ def _check_input(items, pattern):
         raise PatternError(f"a pattern starts with INPUT(HxWxD), e.g. {EXAMPLE}",
                            pattern, _column(first))
     if inputs[0] is not first:
-        raise PatternError("INPUT must come first, outside any brackets",
+        raise PatternError("INPUT must come first, outside any brackets or braces",
                            pattern, inputs[0].spec.column)
     if len(inputs) > 1:
         raise PatternError("INPUT appears twice: a net has one input, written first",
@@ -352,9 +411,14 @@ def _size(items, skip_optional):
     """How many layers `items` expand to, computed without expanding."""
     total = 0
     for item in items:
-        if not (skip_optional and item.optional):
-            total += 1 if isinstance(item, _Layer) else item.count * _size(item.items,
-                                                                           skip_optional)
+        if skip_optional and item.optional:
+            continue
+        if isinstance(item, _Layer):
+            total += 1
+        elif isinstance(item, _Merge):
+            total += 1 + sum(_size(branch, skip_optional) for branch in item.branches)
+        else:
+            total += item.count * _size(item.items, skip_optional)
     return total
 
 
@@ -375,6 +439,25 @@ def _expand(items, skip_optional):
             continue
         if isinstance(item, _Layer):
             yield item.spec
+        elif isinstance(item, _Merge):
+            yield dataclasses.replace(item.spec, branches=tuple(
+                tuple(_expand(branch, skip_optional)) for branch in item.branches))
         else:
             for _ in range(item.count):
                 yield from _expand(item.items, skip_optional)
+
+
+def _drop_biases(specs):
+    """A CONV or FC directly before BATCHNORM gets bias=False, in every chain and branch:
+    BATCHNORM subtracts each channel's mean, which cancels a bias exactly (its gradient is
+    zero), as PyTorch's bias=False and Keras's use_bias=False have it."""
+    out = []
+    for spec, after in zip(specs, [*specs[1:], None]):
+        if spec.branches:
+            spec = dataclasses.replace(spec, branches=tuple(
+                tuple(_drop_biases(list(branch))) for branch in spec.branches))
+        if spec.type.has_bias and after is not None and after.type.cancels_bias:
+            spec = dataclasses.replace(spec, args=tuple(
+                (key, False if key == "bias" else value) for key, value in spec.args))
+        out.append(spec)
+    return out

@@ -11,7 +11,7 @@ from math import prod
 from typing import Tuple
 
 from slidenet.errors import GeometryError, PatternError
-from slidenet.layers import Unfit, Walk
+from slidenet.layers import Inferred, Unfit, Walk
 from slidenet.notation.spec import LayerSpec
 from slidenet.storage.limits import MAX_ACTIVATION, MAX_PARAMS
 
@@ -33,6 +33,7 @@ class LayerInfo:
     madds: int                      # multiply-adds of the forward pass, one image
     backward_madds: int             # multiply-adds of the backward pass (dx and dw), one image
     activation_bytes: int           # this layer's output, one image, float32
+    branches: tuple = ()            # a merge: one tuple of LayerInfos per branch
 
     @property
     def window(self):
@@ -45,7 +46,8 @@ def infer(specs, pattern=None):
 
     specs: the list from `slidenet.notation.pattern.parse`, INPUT first.
     pattern: the source text, so errors can point at the layer with a caret.
-    Returns one LayerInfo per spec. Raises PatternError, e.g. ``layer 1, CONV(3, 3x3, s=3):
+    Returns one LayerInfo per spec of the top-level chain; a merge's LayerInfo holds its
+    branches' LayerInfos (`branches`). Raises PatternError, e.g. ``layer 1, CONV(3, 3x3, s=3):
     stride 3 does not tile the height: (7 - 3) / 3 + 1 = 2.33 is not a whole number; ...``.
     """
     specs = list(specs)
@@ -53,37 +55,108 @@ def infer(specs, pattern=None):
         raise PatternError("a net starts with INPUT(HxWxD)", pattern,
                            specs[0].column if specs else 0)
     walk = Walk(specs[0].shape, (1, 1), (1, 1), "")
-    image = specs[0].shape[:2]
-    infos, counters, total = [], {}, 0
-    for index, spec in enumerate(specs):
-        where = f"layer {index}, {spec.text}"
+    state = _State(specs[0].shape[:2], pattern)
+    infos, _ = _chain(specs, walk, state, None)
+    return infos
+
+
+class _State:
+    """What the walk carries across branches: layer names so far, the parameter total."""
+
+    def __init__(self, image, pattern):
+        self.image = image
+        self.pattern = pattern
+        self.counters = {}
+        self.total = 0
+
+    def name(self, spec):
+        if spec.type.is_input:
+            return "input"
+        self.counters[spec.kind] = self.counters.get(spec.kind, 0) + 1
+        return f"{spec.kind.lower()}{self.counters[spec.kind]}"
+
+
+def _chain(specs, walk, state, branch):
+    """Infer one chain of specs from `walk` -> (infos, the walk after it). `branch`: None for
+    the net's own chain, else (index of the merge in the net, "branch 2 of ADD")."""
+    infos = []
+    for position, spec in enumerate(specs):
+        index = position if branch is None else branch[0]
+        where = f"layer {index}, {spec.text}" if branch is None else \
+            f"layer {index} ({branch[1]}), {spec.text}"
+        if spec.branches:
+            info, walk = _merge(spec, walk, state, index, where)
+            infos.append(info)
+            continue
         kind = spec.type
         try:
-            if kind.is_input and index:
+            if kind.is_input and (position or branch):
                 raise Unfit("INPUT must come first, and only once")
             step = kind.infer(spec, walk)
-            total += step.params
-            _check_limits(step, total)
+            state.total += step.params
+            _check_limits(step, state.total)
         except (GeometryError, Unfit) as err:
-            raise PatternError(f"{where}: {err}", pattern, spec.column) from None
-        counters[spec.kind] = counters.get(spec.kind, 0) + 1
-        name = "input" if kind.is_input else f"{spec.kind.lower()}{counters[spec.kind]}"
+            raise PatternError(f"{where}: {err}", state.pattern, spec.column) from None
         field = step.field or walk.field
-        # Past the image edge a window only sees padding, so a unit never sees more than the
-        # whole input: that is what an FC unit, or a deep enough CONV unit, covers.
-        seen = tuple(min(r, n) for r, n in zip(field, image))
-        infos.append(LayerInfo(
-            name=name, spec=spec, index=index, input_shape=walk.shape, output_shape=step.shape,
-            params=step.params, params_formula=step.params_formula,
-            size_formulas=step.size_formulas, receptive_field=seen,
-            # Capped only where a window reaches past the edge; an FC sees the whole input anyway.
-            field_capped=seen != tuple(field) and kind.window(spec, walk.shape) is not None,
-            madds=step.madds,
-            backward_madds=step.backward_madds,
-            activation_bytes=prod(step.shape) * BYTES_PER_NUMBER))
+        infos.append(_info(state, spec, index, walk, step, field,
+                           kind.window(spec, walk.shape) is not None))
         flattened = walk.flattened_by or (where if len(step.shape) == 1 else "")
         walk = Walk(step.shape, field, step.jump or walk.jump, flattened)
-    return infos
+    return infos, walk
+
+
+def _merge(spec, walk, state, index, where):
+    """A merge (ADD, CONCAT): every branch from `walk`, then the merged volume."""
+    ends, children, texts = [], [], []
+    for number, branch in enumerate(spec.branches, 1):
+        label = f"branch {number} of {spec.kind}"
+        if not branch:
+            raise PatternError(f"{where}: branch {number} is empty (its layers were skipped or "
+                               "repeated *0): write ID for a path that keeps the volume",
+                               state.pattern, spec.column)
+        infos, end = _chain(branch, walk, state, (index, label))
+        children.append(tuple(infos))
+        ends.append(end)
+        texts.append(_branch_text(branch))
+    try:
+        shape = spec.type.merge(spec, [end.shape for end in ends], texts)
+    except Unfit as err:
+        raise PatternError(f"{where}: {err}", state.pattern, spec.column) from None
+    # The largest receptive field through the branches is what one output unit sees.
+    field = tuple(max(end.field[a] for end in ends) for a in range(2))
+    jump = tuple(max(end.jump[a] for end in ends) for a in range(2))
+    flattened = next((end.flattened_by for end in ends if end.flattened_by), "")
+    info = _info(state, spec, index, walk, Inferred(shape), field, False, tuple(children))
+    return info, Walk(shape, field, jump, flattened)
+
+
+def _info(state, spec, index, walk, step, field, slides, branches=()):
+    # Past the image edge a window only sees padding, so a unit never sees more than the
+    # whole input: that is what an FC unit, or a deep enough CONV unit, covers.
+    seen = tuple(min(r, n) for r, n in zip(field, state.image))
+    return LayerInfo(
+        name=state.name(spec), spec=spec, index=index, input_shape=walk.shape,
+        output_shape=step.shape, params=step.params, params_formula=step.params_formula,
+        size_formulas=step.size_formulas, receptive_field=seen,
+        # Capped only where a window reaches past the edge; an FC sees the whole input anyway.
+        field_capped=seen != tuple(field) and slides,
+        madds=step.madds, backward_madds=step.backward_madds,
+        activation_bytes=prod(step.shape) * BYTES_PER_NUMBER, branches=branches)
+
+
+def _branch_text(branch):
+    """A branch as written, shortened to its ends when long: "CONV(64) -> ... -> CONV(64)"."""
+    texts = [spec.text for spec in branch]
+    return " -> ".join(texts) if len(texts) <= 3 else f"{texts[0]} -> ... -> {texts[-1]}"
+
+
+def walk_infos(infos):
+    """Every LayerInfo of a net, branches included, in the order the layers were inferred
+    (each branch's layers before the merge that holds them)."""
+    for info in infos:
+        for branch in info.branches:
+            yield from walk_infos(branch)
+        yield info
 
 
 def _check_limits(step, total):

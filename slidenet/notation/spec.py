@@ -15,6 +15,7 @@ class LayerSpec:
     column: int         # 0-based column of `text` in the pattern
     args: tuple = ()    # (name, value) pairs of the kind's arguments, e.g. (("filters", 32), ...)
     given: frozenset = frozenset()  # the arguments the pattern wrote; the others are defaults
+    branches: tuple = ()  # a merge (ADD, CONCAT): one tuple of LayerSpecs per branch
 
     def __getattr__(self, name):
         # spec.size, spec.stride, ...: the kind's arguments read as attributes.

@@ -1,11 +1,15 @@
 """A net's summary, as a table to read or as JSON, from `slidenet.notation.shapes.infer`'s LayerInfos.
 
 Only shapes and counts are involved, no weights, so even a VGG-16-sized net answers at once.
+A net with branches shows each branch's layers indented under "branch 1 of add1", before the
+merge's own row, which sums up how the branches meet (``16 + 16 = 32`` channels for CONCAT).
 `summary_html` is the same table for Jupyter (`Net._repr_html_`); `history_html` a training
 history's table (`Model._repr_html_`).
 """
 import html
 import math
+
+from slidenet.notation.shapes import walk_infos
 
 _COLUMNS = ("layer", "pattern", "output", "parameters", "output size (N + 2P - F) / S + 1",
             "receptive field", "multiply-adds", "memory")
@@ -14,7 +18,7 @@ _RIGHT = {"multiply-adds", "memory"}   # numbers line up on their last digit
 
 def summary_text(infos):
     """One aligned row per layer, then the totals for one image."""
-    rows = [_COLUMNS] + [_row(info) for info in infos]
+    rows = [_COLUMNS] + list(_rows(infos, 0))
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     lines = []
     for row in rows:
@@ -41,10 +45,10 @@ def summary_html(infos):
     esc = html.escape
     head = "".join(f"<th style='text-align:left'>{esc(title)}</th>" for title in _COLUMNS)
     style = {title: f"text-align:{'right' if title in _RIGHT else 'left'};padding:0 0.6em;"
-                    "font-family:monospace" for title in _COLUMNS}
+                    "font-family:monospace;white-space:pre" for title in _COLUMNS}
     body = "".join("<tr>" + "".join(f"<td style='{style[title]}'>{esc(cell)}</td>"
-                                    for cell, title in zip(_row(info), _COLUMNS)) + "</tr>"
-                   for info in infos)
+                                    for cell, title in zip(row, _COLUMNS)) + "</tr>"
+                   for row in _rows(infos, 0))
     totals = summary_json(infos)
     notes = [line.strip() for line in _notes(infos) if line.strip() and line != "notes:"]
     foot = "".join(f"<li>{esc(line)}</li>" for line in notes)
@@ -85,9 +89,18 @@ def summary_json(infos):
     """The summary as plain data: ``{"layers": [...], "total_params": n, "total_madds": n}``.
 
     Each layer: name, text, output_shape ([H, W, D], or [n] for FC), params, params_formula,
-    size_formulas, receptive_field [r_h, r_w], madds, activation_bytes.
+    size_formulas, receptive_field [r_h, r_w], madds, activation_bytes; a merge also has
+    "branches": one list of such layers per branch. The totals count every branch.
     """
-    layers = [{
+    every = list(walk_infos(infos))
+    return {"layers": _layers_json(infos),
+            "total_params": sum(info.params for info in every),
+            "total_madds": sum(info.madds for info in every),
+            "total_activation_bytes": sum(info.activation_bytes for info in every)}
+
+
+def _layers_json(infos):
+    return [{
         "name": info.name,
         "text": info.spec.text,
         "output_shape": list(info.output_shape),
@@ -99,18 +112,37 @@ def summary_json(infos):
         "notes": info.spec.type.notes(info),
         "madds": info.madds,
         "activation_bytes": info.activation_bytes,
+        **({"branches": [_layers_json(branch) for branch in info.branches]}
+           if info.branches else {}),
     } for info in infos]
-    return {"layers": layers,
-            "total_params": sum(info.params for info in infos),
-            "total_madds": sum(info.madds for info in infos),
-            "total_activation_bytes": sum(info.activation_bytes for info in infos)}
 
 
-def _row(info):
+def _rows(infos, depth):
+    """The table's rows: each branch's layers indented under its title, then the merge."""
+    indent = "  " * depth
+    for info in infos:
+        for number, branch in enumerate(info.branches, 1):
+            yield (f"{indent}  branch {number} of {info.name}",) + ("",) * (len(_COLUMNS) - 1)
+            yield from _rows(branch, depth + 2)
+        yield _row(info, indent)
+
+
+def _merge_formula(info):
+    """How the branches meet: "8x8x4 + 8x8x4" for ADD, "depth 16 + 16 = 32" for CONCAT."""
+    ends = [branch[-1].output_shape for branch in info.branches]
+    if info.output_shape == ends[0]:
+        return " + ".join("x".join(map(str, shape)) for shape in ends)
+    depths = " + ".join(str(shape[-1]) for shape in ends)
+    return f"depth {depths} = {info.output_shape[-1]}"
+
+
+def _row(info, indent=""):
     height, width = info.size_formulas or ("", "")
     # A square geometry has the same formula on both axes; show it once.
     size = height if height == width else f"h: {height}; w: {width}"
-    return (info.name, info.spec.text, " x ".join(str(n) for n in info.output_shape),
+    if info.branches:
+        size = _merge_formula(info)
+    return (indent + info.name, info.spec.text, " x ".join(str(n) for n in info.output_shape),
             info.params_formula or "-", size or "-",
             " x ".join(str(r) for r in info.receptive_field) + ("*" if info.field_capped else ""),
             f"{info.madds:,}", _bytes(info.activation_bytes))
@@ -118,9 +150,12 @@ def _row(info):
 
 def _notes(infos):
     """What the table leaves implicit: paddings slidenet chose, and capped receptive fields."""
+    every = list(walk_infos(infos))
     lines = [f"{info.name} {info.spec.text}: {note}"
-             for info in infos for note in info.spec.type.notes(info)]
-    if any(info.field_capped for info in infos):
+             for info in every for note in info.spec.type.notes(info)]
+    if any(info.branches for info in infos):
+        lines.append("a merge's receptive field is the largest of its branches'")
+    if any(info.field_capped for info in every):
         h, w = infos[0].output_shape[:2]
         lines.append(f"* the whole {h} x {w} input: these windows reach past its edges, into "
                      "padding or beyond, which adds nothing to what a unit sees")

@@ -66,3 +66,13 @@ def sigmoid_forward(x):
 def sigmoid_backward(dout, out):
     """d sigma/dx = sigma (1 - sigma)."""
     return dout * out * (1 - out)
+
+
+def relu6_forward(x):
+    """min(max(0, x), 6) (MobileNet's ReLU6); the cache is x, for its local derivative."""
+    return np.clip(x, 0, 6).astype(x.dtype, copy=False), x
+
+
+def relu6_backward(dout, x):
+    """d relu6/dx = 1 where 0 < x < 6, else 0."""
+    return (dout * ((x > 0) & (x < 6))).astype(dout.dtype, copy=False)

@@ -22,6 +22,7 @@ import numpy as np
 
 from slidenet.errors import SlidenetError
 from slidenet.layers import Layer
+from slidenet.notation.shapes import walk_infos
 from slidenet.viz.patches import fields, top_patches
 from slidenet.viz.probe import has_filters, shows_maps
 
@@ -72,7 +73,7 @@ class Explainer:
         for info in self.net.infos[1:]:
             spatial = len(info.output_shape) == 3
             layers.append({
-                "name": info.name, "index": info.index, "text": info.spec.text,
+                "name": info.name, "index": info.index, "text": _text(info),
                 "input_shape": list(info.input_shape), "output_shape": list(info.output_shape),
                 "size_formulas": list(info.size_formulas), "params": info.params_formula,
                 "receptive_field": list(info.receptive_field), "spatial": spatial,
@@ -84,7 +85,8 @@ class Explainer:
         return {"pattern": self.net.pattern, "input_shape": list(self.model.input_shape),
                 "classes": self.model.class_names, "data": self.data,
                 "brightness": brightness,
-                "params": sum(info.params for info in self.net.infos), "layers": layers}
+                "params": sum(info.params for info in walk_infos(self.net.infos)),
+                "layers": layers}
 
     # ---- one image ----
 
@@ -232,3 +234,12 @@ class Explainer:
         if isinstance(found, str):
             raise SlidenetError(found)
         return found
+
+
+def _text(info):
+    """A layer as the pattern writes it; a merge with its branches: "{ CONV(8) | ID } -> ADD"."""
+    if not info.branches:
+        return info.spec.text
+    branches = " | ".join(" -> ".join(_text(child) for child in branch)
+                          for branch in info.branches)
+    return f"{{ {branches} }} -> {info.spec.text}"

@@ -140,15 +140,22 @@ def check_history(history, where, empty_ok=False):
 
 
 def check_sizes(infos, arrays, dtype, path):
-    """Before building the net of `infos` (from `shapes.infer`) in `dtype`: the file's arrays
+    """Before building the net of `infos` (every LayerInfo, branches included:
+    `shapes.walk_infos` of `shapes.infer`'s) in `dtype`: the file's arrays
     must hold every weight the pattern implies, and one image's activations must fit the input
     budget. ModelFileError with the numbers otherwise."""
-    implied = sum(info.params for info in infos)
+    every = list(infos)
+    implied = sum(info.params for info in every)
     held = sum(a.size for name, a in arrays.items() if name.startswith("param/"))
-    if implied != held:
+    # A file written before a CONV or FC straight before BATCHNORM lost its bias still holds
+    # that bias (`model._fold_dropped_biases` folds it into the running mean): K numbers each.
+    dropped = sum(info.output_shape[-1] for info in every
+                  if getattr(info.spec.type, "has_bias", False) and not info.spec.bias
+                  and "bias" not in info.spec.given)
+    if not implied <= held <= implied + dropped:
         raise ModelFileError(f"{path}: not a complete slidenet model: its pattern implies "
                              f"{implied:,} weights but the file holds {held:,}; the file is "
                              "damaged or its meta was altered")
     itemsize = 8 if dtype == "float64" else 4
-    limits.check_claim(sum(info.activation_bytes for info in infos) // 4 * itemsize,
+    limits.check_claim(sum(info.activation_bytes for info in every) // 4 * itemsize,
                        f"{path}: one image through its net", ModelFileError)

@@ -141,7 +141,8 @@ def _check_scores(net, spec, dataset=None):
     """The net must end in the FC whose outputs are the class scores; say so before any data
     is read, with the number of classes when it is known without reading images."""
     last = net.infos[-1]
-    if last.spec.type.scores:
+    # An FC, or a 1 x 1 x C volume (a global-average-pool head, as NiN and SqueezeNet end).
+    if last.spec.type.scores or tuple(last.output_shape[:2]) == (1, 1):
         return
     classes = dataset.num_classes if dataset is not None else datasets.class_count(spec)
     spec = spec or "the data"
@@ -253,7 +254,7 @@ def _opening(run):
     lines = [f"{ds.name}: {len(run.y_train):,} training, {len(run.y_val):,} validation{test} "
              f"images of {shape}, {ds.num_classes} classes"]
     lines += [f"  note: {note}" for note in ds.notes]
-    params = sum(info.params for info in run.net.infos)
+    params = sum(value.size for value in run.net.params.values())
     steps = f"batch {config.batch_size}, {run.steps_per_epoch} steps an epoch"
     if run.resume is not None:
         lines.append(f"net: {params:,} parameters; {steps}; continuing {run.resume} from epoch "

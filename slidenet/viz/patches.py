@@ -43,16 +43,32 @@ class Field:
 
 
 def fields(infos, index):
-    """(height Field, width Field) of the units of layer `index` (INPUT is 0) of `infos`."""
-    offset, size, jump = [0, 0], [1, 1], [1, 1]
-    for info in infos[1:index + 1]:
+    """(height Field, width Field) of the units of layer `index` (INPUT is 0) of `infos`.
+
+    Through a merge (ADD, CONCAT), a unit sees what any of its branches sees: the union of the
+    branches' fields, from the first pixel any of them starts at to the last any ends at. (A
+    CONCAT channel sees only its own branch's field, which lies inside that union.)"""
+    offset, size, jump = _walk(infos[1:index + 1], [0, 0], [1, 1], [1, 1])
+    return Field(offset[0], size[0], jump[0]), Field(offset[1], size[1], jump[1])
+
+
+def _walk(infos, offset, size, jump):
+    for info in infos:
+        if info.branches:
+            ends = [_walk(branch, list(offset), list(size), list(jump))
+                    for branch in info.branches]
+            for a in (0, 1):
+                start = min(end[0][a] for end in ends)
+                stop = max(end[0][a] + end[1][a] for end in ends)
+                offset[a], size[a], jump[a] = start, stop - start, max(end[2][a] for end in ends)
+            continue
         window = info.window            # None for a layer that slides no window
         if window is not None:
             for a in (0, 1):
                 offset[a] -= window.pad[a] * jump[a]
                 size[a] += (window.size[a] - 1) * jump[a]
                 jump[a] *= window.stride[a]
-    return Field(offset[0], size[0], jump[0]), Field(offset[1], size[1], jump[1])
+    return offset, size, jump
 
 
 def crop(image, rows, cols, fill=OUTSIDE):

@@ -554,7 +554,34 @@
       : "the layer's output holds ";
   }
 
-  const EXPLAIN = { dot: explainDot, max: explainMax, mean: explainMean, fc: explainFC };
+  function explainSum(ex, answer, inputName) {
+    const terms = ex.parts.map((part, k) => [k ? "+ " : "", `branch ${part.branch} (`,
+      el("code", { text: part.text }), ") ", number(`unit-part-${part.branch}`, part.value)]);
+    return [
+      el("p", { text: `Every branch starts from ${inputName}; ADD adds their numbers at this ` +
+        `place: channel ${ex.channel} of each branch, one number each.` }),
+      sums([...terms, ["= ", number("unit-value", ex.value, true)],
+            ["the map holds ", number("unit-activation", answer.activation)]]),
+    ];
+  }
+
+  function explainConcat(ex, answer, inputName) {
+    const ranges = ex.depths.map((d, k) => {
+      const first = ex.depths.slice(0, k).reduce((a, b) => a + b, 0);
+      return `branch ${k + 1}: channels ${first}..${first + d - 1}`;
+    }).join("; ");
+    return [
+      el("p", { text: `CONCAT stacks its branches along the depth (${ranges}). Channel ` +
+        `${ex.channel} is channel ${ex.channel_in_branch} of branch ${ex.branch}:` }),
+      el("p", {}, el("code", { text: ex.text })),
+      sums([[`branch ${ex.branch}, channel ${ex.channel_in_branch} = `,
+             number("unit-value", ex.value, true)],
+            ["the map holds ", number("unit-activation", answer.activation)]]),
+    ];
+  }
+
+  const EXPLAIN = { dot: explainDot, max: explainMax, mean: explainMean, fc: explainFC,
+                    sum: explainSum, concat: explainConcat };
 
   function showUnit(layer, answer) {
     const body = $("unit-body");

@@ -1,0 +1,36 @@
+"""Padding that differs between the two sides of an axis, and cropping.
+
+The convolution and pooling pairs pad both sides of an axis alike, (P_h, P_w). A window rule
+that does not tile evenly (TensorFlow's 'same' at stride 2, PyTorch's rounding down or up, a
+pattern's p=0:1) needs P_before on one side and P_after on the other, and rounding down needs
+the last rows cropped (a negative P_after). `pad_sides` builds that input once, so the pairs
+then run it with no padding of their own; `unpad_sides` is its backward.
+"""
+import numpy as np
+
+
+def pad_sides(x, before, after, value=0.0):
+    """x (N, H, W, D) -> (N, H + b_h + a_h, W + b_w + a_w, D), `value` in the border.
+
+    before (b_h, b_w) >= 0; after (a_h, a_w) may be negative: that many rows (columns) are
+    cropped from the bottom (right) instead. value: 0 for convolution and average pooling,
+    -inf for max pooling (a padded cell never wins).
+    """
+    n, h, w, d = x.shape
+    (bh, bw), (ah, aw) = before, after
+    keep_h, keep_w = h + min(ah, 0), w + min(aw, 0)
+    out = np.full((n, bh + keep_h + max(ah, 0), bw + keep_w + max(aw, 0), d), value,
+                  dtype=x.dtype)
+    out[:, bh:bh + keep_h, bw:bw + keep_w] = x[:, :keep_h, :keep_w]
+    return out
+
+
+def unpad_sides(dxp, before, after, shape):
+    """The gradient of `pad_sides`: dxp (N, H', W', D) -> dx of `shape` (N, H, W, D); the
+    cropped rows and columns, which no window read, get zero."""
+    n, h, w, d = shape
+    (bh, bw), (ah, aw) = before, after
+    keep_h, keep_w = h + min(ah, 0), w + min(aw, 0)
+    dx = np.zeros(shape, dtype=dxp.dtype)
+    dx[:, :keep_h, :keep_w] = dxp[:, bh:bh + keep_h, bw:bw + keep_w]
+    return dx

@@ -28,6 +28,7 @@ from slidenet.notation import zoo
 from slidenet.notation.pattern import parse
 from slidenet.notation.shapes import infer
 from slidenet.notation.summary import summary_html, summary_text
+from slidenet.ops.runtime import blas_for_workers
 from slidenet.storage.limits import MAX_WEIGHT_BYTES
 
 DTYPES = ("float32", "float64")
@@ -121,8 +122,9 @@ class Net:
         out = self._check_input(x)
         self._release_caches()
         try:
-            for step in self.steps:
-                out = step.forward(out, train)
+            with blas_for_workers():    # whoever calls: never more threads than cores
+                for step in self.steps:
+                    out = step.forward(out, train)
         except MemoryError:
             raise _out_of_memory(step, len(x), "forward") from None
         return _scores(out)
@@ -132,9 +134,10 @@ class Net:
         out = self._check_input(x)
         self._release_caches()
         kept = [("input", out)]
-        for layer in self.layers:
-            out = layer.forward(out, False)
-            kept.append((layer.name, out))
+        with blas_for_workers():
+            for layer in self.layers:
+                out = layer.forward(out, False)
+                kept.append((layer.name, out))
         return kept
 
     def backward(self, dscores, input_grad=True):
@@ -149,10 +152,11 @@ class Net:
             # A net ending on 1 x 1 x C: its scores were that volume, flattened.
             grad = grad.reshape(len(grad), *self.infos[-1].output_shape)
         try:
-            for step in reversed(self.steps[1:]):
-                grad = step.backward(grad)
-            step = self.steps[0]
-            return step.backward(grad, need_dx=input_grad)
+            with blas_for_workers():
+                for step in reversed(self.steps[1:]):
+                    grad = step.backward(grad)
+                step = self.steps[0]
+                return step.backward(grad, need_dx=input_grad)
         except MemoryError:
             raise _out_of_memory(step, len(dscores), "backward") from None
 
@@ -188,8 +192,9 @@ class InferencePlan:
         """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs)."""
         out = self.net._check_input(x)
         try:
-            for step, run in self.steps:
-                out = run(out)
+            with blas_for_workers():
+                for step, run in self.steps:
+                    out = run(out)
         except MemoryError:
             raise _out_of_memory(step, len(x), "forward") from None
         return _scores(out)

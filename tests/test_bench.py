@@ -96,3 +96,60 @@ def test_cli_refuses_a_named_conv_a_layer_is_beyond(capsys):
     assert main(["bench", "--pattern", "INPUT(13x13x3) -> CONV(16, s=2) -> RELU -> FC(3)",
                  "--conv", "full", "--no-torch", "--no-memory"]) == 2
     assert "--conv full cannot compute conv1 (CONV(16, s=2))" in capsys.readouterr().err
+
+
+def _cpu_ticks(pid):
+    """CPU ticks (user + system) the process has used, from /proc (the kernel's count)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/stat"), reason="needs /proc")
+def test_busy_cores_spin_while_inside_and_are_gone_after():
+    import time
+    from slidenet.bench.machine import BusyCores
+    with BusyCores(2) as busy:
+        pids = [p.pid for p in busy.processes]
+        assert len(set(pids)) == 2
+        before = [_cpu_ticks(pid) for pid in pids]
+        time.sleep(0.5)
+        used = [_cpu_ticks(pid) - b for pid, b in zip(pids, before)]
+        processes = list(busy.processes)
+    assert all(u > 0 for u in used), used                 # they burn CPU
+    assert all(p.poll() is not None for p in processes)   # and are stopped afterwards
+
+
+def test_cli_busy_runs_under_load_and_says_so(capsys):
+    assert main(["bench", "--pattern", TINY, "--quick", "--batch", "4", "--infer-batch", "4",
+                 "--no-torch", "--no-onnx", "--no-memory", "--busy", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "--busy 1: 1 other process spinning" in out and "called bare" in out
+    assert main(["bench", "--busy", "-1", "--no-torch"]) == 2
+    assert "--busy must not be negative" in capsys.readouterr().err
+    assert main(["bench", "--busy", "100000", "--no-torch"]) == 2
+    assert "--busy 100000 would start more" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/stat"), reason="needs /proc")
+def test_busy_cores_end_by_themselves_when_the_benchmark_is_killed():
+    import os
+    import subprocess
+    import sys
+    import time
+    code = ("import os; from slidenet.bench.machine import BusyCores; "
+            "b = BusyCores(1).__enter__(); print(b.processes[0].pid, flush=True); os._exit(0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break                               # ended, not yet reaped
+        except FileNotFoundError:
+            break                                       # ended and reaped
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the spinning process outlived the benchmark that started it")

@@ -3,8 +3,14 @@
 That chunks and threads never change a kernel's result is checked for every kernel by the
 harness (test_kernels.py); fused steps against unfused layers in test_fusion.py.
 """
+import os
+import subprocess
+import sys
+import threading
+
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from slidenet import ops
 from slidenet.net import Net
@@ -17,7 +23,7 @@ SMALL = "INPUT(10x10x3) -> [CONV(4) -> RELU]*2 -> POOL -> CONV(6, 3x3, s=2, p=1)
 @pytest.fixture
 def settings():
     """Restore the global runtime settings after a test changes them."""
-    saved = (runtime.memory_budget(), runtime.threads(), runtime._settings["chunk_bytes"],
+    saved = (runtime.memory_budget(), runtime._settings["threads"], runtime._settings["chunk_bytes"],
              runtime._settings["recycle_limit"])
     yield
     runtime.set_memory_budget(saved[0])
@@ -151,3 +157,114 @@ def test_reused_padded_buffers_never_leak_one_call_into_the_next(algorithm):
         dout = RNG.standard_normal(out.shape)
         for got, want in zip(ops.conv_backward(dout, cache), naive.conv_backward(dout, x, w, (1, 1), (1, 1))):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+# ----- whoever calls: one worker per core, BLAS limited while the kernels run ------------------
+
+def _blas_threads():
+    """BLAS's thread count as threadpoolctl reads it (its own look-up: an independent witness)."""
+    counts = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+    assert len(counts) == 1, counts
+    return counts.pop()
+
+
+@pytest.fixture
+def two_cores(settings, monkeypatch):
+    """Two workers on a machine of two cores, whatever this machine has."""
+    monkeypatch.setitem(runtime._settings, "cores", 2)
+    runtime.set_threads(None)
+
+
+def _spy_on_first_step(net, seen):
+    """Record BLAS's thread count inside net's first step (on the calling thread) and inside
+    one of that step's chunks on a pool thread."""
+    step = net.steps[0]
+    forward = step.forward
+
+    def spied(x, train):
+        seen.append(("caller", _blas_threads()))
+        pool = runtime.run_chunks(lambda sl: (threading.current_thread().name, _blas_threads()),
+                                  [slice(i, i + 1) for i in range(8)])
+        seen.extend(("pool", n) for name, n in pool if name.startswith("slidenet"))
+        return forward(x, train)
+
+    step.forward = spied
+
+
+def test_a_bare_forward_runs_one_worker_per_core_on_a_one_thread_blas(two_cores):
+    net = Net.from_pattern(SMALL)
+    x = RNG.standard_normal((4, 10, 10, 3))
+    seen = []
+    _spy_on_first_step(net, seen)
+    with threadpool_limits(limits=2, user_api="blas"):      # the user's own setting
+        assert runtime.threads() == 2
+        scores = net.forward(x, True)
+        net.backward(np.ones_like(scores))
+        assert _blas_threads() == 2                         # given back after the call
+    assert seen and all(n == 1 for _, n in seen), seen
+    assert {"caller", "pool"} <= {where for where, _ in seen}
+
+
+def test_the_limit_never_raises_a_callers_lower_setting_nor_applies_to_one_worker(two_cores):
+    net = Net.from_pattern(SMALL)
+    x = RNG.standard_normal((4, 10, 10, 3))
+    seen = []
+    _spy_on_first_step(net, seen)
+    with threadpool_limits(limits=2, user_api="blas"):
+        runtime.set_threads(1)                              # one worker: BLAS keeps its threads
+        net.forward(x)
+        assert seen == [("caller", 2)]
+        runtime.set_threads(None)
+        with threadpool_limits(limits=1, user_api="blas"):
+            seen.clear()
+            net.forward(x)
+            assert _blas_threads() == 1
+        assert _blas_threads() == 2
+    assert seen and all(n == 1 for _, n in seen)
+
+
+def test_the_callers_setting_returns_when_the_last_of_several_threads_leaves(two_cores):
+    inside, leave = threading.Event(), threading.Event()
+
+    def other():
+        with runtime.blas_for_workers():
+            inside.set()
+            leave.wait(10)
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        thread = threading.Thread(target=other)
+        with runtime.blas_for_workers():
+            assert _blas_threads() == 1
+            thread.start()
+            assert inside.wait(10)
+        assert _blas_threads() == 1                         # the other thread is still inside
+        leave.set()
+        thread.join(10)
+        assert _blas_threads() == 2
+
+
+def test_bare_calls_compute_what_workers_compute(settings):
+    """The default is `runtime.workers()`'s count, so the chunks and the results are the same."""
+    net = Net.from_pattern(SMALL, dtype="float32")
+    x = RNG.standard_normal((64, 10, 10, 3)).astype(np.float32)
+    bare = np.array(net.forward(x, True))
+    bare_dx = np.array(net.backward(np.ones_like(bare)))
+    with runtime.workers():
+        inside = np.array(net.forward(x, True))
+        inside_dx = np.array(net.backward(np.ones_like(inside)))
+    np.testing.assert_array_equal(bare, inside)
+    np.testing.assert_array_equal(bare_dx, inside_dx)
+    plan = net.prepare()
+    np.testing.assert_array_equal(plan.forward(x), net.forward(x))
+
+
+def test_default_threads_follow_the_cores_this_process_may_use():
+    """In a process pinned to one core, the default is one worker; unpinned, the affinity's
+    count (os.sched_getaffinity: the oracle), unless a cgroup quota is lower."""
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity on this system")
+    code = ("import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from slidenet.ops import runtime; print(runtime.threads(), runtime.available_cores())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["1", "1"]
+    assert 1 <= runtime.available_cores() <= len(os.sched_getaffinity(0))

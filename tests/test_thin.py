@@ -16,7 +16,7 @@ import pytest
 
 from harness import CONV_GEOMETRIES, check_kernel, conv_arrays, without_numba
 from slidenet import Net, ops
-from slidenet.ops import compiled, conv, naive
+from slidenet.ops import compiled, conv, naive, runtime
 from slidenet.ops.conv import direct, im2col
 
 RNG = np.random.default_rng(77)
@@ -70,7 +70,8 @@ def test_a_thin_first_layer_runs_the_direct_kernel(monkeypatch):
     calls = spy(monkeypatch, "direct_conv")
     net = Net.from_pattern("INPUT(12x12x3) -> CONV(16) -> RELU -> POOL -> CONV(16) -> FC(4)")
     x = RNG.standard_normal((5, 12, 12, 3)).astype(np.float32)
-    net.backward(np.ones((5, 4), np.float32) - net.forward(x, train=True), input_grad=False)
+    with runtime.workers(1):            # one worker: one chunk
+        net.backward(np.ones((5, 4), np.float32) - net.forward(x, train=True), input_grad=False)
     assert calls == [3]                 # conv1 only, one chunk; conv2 has 16 input channels
     assert [layer.cache.algorithm for layer in net.layers if hasattr(layer, "cache")
             and hasattr(layer.cache, "algorithm")] == ["direct", "winograd"]

@@ -13,13 +13,17 @@ gives the ratios (medians over the rounds). Peak memory is measured in a fresh s
 library, so neither pays for the other's imports or buffers.
 
 Threads: with `threads=T`, PyTorch gets `torch.set_num_threads(T)` and slidenet T kernel
-worker threads with BLAS limited to one thread per call (`slidenet.ops.runtime.workers`).
+worker threads with BLAS limited to one thread per call (`slidenet.ops.runtime.workers`). With
+the default (`threads=0`, one per core) slidenet runs bare, with no context at all, as a user's
+`net.forward` does: its kernels pick the workers and limit BLAS themselves.
+
+Load: `busy=N` keeps N other processes spinning (`machine.BusyCores`) while the libraries are
+timed, alternating as always, so both see the same busy machine.
 
 Modules: `machine` (what it ran on, the sgemm peak, other load), `runners` (what is timed, per
 library), `report` (the text tables); this one runs it all.
 """
 import json
-import os
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -27,13 +31,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from slidenet.bench.machine import OtherLoad, machine, peak_rss_mb, seconds, sgemm_gflops, torch_module
+from slidenet.bench.machine import (
+    BusyCores, OtherLoad, machine, peak_rss_mb, seconds, sgemm_gflops, torch_module)
 from slidenet.bench.report import report
 from slidenet.bench.runners import (
     OnnxRunner, SlidenetRunner, TorchRunner, flops, onnxruntime_module)
 from slidenet.notation.pattern import parse
 from slidenet.notation.shapes import infer
 from slidenet.ops import compiled, runtime, set_conv_algorithm
+from slidenet.ops.conv import pair
+from slidenet.ops.runtime import blas_for_workers
 
 R1 = ("INPUT(32x32x3) -> [CONV(32) -> RELU]*2 -> POOL -> [CONV(64) -> RELU]*2 -> POOL -> "
       "FC(256) -> RELU -> FC(10)")
@@ -67,6 +74,7 @@ class Settings:
     memory: bool = True         # measure peak RSS in subprocesses
     latency_calls: int = 100    # single-image predictions timed per round (batch-1 latency)
     conv: str = "auto"          # slidenet's convolutions: "auto" or one algorithm everywhere
+    busy: int = 0               # processes kept spinning on a core each while timing
 
     @classmethod
     def quick(cls, **overrides):
@@ -76,7 +84,12 @@ class Settings:
         return cls(**values)
 
     def thread_count(self):
-        return self.threads or os.cpu_count() or 1
+        return self.threads or runtime.available_cores()
+
+    def slidenet_context(self):
+        """What slidenet's timings run in: nothing (the library's own defaults, as a bare call
+        gets them) unless a thread count was given."""
+        return (lambda: runtime.workers(self.threads)) if self.threads else nullcontext
 
 
 def _alternate(runners, method, settings, contexts, calls=None):
@@ -166,7 +179,7 @@ def runners_for(pattern, settings, batch, infer_batch):
     threads = settings.thread_count()
     sn = SlidenetRunner(pattern, batch, infer_batch)
     trainers, inferers = [sn], [sn]
-    contexts = {"slidenet": lambda: runtime.workers(threads)}
+    contexts = {"slidenet": settings.slidenet_context()}
     torch = torch_module() if settings.torch else None
     if torch is not None:
         torch.set_num_threads(threads)
@@ -209,14 +222,18 @@ def bench_net(pattern, settings, peak):
     train_flops = sum(f + b for f, b in per_layer.values())
     infer_flops = sum(f for f, _ in per_layer.values())
     result = {"pattern": pattern, "batch": settings.batch, "infer_batch": settings.infer_batch}
-    with runtime.workers(settings.thread_count()):
-        result["layers"] = step_times(sn, infos, settings, peak)
-    result["train"] = _speeds(_alternate(trainers, "train_step", settings, contexts),
-                              settings.batch, train_flops * settings.batch, peak)
-    result["infer"] = _speeds(_alternate(inferers, "infer", settings, contexts),
-                              settings.infer_batch, infer_flops * settings.infer_batch, peak)
-    result["latency"] = _speeds(_alternate(inferers, "infer_one", settings, contexts,
-                                           settings.latency_calls), 1, infer_flops, peak)
+    with BusyCores(settings.busy):
+        with contexts["slidenet"](), blas_for_workers():
+            result["layers"] = step_times(sn, infos, settings, peak)
+        result["train"] = _speeds(_alternate(trainers, "train_step", settings, contexts),
+                                  settings.batch, train_flops * settings.batch, peak)
+        result["infer"] = _speeds(_alternate(inferers, "infer", settings, contexts),
+                                  settings.infer_batch, infer_flops * settings.infer_batch, peak)
+        with contexts["slidenet"]():
+            if runtime.threads() > 1 and pair.enabled():
+                pair.wait_ready(120)    # turned on: the steady state of a server, compiled
+        result["latency"] = _speeds(_alternate(inferers, "infer_one", settings, contexts,
+                                               settings.latency_calls), 1, infer_flops, peak)
     if settings.memory:
         result["memory"] = {r.name: peak_memory(r.name, pattern, settings) for r in trainers}
     result["ratio"] = _ratios(result)
@@ -235,9 +252,11 @@ def run(settings, nets):
             results = {name: bench_net(pattern, settings, peak) for name, pattern in nets.items()}
     finally:
         set_conv_algorithm(previous)
-    with runtime.workers(threads):
+    with settings.slidenet_context()():
         workers = runtime.threads()
     mode = f"{workers} kernel worker{'s' * (workers > 1)} x 1 BLAS thread"
+    if not settings.threads:
+        mode += ", called bare"
     return {"machine": machine(), "settings": asdict(settings), "threads": threads,
             "slidenet_threads": mode, "compiled": compiled.status(),
             "sgemm": {"n": settings.sgemm_size, "gflops": peak}, "other_load_cores": load.cores,

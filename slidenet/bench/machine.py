@@ -108,3 +108,45 @@ def peak_rss_mb():
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # KiB on Linux
+
+
+# A loop that keeps one core busy, and ends by itself (within milliseconds) when the process
+# that started it is gone, even one killed before it could stop its spinners.
+SPIN = ("import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n"
+        "    for _ in range(100000):\n        pass\n")
+
+
+class BusyCores:
+    """`count` processes that each keep one core busy while the block runs: the benchmark of a
+    shared machine (another job, a notebook, an MPI rank too many) on demand.
+
+    Each is a fresh interpreter spinning in a loop (`SPIN`); they are started before the block
+    and stopped (by their own process ids) after it, also when the block fails. Both libraries of
+    an alternating benchmark run under the same load.
+    """
+
+    def __init__(self, count):
+        self.count = count
+        self.processes = []
+
+    def __enter__(self):
+        import subprocess
+        import sys
+        try:
+            for _ in range(self.count):
+                self.processes.append(subprocess.Popen(
+                    [sys.executable, "-c", SPIN], stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        except BaseException:
+            self.__exit__()
+            raise
+        if self.processes:
+            time.sleep(0.2)             # let them start spinning before anything is timed
+        return self
+
+    def __exit__(self, *exc):
+        for process in self.processes:
+            process.kill()
+        for process in self.processes:
+            process.wait()
+        self.processes = []

@@ -16,9 +16,14 @@ def report(result):
              "GFLOPS count a direct convolution's multiply-adds, whatever the algorithm"]
     if "env" in m:
         lines.append("environment: " + ", ".join(f"{k}={v}" for k, v in m["env"].items()))
+    busy = result["settings"].get("busy", 0)
+    if busy:
+        lines.append(f"--busy {busy}: {busy} other process{'es' * (busy > 1)} spinning on a core "
+                     "each while the libraries were timed (counted in the load below)")
     load = result.get("other_load_cores")
     if load is not None:
-        warn = "  <- the machine was busy: rerun when it is quiet" if load > 0.1 * result["threads"] else ""
+        warn = "  <- the machine was busy: rerun when it is quiet" \
+            if load - busy > 0.1 * result["threads"] else ""
         lines.append(f"other processes kept {load:.2f} cores busy during the run{warn}")
     for name, net in result["nets"].items():
         width = max(len(row["layer"]) for row in net["layers"]) + 2

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from slidenet.bench import (
     R1, _alternate, _speeds, peak_memory, runners_for)
+from slidenet.bench.machine import BusyCores
 from slidenet.bench.runners import flops
 from slidenet.ops import runtime
 
@@ -32,10 +33,11 @@ def measure(pattern, settings, batch, infer_batch, memory=True):
     work = sum(f + b for f, b in per_layer.values()), sum(f for f, _ in per_layer.values())
     with runtime.workers(settings.thread_count()):
         trainers[0].train_step()            # numba's first compile, outside the timing
-    row = {"train": _speeds(_alternate(trainers, "train_step", settings, contexts), batch,
-                            work[0] * batch, 1.0),
-           "infer": _speeds(_alternate(inferers, "infer", settings, contexts), infer_batch,
-                            work[1] * infer_batch, 1.0)}
+    with BusyCores(settings.busy):
+        row = {"train": _speeds(_alternate(trainers, "train_step", settings, contexts), batch,
+                                work[0] * batch, 1.0),
+               "infer": _speeds(_alternate(inferers, "infer", settings, contexts), infer_batch,
+                                work[1] * infer_batch, 1.0)}
     if memory:
         row["memory"] = {r.name: peak_memory(r.name, pattern, settings, batch=batch)
                          for r in trainers}

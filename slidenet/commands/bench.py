@@ -7,7 +7,7 @@ import numpy as np
 from slidenet.bench import NETS, Settings, report, run
 from slidenet.errors import SlidenetError
 from slidenet.net import Net
-from slidenet.ops import conv, set_conv_algorithm
+from slidenet.ops import conv, runtime, set_conv_algorithm
 
 MAX_BUDGET_MB = 2**20      # 1 TiB of scratch per kernel call: beyond any machine
 
@@ -47,6 +47,9 @@ def register(subparsers):
                         help="instead: how cost grows with batch size (1, 8, 64, 256), input size "
                              "(a VGG-style net, 32 to 224 pixels) and threads (1, 2), each row "
                              "against the other libraries")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="keep N other processes spinning on a core each while the libraries "
+                             "are timed (both under the same load): a shared machine on demand")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.set_defaults(func=main)
@@ -64,14 +67,19 @@ def main(args):
     for name, value in overrides.items():
         if value is not None and value < 1:
             raise SlidenetError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.threads < 0 or args.budget < 0:
-        raise SlidenetError("--threads and --budget must not be negative")
+    if args.threads < 0 or args.budget < 0 or args.busy < 0:
+        raise SlidenetError("--threads, --budget and --busy must not be negative")
     if args.budget > MAX_BUDGET_MB:
         raise SlidenetError(f"--budget is in MiB: {args.budget:g} MiB is more than any machine "
                             f"has; give at most {MAX_BUDGET_MB:,} (1 TiB), or 0 for the default")
+    cores = runtime.available_cores()
+    if args.busy > 4 * cores:
+        raise SlidenetError(f"--busy {args.busy} would start more spinning processes than four "
+                            f"per core ({cores} cores here); give at most {4 * cores}")
     values = {k: v for k, v in overrides.items() if v is not None}
     values.update(threads=args.threads, budget=int(args.budget * 2**20), torch=not args.no_torch,
-                  onnx=not args.no_onnx, memory=not args.no_memory, conv=args.conv)
+                  onnx=not args.no_onnx, memory=not args.no_memory, conv=args.conv,
+                  busy=args.busy)
     settings = Settings.quick(**values) if args.quick else Settings(**values)
     if args.scaling:
         from slidenet.bench.scaling import report_scaling, run_scaling

@@ -90,6 +90,10 @@ def _compile():
     done.winograd_rows = jit(winograd_rows)
     done.winograd_output = jit(winograd_output)
     done.winograd_adjoint = jit(winograd_adjoint)
+    # The range versions first: the whole-image ones call them as globals of this module.
+    global winograd4_rows_of, winograd4_output_of
+    winograd4_rows_of, winograd4_output_of = jit(winograd4_rows_of), jit(winograd4_output_of)
+    done.winograd4_rows_of, done.winograd4_output_of = winograd4_rows_of, winograd4_output_of
     done.winograd4_rows, done.winograd4_output, done.winograd4_adjoint = (
         jit(winograd4_rows), jit(winograd4_output), jit(winograd4_adjoint))
     done.max_pool = jit(max_pool)
@@ -303,13 +307,17 @@ def winograd4_rows(xp, fw, out):
     Each tile's six transformed rows are built once into a small buffer, then copied out F_w
     times (once per filter column), instead of recomputing the sums for every copy.
     """
+    winograd4_rows_of(xp, fw, out, 0, (xp.shape[1] - 2) // 4)
+
+
+def winograd4_rows_of(xp, fw, out, t0, t1):
+    """`winograd4_rows` for tiles t0..t1 only (`ops.conv.pair` splits one image's tiles)."""
     c, hp, wp, d = xp.shape
-    t = (hp - 2) // 4
     wo = wp - fw + 1
     two, four = xp.dtype.type(2), xp.dtype.type(4)
     b = np.empty((6, wp, d), xp.dtype)
     for n in range(c):
-        for ti in range(t):
+        for ti in range(t0, t1):
             r = 4 * ti
             for x in range(wp):
                 for ch in range(d):
@@ -334,12 +342,17 @@ def winograd4_rows(xp, fw, out):
 
 def winograd4_output(m, out, bias, use_bias, relu):
     """m (6, c, T, W', K) -> out (c, H', W', K): y = A^T m [+ b][ReLU]; rows past H' dropped."""
+    winograd4_output_of(m, out, bias, use_bias, relu, 0, m.shape[2])
+
+
+def winograd4_output_of(m, out, bias, use_bias, relu, t0, t1):
+    """`winograd4_output` for tiles t0..t1 only (`ops.conv.pair` splits one image's tiles)."""
     _, c, t, wo, k = m.shape
     ho = out.shape[1]
     zero, two = out.dtype.type(0), out.dtype.type(2)
     four, eight = out.dtype.type(4), out.dtype.type(8)
     for n in range(c):
-        for ti in range(t):
+        for ti in range(t0, t1):
             r = 4 * ti
             rows = min(4, ho - r)               # rows of this tile inside the output
             for w in range(wo):

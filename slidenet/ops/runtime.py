@@ -11,10 +11,17 @@ for, since BLAS is fastest on rows that are still in the cache.
 Worker threads (`set_threads`) process different chunks at the same time. NumPy releases the
 GIL in its copies and ufuncs and BLAS releases it in a matrix multiply, so two threads keep two
 cores busy, including the copying work that a multi-threaded BLAS alone would leave on one core.
-With more than one worker, BLAS itself should run one thread per call
-(``OPENBLAS_NUM_THREADS=1``, or ``threadpoolctl.threadpool_limits(1)``), or the two kinds of
-thread fight over the cores. The default is one worker: the kernels then run chunk after chunk
-on the calling thread and BLAS uses whatever threads it was given.
+The default is one worker per core this process may use (`available_cores`: its CPU affinity and
+cgroup quota), whoever calls: `Net.forward` called bare runs as `slidenet train` does.
+
+With more than one worker, BLAS itself must run one thread per call, or the two kinds of thread
+fight over the cores. `blas_for_workers()` sees to it: a cheap context (three calls into the BLAS
+library when the outermost one is entered and left) that lowers BLAS's threads to cores //
+workers while any slidenet kernel runs, and puts back the caller's setting when the last one
+leaves. `Net.forward`/`backward`, the prepared net and every parallel `run_chunks` enter it, so
+no caller has to. It only ever lowers the count: a caller's own `threadpool_limits` stays in
+force, and BLAS called outside slidenet keeps its threads. (Capping BLAS once for the whole
+process would be cheaper still, but would slow down the user's own NumPy matrix products.)
 
 Scratch buffers are private to a thread and live only inside one kernel call; nothing a kernel
 returns or caches ever points into them, so layers and nets can run interleaved safely.
@@ -50,8 +57,9 @@ DEFAULT_RECYCLE_LIMIT = 2**30
 # Zero-bordered buffers (`bordered`) kept per thread: a few per convolution layer of a net.
 BORDERED_KEEP = 16
 
-_settings = {"budget": DEFAULT_BUDGET, "chunk_bytes": DEFAULT_CHUNK_BYTES, "threads": 1,
-             "recycle_limit": DEFAULT_RECYCLE_LIMIT}
+# threads None: one per available core, counted at first use.
+_settings = {"budget": DEFAULT_BUDGET, "chunk_bytes": DEFAULT_CHUNK_BYTES, "threads": None,
+             "recycle_limit": DEFAULT_RECYCLE_LIMIT, "cores": None}
 _recycled = {"buffers": [], "lock": threading.Lock()}
 _pool = {"executor": None, "size": 0}
 _local = threading.local()
@@ -85,19 +93,37 @@ def set_chunk_bytes(nbytes=None):
     return previous
 
 
-def set_threads(n=None):
-    """Run kernels on `n` worker threads (None: one per CPU core); returns the previous count.
+def available_cores():
+    """The cores this process may run on: its CPU affinity (taskset, a cpuset), lowered to a
+    cgroup's CPU quota (a container's --cpus) where there is one; at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
-    See the module docstring: with n > 1, limit BLAS to one thread per call.
+
+def set_threads(n=None):
+    """Run kernels on `n` worker threads (None: one per available core, the default).
+
+    Returns the previous setting (None where it was the default), for restoring it.
     """
     previous = _settings["threads"]
-    _settings["threads"] = _positive_int("n", (os.cpu_count() or 1) if n is None else n)
+    _settings["threads"] = None if n is None else _positive_int("n", n)
     return previous
 
 
 def threads():
     """The number of worker threads the kernels use."""
-    return _settings["threads"]
+    count = _settings["threads"]
+    return available_cores_cached() if count is None else count
 
 
 @contextmanager
@@ -111,6 +137,108 @@ def workers(count=None):
             yield
     finally:
         set_threads(previous)
+
+
+class _BlasLimit:
+    """Lowers the BLAS libraries' threads while slidenet's kernels run: `blas_for_workers()`.
+
+    Process-wide, like OpenBLAS's own setting: a count of the threads inside, the caller's
+    setting saved when the first enters, put back when the last leaves. Where a BLAS keeps its
+    count per thread (OpenMP builds), slidenet's pool threads set theirs once (`pool_thread`).
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.libraries = None       # [(get, set, per_thread)], found at first use
+        self.inside = 0
+        self.saved = None           # the caller's counts, while a limit is in force
+        self.limit = None
+
+    def _find(self):
+        from threadpoolctl import ThreadpoolController
+        found = []
+        for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+            raw = _openblas_calls(lib) if lib.internal_api == "openblas" and \
+                getattr(lib, "threading_layer", None) != "openmp" else None
+            per_thread = getattr(lib, "threading_layer", None) == "openmp"
+            # threadpoolctl lets only one Python thread set OpenBLAS's process-wide count;
+            # any thread that runs a kernel must be able to, so the library is called directly.
+            found.append(raw or (lib.get_num_threads, lib.set_num_threads, per_thread))
+        return found
+
+    def __enter__(self):
+        count = threads()
+        with self.lock:
+            self.inside += 1
+            if count <= 1:
+                return self
+            if self.libraries is None:
+                self.libraries = self._find()
+            want = threads_per_worker(count)
+            if self.limit is not None and self.limit <= want:
+                return self
+            if self.saved is None:
+                # A per-thread count is the calling thread's own: left to the caller.
+                self.saved = [None if per_thread else get()
+                              for get, _, per_thread in self.libraries]
+            for (_, set_, _), had in zip(self.libraries, self.saved):
+                if had is not None and had > want:
+                    set_(want)
+            self.limit = want
+        return self
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.inside -= 1
+            if self.inside == 0 and self.saved is not None:
+                for (_, set_, _), had in zip(self.libraries, self.saved):
+                    if had is not None and had > self.limit:
+                        set_(had)
+                self.saved = self.limit = None
+
+    def pool_thread(self):
+        """In a pool thread, once: a per-thread BLAS count limited for good (the thread runs
+        nothing but kernels)."""
+        for _, set_, per_thread in self.libraries or ():
+            if per_thread:
+                set_(1)
+
+
+def _openblas_calls(lib):
+    """OpenBLAS's own get/set of its process-wide thread count, or None if not found."""
+    import ctypes
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_", "_64"):
+            get = getattr(lib.dynlib, f"{prefix}openblas_get_num_threads{suffix}", None)
+            set_ = getattr(lib.dynlib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                get.restype, set_.restype = ctypes.c_int, None
+                set_.argtypes = [ctypes.c_int]
+                return get, set_, False
+    return None
+
+
+def threads_per_worker(count=None):
+    """BLAS threads each of `count` workers (default: `threads()`) may use: cores // count."""
+    return max(1, available_cores_cached() // (count or threads()))
+
+
+def available_cores_cached():
+    """`available_cores()`, counted once per process."""
+    if _settings["cores"] is None:
+        _settings["cores"] = available_cores()
+    return _settings["cores"]
+
+
+_blas_limit = _BlasLimit()
+
+
+def blas_for_workers():
+    """A context: while it is open (in any thread), BLAS runs at most cores // workers threads
+    per call, so that slidenet's worker threads and BLAS's never outnumber the cores. Nested
+    and concurrent uses are cheap; the caller's setting comes back when the last one closes.
+    With one worker it changes nothing."""
+    return _blas_limit
 
 
 def scratch(name, shape, dtype):
@@ -268,7 +396,10 @@ def run_chunks(work, slices):
         with lock:
             return next(order, None)
 
-    def part():
+    def part(pooled=True):
+        if pooled and not getattr(_local, "limited", False):
+            _blas_limit.pool_thread()
+            _local.limited = True
         _local.worker = True
         done = []
         try:
@@ -283,12 +414,13 @@ def run_chunks(work, slices):
             _local.worker = False
         return done
 
-    futures = [_executor(count - 1).submit(part) for _ in range(1, count)]
-    try:
-        results = part()
-    finally:
-        for future in futures:          # never return while a worker still writes
-            future.exception()
+    with _blas_limit:
+        futures = [_executor(count - 1).submit(part) for _ in range(1, count)]
+        try:
+            results = part(pooled=False)
+        finally:
+            for future in futures:          # never return while a worker still writes
+                future.exception()
     for future in futures:
         results.extend(future.result())
     return [value for _, value in sorted(results, key=lambda pair: pair[0])]

@@ -33,7 +33,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from slidenet.ops.conv import direct, full_dx, im2col, winograd, winograd_f23, winograd_f43
+from slidenet.ops.conv import (
+    direct, full_dx, im2col, pair, winograd, winograd_f23, winograd_f43)
 from slidenet.ops.conv.common import ConvCache
 from slidenet.ops.conv.im2col import conv_backward_im2col, conv_forward_im2col
 
@@ -141,10 +142,15 @@ def prepare_conv(w, b, stride=(1, 1), pad=(0, 0), relu=False, algorithm=None, he
 def conv_infer(x, prepared, budget=None):
     """conv_forward's output alone (no cache), with the filters `prepare_conv` made.
 
-    A batch of one image runs on the calling thread: splitting its rows between the worker
-    threads costs more in hand-overs than it saves (docs/benchmarks.md, "Batch 1").
+    A batch of one image has no chunks to share: through the thread pool, splitting its rows
+    costs more in hand-overs than it saves (docs/benchmarks.md, "Batch 1"). An F(4, 3) layer
+    of one float32 image is split with `pair` instead, whose hand-over stays in compiled code.
     """
     p = prepared
+    if p.algorithm == "winograd4" and pair.applies(x, x.shape[1] + 2 * p.pad[0] - 2, p.filters):
+        out = pair.winograd4_forward(x, p.w, p.b, p.pad, p.relu, p.filters)
+        if out is not None:
+            return out
     return PAIRS[p.algorithm][0](x, p.w, p.b, p.stride, p.pad, p.relu, budget, filters=p.filters)[0]
 
 

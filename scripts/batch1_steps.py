@@ -1,0 +1,69 @@
+"""Batch 1, step by step: each step of R1's prepared net (`Net.prepare()`, what `predict` and
+`serve` run) on one image, with its F(4, 3) layers split over two threads (`ops.conv.pair`) and on
+one thread, alternating: docs/benchmarks.md's "Round 3".
+
+    .venv/bin/python scripts/batch1_steps.py [--rounds 7] [--calls 300] [--always]
+
+Each round times every step `--calls` times in a row on the output of the step before (the
+prediction's own inputs), once paired (2 workers, the helper running) and once on one worker;
+prints per step the median over the rounds in microseconds, both ways, and the whole forward.
+"""
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from slidenet.bench import R1
+from slidenet.net import Net
+from slidenet.ops import runtime
+from slidenet.ops.conv import pair
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--always", action="store_true",
+                        help="try to pair on every call, also after a miss (no back-off)")
+    args = parser.parse_args()
+    net = Net.from_pattern(R1)
+    plan = net.prepare()
+    x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)
+    pair.set_enabled(True)                  # off by default
+    with runtime.workers(2):
+        ready = pair.wait_ready(300)
+    inputs, out = [], x
+    for _, run in plan.steps:
+        inputs.append(out)
+        out = run(out)
+    names = [step.name for step, _ in plan.steps] + ["whole forward"]
+    times = {(name, mode): [] for name in names for mode in ("paired", "one thread")}
+    for _ in range(args.rounds):
+        for mode, count in (("paired", 2), ("one thread", 1)):
+            with runtime.workers(count):
+                for (step, run), given in zip(plan.steps, inputs):
+                    start = time.perf_counter()
+                    for _ in range(args.calls):
+                        if args.always:
+                            pair._state["skip"] = 0     # every call tries to pair
+                        run(given)
+                    times[step.name, mode].append((time.perf_counter() - start) / args.calls)
+                start = time.perf_counter()
+                for _ in range(args.calls):
+                    if args.always:
+                        pair._state["skip"] = 0
+                    plan.forward(x)
+                times["whole forward", mode].append((time.perf_counter() - start) / args.calls)
+    print(f"helper ready: {ready}; halves it ran: {pair.helper_runs()}; µs per call, median "
+          f"of {args.rounds} rounds (fastest-slowest)")
+    for name in names:
+        cells = []
+        for mode in ("paired", "one thread"):
+            v = [t * 1e6 for t in times[name, mode]]
+            cells.append(f"{mode} {statistics.median(v):7.1f} ({min(v):.0f}-{max(v):.0f})")
+        print(f"  {name:<28}" + "   ".join(cells))
+
+
+if __name__ == "__main__":
+    main()

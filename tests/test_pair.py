@@ -1,0 +1,112 @@
+"""One image's F(4, 3) layer on two threads (`ops.conv.pair`): the same bits as on one, whoever
+runs which half, and a helper that is late or busy never changes a result.
+
+The oracle is the unpaired kernel on one worker (itself checked against the lecture's loops by
+the harness); every comparison is exact.
+"""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from slidenet import Net
+from slidenet.ops import conv, runtime
+from slidenet.ops.conv import pair
+
+# conftest's `numba` fixture: these fail without numba (SLIDENET_SKIP_NUMBA=1 skips them).
+pytestmark = pytest.mark.usefixtures("numba")
+RNG = np.random.default_rng(11)
+# (H, W, D, K): R1's three F(4, 3) layers, odd sizes (a last tile that sticks out), thin ones.
+GEOMETRIES = [(32, 32, 32, 32), (16, 16, 32, 64), (8, 8, 64, 64), (13, 9, 5, 7), (7, 3, 2, 2),
+              (10, 10, 3, 16)]
+
+
+@pytest.fixture
+def helper():
+    previous = pair.set_enabled(True)               # off by default (SLIDENET_PAIR=1 is on)
+    if not pair.wait_ready(300):
+        pytest.fail(f"the helper did not start: {pair._state['error']}")
+    yield
+    pair.set_enabled(previous)
+
+
+def test_off_by_default_one_image_runs_on_the_calling_thread_alone():
+    if pair.enabled():
+        pytest.skip("SLIDENET_PAIR=1 turned it on")
+    x, prepared = _layer(16, 16, 32, 64)
+    runs = pair.helper_runs()
+    with runtime.workers(2):
+        for _ in range(2 * pair.START_AFTER):
+            conv.conv_infer(x, prepared)
+    assert pair.helper_runs() == runs
+
+
+def _layer(h, w, d, k, relu=True):
+    x = RNG.standard_normal((1, h, w, d)).astype(np.float32)
+    weights = RNG.standard_normal((3, 3, d, k)).astype(np.float32)
+    bias = RNG.standard_normal(k).astype(np.float32)
+    return x, conv.prepare_conv(weights, bias, (1, 1), (1, 1), relu, algorithm="winograd4")
+
+
+def _unpaired(x, prepared):
+    with runtime.workers(1):
+        return conv.conv_infer(x, prepared).copy()
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "x".join(map(str, g)))
+def test_both_halves_on_two_threads_give_the_unpaired_bits(helper, geometry):
+    x, prepared = _layer(*geometry)
+    want = _unpaired(x, prepared)
+    runs, deadline = pair.helper_runs(), time.monotonic() + 20
+    with runtime.workers(2):
+        while pair.helper_runs() == runs and time.monotonic() < deadline:
+            pair._state["skip"] = 0                 # retry at once after a miss
+            np.testing.assert_array_equal(conv.conv_infer(x, prepared), want)
+    assert pair.helper_runs() > runs, "the helper never took its half in 20 s"
+
+
+def test_a_helper_that_never_comes_leaves_the_caller_all_of_it(helper):
+    x, prepared = _layer(16, 16, 32, 64)
+    want = _unpaired(x, prepared)
+    saved = dict(pair._state)
+    ctl = np.zeros(pair.SLOTS, np.int64)            # nobody serves this control array
+    pair._state.update(ctl=ctl, event=threading.Event(), skip=0)
+    try:
+        with runtime.workers(2):
+            got = conv.conv_infer(x, prepared)
+            skip = pair._state["skip"]
+    finally:
+        pair._state.update(saved)
+    np.testing.assert_array_equal(got, want)
+    assert ctl[pair.TAKEN_BY_HELPER] == 0
+    # It looked awake (not SLEEPING) and missed: told to sleep, and left alone for a while.
+    assert ctl[pair.STATE] == pair.HUSH and skip == pair.BACKOFF
+
+
+def test_a_prepared_net_predicts_the_same_one_image_at_a_time_from_two_threads(helper):
+    net = Net.from_pattern("INPUT(16x16x3) -> [CONV(8) -> RELU]*2 -> POOL -> CONV(16) -> RELU "
+                           "-> FC(5)", seed=3)
+    plan = net.prepare()
+    images = RNG.standard_normal((12, 16, 16, 3)).astype(np.float32)
+    with runtime.workers(1):
+        want = [plan.forward(images[i:i + 1]).copy() for i in range(len(images))]
+    got, errors = {}, []
+
+    def predict(who):
+        try:
+            for _ in range(5):
+                for i in range(len(images)):
+                    got[who, i] = plan.forward(images[i:i + 1]).copy()
+                    np.testing.assert_array_equal(got[who, i], want[i])
+        except AssertionError as err:
+            errors.append(err)
+
+    with runtime.workers(2):
+        threads = [threading.Thread(target=predict, args=(who,)) for who in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert not errors, errors[0]
+    assert len(got) == 2 * len(images)

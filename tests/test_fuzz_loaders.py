@@ -198,6 +198,25 @@ FORMATS = {
 MUTATIONS = ("flip", "truncate", "lie")
 
 
+def _loads_or_is_refused(case, action, outcomes):
+    """Run action(): it loads (counted in outcomes["loaded"]) or raises a SlidenetError with a
+    message (outcomes["refused"]); anything else is a defect. Either way it allocates less than
+    PEAK."""
+    tracemalloc.start()
+    try:
+        action()
+        outcomes["loaded"] += 1
+    except SlidenetError as err:
+        assert str(err).strip(), case
+        outcomes["refused"] += 1
+    except Exception as err:        # anything but slidenet's own error is a defect
+        pytest.fail(f"{case}: {type(err).__name__}: {err}")
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < PEAK, f"{case}: {peak / 2**20:.0f} MiB allocated"
+
+
 @pytest.mark.parametrize("mutation", MUTATIONS)
 @pytest.mark.parametrize("kind", FORMATS)
 def test_mutated_files_load_or_raise_slidenet_errors(tmp_path, kind, mutation):
@@ -211,20 +230,7 @@ def test_mutated_files_load_or_raise_slidenet_errors(tmp_path, kind, mutation):
     for seed in range(EXAMPLES):
         rng = np.random.default_rng([seed, len(kind), len(mutation)])
         path.write_bytes(mutate(valid, rng))
-        case = f"{kind}, {mutation}, seed {seed}"
-        tracemalloc.start()
-        try:
-            load(path)
-            outcomes["loaded"] += 1
-        except SlidenetError as err:
-            assert str(err).strip(), case
-            outcomes["refused"] += 1
-        except Exception as err:        # anything but slidenet's own error is a defect
-            pytest.fail(f"{case}: {type(err).__name__}: {err}")
-        finally:
-            peak = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
-        assert peak < PEAK, f"{case}: {peak / 2**20:.0f} MiB allocated"
+        _loads_or_is_refused(f"{kind}, {mutation}, seed {seed}", lambda: load(path), outcomes)
     # Truncation and lies about sizes must be noticed at least some of the time.
     if mutation != "flip":
         assert outcomes["refused"] > 0, outcomes
@@ -277,21 +283,12 @@ def test_a_model_whose_meta_is_altered_loads_or_is_refused(tmp_path):
     outcomes = {"loaded": 0, "refused": 0}
     images = np.zeros((2, 8, 8, 2), np.uint8)
     for path, new in cases:
-        case = f"meta{list(path)} = {str(new)[:40]!r}"
         modelfile.save(tmp_path / "m.npz", arrays, _replace(meta, path, new))
-        tracemalloc.start()
-        try:
+
+        def use():
             model = slidenet.load(tmp_path / "m.npz")
             model.predict(images)
             str(model)
-            outcomes["loaded"] += 1
-        except SlidenetError as err:
-            assert str(err).strip(), case
-            outcomes["refused"] += 1
-        except Exception as err:        # anything but slidenet's own error is a defect
-            pytest.fail(f"{case}: {type(err).__name__}: {err}")
-        finally:
-            peak = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
-        assert peak < PEAK, f"{case}: {peak / 2**20:.0f} MiB allocated"
+
+        _loads_or_is_refused(f"meta{list(path)} = {str(new)[:40]!r}", use, outcomes)
     assert outcomes["loaded"] and outcomes["refused"], outcomes

@@ -11,7 +11,7 @@ ResNeXt uses many. G = D is depthwise (MobileNet): each channel has its own F_h 
 
 A general grouping runs the ordinary convolution pair (`ops.conv`) once per group. Depthwise
 runs F_h * F_w shifted multiply-adds over whole volumes (`window.tap`): one filter number per
-channel and tap, which a GEMM would only waste. `naive.grouped_conv_forward` is the oracle.
+channel and tap, which a GEMM would only waste. `naive.conv_forward` with `groups` is the oracle.
 """
 from typing import NamedTuple
 

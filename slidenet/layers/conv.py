@@ -16,7 +16,7 @@ side and windows that do not tile may be rounded (`slidenet.layers.sliding`).
 
 The kernels are `slidenet.ops.conv_forward` / `conv_backward` (which pick an algorithm) and, for
 groups, `ops.grouped_conv_forward`; the lecture's loops are `slidenet.ops.naive.conv_forward`
-and `naive.grouped_conv_forward`.
+with `groups`.
 """
 import numpy as np
 

@@ -244,7 +244,7 @@ def load(path):
     infos = infer(parse(meta["pattern"], variables, skip), meta["pattern"])
     modelmeta.check_sizes(walk_infos(infos), arrays, dtype, path)
     try:
-        net = Net.from_pattern(meta["pattern"], seed=0, dtype=dtype, skip_optional=skip,
+        net = Net.from_pattern(meta["pattern"], seed=0, dtype=dtype, skip_optional=skip, blank=True,
                                **variables)
         for prefix, target in (("param/", net.params), ("buffer/", net.buffers)):
             for name, live in target.items():

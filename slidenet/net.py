@@ -42,7 +42,7 @@ class Net:
     net; `backward` overwrites `grads` in place, so the dicts can be held on to.
     """
 
-    def __init__(self, pattern, variables, skip_optional, seed, dtype):
+    def __init__(self, pattern, variables, skip_optional, seed, dtype, blank=False):
         if dtype not in DTYPES:
             raise SlidenetError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         self.pattern = zoo.resolve(pattern)    # a model file keeps the pattern itself
@@ -60,7 +60,8 @@ class Net:
                 "it without allocating anything")
         # Dropout draws from its own stream, so adding dropout never changes the initial weights.
         self.dropout_rng = np.random.default_rng([seed, 1])
-        init = layer_kinds.Init(np.random.default_rng(seed), self.dropout_rng, self.dtype)
+        init = layer_kinds.Init(np.random.default_rng(seed), self.dropout_rng, self.dtype,
+                                blank=blank)
         last = self.infos[-1]
         self.layers = [layer_kinds.build(info, init._replace(scoring=info is last))
                        for info in self.infos[1:]]
@@ -74,9 +75,11 @@ class Net:
                 self.buffers[f"{layer.name}.{key}"] = value
 
     @classmethod
-    def from_pattern(cls, pattern, seed=0, dtype="float32", skip_optional=False, **variables):
-        """Parse `pattern`, infer every shape, and initialise the weights from `seed`."""
-        return cls(pattern, variables, skip_optional, seed, dtype)
+    def from_pattern(cls, pattern, seed=0, dtype="float32", skip_optional=False, blank=False,
+                     **variables):
+        """Parse `pattern`, infer every shape, and initialise the weights from `seed` (all
+        zeros when `blank`, for weights that are read from a file next)."""
+        return cls(pattern, variables, skip_optional, seed, dtype, blank)
 
     def every_layer(self):
         """Every layer, branches included (each branch's layers before their merge)."""
@@ -117,14 +120,22 @@ class Net:
         for layer in self.every_layer():
             layer.cache = None
 
-    def forward(self, x, train=False):
-        """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs)."""
+    def forward(self, x, train=False, frozen=0):
+        """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs).
+
+        frozen: the first `frozen` steps run in evaluation mode even when `train` (no dropout;
+        batch normalisation on its running statistics, which stay as they are) and keep no
+        caches, since `backward(..., frozen=frozen)` stops before them (transfer learning).
+        """
         out = self._check_input(x)
         self._release_caches()
         try:
             with blas_for_workers():    # whoever calls: never more threads than cores
-                for step in self.steps:
-                    out = step.forward(out, train)
+                for index, step in enumerate(self.steps):
+                    out = step.forward(out, train and index >= frozen)
+                    if index < frozen:
+                        for part in layer_kinds.leaves(step.parts):
+                            part.cache = None
         except MemoryError:
             raise _out_of_memory(step, len(x), "forward") from None
         return _scores(out)
@@ -140,12 +151,13 @@ class Net:
                 kept.append((layer.name, out))
         return kept
 
-    def backward(self, dscores, input_grad=True):
+    def backward(self, dscores, input_grad=True, frozen=0):
         """dscores: (batch, num_outputs), the loss gradient for the last forward.
 
         Fills `grads` in place and returns the gradient with respect to the input (batch, H, W, D).
         input_grad=False: a training step that needs only `grads` skips the first layer's dx
-        (and may get None back).
+        (and may get None back). frozen: stop after step `frozen` (as in `forward`): the
+        frozen steps' grads are left as they were, and None is returned.
         """
         grad = dscores.astype(self.dtype, copy=False)
         if grad.ndim == 2 and _is_head(self.infos[-1].output_shape):
@@ -153,10 +165,11 @@ class Net:
             grad = grad.reshape(len(grad), *self.infos[-1].output_shape)
         try:
             with blas_for_workers():
-                for step in reversed(self.steps[1:]):
+                for step in reversed(self.steps[frozen + 1:]):
                     grad = step.backward(grad)
-                step = self.steps[0]
-                return step.backward(grad, need_dx=input_grad)
+                step = self.steps[frozen]
+                grad = step.backward(grad, need_dx=input_grad and not frozen)
+                return None if frozen else grad
         except MemoryError:
             raise _out_of_memory(step, len(dscores), "backward") from None
 

@@ -188,8 +188,8 @@ def test_grouped_conv_kernel(depth, filters, groups, stride, pad):
     b = rng.standard_normal(filters)
     check_kernel(lambda x, w, b: ops.grouped_conv_forward(x, w, b, stride, pad, groups),
                  ops.grouped_conv_backward, {"x": x, "w": w, "b": b}, wrt=("x", "w", "b"),
-                 naive=lambda x, w, b: naive.grouped_conv_forward(x, w, b, stride, pad, groups),
-                 naive_backward=lambda dout, x, w, b: naive.grouped_conv_backward(
+                 naive=lambda x, w, b: naive.conv_forward(x, w, b, stride, pad, groups),
+                 naive_backward=lambda dout, x, w, b: naive.conv_backward(
                      dout, x, w, stride, pad, groups))
 
 
@@ -197,7 +197,7 @@ def test_naive_grouped_conv_is_per_group_convolution():
     # The oracle itself, against the lecture's convolution run on each group's channels.
     rng = np.random.default_rng(3)
     x, w, b = rng.standard_normal((1, 5, 5, 4)), rng.standard_normal((3, 3, 2, 6)), np.zeros(6)
-    got = naive.grouped_conv_forward(x, w, b, (1, 1), (1, 1), 2)
+    got = naive.conv_forward(x, w, b, (1, 1), (1, 1), 2)
     want = np.concatenate([naive.conv_forward(x[..., :2], w[..., :3], b[:3], (1, 1), (1, 1)),
                            naive.conv_forward(x[..., 2:], w[..., 3:], b[3:], (1, 1), (1, 1))], 3)
     np.testing.assert_allclose(got, want, rtol=1e-12)

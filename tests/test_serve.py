@@ -632,3 +632,35 @@ def test_a_bug_is_answered_with_json_500(tiny, monkeypatch):
         "/api/predict", content=png_bytes(tiny["x"][0]))
     assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
     assert answer.json()["error"] == "the server failed (RuntimeError); its log has the details"
+
+
+RSS_AFTER_DECODES = """
+import asyncio, io, sys
+from PIL import Image
+from slidenet.serve.app import Decodes
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+def png(mode, size):
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, "PNG")
+    return buffer.getvalue()
+
+uploads = [png("RGBA", (4096, 4096)), png("RGBA", (1, 16_777_216))]
+before = rss()
+decodes = Decodes()
+for body in uploads * 2:
+    asyncio.run(decodes.decode(body, (28, 28, 1)))
+print(before, rss())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and glibc's malloc_trim")
+def test_the_memory_of_large_decodes_is_handed_back():
+    """glibc keeps what a large decode freed unless told to give it back; the server's resident
+    size then never comes down (without it, 130 to 170 MiB more stayed resident here)."""
+    out = subprocess.run([sys.executable, "-c", RSS_AFTER_DECODES], capture_output=True,
+                         text=True, check=True).stdout
+    before, after = map(int, out.split())
+    assert after - before < 24 * 2**20, (after - before) / 2**20

@@ -1,4 +1,5 @@
-"""`slidenet train`: train a net on offline data; `--resume` continues a saved run exactly.
+"""`slidenet train`: train a net on offline data; `--resume` continues a saved run exactly;
+`--from MODEL` starts a new run from a model's weights (transfer learning, `training.transfer`).
 
 No flag is silently ignored. A resumed run continues exactly as it began, so the flags that
 define the run (the net, the data, the split, the optimizer, ...) cannot change on `--resume`:
@@ -24,7 +25,7 @@ ON_RESUME = ("epochs", "stop_after", "patience", "threads", "out")
 # given: on --resume a given one must agree with the model, and an absent one takes its default.
 RUN_FLAGS = ("pattern", "skip_optional", "data", "batch_size", "lr", "optimizer", "momentum",
              "weight_decay", "schedule", "loss", "augment", "flip", "erase", "label_smoothing",
-             "val_fraction", "seed", "patience", "resize")
+             "val_fraction", "seed", "patience", "resize", "freeze")
 
 
 def register(subparsers):
@@ -85,6 +86,14 @@ def register(subparsers):
                                  "model's folder)")
     p.add_argument("--resume", metavar="MODEL",
                    help="continue the run saved in MODEL, exactly, up to --epochs (default: a new run)")
+    p.add_argument("--from", dest="source", metavar="MODEL",
+                   help="start a new run from MODEL's weights (trained or imported); when the "
+                        "data has another number of classes, its scoring layer is replaced by a "
+                        "fresh one (default: a new net from --pattern)")
+    p.add_argument("--freeze", nargs="?", const="head", metavar="LAYER",
+                   help="with --from: train only the scoring layer, or only the layers after "
+                        "LAYER (a name such as conv3, or a position); the frozen ones run as in "
+                        "inference (default: train every layer)")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="stop after N epochs of this run, as an interruption would, to resume "
                         "later; 0 = run to --epochs")
@@ -113,6 +122,31 @@ def _check(args):
                             "(the page that shows training): add --live, or drop it")
     if args.resume and not os.path.isfile(args.resume):
         raise SlidenetError(f"--resume {args.resume}: no such model file")
+    _check_from(args)
+
+
+def _check_from(args):
+    """--from starts a new run from a model's net: it cannot go with a flag that names
+    another net, nor with --resume, which continues a run; --freeze needs it."""
+    if args.source is None:
+        if args.freeze is not None and not args.resume:
+            raise SlidenetError("--freeze applies to a run --from MODEL (a new net's random "
+                                "layers are not worth keeping); add --from MODEL or drop --freeze")
+        return
+    if args.resume:
+        raise SlidenetError(f"--from and --resume cannot go together: --from {args.source} starts "
+                            f"a new run from a model's weights, --resume {args.resume} continues a "
+                            "run exactly; to continue a run that began --from, give only --resume "
+                            "OUT/model.npz")
+    for flag, given in (("--pattern", args.pattern), ("--set", args.set),
+                        ("--skip-optional", args.skip_optional)):
+        if given is not None:
+            raise SlidenetError(f"{flag} cannot go with --from {args.source}: the net is the "
+                                "model's (with a fresh scoring layer when the data has another "
+                                f"number of classes); drop {flag}, or drop --from to train a new "
+                                "net")
+    if not os.path.isfile(args.source):
+        raise SlidenetError(f"--from {args.source}: no such model file")
 
 
 def _flag(name):
@@ -127,6 +161,9 @@ def _shown(name, value):
         if name == "augment":
             return "--augment" if value else "--no-augment"
         return _flag(name) if value else f"no {_flag(name)}"
+    if name == "freeze":
+        return ("no --freeze" if not value else "--freeze" if value == "head"
+                else f"--freeze {value}")
     return f"{_flag(name)} {value!r}" if name == "pattern" else f"{_flag(name)} {value}"
 
 
@@ -223,6 +260,8 @@ def run(args):
         if not saved:
             _check_fine_tuning(args, given)
             values["data"] = given.get("data")     # the model's own, unless --data says
+    if args.source:
+        values.update(source=args.source, data=given.get("data"))   # default: the model's data
     if "momentum" in given and values["optimizer"] not in ("momentum", "nesterov"):
         raise SlidenetError(f"--momentum applies to --optimizer momentum or nesterov, not "
                             f"{values['optimizer']}, which does not use it; drop --momentum")

@@ -1,8 +1,11 @@
 """An .onnx file from anywhere, read as untrusted data: nothing in it is run, and every size it
 claims is checked before anything is allocated.
 
-    model, folder = read_model("cnn.onnx")       # onnx.ModelProto, the folder it lies in
-    w = tensor_array(model.graph.initializer[0], folder, budget)
+    model, folder, raws = read_model("cnn.onnx")     # onnx.ModelProto, its folder, weights
+    w = tensor_array(model.graph.initializer[0], folder, budget, raws[0])
+
+The file is read once into a NumPy buffer; `split_weights` leaves each initializer's raw bytes
+there (the weights are views of it) and hands protobuf only the rest to parse.
 
 Refused, each as one `OnnxFileError` line naming the file: a missing, empty, truncated or
 foreign file; a file larger than protobuf can hold; a tensor whose dims say more bytes than
@@ -71,10 +74,15 @@ def read_model(path):
     if size == 0:
         raise OnnxFileError(f"{path} is empty, not an ONNX model")
     check_claimed_size(f"{path}", size, MAX_ONNX_FILE_BYTES)
-    data = path.read_bytes()
     model = onnx.ModelProto()
+    data = np.fromfile(path, dtype=np.uint8)
+    data.flags.writeable = False        # the weights are views of it: read, never written
+    # The initializers' raw bytes stay where they lie in the file's buffer, viewed by NumPy;
+    # protobuf parses the rest (a few kilobytes), so the weights are in memory once, not
+    # twice, and never copied out of protobuf one by one.
+    light, raws = split_weights(data)
     try:
-        model.ParseFromString(data)
+        model.ParseFromString(light if light is not None else data.tobytes())
     except (DecodeError, ValueError, RuntimeError) as err:
         raise OnnxFileError(f"{path} is not an ONNX model, or it is truncated "
                             f"({_first_line(err) or 'protobuf cannot parse it'})") from None
@@ -88,10 +96,139 @@ def read_model(path):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             _external_file(tensor, folder, f"tensor {tensor.name!r}")
     try:
-        onnx.checker.check_model(str(path))
+        # The checker judges the graph without its weights (`light_model`): given the path,
+        # it would read and parse the whole file again. `tensor_array` checks each weight.
+        onnx.checker.check_model(light_model(onnx, model))
     except Exception as err:        # the checker's own ValidationError, and C++ errors it wraps
         raise OnnxFileError(f"{path} is not a valid ONNX model: {_first_line(err)}") from None
-    return model, folder
+    return model, folder, raws if light is not None else [None] * len(model.graph.initializer)
+
+
+def _varint(data, at, end):
+    """(value, next position) of the varint at `at`; ValueError past `end` or over 10 bytes."""
+    value = shift = 0
+    for i in range(at, min(end, at + 10)):
+        byte = int(data[i])
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i + 1
+        shift += 7
+    raise ValueError("a varint runs past its message")
+
+
+def _fields(data, start, end):
+    """(field number, wire type, start of the field, start of its payload, end) for each field
+    of the protobuf message in data[start:end]; ValueError for anything malformed."""
+    at = start
+    while at < end:
+        tag, payload = _varint(data, at, end)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _, stop = _varint(data, payload, end)
+        elif wire == 1:
+            stop = payload + 8
+        elif wire == 5:
+            stop = payload + 4
+        elif wire == 2:
+            length, payload = _varint(data, payload, end)
+            stop = payload + length
+        else:
+            raise ValueError("groups are not written by ONNX")
+        if stop > end or number == 0:
+            raise ValueError("a field runs past its message")
+        yield number, wire, at, payload, stop
+        at = stop
+
+
+def _length_delimited(number, body):
+    """A protobuf field `number` of wire type 2 holding the bytes `body`."""
+    head, value = bytearray(), (number << 3) | 2
+    for part in (value, len(body)):
+        while part >= 0x80:
+            head.append(part & 0x7F | 0x80)
+            part >>= 7
+        head.append(part)
+    return bytes(head) + body
+
+
+GRAPH, INITIALIZER, RAW_DATA = 7, 5, 9      # ModelProto.graph, GraphProto.initializer, ...
+
+
+def split_weights(data):
+    """(the ONNX file in `data` (uint8) without its initializers' raw_data, [a view of each
+    initializer's raw bytes in `data`, or None where it has none]); (None, None) when the file
+    is not laid out as expected, and protobuf is then left to parse (and judge) it whole."""
+    try:
+        raws, model = [], bytearray()
+        graphs = 0
+        for number, wire, start, payload, stop in _fields(data, 0, len(data)):
+            if number != GRAPH or wire != 2:
+                model += data[start:stop].tobytes()
+                continue
+            graphs += 1
+            graph = bytearray()
+            for g_number, g_wire, g_start, g_payload, g_stop in _fields(data, payload, stop):
+                if g_number != INITIALIZER or g_wire != 2:
+                    graph += data[g_start:g_stop].tobytes()
+                    continue
+                tensor, raw = bytearray(), None
+                for t_number, t_wire, t_start, t_payload, t_stop in \
+                        _fields(data, g_payload, g_stop):
+                    if t_number == RAW_DATA and t_wire == 2:
+                        raw = data[t_payload:t_stop]        # the last one counts, as in protobuf
+                    else:
+                        tensor += data[t_start:t_stop].tobytes()
+                raws.append(raw)
+                graph += _length_delimited(INITIALIZER, bytes(tensor))
+            model += _length_delimited(GRAPH, bytes(graph))
+        if graphs != 1:
+            return None, None
+        return bytes(model), raws
+    except ValueError:
+        return None, None
+
+
+def _copy_fields(source, target, leave=()):
+    """Copy every set field of the protobuf message `source` into `target`, but `leave`."""
+    for field, value in source.ListFields():
+        if field.name in leave:
+            continue
+        if field.is_repeated:
+            getattr(target, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def light_model(onnx, model):
+    """`model` without its initializers' data: each initializer becomes a graph input of its
+    type and shape, so the checker and shape inference see the same graph at a tiny cost."""
+    light = onnx.ModelProto()
+    _copy_fields(model, light, leave=("graph",))
+    _copy_fields(model.graph, light.graph, leave=("initializer",))
+    named = {value.name for value in model.graph.input}
+    for tensor in model.graph.initializer:
+        if tensor.name not in named:
+            light.graph.input.append(onnx.helper.make_tensor_value_info(
+                tensor.name, tensor.data_type, list(tensor.dims)))
+    return light
+
+
+def inferred_shapes(onnx, model):
+    """{value name: [dims]} as ONNX's shape inference finds them (None for a dimension it
+    does not know); {} when inference fails. Only for messages about refused graphs."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light_model(onnx, model))
+    except Exception:       # inference is a help for the message, never a reason to fail
+        return {}
+    shapes = {}
+    for value in (*inferred.graph.value_info, *inferred.graph.output):
+        if value.type.WhichOneof("value") == "tensor_type" and \
+                value.type.tensor_type.HasField("shape"):
+            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None
+                                  for d in value.type.tensor_type.shape.dim]
+    return shapes
 
 
 def _tensors(graph):
@@ -109,11 +246,12 @@ def _first_line(err):
     return text[0] if text else type(err).__name__
 
 
-def tensor_array(tensor, folder, budget):
+def tensor_array(tensor, folder, budget, raw=None):
     """A TensorProto's numbers as a NumPy array, checked before anything is allocated.
 
     The dims times the element size must fit the `budget` (a `Budget`) and match the bytes
-    the tensor holds, inline or in an external file inside `folder`.
+    the tensor holds, inline or in an external file inside `folder`. raw: its raw_data as
+    `split_weights` found it in the file (uint8 array), when that took it out of the tensor.
     """
     onnx = require_onnx()
     what = f"tensor {tensor.name!r}"
@@ -135,14 +273,18 @@ def tensor_array(tensor, folder, budget):
         raise OnnxFileError(f"{what} is split into segments, which slidenet does not read")
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         raw = _external_bytes(tensor, folder, nbytes, what)
-    elif tensor.HasField("raw_data"):
-        raw = tensor.raw_data
+    elif raw is not None or tensor.HasField("raw_data"):
+        raw = tensor.raw_data if raw is None else raw
         if len(raw) != nbytes:
             raise OnnxFileError(f"{what}: its dims {dims} say {nbytes:,} bytes of {dtype.name} "
                                 f"but it holds {len(raw):,}")
     else:
         return _typed_field(tensor, dtype, count, dims, what)
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(dims)
+    # A view on the bytes (no copy): read-only, which suits weights that are only read.
+    array = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+    if not array.dtype.isnative:
+        array = array.astype(dtype)
+    return array.reshape(dims)
 
 
 def _typed_field(tensor, dtype, count, dims, what):

@@ -24,6 +24,7 @@ A node slidenet cannot represent (a dilated or grouped conv, an LSTM, a residual
 that does not tile its input) is a fault; every fault is listed, and nothing is written.
 """
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from slidenet.data.normalize import Normalizer
 from slidenet.errors import SlidenetError
-from slidenet.interop.onnx_file import Budget, read_model, tensor_array
+from slidenet.interop.onnx_file import Budget, inferred_shapes, read_model, tensor_array
 from slidenet.interop.onnx_graph import PIXELS, require_onnx
 from slidenet.interop.onnx_ops import (
     OPS, Act, Const, Probs, Skip, Unknown, Unsupported, attributes, channel_vector,
@@ -70,17 +71,24 @@ def read_onnx(path, classes=None, scale=None, mean=None, std=None, input_layout=
     slidenet cannot represent.
     """
     onnx = require_onnx()
-    model, folder = read_model(path)
-    reader = _Reader(onnx, model, folder, input_layout)
-    reader.walk()
+    model, folder, raws = read_model(path)
+    reader = _Reader(onnx, model, folder, input_layout, raws)
+    # A constant that folds into nothing, or a division by a zero constant, is judged by the
+    # checks below; NumPy's own warnings about it would only be noise on stderr.
+    with np.errstate(all="ignore"):
+        reader.walk()
     if reader.faults:
-        lines = [f"{place}: {reason}" for place, reason in reader.faults]
         count = len({place for place, _ in reader.faults})
         raise ImportRefused(f"{path}: slidenet cannot represent {count} "
                             f"{'part' if count == 1 else 'parts'} of this graph, so nothing was "
-                            "written:\n  " + "\n  ".join(lines))
+                            "written:\n  " + "\n  ".join(fault_lines(reader.faults)))
     pattern, hwd = reader.pattern()
     metadata = _metadata(model)
+    producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
+    # The weights now live in the pieces' arrays: the parsed file can go before the net's own
+    # arrays are allocated, so that at most two copies of the weights are alive at once.
+    del model
+    reader.model = reader.graph = None
     if scale is None and mean is None and std is None and \
             metadata.get("input", "").startswith(PIXELS):
         scale = 1.0
@@ -88,24 +96,43 @@ def read_onnx(path, classes=None, scale=None, mean=None, std=None, input_layout=
                              (0.0,) if mean is None else mean, (1.0,) if std is None else std,
                              metadata)
     try:
-        net = Net.from_pattern(pattern)
+        # Shapes first, nothing allocated: then one net, as the metadata writes it if it can.
+        infos = infer(parse(pattern), pattern)
+        net = _as_written(infos, metadata) or Net.from_pattern(pattern, blank=True)
     except SlidenetError as err:
         raise ImportRefused(f"{path}: its layers make the pattern {pattern}, which slidenet "
                             f"cannot build: {err}") from None
-    net = _as_written(net, metadata) or net
     reader.fill(net)
     names = _class_names(classes, metadata, net.num_outputs, path)
-    producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
     meta = {"source": f"onnx:{Path(path).name}", "producer": producer or "unknown",
             "onnx_opset": reader.opset}
     return Imported(net, normalizer, names, meta)
+
+
+def fault_lines(faults):
+    """One line per kind of fault: the first node's place, how many more nodes of the same op
+    have the same reason (35 identical Clip nodes are one line), and the reason. `faults`:
+    [(place, reason)] in graph order, place "Op 'name'" or a part of the graph."""
+    groups = {}
+    for place, reason in faults:
+        op = place.split(" ", 1)[0]
+        # The values a reason names ('r1' and 'c1') differ from node to node; the kind does not.
+        kind = (op, re.sub(r"'[^']*'", "''", reason))
+        groups.setdefault(kind, []).append((place, reason))
+    lines = []
+    for (op, _), members in groups.items():
+        more = len(members) - 1
+        also = f" and {more} more {op} node{'s' * (more != 1)} like it" if more else ""
+        place, reason = members[0]
+        lines.append(f"{place}{also}: {reason}")
+    return lines
 
 
 def _metadata(model):
     return {p.key: p.value for p in model.metadata_props}
 
 
-def _as_written(net, metadata):
+def _as_written(graph_infos, metadata):
     """The net as the metadata's pattern writes it (`[CONV -> RELU]*N`, variables), when that
     pattern is the very net the graph holds (a slidenet export); else None."""
     try:
@@ -116,9 +143,9 @@ def _as_written(net, metadata):
     except (KeyError, ValueError, TypeError, AttributeError, SlidenetError):
         return None
     if [(i.spec.type, i.spec.args, i.output_shape) for i in infos] != \
-            [(i.spec.type, i.spec.args, i.output_shape) for i in net.infos]:
+            [(i.spec.type, i.spec.args, i.output_shape) for i in graph_infos]:
         return None
-    return Net.from_pattern(pattern, skip_optional=skip, **variables)
+    return Net.from_pattern(pattern, skip_optional=skip, blank=True, **variables)
 
 
 # ---- reading the graph ----
@@ -128,7 +155,7 @@ class _Reader:
     (`act`, `const`, `volume`, `resolve`) and append layers with `add_piece`; it keeps the
     values by name, the pieces, the preprocessing seen before the first layer, and the faults."""
 
-    def __init__(self, onnx, model, folder, input_layout):
+    def __init__(self, onnx, model, folder, input_layout, raws=None):
         self.onnx = onnx
         self.graph = model.graph
         self.folder = folder
@@ -145,12 +172,16 @@ class _Reader:
         self.pre = []               # (place, op, constant, Act it applied to): preprocessing
         self.faults = []            # (place, reason)
         self.input = None
+        self.model = model
+        self.raws = raws or [None] * len(model.graph.initializer)
+        self.shapes = None          # value name -> dims, from shape inference after a fault
 
     # -- the walk --
 
     def walk(self):
-        for tensor in self.graph.initializer:
-            self.values[tensor.name] = Const(tensor_array(tensor, self.folder, self.budget))
+        for tensor, raw in zip(self.graph.initializer, self.raws):
+            self.values[tensor.name] = Const(tensor_array(tensor, self.folder, self.budget, raw))
+        self.raws = None
         if len(self.graph.sparse_initializer):
             self.faults.append(("graph", "it has sparse initializers, which slidenet does not "
                                          "read"))
@@ -165,7 +196,7 @@ class _Reader:
             except Unsupported as fault:
                 for reason in fault.args:
                     self.faults.append((where(node), reason))
-                outputs = None
+                outputs = self._after_fault(node)
             except Skip:
                 outputs = None
             outputs = outputs if isinstance(outputs, list) else [outputs]
@@ -176,6 +207,22 @@ class _Reader:
                         value.name = name
                     self.values[name] = value
         self._read_outputs()
+
+    def _after_fault(self, node):
+        """What a refused node would have output, as far as ONNX's shape inference knows it, so
+        that the nodes after it are judged too and their faults listed (not only the first)."""
+        if self.shapes is None:
+            self.shapes = inferred_shapes(self.onnx, self.model)
+        acts = [v for v in (self.values.get(name) for name in node.input) if isinstance(v, Act)]
+        outputs = []
+        for name in node.output:
+            dims = self.shapes.get(name)
+            if not acts or dims is None or any(not d for d in dims[1:]) or len(dims) not in (2, 4):
+                outputs.append(None)
+                continue
+            layout = acts[0].layout if acts[0].layout in ("NCHW", "NHWC") else "NCHW"
+            outputs.append(Act(name, layout if len(dims) == 4 else "flat", tuple(dims[1:])))
+        return outputs
 
     def _read_input(self):
         given = [i for i in self.graph.input if i.name not in self.values]
@@ -225,9 +272,13 @@ class _Reader:
                                 "net has one, its scores (and their softmax)"))
         elif not self.pieces:
             self.faults.append(("graph", "it has no layers"))
-        elif len(slidenet_shape(finals[0]) or ()) != 1:
+        elif len(slidenet_shape(finals[0]) or ()) != 1 and \
+                tuple(slidenet_shape(finals[0])[:2]) != (1, 1):
+            # A 1 x 1 x C volume is a global-average-pool head (SqueezeNet, NiN): its C numbers
+            # are the scores. A larger volume is no score per class.
             self.faults.append(("graph outputs", "the net ends on an image volume, not on one "
-                                "score per class; slidenet's scores come from an FC (Gemm)"))
+                                "score per class; slidenet's scores come from an FC (Gemm) or "
+                                "a global average pool"))
 
     # -- values --
 
@@ -321,12 +372,37 @@ class _Reader:
                         folded = net.buffers[f"{dropped[name]}.running_mean"]
                         self.folded.append((folded, np.asarray(array)))
                         continue
-                    if np.shape(array) != store[key].shape:
+                    target = store[key]
+                    if np.ndim(array) == 4 and target.ndim == 2 and np.size(array) == target.size:
+                        target = target.reshape(np.shape(array))    # an FC's rows as (H, W, D)
+                    if np.shape(array) != target.shape:
                         raise RuntimeError(f"import bug: {piece.text} {key} is "
                                            f"{np.shape(array)}, slidenet's {store[key].shape}")
-                    store[key][...] = array
+                    _copy(target, array)
         for mean, bias in self.folded:      # after BATCHNORM's own statistics are in
             mean -= bias.astype(mean.dtype)
+        for piece in self.pieces:           # their copies can go now
+            piece.params.clear()
+            piece.buffers.clear()
+
+
+TILE = 64       # `_copy` moves tiles of this many by this many along the last two axes
+
+
+def _copy(target, source):
+    """target[...] = source, for a `source` that is a transposed view of ONNX's weights (its
+    last two axes, D and K, are its first two in the file): tile by tile, so that the rows
+    each tile reads and writes stay in the cache and its pages in the TLB, rather than one
+    pass that strides across all of them (several times faster for VGG's 400 MB FC)."""
+    source = np.asarray(source)
+    if source.ndim < 2 or source.flags.c_contiguous or source.nbytes < 2**20:
+        target[...] = source
+        return
+    rows, cols = source.shape[-2:]
+    for i in range(0, rows, TILE):
+        for j in range(0, cols, TILE):
+            target[..., i:i + TILE, j:j + TILE] = source[..., i:i + TILE, j:j + TILE]
+
 
 # ---- the normaliser and the class names ----
 

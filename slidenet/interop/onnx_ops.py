@@ -15,7 +15,6 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from slidenet import geometry
 from slidenet.interop.onnx_file import tensor_array
 from slidenet.interop.onnx_graph import rows_dhw_to_hwd
 from slidenet.ops import BATCHNORM_EPSILON
@@ -98,7 +97,7 @@ _HINTS = {
     "Pad": "a separate padding node; slidenet's CONV pads equally on both sides of each axis",
     "Resize": "resizing inside the net", "Upsample": "upsampling inside the net",
     "Attention": "attention", "LayerNormalization": "layer normalisation",
-    "InstanceNormalization": "instance normalisation", "Clip": "a clipped activation (ReLU6?)",
+    "InstanceNormalization": "instance normalisation",
     "Loop": "a loop", "If": "a branch (If)", "Scan": "a scan",
 }
 
@@ -107,8 +106,8 @@ def unknown_op(node):
     what = _HINTS.get(node.op_type, "an operation")
     domain = f" of domain {node.domain!r}" if node.domain not in ("", "ai.onnx") else ""
     return (f"{node.op_type}{domain} is {what}, not one of the lecture's layers slidenet has "
-            "(CONV, MAXPOOL, AVGPOOL, GLOBALAVGPOOL, FC, BATCHNORM, DROPOUT, RELU, LEAKYRELU, "
-            "TANH, SIGMOID)")
+            "(CONV, MAXPOOL, AVGPOOL, GLOBALAVGPOOL, FC, BATCHNORM, DROPOUT, RELU, RELU6, "
+            "LEAKYRELU, TANH, SIGMOID)")
 
 
 def _number(value):
@@ -130,8 +129,21 @@ def slidenet_shape(act):
 
 # ---- windows: Conv and the pools ----
 
-def _window(reader, node, a, act, size, default_pads=True):
-    """(stride, pad) per axis of a Conv or pool on `act`, checked to tile the input exactly."""
+@dataclass
+class Slide:
+    """How a Conv or pool slides: per axis (height, width) its stride, the padding before and
+    after, the output size, and what the pattern writes for it (", p=..., round=down")."""
+    stride: tuple
+    before: tuple
+    after: tuple
+    out: tuple
+    text: str
+
+
+def _window(reader, node, a, act, size):
+    """The `Slide` of a Conv or pool on `act`. Padding may differ per side (p=B:A, as
+    TensorFlow's 'same' at stride 2 pads one more after); windows that do not tile the input
+    are ONNX's floor, which is round=down (the last rows no window reaches are left out)."""
     _, h, w = act.dims
     stride = tuple(a.get("strides", [1, 1]))
     if len(stride) != 2 or min(stride) < 1:
@@ -139,29 +151,36 @@ def _window(reader, node, a, act, size, default_pads=True):
     auto = a.get("auto_pad", "NOTSET") or "NOTSET"
     if auto == "NOTSET":
         pads = list(a.get("pads", [0, 0, 0, 0]))
-        if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
-            raise Unsupported(f"pads={pads}: more padding on one side than the other; slidenet "
-                              "pads each axis equally on both sides")
-        pad = (pads[0], pads[1])
+        if len(pads) != 4 or min(pads) < 0:
+            raise Unsupported(f"pads={pads}: slidenet pads each side of a 2-D window by 0 or more")
+        before, after = tuple(pads[:2]), tuple(pads[2:])
     elif auto == "VALID":
-        pad = (0, 0)
+        before = after = (0, 0)
     else:
-        pad = []
-        for n, f, s, axis in zip((h, w), size, stride, ("height", "width")):
+        before, after = [], []
+        for n, f, s in zip((h, w), size, stride):
             total = max((ceil(n / s) - 1) * s + f - n, 0)
-            if total % 2:
-                raise Unsupported(f"auto_pad={auto} pads the {axis} by {total} in all, which "
-                                  "cannot be split equally between its two sides")
-            pad.append(total // 2)
-        pad = tuple(pad)
-    for n, f, s, p, axis in zip((h, w), size, stride, pad, ("height", "width")):
-        exact = geometry.exact_size(n, f, s, p)
-        if exact < 1 or exact.denominator != 1:
-            raise Unsupported(
-                f"kernel_shape={list(size)}, strides={list(stride)}, pads={list(pad)} on the "
-                f"{axis} {n}: {geometry.describe(n, f, s, p)} is not a whole number of windows; "
-                "ONNX drops the windows that do not fit, slidenet's must tile the input exactly")
-    return stride, pad
+            first = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            before.append(first)
+            after.append(total - first)
+        before, after = tuple(before), tuple(after)
+    if a.get("ceil_mode", 0):
+        raise Unsupported("ceil_mode=1: ONNX's ceil_mode keeps a last window that starts in the "
+                          "padding, which slidenet's round=up does not follow exactly")
+    out, rounded = [], False
+    for n, f, s, pb, pa, axis in zip((h, w), size, stride, before, after, ("height", "width")):
+        span = n + pb + pa - f
+        if span < 0:
+            raise Unsupported(f"kernel_shape={list(size)} is larger than the padded {axis} "
+                              f"{n + pb + pa}")
+        out.append(span // s + 1)
+        rounded |= span % s != 0
+    if before == after:
+        pad = f"p={before[0]}x{before[1]}"
+    else:
+        pad = f"p={before[0]}:{after[0]}x{before[1]}:{after[1]}"
+    text = f"s={stride[0]}x{stride[1]}, {pad}" + (", round=down" if rounded else "")
+    return Slide(stride, before, after, tuple(out), text)
 
 
 def _conv(reader, node, a, inputs):
@@ -170,9 +189,9 @@ def _conv(reader, node, a, inputs):
     if any(d != 1 for d in dilations):
         faults.append(f"dilations={dilations}: a dilated convolution; slidenet's filters "
                       "cover neighbouring pixels only")
-    if a.get("group", 1) != 1:
-        faults.append(f"group={a['group']}: a grouped (or depthwise) convolution; slidenet's "
-                      "filters span the full depth of their input")
+    groups = a.get("group", 1)
+    if groups < 1:
+        faults.append(f"group={groups}: a convolution has at least one group")
     if "kernel_shape" in a and len(a["kernel_shape"]) != 2:
         faults.append(f"kernel_shape={list(a['kernel_shape'])}: a "
                       f"{len(a['kernel_shape'])}-D convolution; slidenet's CONV is 2-D")
@@ -181,9 +200,10 @@ def _conv(reader, node, a, inputs):
     x = reader.volume(inputs[0], node)
     weights = reader.const(inputs[1], "weights")
     c, h, w = x.dims
-    if weights.ndim != 4 or weights.shape[1] != c:
-        raise Unsupported(f"its weights have shape {list(weights.shape)}, not (K, {c}, F_h, F_w) "
-                          f"for its {c}-channel input")
+    if c % groups or weights.ndim != 4 or weights.shape[1] != c // groups or \
+            weights.shape[0] % groups:
+        raise Unsupported(f"its weights have shape {list(weights.shape)}, not (K, {c // groups}, "
+                          f"F_h, F_w) for its {c}-channel input in {groups} group(s)")
     k = weights.shape[0]
     size = tuple(weights.shape[2:])
     if "kernel_shape" in a and tuple(a["kernel_shape"]) != size:
@@ -192,11 +212,11 @@ def _conv(reader, node, a, inputs):
     bias = reader.optional_const(inputs, 2, "bias", np.zeros(k, np.float32))
     if bias.shape != (k,):
         raise Unsupported(f"its bias has shape {list(bias.shape)}, not ({k},)")
-    stride, pad = _window(reader, node, a, x, size)
-    out_h = (h + 2 * pad[0] - size[0]) // stride[0] + 1
-    out_w = (w + 2 * pad[1] - size[1]) // stride[1] + 1
-    piece = Piece(f"CONV({k}, {size[0]}x{size[1]}, s={stride[0]}x{stride[1]}, "
-                  f"p={pad[0]}x{pad[1]})", where(node), (out_h, out_w, k),
+    window = _window(reader, node, a, x, size)
+    out_h, out_w = window.out
+    grouped = f", g={groups}" if groups > 1 else ""     # depthwise when groups = c
+    piece = Piece(f"CONV({k}, {size[0]}x{size[1]}, {window.text}{grouped})", where(node),
+                  (out_h, out_w, k),
                   {"W": weights.transpose(2, 3, 1, 0), "b": bias}, scales=("W", "b"), shift="b")
     return reader.add_piece(piece, x, "NCHW", (k, out_h, out_w))
 
@@ -207,9 +227,12 @@ def _pool(kind):
         if any(d != 1 for d in a.get("dilations", [1, 1])):
             faults.append(f"dilations={list(a['dilations'])}: a dilated pool; slidenet's "
                           "windows cover neighbouring pixels")
-        if any(a.get("pads", [0])) or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", ""):
-            faults.append(f"pads={list(a.get('pads', []))} auto_pad={a.get('auto_pad', 'NOTSET')}: "
-                          "a padded pool; slidenet's pooling is never padded")
+        padded = any(a.get("pads", [0])) or \
+            a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", "")
+        if padded and kind == "AVGPOOL" and not a.get("count_include_pad", 0):
+            faults.append("count_include_pad=0: an average over the window's pixels inside the "
+                          "image only; slidenet's padded AVGPOOL counts the zeros of the padding "
+                          "(count_include_pad=1)")
         size = tuple(a.get("kernel_shape", ()))
         if len(size) != 2:
             faults.append(f"kernel_shape={list(size)}: slidenet pools 2-D windows")
@@ -218,11 +241,11 @@ def _pool(kind):
         if faults:
             raise Unsupported(*faults)
         x = reader.volume(inputs[0], node)
-        stride, _ = _window(reader, node, {"strides": a.get("strides", [1, 1])}, x, size)
-        c, h, w = x.dims
-        out_h, out_w = (h - size[0]) // stride[0] + 1, (w - size[1]) // stride[1] + 1
-        piece = Piece(f"{kind}({size[0]}x{size[1]}, s={stride[0]}x{stride[1]})", where(node),
-                      (out_h, out_w, c))
+        window = _window(reader, node, a, x, size)
+        c = x.dims[0]
+        out_h, out_w = window.out
+        text = window.text.replace(", p=0x0", "")
+        piece = Piece(f"{kind}({size[0]}x{size[1]}, {text})", where(node), (out_h, out_w, c))
         return reader.add_piece(piece, x, "NCHW", (c, out_h, out_w), foldable=False)
     return handler
 
@@ -300,6 +323,18 @@ def _elementwise(text, check=None):
         return reader.add_piece(Piece(written, where(node), slidenet_shape(x)), x, x.layout, x.dims,
                                 foldable=False)
     return handler
+
+
+def _clip(reader, node, a, inputs):
+    """Clip to [0, 6] is ReLU6 (MobileNet's), RELU6; to [0, inf) it is RELU."""
+    low = a.get("min") if reader.opset < 11 else reader.optional_const(inputs, 1, "min")
+    high = a.get("max") if reader.opset < 11 else reader.optional_const(inputs, 2, "max")
+    low = -np.inf if low is None else float(np.ravel(low)[0])
+    high = np.inf if high is None else float(np.ravel(high)[0])
+    if low != 0 or high not in (6.0, np.inf):
+        raise Unsupported(f"min={_number(low)}, max={_number(high)}: slidenet clips only to "
+                          "[0, 6] (RELU6) or [0, inf) (RELU)")
+    return _elementwise("RELU6" if high == 6 else "RELU")(reader, node, a, inputs)
 
 
 def _leaky_alpha(a):
@@ -410,6 +445,10 @@ def _reshape(reader, node, a, inputs):
     x = reader.act(value, node)
     total = prod(x.dims)
     batch_first = target and (target[0] == BATCH or (target[0] == 0 and not allow_zero))
+    if len(target) == 4 and (batch_first or target[0] == -1):
+        moved = _one_channel_move(reader, x, target[1:])
+        if moved is not None:
+            return moved
     if len(target) == 2:
         second = target[1]
         if second == 0 and not allow_zero:
@@ -419,6 +458,24 @@ def _reshape(reader, node, a, inputs):
     shown = ["N" if v == BATCH else v for v in target]
     raise Unsupported(f"shape={shown}: of the reshapes, slidenet follows only flattening each "
                       "image, (N, -1)")
+
+
+def _one_channel_move(reader, x, dims):
+    """A Reshape that moves a 1-channel image between (N, H, W, 1) and (N, 1, H, W): with one
+    channel, tf2onnx writes Keras's layout change around a Conv as a Reshape rather than a
+    Transpose. The same value in the other layout, or None for any other reshape."""
+    dims = list(dims)
+    if x.layout == "input":
+        a, b, c = x.dims
+        if c == 1 and dims == [1, a, b]:
+            x = reader.resolve(x, "NHWC")
+        elif a == 1 and dims == [b, c, 1]:
+            x = reader.resolve(x, "NCHW")
+    if x.layout == "NHWC" and x.dims[2] == 1 and dims == [1, *x.dims[:2]]:
+        return replace(x, layout="NCHW", dims=(1, *x.dims[:2]), taken=None)
+    if x.layout == "NCHW" and x.dims[0] == 1 and dims == [*x.dims[1:], 1]:
+        return replace(x, layout="NHWC", dims=(*x.dims[1:], 1), taken=None)
+    return None
 
 
 def _squeeze(reader, node, a, inputs):
@@ -443,23 +500,38 @@ def _fc(reader, node, x, weights, bias):
     if weights.ndim != 2 or weights.shape[0] != x.dims[0]:
         raise Unsupported(f"its weights have shape {list(weights.shape)}, not ({x.dims[0]}, n) "
                           f"for its {x.dims[0]} inputs")
+    out = weights.shape[1]
     if x.flat_from and x.flat_from[0] == "DHW":
         # Flattened from (N, C, H, W): the rows follow (C, H, W); slidenet's follow (H, W, C).
-        weights = rows_dhw_to_hwd(weights, x.flat_from[1])
-    out = weights.shape[1]
+        weights = _rows_to_hwd(weights, x.flat_from[1])
     piece = Piece(f"FC({out})", where(node), (out,), {"W": weights, "b": bias},
                   scales=("W", "b"), shift="b")
     return reader.add_piece(piece, x, "flat", (out,), flat_from=None)
+
+
+def _rows_to_hwd(weights, shape):
+    """`weights` (D*H*W, n), rows in (D, H, W) order, as an (H, W, D, n) view in slidenet's
+    order: no copy here (the one copy is into the net's own array, `_Reader.fill`), for an FC
+    after a large volume holds most of a net's weights (VGG's first FC: 400 MB)."""
+    h, w, d = shape
+    out = weights.shape[1]
+    if weights.T.flags.c_contiguous:        # PyTorch's Gemm (transB=1): B is (n, D*H*W)
+        return weights.T.reshape(out, d, h, w).transpose(2, 3, 1, 0)
+    if weights.flags.c_contiguous:
+        return weights.reshape(d, h, w, out).transpose(1, 2, 0, 3)
+    return rows_dhw_to_hwd(weights, shape)
 
 
 def _gemm(reader, node, a, inputs):
     if a.get("transA", 0):
         raise Unsupported("transA=1: the images would be the columns; slidenet's FC reads rows")
     x = reader.act(inputs[0], node)
-    b = np.asarray(reader.const(inputs[1], "weights B"), np.float64)
+    b = reader.const(inputs[1], "weights B")
     if b.ndim != 2:
         raise Unsupported(f"its weights B have shape {list(b.shape)}, not a matrix")
-    weights = (b.T if a.get("transB", 0) else b) * a.get("alpha", 1.0)
+    weights = b.T if a.get("transB", 0) else b     # a view: the weights are copied once, later
+    if a.get("alpha", 1.0) != 1.0:
+        weights = weights * np.float64(a["alpha"])
     c = reader.optional_const(inputs, 2, "bias C", np.zeros(1))
     bias = _per_feature(np.asarray(c, np.float64) * a.get("beta", 1.0), weights.shape[1])
     return _fc(reader, node, x, weights, bias)
@@ -472,7 +544,7 @@ def _matmul(reader, node, a, inputs):
     if isinstance(inputs[1], Act):
         raise Unsupported("it multiplies two activations, which is no layer of a CNN")
     x = reader.act(inputs[0], node)
-    weights = np.asarray(reader.const(inputs[1], "weights"), np.float64)
+    weights = reader.const(inputs[1], "weights")
     return _fc(reader, node, x, weights, np.zeros(weights.shape[1] if weights.ndim == 2 else 1))
 
 
@@ -514,16 +586,24 @@ def _arithmetic(reader, node, a, inputs):
         act_value, c_value = (left, right) if isinstance(left, Act) else (right, left)
         x, c = reader.act(act_value, node), reader.const(c_value, "operand")
         c = np.asarray(c, np.float64)
-        steps = [{"Add": ("Add", c), "Sub": ("Add", -c), "Mul": ("Mul", c),
-                  "Div": ("Mul", 1 / c)}[op]]
+        if op == "Div" and not np.all(c):
+            raise Unsupported("it divides by a constant that holds a zero")
+        steps = [("Add", c) if op == "Add" else ("Add", -c) if op == "Sub" else
+                 ("Mul", c) if op == "Mul" else ("Mul", 1 / c)]
     out = replace(x, taken=None)
+    if all(np.all(constant == (1 if kind == "Mul" else 0)) for kind, constant in steps) and \
+            not x.pre and x.layout != "input":
+        channel_vector(out, steps[0][1], steps[0][0])   # it must not change the shape either
+        return out      # adding 0 or multiplying by 1: nothing to fold
     for kind, constant in steps:
         constant = np.asarray(constant, np.float64)
         if x.pre:
             reader.pre.append((where(node), kind, constant, out))
             if x.layout != "input":
                 channel_vector(out, constant, kind)     # fail here, at the node, if it cannot
-        elif x.piece is not None:
+        elif x.piece is not None or _affine(reader, node, out):
+            if x.piece is None:     # a BATCHNORM that is only a scale and a shift, made here
+                out = x = reader.add_piece(_affine(reader, node, out), out, out.layout, out.dims)
             piece = reader.pieces[x.piece]
             vector = channel_vector(out, constant, kind)
             if kind == "Mul":
@@ -532,11 +612,30 @@ def _arithmetic(reader, node, a, inputs):
             else:
                 shifted = np.asarray(piece.params[piece.shift], np.float64) + vector
                 piece.params[piece.shift] = shifted
+            if not all(np.isfinite(piece.params[key]).all() for key in piece.scales):
+                raise Unsupported(f"folding it into {piece.node} gives weights that are "
+                                  "infinite or NaN")
         else:
-            raise Unsupported(f"it {_WORDS[op]} by a constant where slidenet has no layer to fold "
+            raise Unsupported(f"it {_WORDS[op]} {'by ' * (op in ('Mul', 'Div'))}a constant where "
+                              "slidenet has no layer to fold "
                               "it into: only right after a Conv, Gemm/MatMul or "
                               "BatchNormalization (or before the first layer, as preprocessing)")
     return out
+
+
+def _affine(reader, node, x):
+    """A per-channel scale and shift where no layer is there to fold it into (Keras's
+    BatchNormalization after a Dense and its activation, as tf2onnx writes it: Mul then Add):
+    a BATCHNORM with mean 0 and variance 1 - epsilon, whose gamma and beta the Mul and Add set.
+    None where a BATCHNORM cannot stand (a flattened volume: its channels repeat per pixel)."""
+    shape = slidenet_shape(x)
+    if x.layout not in ("NCHW", "NHWC", "flat") or \
+            (x.layout == "flat" and len(shape) == 3 and prod(shape[:2]) > 1):
+        return None
+    n = shape[-1]
+    return Piece("BATCHNORM", where(node), shape, {"gamma": np.ones(n), "beta": np.zeros(n)},
+                 {"running_mean": np.zeros(n), "running_var": np.full(n, 1 - BATCHNORM_EPSILON)},
+                 scales=("gamma", "beta"), shift="beta")
 
 
 def channel_vector(act, constant, kind):
@@ -639,7 +738,13 @@ def _cast(reader, node, a, inputs):
     value = inputs[0]
     target = reader.onnx.helper.tensor_dtype_to_np_dtype(a["to"])
     if isinstance(value, Const):
-        return Const(value.array.astype(target))
+        array = value.array
+        cast = array.astype(target)
+        if np.dtype(target).kind in "iu" and np.any(array == BATCH):
+            # tf2onnx casts Flatten's shape to int32, which would lose the batch-size marker:
+            # it stays itself, the other numbers are cast.
+            cast = np.where(array == BATCH, BATCH, cast.astype(np.int64))
+        return Const(cast)
     x = reader.act(value, node)
     if np.dtype(target).kind != "f":
         raise Unsupported(f"it casts the activations to {np.dtype(target).name}")
@@ -655,6 +760,7 @@ OPS = {
     "ReduceMean": _reduce_mean,
     "BatchNormalization": _batchnorm,
     "Relu": _elementwise("RELU"),
+    "Clip": _clip,
     "LeakyRelu": _elementwise("LEAKYRELU", _leaky_alpha),
     "Tanh": _elementwise("TANH"),
     "Sigmoid": _elementwise("SIGMOID"),

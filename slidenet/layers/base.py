@@ -68,6 +68,15 @@ class Init(NamedTuple):
                                         # changes the initial weights)
     dtype: np.dtype
     scoring: bool = False               # the net's last layer: its outputs are the class scores
+    blank: bool = False                 # zeros, nothing drawn: weights about to be overwritten
+
+    def normal(self, shape, scale):
+        """Initial weights: normal with standard deviation `scale`, in `dtype` (zeros when
+        `blank`: a model file or an import fills them next, and a large net's draws in float64
+        would cost time and several times the weights' memory)."""
+        if self.blank:
+            return np.zeros(shape, dtype=self.dtype)
+        return (self.rng.standard_normal(shape) * scale).astype(self.dtype)
 
 
 def slide(spec, window, walk, can_pad=True):
@@ -156,7 +165,10 @@ class Layer:
     def param(self, key, value):
         """Add a parameter (and its gradient, zeros of the same shape)."""
         self.params[key] = value
-        self.grads[key] = np.zeros_like(value)
+        # np.zeros, not zeros_like: the operating system hands out zeroed pages only when they
+        # are first written, so a net that never trains (a model loaded to predict, an import)
+        # does not pay for its gradients' memory.
+        self.grads[key] = np.zeros(value.shape, value.dtype)
 
     def forward(self, x, train):
         raise NotImplementedError

@@ -16,7 +16,7 @@ side and windows that do not tile may be rounded (`slidenet.layers.sliding`).
 
 The kernels are `slidenet.ops.conv_forward` / `conv_backward` (which pick an algorithm) and, for
 groups, `ops.grouped_conv_forward`; the lecture's loops are `slidenet.ops.naive.conv_forward`
-and `naive.grouped_conv_forward`.
+with `groups`.
 """
 import numpy as np
 
@@ -156,8 +156,7 @@ class Conv(Layer):
         self.pad = self.sides.before if self.sides.even else (0, 0)
         self.input_shape = None
         fan_in = fh * fw * d // self.groups
-        w = init.rng.standard_normal((fh, fw, d // self.groups, k)) * np.sqrt(2 / fan_in)
-        self.param("W", w.astype(init.dtype))
+        self.param("W", init.normal((fh, fw, d // self.groups, k), np.sqrt(2 / fan_in)))
         if info.spec.bias:
             self.param("b", np.zeros(k, dtype=init.dtype))
         self.no_bias = None if info.spec.bias else np.zeros(k, dtype=init.dtype)

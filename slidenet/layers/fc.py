@@ -65,8 +65,7 @@ class FC(Layer):
         super().__init__(info, init)
         inputs = prod(info.input_shape)
         scale = np.sqrt(2 / inputs) * (SCORING_SCALE if init.scoring else 1)
-        w = init.rng.standard_normal((inputs, info.spec.outputs)) * scale
-        self.param("W", w.astype(init.dtype))
+        self.param("W", init.normal((inputs, info.spec.outputs), scale))
         zeros = np.zeros(info.spec.outputs, dtype=init.dtype)
         if info.spec.bias:
             self.param("b", zeros)

@@ -17,7 +17,7 @@ from slidenet.ops.conv import (
     conv_backward, conv_forward, conv_infer, prepare_conv, set_algorithm as set_conv_algorithm)
 from slidenet.ops.dropout import dropout_backward, dropout_forward
 from slidenet.ops.fc import fc_backward, fc_forward
-from slidenet.ops.grouped import grouped_conv_backward, grouped_conv_forward
+from slidenet.ops.conv.grouped import grouped_conv_backward, grouped_conv_forward
 from slidenet.ops.losses import log_softmax, softmax, softmax_loss, svm_loss
 from slidenet.ops.pool import (
     avg_pool_backward, avg_pool_forward, max_pool_backward, max_pool_forward)

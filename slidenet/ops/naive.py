@@ -10,43 +10,54 @@ import numpy as np
 from slidenet.ops.window import out_hw
 
 
-def conv_forward(x, w, b, stride=(1, 1), pad=(0, 0)):
-    """out[n, i, j, k] = sum(xp[n, i*S_h : i*S_h+F_h, j*S_w : j*S_w+F_w, :] * w[..., k]) + b[k]."""
+def conv_forward(x, w, b, stride=(1, 1), pad=(0, 0), groups=1):
+    """out[n, i, j, k] = sum(xp[n, i*S_h : i*S_h+F_h, j*S_w : j*S_w+F_w, :] * w[..., k]) + b[k].
+
+    The lecture's convolution: each filter spans the full depth (groups=1). With G groups
+    (grouped convolution, AlexNet's two halves; G = D is depthwise), filter k spans only the
+    D / G channels of its group g = k // (K / G), and w is (F_h, F_w, D / G, K).
+    """
     n, h, wd, d = x.shape
-    fh, fw, _, k = w.shape
+    fh, fw, dg, k = w.shape
     (sh, sw), (ph, pw) = stride, pad
     ho, wo = out_hw(h, wd, (fh, fw), stride, pad)
     xp = np.zeros((n, h + 2 * ph, wd + 2 * pw, d), dtype=x.dtype)
     xp[:, ph:ph + h, pw:pw + wd, :] = x
     out = np.zeros((n, ho, wo, k), dtype=x.dtype)
+    per_group = k // groups
     for img in range(n):
         for f in range(k):                      # one activation map per filter
+            g = f // per_group                  # its group (0 when groups=1: the full depth)
             for i in range(ho):
                 for j in range(wo):
-                    patch = xp[img, i * sh:i * sh + fh, j * sw:j * sw + fw, :]
+                    patch = xp[img, i * sh:i * sh + fh, j * sw:j * sw + fw, g * dg:(g + 1) * dg]
                     out[img, i, j, f] = np.sum(patch * w[:, :, :, f]) + b[f]
     return out
 
 
-def conv_backward(dout, x, w, stride=(1, 1), pad=(0, 0)):
-    """Each output number passes its gradient back to the patch and the filter that made it."""
+def conv_backward(dout, x, w, stride=(1, 1), pad=(0, 0), groups=1):
+    """Each output number passes its gradient back to the patch (of its group's channels) and
+    the filter that made it."""
     n, h, wd, d = x.shape
-    fh, fw, _, k = w.shape
+    fh, fw, dg, k = w.shape
     (sh, sw), (ph, pw) = stride, pad
     _, ho, wo, _ = dout.shape
     xp = np.zeros((n, h + 2 * ph, wd + 2 * pw, d), dtype=x.dtype)
     xp[:, ph:ph + h, pw:pw + wd, :] = x
     dxp, dw = np.zeros_like(xp), np.zeros_like(w)
     db = np.zeros(k, dtype=w.dtype)
+    per_group = k // groups
     for img in range(n):
         for f in range(k):
+            g = f // per_group
             for i in range(ho):
                 for j in range(wo):
-                    g = dout[img, i, j, f]
-                    window = (img, slice(i * sh, i * sh + fh), slice(j * sw, j * sw + fw))
-                    dxp[window] += g * w[:, :, :, f]
-                    dw[:, :, :, f] += g * xp[window]
-                    db[f] += g
+                    grad = dout[img, i, j, f]
+                    window = (img, slice(i * sh, i * sh + fh), slice(j * sw, j * sw + fw),
+                              slice(g * dg, (g + 1) * dg))
+                    dxp[window] += grad * w[:, :, :, f]
+                    dw[:, :, :, f] += grad * xp[window]
+                    db[f] += grad
     return dxp[:, ph:ph + h, pw:pw + wd, :], dw, db
 
 
@@ -162,51 +173,3 @@ def batchnorm_backward(dout, x, gamma, eps=1e-5):
         dgamma[c], dbeta[c] = (g * xhat).sum(), g.sum()
         dx[..., c] = gamma[c] / np.sqrt(v.var() + eps) * (g - g.mean() - xhat * (g * xhat).mean())
     return dx, dgamma, dbeta
-
-
-def grouped_conv_forward(x, w, b, stride=(1, 1), pad=(0, 0), groups=1):
-    """Grouped convolution as the lecture's loops: filter k spans only the D / G channels of
-    its group g = k // (K / G): out[n, i, j, k] = sum(xp[n, window, g*D/G:(g+1)*D/G] * w[..., k])
-    + b[k]. G = 1 is `conv_forward`; G = D is depthwise."""
-    n, h, wd, d = x.shape
-    fh, fw, dg, k = w.shape
-    (sh, sw), (ph, pw) = stride, pad
-    ho, wo = out_hw(h, wd, (fh, fw), stride, pad)
-    xp = np.zeros((n, h + 2 * ph, wd + 2 * pw, d), dtype=x.dtype)
-    xp[:, ph:ph + h, pw:pw + wd, :] = x
-    out = np.zeros((n, ho, wo, k), dtype=x.dtype)
-    per_group = k // groups
-    for img in range(n):
-        for f in range(k):
-            g = f // per_group
-            for i in range(ho):
-                for j in range(wo):
-                    patch = xp[img, i * sh:i * sh + fh, j * sw:j * sw + fw, g * dg:(g + 1) * dg]
-                    out[img, i, j, f] = np.sum(patch * w[:, :, :, f]) + b[f]
-    return out
-
-
-def grouped_conv_backward(dout, x, w, stride=(1, 1), pad=(0, 0), groups=1):
-    """The loops of `grouped_conv_forward`, backwards: each output number's gradient goes to
-    the patch of its group's channels and to its filter."""
-    n, h, wd, d = x.shape
-    fh, fw, dg, k = w.shape
-    (sh, sw), (ph, pw) = stride, pad
-    _, ho, wo, _ = dout.shape
-    xp = np.zeros((n, h + 2 * ph, wd + 2 * pw, d), dtype=x.dtype)
-    xp[:, ph:ph + h, pw:pw + wd, :] = x
-    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
-    db = np.zeros(k, dtype=w.dtype)
-    per_group = k // groups
-    for img in range(n):
-        for f in range(k):
-            g = f // per_group
-            for i in range(ho):
-                for j in range(wo):
-                    grad = dout[img, i, j, f]
-                    window = (img, slice(i * sh, i * sh + fh), slice(j * sw, j * sw + fw),
-                              slice(g * dg, (g + 1) * dg))
-                    dxp[window] += grad * w[:, :, :, f]
-                    dw[:, :, :, f] += grad * xp[window]
-                    db[f] += grad
-    return dxp[:, ph:ph + h, pw:pw + wd, :], dw, db

@@ -38,6 +38,9 @@ class TrainConfig:
     stop_after: int = 0                     # stop after this many epochs in this run (0 = run to `epochs`)
     threads: int = 0                        # kernel worker threads; 0 = one per core (see `train`)
     resize: bool = False                    # stretch every image to the net's INPUT height x width
+    source: str = ""                        # the model whose weights the run starts from (--from)
+    freeze: str = ""                        # frozen layers: "" none, "head" all but the scoring
+                                            # layer, else the last frozen layer's name or position
 
 
 # The settings whose values are one of a few words (the command line's `choices`).

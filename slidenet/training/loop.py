@@ -40,7 +40,7 @@ from slidenet.ops import runtime, shard
 from slidenet.ops.losses import LOSSES
 from slidenet.progress import progress
 from slidenet.storage import modelfile, rngstate, writing
-from slidenet.training import distributed
+from slidenet.training import distributed, transfer
 from slidenet.training.config import DEFAULT_PATTERN, TrainConfig
 from slidenet.training.evaluate import evaluate
 from slidenet.training.optim import make_optimizer
@@ -166,6 +166,8 @@ class Run:
     group: object = None        # distributed.Group under mpiexec, else None
     callbacks: tuple = ()       # called after each epoch (see `run`)
     planned: int = None         # a resumed run's total epochs as it was first planned
+    frozen: int = 0             # the net's first steps that do not train (--freeze)
+    notes: tuple = ()           # lines for the opening: a replaced head, what is frozen
     observer: Observer = None   # told of every step and epoch (rank 0's only)
     confusion: list = None      # the last validation pass's confusion matrix, for the observer
 
@@ -203,9 +205,13 @@ def _check_scores(net, spec, dataset=None):
 def _start(config, resume, given):
     """The run's net, data, optimiser and generators: new from `config`, or as `resume` saved
     them (then `config` only says where to go: epochs, out, stop_after, threads)."""
-    state, planned = None, None
+    state, planned, dataset, notes = None, None, None, []
     model = load(resume) if resume is not None else None
-    if model is not None and not resumable(model.meta):
+    if config.source and resume is None:
+        net, normalizer, dataset, config, note = _transfer(config)
+        history, start_epoch = [], 0
+        notes += [note] if note else []
+    elif model is not None and not resumable(model.meta):
         # A model made elsewhere (`slidenet import`) has no run to continue: fine-tune it, with
         # this run's settings and a fresh optimiser, from epoch 0.
         net, normalizer, history, start_epoch = model.net, model.normalizer, [], 0
@@ -239,11 +245,15 @@ def _start(config, resume, given):
     if config.label_smoothing and config.loss != "softmax":
         raise SlidenetError(f"label smoothing spreads the softmax loss's targets; the {config.loss} "
                             f"loss has none: drop --label-smoothing or use --loss softmax")
-    _check_scores(net, config.data, given.dataset)
+    if dataset is None:
+        dataset = given.dataset
+    _check_scores(net, config.data, dataset)
+    frozen, note = transfer.frozen_steps(net, config.freeze)
+    notes += [note] if note else []
 
-    dataset = given.dataset if given.dataset is not None else datasets.load(
-        config.data, size=net.input_shape[:2] if config.resize else None,
-        depth=net.input_shape[2])
+    if dataset is None:
+        dataset = datasets.load(config.data, size=net.input_shape[:2] if config.resize else None,
+                                depth=net.input_shape[2])
     datasets.check_fits(dataset, net.input_shape, net.num_outputs, training=True)
     if given.validation is None:
         train_idx, val_idx = datasets.split_validation(len(dataset.y_train), config.val_fraction,
@@ -263,8 +273,8 @@ def _start(config, resume, given):
 
     steps_per_epoch = math.ceil(len(y_train) / config.batch_size)
     schedule = make_schedule(config.schedule, config.lr, steps_per_epoch * config.epochs)
-    optimizer = make_optimizer(config.optimizer, net.params, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config.optimizer, transfer.trainable(net, frozen),
+                               momentum=config.momentum, weight_decay=config.weight_decay)
     rngs = {"shuffle": np.random.default_rng([config.seed, 2]),
             "augment": np.random.default_rng([config.seed, 3]), "dropout": net.dropout_rng}
     if state is not None:
@@ -276,7 +286,26 @@ def _start(config, resume, given):
         group.broadcast_({**net.params, **net.buffers})
     return Run(config, net, normalizer, dataset, x_train, y_train, x_val, y_val, optimizer,
                schedule, rngs, history, start_epoch, steps_per_epoch, {}, resume, group,
-               given.callbacks, planned)
+               given.callbacks, planned, frozen, tuple(notes))
+
+
+def _transfer(config):
+    """A run --from a model: its net (with a fresh scoring layer when the data has another
+    number of classes), its normaliser, the data, the config naming them, and the line that
+    says what was replaced (or None)."""
+    model = load(config.source)
+    spec = config.data or model.meta.get("data")
+    if not spec:
+        raise SlidenetError(f"--from {config.source}: the model names no data set to train on "
+                            "(it came from elsewhere): give --data SPEC")
+    spec = datasets.resolve(spec)
+    net = model.net
+    dataset = datasets.load(spec, size=net.input_shape[:2] if config.resize else None,
+                            depth=net.input_shape[2])
+    net, note = transfer.with_classes(net, dataset.num_classes, config.seed)
+    config = replace(config, data=spec, pattern=net.pattern, variables=net.variables,
+                     skip_optional=net.skip_optional)
+    return net, model.normalizer, dataset, config, note
 
 
 def resumable(meta):
@@ -301,6 +330,7 @@ def _opening(run):
     lines = [f"{ds.name}: {len(run.y_train):,} training, {len(run.y_val):,} validation{test} "
              f"images of {shape}, {ds.num_classes} classes"]
     lines += [f"  note: {note}" for note in ds.notes]
+    lines += list(run.notes)
     params = sum(value.size for value in run.net.params.values())
     steps = f"batch {config.batch_size}, {run.steps_per_epoch} steps an epoch"
     if run.resume is not None:
@@ -471,7 +501,7 @@ def _epoch(run, epoch):
                 xb = datasets.erase(xb, run.rngs["augment"], config.erase, part=part)
             yb = run.y_train[idx]
             shard.use(part)     # what DROPOUT and BATCHNORM consult (None: the whole batch)
-            scores = net.forward(xb, train=True)
+            scores = net.forward(xb, train=True, frozen=run.frozen)
             loss, dscores = loss_fn(scores, yb)
             if not math.isfinite(loss):
                 raise TrainingDiverged(
@@ -479,7 +509,7 @@ def _epoch(run, epoch):
                     f"{_last_good(run)}; try a lower learning rate (--lr {config.lr / 10:g})")
             if part:    # the part's share of the global batch's mean loss
                 dscores *= part.weight
-            net.backward(dscores, input_grad=False)
+            net.backward(dscores, input_grad=False, frozen=run.frozen)
             grads, n, hits = net.grads, len(yb), int((scores.argmax(axis=1) == yb).sum())
             if group:
                 grads, loss, hits, n = group.sum_step(net.grads, part, loss, hits, n)

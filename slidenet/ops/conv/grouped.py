@@ -11,13 +11,13 @@ ResNeXt uses many. G = D is depthwise (MobileNet): each channel has its own F_h 
 
 A general grouping runs the ordinary convolution pair (`ops.conv`) once per group. Depthwise
 runs F_h * F_w shifted multiply-adds over whole volumes (`window.tap`): one filter number per
-channel and tap, which a GEMM would only waste. `naive.grouped_conv_forward` is the oracle.
+channel and tap, which a GEMM would only waste. `naive.conv_forward` with `groups` is the oracle.
 """
 from typing import NamedTuple
 
 import numpy as np
 
-from slidenet.ops import conv
+from slidenet.ops.conv import dispatch
 from slidenet.ops.window import out_hw, tap
 
 
@@ -52,7 +52,7 @@ def grouped_conv_forward(x, w, b, stride=(1, 1), pad=(0, 0), groups=1, relu=Fals
         dg, kg = x.shape[3] // groups, w.shape[3] // groups
         outs, parts = [], []
         for g in range(groups):
-            out_g, cache = conv.conv_forward(
+            out_g, cache = dispatch.conv_forward(
                 np.ascontiguousarray(x[..., g * dg:(g + 1) * dg]),
                 np.ascontiguousarray(w[..., g * kg:(g + 1) * kg]), b[g * kg:(g + 1) * kg],
                 stride, pad)
@@ -74,7 +74,7 @@ def grouped_conv_backward(dout, cache, need_dx=True, relu=False):
     kg = cache.w.shape[3] // cache.groups
     dxs, dws, dbs = [], [], []
     for g, part in enumerate(cache.parts):
-        dx, dw, db = conv.conv_backward(np.ascontiguousarray(dout[..., g * kg:(g + 1) * kg]),
+        dx, dw, db = dispatch.conv_backward(np.ascontiguousarray(dout[..., g * kg:(g + 1) * kg]),
                                         part, need_dx)
         dxs.append(dx)
         dws.append(dw)

@@ -1,0 +1,111 @@
+"""A large import stays lean: the weights are held at most twice (the file's, then the net's),
+and the tiled copy that turns them into slidenet's layout computes what onnxruntime does.
+docs/interop.md's table measures a 507 MiB VGG-11 (scripts/import_memory.py)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+if os.environ.get("SLIDENET_SKIP_ONNX") == "1" and not os.environ.get("CI"):
+    pytest.skip("SLIDENET_SKIP_ONNX=1", allow_module_level=True)
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from slidenet.interop.onnx_import import read_onnx  # noqa: E402
+
+WIDE = 4096         # the first FC: 4096 x 4096 float32 = 64 MiB, most of the file
+
+
+def wide_net(path):
+    """Conv 3x3 (64 filters) on 1 x 8 x 8 -> Relu -> Flatten (64 x 8 x 8 = 4096, in C, H, W
+    order) -> Gemm 4096 -> Relu -> Gemm 10, as PyTorch writes it (transB=1)."""
+    rng = np.random.default_rng(4)
+
+    def tensor(name, *shape, scale=0.05):
+        return numpy_helper.from_array(rng.standard_normal(shape, dtype=np.float32) *
+                                       np.float32(scale), name)
+    inits = [tensor("cw", 64, 1, 3, 3, scale=0.5), tensor("cb", 64), tensor("f1", WIDE, 4096),
+             tensor("b1", WIDE), tensor("f2", 10, WIDE), tensor("b2", 10)]
+    nodes = [helper.make_node("Conv", ["x", "cw", "cb"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "f1", "b1"], ["g"], name="fc1", transB=1),
+             helper.make_node("Relu", ["g"], ["gr"], name="relu2"),
+             helper.make_node("Gemm", ["gr", "f2", "b2"], ["y"], name="fc2", transB=1)]
+    graph = helper.make_graph(
+        nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), path)
+    return sum(t.ByteSize() for t in inits)
+
+
+def test_a_large_fc_in_torch_layout_imports_exactly(tmp_path):
+    """The tiled copy (the FC's rows from (C, H, W) to (H, W, C) order, and transposed) and the
+    blank net it fills: against onnxruntime on the file itself."""
+    path = tmp_path / "wide.onnx"
+    wide_net(path)
+    imported = read_onnx(path)
+    assert imported.net.pattern == ("INPUT(8x8x1) -> CONV(64, 3x3, s=1x1, p=1x1) -> RELU -> "
+                                    "FC(4096) -> RELU -> FC(10)")
+    pixels = np.random.default_rng(5).integers(0, 256, (6, 8, 8, 1), dtype=np.uint8)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": (pixels / 255).astype(np.float32).transpose(0, 3, 1, 2)})[0]
+    got = imported.net.forward(imported.normalizer.normalize(pixels))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+PEAK = r"""
+import json, sys
+import numpy, onnx
+from slidenet.interop.onnx_import import read_onnx
+def rss(field="VmRSS"):
+    # VmHWM, the peak, belongs to this program's memory; ru_maxrss would carry over the peak
+    # of the process it was forked from (pytest's)
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith(field))
+before = rss()
+imported = read_onnx(sys.argv[1])
+print(json.dumps({"before": before,
+                  "peak": rss("VmHWM")}))
+"""
+
+
+def test_import_holds_the_weights_at_most_twice(tmp_path):
+    """Peak resident memory of read_onnx above where the process started: at most twice the
+    weights plus 40 MB (before this was made lean: about 7 times the weights)."""
+    path = tmp_path / "wide.onnx"
+    weights = wide_net(path)
+    done = subprocess.run([sys.executable, "-c", PEAK, str(path)], capture_output=True,
+                          text=True, timeout=300, check=True)
+    numbers = json.loads(done.stdout.strip().splitlines()[-1])
+    above = numbers["peak"] - numbers["before"]
+    assert above < 2 * weights + 40 * 2**20, (above / 2**20, weights / 2**20)
+
+
+def test_the_wire_walk_finds_every_raw_tensor_where_protobuf_does(tmp_path):
+    """split_weights against protobuf's own parse of the same file: the same initializers, each
+    raw_data byte for byte, and the rest of the model unchanged; a cut file is left to
+    protobuf (None)."""
+    from slidenet.interop.onnx_file import split_weights
+    path = tmp_path / "wide.onnx"
+    wide_net(path)
+    data = np.fromfile(path, dtype=np.uint8)
+    light, raws = split_weights(data)
+    whole = onnx.load(path)
+    rest = onnx.ModelProto()
+    rest.ParseFromString(light)
+    assert len(raws) == len(whole.graph.initializer) == len(rest.graph.initializer) == 6
+    for tensor, kept, raw in zip(whole.graph.initializer, rest.graph.initializer, raws):
+        assert raw.tobytes() == tensor.raw_data and not kept.raw_data
+        assert (kept.name, list(kept.dims), kept.data_type) == \
+            (tensor.name, list(tensor.dims), tensor.data_type)
+    for tensor in whole.graph.initializer:
+        tensor.ClearField("raw_data")
+    assert rest == whole
+    assert split_weights(data[:len(data) // 2]) == (None, None)
+    assert split_weights(np.frombuffer(b"\x89PNG\r\n\x1a\n" + bytes(64), np.uint8)) == (None, None)

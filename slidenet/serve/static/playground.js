@@ -73,12 +73,14 @@
     const box = $("pattern-error");
     const body = err.body || {};
     if (body.column === null || body.column === undefined) {
-      box.textContent = err.message;
+      box.replaceChildren(el("div", { class: "message", text: err.message }));
     } else {
-      // The pattern on one line, and a caret under the column at fault.
+      // The message (wrapped), then the pattern on one line and a caret under the column at
+      // fault, as the command line prints them.
       const line = text.value.replace(/\s/g, " ");
       const column = Math.max(0, Math.min(body.column, line.length));
-      box.textContent = `${body.message}\n  ${line}\n  ${" ".repeat(column)}^`;
+      box.replaceChildren(el("div", { class: "message", text: body.message }),
+                          el("pre", { text: `  ${line}\n  ${" ".repeat(column)}^` }));
       box.dataset.column = column;
     }
     box.hidden = false;

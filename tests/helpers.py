@@ -317,10 +317,30 @@ def wait_for_exit(process, timeout=30):
 LIVE_ADDRESS = "watch it learn on "
 
 
-def live_training(args, cwd, command=()):
+# `slidenet train` whose every minibatch waits STEP seconds first: a run slow enough, on any
+# machine, that a page opened after it started still sees it training. Only the test's process
+# is slowed; slidenet itself has no such setting.
+SLOW_TRAIN = """
+import sys, time
+from slidenet import data
+from slidenet.cli import main
+batches = data.batches
+def slow(*args, **kwargs):
+    for batch in batches(*args, **kwargs):
+        time.sleep({step})
+        yield batch
+data.batches = slow
+sys.exit(main(["train", *sys.argv[1:]]))
+"""
+
+
+def live_training(args, cwd, command=(), step_seconds=0.0):
     """Start `[command] python -m slidenet train ARGS` (ARGS with --live) and return (process,
-    base URL) once it has printed its address; the caller stops it (SIGINT)."""
-    process = subprocess.Popen([*command, sys.executable, "-m", "slidenet", "train", *args],
+    base URL) once it has printed its address; the caller stops it (SIGINT). step_seconds: a
+    wait before every minibatch (SLOW_TRAIN), so that the run lasts on a fast machine too."""
+    train = ["-c", SLOW_TRAIN.format(step=step_seconds)] if step_seconds else \
+        ["-m", "slidenet", "train"]
+    process = subprocess.Popen([*command, sys.executable, *train, *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     line = process.stdout.readline()

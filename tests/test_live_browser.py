@@ -22,14 +22,16 @@ from slidenet.model import load
 (sync_api,) = import_part("BROWSER", "playwright.sync_api")
 expect = sync_api.expect
 
-EPOCHS = 30
-IMAGES = 1200      # enough steps that the page is open well before training ends
+EPOCHS = 12
+IMAGES = 1200
+STEP_SECONDS = 0.01    # 68 steps an epoch: 8 s or more of training, however fast the machine
 
 
 @pytest.fixture
 def run(tmp_path):
     data = write_bars(tmp_path / "bars.npz", IMAGES, size=12)
-    process, url = live_training(live_args(data, tmp_path / "run", EPOCHS), tmp_path)
+    process, url = live_training(live_args(data, tmp_path / "run", EPOCHS), tmp_path,
+                                 step_seconds=STEP_SECONDS)
     yield process, url, tmp_path
     process.send_signal(signal.SIGINT)
     status, out, err = wait_for_exit(process, timeout=60)

@@ -404,6 +404,17 @@ class Visit:
         page.on("request", lambda r: seen.requests.append(r.url))
         return seen
 
+    @classmethod
+    def new(cls, browser, url, permissions=()):
+        """`open` in a new 1280 x 900 context of `browser` (granted `permissions`), at url + "/".
+        Close it with `visit.page.context.close()`."""
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        if permissions:
+            context.grant_permissions(list(permissions))
+        seen = cls.open(context, url)
+        seen.page.goto(url + "/")
+        return seen
+
     def only_local(self):
         own = urlsplit(self.url).netloc
         others = [u for u in self.requests if urlsplit(u).scheme in ("http", "https", "ws", "wss")
@@ -419,3 +430,15 @@ def table_numbers(locator):
     """The whole numbers in a <table>'s cells, as a 2-D array."""
     return np.array([[int(v) for v in row.locator("td").all_inner_texts()]
                      for row in locator.locator("tr").all()])
+
+
+def assert_same_models(a, b):
+    """Two Models hold the same arrays bit for bit and the same history (timings aside)."""
+    arrays_a, meta_a = a.state, a.meta
+    arrays_b, meta_b = b.state, b.meta
+    assert set(arrays_a) == set(arrays_b)
+    for name in arrays_a:
+        np.testing.assert_array_equal(arrays_a[name], arrays_b[name], err_msg=name)
+    strip = ("seconds", "images_per_s")
+    clean = [[{k: v for k, v in h.items() if k not in strip} for h in m["history"]] for m in (meta_a, meta_b)]
+    assert clean[0] == clean[1]

@@ -674,7 +674,6 @@ def test_decoding_peaks_within_its_estimate(tmp_path, width, height, mode):
 
 
 def test_an_upload_beyond_the_budget_is_refused_before_decoding(tmp_path):
-    from PIL import Image
     from slidenet.storage import limits
     from helpers import png_bytes
     png = png_bytes(np.zeros((2048, 2048, 3), np.uint8))

@@ -11,7 +11,6 @@ if os.environ.get("SLIDENET_SKIP_ONNX") == "1" and not os.environ.get("CI"):
     pytest.skip("SLIDENET_SKIP_ONNX=1", allow_module_level=True)
 
 from slidenet.cli import main  # noqa: E402
-from slidenet.errors import SlidenetError  # noqa: E402
 from slidenet.interop.onnx_import import read_onnx  # noqa: E402
 from slidenet.model import Model  # noqa: E402
 

@@ -40,10 +40,8 @@ def run(tmp_path):
 
 def test_the_page_grows_while_training_then_explains_best_npz(browser, run):
     process, url, folder = run
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    visit = Visit.open(context, url)
+    visit = Visit.new(browser, url)
     page = visit.page
-    page.goto(url + "/")
 
     # While training: the loss curve gains points as steps are trained.
     loss_steps = page.locator('#chart-loss polyline[data-series="each step"]')
@@ -87,4 +85,4 @@ def test_the_page_grows_while_training_then_explains_best_npz(browser, run):
         probs = model.predict(x[val][index][None])[0]
         assert card.locator(".verdict").inner_text() == f"guess: {CLASSES[int(np.argmax(probs))]}"
     visit.clean()
-    context.close()
+    page.context.close()

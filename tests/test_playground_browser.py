@@ -26,14 +26,10 @@ def site(tmp_path_factory):
 
 @pytest.fixture
 def visit(browser, site):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.grant_permissions(["clipboard-read", "clipboard-write"])
-    seen = Visit.open(context, site)
-    page = seen.page
-    page.goto(site + "/")
-    expect(page.locator("body")).to_have_attribute("data-summarised", "1")
+    seen = Visit.new(browser, site, permissions=("clipboard-read", "clipboard-write"))
+    expect(seen.page.locator("body")).to_have_attribute("data-summarised", "1")
     yield seen
-    context.close()
+    seen.page.context.close()
 
 
 def typed(page, text):

@@ -19,13 +19,10 @@ def folder(tmp_path_factory):
 @pytest.fixture
 def visit(browser, folder):
     with server(folder, cwd=folder) as (_, url):
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        seen = Visit.open(context, url)
-        page = seen.page
-        page.goto(url + "/")
-        expect(page.locator("body")).to_have_attribute("data-runs", "2")
+        seen = Visit.new(browser, url)
+        expect(seen.page.locator("body")).to_have_attribute("data-runs", "2")
         yield seen
-        context.close()
+        seen.page.context.close()
 
 
 def test_the_runs_are_overlaid_and_can_be_hidden(visit, folder):

@@ -38,13 +38,10 @@ def site(tmp_path_factory):
 
 @pytest.fixture
 def visit(browser, site):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    seen = Visit.open(context, site["url"])
-    page = seen.page
-    page.goto(site["url"] + "/")
-    expect(page.locator("#maps .layer")).to_have_count(len(site["model"].net.layers))
+    seen = Visit.new(browser, site["url"])
+    expect(seen.page.locator("#maps .layer")).to_have_count(len(site["model"].net.layers))
     yield seen
-    context.close()
+    seen.page.context.close()
 
 
 def upload(visit, pixels, folder, name="image.png"):

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import CLASSES, TINY, bars
+from helpers import CLASSES, TINY, assert_same_models, bars
 from slidenet import Net
 from slidenet.model import load
 from slidenet.ops import softmax_loss
@@ -36,17 +36,6 @@ def config(tmp_path, data, **kw):
                 seed=5, out=str(tmp_path / "run"))
     base.update(kw)
     return TrainConfig(**base)
-
-
-def assert_same_models(a, b):
-    arrays_a, meta_a = a.state, a.meta
-    arrays_b, meta_b = b.state, b.meta
-    assert set(arrays_a) == set(arrays_b)
-    for name in arrays_a:
-        np.testing.assert_array_equal(arrays_a[name], arrays_b[name], err_msg=name)
-    strip = ("seconds", "images_per_s")
-    clean = [[{k: v for k, v in h.items() if k not in strip} for h in m["history"]] for m in (meta_a, meta_b)]
-    assert clean[0] == clean[1]
 
 
 def test_resume_is_bit_identical_to_straight_training(tmp_path, npz_data):

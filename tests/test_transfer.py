@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import slidenet
+from helpers import assert_same_models
 from slidenet import Net
 from slidenet.cli import main
 from slidenet.ops import softmax_loss
@@ -118,12 +119,7 @@ def test_resume_of_a_run_from_a_model_is_exact(source, tmp_path):
     a = slidenet.load(tmp_path / "straight" / "model.npz")
     b = slidenet.load(tmp_path / "parts" / "model.npz")
     assert a.meta["epoch"] == b.meta["epoch"] == 3
-    assert set(a.state) == set(b.state)
-    for name in a.state:
-        np.testing.assert_array_equal(a.state[name], b.state[name], err_msg=name)
-    strip = ("seconds", "images_per_s")
-    assert [{k: v for k, v in h.items() if k not in strip} for h in a.meta["history"]] == \
-        [{k: v for k, v in h.items() if k not in strip} for h in b.meta["history"]]
+    assert_same_models(a, b)
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -3,7 +3,6 @@ import json
 import os
 
 from slidenet.errors import SlidenetError
-from slidenet.notation import zoo
 from slidenet.notation.pattern import parse, parse_sets
 from slidenet.notation.shapes import infer
 from slidenet.notation.summary import summarize, summary_text

@@ -26,6 +26,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from slidenet.ops import compiled
 from slidenet.ops.conv.common import ConvCache, check_shapes, finish_rows, flipped, relu_masked
 from slidenet.ops.conv.im2col import conv_backward_im2col
 from slidenet.ops.runtime import batch_chunks, bordered, empty, run_chunks, scratch
@@ -88,6 +89,18 @@ def row_geometry(xp, fw, m):
     (c, T, W_p, W', D) with W' = W_p - F_w + 1 output columns."""
     c, hp, wp, d = xp.shape
     return c, (hp - 2) // m, wp, wp - fw + 1, d
+
+
+def compiled_rows(xp, fw, m, name, kernel):
+    """A scheme's `rows` by its compiled kernel (`compiled.kernels()`'s attribute `kernel`):
+    (m + 2, c*T*W', F_w*D) in scratch `name`; None without numba (the scheme's NumPy path)."""
+    fast = compiled.kernels(xp)
+    if fast is None:
+        return None
+    c, t, _, wo, d = row_geometry(xp, fw, m)
+    out = scratch(name, (m + 2, c, t, wo, fw * d), xp.dtype)
+    getattr(fast, kernel)(xp, fw, out)
+    return out.reshape(m + 2, c * t * wo, fw * d)
 
 
 def prepare_filters(w, scheme, dtype=None):

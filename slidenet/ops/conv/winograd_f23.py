@@ -48,12 +48,10 @@ def rows(xp, fw, name):
     for every tile t and output column, the width window of d0 - d2, d1 + d2, d2 - d1 or d1 - d3
     (a = 0..3), where d_i is padded row 2t + i.
     """
-    c, t, wp, wo, d = winograd.row_geometry(xp, fw, 2)
-    fast = compiled.kernels(xp)
+    fast = winograd.compiled_rows(xp, fw, 2, name, "winograd_rows")
     if fast is not None:
-        out = scratch(name, (4, c, t, wo, fw * d), xp.dtype)
-        fast.winograd_rows(xp, fw, out)
-        return out.reshape(4, c * t * wo, fw * d)
+        return fast
+    c, t, wp, wo, d = winograd.row_geometry(xp, fw, 2)
     r = [xp[:, i:i + 2 * t:2] for i in range(4)]      # (c, T, W_p, D): whole rows, contiguous
     mixed = scratch(name + ".mix", (4, c, t, wp, d), xp.dtype)
     np.subtract(r[0], r[2], out=mixed[0])

@@ -112,12 +112,10 @@ def rows(xp, fw, name):
     for every tile t and output column, the width window of row a of B^T d, where d_i is padded
     row 4t + i (the sums of the module docstring).
     """
-    c, t, wp, wo, d = winograd.row_geometry(xp, fw, 4)
-    fast = compiled.kernels(xp)
+    fast = winograd.compiled_rows(xp, fw, 4, name, "winograd4_rows")
     if fast is not None:
-        out = scratch(name, (6, c, t, wo, fw * d), xp.dtype)
-        fast.winograd4_rows(xp, fw, out)
-        return out.reshape(6, c * t * wo, fw * d)
+        return fast
+    c, t, wp, wo, d = winograd.row_geometry(xp, fw, 4)
     d0, d1, d2, d3, d4, d5 = (xp[:, i:i + 4 * t:4] for i in range(6))    # (c, T, W_p, D)
     b = scratch(name + ".mix", (6, c, t, wp, d), xp.dtype)
     first, second = scratch(name + ".tmp", (2, c, t, wp, d), xp.dtype)

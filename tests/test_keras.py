@@ -1,14 +1,14 @@
 """Keras 3 CNNs through tf2onnx, both routes (from_keras and --saved-model): each imports and
 predicts what Keras predicted, within 1e-5. No TensorFlow here: the fixtures and Keras's
 predictions were made by tests/fixtures/onnx/make_keras_fixtures.py."""
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-if os.environ.get("SLIDENET_SKIP_ONNX") == "1" and not os.environ.get("CI"):
-    pytest.skip("SLIDENET_SKIP_ONNX=1", allow_module_level=True)
+from helpers import import_part
+
+import_part("ONNX", "onnx", "onnxruntime")
 
 from slidenet.cli import main  # noqa: E402
 from slidenet.interop.onnx_import import read_onnx  # noqa: E402

@@ -2,17 +2,14 @@
 and the tiled copy that turns them into slidenet's layout computes what onnxruntime does.
 docs/interop.md's table measures a 507 MiB VGG-11 (scripts/import_memory.py)."""
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-if os.environ.get("SLIDENET_SKIP_ONNX") == "1" and not os.environ.get("CI"):
-    pytest.skip("SLIDENET_SKIP_ONNX=1", allow_module_level=True)
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
+from helpers import import_part
+
+onnx, ort = import_part("ONNX", "onnx", "onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from slidenet.interop.onnx_import import read_onnx  # noqa: E402

@@ -1,17 +1,15 @@
 """What `slidenet import` says about a graph: every kind of fault once with its count, the faults
 after the first too, nothing on stderr but the message, and heads that end in global average
 pooling. Oracles: onnxruntime runs each graph that imports."""
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-if os.environ.get("SLIDENET_SKIP_ONNX") == "1" and not os.environ.get("CI"):
-    pytest.skip("SLIDENET_SKIP_ONNX=1", allow_module_level=True)
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
+from helpers import import_part
+
+onnx, ort = import_part("ONNX", "onnx", "onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import slidenet  # noqa: E402

@@ -98,23 +98,24 @@ TINY = "INPUT(8x8x1) -> CONV(4) -> RELU -> POOL -> DROPOUT(0.2) -> FC(3)"
 TINY_12 = "INPUT(12x12x1) -> CONV(4) -> RELU -> POOL -> CONV(6) -> RELU -> FC(3)"
 
 
-def bars(n, seed=0, size=8):
-    """Three learnable classes of images on dim noise: a bright row, a bright column, a bright
-    square of side size // 4 (at least 2), each at a random place.
+def bars(n, seed=0, size=8, classes=3):
+    """Learnable classes of images on dim noise: a bright row, a bright column, a bright square
+    of side size // 4 (at least 2), and with classes=4 a cross (a row and a column), each at a
+    random place.
 
     Returns x: uint8 (n, size, size, 1), y: int (n,) = 0, 1, 2, 0, 1, ... (CLASSES' order).
     """
     rng = np.random.default_rng(seed)
-    y = np.arange(n) % 3
+    y = np.arange(n) % classes
     x = rng.integers(0, 50, size=(n, size, size, 1)).astype(np.uint8)
     side = max(2, size // 4)
     at = rng.integers(1, size - side + 1, size=(n, 2))
     for i, (r, c) in enumerate(at):
-        if y[i] == 0:
+        if y[i] in (0, 3):
             x[i, r, :, 0] = 240
-        elif y[i] == 1:
+        if y[i] in (1, 3):
             x[i, :, c, 0] = 240
-        else:
+        if y[i] == 2:
             x[i, r:r + side, c:c + side, 0] = 240
     return x, y
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import slidenet
-from helpers import assert_same_models
+from helpers import assert_same_models, bars
 from slidenet import Net
 from slidenet.cli import main
 from slidenet.ops import softmax_loss
@@ -13,25 +13,9 @@ SOURCE = ("INPUT(8x8x1) -> CONV(4) -> RELU -> BATCHNORM -> POOL -> FC(12) -> REL
           "-> FC(3)")
 
 
-def shapes(n, classes, seed=0):
-    """Learnable 8x8 uint8 images: a row, a column, a dot and (class 3) a cross."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % classes
-    x = rng.integers(0, 40, size=(n, 8, 8, 1)).astype(np.uint8)
-    pos = rng.integers(1, 7, size=n)
-    for i in range(n):
-        if y[i] in (0, 3):
-            x[i, pos[i], :, 0] = 250
-        if y[i] in (1, 3):
-            x[i, :, pos[i], 0] = 250
-        if y[i] == 2:
-            x[i, pos[i] - 1:pos[i] + 1, pos[i] - 1:pos[i] + 1, 0] = 250
-    return x, y
-
-
 def write_data(path, classes):
-    x, y = shapes(160, classes)
-    xt, yt = shapes(60, classes, seed=1)
+    x, y = bars(160, classes=classes)
+    xt, yt = bars(60, seed=1, classes=classes)
     names = ["row", "column", "dot", "cross"][:classes]
     np.savez(path, x=x, y=y, x_test=xt, y_test=yt, class_names=np.array(names))
     return f"npz:{path}"
@@ -72,7 +56,7 @@ def test_frozen_layers_stay_bitwise_and_the_new_head_scores_their_features(sourc
     assert new.net.params["fc2.W"].shape == (12, 4)
     np.testing.assert_array_equal(new.normalizer.mean, old.normalizer.mean)
     # The oracle: the source model's own activations before its head, times the new head.
-    x, y = shapes(60, 4, seed=1)
+    x, y = bars(60, seed=1, classes=4)
     features = dict(old.net.activations(old.normalizer.normalize(x)))["dropout1"]
     want = features.astype(np.float64) @ new.net.params["fc2.W"] + new.net.params["fc2.b"]
     np.testing.assert_allclose(new.scores(x), want, rtol=1e-4, atol=1e-4)
@@ -228,4 +212,4 @@ def test_a_global_average_pool_head_gets_a_fresh_conv(tmp_path, capsys):
     assert new.net.pattern == pattern.replace("CONV(3, 1x1)", "CONV(4, 1x1)")
     np.testing.assert_array_equal(new.net.params["conv1.W"], old.net.params["conv1.W"])
     assert new.net.params["conv2.W"].shape == (1, 1, 6, 4)
-    assert new.predict(shapes(5, 4)[0]).shape == (5, 4)
+    assert new.predict(bars(5, classes=4)[0]).shape == (5, 4)

@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from slidenet import geometry
 from slidenet.interop.onnx_file import tensor_array
 from slidenet.interop.onnx_graph import rows_dhw_to_hwd
 from slidenet.ops import BATCHNORM_EPSILON
@@ -140,10 +141,12 @@ class Slide:
     text: str
 
 
-def _window(reader, node, a, act, size):
+def _window(reader, node, a, act, size, can_grow=True):
     """The `Slide` of a Conv or pool on `act`. Padding may differ per side (p=B:A, as
     TensorFlow's 'same' at stride 2 pads one more after); windows that do not tile the input
-    are ONNX's floor, which is round=down (the last rows no window reaches are left out)."""
+    are ONNX's floor, which is round=down (the last rows no window reaches are left out), or
+    with ceil_mode=1 its ceil, round=up (a last window past the edge). can_grow=False: a kind
+    that cannot add that window (AVGPOOL: PyTorch divides it by fewer cells)."""
     _, h, w = act.dims
     stride = tuple(a.get("strides", [1, 1]))
     if len(stride) != 2 or min(stride) < 1:
@@ -164,22 +167,30 @@ def _window(reader, node, a, act, size):
             before.append(first)
             after.append(total - first)
         before, after = tuple(before), tuple(after)
-    if a.get("ceil_mode", 0):
-        raise Unsupported("ceil_mode=1: ONNX's ceil_mode keeps a last window that starts in the "
-                          "padding, which slidenet's round=up does not follow exactly")
-    out, rounded = [], False
+    # ceil_mode=1 is slidenet's round=up: one more window where the last rows are left over,
+    # unless it would start beyond the input and its leading padding (PyTorch's and
+    # onnxruntime's rule, which `geometry.fit` follows).
+    rule = "up" if a.get("ceil_mode", 0) else "down"
+    out, rounded, grown = [], False, False
     for n, f, s, pb, pa, axis in zip((h, w), size, stride, before, after, ("height", "width")):
         span = n + pb + pa - f
         if span < 0:
             raise Unsupported(f"kernel_shape={list(size)} is larger than the padded {axis} "
                               f"{n + pb + pa}")
-        out.append(span // s + 1)
+        size_out = geometry.fit(n, f, s, pb, pa, rule)[0]
+        out.append(size_out)
         rounded |= span % s != 0
+        grown |= size_out != span // s + 1
+    if grown and not can_grow:
+        raise Unsupported("ceil_mode=1: its last window reaches past the padding, and PyTorch "
+                          "divides that window by fewer cells than the others; slidenet's "
+                          "AVGPOOL rounds down only (round=down)")
     if before == after:
         pad = f"p={before[0]}x{before[1]}"
     else:
         pad = f"p={before[0]}:{after[0]}x{before[1]}:{after[1]}"
-    text = f"s={stride[0]}x{stride[1]}, {pad}" + (", round=down" if rounded else "")
+    text = f"s={stride[0]}x{stride[1]}, {pad}" + \
+        (f", round={'up' if grown else 'down'}" if rounded else "")
     return Slide(stride, before, after, tuple(out), text)
 
 
@@ -241,7 +252,7 @@ def _pool(kind):
         if faults:
             raise Unsupported(*faults)
         x = reader.volume(inputs[0], node)
-        window = _window(reader, node, a, x, size)
+        window = _window(reader, node, a, x, size, can_grow=kind != "AVGPOOL")
         c = x.dims[0]
         out_h, out_w = window.out
         text = window.text.replace(", p=0x0", "")

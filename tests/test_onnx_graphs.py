@@ -351,3 +351,52 @@ def test_a_merge_of_unequal_volumes_names_both(tmp_path, op):
     else:
         assert lines[1] == ("  Concat 'merge': it stacks 'b' (3 x 3 x 2) and 'a' (6 x 6 x 2): "
                             "slidenet's CONCAT stacks volumes of one height and width")
+
+
+# ---- PyTorch's own exports of torchvision's blocks ----
+
+TORCH_NETS = ("resnet", "inception", "dense", "mobilenet")
+EXPORTS = ("legacy17", "legacy18", "dynamo18")
+
+
+@pytest.mark.parametrize("net", TORCH_NETS)
+@pytest.mark.parametrize("exporter", EXPORTS)
+def test_torch_exported_graph_nets_predict_what_pytorch_predicted(net, exporter):
+    """The oracle is PyTorch: its outputs for these pixels, stored by make_torch_fixtures.py
+    (both exporters; opsets 17 and 18), and onnxruntime running the same file."""
+    stored = np.load(FIXTURES / f"torch_{net}_expected.npz")
+    path = FIXTURES / f"torch_{net}_{exporter}.onnx"
+    assert onnx.load(path).opset_import[0].version == int(exporter[-2:])
+    imported = read_onnx(path, mean=stored["mean"], std=stored["std"])
+    assert "{" in imported.net.pattern
+    pixels = stored["pixels"]
+    scores = imported.net.forward(imported.normalizer.normalize(pixels), train=False)
+    probabilities = np.exp(scores - scores.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    np.testing.assert_allclose(probabilities, stored["probabilities"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(scores, stored["logits"], rtol=1e-4, atol=1e-4)
+    feed = ((pixels / 255 - stored["mean"]) / stored["std"]).astype(np.float32)
+    logits, = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": feed.transpose(0, 3, 1, 2)})
+    np.testing.assert_allclose(scores, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_torchvisions_blocks_become_the_zoos_forms():
+    """A dense block is [{ ID | ... } -> CONCAT]*k; a residual block { ... | ID } -> ADD (and
+    MobileNet's x + conv(x), { ID | ... } -> ADD); an Inception block four branches; a
+    projected skip a 1x1 CONV with the stride; ceil_mode a round=up pool."""
+    def pattern(net):
+        stored = np.load(FIXTURES / f"torch_{net}_expected.npz")
+        return read_onnx(FIXTURES / f"torch_{net}_legacy17.onnx", mean=stored["mean"],
+                         std=stored["std"]).net.pattern
+    dense = pattern("dense")
+    assert dense.count("{ ID | BATCHNORM -> RELU -> CONV(8, 1x1, s=1x1, p=0x0) -> RELU -> "
+                       "CONV(4, 3x3, s=1x1, p=1x1) } -> CONCAT") == 5
+    resnet = pattern("resnet")
+    assert "| ID } -> ADD -> RELU" in resnet and \
+        "| CONV(12, 1x1, s=2x2, p=0x0) } -> ADD -> RELU -> GLOBALAVGPOOL -> FC(5)" in resnet
+    assert pattern("mobilenet").count("{ ID | CONV(") == 2
+    inception = pattern("inception")
+    assert "| MAXPOOL(3x3, s=1x1, p=1x1) -> CONV(3, 1x1, s=1x1, p=0x0) -> RELU } -> CONCAT" in \
+        inception and "MAXPOOL(2x2, s=2x2, round=up)" in inception
+    assert inception.endswith("RELU -> GLOBALAVGPOOL")

@@ -110,8 +110,34 @@ def _why(pieces, branches, start):
 
 
 def text(items, pieces):
-    """The pattern of `items`: "A -> { B | ID } -> ADD -> C"."""
-    return " -> ".join(_item_text(item, pieces) for item in items)
+    """The pattern of `items`: "A -> { B | ID } -> ADD -> C", with runs of the same layers
+    written once with their count, as the lecture does: "[{ B | ID } -> ADD -> RELU]*2"."""
+    return " -> ".join(_runs([_item_text(item, pieces) for item in items]))
+
+
+RUN = 8     # the longest stretch of layers `_runs` looks for repeats of
+
+
+def _runs(texts):
+    """`texts` with each stretch that repeats written once as "[A -> B]*k": at each place,
+    the repeat that covers the most layers. The pattern expands back to the same layers in
+    the same order (and so the same names)."""
+    out, i = [], 0
+    while i < len(texts):
+        best = (1, 1)
+        for length in range(1, min(RUN, (len(texts) - i) // 2) + 1):
+            count = 1
+            while texts[i + count * length:i + (count + 1) * length] == texts[i:i + length]:
+                count += 1
+            if count > 1 and length * count > best[0] * best[1]:
+                best = (length, count)
+        length, count = best
+        if count > 1:
+            out.append(f"[{' -> '.join(texts[i:i + length])}]*{count}")
+        else:
+            out.append(texts[i])
+        i += length * count
+    return out
 
 
 def _item_text(item, pieces):

@@ -109,8 +109,8 @@ def unknown_op(node):
     what = _HINTS.get(node.op_type, "an operation")
     domain = f" of domain {node.domain!r}" if node.domain not in ("", "ai.onnx") else ""
     return (f"{node.op_type}{domain} is {what}, not one of the lecture's layers slidenet has "
-            "(CONV, MAXPOOL, AVGPOOL, GLOBALAVGPOOL, FC, BATCHNORM, DROPOUT, RELU, RELU6, "
-            "LEAKYRELU, TANH, SIGMOID)")
+            "(CONV, DWCONV, MAXPOOL, AVGPOOL, GLOBALAVGPOOL, FC, BATCHNORM, DROPOUT, RELU, "
+            "RELU6, LEAKYRELU, TANH, SIGMOID, and branches merged by ADD or CONCAT)")
 
 
 def _number(value):

@@ -78,8 +78,10 @@ if kind == "read_onnx":
     result.update(dp=float(np.abs(p - stored["probabilities"]).max()),
                   dlogit=float(np.abs(scores - stored["logits"]).max()),
                   top=float(stored["probabilities"].max()),
+                  spread_logits=float(np.ptp(stored["logits"])),
                   params=int(sum(v.size for v in net.params.values())),
-                  branches=net.pattern.count("{"), pattern=net.pattern)
+                  merges=sum(1 for layer in net.every_layer() if layer.merges),
+                  pattern=net.pattern)
 print(json.dumps(result))
 '''
 
@@ -100,7 +102,8 @@ def import_torchvision():
 
 
 def build(torchvision, name, generator):
-    """torchvision's `name` with random weights and random BatchNorm statistics, in eval mode."""
+    """torchvision's `name` with random weights and random BatchNorm statistics, in eval mode.
+    (The scoring layer is rescaled later, `spread_scores`.)"""
     import torch
     from torch import nn
     options = {"weights": None}
@@ -115,6 +118,23 @@ def build(torchvision, name, generator):
             module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
             module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
     return net.eval()
+
+
+def spread_scores(net, x, torch):
+    """PyTorch's logits for `x`, after rescaling the scoring layer (the last Linear, or
+    SqueezeNet's last Conv, followed only by ReLU and pooling, which commute with a positive
+    scale) so that the logits of each image spread with a standard deviation of 2 across the
+    classes. Randomly initialised nets score near-uniform (p about 1/1000 everywhere) or
+    saturated (p = 1): either way |dp| would say little. Returns the logits, float64."""
+    from torch import nn
+    last = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+    with torch.no_grad():
+        logits = net(x).double()
+        scale = 2.0 / float(logits.std(1).mean())
+        last.weight.mul_(scale)
+        if last.bias is not None:
+            last.bias.mul_(scale)
+        return net(x).double()
 
 
 def export(net, path, exporter):
@@ -147,6 +167,15 @@ def measure(python, kind, path, pixels):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def summarised(runs):
+    """The first run's numbers, with "seconds" the median of all runs and "spread" (min, max)."""
+    if any("error" in run for run in runs):
+        return next(run for run in runs if "error" in run)
+    times = sorted(run["seconds"] for run in runs)
+    return {**runs[0], "seconds": times[len(times) // 2], "spread": (times[0], times[-1]),
+            "peak": max(run["peak"] for run in runs)}
+
+
 def command(python, path, folder):
     """`slidenet import` as a user types it: (exit status, seconds, its first line)."""
     slidenet = Path(python).parent / "slidenet"
@@ -165,6 +194,7 @@ def main():
     parser.add_argument("--nets", default=",".join(NETS))
     parser.add_argument("--exports", default=",".join(EXPORTS))
     parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3, help="timings per file (median)")
     parser.add_argument("--slidenet", default=str(ROOT / ".venv" / "bin" / "python"))
     parser.add_argument("--keep", action="store_true", help="keep the .onnx files")
     args = parser.parse_args()
@@ -180,8 +210,7 @@ def main():
         pixels = np.random.default_rng(21).integers(0, 256, (args.images, 224, 224, 3),
                                                     dtype=np.uint8)
         x = ((pixels / 255 - MEAN) / STD).transpose(0, 3, 1, 2)
-        with torch.no_grad():
-            logits = net(torch.tensor(x, dtype=torch.float32)).double()
+        logits = spread_scores(net, torch.tensor(x, dtype=torch.float32), torch)
         stored = args.folder / f"{name}_expected.npz"
         np.savez(stored, pixels=pixels, mean=MEAN, std=STD, logits=logits.numpy(),
                  probabilities=torch.softmax(logits, 1).numpy())
@@ -197,13 +226,17 @@ def main():
             files.append((exporter, path, seconds, opset))
         del net
         gc.collect()
+        os.sync()       # the files just written reach the disk before anything is timed
         for index, (exporter, path, seconds, opset) in enumerate(files):
             size = path.stat().st_size + sum(p.stat().st_size for p in
                                              args.folder.glob(f"{path.name}.data"))
             row = {"net": name, "export": exporter, "opset": opset, "export_s": seconds,
                    "mib": size / 2**20}
-            row["load"] = measure(args.slidenet, "onnx.load", path, stored)
-            row["import"] = measure(args.slidenet, "read_onnx", path, stored)
+            loads, imports = [], []
+            for _ in range(args.rounds):        # alternating, each in a fresh process
+                loads.append(measure(args.slidenet, "onnx.load", path, stored))
+                imports.append(measure(args.slidenet, "read_onnx", path, stored))
+            row["load"], row["import"] = summarised(loads), summarised(imports)
             if index == 0:
                 row["command"] = command(args.slidenet, path, args.folder)
             rows.append(row)
@@ -221,8 +254,9 @@ def main():
 
 
 def markdown(rows):
-    lines = ["| net | export | opset | file MiB | `onnx.load` s | import s | import peak MiB "
-             "(onnx.load's) | max abs dp | largest p | max abs d logit | branches |",
+    lines = ["| net | export | opset | file MiB | `onnx.load` s | import s (min-max) | import "
+             "peak MiB (onnx.load's) | max abs dp | largest p | max abs d logit / logit range "
+             "| merges |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
@@ -235,10 +269,11 @@ def markdown(rows):
                          f"{got['error']} | | | | | |")
             continue
         lines.append(f"| {row['net']} | {row['export']} | {row['opset']} | {row['mib']:.0f} | "
-                     f"{load['seconds']:.2f} | {got['seconds']:.2f} | "
+                     f"{load['seconds']:.2f} | {got['seconds']:.2f} "
+                     f"({got['spread'][0]:.2f}-{got['spread'][1]:.2f}) | "
                      f"{got['peak'] / 2**20:,.0f} ({load['peak'] / 2**20:,.0f}) | "
-                     f"{got['dp']:.1e} | {got['top']:.3f} | {got['dlogit']:.1e} | "
-                     f"{got['branches']} |")
+                     f"{got['dp']:.1e} | {got['top']:.2f} | "
+                     f"{got['dlogit']:.1e} / {got['spread_logits']:.1f} | {got['merges']} |")
     return "\n".join(lines) + "\n"
 
 

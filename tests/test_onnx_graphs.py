@@ -305,10 +305,9 @@ def test_a_graph_that_is_not_nested_branches_is_refused_naming_the_merge(tmp_pat
     message = str(caught.value)
     assert message == (
         f"{path}: slidenet cannot write this graph as one pattern, so nothing was written: "
-        "Add 's1' joins branches that do not all start from one value (from Conv 'conv1' some "
-        "branches reach it and others reach other merges), so the graph is not branches "
-        "{ A | B } -> ADD (or CONCAT) nested in one chain; slidenet cannot write it as a "
-        "pattern")
+        "Add 's1' joins branches that do not all start from one value (of the branches from "
+        "Conv 'conv1', some reach it and others other merges): the graph is not branches "
+        "{ A | B } -> ADD (or CONCAT) nested in one chain")
     from slidenet.cli import main
     assert main(["import", str(path), "--out", str(tmp_path / "never.npz")]) == 2
     err = capsys.readouterr().err

@@ -103,10 +103,9 @@ def _why(pieces, branches, start):
                 "the output without a merge, or is never used)")
     merge = branches[0][2]
     origin = "the graph's input" if start is INPUT else pieces[start].node
-    return (f"{pieces[merge].node} joins branches that do not all start from one value (from "
-            f"{origin} some branches reach it and others reach other merges), so the graph is not "
-            "branches { A | B } -> ADD (or CONCAT) nested in one chain; slidenet cannot write it "
-            "as a pattern")
+    return (f"{pieces[merge].node} joins branches that do not all start from one value (of the "
+            f"branches from {origin}, some reach it and others other merges): the graph is not "
+            "branches { A | B } -> ADD (or CONCAT) nested in one chain")
 
 
 def text(items, pieces):

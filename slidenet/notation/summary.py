@@ -166,7 +166,8 @@ def _notes(infos):
     lines = [f"{info.name} {info.spec.text}: {note}"
              for info in every for note in info.spec.type.notes(info)]
     if any(info.branches for info in infos):
-        lines.append("a merge's receptive field is the largest of its branches'")
+        lines.append("a merge's receptive field is the union of its branches' (the largest, "
+                     "when they are padded alike)")
     if any(info.field_capped for info in every):
         h, w = infos[0].output_shape[:2]
         lines.append(f"* the whole {h} x {w} input: these windows reach past its edges, into "

@@ -135,8 +135,8 @@ def test_a_graph_nets_report_shows_its_branches_as_the_summary_does(tmp_path):
                         (depth, cells[0], cells[1], cells[3], cells[-3].replace(" ", "")))
     found = []
     for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, flags=re.S)[1:-1]:
-        pad = float(re.search(r"padding-left:([\d.]+)em", row).group(1))
-        depth = round((pad - 0.4) / 1.2)
+        pad = re.search(r"padding-left:calc\(8px \+ ([\d.]+)em\)", row)
+        depth = round(float(pad.group(1)) / 1.2) if pad else 0
         cells = [re.sub(r"<[^>]+>", "", cell).strip()
                  for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)]
         found.append((depth, cells[0]) if len(cells) == 1 else

@@ -53,7 +53,9 @@ def fields(infos, target):
     size is the largest branch's field, as the summary's receptive field column has it, when
     the branches' windows nest (centred padding); `slidenet summary` and these windows agree
     on every zoo net (tested). (A CONCAT channel sees only its own branch's field, which lies
-    inside that union.)"""
+    inside that union.) Branches whose units step by different jumps (an unusual net: a
+    strided branch beside an unpadded one that shrinks as much) keep the largest jump, and
+    the union is then exact for unit 0 only, as the summary's column is."""
     path = infos[:target + 1] if isinstance(target, int) else info_path(infos, target)
     if not path:
         raise SlidenetError(f"no layer {target!r} in this net")

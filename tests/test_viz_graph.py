@@ -332,3 +332,34 @@ def test_unknown_or_unfit_layers_are_one_line_listing_branch_layers(trained, cap
     argv = ["viz"] + [a.format(**trained) for a in args]
     one_line_error(capsys, argv + ["--out", str(trained["folder"] / "never.png")], *words)
     assert not (trained["folder"] / "never.png").exists()
+
+
+def test_the_graph_net_commands_of_visualisation_md_do_what_it_says(tmp_path, monkeypatch):
+    """docs/visualisation.md's "Graph nets" block, command by command, in a fresh folder."""
+    import re
+    import shlex
+    from pathlib import Path
+    from slidenet import data
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "visualisation.md").read_text(
+        encoding="utf-8")
+    block = re.search(r"## Graph nets.*?```sh\n(.*?)```", doc, flags=re.S).group(1)
+    commands = [shlex.split(line) for line in block.strip().splitlines()]
+    assert [c[:3] for c in commands[:2]] == [["slidenet", "train", "--data"],
+                                             ["slidenet", "viz", "filters"]]
+    monkeypatch.chdir(tmp_path)
+    test = data.load("mnist5k")
+    Image.fromarray(test.x_test[list(test.y_test).index(7), :, :, 0]).save("seven.png")
+    for command in commands:
+        assert command[0] == "slidenet"
+        assert main(command[1:]) == 0, command
+        out = command[command.index("--out") + 1]
+        if out.endswith(".png"):
+            with Image.open(out) as image:
+                assert np.asarray(image.convert("L")).std() > 0, out
+    report = Path("graph-report.html").read_text(encoding="utf-8")
+    assert "branch 3 of concat1" in report and "28x28x16 + 28x28x16" in report
+    # What the text says of conv3: the second CONV of the residual branch, 7 x 7 pixels.
+    model = load("runs/graph/best.npz")
+    info = pick_layer(model.net, "conv3")
+    assert info.receptive_field == (7, 7) and info.spec.text == "CONV(16)"
+    assert (model.net.params["dwconv1.W"].shape) == (5, 5, 1, 16)

@@ -183,7 +183,10 @@ FIELDS = [("INPUT(20x20x1) -> CONV(2, 3x3, p=1) -> { CONV(2, 2x2, p=0:1) | CONV(
            "-> ADD -> { CONV(2, 3x3, p=1) -> AVGPOOL(2) -> CONV(2, 3x3, p=1) | CONV(2, 2x2, s=2) } "
            "-> ADD -> { CONV(2, 3x3, p=1, g=2) | ID } -> ADD -> { CONV(2, 1x1) | DWCONV(3x3, "
            "p=same) } -> CONCAT -> AVGPOOL(3x3, s=2, p=same) -> CONV(2, 3x3, s=2, p=same)", 17),
-          ("INPUT(8x8x1) -> AVGPOOL(3x3, s=2, p=same) -> CONV(2, 2x2, p=0:1)", 2)]
+          ("INPUT(8x8x1) -> AVGPOOL(3x3, s=2, p=same) -> CONV(2, 2x2, p=0:1)", 2),
+          # Branches inside a branch.
+          ("INPUT(9x9x1) -> CONV(2) -> { CONV(2) -> { CONV(2, 5x5, p=2) | AVGPOOL(3x3, s=1, "
+           "p=1) } -> ADD | ID } -> ADD -> CONV(1, 3x3, s=2, p=1)", 8)]
 
 
 @pytest.mark.parametrize("pattern, layers", FIELDS)

@@ -69,17 +69,19 @@ def filters_figure(net, layer=None):
     what = info.spec.type.picture
     if groups > 1 and d == 1:
         # Depthwise: each filter is one F_h x F_w map over one input channel.
-        tiles = np.moveaxis(w[:, :, 0, :], -1, 0)                           # (K, F_h, F_w)
+        shown_k = min(k, MAX_FILTERS * 4)
+        tiles = np.moveaxis(w[:, :, 0, :shown_k], -1, 0)                    # (K, F_h, F_w)
         per = k // groups
         reads = "input channel f" if per == 1 else f"input channel f // {per}"
-        note = f"depthwise: filter f reads only {reads}; one scale for all"
-        cols = grid.columns(k, widest=16)
+        cut = "" if shown_k == k else f"; first {shown_k} shown"
+        note = f"depthwise: filter f reads only {reads}; one scale for all{cut}"
+        cols = grid.columns(shown_k, widest=16)
         xlabel, ylabel, row_step = f"{what[:-1]} f (row + column)", "", None
     elif groups > 1:
-        shown_k = min(k, MAX_FILTERS)
-        tiles = np.transpose(w[:, :, :, :shown_k], (3, 2, 0, 1)).reshape(-1, fh, fw)
-        cols = d
-        cut = "" if shown_k == k else f", first {shown_k} shown"
+        shown_k, shown_d = min(k, MAX_FILTERS), min(d, MAX_CHANNELS)
+        tiles = np.transpose(w[:, :, :shown_d, :shown_k], (3, 2, 0, 1)).reshape(-1, fh, fw)
+        cols = shown_d
+        cut = "" if (shown_k, shown_d) == (k, d) else f", first {shown_k} x {shown_d} shown"
         note = (f"{groups} groups: row f reads input channels g*{d} .. g*{d}+{d - 1} of its "
                 f"group g = f // {k // groups}; column: channel within the group{cut}")
         xlabel, ylabel, row_step = "channel within the group", what[:-1], 1

@@ -69,7 +69,7 @@ def named(net, info):
 
 def listing(infos, keep=lambda info: True, top=True):
     """The layers as the error messages list them, branches in braces before their merge as
-    the pattern writes them: "0 input, 1 conv1, { conv2, conv3 | id1 } 3 add1, 4 relu2".
+    the pattern writes them: "1 conv1, { conv2, conv3 | id1 } 2 add1, 3 relu2".
     keep: which layers to name (a merge's braces stay while any of its branch layers is kept;
     a branch with none kept is "-")."""
     parts = []

@@ -375,7 +375,7 @@ class _Reader:
         """Append ADD or CONCAT, the merge of branches ending in `acts_in`; returns its Act."""
         index = self.append(piece, *acts_in)
         return replace(acts_in[0], layout=layout, dims=tuple(dims), pre=False, source=index,
-                       piece=None, flat_from=acts_in[0].flat_from)
+                       piece=None)
 
     # -- after the walk --
 

@@ -400,3 +400,31 @@ def test_torchvisions_blocks_become_the_zoos_forms():
     assert "| MAXPOOL(3x3, s=1x1, p=1x1) -> CONV(3, 1x1, s=1x1, p=0x0) -> RELU } -> CONCAT" in \
         inception and "MAXPOOL(2x2, s=2x2, round=up)" in inception
     assert inception.endswith("RELU -> GLOBALAVGPOOL")
+
+
+def test_branches_in_keras_layout_merge_along_the_last_axis(tmp_path):
+    """tf2onnx keeps Keras's (N, H, W, C) between layers: each Conv between Transposes, a
+    residual Add of two NHWC values and a Concat along axis 3, against onnxruntime."""
+    inits = [weights("w1", 3, 2, 3, 3), weights("w2", 3, 3, 1, 1), weights("fc", 5 * 5 * 6, 3)]
+
+    def conv(x, w, y, **kw):
+        return [helper.make_node("Transpose", [x], [f"{y}.t"], perm=[0, 3, 1, 2]),
+                helper.make_node("Conv", [f"{y}.t", w], [f"{y}.c"], name=y, **kw),
+                helper.make_node("Transpose", [f"{y}.c"], [y], perm=[0, 2, 3, 1])]
+    nodes = (conv("x", "w1", "a") + [helper.make_node("Relu", ["a"], ["r"], name="relu")]
+             + conv("r", "w2", "b")
+             + [helper.make_node("Add", ["b", "r"], ["s"], name="add"),
+                helper.make_node("Concat", ["s", "r"], ["c"], name="cat", axis=3),
+                helper.make_node("Reshape", ["c", "shape"], ["f"], name="flat"),
+                helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")])
+    inits.append(numpy_helper.from_array(np.array([-1, 150], np.int64), "shape"))
+    path = save_graph(tmp_path / "g.onnx", nodes, inits, (7, 7, 2))
+    imported = read_onnx(path)
+    assert imported.net.pattern == (
+        "INPUT(7x7x2) -> CONV(3, 3x3, s=1x1, p=0x0) -> RELU -> { { CONV(3, 1x1, s=1x1, p=0x0) "
+        "| ID } -> ADD | ID } -> CONCAT -> FC(3)")
+    pixels = np.random.default_rng(4).integers(0, 256, (5, 7, 7, 2), dtype=np.uint8)
+    want, = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": (pixels / 255).astype(np.float32)})
+    np.testing.assert_allclose(imported.net.forward(imported.normalizer.normalize(pixels), False),
+                               want, rtol=1e-4, atol=1e-5)

@@ -42,7 +42,7 @@ class Net:
     net; `backward` overwrites `grads` in place, so the dicts can be held on to.
     """
 
-    def __init__(self, pattern, variables, skip_optional, seed, dtype, blank=False):
+    def __init__(self, pattern, variables, skip_optional, seed, dtype, blank=False, infos=None):
         if dtype not in DTYPES:
             raise SlidenetError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         self.pattern = zoo.resolve(pattern)    # a model file keeps the pattern itself
@@ -51,7 +51,10 @@ class Net:
         self.skip_optional = skip_optional
         self.seed = seed
         self.dtype = np.dtype(dtype)
-        self.infos = infer(parse(pattern, self.variables, skip_optional), pattern)
+        # infos: what `infer` made of this very pattern, from a caller that needed the shapes
+        # before deciding to build (an import): a long pattern is not parsed and walked twice.
+        self.infos = infos if infos is not None else \
+            infer(parse(pattern, self.variables, skip_optional), pattern)
         weight_bytes = sum(info.params for info in self.infos) * self.dtype.itemsize
         if weight_bytes > MAX_WEIGHT_BYTES:
             raise SlidenetError(
@@ -80,6 +83,12 @@ class Net:
         """Parse `pattern`, infer every shape, and initialise the weights from `seed` (all
         zeros when `blank`, for weights that are read from a file next)."""
         return cls(pattern, variables, skip_optional, seed, dtype, blank)
+
+    @classmethod
+    def from_infos(cls, pattern, infos, dtype="float32", skip_optional=False, **variables):
+        """A blank net (zeros, for weights read next) of `pattern`, whose shapes the caller
+        has already inferred: `infos` is `infer(parse(pattern, variables, skip_optional))`."""
+        return cls(pattern, variables, skip_optional, 0, dtype, blank=True, infos=infos)
 
     def every_layer(self):
         """Every layer, branches included (each branch's layers before their merge)."""

@@ -4,6 +4,7 @@ docs/interop.md's table measures a 507 MiB VGG-11 (scripts/import_memory.py)."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -106,3 +107,80 @@ def test_the_wire_walk_finds_every_raw_tensor_where_protobuf_does(tmp_path):
     assert rest == whole
     assert split_weights(data[:len(data) // 2]) == (None, None)
     assert split_weights(np.frombuffer(b"\x89PNG\r\n\x1a\n" + bytes(64), np.uint8)) == (None, None)
+
+
+def test_a_branching_import_parses_and_infers_its_pattern_once(monkeypatch):
+    """The importer needs the shapes before it builds the net (to check the pattern, and to
+    compare it with a slidenet export's own); the net is then built on those shapes, not on a
+    second parse and walk of a long nested pattern. Counted on the DenseNet-style fixture, whose
+    imported net still predicts what PyTorch computed (the net built on the shared shapes is
+    the one that runs)."""
+    import slidenet.notation.pattern as pattern_module
+    import slidenet.notation.shapes as shapes_module
+    from slidenet.interop import onnx_import
+    from slidenet import net as net_module
+    calls = {"parse": 0, "infer": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+    parse, infer = counted("parse", pattern_module.parse), counted("infer", shapes_module.infer)
+    for module in (pattern_module, onnx_import, net_module):
+        monkeypatch.setattr(module, "parse", parse)
+    for module in (shapes_module, onnx_import, net_module):
+        monkeypatch.setattr(module, "infer", infer)
+    folder = Path(__file__).parent / "fixtures" / "onnx"
+    expected = np.load(folder / "torch_dense_expected.npz")
+    imported = read_onnx(folder / "torch_dense_legacy18.onnx", mean=expected["mean"],
+                         std=expected["std"])
+    assert "CONCAT" in imported.net.pattern
+    assert calls == {"parse": 1, "infer": 1}
+    scores = imported.net.forward(imported.normalizer.normalize(expected["pixels"]))
+    p = np.exp(scores - scores.max(1, keepdims=True))
+    np.testing.assert_allclose(p / p.sum(1, keepdims=True), expected["probabilities"],
+                               atol=1e-5)
+
+
+def test_a_net_built_on_shapes_already_inferred_is_the_patterns_blank_net():
+    """`Net.from_infos` against `Net.from_pattern(blank=True)`: the same layers, names, array
+    shapes, fused steps and blank weights (nothing drawn)."""
+    from slidenet.net import Net
+    from slidenet.notation.pattern import parse
+    from slidenet.notation.shapes import infer
+    pattern = ("INPUT(12x12x3) -> CONV(8) -> RELU -> { CONV(8) -> BATCHNORM -> RELU | ID } "
+               "-> ADD -> { CONV(4, 1x1) | MAXPOOL(3x3, s=1x1, p=1x1) } -> CONCAT -> "
+               "GLOBALAVGPOOL -> FC(5)")
+    shared = Net.from_infos(pattern, infer(parse(pattern), pattern))
+    alone = Net.from_pattern(pattern, blank=True)
+    assert [(k, v.shape) for k, v in shared.params.items()] == \
+        [(k, v.shape) for k, v in alone.params.items()]
+    assert list(shared.buffers) == list(alone.buffers)
+    assert [type(s).__name__ for s in shared.steps] == [type(s).__name__ for s in alone.steps]
+    for name, value in alone.params.items():        # zeros (BATCHNORM's gamma: ones)
+        np.testing.assert_array_equal(shared.params[name], value)
+    x = np.random.default_rng(0).standard_normal((2, 12, 12, 3)).astype(np.float32)
+    for net in (shared, alone):
+        for value in net.params.values():
+            value[...] = 0.01
+    np.testing.assert_array_equal(shared.forward(x), alone.forward(x))
+
+
+def test_the_budget_names_the_tensor_only_when_it_refuses():
+    """The budget's message is made only for a refusal (a graph has hundreds of tensors), and
+    then names the tensor, its dims and its type."""
+    import pytest
+    from slidenet.interop.onnx_file import Budget, OnnxFileError
+    made = []
+
+    def text():
+        made.append(1)
+        return "tensor 'w' (4 x 4 float32)"
+    budget = Budget(100)
+    budget.take(text, 64)
+    assert not made and budget.left == 36
+    with pytest.raises(OnnxFileError, match=r"tensor 'w' \(4 x 4 float32\) claims 64"):
+        budget.take(text, 64)
+    budget.take("a plain description", 36)
+    assert budget.left == 0

@@ -40,7 +40,10 @@ class Budget:
         self.left = self.total
 
     def take(self, what, nbytes):
+        """Take `nbytes` for `what` (its description, or a function that makes it: the text is
+        needed only for the message, and a graph has hundreds of tensors)."""
         if nbytes > self.left:
+            what = what() if callable(what) else what
             before = self.total - self.left
             raise OnnxFileError(
                 f"{what} claims {limits.human(nbytes)}"
@@ -105,10 +108,11 @@ def read_model(path):
 
 
 def _varint(data, at, end):
-    """(value, next position) of the varint at `at`; ValueError past `end` or over 10 bytes."""
+    """(value, next position) of the varint at `at`; ValueError past `end` or over 10 bytes.
+    data: a memoryview of bytes (indexing it gives ints; a NumPy array's scalars are slower)."""
     value = shift = 0
     for i in range(at, min(end, at + 10)):
-        byte = int(data[i])
+        byte = data[i]
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
             return value, i + 1
@@ -158,6 +162,7 @@ def split_weights(data):
     """(the ONNX file in `data` (uint8) without its initializers' raw_data, [a view of each
     initializer's raw bytes in `data`, or None where it has none]); (None, None) when the file
     is not laid out as expected, and protobuf is then left to parse (and judge) it whole."""
+    array, data = data, memoryview(data)
     try:
         raws, model = [], bytearray()
         graphs = 0
@@ -175,7 +180,7 @@ def split_weights(data):
                 for t_number, t_wire, t_start, t_payload, t_stop in \
                         _fields(data, g_payload, g_stop):
                     if t_number == RAW_DATA and t_wire == 2:
-                        raw = data[t_payload:t_stop]        # the last one counts, as in protobuf
+                        raw = array[t_payload:t_stop]       # the last one counts, as in protobuf
                     else:
                         tensor += data[t_start:t_stop].tobytes()
                 raws.append(raw)
@@ -268,7 +273,8 @@ def tensor_array(tensor, folder, budget, raw=None):
         raise OnnxFileError(f"{what} has a negative dimension {dims}")
     count = prod(dims)
     nbytes = count * dtype.itemsize
-    budget.take(f"{what} ({' x '.join(map(str, dims)) or 'a scalar'} {dtype.name})", nbytes)
+    budget.take(lambda: f"{what} ({' x '.join(map(str, dims)) or 'a scalar'} {dtype.name})",
+                nbytes)
     if tensor.HasField("segment"):
         raise OnnxFileError(f"{what} is split into segments, which slidenet does not read")
     if tensor.data_location == onnx.TensorProto.EXTERNAL:

@@ -109,9 +109,10 @@ def read_onnx(path, classes=None, scale=None, mean=None, std=None, input_layout=
                              (0.0,) if mean is None else mean, (1.0,) if std is None else std,
                              metadata)
     try:
-        # Shapes first, nothing allocated: then one net, as the metadata writes it if it can.
+        # Shapes first, nothing allocated: then one net, as the metadata writes it if it can,
+        # built on the shapes already inferred (a long pattern is parsed and walked once).
         infos = infer(parse(pattern), pattern)
-        net = _as_written(infos, metadata) or Net.from_pattern(pattern, blank=True)
+        net = _as_written(infos, metadata) or Net.from_infos(pattern, infos)
     except SlidenetError as err:
         raise ImportRefused(f"{path}: its layers make the pattern {pattern}, which slidenet "
                             f"cannot build: {err}") from None
@@ -158,7 +159,7 @@ def _as_written(graph_infos, metadata):
     if [(i.spec.type, i.spec.args, i.output_shape) for i in walk_infos(infos)] != \
             [(i.spec.type, i.spec.args, i.output_shape) for i in walk_infos(graph_infos)]:
         return None
-    return Net.from_pattern(pattern, skip_optional=skip, blank=True, **variables)
+    return Net.from_infos(pattern, infos, skip_optional=skip, **variables)
 
 
 # ---- reading the graph ----

@@ -19,9 +19,12 @@ matter), in eval mode at 224x224:
    dynamo=False) and "dynamo17", "dynamo18" (dynamo=True; the opset written is recorded, for
    PyTorch keeps 18 where onnx's version converter fails);
 3. in fresh processes of slidenet's Python (`--slidenet`, default this repository's .venv):
-   `onnx.load` of the file, and slidenet's `read_onnx` of it, each with its wall time and peak
-   resident memory above the process's start (VmHWM), and the imported net's probabilities
-   for the same images: max |dp| against PyTorch's;
+   `onnx.load` of the file, and slidenet's `read_onnx` of it, alternating, `--rounds` each
+   (the median), each with its wall time, its CPU time and peak resident memory above the
+   process's start (VmHWM), and the imported net's probabilities for the same images: max
+   |dp| against PyTorch's. Both processes import numpy, onnx and slidenet's importer before
+   the clock starts, so neither counts module imports (about 0.5 s for onnx, 0.1 s more for
+   slidenet here); everything after counts, the onnx checker's one-time set-up included;
 4. once per net, the command itself: `slidenet import FILE --out MODEL.npz --mean ... --std
    ...` (exit status and wall time).
 
@@ -59,16 +62,16 @@ def rss(field="VmRSS"):
     with open("/proc/self/status") as fh:
         return next(int(l.split()[1]) * 1024 for l in fh if l.startswith(field))
 before = rss()
-began = time.perf_counter()
+began, cpu = time.perf_counter(), time.process_time()
 result = {}
 if kind == "onnx.load":
     model = onnx.load(path)
 else:
     stored = np.load(pixels_path)
     imported = read_onnx(path, mean=stored["mean"], std=stored["std"])
-seconds = time.perf_counter() - began
+seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
 peak = rss("VmHWM")
-result = {"seconds": seconds, "peak": peak - before, "before": before}
+result = {"seconds": seconds, "cpu": cpu, "peak": peak - before, "before": before}
 if kind == "read_onnx":
     net = imported.net
     scores = net.forward(imported.normalizer.normalize(stored["pixels"]), train=False)
@@ -172,8 +175,9 @@ def summarised(runs):
     if any("error" in run for run in runs):
         return next(run for run in runs if "error" in run)
     times = sorted(run["seconds"] for run in runs)
+    cpus = sorted(run["cpu"] for run in runs)
     return {**runs[0], "seconds": times[len(times) // 2], "spread": (times[0], times[-1]),
-            "peak": max(run["peak"] for run in runs)}
+            "cpu": cpus[len(cpus) // 2], "peak": max(run["peak"] for run in runs)}
 
 
 def command(python, path, folder):
@@ -254,23 +258,26 @@ def main():
 
 
 def markdown(rows):
-    lines = ["| net | export | opset | file MiB | `onnx.load` s | import s (min-max) | import "
-             "peak MiB (onnx.load's) | max abs dp | largest p | max abs d logit / logit range "
-             "| merges |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| net | export | opset | file MiB | `onnx.load` s | import s (min-max) | import / "
+             "load | CPU s, import (load) | import peak MiB (onnx.load's) | max abs dp | "
+             "largest p | max abs d logit / logit range | merges |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['net']} | {row['export']} | | | | | | {row['error']} | | | |")
+            lines.append(f"| {row['net']} | {row['export']} | | | | | | | | {row['error']} | | "
+                         "| |")
             continue
         load, got = row["load"], row["import"]
         if "error" in got:
             lines.append(f"| {row['net']} | {row['export']} | {row['opset']} | "
                          f"{row['mib']:.0f} | {load.get('seconds', 0):.2f} | refused: "
-                         f"{got['error']} | | | | | |")
+                         f"{got['error']} | | | | | | | |")
             continue
         lines.append(f"| {row['net']} | {row['export']} | {row['opset']} | {row['mib']:.0f} | "
                      f"{load['seconds']:.2f} | {got['seconds']:.2f} "
                      f"({got['spread'][0]:.2f}-{got['spread'][1]:.2f}) | "
+                     f"{got['seconds'] / load['seconds']:.1f} | "
+                     f"{got['cpu']:.2f} ({load['cpu']:.2f}) | "
                      f"{got['peak'] / 2**20:,.0f} ({load['peak'] / 2**20:,.0f}) | "
                      f"{got['dp']:.1e} | {got['top']:.2f} | "
                      f"{got['dlogit']:.1e} / {got['spread_logits']:.1f} | {got['merges']} |")

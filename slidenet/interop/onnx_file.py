@@ -78,14 +78,18 @@ def read_model(path):
         raise OnnxFileError(f"{path} is empty, not an ONNX model")
     check_claimed_size(f"{path}", size, MAX_ONNX_FILE_BYTES)
     model = onnx.ModelProto()
-    data = np.fromfile(path, dtype=np.uint8)
-    data.flags.writeable = False        # the weights are views of it: read, never written
+    # One read into one bytes object, viewed by NumPy (read-only: the weights are views of it,
+    # never written), as onnx.load reads a file: np.fromfile's own buffer was slower to fill
+    # (docs/benchmarks.md, "ONNX import time").
+    with open(path, "rb") as fh:
+        whole = fh.read(size)           # never more than the size checked above
+    data = np.frombuffer(whole, dtype=np.uint8)
     # The initializers' raw bytes stay where they lie in the file's buffer, viewed by NumPy;
     # protobuf parses the rest (a few kilobytes), so the weights are in memory once, not
     # twice, and never copied out of protobuf one by one.
     light, raws = split_weights(data)
     try:
-        model.ParseFromString(light if light is not None else data.tobytes())
+        model.ParseFromString(light if light is not None else whole)
     except (DecodeError, ValueError, RuntimeError) as err:
         raise OnnxFileError(f"{path} is not an ONNX model, or it is truncated "
                             f"({_first_line(err) or 'protobuf cannot parse it'})") from None

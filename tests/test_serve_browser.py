@@ -340,6 +340,40 @@ def test_a_colour_model_takes_image_files(browser, tmp_path):
         context.close()
 
 
+def test_a_model_of_many_classes_lists_its_most_probable(browser, tmp_path):
+    """An ImageNet-sized head (here 25 classes, over the page's 10 listed): the 10 most probable
+    classes, most probable first, each with `Model.predict`'s probability; the class names in
+    short at the top and under the scores."""
+    net = Net.from_pattern("INPUT(10x10x3) -> CONV(4) -> RELU -> AVGPOOL -> FC(25)", seed=2)
+    net.params["fc1.W"][...] *= 40         # probabilities far enough apart to have an order
+    pixels = np.random.default_rng(10).integers(0, 255, (10, 10, 3)).astype(np.uint8)
+    names = [f"k{c}" for c in range(25)]
+    save(tmp_path / "many.npz", net, Normalizer.fit(pixels[None]), names)
+    model = load(str(tmp_path / "many.npz"))
+    with server(tmp_path / "many.npz", cwd=tmp_path) as (_, url):
+        context = browser.new_context()
+        page = context.new_page()
+        seen = Visit(page, url)
+        page.on("console", lambda m: m.type == "error" and seen.errors.append(m.text))
+        page.on("request", lambda r: seen.requests.append(r.url))
+        page.goto(url + "/")
+        expect(page.locator("header, main").first).to_contain_text("classes: k0, k1, k2, ..., k24 (25)")
+        upload(seen, pixels, tmp_path)
+        probabilities = model.predict(pixels[None])[0]
+        top = np.argsort(-probabilities, kind="stable")[:10]
+        rows = page.locator("#probs .prob")
+        expect(rows).to_have_count(10)
+        assert [rows.nth(i).get_attribute("data-class") for i in range(10)] == \
+            [names[c] for c in top]
+        np.testing.assert_allclose(shown_probabilities(page), probabilities[top], atol=5e-4 + 1e-6)
+        assert page.locator("#probs .prob.best").get_attribute("data-class") == names[top[0]]
+        expect(page.locator("#probs .listed")).to_have_text("the 10 most probable of 25 classes")
+        expect(page.locator("#layer-fc1 .classes")).to_have_text(
+            "the score of each class, in order: k0, k1, k2, ..., k24")
+        seen.clean()
+        context.close()
+
+
 # ---- after the second hour (#25): the invert hint, names, layout, no stale state ----
 
 def test_a_dark_on_light_image_gets_the_invert_hint_and_toggle(visit, site):

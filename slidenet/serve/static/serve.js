@@ -16,6 +16,9 @@
   const MAX_TILES = 64;       // channels drawn per layer
   const MAX_TABLES = 32;      // input channels whose window a CONV unit's explanation lists
   const CELL_DIGITS = 3;      // decimals of the numbers in its tables
+  // A model with more classes than this (ImageNet's 1,000) lists its most probable ones only,
+  // most probable first, and names its classes in short: a list of all would be pages long.
+  const MAX_LISTED = 10;
   // An image whose mean brightness (0..1) is this far from the training images' is more likely
   // drawn the other way round (dark on light) than just dim or bright: `slidenet predict`'s rule.
   const OPPOSITE = 0.4;
@@ -145,16 +148,33 @@
     context.putImageData(picture, 0, 0);
   }
 
+  /* Every class's probability in the model's order; with more than MAX_LISTED classes, the
+     MAX_LISTED most probable, most probable first, and a note saying so. */
   function showProbabilities(classes, probabilities) {
     const best = probabilities.indexOf(Math.max(...probabilities));
-    $("probs").replaceChildren(...classes.map((name, c) => {
+    const many = classes.length > MAX_LISTED;
+    const order = classes.map((_, c) => c);
+    if (many) order.sort((a, b) => probabilities[b] - probabilities[a] || a - b);
+    const rows = order.slice(0, many ? MAX_LISTED : order.length).map((c) => {
+      const name = classes[c];
       const bar = el("span", { class: "bar" });
       bar.style.width = `${(100 * probabilities[c]).toFixed(1)}%`;
       return el("div", { class: c === best ? "prob best" : "prob", "data-class": name },
         el("span", { class: "name", text: name, title: name }),
         el("span", { class: "barbox" }, bar),
         el("span", { class: "mono value", text: probabilities[c].toFixed(3) }));
-    }));
+    });
+    if (many) {
+      rows.push(el("p", { class: "note listed", text: `the ${MAX_LISTED} most probable of ` +
+        `${classes.length.toLocaleString("en")} classes` }));
+    }
+    $("probs").replaceChildren(...rows);
+  }
+
+  /* The class names in order, in short when there are many: "a, b, c, ..., z". */
+  function classList(classes) {
+    if (classes.length <= 2 * MAX_LISTED) return classes.join(", ");
+    return `${classes.slice(0, 3).join(", ")}, ..., ${classes[classes.length - 1]}`;
   }
 
   const drop = $("drop");
@@ -331,7 +351,7 @@
         row.strip = strip;
         if (layer === scores) {
           body.append(el("p", { class: "note classes", text: "the score of each class, in " +
-            `order: ${model.classes.join(", ")}` }));
+            `order: ${classList(model.classes)}` }));
         }
       }
       rows[layer.name] = row;

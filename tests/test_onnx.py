@@ -693,3 +693,31 @@ def test_live_pytorch_export_imports_and_predicts_the_same(tmp_path):
                                      .permute(0, 3, 1, 2)), 1).numpy()
     np.testing.assert_allclose(Model(imported.net, imported.normalizer, {}).predict(pixels),
                                expected, atol=TOLERANCE)
+
+
+def test_an_external_file_is_checked_once_and_every_tensors_range_each_time(tmp_path,
+                                                                            monkeypatch):
+    """Hundreds of tensors in one .data file: the file is resolved and checked once per model
+    (`files`), but each tensor's own offset and length are still checked against its size."""
+    from slidenet.interop import onnx_file
+    numbers = np.arange(18, dtype=np.float32)
+    (tmp_path / "w.bin").write_bytes(numbers.tobytes())            # 72 bytes
+    resolved = []
+    real = onnx_file._external_target
+    monkeypatch.setattr(onnx_file, "_external_target",
+                        lambda *args: resolved.append(args[1]) or real(*args))
+
+    def tensor(name, offset, length):
+        t = onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=[length // 4])
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", "w.bin"), ("offset", str(offset)),
+                           ("length", str(length))):
+            t.external_data.add(key=key, value=value)
+        return t
+    files, budget = {}, Budget()
+    first = tensor_array(tensor("a", 0, 36), tmp_path, budget, files=files)
+    second = tensor_array(tensor("b", 36, 36), tmp_path, budget, files=files)
+    np.testing.assert_array_equal(np.concatenate([first, second]), numbers)
+    with pytest.raises(OnnxFileError, match="claims bytes 40 to 76 of 'w.bin', which has 72"):
+        tensor_array(tensor("c", 40, 36), tmp_path, budget, files=files)
+    assert resolved == ["w.bin"]

@@ -98,10 +98,12 @@ def read_model(path):
                             + ("graph" if not model.HasField("graph") else
                                "opset" if not model.opset_import else "valid IR version") + ")")
     folder = path.resolve().parent
-    # Every external file is vetted before the checker looks for them (it looks, with the path).
+    # Every external file is vetted before anything else reads the graph (each file once: a
+    # graph of hundreds of tensors keeps them in one or two files).
+    files = {}
     for tensor in _tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            _external_file(tensor, folder, f"tensor {tensor.name!r}")
+            _external_file(tensor, folder, f"tensor {tensor.name!r}", files)
     try:
         # The checker judges the graph without its weights (`light_model`): given the path,
         # it would read and parse the whole file again. `tensor_array` checks each weight.
@@ -255,12 +257,14 @@ def _first_line(err):
     return text[0] if text else type(err).__name__
 
 
-def tensor_array(tensor, folder, budget, raw=None):
+def tensor_array(tensor, folder, budget, raw=None, files=None):
     """A TensorProto's numbers as a NumPy array, checked before anything is allocated.
 
     The dims times the element size must fit the `budget` (a `Budget`) and match the bytes
     the tensor holds, inline or in an external file inside `folder`. raw: its raw_data as
     `split_weights` found it in the file (uint8 array), when that took it out of the tensor.
+    files: {} kept by the caller across the tensors of one model, so that each external file
+    is checked (inside `folder`, a regular file) once, not once per tensor.
     """
     onnx = require_onnx()
     what = f"tensor {tensor.name!r}"
@@ -282,7 +286,7 @@ def tensor_array(tensor, folder, budget, raw=None):
     if tensor.HasField("segment"):
         raise OnnxFileError(f"{what} is split into segments, which slidenet does not read")
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        raw = _external_bytes(tensor, folder, nbytes, what)
+        raw = _external_bytes(tensor, folder, nbytes, what, files)
     elif raw is not None or tensor.HasField("raw_data"):
         raw = tensor.raw_data if raw is None else raw
         if len(raw) != nbytes:
@@ -314,9 +318,9 @@ def _typed_field(tensor, dtype, count, dims, what):
     return np.array(values, dtype=dtype).reshape(dims)
 
 
-def _external_bytes(tensor, folder, nbytes, what):
+def _external_bytes(tensor, folder, nbytes, what, files=None):
     """`nbytes` from the external file a tensor names, which must lie inside `folder`."""
-    target, location, offset, length = _external_file(tensor, folder, what)
+    target, location, offset, length = _external_file(tensor, folder, what, files)
     if length != nbytes:
         raise OnnxFileError(f"{what}: its dims say {nbytes:,} bytes but its external data "
                             f"claims {length:,}")
@@ -328,9 +332,10 @@ def _external_bytes(tensor, folder, nbytes, what):
     return raw
 
 
-def _external_file(tensor, folder, what):
+def _external_file(tensor, folder, what, files=None):
     """(path, location, offset, length) of a tensor's external data, checked: the file lies
-    inside `folder` and holds the bytes claimed."""
+    inside `folder` and holds the bytes claimed. files: {location: (path, size)} of the files
+    already checked for this model, filled in here (None: check every time)."""
     entries = {entry.key: entry.value for entry in tensor.external_data}
     location = entries.get("location", "")
     if not location:
@@ -340,6 +345,23 @@ def _external_file(tensor, folder, what):
         length = int(entries["length"]) if "length" in entries else None
     except ValueError:
         raise OnnxFileError(f"{what}: its external offset or length is not a number") from None
+    if files is not None and location in files:
+        target, size = files[location]
+    else:
+        target, size = _external_target(folder, location, what)
+        if files is not None:
+            files[location] = target, size
+    if length is None:
+        length = size - offset
+    if offset < 0 or length < 0 or offset + length > size:
+        raise OnnxFileError(f"{what}: its external data claims bytes {offset:,} to "
+                            f"{offset + length:,} of {location!r}, which has {size:,}")
+    return target, location, offset, length
+
+
+def _external_target(folder, location, what):
+    """(path, size) of the external data file `location`, which must be a regular file
+    inside `folder`."""
     # Resolve links too: a link inside the folder that points out of it is refused as well.
     target = (folder / location).resolve()
     if os.path.isabs(location) or not target.is_relative_to(folder):
@@ -348,10 +370,4 @@ def _external_file(tensor, folder, what):
     if not target.is_file():
         raise OnnxFileError(f"{what}: its external data file {location!r} is missing (or not "
                             "a regular file)")
-    size = target.stat().st_size
-    if length is None:
-        length = size - offset
-    if offset < 0 or length < 0 or offset + length > size:
-        raise OnnxFileError(f"{what}: its external data claims bytes {offset:,} to "
-                            f"{offset + length:,} of {location!r}, which has {size:,}")
-    return target, location, offset, length
+    return target, target.stat().st_size

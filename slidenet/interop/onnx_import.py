@@ -174,6 +174,7 @@ class _Reader:
         self.graph = model.graph
         self.folder = folder
         self.budget = Budget()
+        self.files = {}             # external data files checked so far (`tensor_array`)
         self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                          default=1)
         if input_layout is not None and input_layout.lower() not in LAYOUTS:
@@ -197,7 +198,8 @@ class _Reader:
 
     def walk(self):
         for tensor, raw in zip(self.graph.initializer, self.raws):
-            self.values[tensor.name] = Const(tensor_array(tensor, self.folder, self.budget, raw))
+            self.values[tensor.name] = Const(tensor_array(tensor, self.folder, self.budget, raw,
+                                                          self.files))
         self.raws = None
         if len(self.graph.sparse_initializer):
             self.faults.append(("graph", "it has sparse initializers, which slidenet does not "

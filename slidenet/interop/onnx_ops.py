@@ -692,7 +692,7 @@ def _constant(reader, node, a, inputs):
     if attribute is None:
         raise Unsupported("a Constant without a value")
     if attribute.name == "value":
-        return Const(tensor_array(attribute.t, reader.folder, reader.budget))
+        return Const(tensor_array(attribute.t, reader.folder, reader.budget, files=reader.files))
     if attribute.name in ("value_float", "value_floats"):
         return Const(np.array(a[attribute.name], np.float32))
     if attribute.name in ("value_int", "value_ints"):

@@ -372,12 +372,17 @@ def batch_chunks(n, bytes_per_image, budget=None, hot_bytes_per_image=None):
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
+# Multiply-adds below which a product runs on the calling thread: handing it to another costs
+# more than it saves.
+SMALL_WORK = 2**20
+
+
 def split(n, work=None):
     """The range 0..n in one even slice per worker thread, for a kernel that is one big GEMM.
 
-    work: its multiply-adds; below ~a million, handing it to threads costs more than it saves.
+    work: its multiply-adds; below SMALL_WORK, handing it to threads costs more than it saves.
     """
-    parts = 1 if work is not None and work < 2**20 else min(threads(), max(1, n))
+    parts = 1 if work is not None and work < SMALL_WORK else min(threads(), max(1, n))
     bounds = [n * i // parts for i in range(parts + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 

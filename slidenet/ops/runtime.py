@@ -93,6 +93,11 @@ def set_chunk_bytes(nbytes=None):
     return previous
 
 
+def chunk_bytes():
+    """The bytes of GEMM rows a chunk aims for (`set_chunk_bytes`)."""
+    return _settings["chunk_bytes"]
+
+
 def available_cores():
     """The cores this process may run on: its CPU affinity (taskset, a cpuset), lowered to a
     cgroup's CPU quota (a container's --cpus) where there is one; at least 1."""

@@ -29,7 +29,7 @@ import numpy as np
 from slidenet.ops import compiled
 from slidenet.ops.conv.common import ConvCache, check_shapes, finish_rows, flipped, relu_masked
 from slidenet.ops.conv.im2col import conv_backward_im2col
-from slidenet.ops.runtime import batch_chunks, bordered, empty, run_chunks, scratch
+from slidenet.ops.runtime import batch_chunks, bordered, chunk_bytes, empty, run_chunks, scratch
 
 class Scheme(NamedTuple):
     """One F(m, 3) down the height: what `forward` and `backward` need to know of the tile."""
@@ -119,6 +119,12 @@ def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
     named for the scheme. relu: return max(0, out). budget: scratch bytes (None: the global
     one). filters: `prepare_filters(w, scheme)`, when a caller computed it once for many calls.
     ValueError for any other filter height or stride.
+
+    The batch is cut into chunks of whole images whose GEMM rows fill about
+    `runtime.chunk_bytes()`, so that the rows are still in cache when the GEMMs read them. Where
+    one image's rows alone are more than that (large images: a 224 x 224 x 32 input has ~40 MB
+    of them), each image is cut into bands of tiles instead (`band`), each band padded on its
+    own.
     """
     fh, fw, d, k = w.shape
     if not applies((fh, fw), stride):
@@ -144,8 +150,40 @@ def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
     t, wp = tiles(ho, m), wd + 2 * pad[1]
     hot = products * t * wo * (fw * d + k)          # the GEMMs' rows and products
     per_image = hot + (m * t + 2) * wp * d + products * t * wp * d
-    run_chunks(work, batch_chunks(n, per_image * x.itemsize, budget, hot * x.itemsize))
+    if hot * x.itemsize > chunk_bytes() and t > 1:
+        def band_work(task):
+            band(scheme, x, task[0], task[1], out, g, bias, pad, fw, relu)
+
+        per_tile = -(-per_image // t)
+        bands = batch_chunks(t, per_tile * x.itemsize, budget, -(-hot // t) * x.itemsize)
+        run_chunks(band_work, [(i, sl) for i in range(n) for sl in bands])
+    else:
+        run_chunks(work, batch_chunks(n, per_image * x.itemsize, budget, hot * x.itemsize))
     return out, ConvCache(scheme.name, x, w, tuple(stride), tuple(pad), budget, out if relu else None)
+
+
+def band(scheme, x, image, tiles_slice, out, g, bias, pad, fw, relu):
+    """One band of one image through the forward: the output rows of tiles t0..t1 (a slice).
+
+    x: (N, H, W, D); out: (N, H', W', K), written in rows m*t0 .. min(m*t1, H'); g: the
+    scheme's filters; bias (K,). The band's input rows, m*t0 - P_h .. m*t1 + 2 - P_h, are
+    copied into a zero-bordered buffer whose zero rows are those outside the image.
+    """
+    m, products = scheme.m, scheme.m + 2
+    h, d, k = x.shape[1], x.shape[3], out.shape[3]
+    t0, t1 = tiles_slice.start, tiles_slice.stop
+    first = m * t0 - pad[0]                         # the band's first input row (may be < 0)
+    rows_total = m * (t1 - t0) + 2
+    top = min(rows_total, max(0, -first))          # zero rows above the image
+    inside = max(0, min(h, first + rows_total) - (first + top))
+    xp, inner = bordered("conv.wband", (1, rows_total, x.shape[2] + 2 * pad[1], d), x.dtype,
+                         (top, rows_total - top - inside, pad[1], pad[1]))
+    inner[0] = x[image, first + top:first + top + inside]
+    r = scheme.rows(xp, fw, "conv.wrows")
+    prod = np.matmul(r, g, out=scratch("conv.wm", (products, r.shape[1], k), out.dtype))
+    rows = out[image:image + 1, m * t0:min(m * t1, out.shape[1])]
+    if not scheme.output(prod, rows, bias, relu):
+        finish_rows(rows, np.tile(bias, out.shape[2]), relu)
 
 
 def backward(scheme, dout, cache, need_dx=True, relu=False):

@@ -137,15 +137,14 @@ def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
     out = empty((n, ho, wo, k), np.result_type(x, w))
     g = prepare_filters(w, scheme, out.dtype) if filters is None else filters
     bias = b.astype(out.dtype, copy=False)
-    bias_row = np.tile(bias, wo)
 
     def work(sl):
         xp, inner = padded("conv.wpad", sl.stop - sl.start, h, wd, d, pad, x.dtype, m)
         inner[...] = x[sl]
         r = scheme.rows(xp, fw, "conv.wrows")
         prod = np.matmul(r, g, out=scratch("conv.wm", (products, r.shape[1], k), out.dtype))
-        if not scheme.output(prod, out[sl], bias, relu):
-            finish_rows(out[sl], bias_row, relu)
+        if not scheme.output(prod, out[sl], bias, relu):     # the NumPy path: bias, ReLU
+            finish_rows(out[sl], np.tile(bias, wo), relu)
 
     t, wp = tiles(ho, m), wd + 2 * pad[1]
     hot = products * t * wo * (fw * d + k)          # the GEMMs' rows and products

@@ -133,6 +133,27 @@ def test_a_failing_chunk_raises_and_stops_the_others(settings):
     assert runtime.run_chunks(lambda sl: sl.start, [slice(i, i + 1) for i in range(50)]) == list(range(50))
 
 
+def test_a_worker_that_cannot_start_is_not_waited_for(settings):
+    """A busy machine: the pool's worker gets no core (here: it is held by other work). The
+    caller takes every chunk itself and returns, instead of waiting for the worker to start."""
+    runtime.set_threads(2)
+    runtime.run_chunks(lambda sl: sl.start, [slice(0, 1), slice(1, 2)])     # the pool exists
+    held, release = threading.Event(), threading.Event()
+    runtime._executor(1).submit(lambda: (held.set(), release.wait(30)))
+    assert held.wait(10)
+    done = []
+    caller = threading.Thread(target=lambda: done.append(
+        runtime.run_chunks(lambda sl: sl.start, [slice(i, i + 1) for i in range(20)])))
+    caller.start()
+    caller.join(5)
+    finished = not caller.is_alive()
+    release.set()
+    caller.join(30)
+    assert finished, "run_chunks waited for a worker that never started"
+    assert done == [list(range(20))]
+    assert runtime.run_chunks(lambda sl: sl.start, [slice(i, i + 1) for i in range(50)]) == list(range(50))
+
+
 def test_bordered_buffers_keep_a_zero_border_and_only_the_latest(settings):
     buf, inner = runtime.bordered("t", (2, 6, 7, 3), np.float32, (1, 2, 2, 1))
     assert inner.shape == (2, 3, 4, 3) and not buf.any()

@@ -406,7 +406,9 @@ def run_chunks(work, slices):
 
     With several worker threads (the calling thread is one of them), each takes the next slice
     not yet taken until none is left: a thread slowed down by anything else on the machine
-    simply takes fewer. A kernel call costs one hand-off per thread, not one per chunk. `work`
+    simply takes fewer, and one that has not started when the caller has taken the last slice
+    is called off, not waited for. A kernel call costs one hand-off per thread, not one per
+    chunk. `work`
     must write only to its own slice of any shared output; which thread ran a slice never
     changes its result.
     """
@@ -442,7 +444,11 @@ def run_chunks(work, slices):
         try:
             results = part(pooled=False)
         finally:
-            for future in futures:          # never return while a worker still writes
+            # A worker that has not started by the time the caller ran out of chunks is not
+            # waited for: on a busy machine it may not get a core for milliseconds, and the
+            # chunks are all done. One that has started may still be writing: wait for it.
+            futures = [future for future in futures if not future.cancel()]
+            for future in futures:
                 future.exception()
     for future in futures:
         results.extend(future.result())

@@ -48,8 +48,11 @@ def kernels(*arrays):
     Given arrays, also None unless all of them are float32 or float64: the kernels are
     compiled and tested for those; anything else takes the NumPy path.
     """
-    if not _state["wanted"] or any(a.dtype not in _FLOATS for a in arrays):
+    if not _state["wanted"]:
         return None
+    for a in arrays:
+        if a.dtype not in _FLOATS:
+            return None
     if _state["kernels"] is None and _state["error"] is None:
         with _lock:
             if _state["kernels"] is None and _state["error"] is None:

@@ -365,6 +365,8 @@ def batch_chunks(n, bytes_per_image, budget=None, hot_bytes_per_image=None):
     the rows of one GEMM; all the scratch when None) aims for `chunk_bytes`. A chunk always
     holds at least one image.
     """
+    if n <= 1:                      # one image (batch 1 runs here on every layer): one chunk
+        return [slice(0, n)]
     budget = memory_budget() if budget is None else budget
     hot = bytes_per_image if hot_bytes_per_image is None else hot_bytes_per_image
     step = max(1, min(int(budget // threads() // max(1, bytes_per_image)),
@@ -412,6 +414,8 @@ def run_chunks(work, slices):
     must write only to its own slice of any shared output; which thread ran a slice never
     changes its result.
     """
+    if len(slices) == 1:
+        return [work(slices[0])]
     count = min(threads(), len(slices))
     if count <= 1 or getattr(_local, "worker", False):
         return [work(sl) for sl in slices]

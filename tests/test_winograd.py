@@ -271,3 +271,38 @@ def test_large_images_run_in_bands_as_whole_images_do(algorithm, pad, fast, monk
     want = np.maximum(naive.conv_forward(x.astype(np.float64), w.astype(np.float64),
                                              b.astype(np.float64), (1, 1), (pad, pad)), 0)
     np.testing.assert_allclose(whole, want, rtol=1e-4, atol=1e-4)
+
+
+# Output heights 8, 10, 4 (one tile, one pooled row pair) and 16 rows: whole and part-filled
+# last tiles (a tile of 2 rows makes one pooled row).
+@pytest.mark.parametrize("h, w, pad", [(8, 8, 1), (10, 6, 1), (6, 10, 0), (14, 10, 2)])
+@pytest.mark.parametrize("band", [False, True], ids=["chunks", "bands"])
+def test_a_pooled_winograd4_forward_is_its_output_then_the_max_pool(h, w, pad, band):
+    """CONV -> RELU -> MAXPOOL(2x2) at inference: the products pooled as the output rows are
+    made, bit for bit the max pool of the F(4, 3) output; a NaN stays a NaN."""
+    require("NUMBA", numba_problem())
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, h, w, 6)).astype(np.float32)
+    x[1, 2, 3, 4] = np.nan
+    wt = rng.standard_normal((3, 3, 6, 5)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    prepared = conv.prepare_conv(wt, b, (1, 1), (pad, pad), relu=True, algorithm="winograd4")
+    full = conv.conv_infer(x, prepared).copy()
+    want, _ = ops.max_pool_forward(full, (2, 2), (2, 2))
+    before = ops.runtime.set_chunk_bytes(1) if band else None
+    try:
+        got = conv.conv_infer(x, prepared, pool=True)
+    finally:
+        if band:
+            ops.runtime.set_chunk_bytes(before)
+    assert got.shape == want.shape == (3, full.shape[1] // 2, full.shape[2] // 2, 5)
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got).any()
+    ref = naive.pool_forward(np.maximum(naive.conv_forward(
+        x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64), (1, 1), (pad, pad)), 0),
+        (2, 2), (2, 2))
+    # Winograd's transforms mix a tile's six input rows, so a NaN reaches more outputs than
+    # in the naive loops: compare where both are numbers.
+    finite = ~np.isnan(ref) & ~np.isnan(got)
+    assert finite.mean() > 0.5
+    np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-4, atol=1e-4)

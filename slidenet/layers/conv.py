@@ -209,9 +209,10 @@ class Conv(Layer):
             attributes["group"] = self.groups
         graph.tensor = graph.node("Conv", inputs, **attributes)
 
-    def prepare(self, relu=False):
+    def prepare(self, relu=False, pool=False):
         """Inference: the filters prepared once for the algorithm the kernels choose;
-        relu=True applies the next RELU too (fusion)."""
+        relu=True applies the next RELU too (fusion), pool=True a 2x2 MAXPOOL at stride 2
+        after it (`ops.conv_infer`; for a fusable CONV only)."""
         if not self.fusable:
             def run(x):
                 out = self.forward(x, False, relu=relu)
@@ -220,7 +221,7 @@ class Conv(Layer):
             return run
         prepared = ops.prepare_conv(self.params["W"], self.bias, self.info.spec.stride,
                                     self.pad, relu, height=self.info.input_shape[0])
-        return lambda x: ops.conv_infer(self._padded(x), prepared)
+        return lambda x: ops.conv_infer(self._padded(x), prepared, pool=pool)
 
     def filter_images(self):
         return self.params["W"]

@@ -99,6 +99,7 @@ def _compile():
     done.winograd4_rows_of, done.winograd4_output_of = winograd4_rows_of, winograd4_output_of
     done.winograd4_rows, done.winograd4_output, done.winograd4_adjoint = (
         jit(winograd4_rows), jit(winograd4_output), jit(winograd4_adjoint))
+    done.winograd4_output_pool = jit(winograd4_output_pool)
     done.max_pool = jit(max_pool)
     done.max_pool_backward = jit(max_pool_backward)
     return done
@@ -387,6 +388,64 @@ def winograd4_output_of(m, out, bias, use_bias, relu, t0, t1):
                         out[n, r + 2, w, ch] = y2
                     if rows > 3:
                         out[n, r + 3, w, ch] = y3
+
+
+def winograd4_output_pool(m, out, bias, use_bias, relu):
+    """m (6, c, T, W', K) -> out (c, P_h, P_w, K): `winograd4_output`'s rows, then the max of
+    each 2x2 window at stride 2 (P_h = H' // 2, P_w = W' // 2), without writing the rows.
+
+    Inference's CONV -> RELU -> MAXPOOL(2x2): a tile's four output rows make two pooled rows.
+    The same sums, bias and ReLU as `winograd4_output`, and the same comparisons in the same
+    order as `max_pool`, so the result is bit for bit the two kernels' one after the other.
+    """
+    _, c, t, wo, k = m.shape
+    ph, pw = out.shape[1], out.shape[2]
+    zero, two = out.dtype.type(0), out.dtype.type(2)
+    four, eight = out.dtype.type(4), out.dtype.type(8)
+    y = np.empty((4, 2, k), out.dtype)          # a tile's four rows at the window's 2 columns
+    for n in range(c):
+        for ti in range(t):
+            if 2 * ti >= ph:
+                break
+            lower = 2 * ti + 1 < ph             # the tile's second pooled row is inside
+            for j in range(pw):
+                for col in range(2):
+                    w = 2 * j + col
+                    for ch in range(k):
+                        m1, m2 = m[1, n, ti, w, ch], m[2, n, ti, w, ch]
+                        m3, m4 = m[3, n, ti, w, ch], m[4, n, ti, w, ch]
+                        a = m1 + m2
+                        b = m1 - m2
+                        cc = m3 + m4
+                        e = m3 - m4
+                        y0 = (m[0, n, ti, w, ch] + a) + cc
+                        y1 = e * two + b
+                        y2 = cc * four + a
+                        y3 = (e * eight + b) + m[5, n, ti, w, ch]
+                        if use_bias:
+                            y0 += bias[ch]
+                            y1 += bias[ch]
+                            y2 += bias[ch]
+                            y3 += bias[ch]
+                        if relu:
+                            y0 = zero if y0 < zero else y0
+                            y1 = zero if y1 < zero else y1
+                            y2 = zero if y2 < zero else y2
+                            y3 = zero if y3 < zero else y3
+                        y[0, col, ch] = y0
+                        y[1, col, ch] = y1
+                        y[2, col, ch] = y2
+                        y[3, col, ch] = y3
+                for half in range(2 if lower else 1):
+                    o = out[n, 2 * ti + half, j]
+                    for ch in range(k):
+                        o[ch] = y[2 * half, 0, ch]
+                    for a in range(2):
+                        for b in range(2):
+                            for ch in range(k):
+                                v = y[2 * half + a, b, ch]
+                                if v > o[ch] or v != v:     # as max_pool: NaN kept
+                                    o[ch] = v
 
 
 def winograd4_adjoint(x, out):

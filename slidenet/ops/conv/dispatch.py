@@ -37,6 +37,7 @@ from slidenet.ops.conv import (
     direct, full_dx, im2col, pair, winograd, winograd_f23, winograd_f43)
 from slidenet.ops.conv.common import ConvCache
 from slidenet.ops.conv.im2col import conv_backward_im2col, conv_forward_im2col
+from slidenet.ops.pool import max_pool_forward
 
 # Below this many input or output channels the GEMMs of F(2, 3) (inner size F_w * D) are too
 # narrow for BLAS to run near its peak, and im2col's single wider GEMM wins. F(4, 3), with fewer
@@ -139,14 +140,23 @@ def prepare_conv(w, b, stride=(1, 1), pad=(0, 0), relu=False, algorithm=None, he
     return PreparedConv(name, w, b, tuple(stride), tuple(pad), relu, PREPARE[name](w))
 
 
-def conv_infer(x, prepared, budget=None):
+def conv_infer(x, prepared, budget=None, pool=False):
     """conv_forward's output alone (no cache), with the filters `prepare_conv` made.
 
     A batch of one image has no chunks to share: through the thread pool, splitting its rows
     costs more in hand-overs than it saves (docs/benchmarks.md, "Batch 1"). An F(4, 3) layer
     of one float32 image is split with `pair` instead, whose hand-over stays in compiled code.
+
+    pool=True: the 2x2 max pool at stride 2 of that output (CONV -> RELU -> MAXPOOL(2x2));
+    F(4, 3) with the compiled kernels pools its products directly, without writing the
+    CONV's output (`winograd.forward`), bit for bit the same numbers.
     """
     p = prepared
+    if pool:
+        if p.algorithm == "winograd4" and winograd.pools(winograd_f43.F43, x, p.w):
+            return winograd_f43.conv_forward_winograd4(x, p.w, p.b, p.stride, p.pad, p.relu,
+                                                       budget, p.filters, pool=True)[0]
+        return max_pool_forward(conv_infer(x, p, budget), (2, 2), (2, 2))[0]
     if p.algorithm == "winograd4" and pair.applies(x, x.shape[1] + 2 * p.pad[0] - 2, p.filters):
         out = pair.winograd4_forward(x, p.w, p.b, p.pad, p.relu, p.filters)
         if out is not None:

@@ -111,7 +111,8 @@ def prepare_filters(w, scheme, dtype=None):
     return filters(np.ascontiguousarray(w, dtype=dtype or w.dtype), scheme.G)
 
 
-def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None, filters=None):
+def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None, filters=None,
+            pool=False):
     """Convolve K 3-tall filters over x at stride 1 by the scheme's F(m, 3) down the height.
 
     x: (N, H, W, D); w: (3, F_w, D, K); b: (K,); stride (1, 1); pad (P_h, P_w).
@@ -119,6 +120,10 @@ def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
     named for the scheme. relu: return max(0, out). budget: scratch bytes (None: the global
     one). filters: `prepare_filters(w, scheme)`, when a caller computed it once for many calls.
     ValueError for any other filter height or stride.
+
+    pool=True (inference, F(4, 3) with the compiled kernels only: `pools`): return the 2x2
+    max pool at stride 2 of out instead, (N, H' // 2, W' // 2, K), computed from the products
+    without writing out; the cache is then None.
 
     The batch is cut into chunks of whole images whose GEMM rows fill about
     `runtime.chunk_bytes()`, so that the rows are still in cache when the GEMMs read them. Where
@@ -134,7 +139,10 @@ def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
     n, h, wd, _ = x.shape
     m, products = scheme.m, scheme.m + 2
     x = np.ascontiguousarray(x)
-    out = empty((n, ho, wo, k), np.result_type(x, w))
+    dtype = np.result_type(x, w)
+    if pool and not pools(scheme, x, w):
+        raise ValueError("a pooled Winograd forward needs F(4, 3) and the compiled kernels")
+    out = empty((n, ho // 2, wo // 2, k) if pool else (n, ho, wo, k), dtype)
     g = prepare_filters(w, scheme, out.dtype) if filters is None else filters
     bias = b.astype(out.dtype, copy=False)
 
@@ -143,7 +151,10 @@ def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
         inner[...] = x[sl]
         r = scheme.rows(xp, fw, "conv.wrows")
         prod = np.matmul(r, g, out=scratch("conv.wm", (products, r.shape[1], k), out.dtype))
-        if not scheme.output(prod, out[sl], bias, relu):     # the NumPy path: bias, ReLU
+        if pool:
+            compiled.kernels().winograd4_output_pool(
+                prod.reshape(products, sl.stop - sl.start, -1, wo, k), out[sl], bias, True, relu)
+        elif not scheme.output(prod, out[sl], bias, relu):   # the NumPy path: bias, ReLU
             finish_rows(out[sl], np.tile(bias, wo), relu)
 
     t, wp = tiles(ho, m), wd + 2 * pad[1]
@@ -151,22 +162,30 @@ def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
     per_image = hot + (m * t + 2) * wp * d + products * t * wp * d
     if hot * x.itemsize > chunk_bytes() and t > 1:
         def band_work(task):
-            band(scheme, x, task[0], task[1], out, g, bias, pad, fw, relu)
+            band(scheme, x, task[0], task[1], out, g, bias, pad, fw, relu, pool)
 
         per_tile = -(-per_image // t)
         bands = batch_chunks(t, per_tile * x.itemsize, budget, -(-hot // t) * x.itemsize)
         run_chunks(band_work, [(i, sl) for i in range(n) for sl in bands])
     else:
         run_chunks(work, batch_chunks(n, per_image * x.itemsize, budget, hot * x.itemsize))
+    if pool:
+        return out, None
     return out, ConvCache(scheme.name, x, w, tuple(stride), tuple(pad), budget, out if relu else None)
 
 
-def band(scheme, x, image, tiles_slice, out, g, bias, pad, fw, relu):
+def pools(scheme, x, w):
+    """Whether `forward(..., pool=True)` runs: F(4, 3) with the compiled kernels."""
+    return scheme.m == 4 and compiled.kernels(x, w) is not None
+
+
+def band(scheme, x, image, tiles_slice, out, g, bias, pad, fw, relu, pool=False):
     """One band of one image through the forward: the output rows of tiles t0..t1 (a slice).
 
     x: (N, H, W, D); out: (N, H', W', K), written in rows m*t0 .. min(m*t1, H'); g: the
     scheme's filters; bias (K,). The band's input rows, m*t0 - P_h .. m*t1 + 2 - P_h, are
-    copied into a zero-bordered buffer whose zero rows are those outside the image.
+    copied into a zero-bordered buffer whose zero rows are those outside the image. pool:
+    out is the pooled (N, H' // 2, W' // 2, K), written in rows 2*t0 .. min(2*t1, H' // 2).
     """
     m, products = scheme.m, scheme.m + 2
     h, d, k = x.shape[1], x.shape[3], out.shape[3]
@@ -180,6 +199,12 @@ def band(scheme, x, image, tiles_slice, out, g, bias, pad, fw, relu):
     inner[0] = x[image, first + top:first + top + inside]
     r = scheme.rows(xp, fw, "conv.wrows")
     prod = np.matmul(r, g, out=scratch("conv.wm", (products, r.shape[1], k), out.dtype))
+    if pool:
+        rows = out[image:image + 1, 2 * t0:min(2 * t1, out.shape[1])]
+        wo = r.shape[1] // (t1 - t0)
+        compiled.kernels().winograd4_output_pool(
+            prod.reshape(products, 1, t1 - t0, wo, k), rows, bias, True, relu)
+        return
     rows = out[image:image + 1, m * t0:min(m * t1, out.shape[1])]
     if not scheme.output(prod, rows, bias, relu):
         finish_rows(rows, np.tile(bias, out.shape[2]), relu)

@@ -223,15 +223,16 @@ def pays(out_h):
 
 
 def conv_forward_winograd4(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
-                           filters=None):
+                           filters=None, pool=False):
     """Convolve K 3-tall filters over x at stride 1 by F(4, 3) down the height.
 
     Arguments and result as `winograd.forward`: x (N, H, W, D), w (3, F_w, D, K),
     b (K,) -> out (N, H', W', K) with H' = H + 2P_h - 2, W' = W + 2P_w - F_w + 1, and a
     ConvCache. ValueError for any other filter or stride. filters: `prepare_filters(w)` (the
-    six g's), when a caller computed it once for many calls.
+    six g's), when a caller computed it once for many calls. pool: the 2x2 max pool of out
+    instead, with no cache (`winograd.forward`).
     """
-    return forward(F43, x, w, b, stride, pad, relu, budget, filters)
+    return forward(F43, x, w, b, stride, pad, relu, budget, filters, pool)
 
 
 def prepare_filters(w, dtype=None):

@@ -4,6 +4,7 @@ what it replaced in one process, alternating round by round.
     .venv/bin/python scripts/small_ab.py fc --old OLD/slidenet/ops/fc.py [--rounds 7]
     .venv/bin/python scripts/small_ab.py bands [--size 224] [--rounds 5]
     .venv/bin/python scripts/small_ab.py pool [--size 32] [--batch 1] [--rounds 9]
+    .venv/bin/python scripts/small_ab.py latency [--rounds 9] [--calls 300]
 
 fc: R1's fc1 (4096 -> 256, ReLU) forward and backward at batch 1, 8 and 64, this tree's
 `ops/fc.py` against another version of the file (e.g. main's, from a checkout or `git show
@@ -12,7 +13,9 @@ at batch 8, the prepared net with the Winograd bands and with whole images (chun
 by the Winograd forward made infinite), alternating with onnxruntime's session; ms per call.
 pool: R1 (--size 32) or the VGG-style net (other sizes), the prepared net with CONV -> RELU ->
 MAXPOOL pooled inside the F(4, 3) output and with the pool run after the CONV, alternating
-with onnxruntime; ms per call and onnxruntime's time over each.
+with onnxruntime; ms per call and onnxruntime's time over each. latency: R1's prediction of
+one image (pixels in, `Net.prepare()`) against onnxruntime's session, alternating round by
+round; the ratio is onnxruntime's time over slidenet's, per round.
 """
 import argparse
 import importlib.util
@@ -112,6 +115,24 @@ def pool(args):
               f"{max(v) * 1e3:.3f})  onnxruntime / it {theirs / statistics.median(v):.2f}x")
 
 
+def latency(args):
+    from slidenet.bench import R1, SlidenetRunner
+    from slidenet.bench.runners import OnnxRunner
+    sn = SlidenetRunner(R1, 1, 1)
+    ort = OnnxRunner(sn, 2)
+    for _ in range(50):
+        sn.infer_one(), ort.infer_one()
+    ours, theirs = [], []
+    for _ in range(args.rounds):
+        ours.append(timed(sn.infer_one, args.calls))
+        theirs.append(timed(ort.infer_one, args.calls))
+    ratios = [t / o for o, t in zip(ours, theirs)]
+    print(f"slidenet {statistics.median(ours) * 1e3:.3f} ms ({min(ours) * 1e3:.3f}-"
+          f"{max(ours) * 1e3:.3f})  onnxruntime {statistics.median(theirs) * 1e3:.3f} ms "
+          f"({min(theirs) * 1e3:.3f}-{max(theirs) * 1e3:.3f})  onnxruntime / slidenet "
+          f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -125,8 +146,11 @@ def main():
     three.add_argument("--size", type=int, default=32)
     three.add_argument("--batch", type=int, default=1)
     three.add_argument("--rounds", type=int, default=9)
+    four = sub.add_parser("latency")
+    four.add_argument("--rounds", type=int, default=9)
+    four.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
-    {"fc": fc, "bands": bands, "pool": pool}[args.what](args)
+    {"fc": fc, "bands": bands, "pool": pool, "latency": latency}[args.what](args)
 
 
 if __name__ == "__main__":

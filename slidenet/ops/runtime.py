@@ -410,9 +410,8 @@ def run_chunks(work, slices):
     not yet taken until none is left: a thread slowed down by anything else on the machine
     simply takes fewer, and one that has not started when the caller has taken the last slice
     is called off, not waited for. A kernel call costs one hand-off per thread, not one per
-    chunk. `work`
-    must write only to its own slice of any shared output; which thread ran a slice never
-    changes its result.
+    chunk. `work` must write only to its own slice of any shared output; which thread ran a
+    slice never changes its result.
     """
     if len(slices) == 1:
         return [work(slices[0])]
@@ -420,12 +419,19 @@ def run_chunks(work, slices):
     if count <= 1 or getattr(_local, "worker", False):
         return [work(sl) for sl in slices]
     order, lock = iter(range(len(slices))), threading.Lock()
+    # What the threads run, held here only: a called-off task may wait in the pool's queue
+    # after the call returns, and must not keep `work`'s arrays alive meanwhile (their
+    # reference counts tell `empty` whether it may recycle them).
+    job = {"work": work}
 
     def take():
         with lock:
             return next(order, None)
 
     def part(pooled=True):
+        run = job.get("work")
+        if run is None:                 # called off after the call returned
+            return []
         if pooled and not getattr(_local, "limited", False):
             _blas_limit.pool_thread()
             _local.limited = True
@@ -433,7 +439,7 @@ def run_chunks(work, slices):
         done = []
         try:
             for i in iter(take, None):
-                done.append((i, work(slices[i])))
+                done.append((i, run(slices[i])))
         except BaseException:
             with lock:                  # a failed chunk: the other threads stop taking more
                 for _ in order:
@@ -454,6 +460,7 @@ def run_chunks(work, slices):
             futures = [future for future in futures if not future.cancel()]
             for future in futures:
                 future.exception()
+            job.clear()
     for future in futures:
         results.extend(future.result())
     return [value for _, value in sorted(results, key=lambda pair: pair[0])]

@@ -149,7 +149,8 @@ def conv_infer(x, prepared, budget=None, pool=False):
 
     pool=True: the 2x2 max pool at stride 2 of that output (CONV -> RELU -> MAXPOOL(2x2));
     F(4, 3) with the compiled kernels pools its products directly, without writing the
-    CONV's output (`winograd.forward`), bit for bit the same numbers.
+    CONV's output (`winograd.forward`), bit for bit the same numbers; such a layer is not
+    split by `pair`, which writes whole output rows.
     """
     p = prepared
     if pool:

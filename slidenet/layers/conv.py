@@ -23,7 +23,7 @@ import numpy as np
 from slidenet import ops
 from slidenet.errors import GeometryError
 from slidenet.layers import sliding
-from slidenet.layers.base import Inferred, Layer, Unfit, Window, by_channel, window_at
+from slidenet.layers.base import Inferred, Layer, Unfit, Window, by_channel, fold, window_at
 from slidenet.layers.registry import register
 from slidenet.notation import arguments
 from slidenet.ops.sides import pad_sides, unpad_sides
@@ -209,17 +209,19 @@ class Conv(Layer):
             attributes["group"] = self.groups
         graph.tensor = graph.node("Conv", inputs, **attributes)
 
-    def prepare(self, relu=False):
+    def prepare(self, relu=False, affine=None):
         """Inference: the filters prepared once for the algorithm the kernels choose;
-        relu=True applies the next RELU too (fusion)."""
+        relu=True applies the next RELU too (fusion); affine: a BATCHNORM's per-channel
+        (scale, shift) folded into the filters and bias (`folding`)."""
+        w, b = self.params["W"], self.bias
+        if affine is not None:
+            w, b = fold(w, b, affine)
+        stride = self.info.spec.stride
         if not self.fusable:
-            def run(x):
-                out = self.forward(x, False, relu=relu)
-                self.cache = None
-                return out
-            return run
-        prepared = ops.prepare_conv(self.params["W"], self.bias, self.info.spec.stride,
-                                    self.pad, relu, height=self.info.input_shape[0])
+            w, b = w.copy(), b.copy()
+            return lambda x: ops.grouped_conv_forward(self._padded(x), w, b, stride, self.pad,
+                                                      self.groups, relu=relu)[0]
+        prepared = ops.prepare_conv(w, b, stride, self.pad, relu, height=self.info.input_shape[0])
         return lambda x: ops.conv_infer(self._padded(x), prepared)
 
     def filter_images(self):

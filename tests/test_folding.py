@@ -21,7 +21,7 @@ NETS = {
               "{ CONV(4) -> BN -> RELU | ID } -> CONCAT -> MAXPOOL(3x3, s=1, p=1) } -> CONCAT "
               "-> RELU -> POOL -> FC(12) -> BN -> RELU -> FC(3)",
     "grouped": "INPUT(9x9x4) -> CONV(8, g=2) -> BN -> RELU -> DWCONV(3x3, m=2) -> BN -> "
-               "CONV(6, 1x1) -> BN -> RELU -> { BN -> CONV(6) | ID } -> ADD -> FC(4)",
+               "CONV(6, 1x1, s=2) -> BN -> RELU -> { BN -> CONV(6) | ID } -> ADD -> FC(4)",
 }
 
 

@@ -221,6 +221,16 @@ class Conv(Layer):
             w, b = w.copy(), b.copy()
             return lambda x: ops.grouped_conv_forward(self._padded(x), w, b, stride, self.pad,
                                                       self.groups, relu=relu)[0]
+        if self.info.spec.size == (1, 1) and self.sides.before == (0, 0) and \
+                max(self.sides.after) <= 0:
+            # A 1x1 window at stride S reads every S-th pixel and nothing else (a projection
+            # of a residual block): those pixels, picked once, are a 1x1 convolution at stride
+            # 1, whose rows are the pixels themselves; no padded or cropped copy is made.
+            (sh, sw), (ah, aw) = stride, self.sides.after
+            picked = ops.prepare_conv(w, b, (1, 1), (0, 0), relu, height=self.info.output_shape[0])
+            h, wd = self.info.input_shape[:2]
+            return lambda x: ops.conv_infer(
+                np.ascontiguousarray(x[:, :h + ah:sh, :wd + aw:sw]), picked)
         prepared = ops.prepare_conv(w, b, stride, self.pad, relu, height=self.info.input_shape[0])
         return lambda x: ops.conv_infer(self._padded(x), prepared)
 

@@ -138,3 +138,47 @@ def test_preparing_changes_no_weight_and_no_gradient():
         np.testing.assert_array_equal(net.grads[k], twin.grads[k], err_msg=k)
     net.buffers["batchnorm2.running_mean"] += 5.0     # the plan does not see later changes
     np.testing.assert_array_equal(plan.forward(x), first)
+
+
+@pytest.mark.parametrize("algorithm, size, depth", [
+    ("im2col", (3, 3), 5), ("full", (3, 3), 5), ("winograd", (3, 3), 9), ("winograd4", (3, 3), 9),
+    ("winograd4", (3, 1), 3), ("direct", (3, 3), 3), ("im2col", (1, 1), 6)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("numba", [False, True])
+def test_conv_infer_adds_the_skip_as_the_sum_after_it_would(algorithm, size, depth, relu, numba):
+    """relu(conv(x) + b + skip) in the pass that writes the output, bit for bit the conv's own
+    output plus skip, rectified after (output heights 7 and 6: a last F(4, 3) tile that sticks
+    out past the output, and one that does not)."""
+    from slidenet.ops import compiled
+    previous = compiled.set_enabled(numba)
+    try:
+        for height in (7, 6):
+            x = RNG.standard_normal((3, height, 8, depth)).astype(np.float32)
+            w = RNG.standard_normal((*size, depth, 16)).astype(np.float32)
+            b = RNG.standard_normal(16).astype(np.float32)
+            pad = (size[0] // 2, size[1] // 2)
+            plain = ops.prepare_conv(w, b, (1, 1), pad, False, algorithm, height)
+            fused = ops.prepare_conv(w, b, (1, 1), pad, relu, algorithm, height)
+            conv = ops.conv_infer(x, plain)
+            skip = RNG.standard_normal(conv.shape).astype(np.float32)
+            kept = skip.copy()
+            want = conv + skip
+            if relu:
+                want = np.maximum(want, 0)
+            np.testing.assert_array_equal(ops.conv_infer(x, fused, skip=skip), want)
+            np.testing.assert_array_equal(skip, kept)
+    finally:
+        compiled.set_enabled(previous)
+
+
+def test_a_residual_branch_ends_by_writing_the_block_output():
+    """In res18's blocks the last folded CONV of the first branch takes the skip: the plan's
+    ADD -> RELU runs no sum of its own (an ADD whose branches all end in a RELU does)."""
+    res18 = Net.from_pattern(RES18)
+    add = res18.layers[3]
+    steps = [folding.steps(branch) for branch in add.branches]
+    assert folding.takes_skip(steps[0][-1]) and not folding.takes_skip(steps[0][0])
+    assert steps[1] == [] or not folding.takes_skip(steps[1][-1])
+    net = random_net("INPUT(6x6x4) -> { CONV(4) -> RELU | CONV(4) -> BN -> RELU } -> ADD -> RELU")
+    assert not any(folding.takes_skip(s[-1]) for s in
+                   (folding.steps(branch) for branch in net.layers[0].branches))

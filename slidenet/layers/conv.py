@@ -212,15 +212,20 @@ class Conv(Layer):
     def prepare(self, relu=False, affine=None):
         """Inference: the filters prepared once for the algorithm the kernels choose;
         relu=True applies the next RELU too (fusion); affine: a BATCHNORM's per-channel
-        (scale, shift) folded into the filters and bias (`folding`)."""
+        (scale, shift) folded into the filters and bias (`folding`). The result runs
+        run(x) -> out, or run(x, skip) -> relu(conv(x) + b + skip) for a residual sum."""
         w, b = self.params["W"], self.bias
         if affine is not None:
             w, b = fold(w, b, affine)
         stride = self.info.spec.stride
         if not self.fusable:
             w, b = w.copy(), b.copy()
-            return lambda x: ops.grouped_conv_forward(self._padded(x), w, b, stride, self.pad,
-                                                      self.groups, relu=relu)[0]
+
+            def grouped(x, skip=None):
+                out = ops.grouped_conv_forward(self._padded(x), w, b, stride, self.pad,
+                                               self.groups, relu=relu and skip is None)[0]
+                return out if skip is None else ops.add_into(out, [skip], relu)
+            return grouped
         if self.info.spec.size == (1, 1) and self.sides.before == (0, 0) and \
                 max(self.sides.after) <= 0:
             # A 1x1 window at stride S reads every S-th pixel and nothing else (a projection
@@ -229,10 +234,10 @@ class Conv(Layer):
             (sh, sw), (ah, aw) = stride, self.sides.after
             picked = ops.prepare_conv(w, b, (1, 1), (0, 0), relu, height=self.info.output_shape[0])
             h, wd = self.info.input_shape[:2]
-            return lambda x: ops.conv_infer(
-                np.ascontiguousarray(x[:, :h + ah:sh, :wd + aw:sw]), picked)
+            return lambda x, skip=None: ops.conv_infer(
+                np.ascontiguousarray(x[:, :h + ah:sh, :wd + aw:sw]), picked, skip=skip)
         prepared = ops.prepare_conv(w, b, stride, self.pad, relu, height=self.info.input_shape[0])
-        return lambda x: ops.conv_infer(self._padded(x), prepared)
+        return lambda x, skip=None: ops.conv_infer(self._padded(x), prepared, skip=skip)
 
     def filter_images(self):
         return self.params["W"]

@@ -9,7 +9,10 @@ weights W and bias b, that is one CONV with
 
 so the BATCHNORM costs nothing at all: no pass over the volume, no array of its own. A RELU
 after it is applied by the CONV's kernel, as in `fusion`. A merge (ADD, CONCAT) followed by a
-RELU rectifies its result in the same pass that sums it.
+RELU rectifies its result in the same pass that sums it; and when one branch of an ADD ends on
+a CONV (its BATCHNORM folded in, no RELU of its own: ResNet's blocks), that CONV writes the
+block's output itself, relu(conv(h) + b + the other branches' sum), in the pass that writes its
+own output (`takes_skip`, `with_skip`; `ops.conv_infer(..., skip=)`).
 
 The arithmetic is `base.fold` (CONV's and FC's `prepare(affine=...)` call it). `steps(layers)` returns what `Net.prepare()` runs for `layers`: these folded steps, and every
 other run of layers as `fusion.fuse` makes it for training (CONV -> RELU -> MAXPOOL and the
@@ -19,6 +22,7 @@ unfolded evaluation forward to float rounding (tested on residual, concatenating
 nets with random statistics).
 """
 from slidenet.layers.activations import Relu
+from slidenet.layers.conv import Conv
 from slidenet.layers.fusion import Fused, fuse
 
 
@@ -30,9 +34,11 @@ class Folded(Fused):
         super().__init__(parts)
         self.relu = relu
 
-    def prepare(self):
+    def prepare(self, relu=None):
+        """relu: None for this step's own (a RELU among its parts); True or False for a step
+        that ends a residual branch, whose RELU comes after the sum (`with_skip`)."""
         layer, norm = self.parts[:2]
-        return layer.prepare(relu=self.relu, affine=norm.affine())
+        return layer.prepare(relu=self.relu if relu is None else relu, affine=norm.affine())
 
 
 class MergeRelu(Fused):
@@ -40,6 +46,21 @@ class MergeRelu(Fused):
 
     def prepare(self):
         return self.parts[0].prepare(relu=True)
+
+
+def takes_skip(step):
+    """Whether `step` can add a residual sum's other terms where it writes its output: a CONV,
+    or a CONV with its BATCHNORM folded in, with no RELU of its own (a RELU inside a branch
+    comes before the sum, and the sum's RELU after it)."""
+    if isinstance(step, Folded):
+        return not step.relu and isinstance(step.parts[0], Conv)
+    return type(step) is Conv
+
+
+def with_skip(step, relu):
+    """The inference function run(x, skip) -> relu(step(x) + skip) (relu when `relu`) of a
+    step `takes_skip` accepts: a residual branch's last CONV writes the block's output."""
+    return step.prepare(relu=relu)
 
 
 def folds(layer, after):

@@ -138,13 +138,7 @@ class _Merge(Layer):
         plans = [[step.prepare() for step in folding.steps(branch)] for branch in self.branches]
 
         def run(x):
-            outs = []
-            for plan in plans:
-                out = x
-                for step in plan:
-                    out = step(out)
-                outs.append(out)
-            return self.merged(outs, x, relu)
+            return self.merged([_through(plan, x) for plan in plans], x, relu)
         return run
 
     def merged(self, outs, x, relu):
@@ -199,6 +193,25 @@ class Add(_Merge):
         for out in outs[2:]:
             total += out
         return total
+
+    def prepare(self, relu=False):
+        """Inference, as `_Merge.prepare`; and when a branch ends on a CONV (its BATCHNORM
+        folded in, no RELU of its own), that CONV adds the other branches' sum, and applies
+        the RELU, where it writes its output (`folding.with_skip`): no pass of its own for the
+        sum, and no array for the CONV's output before it."""
+        steps = [folding.steps(branch) for branch in self.branches]
+        last = next((i for i, s in enumerate(steps) if s and folding.takes_skip(s[-1])), None)
+        if last is None or len(steps) < 2:
+            return super().prepare(relu)
+        plans = [[step.prepare() for step in s] for s in steps]
+        head, tail = plans[last][:-1], folding.with_skip(steps[last][-1], relu)
+        others = plans[:last] + plans[last + 1:]
+
+        def run(x):
+            outs = [_through(plan, x) for plan in others]
+            skip = outs[0] if len(outs) == 1 else self.merged(outs, x, False)
+            return tail(_through(head, x), skip)
+        return run
 
     def merged(self, outs, x, relu):
         """Inference: the sum written into a branch's own output, not a new array: the first
@@ -269,6 +282,13 @@ class Concat(_Merge):
                         "channel_in_branch": inside, "value": float(out[i, j, inside])}
             first += out.shape[-1]
         raise ValueError(f"channel {channel} is beyond the {first} channels of {self.name}")
+
+
+def _through(plan, x):
+    """x through a branch's prepared steps (inference)."""
+    for step in plan:
+        x = step(x)
+    return x
 
 
 def _unequal(first, shape, text1, text2, index):

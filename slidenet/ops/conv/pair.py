@@ -199,7 +199,7 @@ def _compile():
         else:
             o = numba.carray(pointer(out), (1, ho, wo, k), f32)
             b = numba.carray(pointer(bias), (k,), f32)
-            output(p, o, b, c[8] != 0, c[9] != 0, t0, t1)
+            output(p, o, b, c[8] != 0, c[9] != 0, o, False, t0, t1)     # no skip: o unread
 
     @numba.njit("int64(int64[::1], int64)", nogil=True)
     def serve(ctl, polls):

@@ -27,6 +27,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from slidenet.ops import compiled
+from slidenet.ops.activations import add_into
 from slidenet.ops.conv.common import ConvCache, check_shapes, finish_rows, flipped, relu_masked
 from slidenet.ops.conv.im2col import conv_backward_im2col
 from slidenet.ops.runtime import batch_chunks, bordered, empty, run_chunks, scratch
@@ -111,14 +112,17 @@ def prepare_filters(w, scheme, dtype=None):
     return filters(np.ascontiguousarray(w, dtype=dtype or w.dtype), scheme.G)
 
 
-def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None, filters=None):
+def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None, filters=None,
+            skip=None):
     """Convolve K 3-tall filters over x at stride 1 by the scheme's F(m, 3) down the height.
 
     x: (N, H, W, D); w: (3, F_w, D, K); b: (K,); stride (1, 1); pad (P_h, P_w).
     Returns out (N, H', W', K) with H' = H + 2P_h - 2, W' = W + 2P_w - F_w + 1, and a ConvCache
     named for the scheme. relu: return max(0, out). budget: scratch bytes (None: the global
     one). filters: `prepare_filters(w, scheme)`, when a caller computed it once for many calls.
-    ValueError for any other filter height or stride.
+    skip: None, or an array of out's shape added after the bias and before the ReLU, in the pass
+    that writes the output (inference: the other terms of a residual sum, relu(conv(x) + b +
+    skip)). ValueError for any other filter height or stride.
     """
     fh, fw, d, k = w.shape
     if not applies((fh, fw), stride):
@@ -138,8 +142,11 @@ def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
         inner[...] = x[sl]
         r = scheme.rows(xp, fw, "conv.wrows")
         prod = np.matmul(r, g, out=scratch("conv.wm", (products, r.shape[1], k), out.dtype))
-        if not scheme.output(prod, out[sl], bias, relu):
-            finish_rows(out[sl], bias_row, relu)
+        extra = None if skip is None else skip[sl]
+        if not scheme.output(prod, out[sl], bias, relu, extra):
+            finish_rows(out[sl], bias_row, relu and extra is None)
+            if extra is not None:       # the same additions, in the same order, as compiled
+                add_into(out[sl], [extra], relu)
 
     t, wp = tiles(ho, m), wd + 2 * pad[1]
     hot = products * t * wo * (fw * d + k)          # the GEMMs' rows and products

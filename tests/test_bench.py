@@ -153,20 +153,3 @@ def test_busy_cores_end_by_themselves_when_the_benchmark_is_killed():
     else:
         os.kill(pid, 9)
         raise AssertionError("the spinning process outlived the benchmark that started it")
-
-
-def test_an_openblas_coretype_in_the_environment_is_named_with_what_it_overrode():
-    """A child Python picks the kernels its environment names, and the report says which
-    kernels OpenBLAS would pick without OPENBLAS_CORETYPE when the variable changed them."""
-    import os
-    from slidenet.bench.machine import child_kernels
-    for core in ("Sandybridge", "Haswell"):
-        assert child_kernels({**os.environ, "OPENBLAS_CORETYPE": core}) == core
-    m = {"cpu": "x", "cores": 2, "python": "3", "numpy": "2", "blas": "openblas, Haswell kernels",
-         "env": {"OPENBLAS_CORETYPE": "Haswell"}, "blas_own": "SkylakeX"}
-    result = {"machine": m, "threads": 2, "slidenet_threads": "2 workers",
-              "sgemm": {"n": 64, "gflops": 1.0}, "settings": {"conv": "auto"},
-              "compiled": "off", "nets": {}}
-    text = bench.report(result)
-    assert "holds slidenet's GEMMs to OpenBLAS's Haswell kernels; without it OpenBLAS picks " \
-           "SkylakeX" in text

@@ -2,8 +2,6 @@
 import os
 import platform
 import resource
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -41,26 +39,7 @@ def machine():
                                          "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if k in os.environ}
     if tuned:
         info["env"] = tuned
-    if "OPENBLAS_CORETYPE" in os.environ and blas:
-        # The variable overrides OpenBLAS's own choice of kernels for this CPU, and only
-        # OpenBLAS's: onnxruntime's and PyTorch's kernels pick their own. Say what it overrode.
-        own = child_kernels({k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"})
-        if own and own != blas[0].get("architecture"):
-            info["blas_own"] = own
     return info
-
-
-def child_kernels(environ):
-    """The OpenBLAS kernels (threadpoolctl's "architecture", e.g. "SkylakeX") that a fresh
-    Python with NumPy picks on this CPU under `environ`, or None if it cannot say."""
-    code = ("import numpy, threadpoolctl; print(next((p.get('architecture') for p in "
-            "threadpoolctl.threadpool_info() if p['user_api'] == 'blas'), ''))")
-    try:
-        done = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True,
-                              text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
 def seconds(fn, calls=1):

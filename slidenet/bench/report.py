@@ -16,10 +16,6 @@ def report(result):
              "GFLOPS count a direct convolution's multiply-adds, whatever the algorithm"]
     if "env" in m:
         lines.append("environment: " + ", ".join(f"{k}={v}" for k, v in m["env"].items()))
-    if "blas_own" in m:
-        lines.append(f"  <- OPENBLAS_CORETYPE holds slidenet's GEMMs to OpenBLAS's "
-                     f"{m['env']['OPENBLAS_CORETYPE']} kernels; without it OpenBLAS picks "
-                     f"{m['blas_own']} on this CPU (onnxruntime and PyTorch use kernels of their own)")
     busy = result["settings"].get("busy", 0)
     if busy:
         lines.append(f"--busy {busy}: {busy} other process{'es' * (busy > 1)} spinning on a core "

@@ -135,7 +135,6 @@ def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
     out = empty((n, ho, wo, k), np.result_type(x, w))
     g = prepare_filters(w, scheme, out.dtype) if filters is None else filters
     bias = b.astype(out.dtype, copy=False)
-    bias_row = np.tile(bias, wo)
 
     def work(sl):
         xp, inner = padded("conv.wpad", sl.stop - sl.start, h, wd, d, pad, x.dtype, m)
@@ -143,8 +142,8 @@ def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
         r = scheme.rows(xp, fw, "conv.wrows")
         prod = np.matmul(r, g, out=scratch("conv.wm", (products, r.shape[1], k), out.dtype))
         extra = None if skip is None else skip[sl]
-        if not scheme.output(prod, out[sl], bias, relu, extra):
-            finish_rows(out[sl], bias_row, relu and extra is None)
+        if not scheme.output(prod, out[sl], bias, relu, extra):     # the NumPy path
+            finish_rows(out[sl], np.tile(bias, wo), relu and extra is None)
             if extra is not None:       # the same additions, in the same order, as compiled
                 add_into(out[sl], [extra], relu)
 

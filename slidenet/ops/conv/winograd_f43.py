@@ -157,9 +157,11 @@ def output(m, out, bias=None, relu=False, skip=None):
     m = m.reshape(6, c, t, wo, k)
     fast = compiled.kernels(m, out) if skip is None else compiled.kernels(m, out, skip)
     if fast is not None:
-        # Without a bias (or skip) the kernel still needs an array of the right type to ignore.
+        # Without a bias (or skip) the kernel still needs an array of the right type to ignore:
+        # a piece of m, never of out (compiled code checks for overlap and, finding out read
+        # as skip, gives up the vector instructions of the whole pass).
         fast.winograd4_output(m, out, m[0, 0, 0, 0] if bias is None else bias, bias is not None,
-                              relu, out if skip is None else skip, skip is not None)
+                              relu, m[0, :1, :1] if skip is None else skip, skip is not None)
         return True
     a, b, cc, e = scratch("conv.w4sums", (4, c, t, wo, k), m.dtype)
     np.add(m[1], m[2], out=a)

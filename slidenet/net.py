@@ -140,15 +140,25 @@ class Net:
             raise _out_of_memory(step, len(x), "forward") from None
         return _scores(out)
 
-    def activations(self, x):
-        """Evaluation-mode forward that keeps every layer's output: [(name, array), ...]."""
+    def activations(self, x, branches=False):
+        """Evaluation-mode forward that keeps every layer's output: [(name, array), ...].
+
+        x: (batch, H, W, D). Without `branches`, the layers of the top-level chain (a merge's
+        output, its branches run inside it). With `branches`, every layer of `every_layer()`
+        in its order, each branch's layers before their merge: a branch runs its layers one by
+        one from the volume before its ``{``, so a CONV's output is seen before its RELU there
+        too, and the merge combines the branch outputs kept here.
+        """
         out = self._check_input(x)
         self._release_caches()
         kept = [("input", out)]
         with blas_for_workers():
-            for layer in self.layers:
-                out = layer.forward(out, False)
-                kept.append((layer.name, out))
+            if branches:
+                _keep_outputs(self.layers, out, kept)
+            else:
+                for layer in self.layers:
+                    out = layer.forward(out, False)
+                    kept.append((layer.name, out))
         return kept
 
     def backward(self, dscores, input_grad=True, frozen=0):
@@ -213,6 +223,18 @@ class InferencePlan:
         except MemoryError:
             raise _out_of_memory(step, len(x), "forward") from None
         return _scores(out)
+
+
+def _keep_outputs(layers, x, kept):
+    """Run `layers` one by one in evaluation mode from x, appending (name, output) to `kept`
+    (a merge's branches first, each from x); returns the last output."""
+    for layer in layers:
+        if layer.merges:
+            x = layer.combine([_keep_outputs(branch, x, kept) for branch in layer.branches])
+        else:
+            x = layer.forward(x, False)
+        kept.append((layer.name, x))
+    return x
 
 
 def _is_head(shape):

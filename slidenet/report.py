@@ -1,8 +1,10 @@
 """One self-contained HTML page about a trained model: what it is, how it learned, what it sees.
 
-Sections: the summary table with its formulas, the training curves, per-class accuracy and the
-confusion matrix on the test split, the first layer's filters, activation maps of a few test
-images, the top patches of the last CONV layer, and sample predictions with their
+Sections: the summary table with its formulas (a graph net's branches indented under "branch
+1 of add1", before their merge's row, as `slidenet summary` prints them), the training curves,
+per-class accuracy and the confusion matrix on the test split, the first layer's filters,
+activation maps of a few test images (every layer's, branch layers included), the top patches
+of the last CONV layer (which may sit in a branch), and sample predictions with their
 probabilities. Every picture is a PNG inside the page as a base64 data URI and the styles are in
 the page, so it opens offline and can be mailed as one file: no scripts, fonts or links.
 
@@ -114,6 +116,20 @@ def accuracy_section(result, names, count):
             "per_class": per_class, "confusion": rows, "chance": chance_text(result)}
 
 
+def summary_rows(layers, depth=0):
+    """The summary's rows for the page, flattened from `summary_json`'s "layers": each layer's
+    dict with its "depth" (0 for the net's own chain), "branch" "" and "merge_formula" ("" but
+    for a merge); each branch first as a title row {"branch": "branch 1 of add1", "depth"}
+    followed by its layers, then the merge itself."""
+    rows = []
+    for layer in layers:
+        for number, branch in enumerate(layer.get("branches", ()), 1):
+            rows.append({"branch": f"branch {number} of {layer['name']}", "depth": depth + 1})
+            rows += summary_rows(branch, depth + 2)
+        rows.append({"branch": "", "merge_formula": "", **layer, "depth": depth})
+    return rows
+
+
 def _sample(pixels, truth, probs, names):
     """One card: the image, its true class, the three most probable classes."""
     best = np.argsort(-probs)[:3]
@@ -150,6 +166,8 @@ def build_report(model_path, data=None, images=3, samples=12):
     page = {}
     with progress(len(SECTIONS), "report", unit="section") as bar:
         page["summary"] = summary_json(net.infos)
+        page["summary_rows"] = summary_rows(page["summary"]["layers"])
+        page["branched"] = any(row["branch"] for row in page["summary_rows"])
         bar.update()
         page["training"] = training_section(meta, model_path)
         bar.update()
@@ -157,7 +175,8 @@ def build_report(model_path, data=None, images=3, samples=12):
         result = evaluate(net, x, y, normalizer, len(names), loss)
         page["accuracy"] = accuracy_section(result, names, len(y))
         bar.update()
-        page["filters_uri"] = figure_uri(filters_figure(net))
+        fig = filters_figure(net)
+        page["filters_uri"], page["filters_layer"] = figure_uri(fig), next(iter(fig.tiles))
         bar.update()
         page["activations"] = []
         for i in _one_per_class(y, images):

@@ -107,3 +107,41 @@ def test_the_accuracy_section_states_the_chance_level(page):
     majority = np.bincount(y).max() / len(y)
     assert (f"chance 0.3333 (a guess among 3 classes); always the most common class "
             f"{majority:.4f}") in page["html"]
+
+
+GRAPH = ("INPUT(12x12x1) -> CONV(4) -> RELU -> { CONV(4, g=2) -> RELU -> CONV(4) | ID } -> ADD "
+         "-> RELU -> POOL -> { CONV(6, 1x1) | DWCONV(3x3) -> CONV(2, 1x1) } -> CONCAT -> FC(3)")
+
+
+def test_a_graph_nets_report_shows_its_branches_as_the_summary_does(tmp_path):
+    from helpers import write_bars
+    from slidenet.notation.summary import summary_text
+    from slidenet.training.loop import TrainConfig, train
+    spec = write_bars(tmp_path / "bars.npz", 240, size=12)
+    train(TrainConfig(pattern=GRAPH, data=spec, epochs=1, batch_size=16, lr=3e-3, seed=0,
+                      out=str(tmp_path / "run")), log=lambda *_: None)
+    path, out = tmp_path / "run" / "model.npz", tmp_path / "report.html"
+    assert main(["report", str(path), "--images", "1", "--samples", "3", "--out", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    table = text.split('<section id="summary">')[1].split("</table>")[0]
+    # The oracle: `slidenet summary`'s text table, its indentation (two spaces a level) and its
+    # cells: name or branch title, pattern, parameters, receptive field.
+    lines = summary_text(load(str(path)).net.infos).splitlines()[2:]
+    expected = []
+    for line in lines[:lines.index("")]:
+        cells = re.split(r"\s{2,}", line.strip())
+        depth = (len(line) - len(line.lstrip())) // 2
+        expected.append((depth, cells[0]) if cells[0].startswith("branch") else
+                        (depth, cells[0], cells[1], cells[3], cells[-3].replace(" ", "")))
+    found = []
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, flags=re.S)[1:-1]:
+        pad = re.search(r"padding-left:calc\(8px \+ ([\d.]+)em\)", row)
+        depth = round(float(pad.group(1)) / 1.2) if pad else 0
+        cells = [re.sub(r"<[^>]+>", "", cell).strip()
+                 for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)]
+        found.append((depth, cells[0]) if len(cells) == 1 else
+                     (depth, cells[0], cells[1], cells[3], cells[5].replace(" ", "")))
+    assert found == expected
+    assert (2, "conv3", "CONV(4)", "4 x (3*3*4 + 1) = 148", "7x7") in found
+    assert (1, "branch 2 of concat1") in found and "depth 6 + 2 = 8" in table
+    assert "(conv1)" in text.split('<section id="filters">')[1]

@@ -1,7 +1,7 @@
 """`slidenet viz PICTURE ...`: one picture of a net (or of the sliding window) into a file.
 
     slidenet viz filters MODEL [--layer L]            the filters as small images
-    slidenet viz activations MODEL IMAGE              an image's maps after each layer
+    slidenet viz activations MODEL IMAGE [--layer L]  an image's maps after each layer
     slidenet viz patches MODEL [--data SPEC]          the image patches each channel likes most
     slidenet viz maximize MODEL [--layer L]           inputs found by gradient ascent
     slidenet viz curves RUN_DIR|MODEL                 loss and accuracy per epoch
@@ -28,13 +28,15 @@ def register(subparsers):
 
     p = _picture(pictures, "filters", "the filters of a layer as images (default: the first CONV)",
                  "filters.png")
-    p.add_argument("--layer", help="a CONV (or FC) layer, by name (conv2) or position "
-                                   "(default: the first CONV)")
+    p.add_argument("--layer", help="a CONV (or FC) layer, by name (conv2, or conv3 inside a "
+                                   "branch) or position (default: the first CONV)")
     p.set_defaults(func=run_filters)
 
     p = _picture(pictures, "activations", "an image's activation maps after every CONV, RELU "
-                 "and POOL", "activations.png")
+                 "and POOL (and every branch's)", "activations.png")
     p.add_argument("image", help="a PNG or JPEG of the net's input size")
+    p.add_argument("--layer", help="only this layer's maps, by name (branch layers too) or "
+                                   "position (default: every layer with maps)")
     p.add_argument("--resize", action="store_true",
                    help="stretch the image to the input size (without it: only for a model "
                         "trained with --resize)")
@@ -44,13 +46,15 @@ def register(subparsers):
                  "patches.png")
     p.add_argument("--data", help="data spec (default: the data the model was trained on)")
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split")
-    p.add_argument("--layer", help="a layer with an H x W output (default: the last CONV)")
+    p.add_argument("--layer", help="a layer with an H x W output, by name (branch layers too) "
+                                   "or position (default: the last CONV)")
     p.add_argument("--channels", type=int, default=16, help="how many channels, from 0")
     p.set_defaults(func=run_patches)
 
     p = _picture(pictures, "maximize", "for each filter, an input found by gradient ascent "
                  "that maximises its mean activation", "maximize.png")
-    p.add_argument("--layer", help="any layer by name or position (default: the last CONV)")
+    p.add_argument("--layer", help="any layer by name (branch layers too) or position "
+                                   "(default: the last CONV)")
     p.add_argument("--channels", type=int, default=16, help="how many channels, from 0")
     p.add_argument("--steps", type=int, default=200, help="gradient-ascent steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise and jitter")
@@ -114,7 +118,8 @@ def run_activations(args):
     best = int(probs.argmax())
     caption = f"predicted {model.class_names[best]} (p = {probs[best]:.3f})"
     x = model.normalizer.normalize(pixels[None])
-    fig = _viz("activations").activations_figure(model.net, x[0], pixels=pixels, caption=caption)
+    fig = _viz("activations").activations_figure(model.net, x[0], pixels=pixels, caption=caption,
+                                                 layer=args.layer)
     return _write(fig, args.out)
 
 
@@ -139,7 +144,7 @@ def run_maximize(args):
     result = maximize.maximize(model.net, model.normalizer, args.layer, channels=args.channels,
                                steps=args.steps, seed=args.seed)
     # The last layer's units are the classes: name them.
-    last = result.info.index == len(model.net.infos) - 1
+    last = result.info is model.net.infos[-1]
     names = model.class_names if last else None
     return _write(maximize.maximize_figure(result, names), args.out)
 

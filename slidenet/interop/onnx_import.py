@@ -17,14 +17,22 @@ is `CONV(K, FhxFw, s=ShxSw, p=PhxPw)` with its weights turned from (K, C, F_h, F
 (F_h, F_w, C, K); a Gemm or MatMul is `FC(n)`, whose rows are reordered when the volume before
 it was flattened in (C, H, W) order, since slidenet flattens (H, W, D). A Mul or Add by a
 per-channel constant right after a Conv, Gemm or BatchNormalization is folded into its
-weights; before the first layer it is preprocessing, folded into the model's normaliser. A
-Softmax at the end is dropped (slidenet's scores are what comes before it).
+weights (unless another node reads that layer's output too); before the first layer it is
+preprocessing, folded into the model's normaliser. A Softmax at the end is dropped (slidenet's
+scores are what comes before it).
 
-A node slidenet cannot represent (a dilated or grouped conv, an LSTM, a residual Add, a pool
-that does not tile its input) is a fault; every fault is listed, and nothing is written.
+A graph may branch: each piece records the pieces it reads (`Piece.reads`), an Add (or Sum)
+of two activations is ADD and a Concat along the channels is CONCAT, and after the walk
+`onnx_branches` writes them as nested branches, `{ CONV -> BN | ID } -> ADD`. DenseNet's
+Concat of every earlier feature is read as a Concat of the previous Concat and the new ones.
+
+A node slidenet cannot represent (a dilated conv, an LSTM, an average pool whose ceil_mode
+adds a window) is a fault; every fault is listed, once per kind with a count, and nothing is
+written. So is a graph whose branches do not nest (`onnx_branches.NotNested`).
 """
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,6 +40,7 @@ import numpy as np
 
 from slidenet.data.normalize import Normalizer
 from slidenet.errors import SlidenetError
+from slidenet.interop import onnx_branches as branches
 from slidenet.interop.onnx_file import Budget, inferred_shapes, read_model, tensor_array
 from slidenet.interop.onnx_graph import PIXELS, require_onnx
 from slidenet.interop.onnx_ops import (
@@ -39,7 +48,7 @@ from slidenet.interop.onnx_ops import (
     slidenet_shape, unknown_op, where)
 from slidenet.net import Net
 from slidenet.notation.pattern import parse
-from slidenet.notation.shapes import infer
+from slidenet.notation.shapes import infer, walk_infos
 
 LAYOUTS = ("nchw", "nhwc")
 
@@ -82,7 +91,11 @@ def read_onnx(path, classes=None, scale=None, mean=None, std=None, input_layout=
         raise ImportRefused(f"{path}: slidenet cannot represent {count} "
                             f"{'part' if count == 1 else 'parts'} of this graph, so nothing was "
                             "written:\n  " + "\n  ".join(fault_lines(reader.faults)))
-    pattern, hwd = reader.pattern()
+    try:
+        pattern, hwd = reader.pattern()
+    except branches.NotNested as fault:
+        raise ImportRefused(f"{path}: slidenet cannot write this graph as one pattern, so "
+                            f"nothing was written: {fault}") from None
     metadata = _metadata(model)
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
     # The weights now live in the pieces' arrays: the parsed file can go before the net's own
@@ -142,8 +155,8 @@ def _as_written(graph_infos, metadata):
         infos = infer(parse(pattern, variables, skip), pattern)
     except (KeyError, ValueError, TypeError, AttributeError, SlidenetError):
         return None
-    if [(i.spec.type, i.spec.args, i.output_shape) for i in infos] != \
-            [(i.spec.type, i.spec.args, i.output_shape) for i in graph_infos]:
+    if [(i.spec.type, i.spec.args, i.output_shape) for i in walk_infos(infos)] != \
+            [(i.spec.type, i.spec.args, i.output_shape) for i in walk_infos(graph_infos)]:
         return None
     return Net.from_pattern(pattern, skip_optional=skip, blank=True, **variables)
 
@@ -175,6 +188,9 @@ class _Reader:
         self.model = model
         self.raws = raws or [None] * len(model.graph.initializer)
         self.shapes = None          # value name -> dims, from shape inference after a fault
+        self.concats = {}           # a Concat's input names -> its output's (DenseNet's)
+        self.final = None           # the Act of the scores, once the walk is done
+        self.items = None           # the pieces nested as branches (`onnx_branches.nest`)
 
     # -- the walk --
 
@@ -185,7 +201,12 @@ class _Reader:
         if len(self.graph.sparse_initializer):
             self.faults.append(("graph", "it has sparse initializers, which slidenet does not "
                                          "read"))
-        self._read_input()
+        # How many nodes read each value on (Shape reads only its size): a layer whose output
+        # more than one node reads keeps it, so no Mul or Add after it may fold into it (nor
+        # into the normaliser, for the input).
+        readers = Counter(name for node in self.graph.node if node.op_type != "Shape"
+                          for name in node.input if name)
+        self._read_input(readers)
         for node in self.graph.node:
             handler = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
             try:
@@ -205,6 +226,8 @@ class _Reader:
                     value = outputs[i] if i < len(outputs) and outputs[i] is not None else Unknown()
                     if isinstance(value, Act):
                         value.name = name
+                        if readers[name] > 1:
+                            value = replace(value, piece=None, pre=False)
                     self.values[name] = value
         self._read_outputs()
 
@@ -224,7 +247,7 @@ class _Reader:
             outputs.append(Act(name, layout if len(dims) == 4 else "flat", tuple(dims[1:])))
         return outputs
 
-    def _read_input(self):
+    def _read_input(self, readers):
         given = [i for i in self.graph.input if i.name not in self.values]
         if len(given) != 1:
             names = ", ".join(i.name for i in given) or "none"
@@ -245,7 +268,7 @@ class _Reader:
             self.faults.append((place, f"its shape is {shown}; slidenet reads a batch of images "
                                 "(N, C, H, W) or (N, H, W, C) of fixed size"))
         else:
-            self.input = Act(value.name, "input", tuple(dims[1:]), pre=True)
+            self.input = Act(value.name, "input", tuple(dims[1:]), pre=readers[value.name] < 2)
             self.values[value.name] = self.input
 
     def _read_outputs(self):
@@ -256,9 +279,11 @@ class _Reader:
             if isinstance(value, Probs):
                 value = value.act
             if isinstance(value, Act):
-                if value.taken:
+                after = [p.node for p in self.pieces if value.source is not None and
+                         value.source in p.reads]
+                if after:
                     self.faults.append((place, f"it is an intermediate value (node "
-                                               f"{value.taken} reads it on); a slidenet net has "
+                                               f"{after[0]} reads it on); a slidenet net has "
                                                "one output, its scores"))
                 finals.append(value)
             elif isinstance(value, Const):
@@ -272,6 +297,9 @@ class _Reader:
                                 "net has one, its scores (and their softmax)"))
         elif not self.pieces:
             self.faults.append(("graph", "it has no layers"))
+        elif finals[0].source is None:
+            self.faults.append(("graph outputs", "the output is the input itself, no layer "
+                                "computes it"))
         elif len(slidenet_shape(finals[0]) or ()) != 1 and \
                 tuple(slidenet_shape(finals[0])[:2]) != (1, 1):
             # A 1 x 1 x C volume is a global-average-pool head (SqueezeNet, NiN): its C numbers
@@ -279,6 +307,8 @@ class _Reader:
             self.faults.append(("graph outputs", "the net ends on an image volume, not on one "
                                 "score per class; slidenet's scores come from an FC (Gemm) or "
                                 "a global average pool"))
+        if finals and not self.faults:
+            self.final = finals[0]
 
     # -- values --
 
@@ -287,19 +317,14 @@ class _Reader:
             return None
         return self.values.get(name, Unknown())
 
-    def act(self, value, node, take=True):
-        """The Act a node reads; take=True: the node carries it on into the net."""
+    def act(self, value, node):
+        """The Act a node reads (any number of nodes may read one: the graph branches)."""
         if isinstance(value, (Unknown, type(None))):
             raise Skip()
         if isinstance(value, Probs):
             raise Unsupported("it reads the output of a Softmax; a softmax can only come last")
         if not isinstance(value, Act):
             raise Unsupported("its data input is a constant, not computed from the image")
-        if take:
-            if value.taken:
-                raise Unsupported(f"it reads {value.name!r}, which node {value.taken} also reads: "
-                                  "the graph branches, and a slidenet net is one chain")
-            value.taken = where(node)
         return value
 
     def const(self, value, what):
@@ -334,11 +359,23 @@ class _Reader:
                               "(N, C, H, W), and the graph has no Transpose to make it that")
         return act
 
+    def append(self, piece, *acts_in):
+        """Append a layer reading `acts_in`; returns its index (the `Act.source` of its output)."""
+        piece.reads = tuple(act.source for act in acts_in)
+        self.pieces.append(piece)
+        return len(self.pieces) - 1
+
     def add_piece(self, piece, act_in, layout, dims, foldable=True, **changes):
         """Append a layer; returns the Act of its output."""
-        self.pieces.append(piece)
-        return replace(act_in, layout=layout, dims=tuple(dims), taken=None, pre=False,
-                       piece=len(self.pieces) - 1 if foldable else None, **changes)
+        index = self.append(piece, act_in)
+        return replace(act_in, layout=layout, dims=tuple(dims), pre=False, source=index,
+                       piece=index if foldable else None, **changes)
+
+    def add_merge(self, piece, acts_in, layout, dims):
+        """Append ADD or CONCAT, the merge of branches ending in `acts_in`; returns its Act."""
+        index = self.append(piece, *acts_in)
+        return replace(acts_in[0], layout=layout, dims=tuple(dims), pre=False, source=index,
+                       piece=None)
 
     # -- after the walk --
 
@@ -352,8 +389,11 @@ class _Reader:
         return (b, c, a) if layout == "NCHW" else (a, b, c)
 
     def pattern(self):
+        """The pattern of the layers read, branches nested ({ A | B } -> ADD), and (H, W, D)
+        of its INPUT; NotNested for a graph that is not branches nested in one chain."""
         h, w, d = self.input_shape()
-        return " -> ".join([f"INPUT({h}x{w}x{d})"] + [p.text for p in self.pieces]), (h, w, d)
+        self.items = branches.nest(self.pieces, self.final.source)
+        return f"INPUT({h}x{w}x{d}) -> {branches.text(self.items, self.pieces)}", (h, w, d)
 
     def fill(self, net):
         """Copy each piece's arrays into its layer of `net` (built from `pattern`).
@@ -361,7 +401,15 @@ class _Reader:
         A CONV or FC before BATCHNORM has no bias in slidenet; the bias the graph gives it is
         folded into that BATCHNORM's running mean (mean - b), which computes the same."""
         dropped = net.dropped_biases()
-        for layer, piece, info in zip(net.layers, self.pieces, net.infos[1:]):
+        pieces = list(branches.in_order(self.items, self.pieces))
+        infos = list(walk_infos(net.infos[1:]))
+        layers = list(net.every_layer())
+        if not len(pieces) == len(infos) == len(layers):
+            raise RuntimeError(f"import bug: {len(pieces)} layers read, the net has "
+                               f"{len(layers)}")
+        for layer, piece, info in zip(layers, pieces, infos):
+            if piece is None:       # an ID branch
+                continue
             if piece.shape is not None and tuple(piece.shape) != tuple(info.output_shape):
                 raise RuntimeError(f"import bug: {piece.text} from {piece.node} gives "
                                    f"{piece.shape}, slidenet infers {info.output_shape}")

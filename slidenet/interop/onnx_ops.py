@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from slidenet import geometry
 from slidenet.interop.onnx_file import tensor_array
 from slidenet.interop.onnx_graph import rows_dhw_to_hwd
 from slidenet.ops import BATCHNORM_EPSILON
@@ -40,8 +41,9 @@ class Act:
     flat_from: for a flattened volume, (order, (H, W, D)) with order "DHW" (flattened from
     NCHW) or "HWD" (from NHWC). piece: the index of the CONV, FC or BATCHNORM whose unchanged
     output this is (a Mul or Add can be folded into it), else None. pre: only preprocessing
-    (Mul, Add, Transpose) lies between the graph's input and here. taken: the node that read
-    this value on into the net; a second reader means the graph branches.
+    (Mul, Add, Transpose) lies between the graph's input and here. source: the index of the
+    layer (`Piece`) whose output this is, None for the graph's input: the edges of the graph of
+    layers, from which the importer writes branches.
     """
     name: str
     layout: str
@@ -49,7 +51,7 @@ class Act:
     flat_from: Optional[tuple] = None
     piece: Optional[int] = None
     pre: bool = False
-    taken: Optional[str] = None
+    source: Optional[int] = None
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Piece:
     buffers: dict = field(default_factory=dict)
     scales: tuple = ()                  # params a per-channel Mul after it multiplies
     shift: Optional[str] = None         # the param a per-channel Add after it adds to
+    reads: tuple = ()                   # the `Act.source` of each input: one, or a merge's
 
 
 def where(node):
@@ -106,8 +109,8 @@ def unknown_op(node):
     what = _HINTS.get(node.op_type, "an operation")
     domain = f" of domain {node.domain!r}" if node.domain not in ("", "ai.onnx") else ""
     return (f"{node.op_type}{domain} is {what}, not one of the lecture's layers slidenet has "
-            "(CONV, MAXPOOL, AVGPOOL, GLOBALAVGPOOL, FC, BATCHNORM, DROPOUT, RELU, RELU6, "
-            "LEAKYRELU, TANH, SIGMOID)")
+            "(CONV, DWCONV, MAXPOOL, AVGPOOL, GLOBALAVGPOOL, FC, BATCHNORM, DROPOUT, RELU, "
+            "RELU6, LEAKYRELU, TANH, SIGMOID, and branches merged by ADD or CONCAT)")
 
 
 def _number(value):
@@ -140,10 +143,12 @@ class Slide:
     text: str
 
 
-def _window(reader, node, a, act, size):
+def _window(reader, node, a, act, size, can_grow=True):
     """The `Slide` of a Conv or pool on `act`. Padding may differ per side (p=B:A, as
     TensorFlow's 'same' at stride 2 pads one more after); windows that do not tile the input
-    are ONNX's floor, which is round=down (the last rows no window reaches are left out)."""
+    are ONNX's floor, which is round=down (the last rows no window reaches are left out), or
+    with ceil_mode=1 its ceil, round=up (a last window past the edge). can_grow=False: a kind
+    that cannot add that window (AVGPOOL: PyTorch divides it by fewer cells)."""
     _, h, w = act.dims
     stride = tuple(a.get("strides", [1, 1]))
     if len(stride) != 2 or min(stride) < 1:
@@ -164,22 +169,30 @@ def _window(reader, node, a, act, size):
             before.append(first)
             after.append(total - first)
         before, after = tuple(before), tuple(after)
-    if a.get("ceil_mode", 0):
-        raise Unsupported("ceil_mode=1: ONNX's ceil_mode keeps a last window that starts in the "
-                          "padding, which slidenet's round=up does not follow exactly")
-    out, rounded = [], False
+    # ceil_mode=1 is slidenet's round=up: one more window where the last rows are left over,
+    # unless it would start beyond the input and its leading padding (PyTorch's and
+    # onnxruntime's rule, which `geometry.fit` follows).
+    rule = "up" if a.get("ceil_mode", 0) else "down"
+    out, rounded, grown = [], False, False
     for n, f, s, pb, pa, axis in zip((h, w), size, stride, before, after, ("height", "width")):
         span = n + pb + pa - f
         if span < 0:
             raise Unsupported(f"kernel_shape={list(size)} is larger than the padded {axis} "
                               f"{n + pb + pa}")
-        out.append(span // s + 1)
+        size_out = geometry.fit(n, f, s, pb, pa, rule)[0]
+        out.append(size_out)
         rounded |= span % s != 0
+        grown |= size_out != span // s + 1
+    if grown and not can_grow:
+        raise Unsupported("ceil_mode=1: its last window reaches past the padding, and PyTorch "
+                          "divides that window by fewer cells than the others; slidenet's "
+                          "AVGPOOL rounds down only (round=down)")
     if before == after:
         pad = f"p={before[0]}x{before[1]}"
     else:
         pad = f"p={before[0]}:{after[0]}x{before[1]}:{after[1]}"
-    text = f"s={stride[0]}x{stride[1]}, {pad}" + (", round=down" if rounded else "")
+    text = f"s={stride[0]}x{stride[1]}, {pad}" + \
+        (f", round={'up' if grown else 'down'}" if rounded else "")
     return Slide(stride, before, after, tuple(out), text)
 
 
@@ -214,8 +227,13 @@ def _conv(reader, node, a, inputs):
         raise Unsupported(f"its bias has shape {list(bias.shape)}, not ({k},)")
     window = _window(reader, node, a, x, size)
     out_h, out_w = window.out
-    grouped = f", g={groups}" if groups > 1 else ""     # depthwise when groups = c
-    piece = Piece(f"CONV({k}, {size[0]}x{size[1]}, {window.text}{grouped})", where(node),
+    if groups > 1 and groups == c:      # depthwise: one group per channel, as MobileNet's
+        multiplier = f", m={k // c}" if k != c else ""
+        text = f"DWCONV({size[0]}x{size[1]}, {window.text}{multiplier})"
+    else:
+        grouped = f", g={groups}" if groups > 1 else ""
+        text = f"CONV({k}, {size[0]}x{size[1]}, {window.text}{grouped})"
+    piece = Piece(text, where(node),
                   (out_h, out_w, k),
                   {"W": weights.transpose(2, 3, 1, 0), "b": bias}, scales=("W", "b"), shift="b")
     return reader.add_piece(piece, x, "NCHW", (k, out_h, out_w))
@@ -241,7 +259,7 @@ def _pool(kind):
         if faults:
             raise Unsupported(*faults)
         x = reader.volume(inputs[0], node)
-        window = _window(reader, node, a, x, size)
+        window = _window(reader, node, a, x, size, can_grow=kind != "AVGPOOL")
         c = x.dims[0]
         out_h, out_w = window.out
         text = window.text.replace(", p=0x0", "")
@@ -357,13 +375,12 @@ def _dropout(reader, node, a, inputs):
     x = reader.act(inputs[0], node)
     # Dropout is the identity at inference: a Mul or Add after it still folds into what came
     # before, which `piece` keeps pointing at.
-    out = replace(x, taken=None, pre=False)
-    reader.pieces.append(Piece(f"DROPOUT({_number(ratio)})", where(node), slidenet_shape(x)))
-    return [out, None]
+    index = reader.append(Piece(f"DROPOUT({_number(ratio)})", where(node), slidenet_shape(x)), x)
+    return [replace(x, pre=False, source=index), None]
 
 
 def _softmax(reader, node, a, inputs):
-    x = reader.act(inputs[0], node, take=False)
+    x = reader.act(inputs[0], node)
     axis = a.get("axis", -1 if reader.opset >= 13 else 1)
     if x.layout != "flat" or axis not in (1, -1):
         raise Unsupported("a softmax over anything but the class scores of a flat (N, C) value")
@@ -376,7 +393,7 @@ def _identity(reader, node, a, inputs):
     value = inputs[0] if inputs else None
     if isinstance(value, Const):
         return value
-    return replace(reader.act(value, node), taken=None)
+    return replace(reader.act(value, node))
 
 
 def _transpose(reader, node, a, inputs):
@@ -386,17 +403,17 @@ def _transpose(reader, node, a, inputs):
     x = reader.act(value, node)
     perm = list(a.get("perm", range(len(x.dims) + 1)[::-1]))
     if perm == list(range(len(x.dims) + 1)):
-        return replace(x, taken=None)
+        return replace(x)
     if perm == [0, 3, 1, 2]:
         x = reader.resolve(x, "NHWC")
         if x.layout == "NHWC":
             h, w, c = x.dims
-            return replace(x, layout="NCHW", dims=(c, h, w), taken=None)
+            return replace(x, layout="NCHW", dims=(c, h, w))
     if perm == [0, 2, 3, 1]:
         x = reader.resolve(x, "NCHW")
         if x.layout == "NCHW":
             c, h, w = x.dims
-            return replace(x, layout="NHWC", dims=(h, w, c), taken=None)
+            return replace(x, layout="NHWC", dims=(h, w, c))
     raise Unsupported(f"perm={perm} on a {x.layout} tensor: slidenet moves only between "
                       "(N, C, H, W) and (N, H, W, C); this would move the batch axis or swap "
                       "height and width")
@@ -405,7 +422,7 @@ def _transpose(reader, node, a, inputs):
 def _flat(reader, x, node):
     """`x` flattened per image, (N, n), remembering the order of a flattened volume."""
     if x.layout == "flat":
-        return replace(x, taken=None)
+        return replace(x)
     if x.layout == "input":
         layout = reader.layout or reader.fallback_layout
         if layout is None:
@@ -414,7 +431,7 @@ def _flat(reader, x, node):
                               "nchw or nhwc")
         x = reader.resolve(x, layout)
     order = "DHW" if x.layout == "NCHW" else "HWD"
-    return replace(x, layout="flat", dims=(prod(x.dims),), flat_from=(order, slidenet_shape(x)), taken=None)
+    return replace(x, layout="flat", dims=(prod(x.dims),), flat_from=(order, slidenet_shape(x)))
 
 
 def _flatten(reader, node, a, inputs):
@@ -472,9 +489,9 @@ def _one_channel_move(reader, x, dims):
         elif a == 1 and dims == [b, c, 1]:
             x = reader.resolve(x, "NCHW")
     if x.layout == "NHWC" and x.dims[2] == 1 and dims == [1, *x.dims[:2]]:
-        return replace(x, layout="NCHW", dims=(1, *x.dims[:2]), taken=None)
+        return replace(x, layout="NCHW", dims=(1, *x.dims[:2]))
     if x.layout == "NCHW" and x.dims[0] == 1 and dims == [*x.dims[1:], 1]:
-        return replace(x, layout="NHWC", dims=(*x.dims[1:], 1), taken=None)
+        return replace(x, layout="NHWC", dims=(*x.dims[1:], 1))
     return None
 
 
@@ -573,10 +590,11 @@ def _arithmetic(reader, node, a, inputs):
             return Const(np.trunc(left.array / right.array).astype(left.array.dtype))
         return Const(_ARITHMETIC[op](left.array, right.array))
     if isinstance(left, Act) and isinstance(right, Act):
-        what = ("a residual (skip) connection" if op in ("Add", "Sub")
-                else "gating or attention")
+        if op == "Add":
+            return _merge_sum(reader, node, [left, right])
+        what = "a difference of branches" if op == "Sub" else "gating or attention"
         raise Unsupported(f"it {_WORDS[op]} two activations, {left.name!r} and {right.name!r}: "
-                          f"{what}; a slidenet net is one chain of layers")
+                          f"{what}; slidenet merges branches by ADD (a sum) or CONCAT only")
     if isinstance(right, Act) and op in ("Sub", "Div"):
         if op == "Div":
             raise Unsupported("it divides a constant by the activations")
@@ -590,7 +608,7 @@ def _arithmetic(reader, node, a, inputs):
             raise Unsupported("it divides by a constant that holds a zero")
         steps = [("Add", c) if op == "Add" else ("Add", -c) if op == "Sub" else
                  ("Mul", c) if op == "Mul" else ("Mul", 1 / c)]
-    out = replace(x, taken=None)
+    out = replace(x)
     if all(np.all(constant == (1 if kind == "Mul" else 0)) for kind, constant in steps) and \
             not x.pre and x.layout != "input":
         channel_vector(out, steps[0][1], steps[0][0])   # it must not change the shape either
@@ -687,7 +705,7 @@ def _shape(reader, node, a, inputs):
     if isinstance(value, Const):
         shape = np.array(value.array.shape, np.int64)
     else:
-        x = reader.act(value, node, take=False)
+        x = reader.act(value, node)
         shape = np.array([BATCH, *x.dims], np.int64)
     start, end = a.get("start", 0), a.get("end", None)
     return Const(shape[start:end])
@@ -710,10 +728,90 @@ def _unsqueeze(reader, node, a, inputs):
     return Const(data)
 
 
+# ---- merges: Add (and Sum) of activations, Concat along the channels ----
+
+def _volume(act):
+    return " x ".join(str(n) for n in slidenet_shape(act) or act.dims)
+
+
+def _resolved(reader, acts, layout):
+    """`acts` with the graph's input among them read in the layout of the others (or
+    `layout` when all are the input)."""
+    known = next((act.layout for act in acts if act.layout != "input"), layout)
+    if known not in ("NCHW", "NHWC"):
+        return acts
+    return [reader.resolve(act, known) for act in acts]
+
+
+def _merge_sum(reader, node, acts):
+    """A sum of activations (a residual connection): ADD, which takes volumes of one shape."""
+    acts = _resolved(reader, acts, "NCHW")
+    first = acts[0]
+    for act in acts[1:]:
+        if act.layout != first.layout or act.dims != first.dims or \
+                (act.layout == "flat" and act.flat_from != first.flat_from):
+            raise Unsupported(f"it adds {first.name!r} ({_volume(first)}) and {act.name!r} "
+                              f"({_volume(act)}): slidenet's ADD sums volumes of one shape, "
+                              "number by number, and does not broadcast")
+    piece = Piece("ADD", where(node), slidenet_shape(first))
+    return reader.add_merge(piece, acts, first.layout, first.dims)
+
+
+def _sum(reader, node, a, inputs):
+    if all(isinstance(v, Const) for v in inputs):
+        return Const(sum(v.array for v in inputs[1:]) + inputs[0].array)
+    if len(inputs) == 1:
+        return replace(reader.act(inputs[0], node))
+    if not all(isinstance(v, Act) for v in inputs):
+        if any(isinstance(v, (Unknown, type(None))) for v in inputs):
+            raise Skip()
+        raise Unsupported("it sums activations and constants together; slidenet folds a "
+                          "constant only as a per-channel Add of its own")
+    return _merge_sum(reader, node, [reader.act(v, node) for v in inputs])
+
+
+def _concat_acts(reader, node, a, inputs):
+    """Activations stacked along the channels: CONCAT (an Inception block, a Fire module, a
+    dense block). DenseNet's Concat(x0, n1, n2) of all earlier features is read as
+    Concat(Concat(x0, n1), n2) when an earlier Concat joined exactly x0 and n1, so that each
+    layer of the block is one branch beside the identity: [{ ID | ... } -> CONCAT]*k."""
+    names = tuple(node.input)
+    for length in range(len(names) - 1, 1, -1):
+        earlier = reader.concats.get(names[:length])
+        if earlier is not None and isinstance(reader.values.get(earlier), Act):
+            inputs = [reader.values[earlier], *inputs[length:]]
+            break
+    reader.concats[names] = node.output[0] if node.output else None
+    acts = [reader.act(v, node) for v in inputs]
+    if len(acts) == 1:
+        return replace(acts[0])
+    axis = a.get("axis", 1)
+    acts = _resolved(reader, acts, "NCHW" if axis in (1, -3) else "NHWC")
+    first = acts[0]
+    channels = {"NCHW": (1, -3), "NHWC": (3, -1)}.get(first.layout)
+    if channels is None or axis not in channels:
+        shape = "(N, n)" if first.layout == "flat" else f"{first.layout} (N, ...)"
+        raise Unsupported(f"axis={axis} of a {shape} tensor: slidenet's CONCAT stacks image "
+                          "volumes along their channels only")
+    for act in acts[1:]:
+        if act.layout != first.layout or slidenet_shape(act)[:2] != slidenet_shape(first)[:2]:
+            raise Unsupported(f"it stacks {first.name!r} ({_volume(first)}) and {act.name!r} "
+                              f"({_volume(act)}): slidenet's CONCAT stacks volumes of one "
+                              "height and width")
+    h, w, _ = slidenet_shape(first)
+    depth = sum(slidenet_shape(act)[2] for act in acts)
+    dims = (depth, h, w) if first.layout == "NCHW" else (h, w, depth)
+    return reader.add_merge(Piece("CONCAT", where(node), (h, w, depth)), acts, first.layout, dims)
+
+
 def _concat(reader, node, a, inputs):
     if any(isinstance(v, Act) for v in inputs):
-        raise Unsupported("it joins activations (a branch or an Inception block); a slidenet "
-                          "net is one chain")
+        if not all(isinstance(v, Act) for v in inputs):
+            if any(isinstance(v, (Unknown, type(None))) for v in inputs):
+                raise Skip()
+            raise Unsupported("it joins activations and constants; slidenet's CONCAT stacks "
+                              "volumes computed from the image")
+        return _concat_acts(reader, node, a, inputs)
     arrays = [reader.const(v, "inputs") for v in inputs]
     return Const(np.concatenate([np.atleast_1d(x) for x in arrays], axis=a.get("axis", 0)))
 
@@ -748,7 +846,7 @@ def _cast(reader, node, a, inputs):
     x = reader.act(value, node)
     if np.dtype(target).kind != "f":
         raise Unsupported(f"it casts the activations to {np.dtype(target).name}")
-    return replace(x, taken=None)
+    return replace(x)
 
 
 OPS = {
@@ -775,6 +873,7 @@ OPS = {
     "Gemm": _gemm,
     "MatMul": _matmul,
     "Add": _arithmetic,
+    "Sum": _sum,
     "Sub": _arithmetic,
     "Mul": _arithmetic,
     "Div": _arithmetic,

@@ -39,6 +39,8 @@ class Walk:
     field: Tuple[int, int]          # receptive field (r_h, r_w) of one unit
     jump: Tuple[int, int]           # input pixels between neighbouring units, per axis
     flattened_by: str               # "layer 3, FC(10)" once an FC has flattened the volume
+    start: Tuple[int, int] = (0, 0)     # the input pixel unit 0's field starts at, per axis
+                                        # (negative in the padding): where branches' fields meet
 
 
 @dataclass(frozen=True)

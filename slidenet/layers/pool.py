@@ -16,6 +16,7 @@ rounds windows that do not tile (`slidenet.layers.sliding`); AVGPOOL takes round
 import numpy as np
 
 from slidenet import ops
+from slidenet.errors import GeometryError
 from slidenet.layers import sliding
 from slidenet.layers.base import Inferred, Layer, Window, slide, window_at
 from slidenet.layers.registry import register
@@ -77,7 +78,15 @@ class _Pool(Pooling):
 
     @classmethod
     def window(cls, spec, input_shape):
-        return Window(spec.size, spec.stride, spec.pad)
+        before = spec.pad
+        if spec.same and len(input_shape) == 3:
+            # p=same pads by the input's size (TensorFlow's rule puts an odd row after), so
+            # the padding before the first window is worked out, as CONV's window does.
+            try:
+                before = sliding.sides(spec, input_shape, can_pad=False).before
+            except GeometryError:
+                pass            # the shape rule reports it
+        return Window(spec.size, spec.stride, before)
 
     @classmethod
     def infer(cls, spec, walk):

@@ -98,10 +98,13 @@ def _chain(specs, walk, state, branch):
         except (GeometryError, Unfit) as err:
             raise PatternError(f"{where}: {err}", state.pattern, spec.column) from None
         field = step.field or walk.field
-        infos.append(_info(state, spec, index, walk, step, field,
-                           kind.window(spec, walk.shape) is not None))
+        window = kind.window(spec, walk.shape)
+        infos.append(_info(state, spec, index, walk, step, field, window is not None))
         flattened = walk.flattened_by or (where if len(step.shape) == 1 else "")
-        walk = Walk(step.shape, field, step.jump or walk.jump, flattened)
+        # A window's padding before the first row moves where unit 0's field starts.
+        start = walk.start if window is None else \
+            tuple(s - p * j for s, p, j in zip(walk.start, window.pad, walk.jump))
+        walk = Walk(step.shape, field, step.jump or walk.jump, flattened, start)
     return infos, walk
 
 
@@ -122,12 +125,16 @@ def _merge(spec, walk, state, index, where):
         shape = spec.type.merge(spec, [end.shape for end in ends], texts)
     except Unfit as err:
         raise PatternError(f"{where}: {err}", state.pattern, spec.column) from None
-    # The largest receptive field through the branches is what one output unit sees.
-    field = tuple(max(end.field[a] for end in ends) for a in range(2))
+    # One output unit sees what any branch's unit sees: the union of the branches' fields,
+    # from the first pixel any starts at to the last any ends at. Branches padded alike are
+    # centred alike, and the union is the largest branch's field; padding that differs per
+    # side can shift one branch's field off another's and make it larger.
+    start = tuple(min(end.start[a] for end in ends) for a in range(2))
+    field = tuple(max(end.start[a] + end.field[a] for end in ends) - start[a] for a in range(2))
     jump = tuple(max(end.jump[a] for end in ends) for a in range(2))
     flattened = next((end.flattened_by for end in ends if end.flattened_by), "")
     info = _info(state, spec, index, walk, Inferred(shape), field, False, tuple(children))
-    return info, Walk(shape, field, jump, flattened)
+    return info, Walk(shape, field, jump, flattened, start)
 
 
 def _info(state, spec, index, walk, step, field, slides, branches=()):

@@ -102,7 +102,8 @@ def summary_json(infos):
 
     Each layer: name, text, output_shape ([H, W, D], or [n] for FC), params, params_formula,
     size_formulas, receptive_field [r_h, r_w], madds, activation_bytes; a merge also has
-    "branches": one list of such layers per branch. The totals count every branch.
+    "branches": one list of such layers per branch, and "merge_formula", how they meet
+    ("8x8x4 + 8x8x4", "depth 16 + 16 = 32"). The totals count every branch.
     """
     every = list(walk_infos(infos))
     return {"layers": _layers_json(infos),
@@ -124,8 +125,8 @@ def _layers_json(infos):
         "notes": info.spec.type.notes(info),
         "madds": info.madds,
         "activation_bytes": info.activation_bytes,
-        **({"branches": [_layers_json(branch) for branch in info.branches]}
-           if info.branches else {}),
+        **({"branches": [_layers_json(branch) for branch in info.branches],
+            "merge_formula": _merge_formula(info)} if info.branches else {}),
     } for info in infos]
 
 
@@ -166,7 +167,8 @@ def _notes(infos):
     lines = [f"{info.name} {info.spec.text}: {note}"
              for info in every for note in info.spec.type.notes(info)]
     if any(info.branches for info in infos):
-        lines.append("a merge's receptive field is the largest of its branches'")
+        lines.append("a merge's receptive field is the union of its branches' (the largest, "
+                     "when they are padded alike)")
     if any(info.field_capped for info in every):
         h, w = infos[0].output_shape[:2]
         lines.append(f"* the whole {h} x {w} input: these windows reach past its edges, into "

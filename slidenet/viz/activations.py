@@ -3,36 +3,47 @@
 One row per layer, one tile per depth channel, one colour scale (and colour bar) per layer. A
 layer with negative values is drawn on a diverging map centred on zero, so the sign shows;
 after a RELU everything is >= 0 and a sequential map from 0 shows where the filter fired.
+
+In a graph net every branch's layers get their rows too, before their merge's (as `slidenet
+summary` lists them), each titled with its branch ("conv3 (branch 1 of add1)"): its own output,
+computed through the branch (`Net.activations(x, branches=True)`). `layer` draws one layer only.
 """
 import numpy as np
 
 from slidenet.viz import grid
-from slidenet.viz.probe import shows_maps
+from slidenet.viz.probe import every_info, named, pick_layer, shows_maps
 
 MAX_CHANNELS = 32       # per layer; enough to see what a layer does without a wall of tiles
 ROW_WIDTH = 16          # tiles per row
 
 
-def activation_maps(net, image):
-    """The maps of one image after each CONV, nonlinear and POOL layer.
+def activation_maps(net, image, layer=None):
+    """The maps of one image after each CONV, nonlinear, POOL and merge layer, branches included.
 
     image: (H, W, D) or (1, H, W, D), already normalised as the net expects.
-    Returns [(LayerInfo, maps (H', W', D'))]: the very arrays `net.activations` returns.
+    layer: None for every such layer; a name (branch layers too) or position for that one.
+    Returns [(LayerInfo, maps (H', W', D'))]: the very arrays `net.activations(x, branches=True)`
+    returns.
     """
     image = np.asarray(image)
     batch = image[None] if image.ndim == 3 else image
-    by_name = dict(net.activations(batch))
-    return [(info, by_name[info.name][0]) for info in net.infos[1:] if shows_maps(info)]
+    infos = [info for info in every_info(net) if shows_maps(info)] if layer is None else \
+        [pick_layer(net, layer, accept=shows_maps, why="for activation maps: its output has no "
+                    "H x W x D maps")]
+    by_name = dict(net.activations(batch, branches=True))
+    return [(info, by_name[info.name][0]) for info in infos]
 
 
-def activations_figure(net, image, pixels=None, caption="", max_channels=MAX_CHANNELS):
+def activations_figure(net, image, pixels=None, caption="", max_channels=MAX_CHANNELS,
+                       layer=None):
     """A Figure of `image` (normalised, (H, W, D)) and its activation maps, one row per layer.
 
     pixels: the uint8 (H, W, D) image to show at the top (default: the normalised one).
+    layer: draw only this layer (a name, branch layers too, or a position).
     Returns the Figure; `fig.tiles` maps each layer name to its `grid.Layout`, and the axes of
     a layer carry its name as their label (`ax.get_label()`).
     """
-    maps = activation_maps(net, image)
+    maps = activation_maps(net, image, layer)
     shown = [(info, np.moveaxis(a[..., :max_channels], -1, 0)) for info, a in maps]
     # Every row has room for the same number of tiles, so a tile is drawn the same size in every
     # layer, whatever its map's size and however few channels the layer has.
@@ -64,7 +75,7 @@ def activations_figure(net, image, pixels=None, caption="", max_channels=MAX_CHA
         grid.label_grid(ax, layout, "", "channel", fontsize=6)
         depth = info.output_shape[2]
         cut = f"  (first {len(tiles)} of {depth} channels)" if len(tiles) < depth else ""
-        ax.set_title(f"{info.name}  {info.spec.text}  ->  "
+        ax.set_title(f"{named(net, info)}  {info.spec.text}  ->  "
                      f"{'x'.join(map(str, info.output_shape))}{cut}", fontsize=9, loc="left")
         ax.set_label(info.name)
         fig.colorbar(drawn, ax=ax, fraction=0.025, pad=0.01)

@@ -22,7 +22,7 @@ import numpy as np
 from slidenet.errors import SlidenetError
 from slidenet.viz import grid
 from slidenet.progress import progress
-from slidenet.viz.probe import has_filters, last_layer, pick_layer
+from slidenet.viz.probe import has_filters, last_layer, path_layers, pick_layer
 
 BLUR = np.array([0.25, 0.5, 0.25])      # separable 3x3 binomial kernel
 
@@ -43,13 +43,14 @@ class Maximized:
     end: np.ndarray         # (C,)
 
 
-def objective_and_gradient(net, x, index, channels):
+def objective_and_gradient(net, x, target, channels):
     """Each image's objective and its gradient with respect to the image.
 
-    x: (C, H, W, D) normalised, image n for channel channels[n]. index: layer position (INPUT 0).
+    x: (C, H, W, D) normalised, image n for channel channels[n]. target: the layer, by its
+    top-level position (INPUT 0) or its name (a branch layer: its path, `probe.path_layers`).
     Returns (objective (C,), gradient (C, H, W, D)). Overwrites the layers' parameter gradients.
     """
-    layers = net.layers[:index]
+    layers = path_layers(net, target)
     out = x.astype(net.dtype, copy=False)
     for layer in layers:
         out = layer.forward(out, False)
@@ -93,19 +94,19 @@ def maximize(net, normalizer, layer=None, channels=16, steps=200, lr=0.05, decay
     mean, std = normalizer.mean.astype(np.float64), normalizer.std.astype(np.float64)
     lo, hi = -mean / std, (1 - mean) / std        # pixel values 0 and 1, normalised
     x = np.clip(rng.normal(0.0, 0.1, (len(chosen),) + tuple(net.input_shape)), lo, hi)
-    start, _ = objective_and_gradient(net, x, info.index, chosen)
+    start, _ = objective_and_gradient(net, x, info.name, chosen)
     with progress(steps, f"maximize {info.name}", unit="step") as bar:
         for step in range(steps):
             dy, dx = rng.integers(-jitter, jitter + 1, size=2)
             shifted = np.roll(x, (dy, dx), axis=(1, 2))
-            _, grad = objective_and_gradient(net, shifted, info.index, chosen)
+            _, grad = objective_and_gradient(net, shifted, info.name, chosen)
             grad = np.roll(grad.astype(np.float64), (-dy, -dx), axis=(1, 2))
             scale = np.abs(grad).mean(axis=(1, 2, 3), keepdims=True) + 1e-12
             x = np.clip((1 - decay) * x + lr * grad / scale, lo, hi)
             if blur_every and (step + 1) % blur_every == 0:
                 x = blur(x)
             bar.update()
-    end, _ = objective_and_gradient(net, x, info.index, chosen)
+    end, _ = objective_and_gradient(net, x, info.name, chosen)
     return Maximized(info, chosen, x, x * std + mean, start.astype(np.float64),
                      end.astype(np.float64))
 

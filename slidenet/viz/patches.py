@@ -23,7 +23,8 @@ import numpy as np
 from slidenet.errors import SlidenetError
 from slidenet.viz import grid
 from slidenet.progress import progress
-from slidenet.viz.probe import batched, forward_to, has_filters, last_layer, pick_layer
+from slidenet.viz.probe import (batched, forward_to, has_filters, info_path, last_layer,
+                                 named, pick_layer)
 
 OUTSIDE = 128           # crop value where the field reaches past the image (grey)
 GAP = "#5b8fc7"         # between patches
@@ -42,13 +43,23 @@ class Field:
         return start, start + self.size
 
 
-def fields(infos, index):
-    """(height Field, width Field) of the units of layer `index` (INPUT is 0) of `infos`.
+def fields(infos, target):
+    """(height Field, width Field) of the units of layer `target` of `infos` (a net's infos,
+    INPUT first): its top-level position (INPUT is 0) or its name, branch layers included
+    (the walk follows its path, `probe.info_path`).
 
     Through a merge (ADD, CONCAT), a unit sees what any of its branches sees: the union of the
-    branches' fields, from the first pixel any of them starts at to the last any ends at. (A
-    CONCAT channel sees only its own branch's field, which lies inside that union.)"""
-    offset, size, jump = _walk(infos[1:index + 1], [0, 0], [1, 1], [1, 1])
+    branches' fields, from the first pixel any of them starts at to the last any ends at. Its
+    size is the largest branch's field, as the summary's receptive field column has it, when
+    the branches' windows nest (centred padding); `slidenet summary` and these windows agree
+    on every zoo net (tested). (A CONCAT channel sees only its own branch's field, which lies
+    inside that union.) Branches whose units step by different jumps (an unusual net: a
+    strided branch beside an unpadded one that shrinks as much) keep the largest jump, and
+    the union is then exact for unit 0 only, as the summary's column is."""
+    path = infos[:target + 1] if isinstance(target, int) else info_path(infos, target)
+    if not path:
+        raise SlidenetError(f"no layer {target!r} in this net")
+    offset, size, jump = _walk(path[1:], [0, 0], [1, 1], [1, 1])
     return Field(offset[0], size[0], jump[0]), Field(offset[1], size[1], jump[1])
 
 
@@ -102,10 +113,12 @@ class Patches:
     images: np.ndarray      # (C, k)
     positions: np.ndarray   # (C, k, 2)
     crops: np.ndarray       # (C, k, r_h, r_w, D) uint8
+    title: str = ""         # the layer as titles name it: "conv3 (branch 1 of add1)"
 
 
-def strongest(net, x, normalizer, index, batch_size=200):
-    """Each image's strongest activation of each channel at layer `index`.
+def strongest(net, x, normalizer, target, batch_size=200):
+    """Each image's strongest activation of each channel at layer `target` (a top-level
+    position, or a name: branch layers too).
 
     x: uint8 (N, H, W, D). Returns (values (N, D'), positions (N, D', 2)) where positions are
     the (i, j) of the first maximum in row-major order.
@@ -113,7 +126,7 @@ def strongest(net, x, normalizer, index, batch_size=200):
     values, positions = [], []
     with progress(len(x), "patches", unit="img") as bar:
         for part in batched(len(x), batch_size):
-            act = forward_to(net, normalizer.normalize(x[part]), index)     # (B, H', W', D')
+            act = forward_to(net, normalizer.normalize(x[part]), target)     # (B, H', W', D')
             b, ho, wo, d = act.shape
             flat = act.reshape(b, ho * wo, d)
             arg = flat.argmax(axis=1)                                       # (B, D')
@@ -127,7 +140,8 @@ def top_patches(net, x, normalizer, layer=None, channels=16, per_channel=9, batc
     """The `per_channel` strongest patches of the first `channels` channels of a layer.
 
     x: uint8 (N, H, W, D) images the net can read; normalizer: the model's.
-    layer: name or position of a layer with an H x W x D output (default: the last CONV).
+    layer: name (branch layers too) or position of a layer with an H x W x D output
+    (default: the last CONV, branches included).
     """
     if layer is None:
         info = last_layer(net, has_filters) or last_layer(net)
@@ -135,16 +149,16 @@ def top_patches(net, x, normalizer, layer=None, channels=16, per_channel=9, batc
             raise SlidenetError("the net has no layer with an H x W output, so no patches")
     else:
         info = pick_layer(net, layer, spatial=True, why="for patches: it has no H x W positions")
-    values, positions = strongest(net, x, normalizer, info.index, batch_size)
+    values, positions = strongest(net, x, normalizer, info.name, batch_size)
     chosen = np.arange(min(channels, values.shape[1]))
     # A stable sort on -value keeps the lower image index first on ties.
     order = np.argsort(-values[:, chosen], axis=0, kind="stable")[:per_channel].T   # (C, k)
-    field = fields(net.infos, info.index)
+    field = fields(net.infos, info.name)
     crops = np.array([[crop(x[img], field[0].window(positions[img, c, 0]),
                             field[1].window(positions[img, c, 1])) for img in order[n]]
                       for n, c in enumerate(chosen)])
     return Patches(info, field, chosen, np.take_along_axis(values[:, chosen].T, order, axis=1),
-                   order, positions[order, chosen[:, None]], crops)
+                   order, positions[order, chosen[:, None]], crops, named(net, info))
 
 
 def patches_figure(patches, class_names=None, labels=None):
@@ -159,7 +173,7 @@ def patches_figure(patches, class_names=None, labels=None):
     cols = grid.columns(count, widest=4)
     rows = (count + cols - 1) // cols
     fig = grid.new_figure(2.2 * cols + 0.4, 2.35 * rows + 0.9)
-    fig.suptitle(f"{info.name}  {info.spec.text}: the {patches.values.shape[1]} strongest "
+    fig.suptitle(f"{patches.title or info.name}  {info.spec.text}: the {patches.values.shape[1]} strongest "
                  f"image patches per channel\nreceptive field {fh.size}x{fw.size} pixels "
                  "(grey: beyond the image edge)", fontsize=10)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()

@@ -3,6 +3,7 @@ docs/benchmarks.md's "res18 inference (issue #20 item 5)".
 
     .venv/bin/python scripts/res18_infer.py [--batches 1,8,64,256] [--rounds 7] [--threads 2]
     .venv/bin/python scripts/res18_infer.py --net r1        # the chain net, for regressions
+    .venv/bin/python scripts/res18_infer.py --work          # CPU ms a forward, one worker
 
 The net (`slidenet bench --net res18`, or R1) gets random weights and random BATCHNORM
 statistics, as after training, and is saved as a model file and exported with `slidenet
@@ -11,8 +12,10 @@ calls it: the conversion to floats and the normalisation are timed), the prepare
 (`net.prepare().forward` on normalised floats) and onnxruntime on the exported model (float
 pixels in; 2 intra-op threads, spinning off, as `slidenet bench` runs it), one after the other.
 Prints each round's images/s and the ratios, then the median ratio and its range, and how many
-cores other processes kept busy meanwhile. Runs unchanged on an older tree
-(PYTHONPATH=/work/main), which is how it compares two branches.
+cores other processes kept busy meanwhile. `--work` instead prints the CPU time of one prepared
+forward on one worker thread (`runtime.workers(1)`, median of 5), which a busy neighbour moves
+less than wall time. Runs unchanged on an older tree (PYTHONPATH=/work/main), which is how it
+compares two branches.
 """
 import argparse
 import os
@@ -52,6 +55,24 @@ def per_second(fn, images, calls):
     return images * calls / (time.perf_counter() - start)
 
 
+def work(net, batches):
+    """Print the CPU milliseconds of one prepared forward per batch size, on one worker."""
+    from slidenet.ops import runtime
+    plan, rng, cells = net.prepare(), np.random.default_rng(1), []
+    with runtime.workers(1):
+        for batch in [int(b) for b in batches.split(",")]:
+            x = rng.standard_normal((batch, *net.input_shape)).astype(np.float32)
+            plan.forward(x)
+            calls, times = max(2, 256 // batch), []
+            for _ in range(5):
+                start = time.process_time()
+                for _ in range(calls):
+                    plan.forward(x)
+                times.append((time.process_time() - start) / calls * 1e3)
+            cells.append(f"batch {batch}: {statistics.median(times):.2f}")
+    print(f"{slidenet.__file__}: CPU ms a forward, one worker: " + ", ".join(cells))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--net", choices=("res18", "r1"), default="res18")
@@ -59,7 +80,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--images", type=int, default=512, help="images per timing (about)")
+    parser.add_argument("--work", action="store_true", help="CPU ms a forward, one worker")
     args = parser.parse_args()
+    if args.work:
+        return work(trained_looking(RES18 if args.net == "res18" else R1), args.batches)
     import onnxruntime as ort
     net = trained_looking(RES18 if args.net == "res18" else R1)
     folder = tempfile.mkdtemp()

@@ -3,7 +3,8 @@
 Each function here does in one pass, without the GIL, what a NumPy path elsewhere does with
 several calls:
     Winograd (`conv.winograd_f23`, `conv.winograd_f43`): build the transformed row sets, turn the
-        products into output rows (with bias and ReLU), build x's adjoint rows;
+        products into output rows (with bias and ReLU; F(4, 3)'s also adds a residual sum's
+        other terms, inference's `skip`), build x's adjoint rows;
     im2col (`conv.common`, `conv.im2col`): the rows of thin inputs, the bias and ReLU over output
         rows, the ReLU's mask;
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;

@@ -140,7 +140,7 @@ def prepare_conv(w, b, stride=(1, 1), pad=(0, 0), relu=False, algorithm=None, he
     return PreparedConv(name, w, b, tuple(stride), tuple(pad), relu, PREPARE[name](w))
 
 
-def conv_infer(x, prepared, budget=None, skip=None):
+def conv_infer(x, prepared, budget=None, *, skip=None):
     """conv_forward's output alone (no cache), with the filters `prepare_conv` made.
 
     skip: None, or an array of the output's shape added before the ReLU: relu(conv(x) + b +

@@ -113,7 +113,7 @@ def prepare_filters(w, scheme, dtype=None):
 
 
 def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None, filters=None,
-            skip=None):
+            *, skip=None):
     """Convolve K 3-tall filters over x at stride 1 by the scheme's F(m, 3) down the height.
 
     x: (N, H, W, D); w: (3, F_w, D, K); b: (K,); stride (1, 1); pad (P_h, P_w).

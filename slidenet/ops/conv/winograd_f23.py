@@ -117,7 +117,7 @@ F23 = Scheme("winograd", "F(2, 3)", 2, G, G.T * [1, 1, 1, -1], rows, output, adj
 
 
 def conv_forward_winograd(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
-                          filters=None, skip=None):
+                          filters=None, *, skip=None):
     """Convolve K 3-tall filters over x at stride 1 by F(2, 3) down the height.
 
     Arguments and result as `winograd.forward`: x (N, H, W, D), w (3, F_w, D, K),
@@ -125,7 +125,7 @@ def conv_forward_winograd(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget
     filters: `prepare_filters(w)` (the four g's), when a caller computed it once for many calls.
     skip: see `winograd.forward`.
     """
-    return forward(F23, x, w, b, stride, pad, relu, budget, filters, skip)
+    return forward(F23, x, w, b, stride, pad, relu, budget, filters, skip=skip)
 
 
 def prepare_filters(w, dtype=None):

@@ -226,7 +226,7 @@ def pays(out_h):
 
 
 def conv_forward_winograd4(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
-                           filters=None, skip=None):
+                           filters=None, *, skip=None):
     """Convolve K 3-tall filters over x at stride 1 by F(4, 3) down the height.
 
     Arguments and result as `winograd.forward`: x (N, H, W, D), w (3, F_w, D, K),
@@ -234,7 +234,7 @@ def conv_forward_winograd4(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budge
     ConvCache. ValueError for any other filter or stride. filters: `prepare_filters(w)` (the
     six g's), when a caller computed it once for many calls. skip: see `winograd.forward`.
     """
-    return forward(F43, x, w, b, stride, pad, relu, budget, filters, skip)
+    return forward(F43, x, w, b, stride, pad, relu, budget, filters, skip=skip)
 
 
 def prepare_filters(w, dtype=None):

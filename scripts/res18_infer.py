@@ -43,7 +43,8 @@ def trained_looking(pattern, seed=0):
         p[...] = rng.normal(1.0 if name.endswith("gamma") else 0.0,
                             0.3 if name.endswith(("gamma", "beta")) else 0.05, p.shape)
     for name, b in net.buffers.items():
-        b[...] = rng.uniform(0.5, 2, b.shape) if name.endswith("var") else rng.normal(0, 0.3, b.shape)
+        b[...] = (rng.uniform(0.5, 2, b.shape) if name.endswith("var")
+                  else rng.normal(0, 0.3, b.shape))
     return net
 
 
@@ -125,7 +126,8 @@ def main():
               + "  (predict / prepared / onnxruntime, images/s per round)")
         print(f"  predict vs onnxruntime {statistics.median(ratios):.2f}x "
               f"({min(ratios):.2f}-{max(ratios):.2f}); prepared vs onnxruntime "
-              f"{statistics.median(plan_ratios):.2f}x ({min(plan_ratios):.2f}-{max(plan_ratios):.2f}); "
+              f"{statistics.median(plan_ratios):.2f}x "
+              f"({min(plan_ratios):.2f}-{max(plan_ratios):.2f}); "
               f"medians {statistics.median(r[0] for r in rows):,.0f} / "
               f"{statistics.median(r[1] for r in rows):,.0f} / "
               f"{statistics.median(r[2] for r in rows):,.0f} images/s; other load "

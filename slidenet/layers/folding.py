@@ -14,9 +14,9 @@ a CONV (its BATCHNORM folded in, no RELU of its own: ResNet's blocks), that CONV
 block's output itself, relu(conv(h) + b + the other branches' sum), in the pass that writes its
 own output (`takes_skip`, `with_skip`; `ops.conv_infer(..., skip=)`).
 
-The arithmetic is `base.fold` (CONV's and FC's `prepare(affine=...)` call it). `steps(layers)` returns what `Net.prepare()` runs for `layers`: these folded steps, and every
-other run of layers as `fusion.fuse` makes it for training (CONV -> RELU -> MAXPOOL and the
-rest). Each step has `parts`, `name` and `prepare()`. Training never runs these steps: they
+The arithmetic is `base.fold` (CONV's and FC's `prepare(affine=...)` call it). `steps(layers)`
+returns what `Net.prepare()` runs for `layers`: these folded steps, and every other run of
+layers as `fusion.fuse` makes it for training (CONV -> RELU -> MAXPOOL and the rest). Each step has `parts`, `name` and `prepare()`. Training never runs these steps: they
 are inference only, a snapshot of the weights when `prepare()` is called, equal to the
 unfolded evaluation forward to float rounding (tested on residual, concatenating and grouped
 nets with random statistics).

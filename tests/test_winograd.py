@@ -306,3 +306,31 @@ def test_a_pooled_winograd4_forward_is_its_output_then_the_max_pool(h, w, pad, b
     finite = ~np.isnan(ref) & ~np.isnan(got)
     assert finite.mean() > 0.5
     np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "winograd4"])
+@pytest.mark.parametrize("fast", [True, False], ids=["compiled", "numpy"])
+def test_a_residual_skip_runs_in_bands_as_in_whole_images(algorithm, fast):
+    """relu(conv(x) + b + skip) with the image cut into bands: bit for bit the whole image's."""
+    if fast:
+        require("NUMBA", numba_problem())
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 11, 7, 4)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 4, 3)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    skip = rng.standard_normal((2, 11, 7, 3)).astype(np.float32)
+    prepared = conv.prepare_conv(w, b, (1, 1), (1, 1), relu=True, algorithm=algorithm)
+    previous = compiled.set_enabled(fast)
+    try:
+        whole = conv.conv_infer(x, prepared, skip=skip).copy()
+        before = ops.runtime.set_chunk_bytes(1)
+        try:
+            banded = conv.conv_infer(x, prepared, skip=skip)
+        finally:
+            ops.runtime.set_chunk_bytes(before)
+    finally:
+        compiled.set_enabled(previous)
+    np.testing.assert_array_equal(banded, whole)
+    want = np.maximum(naive.conv_forward(x.astype(np.float64), w.astype(np.float64),
+                                         b.astype(np.float64), (1, 1), (1, 1)) + skip, 0)
+    np.testing.assert_allclose(whole, want, rtol=1e-4, atol=1e-4)

@@ -3,7 +3,8 @@
 Each function here does in one pass, without the GIL, what a NumPy path elsewhere does with
 several calls:
     Winograd (`conv.winograd_f23`, `conv.winograd_f43`): build the transformed row sets, turn the
-        products into output rows (with bias and ReLU), build x's adjoint rows;
+        products into output rows (with bias and ReLU; F(4, 3)'s also adds a residual sum's
+        other terms, inference's `skip`), build x's adjoint rows;
     im2col (`conv.common`, `conv.im2col`): the rows of thin inputs, the bias and ReLU over output
         rows, the ReLU's mask;
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;
@@ -344,12 +345,13 @@ def winograd4_rows_of(xp, fw, out, t0, t1):
                             out[a, n, ti, w, j * d + ch] = b[a, w + j, ch]
 
 
-def winograd4_output(m, out, bias, use_bias, relu):
-    """m (6, c, T, W', K) -> out (c, H', W', K): y = A^T m [+ b][ReLU]; rows past H' dropped."""
-    winograd4_output_of(m, out, bias, use_bias, relu, 0, m.shape[2])
+def winograd4_output(m, out, bias, use_bias, relu, skip, use_skip):
+    """m (6, c, T, W', K) -> out (c, H', W', K): y = A^T m [+ b][+ skip][ReLU]; rows past H'
+    dropped. skip (c, H', W', K): a residual sum's other terms (inference), read with use_skip."""
+    winograd4_output_of(m, out, bias, use_bias, relu, skip, use_skip, 0, m.shape[2])
 
 
-def winograd4_output_of(m, out, bias, use_bias, relu, t0, t1):
+def winograd4_output_of(m, out, bias, use_bias, relu, skip, use_skip, t0, t1):
     """`winograd4_output` for tiles t0..t1 only (`ops.conv.pair` splits one image's tiles)."""
     _, c, t, wo, k = m.shape
     ho = out.shape[1]
@@ -376,6 +378,14 @@ def winograd4_output_of(m, out, bias, use_bias, relu, t0, t1):
                         y1 += bias[ch]
                         y2 += bias[ch]
                         y3 += bias[ch]
+                    if use_skip:
+                        y0 += skip[n, r, w, ch]
+                        if rows > 1:
+                            y1 += skip[n, r + 1, w, ch]
+                        if rows > 2:
+                            y2 += skip[n, r + 2, w, ch]
+                        if rows > 3:
+                            y3 += skip[n, r + 3, w, ch]
                     if relu:                    # as np.maximum: a NaN stays NaN
                         y0 = zero if y0 < zero else y0
                         y1 = zero if y1 < zero else y1

@@ -49,7 +49,8 @@ def register(subparsers):
                              "against the other libraries")
     parser.add_argument("--rows", nargs="+", metavar="TABLE:VALUES",
                         help="with --scaling: measure only these rows, e.g. batch:1,8 size:224 "
-                             "threads:1 (tables: batch 1,8,64,256; size 32,64,128,224; threads 1,2)")
+                             "threads:1 (tables: batch 1,8,64,256; size 32,64,128,224; threads 1,2; default: "
+                             "every row)")
     parser.add_argument("--busy", type=int, default=0, metavar="N",
                         help="keep N other processes spinning on a core each while the libraries "
                              "are timed (both under the same load): a shared machine on demand")

@@ -218,7 +218,9 @@ class InferencePlan:
 
     def __init__(self, net):
         self.net = net
-        self.steps = [(step, step.prepare()) for step in net.steps]
+        # BATCHNORM folded into the CONV or FC before it, a merge's RELU applied where it
+        # merges (`layers.folding`); every other run fused as `net.steps` fuses it.
+        self.steps = [(step, step.prepare()) for step in layer_kinds.inference_steps(net.layers)]
 
     def forward(self, x):
         """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs)."""

@@ -153,3 +153,38 @@ def test_busy_cores_end_by_themselves_when_the_benchmark_is_killed():
     else:
         os.kill(pid, 9)
         raise AssertionError("the spinning process outlived the benchmark that started it")
+
+
+def test_scaling_rows_pick_rows_and_refuse_others():
+    from slidenet.bench.scaling import parse_rows
+    assert parse_rows(["batch:8,1", "size:224", "batch:64"]) == {
+        "batch": (1, 8, 64), "size": (224,), "threads": ()}
+    for bad in ("batch:3", "size:", "width:32", "batch:one"):
+        with pytest.raises(ValueError, match="--rows"):
+            parse_rows([bad])
+
+
+def test_cli_scaling_measures_only_the_rows_named(capsys):
+    assert main(["bench", "--scaling", "--rows", "batch:1", "--quick", "--no-torch", "--no-onnx",
+                 "--no-memory", "--latency-calls", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [row["batch"] for row in result["batch"]] == [1]
+    assert result["size"] == [] and result["threads"] == []
+    assert result["batch"][0]["train"]["slidenet"]["images_per_s"] > 0
+
+
+def test_cli_rows_without_scaling_or_with_an_unknown_row_is_refused(capsys):
+    assert main(["bench", "--rows", "batch:1", "--no-torch"]) == 2
+    assert "--rows picks rows of --scaling" in capsys.readouterr().err
+    assert main(["bench", "--scaling", "--rows", "batch:2", "--no-torch"]) == 2
+    assert "batch has the rows 1,8,64,256" in capsys.readouterr().err
+
+
+def test_a_forced_older_blas_kernel_on_an_avx512_cpu_is_named():
+    from slidenet.bench.machine import blas_kernel_warning
+    forced = {"OPENBLAS_CORETYPE": "Haswell"}
+    line = blas_kernel_warning("Haswell", forced, ["fma", "avx2", "avx512f"])
+    assert "OPENBLAS_CORETYPE=Haswell" in line and "unset it" in line
+    assert blas_kernel_warning("Haswell", {}, ["avx512f"]) is None          # OpenBLAS chose
+    assert blas_kernel_warning("Haswell", forced, ["avx2"]) is None         # no AVX-512 here
+    assert blas_kernel_warning("SkylakeX", {"OPENBLAS_CORETYPE": "SkylakeX"}, ["avx512f"]) is None

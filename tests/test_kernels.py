@@ -211,7 +211,10 @@ def test_integer_images_pool_on_numpy():
     np.testing.assert_array_equal(ops.max_pool_backward(dout, cache), want)
 
 
-@pytest.mark.parametrize("shape", [(5, 4, 5, 2), (6, 40), (9, 4, 4, 70)])
+# A batch of one (dw an outer product), small batches (products split by columns) and one of
+# fc.COLUMNS_BELOW rows or more (split by rows).
+@pytest.mark.parametrize("shape", [(1, 4, 4, 70), (5, 4, 5, 2), (6, 40), (9, 4, 4, 70),
+                                   (ops.fc.COLUMNS_BELOW, 40)])
 @pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
 def test_fc_pair(shape, relu):
     inputs = int(np.prod(shape[1:]))
@@ -228,6 +231,22 @@ def test_fc_pair(shape, relu):
                  {"x": RNG.standard_normal(shape), "w": RNG.standard_normal((inputs, 30)),
                   "b": RNG.standard_normal(30)}, ("x", "w", "b"),
                  naive=reference, naive_backward=reference_backward)
+
+
+@pytest.mark.parametrize("n, inputs, outputs", [(1, 4096, 256), (8, 4096, 32), (64, 1024, 16)])
+def test_fc_pair_split_over_threads(n, inputs, outputs):
+    """Products large enough (runtime.SMALL_WORK) to be shared by the worker threads: a batch of
+    one, a small batch (by columns), a large one (by rows)."""
+    assert n * inputs * outputs >= ops.runtime.SMALL_WORK
+    check_kernel(lambda x, w, b: ops.fc_forward(x, w, b, relu=True),
+                 lambda dout, cache: ops.fc_backward(dout, cache, relu=True),
+                 {"x": RNG.standard_normal((n, inputs)),
+                  "w": RNG.standard_normal((inputs, outputs)) / 30,
+                  "b": RNG.standard_normal(outputs)}, ("x", "w", "b"),
+                 naive=lambda x, w, b: np.maximum(naive.fc_forward(x, w, b), 0),
+                 naive_backward=lambda dout, x, w, b: naive.fc_backward(
+                     dout * (naive.fc_forward(x, w, b) > 0), x, w),
+                 fd_samples=8)
 
 
 def test_fc_flattens_in_height_width_depth_order():

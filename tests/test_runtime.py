@@ -3,6 +3,7 @@
 That chunks and threads never change a kernel's result is checked for every kernel by the
 harness (test_kernels.py); fused steps against unfused layers in test_fusion.py.
 """
+import functools
 import os
 import subprocess
 import sys
@@ -130,6 +131,35 @@ def test_a_failing_chunk_raises_and_stops_the_others(settings):
     with pytest.raises(RuntimeError, match="boom"):
         runtime.run_chunks(work, [slice(i, i + 1) for i in range(1000)])
     assert len(ran) < 1000
+    assert runtime.run_chunks(lambda sl: sl.start, [slice(i, i + 1) for i in range(50)]) == list(range(50))
+
+
+def _start_plus(data, sl):
+    return sl.start + int(data[0])
+
+
+def test_a_worker_that_cannot_start_is_not_waited_for(settings):
+    """A busy machine: the pool's worker gets no core (here: it is held by other work). The
+    caller takes every chunk itself and returns, instead of waiting for the worker to start."""
+    runtime.set_threads(2)
+    runtime.run_chunks(lambda sl: sl.start, [slice(0, 1), slice(1, 2)])     # the pool exists
+    held, release = threading.Event(), threading.Event()
+    runtime._executor(1).submit(lambda: (held.set(), release.wait(30)))
+    assert held.wait(10)
+    done, data = [], np.zeros(3)
+    holders = sys.getrefcount(data)
+    caller = threading.Thread(target=lambda: done.append(runtime.run_chunks(
+        functools.partial(_start_plus, data), [slice(i, i + 1) for i in range(20)])))
+    caller.start()
+    caller.join(5)
+    finished = not caller.is_alive()
+    # The called-off task still waits in the pool's queue: it must not hold work's arrays.
+    after = sys.getrefcount(data)
+    release.set()
+    caller.join(30)
+    assert finished, "run_chunks waited for a worker that never started"
+    assert done == [list(range(20))]
+    assert after == holders
     assert runtime.run_chunks(lambda sl: sl.start, [slice(i, i + 1) for i in range(50)]) == list(range(50))
 
 

@@ -16,8 +16,8 @@ from harness import without_numba
 from helpers import numba_problem, require
 from slidenet import ops
 from slidenet.gradcheck import TOLERANCE, check_pattern
-from slidenet.ops import compiled, conv
-from slidenet.ops.conv import winograd_f23, winograd_f43
+from slidenet.ops import compiled, conv, naive
+from slidenet.ops.conv import winograd, winograd_f23, winograd_f43
 
 RNG = np.random.default_rng(2023)
 
@@ -233,3 +233,104 @@ def test_without_numba_everything_runs_on_numpy():
             "print(float(out[0, 2, 2, 0]), compiled.kernels() is None, compiled.status())")
     value, none, status = without_numba(code).split(maxsplit=2)
     assert float(value) == 72.0 and none == "True" and status.startswith("off (numba cannot be imported")
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "winograd4"])
+@pytest.mark.parametrize("pad", [0, 1, 2])
+@pytest.mark.parametrize("fast", [True, False], ids=["compiled", "numpy"])
+def test_large_images_run_in_bands_as_whole_images_do(algorithm, pad, fast, monkeypatch):
+    """An image whose GEMM rows exceed runtime.chunk_bytes runs in bands of tiles, each padded
+    on its own: the same numbers as the naive loops, and bit for bit the whole-image result."""
+    if fast:
+        require("NUMBA", numba_problem())
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 13, 9, 5)).astype(np.float32)     # 13 + 2p - 2 rows: odd tiles
+    w = rng.standard_normal((3, 3, 5, 4)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    bands = []
+    band = winograd.band
+    monkeypatch.setattr(winograd, "band", lambda *a: bands.append(a[3]) or band(*a))
+    previous = compiled.set_enabled(fast)
+    try:
+        whole, _ = ops.conv_forward(x, w, b, (1, 1), (pad, pad), relu=True, algorithm=algorithm)
+        assert not bands
+        whole = whole.copy()
+        before = ops.runtime.set_chunk_bytes(1)                     # one tile a band
+        try:
+            for threads in (1, 2):
+                with ops.runtime.workers(threads):
+                    banded, _ = ops.conv_forward(x, w, b, (1, 1), (pad, pad), relu=True,
+                                                 algorithm=algorithm)
+                np.testing.assert_array_equal(banded, whole)
+            tiles = -(-(13 + 2 * pad - 2) // (4 if algorithm == "winograd4" else 2))
+            assert len(bands) == 2 * 2 * tiles                  # 2 runs x 2 images x tiles
+        finally:
+            ops.runtime.set_chunk_bytes(before)
+    finally:
+        compiled.set_enabled(previous)
+    want = np.maximum(naive.conv_forward(x.astype(np.float64), w.astype(np.float64),
+                                             b.astype(np.float64), (1, 1), (pad, pad)), 0)
+    np.testing.assert_allclose(whole, want, rtol=1e-4, atol=1e-4)
+
+
+# Output heights 8, 10, 4 (one tile, one pooled row pair) and 16 rows: whole and part-filled
+# last tiles (a tile of 2 rows makes one pooled row).
+@pytest.mark.parametrize("h, w, pad", [(8, 8, 1), (10, 6, 1), (6, 10, 0), (14, 10, 2)])
+@pytest.mark.parametrize("band", [False, True], ids=["chunks", "bands"])
+def test_a_pooled_winograd4_forward_is_its_output_then_the_max_pool(h, w, pad, band):
+    """CONV -> RELU -> MAXPOOL(2x2) at inference: the products pooled as the output rows are
+    made, bit for bit the max pool of the F(4, 3) output; a NaN stays a NaN."""
+    require("NUMBA", numba_problem())
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, h, w, 6)).astype(np.float32)
+    x[1, 2, 3, 4] = np.nan
+    wt = rng.standard_normal((3, 3, 6, 5)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    prepared = conv.prepare_conv(wt, b, (1, 1), (pad, pad), relu=True, algorithm="winograd4")
+    full = conv.conv_infer(x, prepared).copy()
+    want, _ = ops.max_pool_forward(full, (2, 2), (2, 2))
+    before = ops.runtime.set_chunk_bytes(1) if band else None
+    try:
+        got = conv.conv_infer(x, prepared, pool=True)
+    finally:
+        if band:
+            ops.runtime.set_chunk_bytes(before)
+    assert got.shape == want.shape == (3, full.shape[1] // 2, full.shape[2] // 2, 5)
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got).any()
+    ref = naive.pool_forward(np.maximum(naive.conv_forward(
+        x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64), (1, 1), (pad, pad)), 0),
+        (2, 2), (2, 2))
+    # Winograd's transforms mix a tile's six input rows, so a NaN reaches more outputs than
+    # in the naive loops: compare where both are numbers.
+    finite = ~np.isnan(ref) & ~np.isnan(got)
+    assert finite.mean() > 0.5
+    np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "winograd4"])
+@pytest.mark.parametrize("fast", [True, False], ids=["compiled", "numpy"])
+def test_a_residual_skip_runs_in_bands_as_in_whole_images(algorithm, fast):
+    """relu(conv(x) + b + skip) with the image cut into bands: bit for bit the whole image's."""
+    if fast:
+        require("NUMBA", numba_problem())
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 11, 7, 4)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 4, 3)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    skip = rng.standard_normal((2, 11, 7, 3)).astype(np.float32)
+    prepared = conv.prepare_conv(w, b, (1, 1), (1, 1), relu=True, algorithm=algorithm)
+    previous = compiled.set_enabled(fast)
+    try:
+        whole = conv.conv_infer(x, prepared, skip=skip).copy()
+        before = ops.runtime.set_chunk_bytes(1)
+        try:
+            banded = conv.conv_infer(x, prepared, skip=skip)
+        finally:
+            ops.runtime.set_chunk_bytes(before)
+    finally:
+        compiled.set_enabled(previous)
+    np.testing.assert_array_equal(banded, whole)
+    want = np.maximum(naive.conv_forward(x.astype(np.float64), w.astype(np.float64),
+                                         b.astype(np.float64), (1, 1), (1, 1)) + skip, 0)
+    np.testing.assert_allclose(whole, want, rtol=1e-4, atol=1e-4)

@@ -39,7 +39,40 @@ def machine():
                                          "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if k in os.environ}
     if tuned:
         info["env"] = tuned
+    warning = blas_kernel_warning(blas[0].get("architecture") if blas else None)
+    if warning:
+        info["warning"] = warning
     return info
+
+
+# OpenBLAS core types whose SGEMM kernels use AVX-512.
+AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+
+
+def blas_kernel_warning(architecture, environ=None, flags=None):
+    """A line to print when OPENBLAS_CORETYPE holds OpenBLAS to kernels older than the CPU:
+    AVX2 kernels (Haswell, Zen) on a CPU with AVX-512. None when there is nothing to say.
+
+    OpenBLAS picks its kernels once, when it loads, so slidenet (imported after NumPy) cannot
+    change them; it can only say so. On this project's machine the AVX-512 kernels ran its
+    GEMMs about twice as fast (docs/benchmarks.md, "Small batches").
+    """
+    environ = os.environ if environ is None else environ
+    forced = environ.get("OPENBLAS_CORETYPE")
+    if not forced or not architecture or architecture.lower() in AVX512_CORES:
+        return None
+    if flags is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = next((line.split(":", 1)[1].split() for line in f
+                              if line.startswith("flags")), [])
+        except OSError:
+            flags = []
+    if "avx512f" not in flags:
+        return None
+    return (f"OPENBLAS_CORETYPE={forced} holds OpenBLAS to its {architecture} kernels on a CPU "
+            "with AVX-512, whose SkylakeX kernels run slidenet's GEMMs about twice as fast: "
+            "unset it (env -u OPENBLAS_CORETYPE ...) unless it is there for a reason")
 
 
 def seconds(fn, calls=1):

@@ -16,6 +16,8 @@ def report(result):
              "GFLOPS count a direct convolution's multiply-adds, whatever the algorithm"]
     if "env" in m:
         lines.append("environment: " + ", ".join(f"{k}={v}" for k, v in m["env"].items()))
+    if "warning" in m:
+        lines.append("warning: " + m["warning"])
     busy = result["settings"].get("busy", 0)
     if busy:
         lines.append(f"--busy {busy}: {busy} other process{'es' * (busy > 1)} spinning on a core "

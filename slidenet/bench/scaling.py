@@ -6,13 +6,14 @@ in the same run (alternating rounds, as `slidenet bench` does).
     threads         R1 on 1 and 2 threads: training at batch 128, inference at batch 256
 
 Peak memory is the resident set of a fresh process doing the work (`memory_child`), so every
-library pays only for itself.
+library pays only for itself. `rows` (`slidenet bench --scaling --rows batch:1,8 size:224`)
+measures only the rows named.
 """
 from dataclasses import replace
 
 from slidenet.bench import (
     R1, _alternate, _speeds, peak_memory, runners_for)
-from slidenet.bench.machine import BusyCores
+from slidenet.bench.machine import BusyCores, machine
 from slidenet.bench.runners import flops
 from slidenet.ops import runtime
 
@@ -47,15 +48,41 @@ def measure(pattern, settings, batch, infer_batch, memory=True):
     return row
 
 
-def run_scaling(settings):
-    """The three tables as plain data: {"batch": [...], "size": [...], "threads": [...]}."""
-    out = {"batch": [], "size": [], "threads": []}
-    for batch in BATCHES:
+TABLES = {"batch": BATCHES, "size": SIZES, "threads": THREADS}
+
+
+def parse_rows(words):
+    """["batch:1,8", "size:224"] -> {"batch": (1, 8), "size": (224,), "threads": ()}: the rows
+    to measure (a table not named has none). ValueError with the fix for anything else."""
+    rows = {key: () for key in TABLES}
+    for word in words:
+        key, _, values = word.partition(":")
+        if key not in TABLES:
+            raise ValueError(f"--rows {word!r}: a row is TABLE:VALUES with TABLE one of "
+                             f"{', '.join(TABLES)} (e.g. batch:1,8 size:224)")
+        try:
+            picked = tuple(int(v) for v in values.split(","))
+        except ValueError:
+            picked = ()
+        if not picked or any(v not in TABLES[key] for v in picked):
+            raise ValueError(f"--rows {word!r}: {key} has the rows "
+                             f"{','.join(map(str, TABLES[key]))}; name some of them")
+        rows[key] = tuple(sorted(set(rows[key]) | set(picked)))
+    return rows
+
+
+def run_scaling(settings, rows=None):
+    """The three tables as plain data: {"batch": [...], "size": [...], "threads": [...]}.
+
+    rows: {table: values} from `parse_rows`, to measure only those (None: every row)."""
+    rows = TABLES if rows is None else rows
+    out = {"machine": machine(), "batch": [], "size": [], "threads": []}
+    for batch in rows["batch"]:
         out["batch"].append({"batch": batch, **measure(R1, settings, batch, batch, settings.memory)})
-    for size in SIZES:
+    for size in rows["size"]:
         out["size"].append({"size": size, **measure(VGG.format(s=size), settings, 8, 8,
                                                     settings.memory)})
-    for threads in THREADS:
+    for threads in rows["threads"]:
         local = replace(settings, threads=threads)
         out["threads"].append({"threads": threads, **measure(R1, local, settings.batch,
                                                              settings.infer_batch, False)})
@@ -64,9 +91,17 @@ def run_scaling(settings):
 
 def report_scaling(result):
     """The tables as text: images/s per library, slidenet's ratios, peak memory in MB."""
-    lines = []
+    m = result.get("machine", {})
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores; numpy {m['numpy']} ({m['blas']})"] \
+        if m else []
+    if "env" in m:
+        lines.append("environment: " + ", ".join(f"{k}={v}" for k, v in m["env"].items()))
+    if "warning" in m:
+        lines.append("warning: " + m["warning"])
     for key, label in (("batch", "R1, batch"), ("size", "VGG-style net at batch 8, input"),
                        ("threads", "R1 (train 128, infer 256), threads")):
+        if not result[key]:
+            continue
         lines += ["", f"{label}:", f"  {key:>7} {'train img/s (slidenet torch ratio)':>38} "
                   f"{'infer img/s (slidenet torch onnxruntime; ratios)':>58}  peak MB"]
         for row in result[key]:

@@ -47,6 +47,10 @@ def register(subparsers):
                         help="instead: how cost grows with batch size (1, 8, 64, 256), input size "
                              "(a VGG-style net, 32 to 224 pixels) and threads (1, 2), each row "
                              "against the other libraries")
+    parser.add_argument("--rows", nargs="+", metavar="TABLE:VALUES",
+                        help="with --scaling: measure only these rows, e.g. batch:1,8 size:224 "
+                             "threads:1 (tables: batch 1,8,64,256; size 32,64,128,224; threads 1,2; default: "
+                             "every row)")
     parser.add_argument("--busy", type=int, default=0, metavar="N",
                         help="keep N other processes spinning on a core each while the libraries "
                              "are timed (both under the same load): a shared machine on demand")
@@ -86,9 +90,16 @@ def main(args):
         if args.pattern or args.net:
             raise SlidenetError("--scaling measures its own nets (R1 and a VGG-style net): drop "
                                 "--net and --pattern")
-        result = run_scaling(settings)
+        from slidenet.bench.scaling import parse_rows
+        try:
+            rows = parse_rows(args.rows) if args.rows else None
+        except ValueError as err:
+            raise SlidenetError(str(err)) from None
+        result = run_scaling(settings, rows)
         print(json.dumps(result, indent=2) if args.json else report_scaling(result))
         return 0
+    if args.rows:
+        raise SlidenetError("--rows picks rows of --scaling's tables: add --scaling, or drop --rows")
     _check_algorithm(args.conv, chosen)
     result = run(settings, chosen)
     print(json.dumps(result, indent=2) if args.json else report(result))

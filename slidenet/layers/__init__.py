@@ -12,17 +12,19 @@
     sliding         (no kind) padding per side and the rules for windows that do not tile
 
 `base` defines what a kind is made of (the `Layer` class), `registry` holds the kinds, and
-`fusion` runs neighbouring layers as one step. To add a kind, write its module (see
+`fusion` runs neighbouring layers as one step (`folding`, in inference, also folds BATCHNORM
+into the CONV or FC before it). To add a kind, write its module (see
 docs/design.md, "Adding a layer kind") and import it below: importing registers it.
 """
 # Importing a kind's module registers it; the order here is the order of `kinds()`.
 from slidenet.layers import input as _input  # noqa: F401  (INPUT; "input" would shadow a builtin)
 from slidenet.layers import activations, batchnorm, conv, dropout, fc, globalavgpool, merge, pool  # noqa: F401
 from slidenet.layers.base import Inferred, Init, Layer, Unfit, Walk, Window
+from slidenet.layers.folding import steps as inference_steps
 from slidenet.layers.fusion import fuse
 from slidenet.layers.registry import RegistryError, kinds, lookup, names, register
 
-__all__ = ["Inferred", "Init", "Layer", "RegistryError", "Unfit", "Walk", "Window", "build", "fuse",
+__all__ = ["Inferred", "Init", "Layer", "RegistryError", "Unfit", "Walk", "Window", "build", "fuse", "inference_steps",
            "kinds", "leaves", "lookup", "names", "register"]
 
 

@@ -241,3 +241,13 @@ def window_at(x, window, i, j):
 def by_channel(a):
     """(F_h, F_w, D) -> nested lists (D, F_h, F_w) of floats: one F_h x F_w table per channel."""
     return np.moveaxis(np.asarray(a, dtype=np.float64), -1, 0).tolist()
+
+
+def fold(w, b, affine):
+    """w (..., K), b (K,) and a per-channel (scale, shift) (K,) each -> (w * scale,
+    b * scale + shift), computed in float64 and rounded once to w's dtype: a BATCHNORM folded
+    into the CONV or FC before it (`layers.folding`)."""
+    scale, shift = affine
+    folded_w = (w.astype(np.float64) * scale).astype(w.dtype)
+    folded_b = (b.astype(np.float64) * scale + shift).astype(w.dtype)
+    return folded_w, folded_b

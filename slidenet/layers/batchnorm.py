@@ -52,6 +52,15 @@ class BatchNorm(Layer):
         dx, self.grads["gamma"][...], self.grads["beta"][...] = ops.batchnorm_backward(dout, self.cache)
         return dx
 
+    def affine(self):
+        """The evaluation forward as y = x * scale + shift per channel: (scale, shift), (D,)
+        each in float64, scale = gamma / sqrt(running_var + eps), shift = beta - running_mean *
+        scale. What `folding` folds into the CONV or FC before this layer."""
+        gamma, beta = (self.params[k].astype(np.float64) for k in ("gamma", "beta"))
+        mean, var = (self.buffers[k].astype(np.float64) for k in ("running_mean", "running_var"))
+        scale = gamma / np.sqrt(var + ops.BATCHNORM_EPSILON)
+        return scale, beta - mean * scale
+
     def to_onnx(self, graph):
         # Inference form: the running averages, per depth channel (axis 1 of NCHW, or of (N, n)).
         arrays = [self.params["gamma"], self.params["beta"], self.buffers["running_mean"],

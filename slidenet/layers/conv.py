@@ -23,7 +23,7 @@ import numpy as np
 from slidenet import ops
 from slidenet.errors import GeometryError
 from slidenet.layers import sliding
-from slidenet.layers.base import Inferred, Layer, Unfit, Window, by_channel, window_at
+from slidenet.layers.base import Inferred, Layer, Unfit, Window, by_channel, fold, window_at
 from slidenet.layers.registry import register
 from slidenet.notation import arguments
 from slidenet.ops.sides import pad_sides, unpad_sides
@@ -209,18 +209,41 @@ class Conv(Layer):
             attributes["group"] = self.groups
         graph.tensor = graph.node("Conv", inputs, **attributes)
 
-    def prepare(self, relu=False):
+    def prepare(self, relu=False, affine=None, pool=False):
         """Inference: the filters prepared once for the algorithm the kernels choose;
-        relu=True applies the next RELU too (fusion)."""
+        relu=True applies the next RELU too (fusion); affine: a BATCHNORM's per-channel
+        (scale, shift) folded into the filters and bias (`folding`). The result runs
+        run(x) -> out, or run(x, skip) -> relu(conv(x) + b + skip) for a residual sum.
+        pool=True (a fusable CONV only): run(x) -> a 2x2 MAXPOOL at stride 2 of that output
+        (`ops.conv_infer`)."""
+        w, b = self.params["W"], self.bias
+        if affine is not None:
+            w, b = fold(w, b, affine)
+        stride = self.info.spec.stride
+        if pool and self.fusable:
+            pooled = ops.prepare_conv(w, b, stride, self.pad, relu,
+                                      height=self.info.input_shape[0])
+            return lambda x: ops.conv_infer(self._padded(x), pooled, pool=True)
         if not self.fusable:
-            def run(x):
-                out = self.forward(x, False, relu=relu)
-                self.cache = None
-                return out
-            return run
-        prepared = ops.prepare_conv(self.params["W"], self.bias, self.info.spec.stride,
-                                    self.pad, relu, height=self.info.input_shape[0])
-        return lambda x: ops.conv_infer(self._padded(x), prepared)
+            w, b = w.copy(), b.copy()
+
+            def grouped(x, skip=None):
+                out = ops.grouped_conv_forward(self._padded(x), w, b, stride, self.pad,
+                                               self.groups, relu=relu and skip is None)[0]
+                return out if skip is None else ops.add_into(out, [skip], relu)
+            return grouped
+        if self.info.spec.size == (1, 1) and self.sides.before == (0, 0) and \
+                max(self.sides.after) <= 0:
+            # A 1x1 window at stride S reads every S-th pixel and nothing else (a projection
+            # of a residual block): those pixels, picked once, are a 1x1 convolution at stride
+            # 1, whose rows are the pixels themselves; no padded or cropped copy is made.
+            (sh, sw), (ah, aw) = stride, self.sides.after
+            picked = ops.prepare_conv(w, b, (1, 1), (0, 0), relu, height=self.info.output_shape[0])
+            h, wd = self.info.input_shape[:2]
+            return lambda x, skip=None: ops.conv_infer(
+                np.ascontiguousarray(x[:, :h + ah:sh, :wd + aw:sw]), picked, skip=skip)
+        prepared = ops.prepare_conv(w, b, stride, self.pad, relu, height=self.info.input_shape[0])
+        return lambda x, skip=None: ops.conv_infer(self._padded(x), prepared, skip=skip)
 
     def filter_images(self):
         return self.params["W"]

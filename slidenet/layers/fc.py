@@ -17,7 +17,7 @@ from math import prod
 import numpy as np
 
 from slidenet import ops
-from slidenet.layers.base import Inferred, Layer
+from slidenet.layers.base import Inferred, Layer, fold
 from slidenet.layers.registry import register
 from slidenet.notation import arguments
 
@@ -94,9 +94,12 @@ class FC(Layer):
         graph.tensor = graph.node("Gemm", [graph.tensor, graph.initializer("W", w),
                                            graph.initializer("b", self.bias)])
 
-    def prepare(self, relu=False):
-        """Inference: the weights copied once; relu=True applies the next RELU too (fusion)."""
+    def prepare(self, relu=False, affine=None):
+        """Inference: the weights copied once; relu=True applies the next RELU too (fusion);
+        affine: a BATCHNORM's per-output (scale, shift) folded into W and b (`folding`)."""
         w, b = self.params["W"].copy(), self.bias.copy()
+        if affine is not None:
+            w, b = fold(w, b, affine)
         return lambda x: ops.fc_forward(x, w, b, relu=relu)[0]
 
     def filter_images(self):

@@ -67,12 +67,18 @@ class FCRelu(WithRelu):
 
 class ConvReluMaxPool(Fused):
     """maxpool(max(0, conv(x))): the pool's backward applies the ReLU's mask, on pooled values,
-    so the CONV's backward takes dout as it comes."""
+    so the CONV's backward takes dout as it comes. For inference, a 2x2 pool at stride 2 runs
+    inside the convolution (`ops.conv_infer(..., pool=True)`): F(4, 3) pools its output rows
+    as it makes them, without writing the CONV's output."""
 
     pattern = (Conv, Relu, MaxPool)
 
     def prepare(self):
-        conv, pool = self.parts[0].prepare(relu=True), self.parts[2].prepare()
+        conv, _, pool = self.parts
+        spec = pool.info.spec
+        if tuple(spec.size) == tuple(spec.stride) == (2, 2) and not pool.padded:
+            return conv.prepare(relu=True, pool=True)       # pooled as the CONV finishes
+        conv, pool = conv.prepare(relu=True), pool.prepare()
         return lambda x: pool(conv(x))
 
     def forward(self, x, train):

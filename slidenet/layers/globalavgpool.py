@@ -29,6 +29,16 @@ class GlobalAvgPool(Pooling):
     def torch_modules(cls, info, nn):
         return [nn.AvgPool2d(info.input_shape[:2], 1)]
 
+    def prepare(self):
+        """Inference: each image's H*W pixels summed as one reduction and divided once, not
+        the pooling kernel's tap-by-tap sums (the same mean, to float rounding)."""
+        h, w = self.info.input_shape[:2]
+
+        def run(x):
+            total = x.reshape(len(x), h * w, -1).sum(axis=1)
+            return (total / x.dtype.type(h * w)).reshape(len(x), 1, 1, -1)
+        return run
+
     def explain(self, x, i, j, channel):
         """The whole of depth slice `channel` and its mean (see `pool.explain_mean`)."""
         return explain_mean(x, self.window(self.info.spec, x.shape), i, j, channel)

@@ -24,6 +24,8 @@ branch is itself a small net; branches nest.
 """
 import numpy as np
 
+from slidenet import ops
+from slidenet.layers import folding
 from slidenet.layers.base import Inferred, Layer, Unfit
 from slidenet.layers.registry import register
 
@@ -129,18 +131,20 @@ class _Merge(Layer):
             dx = grad if dx is None else dx + grad
         return dx
 
-    def prepare(self):
-        plans = [[step.prepare() for step in steps] for steps in self.branch_steps]
+    def prepare(self, relu=False):
+        """Inference: each branch's steps prepared (BATCHNORM folded, `folding.steps`), the
+        merge computed without a copy where it can be (`merged`); relu=True applies the RELU
+        after the merge too."""
+        plans = [[step.prepare() for step in folding.steps(branch)] for branch in self.branches]
 
         def run(x):
-            outs = []
-            for plan in plans:
-                out = x
-                for step in plan:
-                    out = step(out)
-                outs.append(out)
-            return self.combine(outs)
+            return self.merged([_through(plan, x) for plan in plans], x, relu)
         return run
+
+    def merged(self, outs, x, relu):
+        """Inference: `combine(outs)`, rectified when relu; x is the branches' common input."""
+        out = self.combine(outs)
+        return ops.relu_inplace(out) if relu else out
 
     def branch_outputs(self, x):
         """Each branch's output for one image x (H, W, D), evaluation mode: a list of arrays."""
@@ -189,6 +193,36 @@ class Add(_Merge):
         for out in outs[2:]:
             total += out
         return total
+
+    def prepare(self, relu=False):
+        """Inference, as `_Merge.prepare`; and when a branch ends on a CONV (its BATCHNORM
+        folded in, no RELU of its own), that CONV adds the other branches' sum, and applies
+        the RELU, where it writes its output (`folding.with_skip`): no pass of its own for the
+        sum, and no array for the CONV's output before it."""
+        steps = [folding.steps(branch) for branch in self.branches]
+        last = next((i for i, s in enumerate(steps) if s and folding.takes_skip(s[-1])), None)
+        if last is None or len(steps) < 2:
+            return super().prepare(relu)
+        plans = [[step.prepare() for step in s] for s in steps]
+        head, tail = plans[last][:-1], folding.with_skip(steps[last][-1], relu)
+        others = plans[:last] + plans[last + 1:]
+
+        def run(x):
+            outs = [_through(plan, x) for plan in others]
+            skip = outs[0] if len(outs) == 1 else self.merged(outs, x, False)
+            return tail(_through(head, x), skip)
+        return run
+
+    def merged(self, outs, x, relu):
+        """Inference: the sum written into a branch's own output, not a new array: the first
+        that is not x (or a view of it, as an ID branch passes on) and so belongs to no one
+        else; then rectified in the same pass when relu. Training keeps `combine`, whose
+        operands a backward may still need."""
+        own = next((i for i, out in enumerate(outs)
+                    if out.flags.writeable and not np.may_share_memory(out, x)), None)
+        if own is None:
+            return super().merged(outs, x, relu)
+        return ops.add_into(outs[own], outs[:own] + outs[own + 1:], relu)
 
     def split(self, dout, shapes):
         # Every branch gets the whole gradient; copies, so no branch's backward can change
@@ -248,6 +282,13 @@ class Concat(_Merge):
                         "channel_in_branch": inside, "value": float(out[i, j, inside])}
             first += out.shape[-1]
         raise ValueError(f"channel {channel} is beyond the {first} channels of {self.name}")
+
+
+def _through(plan, x):
+    """x through a branch's prepared steps (inference)."""
+    for step in plan:
+        x = step(x)
+    return x
 
 
 def _unequal(first, shape, text1, text2, index):

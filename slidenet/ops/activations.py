@@ -24,6 +24,27 @@ def relu_forward(x):
     return out, out
 
 
+def relu_inplace(x):
+    """max(0, x) written over x (inference: nothing needs x afterwards); returns x."""
+    return add_into(x, (), relu=True)
+
+
+def add_into(total, parts, relu=False):
+    """total += every array of `parts` (each total's shape), then max(0, total) when relu, in
+    place and in one pass over each chunk of rows (a residual sum and its RELU, inference).
+    Returns total."""
+    rows, zero = _long_rows(total)
+    others = [part.reshape(rows.shape) for part in parts]
+
+    def work(sl):
+        for other in others:
+            np.add(rows[sl], other[sl], out=rows[sl])
+        if relu:
+            np.maximum(rows[sl], zero, out=rows[sl])
+    run_chunks(work, split(len(rows), rows.size))
+    return total
+
+
 def relu_backward(dout, out):
     """d max(0, x)/dx = 1 where x > 0, else 0."""
     rows, zero = _long_rows(out)

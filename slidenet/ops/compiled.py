@@ -3,7 +3,8 @@
 Each function here does in one pass, without the GIL, what a NumPy path elsewhere does with
 several calls:
     Winograd (`conv.winograd_f23`, `conv.winograd_f43`): build the transformed row sets, turn the
-        products into output rows (with bias and ReLU), build x's adjoint rows;
+        products into output rows (with bias and ReLU; F(4, 3)'s also adds a residual sum's
+        other terms, inference's `skip`), build x's adjoint rows;
     im2col (`conv.common`, `conv.im2col`): the rows of thin inputs, the bias and ReLU over output
         rows, the ReLU's mask;
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;
@@ -48,8 +49,11 @@ def kernels(*arrays):
     Given arrays, also None unless all of them are float32 or float64: the kernels are
     compiled and tested for those; anything else takes the NumPy path.
     """
-    if not _state["wanted"] or any(a.dtype not in _FLOATS for a in arrays):
+    if not _state["wanted"]:
         return None
+    for a in arrays:
+        if a.dtype not in _FLOATS:
+            return None
     if _state["kernels"] is None and _state["error"] is None:
         with _lock:
             if _state["kernels"] is None and _state["error"] is None:
@@ -96,6 +100,7 @@ def _compile():
     done.winograd4_rows_of, done.winograd4_output_of = winograd4_rows_of, winograd4_output_of
     done.winograd4_rows, done.winograd4_output, done.winograd4_adjoint = (
         jit(winograd4_rows), jit(winograd4_output), jit(winograd4_adjoint))
+    done.winograd4_output_pool = jit(winograd4_output_pool)
     done.max_pool = jit(max_pool)
     done.max_pool_backward = jit(max_pool_backward)
     return done
@@ -340,12 +345,13 @@ def winograd4_rows_of(xp, fw, out, t0, t1):
                             out[a, n, ti, w, j * d + ch] = b[a, w + j, ch]
 
 
-def winograd4_output(m, out, bias, use_bias, relu):
-    """m (6, c, T, W', K) -> out (c, H', W', K): y = A^T m [+ b][ReLU]; rows past H' dropped."""
-    winograd4_output_of(m, out, bias, use_bias, relu, 0, m.shape[2])
+def winograd4_output(m, out, bias, use_bias, relu, skip, use_skip):
+    """m (6, c, T, W', K) -> out (c, H', W', K): y = A^T m [+ b][+ skip][ReLU]; rows past H'
+    dropped. skip (c, H', W', K): a residual sum's other terms (inference), read with use_skip."""
+    winograd4_output_of(m, out, bias, use_bias, relu, skip, use_skip, 0, m.shape[2])
 
 
-def winograd4_output_of(m, out, bias, use_bias, relu, t0, t1):
+def winograd4_output_of(m, out, bias, use_bias, relu, skip, use_skip, t0, t1):
     """`winograd4_output` for tiles t0..t1 only (`ops.conv.pair` splits one image's tiles)."""
     _, c, t, wo, k = m.shape
     ho = out.shape[1]
@@ -372,6 +378,14 @@ def winograd4_output_of(m, out, bias, use_bias, relu, t0, t1):
                         y1 += bias[ch]
                         y2 += bias[ch]
                         y3 += bias[ch]
+                    if use_skip:
+                        y0 += skip[n, r, w, ch]
+                        if rows > 1:
+                            y1 += skip[n, r + 1, w, ch]
+                        if rows > 2:
+                            y2 += skip[n, r + 2, w, ch]
+                        if rows > 3:
+                            y3 += skip[n, r + 3, w, ch]
                     if relu:                    # as np.maximum: a NaN stays NaN
                         y0 = zero if y0 < zero else y0
                         y1 = zero if y1 < zero else y1
@@ -384,6 +398,64 @@ def winograd4_output_of(m, out, bias, use_bias, relu, t0, t1):
                         out[n, r + 2, w, ch] = y2
                     if rows > 3:
                         out[n, r + 3, w, ch] = y3
+
+
+def winograd4_output_pool(m, out, bias, use_bias, relu):
+    """m (6, c, T, W', K) -> out (c, P_h, P_w, K): `winograd4_output`'s rows, then the max of
+    each 2x2 window at stride 2 (P_h = H' // 2, P_w = W' // 2), without writing the rows.
+
+    Inference's CONV -> RELU -> MAXPOOL(2x2): a tile's four output rows make two pooled rows.
+    The same sums, bias and ReLU as `winograd4_output`, and the same comparisons in the same
+    order as `max_pool`, so the result is bit for bit the two kernels' one after the other.
+    """
+    _, c, t, wo, k = m.shape
+    ph, pw = out.shape[1], out.shape[2]
+    zero, two = out.dtype.type(0), out.dtype.type(2)
+    four, eight = out.dtype.type(4), out.dtype.type(8)
+    y = np.empty((4, 2, k), out.dtype)          # a tile's four rows at the window's 2 columns
+    for n in range(c):
+        for ti in range(t):
+            if 2 * ti >= ph:
+                break
+            lower = 2 * ti + 1 < ph             # the tile's second pooled row is inside
+            for j in range(pw):
+                for col in range(2):
+                    w = 2 * j + col
+                    for ch in range(k):
+                        m1, m2 = m[1, n, ti, w, ch], m[2, n, ti, w, ch]
+                        m3, m4 = m[3, n, ti, w, ch], m[4, n, ti, w, ch]
+                        a = m1 + m2
+                        b = m1 - m2
+                        cc = m3 + m4
+                        e = m3 - m4
+                        y0 = (m[0, n, ti, w, ch] + a) + cc
+                        y1 = e * two + b
+                        y2 = cc * four + a
+                        y3 = (e * eight + b) + m[5, n, ti, w, ch]
+                        if use_bias:
+                            y0 += bias[ch]
+                            y1 += bias[ch]
+                            y2 += bias[ch]
+                            y3 += bias[ch]
+                        if relu:
+                            y0 = zero if y0 < zero else y0
+                            y1 = zero if y1 < zero else y1
+                            y2 = zero if y2 < zero else y2
+                            y3 = zero if y3 < zero else y3
+                        y[0, col, ch] = y0
+                        y[1, col, ch] = y1
+                        y[2, col, ch] = y2
+                        y[3, col, ch] = y3
+                for half in range(2 if lower else 1):
+                    o = out[n, 2 * ti + half, j]
+                    for ch in range(k):
+                        o[ch] = y[2 * half, 0, ch]
+                    for a in range(2):
+                        for b in range(2):
+                            for ch in range(k):
+                                v = y[2 * half + a, b, ch]
+                                if v > o[ch] or v != v:     # as max_pool: NaN kept
+                                    o[ch] = v
 
 
 def winograd4_adjoint(x, out):

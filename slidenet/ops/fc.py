@@ -3,14 +3,23 @@
 As in the lecture's 32x32x3 -> 3072 example, the input volume is flattened in (height, width,
 depth) order, which for channels-last arrays is just their memory order.
 
-Each product is split into one block per worker thread (see `runtime`): forward and dx by rows
-of the batch, dw by rows of W.
+Each product is split into one block per worker thread (see `runtime`): dw by rows of W; forward
+and dx by rows of the batch when it is large, and by columns of the result when it is small
+(below COLUMNS_BELOW rows; one row is a GEMV, too short to share). A GEMM packs its whole right-hand matrix (W, or W^T for dx) before it
+multiplies: split by rows, every thread would pack all of W for its few rows; split by columns,
+each packs its own share. Products too small to pay for a hand-over to another thread
+(`runtime.split`'s threshold) run on the calling thread. A batch of one makes dw an outer
+product: one multiply per entry, as the GEMM would compute it, without the GEMM's slow path
+for an inner size of 1. docs/benchmarks.md ("Small batches") has the measurements.
 """
 from typing import NamedTuple, Optional
 
 import numpy as np
 
-from slidenet.ops.runtime import run_chunks, split
+from slidenet.ops.runtime import SMALL_WORK, run_chunks, split
+
+# Batches of fewer rows than this split the forward and dx by columns of the result.
+COLUMNS_BELOW = 64
 
 
 class FcCache(NamedTuple):
@@ -32,13 +41,22 @@ def fc_forward(x, w, b, relu=False):
     out = np.empty((n, o), dtype=np.result_type(x2, w))
     zero = np.zeros(o, out.dtype)
 
-    def work(sl):
-        np.matmul(x2[sl], w, out=out[sl])
-        np.add(out[sl], b, out=out[sl])
-        if relu:
-            np.maximum(out[sl], zero, out=out[sl])
+    if 1 < n < COLUMNS_BELOW:
+        def work(sl):
+            np.matmul(x2, w[:, sl], out=out[:, sl])
+            np.add(out[:, sl], b[sl], out=out[:, sl])
+            if relu:
+                np.maximum(out[:, sl], zero[sl], out=out[:, sl])
 
-    run_chunks(work, split(n, n * i * o))
+        run_chunks(work, split(o, n * i * o))
+    else:
+        def work(sl):
+            np.matmul(x2[sl], w, out=out[sl])
+            np.add(out[sl], b, out=out[sl])
+            if relu:
+                np.maximum(out[sl], zero, out=out[sl])
+
+        run_chunks(work, split(n, n * i * o))
     return out, FcCache(x2, x.shape, w, out if relu else None)
 
 
@@ -57,15 +75,26 @@ def fc_backward(dout, cache, need_dx=True, relu=False):
     dx = np.empty((n, i), dtype=np.result_type(dout, w)) if need_dx else None
     dw = np.empty((i, o), dtype=np.result_type(x2, dout))
 
+    columns = n < COLUMNS_BELOW
+
     def work(task):
         product, sl = task
-        if product == "dw":
+        if product == "dw" and n == 1:
+            np.multiply(x2[0, sl, None], dout, out=dw[sl])      # an outer product
+        elif product == "dw":
             np.matmul(x2[:, sl].T, dout, out=dw[sl])
+        elif columns:
+            np.matmul(dout, w[sl].T, out=dx[:, sl])
         else:
             np.matmul(dout[sl], w.T, out=dx[sl])
 
-    tasks = [("dw", sl) for sl in split(i, n * i * o)]
+    work_size = n * i * o
+    tasks = [("dw", sl) for sl in split(i, work_size)]
     if need_dx:
-        tasks += [("dx", sl) for sl in split(n, n * i * o)]
-    run_chunks(work, tasks)
+        tasks += [("dx", sl) for sl in split(i if columns else n, work_size)]
+    if work_size < SMALL_WORK:
+        for task in tasks:                  # not worth a hand-over
+            work(task)
+    else:
+        run_chunks(work, tasks)
     return None if dx is None else dx.reshape(shape), dw, dout.sum(axis=0)

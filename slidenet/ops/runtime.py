@@ -93,6 +93,11 @@ def set_chunk_bytes(nbytes=None):
     return previous
 
 
+def chunk_bytes():
+    """The bytes of GEMM rows a chunk aims for (`set_chunk_bytes`)."""
+    return _settings["chunk_bytes"]
+
+
 def available_cores():
     """The cores this process may run on: its CPU affinity (taskset, a cpuset), lowered to a
     cgroup's CPU quota (a container's --cpus) where there is one; at least 1."""
@@ -360,6 +365,8 @@ def batch_chunks(n, bytes_per_image, budget=None, hot_bytes_per_image=None):
     the rows of one GEMM; all the scratch when None) aims for `chunk_bytes`. A chunk always
     holds at least one image.
     """
+    if n <= 1:                      # one image (batch 1 runs here on every layer): one chunk
+        return [slice(0, n)]
     budget = memory_budget() if budget is None else budget
     hot = bytes_per_image if hot_bytes_per_image is None else hot_bytes_per_image
     step = max(1, min(int(budget // threads() // max(1, bytes_per_image)),
@@ -372,12 +379,17 @@ def batch_chunks(n, bytes_per_image, budget=None, hot_bytes_per_image=None):
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
+# Multiply-adds below which a product runs on the calling thread: handing it to another costs
+# more than it saves.
+SMALL_WORK = 2**20
+
+
 def split(n, work=None):
     """The range 0..n in one even slice per worker thread, for a kernel that is one big GEMM.
 
-    work: its multiply-adds; below ~a million, handing it to threads costs more than it saves.
+    work: its multiply-adds; below SMALL_WORK, handing it to threads costs more than it saves.
     """
-    parts = 1 if work is not None and work < 2**20 else min(threads(), max(1, n))
+    parts = 1 if work is not None and work < SMALL_WORK else min(threads(), max(1, n))
     bounds = [n * i // parts for i in range(parts + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
@@ -396,20 +408,30 @@ def run_chunks(work, slices):
 
     With several worker threads (the calling thread is one of them), each takes the next slice
     not yet taken until none is left: a thread slowed down by anything else on the machine
-    simply takes fewer. A kernel call costs one hand-off per thread, not one per chunk. `work`
-    must write only to its own slice of any shared output; which thread ran a slice never
-    changes its result.
+    simply takes fewer, and one that has not started when the caller has taken the last slice
+    is called off, not waited for. A kernel call costs one hand-off per thread, not one per
+    chunk. `work` must write only to its own slice of any shared output; which thread ran a
+    slice never changes its result.
     """
+    if len(slices) == 1:
+        return [work(slices[0])]
     count = min(threads(), len(slices))
     if count <= 1 or getattr(_local, "worker", False):
         return [work(sl) for sl in slices]
     order, lock = iter(range(len(slices))), threading.Lock()
+    # What the threads run, held here only: a called-off task may wait in the pool's queue
+    # after the call returns, and must not keep `work`'s arrays alive meanwhile (their
+    # reference counts tell `empty` whether it may recycle them).
+    job = {"work": work}
 
     def take():
         with lock:
             return next(order, None)
 
     def part(pooled=True):
+        run = job.get("work")
+        if run is None:                 # called off after the call returned
+            return []
         if pooled and not getattr(_local, "limited", False):
             _blas_limit.pool_thread()
             _local.limited = True
@@ -417,7 +439,7 @@ def run_chunks(work, slices):
         done = []
         try:
             for i in iter(take, None):
-                done.append((i, work(slices[i])))
+                done.append((i, run(slices[i])))
         except BaseException:
             with lock:                  # a failed chunk: the other threads stop taking more
                 for _ in order:
@@ -432,8 +454,13 @@ def run_chunks(work, slices):
         try:
             results = part(pooled=False)
         finally:
-            for future in futures:          # never return while a worker still writes
+            # A worker that has not started by the time the caller ran out of chunks is not
+            # waited for: on a busy machine it may not get a core for milliseconds, and the
+            # chunks are all done. One that has started may still be writing: wait for it.
+            futures = [future for future in futures if not future.cancel()]
+            for future in futures:
                 future.exception()
+            job.clear()
     for future in futures:
         results.extend(future.result())
     return [value for _, value in sorted(results, key=lambda pair: pair[0])]

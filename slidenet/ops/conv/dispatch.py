@@ -35,8 +35,10 @@ import numpy as np
 
 from slidenet.ops.conv import (
     direct, full_dx, im2col, pair, winograd, winograd_f23, winograd_f43)
+from slidenet.ops.activations import add_into
 from slidenet.ops.conv.common import ConvCache
 from slidenet.ops.conv.im2col import conv_backward_im2col, conv_forward_im2col
+from slidenet.ops.pool import max_pool_forward
 
 # Below this many input or output channels the GEMMs of F(2, 3) (inner size F_w * D) are too
 # narrow for BLAS to run near its peak, and im2col's single wider GEMM wins. F(4, 3), with fewer
@@ -139,14 +141,38 @@ def prepare_conv(w, b, stride=(1, 1), pad=(0, 0), relu=False, algorithm=None, he
     return PreparedConv(name, w, b, tuple(stride), tuple(pad), relu, PREPARE[name](w))
 
 
-def conv_infer(x, prepared, budget=None):
+def conv_infer(x, prepared, budget=None, pool=False, *, skip=None):
     """conv_forward's output alone (no cache), with the filters `prepare_conv` made.
+
+    skip: None, or an array of the output's shape added before the ReLU: relu(conv(x) + b +
+    skip), a residual block's sum ending in its RELU. The Winograd pairs add it in the pass
+    that writes the output; the others add it (and rectify) over their output afterwards.
 
     A batch of one image has no chunks to share: through the thread pool, splitting its rows
     costs more in hand-overs than it saves (docs/benchmarks.md, "Batch 1"). An F(4, 3) layer
     of one float32 image is split with `pair` instead, whose hand-over stays in compiled code.
+
+    pool=True (not with skip): the 2x2 max pool at stride 2 of that output (CONV -> RELU ->
+    MAXPOOL(2x2));
+    F(4, 3) with the compiled kernels pools its products directly, without writing the
+    CONV's output (`winograd.forward`), bit for bit the same numbers; such a layer is not
+    split by `pair`, which writes whole output rows.
     """
     p = prepared
+    if pool:
+        if skip is not None:
+            raise ValueError("conv_infer pools or adds a skip, not both")
+        if p.algorithm == "winograd4" and winograd.pools(winograd_f43.F43, x, p.w):
+            return winograd_f43.conv_forward_winograd4(x, p.w, p.b, p.stride, p.pad, p.relu,
+                                                       budget, p.filters, pool=True)[0]
+        return max_pool_forward(conv_infer(x, p, budget), (2, 2), (2, 2))[0]
+    if skip is not None:
+        if p.algorithm in ("winograd", "winograd4"):
+            return PAIRS[p.algorithm][0](x, p.w, p.b, p.stride, p.pad, p.relu, budget,
+                                         filters=p.filters, skip=skip)[0]
+        out = PAIRS[p.algorithm][0](x, p.w, p.b, p.stride, p.pad, False, budget,
+                                    filters=p.filters)[0]
+        return add_into(out, [skip], p.relu)
     if p.algorithm == "winograd4" and pair.applies(x, x.shape[1] + 2 * p.pad[0] - 2, p.filters):
         out = pair.winograd4_forward(x, p.w, p.b, p.pad, p.relu, p.filters)
         if out is not None:

@@ -27,9 +27,10 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from slidenet.ops import compiled
+from slidenet.ops.activations import add_into
 from slidenet.ops.conv.common import ConvCache, check_shapes, finish_rows, flipped, relu_masked
 from slidenet.ops.conv.im2col import conv_backward_im2col
-from slidenet.ops.runtime import batch_chunks, bordered, empty, run_chunks, scratch
+from slidenet.ops.runtime import batch_chunks, bordered, chunk_bytes, empty, run_chunks, scratch
 
 class Scheme(NamedTuple):
     """One F(m, 3) down the height: what `forward` and `backward` need to know of the tile."""
@@ -111,14 +112,27 @@ def prepare_filters(w, scheme, dtype=None):
     return filters(np.ascontiguousarray(w, dtype=dtype or w.dtype), scheme.G)
 
 
-def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None, filters=None):
+def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None, filters=None,
+            pool=False, *, skip=None):
     """Convolve K 3-tall filters over x at stride 1 by the scheme's F(m, 3) down the height.
 
     x: (N, H, W, D); w: (3, F_w, D, K); b: (K,); stride (1, 1); pad (P_h, P_w).
     Returns out (N, H', W', K) with H' = H + 2P_h - 2, W' = W + 2P_w - F_w + 1, and a ConvCache
     named for the scheme. relu: return max(0, out). budget: scratch bytes (None: the global
     one). filters: `prepare_filters(w, scheme)`, when a caller computed it once for many calls.
-    ValueError for any other filter height or stride.
+    skip: None, or an array of out's shape added after the bias and before the ReLU, in the pass
+    that writes the output (inference: the other terms of a residual sum, relu(conv(x) + b +
+    skip)). ValueError for any other filter height or stride.
+
+    pool=True (inference, F(4, 3) with the compiled kernels only: `pools`; not with skip):
+    return the 2x2 max pool at stride 2 of out instead, (N, H' // 2, W' // 2, K), computed from
+    the products without writing out; the cache is then None.
+
+    The batch is cut into chunks of whole images whose GEMM rows fill about
+    `runtime.chunk_bytes()`, so that the rows are still in cache when the GEMMs read them. Where
+    one image's rows alone are more than that (large images: a 224 x 224 x 32 input has ~40 MB
+    of them), each image is cut into bands of tiles instead (`band`), each band padded on its
+    own.
     """
     fh, fw, d, k = w.shape
     if not applies((fh, fw), stride):
@@ -128,24 +142,87 @@ def forward(scheme, x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
     n, h, wd, _ = x.shape
     m, products = scheme.m, scheme.m + 2
     x = np.ascontiguousarray(x)
-    out = empty((n, ho, wo, k), np.result_type(x, w))
+    dtype = np.result_type(x, w)
+    if pool and (skip is not None or not pools(scheme, x, w)):
+        raise ValueError("a pooled Winograd forward needs F(4, 3), the compiled kernels and "
+                         "no skip")
+    out = empty((n, ho // 2, wo // 2, k) if pool else (n, ho, wo, k), dtype)
     g = prepare_filters(w, scheme, out.dtype) if filters is None else filters
     bias = b.astype(out.dtype, copy=False)
-    bias_row = np.tile(bias, wo)
 
     def work(sl):
         xp, inner = padded("conv.wpad", sl.stop - sl.start, h, wd, d, pad, x.dtype, m)
         inner[...] = x[sl]
         r = scheme.rows(xp, fw, "conv.wrows")
         prod = np.matmul(r, g, out=scratch("conv.wm", (products, r.shape[1], k), out.dtype))
-        if not scheme.output(prod, out[sl], bias, relu):
-            finish_rows(out[sl], bias_row, relu)
+        if pool:
+            compiled.kernels().winograd4_output_pool(
+                prod.reshape(products, sl.stop - sl.start, -1, wo, k), out[sl], bias, True, relu)
+        else:
+            _write(scheme, prod, out[sl], bias, relu, None if skip is None else skip[sl])
 
     t, wp = tiles(ho, m), wd + 2 * pad[1]
     hot = products * t * wo * (fw * d + k)          # the GEMMs' rows and products
     per_image = hot + (m * t + 2) * wp * d + products * t * wp * d
-    run_chunks(work, batch_chunks(n, per_image * x.itemsize, budget, hot * x.itemsize))
+    if hot * x.itemsize > chunk_bytes() and t > 1:
+        def band_work(task):
+            band(scheme, x, task[0], task[1], out, g, bias, pad, fw, relu, pool, skip)
+
+        per_tile = -(-per_image // t)
+        bands = batch_chunks(t, per_tile * x.itemsize, budget, -(-hot // t) * x.itemsize)
+        run_chunks(band_work, [(i, sl) for i in range(n) for sl in bands])
+    else:
+        run_chunks(work, batch_chunks(n, per_image * x.itemsize, budget, hot * x.itemsize))
+    if pool:
+        return out, None
     return out, ConvCache(scheme.name, x, w, tuple(stride), tuple(pad), budget, out if relu else None)
+
+
+def pools(scheme, x, w):
+    """Whether `forward(..., pool=True)` runs: F(4, 3) with the compiled kernels."""
+    return scheme.m == 4 and compiled.kernels(x, w) is not None
+
+
+def _write(scheme, prod, rows, bias, relu, extra):
+    """The output rows (c, H', W', K) from the products, with the bias, `extra` (a residual
+    sum's other terms, or None) and the ReLU: in the scheme's output pass where it can, else
+    after it, with the same additions in the same order."""
+    if not scheme.output(prod, rows, bias, relu, extra):     # the NumPy path
+        finish_rows(rows, np.tile(bias, rows.shape[2]), relu and extra is None)
+        if extra is not None:
+            add_into(rows, [extra], relu)
+
+
+def band(scheme, x, image, tiles_slice, out, g, bias, pad, fw, relu, pool=False, skip=None):
+    """One band of one image through the forward: the output rows of tiles t0..t1 (a slice).
+
+    x: (N, H, W, D); out: (N, H', W', K), written in rows m*t0 .. min(m*t1, H'); g: the
+    scheme's filters; bias (K,). The band's input rows, m*t0 - P_h .. m*t1 + 2 - P_h, are
+    copied into a zero-bordered buffer whose zero rows are those outside the image. pool:
+    out is the pooled (N, H' // 2, W' // 2, K), written in rows 2*t0 .. min(2*t1, H' // 2).
+    skip: as `forward`'s, (N, H', W', K).
+    """
+    m, products = scheme.m, scheme.m + 2
+    h, d, k = x.shape[1], x.shape[3], out.shape[3]
+    t0, t1 = tiles_slice.start, tiles_slice.stop
+    first = m * t0 - pad[0]                         # the band's first input row (may be < 0)
+    rows_total = m * (t1 - t0) + 2
+    top = min(rows_total, max(0, -first))          # zero rows above the image
+    inside = max(0, min(h, first + rows_total) - (first + top))
+    xp, inner = bordered("conv.wband", (1, rows_total, x.shape[2] + 2 * pad[1], d), x.dtype,
+                         (top, rows_total - top - inside, pad[1], pad[1]))
+    inner[0] = x[image, first + top:first + top + inside]
+    r = scheme.rows(xp, fw, "conv.wrows")
+    prod = np.matmul(r, g, out=scratch("conv.wm", (products, r.shape[1], k), out.dtype))
+    if pool:
+        rows = out[image:image + 1, 2 * t0:min(2 * t1, out.shape[1])]
+        wo = r.shape[1] // (t1 - t0)
+        compiled.kernels().winograd4_output_pool(
+            prod.reshape(products, 1, t1 - t0, wo, k), rows, bias, True, relu)
+        return
+    span = slice(m * t0, min(m * t1, out.shape[1]))
+    _write(scheme, prod, out[image:image + 1, span], bias, relu,
+           None if skip is None else skip[image:image + 1, span])
 
 
 def backward(scheme, dout, cache, need_dx=True, relu=False):

@@ -65,17 +65,18 @@ def rows(xp, fw, name):
     return out.reshape(4, c * t * wo, fw * d)
 
 
-def output(m, out, bias=None, relu=False):
+def output(m, out, bias=None, relu=False, skip=None):
     """Write the output rows from the four products: y0 = m0 + m1 + m2, y1 = m1 - m2 - m3.
 
     m: (4, c*T*W', K); out: (c, H', W', K) with T = tiles(H', 2), written (an odd H' drops the last
     tile's second row). With the compiled kernels, also adds bias (K,) and applies the ReLU in
-    the same pass and returns True; the NumPy path leaves both to the caller and returns False.
+    the same pass and returns True; the NumPy path leaves both to the caller and returns False,
+    as every path does when given skip (a residual sum's other terms: the caller adds it).
     """
     c, ho, wo, k = out.shape
     m = m.reshape(4, c, tiles(ho, 2), wo, k)
     fast = compiled.kernels(m, out)
-    if fast is not None:
+    if fast is not None and skip is None:
         # Without a bias the kernel still needs a (K,) array of the right type: any row of m.
         fast.winograd_output(m, out, m[0, 0, 0, 0] if bias is None else bias, bias is not None, relu)
         return True
@@ -116,14 +117,15 @@ F23 = Scheme("winograd", "F(2, 3)", 2, G, G.T * [1, 1, 1, -1], rows, output, adj
 
 
 def conv_forward_winograd(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
-                          filters=None):
+                          filters=None, *, skip=None):
     """Convolve K 3-tall filters over x at stride 1 by F(2, 3) down the height.
 
     Arguments and result as `winograd.forward`: x (N, H, W, D), w (3, F_w, D, K),
     b (K,) -> out (N, H', W', K) and a ConvCache. ValueError for any other filter or stride.
     filters: `prepare_filters(w)` (the four g's), when a caller computed it once for many calls.
+    skip: see `winograd.forward`.
     """
-    return forward(F23, x, w, b, stride, pad, relu, budget, filters)
+    return forward(F23, x, w, b, stride, pad, relu, budget, filters, skip=skip)
 
 
 def prepare_filters(w, dtype=None):

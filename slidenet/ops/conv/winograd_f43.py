@@ -144,21 +144,24 @@ def rows(xp, fw, name):
     return out.reshape(6, c * t * wo, fw * d)
 
 
-def output(m, out, bias=None, relu=False):
+def output(m, out, bias=None, relu=False, skip=None):
     """Write the output rows from the six products: y = A^T m (the sums of the module docstring).
 
     m: (6, c*T*W', K); out: (c, H', W', K) with T = tiles(H', 4), written (a last tile that
-    sticks out past H' drops its extra rows). With the compiled kernels, also adds bias (K,) and
-    applies the ReLU in the same pass and returns True; the NumPy path leaves both to the caller
-    and returns False.
+    sticks out past H' drops its extra rows). With the compiled kernels, also adds bias (K,),
+    then skip (out's shape, a residual sum's other terms), and applies the ReLU in the same
+    pass and returns True; the NumPy path leaves all three to the caller and returns False.
     """
     c, ho, wo, k = out.shape
     t = tiles(ho, 4)
     m = m.reshape(6, c, t, wo, k)
-    fast = compiled.kernels(m, out)
+    fast = compiled.kernels(m, out) if skip is None else compiled.kernels(m, out, skip)
     if fast is not None:
-        # Without a bias the kernel still needs a (K,) array of the right type: any row of m.
-        fast.winograd4_output(m, out, m[0, 0, 0, 0] if bias is None else bias, bias is not None, relu)
+        # Without a bias (or skip) the kernel still needs an array of the right type to ignore:
+        # a piece of m, never of out (compiled code checks for overlap and, finding out read
+        # as skip, gives up the vector instructions of the whole pass).
+        fast.winograd4_output(m, out, m[0, 0, 0, 0] if bias is None else bias, bias is not None,
+                              relu, m[0, :1, :1] if skip is None else skip, skip is not None)
         return True
     a, b, cc, e = scratch("conv.w4sums", (4, c, t, wo, k), m.dtype)
     np.add(m[1], m[2], out=a)
@@ -223,15 +226,16 @@ def pays(out_h):
 
 
 def conv_forward_winograd4(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=None,
-                           filters=None):
+                           filters=None, pool=False, *, skip=None):
     """Convolve K 3-tall filters over x at stride 1 by F(4, 3) down the height.
 
     Arguments and result as `winograd.forward`: x (N, H, W, D), w (3, F_w, D, K),
     b (K,) -> out (N, H', W', K) with H' = H + 2P_h - 2, W' = W + 2P_w - F_w + 1, and a
     ConvCache. ValueError for any other filter or stride. filters: `prepare_filters(w)` (the
-    six g's), when a caller computed it once for many calls.
+    six g's), when a caller computed it once for many calls. pool: the 2x2 max pool of out
+    instead, with no cache; skip: a residual sum's other terms (both: see `winograd.forward`).
     """
-    return forward(F43, x, w, b, stride, pad, relu, budget, filters)
+    return forward(F43, x, w, b, stride, pad, relu, budget, filters, pool, skip=skip)
 
 
 def prepare_filters(w, dtype=None):

@@ -407,6 +407,8 @@ def winograd4_output_pool(m, out, bias, use_bias, relu):
     Inference's CONV -> RELU -> MAXPOOL(2x2): a tile's four output rows make two pooled rows.
     The same sums, bias and ReLU as `winograd4_output`, and the same comparisons in the same
     order as `max_pool`, so the result is bit for bit the two kernels' one after the other.
+    The sums are written out again rather than shared through a small jitted function: numba
+    left both passes' loops scalar when they called one (ten times slower, even inlined).
     """
     _, c, t, wo, k = m.shape
     ph, pw = out.shape[1], out.shape[2]

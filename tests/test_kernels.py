@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from harness import CONV_GEOMETRIES, check_kernel, conv_arrays
+from helpers import numba_problem, require
 from slidenet import ops
 from slidenet.errors import GeometryError
 from slidenet.gradcheck import TOLERANCE, numeric_gradient, relative_error, sample
@@ -314,50 +315,74 @@ def test_batchnorm_pair(shape):
                  {"x": RNG.standard_normal(shape) * 2 + 1, "gamma": RNG.standard_normal(d),
                   "beta": RNG.standard_normal(d)}, ("x", "gamma", "beta"),
                  naive=lambda x, gamma, beta: naive.batchnorm_forward(x, gamma, beta),
-                 naive_backward=lambda dout, x, gamma, beta: naive.batchnorm_backward(dout, x, gamma))
+                 naive_backward=lambda dout, x, gamma, beta: naive.batchnorm_backward(dout, x, gamma),
+                 compiled_exact=False)       # float64 sums in another order than the GEMVs'
 
 
-def test_batchnorm_in_evaluation_is_a_fixed_affine_map():
-    # With the running statistics fixed, y = (x - mean) / sqrt(var + eps) * gamma + beta: its
-    # backward (used by activation maximisation) is checked like any pair.
-    d = 4
-    mean, var = RNG.standard_normal(d), RNG.random(d) + 0.5
-
-    def reference(x, gamma, beta):
-        return (x - mean) / np.sqrt(var + 1e-5) * gamma + beta
-
-    def reference_backward(dout, x, gamma, beta):
-        xhat = (x - mean) / np.sqrt(var + 1e-5)
-        return dout * gamma / np.sqrt(var + 1e-5), (dout * xhat).sum(axis=(0, 1, 2)), dout.sum(axis=(0, 1, 2))
-
-    check_kernel(lambda x, gamma, beta: ops.batchnorm_forward(x, gamma, beta, mean.astype(x.dtype),
-                                                              var.astype(x.dtype), train=False),
-                 ops.batchnorm_backward,
-                 {"x": RNG.standard_normal((5, 3, 3, d)), "gamma": RNG.standard_normal(d),
-                  "beta": RNG.standard_normal(d)}, ("x", "gamma", "beta"),
-                 naive=reference, naive_backward=reference_backward)
+def _batchnorm_both_ways(x, gamma, beta, dout, reduce, workers, numba):
+    """Training forward and backward with the compiled passes on or off, on `workers` threads,
+    one image per chunk: (out, running mean, running var, dx, dgamma, dbeta)."""
+    from slidenet.ops import compiled, runtime
+    d = x.shape[-1]
+    rm, rv = np.zeros(d, x.dtype), np.ones(d, x.dtype)
+    previous, budget = compiled.set_enabled(numba), runtime.set_memory_budget(1)
+    try:
+        with runtime.workers(workers):
+            out, cache = ops.batchnorm_forward(x, gamma, beta, rm, rv, train=True, reduce=reduce)
+            dx, dgamma, dbeta = ops.batchnorm_backward(dout, cache)
+    finally:
+        compiled.set_enabled(previous)
+        runtime.set_memory_budget(budget)
+    return out.copy(), rm, rv, dx.copy(), dgamma, dbeta
 
 
-def test_batchnorm_running_statistics():
-    x = RNG.standard_normal((50, 4)) * 2 + 3
-    rm, rv = np.zeros(4), np.ones(4)
-    ops.batchnorm_forward(x, np.ones(4), np.zeros(4), rm, rv, train=True, momentum=0.9)
-    np.testing.assert_allclose(rm, 0.1 * x.mean(axis=0))
-    np.testing.assert_allclose(rv, 0.9 + 0.1 * x.var(axis=0))
-    out, _ = ops.batchnorm_forward(x, np.ones(4), np.zeros(4), rm, rv, train=False)
-    np.testing.assert_allclose(out, (x - rm) / np.sqrt(rv + 1e-5))
+@pytest.mark.parametrize("shape", [(6, 5, 4, 3), (11, 7)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("ranks", [1, 2], ids=["alone", "reduce"])
+def test_compiled_batchnorm_matches_numpy_and_the_naive_loops(shape, dtype, workers, ranks):
+    # With `reduce` as two ranks holding the same part (it doubles every sum and the count),
+    # the global batch is x twice: the naive loops on [x; x] give the oracle, dx its first
+    # half and dgamma, dbeta half of its sums (each rank's own).
+    require("NUMBA", numba_problem())
+    rng = np.random.default_rng(7)
+    d = shape[-1]
+    x64 = rng.standard_normal(shape) * 3 + 2
+    gamma64, beta64 = rng.standard_normal(d), rng.standard_normal(d)
+    dout64 = rng.standard_normal(shape)
+    reduce = None if ranks == 1 else (lambda sums: 2 * np.asarray(sums, np.float64))
+    args = [a.astype(dtype) for a in (x64, gamma64, beta64, dout64)]
+    fast = _batchnorm_both_ways(*args[:3], args[3], reduce, workers, True)
+    plain = _batchnorm_both_ways(*args[:3], args[3], reduce, workers, False)
+    whole_x, whole_dout = np.concatenate([x64] * ranks), np.concatenate([dout64] * ranks)
+    want_out = naive.batchnorm_forward(whole_x, gamma64, beta64)[:shape[0]]
+    dx, dgamma, dbeta = naive.batchnorm_backward(whole_dout, whole_x, gamma64)
+    axes = tuple(range(len(shape) - 1))
+    want = (want_out, 0.1 * x64.mean(axis=axes), 0.9 + 0.1 * x64.var(axis=axes),
+            dx[:shape[0]], dgamma / ranks, dbeta / ranks)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-9)
+    names = ("out", "running mean", "running var", "dx", "dgamma", "dbeta")
+    for name, a, b, c in zip(names, fast, plain, want):
+        assert a.dtype == dtype, name
+        np.testing.assert_allclose(a, c, **tol, err_msg=f"{name}: compiled against the naive loops")
+        np.testing.assert_allclose(a, b, **tol, err_msg=f"{name}: compiled against NumPy")
 
 
-def test_float32_batchnorm_keeps_a_large_mean_from_ruining_the_variance():
-    # Channels whose mean is 1,000 standard deviations from 0: E[x^2] - mean^2 in float32 would
-    # lose every digit of the variance; the two-pass mean of (x - mean)^2 keeps it.
-    x64 = 1000 + RNG.standard_normal((16, 8, 8, 4))
-    out, _ = ops.batchnorm_forward(x64.astype(np.float32), np.ones(4, np.float32),
-                                   np.zeros(4, np.float32), np.zeros(4, np.float32),
-                                   np.ones(4, np.float32), train=True)
-    want = (x64 - x64.mean(axis=(0, 1, 2))) / np.sqrt(x64.var(axis=(0, 1, 2)) + 1e-5)
-    assert out.dtype == np.float32
-    assert np.abs(out - want).max() < 1e-3
+@pytest.mark.parametrize("dtype,mean", [(np.float32, 1e4), (np.float64, 1e8)])
+def test_compiled_batchnorm_keeps_the_two_pass_variance(dtype, mean):
+    # Standard deviation 1 around a large mean: E[x^2] - mean^2 would subtract two numbers near
+    # mean^2 whose last place is far above 1 (float32 at 1e8: 8; even float64 at 1e16: 2), so
+    # the variance would come out as garbage even with float64 sums; the mean of (x - mean)^2 keeps it.
+    require("NUMBA", numba_problem())
+    x = (mean + np.random.default_rng(3).standard_normal((16, 8, 8, 4))).astype(dtype)
+    x64 = x.astype(np.float64)              # the values the kernel sees, exactly
+    ones, zeros = np.ones(4, dtype), np.zeros(4, dtype)
+    out, _, rv, *_ = _batchnorm_both_ways(x, ones, zeros, np.ones(x.shape, dtype), None, 2, True)
+    var = ((x64 - x64.mean(axis=(0, 1, 2))) ** 2).mean(axis=(0, 1, 2))
+    assert 0.8 < var.min() and var.max() < 1.2
+    want = (x64 - x64.mean(axis=(0, 1, 2))) / np.sqrt(var + 1e-5)
+    assert np.abs(out - want).max() < (1e-2 if dtype == np.float32 else 1e-6)
+    np.testing.assert_allclose(rv, 0.9 + 0.1 * var, rtol=1e-4)
 
 
 def _loss_gradient_error(loss_fn, scores, y):

@@ -13,6 +13,12 @@ and added over chunks in float64. The variance is the mean of (x - mean)^2, a se
 E[x^2] - mean^2, which float32 would ruin when the mean is large. Results and the saved xhat
 come from `runtime.empty`: recycled memory, no fresh pages.
 
+With numba (`compiled.kernels`), training takes three passes forward (the per-channel column
+sums, the column sums of the centred squares, then xhat and out written together) and two
+backward (the two column sums, then dx), each a compiled loop over a chunk's rows without the
+GIL, summing in float64; the chunks, the float64 adding over chunks and `reduce` are the same.
+Without numba the NumPy steps above run.
+
 Data-parallel training (`slidenet.training.distributed`) passes `reduce`: a function that adds float64
 per-channel sums over every rank's part of the global batch. It is called on the sums (and the
 count) of the mean, of the variance, and of the backward's two terms, so each rank normalises
@@ -22,6 +28,7 @@ import numpy as np
 
 from typing import Callable, NamedTuple, Optional
 
+from slidenet.ops import compiled
 from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
 
 # The epsilon under the square root, 1 / sqrt(var + eps): BATCHNORM's, and so ONNX's on export.
@@ -87,6 +94,10 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum
         return out, BatchNormCache(None, inv, gamma, x, running_mean.copy())
 
     m = n * h * tile
+    fast = compiled.kernels(x, gamma, beta)
+    if fast is not None:
+        return _compiled_forward(fast, x, rows, out, out_rows, by_chunk, gamma, beta, running_mean,
+                                 running_var, momentum, eps, reduce, m, tile, d)
     ones = np.ones(max(sl.stop - sl.start for sl in chunks) * h, x.dtype)
     sums = _channel_sums(by_chunk(lambda rs: ones[:rs.stop - rs.start] @ rows[rs]), d)
     if reduce is not None:      # data-parallel: the sums and the count over the global batch
@@ -116,10 +127,55 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum
         np.multiply(xhat_rows[rs], gamma_row, out=out_rows[rs])
         out_rows[rs] += beta_row
     by_chunk(normalise)
+    _update_running(running_mean, running_var, mean, var, momentum)
+    return out, BatchNormCache(xhat, inv, gamma, reduce=reduce, count=m)
+
+
+def _update_running(running_mean, running_var, mean, var, momentum):
+    """r = momentum * r + (1 - momentum) * batch statistic, in place, for both (D,) vectors."""
     running_mean *= momentum
     running_mean += (1 - momentum) * mean
     running_var *= momentum
     running_var += (1 - momentum) * var
+
+
+def _compiled_forward(fast, x, rows, out, out_rows, by_chunk, gamma, beta, running_mean,
+                      running_var, momentum, eps, reduce, m, tile, d):
+    """`batchnorm_forward`'s training with the compiled passes (the module docstring): rows
+    and out_rows (N*H, W*D) views of x and out; by_chunk runs a function of a row slice over
+    the batch chunks. Returns what `batchnorm_forward` returns."""
+    width = rows.shape[1]
+
+    def column_sums(rs):
+        acc = np.empty(width, np.float64)
+        fast.bn_sums(rows[rs], acc)
+        return acc
+    sums = _channel_sums(by_chunk(column_sums), d)
+    if reduce is not None:
+        sums = reduce(np.append(sums, m))
+        sums, m = sums[:-1], sums[-1]
+    mean = sums / m
+    mean_row = np.tile(mean, tile)
+
+    def squares(rs):
+        acc = np.empty(width, np.float64)
+        fast.bn_centred_squares(rows[rs], mean_row, acc)
+        return acc
+    squared = _channel_sums(by_chunk(squares), d)
+    if reduce is not None:
+        squared = reduce(squared)
+    var = squared / m
+    inv = (1 / np.sqrt(var + eps)).astype(x.dtype)
+    # As the NumPy path: x - mean and the scaling in x's dtype, the affine step in out's.
+    mean_x_row = np.tile(mean.astype(x.dtype), tile)
+    inv_row = np.tile(inv, tile)
+    gamma_row = np.tile(gamma.astype(out.dtype), tile)
+    beta_row = np.tile(beta.astype(out.dtype), tile)
+    xhat = empty(x.shape, x.dtype)
+    xhat_rows = xhat.reshape(rows.shape)
+    by_chunk(lambda rs: fast.bn_normalise(rows[rs], mean_x_row, inv_row, gamma_row, beta_row,
+                                          xhat_rows[rs], out_rows[rs]))
+    _update_running(running_mean, running_var, mean, var, momentum)
     return out, BatchNormCache(xhat, inv, gamma, reduce=reduce, count=m)
 
 
@@ -143,10 +199,16 @@ def batchnorm_backward(dout, cache):
     xhat_rows = xhat.reshape(n * h, width)
     chunks = batch_chunks(n, 2 * h * width * dout.itemsize)
     ones = np.ones(max(sl.stop - sl.start for sl in chunks) * h, dout.dtype)
+    fast = compiled.kernels(dout, xhat, gamma)
 
     def sums(sl):
         rs = slice(sl.start * h, sl.stop * h)
-        g, ones_c = g_rows[rs], ones[:rs.stop - rs.start]
+        g = g_rows[rs]
+        if fast is not None:
+            acc_g, acc_gx = np.empty(width, np.float64), np.empty(width, np.float64)
+            fast.bn_backward_sums(g, xhat_rows[rs], acc_g, acc_gx)
+            return acc_g, acc_gx
+        ones_c = ones[:rs.stop - rs.start]
         both = np.multiply(g, xhat_rows[rs], out=scratch("bn.gx", g.shape, dout.dtype))
         return ones_c @ g, ones_c @ both
     parts = run_chunks(sums, chunks)
@@ -165,6 +227,10 @@ def batchnorm_backward(dout, cache):
 
     def grad(sl):
         rs = slice(sl.start * h, sl.stop * h)
+        if fast is not None:
+            fast.bn_backward_dx(g_rows[rs], xhat_rows[rs], mean_g_row, mean_gx_row, scale_row,
+                                dx_rows[rs])
+            return
         np.multiply(xhat_rows[rs], mean_gx_row, out=dx_rows[rs])
         np.subtract(g_rows[rs], dx_rows[rs], out=dx_rows[rs])
         dx_rows[rs] -= mean_g_row

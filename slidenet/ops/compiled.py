@@ -9,11 +9,15 @@ several calls:
         rows, the ReLU's mask;
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;
     the direct convolution of thin first layers (`conv.direct`): each output pixel's window
-        times the filters.
+        times the filters;
+    batch normalisation in training (`batchnorm`): the per-channel sums, the centred squares,
+        xhat and the output together; the backward's two sums, and dx.
 The arithmetic and the comparisons are the same, in the same order, so results are bitwise
 equal to the NumPy path (tested). Two exceptions: pooling windows that overlap add up to four
 gradients into one input in another order, and the direct convolution adds a window's products
-in another order than im2col's GEMM; both match to rounding.
+in another order than im2col's GEMM; both match to rounding. Batch normalisation's sums are
+added in float64 in another order than NumPy's GEMVs (so they match to rounding, closer to the
+exact sums).
 
 Why bother: NumPy runs each of those steps as a separate pass over memory, and every call hands
 the GIL to the other worker thread (docs/benchmarks.md, "Thin first layers", measures the
@@ -103,6 +107,11 @@ def _compile():
     done.winograd4_output_pool = jit(winograd4_output_pool)
     done.max_pool = jit(max_pool)
     done.max_pool_backward = jit(max_pool_backward)
+    done.bn_sums = jit(bn_sums)
+    done.bn_centred_squares = jit(bn_centred_squares)
+    done.bn_normalise = jit(bn_normalise)
+    done.bn_backward_sums = jit(bn_backward_sums)
+    done.bn_backward_dx = jit(bn_backward_dx)
     return done
 
 
@@ -484,3 +493,61 @@ def winograd4_adjoint(x, out):
                     out[3, n, ti, w, ch] = f + g
                     out[4, n, ti, w, ch] = f - g
                     out[5, n, ti, w, ch] = x3
+
+
+# Batch normalisation in training (`batchnorm`). Arrays are the module's rows, (R, W*D), with
+# the D channels repeating every D numbers; the per-channel vectors come tiled to W*D (`_row`s),
+# so every inner loop runs over a whole contiguous row and vectorises. The sums are per column,
+# in float64; `batchnorm` adds them over chunks and folds the W copies of each channel.
+
+def bn_sums(x, acc):
+    """acc (W*D,) float64 = the column sums of x (R, W*D)."""
+    rows, m = x.shape
+    for q in range(m):
+        acc[q] = 0.0
+    for r in range(rows):
+        for q in range(m):
+            acc[q] += x[r, q]
+
+
+def bn_centred_squares(x, mean_row, acc):
+    """acc (W*D,) float64 = the column sums of (x - mean_row)^2, x (R, W*D), mean_row float64:
+    the two-pass variance's second pass, never E[x^2] - mean^2."""
+    rows, m = x.shape
+    for q in range(m):
+        acc[q] = 0.0
+    for r in range(rows):
+        for q in range(m):
+            c = x[r, q] - mean_row[q]
+            acc[q] += c * c
+
+
+def bn_normalise(x, mean_row, inv_row, gamma_row, beta_row, xhat, out):
+    """xhat = (x - mean_row) * inv_row and out = xhat * gamma_row + beta_row, over (R, W*D)."""
+    rows, m = x.shape
+    for r in range(rows):
+        for q in range(m):
+            v = (x[r, q] - mean_row[q]) * inv_row[q]
+            xhat[r, q] = v
+            out[r, q] = v * gamma_row[q] + beta_row[q]
+
+
+def bn_backward_sums(g, xhat, acc_g, acc_gx):
+    """acc_g, acc_gx (W*D,) float64 = the column sums of g and of g * xhat, over (R, W*D)."""
+    rows, m = g.shape
+    for q in range(m):
+        acc_g[q] = 0.0
+        acc_gx[q] = 0.0
+    for r in range(rows):
+        for q in range(m):
+            v = g[r, q]
+            acc_g[q] += v
+            acc_gx[q] += v * np.float64(xhat[r, q])
+
+
+def bn_backward_dx(g, xhat, mean_g_row, mean_gx_row, scale_row, dx):
+    """dx = (g - xhat * mean_gx_row - mean_g_row) * scale_row over (R, W*D), in NumPy's order."""
+    rows, m = g.shape
+    for r in range(rows):
+        for q in range(m):
+            dx[r, q] = ((g[r, q] - xhat[r, q] * mean_gx_row[q]) - mean_g_row[q]) * scale_row[q]

@@ -443,3 +443,24 @@ def assert_same_models(a, b):
     strip = ("seconds", "images_per_s")
     clean = [[{k: v for k, v in h.items() if k not in strip} for h in m["history"]] for m in (meta_a, meta_b)]
     assert clean[0] == clean[1]
+
+
+def random_model(pattern, seed=0, dtype="float32"):
+    """A Model of `pattern` with weights, BATCHNORM statistics and normaliser all random, so that
+    no part of an export or import can be the identity by luck; classes "class 0", "class 1", ..."""
+    from slidenet.data.normalize import Normalizer
+    from slidenet.model import Model
+    from slidenet.net import Net
+
+    rng = np.random.default_rng(seed)
+    net = Net.from_pattern(pattern, seed=seed, dtype=dtype)
+    for value in net.params.values():
+        value += (rng.standard_normal(value.shape) * 0.1).astype(value.dtype)
+    for name, value in net.buffers.items():
+        value[...] = rng.uniform(0.5, 2, value.shape) if "var" in name else \
+            rng.normal(0, 0.3, value.shape)
+    d = net.input_shape[2]
+    normalizer = Normalizer(rng.uniform(0.2, 0.6, d).astype(np.float32),
+                            rng.uniform(0.1, 0.4, d).astype(np.float32))
+    names = [f"class {i}" for i in range(net.num_outputs)]
+    return Model(net, normalizer, {"class_names": names, "pattern": pattern})

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import import_part
+from helpers import import_part, random_model
 
 # The `onnx` extra is part of `all`, which `make test` and CI install: without it these tests
 # fail rather than vanish. SLIDENET_SKIP_ONNX=1 skips them on purpose (never in CI).
@@ -19,7 +19,6 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import slidenet  # noqa: E402
 from slidenet.cli import main  # noqa: E402
-from slidenet.data.normalize import Normalizer  # noqa: E402
 from slidenet.errors import SlidenetError  # noqa: E402
 from slidenet.interop import onnx_graph  # noqa: E402
 from slidenet.interop.onnx_export import to_bytes, to_model  # noqa: E402
@@ -56,22 +55,6 @@ GRAPHS = [
     "{ CONV(12, 1x1, s=2, round=down) | MAXPOOL(2x2, s=2, round=up) -> CONV(12, 1x1) } -> ADD -> FC(3)",
 ]
 
-
-def random_model(pattern, seed=0, dtype="float32"):
-    """A Model of `pattern` with weights, batchnorm statistics and normaliser all random, so no
-    part of the export can be the identity by luck."""
-    rng = np.random.default_rng(seed)
-    net = Net.from_pattern(pattern, seed=seed, dtype=dtype)
-    for name, value in net.params.items():
-        value += (rng.standard_normal(value.shape) * 0.1).astype(value.dtype)
-    for name, value in net.buffers.items():
-        value[...] = rng.uniform(0.5, 2, value.shape) if "var" in name else \
-            rng.normal(0, 0.3, value.shape)
-    d = net.input_shape[2]
-    normalizer = Normalizer(rng.uniform(0.2, 0.6, d).astype(np.float32),
-                            rng.uniform(0.1, 0.4, d).astype(np.float32))
-    names = [f"class {i}" for i in range(net.num_outputs)]
-    return Model(net, normalizer, {"class_names": names, "pattern": pattern})
 
 
 def images(shape, count=100, seed=1):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import import_part
+from helpers import import_part, random_model
 
 onnx, ort = import_part("ONNX", "onnx", "onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -15,9 +15,6 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from slidenet.errors import SlidenetError  # noqa: E402
 from slidenet.interop.onnx_export import to_model  # noqa: E402
 from slidenet.interop.onnx_import import read_onnx  # noqa: E402
-from slidenet.model import Model  # noqa: E402
-from slidenet.net import Net  # noqa: E402
-from slidenet.data.normalize import Normalizer  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "onnx"
 RNG = np.random.default_rng(20)
@@ -120,23 +117,6 @@ def test_a_ceil_mode_average_pool_that_adds_a_window_is_refused(tmp_path):
 
 
 # ---- round trips: slidenet's own export of graph nets, read back ----
-
-def random_model(pattern, seed=0):
-    """A Model of `pattern` with random weights, statistics and normaliser (nothing is the
-    identity by luck)."""
-    rng = np.random.default_rng(seed)
-    net = Net.from_pattern(pattern, seed=seed)
-    for value in net.params.values():
-        value += (rng.standard_normal(value.shape) * 0.1).astype(value.dtype)
-    for name, value in net.buffers.items():
-        value[...] = rng.uniform(0.5, 2, value.shape) if "var" in name else \
-            rng.normal(0, 0.3, value.shape)
-    d = net.input_shape[2]
-    normalizer = Normalizer(rng.uniform(0.2, 0.6, d).astype(np.float32),
-                            rng.uniform(0.1, 0.4, d).astype(np.float32))
-    return Model(net, normalizer, {"class_names": [f"c{i}" for i in range(net.num_outputs)],
-                                   "pattern": pattern})
-
 
 def structure(net):
     """Every layer (branches before their merge) with its output and number of branches."""

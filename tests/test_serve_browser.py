@@ -75,6 +75,13 @@ def number(page, selector):
 
 # ---- 1. draw or drop an image ----
 
+# Strokes answered and shown: twice in full runs of the suite (never when this file ran alone,
+# in fresh clones or not) a stroke was still unanswered after Playwright's default 5 s on this
+# 2-core machine. The cause is not found yet; the drawing test waits up to this long (ms), and
+# an answer that never comes still fails it.
+DRAWN = 30_000
+
+
 def test_drawing_shows_the_probabilities_as_you_draw(visit, site):
     page, model = visit.page, site["model"]
     box = page.locator("#draw").bounding_box()
@@ -85,11 +92,11 @@ def test_drawing_shows_the_probabilities_as_you_draw(visit, site):
     # Still drawing, and the probabilities are already there.
     expect(page.locator("#probs .prob")).to_have_count(3)
     page.mouse.up()
-    expect(page.locator("body")).to_have_attribute("data-drawing", "0")
+    expect(page.locator("body")).to_have_attribute("data-drawing", "0", timeout=DRAWN)
 
     # The stroke, resized to 12 x 12: bright along row 150 / 280 * 12 = 6, black far off it.
     # A loaded machine may paint the last answer a moment after data-drawing says "0" was
-    # reached (seen once in a full run), so look again for a few seconds before failing.
+    # reached, so look again for a few seconds before failing.
     for _ in range(50):
         seen = canvas_pixels(page.locator("#seen"))[..., :1]       # the image as the net sees it
         if seen[6, 4:8, 0].min() > 100 and seen[0].max() == 0 and seen[11].max() == 0:
@@ -97,7 +104,7 @@ def test_drawing_shows_the_probabilities_as_you_draw(visit, site):
         page.wait_for_timeout(100)
     assert seen[6, 4:8, 0].min() > 100 and seen[0].max() == 0 and seen[11].max() == 0, \
         f"the image as the net sees it, rows 0, 6 and 11: {seen[[0, 6, 11], :, 0].tolist()}"
-    expect(page.locator("body")).to_have_attribute("data-drawing", "0")
+    expect(page.locator("body")).to_have_attribute("data-drawing", "0", timeout=DRAWN)
     np.testing.assert_allclose(shown_probabilities(page), model.predict(seen[None])[0],
                                atol=5e-4 + 1e-6)
 
@@ -106,7 +113,7 @@ def test_drawing_shows_the_probabilities_as_you_draw(visit, site):
     page.mouse.down()
     page.mouse.move(box["x"] + 140, box["y"] + 260, steps=12)
     page.mouse.up()
-    expect(page.locator("body")).to_have_attribute("data-drawing", "0")
+    expect(page.locator("body")).to_have_attribute("data-drawing", "0", timeout=DRAWN)
     seen = canvas_pixels(page.locator("#seen"))[..., :1]
     assert seen[2:10, 6, 0].min() > 100 and seen[6, 4:8, 0].min() > 100    # a cross now
     assert shown_probabilities(page) != before

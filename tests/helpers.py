@@ -464,3 +464,19 @@ def random_model(pattern, seed=0, dtype="float32"):
                             rng.uniform(0.1, 0.4, d).astype(np.float32))
     names = [f"class {i}" for i in range(net.num_outputs)]
     return Model(net, normalizer, {"class_names": names, "pattern": pattern})
+
+
+def onnx_graph(path, nodes, inits, shape=(1, 6, 6), out="y", opset=17):
+    """Save an ONNX graph of `nodes` (onnx.helper nodes) reading x (N, *shape) and writing
+    `out` (N, C), with initialisers `inits`, checked by onnx's checker; returns `path`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    tensor = helper.make_tensor_value_info
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [tensor("x", TensorProto.FLOAT, ["N", *shape])],
+                          [tensor(out, TensorProto.FLOAT, ["N", "C"])], inits),
+        opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import import_part, random_model
+from helpers import import_part, onnx_graph, random_model
 
 onnx, ort = import_part("ONNX", "onnx", "onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
 
 from slidenet.errors import SlidenetError  # noqa: E402
 from slidenet.interop.onnx_export import to_model  # noqa: E402
@@ -23,17 +23,6 @@ RNG = np.random.default_rng(20)
 def weights(name, *shape):
     return numpy_helper.from_array((RNG.standard_normal(shape) * 0.5).astype(np.float32), name)
 
-
-def save_graph(path, nodes, inits, shape=(1, 8, 8), out="y", opset=17):
-    """A graph of `nodes` reading x (N, *shape), saved to `path`."""
-    model = helper.make_model(
-        helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                    ["N", *shape])],
-                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", "C"])], inits),
-        opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
 
 
 def onnxruntime_scores(path, pixels, name="x"):
@@ -56,12 +45,12 @@ def _pool_then_fc(tmp_path, pool, n, pixels):
     for `pixels`, by onnxruntime running the pool alone (ONNX's own shape inference does not
     know PyTorch's last-window rule, so onnxruntime refuses the whole graph where it applies)
     and NumPy multiplying by the FC's weights."""
-    probe = save_graph(tmp_path / "probe.onnx", [pool], [], shape=(1, n, n), out="v")
+    probe = onnx_graph(tmp_path / "probe.onnx", [pool], [], shape=(1, n, n), out="v")
     v = onnxruntime_scores(probe, pixels)
     fc = (RNG.standard_normal((int(np.prod(v.shape[1:])), 3)) * 0.5).astype(np.float32)
     nodes = [pool, helper.make_node("Flatten", ["v"], ["f"], name="flat"),
              helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
-    path = save_graph(tmp_path / "g.onnx", nodes, [numpy_helper.from_array(fc, "fc")],
+    path = onnx_graph(tmp_path / "g.onnx", nodes, [numpy_helper.from_array(fc, "fc")],
                       shape=(1, n, n))
     return path, v.shape[2:], v.reshape(len(v), -1).astype(np.float64) @ fc
 
@@ -217,7 +206,7 @@ def test_a_dense_block_concatenating_every_earlier_feature_imports_as_nested_con
               helper.make_node("GlobalAveragePool", ["out"], ["g"], name="gap"),
               helper.make_node("Flatten", ["g"], ["f"], name="flat"),
               helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
-    net = imports_like_onnxruntime(save_graph(tmp_path / "g.onnx", nodes, inits, (2, 6, 6)),
+    net = imports_like_onnxruntime(onnx_graph(tmp_path / "g.onnx", nodes, inits, (2, 6, 6)),
                                    (2, 6, 6))
     branch = "{ ID | BATCHNORM -> RELU -> CONV(2, 3x3, s=1x1, p=1x1) } -> CONCAT"
     assert net.pattern == (f"INPUT(6x6x2) -> CONV(4, 3x3, s=1x1, p=1x1) -> [{branch}]*3 -> "
@@ -242,7 +231,7 @@ def test_a_bias_before_batchnorm_inside_a_branch_is_folded_and_a_scale_on_a_shar
              helper.make_node("Relu", ["s"], ["r"], name="relu"),
              helper.make_node("Flatten", ["r"], ["f"], name="flat"),
              helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
-    net = imports_like_onnxruntime(save_graph(tmp_path / "g.onnx", nodes, inits, (1, 6, 6)),
+    net = imports_like_onnxruntime(onnx_graph(tmp_path / "g.onnx", nodes, inits, (1, 6, 6)),
                                    (1, 6, 6))
     assert "{ BATCHNORM -> CONV(3, 3x3, s=1x1, p=1x1) -> BATCHNORM | ID } -> ADD" in net.pattern
     convs = [layer for layer in net.every_layer() if type(layer).kind == "CONV"]
@@ -260,7 +249,7 @@ def test_a_sum_of_three_branches_and_an_add_of_a_value_to_itself_import(tmp_path
              helper.make_node("Add", ["s", "s"], ["d"], name="double"),
              helper.make_node("Flatten", ["d"], ["f"], name="flat"),
              helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
-    net = imports_like_onnxruntime(save_graph(tmp_path / "g.onnx", nodes, inits, (1, 6, 6)),
+    net = imports_like_onnxruntime(onnx_graph(tmp_path / "g.onnx", nodes, inits, (1, 6, 6)),
                                    (1, 6, 6))
     assert "{ CONV(2, 1x1, s=1x1, p=0x0) | ID | TANH } -> ADD -> { ID | ID } -> ADD -> FC(3)" \
         in net.pattern
@@ -279,7 +268,7 @@ def test_a_graph_that_is_not_nested_branches_is_refused_naming_the_merge(tmp_pat
              helper.make_node("Add", ["s1", "t"], ["s2"], name="s2"),
              helper.make_node("Flatten", ["s2"], ["f"], name="flat"),
              helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
-    path = save_graph(tmp_path / "g.onnx", nodes, inits, (1, 6, 6))
+    path = onnx_graph(tmp_path / "g.onnx", nodes, inits, (1, 6, 6))
     with pytest.raises(SlidenetError) as caught:
         read_onnx(path)
     message = str(caught.value)
@@ -304,7 +293,7 @@ def test_a_branch_that_never_joins_is_refused(tmp_path):
              helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
     with pytest.raises(SlidenetError, match="Sigmoid 'aux' ends a branch that never joins the "
                                             "others"):
-        read_onnx(save_graph(tmp_path / "g.onnx", nodes, inits, (1, 6, 6)))
+        read_onnx(onnx_graph(tmp_path / "g.onnx", nodes, inits, (1, 6, 6)))
 
 
 @pytest.mark.parametrize("op", ["Add", "Concat"])
@@ -320,7 +309,7 @@ def test_a_merge_of_unequal_volumes_names_both(tmp_path, op):
              helper.make_node("Flatten", ["s"], ["f"], name="flat"),
              helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
     with pytest.raises(SlidenetError) as caught:
-        read_onnx(save_graph(tmp_path / "g.onnx", nodes, inits, (1, 6, 6)))
+        read_onnx(onnx_graph(tmp_path / "g.onnx", nodes, inits, (1, 6, 6)))
     lines = str(caught.value).splitlines()
     assert len(lines) == 2 and "cannot represent 1 part of this graph" in lines[0]
     if op == "Add":
@@ -398,7 +387,7 @@ def test_branches_in_keras_layout_merge_along_the_last_axis(tmp_path):
                 helper.make_node("Reshape", ["c", "shape"], ["f"], name="flat"),
                 helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")])
     inits.append(numpy_helper.from_array(np.array([-1, 150], np.int64), "shape"))
-    path = save_graph(tmp_path / "g.onnx", nodes, inits, (7, 7, 2))
+    path = onnx_graph(tmp_path / "g.onnx", nodes, inits, (7, 7, 2))
     imported = read_onnx(path)
     assert imported.net.pattern == (
         "INPUT(7x7x2) -> CONV(3, 3x3, s=1x1, p=0x0) -> RELU -> { { CONV(3, 1x1, s=1x1, p=0x0) "

@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import import_part
+from helpers import import_part, onnx_graph
 
 onnx, ort = import_part("ONNX", "onnx", "onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
 
 import slidenet  # noqa: E402
 
@@ -20,18 +20,6 @@ RNG = np.random.default_rng(21)
 def weights(name, *shape):
     return numpy_helper.from_array((RNG.standard_normal(shape) * 0.5).astype(np.float32), name)
 
-
-def graph(path, nodes, inits, shape=(1, 6, 6), out="y", opset=17):
-    """Save a graph of `nodes` reading x (N, *shape) into `path`."""
-    model = helper.make_model(
-        helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                    ["N", *shape])],
-                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", "C"])],
-                          inits),
-        opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
 
 
 def run_cli(*args):
@@ -71,7 +59,7 @@ def test_identical_faults_are_one_line_with_their_count_and_later_faults_are_lis
     nodes += [helper.make_node("Conv", [last, "wd"], ["d"], name="dilated", dilations=[2, 2]),
               helper.make_node("Flatten", ["d"], ["f"], name="flat"),
               helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
-    status, _, stderr = run_cli("import", graph(tmp_path / "g.onnx", nodes, inits), "--out",
+    status, _, stderr = run_cli("import", onnx_graph(tmp_path / "g.onnx", nodes, inits), "--out",
                                 tmp_path / "never.npz")
     lines = stderr.strip().splitlines()
     assert status == 2 and not (tmp_path / "never.npz").exists()
@@ -97,7 +85,7 @@ def test_adding_zero_anywhere_is_dropped_without_a_warning(tmp_path, after):
                               transB=1)]
     nodes.insert(2 if after == "relu" else 3,
                  helper.make_node("Add", [names[after], "zero"], [names[after] + "0"], name="add"))
-    imports_like_onnxruntime(graph(tmp_path / "g.onnx", nodes, inits), tmp_path, (1, 6, 6))
+    imports_like_onnxruntime(onnx_graph(tmp_path / "g.onnx", nodes, inits), tmp_path, (1, 6, 6))
 
 
 def test_a_division_by_a_zero_constant_is_one_line_without_a_warning(tmp_path):
@@ -107,7 +95,7 @@ def test_a_division_by_a_zero_constant_is_one_line_without_a_warning(tmp_path):
              helper.make_node("Div", ["c", "d"], ["q"], name="div"),
              helper.make_node("Flatten", ["q"], ["f"], name="flat"),
              helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
-    status, _, stderr = run_cli("import", graph(tmp_path / "g.onnx", nodes, inits), "--out",
+    status, _, stderr = run_cli("import", onnx_graph(tmp_path / "g.onnx", nodes, inits), "--out",
                                 tmp_path / "never.npz")
     assert status == 2 and "Warning" not in stderr
     assert "  Div 'div': it divides by a constant that holds a zero" in stderr
@@ -126,7 +114,7 @@ def test_a_scale_and_shift_after_an_activation_is_a_batchnorm(tmp_path):
              helper.make_node("Mul", ["r", "gamma"], ["s"], name="bn/mul"),
              helper.make_node("Add", ["s", "beta"], ["t"], name="bn/add"),
              helper.make_node("MatMul", ["t", "fc2"], ["y"], name="out/MatMul")]
-    path = graph(tmp_path / "g.onnx", nodes, inits)
+    path = onnx_graph(tmp_path / "g.onnx", nodes, inits)
     status, _, stderr = run_cli("import", path, "--out", tmp_path / "m.npz", "--input-layout",
                                 "nchw")
     assert status == 0 and stderr == "", stderr
@@ -146,7 +134,7 @@ def test_global_average_pooling_before_the_fc_is_accepted(tmp_path):
              helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
              helper.make_node("Flatten", ["g"], ["f"], name="flat"),
              helper.make_node("Gemm", ["f", "fc"], ["y"], name="fc", transB=1)]
-    model = imports_like_onnxruntime(graph(tmp_path / "g.onnx", nodes, inits), tmp_path,
+    model = imports_like_onnxruntime(onnx_graph(tmp_path / "g.onnx", nodes, inits), tmp_path,
                                      (1, 6, 6))
     assert model.net.pattern.endswith("RELU -> GLOBALAVGPOOL -> FC(3)")
 
@@ -159,7 +147,7 @@ def test_a_pool_head_without_an_fc_scores_with_the_pool(tmp_path):
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
              helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
              helper.make_node("Flatten", ["g"], ["y"], name="flat")]
-    model = imports_like_onnxruntime(graph(tmp_path / "g.onnx", nodes, inits), tmp_path,
+    model = imports_like_onnxruntime(onnx_graph(tmp_path / "g.onnx", nodes, inits), tmp_path,
                                      (1, 6, 6))
     assert model.net.pattern.endswith("RELU -> GLOBALAVGPOOL") and model.net.num_outputs == 3
 
@@ -187,11 +175,11 @@ def test_uneven_padding_and_windows_that_do_not_fit_import_as_onnx_computes(tmp_
     nodes = [node, helper.make_node("Flatten", ["v"], ["f"], name="flat"),
              helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
     # The FC is sized from what onnxruntime computes for the window alone.
-    probe = graph(tmp_path / "probe.onnx", [node], inits, shape=(1, 8, 8), out="v")
+    probe = onnx_graph(tmp_path / "probe.onnx", [node], inits, shape=(1, 8, 8), out="v")
     v = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"]).run(
         None, {"x": np.zeros((1, 1, 8, 8), np.float32)})[0]
     fc = weights("fc", int(np.prod(v.shape[1:])), 3)
-    model = imports_like_onnxruntime(graph(tmp_path / "g.onnx", nodes, inits + [fc],
+    model = imports_like_onnxruntime(onnx_graph(tmp_path / "g.onnx", nodes, inits + [fc],
                                            shape=(1, 8, 8)), tmp_path, (1, 8, 8))
     assert text in model.net.pattern
 
@@ -211,7 +199,7 @@ def test_relu6_and_grouped_and_depthwise_convolutions_import_as_onnx_computes(tm
                               pads=[1, 1, 1, 1]),
              helper.make_node("Flatten", ["d"], ["f"], name="flat"),
              helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
-    model = imports_like_onnxruntime(graph(tmp_path / "g.onnx", nodes, inits), tmp_path,
+    model = imports_like_onnxruntime(onnx_graph(tmp_path / "g.onnx", nodes, inits), tmp_path,
                                      (1, 6, 6))
     assert model.net.pattern == (
         "INPUT(6x6x1) -> CONV(4, 3x3, s=1x1, p=1x1) -> RELU6 -> CONV(6, 3x3, s=1x1, p=1x1, g=2) "
@@ -231,7 +219,7 @@ def test_residual_adds_import_as_add_branches(tmp_path):
     inits.append(weights("fc", 36, 3))
     nodes += [helper.make_node("Flatten", [last], ["f"], name="flat"),
               helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
-    model = imports_like_onnxruntime(graph(tmp_path / "g.onnx", nodes, inits), tmp_path,
+    model = imports_like_onnxruntime(onnx_graph(tmp_path / "g.onnx", nodes, inits), tmp_path,
                                      (1, 6, 6))
     block = "{ CONV(1, 3x3, s=1x1, p=1x1) | ID } -> ADD"
     assert model.net.pattern == f"INPUT(6x6x1) -> [{block}]*3 -> FC(3)"

@@ -15,23 +15,18 @@ Needs /usr/bin/chromium.
 """
 import argparse
 import io
-import os
-import re
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 import slidenet
+from serve_screenshots import served_page     # this folder's script: run from the repo root
 
 MAX_TILES = 64      # channels the page draws per layer (serve.js)
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def made_up_picture(height, width):
@@ -87,17 +82,8 @@ def main():
     row, col, channel = clearest_unit(model, pixels, args.layer)
     del model
 
-    server = subprocess.Popen([sys.executable, "-m", "slidenet", "serve", args.model,
-                               "--port", "0"], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        url = re.search(r"on (http://\S+?)/? ", server.stdout.readline()).group(1)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                                 headless=True, args=ARGS)
-            page = browser.new_page(viewport={"width": 1200, "height": 900},
-                                    device_scale_factor=1)
-            page.goto(url)
+        with served_page(args.model) as (server, page):
             began = time.perf_counter()
             page.set_input_files("#file", str(picture))
             last = page.locator("#maps .layer").last.get_attribute("data-layer")
@@ -120,13 +106,11 @@ def main():
 
             _shoot(page, f"#layer-{args.layer}", args.out / f"{args.prefix}add.png")
             _shoot(page, "#unit", args.out / f"{args.prefix}add-unit.png")
-            browser.close()
-        print(f"{args.layer} channel {channel} at ({row}, {col}); every layer shown "
-              f"{shown:.2f} s after the drop; the click answered in {clicked:.2f} s; server "
-              f"peak memory {peak_memory(server.pid):,.0f} MiB")
+            # Before the server stops: its peak memory is read from /proc.
+            print(f"{args.layer} channel {channel} at ({row}, {col}); every layer shown "
+                  f"{shown:.2f} s after the drop; the click answered in {clicked:.2f} s; server "
+                  f"peak memory {peak_memory(server.pid):,.0f} MiB")
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
         picture.unlink(missing_ok=True)
 
 

@@ -128,10 +128,25 @@ def form(op, opset):
     return found
 
 
+_READY = {}     # (op, opset) -> its form, each attribute's type also as onnx's number
+
+
+def _ready(onnx, op, opset):
+    key = (op, opset)
+    if key not in _READY:
+        entry = form(op, opset)
+        if entry is not None and len(entry) == 4:
+            at, inputs, outputs, attributes = entry
+            entry = (at, inputs, outputs, {name: (kind, getattr(onnx.AttributeProto, kind))
+                                           for name, kind in attributes.items()})
+        _READY[key] = entry
+    return _READY[key]
+
+
 def node_faults(onnx, node, opset):
     """Why a node of an op slidenet reads does not have that op's form at `opset`: [reason, ...],
     empty when it has. The attribute types are onnx's AttributeProto names (INT, INTS, ...)."""
-    entry = form(node.op_type, opset)
+    entry = _ready(onnx, node.op_type, opset)
     if entry is None:
         return []
     if len(entry) == 2:
@@ -142,13 +157,13 @@ def node_faults(onnx, node, opset):
     if not low <= count <= high:
         faults.append(f"it has {count} input{'s' * (count != 1)}, where ONNX's "
                       f"{node.op_type} takes {_range(low, high)}")
-    elif any(not name for name in node.input[:low if high < MANY else count]):
+    elif "" in node.input[:low if high < MANY else count]:
         faults.append(f"a required input is unnamed (its first {low} must be named)")
     count = len(node.output)
     if not out_low <= count <= out_high:
         faults.append(f"it has {count} output{'s' * (count != 1)}, where ONNX's "
                       f"{node.op_type} makes {_range(out_low, out_high)}")
-    elif any(not name for name in node.output[:out_low]):
+    elif "" in node.output[:out_low]:
         faults.append("its output is unnamed")
     seen = set()
     for attribute in node.attribute:
@@ -164,9 +179,9 @@ def node_faults(onnx, node, opset):
         elif attribute.ref_attr_name:
             faults.append(f"attribute {name!r} refers to a function's attribute, which only a "
                           "function's body may")
-        elif attribute.type != getattr(onnx.AttributeProto, want):
+        elif attribute.type != want[1]:
             faults.append(f"attribute {name!r} is {_type_name(onnx, attribute.type)}, where "
-                          f"{node.op_type} takes {want}")
+                          f"{node.op_type} takes {want[0]}")
     return faults
 
 

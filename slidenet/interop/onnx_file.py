@@ -258,6 +258,9 @@ def first_line(err):
     return text[0] if text else type(err).__name__
 
 
+_DTYPES = {}        # TensorProto.data_type -> the NumPy dtype of a type slidenet reads
+
+
 def tensor_array(tensor, folder, budget, raw=None, files=None):
     """A TensorProto's numbers as a NumPy array, checked before anything is allocated.
 
@@ -269,14 +272,18 @@ def tensor_array(tensor, folder, budget, raw=None, files=None):
     """
     onnx = require_onnx()
     what = f"tensor {tensor.name!r}"
-    try:
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
-    except (KeyError, TypeError, ValueError):
-        raise OnnxFileError(f"{what} has data type {tensor.data_type}, which is not numbers "
-                            "slidenet reads") from None
-    if dtype.kind not in "biuf" or dtype.itemsize > 8:
-        raise OnnxFileError(f"{what} holds {onnx.TensorProto.DataType.Name(tensor.data_type)}, "
-                            "not numbers slidenet reads")
+    dtype = _DTYPES.get(tensor.data_type)
+    if dtype is None:
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        except (KeyError, TypeError, ValueError):
+            raise OnnxFileError(f"{what} has data type {tensor.data_type}, which is not numbers "
+                                "slidenet reads") from None
+        if dtype.kind not in "biuf" or dtype.itemsize > 8:
+            raise OnnxFileError(f"{what} holds "
+                                f"{onnx.TensorProto.DataType.Name(tensor.data_type)}, not "
+                                "numbers slidenet reads")
+        _DTYPES[tensor.data_type] = dtype
     dims = list(tensor.dims)
     if any(d < 0 for d in dims):
         raise OnnxFileError(f"{what} has a negative dimension {dims}")

@@ -21,6 +21,7 @@ The class-level parts (grammar, shape rule, geometry) run before any weight exis
 is parsed and every shape inferred without allocating anything.
 """
 from dataclasses import dataclass
+from math import prod
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -79,7 +80,7 @@ class Arena:
 
     def zeros(self, shape, dtype):
         """A C-contiguous, writable array of zeros of `shape` and `dtype`."""
-        count = int(np.prod(shape))
+        count = prod(shape)
         end = self.used + count
         if np.dtype(dtype) != self.buffer.dtype or end > self.buffer.size:
             return np.zeros(shape, dtype)

@@ -82,13 +82,8 @@ def read_model(path):
     model = onnx.ModelProto()
     # One read straight into a NumPy array: NumPy asks the kernel for huge pages for a large
     # one, which fill several times faster than a bytes object's (docs/benchmarks.md, "ONNX
-    # import time"). Read-only once read: the weights are views of it, never written.
-    data = np.empty(size, np.uint8)
-    with open(path, "rb") as fh:
-        got = fh.readinto(data)         # never more than the size checked above
-    if got != size:
-        raise OnnxFileError(f"{path} changed while it was read ({got:,} of {size:,} bytes)")
-    data.flags.writeable = False
+    # import time"). Read-only: the weights are views of it, never written.
+    data = _read_whole(path, size, path)     # never more than the size checked above
     # The initializers' raw bytes stay where they lie in the file's buffer, viewed by NumPy;
     # protobuf parses the rest (a few kilobytes), so the weights are in memory once, not
     # twice, and never copied out of protobuf one by one.
@@ -112,6 +107,18 @@ def read_model(path):
     # The graph's structure is judged next, by `onnx_checks.check_structure`; each weight by
     # `tensor_array` as it is read.
     return model, folder, raws if light is not None else [None] * len(model.graph.initializer)
+
+
+def _read_whole(path, size, name):
+    """The `size` bytes of the file at `path` as a read-only uint8 array (OnnxFileError when
+    the file no longer holds them): one read straight into NumPy's buffer."""
+    data = np.empty(size, np.uint8)
+    with open(path, "rb") as fh:
+        got = fh.readinto(data)
+    if got != size:
+        raise OnnxFileError(f"{name} changed while it was read ({got:,} of {size:,} bytes)")
+    data.flags.writeable = False
+    return data
 
 
 def _varint(data, at, end):
@@ -294,7 +301,7 @@ def tensor_array(tensor, folder, budget, raw=None, files=None):
     if tensor.HasField("segment"):
         raise OnnxFileError(f"{what} is split into segments, which slidenet does not read")
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        raw = _external_bytes(tensor, folder, nbytes, what, files)
+        raw = _external_bytes(tensor, folder, nbytes, what, files, budget)
     elif raw is not None or tensor.HasField("raw_data"):
         raw = tensor.raw_data if raw is None else raw
         if len(raw) != nbytes:
@@ -326,12 +333,29 @@ def _typed_field(tensor, dtype, count, dims, what):
     return np.array(values, dtype=dtype).reshape(dims)
 
 
-def _external_bytes(tensor, folder, nbytes, what, files=None):
-    """`nbytes` from the external file a tensor names, which must lie inside `folder`."""
+class _External:
+    """An external data file of one model, checked: its path and size, and its bytes once read
+    whole (`_external_bytes`)."""
+
+    def __init__(self, path, size):
+        self.path, self.size, self.data = path, size, None
+
+
+def _external_bytes(tensor, folder, nbytes, what, files=None, budget=None):
+    """`nbytes` from the external file a tensor names, which must lie inside `folder`.
+
+    With `files` (the files of one model) and a `budget` the file's size fits, the file is read
+    whole at its first tensor, as the model file is (`read_model`), and every tensor is a view
+    of it: one read rather than one open, seek and read per tensor (DenseNet's 430)."""
     target, location, offset, length = _external_file(tensor, folder, what, files)
     if length != nbytes:
         raise OnnxFileError(f"{what}: its dims say {nbytes:,} bytes but its external data "
                             f"claims {length:,}")
+    external = files.get(location) if files is not None else None
+    if external is not None and budget is not None and external.size <= budget.total:
+        if external.data is None:
+            external.data = _read_whole(target, external.size, location)
+        return external.data[offset:offset + length]
     with open(target, "rb") as fh:
         fh.seek(offset)
         raw = fh.read(length)
@@ -342,7 +366,7 @@ def _external_bytes(tensor, folder, nbytes, what, files=None):
 
 def _external_file(tensor, folder, what, files=None):
     """(path, location, offset, length) of a tensor's external data, checked: the file lies
-    inside `folder` and holds the bytes claimed. files: {location: (path, size)} of the files
+    inside `folder` and holds the bytes claimed. files: {location: `_External`} of the files
     already checked for this model, filled in here (None: check every time)."""
     entries = {entry.key: entry.value for entry in tensor.external_data}
     location = entries.get("location", "")
@@ -354,11 +378,11 @@ def _external_file(tensor, folder, what, files=None):
     except ValueError:
         raise OnnxFileError(f"{what}: its external offset or length is not a number") from None
     if files is not None and location in files:
-        target, size = files[location]
+        target, size = files[location].path, files[location].size
     else:
         target, size = _external_target(folder, location, what)
         if files is not None:
-            files[location] = target, size
+            files[location] = _External(target, size)
     if length is None:
         length = size - offset
     if offset < 0 or length < 0 or offset + length > size:

@@ -225,24 +225,30 @@ def _structure(onnx, model):
         initializers.add(tensor.name)
     defined |= initializers
     for index, node in enumerate(graph.node):
-        place = f"node {index} ({node.op_type or 'no op'} {node.name!r})"
         if not node.op_type:
-            return f"{place} names no op"
+            return f"{_place(index, node)} names no op"
         if (node.domain or "ai.onnx") not in domains:
-            return f"{place} is of domain {node.domain!r}, which the model does not import"
+            return (f"{_place(index, node)} is of domain {node.domain!r}, which the model does "
+                    "not import")
         for name in node.input:
             if name and name not in defined:
-                return (f"{place} reads {name!r}, which no graph input, initializer or node "
-                        "before it makes (the nodes are out of order, or it is missing)")
+                return (f"{_place(index, node)} reads {name!r}, which no graph input, "
+                        "initializer or node before it makes (the nodes are out of order, or it "
+                        "is missing)")
         for name in node.output:
             if name in defined:
-                return f"{place} makes {name!r}, which is already defined (each value once)"
+                return (f"{_place(index, node)} makes {name!r}, which is already defined (each "
+                        "value once)")
             if name:
                 defined.add(name)
     for value in graph.output:
         if value.name not in defined:
             return f"graph output {value.name!r} is made by no node"
     return None
+
+
+def _place(index, node):
+    return f"node {index} ({node.op_type or 'no op'} {node.name!r})"
 
 
 def judge(onnx, model, path):

@@ -80,9 +80,8 @@ def read_model(path):
         raise OnnxFileError(f"{path} is empty, not an ONNX model")
     check_claimed_size(f"{path}", size, MAX_ONNX_FILE_BYTES)
     model = onnx.ModelProto()
-    # One read straight into a NumPy array: NumPy asks the kernel for huge pages for a large
-    # one, which fill several times faster than a bytes object's (docs/benchmarks.md, "ONNX
-    # import time"). Read-only: the weights are views of it, never written.
+    # One read (`_read_whole`), never more than the size checked above. Read-only: the
+    # weights are views of it, never written.
     data = _read_whole(path, size, path)     # never more than the size checked above
     # The initializers' raw bytes stay where they lie in the file's buffer, viewed by NumPy;
     # protobuf parses the rest (a few kilobytes), so the weights are in memory once, not
@@ -109,14 +108,26 @@ def read_model(path):
     return model, folder, raws if light is not None else [None] * len(model.graph.initializer)
 
 
+HUGE_PAGES_UP_TO = 64 * 2**20      # bytes: a file read into NumPy's buffer, on huge pages
+
+
 def _read_whole(path, size, name):
     """The `size` bytes of the file at `path` as a read-only uint8 array (OnnxFileError when
-    the file no longer holds them): one read straight into NumPy's buffer."""
-    data = np.empty(size, np.uint8)
+    the file no longer holds them).
+
+    Up to HUGE_PAGES_UP_TO, one read straight into a NumPy array, for which NumPy asks the
+    kernel for huge pages: several times faster to fill than a bytes object. A larger file is
+    read into a bytes object, as onnx.load reads it: there huge pages were the slower
+    (docs/benchmarks.md, "ONNX import time")."""
     with open(path, "rb") as fh:
-        got = fh.readinto(data)
-    if got != size:
-        raise OnnxFileError(f"{name} changed while it was read ({got:,} of {size:,} bytes)")
+        if size > HUGE_PAGES_UP_TO:
+            data = np.frombuffer(fh.read(size), np.uint8)
+        else:
+            data = np.empty(size, np.uint8)
+            data = data[:fh.readinto(data)]
+    if len(data) != size:
+        raise OnnxFileError(f"{name} changed while it was read ({len(data):,} of {size:,} "
+                            "bytes)")
     data.flags.writeable = False
     return data
 

@@ -242,7 +242,8 @@ class Conv(Layer):
             h, wd = self.info.input_shape[:2]
             return lambda x, skip=None: ops.conv_infer(
                 np.ascontiguousarray(x[:, :h + ah:sh, :wd + aw:sw]), picked, skip=skip)
-        prepared = ops.prepare_conv(w, b, stride, self.pad, relu, height=self.info.input_shape[0])
+        prepared = ops.prepare_conv(w, b, stride, self.pad, relu, height=self.info.input_shape[0],
+                                    width=self.info.input_shape[1])
         return lambda x, skip=None: ops.conv_infer(self._padded(x), prepared, skip=skip)
 
     def filter_images(self):

@@ -135,13 +135,19 @@ def test_a_prepared_layer_runs_f43_once_the_kernels_are_turned_off():
     np.testing.assert_allclose(fast, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-def test_pooled_output_is_the_max_pool_of_the_output():
-    x, wt, b = arrays(2, 8, 12, 16, 8, "float32")
-    p = ops.prepare_conv(wt, b, (1, 1), (1, 1), relu=True, height=8, width=12)
+@pytest.mark.parametrize("h, w", [(8, 12), (10, 6), (12, 14)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_pooled_output_is_the_output_then_the_max_pool(h, w, relu, dtype):
+    """CONV -> RELU -> MAXPOOL(2x2) in the output pass: bit for bit the output, then
+    `max_pool_forward` (sizes that are not multiples of 4: a last tile half outside)."""
+    x, wt, b = arrays(2, h, w, 16, 8, dtype)
+    p = ops.prepare_conv(wt, b, (1, 1), (1, 1), relu=relu, height=h, width=w)
     assert p.algorithm == "winograd44"
-    out = ops.conv_infer(x, p).copy()
-    want = out.reshape(2, 4, 2, 6, 2, 8).max(axis=(2, 4))
+    want = ops.max_pool_forward(ops.conv_infer(x, p).copy(), (2, 2), (2, 2))[0]
     np.testing.assert_array_equal(ops.conv_infer(x, p, pool=True), want)
+    with pytest.raises(ValueError):
+        ops.conv_infer(x, p, pool=True, skip=np.zeros((2, h, w, 8), dtype))
 
 
 def test_a_residual_net_scores_as_its_evaluation_forward():

@@ -222,7 +222,8 @@ class Conv(Layer):
         stride = self.info.spec.stride
         if pool and self.fusable:
             pooled = ops.prepare_conv(w, b, stride, self.pad, relu,
-                                      height=self.info.input_shape[0])
+                                      height=self.info.input_shape[0],
+                                      width=self.info.input_shape[1])
             return lambda x: ops.conv_infer(self._padded(x), pooled, pool=True)
         if not self.fusable:
             w, b = w.copy(), b.copy()

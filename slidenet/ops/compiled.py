@@ -106,6 +106,7 @@ def _compile():
         jit(winograd4_rows), jit(winograd4_output), jit(winograd4_adjoint))
     done.winograd4_output_pool = jit(winograd4_output_pool)
     done.winograd44_input, done.winograd44_output = jit(winograd44_input), jit(winograd44_output)
+    done.winograd44_output_pool = jit(winograd44_output_pool)
     done.max_pool = jit(max_pool)
     done.max_pool_backward = jit(max_pool_backward)
     done.bn_sums = jit(bn_sums)
@@ -685,3 +686,71 @@ def winograd44_output(m, th, tw, out, bias, use_bias, relu, skip, use_skip, tall
                             if relu:            # as np.maximum: a NaN stays NaN
                                 v = zero if v < zero else v
                             dst[ch] = v
+
+
+def winograd44_output_pool(m, th, tw, out, bias, use_bias, relu, tall, wide):
+    """m (36, >= c*T_h*T_w*K) -> out (c, P_h, P_w, K): `winograd44_output`'s rows [+ b][ReLU],
+    then the max of each 2x2 window at stride 2 (P_h = H' // 2, P_w = W' // 2), without writing
+    the rows: inference's CONV -> RELU -> MAXPOOL(2x2). The same sums as `winograd44_output`
+    and the comparisons of `max_pool` in its order, so the result is the two kernels' bit for
+    bit. tall (4, 6, T_w*K) as there; wide (2, 4, T_w*K): a window's two output rows."""
+    c, ph, pw, k = out.shape
+    zero, two = out.dtype.type(0), out.dtype.type(2)
+    four, eight = out.dtype.type(4), out.dtype.type(8)
+    span = tw * k
+    for n in range(c):
+        for ti in range(th):
+            if 2 * ti >= ph:
+                break
+            base = (n * th + ti) * span
+            for b in range(6):                  # A^T down the height
+                m0, m1 = m[b, base:base + span], m[6 + b, base:base + span]
+                m2, m3 = m[12 + b, base:base + span], m[18 + b, base:base + span]
+                m4, m5 = m[24 + b, base:base + span], m[30 + b, base:base + span]
+                h0, h1, h2, h3 = tall[0, b], tall[1, b], tall[2, b], tall[3, b]
+                for e in range(span):
+                    a_ = m1[e] + m2[e]
+                    b_ = m1[e] - m2[e]
+                    cc = m3[e] + m4[e]
+                    f = m3[e] - m4[e]
+                    h0[e] = (m0[e] + a_) + cc
+                    h1[e] = f * two + b_
+                    h2[e] = cc * four + a_
+                    h3[e] = (f * eight + b_) + m5[e]
+            for half in range(2):
+                if 2 * ti + half >= ph:
+                    break
+                for a in range(2):              # A^T along the width: rows 2 half + a
+                    p = 2 * half + a
+                    t0, t1, t2 = tall[p, 0], tall[p, 1], tall[p, 2]
+                    t3, t4, t5 = tall[p, 3], tall[p, 4], tall[p, 5]
+                    y0, y1, y2, y3 = wide[a, 0], wide[a, 1], wide[a, 2], wide[a, 3]
+                    for e in range(span):
+                        a_ = t1[e] + t2[e]
+                        b_ = t1[e] - t2[e]
+                        cc = t3[e] + t4[e]
+                        f = t3[e] - t4[e]
+                        y0[e] = (t0[e] + a_) + cc
+                        y1[e] = f * two + b_
+                        y2[e] = cc * four + a_
+                        y3[e] = (f * eight + b_) + t5[e]
+                o_row = out[n, 2 * ti + half]
+                for tj in range(tw):
+                    for side in range(2):
+                        j = 2 * tj + side
+                        if j >= pw:
+                            break
+                        o = o_row[j]
+                        lo = tj * k
+                        for ch in range(k):
+                            best = zero
+                            for a in range(2):
+                                for bb in range(2):
+                                    v = wide[a, 2 * side + bb, lo + ch]
+                                    if use_bias:
+                                        v += bias[ch]
+                                    if relu:    # as np.maximum: a NaN stays NaN
+                                        v = zero if v < zero else v
+                                    if (a == 0 and bb == 0) or v > best or v != v:
+                                        best = v    # as max_pool: the first, then any larger
+                            o[ch] = best

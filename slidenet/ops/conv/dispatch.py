@@ -174,9 +174,8 @@ def conv_infer(x, prepared, budget=None, pool=False, *, skip=None):
     costs more in hand-overs than it saves (docs/benchmarks.md, "Batch 1"). An F(4, 3) layer
     of one float32 image is split with `pair` instead, whose hand-over stays in compiled code.
 
-    "winograd44" (F(4x4, 3x3), `choose_infer`) adds the skip in its output pass too; it
-    pools by `max_pool_forward` after it, and runs F(4, 3) if the compiled kernels have been
-    turned off since `prepare_conv`.
+    "winograd44" (F(4x4, 3x3), `choose_infer`) adds the skip, or pools, in its output pass
+    too; it runs F(4, 3) if the compiled kernels have been turned off since `prepare_conv`.
 
     pool=True (not with skip): the 2x2 max pool at stride 2 of that output (CONV -> RELU ->
     MAXPOOL(2x2));
@@ -191,8 +190,7 @@ def conv_infer(x, prepared, budget=None, pool=False, *, skip=None):
         # The compiled kernels were turned off after prepare_conv: F(4, 3) from the filters.
         p = p._replace(algorithm="winograd4", filters=winograd_f43.prepare_filters(p.w))
     if p.algorithm == "winograd44":
-        out = winograd_f44.forward(x, p.filters, p.b, p.pad, p.relu, budget, skip)
-        return max_pool_forward(out, (2, 2), (2, 2))[0] if pool else out
+        return winograd_f44.forward(x, p.filters, p.b, p.pad, p.relu, budget, skip, pool)
     if pool:
         if p.algorithm == "winograd4" and winograd.pools(winograd_f43.F43, x, p.w):
             return winograd_f43.conv_forward_winograd4(x, p.w, p.b, p.stride, p.pad, p.relu,

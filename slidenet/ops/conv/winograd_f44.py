@@ -64,12 +64,14 @@ def prepare_filters(w, dtype=None):
     return np.ascontiguousarray(u.reshape(36, *w.shape[2:]), dtype=dtype or w.dtype)
 
 
-def forward(x, filters, b, pad=(1, 1), relu=False, budget=None, skip=None):
+def forward(x, filters, b, pad=(1, 1), relu=False, budget=None, skip=None, pool=False):
     """The convolution of x with the 3 x 3 filters that `prepare_filters` made, at stride 1.
 
     x: (N, H, W, D); filters: (36, D, K); b: (K,); pad (P_h, P_w). Returns out (N, H', W', K)
     with H' = H + 2P_h - 2, W' = W + 2P_w - 2: relu(conv(x) + b [+ skip]) (relu when `relu`);
-    skip: None or an array of out's shape, a residual sum's other terms. Needs the compiled
+    skip: None or an array of out's shape, a residual sum's other terms. pool=True (not with
+    skip): the 2x2 max pool at stride 2 of out instead, (N, H' // 2, W' // 2, K), from the
+    products without writing out (CONV -> RELU -> MAXPOOL(2x2)). Needs the compiled
     kernels (`runs`). The batch is cut into chunks of whole images whose GEMM rows and products
     fill about `runtime.chunk_bytes()` (smaller chunks, to stay in L2, ran slower: the
     GEMMs lose more to their size than the passes gain).
@@ -80,7 +82,9 @@ def forward(x, filters, b, pad=(1, 1), relu=False, budget=None, skip=None):
     th, tw = tiles(ho), tiles(wo)
     x = np.ascontiguousarray(x)
     dtype = np.result_type(x, filters)
-    out = empty((n, ho, wo, k), dtype)
+    if pool and skip is not None:
+        raise ValueError("F(4x4, 3x3) pools or adds a skip, not both")
+    out = empty((n, ho // 2, wo // 2, k) if pool else (n, ho, wo, k), dtype)
     bias = b.astype(dtype, copy=False)
     fast = compiled.kernels(x, filters)
 
@@ -96,6 +100,11 @@ def forward(x, filters, b, pad=(1, 1), relu=False, budget=None, skip=None):
         prod = scratch("conv.w44m", (36, rows * k + LINE), dtype)
         np.matmul(v[:, :rows * d].reshape(36, rows, d), filters,
                   out=prod[:, :rows * k].reshape(36, rows, k))
+        if pool:
+            fast.winograd44_output_pool(prod, th, tw, out[sl], bias, True, relu,
+                                        scratch("conv.w44tall", (4, 6, tw * k), dtype),
+                                        scratch("conv.w44row", (2, 4, tw * k), dtype))
+            return
         fast.winograd44_output(prod, th, tw, out[sl], bias, True, relu,
                                prod[:1, :1, None, None] if skip is None else skip[sl],
                                skip is not None,

@@ -5,6 +5,9 @@ several calls:
     Winograd (`conv.winograd_f23`, `conv.winograd_f43`): build the transformed row sets, turn the
         products into output rows (with bias and ReLU; F(4, 3)'s also adds a residual sum's
         other terms, inference's `skip`), build x's adjoint rows;
+    inference's F(4x4, 3x3) (`conv.winograd_f44`): B^T d B of every tile, and A^T m A with the
+        bias, skip, ReLU or 2x2 max pool (the one kernel family besides the direct convolution
+        with no NumPy twin: without numba `prepare_conv` keeps F(4, 3));
     im2col (`conv.common`, `conv.im2col`): the rows of thin inputs, the bias and ReLU over output
         rows, the ReLU's mask;
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;

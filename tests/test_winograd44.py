@@ -68,7 +68,38 @@ def test_chunks_agree_with_the_whole_batch_and_threads_bit_for_bit():
             runs.append(winograd_f44.forward(x, u, b, (1, 1), relu=True, budget=1).copy())
     np.testing.assert_array_equal(runs[0], runs[1])
     np.testing.assert_allclose(runs[0], whole, rtol=0, atol=1e-5 * np.abs(whole).max())
-    np.testing.assert_array_equal(winograd_f44.forward(x[3:4], u, b, (1, 1), relu=True), runs[0][3:4])
+    alone = winograd_f44.forward(x[3:4], u, b, (1, 1), relu=True)
+    np.testing.assert_array_equal(alone, runs[0][3:4])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_large_images_run_in_bands_as_whole_images_do(dtype):
+    """Where one image's GEMM rows exceed `runtime.chunk_bytes()`, each image runs in bands of
+    rows of tiles: the lecture's convolution still, its skip and its pool too, and 2 threads
+    give 1's bits. (A 22-row output: a last band and a last tile that stick out.)"""
+    x, wt, b = arrays(2, 22, 13, 8, 6, dtype)
+    u = winograd_f44.prepare_filters(wt)
+    want = naive.conv_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64),
+                              (1, 1), (1, 1))
+    skip = RNG.standard_normal(want.shape).astype(dtype)
+    tolerance = (1e-12 if dtype == "float64" else 2e-5) * np.abs(want).max()
+    runs = []
+    for threads in (1, 2):
+        previous = runtime.set_chunk_bytes(36 * 4 * (8 + 6) * x.itemsize * 2)  # 2 tile rows
+        try:
+            with runtime.workers(threads):
+                runs.append([winograd_f44.forward(x, u, b, (1, 1)).copy(),
+                             winograd_f44.forward(x, u, b, (1, 1), True, skip=skip).copy(),
+                             winograd_f44.forward(x, u, b, (1, 1), True, pool=True).copy()])
+        finally:
+            runtime.set_chunk_bytes(previous)
+    for one, two in zip(*runs):
+        np.testing.assert_array_equal(one, two)
+    plain, summed, pooled = runs[0]
+    np.testing.assert_allclose(plain, want, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(summed, np.maximum(want + skip, 0), rtol=0, atol=tolerance)
+    windows = np.maximum(plain, 0)[:, :22, :12].reshape(2, 11, 2, 6, 2, 6)
+    np.testing.assert_array_equal(pooled, windows.max(axis=(2, 4)))
 
 
 def relu_activations(n, h, w, d):

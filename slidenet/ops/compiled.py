@@ -565,12 +565,13 @@ def bn_backward_dx(g, xhat, mean_g_row, mean_gx_row, scale_row, dx):
 # tiles, T_w * D numbers contiguous in memory, so that its loops vectorise: over a tile's D
 # channels alone (16 in a thin layer) they ran 3-4 times slower.
 
-def winograd44_input(x, ph, pw, th, tw, buf, wide, out):
+def winograd44_input(x, ph, pw, t0, th, tw, buf, wide, out):
     """x (c, H, W, D) -> out (36, >= c*T_h*T_w*D): B^T d B of each tile's 6 x 6 input pixels,
-    entry 6a + b in plane 6a + b. Pixels outside x (the padding ph, pw, and past the last tile)
-    are zeros.
+    entry 6a + b in plane 6a + b, for the T_h rows of tiles from row t0 on (all of them, or a
+    band of a large image). Pixels outside x (the padding ph, pw, and past the last tile) are
+    zeros.
 
-    Each image is first copied into buf (4T_h + 2, 4, T_w + 1, D), the padded image with its
+    Each image's rows are first copied into buf (4T_h + 2, 4, T_w + 1, D), padded, with its
     column 4q + s at [:, s, q]: a tile's column j of every tile of a row is then one contiguous
     run. The pass along the width writes wide (6, 4T_h + 2, T_w*D) from it, the pass down the
     height out's planes from wide.
@@ -582,7 +583,7 @@ def winograd44_input(x, ph, pw, th, tw, buf, wide, out):
     flat = buf.reshape(hp, 4, (tw + 1) * d)
     for n in range(c):
         for y in range(hp):
-            i = y - ph
+            i = 4 * t0 + y - ph
             for s in range(4):
                 for q in range(tw + 1):
                     j = 4 * q + s - pw
@@ -630,10 +631,10 @@ def winograd44_input(x, ph, pw, th, tw, buf, wide, out):
                     o5[e] = (d5 - d3) - v * two
 
 
-def winograd44_output(m, th, tw, out, bias, use_bias, relu, skip, use_skip, tall, wide):
+def winograd44_output(m, first, th, tw, out, bias, use_bias, relu, skip, use_skip, tall, wide):
     """m (36, >= c*T_h*T_w*K) -> out (c, H', W', K): y = A^T m A of each tile [+ b][+ skip]
-    [ReLU], rows and columns past H', W' dropped. skip (c, H', W', K): a residual sum's other
-    terms, read with use_skip.
+    [ReLU], rows and columns past H', W' dropped; m holds the T_h rows of tiles from row
+    `first` on. skip (c, H', W', K): a residual sum's other terms, read with use_skip.
 
     The pass down the height writes a row of tiles into tall (4, 6, T_w*K); the pass along the
     width one output row into wide (4, T_w*K), its column 4t + s at [s, t*K:(t + 1)*K]; the
@@ -645,7 +646,7 @@ def winograd44_output(m, th, tw, out, bias, use_bias, relu, skip, use_skip, tall
     span = tw * k
     for n in range(c):
         for ti in range(th):
-            r = 4 * ti
+            r = 4 * (first + ti)
             rows = min(4, ho - r)
             base = (n * th + ti) * span
             for b in range(6):                  # A^T down the height
@@ -691,19 +692,19 @@ def winograd44_output(m, th, tw, out, bias, use_bias, relu, skip, use_skip, tall
                             dst[ch] = v
 
 
-def winograd44_output_pool(m, th, tw, out, bias, use_bias, relu, tall, wide):
+def winograd44_output_pool(m, first, th, tw, out, bias, use_bias, relu, tall, wide):
     """m (36, >= c*T_h*T_w*K) -> out (c, P_h, P_w, K): `winograd44_output`'s rows [+ b][ReLU],
     then the max of each 2x2 window at stride 2 (P_h = H' // 2, P_w = W' // 2), without writing
-    the rows: inference's CONV -> RELU -> MAXPOOL(2x2). The same sums as `winograd44_output`
-    and the comparisons of `max_pool` in its order, so the result is the two kernels' bit for
-    bit. tall (4, 6, T_w*K) as there; wide (2, 4, T_w*K): a window's two output rows."""
+    the rows: inference's CONV -> RELU -> MAXPOOL(2x2); m: T_h rows of tiles from row `first`
+    on. The same sums as `winograd44_output` and the comparisons of `max_pool` in its order, so
+    the result is the two kernels' bit for bit. tall (4, 6, T_w*K) as there; wide (2, 4, T_w*K): a window's two output rows."""
     c, ph, pw, k = out.shape
     zero, two = out.dtype.type(0), out.dtype.type(2)
     four, eight = out.dtype.type(4), out.dtype.type(8)
     span = tw * k
     for n in range(c):
         for ti in range(th):
-            if 2 * ti >= ph:
+            if 2 * (first + ti) >= ph:
                 break
             base = (n * th + ti) * span
             for b in range(6):                  # A^T down the height
@@ -721,7 +722,7 @@ def winograd44_output_pool(m, th, tw, out, bias, use_bias, relu, tall, wide):
                     h2[e] = cc * four + a_
                     h3[e] = (f * eight + b_) + m5[e]
             for half in range(2):
-                if 2 * ti + half >= ph:
+                if 2 * (first + ti) + half >= ph:
                     break
                 for a in range(2):              # A^T along the width: rows 2 half + a
                     p = 2 * half + a
@@ -737,7 +738,7 @@ def winograd44_output_pool(m, th, tw, out, bias, use_bias, relu, tall, wide):
                         y1[e] = f * two + b_
                         y2[e] = cc * four + a_
                         y3[e] = (f * eight + b_) + t5[e]
-                o_row = out[n, 2 * ti + half]
+                o_row = out[n, 2 * (first + ti) + half]
                 for tj in range(tw):
                     for side in range(2):
                         j = 2 * tj + side

@@ -30,7 +30,7 @@ import numpy as np
 from slidenet.ops import compiled
 from slidenet.ops.conv.common import check_shapes
 from slidenet.ops.conv.winograd_f43 import G
-from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
+from slidenet.ops.runtime import batch_chunks, chunk_bytes, empty, run_chunks, scratch
 
 LINE = 16                       # numbers: a cache line of float32
 
@@ -73,8 +73,9 @@ def forward(x, filters, b, pad=(1, 1), relu=False, budget=None, skip=None, pool=
     skip): the 2x2 max pool at stride 2 of out instead, (N, H' // 2, W' // 2, K), from the
     products without writing out (CONV -> RELU -> MAXPOOL(2x2)). Needs the compiled
     kernels (`runs`). The batch is cut into chunks of whole images whose GEMM rows and products
-    fill about `runtime.chunk_bytes()` (smaller chunks, to stay in L2, ran slower: the
-    GEMMs lose more to their size than the passes gain).
+    fill about `runtime.chunk_bytes()` (smaller chunks, to stay in L2, were no faster: the
+    GEMMs lose to their size what the passes gain); where one image's are more than that, each
+    image into bands of rows of tiles.
     """
     n, h, wd, d = x.shape
     k = filters.shape[2]
@@ -88,30 +89,35 @@ def forward(x, filters, b, pad=(1, 1), relu=False, budget=None, skip=None, pool=
     bias = b.astype(dtype, copy=False)
     fast = compiled.kernels(x, filters)
 
-    def work(sl):
-        c = sl.stop - sl.start
-        rows = c * th * tw
+    def work(sl, band=slice(0, th)):
+        """Images sl, tile rows `band` of each: the three steps on GEMM rows in scratch."""
+        c, bt = sl.stop - sl.start, band.stop - band.start
+        rows = c * bt * tw
         # Each plane one cache line longer than its rows: 36 planes at a power-of-two distance
         # would all fall in the same few cache sets.
         v = scratch("conv.w44v", (36, rows * d + LINE), x.dtype)
-        fast.winograd44_input(x[sl], pad[0], pad[1], th, tw,
-                              scratch("conv.w44pad", (4 * th + 2, 4, tw + 1, d), x.dtype),
-                              scratch("conv.w44wide", (6, 4 * th + 2, tw * d), x.dtype), v)
+        fast.winograd44_input(x[sl], pad[0], pad[1], band.start, bt, tw,
+                              scratch("conv.w44pad", (4 * bt + 2, 4, tw + 1, d), x.dtype),
+                              scratch("conv.w44wide", (6, 4 * bt + 2, tw * d), x.dtype), v)
         prod = scratch("conv.w44m", (36, rows * k + LINE), dtype)
         np.matmul(v[:, :rows * d].reshape(36, rows, d), filters,
                   out=prod[:, :rows * k].reshape(36, rows, k))
+        tall = scratch("conv.w44tall", (4, 6, tw * k), dtype)
         if pool:
-            fast.winograd44_output_pool(prod, th, tw, out[sl], bias, True, relu,
-                                        scratch("conv.w44tall", (4, 6, tw * k), dtype),
-                                        scratch("conv.w44row", (2, 4, tw * k), dtype))
+            fast.winograd44_output_pool(prod, band.start, bt, tw, out[sl], bias, True, relu,
+                                        tall, scratch("conv.w44row", (2, 4, tw * k), dtype))
             return
-        fast.winograd44_output(prod, th, tw, out[sl], bias, True, relu,
+        fast.winograd44_output(prod, band.start, bt, tw, out[sl], bias, True, relu,
                                prod[:1, :1, None, None] if skip is None else skip[sl],
-                               skip is not None,
-                               scratch("conv.w44tall", (4, 6, tw * k), dtype),
-                               scratch("conv.w44row", (4, tw * k), dtype))
+                               skip is not None, tall, scratch("conv.w44row", (4, tw * k), dtype))
 
-    hot = 36 * th * tw * (d + k)
-    chunks = batch_chunks(n, hot * x.itemsize, budget)
-    run_chunks(work, chunks)
+    per_row = 36 * tw * (d + k) * x.itemsize       # one row of tiles' GEMM rows and products
+    if per_row * th > chunk_bytes() and th > 1:
+        # A large image: bands of tile rows, each image on its own (as `winograd.band`), so
+        # that the scratch stays near `runtime.chunk_bytes()` however large the image.
+        bands = batch_chunks(th, per_row, budget)
+        run_chunks(lambda task: work(slice(task[0], task[0] + 1), task[1]),
+                   [(i, band) for i in range(n) for band in bands])
+    else:
+        run_chunks(work, batch_chunks(n, per_row * th, budget))
     return out

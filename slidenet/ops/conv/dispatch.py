@@ -147,7 +147,8 @@ def prepare_conv(w, b, stride=(1, 1), pad=(0, 0), relu=False, algorithm=None, he
 
 
 # Below this many input channels F(4x4, 3x3)'s 36 GEMMs (inner size D) are too thin to beat
-# F(4, 3)'s 6 (inner size 3D): docs/benchmarks.md, "F(4x4, 3x3)".
+# F(4, 3)'s 6 (inner size 3D): docs/benchmarks.md, "res18 inference: Winograd F(4x4, 3x3)
+# in both axes".
 WINOGRAD44_MIN_DEPTH = 8
 
 

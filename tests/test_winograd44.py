@@ -40,6 +40,12 @@ def test_forward_is_the_lectures_convolution(n, h, w, d, k, pad, dtype, toleranc
     np.testing.assert_allclose(got, want, rtol=0, atol=tolerance * np.abs(want).max())
 
 
+def test_filters_of_another_depth_are_refused():
+    x, wt, b = arrays(1, 6, 6, 4, 3, "float32")
+    with pytest.raises(ValueError, match="depth"):
+        winograd_f44.forward(x[..., :3], winograd_f44.prepare_filters(wt), b, (1, 1))
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("relu", [False, True])
 def test_the_skip_and_relu_are_added_after_the_bias(dtype, relu):

@@ -79,7 +79,7 @@ def forward(x, filters, b, pad=(1, 1), relu=False, budget=None, skip=None, pool=
     """
     n, h, wd, d = x.shape
     k = filters.shape[2]
-    ho, wo = check_shapes(x, np.empty((3, 3, d, 0)), (1, 1), pad)
+    ho, wo = check_shapes(x, np.empty((3, 3, filters.shape[1], 0)), (1, 1), pad)
     th, tw = tiles(ho), tiles(wo)
     x = np.ascontiguousarray(x)
     dtype = np.result_type(x, filters)

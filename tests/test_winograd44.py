@@ -7,7 +7,7 @@ import pytest
 from harness import without_numba
 from slidenet import Net, ops
 from slidenet.ops import compiled, naive, runtime
-from slidenet.ops.conv import dispatch, winograd_f43, winograd_f44
+from slidenet.ops.conv import dispatch, winograd_f44
 
 RNG = np.random.default_rng(44)
 

@@ -386,6 +386,38 @@ def test_the_slide_stepper_works_out_each_position(visit):
     visit.only_local()      # the refused geometry's 400 is logged by the browser itself
 
 
+def test_a_late_answer_for_an_earlier_slide_does_not_replace_the_latest(visit):
+    """Changes of the form in a row ask again each time, and answers can come back out of
+    order: earlier answers, held back until after the last one's, must not be shown over it."""
+    page = visit.page
+    form = page.locator("#slide-form")
+    expect(page.locator("#slide-formula")).to_contain_text("(7 + 2*1 - 3) / 2 + 1 = 4")
+    answered = int(form.get_attribute("data-answered"))
+    asked, held = [], []
+    page.on("request", lambda r: "/api/slide?" in r.url and asked.append(r.url))
+
+    def hold(route):                # S = 3, P = 1 (which fits) is held back; the rest pass
+        query = route.request.url.split("?", 1)[1].split("&")
+        if "s=3" in query and "p=1" in query:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/api/slide?*", hold)
+    with page.expect_request(lambda r: "s=3&p=1" in r.url):
+        page.fill("#slide-form input[name=s]", "3")
+    page.fill("#slide-form input[name=p]", "0")              # S = 3, P = 0 does not fit
+    expect(page.locator("#slide-error")).to_contain_text("(7 - 3) / 3 + 1 = 2.33")
+    assert len(held) == 1
+    held[0].continue_()                                      # the earlier answer, late
+    expect(form).to_have_attribute("data-answered", str(answered + len(asked)))
+    expect(page.locator("#slide-error")).to_be_visible()
+    expect(page.locator("#slide-error")).to_contain_text("(7 - 3) / 3 + 1 = 2.33")
+    expect(page.locator("#slide-view")).to_be_hidden()
+    page.unroute("**/api/slide?*")
+    visit.only_local()      # the refused geometry's 400 is logged by the browser itself
+
+
 # ---- 5. what a channel looks for ----
 
 def test_top_patches_are_those_of_viz_patches(visit, site):
@@ -431,6 +463,7 @@ def test_a_colour_model_takes_image_files(browser, tmp_path):
     save(tmp_path / "colour.npz", net, Normalizer.fit(pixels[None]), ["warm", "cool"])
     model = load(str(tmp_path / "colour.npz"))
     with server(tmp_path / "colour.npz", cwd=tmp_path) as (_, url):
+        warm(url, pixels)
         context = browser.new_context()
         page = context.new_page()
         seen = Visit(page, url)
@@ -462,6 +495,7 @@ def test_a_model_of_many_classes_lists_its_most_probable(browser, tmp_path):
     save(tmp_path / "many.npz", net, Normalizer.fit(pixels[None]), names)
     model = load(str(tmp_path / "many.npz"))
     with server(tmp_path / "many.npz", cwd=tmp_path) as (_, url):
+        warm(url, pixels)
         context = browser.new_context()
         page = context.new_page()
         seen = Visit(page, url)

@@ -160,8 +160,14 @@ def export(net, path, exporter):
                               input_names=["input"], output_names=["logits"],
                               dynamic_shapes=({0: torch.export.Dim("N", min=1, max=1024)},))
     seconds = time.perf_counter() - began
+    return seconds, onnx_opset(path)
+
+
+def onnx_opset(path):
+    """The opset a file says it is written in."""
+    import onnx
     written = onnx.load(str(path), load_external_data=False).opset_import
-    return seconds, max(o.version for o in written if o.domain in ("", "ai.onnx"))
+    return max(o.version for o in written if o.domain in ("", "ai.onnx"))
 
 
 def measure(python, kind, path, pixels, cwd=ROOT):
@@ -207,6 +213,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="timings per file (median)")
     parser.add_argument("--slidenet", default=str(ROOT / ".venv" / "bin" / "python"))
     parser.add_argument("--keep", action="store_true", help="keep the .onnx files")
+    parser.add_argument("--reuse", action="store_true",
+                        help="time the .onnx files a --keep run left in the folder (the same "
+                        "seeds make the same nets) rather than exporting them again")
+    parser.add_argument("--export-only", action="store_true",
+                        help="write the files (implies --keep) and time nothing")
     parser.add_argument("--baseline", metavar="PYTHON",
                         help="also time read_onnx with this Python (another checkout's venv, "
                         "such as main's), alternating with the others: its ratio in one run")
@@ -230,6 +241,10 @@ def main():
         files = []
         for exporter in args.exports.split(","):
             path = args.folder / f"{name}_{exporter}.onnx"
+            if args.reuse and path.exists():
+                written = onnx_opset(path)
+                files.append((exporter, path, None, written))
+                continue
             try:
                 seconds, opset = export(net, path, exporter)
             except Exception as err:            # a reference script: report and go on
@@ -240,6 +255,8 @@ def main():
         del net
         gc.collect()
         os.sync()       # the files just written reach the disk before anything is timed
+        if args.export_only:
+            continue
         for index, (exporter, path, seconds, opset) in enumerate(files):
             size = path.stat().st_size + sum(p.stat().st_size for p in
                                              args.folder.glob(f"{path.name}.data"))
@@ -261,7 +278,7 @@ def main():
             print(json.dumps({k: v for k, v in row.items() if k not in ("import", "baseline")} |
                              {kind: {k: v for k, v in row[kind].items() if k != "pattern"}
                               for kind in ("import", "baseline") if kind in row}), flush=True)
-            if not args.keep:
+            if not (args.keep or args.reuse):
                 path.unlink()
                 for extra in args.folder.glob(f"{path.name}.data"):
                     extra.unlink()

@@ -110,12 +110,12 @@ def test_the_wire_walk_finds_every_raw_tensor_where_protobuf_does(tmp_path):
     assert split_weights(np.frombuffer(b"\x89PNG\r\n\x1a\n" + bytes(64), np.uint8)) == (None, None)
 
 
-def test_a_branching_import_parses_and_infers_its_pattern_once(monkeypatch):
+def test_a_branching_import_infers_its_pattern_once_and_never_reads_it_back(monkeypatch):
     """The importer needs the shapes before it builds the net (to check the pattern, and to
     compare it with a slidenet export's own); the net is then built on those shapes, not on a
-    second parse and walk of a long nested pattern. Counted on the DenseNet-style fixture, whose
-    imported net still predicts what PyTorch computed (the net built on the shared shapes is
-    the one that runs)."""
+    second walk of a long nested pattern, and the pattern's parse is built as it is written,
+    not read back from its text. Counted on the DenseNet-style fixture, whose imported net still
+    predicts what PyTorch computed (the net built on the shared shapes is the one that runs)."""
     import slidenet.notation.pattern as pattern_module
     import slidenet.notation.shapes as shapes_module
     from slidenet.interop import onnx_import
@@ -137,7 +137,7 @@ def test_a_branching_import_parses_and_infers_its_pattern_once(monkeypatch):
     imported = read_onnx(folder / "torch_dense_legacy18.onnx", mean=expected["mean"],
                          std=expected["std"])
     assert "CONCAT" in imported.net.pattern
-    assert calls == {"parse": 1, "infer": 1}
+    assert calls == {"parse": 0, "infer": 1}
     scores = imported.net.forward(imported.normalizer.normalize(expected["pixels"]))
     p = np.exp(scores - scores.max(1, keepdims=True))
     np.testing.assert_allclose(p / p.sum(1, keepdims=True), expected["probabilities"],
@@ -207,3 +207,42 @@ def test_the_budget_names_the_tensor_only_when_it_refuses():
         budget.take(text, 64)
     budget.take("a plain description", 36)
     assert budget.left == 0
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "onnx"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.onnx")
+                                        if p.name != "unsupported.onnx"))
+def test_the_parse_built_while_writing_the_pattern_is_the_patterns_parse(name):
+    """The oracle is `parse` reading the written pattern back: every fixture (chains, residual,
+    Inception, dense and MobileNet blocks, repeats [...]*k, Keras layouts) gives the same
+    layer specs, columns, arguments and branches, and the written text is unchanged."""
+    import onnx
+    from slidenet.interop import onnx_import
+    from slidenet.interop.onnx_file import read_model
+    from slidenet.notation.pattern import parse
+    model, folder, raws = read_model(FIXTURES / name)
+    reader = onnx_import._Reader(onnx, model, folder, None, raws, FIXTURES / name)
+    with np.errstate(all="ignore"):
+        reader.walk()
+    assert not reader.faults
+    pattern, _, specs = reader.pattern()
+    assert specs is not None and specs == parse(pattern)
+    assert pattern.startswith("INPUT(") and " -> " in pattern
+
+
+def test_a_layer_the_tree_cannot_read_falls_back_to_parse_and_its_caret():
+    """A text that is not one layer, or a merge written as a plain layer, is refused by the
+    tree (the importer then parses the whole pattern for parse's own message)."""
+    from slidenet.errors import PatternError
+    from slidenet.notation.pattern import Tree, parse
+    tree = Tree()
+    for text, merges in (("CONV(8) -> RELU", False), ("ADD", False), ("RELU", True),
+                         ("CONV(8, 3x3, q=1)", False), ("", False)):
+        with pytest.raises(PatternError):
+            (tree.merge if merges else tree.layer)(text, 0, *([[], 0] if merges else []))
+    items = [tree.layer("INPUT(8x8x3)", 0), tree.layer("CONV(4, 3x3)", 16),
+             tree.layer("RELU", 32)]
+    pattern = "INPUT(8x8x3) -> CONV(4, 3x3) -> RELU"
+    assert tree.specs(items, pattern) == parse(pattern)

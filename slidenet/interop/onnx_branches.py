@@ -111,17 +111,25 @@ def _why(pieces, branches, start):
 def text(items, pieces):
     """The pattern of `items`: "A -> { B | ID } -> ADD -> C", with runs of the same layers
     written once with their count, as the lecture does: "[{ B | ID } -> ADD -> RELU]*2"."""
-    return " -> ".join(_runs([_item_text(item, pieces) for item in items]))
+    return written(items, pieces)[0]
 
 
+def written(items, pieces, tree=None, column=0):
+    """(`text(items, pieces)`, and with a `pattern.Tree`, the items `parse` reads from that
+    text where it starts at `column` of the whole pattern, else None): the pattern and its
+    parse, made in one pass."""
+    return _chain([_item(item, pieces) for item in items], tree, column)
+
+
+ARROW = " -> "
 RUN = 8     # the longest stretch of layers `_runs` looks for repeats of
 
 
 def _runs(texts):
-    """`texts` with each stretch that repeats written once as "[A -> B]*k": at each place,
-    the repeat that covers the most layers. The pattern expands back to the same layers in
-    the same order (and so the same names)."""
-    out, i = [], 0
+    """(start, length, count) for each stretch of `texts`, each that repeats to be written once
+    as "[A -> B]*k": at each place, the repeat that covers the most layers. The pattern expands
+    back to the same layers in the same order (and so the same names)."""
+    i = 0
     while i < len(texts):
         best = (1, 1)
         for length in range(1, min(RUN, (len(texts) - i) // 2) + 1):
@@ -131,20 +139,60 @@ def _runs(texts):
             if count > 1 and length * count > best[0] * best[1]:
                 best = (length, count)
         length, count = best
-        if count > 1:
-            out.append(f"[{' -> '.join(texts[i:i + length])}]*{count}")
-        else:
-            out.append(texts[i])
+        yield i, length, count
         i += length * count
-    return out
 
 
-def _item_text(item, pieces):
-    if isinstance(item, tuple):
-        branches, merge = item
-        inner = " | ".join(text(branch, pieces) if branch else "ID" for branch in branches)
-        return f"{{ {inner} }} -> {pieces[merge].text}"
-    return pieces[item].text
+# An item as written: (its text, make) where make(tree, column) is its parsed pattern item
+# when the text starts at `column`.
+
+def _chain(parts, tree, column):
+    """Parts joined by " -> ", repeats as "[...]*k": (text, [pattern items] or None)."""
+    written, items, at = [], [] if tree is not None else None, column
+    for start, length, count in _runs([text for text, _ in parts]):
+        if count > 1:
+            inner, inner_items = _join(parts[start:start + length], tree, at + 1)
+            text = f"[{inner}]*{count}"
+            if tree is not None:
+                items.append(tree.group(inner_items, count, at))
+        else:
+            text, make = parts[start]
+            if tree is not None:
+                items.append(make(tree, at))
+        written.append(text)
+        at += len(text) + len(ARROW)
+    return ARROW.join(written), items
+
+
+def _join(parts, tree, column):
+    """Parts joined by " -> " as they are (a repeated stretch's inside): (text, items)."""
+    items, at = [] if tree is not None else None, column
+    for text, make in parts:
+        if tree is not None:
+            items.append(make(tree, at))
+        at += len(text) + len(ARROW)
+    return ARROW.join(text for text, _ in parts), items
+
+
+def _item(item, pieces):
+    """One item of `nest` as written: (text, make)."""
+    if not isinstance(item, tuple):
+        text = pieces[item].text
+        return text, lambda tree, column: tree.layer(text, column)
+    branches, merge = item
+    chains = [[_item(inner, pieces) for inner in branch] if branch else
+              [("ID", lambda tree, column: tree.layer("ID", column))] for branch in branches]
+    texts = [_chain(chain, None, 0)[0] for chain in chains]
+    merge_text = pieces[merge].text
+    text = f"{{ {' | '.join(texts)} }}{ARROW}{merge_text}"
+
+    def make(tree, column):
+        made, at = [], column + 2
+        for chain, written_text in zip(chains, texts):
+            made.append(_chain(chain, tree, at)[1])
+            at += len(written_text) + 3
+        return tree.merge(merge_text, column + len(text) - len(merge_text), made, column)
+    return text, make
 
 
 def in_order(items, pieces):

@@ -49,7 +49,7 @@ from slidenet.interop.onnx_ops import (
     OPS, Act, Const, Probs, Skip, Unknown, Unsupported, attributes, channel_vector,
     slidenet_shape, unknown_op, where)
 from slidenet.net import Net
-from slidenet.notation.pattern import parse
+from slidenet.notation.pattern import Tree, parse
 from slidenet.notation.shapes import infer, walk_infos
 
 LAYOUTS = ("nchw", "nhwc")
@@ -96,7 +96,7 @@ def read_onnx(path, classes=None, scale=None, mean=None, std=None, input_layout=
                             f"{'part' if count == 1 else 'parts'} of this graph, so nothing was "
                             "written:\n  " + "\n  ".join(fault_lines(reader.faults)))
     try:
-        pattern, hwd = reader.pattern()
+        pattern, hwd, specs = reader.pattern()
     except branches.NotNested as fault:
         raise ImportRefused(f"{path}: slidenet cannot write this graph as one pattern, so "
                             f"nothing was written: {fault}") from None
@@ -114,8 +114,9 @@ def read_onnx(path, classes=None, scale=None, mean=None, std=None, input_layout=
                              metadata)
     try:
         # Shapes first, nothing allocated: then one net, as the metadata writes it if it can,
-        # built on the shapes already inferred (a long pattern is parsed and walked once).
-        infos = infer(parse(pattern), pattern)
+        # built on the shapes already inferred (a long pattern is walked once, and not read
+        # back from its text: the walk built its parse as it wrote it).
+        infos = infer(specs or parse(pattern), pattern)
         net = _as_written(infos, metadata) or Net.from_infos(pattern, infos)
     except SlidenetError as err:
         raise ImportRefused(f"{path}: its layers make the pattern {pattern}, which slidenet "
@@ -413,11 +414,22 @@ class _Reader:
         return (b, c, a) if layout == "NCHW" else (a, b, c)
 
     def pattern(self):
-        """The pattern of the layers read, branches nested ({ A | B } -> ADD), and (H, W, D)
-        of its INPUT; NotNested for a graph that is not branches nested in one chain."""
+        """(The pattern of the layers read, branches nested ({ A | B } -> ADD), (H, W, D) of
+        its INPUT, and `parse(pattern)` built as the pattern is written, or None where a
+        layer's text is not what it should be); NotNested for a graph that is not branches
+        nested in one chain."""
         h, w, d = self.input_shape()
         self.items = branches.nest(self.pieces, self.final.source)
-        return f"INPUT({h}x{w}x{d}) -> {branches.text(self.items, self.pieces)}", (h, w, d)
+        head = f"INPUT({h}x{w}x{d})"
+        tree = Tree()
+        rest, items = branches.written(self.items, self.pieces, tree,
+                                       len(head) + len(branches.ARROW))
+        pattern = f"{head}{branches.ARROW}{rest}"
+        try:
+            specs = tree.specs([tree.layer(head, 0), *items], pattern)
+        except SlidenetError:
+            specs = None        # `parse(pattern)` says what is wrong, caret and all
+        return pattern, (h, w, d), specs
 
     def fill(self, net):
         """Copy each piece's arrays into its layer of `net` (built from `pattern`).

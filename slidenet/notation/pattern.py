@@ -33,6 +33,7 @@ from slidenet.storage.limits import MAX_DEPTH, MAX_LAYERS
 
 EXAMPLE = "INPUT(32x32x3) -> CONV(10, 5x5) -> RELU -> FC(10)"
 
+_TROUBLE = re.compile(r"\(|\[|\]|->")      # what cannot stand inside a layer's parentheses
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _COUNT = re.compile(r"-?[A-Za-z0-9_.]+")
 _VARIABLE = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -64,6 +65,11 @@ def parse(pattern, variables=None, skip_optional=False):
         raise PatternError(f"variable {unused[0]} is bound (--set {unused[0]}={bound[unused[0]]}) "
                            f"but the pattern has no repeat count {unused[0]}: write [ ... ]*"
                            f"{unused[0]}, or drop the --set")
+    return _finish(items, pattern, skip_optional)
+
+
+def _finish(items, pattern, skip_optional):
+    """The checks on the items read from `pattern`, then the expanded net (`parse`'s result)."""
     _check_input(items, pattern)
     _check_size(items, pattern, skip_optional)
     specs = _drop_biases(list(_expand(items, skip_optional)))
@@ -72,6 +78,53 @@ def parse(pattern, variables=None, skip_optional=False):
                            "optional layers drop out): add one, e.g. -> FC(10)",
                            pattern, len(pattern))
     return specs
+
+
+class Tree:
+    """What `parse` reads from a pattern, built by a writer that knows the pattern's structure
+    as it writes it (the ONNX importer), so that the text need not be read back.
+
+    The writer names each layer by its text and the column where it writes it, each group by
+    its items, count and the column of its '[', each merge by its text, column, branches (lists
+    of items; ID is a layer) and the column of its '{'; `specs` then checks and expands the
+    items as `parse` does. Each distinct layer text is read once by `parse`'s own reader of a
+    layer (a net repeats RELU and its blocks' layers many times), so a layer means here what
+    it means in the pattern; the result equals `parse(pattern)` (tests/test_onnx_lean.py).
+    Raises PatternError for a text that is not one layer; the writer may then `parse` the
+    pattern for its own message, caret and all."""
+
+    def __init__(self):
+        self.read = {}      # layer text -> (kind, args, given)
+
+    def _spec(self, text, column, merges):
+        known = self.read.get(text)
+        if known is None:
+            reader = _Reader(text)
+            name = reader.match(_NAME)
+            if name is None or name.start() != 0:
+                raise _not_a_layer(reader)
+            spec = _layer(reader, name)
+            if reader.skip() != len(text) or spec.text != text:
+                raise reader.error(f"{text!r} is not one layer")
+            known = self.read[text] = (spec.kind, spec.args, spec.given, spec.type.merges)
+        kind, args, given, merging = known
+        if merging != merges:
+            raise PatternError(f"{text} {'does not merge' if merges else 'merges'} branches "
+                               "where the pattern needs it to", text, 0)
+        return LayerSpec(kind=kind, text=text, column=column, args=args, given=given)
+
+    def layer(self, text, column):
+        return _Layer(self._spec(text, column, False), False)
+
+    def group(self, items, count, column):
+        return _Group(items, count, column, False)
+
+    def merge(self, text, column, branches, brace):
+        return _Merge(self._spec(text, column, True), branches, brace, False)
+
+    @staticmethod
+    def specs(items, pattern, skip_optional=False):
+        return _finish(items, pattern, skip_optional)
 
 
 def parse_sets(assignments):
@@ -309,7 +362,7 @@ def _arguments(reader):
     opening = reader.skip()
     closing = reader.text.find(")", opening)
     inner = reader.text[opening + 1:closing] if closing >= 0 else reader.text[opening + 1:]
-    trouble = re.search(r"\(|\[|\]|->", inner)
+    trouble = _TROUBLE.search(inner)
     if closing < 0 or trouble:
         raise reader.error("unbalanced parentheses: this '(' is never closed", opening)
     reader.pos = closing + 1

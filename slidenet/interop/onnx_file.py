@@ -150,17 +150,26 @@ def _fields(data, start, end):
     of the protobuf message in data[start:end]; ValueError for anything malformed."""
     at = start
     while at < end:
-        tag, payload = _varint(data, at, end)
+        # A tag or length under 128 is one byte (nearly every tag, most lengths): read inline,
+        # the rest by `_varint` (once per field of the file).
+        tag = data[at]
+        if tag < 0x80:
+            payload = at + 1
+        else:
+            tag, payload = _varint(data, at, end)
         number, wire = tag >> 3, tag & 7
-        if wire == 0:
+        if wire == 2:
+            if payload < end and data[payload] < 0x80:
+                length, payload = data[payload], payload + 1
+            else:
+                length, payload = _varint(data, payload, end)
+            stop = payload + length
+        elif wire == 0:
             _, stop = _varint(data, payload, end)
         elif wire == 1:
             stop = payload + 8
         elif wire == 5:
             stop = payload + 4
-        elif wire == 2:
-            length, payload = _varint(data, payload, end)
-            stop = payload + length
         else:
             raise ValueError("groups are not written by ONNX")
         if stop > end or number == 0:

@@ -53,6 +53,7 @@ from slidenet.notation.pattern import Tree, parse
 from slidenet.notation.shapes import infer, walk_infos
 
 LAYOUTS = ("nchw", "nhwc")
+KEEP = object()     # `add_piece`: the output keeps the input's flat_from
 
 
 class ImportRefused(SlidenetError):
@@ -218,34 +219,44 @@ class _Reader:
         # How many nodes read each value on (Shape reads only its size): a layer whose output
         # more than one node reads keeps it, so no Mul or Add after it may fold into it (nor
         # into the normaliser, for the input).
-        readers = Counter(name for node in self.graph.node if node.op_type != "Shape"
+        nodes = self.graph.node
+        readers = Counter(name for node in nodes if node.op_type != "Shape"
                           for name in node.input if name)
         self._read_input(readers)
-        for node in self.graph.node:
-            handler = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        # Once per node: the names looked up once, not once per node.
+        onnx, opset, values, faults = self.onnx, self.opset, self.values, checks.node_faults
+        get, unknown = values.get, Unknown()
+        for node in nodes:
+            domain = node.domain
+            handler = OPS.get(node.op_type) if not domain or domain == "ai.onnx" else None
             try:
                 if handler is None:
                     raise Unsupported(unknown_op(node))
-                reasons = checks.node_faults(self.onnx, node, self.opset)
+                reasons = faults(onnx, node, opset)
                 if reasons:
                     raise Unsupported(*reasons)
-                inputs = [self._value(name) for name in node.input]
-                outputs = handler(self, node, attributes(self.onnx, node), inputs)
+                # An input no node made is Unknown (an earlier fault); "" is an omitted one.
+                inputs = [get(name, unknown) if name else None for name in node.input]
+                outputs = handler(self, node, attributes(onnx, node), inputs)
             except Unsupported as fault:
                 for reason in fault.args:
                     self.faults.append((where(node), reason))
                 outputs = self._after_fault(node)
             except Skip:
                 outputs = None
-            outputs = outputs if isinstance(outputs, list) else [outputs]
+            if not isinstance(outputs, list):
+                outputs = [outputs]
             for i, name in enumerate(node.output):
                 if name:
-                    value = outputs[i] if i < len(outputs) and outputs[i] is not None else Unknown()
-                    if isinstance(value, Act):
+                    value = outputs[i] if i < len(outputs) else None
+                    if value is None:
+                        value = Unknown()
+                    elif isinstance(value, Act):
                         value.name = name
                         if readers[name] > 1:
-                            value = replace(value, piece=None, pre=False)
-                    self.values[name] = value
+                            value = Act(name, value.layout, value.dims, value.flat_from, None,
+                                        False, value.source)
+                    values[name] = value
         self._read_outputs()
 
     def _after_fault(self, node):
@@ -337,11 +348,6 @@ class _Reader:
 
     # -- values --
 
-    def _value(self, name):
-        if not name:
-            return None
-        return self.values.get(name, Unknown())
-
     def act(self, value, node):
         """The Act a node reads (any number of nodes may read one: the graph branches)."""
         if isinstance(value, (Unknown, type(None))):
@@ -390,17 +396,20 @@ class _Reader:
         self.pieces.append(piece)
         return len(self.pieces) - 1
 
-    def add_piece(self, piece, act_in, layout, dims, foldable=True, **changes):
-        """Append a layer; returns the Act of its output."""
+    def add_piece(self, piece, act_in, layout, dims, foldable=True, flat_from=KEEP):
+        """Append a layer; returns the Act of its output (flat_from: as `act_in`'s, unless
+        given). Built field by field: one per node, and a dataclass replace costs several
+        times more."""
         index = self.append(piece, act_in)
-        return replace(act_in, layout=layout, dims=tuple(dims), pre=False, source=index,
-                       piece=index if foldable else None, **changes)
+        return Act(act_in.name, layout, tuple(dims),
+                   act_in.flat_from if flat_from is KEEP else flat_from,
+                   index if foldable else None, False, index)
 
     def add_merge(self, piece, acts_in, layout, dims):
         """Append ADD or CONCAT, the merge of branches ending in `acts_in`; returns its Act."""
         index = self.append(piece, *acts_in)
-        return replace(acts_in[0], layout=layout, dims=tuple(dims), pre=False, source=index,
-                       piece=None)
+        first = acts_in[0]
+        return Act(first.name, layout, tuple(dims), first.flat_from, None, False, index)
 
     # -- after the walk --
 

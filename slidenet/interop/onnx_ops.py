@@ -86,11 +86,30 @@ def where(node):
     return f"{node.op_type} {(node.name or (node.output[0] if node.output else '?'))!r}"
 
 
+# AttributeProto's type numbers (fixed by the ONNX standard) of the attributes Conv, the pools
+# and the others carry: read straight from the message, the rest through onnx.helper.
+_FLOAT, _INT, _STRING, _INTS = 1, 2, 3, 7
+
+
 def attributes(onnx, node):
+    """{name: value} of a node's attributes (strings decoded); `onnx_checks.node_faults` has
+    already refused references to a function's attributes."""
     values = {}
     for attribute in node.attribute:
-        value = onnx.helper.get_attribute_value(attribute)
-        values[attribute.name] = value.decode() if isinstance(value, bytes) else value
+        kind = attribute.type
+        if kind == _INTS:
+            value = list(attribute.ints)
+        elif kind == _INT:
+            value = attribute.i
+        elif kind == _FLOAT:
+            value = attribute.f
+        elif kind == _STRING:
+            value = attribute.s.decode()
+        else:
+            value = onnx.helper.get_attribute_value(attribute)
+            if isinstance(value, bytes):
+                value = value.decode()
+        values[attribute.name] = value
     return values
 
 

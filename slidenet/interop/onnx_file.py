@@ -21,6 +21,7 @@ import numpy as np
 
 from slidenet.errors import SlidenetError
 from slidenet.interop.onnx_graph import require_onnx
+from slidenet.ops.runtime import huge_page_buffer
 from slidenet.storage import limits
 from slidenet.storage.limits import MAX_ONNX_FILE_BYTES, MAX_TENSOR_BYTES
 
@@ -116,14 +117,15 @@ def _read_whole(path, size, name):
     the file no longer holds them).
 
     Up to HUGE_PAGES_UP_TO, one read straight into a NumPy array, for which NumPy asks the
-    kernel for huge pages: several times faster to fill than a bytes object. A larger file is
+    kernel for huge pages (starting on one, `runtime.huge_page_buffer`): several times faster to
+    fill than a bytes object. A larger file is
     read into a bytes object, as onnx.load reads it: there huge pages were the slower
     (docs/benchmarks.md, "ONNX import time")."""
     with open(path, "rb") as fh:
         if size > HUGE_PAGES_UP_TO:
             data = np.frombuffer(fh.read(size), np.uint8)
         else:
-            data = np.empty(size, np.uint8)
+            data = huge_page_buffer(size, zeroed=False)
             data = data[:fh.readinto(data)]
     if len(data) != size:
         raise OnnxFileError(f"{name} changed while it was read ({len(data):,} of {size:,} "

@@ -357,6 +357,23 @@ def empty(shape, dtype):
         return buffers[best][:nbytes].view(dtype).reshape(shape)
 
 
+HUGE_PAGE = 2**21       # bytes: the kernel's transparent huge page on x86-64 and arm64
+
+
+def huge_page_buffer(nbytes, zeroed=True):
+    """A uint8 array of `nbytes` (zeros, or as found when not `zeroed`) that starts on a
+    HUGE_PAGE boundary when it is large enough for huge pages (NumPy asks the kernel for them
+    from 4 MiB): every whole 2 MiB of it can then be one huge page, where an unaligned buffer
+    loses the one at each end to 4 KiB pages, hundreds of page faults for a few MiB
+    (docs/benchmarks.md, "ONNX import time"). The 2 MiB it allocates more are never touched."""
+    make = np.zeros if zeroed else np.empty
+    if nbytes < 2 * HUGE_PAGE:
+        return make(nbytes, np.uint8)
+    raw = make(nbytes + HUGE_PAGE, np.uint8)
+    skip = -raw.ctypes.data % HUGE_PAGE
+    return raw[skip:skip + nbytes]
+
+
 def batch_chunks(n, bytes_per_image, budget=None, hot_bytes_per_image=None):
     """Slices of the batch axis (0..n) for images that each need `bytes_per_image` of scratch.
 

@@ -11,6 +11,7 @@ and that maximum passed the ReLU exactly when the pooled value is above zero.
     ConvRelu          CONV -> RELU             (cs231n's conv_relu_forward)
     FCRelu            FC -> RELU
     ConvReluMaxPool   CONV -> RELU -> MAXPOOL  (cs231n's conv_relu_pool_forward)
+    AddRelu           ADD -> RELU              (a residual block's sum and its RELU)
     ReluMaxPool       RELU -> MAXPOOL
 
 A fused step holds the original layers (`parts`) and uses their parameters and gradients, so
@@ -22,6 +23,7 @@ from slidenet import ops
 from slidenet.layers.activations import Relu
 from slidenet.layers.conv import Conv
 from slidenet.layers.fc import FC
+from slidenet.layers.merge import Add
 from slidenet.layers.pool import MaxPool
 
 
@@ -63,6 +65,14 @@ class FCRelu(WithRelu):
     """max(0, x @ W + b)."""
 
     pattern = (FC, Relu)
+
+
+class AddRelu(WithRelu):
+    """max(0, sum of the branches): a residual block and the RELU after it. The sum is
+    rectified in the pass that writes it, and its backward masks the gradient once before
+    handing it to every branch."""
+
+    pattern = (Add, Relu)
 
 
 class ConvReluMaxPool(Fused):
@@ -115,7 +125,7 @@ class ReluMaxPool(Fused):
 
 
 # Longest first: a CONV -> RELU -> MAXPOOL becomes one step, not a ConvRelu and a lone MAXPOOL.
-RULES = (ConvReluMaxPool, ConvRelu, FCRelu, ReluMaxPool)
+RULES = (ConvReluMaxPool, ConvRelu, FCRelu, AddRelu, ReluMaxPool)
 
 
 def fuse(layers):

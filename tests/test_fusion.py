@@ -26,7 +26,7 @@ def steps(pattern):
 def test_which_runs_are_fused():
     assert steps("INPUT(6x6x1) -> CONV(2) -> RELU -> POOL -> RELU -> FC(4) -> TANH -> FC(2) -> RELU") == \
         ["ConvReluMaxPool", "Relu", "FC", "Tanh", "FCRelu"]
-    assert steps(NORMED) == ["Conv", "BatchNorm", "ReluMaxPool", "FCRelu", "FC"]
+    assert steps(NORMED) == ["Conv", "BatchNormRelu", "MaxPool", "FCRelu", "FC"]
     assert steps("INPUT(6x6x1) -> CONV(2) -> RELU -> AVGPOOL -> FC(2)") == ["ConvRelu", "AvgPool", "FC"]
     assert fusion.fuse([]) == []
     assert steps(BLOCKS) == ["Conv", "AddRelu", "AddRelu", "FC"]
@@ -55,11 +55,12 @@ def test_fused_net_matches_the_layers_one_by_one(pattern):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_add_relu_is_bit_for_bit_the_add_then_the_relu(dtype):
-    # The fused sum and RELU make the same additions and the same mask as the two layers.
-    fused, plain = Net.from_pattern(BLOCKS, dtype=dtype), Net.from_pattern(BLOCKS, dtype=dtype)
+@pytest.mark.parametrize("pattern", [BLOCKS, NORMED])
+def test_fused_relus_are_bit_for_bit_the_layers(pattern, dtype):
+    # ADD -> RELU and BATCHNORM -> RELU make the same sums and the same masks as the layers.
+    fused, plain = Net.from_pattern(pattern, dtype=dtype), Net.from_pattern(pattern, dtype=dtype)
     plain.steps = list(plain.layers)
-    x = RNG.standard_normal((3, 6, 6, 2)).astype(dtype)
+    x = RNG.standard_normal((3, *fused.input_shape)).astype(dtype)
     ds = RNG.standard_normal((3, 3)).astype(dtype)
     np.testing.assert_array_equal(fused.forward(x, train=True), plain.forward(x, train=True))
     np.testing.assert_array_equal(fused.backward(ds), plain.backward(ds))

@@ -371,6 +371,67 @@ def test_batchnorm_pair(shape):
                  compiled_exact=False)       # float64 sums in another order than the GEMVs'
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_batchnorm_relu_pair(train):
+    # BATCHNORM -> RELU fused: max(0, out) as it is written, its mask in the backward's passes.
+    shape, d = (7, 4, 5, 3), 3
+    rng = np.random.default_rng(11)
+    stats = (rng.standard_normal(d), rng.uniform(0.5, 2, d))
+
+    def forward(x, gamma, beta):
+        return ops.batchnorm_forward(x, gamma, beta, stats[0].copy(), stats[1].copy(), train=train,
+                                     relu=True)
+
+    def reference(x, gamma, beta):
+        if train:
+            return np.maximum(naive.batchnorm_forward(x, gamma, beta), 0)
+        return np.maximum((x - stats[0]) / np.sqrt(stats[1] + ops.BATCHNORM_EPSILON) * gamma
+                          + beta, 0)
+
+    def reference_backward(dout, x, gamma, beta):
+        g = dout * (reference(x, gamma, beta) > 0)
+        if train:
+            return naive.batchnorm_backward(g, x, gamma)
+        xhat = (x - stats[0]) / np.sqrt(stats[1] + ops.BATCHNORM_EPSILON)
+        return (g * gamma / np.sqrt(stats[1] + ops.BATCHNORM_EPSILON),
+                (g * xhat).sum(axis=(0, 1, 2)), g.sum(axis=(0, 1, 2)))
+
+    check_kernel(forward, lambda dout, cache: ops.batchnorm_backward(dout, cache, relu=True),
+                 {"x": rng.standard_normal(shape) * 2 + 1, "gamma": rng.standard_normal(d),
+                  "beta": rng.standard_normal(d)}, ("x", "gamma", "beta"),
+                 naive=reference, naive_backward=reference_backward, compiled_exact=False)
+    _, cache = ops.batchnorm_forward(np.ones(shape), np.ones(d), np.zeros(d), np.zeros(d),
+                                     np.ones(d), train=train)
+    with pytest.raises(ValueError, match="relu=True needs a forward with relu=True"):
+        ops.batchnorm_backward(np.ones(shape), cache, relu=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("numba", [True, False], ids=["compiled", "numpy"])
+def test_batchnorm_relu_is_bit_for_bit_the_two_layers(dtype, numba):
+    # The fused mask (inside BATCHNORM's compiled passes, or relu_backward first without them)
+    # makes the same numbers as BATCHNORM's backward after RELU's.
+    from slidenet.ops import compiled
+    if numba:
+        require("NUMBA", numba_problem())
+    rng = np.random.default_rng(5)
+    x, dout = (rng.standard_normal((6, 5, 4, 8)).astype(dtype) for _ in range(2))
+    gamma, beta = rng.standard_normal(8).astype(dtype), rng.standard_normal(8).astype(dtype)
+    previous = compiled.set_enabled(numba)
+    try:
+        stats = [np.zeros(8, dtype), np.ones(8, dtype)]
+        fused, cache = ops.batchnorm_forward(x, gamma, beta, *stats, train=True, relu=True)
+        fused_grads = ops.batchnorm_backward(dout, cache, relu=True)
+        out, cache = ops.batchnorm_forward(x, gamma, beta, *stats, train=True)
+        rectified, relu_cache = ops.relu_forward(out)
+        grads = ops.batchnorm_backward(ops.relu_backward(dout, relu_cache), cache)
+    finally:
+        compiled.set_enabled(previous)
+    np.testing.assert_array_equal(fused, rectified)
+    for a, b in zip(fused_grads, grads):
+        np.testing.assert_array_equal(a, b)
+
+
 def _batchnorm_both_ways(x, gamma, beta, dout, reduce, workers, numba):
     """Training forward and backward with the compiled passes on or off, on `workers` threads,
     one image per chunk: (out, running mean, running var, dx, dgamma, dbeta)."""

@@ -11,6 +11,7 @@ and that maximum passed the ReLU exactly when the pooled value is above zero.
     ConvRelu          CONV -> RELU             (cs231n's conv_relu_forward)
     FCRelu            FC -> RELU
     ConvReluMaxPool   CONV -> RELU -> MAXPOOL  (cs231n's conv_relu_pool_forward)
+    BatchNormRelu     BATCHNORM -> RELU
     AddRelu           ADD -> RELU              (a residual block's sum and its RELU)
     ReluMaxPool       RELU -> MAXPOOL
 
@@ -21,6 +22,7 @@ A layer whose `fusable` is False (a grouped CONV) runs on its own.
 """
 from slidenet import ops
 from slidenet.layers.activations import Relu
+from slidenet.layers.batchnorm import BatchNorm
 from slidenet.layers.conv import Conv
 from slidenet.layers.fc import FC
 from slidenet.layers.merge import Add
@@ -65,6 +67,14 @@ class FCRelu(WithRelu):
     """max(0, x @ W + b)."""
 
     pattern = (FC, Relu)
+
+
+class BatchNormRelu(WithRelu):
+    """max(0, batchnorm(x)): rectified in the pass that writes BATCHNORM's output; its backward
+    masks dout inside BATCHNORM's own two passes (with the compiled kernels), so the RELU
+    costs no pass of its own either way."""
+
+    pattern = (BatchNorm, Relu)
 
 
 class AddRelu(WithRelu):
@@ -125,7 +135,7 @@ class ReluMaxPool(Fused):
 
 
 # Longest first: a CONV -> RELU -> MAXPOOL becomes one step, not a ConvRelu and a lone MAXPOOL.
-RULES = (ConvReluMaxPool, ConvRelu, FCRelu, AddRelu, ReluMaxPool)
+RULES = (ConvReluMaxPool, ConvRelu, FCRelu, BatchNormRelu, AddRelu, ReluMaxPool)
 
 
 def fuse(layers):

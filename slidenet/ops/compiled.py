@@ -525,35 +525,51 @@ def bn_centred_squares(x, mean_row, acc):
             acc[q] += c * c
 
 
-def bn_normalise(x, mean_row, inv_row, gamma_row, beta_row, xhat, out):
-    """xhat = (x - mean_row) * inv_row and out = xhat * gamma_row + beta_row, over (R, W*D)."""
+def bn_normalise(x, mean_row, inv_row, gamma_row, beta_row, xhat, out, relu):
+    """xhat = (x - mean_row) * inv_row and out = xhat * gamma_row + beta_row, over (R, W*D);
+    relu: out = max(0, out) as well (BATCHNORM -> RELU; a NaN stays NaN, as np.maximum)."""
     rows, m = x.shape
+    zero = out.dtype.type(0)
     for r in range(rows):
         for q in range(m):
             v = (x[r, q] - mean_row[q]) * inv_row[q]
             xhat[r, q] = v
-            out[r, q] = v * gamma_row[q] + beta_row[q]
+            o = v * gamma_row[q] + beta_row[q]
+            if relu and o < zero:
+                o = zero
+            out[r, q] = o
 
 
-def bn_backward_sums(g, xhat, acc_g, acc_gx):
-    """acc_g, acc_gx (W*D,) float64 = the column sums of g and of g * xhat, over (R, W*D)."""
+def bn_backward_sums(g, xhat, acc_g, acc_gx, out, relu):
+    """acc_g, acc_gx (W*D,) float64 = the column sums of g and of g * xhat, over (R, W*D);
+    relu: of g * (out > 0) instead (the mask of a fused RELU, as `relu_mask` applies it)."""
     rows, m = g.shape
+    zero = out.dtype.type(0)
+    one, nil = g.dtype.type(1), g.dtype.type(0)
     for q in range(m):
         acc_g[q] = 0.0
         acc_gx[q] = 0.0
     for r in range(rows):
         for q in range(m):
             v = g[r, q]
+            if relu:
+                v = v * (one if out[r, q] > zero else nil)
             acc_g[q] += v
             acc_gx[q] += v * np.float64(xhat[r, q])
 
 
-def bn_backward_dx(g, xhat, mean_g_row, mean_gx_row, scale_row, dx):
-    """dx = (g - xhat * mean_gx_row - mean_g_row) * scale_row over (R, W*D), in NumPy's order."""
+def bn_backward_dx(g, xhat, mean_g_row, mean_gx_row, scale_row, dx, out, relu):
+    """dx = (g - xhat * mean_gx_row - mean_g_row) * scale_row over (R, W*D), in NumPy's order;
+    relu: g masked by out > 0 first, as in `bn_backward_sums`."""
     rows, m = g.shape
+    zero = out.dtype.type(0)
+    one, nil = g.dtype.type(1), g.dtype.type(0)
     for r in range(rows):
         for q in range(m):
-            dx[r, q] = ((g[r, q] - xhat[r, q] * mean_gx_row[q]) - mean_g_row[q]) * scale_row[q]
+            v = g[r, q]
+            if relu:
+                v = v * (one if out[r, q] > zero else nil)
+            dx[r, q] = ((v - xhat[r, q] * mean_gx_row[q]) - mean_g_row[q]) * scale_row[q]
 
 
 # Winograd's F(4x4, 3x3) (`conv.winograd_2d`): F(4, 3)'s sums down the height, then the same

@@ -1,7 +1,8 @@
 """Pure NumPy kernels: each is a forward(...) -> (out, cache) and backward(dout, cache) pair.
 
 `slidenet.ops.naive` holds the lecture's loop versions, used as the oracle in tests.
-Convolution has one pair per algorithm (`im2col`, `fullconv`, `winograd`, `winograd4`, `direct`)
+Convolution has one pair per algorithm (`im2col`, `fullconv`, `winograd`, `winograd4`,
+`winograd2d`, `direct`)
 and a dispatcher (`conv`): `set_conv_algorithm` chooses for the whole process ("auto", or one
 pair everywhere).
 `slidenet.ops.runtime` says how kernels run: the scratch-memory budget of one call

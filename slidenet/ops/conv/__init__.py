@@ -9,6 +9,8 @@
     winograd       Winograd's F(m, 3) down the height, for any tile `Scheme`
     winograd_f23   the F(2, 3) scheme: two output rows from four products
     winograd_f43   the F(4, 3) scheme: four output rows from six products
+    winograd_2d    F(4x4, 3x3): F(4, 3) down the height and along the width, 36 products for
+                   a 4 x 4 block of outputs (training's choice where it pays)
     direct         thin first layers: each output pixel's window times the filters, compiled
     grouped        grouped and depthwise convolution: one pair per group, or shifted
                    multiply-adds for depthwise

@@ -6,8 +6,8 @@ several calls:
         transformed row sets (tiles, for F(4x4, 3x3)), turn the
         products into output rows (with bias and ReLU; F(4, 3)'s also adds a residual sum's
         other terms, inference's `skip`), build x's adjoint rows;
-    im2col (`conv.common`, `conv.im2col`): the rows of thin inputs, the bias and ReLU over output
-        rows, the ReLU's mask;
+    im2col (`conv.common`, `conv.im2col`, `window`): the rows of thin inputs, the bias and ReLU
+        over output rows, the ReLU's mask, dx's window gradients added back (`col2im_add`);
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;
     the direct convolution of thin first layers (`conv.direct`): each output pixel's window
         times the filters;
@@ -94,6 +94,7 @@ def _compile():
             return numba.njit(nogil=True)(fn)
     done = _Kernels()
     done.im2col_rows = jit(im2col_rows)
+    done.col2im_add = jit(col2im_add)
     done.add_bias_relu = jit(add_bias_relu)
     done.relu_mask = jit(relu_mask)
     done.direct_conv = jit(direct_conv)
@@ -256,6 +257,22 @@ def im2col_rows(xp, taps_h, taps_w, depth, sh, sw, out):
                     for b in range(fw):
                         for e in range(d):
                             row[(a * fw + b) * d + e] = src[j * sw + b, e]
+
+
+def col2im_add(dwin, dxp, sh, sw):
+    """dxp (N, H, W, D) += every window's gradient dwin (N, H', W', F_h, F_w, D) where the
+    window lay: tap (i, j) after tap (i, j - 1), as `window.col2im_add`'s slice additions, so
+    each input adds its (up to F_h x F_w) terms in the same order."""
+    n, ho, wo, fh, fw, d = dwin.shape
+    for i in range(fh):
+        for j in range(fw):
+            for b in range(n):
+                for y in range(ho):
+                    row = dxp[b, y * sh + i]
+                    for x in range(wo):
+                        col = x * sw + j
+                        for ch in range(d):
+                            row[col, ch] += dwin[b, y, x, i, j, ch]
 
 
 def add_bias_relu(o, bias_row, relu):

@@ -86,3 +86,33 @@ def test_the_page_grows_while_training_then_explains_best_npz(browser, run):
         assert card.locator(".verdict").inner_text() == f"guess: {CLASSES[int(np.argmax(probs))]}"
     visit.clean()
     page.context.close()
+
+
+def test_a_lost_answer_does_not_stop_the_page(browser, run):
+    """The first /api/pictures request is cut off: the page says so and goes on polling (before,
+    the failed request ended its polling loop, and the page froze)."""
+    process, url, folder = run
+    visit = Visit.new(browser, url)
+    page = visit.page
+    cut = []
+
+    def cut_first(route):
+        if not cut:
+            cut.append(route.request.url)
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route("**/api/pictures", cut_first)
+    page.goto(url + "/live")
+    loss_steps = page.locator('#chart-loss polyline[data-series="each step"]')
+    expect(loss_steps).to_have_count(1, timeout=60_000)
+    page.wait_for_function("() => document.body.dataset.pictures !== undefined", timeout=60_000)
+    assert cut, "the page never asked for the pictures"
+    after = int(loss_steps.get_attribute("data-count"))
+    page.wait_for_function(
+        f"() => Number(document.querySelector('#chart-loss polyline[data-series=\"each step\"]')"
+        f"?.dataset.count) > {after}", timeout=60_000)
+    expect(page.locator("body")).to_have_attribute("data-done", "finished", timeout=180_000)
+    visit.only_local()          # the browser logs the reset connection itself
+    page.context.close()

@@ -11,6 +11,7 @@
   const { $, el, fmt, call } = window.slidenet;
   const POLL = 1000;
   const PICTURES = 2500;
+  const WAIT = 30;        // seconds a poll waits for its answer before it is shown as failed
   const COLOURS = { step: "#b8c2d0", loss: "#1d2433", val_loss: "#c0392b", accuracy: "#2f6fb3",
                     val_accuracy: "#c0392b" };
 
@@ -141,15 +142,10 @@
     document.body.dataset.epochView = epochView;
   }
 
-  async function tick() {
-    let progress;
-    try {
-      progress = await call(`/api/progress?since=${last}`);
-    } catch (err) {
-      $("live-state").textContent = err.message;
-      setTimeout(tick, 3 * POLL);
-      return;
-    }
+  // One poll: the progress, and the pictures or the epoch's view when they changed. True once
+  // training is over (nothing will change any more).
+  async function poll() {
+    const progress = await call(`/api/progress?since=${last}`, { wait: WAIT });
     if (progress.steps.length) {
       steps = steps.concat(progress.steps);
       last = steps[steps.length - 1][0];
@@ -159,12 +155,12 @@
     const now = Date.now();
     if (progress.pictures > pictures && now - picturesAt >= PICTURES) {
       picturesAt = now;
-      showPictures(await call("/api/pictures"));
+      showPictures(await call("/api/pictures", { wait: WAIT }));
     } else if (!progress.done && now - picturesAt >= 4 * PICTURES) {
       picturesAt = now;     // keep telling the server a page is watching
-      showPictures(await call("/api/pictures"));
+      showPictures(await call("/api/pictures", { wait: WAIT }));
     }
-    if (progress.epoch_view > epochView) showEpoch(await call("/api/epoch"));
+    if (progress.epoch_view > epochView) showEpoch(await call("/api/epoch", { wait: WAIT }));
     if (progress.done) {
       document.body.dataset.done = progress.state;
       if (progress.best) {
@@ -176,11 +172,24 @@
         if (window.location.pathname === "/" && !stopped) {
           stopped = true;
           window.location.reload();
-          return;
+          return true;
         }
       }
-      if (progress.pictures > pictures) showPictures(await call("/api/pictures"));
-      return;       // nothing will change any more
+      if (progress.pictures > pictures) showPictures(await call("/api/pictures", { wait: WAIT }));
+      return true;
+    }
+    return false;
+  }
+
+  // Polls until training is over. A failed or unanswered request (any of the three) is shown
+  // and the page polls again, more slowly: it never stops updating on one lost answer.
+  async function tick() {
+    try {
+      if (await poll()) return;
+    } catch (err) {
+      $("live-state").textContent = err.message;
+      setTimeout(tick, 3 * POLL);
+      return;
     }
     setTimeout(tick, POLL);
   }

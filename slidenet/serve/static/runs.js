@@ -55,7 +55,7 @@
 
   async function refresh() {
     try {
-      last = await call("/api/runs");
+      last = await call("/api/runs", { wait: 30 });     // a lost answer must not stop the page
       draw(last);
       table(last);
       document.body.dataset.runs = last.runs.length;

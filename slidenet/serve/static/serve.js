@@ -22,6 +22,10 @@
   // An image whose mean brightness (0..1) is this far from the training images' is more likely
   // drawn the other way round (dark on light) than just dim or bright: `slidenet predict`'s rule.
   const OPPOSITE = 0.4;
+  // Seconds an image's answer (/api/look, /api/unit) may take before the page stops waiting
+  // and says so: ample for a server compiling its kernels on a busy machine, and the page is
+  // never left waiting for good on an answer that will not come.
+  const ANSWER_WAIT = 60;
   const scores = model.layers[model.layers.length - 1];   // the last layer: one score a class
   // Colour ramps, from the low end to the high end of a layer's scale.
   const DIVERGING = [[33, 102, 172], [146, 197, 222], [247, 247, 247], [244, 165, 130],
@@ -74,7 +78,7 @@
 
   async function analyse(blob) {
     const answer = await call(`/api/look${inverted() ? "?invert=1" : ""}`,
-                              { method: "POST", body: blob });
+                              { method: "POST", body: blob, wait: ANSWER_WAIT });
     image = blob;
     showError("");
     showProbabilities(answer.classes, answer.probabilities);
@@ -210,21 +214,31 @@
               (event.clientY - box.top) * board.height / box.height];
     };
     const width = () => Number($("brush").value);
-    const send = () => {
-      // data-drawing: "1" while strokes wait for their answer, "0" once all are shown.
+    /* The board as the bytes of a PNG file, encoded now. Not canvas.toBlob: Chromium leaves
+       that encoding to the page's idle time, and on a busy machine the blob can come seconds
+       later, the page saying "drawing" all the while. */
+    const png = () => {
+      const url = board.toDataURL("image/png");
+      const text = atob(url.slice(url.indexOf(",") + 1));
+      const bytes = new Uint8Array(text.length);
+      for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+      return new Blob([bytes], { type: "image/png" });
+    };
+    const send = async () => {
+      // data-drawing: "1" while strokes wait for their answer, "0" once all are shown (or
+      // their request failed, and the error line says why).
       document.body.dataset.drawing = busy || dirty ? "1" : "0";
       if (busy || !dirty) return;
       dirty = false;
       busy = true;
-      board.toBlob(async (blob) => {
-        try {
-          await analyse(blob);
-        } catch (err) {
-          showError(err.message);
-        }
+      try {
+        await analyse(png());
+      } catch (err) {
+        showError(err.message);
+      } finally {
         busy = false;
-        send();             // whatever was drawn meanwhile
-      }, "image/png");
+      }
+      send();               // whatever was drawn meanwhile
     };
     const line = (from, to) => {
       context.strokeStyle = "#fff";
@@ -417,7 +431,8 @@
     const query = new URLSearchParams({ layer: layer.name, row, col, channel });
     if (inverted()) query.set("invert", "1");
     try {
-      showUnit(layer, await call(`/api/unit?${query}`, { method: "POST", body: image }));
+      showUnit(layer, await call(`/api/unit?${query}`,
+                                 { method: "POST", body: image, wait: ANSWER_WAIT }));
     } catch (err) {
       showError(err.message);
     }

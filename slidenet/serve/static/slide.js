@@ -12,6 +12,11 @@
   let slide = null;
   let step = 0;
   let timer = null;
+  // Each change of the form asks again, and answers can come back out of order: only the
+  // latest question's answer is shown. The form's data-answered counts the answers back so far,
+  // shown or dropped (for tests).
+  let asked = 0;
+  let answered = 0;
 
   function stopPlaying() {
     if (timer) clearInterval(timer);
@@ -27,16 +32,25 @@
   async function loadSlide() {
     stopPlaying();
     const query = new URLSearchParams(new FormData(slideForm));
+    const question = ++asked;
+    let answer = null;
+    let failure = null;
     try {
-      slide = await call(`/api/slide?${query}`);
+      answer = await call(`/api/slide?${query}`);
     } catch (err) {
+      failure = err;
+    }
+    slideForm.dataset.answered = ++answered;
+    if (question !== asked) return;             // a later change asked again meanwhile
+    if (failure) {
       slide = null;
-      $("slide-error").textContent = err.message;
+      $("slide-error").textContent = failure.message;
       $("slide-error").hidden = false;
       $("slide-view").hidden = true;
       $("slide-formula").textContent = "";
       return;
     }
+    slide = answer;
     $("slide-error").hidden = true;
     $("slide-view").hidden = false;
     $("slide-formula").textContent =

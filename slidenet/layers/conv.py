@@ -222,7 +222,8 @@ class Conv(Layer):
         stride = self.info.spec.stride
         if pool and self.fusable:
             pooled = ops.prepare_conv(w, b, stride, self.pad, relu,
-                                      height=self.info.input_shape[0])
+                                      height=self.info.input_shape[0],
+                                      width=self.info.input_shape[1])
             return lambda x: ops.conv_infer(self._padded(x), pooled, pool=True)
         if not self.fusable:
             w, b = w.copy(), b.copy()
@@ -242,7 +243,8 @@ class Conv(Layer):
             h, wd = self.info.input_shape[:2]
             return lambda x, skip=None: ops.conv_infer(
                 np.ascontiguousarray(x[:, :h + ah:sh, :wd + aw:sw]), picked, skip=skip)
-        prepared = ops.prepare_conv(w, b, stride, self.pad, relu, height=self.info.input_shape[0])
+        prepared = ops.prepare_conv(w, b, stride, self.pad, relu, height=self.info.input_shape[0],
+                                    width=self.info.input_shape[1])
         return lambda x, skip=None: ops.conv_infer(self._padded(x), prepared, skip=skip)
 
     def filter_images(self):

@@ -6,6 +6,9 @@ several calls:
         transformed row sets (tiles, for F(4x4, 3x3)), turn the
         products into output rows (with bias and ReLU; F(4, 3)'s also adds a residual sum's
         other terms, inference's `skip`), build x's adjoint rows;
+    inference's F(4x4, 3x3) (`conv.winograd_f44`): B^T d B of every tile, and A^T m A with the
+        bias, skip, ReLU or 2x2 max pool (the one kernel family besides the direct convolution
+        with no NumPy twin: without numba `prepare_conv` keeps F(4, 3));
     im2col (`conv.common`, `conv.im2col`, `window`): the rows of thin inputs, the bias and ReLU
         over output rows, the ReLU's mask, dx's window gradients added back (`col2im_add`);
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;
@@ -108,6 +111,8 @@ def _compile():
     done.winograd4_rows, done.winograd4_output, done.winograd4_adjoint = (
         jit(winograd4_rows), jit(winograd4_output), jit(winograd4_adjoint))
     done.winograd4_output_pool = jit(winograd4_output_pool)
+    done.winograd44_input, done.winograd44_output = jit(winograd44_input), jit(winograd44_output)
+    done.winograd44_output_pool = jit(winograd44_output_pool)
     done.max_pool = jit(max_pool)
     done.max_pool_backward = jit(max_pool_backward)
     done.bn_sums = jit(bn_sums)
@@ -742,3 +747,205 @@ def winograd2d_adjoint(x, out):
                     o[6 * a + 3, n, ti, z] = f + gg
                     o[6 * a + 4, n, ti, z] = f - gg
                     o[6 * a + 5, n, ti, z] = x3
+
+
+# Winograd's F(4x4, 3x3) in both axes, for inference (`conv.winograd_f44` documents it): F(4, 3)'s
+# sums of `winograd4_rows` and `winograd4_output_of`, along one axis and then the other. The 36
+# entries of a tile go to 36 planes, the rows of the 36 GEMMs: a tile's entry is row
+# (n * T_h + t_h) * T_w + t_w of its plane, D (or K) numbers. Every pass runs over whole rows of
+# tiles, T_w * D numbers contiguous in memory, so that its loops vectorise: over a tile's D
+# channels alone (16 in a thin layer) they ran 3-4 times slower.
+
+def winograd44_input(x, ph, pw, t0, th, tw, buf, wide, out):
+    """x (c, H, W, D) -> out (36, >= c*T_h*T_w*D): B^T d B of each tile's 6 x 6 input pixels,
+    entry 6a + b in plane 6a + b, for the T_h rows of tiles from row t0 on (all of them, or a
+    band of a large image). Pixels outside x (the padding ph, pw, and past the last tile) are
+    zeros.
+
+    Each image's rows are first copied into buf (4T_h + 2, 4, T_w + 1, D), padded, with its
+    column 4q + s at [:, s, q]: a tile's column j of every tile of a row is then one contiguous
+    run. The pass along the width writes wide (6, 4T_h + 2, T_w*D) from it, the pass down the
+    height out's planes from wide.
+    """
+    c, h, wd, d = x.shape
+    hp = buf.shape[0]
+    zero, two, four = x.dtype.type(0), x.dtype.type(2), x.dtype.type(4)
+    span = tw * d
+    flat = buf.reshape(hp, 4, (tw + 1) * d)
+    for n in range(c):
+        for y in range(hp):
+            i = 4 * t0 + y - ph
+            for s in range(4):
+                for q in range(tw + 1):
+                    j = 4 * q + s - pw
+                    if i < 0 or i >= h or j < 0 or j >= wd:
+                        for ch in range(d):
+                            buf[y, s, q, ch] = zero
+                    else:
+                        for ch in range(d):
+                            buf[y, s, q, ch] = x[n, i, j, ch]
+        for y in range(hp):                     # B^T along the width: columns 4t .. 4t + 5
+            c0, c1, c2, c3 = flat[y, 0], flat[y, 1], flat[y, 2], flat[y, 3]
+            for e in range(span):
+                d0, d1, d2 = c0[e], c1[e], c2[e]
+                d3, d4, d5 = c3[e], c0[e + d], c1[e + d]
+                s_ = d4 - four * d2
+                p = d3 - four * d1
+                u = d4 - d2
+                v = (d3 - d1) * two
+                wide[0, y, e] = (d0 - d2) * four + u
+                wide[1, y, e] = s_ + p
+                wide[2, y, e] = s_ - p
+                wide[3, y, e] = u + v
+                wide[4, y, e] = u - v
+                wide[5, y, e] = (d5 - d3) - v * two
+        for ti in range(th):                    # B^T down the height: rows 4t .. 4t + 5
+            r = 4 * ti
+            base = (n * th + ti) * span
+            for b in range(6):
+                w0, w1, w2 = wide[b, r], wide[b, r + 1], wide[b, r + 2]
+                w3, w4, w5 = wide[b, r + 3], wide[b, r + 4], wide[b, r + 5]
+                o0, o1 = out[b, base:base + span], out[6 + b, base:base + span]
+                o2, o3 = out[12 + b, base:base + span], out[18 + b, base:base + span]
+                o4, o5 = out[24 + b, base:base + span], out[30 + b, base:base + span]
+                for e in range(span):
+                    d0, d1, d2, d3, d4, d5 = w0[e], w1[e], w2[e], w3[e], w4[e], w5[e]
+                    s_ = d4 - four * d2
+                    p = d3 - four * d1
+                    u = d4 - d2
+                    v = (d3 - d1) * two
+                    o0[e] = (d0 - d2) * four + u
+                    o1[e] = s_ + p
+                    o2[e] = s_ - p
+                    o3[e] = u + v
+                    o4[e] = u - v
+                    o5[e] = (d5 - d3) - v * two
+
+
+def winograd44_output(m, first, th, tw, out, bias, use_bias, relu, skip, use_skip, tall, wide):
+    """m (36, >= c*T_h*T_w*K) -> out (c, H', W', K): y = A^T m A of each tile [+ b][+ skip]
+    [ReLU], rows and columns past H', W' dropped; m holds the T_h rows of tiles from row
+    `first` on. skip (c, H', W', K): a residual sum's other terms, read with use_skip.
+
+    The pass down the height writes a row of tiles into tall (4, 6, T_w*K); the pass along the
+    width one output row into wide (4, T_w*K), its column 4t + s at [s, t*K:(t + 1)*K]; the
+    bias, skip and ReLU are applied as that row is copied into out.
+    """
+    c, ho, wo, k = out.shape
+    zero, two = out.dtype.type(0), out.dtype.type(2)
+    four, eight = out.dtype.type(4), out.dtype.type(8)
+    span = tw * k
+    for n in range(c):
+        for ti in range(th):
+            r = 4 * (first + ti)
+            rows = min(4, ho - r)
+            base = (n * th + ti) * span
+            for b in range(6):                  # A^T down the height
+                m0, m1 = m[b, base:base + span], m[6 + b, base:base + span]
+                m2, m3 = m[12 + b, base:base + span], m[18 + b, base:base + span]
+                m4, m5 = m[24 + b, base:base + span], m[30 + b, base:base + span]
+                h0, h1, h2, h3 = tall[0, b], tall[1, b], tall[2, b], tall[3, b]
+                for e in range(span):
+                    a_ = m1[e] + m2[e]
+                    b_ = m1[e] - m2[e]
+                    cc = m3[e] + m4[e]
+                    f = m3[e] - m4[e]
+                    h0[e] = (m0[e] + a_) + cc
+                    h1[e] = f * two + b_
+                    h2[e] = cc * four + a_
+                    h3[e] = (f * eight + b_) + m5[e]
+            for p in range(rows):               # A^T along the width, one output row
+                t0, t1, t2 = tall[p, 0], tall[p, 1], tall[p, 2]
+                t3, t4, t5 = tall[p, 3], tall[p, 4], tall[p, 5]
+                y0, y1, y2, y3 = wide[0], wide[1], wide[2], wide[3]
+                for e in range(span):
+                    a_ = t1[e] + t2[e]
+                    b_ = t1[e] - t2[e]
+                    cc = t3[e] + t4[e]
+                    f = t3[e] - t4[e]
+                    y0[e] = (t0[e] + a_) + cc
+                    y1[e] = f * two + b_
+                    y2[e] = cc * four + a_
+                    y3[e] = (f * eight + b_) + t5[e]
+                o = out[n, r + p]
+                for tj in range(tw):
+                    for s in range(min(4, wo - 4 * tj)):
+                        col = 4 * tj + s
+                        src, dst = wide[s, tj * k:tj * k + k], o[col]
+                        for ch in range(k):
+                            v = src[ch]
+                            if use_bias:
+                                v += bias[ch]
+                            if use_skip:
+                                v += skip[n, r + p, col, ch]
+                            if relu:            # as np.maximum: a NaN stays NaN
+                                v = zero if v < zero else v
+                            dst[ch] = v
+
+
+def winograd44_output_pool(m, first, th, tw, out, bias, use_bias, relu, tall, wide):
+    """m (36, >= c*T_h*T_w*K) -> out (c, P_h, P_w, K): `winograd44_output`'s rows [+ b][ReLU],
+    then the max of each 2x2 window at stride 2 (P_h = H' // 2, P_w = W' // 2), without writing
+    the rows: inference's CONV -> RELU -> MAXPOOL(2x2); m: T_h rows of tiles from row `first`
+    on. The same sums as `winograd44_output` and the comparisons of `max_pool` in its order, so
+    the result is the two kernels' bit for bit. tall (4, 6, T_w*K) as there; wide (2, 4, T_w*K): a window's two output rows."""
+    c, ph, pw, k = out.shape
+    zero, two = out.dtype.type(0), out.dtype.type(2)
+    four, eight = out.dtype.type(4), out.dtype.type(8)
+    span = tw * k
+    for n in range(c):
+        for ti in range(th):
+            if 2 * (first + ti) >= ph:
+                break
+            base = (n * th + ti) * span
+            for b in range(6):                  # A^T down the height
+                m0, m1 = m[b, base:base + span], m[6 + b, base:base + span]
+                m2, m3 = m[12 + b, base:base + span], m[18 + b, base:base + span]
+                m4, m5 = m[24 + b, base:base + span], m[30 + b, base:base + span]
+                h0, h1, h2, h3 = tall[0, b], tall[1, b], tall[2, b], tall[3, b]
+                for e in range(span):
+                    a_ = m1[e] + m2[e]
+                    b_ = m1[e] - m2[e]
+                    cc = m3[e] + m4[e]
+                    f = m3[e] - m4[e]
+                    h0[e] = (m0[e] + a_) + cc
+                    h1[e] = f * two + b_
+                    h2[e] = cc * four + a_
+                    h3[e] = (f * eight + b_) + m5[e]
+            for half in range(2):
+                if 2 * (first + ti) + half >= ph:
+                    break
+                for a in range(2):              # A^T along the width: rows 2 half + a
+                    p = 2 * half + a
+                    t0, t1, t2 = tall[p, 0], tall[p, 1], tall[p, 2]
+                    t3, t4, t5 = tall[p, 3], tall[p, 4], tall[p, 5]
+                    y0, y1, y2, y3 = wide[a, 0], wide[a, 1], wide[a, 2], wide[a, 3]
+                    for e in range(span):
+                        a_ = t1[e] + t2[e]
+                        b_ = t1[e] - t2[e]
+                        cc = t3[e] + t4[e]
+                        f = t3[e] - t4[e]
+                        y0[e] = (t0[e] + a_) + cc
+                        y1[e] = f * two + b_
+                        y2[e] = cc * four + a_
+                        y3[e] = (f * eight + b_) + t5[e]
+                o_row = out[n, 2 * (first + ti) + half]
+                for tj in range(tw):
+                    for side in range(2):
+                        j = 2 * tj + side
+                        if j >= pw:
+                            break
+                        o = o_row[j]
+                        lo = tj * k
+                        for ch in range(k):
+                            best = zero
+                            for a in range(2):
+                                for bb in range(2):
+                                    v = wide[a, 2 * side + bb, lo + ch]
+                                    if use_bias:
+                                        v += bias[ch]
+                                    if relu:    # as np.maximum: a NaN stays NaN
+                                        v = zero if v < zero else v
+                                    if (a == 0 and bb == 0) or v > best or v != v:
+                                        best = v    # as max_pool: the first, then any larger
+                            o[ch] = best

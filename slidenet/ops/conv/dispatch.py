@@ -34,7 +34,8 @@ from typing import NamedTuple
 import numpy as np
 
 from slidenet.ops.conv import (
-    direct, full_dx, im2col, pair, winograd, winograd_2d, winograd_f23, winograd_f43)
+    direct, full_dx, im2col, pair, winograd, winograd_2d, winograd_f23, winograd_f43,
+    winograd_f44)
 from slidenet.ops.activations import add_into
 from slidenet.ops.conv.common import ConvCache
 from slidenet.ops.conv.im2col import conv_backward_im2col, conv_forward_im2col
@@ -91,8 +92,8 @@ def choose(size, stride, pad, depth, filters, algorithm=None, height=None, width
     size (F_h, F_w), stride, pad: the geometry; depth D and filters K; algorithm: "auto", a
     pair's name, or None for `set_algorithm`'s choice; height: the input's H (None: a tall one);
     width: the input's W, given by `conv_forward` only: "auto" then takes F(4x4, 3x3) where
-    F(4, 3) would run and `winograd_2d.pays` (inference's `prepare_conv` keeps F(4, 3), whose
-    output pass adds a residual sum and pools).
+    F(4, 3) would run and `winograd_2d.pays` (training's pair; inference's `prepare_conv` asks
+    `choose_infer` instead, for its own F(4x4, 3x3) that adds a residual sum and pools).
     """
     algorithm = algorithm or _default["algorithm"]
     _check(algorithm)
@@ -139,15 +140,38 @@ class PreparedConv(NamedTuple):
     filters: np.ndarray     # what the pair's GEMMs multiply by
 
 
-def prepare_conv(w, b, stride=(1, 1), pad=(0, 0), relu=False, algorithm=None, height=None):
+def prepare_conv(w, b, stride=(1, 1), pad=(0, 0), relu=False, algorithm=None, height=None,
+                 width=None):
     """The PreparedConv of these weights (w and b are copied: later changes do not reach it).
 
     height: the input's H, for `choose` (None: a tall one); conv_infer then runs the pair chosen
-    for it on inputs of any height.
+    for it on inputs of any height. width: the input's W, or None; given, "auto" may choose
+    the inference-only F(4x4, 3x3) ("winograd44", `choose_infer`).
     """
     name = choose(w.shape[:2], stride, pad, w.shape[2], w.shape[3], algorithm, height)
+    if width is not None and (algorithm or _default["algorithm"]) == "auto":
+        name = choose_infer(name, w, stride, pad, width)
     w, b = w.copy(), b.copy()
-    return PreparedConv(name, w, b, tuple(stride), tuple(pad), relu, PREPARE[name](w))
+    prepare = winograd_f44.prepare_filters if name == "winograd44" else PREPARE[name]
+    return PreparedConv(name, w, b, tuple(stride), tuple(pad), relu, prepare(w))
+
+
+# Below this many input channels F(4x4, 3x3)'s 36 GEMMs (inner size D) are too thin to beat
+# F(4, 3)'s 6 (inner size 3D): docs/benchmarks.md, "res18 inference: Winograd F(4x4, 3x3)
+# in both axes".
+WINOGRAD44_MIN_DEPTH = 8
+
+
+def choose_infer(name, w, stride, pad, width):
+    """Inference's choice for a convolution `choose` gave `name`: "winograd44" (F(4x4, 3x3),
+    `winograd_f44`) where "auto" chose F(4, 3) and F(4x4, 3x3) applies (a 3 x 3 filter at stride
+    1), pays across the output width (`winograd_f44.pays`), the input has at least
+    WINOGRAD44_MIN_DEPTH channels and the compiled kernels run; else `name`."""
+    if (name == "winograd4" and winograd_f44.applies(w.shape[:2], stride)
+            and winograd_f44.pays(width + 2 * pad[1] - 2) and w.shape[2] >= WINOGRAD44_MIN_DEPTH
+            and winograd_f44.runs(w, w)):
+        return "winograd44"
+    return name
 
 
 def conv_infer(x, prepared, budget=None, pool=False, *, skip=None):
@@ -161,6 +185,9 @@ def conv_infer(x, prepared, budget=None, pool=False, *, skip=None):
     costs more in hand-overs than it saves (docs/benchmarks.md, "Batch 1"). An F(4, 3) layer
     of one float32 image is split with `pair` instead, whose hand-over stays in compiled code.
 
+    "winograd44" (F(4x4, 3x3), `choose_infer`) adds the skip, or pools, in its output pass
+    too; it runs F(4, 3) if the compiled kernels have been turned off since `prepare_conv`.
+
     pool=True (not with skip): the 2x2 max pool at stride 2 of that output (CONV -> RELU ->
     MAXPOOL(2x2));
     F(4, 3) with the compiled kernels pools its products directly, without writing the
@@ -168,9 +195,14 @@ def conv_infer(x, prepared, budget=None, pool=False, *, skip=None):
     split by `pair`, which writes whole output rows.
     """
     p = prepared
+    if pool and skip is not None:
+        raise ValueError("conv_infer pools or adds a skip, not both")
+    if p.algorithm == "winograd44" and not winograd_f44.runs(x, p.filters):
+        # The compiled kernels were turned off after prepare_conv: F(4, 3) from the filters.
+        p = p._replace(algorithm="winograd4", filters=winograd_f43.prepare_filters(p.w))
+    if p.algorithm == "winograd44":
+        return winograd_f44.forward(x, p.filters, p.b, p.pad, p.relu, budget, skip, pool)
     if pool:
-        if skip is not None:
-            raise ValueError("conv_infer pools or adds a skip, not both")
         if p.algorithm == "winograd4" and winograd.pools(winograd_f43.F43, x, p.w):
             return winograd_f43.conv_forward_winograd4(x, p.w, p.b, p.stride, p.pad, p.relu,
                                                        budget, p.filters, pool=True)[0]

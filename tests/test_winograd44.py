@@ -1,0 +1,229 @@
+"""Inference's F(4x4, 3x3) (`winograd_f44`): against the naive loops in float64 and float32,
+its rounding against im2col's, chunks and threads, the skip and ReLU of a residual block, and
+where `prepare_conv` chooses it."""
+import numpy as np
+import pytest
+
+from harness import without_numba
+from slidenet import Net, ops
+from slidenet.ops import compiled, naive, runtime
+from slidenet.ops.conv import dispatch, winograd_f44
+
+RNG = np.random.default_rng(44)
+
+# (N, H, W, D, K, pad): whole tiles; a last tile sticking out down and across; no padding;
+# uneven padding; output sizes 1 and 2 (a tile mostly outside); many channels.
+GEOMETRIES = [(2, 8, 8, 16, 16, (1, 1)), (3, 7, 9, 5, 6, (1, 1)), (2, 6, 5, 4, 3, (0, 1)),
+              (2, 10, 11, 3, 4, (2, 0)), (1, 3, 4, 2, 3, (0, 0)), (2, 4, 4, 40, 36, (1, 1))]
+
+
+@pytest.fixture(autouse=True)
+def kernels(numba):
+    """Every test here runs the compiled kernels (F(4x4, 3x3) has no NumPy path)."""
+    return numba
+
+
+def arrays(n, h, w, d, k, dtype):
+    x = RNG.standard_normal((n, h, w, d)).astype(dtype)
+    wt = RNG.standard_normal((3, 3, d, k)).astype(dtype)
+    return x, wt, RNG.standard_normal(k).astype(dtype)
+
+
+@pytest.mark.parametrize("n, h, w, d, k, pad", GEOMETRIES)
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 2e-5)])
+def test_forward_is_the_lectures_convolution(n, h, w, d, k, pad, dtype, tolerance):
+    x, wt, b = arrays(n, h, w, d, k, dtype)
+    want = naive.conv_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64),
+                              (1, 1), pad)
+    got = winograd_f44.forward(x, winograd_f44.prepare_filters(wt), b, pad)
+    assert got.dtype == np.dtype(dtype) and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=tolerance * np.abs(want).max())
+
+
+def test_filters_of_another_depth_are_refused():
+    x, wt, b = arrays(1, 6, 6, 4, 3, "float32")
+    with pytest.raises(ValueError, match="depth"):
+        winograd_f44.forward(x[..., :3], winograd_f44.prepare_filters(wt), b, (1, 1))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_the_skip_and_relu_are_added_after_the_bias(dtype, relu):
+    """relu(conv(x) + b + skip): the same numbers as the plain output plus skip, rectified."""
+    x, wt, b = arrays(3, 7, 9, 8, 12, dtype)
+    u = winograd_f44.prepare_filters(wt)
+    plain = winograd_f44.forward(x, u, b, (1, 1)).copy()
+    skip = RNG.standard_normal(plain.shape).astype(dtype)
+    kept = skip.copy()
+    want = plain + skip
+    got = winograd_f44.forward(x, u, b, (1, 1), relu=relu, skip=skip)
+    np.testing.assert_array_equal(got, np.maximum(want, 0) if relu else want)
+    np.testing.assert_array_equal(skip, kept)
+
+
+def test_chunks_agree_with_the_whole_batch_and_threads_bit_for_bit():
+    """Chunks of fewer images are GEMMs of fewer rows, which OpenBLAS may sum in another order:
+    equal to rounding. One image per chunk on 2 threads as on 1: bit for bit."""
+    x, wt, b = arrays(7, 12, 10, 16, 8, "float32")
+    u = winograd_f44.prepare_filters(wt)
+    with runtime.workers(1):
+        whole = winograd_f44.forward(x, u, b, (1, 1), relu=True).copy()
+    runs = []
+    for threads in (1, 2):
+        with runtime.workers(threads):
+            runs.append(winograd_f44.forward(x, u, b, (1, 1), relu=True, budget=1).copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_allclose(runs[0], whole, rtol=0, atol=1e-5 * np.abs(whole).max())
+    alone = winograd_f44.forward(x[3:4], u, b, (1, 1), relu=True)
+    np.testing.assert_array_equal(alone, runs[0][3:4])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_large_images_run_in_bands_as_whole_images_do(dtype):
+    """Where one image's GEMM rows exceed `runtime.chunk_bytes()`, each image runs in bands of
+    rows of tiles: the lecture's convolution still, its skip and its pool too, and 2 threads
+    give 1's bits. (A 22-row output: a last band and a last tile that stick out.)"""
+    x, wt, b = arrays(2, 22, 13, 8, 6, dtype)
+    u = winograd_f44.prepare_filters(wt)
+    want = naive.conv_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64),
+                              (1, 1), (1, 1))
+    skip = RNG.standard_normal(want.shape).astype(dtype)
+    tolerance = (1e-12 if dtype == "float64" else 2e-5) * np.abs(want).max()
+    runs = []
+    for threads in (1, 2):
+        previous = runtime.set_chunk_bytes(36 * 4 * (8 + 6) * x.itemsize * 2)  # 2 tile rows
+        try:
+            with runtime.workers(threads):
+                runs.append([winograd_f44.forward(x, u, b, (1, 1)).copy(),
+                             winograd_f44.forward(x, u, b, (1, 1), True, skip=skip).copy(),
+                             winograd_f44.forward(x, u, b, (1, 1), True, pool=True).copy()])
+        finally:
+            runtime.set_chunk_bytes(previous)
+    for one, two in zip(*runs):
+        np.testing.assert_array_equal(one, two)
+    plain, summed, pooled = runs[0]
+    np.testing.assert_allclose(plain, want, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(summed, np.maximum(want + skip, 0), rtol=0, atol=tolerance)
+    windows = np.maximum(plain, 0)[:, :22, :12].reshape(2, 11, 2, 6, 2, 6)
+    np.testing.assert_array_equal(pooled, windows.max(axis=(2, 4)))
+
+
+def relu_activations(n, h, w, d):
+    """Like a trained net's ReLU outputs: spatially smooth, non-negative, about half zeros."""
+    z = RNG.standard_normal((n, h + 2, w + 2, d))
+    z = (z[:, :-2] + z[:, 1:-1] + z[:, 2:]) / 3
+    z = (z[:, :, :-2] + z[:, :, 1:-1] + z[:, :, 2:]) / 3
+    return np.maximum(z + 0.1, 0)
+
+
+@pytest.mark.parametrize("h, d, k", [(32, 16, 16), (16, 32, 32), (8, 64, 64), (4, 128, 128)])
+def test_float32_rounding_stays_within_a_few_times_f43(h, d, k):
+    """res18's layers on ReLU-like data: float32 against the float64 result. Both transforms
+    apply F(4, 3)'s sums, so the error is at most a few times F(4, 3)'s (measured: 1.7-2.2x)
+    and well under 1e-5 of the result."""
+    x = relu_activations(8, h, h, d)
+    wt = RNG.standard_normal((3, 3, d, k)) * np.sqrt(2 / (9 * d))
+    b = RNG.standard_normal(k) * 0.1
+    exact = naive.conv_forward(x, wt, b, (1, 1), (1, 1))
+    x32, w32, b32 = (a.astype(np.float32) for a in (x, wt, b))
+
+    def error(out):
+        return np.linalg.norm(out - exact) / np.linalg.norm(exact)
+    f44 = error(winograd_f44.forward(x32, winograd_f44.prepare_filters(w32), b32, (1, 1)))
+    f43 = error(ops.conv_forward(x32, w32, b32, (1, 1), (1, 1), algorithm="winograd4")[0])
+    im2col = error(ops.conv_forward(x32, w32, b32, (1, 1), (1, 1), algorithm="im2col")[0])
+    assert f44 < 2e-6
+    assert f44 < 4 * f43 and f44 < 8 * im2col, (f44, f43, im2col)
+
+
+def test_prepare_conv_chooses_it_for_inference_where_it_applies_and_pays():
+    def chosen(d, k, h=16, w=16, size=(3, 3), stride=(1, 1), algorithm=None, width=True):
+        wt = np.zeros((*size, d, k), np.float32)
+        p = ops.prepare_conv(wt, np.zeros(k, np.float32), stride, (size[0] // 2, size[1] // 2),
+                             algorithm=algorithm, height=h, width=w if width else None)
+        return p.algorithm
+    assert chosen(16, 16) == chosen(128, 128, 4, 4) == chosen(8, 16, 32, 32) == "winograd44"
+    assert chosen(16, 16, width=False) == "winograd4"           # training's choice, or no width
+    assert chosen(16, 16, algorithm="winograd4") == "winograd4"  # a named algorithm is kept
+    assert chosen(4, 32) == "winograd4"                           # too thin: F(4, 3) as before
+    assert chosen(16, 16, 16, 2) == "winograd4"                   # 2 columns: no fewer products
+    assert chosen(16, 16, 6, 16) == "winograd"                    # F(2, 3) down 6 rows stays
+    assert chosen(16, 16, size=(3, 1)) == "winograd4"
+    assert chosen(16, 16, stride=(2, 2)) == "im2col"
+    assert chosen(3, 16) == "direct"
+    # dx-free inference alone: training's `choose` never names it.
+    assert "winograd44" not in dispatch.ALGORITHMS
+
+
+def test_a_prepared_layer_runs_f43_once_the_kernels_are_turned_off():
+    x, wt, b = arrays(2, 8, 8, 16, 16, "float32")
+    p = ops.prepare_conv(wt, b, (1, 1), (1, 1), relu=True, height=8, width=8)
+    assert p.algorithm == "winograd44"
+    skip = RNG.standard_normal((2, 8, 8, 16)).astype(np.float32)
+    fast = ops.conv_infer(x, p, skip=skip).copy()
+    previous = compiled.set_enabled(False)
+    try:
+        slow = ops.conv_infer(x, p, skip=skip)
+    finally:
+        compiled.set_enabled(previous)
+    want = ops.conv_infer(x, ops.prepare_conv(wt, b, (1, 1), (1, 1), relu=True,
+                                              algorithm="winograd4"), skip=skip)
+    np.testing.assert_array_equal(slow, want)
+    np.testing.assert_allclose(fast, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("h, w", [(8, 12), (10, 6), (12, 14)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_pooled_output_is_the_output_then_the_max_pool(h, w, relu, dtype):
+    """CONV -> RELU -> MAXPOOL(2x2) in the output pass: bit for bit the output, then
+    `max_pool_forward` (sizes that are not multiples of 4: a last tile half outside)."""
+    x, wt, b = arrays(2, h, w, 16, 8, dtype)
+    p = ops.prepare_conv(wt, b, (1, 1), (1, 1), relu=relu, height=h, width=w)
+    assert p.algorithm == "winograd44"
+    want = ops.max_pool_forward(ops.conv_infer(x, p).copy(), (2, 2), (2, 2))[0]
+    np.testing.assert_array_equal(ops.conv_infer(x, p, pool=True), want)
+    with pytest.raises(ValueError):
+        ops.conv_infer(x, p, pool=True, skip=np.zeros((2, h, w, 8), dtype))
+
+
+def test_a_residual_net_scores_as_its_evaluation_forward():
+    """A small res18: its 3x3 layers run F(4x4, 3x3) in the plan, the evaluation forward runs
+    training's kernels; with random BATCHNORM statistics folded in, they agree to rounding."""
+    block = "{ CONV(16) -> BN -> RELU -> CONV(16) -> BN | ID } -> ADD -> RELU"
+    pattern = (f"INPUT(16x16x3) -> CONV(16) -> BN -> RELU -> {block} -> "
+               "{ CONV(24, s=2, p=1, round=down) -> BN -> RELU -> CONV(24) -> BN | "
+               "CONV(24, 1x1, s=2, round=down) -> BN } -> ADD -> RELU -> GLOBALAVGPOOL -> FC(5)")
+    for dtype, tolerance in (("float64", 1e-10), ("float32", 1e-4)):
+        net = Net.from_pattern(pattern, seed=4, dtype=dtype)
+        for name, p in net.params.items():
+            p[...] = RNG.standard_normal(p.shape) * 0.3
+        for layer in net.layers:
+            for state in ("running_mean", "running_var"):
+                if hasattr(layer, state):
+                    getattr(layer, state)[...] = RNG.uniform(0.5, 1.5, getattr(layer, state).shape)
+        x = RNG.standard_normal((3, 16, 16, 3)).astype(dtype)
+        calls = []
+        original = winograd_f44.forward
+
+        def counted(*args, **kwargs):
+            calls.append(1)
+            return original(*args, **kwargs)
+        winograd_f44.forward = counted
+        try:
+            got = net.prepare().forward(x)
+        finally:
+            winograd_f44.forward = original
+        want = net.forward(x)
+        assert len(calls) == 3                 # the three 3x3 stride-1 CONVs
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * np.abs(want).max())
+
+
+def test_without_numba_the_plan_keeps_f43():
+    out = without_numba(
+        "import numpy as np\n"
+        "from slidenet import ops\n"
+        "p = ops.prepare_conv(np.ones((3, 3, 16, 16), np.float32), np.zeros(16, np.float32),\n"
+        "                     (1, 1), (1, 1), height=16, width=16)\n"
+        "print(p.algorithm)\n")
+    assert out.strip() == "winograd4"

@@ -246,3 +246,19 @@ def test_a_layer_the_tree_cannot_read_falls_back_to_parse_and_its_caret():
              tree.layer("RELU", 32)]
     pattern = "INPUT(8x8x3) -> CONV(4, 3x3) -> RELU"
     assert tree.specs(items, pattern) == parse(pattern)
+
+
+@pytest.mark.parametrize("nbytes", [100, 5 * 2**20 + 3, 64 * 2**20])
+@pytest.mark.parametrize("zeroed", [True, False])
+def test_a_huge_page_buffer_starts_on_a_huge_page_and_holds_what_was_asked(nbytes, zeroed):
+    """From 4 MiB to 64 MiB the buffer starts on a 2 MiB boundary; any size gives exactly
+    `nbytes` writable bytes, zeros when asked (the arena's promise)."""
+    from slidenet.ops.runtime import HUGE_PAGE, huge_page_buffer
+    buffer = huge_page_buffer(nbytes, zeroed)
+    assert buffer.dtype == np.uint8 and buffer.shape == (nbytes,) and buffer.flags.writeable
+    if nbytes >= 2 * HUGE_PAGE:
+        assert buffer.ctypes.data % HUGE_PAGE == 0
+    if zeroed:
+        assert not buffer.any()
+    buffer[-1] = 7
+    assert buffer[-1] == 7

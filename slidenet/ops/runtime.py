@@ -358,16 +358,18 @@ def empty(shape, dtype):
 
 
 HUGE_PAGE = 2**21       # bytes: the kernel's transparent huge page on x86-64 and arm64
+ALIGN_UP_TO = 64 * 2**20    # bytes: a larger buffer loses 2 of hundreds of huge pages at most
 
 
 def huge_page_buffer(nbytes, zeroed=True):
     """A uint8 array of `nbytes` (zeros, or as found when not `zeroed`) that starts on a
     HUGE_PAGE boundary when it is large enough for huge pages (NumPy asks the kernel for them
-    from 4 MiB): every whole 2 MiB of it can then be one huge page, where an unaligned buffer
-    loses the one at each end to 4 KiB pages, hundreds of page faults for a few MiB
-    (docs/benchmarks.md, "ONNX import time"). The 2 MiB it allocates more are never touched."""
+    from 4 MiB) and at most ALIGN_UP_TO: every whole 2 MiB of it can then be one huge page,
+    where an unaligned buffer loses the one at each end to 4 KiB pages, hundreds of page faults
+    for a few MiB (docs/benchmarks.md, "ONNX import time"). The 2 MiB it allocates more are
+    never touched. A larger buffer is NumPy's own, as before."""
     make = np.zeros if zeroed else np.empty
-    if nbytes < 2 * HUGE_PAGE:
+    if not 2 * HUGE_PAGE <= nbytes <= ALIGN_UP_TO:
         return make(nbytes, np.uint8)
     raw = make(nbytes + HUGE_PAGE, np.uint8)
     skip = -raw.ctypes.data % HUGE_PAGE

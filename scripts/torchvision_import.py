@@ -19,8 +19,8 @@ matter), in eval mode at 224x224:
    dynamo=False) and "dynamo17", "dynamo18" (dynamo=True; the opset written is recorded, for
    PyTorch keeps 18 where onnx's version converter fails);
 3. in fresh processes of slidenet's Python (`--slidenet`, default this repository's .venv):
-   `onnx.load` of the file, and slidenet's `read_onnx` of it, alternating (the order turning
-   each round), `--rounds` each (the median), each with its wall time, its CPU time and peak resident memory above the
+   `onnx.load` of the file, and slidenet's `read_onnx` of it, alternating (each `read_onnx`
+   right after an `onnx.load`), `--rounds` each (the median), each with its wall time, its CPU time and peak resident memory above the
    process's start (VmHWM), and the imported net's probabilities for the same images: max
    |dp| against PyTorch's. Both processes import numpy, onnx and slidenet's importer, and
    open the stored images' .npz, before the clock starts, so neither counts module imports
@@ -268,17 +268,18 @@ def main():
             row = {"net": name, "export": exporter, "opset": opset, "export_s": seconds,
                    "mib": size / 2**20}
             loads, imports, baselines = [], [], []
-            kinds = [(loads, lambda: measure(args.slidenet, "onnx.load", path, stored)),
-                     (imports, lambda: measure(args.slidenet, "read_onnx", path, stored))]
+            reads = [lambda: imports.append(measure(args.slidenet, "read_onnx", path, stored))]
             if args.baseline:
-                kinds.append((baselines, lambda: measure(args.baseline, "read_onnx", path,
-                                                         stored, cwd=args.folder)))
+                reads.append(lambda: baselines.append(measure(args.baseline, "read_onnx", path,
+                                                              stored, cwd=args.folder)))
             for round_ in range(args.rounds):   # alternating, each in a fresh process
-                # The order turns each round: a process that follows one that held the file's
-                # hundreds of MiB runs slower here (the memory it is given is fresh), which a
-                # fixed order would charge to the same kind every time.
-                for runs, run in kinds[round_ % len(kinds):] + kinds[:round_ % len(kinds)]:
-                    runs.append(run())
+                # Each read_onnx right after an onnx.load, the two checkouts' in turns: a
+                # process that follows one that held a large file's hundreds of MiB can run
+                # twice as slowly here, which an order that is not the same for both would
+                # charge to one of them.
+                for read in reads[round_ % len(reads):] + reads[:round_ % len(reads)]:
+                    loads.append(measure(args.slidenet, "onnx.load", path, stored))
+                    read()
             row["load"], row["import"] = summarised(loads), summarised(imports)
             if baselines:
                 row["baseline"] = summarised(baselines)

@@ -9,6 +9,10 @@ environment of its own, with slidenet's own venv for the imports.
     /tmp/tv/bin/pip install --no-deps 'torchvision==0.28.*'
     /tmp/tv/bin/python scripts/torchvision_import.py --folder /tmp/tv-onnx \\
         [--nets resnet18,densenet121] [--exports legacy18,dynamo18] [--images 4]
+    # the files written once (7.5 GB for all 40), then timed as often as wanted:
+    /tmp/tv/bin/python scripts/torchvision_import.py --folder /tmp/tv-onnx --export-only
+    /tmp/tv/bin/python scripts/torchvision_import.py --folder /tmp/tv-onnx --reuse \\
+        --baseline /path/to/main/.venv/bin/python
 
 For each net (random weights, weights=None, and random BatchNorm statistics so that they
 matter), in eval mode at 224x224:

@@ -227,3 +227,23 @@ def test_without_numba_the_plan_keeps_f43():
         "                     (1, 1), (1, 1), height=16, width=16)\n"
         "print(p.algorithm)\n")
     assert out.strip() == "winograd4"
+
+
+@pytest.mark.parametrize("h, w, d, k, pad", [(8, 8, 16, 16, (1, 1)), (7, 9, 5, 6, (1, 1)),
+                                             (3, 4, 2, 3, (0, 0)), (32, 32, 8, 12, (1, 1))])
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_one_image_keeps_the_chunked_paths_bits(h, w, d, k, pad, pool, relu, monkeypatch):
+    """Batch 1 runs `OneImage` (its scratch kept per layer shape); with ONE_IMAGE_BYTES at 0 it
+    runs the chunked path. Both must give the same bits, and stay right when the same layer
+    shape runs again with other numbers (the kept scratch is reused)."""
+    x, wt, b = arrays(3, h, w, d, k, "float32")
+    u = winograd_f44.prepare_filters(wt)
+    kept = [winograd_f44.forward(x[i:i + 1], u, b, pad, relu, pool=pool).copy() for i in (0, 2, 1)]
+    assert winograd_f44.one_image(h, w, d, k, pad, pool, np.dtype(np.float32)) is not None
+    monkeypatch.setattr(winograd_f44, "ONE_IMAGE_BYTES", 0)
+    monkeypatch.setattr(winograd_f44._one, "layers", {})
+    assert winograd_f44.one_image(h, w, d, k, pad, pool, np.dtype(np.float32)) is None
+    for got, i in zip(kept, (0, 2, 1)):
+        np.testing.assert_array_equal(got, winograd_f44.forward(x[i:i + 1], u, b, pad, relu,
+                                                                pool=pool))

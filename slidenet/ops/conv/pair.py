@@ -356,3 +356,8 @@ def wait_ready(timeout):
 def helper_runs():
     """How many halves the helper thread has run in this process (for tests)."""
     return 0 if _state["ctl"] is None else int(_state["ctl"][TAKEN_BY_HELPER])
+
+
+def retry_now():
+    """Forget a back-off: the next one-image layer tries to pair (for benchmarks)."""
+    _state["skip"] = 0

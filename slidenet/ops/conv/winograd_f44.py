@@ -25,6 +25,8 @@ Rounding: both transforms apply F(4, 3)'s sums twice, so float32 results round a
 again as F(4, 3)'s (tests/test_winograd44.py bounds it on ReLU-like activations against float64
 and against im2col's rounding; docs/benchmarks.md has the numbers).
 """
+import threading
+
 import numpy as np
 
 from slidenet.ops import compiled
@@ -79,6 +81,13 @@ def forward(x, filters, b, pad=(1, 1), relu=False, budget=None, skip=None, pool=
     """
     n, h, wd, d = x.shape
     k = filters.shape[2]
+    if (n == 1 and skip is None and filters.shape[1] == d and h + 2 * pad[0] >= 3
+            and wd + 2 * pad[1] >= 3):
+        fast = compiled.kernels(x, filters)
+        if fast is not None and x.flags.c_contiguous and x.dtype == filters.dtype == b.dtype:
+            layer = one_image(h, wd, d, k, pad, pool, x.dtype)
+            if layer is not None:
+                return layer.run(fast, x, filters, b, relu)
     ho, wo = check_shapes(x, np.empty((3, 3, filters.shape[1], 0)), (1, 1), pad)
     th, tw = tiles(ho), tiles(wo)
     x = np.ascontiguousarray(x)
@@ -121,3 +130,71 @@ def forward(x, filters, b, pad=(1, 1), relu=False, budget=None, skip=None, pool=
     else:
         run_chunks(work, batch_chunks(n, per_row * th, budget))
     return out
+
+
+class OneImage:
+    """One image through one layer shape, its scratch made once: batch 1 spends a few
+    microseconds per layer in Python (shape checks, scratch lookups, views, the chunk
+    scheduler) next to kernels of tens, so a prediction's layers keep theirs here. The same
+    three kernel calls as `forward`, in the same order on the same numbers: the same bits.
+
+    Arrays (T_h, T_w: the rows and columns of tiles): v (36, T_h*T_w*D + LINE) and its GEMM
+    view vm (36, T_h*T_w, D); prod (36, T_h*T_w*K + LINE) and pm (36, T_h*T_w, K); the passes'
+    buf, wide, tall and row as `forward` gives them.
+    """
+
+    def __init__(self, h, wd, d, k, pad, pool, dtype):
+        self.pad, self.pool = pad, pool
+        self.ho, self.wo = h + 2 * pad[0] - 2, wd + 2 * pad[1] - 2
+        self.th, self.tw = tiles(self.ho), tiles(self.wo)
+        self.k = k
+        rows = self.th * self.tw
+        self.v = np.empty((36, rows * d + LINE), dtype)
+        self.vm = self.v[:, :rows * d].reshape(36, rows, d)
+        self.prod = np.empty((36, rows * k + LINE), dtype)
+        self.pm = self.prod[:, :rows * k].reshape(36, rows, k)
+        self.buf = np.empty((4 * self.th + 2, 4, self.tw + 1, d), dtype)
+        self.wide = np.empty((6, 4 * self.th + 2, self.tw * d), dtype)
+        self.tall = np.empty((4, 6, self.tw * k), dtype)
+        self.row = np.empty((2, 4, self.tw * k), dtype)
+        self.no_skip = self.prod[:1, :1, None, None]
+        self.shape = (1, self.ho // 2, self.wo // 2, k) if pool else (1, self.ho, self.wo, k)
+
+    def run(self, fast, x, filters, b, relu):
+        """`forward(x, filters, b, pad, relu, pool=pool)` of one image x (1, H, W, D)."""
+        out = empty(self.shape, x.dtype)
+        fast.winograd44_input(x, self.pad[0], self.pad[1], 0, self.th, self.tw, self.buf,
+                              self.wide, self.v)
+        np.matmul(self.vm, filters, out=self.pm)
+        if self.pool:
+            fast.winograd44_output_pool(self.prod, 0, self.th, self.tw, out, b, True, relu,
+                                        self.tall, self.row)
+        else:
+            fast.winograd44_output(self.prod, 0, self.th, self.tw, out, b, True, relu,
+                                   self.no_skip, False, self.tall, self.row[0])
+        return out
+
+
+# Each thread's OneImage per layer shape (a thread's layers run one at a time). At most
+# ONE_IMAGE_LAYERS shapes, and only small images: a large one's scratch belongs to `scratch`.
+ONE_IMAGE_LAYERS = 32
+ONE_IMAGE_BYTES = 1 << 21
+_one = threading.local()
+
+
+def one_image(h, wd, d, k, pad, pool, dtype):
+    """This thread's OneImage for a layer of this shape, or None for an image too large to
+    keep scratch for (F(4x4, 3x3)'s rows and products above ONE_IMAGE_BYTES)."""
+    layers = getattr(_one, "layers", None)
+    if layers is None:
+        layers = _one.layers = {}
+    key = (h, wd, d, k, pad[0], pad[1], pool, dtype)
+    layer = layers.get(key)
+    if layer is None:
+        if 36 * tiles(h + 2 * pad[0] - 2) * tiles(wd + 2 * pad[1] - 2) * (d + k) \
+                * np.dtype(dtype).itemsize > ONE_IMAGE_BYTES:
+            return None
+        if len(layers) >= ONE_IMAGE_LAYERS:
+            layers.clear()
+        layer = layers[key] = OneImage(h, wd, d, k, tuple(pad), pool, dtype)
+    return layer

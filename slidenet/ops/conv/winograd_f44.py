@@ -30,6 +30,7 @@ import threading
 import numpy as np
 
 from slidenet.ops import compiled
+from slidenet.ops.conv import pair
 from slidenet.ops.conv.common import check_shapes
 from slidenet.ops.conv.winograd_f43 import G
 from slidenet.ops.runtime import batch_chunks, chunk_bytes, empty, run_chunks, scratch
@@ -149,9 +150,13 @@ class OneImage:
         self.th, self.tw = tiles(self.ho), tiles(self.wo)
         self.k = k
         rows = self.th * self.tw
-        self.v = np.empty((36, rows * d + LINE), dtype)
+        # Room for rows * D (K) numbers past the last plane: `pair` views the planes from a
+        # band's first tile on as whole (36, stride) arrays.
+        self.v = np.empty(36 * (rows * d + LINE) + rows * d, dtype)[:36 * (rows * d + LINE)] \
+            .reshape(36, rows * d + LINE)
         self.vm = self.v[:, :rows * d].reshape(36, rows, d)
-        self.prod = np.empty((36, rows * k + LINE), dtype)
+        self.prod = np.empty(36 * (rows * k + LINE) + rows * k, dtype)[:36 * (rows * k + LINE)] \
+            .reshape(36, rows * k + LINE)
         self.pm = self.prod[:, :rows * k].reshape(36, rows, k)
         self.buf = np.empty((4 * self.th + 2, 4, self.tw + 1, d), dtype)
         self.wide = np.empty((6, 4 * self.th + 2, self.tw * d), dtype)
@@ -159,9 +164,24 @@ class OneImage:
         self.row = np.empty((2, 4, self.tw * k), dtype)
         self.no_skip = self.prod[:1, :1, None, None]
         self.shape = (1, self.ho // 2, self.wo // 2, k) if pool else (1, self.ho, self.wo, k)
+        self.d, self.dtype = d, dtype
+        self.halves = None                  # `pair`'s scratch for its two threads, when paired
+        self.task = np.zeros(23, np.int64)  # `pair`'s description of a call
+
+    def pair_scratch(self):
+        """Two float32 blocks of `pair.scratch44` numbers: the caller's and the helper's."""
+        if self.halves is None:
+            size = pair.scratch44(self.th, self.tw, self.d, self.k)
+            self.halves = (np.empty(size, np.float32), np.empty(size, np.float32))
+        return self.halves
 
     def run(self, fast, x, filters, b, relu):
-        """`forward(x, filters, b, pad, relu, pool=pool)` of one image x (1, H, W, D)."""
+        """`forward(x, filters, b, pad, relu, pool=pool)` of one image x (1, H, W, D); on two
+        threads (`pair`) where it applies, the same bits."""
+        if pair.applies44(x, self.th):
+            out = pair.winograd44_forward(self, x, filters, b, relu)
+            if out is not None:
+                return out
         out = empty(self.shape, x.dtype)
         fast.winograd44_input(x, self.pad[0], self.pad[1], 0, self.th, self.tw, self.buf,
                               self.wide, self.v)

@@ -2,7 +2,7 @@
 `serve` run) on one image, with its F(4, 3) layers split over two threads (`ops.conv.pair`) and on
 one thread, alternating: docs/benchmarks.md's "Round 3".
 
-    .venv/bin/python scripts/batch1_steps.py [--rounds 7] [--calls 300] [--always]
+    .venv/bin/python scripts/batch1_steps.py [--rounds 7] [--calls 300] [--always] [--auto]
 
 Each round times every step `--calls` times in a row on the output of the step before (the
 prediction's own inputs), once paired (2 workers, the helper running) and once on one worker;
@@ -18,7 +18,7 @@ import numpy as np
 
 from slidenet.bench import R1
 from slidenet.net import Net
-from slidenet.ops import runtime
+from slidenet.ops import idle, runtime
 from slidenet.ops.conv import pair
 
 
@@ -28,11 +28,13 @@ def main():
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--always", action="store_true",
                         help="try to pair on every call, also after a miss (no back-off)")
+    parser.add_argument("--auto", action="store_true",
+                        help="pair as SLIDENET_PAIR=auto does: only while a core is spare")
     args = parser.parse_args()
     net = Net.from_pattern(R1)
     plan = net.prepare()
     x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)
-    pair.set_enabled(True)                  # off by default
+    pair.set_enabled("auto" if args.auto else True)
     with runtime.workers(2):
         ready = pair.wait_ready(300)
     inputs, out = [], x
@@ -43,9 +45,11 @@ def main():
     modes = ("paired", "one thread")
     times = {(name, mode): [] for name in names for mode in modes}
     cpu = {(name, mode): [] for name in names for mode in modes}
+    others = {mode: [] for mode in modes}   # cores other processes used meanwhile
     for _ in range(args.rounds):
         for mode, count in (("paired", 2), ("one thread", 1)):
             with runtime.workers(count):
+                busy, own, began = idle.machine_seconds(), time.process_time(), time.perf_counter()
                 for (step, run), given in zip(plan.steps, inputs):
                     start, used = time.perf_counter(), time.process_time()
                     for _ in range(args.calls):
@@ -61,8 +65,16 @@ def main():
                     plan.forward(x)
                 times["whole forward", mode].append((time.perf_counter() - start) / args.calls)
                 cpu["whole forward", mode].append((time.process_time() - used) / args.calls)
+                if busy is not None:
+                    others[mode].append(((idle.machine_seconds() - busy)
+                                         - (time.process_time() - own))
+                                        / (time.perf_counter() - began))
     print(f"helper ready: {ready}; halves it ran: {pair.helper_runs()}; µs per call, median "
           f"of {args.rounds} rounds (fastest-slowest)")
+    for mode in modes:
+        if others[mode]:
+            print(f"other processes while {mode}: {statistics.median(others[mode]):.2f} cores "
+                  f"({min(others[mode]):.2f}-{max(others[mode]):.2f})")
     for clock, table in (("wall", times), ("CPU", cpu)):
         print(f"{clock} time")
         for name in names:

@@ -22,10 +22,18 @@ a time; any other runs unpaired. Results are the unpaired path's bit for bit (te
 passes are the same per tile, and each product is the very `sgemm` call `np.matmul` makes
 (splitting a GEMM's rows instead would change its bits: OpenBLAS picks its kernels by size).
 
-Used by `conv.conv_infer` (inference, `Net.prepare()`) for F(4, 3) layers at batch 1 in
-float32 when there are two or more workers and numba is installed, and only when turned on
-(SLIDENET_PAIR=1 or `set_enabled(True)`): it is off by default until it has been measured on a
-quiet machine.
+F(4x4, 3x3) layers (`winograd_f44`, what the prepared net runs for most 3x3 layers) are split
+the same way (`paired44`, `phase44`): the caller takes the first half of the rows of tiles of
+the input pass, products 0..17 of the 36 and the same rows of the output pass (with its 2x2
+max pool where the layer pools), the helper the rest.
+
+Used by `conv.conv_infer` (inference, `Net.prepare()`) for F(4, 3) layers and by
+`winograd_f44.OneImage` for F(4x4, 3x3) ones, at batch 1 in float32 when there are two or more
+workers and numba is installed, and only when turned on: SLIDENET_PAIR=1 or `set_enabled(True)`
+(always, but for a back-off after a miss), or SLIDENET_PAIR=auto / `set_enabled("auto")`: also
+only while the machine has a core to spare (`ops.idle.SpareCore`: other processes' CPU time,
+sampled every quarter second), so that a busy machine runs unpaired. Off by default until the
+ratio has been measured on a quiet machine (docs/benchmarks.md, "Batch 1 on two threads").
 The helper's kernels call BLAS by address, so numba cannot cache them: they compile (seconds
 of CPU, docs/benchmarks.md) in the helper thread, which starts only after `START_AFTER`
 one-image layers.
@@ -262,12 +270,17 @@ def _compile():
         else:                               # no skip: x stands in, never read
             output44(m, t0, bt, tw, out, bias, True, c[18] != 0, x, False, tall, row[0])
 
-    @numba.njit("int64(int64[::1], int64[::1], boolean)", nogil=True)
-    def paired44(ctl, task, hush):
+    @numba.njit("int64(int64[::1], int64[::1], boolean, float32[:, :, :, ::1], "
+                "float32[:, :, :, ::1], float32[:, :, ::1], float32[::1])", nogil=True)
+    def paired44(ctl, task, hush, x, out, filters, bias):
         """`paired` for an F(4x4, 3x3) task: rows of tiles 0..split and products 0..17 here,
-        the rest on the helper, or here too if it never took them."""
+        the rest on the helper, or here too if it never took them. The task's arrays of this
+        call (x, out, filters, bias) are written into it here: their addresses cost
+        microseconds each to read in Python."""
         c = ctl[TASK:]
         c[:len(task)] = task
+        c[0], c[14] = x.ctypes.data, out.ctypes.data
+        c[12], c[17] = filters.ctypes.data, bias.ctypes.data
         c[KIND] = F44
         store(ctl, ARRIVED, 0)
         swap(ctl, STATE, HUSH, IDLE)
@@ -457,10 +470,12 @@ def retry_now():
     _state["skip"] = 0
 
 
-def applies44(x, tile_rows):
-    """Whether one image's F(4x4, 3x3) layer can run paired: one float32 image, at least
+def applies44(x, filters, bias, tile_rows):
+    """Whether one image's F(4x4, 3x3) layer can run paired: one float32 image (C-contiguous,
+    as filters and bias), at least
     MIN_TILES rows of tiles to split, two workers or more, and the helper `ready`."""
     if not (_enabled["on"] and x.dtype == np.float32 and tile_rows >= MIN_TILES
+            and filters.flags.c_contiguous and bias.flags.c_contiguous
             and runtime.threads() >= 2 and ready()):
         return False
     return _go()
@@ -476,27 +491,18 @@ def scratch44(th, tw, d, k):
 def winograd44_forward(layer, x, filters, b, relu):
     """`layer.run` (a `winograd_f44.OneImage`) of one float32 image on two threads, the same
     bits; None when the helper is in use by another caller (run unpaired then).
-    x (1, H, W, D) C-contiguous; filters (36, D, K); b (K,), all float32."""
+    x (1, H, W, D), filters (36, D, K) and b (K,): float32, C-contiguous."""
     if not _lock.acquire(blocking=False):
         return None
     try:
-        from slidenet.ops.runtime import empty
         kernels, ctl, event = _state["kernels"], _state["ctl"], _state["event"]
-        out = empty(layer.shape, np.float32)
-        filters = np.ascontiguousarray(filters)
-        b = np.ascontiguousarray(b)
-        mine, theirs = layer.pair_scratch()
-        th = layer.th
-        task = layer.task
-        task[:] = (x.ctypes.data, x.shape[1], x.shape[2], x.shape[3], layer.pad[0],
-                   layer.pad[1], th, layer.tw, layer.v.ctypes.data, layer.v.shape[1],
-                   layer.prod.ctypes.data, layer.prod.shape[1], filters.ctypes.data, layer.k,
-                   out.ctypes.data, out.shape[1], out.shape[2], b.ctypes.data, int(relu),
-                   int(layer.pool), th - th // 2, mine.ctypes.data, theirs.ctypes.data)
+        out = runtime.empty(layer.shape, np.float32)
+        task = layer.pair_task()
+        task[18] = relu
         asleep = bool(ctl[SLEEPING])
         if asleep:
             event.set()
-        if not kernels.paired44(ctl, task, not asleep) and not asleep:
+        if not kernels.paired44(ctl, task, not asleep, x, out, filters, b) and not asleep:
             _state["skip"] = BACKOFF
         return out
     finally:

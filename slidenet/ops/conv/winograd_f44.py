@@ -166,19 +166,29 @@ class OneImage:
         self.shape = (1, self.ho // 2, self.wo // 2, k) if pool else (1, self.ho, self.wo, k)
         self.d, self.dtype = d, dtype
         self.halves = None                  # `pair`'s scratch for its two threads, when paired
-        self.task = np.zeros(23, np.int64)  # `pair`'s description of a call
+        self.h, self.wd = h, wd
+        self.task = None                    # `pair`'s description of a call
 
-    def pair_scratch(self):
-        """Two float32 blocks of `pair.scratch44` numbers: the caller's and the helper's."""
-        if self.halves is None:
+    def pair_task(self):
+        """`pair`'s task for this layer (int64, `pair.phase44` reads it): its sizes and the
+        addresses of its scratch, made once with the two threads' scratch (`pair.scratch44`
+        float32 numbers each); the call's arrays (x, out, filters, bias: slots 0, 14, 12, 17)
+        and relu (18) are filled in per call."""
+        if self.task is None:
             size = pair.scratch44(self.th, self.tw, self.d, self.k)
             self.halves = (np.empty(size, np.float32), np.empty(size, np.float32))
-        return self.halves
+            self.task = np.array(
+                [0, self.h, self.wd, self.d, self.pad[0], self.pad[1], self.th, self.tw,
+                 self.v.ctypes.data, self.v.shape[1], self.prod.ctypes.data,
+                 self.prod.shape[1], 0, self.k, 0, self.shape[1], self.shape[2], 0, 0,
+                 int(self.pool), self.th - self.th // 2, self.halves[0].ctypes.data,
+                 self.halves[1].ctypes.data], np.int64)
+        return self.task
 
     def run(self, fast, x, filters, b, relu):
         """`forward(x, filters, b, pad, relu, pool=pool)` of one image x (1, H, W, D); on two
         threads (`pair`) where it applies, the same bits."""
-        if pair.applies44(x, self.th):
+        if pair.applies44(x, filters, b, self.th):
             out = pair.winograd44_forward(self, x, filters, b, relu)
             if out is not None:
                 return out

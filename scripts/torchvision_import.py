@@ -24,7 +24,9 @@ matter), in eval mode at 224x224:
    process's start (VmHWM), and the imported net's probabilities for the same images: max
    |dp| against PyTorch's. Both processes import numpy, onnx and slidenet's importer before
    the clock starts, so neither counts module imports (about 0.5 s for onnx, 0.1 s more for
-   slidenet here); everything after counts, the onnx checker's one-time set-up included;
+   slidenet here); everything after counts, any one-time set-up in the process included.
+   With `--baseline PYTHON` (another checkout's venv, such as main's), `read_onnx` of that
+   checkout too, in the same alternation: a second table of both ratios from one run;
 4. once per net, the command itself: `slidenet import FILE --out MODEL.npz --mean ... --std
    ...` (exit status and wall time).
 
@@ -162,9 +164,13 @@ def export(net, path, exporter):
     return seconds, max(o.version for o in written if o.domain in ("", "ai.onnx"))
 
 
-def measure(python, kind, path, pixels):
+def measure(python, kind, path, pixels, cwd=ROOT):
+    """One measurement in a fresh process of `python`. cwd: where it runs; a baseline runs
+    outside this repository (in the folder), so that it imports its own checkout's slidenet
+    (python -c puts its working directory first on the path), and writes no bytecode."""
+    env = None if cwd == ROOT else dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     done = subprocess.run([python, "-c", MEASURE, kind, str(path), str(pixels)],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=cwd, env=env)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:300]}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -201,6 +207,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="timings per file (median)")
     parser.add_argument("--slidenet", default=str(ROOT / ".venv" / "bin" / "python"))
     parser.add_argument("--keep", action="store_true", help="keep the .onnx files")
+    parser.add_argument("--baseline", metavar="PYTHON",
+                        help="also time read_onnx with this Python (another checkout's venv, "
+                        "such as main's), alternating with the others: its ratio in one run")
     args = parser.parse_args()
     import torch
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -236,22 +245,29 @@ def main():
                                              args.folder.glob(f"{path.name}.data"))
             row = {"net": name, "export": exporter, "opset": opset, "export_s": seconds,
                    "mib": size / 2**20}
-            loads, imports = [], []
+            loads, imports, baselines = [], [], []
             for _ in range(args.rounds):        # alternating, each in a fresh process
                 loads.append(measure(args.slidenet, "onnx.load", path, stored))
                 imports.append(measure(args.slidenet, "read_onnx", path, stored))
+                if args.baseline:
+                    baselines.append(measure(args.baseline, "read_onnx", path, stored,
+                                             cwd=args.folder))
             row["load"], row["import"] = summarised(loads), summarised(imports)
+            if baselines:
+                row["baseline"] = summarised(baselines)
             if index == 0:
                 row["command"] = command(args.slidenet, path, args.folder)
             rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "import"} |
-                             {"import": {k: v for k, v in row["import"].items()
-                                         if k != "pattern"}}), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("import", "baseline")} |
+                             {kind: {k: v for k, v in row[kind].items() if k != "pattern"}
+                              for kind in ("import", "baseline") if kind in row}), flush=True)
             if not args.keep:
                 path.unlink()
                 for extra in args.folder.glob(f"{path.name}.data"):
                     extra.unlink()
     table = markdown(rows)
+    if args.baseline:
+        table += "\n" + baseline_markdown(rows)
     (args.folder / "table.md").write_text(table)
     (args.folder / "rows.json").write_text(json.dumps(rows, indent=1))
     print(table)
@@ -260,6 +276,26 @@ def main():
 def _s(seconds):
     """Seconds with two decimals, three under 0.1 s (a small file loads in 0.005 s)."""
     return f"{seconds:.3f}" if seconds < 0.1 else f"{seconds:.2f}"
+
+
+def baseline_markdown(rows):
+    """`read_onnx` of this checkout and of `--baseline`'s, each against `onnx.load`, medians of
+    the same alternating run: wall clock and CPU."""
+    lines = ["| net | export | `onnx.load` s | import s, baseline (min-max) | import s, this "
+             "(min-max) | baseline / load | this / load | CPU: baseline / load | CPU: this / "
+             "load | max abs dp, baseline / this |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        load, got, base = row.get("load", {}), row.get("import", {}), row.get("baseline", {})
+        if any("error" in r or not r for r in (load, got, base)):
+            continue
+        lines.append(
+            f"| {row['net']} | {row['export']} | {_s(load['seconds'])} | "
+            f"{_s(base['seconds'])} ({_s(base['spread'][0])}-{_s(base['spread'][1])}) | "
+            f"{_s(got['seconds'])} ({_s(got['spread'][0])}-{_s(got['spread'][1])}) | "
+            f"{base['seconds'] / load['seconds']:.1f} | {got['seconds'] / load['seconds']:.1f} | "
+            f"{base['cpu'] / load['cpu']:.1f} | {got['cpu'] / load['cpu']:.1f} | "
+            f"{base['dp']:.1e} / {got['dp']:.1e} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(rows):

@@ -29,8 +29,11 @@ def exact_size(n, f, s, p=0):
 
 def describe(n, f, s, p=0):
     """``'(7 - 3) / 3 + 1 = 2.33'``: the formula and its value, two decimals when fractional."""
-    value = exact_size(n, f, s, p)
-    shown = str(value.numerator) if value.denominator == 1 else f"{float(value):.2f}"
+    span = n + 2 * p - f
+    if span % s == 0:       # whole: in integers (every layer of a net that fits comes here)
+        shown = str(span // s + 1)
+    else:
+        shown = f"{float(exact_size(n, f, s, p)):.2f}"
     return f"{formula(n, f, s, p)} = {shown}"
 
 

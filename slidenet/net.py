@@ -26,7 +26,7 @@ from slidenet import layers as layer_kinds
 from slidenet.errors import DataError, OutOfMemory, SlidenetError
 from slidenet.notation import zoo
 from slidenet.notation.pattern import parse
-from slidenet.notation.shapes import infer
+from slidenet.notation.shapes import infer, walk_infos
 from slidenet.notation.summary import summary_html, summary_text
 from slidenet.ops.runtime import blas_for_workers
 from slidenet.storage.limits import MAX_WEIGHT_BYTES
@@ -63,8 +63,15 @@ class Net:
                 "it without allocating anything")
         # Dropout draws from its own stream, so adding dropout never changes the initial weights.
         self.dropout_rng = np.random.default_rng([seed, 1])
+        # A blank net's weights, and its gradients: views of one buffer each, room for every
+        # parameter and its alignment (anything past it is allocated on its own).
+        arenas = (None, None)
+        if blank:
+            every = list(walk_infos(self.infos))
+            count = sum(info.params for info in every) + 2 * layer_kinds.Arena.ALIGN * len(every)
+            arenas = layer_kinds.Arena(count, self.dtype), layer_kinds.Arena(count, self.dtype)
         init = layer_kinds.Init(np.random.default_rng(seed), self.dropout_rng, self.dtype,
-                                blank=blank)
+                                blank=blank, arena=arenas[0], grads_arena=arenas[1])
         last = self.infos[-1]
         self.layers = [layer_kinds.build(info, init._replace(scoring=info is last))
                        for info in self.infos[1:]]

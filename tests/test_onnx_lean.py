@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from helpers import import_part
 
@@ -165,6 +166,28 @@ def test_a_net_built_on_shapes_already_inferred_is_the_patterns_blank_net():
         for value in net.params.values():
             value[...] = 0.01
     np.testing.assert_array_equal(shared.forward(x), alone.forward(x))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_blank_nets_arrays_are_its_own_contiguous_writable_and_apart(dtype):
+    """A blank net's weights and gradients are views of one buffer each (`layers.Arena`): each
+    must still be C-contiguous, writable, of the net's dtype, zero, and share no memory with any
+    other array of the net (np.shares_memory, pair by pair), as separate arrays would be."""
+    from slidenet.net import Net
+    pattern = ("INPUT(8x8x3) -> CONV(6) -> BATCHNORM -> RELU -> { CONV(6, 1x1) | ID } -> ADD "
+               "-> { DWCONV(3x3) -> CONV(4, 1x1) | CONV(3) } -> CONCAT -> FC(7) -> FC(5)")
+    net = Net.from_pattern(pattern, blank=True, dtype=dtype)
+    arrays = [*net.params.values(), *net.grads.values(), *net.buffers.values()]
+    assert len(arrays) == 2 * len(net.params) + len(net.buffers) > 20
+    for array in arrays:
+        assert array.flags.c_contiguous and array.flags.writeable and array.dtype == dtype
+    for name, array in net.params.items():
+        if not name.endswith(".gamma"):
+            assert not array.any(), name
+    for i, a in enumerate(arrays):
+        for b in arrays[i + 1:]:
+            assert not np.shares_memory(a, b)
+    assert any(a.base is not None for a in net.params.values())     # the arena is in use
 
 
 def test_the_budget_names_the_tensor_only_when_it_refuses():

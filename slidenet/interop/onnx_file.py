@@ -62,9 +62,11 @@ def check_claimed_size(what, nbytes, budget):
 
 
 def read_model(path):
-    """(onnx.ModelProto, the folder external data must stay in), or an OnnxFileError.
+    """(onnx.ModelProto, the folder external data must stay in, [each initializer's raw bytes,
+    or None]), or an OnnxFileError.
 
-    External tensor data is not read here: `tensor_array` reads it, after checking it.
+    External tensor data is not read here: `tensor_array` reads it, after checking it. Nor is
+    the graph judged: `onnx_checks.check_structure` does that next.
     """
     onnx = require_onnx()
     from google.protobuf.message import DecodeError
@@ -78,21 +80,18 @@ def read_model(path):
         raise OnnxFileError(f"{path} is empty, not an ONNX model")
     check_claimed_size(f"{path}", size, MAX_ONNX_FILE_BYTES)
     model = onnx.ModelProto()
-    # One read into one bytes object, viewed by NumPy (read-only: the weights are views of it,
-    # never written), as onnx.load reads a file: np.fromfile's own buffer was slower to fill
-    # (docs/benchmarks.md, "ONNX import time").
-    with open(path, "rb") as fh:
-        whole = fh.read(size)           # never more than the size checked above
-    data = np.frombuffer(whole, dtype=np.uint8)
+    # One read (`_read_whole`), never more than the size checked above. Read-only: the
+    # weights are views of it, never written.
+    data = _read_whole(path, size, path)     # never more than the size checked above
     # The initializers' raw bytes stay where they lie in the file's buffer, viewed by NumPy;
     # protobuf parses the rest (a few kilobytes), so the weights are in memory once, not
     # twice, and never copied out of protobuf one by one.
     light, raws = split_weights(data)
     try:
-        model.ParseFromString(light if light is not None else whole)
+        model.ParseFromString(light if light is not None else data.tobytes())
     except (DecodeError, ValueError, RuntimeError) as err:
         raise OnnxFileError(f"{path} is not an ONNX model, or it is truncated "
-                            f"({_first_line(err) or 'protobuf cannot parse it'})") from None
+                            f"({first_line(err) or 'protobuf cannot parse it'})") from None
     if model.ir_version < 3 or not model.HasField("graph") or not model.opset_import:
         raise OnnxFileError(f"{path} is not an ONNX model, or it is truncated (it has no "
                             + ("graph" if not model.HasField("graph") else
@@ -104,13 +103,33 @@ def read_model(path):
     for tensor in _tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             _external_file(tensor, folder, f"tensor {tensor.name!r}", files)
-    try:
-        # The checker judges the graph without its weights (`light_model`): given the path,
-        # it would read and parse the whole file again. `tensor_array` checks each weight.
-        onnx.checker.check_model(light_model(onnx, model))
-    except Exception as err:        # the checker's own ValidationError, and C++ errors it wraps
-        raise OnnxFileError(f"{path} is not a valid ONNX model: {_first_line(err)}") from None
+    # The graph's structure is judged next, by `onnx_checks.check_structure`; each weight by
+    # `tensor_array` as it is read.
     return model, folder, raws if light is not None else [None] * len(model.graph.initializer)
+
+
+HUGE_PAGES_UP_TO = 64 * 2**20      # bytes: a file read into NumPy's buffer, on huge pages
+
+
+def _read_whole(path, size, name):
+    """The `size` bytes of the file at `path` as a read-only uint8 array (OnnxFileError when
+    the file no longer holds them).
+
+    Up to HUGE_PAGES_UP_TO, one read straight into a NumPy array, for which NumPy asks the
+    kernel for huge pages: several times faster to fill than a bytes object. A larger file is
+    read into a bytes object, as onnx.load reads it: there huge pages were the slower
+    (docs/benchmarks.md, "ONNX import time")."""
+    with open(path, "rb") as fh:
+        if size > HUGE_PAGES_UP_TO:
+            data = np.frombuffer(fh.read(size), np.uint8)
+        else:
+            data = np.empty(size, np.uint8)
+            data = data[:fh.readinto(data)]
+    if len(data) != size:
+        raise OnnxFileError(f"{name} changed while it was read ({len(data):,} of {size:,} "
+                            "bytes)")
+    data.flags.writeable = False
+    return data
 
 
 def _varint(data, at, end):
@@ -252,9 +271,12 @@ def _tensors(graph):
             yield from attribute.tensors
 
 
-def _first_line(err):
+def first_line(err):
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+_DTYPES = {}        # TensorProto.data_type -> the NumPy dtype of a type slidenet reads
 
 
 def tensor_array(tensor, folder, budget, raw=None, files=None):
@@ -268,14 +290,18 @@ def tensor_array(tensor, folder, budget, raw=None, files=None):
     """
     onnx = require_onnx()
     what = f"tensor {tensor.name!r}"
-    try:
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
-    except (KeyError, TypeError, ValueError):
-        raise OnnxFileError(f"{what} has data type {tensor.data_type}, which is not numbers "
-                            "slidenet reads") from None
-    if dtype.kind not in "biuf" or dtype.itemsize > 8:
-        raise OnnxFileError(f"{what} holds {onnx.TensorProto.DataType.Name(tensor.data_type)}, "
-                            "not numbers slidenet reads")
+    dtype = _DTYPES.get(tensor.data_type)
+    if dtype is None:
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        except (KeyError, TypeError, ValueError):
+            raise OnnxFileError(f"{what} has data type {tensor.data_type}, which is not numbers "
+                                "slidenet reads") from None
+        if dtype.kind not in "biuf" or dtype.itemsize > 8:
+            raise OnnxFileError(f"{what} holds "
+                                f"{onnx.TensorProto.DataType.Name(tensor.data_type)}, not "
+                                "numbers slidenet reads")
+        _DTYPES[tensor.data_type] = dtype
     dims = list(tensor.dims)
     if any(d < 0 for d in dims):
         raise OnnxFileError(f"{what} has a negative dimension {dims}")
@@ -286,7 +312,7 @@ def tensor_array(tensor, folder, budget, raw=None, files=None):
     if tensor.HasField("segment"):
         raise OnnxFileError(f"{what} is split into segments, which slidenet does not read")
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        raw = _external_bytes(tensor, folder, nbytes, what, files)
+        raw = _external_bytes(tensor, folder, nbytes, what, files, budget)
     elif raw is not None or tensor.HasField("raw_data"):
         raw = tensor.raw_data if raw is None else raw
         if len(raw) != nbytes:
@@ -318,12 +344,29 @@ def _typed_field(tensor, dtype, count, dims, what):
     return np.array(values, dtype=dtype).reshape(dims)
 
 
-def _external_bytes(tensor, folder, nbytes, what, files=None):
-    """`nbytes` from the external file a tensor names, which must lie inside `folder`."""
+class _External:
+    """An external data file of one model, checked: its path and size, and its bytes once read
+    whole (`_external_bytes`)."""
+
+    def __init__(self, path, size):
+        self.path, self.size, self.data = path, size, None
+
+
+def _external_bytes(tensor, folder, nbytes, what, files=None, budget=None):
+    """`nbytes` from the external file a tensor names, which must lie inside `folder`.
+
+    With `files` (the files of one model) and a `budget` the file's size fits, the file is read
+    whole at its first tensor, as the model file is (`read_model`), and every tensor is a view
+    of it: one read rather than one open, seek and read per tensor (DenseNet's 430)."""
     target, location, offset, length = _external_file(tensor, folder, what, files)
     if length != nbytes:
         raise OnnxFileError(f"{what}: its dims say {nbytes:,} bytes but its external data "
                             f"claims {length:,}")
+    external = files.get(location) if files is not None else None
+    if external is not None and budget is not None and external.size <= budget.total:
+        if external.data is None:
+            external.data = _read_whole(target, external.size, location)
+        return external.data[offset:offset + length]
     with open(target, "rb") as fh:
         fh.seek(offset)
         raw = fh.read(length)
@@ -334,7 +377,7 @@ def _external_bytes(tensor, folder, nbytes, what, files=None):
 
 def _external_file(tensor, folder, what, files=None):
     """(path, location, offset, length) of a tensor's external data, checked: the file lies
-    inside `folder` and holds the bytes claimed. files: {location: (path, size)} of the files
+    inside `folder` and holds the bytes claimed. files: {location: `_External`} of the files
     already checked for this model, filled in here (None: check every time)."""
     entries = {entry.key: entry.value for entry in tensor.external_data}
     location = entries.get("location", "")
@@ -346,11 +389,11 @@ def _external_file(tensor, folder, what, files=None):
     except ValueError:
         raise OnnxFileError(f"{what}: its external offset or length is not a number") from None
     if files is not None and location in files:
-        target, size = files[location]
+        target, size = files[location].path, files[location].size
     else:
         target, size = _external_target(folder, location, what)
         if files is not None:
-            files[location] = target, size
+            files[location] = _External(target, size)
     if length is None:
         length = size - offset
     if offset < 0 or length < 0 or offset + length > size:

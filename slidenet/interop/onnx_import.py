@@ -41,7 +41,9 @@ import numpy as np
 from slidenet.data.normalize import Normalizer
 from slidenet.errors import SlidenetError
 from slidenet.interop import onnx_branches as branches
-from slidenet.interop.onnx_file import Budget, inferred_shapes, read_model, tensor_array
+from slidenet.interop import onnx_checks as checks
+from slidenet.interop.onnx_file import (
+    Budget, OnnxFileError, inferred_shapes, read_model, tensor_array)
 from slidenet.interop.onnx_graph import PIXELS, require_onnx
 from slidenet.interop.onnx_ops import (
     OPS, Act, Const, Probs, Skip, Unknown, Unsupported, attributes, channel_vector,
@@ -81,12 +83,14 @@ def read_onnx(path, classes=None, scale=None, mean=None, std=None, input_layout=
     """
     onnx = require_onnx()
     model, folder, raws = read_model(path)
-    reader = _Reader(onnx, model, folder, input_layout, raws)
+    checks.check_structure(onnx, model, path)
+    reader = _Reader(onnx, model, folder, input_layout, raws, path)
     # A constant that folds into nothing, or a division by a zero constant, is judged by the
     # checks below; NumPy's own warnings about it would only be noise on stderr.
     with np.errstate(all="ignore"):
         reader.walk()
     if reader.faults:
+        reader.judge()      # a graph that is not valid ONNX at all: onnx's checker says why
         count = len({place for place, _ in reader.faults})
         raise ImportRefused(f"{path}: slidenet cannot represent {count} "
                             f"{'part' if count == 1 else 'parts'} of this graph, so nothing was "
@@ -169,8 +173,10 @@ class _Reader:
     (`act`, `const`, `volume`, `resolve`) and append layers with `add_piece`; it keeps the
     values by name, the pieces, the preprocessing seen before the first layer, and the faults."""
 
-    def __init__(self, onnx, model, folder, input_layout, raws=None):
+    def __init__(self, onnx, model, folder, input_layout, raws=None, path=None):
         self.onnx = onnx
+        self.path = path
+        self.judged = False         # onnx's checker has accepted the graph (`judge`)
         self.graph = model.graph
         self.folder = folder
         self.budget = Budget()
@@ -197,9 +203,13 @@ class _Reader:
     # -- the walk --
 
     def walk(self):
-        for tensor, raw in zip(self.graph.initializer, self.raws):
-            self.values[tensor.name] = Const(tensor_array(tensor, self.folder, self.budget, raw,
-                                                          self.files))
+        try:
+            for tensor, raw in zip(self.graph.initializer, self.raws):
+                self.values[tensor.name] = Const(tensor_array(tensor, self.folder, self.budget,
+                                                              raw, self.files))
+        except OnnxFileError:
+            self.judge()    # a tensor the checker refuses too (an undefined type): its words
+            raise
         self.raws = None
         if len(self.graph.sparse_initializer):
             self.faults.append(("graph", "it has sparse initializers, which slidenet does not "
@@ -215,6 +225,9 @@ class _Reader:
             try:
                 if handler is None:
                     raise Unsupported(unknown_op(node))
+                reasons = checks.node_faults(self.onnx, node, self.opset)
+                if reasons:
+                    raise Unsupported(*reasons)
                 inputs = [self._value(name) for name in node.input]
                 outputs = handler(self, node, attributes(self.onnx, node), inputs)
             except Unsupported as fault:
@@ -237,6 +250,7 @@ class _Reader:
     def _after_fault(self, node):
         """What a refused node would have output, as far as ONNX's shape inference knows it, so
         that the nodes after it are judged too and their faults listed (not only the first)."""
+        self.judge()
         if self.shapes is None:
             self.shapes = inferred_shapes(self.onnx, self.model)
         acts = [v for v in (self.values.get(name) for name in node.input) if isinstance(v, Act)]
@@ -312,6 +326,13 @@ class _Reader:
                                 "a global average pool"))
         if finals and not self.faults:
             self.final = finals[0]
+
+    def judge(self):
+        """Raise OnnxFileError when onnx's checker refuses the graph; run once, and only for a
+        graph with faults (`onnx_checks`: slidenet's own checks pass every other graph)."""
+        if not self.judged:
+            checks.judge(self.onnx, self.model, self.path)
+            self.judged = True
 
     # -- values --
 

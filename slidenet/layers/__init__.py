@@ -19,12 +19,12 @@ docs/design.md, "Adding a layer kind") and import it below: importing registers 
 # Importing a kind's module registers it; the order here is the order of `kinds()`.
 from slidenet.layers import input as _input  # noqa: F401  (INPUT; "input" would shadow a builtin)
 from slidenet.layers import activations, batchnorm, conv, dropout, fc, globalavgpool, merge, pool  # noqa: F401
-from slidenet.layers.base import Inferred, Init, Layer, Unfit, Walk, Window
+from slidenet.layers.base import Arena, Inferred, Init, Layer, Unfit, Walk, Window
 from slidenet.layers.folding import steps as inference_steps
 from slidenet.layers.fusion import fuse
 from slidenet.layers.registry import RegistryError, kinds, lookup, names, register
 
-__all__ = ["Inferred", "Init", "Layer", "RegistryError", "Unfit", "Walk", "Window", "build", "fuse", "inference_steps",
+__all__ = ["Arena", "Inferred", "Init", "Layer", "RegistryError", "Unfit", "Walk", "Window", "build", "fuse", "inference_steps",
            "kinds", "leaves", "lookup", "names", "register"]
 
 

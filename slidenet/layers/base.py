@@ -21,6 +21,7 @@ The class-level parts (grammar, shape rule, geometry) run before any weight exis
 is parsed and every shape inferred without allocating anything.
 """
 from dataclasses import dataclass
+from math import prod
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -63,6 +64,31 @@ class Window(NamedTuple):
     pad: Tuple[int, int]
 
 
+class Arena:
+    """Zeros for the arrays of a blank net, handed out as views of one buffer of `count`
+    numbers of `dtype`: hundreds of layers cost one allocation rather than one each, and NumPy
+    asks the kernel for huge pages for a large buffer, which fill several times faster when the
+    weights are written in (docs/benchmarks.md, "ONNX import time"). Pages are touched only
+    when written: a net that only predicts never touches its gradients'. Past its end, or for
+    another dtype, each array is its own."""
+
+    ALIGN = 16      # numbers: each array starts on a 64-byte line (float32)
+
+    def __init__(self, count, dtype):
+        self.buffer = np.zeros(count, dtype)
+        self.used = 0
+
+    def zeros(self, shape, dtype):
+        """A C-contiguous, writable array of zeros of `shape` and `dtype`."""
+        count = prod(shape)
+        end = self.used + count
+        if np.dtype(dtype) != self.buffer.dtype or end > self.buffer.size:
+            return np.zeros(shape, dtype)
+        view = self.buffer[self.used:end].reshape(shape)
+        self.used = -(-end // self.ALIGN) * self.ALIGN
+        return view
+
+
 class Init(NamedTuple):
     """What building a layer may draw on."""
     rng: np.random.Generator            # initial weights, drawn layer by layer in net order
@@ -71,14 +97,29 @@ class Init(NamedTuple):
     dtype: np.dtype
     scoring: bool = False               # the net's last layer: its outputs are the class scores
     blank: bool = False                 # zeros, nothing drawn: weights about to be overwritten
+    arena: Optional[Arena] = None       # where a blank net's weights come from
+    grads_arena: Optional[Arena] = None     # and its gradients: apart, so that their pages
+                                            # (huge pages too) are not touched with the weights'
 
     def normal(self, shape, scale):
         """Initial weights: normal with standard deviation `scale`, in `dtype` (zeros when
         `blank`: a model file or an import fills them next, and a large net's draws in float64
         would cost time and several times the weights' memory)."""
         if self.blank:
-            return np.zeros(shape, dtype=self.dtype)
+            return self.zeros(shape, self.dtype)
         return (self.rng.standard_normal(shape) * scale).astype(self.dtype)
+
+    def zeros(self, shape, dtype):
+        """Zeros for weights, from the weights' arena when there is one."""
+        if self.arena is not None:
+            return self.arena.zeros(shape, dtype)
+        return np.zeros(shape, dtype)
+
+    def grad_zeros(self, shape, dtype):
+        """Zeros for a gradient, from the gradients' arena when there is one."""
+        if self.grads_arena is not None:
+            return self.grads_arena.zeros(shape, dtype)
+        return np.zeros(shape, dtype)
 
 
 def slide(spec, window, walk, can_pad=True):
@@ -163,14 +204,15 @@ class Layer:
         self.grads = {}
         self.buffers = {}       # state that is saved but not trained (batchnorm running stats)
         self.cache = None
+        self._grad_zeros = init.grad_zeros
 
     def param(self, key, value):
         """Add a parameter (and its gradient, zeros of the same shape)."""
         self.params[key] = value
-        # np.zeros, not zeros_like: the operating system hands out zeroed pages only when they
+        # Zeros, not zeros_like: the operating system hands out zeroed pages only when they
         # are first written, so a net that never trains (a model loaded to predict, an import)
         # does not pay for its gradients' memory.
-        self.grads[key] = np.zeros(value.shape, value.dtype)
+        self.grads[key] = self._grad_zeros(value.shape, value.dtype)
 
     def forward(self, x, train):
         raise NotImplementedError

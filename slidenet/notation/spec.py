@@ -6,6 +6,7 @@ Each kind's arguments are read by its own module in `slidenet.layers` (its gramm
 defaults applied, so ``CONV(K)`` already says 3x3, stride 1, padding 1: ``spec.size == (3, 3)``.
 """
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -17,14 +18,17 @@ class LayerSpec:
     given: frozenset = frozenset()  # the arguments the pattern wrote; the others are defaults
     branches: tuple = ()  # a merge (ADD, CONCAT): one tuple of LayerSpecs per branch
 
+    def __post_init__(self):
+        # spec.size, spec.stride, ...: the kind's arguments read as attributes, kept in the
+        # instance's own dict (shape inference and building a net read them thousands of times).
+        for key, value in self.args:
+            object.__setattr__(self, key, value)
+
     def __getattr__(self, name):
-        # spec.size, spec.stride, ...: the kind's arguments read as attributes.
-        for key, value in object.__getattribute__(self, "args"):
-            if key == name:
-                return value
+        # Only for a name that is neither a field nor an argument.
         raise AttributeError(f"{self.kind} has no argument {name!r}")
 
-    @property
+    @cached_property
     def type(self):
         """The layer class registered for this kind (see `slidenet.layers.registry`)."""
         from slidenet.layers.registry import lookup

@@ -28,8 +28,10 @@ class Clocks:
 def test_a_quiet_machine_allows_and_our_own_use_does_not_count():
     clocks = Clocks(others=0.0, mine=2.0)          # both cores ours (caller + helper)
     gate = clocks.gate()
-    assert gate.allow()
-    clocks.advance(0.3)
+    assert not gate.allow()                        # nothing measured yet
+    clocks.advance(0.1)
+    assert not gate.allow() and gate.others is None
+    clocks.advance(0.2)
     assert gate.allow() and gate.others == pytest.approx(0.0, abs=1e-9)
 
 

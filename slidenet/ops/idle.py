@@ -13,8 +13,8 @@ on two cores, while the rest of the machine uses less than a quarter of one. A w
 measurement holds until the next one, so the cost is one clock read per layer and two small
 file reads every `period`.
 
-The signals are injected (`machine`, `own`, `clock`), so the decision is tested without a busy
-machine. Where /proc/stat cannot be read (not Linux), `machine_seconds` gives None and the
+The first window must end before anything pairs. The signals are injected (`machine`, `own`,
+`clock`), so the decision is tested without a busy machine. Where /proc/stat cannot be read (not Linux), `machine_seconds` gives None and the
 decision rests on `pair`'s own back-off alone (it always allows).
 """
 import os
@@ -61,13 +61,16 @@ class SpareCore:
         return None if busy is None else (self._clock(), busy, self._own())
 
     def allow(self):
-        """True while the last window left a core free of other processes (or when that cannot
-        be measured); starts a new window when `period` has passed."""
+        """True while the last window left a core free of other processes, False until a first
+        window has been measured (True throughout where the machine's CPU time cannot be
+        read); starts a new window when `period` has passed."""
         if self.cores < 2:
             return False
         if self._start is None:
             self._start = self._sample()
-            return True if self._start is None else self._decide()
+            # No machine clock: allow. Otherwise not before the first window is measured, so
+            # that a busy machine is never paired on while the first window runs.
+            return self._start is None
         now = self._clock()
         if now - self._start[0] >= self.period:
             end = self._sample()
@@ -79,4 +82,6 @@ class SpareCore:
         return self._decide()
 
     def _decide(self):
-        return self.others is None or self.others <= self.cores - 1 - self.margin
+        if self.others is None:
+            return self._start is None
+        return self.others <= self.cores - 1 - self.margin

@@ -65,6 +65,9 @@ START_AFTER = 16
 # After the helper missed a task (descheduled on a busy machine), this many layers run
 # unpaired, so a helper that cannot get a core stops spinning against the caller.
 BACKOFF = 256
+# With "auto", `idle.SpareCore` catches a machine that stays busy; a miss on a machine it finds
+# quiet is a moment's descheduling, so the back-off is a few predictions' layers.
+AUTO_BACKOFF = 12
 
 # Off unless SLIDENET_PAIR=1 (or `set_enabled(True)`): on a machine whose cores are all busy
 # the spinning helper slowed one image down (docs/benchmarks.md, "Round 3"), and it has not yet
@@ -445,7 +448,7 @@ def winograd4_forward(x, w, b, pad, relu, filters):
         if asleep:
             event.set()                 # it will spin for the next layers, if not for this one
         if not kernels.paired(ctl, task, not asleep) and not asleep:
-            _state["skip"] = BACKOFF    # awake, yet too late: it did not get a core
+            _state["skip"] = AUTO_BACKOFF if _enabled["watch"] else BACKOFF    # awake, yet too late: it did not get a core
         return out
     finally:
         _lock.release()
@@ -503,7 +506,7 @@ def winograd44_forward(layer, x, filters, b, relu):
         if asleep:
             event.set()
         if not kernels.paired44(ctl, task, not asleep, x, out, filters, b) and not asleep:
-            _state["skip"] = BACKOFF
+            _state["skip"] = AUTO_BACKOFF if _enabled["watch"] else BACKOFF
         return out
     finally:
         _lock.release()

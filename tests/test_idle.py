@@ -70,12 +70,18 @@ def test_more_cores_leave_room_for_more_others():
     assert gate.allow()
 
 
-def test_one_core_never_pairs_and_no_machine_clock_always_allows():
-    assert not Clocks().gate(cores=1).allow()
-    gate = idle.SpareCore(2, machine=lambda: None)
+def test_one_core_never_pairs_nor_a_machine_whose_load_cannot_be_read():
+    clocks = Clocks(others=0.0)
+    one = clocks.gate(cores=1)
+    one.allow()
+    clocks.advance(0.5)
+    assert not one.allow()
+    now = [0.0]
+    blind = idle.SpareCore(2, machine=lambda: None, clock=lambda: now[0])
     for _ in range(3):
-        assert gate.allow()
-    assert gate.others is None
+        assert not blind.allow()
+        now[0] += 1.0
+    assert blind.others is None
 
 
 def test_machine_seconds_is_the_busy_time_of_proc_stat():

@@ -24,22 +24,41 @@ GEOMETRIES = [(32, 32, 32, 32), (16, 16, 32, 64), (8, 8, 64, 64), (13, 9, 5, 7),
 
 @pytest.fixture
 def helper():
-    previous = pair.set_enabled(True)               # off by default (SLIDENET_PAIR=1 is on)
+    previous = pair.set_enabled(True)               # tests/conftest.py turns it off
     if not pair.wait_ready(300):
         pytest.fail(f"the helper did not start: {pair._state['error']}")
     yield
     pair.set_enabled(previous)
 
 
-def test_off_by_default_one_image_runs_on_the_calling_thread_alone():
-    if pair.enabled():
-        pytest.skip("SLIDENET_PAIR=1 turned it on")
-    x, prepared = _layer(16, 16, 32, 64)
-    runs = pair.helper_runs()
-    with runtime.workers(2):
-        for _ in range(2 * pair.START_AFTER):
-            conv.conv_infer(x, prepared)
-    assert pair.helper_runs() == runs
+def test_off_one_image_runs_on_the_calling_thread_alone():
+    previous = pair.set_enabled(False)
+    try:
+        x, prepared = _layer(16, 16, 32, 64)
+        runs = pair.helper_runs()
+        with runtime.workers(2):
+            for _ in range(2 * pair.START_AFTER):
+                conv.conv_infer(x, prepared)
+        assert pair.helper_runs() == runs
+    finally:
+        pair.set_enabled(previous)
+
+
+@pytest.mark.parametrize("env, want", [(None, "auto"), ("auto", "auto"), ("1", True),
+                                       ("0", False)])
+def test_the_setting_comes_from_slidenet_pair(env, want):
+    """SLIDENET_PAIR unset or auto: "auto" (the default); 1: always; 0: off. In a fresh process,
+    since the module reads it once."""
+    import os
+    import subprocess
+    import sys
+    environ = {k: v for k, v in os.environ.items() if k != "SLIDENET_PAIR"}
+    if env is not None:
+        environ["SLIDENET_PAIR"] = env
+    out = subprocess.run([sys.executable, "-c", "from slidenet.ops.conv import pair; "
+                          "print(repr(pair.set_enabled(False)))"], env=environ,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == repr(want)
 
 
 def _layer(h, w, d, k, relu=True):

@@ -14,8 +14,8 @@ measurement holds until the next one, so the cost is one clock read per layer an
 file reads every `period`.
 
 The first window must end before anything pairs. The signals are injected (`machine`, `own`,
-`clock`), so the decision is tested without a busy machine. Where /proc/stat cannot be read (not Linux), `machine_seconds` gives None and the
-decision rests on `pair`'s own back-off alone (it always allows).
+`clock`), so the decision is tested without a busy machine. Where /proc/stat cannot be read (not Linux), `machine_seconds` gives None and nothing is
+allowed: a core that cannot be seen to be idle is not taken.
 """
 import os
 import time
@@ -46,7 +46,7 @@ class SpareCore:
     (`machine_seconds`); own() -> CPU seconds of this process (`time.process_time`); clock() ->
     seconds (`time.monotonic`). `allow()` answers from the last window of at least `period`
     seconds; `others` is that window's measurement (cores used by other processes) or None
-    before the first window ends or without a machine clock.
+    before the first window ends or without a machine clock (then `allow` is False).
     """
 
     def __init__(self, cores, machine=machine_seconds, own=time.process_time,
@@ -61,16 +61,17 @@ class SpareCore:
         return None if busy is None else (self._clock(), busy, self._own())
 
     def allow(self):
-        """True while the last window left a core free of other processes, False until a first
-        window has been measured (True throughout where the machine's CPU time cannot be
-        read); starts a new window when `period` has passed."""
+        """True while the last window left a core free of other processes; False until a first
+        window has been measured, and always where the machine's CPU time cannot be read (what
+        cannot be known to be idle is not used). Starts a new window when `period` has
+        passed."""
         if self.cores < 2:
             return False
         if self._start is None:
+            # Not before the first window is measured, so that a busy machine is never paired
+            # on while the first window runs.
             self._start = self._sample()
-            # No machine clock: allow. Otherwise not before the first window is measured, so
-            # that a busy machine is never paired on while the first window runs.
-            return self._start is None
+            return False
         now = self._clock()
         if now - self._start[0] >= self.period:
             end = self._sample()
@@ -82,6 +83,4 @@ class SpareCore:
         return self._decide()
 
     def _decide(self):
-        if self.others is None:
-            return self._start is None
-        return self.others <= self.cores - 1 - self.margin
+        return self.others is not None and self.others <= self.cores - 1 - self.margin

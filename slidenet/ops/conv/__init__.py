@@ -14,8 +14,8 @@
     direct         thin first layers: each output pixel's window times the filters, compiled
     grouped        grouped and depthwise convolution: one pair per group, or shifted
                    multiply-adds for depthwise
-    pair           one image's F(4, 3) layer split between the caller and a helper thread
-                   (off unless SLIDENET_PAIR=1)
+    pair           one image's F(4, 3) or F(4x4, 3x3) layer split between the caller and a
+                   helper thread, while the machine has a core to spare (SLIDENET_PAIR=0: off)
 
 `slidenet.ops.naive.conv_forward` is the lecture's loops, the oracle every pair is tested against.
 """

@@ -29,11 +29,11 @@ max pool where the layer pools), the helper the rest.
 
 Used by `conv.conv_infer` (inference, `Net.prepare()`) for F(4, 3) layers and by
 `winograd_f44.OneImage` for F(4x4, 3x3) ones, at batch 1 in float32 when there are two or more
-workers and numba is installed, and only when turned on: SLIDENET_PAIR=1 or `set_enabled(True)`
+workers and numba is installed, and when turned on: SLIDENET_PAIR=1 or `set_enabled(True)`
 (always, but for a back-off after a miss), or SLIDENET_PAIR=auto / `set_enabled("auto")`: also
 only while the machine has a core to spare (`ops.idle.SpareCore`: other processes' CPU time,
-sampled every quarter second), so that a busy machine runs unpaired. Off by default until the
-ratio has been measured on a quiet machine (docs/benchmarks.md, "Batch 1 on two threads").
+sampled every quarter second), so that a busy machine runs unpaired. "auto" is the default;
+SLIDENET_PAIR=0 turns it off (docs/benchmarks.md, "Batch 1 on two threads").
 The helper's kernels call BLAS by address, so numba cannot cache them: they compile (seconds
 of CPU, docs/benchmarks.md) in the helper thread, which starts only after `START_AFTER`
 one-image layers.
@@ -69,11 +69,11 @@ BACKOFF = 256
 # quiet is a moment's descheduling, so the back-off is a few predictions' layers.
 AUTO_BACKOFF = 12
 
-# Off unless SLIDENET_PAIR=1 (or `set_enabled(True)`): on a machine whose cores are all busy
-# the spinning helper slowed one image down (docs/benchmarks.md, "Round 3"), and it has not yet
-# been measured on a quiet one.
-_enabled = {"on": os.environ.get("SLIDENET_PAIR", "0") in ("1", "auto"),
-            "watch": os.environ.get("SLIDENET_PAIR", "0") == "auto"}
+# "auto" unless SLIDENET_PAIR says 1 (always) or 0 (never): always on, a machine whose cores
+# were all busy saw the spinning helper slow one image down (docs/benchmarks.md, "Round 3");
+# "auto" pairs only while `idle.SpareCore` sees a core to spare.
+_setting = os.environ.get("SLIDENET_PAIR", "auto")
+_enabled = {"on": _setting != "0", "watch": _setting not in ("0", "1")}
 # The helper of this process (pid: a forked child starts its own).
 _state = {"kernels": None, "error": None, "thread": None, "ctl": None, "event": None,
           "pid": None, "seen": 0, "skip": 0, "spare": None}
@@ -105,7 +105,8 @@ def _go():
 
 
 def enabled():
-    """Whether one-image F(4, 3) layers are paired (`set_enabled`, SLIDENET_PAIR=1)."""
+    """Whether one-image F(4, 3) and F(4x4, 3x3) layers may be paired (`set_enabled`,
+    SLIDENET_PAIR): True for "auto" too."""
     return _enabled["on"]
 
 

@@ -6,8 +6,8 @@
     browser     Debian's Chromium under Playwright, one per test module (the BROWSER part's
                 rule: missing, the tests fail; SLIDENET_SKIP_BROWSER=1 skips them, never in CI)
 
-The batch-1 helper thread (`ops.conv.pair`, "auto" by default) is off in the tests unless
-SLIDENET_PAIR names a setting: its compilation (seconds of CPU in the background) would slow
+The batch-1 helper thread (`ops.conv.pair`, "auto" by default) is off in the tests, and in the
+commands they start, unless SLIDENET_PAIR names a setting: its compilation (seconds of CPU in the background) would slow
 every test process that predicts a few images; tests/test_pair.py turns it on where it tests it,
 and its results are the unpaired bits either way.
 """
@@ -19,6 +19,7 @@ from helpers import CHROMIUM, CHROMIUM_ARGS, import_part, numba_problem, require
 
 
 if "SLIDENET_PAIR" not in os.environ:
+    os.environ["SLIDENET_PAIR"] = "0"           # for the CLI's subprocesses too
     from slidenet.ops.conv import pair
     pair.set_enabled(False)
 

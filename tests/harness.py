@@ -62,6 +62,9 @@ CONV_GEOMETRIES = [
     (4, 6, 2, 3, 3, 1, 1, 0, 1, 3),     # two output rows
     (7, 5, 3, 3, 3, 1, 1, 1, 1, 2),     # 7 rows: one whole tile and one of 3
     (11, 4, 2, 3, 1, 1, 1, 1, 0, 2),    # a 3x1 filter, 11 rows
+    # F(4x4, 3x3) tiles the width too: 9 x 10 outputs are 3 x 3 tiles, the last ones cut
+    # both ways (the rows above already give widths 1, 2, 3, 5, 6, 7 and 8).
+    (9, 10, 2, 3, 3, 1, 1, 1, 1, 3),
 ]
 
 

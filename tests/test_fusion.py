@@ -14,6 +14,9 @@ SMALL = "INPUT(10x10x3) -> [CONV(4) -> RELU]*2 -> POOL -> CONV(6, 3x3, s=2, p=1)
 POOLS = ("INPUT(9x9x2) -> CONV(3) -> RELU -> MAXPOOL(3x3, s=2) -> CONV(4) -> RELU -> POOL "
          "-> CONV(2) -> RELU -> AVGPOOL(2x2, s=1) -> FC(3)")
 NORMED = "INPUT(8x8x2) -> CONV(3) -> BATCHNORM -> RELU -> POOL -> FC(6) -> RELU -> FC(3)"
+# Residual blocks and their RELUs (AddRelu), one nested inside a branch, three branches in one.
+BLOCKS = ("INPUT(6x6x2) -> CONV(3) -> { CONV(3) -> BN -> RELU -> CONV(3) | ID } -> ADD -> RELU -> "
+          "{ { CONV(3) | ID } -> ADD -> RELU | CONV(3, 1x1) | ID } -> ADD -> RELU -> FC(3)")
 
 
 def steps(pattern):
@@ -23,9 +26,10 @@ def steps(pattern):
 def test_which_runs_are_fused():
     assert steps("INPUT(6x6x1) -> CONV(2) -> RELU -> POOL -> RELU -> FC(4) -> TANH -> FC(2) -> RELU") == \
         ["ConvReluMaxPool", "Relu", "FC", "Tanh", "FCRelu"]
-    assert steps(NORMED) == ["Conv", "BatchNorm", "ReluMaxPool", "FCRelu", "FC"]
+    assert steps(NORMED) == ["Conv", "BatchNormRelu", "MaxPool", "FCRelu", "FC"]
     assert steps("INPUT(6x6x1) -> CONV(2) -> RELU -> AVGPOOL -> FC(2)") == ["ConvRelu", "AvgPool", "FC"]
     assert fusion.fuse([]) == []
+    assert steps(BLOCKS) == ["Conv", "AddRelu", "AddRelu", "FC"]
 
 
 def unfused(pattern):
@@ -34,7 +38,7 @@ def unfused(pattern):
     return net
 
 
-@pytest.mark.parametrize("pattern", [SMALL, POOLS, NORMED])
+@pytest.mark.parametrize("pattern", [SMALL, POOLS, NORMED, BLOCKS])
 def test_fused_net_matches_the_layers_one_by_one(pattern):
     fused, plain = Net.from_pattern(pattern, dtype="float64"), unfused(pattern)
     h, w, d = fused.input_shape
@@ -48,6 +52,20 @@ def test_fused_net_matches_the_layers_one_by_one(pattern):
             np.testing.assert_allclose(fused.grads[name], plain.grads[name], rtol=1e-10, atol=1e-12,
                                        err_msg=name)
         np.testing.assert_allclose(fused.forward(x), plain.forward(x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("pattern", [BLOCKS, NORMED])
+def test_fused_relus_are_bit_for_bit_the_layers(pattern, dtype):
+    # ADD -> RELU and BATCHNORM -> RELU make the same sums and the same masks as the layers.
+    fused, plain = Net.from_pattern(pattern, dtype=dtype), Net.from_pattern(pattern, dtype=dtype)
+    plain.steps = list(plain.layers)
+    x = RNG.standard_normal((3, *fused.input_shape)).astype(dtype)
+    ds = RNG.standard_normal((3, 3)).astype(dtype)
+    np.testing.assert_array_equal(fused.forward(x, train=True), plain.forward(x, train=True))
+    np.testing.assert_array_equal(fused.backward(ds), plain.backward(ds))
+    for name in plain.grads:
+        np.testing.assert_array_equal(fused.grads[name], plain.grads[name], err_msg=name)
 
 
 def test_activations_show_each_layer_unfused():

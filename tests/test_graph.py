@@ -22,7 +22,7 @@ from slidenet.model import load, save
 from slidenet.notation.pattern import parse
 from slidenet.notation.shapes import infer, walk_infos
 from slidenet.notation.summary import summary_json, summary_text
-from slidenet.ops import naive
+from slidenet.ops import compiled, naive
 
 RESIDUAL = ("INPUT(6x6x3) -> CONV(4) -> { CONV(4) -> BN -> RELU -> CONV(4) | ID } -> ADD -> RELU "
             "-> { CONV(6, s=2, p=1, round=down) -> RELU -> CONV(6) | CONV(6, 1x1, s=2, round=down) } -> ADD "
@@ -239,6 +239,30 @@ def test_a_residual_net_equals_its_layers_by_hand():
     want = naive.fc_forward(a, p["fc1.W"], p["fc1.b"])
     np.testing.assert_allclose(net.forward(x), want, rtol=1e-10)
     np.testing.assert_allclose(net.prepare().forward(x), want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("pattern", [RESIDUAL, INCEPTION, GROUPED])
+def test_no_step_writes_into_the_gradient_it_is_given(pattern):
+    # ADD hands every branch the same gradient array, not a copy each: that is right only if
+    # no step's backward writes into its dout. Every step here gets a read-only one (NumPy
+    # paths: the compiled passes write only the arrays they are given to fill).
+    net = Net.from_pattern(pattern, dtype="float64")
+    steps = [step for layer in net.every_layer() if layer.merges
+             for branch in layer.branch_steps for step in branch] + list(net.steps)
+    for step in steps:
+        def frozen(dout, *args, _backward=step.backward, **kwargs):
+            dout = dout.view()
+            dout.flags.writeable = False
+            return _backward(dout, *args, **kwargs)
+        step.backward = frozen
+    x = np.random.default_rng(3).standard_normal((2, *net.input_shape))
+    previous = compiled.set_enabled(False)
+    try:
+        scores = net.forward(x, train=True)
+        net.backward(np.ones_like(scores))
+    finally:
+        compiled.set_enabled(previous)
+    assert all(np.isfinite(g).all() for g in net.grads.values())
 
 
 def test_fused_branches_equal_unfused_layers():

@@ -9,7 +9,7 @@ from slidenet import ops
 from slidenet.errors import GeometryError
 from slidenet.gradcheck import TOLERANCE, numeric_gradient, relative_error, sample
 from slidenet.ops import conv, naive
-from slidenet.ops.conv import direct, full_dx, winograd
+from slidenet.ops.conv import direct, full_dx, winograd, winograd_2d
 
 RNG = np.random.default_rng(1234)
 
@@ -18,14 +18,20 @@ def _applies(algorithm, d, fh, fw, sh, sw, ph, pw):
         return direct.applies((fh, fw), d)
     if algorithm in ("winograd", "winograd4"):
         return winograd.applies((fh, fw), (sh, sw))
+    if algorithm == "winograd2d":
+        return winograd_2d.applies((fh, fw), (sh, sw), (ph, pw))
     if algorithm == "full":
         return full_dx.applies((fh, fw), (sh, sw), (ph, pw))
     return True
 
 
+ALGORITHMS = ("im2col", "full", "winograd", "winograd4", "winograd2d", "direct")
+# Pairs whose compiled passes add in another order than their NumPy path: the direct
+# forward (a window's products, against im2col's GEMM) and F(4x4, 3x3) (NumPy's einsum).
+ROUNDED = ("direct", "winograd2d")
 CONV_CASES = [pytest.param(algorithm, g, id=f"{algorithm}-{'x'.join(map(str, g))}")
               for g in CONV_GEOMETRIES
-              for algorithm in ("im2col", "full", "winograd", "winograd4", "direct")
+              for algorithm in ALGORITHMS
               if _applies(algorithm, *g[2:9])]
 
 
@@ -48,14 +54,12 @@ def test_conv_pairs(algorithm, geometry, relu):
         g = dout * (naive.conv_forward(x, w, b, stride, pad) > 0) if relu else dout
         return naive.conv_backward(g, x, w, stride, pad)
 
-    # The direct pair's forward without numba is im2col's GEMM, which adds the window's
-    # products in another order: compiled and NumPy agree to rounding there, not bit for bit.
     check_kernel(forward, lambda dout, cache: ops.conv_backward(dout, cache, relu=relu),
                  conv_arrays(h, w, d, fh, fw, k), ("x", "w", "b"), naive=reference,
-                 naive_backward=reference_backward, compiled_exact=algorithm != "direct")
+                 naive_backward=reference_backward, compiled_exact=algorithm not in ROUNDED)
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "full", "winograd", "winograd4", "direct"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_conv_without_dx_gives_dw_and_db(algorithm):
     # The first layer of a training step: backward skips dx, and dw and db are unchanged.
     stride, pad = (1, 1), (1, 1)
@@ -63,10 +67,10 @@ def test_conv_without_dx_gives_dw_and_db(algorithm):
                  lambda dout, cache: ops.conv_backward(dout, cache, need_dx=False),
                  conv_arrays(6, 5, 2, 3, 3, 3), ("x", "w", "b"),
                  naive_backward=lambda dout, x, w, b: (None, *naive.conv_backward(dout, x, w, stride, pad)[1:]),
-                 compiled_exact=algorithm != "direct")
+                 compiled_exact=algorithm not in ROUNDED)
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "full", "winograd", "winograd4", "direct"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_prepared_filters_give_the_forward_bit_for_bit(algorithm, dtype):
     # Inference transforms the filters once (`prepare_conv`); the result must be the forward's
@@ -106,6 +110,50 @@ def test_auto_picks_winograd_full_or_im2col():
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "im2col") == "im2col"
 
 
+def test_auto_picks_winograd2d_where_it_pays():
+    # Training (conv_forward passes the width) takes F(4x4, 3x3) where F(4, 3) would run on
+    # an output of at least 8 x 8; inference (`prepare_conv`, no width) keeps F(4, 3).
+    deep, side = winograd_2d.MIN_DEPTH, winograd_2d.MIN_SIDE
+    compiled = winograd_2d.compiled.kernels() is not None
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", 32, 32) == (
+        "winograd2d" if compiled else "winograd4")
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", side - 1, 32) == "winograd4"
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", 32, side - 1) == "winograd4"
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", 32) == "winograd4"
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep - 1, 64, "auto", 32, 32) == "winograd4"
+    assert conv.choose((3, 3), (1, 1), (3, 3), deep, deep, "auto", 32, 32) != "winograd2d"
+    assert conv.choose((3, 3), (2, 2), (1, 1), deep, deep, "auto", 32, 32) == "im2col"
+    # One image's products beyond a chunk (a 224 x 224 input): F(4, 3), which cuts bands.
+    assert conv.choose((3, 3), (1, 1), (1, 1), 64, 64, "auto", 224, 224) == "winograd4"
+    x, w, b = (a.astype(np.float32) for a in conv_arrays(16, 16, deep, 3, 3, deep, n=2).values())
+    assert ops.conv_forward(x, w, b, (1, 1), (1, 1))[1].algorithm == (
+        "winograd2d" if compiled else "winograd4")
+    assert conv.prepare_conv(w, b, (1, 1), (1, 1), height=16).algorithm == "winograd4"
+
+
+def test_winograd2d_rounds_a_few_times_more_than_f43_in_float32():
+    # Two transforms each way: F(4x4, 3x3) rounds more than F(4, 3) down the height. On a
+    # res18-like layer (ReLU inputs, 16 channels, 32 x 32) its float32 forward, dx and dw stay
+    # within 5e-6 of float64 (relative to each result's norm) and within 4x F(4, 3)'s error.
+    rng = np.random.default_rng(7)
+    x = np.maximum(rng.standard_normal((4, 32, 32, 16)), 0)
+    w = rng.standard_normal((3, 3, 16, 16)) / 12
+    b, dout = rng.standard_normal(16), rng.standard_normal((4, 32, 32, 16))
+
+    def errors(algorithm):
+        def run(dtype):
+            out, cache = ops.conv_forward(x.astype(dtype), w.astype(dtype), b.astype(dtype),
+                                          (1, 1), (1, 1), algorithm=algorithm)
+            return (out, *ops.conv_backward(dout.astype(dtype), cache)[:2])
+        return [np.linalg.norm(single - double) / np.linalg.norm(double)
+                for single, double in zip(run(np.float32), run(np.float64))]
+
+    two_d, f43 = errors("winograd2d"), errors("winograd4")
+    for what, e, e43 in zip(("forward", "dx", "dw"), two_d, f43):
+        assert e < 5e-6, (what, e)
+        assert e < 4 * e43, (what, e, e43)
+
+
 def test_conv_lecture_shapes():
     # 32x32x3 with ten 5x5 filters, stride 1, pad 2 -> 32x32x10; 32 1x1 filters on 56x56x64.
     out, _ = ops.conv_forward(np.zeros((1, 32, 32, 3)), np.zeros((5, 5, 3, 10)), np.zeros(10), (1, 1), (2, 2))
@@ -128,7 +176,11 @@ def test_a_named_algorithm_refuses_what_it_cannot_compute():
     with pytest.raises(ValueError, match="27 numbers per window, not a 3x3 window of 4 channels"):
         ops.conv_forward(np.zeros((1, 7, 7, 4)), np.zeros((3, 3, 4, 2)), b, (1, 1), (1, 1),
                          algorithm="direct")
-    with pytest.raises(ValueError, match="algorithm must be one of auto, im2col, full, winograd, winograd4, direct"):
+    with pytest.raises(ValueError, match="3x3 filter at stride 1 padded by at most 2, not 3x3 at "
+                                         "stride 1x1, pad 3x3"):
+        ops.conv_forward(x, w, b, (1, 1), (3, 3), algorithm="winograd2d")
+    with pytest.raises(ValueError, match="algorithm must be one of auto, im2col, full, winograd, "
+                                         "winograd4, direct, winograd2d"):
         ops.conv_forward(x, w, b, (1, 1), (1, 1), algorithm="fft")
     _, cache = ops.conv_forward(x, w, b, (1, 1), (1, 1))
     with pytest.raises(ValueError, match="relu=True needs a forward with relu=True"):
@@ -317,6 +369,67 @@ def test_batchnorm_pair(shape):
                  naive=lambda x, gamma, beta: naive.batchnorm_forward(x, gamma, beta),
                  naive_backward=lambda dout, x, gamma, beta: naive.batchnorm_backward(dout, x, gamma),
                  compiled_exact=False)       # float64 sums in another order than the GEMVs'
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_batchnorm_relu_pair(train):
+    # BATCHNORM -> RELU fused: max(0, out) as it is written, its mask in the backward's passes.
+    shape, d = (7, 4, 5, 3), 3
+    rng = np.random.default_rng(11)
+    stats = (rng.standard_normal(d), rng.uniform(0.5, 2, d))
+
+    def forward(x, gamma, beta):
+        return ops.batchnorm_forward(x, gamma, beta, stats[0].copy(), stats[1].copy(), train=train,
+                                     relu=True)
+
+    def reference(x, gamma, beta):
+        if train:
+            return np.maximum(naive.batchnorm_forward(x, gamma, beta), 0)
+        return np.maximum((x - stats[0]) / np.sqrt(stats[1] + ops.BATCHNORM_EPSILON) * gamma
+                          + beta, 0)
+
+    def reference_backward(dout, x, gamma, beta):
+        g = dout * (reference(x, gamma, beta) > 0)
+        if train:
+            return naive.batchnorm_backward(g, x, gamma)
+        xhat = (x - stats[0]) / np.sqrt(stats[1] + ops.BATCHNORM_EPSILON)
+        return (g * gamma / np.sqrt(stats[1] + ops.BATCHNORM_EPSILON),
+                (g * xhat).sum(axis=(0, 1, 2)), g.sum(axis=(0, 1, 2)))
+
+    check_kernel(forward, lambda dout, cache: ops.batchnorm_backward(dout, cache, relu=True),
+                 {"x": rng.standard_normal(shape) * 2 + 1, "gamma": rng.standard_normal(d),
+                  "beta": rng.standard_normal(d)}, ("x", "gamma", "beta"),
+                 naive=reference, naive_backward=reference_backward, compiled_exact=False)
+    _, cache = ops.batchnorm_forward(np.ones(shape), np.ones(d), np.zeros(d), np.zeros(d),
+                                     np.ones(d), train=train)
+    with pytest.raises(ValueError, match="relu=True needs a forward with relu=True"):
+        ops.batchnorm_backward(np.ones(shape), cache, relu=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("numba", [True, False], ids=["compiled", "numpy"])
+def test_batchnorm_relu_is_bit_for_bit_the_two_layers(dtype, numba):
+    # The fused mask (inside BATCHNORM's compiled passes, or relu_backward first without them)
+    # makes the same numbers as BATCHNORM's backward after RELU's.
+    from slidenet.ops import compiled
+    if numba:
+        require("NUMBA", numba_problem())
+    rng = np.random.default_rng(5)
+    x, dout = (rng.standard_normal((6, 5, 4, 8)).astype(dtype) for _ in range(2))
+    gamma, beta = rng.standard_normal(8).astype(dtype), rng.standard_normal(8).astype(dtype)
+    previous = compiled.set_enabled(numba)
+    try:
+        stats = [np.zeros(8, dtype), np.ones(8, dtype)]
+        fused, cache = ops.batchnorm_forward(x, gamma, beta, *stats, train=True, relu=True)
+        fused_grads = ops.batchnorm_backward(dout, cache, relu=True)
+        out, cache = ops.batchnorm_forward(x, gamma, beta, *stats, train=True)
+        rectified, relu_cache = ops.relu_forward(out)
+        grads = ops.batchnorm_backward(ops.relu_backward(dout, relu_cache), cache)
+    finally:
+        compiled.set_enabled(previous)
+    np.testing.assert_array_equal(fused, rectified)
+    for a, b in zip(fused_grads, grads):
+        np.testing.assert_array_equal(a, b)
 
 
 def _batchnorm_both_ways(x, gamma, beta, dout, reduce, workers, numba):

@@ -11,7 +11,8 @@ def report(result):
              "(the peak below)",
              f"slidenet convolutions: {result['settings']['conv']}"
              + (" (Winograd F(4, 3) or F(2, 3) where it applies, direct for thin first layers;"
-                " inference: F(4x4, 3x3) for 3x3 layers of 8 or more channels)"
+                " F(4x4, 3x3) for 3x3 layers of 8 or more channels: in training from 8 x 8"
+                " outputs, in inference)"
                 if result['settings']['conv'] == "auto" else "")
              + f"; compiled kernels: {result['compiled']} (SLIDENET_NUMBA=0 turns them off)",
              "GFLOPS count a direct convolution's multiply-adds, whatever the algorithm"]

@@ -35,10 +35,10 @@ def register(subparsers):
                              "0 = its own default")
     parser.add_argument("--conv", choices=conv.ALGORITHMS, default="auto",
                         help="slidenet's convolutions: auto (the default: direct for a thin first "
-                             "layer, Winograd F(4, 3) or F(2, 3) where it applies and pays, else "
-                             "the full-convolution dx at stride 1, else im2col), or one algorithm "
-                             "everywhere (refused before timing if a layer is beyond it; winograd4 "
-                             "is F(4, 3))")
+                             "layer, Winograd F(4x4, 3x3), F(4, 3) or F(2, 3) where it applies "
+                             "and pays, else the full-convolution dx at stride 1, else im2col), "
+                             "or one algorithm everywhere (refused before timing if a layer is "
+                             "beyond it; winograd4 is F(4, 3), winograd2d F(4x4, 3x3))")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime comparison")
     parser.add_argument("--latency-calls", type=int,

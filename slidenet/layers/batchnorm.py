@@ -39,18 +39,29 @@ class BatchNorm(Layer):
         self.buffers = {"running_mean": np.zeros(d, dtype=init.dtype),
                         "running_var": np.ones(d, dtype=init.dtype)}
 
-    def forward(self, x, train):
+    def forward(self, x, train, relu=False):
+        """relu: max(0, out), made where out is written (`fusion.BatchNormRelu`)."""
         # Data-parallel training: the statistics of the global batch, not of this rank's part.
         part = shard.current() if train else None
         out, self.cache = ops.batchnorm_forward(
             x, self.params["gamma"], self.params["beta"],
             self.buffers["running_mean"], self.buffers["running_var"], train,
-            reduce=part.reduce if part else None)
+            reduce=part.reduce if part else None, relu=relu)
         return out
 
-    def backward(self, dout, need_dx=True):
-        dx, self.grads["gamma"][...], self.grads["beta"][...] = ops.batchnorm_backward(dout, self.cache)
+    def backward(self, dout, need_dx=True, relu=False):
+        dx, self.grads["gamma"][...], self.grads["beta"][...] = ops.batchnorm_backward(
+            dout, self.cache, relu)
         return dx
+
+    def prepare(self, relu=False):
+        """Inference (a BATCHNORM that no CONV or FC before it absorbs): the evaluation
+        forward, rectified in the same pass when relu."""
+        def run(x):
+            out = self.forward(x, False, relu)
+            self.cache = None
+            return out
+        return run
 
     def affine(self):
         """The evaluation forward as y = x * scale + shift per channel: (scale, shift), (D,)

@@ -11,6 +11,8 @@ and that maximum passed the ReLU exactly when the pooled value is above zero.
     ConvRelu          CONV -> RELU             (cs231n's conv_relu_forward)
     FCRelu            FC -> RELU
     ConvReluMaxPool   CONV -> RELU -> MAXPOOL  (cs231n's conv_relu_pool_forward)
+    BatchNormRelu     BATCHNORM -> RELU
+    AddRelu           ADD -> RELU              (a residual block's sum and its RELU)
     ReluMaxPool       RELU -> MAXPOOL
 
 A fused step holds the original layers (`parts`) and uses their parameters and gradients, so
@@ -20,8 +22,10 @@ A layer whose `fusable` is False (a grouped CONV) runs on its own.
 """
 from slidenet import ops
 from slidenet.layers.activations import Relu
+from slidenet.layers.batchnorm import BatchNorm
 from slidenet.layers.conv import Conv
 from slidenet.layers.fc import FC
+from slidenet.layers.merge import Add
 from slidenet.layers.pool import MaxPool
 
 
@@ -63,6 +67,22 @@ class FCRelu(WithRelu):
     """max(0, x @ W + b)."""
 
     pattern = (FC, Relu)
+
+
+class BatchNormRelu(WithRelu):
+    """max(0, batchnorm(x)): rectified in the pass that writes BATCHNORM's output; its backward
+    masks dout inside BATCHNORM's own two passes (with the compiled kernels), so the RELU
+    costs no pass of its own either way."""
+
+    pattern = (BatchNorm, Relu)
+
+
+class AddRelu(WithRelu):
+    """max(0, sum of the branches): a residual block and the RELU after it. The sum is
+    rectified in the pass that writes it, and its backward masks the gradient once before
+    handing it to every branch."""
+
+    pattern = (Add, Relu)
 
 
 class ConvReluMaxPool(Fused):
@@ -115,7 +135,7 @@ class ReluMaxPool(Fused):
 
 
 # Longest first: a CONV -> RELU -> MAXPOOL becomes one step, not a ConvRelu and a lone MAXPOOL.
-RULES = (ConvReluMaxPool, ConvRelu, FCRelu, ReluMaxPool)
+RULES = (ConvReluMaxPool, ConvRelu, FCRelu, BatchNormRelu, AddRelu, ReluMaxPool)
 
 
 def fuse(layers):

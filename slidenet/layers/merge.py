@@ -15,8 +15,9 @@ Every branch starts from the same volume (the one before ``{``).
     CONCAT  the branches' volumes stacked along the depth: the same height and width, depth
             the sum of theirs; no parameters
 
-Backward, a sum hands its gradient unchanged to every branch and a concatenation hands each
-branch its own slice of the depth; the gradient of the volume before ``{`` is the sum of the
+Backward, a sum hands its gradient unchanged to every branch (the same array: no step's
+backward writes into the gradient it is given) and a concatenation hands each branch its own
+slice of the depth; the gradient of the volume before ``{`` is the sum of the
 branches' gradients (the volume was used once per branch).
 
 A merge layer holds its branches' layers (`branches`) and runs them as fused steps, so a
@@ -25,7 +26,6 @@ branch is itself a small net; branches nest.
 import numpy as np
 
 from slidenet import ops
-from slidenet.layers import folding
 from slidenet.layers.base import Inferred, Layer, Unfit
 from slidenet.layers.registry import register
 
@@ -112,29 +112,42 @@ class _Merge(Layer):
         return [layer for branch in self.branches for layer in branch]
 
     def forward(self, x, train):
+        outs = self.branch_forward(x, train)
+        self.cache = [out.shape for out in outs]
+        return self.combine(outs)
+
+    def branch_forward(self, x, train):
+        """Each branch's fused steps run from x: the list of their outputs."""
         outs = []
         for steps in self.branch_steps:
             out = x
             for step in steps:
                 out = step.forward(out, train)
             outs.append(out)
-        self.cache = [out.shape for out in outs]
-        return self.combine(outs)
+        return outs
+
+    def combine(self, outs):
+        """The merged volume of the branches' outputs `outs`."""
+        raise NotImplementedError
 
     def backward(self, dout, need_dx=True):
-        grads = self.split(dout, self.cache)
-        dx = None
+        return self.branch_backward(self.split(dout, self.cache))
+
+    def branch_backward(self, grads):
+        """Each branch's steps backward from its gradient in `grads`; the sum of what reaches
+        the volume before '{' (it fed every branch)."""
+        dxs = []
         for steps, grad in zip(self.branch_steps, grads):
             for step in reversed(steps):
                 grad = step.backward(grad)
-            # The branches' gradients add up: the volume before '{' fed each of them.
-            dx = grad if dx is None else dx + grad
-        return dx
+            dxs.append(grad)
+        return dxs[0] if len(dxs) == 1 else ops.add_forward(dxs)
 
     def prepare(self, relu=False):
         """Inference: each branch's steps prepared (BATCHNORM folded, `folding.steps`), the
         merge computed without a copy where it can be (`merged`); relu=True applies the RELU
         after the merge too."""
+        from slidenet.layers import folding     # here: folding imports fusion, which imports ADD
         plans = [[step.prepare() for step in folding.steps(branch)] for branch in self.branches]
 
         def run(x):
@@ -188,17 +201,34 @@ class Add(_Merge):
                 raise Unfit(_unequal(first, shape, texts[0], text, index))
         return first
 
+    def forward(self, x, train, relu=False):
+        """The branches' sum, and with relu its RELU in the same pass (`fusion.AddRelu`: the
+        RELU after a residual block), kept for the backward's mask."""
+        outs = self.branch_forward(x, train)
+        out = ops.add_forward(outs, relu)
+        self.cache = ([o.shape for o in outs], out if relu else None)
+        return out
+
+    def backward(self, dout, need_dx=True, relu=False):
+        """Every branch gets the same gradient, not a copy each: a step's backward never writes
+        into the gradient it is given (docs/design.md, "Graphs"). With relu (a forward with
+        relu=True), dout is first masked where the sum was not positive."""
+        shapes, out = self.cache
+        if relu:
+            if out is None:
+                raise ValueError("relu=True needs a forward with relu=True (its output is the mask)")
+            dout = ops.relu_backward(dout, out)
+        return self.branch_backward([dout] * len(shapes))
+
     def combine(self, outs):
-        total = outs[0] + outs[1]
-        for out in outs[2:]:
-            total += out
-        return total
+        return ops.add_forward(outs)
 
     def prepare(self, relu=False):
         """Inference, as `_Merge.prepare`; and when a branch ends on a CONV (its BATCHNORM
         folded in, no RELU of its own), that CONV adds the other branches' sum, and applies
         the RELU, where it writes its output (`folding.with_skip`): no pass of its own for the
         sum, and no array for the CONV's output before it."""
+        from slidenet.layers import folding     # as in _Merge.prepare
         steps = [folding.steps(branch) for branch in self.branches]
         last = next((i for i, s in enumerate(steps) if s and folding.takes_skip(s[-1])), None)
         if last is None or len(steps) < 2:
@@ -223,11 +253,6 @@ class Add(_Merge):
         if own is None:
             return super().merged(outs, x, relu)
         return ops.add_into(outs[own], outs[:own] + outs[own + 1:], relu)
-
-    def split(self, dout, shapes):
-        # Every branch gets the whole gradient; copies, so no branch's backward can change
-        # what another is given.
-        return [dout.copy() for _ in shapes[:-1]] + [dout]
 
     def onnx_merge(self, graph, ends):
         return graph.node("Sum", ends)

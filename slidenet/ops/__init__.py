@@ -1,7 +1,8 @@
 """Pure NumPy kernels: each is a forward(...) -> (out, cache) and backward(dout, cache) pair.
 
 `slidenet.ops.naive` holds the lecture's loop versions, used as the oracle in tests.
-Convolution has one pair per algorithm (`im2col`, `fullconv`, `winograd`, `winograd4`, `direct`)
+Convolution has one pair per algorithm (`im2col`, `fullconv`, `winograd`, `winograd4`,
+`winograd2d`, `direct`)
 and a dispatcher (`conv`): `set_conv_algorithm` chooses for the whole process ("auto", or one
 pair everywhere).
 `slidenet.ops.runtime` says how kernels run: the scratch-memory budget of one call
@@ -9,7 +10,7 @@ pair everywhere).
 `slidenet.ops.compiled` holds optional numba versions of the passes around the GEMMs.
 """
 from slidenet.ops.activations import (
-    add_into, leaky_relu_backward, leaky_relu_forward, relu6_backward, relu6_forward, relu_backward,
+    add_forward, add_into, leaky_relu_backward, leaky_relu_forward, relu6_backward, relu6_forward, relu_backward,
     relu_forward, relu_inplace, sigmoid_backward,
     sigmoid_forward, tanh_backward, tanh_forward)
 from slidenet.ops.batchnorm import BATCHNORM_EPSILON, batchnorm_backward, batchnorm_forward
@@ -24,7 +25,7 @@ from slidenet.ops.pool import (
 from slidenet.ops.runtime import memory_budget, set_memory_budget, set_threads, threads
 
 __all__ = [
-    "BATCHNORM_EPSILON", "add_into", "avg_pool_backward", "avg_pool_forward", "batchnorm_backward",
+    "BATCHNORM_EPSILON", "add_forward", "add_into", "avg_pool_backward", "avg_pool_forward", "batchnorm_backward",
     "batchnorm_forward",
     "conv_backward", "conv_forward", "conv_infer", "dropout_backward", "dropout_forward", "fc_backward",
     "fc_forward", "grouped_conv_backward", "grouped_conv_forward", "leaky_relu_backward", "leaky_relu_forward", "log_softmax", "max_pool_backward",

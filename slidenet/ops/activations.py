@@ -5,6 +5,7 @@ upstream gradient times the local derivative. Shapes are whatever the input's sh
 """
 import numpy as np
 
+from slidenet.ops import compiled
 from slidenet.ops.runtime import empty, run_chunks, split
 
 
@@ -45,14 +46,42 @@ def add_into(total, parts, relu=False):
     return total
 
 
+def add_forward(parts, relu=False):
+    """The sum of `parts` (arrays of one shape, at least two), then max(0, sum) when relu, in
+    a new array (recycled memory) and in one pass over each chunk of rows: ADD in training, and
+    the sum of its branches' gradients. The same additions in the same order as
+    parts[0] + parts[1] + ..., so bit for bit that sum."""
+    total = empty(parts[0].shape, np.result_type(*parts))
+    rows, zero = _long_rows(total)
+    ins = [part.reshape(rows.shape) for part in parts]
+
+    def work(sl):
+        np.add(ins[0][sl], ins[1][sl], out=rows[sl])
+        for other in ins[2:]:
+            np.add(rows[sl], other[sl], out=rows[sl])
+        if relu:
+            np.maximum(rows[sl], zero, out=rows[sl])
+    run_chunks(work, split(len(rows), rows.size))
+    return total
+
+
 def relu_backward(dout, out):
-    """d max(0, x)/dx = 1 where x > 0, else 0."""
+    """d max(0, x)/dx = 1 where x > 0, else 0: dout times that mask (as NumPy multiplies by a
+    boolean, so 0 * inf is NaN), by the compiled pass where there is one."""
     rows, zero = _long_rows(out)
     grads = dout.reshape(rows.shape)
     dx = empty(dout.shape, dout.dtype)
     result = dx.reshape(rows.shape)
-    run_chunks(lambda sl: np.multiply(grads[sl], np.greater(rows[sl], zero), out=result[sl]),
-               split(len(rows), rows.size))
+    fast = compiled.kernels(dout, out)
+
+    def work(sl):
+        if fast is not None:        # rows as (r, 1, 1, row): the kernel's inner loop is long
+            shape = (sl.stop - sl.start, 1, 1, rows.shape[1])
+            fast.relu_mask(grads[sl].reshape(shape), rows[sl].reshape(shape),
+                           result[sl].reshape(shape))
+        else:
+            np.multiply(grads[sl], np.greater(rows[sl], zero), out=result[sl])
+    run_chunks(work, split(len(rows), rows.size))
     return dx
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from typing import Callable, NamedTuple, Optional
 
 from slidenet.ops import compiled
+from slidenet.ops.activations import relu_backward
 from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
 
 # The epsilon under the square root, 1 / sqrt(var + eps): BATCHNORM's, and so ONNX's on export.
@@ -45,6 +46,7 @@ class BatchNormCache(NamedTuple):
     running_mean: Optional[np.ndarray] = None   # evaluation only
     reduce: Optional[Callable] = None           # data-parallel training: sums over all ranks
     count: Optional[float] = None               # with reduce: values per channel, all ranks
+    out: Optional[np.ndarray] = None            # the output, when a fused RELU applied (its mask)
 
 
 def _geometry(shape):
@@ -62,13 +64,14 @@ def _channel_sums(parts, d):
 
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum=0.9,
-                      eps=BATCHNORM_EPSILON, reduce=None):
+                      eps=BATCHNORM_EPSILON, reduce=None, relu=False):
     """x: (N, H, W, D) or (N, D); gamma, beta, running_mean, running_var: (D,).
 
     Returns out (shape of x) and a BatchNormCache. When training, running_mean and running_var
     are updated in place: r = momentum * r + (1 - momentum) * batch statistic.
     reduce: None, or float64 (k,) -> (k,) adding sums over the parts of a global batch that x
-    is one of (training only; see the module docstring).
+    is one of (training only; see the module docstring). relu: return max(0, out) instead, made
+    in the pass that writes out (BATCHNORM -> RELU); the cache keeps it for the mask.
     """
     n, h, width, d = _geometry(x.shape)
     x = np.ascontiguousarray(x)
@@ -76,6 +79,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum
     tile = width // d
     out = empty(x.shape, np.result_type(x, gamma))
     out_rows = out.reshape(n * h, width)
+    zero_row = np.zeros(width, out.dtype)       # max against a row: faster than against 0
     chunks = batch_chunks(n, 2 * h * width * x.itemsize)
 
     def by_chunk(work):
@@ -89,15 +93,18 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum
         def apply(rs):
             np.multiply(rows[rs], scale_row, out=out_rows[rs])
             out_rows[rs] += shift_row
+            if relu:
+                np.maximum(out_rows[rs], zero_row, out=out_rows[rs])
         by_chunk(apply)
         inv = 1 / np.sqrt(running_var + eps)
-        return out, BatchNormCache(None, inv, gamma, x, running_mean.copy())
+        return out, BatchNormCache(None, inv, gamma, x, running_mean.copy(),
+                                   out=out if relu else None)
 
     m = n * h * tile
     fast = compiled.kernels(x, gamma, beta)
     if fast is not None:
         return _compiled_forward(fast, x, rows, out, out_rows, by_chunk, gamma, beta, running_mean,
-                                 running_var, momentum, eps, reduce, m, tile, d)
+                                 running_var, momentum, eps, reduce, m, tile, d, relu)
     ones = np.ones(max(sl.stop - sl.start for sl in chunks) * h, x.dtype)
     sums = _channel_sums(by_chunk(lambda rs: ones[:rs.stop - rs.start] @ rows[rs]), d)
     if reduce is not None:      # data-parallel: the sums and the count over the global batch
@@ -126,9 +133,12 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum
         xhat_rows[rs] *= inv_row
         np.multiply(xhat_rows[rs], gamma_row, out=out_rows[rs])
         out_rows[rs] += beta_row
+        if relu:
+            np.maximum(out_rows[rs], zero_row, out=out_rows[rs])
     by_chunk(normalise)
     _update_running(running_mean, running_var, mean, var, momentum)
-    return out, BatchNormCache(xhat, inv, gamma, reduce=reduce, count=m)
+    return out, BatchNormCache(xhat, inv, gamma, reduce=reduce, count=m,
+                               out=out if relu else None)
 
 
 def _update_running(running_mean, running_var, mean, var, momentum):
@@ -140,7 +150,7 @@ def _update_running(running_mean, running_var, mean, var, momentum):
 
 
 def _compiled_forward(fast, x, rows, out, out_rows, by_chunk, gamma, beta, running_mean,
-                      running_var, momentum, eps, reduce, m, tile, d):
+                      running_var, momentum, eps, reduce, m, tile, d, relu):
     """`batchnorm_forward`'s training with the compiled passes (the module docstring): rows
     and out_rows (N*H, W*D) views of x and out; by_chunk runs a function of a row slice over
     the batch chunks. Returns what `batchnorm_forward` returns."""
@@ -174,13 +184,17 @@ def _compiled_forward(fast, x, rows, out, out_rows, by_chunk, gamma, beta, runni
     xhat = empty(x.shape, x.dtype)
     xhat_rows = xhat.reshape(rows.shape)
     by_chunk(lambda rs: fast.bn_normalise(rows[rs], mean_x_row, inv_row, gamma_row, beta_row,
-                                          xhat_rows[rs], out_rows[rs]))
+                                          xhat_rows[rs], out_rows[rs], relu))
     _update_running(running_mean, running_var, mean, var, momentum)
-    return out, BatchNormCache(xhat, inv, gamma, reduce=reduce, count=m)
+    return out, BatchNormCache(xhat, inv, gamma, reduce=reduce, count=m,
+                               out=out if relu else None)
 
 
-def batchnorm_backward(dout, cache):
+def batchnorm_backward(dout, cache, relu=False):
     """Returns dx (shape of dout), dgamma (D,), dbeta (D,).
+
+    relu: dout is first multiplied by the mask of the RELU the forward fused (it needs the
+    forward's relu=True); with the compiled passes, inside the backward's two passes.
 
     With m values per channel: dx = inv / m * (m * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)),
     where dxhat = dout * gamma; that is, dx = gamma * inv * (dout - dbeta / m - xhat * dgamma / m).
@@ -188,6 +202,11 @@ def batchnorm_backward(dout, cache):
     With the forward's `reduce`, m, sum(dxhat) and sum(dxhat * xhat) are those of the global
     batch, while dgamma and dbeta stay this part's own (the gradient sum adds them up).
     """
+    if relu and cache.out is None:
+        raise ValueError("relu=True needs a forward with relu=True (its output is the mask)")
+    fast = compiled.kernels(dout, cache.gamma) if cache.xhat is not None else None
+    if relu and fast is None:
+        dout = relu_backward(dout, cache.out)
     if cache.xhat is None:
         return _eval_backward(dout, cache)
     xhat, inv, gamma = cache.xhat, cache.inv, cache.gamma
@@ -200,13 +219,15 @@ def batchnorm_backward(dout, cache):
     chunks = batch_chunks(n, 2 * h * width * dout.itemsize)
     ones = np.ones(max(sl.stop - sl.start for sl in chunks) * h, dout.dtype)
     fast = compiled.kernels(dout, xhat, gamma)
+    # The fused RELU's mask, read by the compiled passes (any array of rows when there is none).
+    mask_rows = (cache.out if relu else xhat).reshape(n * h, width)
 
     def sums(sl):
         rs = slice(sl.start * h, sl.stop * h)
         g = g_rows[rs]
         if fast is not None:
             acc_g, acc_gx = np.empty(width, np.float64), np.empty(width, np.float64)
-            fast.bn_backward_sums(g, xhat_rows[rs], acc_g, acc_gx)
+            fast.bn_backward_sums(g, xhat_rows[rs], acc_g, acc_gx, mask_rows[rs], relu)
             return acc_g, acc_gx
         ones_c = ones[:rs.stop - rs.start]
         both = np.multiply(g, xhat_rows[rs], out=scratch("bn.gx", g.shape, dout.dtype))
@@ -229,7 +250,7 @@ def batchnorm_backward(dout, cache):
         rs = slice(sl.start * h, sl.stop * h)
         if fast is not None:
             fast.bn_backward_dx(g_rows[rs], xhat_rows[rs], mean_g_row, mean_gx_row, scale_row,
-                                dx_rows[rs])
+                                dx_rows[rs], mask_rows[rs], relu)
             return
         np.multiply(xhat_rows[rs], mean_gx_row, out=dx_rows[rs])
         np.subtract(g_rows[rs], dx_rows[rs], out=dx_rows[rs])

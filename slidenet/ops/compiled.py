@@ -2,14 +2,15 @@
 
 Each function here does in one pass, without the GIL, what a NumPy path elsewhere does with
 several calls:
-    Winograd (`conv.winograd_f23`, `conv.winograd_f43`): build the transformed row sets, turn the
+    Winograd (`conv.winograd_f23`, `conv.winograd_f43`, `conv.winograd_2d`): build the
+        transformed row sets (tiles, for F(4x4, 3x3)), turn the
         products into output rows (with bias and ReLU; F(4, 3)'s also adds a residual sum's
         other terms, inference's `skip`), build x's adjoint rows;
     inference's F(4x4, 3x3) (`conv.winograd_f44`): B^T d B of every tile, and A^T m A with the
         bias, skip, ReLU or 2x2 max pool (the one kernel family besides the direct convolution
         with no NumPy twin: without numba `prepare_conv` keeps F(4, 3));
-    im2col (`conv.common`, `conv.im2col`): the rows of thin inputs, the bias and ReLU over output
-        rows, the ReLU's mask;
+    im2col (`conv.common`, `conv.im2col`, `window`): the rows of thin inputs, the bias and ReLU
+        over output rows, the ReLU's mask, dx's window gradients added back (`col2im_add`);
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;
     the direct convolution of thin first layers (`conv.direct`): each output pixel's window
         times the filters;
@@ -20,7 +21,8 @@ equal to the NumPy path (tested). Two exceptions: pooling windows that overlap a
 gradients into one input in another order, and the direct convolution adds a window's products
 in another order than im2col's GEMM; both match to rounding. Batch normalisation's sums are
 added in float64 in another order than NumPy's GEMVs (so they match to rounding, closer to the
-exact sums).
+exact sums). F(4x4, 3x3)'s NumPy path is einsums, a check rather than a second implementation of
+the same passes: the two match to rounding.
 
 Why bother: NumPy runs each of those steps as a separate pass over memory, and every call hands
 the GIL to the other worker thread (docs/benchmarks.md, "Thin first layers", measures the
@@ -95,6 +97,7 @@ def _compile():
             return numba.njit(nogil=True)(fn)
     done = _Kernels()
     done.im2col_rows = jit(im2col_rows)
+    done.col2im_add = jit(col2im_add)
     done.add_bias_relu = jit(add_bias_relu)
     done.relu_mask = jit(relu_mask)
     done.direct_conv = jit(direct_conv)
@@ -117,6 +120,9 @@ def _compile():
     done.bn_normalise = jit(bn_normalise)
     done.bn_backward_sums = jit(bn_backward_sums)
     done.bn_backward_dx = jit(bn_backward_dx)
+    done.winograd2d_rows = jit(winograd2d_rows)
+    done.winograd2d_output = jit(winograd2d_output)
+    done.winograd2d_adjoint = jit(winograd2d_adjoint)
     return done
 
 
@@ -256,6 +262,22 @@ def im2col_rows(xp, taps_h, taps_w, depth, sh, sw, out):
                     for b in range(fw):
                         for e in range(d):
                             row[(a * fw + b) * d + e] = src[j * sw + b, e]
+
+
+def col2im_add(dwin, dxp, sh, sw):
+    """dxp (N, H, W, D) += every window's gradient dwin (N, H', W', F_h, F_w, D) where the
+    window lay: tap (i, j) after tap (i, j - 1), as `window.col2im_add`'s slice additions, so
+    each input adds its (up to F_h x F_w) terms in the same order."""
+    n, ho, wo, fh, fw, d = dwin.shape
+    for i in range(fh):
+        for j in range(fw):
+            for b in range(n):
+                for y in range(ho):
+                    row = dxp[b, y * sh + i]
+                    for x in range(wo):
+                        col = x * sw + j
+                        for ch in range(d):
+                            row[col, ch] += dwin[b, y, x, i, j, ch]
 
 
 def add_bias_relu(o, bias_row, relu):
@@ -527,35 +549,204 @@ def bn_centred_squares(x, mean_row, acc):
             acc[q] += c * c
 
 
-def bn_normalise(x, mean_row, inv_row, gamma_row, beta_row, xhat, out):
-    """xhat = (x - mean_row) * inv_row and out = xhat * gamma_row + beta_row, over (R, W*D)."""
+def bn_normalise(x, mean_row, inv_row, gamma_row, beta_row, xhat, out, relu):
+    """xhat = (x - mean_row) * inv_row and out = xhat * gamma_row + beta_row, over (R, W*D);
+    relu: out = max(0, out) as well (BATCHNORM -> RELU; a NaN stays NaN, as np.maximum)."""
     rows, m = x.shape
+    zero = out.dtype.type(0)
     for r in range(rows):
         for q in range(m):
             v = (x[r, q] - mean_row[q]) * inv_row[q]
             xhat[r, q] = v
-            out[r, q] = v * gamma_row[q] + beta_row[q]
+            o = v * gamma_row[q] + beta_row[q]
+            if relu and o < zero:
+                o = zero
+            out[r, q] = o
 
 
-def bn_backward_sums(g, xhat, acc_g, acc_gx):
-    """acc_g, acc_gx (W*D,) float64 = the column sums of g and of g * xhat, over (R, W*D)."""
+def bn_backward_sums(g, xhat, acc_g, acc_gx, out, relu):
+    """acc_g, acc_gx (W*D,) float64 = the column sums of g and of g * xhat, over (R, W*D);
+    relu: of g * (out > 0) instead (the mask of a fused RELU, as `relu_mask` applies it)."""
     rows, m = g.shape
+    zero = out.dtype.type(0)
+    one, nil = g.dtype.type(1), g.dtype.type(0)
     for q in range(m):
         acc_g[q] = 0.0
         acc_gx[q] = 0.0
     for r in range(rows):
         for q in range(m):
             v = g[r, q]
+            if relu:
+                v = v * (one if out[r, q] > zero else nil)
             acc_g[q] += v
             acc_gx[q] += v * np.float64(xhat[r, q])
 
 
-def bn_backward_dx(g, xhat, mean_g_row, mean_gx_row, scale_row, dx):
-    """dx = (g - xhat * mean_gx_row - mean_g_row) * scale_row over (R, W*D), in NumPy's order."""
+def bn_backward_dx(g, xhat, mean_g_row, mean_gx_row, scale_row, dx, out, relu):
+    """dx = (g - xhat * mean_gx_row - mean_g_row) * scale_row over (R, W*D), in NumPy's order;
+    relu: g masked by out > 0 first, as in `bn_backward_sums`."""
     rows, m = g.shape
+    zero = out.dtype.type(0)
+    one, nil = g.dtype.type(1), g.dtype.type(0)
     for r in range(rows):
         for q in range(m):
-            dx[r, q] = ((g[r, q] - xhat[r, q] * mean_gx_row[q]) - mean_g_row[q]) * scale_row[q]
+            v = g[r, q]
+            if relu:
+                v = v * (one if out[r, q] > zero else nil)
+            dx[r, q] = ((v - xhat[r, q] * mean_gx_row[q]) - mean_g_row[q]) * scale_row[q]
+
+
+# Winograd's F(4x4, 3x3) (`conv.winograd_2d`): F(4, 3)'s sums down the height, then the same
+# sums along the width. A tile's depth vector is short (16 numbers in res18's first blocks),
+# and inner loops that short ran scalar; so each pass works on a whole row of tiles at a time
+# (the (S, D) numbers of one tile row are contiguous in the products and the row sets), and
+# only the copies between the tiles' columns and the image's columns run D at a time.
+
+def winograd2d_rows(xp, out):
+    """xp (c, 4T + 2, 4S + 2, D) -> out (36, c, T, S, D): B^T d B of each 6 x 6 tile of
+    rows 4t..4t+5 and columns 4s..4s+5, entry 6a + b holding row a, column b."""
+    c, hp, wp, d = xp.shape
+    t, s = (hp - 2) // 4, (wp - 2) // 4
+    sd = s * d
+    two, four = xp.dtype.type(2), xp.dtype.type(4)
+    flat = xp.reshape(c, hp, wp * d)
+    o = out.reshape(36, c, t, sd)
+    h = np.empty((6, wp * d), xp.dtype)         # a tile row transformed down the height
+    g = np.empty((6, sd), xp.dtype)             # one of its rows, column j of every tile
+    for n in range(c):
+        for ti in range(t):
+            r = 4 * ti
+            for z in range(wp * d):
+                d0, d1, d2 = flat[n, r, z], flat[n, r + 1, z], flat[n, r + 2, z]
+                d3, d4, d5 = flat[n, r + 3, z], flat[n, r + 4, z], flat[n, r + 5, z]
+                sq = d4 - four * d2
+                q = d3 - four * d1
+                u = d4 - d2
+                v = (d3 - d1) * two
+                h[0, z] = (d0 - d2) * four + u
+                h[1, z] = sq + q
+                h[2, z] = sq - q
+                h[3, z] = u + v
+                h[4, z] = u - v
+                h[5, z] = (d5 - d3) - v * two
+            for a in range(6):
+                for j in range(6):
+                    for si in range(s):
+                        src = (4 * si + j) * d
+                        for ch in range(d):
+                            g[j, si * d + ch] = h[a, src + ch]
+                for z in range(sd):
+                    d0, d1, d2, d3, d4, d5 = g[0, z], g[1, z], g[2, z], g[3, z], g[4, z], g[5, z]
+                    sq = d4 - four * d2
+                    q = d3 - four * d1
+                    u = d4 - d2
+                    v = (d3 - d1) * two
+                    o[6 * a, n, ti, z] = (d0 - d2) * four + u
+                    o[6 * a + 1, n, ti, z] = sq + q
+                    o[6 * a + 2, n, ti, z] = sq - q
+                    o[6 * a + 3, n, ti, z] = u + v
+                    o[6 * a + 4, n, ti, z] = u - v
+                    o[6 * a + 5, n, ti, z] = (d5 - d3) - v * two
+
+
+def winograd2d_output(m, out, bias, use_bias, relu):
+    """m (36, c, T, S, K) -> out (c, H', W', K): y = A^T m A of each tile [+ b][ReLU]; rows
+    and columns past H' and W' dropped."""
+    _, c, t, s, k = m.shape
+    ho, wo = out.shape[1], out.shape[2]
+    sk = s * k
+    zero, two = out.dtype.type(0), out.dtype.type(2)
+    four, eight = out.dtype.type(4), out.dtype.type(8)
+    mm = m.reshape(36, c, t, sk)
+    y = np.empty((4, 6, sk), out.dtype)         # a tile row's products summed down the height
+    row = np.empty((4, sk), out.dtype)          # one output row, column j of every tile
+    for n in range(c):
+        for ti in range(t):
+            r = 4 * ti
+            for b in range(6):
+                for z in range(sk):
+                    m1, m2 = mm[6 + b, n, ti, z], mm[12 + b, n, ti, z]
+                    m3, m4 = mm[18 + b, n, ti, z], mm[24 + b, n, ti, z]
+                    sa = m1 + m2
+                    sb = m1 - m2
+                    sc = m3 + m4
+                    se = m3 - m4
+                    y[0, b, z] = (mm[b, n, ti, z] + sa) + sc
+                    y[1, b, z] = se * two + sb
+                    y[2, b, z] = sc * four + sa
+                    y[3, b, z] = (se * eight + sb) + mm[30 + b, n, ti, z]
+            for i in range(min(4, ho - r)):
+                for z in range(sk):
+                    m1, m2 = y[i, 1, z], y[i, 2, z]
+                    m3, m4 = y[i, 3, z], y[i, 4, z]
+                    sa = m1 + m2
+                    sb = m1 - m2
+                    sc = m3 + m4
+                    se = m3 - m4
+                    row[0, z] = (y[i, 0, z] + sa) + sc
+                    row[1, z] = se * two + sb
+                    row[2, z] = sc * four + sa
+                    row[3, z] = (se * eight + sb) + y[i, 5, z]
+                o = out[n, r + i]
+                for si in range(s):
+                    for j in range(min(4, wo - 4 * si)):
+                        for ch in range(k):
+                            v = row[j, si * k + ch]
+                            if use_bias:
+                                v += bias[ch]
+                            if relu:            # as np.maximum: a NaN stays NaN
+                                v = zero if v < zero else v
+                            o[4 * si + j, ch] = v
+
+
+def winograd2d_adjoint(x, out):
+    """x (c, H, W, D) -> out (36, c, T, S, D): A x A^T of each 4 x 4 tile (zeros past H and W),
+    `winograd2d_output` transposed: X0..X5 of F(4, 3)'s adjoint down the height, then along
+    the width."""
+    c, hh, ww, d = x.shape
+    t, s = out.shape[2], out.shape[3]
+    sd = s * d
+    zero, two, four = x.dtype.type(0), x.dtype.type(2), x.dtype.type(4)
+    flat = x.reshape(c, hh, ww * d)
+    o = out.reshape(36, c, t, sd)
+    h = np.empty((6, ww * d), x.dtype)          # a tile row's adjoint down the height
+    g = np.zeros((4, sd), x.dtype)              # one of its rows, column j of every tile
+    for n in range(c):
+        for ti in range(t):
+            r = 4 * ti
+            for z in range(ww * d):
+                x0 = flat[n, r, z]
+                x1 = flat[n, r + 1, z] if r + 1 < hh else zero
+                x2 = flat[n, r + 2, z] if r + 2 < hh else zero
+                x3 = flat[n, r + 3, z] if r + 3 < hh else zero
+                e = x0 + x2
+                od = x1 + x3
+                f = x2 * four + x0
+                gg = (x3 * four + x1) * two
+                h[0, z] = x0
+                h[1, z] = e + od
+                h[2, z] = e - od
+                h[3, z] = f + gg
+                h[4, z] = f - gg
+                h[5, z] = x3
+            for a in range(6):
+                for si in range(s):
+                    for j in range(min(4, ww - 4 * si)):    # columns past W stay zero
+                        src = (4 * si + j) * d
+                        for ch in range(d):
+                            g[j, si * d + ch] = h[a, src + ch]
+                for z in range(sd):
+                    x0, x1, x2, x3 = g[0, z], g[1, z], g[2, z], g[3, z]
+                    e = x0 + x2
+                    od = x1 + x3
+                    f = x2 * four + x0
+                    gg = (x3 * four + x1) * two
+                    o[6 * a, n, ti, z] = x0
+                    o[6 * a + 1, n, ti, z] = e + od
+                    o[6 * a + 2, n, ti, z] = e - od
+                    o[6 * a + 3, n, ti, z] = f + gg
+                    o[6 * a + 4, n, ti, z] = f - gg
+                    o[6 * a + 5, n, ti, z] = x3
 
 
 # Winograd's F(4x4, 3x3) in both axes, for inference (`conv.winograd_f44` documents it): F(4, 3)'s

@@ -9,6 +9,9 @@
     winograd       Winograd's F(m, 3) down the height, for any tile `Scheme`
     winograd_f23   the F(2, 3) scheme: two output rows from four products
     winograd_f43   the F(4, 3) scheme: four output rows from six products
+    winograd_2d    training's F(4x4, 3x3): F(4, 3) down the height and along the width, 36
+                   products for a 4 x 4 block of outputs, forward and backward (`choose`
+                   picks it in `conv_forward` where it pays)
     winograd_f44   inference's F(4x4, 3x3) in both axes: a 4 x 4 tile from 36 products
                    (compiled only; `dispatch.choose_infer` picks it in `prepare_conv`)
     direct         thin first layers: each output pixel's window times the filters, compiled

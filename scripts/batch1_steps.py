@@ -1,6 +1,7 @@
 """Batch 1, step by step: each step of R1's prepared net (`Net.prepare()`, what `predict` and
-`serve` run) on one image, with its F(4, 3) layers split over two threads (`ops.conv.pair`) and on
-one thread, alternating: docs/benchmarks.md's "Round 3".
+`serve` run) on one image, with its 3x3 layers (F(4x4, 3x3)) split over two threads
+(`ops.conv.pair`) and on one thread, alternating: docs/benchmarks.md's "Round 3" and "Batch 1
+on two threads".
 
     .venv/bin/python scripts/batch1_steps.py [--rounds 7] [--calls 300] [--always] [--auto]
 
@@ -8,7 +9,10 @@ Each round times every step `--calls` times in a row on the output of the step b
 prediction's own inputs), once paired (2 workers, the helper running) and once on one worker;
 prints per step the median over the rounds in microseconds, both ways, and the whole forward:
 wall time, and the process's CPU time (`time.process_time`: both threads' while paired, so the
-helper's polling shows) which a shared machine's other work does not inflate as much.
+helper's polling shows) which a shared machine's other work does not inflate as much; and the
+cores other processes used meanwhile (/proc/stat less this process), each way. The helper runs
+always (as SLIDENET_PAIR=1, but for its back-off after a miss), or with --auto only while a core
+is spare (the default, SLIDENET_PAIR=auto).
 """
 import argparse
 import statistics

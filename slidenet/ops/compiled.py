@@ -113,6 +113,7 @@ def _compile():
     done.winograd4_output_pool = jit(winograd4_output_pool)
     done.winograd44_input, done.winograd44_output = jit(winograd44_input), jit(winograd44_output)
     done.winograd44_output_pool = jit(winograd44_output_pool)
+    done.winograd44_adjoint = jit(winograd44_adjoint)
     done.max_pool = jit(max_pool)
     done.max_pool_backward = jit(max_pool_backward)
     done.bn_sums = jit(bn_sums)
@@ -120,9 +121,6 @@ def _compile():
     done.bn_normalise = jit(bn_normalise)
     done.bn_backward_sums = jit(bn_backward_sums)
     done.bn_backward_dx = jit(bn_backward_dx)
-    done.winograd2d_rows = jit(winograd2d_rows)
-    done.winograd2d_output = jit(winograd2d_output)
-    done.winograd2d_adjoint = jit(winograd2d_adjoint)
     return done
 
 
@@ -596,182 +594,35 @@ def bn_backward_dx(g, xhat, mean_g_row, mean_gx_row, scale_row, dx, out, relu):
             dx[r, q] = ((v - xhat[r, q] * mean_gx_row[q]) - mean_g_row[q]) * scale_row[q]
 
 
-# Winograd's F(4x4, 3x3) (`conv.winograd_2d`): F(4, 3)'s sums down the height, then the same
-# sums along the width. A tile's depth vector is short (16 numbers in res18's first blocks),
-# and inner loops that short ran scalar; so each pass works on a whole row of tiles at a time
-# (the (S, D) numbers of one tile row are contiguous in the products and the row sets), and
-# only the copies between the tiles' columns and the image's columns run D at a time.
-
-def winograd2d_rows(xp, out):
-    """xp (c, 4T + 2, 4S + 2, D) -> out (36, c, T, S, D): B^T d B of each 6 x 6 tile of
-    rows 4t..4t+5 and columns 4s..4s+5, entry 6a + b holding row a, column b."""
-    c, hp, wp, d = xp.shape
-    t, s = (hp - 2) // 4, (wp - 2) // 4
-    sd = s * d
-    two, four = xp.dtype.type(2), xp.dtype.type(4)
-    flat = xp.reshape(c, hp, wp * d)
-    o = out.reshape(36, c, t, sd)
-    h = np.empty((6, wp * d), xp.dtype)         # a tile row transformed down the height
-    g = np.empty((6, sd), xp.dtype)             # one of its rows, column j of every tile
-    for n in range(c):
-        for ti in range(t):
-            r = 4 * ti
-            for z in range(wp * d):
-                d0, d1, d2 = flat[n, r, z], flat[n, r + 1, z], flat[n, r + 2, z]
-                d3, d4, d5 = flat[n, r + 3, z], flat[n, r + 4, z], flat[n, r + 5, z]
-                sq = d4 - four * d2
-                q = d3 - four * d1
-                u = d4 - d2
-                v = (d3 - d1) * two
-                h[0, z] = (d0 - d2) * four + u
-                h[1, z] = sq + q
-                h[2, z] = sq - q
-                h[3, z] = u + v
-                h[4, z] = u - v
-                h[5, z] = (d5 - d3) - v * two
-            for a in range(6):
-                for j in range(6):
-                    for si in range(s):
-                        src = (4 * si + j) * d
-                        for ch in range(d):
-                            g[j, si * d + ch] = h[a, src + ch]
-                for z in range(sd):
-                    d0, d1, d2, d3, d4, d5 = g[0, z], g[1, z], g[2, z], g[3, z], g[4, z], g[5, z]
-                    sq = d4 - four * d2
-                    q = d3 - four * d1
-                    u = d4 - d2
-                    v = (d3 - d1) * two
-                    o[6 * a, n, ti, z] = (d0 - d2) * four + u
-                    o[6 * a + 1, n, ti, z] = sq + q
-                    o[6 * a + 2, n, ti, z] = sq - q
-                    o[6 * a + 3, n, ti, z] = u + v
-                    o[6 * a + 4, n, ti, z] = u - v
-                    o[6 * a + 5, n, ti, z] = (d5 - d3) - v * two
-
-
-def winograd2d_output(m, out, bias, use_bias, relu):
-    """m (36, c, T, S, K) -> out (c, H', W', K): y = A^T m A of each tile [+ b][ReLU]; rows
-    and columns past H' and W' dropped."""
-    _, c, t, s, k = m.shape
-    ho, wo = out.shape[1], out.shape[2]
-    sk = s * k
-    zero, two = out.dtype.type(0), out.dtype.type(2)
-    four, eight = out.dtype.type(4), out.dtype.type(8)
-    mm = m.reshape(36, c, t, sk)
-    y = np.empty((4, 6, sk), out.dtype)         # a tile row's products summed down the height
-    row = np.empty((4, sk), out.dtype)          # one output row, column j of every tile
-    for n in range(c):
-        for ti in range(t):
-            r = 4 * ti
-            for b in range(6):
-                for z in range(sk):
-                    m1, m2 = mm[6 + b, n, ti, z], mm[12 + b, n, ti, z]
-                    m3, m4 = mm[18 + b, n, ti, z], mm[24 + b, n, ti, z]
-                    sa = m1 + m2
-                    sb = m1 - m2
-                    sc = m3 + m4
-                    se = m3 - m4
-                    y[0, b, z] = (mm[b, n, ti, z] + sa) + sc
-                    y[1, b, z] = se * two + sb
-                    y[2, b, z] = sc * four + sa
-                    y[3, b, z] = (se * eight + sb) + mm[30 + b, n, ti, z]
-            for i in range(min(4, ho - r)):
-                for z in range(sk):
-                    m1, m2 = y[i, 1, z], y[i, 2, z]
-                    m3, m4 = y[i, 3, z], y[i, 4, z]
-                    sa = m1 + m2
-                    sb = m1 - m2
-                    sc = m3 + m4
-                    se = m3 - m4
-                    row[0, z] = (y[i, 0, z] + sa) + sc
-                    row[1, z] = se * two + sb
-                    row[2, z] = sc * four + sa
-                    row[3, z] = (se * eight + sb) + y[i, 5, z]
-                o = out[n, r + i]
-                for si in range(s):
-                    for j in range(min(4, wo - 4 * si)):
-                        for ch in range(k):
-                            v = row[j, si * k + ch]
-                            if use_bias:
-                                v += bias[ch]
-                            if relu:            # as np.maximum: a NaN stays NaN
-                                v = zero if v < zero else v
-                            o[4 * si + j, ch] = v
-
-
-def winograd2d_adjoint(x, out):
-    """x (c, H, W, D) -> out (36, c, T, S, D): A x A^T of each 4 x 4 tile (zeros past H and W),
-    `winograd2d_output` transposed: X0..X5 of F(4, 3)'s adjoint down the height, then along
-    the width."""
-    c, hh, ww, d = x.shape
-    t, s = out.shape[2], out.shape[3]
-    sd = s * d
-    zero, two, four = x.dtype.type(0), x.dtype.type(2), x.dtype.type(4)
-    flat = x.reshape(c, hh, ww * d)
-    o = out.reshape(36, c, t, sd)
-    h = np.empty((6, ww * d), x.dtype)          # a tile row's adjoint down the height
-    g = np.zeros((4, sd), x.dtype)              # one of its rows, column j of every tile
-    for n in range(c):
-        for ti in range(t):
-            r = 4 * ti
-            for z in range(ww * d):
-                x0 = flat[n, r, z]
-                x1 = flat[n, r + 1, z] if r + 1 < hh else zero
-                x2 = flat[n, r + 2, z] if r + 2 < hh else zero
-                x3 = flat[n, r + 3, z] if r + 3 < hh else zero
-                e = x0 + x2
-                od = x1 + x3
-                f = x2 * four + x0
-                gg = (x3 * four + x1) * two
-                h[0, z] = x0
-                h[1, z] = e + od
-                h[2, z] = e - od
-                h[3, z] = f + gg
-                h[4, z] = f - gg
-                h[5, z] = x3
-            for a in range(6):
-                for si in range(s):
-                    for j in range(min(4, ww - 4 * si)):    # columns past W stay zero
-                        src = (4 * si + j) * d
-                        for ch in range(d):
-                            g[j, si * d + ch] = h[a, src + ch]
-                for z in range(sd):
-                    x0, x1, x2, x3 = g[0, z], g[1, z], g[2, z], g[3, z]
-                    e = x0 + x2
-                    od = x1 + x3
-                    f = x2 * four + x0
-                    gg = (x3 * four + x1) * two
-                    o[6 * a, n, ti, z] = x0
-                    o[6 * a + 1, n, ti, z] = e + od
-                    o[6 * a + 2, n, ti, z] = e - od
-                    o[6 * a + 3, n, ti, z] = f + gg
-                    o[6 * a + 4, n, ti, z] = f - gg
-                    o[6 * a + 5, n, ti, z] = x3
-
-
-# Winograd's F(4x4, 3x3) in both axes, for inference (`conv.winograd_f44` documents it): F(4, 3)'s
-# sums of `winograd4_rows` and `winograd4_output_of`, along one axis and then the other. The 36
-# entries of a tile go to 36 planes, the rows of the 36 GEMMs: a tile's entry is row
-# (n * T_h + t_h) * T_w + t_w of its plane, D (or K) numbers. Every pass runs over whole rows of
-# tiles, T_w * D numbers contiguous in memory, so that its loops vectorise: over a tile's D
-# channels alone (16 in a thin layer) they ran 3-4 times slower.
+# Winograd's F(4x4, 3x3) in both axes (`conv.winograd_f44` documents it; training's forward and
+# dx, and inference's forward): F(4, 3)'s sums of `winograd4_rows` and `winograd4_output_of`,
+# down the height and then along the width, in both passes. The 36 entries of a tile go to 36
+# planes, the rows of the 36 GEMMs: a tile's entry is row (n * T_h + t_h) * T_w + t_w of its
+# plane, D (or K) numbers. Every pass runs over whole rows of tiles, T_w * D numbers contiguous
+# in memory, so that its loops vectorise: over a tile's D channels alone (16 in a thin layer)
+# they ran 3-4 times slower.
 
 def winograd44_input(x, ph, pw, t0, th, tw, buf, wide, out):
     """x (c, H, W, D) -> out (36, >= c*T_h*T_w*D): B^T d B of each tile's 6 x 6 input pixels,
-    entry 6a + b in plane 6a + b, for the T_h rows of tiles from row t0 on (all of them, or a
-    band of a large image). Pixels outside x (the padding ph, pw, and past the last tile) are
-    zeros.
+    entry 6a + b (row a, column b) in plane 6a + b, for the T_h rows of tiles from row t0 on
+    (all of them, or a band of a large image). Pixels outside x (the padding ph, pw, and past
+    the last tile) are zeros.
 
     Each image's rows are first copied into buf (4T_h + 2, 4, T_w + 1, D), padded, with its
     column 4q + s at [:, s, q]: a tile's column j of every tile of a row is then one contiguous
-    run. The pass along the width writes wide (6, 4T_h + 2, T_w*D) from it, the pass down the
-    height out's planes from wide.
+    run. For each row of tiles, the pass down the height writes its six rows into wide
+    (6, 4T_h + 2, T_w*D), used as scratch: row a in the first (4T_w + 2)*D numbers of wide[a],
+    columns s = 0, 1 ((T_w + 1)*D numbers each) then s = 2, 3 (T_w*D each), the columns a tile
+    reads. The pass along the width writes out's planes from them.
     """
     c, h, wd, d = x.shape
     hp = buf.shape[0]
     zero, two, four = x.dtype.type(0), x.dtype.type(2), x.dtype.type(4)
     span = tw * d
-    flat = buf.reshape(hp, 4, (tw + 1) * d)
+    long_ = span + d                            # columns s = 0, 1 reach one tile further
+    flat = buf.reshape(hp, 4 * long_)
+    planes = wide.reshape(6, wide.shape[1] * wide.shape[2])
+    starts = (0, long_, 2 * long_, 2 * long_ + span)
     for n in range(c):
         for y in range(hp):
             i = 4 * t0 + y - ph
@@ -784,32 +635,36 @@ def winograd44_input(x, ph, pw, t0, th, tw, buf, wide, out):
                     else:
                         for ch in range(d):
                             buf[y, s, q, ch] = x[n, i, j, ch]
-        for y in range(hp):                     # B^T along the width: columns 4t .. 4t + 5
-            c0, c1, c2, c3 = flat[y, 0], flat[y, 1], flat[y, 2], flat[y, 3]
-            for e in range(span):
-                d0, d1, d2 = c0[e], c1[e], c2[e]
-                d3, d4, d5 = c3[e], c0[e + d], c1[e + d]
-                s_ = d4 - four * d2
-                p = d3 - four * d1
-                u = d4 - d2
-                v = (d3 - d1) * two
-                wide[0, y, e] = (d0 - d2) * four + u
-                wide[1, y, e] = s_ + p
-                wide[2, y, e] = s_ - p
-                wide[3, y, e] = u + v
-                wide[4, y, e] = u - v
-                wide[5, y, e] = (d5 - d3) - v * two
-        for ti in range(th):                    # B^T down the height: rows 4t .. 4t + 5
+        for ti in range(th):
             r = 4 * ti
-            base = (n * th + ti) * span
-            for b in range(6):
-                w0, w1, w2 = wide[b, r], wide[b, r + 1], wide[b, r + 2]
-                w3, w4, w5 = wide[b, r + 3], wide[b, r + 4], wide[b, r + 5]
-                o0, o1 = out[b, base:base + span], out[6 + b, base:base + span]
-                o2, o3 = out[12 + b, base:base + span], out[18 + b, base:base + span]
-                o4, o5 = out[24 + b, base:base + span], out[30 + b, base:base + span]
-                for e in range(span):
+            for s in range(4):                  # B^T down the height: rows 4t .. 4t + 5
+                src, dst = s * long_, starts[s]
+                w0, w1, w2 = flat[r, src:], flat[r + 1, src:], flat[r + 2, src:]
+                w3, w4, w5 = flat[r + 3, src:], flat[r + 4, src:], flat[r + 5, src:]
+                h0, h1, h2 = planes[0, dst:], planes[1, dst:], planes[2, dst:]
+                h3, h4, h5 = planes[3, dst:], planes[4, dst:], planes[5, dst:]
+                for e in range(long_ if s < 2 else span):
                     d0, d1, d2, d3, d4, d5 = w0[e], w1[e], w2[e], w3[e], w4[e], w5[e]
+                    s_ = d4 - four * d2
+                    p = d3 - four * d1
+                    u = d4 - d2
+                    v = (d3 - d1) * two
+                    h0[e] = (d0 - d2) * four + u
+                    h1[e] = s_ + p
+                    h2[e] = s_ - p
+                    h3[e] = u + v
+                    h4[e] = u - v
+                    h5[e] = (d5 - d3) - v * two
+            base = (n * th + ti) * span
+            for a in range(6):                  # B^T along the width: columns 4t .. 4t + 5
+                c0, c1 = planes[a, starts[0]:], planes[a, starts[1]:]
+                c2, c3 = planes[a, starts[2]:], planes[a, starts[3]:]
+                o0, o1 = out[6 * a, base:base + span], out[6 * a + 1, base:base + span]
+                o2, o3 = out[6 * a + 2, base:base + span], out[6 * a + 3, base:base + span]
+                o4, o5 = out[6 * a + 4, base:base + span], out[6 * a + 5, base:base + span]
+                for e in range(span):
+                    d0, d1, d2 = c0[e], c1[e], c2[e]
+                    d3, d4, d5 = c3[e], c0[e + d], c1[e + d]
                     s_ = d4 - four * d2
                     p = d3 - four * d1
                     u = d4 - d2
@@ -949,3 +804,53 @@ def winograd44_output_pool(m, first, th, tw, out, bias, use_bias, relu, tall, wi
                                     if (a == 0 and bb == 0) or v > best or v != v:
                                         best = v    # as max_pool: the first, then any larger
                             o[ch] = best
+
+
+def winograd44_adjoint(x, out):
+    """x (c, H, W, D) -> out (36, c, T, S, D): A x A^T of each 4 x 4 tile (zeros past H and W),
+    `winograd44_output` transposed (training's dw): X0..X5 of F(4, 3)'s adjoint down the
+    height, then along the width. out's layout is the planes' of `winograd44_input`."""
+    c, hh, ww, d = x.shape
+    t, s = out.shape[2], out.shape[3]
+    sd = s * d
+    zero, two, four = x.dtype.type(0), x.dtype.type(2), x.dtype.type(4)
+    flat = x.reshape(c, hh, ww * d)
+    o = out.reshape(36, c, t, sd)
+    h = np.empty((6, ww * d), x.dtype)          # a tile row's adjoint down the height
+    g = np.zeros((4, sd), x.dtype)              # one of its rows, column j of every tile
+    for n in range(c):
+        for ti in range(t):
+            r = 4 * ti
+            for z in range(ww * d):
+                x0 = flat[n, r, z]
+                x1 = flat[n, r + 1, z] if r + 1 < hh else zero
+                x2 = flat[n, r + 2, z] if r + 2 < hh else zero
+                x3 = flat[n, r + 3, z] if r + 3 < hh else zero
+                e = x0 + x2
+                od = x1 + x3
+                f = x2 * four + x0
+                gg = (x3 * four + x1) * two
+                h[0, z] = x0
+                h[1, z] = e + od
+                h[2, z] = e - od
+                h[3, z] = f + gg
+                h[4, z] = f - gg
+                h[5, z] = x3
+            for a in range(6):
+                for si in range(s):
+                    for j in range(min(4, ww - 4 * si)):    # columns past W stay zero
+                        src = (4 * si + j) * d
+                        for ch in range(d):
+                            g[j, si * d + ch] = h[a, src + ch]
+                for z in range(sd):
+                    x0, x1, x2, x3 = g[0, z], g[1, z], g[2, z], g[3, z]
+                    e = x0 + x2
+                    od = x1 + x3
+                    f = x2 * four + x0
+                    gg = (x3 * four + x1) * two
+                    o[6 * a, n, ti, z] = x0
+                    o[6 * a + 1, n, ti, z] = e + od
+                    o[6 * a + 2, n, ti, z] = e - od
+                    o[6 * a + 3, n, ti, z] = f + gg
+                    o[6 * a + 4, n, ti, z] = f - gg
+                    o[6 * a + 5, n, ti, z] = x3

@@ -2,13 +2,11 @@
 
 Each function here does in one pass, without the GIL, what a NumPy path elsewhere does with
 several calls:
-    Winograd (`conv.winograd_f23`, `conv.winograd_f43`, `conv.winograd_2d`): build the
-        transformed row sets (tiles, for F(4x4, 3x3)), turn the
-        products into output rows (with bias and ReLU; F(4, 3)'s also adds a residual sum's
-        other terms, inference's `skip`), build x's adjoint rows;
-    inference's F(4x4, 3x3) (`conv.winograd_f44`): B^T d B of every tile, and A^T m A with the
-        bias, skip, ReLU or 2x2 max pool (the one kernel family besides the direct convolution
-        with no NumPy twin: without numba `prepare_conv` keeps F(4, 3));
+    Winograd down the height (`conv.winograd_f23`, `conv.winograd_f43`): build the transformed
+        row sets, turn the products into output rows (with bias and ReLU; F(4, 3)'s also adds a
+        residual sum's other terms, inference's `skip`), build x's adjoint rows;
+    F(4x4, 3x3) in both axes (`conv.winograd_f44`, training's and inference's): B^T d B of every
+        tile, A^T m A with the bias, skip, ReLU or 2x2 max pool, and x's adjoint tiles for dw;
     im2col (`conv.common`, `conv.im2col`, `window`): the rows of thin inputs, the bias and ReLU
         over output rows, the ReLU's mask, dx's window gradients added back (`col2im_add`);
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;
@@ -21,8 +19,8 @@ equal to the NumPy path (tested). Two exceptions: pooling windows that overlap a
 gradients into one input in another order, and the direct convolution adds a window's products
 in another order than im2col's GEMM; both match to rounding. Batch normalisation's sums are
 added in float64 in another order than NumPy's GEMVs (so they match to rounding, closer to the
-exact sums). F(4x4, 3x3)'s NumPy path is einsums, a check rather than a second implementation of
-the same passes: the two match to rounding.
+exact sums). F(4x4, 3x3)'s NumPy path (`conv.winograd_f44.NUMPY`) is einsums, a check rather
+than a second implementation of the same passes: the two match to rounding.
 
 Why bother: NumPy runs each of those steps as a separate pass over memory, and every call hands
 the GIL to the other worker thread (docs/benchmarks.md, "Thin first layers", measures the

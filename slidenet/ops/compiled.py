@@ -601,68 +601,71 @@ def bn_backward_dx(g, xhat, mean_g_row, mean_gx_row, scale_row, dx, out, relu):
 # they ran 3-4 times slower.
 
 def winograd44_input(x, ph, pw, t0, th, tw, buf, wide, out):
-    """x (c, H, W, D) -> out (36, >= c*T_h*T_w*D): B^T d B of each tile's 6 x 6 input pixels,
-    entry 6a + b (row a, column b) in plane 6a + b, for the T_h rows of tiles from row t0 on
-    (all of them, or a band of a large image). Pixels outside x (the padding ph, pw, and past
-    the last tile) are zeros.
+    """x (c, H, W, D), C-contiguous -> out (36, >= c*T_h*T_w*D): B^T d B of each tile's 6 x 6
+    input pixels, entry 6a + b (row a, column b) in plane 6a + b, for the T_h rows of tiles
+    from row t0 on (all of them, or a band of a large image). Pixels outside x (the padding
+    ph, pw, and past the last tile) are zeros.
 
-    Each image's rows are first copied into buf (4T_h + 2, 4, T_w + 1, D), padded, with its
-    column 4q + s at [:, s, q]: a tile's column j of every tile of a row is then one contiguous
-    run. For each row of tiles, the pass down the height writes its six rows into wide
-    (6, 4T_h + 2, T_w*D), used as scratch: row a in the first (4T_w + 2)*D numbers of wide[a],
-    columns s = 0, 1 ((T_w + 1)*D numbers each) then s = 2, 3 (T_w*D each), the columns a tile
-    reads. The pass along the width writes out's planes from them.
+    For each row of tiles, the pass down the height reads the six rows of x it covers (whole
+    rows, W*D numbers: long loops) into wide (6, 4T_h + 2, T_w*D), used as scratch: row a of
+    the tiles in wide[a]'s first (4T_w + 2)*D numbers, the padding's columns zero. Then, one a
+    at a time, column j of every tile is gathered into a row of T_w*D numbers and the pass
+    along the width writes out's planes. buf (4T_h + 2, 4, T_w + 1, D) is not used any more
+    (the gathered rows are a small array of the pass's own, which ran faster than any view of
+    buf); it stays in the signature for its callers.
     """
     c, h, wd, d = x.shape
-    hp = buf.shape[0]
     zero, two, four = x.dtype.type(0), x.dtype.type(2), x.dtype.type(4)
     span = tw * d
-    long_ = span + d                            # columns s = 0, 1 reach one tile further
-    flat = buf.reshape(hp, 4 * long_)
-    planes = wide.reshape(6, wide.shape[1] * wide.shape[2])
-    starts = (0, long_, 2 * long_, 2 * long_ + span)
+    width = (4 * tw + 2) * d                    # a row of tiles' columns, padding included
+    inner = min(wd, 4 * tw + 2 - pw) * d        # x's numbers in it, from column pw on
+    left = pw * d
+    flat = x.reshape(c, h, wd * d)
+    tall = wide.reshape(6, wide.shape[1] * wide.shape[2])
+    g = np.empty((6, span), x.dtype)            # its own: LLVM then knows it aliases nothing
+    none = np.zeros(wd * d, x.dtype)            # a row above or below x
+    for a in range(6):                          # the padding's columns: zero once
+        for z in range(left):
+            tall[a, z] = zero
+        for z in range(left + inner, width):
+            tall[a, z] = zero
     for n in range(c):
-        for y in range(hp):
-            i = 4 * t0 + y - ph
-            for s in range(4):
-                for q in range(tw + 1):
-                    j = 4 * q + s - pw
-                    if i < 0 or i >= h or j < 0 or j >= wd:
-                        for ch in range(d):
-                            buf[y, s, q, ch] = zero
-                    else:
-                        for ch in range(d):
-                            buf[y, s, q, ch] = x[n, i, j, ch]
         for ti in range(th):
-            r = 4 * ti
-            for s in range(4):                  # B^T down the height: rows 4t .. 4t + 5
-                src, dst = s * long_, starts[s]
-                w0, w1, w2 = flat[r, src:], flat[r + 1, src:], flat[r + 2, src:]
-                w3, w4, w5 = flat[r + 3, src:], flat[r + 4, src:], flat[r + 5, src:]
-                h0, h1, h2 = planes[0, dst:], planes[1, dst:], planes[2, dst:]
-                h3, h4, h5 = planes[3, dst:], planes[4, dst:], planes[5, dst:]
-                for e in range(long_ if s < 2 else span):
-                    d0, d1, d2, d3, d4, d5 = w0[e], w1[e], w2[e], w3[e], w4[e], w5[e]
-                    s_ = d4 - four * d2
-                    p = d3 - four * d1
-                    u = d4 - d2
-                    v = (d3 - d1) * two
-                    h0[e] = (d0 - d2) * four + u
-                    h1[e] = s_ + p
-                    h2[e] = s_ - p
-                    h3[e] = u + v
-                    h4[e] = u - v
-                    h5[e] = (d5 - d3) - v * two
+            r = 4 * (t0 + ti) - ph
+            x0 = flat[n, r] if 0 <= r < h else none
+            x1 = flat[n, r + 1] if 0 <= r + 1 < h else none
+            x2 = flat[n, r + 2] if 0 <= r + 2 < h else none
+            x3 = flat[n, r + 3] if 0 <= r + 3 < h else none
+            x4 = flat[n, r + 4] if 0 <= r + 4 < h else none
+            x5 = flat[n, r + 5] if 0 <= r + 5 < h else none
+            h0, h1, h2 = tall[0, left:], tall[1, left:], tall[2, left:]
+            h3, h4, h5 = tall[3, left:], tall[4, left:], tall[5, left:]
+            for z in range(inner):              # B^T down the height: rows 4t .. 4t + 5
+                d0, d1, d2, d3, d4, d5 = x0[z], x1[z], x2[z], x3[z], x4[z], x5[z]
+                s_ = d4 - four * d2
+                p = d3 - four * d1
+                u = d4 - d2
+                v = (d3 - d1) * two
+                h0[z] = (d0 - d2) * four + u
+                h1[z] = s_ + p
+                h2[z] = s_ - p
+                h3[z] = u + v
+                h4[z] = u - v
+                h5[z] = (d5 - d3) - v * two
             base = (n * th + ti) * span
             for a in range(6):                  # B^T along the width: columns 4t .. 4t + 5
-                c0, c1 = planes[a, starts[0]:], planes[a, starts[1]:]
-                c2, c3 = planes[a, starts[2]:], planes[a, starts[3]:]
+                for j in range(6):
+                    gj = g[j]
+                    for si in range(tw):
+                        src = (4 * si + j) * d
+                        for ch in range(d):
+                            gj[si * d + ch] = tall[a, src + ch]
+                g0, g1, g2, g3, g4, g5 = g[0], g[1], g[2], g[3], g[4], g[5]
                 o0, o1 = out[6 * a, base:base + span], out[6 * a + 1, base:base + span]
                 o2, o3 = out[6 * a + 2, base:base + span], out[6 * a + 3, base:base + span]
                 o4, o5 = out[6 * a + 4, base:base + span], out[6 * a + 5, base:base + span]
                 for e in range(span):
-                    d0, d1, d2 = c0[e], c1[e], c2[e]
-                    d3, d4, d5 = c3[e], c0[e + d], c1[e + d]
+                    d0, d1, d2, d3, d4, d5 = g0[e], g1[e], g2[e], g3[e], g4[e], g5[e]
                     s_ = d4 - four * d2
                     p = d3 - four * d1
                     u = d4 - d2

@@ -15,7 +15,8 @@ pool: R1 (--size 32) or the VGG-style net (other sizes), the prepared net with C
 MAXPOOL pooled inside the F(4, 3) output and with the pool run after the CONV, alternating
 with onnxruntime; ms per call and onnxruntime's time over each. latency: R1's prediction of
 one image (pixels in, `Net.prepare()`) against onnxruntime's session, alternating round by
-round; the ratio is onnxruntime's time over slidenet's, per round.
+round; the ratio is onnxruntime's time over slidenet's, per round (with SLIDENET_PAIR=1 or auto,
+after the helper thread is compiled and running).
 """
 import argparse
 import importlib.util
@@ -118,8 +119,11 @@ def pool(args):
 def latency(args):
     from slidenet.bench import R1, SlidenetRunner
     from slidenet.bench.runners import OnnxRunner
+    from slidenet.ops.conv import pair
     sn = SlidenetRunner(R1, 1, 1)
     ort = OnnxRunner(sn, 2)
+    if pair.enabled():              # SLIDENET_PAIR=1 or auto: its helper compiled first
+        pair.wait_ready(300)
     for _ in range(50):
         sn.infer_one(), ort.infer_one()
     ours, theirs = [], []

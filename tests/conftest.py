@@ -5,12 +5,23 @@
                 SLIDENET_SKIP_NUMBA=1, never in CI: helpers.require)
     browser     Debian's Chromium under Playwright, one per test module (the BROWSER part's
                 rule: missing, the tests fail; SLIDENET_SKIP_BROWSER=1 skips them, never in CI)
+
+The batch-1 helper thread (`ops.conv.pair`, "auto" by default) is off in the tests, and in the
+commands they start, unless SLIDENET_PAIR names a setting: its compilation (seconds of CPU in the background) would slow
+every test process that predicts a few images; tests/test_pair.py turns it on where it tests it,
+and its results are the unpaired bits either way.
 """
 import os
 
 import pytest
 
 from helpers import CHROMIUM, CHROMIUM_ARGS, import_part, numba_problem, require, write_bars
+
+
+if "SLIDENET_PAIR" not in os.environ:
+    os.environ["SLIDENET_PAIR"] = "0"           # for the CLI's subprocesses too
+    from slidenet.ops.conv import pair
+    pair.set_enabled(False)
 
 
 @pytest.fixture

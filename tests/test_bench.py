@@ -71,14 +71,14 @@ def test_torch_side_when_installed():
 
 
 def test_conv_setting_switches_winograd_off_for_the_run_only(monkeypatch):
-    from slidenet.ops.conv import dispatch, winograd_2d, winograd_f23, winograd_f43
+    from slidenet.ops.conv import dispatch, winograd_f23, winograd_f43, winograd_f44
     calls = []
     for module, name in ((winograd_f23, "F23"), (winograd_f43, "F43")):
         scheme = getattr(module, name)
         monkeypatch.setattr(module, name, scheme._replace(
             rows=lambda *a, rows=scheme.rows: calls.append(1) or rows(*a)))
-    monkeypatch.setattr(winograd_2d, "rows",       # training's F(4x4, 3x3)
-                        lambda *a, rows=winograd_2d.rows: calls.append(1) or rows(*a))
+    monkeypatch.setattr(winograd_f44, "rows",      # F(4x4, 3x3)
+                        lambda *a, rows=winograd_f44.rows: calls.append(1) or rows(*a))
     deep = "INPUT(8x8x8) -> CONV(8) -> RELU -> FC(3)"       # deep enough for auto to take Winograd
     result = bench.run(tiny_settings(conv="im2col"), {"deep": deep})
     assert not calls and "slidenet convolutions: im2col;" in bench.report(result)

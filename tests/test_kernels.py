@@ -9,7 +9,7 @@ from slidenet import ops
 from slidenet.errors import GeometryError
 from slidenet.gradcheck import TOLERANCE, numeric_gradient, relative_error, sample
 from slidenet.ops import conv, naive
-from slidenet.ops.conv import direct, full_dx, winograd, winograd_2d
+from slidenet.ops.conv import direct, full_dx, winograd, winograd_f44
 
 RNG = np.random.default_rng(1234)
 
@@ -19,7 +19,7 @@ def _applies(algorithm, d, fh, fw, sh, sw, ph, pw):
     if algorithm in ("winograd", "winograd4"):
         return winograd.applies((fh, fw), (sh, sw))
     if algorithm == "winograd2d":
-        return winograd_2d.applies((fh, fw), (sh, sw), (ph, pw))
+        return winograd_f44.applies((fh, fw), (sh, sw), (ph, pw))
     if algorithm == "full":
         return full_dx.applies((fh, fw), (sh, sw), (ph, pw))
     return True
@@ -113,8 +113,8 @@ def test_auto_picks_winograd_full_or_im2col():
 def test_auto_picks_winograd2d_where_it_pays():
     # Training (conv_forward passes the width) takes F(4x4, 3x3) where F(4, 3) would run on
     # an output of at least 8 x 8; inference (`prepare_conv`, no width) keeps F(4, 3).
-    deep, side = winograd_2d.MIN_DEPTH, winograd_2d.MIN_SIDE
-    compiled = winograd_2d.compiled.kernels() is not None
+    deep, side = winograd_f44.MIN_DEPTH, winograd_f44.MIN_SIDE
+    compiled = winograd_f44.compiled.kernels() is not None
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", 32, 32) == (
         "winograd2d" if compiled else "winograd4")
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", side - 1, 32) == "winograd4"

@@ -12,7 +12,7 @@ import pytest
 
 from slidenet import Net
 from slidenet.ops import conv, runtime
-from slidenet.ops.conv import pair
+from slidenet.ops.conv import pair, winograd_f44
 
 # conftest's `numba` fixture: these fail without numba (SLIDENET_SKIP_NUMBA=1 skips them).
 pytestmark = pytest.mark.usefixtures("numba")
@@ -24,22 +24,41 @@ GEOMETRIES = [(32, 32, 32, 32), (16, 16, 32, 64), (8, 8, 64, 64), (13, 9, 5, 7),
 
 @pytest.fixture
 def helper():
-    previous = pair.set_enabled(True)               # off by default (SLIDENET_PAIR=1 is on)
+    previous = pair.set_enabled(True)               # tests/conftest.py turns it off
     if not pair.wait_ready(300):
         pytest.fail(f"the helper did not start: {pair._state['error']}")
     yield
     pair.set_enabled(previous)
 
 
-def test_off_by_default_one_image_runs_on_the_calling_thread_alone():
-    if pair.enabled():
-        pytest.skip("SLIDENET_PAIR=1 turned it on")
-    x, prepared = _layer(16, 16, 32, 64)
-    runs = pair.helper_runs()
-    with runtime.workers(2):
-        for _ in range(2 * pair.START_AFTER):
-            conv.conv_infer(x, prepared)
-    assert pair.helper_runs() == runs
+def test_off_one_image_runs_on_the_calling_thread_alone():
+    previous = pair.set_enabled(False)
+    try:
+        x, prepared = _layer(16, 16, 32, 64)
+        runs = pair.helper_runs()
+        with runtime.workers(2):
+            for _ in range(2 * pair.START_AFTER):
+                conv.conv_infer(x, prepared)
+        assert pair.helper_runs() == runs
+    finally:
+        pair.set_enabled(previous)
+
+
+@pytest.mark.parametrize("env, want", [(None, "auto"), ("auto", "auto"), ("1", True),
+                                       ("0", False)])
+def test_the_setting_comes_from_slidenet_pair(env, want):
+    """SLIDENET_PAIR unset or auto: "auto" (the default); 1: always; 0: off. In a fresh process,
+    since the module reads it once."""
+    import os
+    import subprocess
+    import sys
+    environ = {k: v for k, v in os.environ.items() if k != "SLIDENET_PAIR"}
+    if env is not None:
+        environ["SLIDENET_PAIR"] = env
+    out = subprocess.run([sys.executable, "-c", "from slidenet.ops.conv import pair; "
+                          "print(repr(pair.set_enabled(False)))"], env=environ,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == repr(want)
 
 
 def _layer(h, w, d, k, relu=True):
@@ -110,3 +129,91 @@ def test_a_prepared_net_predicts_the_same_one_image_at_a_time_from_two_threads(h
             thread.join(120)
     assert not errors, errors[0]
     assert len(got) == 2 * len(images)
+
+
+# (H, W, D, K, pool): R1's three F(4x4, 3x3) layers, a last tile that sticks out down and
+# across (pooled, with an odd pooled row), an uneven split of the rows of tiles, thin ones.
+GEOMETRIES44 = [(32, 32, 32, 32, True), (16, 16, 32, 64, False), (16, 16, 64, 64, True),
+                (13, 9, 5, 7, False), (14, 10, 8, 3, True), (9, 6, 2, 2, False)]
+
+
+def _layer44(h, w, d, k):
+    x = RNG.standard_normal((1, h, w, d)).astype(np.float32)
+    weights = RNG.standard_normal((3, 3, d, k)).astype(np.float32)
+    bias = RNG.standard_normal(k).astype(np.float32)
+    return x, winograd_f44.prepare_filters(weights), bias
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES44, ids=lambda g: "x".join(map(str, g)))
+@pytest.mark.parametrize("relu", [False, True])
+def test_f44_halves_on_two_threads_give_the_unpaired_bits(helper, geometry, relu):
+    """Input rows, the 36 products and output rows split between caller and helper: the
+    same bits as the one-thread path (the very sgemm calls np.matmul makes)."""
+    *shape, pool = geometry
+    x, u, b = _layer44(*shape)
+    with runtime.workers(1):
+        want = winograd_f44.forward(x, u, b, (1, 1), relu, pool=pool).copy()
+    runs, deadline, calls = pair.helper_runs(), time.monotonic() + 20, 0
+    with runtime.workers(2):
+        while (pair.helper_runs() == runs or calls < 3) and time.monotonic() < deadline:
+            pair.retry_now()                        # retry at once after a miss
+            np.testing.assert_array_equal(winograd_f44.forward(x, u, b, (1, 1), relu,
+                                                               pool=pool), want)
+            calls += 1
+    assert pair.helper_runs() > runs, "the helper never took its half in 20 s"
+
+
+def test_f44_helper_that_never_comes_leaves_the_caller_all_of_it(helper):
+    x, u, b = _layer44(16, 16, 32, 64)
+    with runtime.workers(1):
+        want = winograd_f44.forward(x, u, b, (1, 1), True).copy()
+    saved = dict(pair._state)
+    ctl = np.zeros(pair.SLOTS, np.int64)            # nobody serves this control array
+    pair._state.update(ctl=ctl, event=threading.Event(), skip=0)
+    try:
+        with runtime.workers(2):
+            got = winograd_f44.forward(x, u, b, (1, 1), True)
+            skip = pair._state["skip"]
+    finally:
+        pair._state.update(saved)
+    np.testing.assert_array_equal(got, want)
+    assert ctl[pair.TAKEN_BY_HELPER] == 0
+    assert ctl[pair.STATE] == pair.HUSH and skip == pair.BACKOFF
+
+
+def test_auto_pairs_only_while_the_machine_has_a_core_to_spare(helper):
+    """SLIDENET_PAIR=auto: a machine whose other core is busy (injected clocks) runs every layer
+    unpaired; once it is quiet, the helper takes its halves again. Same bits throughout."""
+    from slidenet.ops import idle
+    x, u, b = _layer44(16, 16, 32, 64)
+    with runtime.workers(1):
+        want = winograd_f44.forward(x, u, b, (1, 1), True).copy()
+    load = {"others": 1.0, "now": 0.0, "busy": 0.0}
+
+    def advance():
+        load["now"] += 0.3
+        load["busy"] += 0.3 * load["others"]        # own time is not counted: own() is 0
+    spare = idle.SpareCore(2, machine=lambda: load["busy"], own=lambda: 0.0,
+                           clock=lambda: load["now"])
+    saved = pair._state["spare"]
+    pair._state["spare"] = spare
+    previous = pair.set_enabled("auto")
+    try:
+        with runtime.workers(2):
+            spare.allow()
+            advance()
+            runs = pair.helper_runs()
+            for _ in range(50):
+                pair.retry_now()
+                np.testing.assert_array_equal(winograd_f44.forward(x, u, b, (1, 1), True), want)
+            assert pair.helper_runs() == runs and spare.others == pytest.approx(1.0)
+            load["others"] = 0.0
+            advance()
+            deadline = time.monotonic() + 20
+            while pair.helper_runs() == runs and time.monotonic() < deadline:
+                pair.retry_now()
+                np.testing.assert_array_equal(winograd_f44.forward(x, u, b, (1, 1), True), want)
+            assert pair.helper_runs() > runs and spare.others == pytest.approx(0.0)
+    finally:
+        pair.set_enabled(previous)
+        pair._state["spare"] = saved

@@ -17,7 +17,7 @@ import pytest
 from harness import CONV_GEOMETRIES, check_kernel, conv_arrays, without_numba
 from slidenet import Net, ops
 from slidenet.ops import compiled, conv, naive, runtime
-from slidenet.ops.conv import direct, im2col, winograd_2d
+from slidenet.ops.conv import direct, im2col, winograd_f44
 
 RNG = np.random.default_rng(77)
 # conftest's `numba` fixture: these fail without numba (SLIDENET_SKIP_NUMBA=1 skips them).
@@ -180,7 +180,7 @@ def test_a_net_trains_bit_for_bit_with_or_without_numba(pattern, monkeypatch):
     # it applies, pools that tile): every gradient the same with the compiled passes or without.
     # F(4x4, 3x3) is kept out: "auto" takes it only with numba, and its NumPy path adds in
     # another order (test_kernels checks the two agree to rounding).
-    monkeypatch.setattr(winograd_2d, "MIN_SIDE", 10**6)
+    monkeypatch.setattr(winograd_f44, "MIN_SIDE", 10**6)
     x = RNG.standard_normal((6, *Net.from_pattern(pattern).infos[0].output_shape)).astype(np.float32)
     grads = []
     for flag in (False, True):

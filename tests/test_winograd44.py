@@ -1,6 +1,7 @@
-"""Inference's F(4x4, 3x3) (`winograd_f44`): against the naive loops in float64 and float32,
-its rounding against im2col's, chunks and threads, the skip and ReLU of a residual block, and
-where `prepare_conv` chooses it."""
+"""F(4x4, 3x3)'s forward (`winograd_f44`, inference's and training's): against the naive loops
+in float64 and float32, its rounding against im2col's, chunks and threads, the skip and ReLU of
+a residual block, its NumPy passes, and where `prepare_conv` chooses it. (Training's pair,
+"winograd2d", is checked with the others in tests/test_kernels.py.)"""
 import numpy as np
 import pytest
 
@@ -19,7 +20,7 @@ GEOMETRIES = [(2, 8, 8, 16, 16, (1, 1)), (3, 7, 9, 5, 6, (1, 1)), (2, 6, 5, 4, 3
 
 @pytest.fixture(autouse=True)
 def kernels(numba):
-    """Every test here runs the compiled kernels (F(4x4, 3x3) has no NumPy path)."""
+    """Every test here runs the compiled kernels (inference takes F(4x4, 3x3) only with them)."""
     return numba
 
 
@@ -106,6 +107,38 @@ def test_large_images_run_in_bands_as_whole_images_do(dtype):
     np.testing.assert_allclose(summed, np.maximum(want + skip, 0), rtol=0, atol=tolerance)
     windows = np.maximum(plain, 0)[:, :22, :12].reshape(2, 11, 2, 6, 2, 6)
     np.testing.assert_array_equal(pooled, windows.max(axis=(2, 4)))
+
+
+@pytest.mark.parametrize("n, h, w, d, k, pad", GEOMETRIES[:4])
+def test_the_numpy_passes_agree_with_the_compiled_ones(n, h, w, d, k, pad, monkeypatch):
+    """`winograd_f44.NUMPY` (the passes without numba, as einsums) in place of the compiled
+    ones: the lecture's convolution, its skip and its pool, whole and in bands of tile rows;
+    equal to the compiled passes to rounding (another order of the same sums)."""
+    x, wt, b = arrays(n, h, w, d, k, "float64")
+    u = winograd_f44.prepare_filters(wt)
+    want = naive.conv_forward(x, wt, b, (1, 1), pad)
+    skip = RNG.standard_normal(want.shape)
+    pooled = np.maximum(want, 0)[:, :want.shape[1] // 2 * 2, :want.shape[2] // 2 * 2]
+    pooled = pooled.reshape(n, want.shape[1] // 2, 2, want.shape[2] // 2, 2, k).max(axis=(2, 4))
+
+    def three():
+        return [winograd_f44.forward(x, u, b, pad).copy(),
+                winograd_f44.forward(x, u, b, pad, True, skip=skip).copy(),
+                winograd_f44.forward(x, u, b, pad, True, pool=True).copy()]
+    fast = three()
+    used = []
+    monkeypatch.setattr(winograd_f44, "passes",
+                        lambda *arrays: used.append(1) or winograd_f44.NUMPY)
+    slow = three()
+    previous = runtime.set_chunk_bytes(36 * 4 * (d + k) * x.itemsize)     # one tile row a band
+    try:
+        banded = three()
+    finally:
+        runtime.set_chunk_bytes(previous)
+    for got in (fast, slow, banded):
+        for one, oracle in zip(got, (want, np.maximum(want + skip, 0), pooled)):
+            np.testing.assert_allclose(one, oracle, rtol=0, atol=1e-12 * np.abs(want).max())
+    assert len(used) == 6
 
 
 def relu_activations(n, h, w, d):
@@ -227,3 +260,23 @@ def test_without_numba_the_plan_keeps_f43():
         "                     (1, 1), (1, 1), height=16, width=16)\n"
         "print(p.algorithm)\n")
     assert out.strip() == "winograd4"
+
+
+@pytest.mark.parametrize("h, w, d, k, pad", [(8, 8, 16, 16, (1, 1)), (7, 9, 5, 6, (1, 1)),
+                                             (3, 4, 2, 3, (0, 0)), (32, 32, 8, 12, (1, 1))])
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_one_image_keeps_the_chunked_paths_bits(h, w, d, k, pad, pool, relu, monkeypatch):
+    """Batch 1 runs `OneImage` (its scratch kept per layer shape); with ONE_IMAGE_BYTES at 0 it
+    runs the chunked path. Both must give the same bits, and stay right when the same layer
+    shape runs again with other numbers (the kept scratch is reused)."""
+    x, wt, b = arrays(3, h, w, d, k, "float32")
+    u = winograd_f44.prepare_filters(wt)
+    kept = [winograd_f44.forward(x[i:i + 1], u, b, pad, relu, pool=pool).copy() for i in (0, 2, 1)]
+    assert winograd_f44.one_image(h, w, d, k, pad, pool, np.dtype(np.float32)) is not None
+    monkeypatch.setattr(winograd_f44, "ONE_IMAGE_BYTES", 0)
+    monkeypatch.setattr(winograd_f44._one, "layers", {})
+    assert winograd_f44.one_image(h, w, d, k, pad, pool, np.dtype(np.float32)) is None
+    for got, i in zip(kept, (0, 2, 1)):
+        np.testing.assert_array_equal(got, winograd_f44.forward(x[i:i + 1], u, b, pad, relu,
+                                                                pool=pool))

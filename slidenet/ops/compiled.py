@@ -2,13 +2,11 @@
 
 Each function here does in one pass, without the GIL, what a NumPy path elsewhere does with
 several calls:
-    Winograd (`conv.winograd_f23`, `conv.winograd_f43`, `conv.winograd_2d`): build the
-        transformed row sets (tiles, for F(4x4, 3x3)), turn the
-        products into output rows (with bias and ReLU; F(4, 3)'s also adds a residual sum's
-        other terms, inference's `skip`), build x's adjoint rows;
-    inference's F(4x4, 3x3) (`conv.winograd_f44`): B^T d B of every tile, and A^T m A with the
-        bias, skip, ReLU or 2x2 max pool (the one kernel family besides the direct convolution
-        with no NumPy twin: without numba `prepare_conv` keeps F(4, 3));
+    Winograd down the height (`conv.winograd_f23`, `conv.winograd_f43`): build the transformed
+        row sets, turn the products into output rows (with bias and ReLU; F(4, 3)'s also adds a
+        residual sum's other terms, inference's `skip`), build x's adjoint rows;
+    F(4x4, 3x3) in both axes (`conv.winograd_f44`, training's and inference's): B^T d B of every
+        tile, A^T m A with the bias, skip, ReLU or 2x2 max pool, and x's adjoint tiles for dw;
     im2col (`conv.common`, `conv.im2col`, `window`): the rows of thin inputs, the bias and ReLU
         over output rows, the ReLU's mask, dx's window gradients added back (`col2im_add`);
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;
@@ -21,8 +19,8 @@ equal to the NumPy path (tested). Two exceptions: pooling windows that overlap a
 gradients into one input in another order, and the direct convolution adds a window's products
 in another order than im2col's GEMM; both match to rounding. Batch normalisation's sums are
 added in float64 in another order than NumPy's GEMVs (so they match to rounding, closer to the
-exact sums). F(4x4, 3x3)'s NumPy path is einsums, a check rather than a second implementation of
-the same passes: the two match to rounding.
+exact sums). F(4x4, 3x3)'s NumPy path (`conv.winograd_f44.NUMPY`) is einsums, a check rather
+than a second implementation of the same passes: the two match to rounding.
 
 Why bother: NumPy runs each of those steps as a separate pass over memory, and every call hands
 the GIL to the other worker thread (docs/benchmarks.md, "Thin first layers", measures the
@@ -113,6 +111,7 @@ def _compile():
     done.winograd4_output_pool = jit(winograd4_output_pool)
     done.winograd44_input, done.winograd44_output = jit(winograd44_input), jit(winograd44_output)
     done.winograd44_output_pool = jit(winograd44_output_pool)
+    done.winograd44_adjoint = jit(winograd44_adjoint)
     done.max_pool = jit(max_pool)
     done.max_pool_backward = jit(max_pool_backward)
     done.bn_sums = jit(bn_sums)
@@ -120,9 +119,6 @@ def _compile():
     done.bn_normalise = jit(bn_normalise)
     done.bn_backward_sums = jit(bn_backward_sums)
     done.bn_backward_dx = jit(bn_backward_dx)
-    done.winograd2d_rows = jit(winograd2d_rows)
-    done.winograd2d_output = jit(winograd2d_output)
-    done.winograd2d_adjoint = jit(winograd2d_adjoint)
     return done
 
 
@@ -596,220 +592,80 @@ def bn_backward_dx(g, xhat, mean_g_row, mean_gx_row, scale_row, dx, out, relu):
             dx[r, q] = ((v - xhat[r, q] * mean_gx_row[q]) - mean_g_row[q]) * scale_row[q]
 
 
-# Winograd's F(4x4, 3x3) (`conv.winograd_2d`): F(4, 3)'s sums down the height, then the same
-# sums along the width. A tile's depth vector is short (16 numbers in res18's first blocks),
-# and inner loops that short ran scalar; so each pass works on a whole row of tiles at a time
-# (the (S, D) numbers of one tile row are contiguous in the products and the row sets), and
-# only the copies between the tiles' columns and the image's columns run D at a time.
-
-def winograd2d_rows(xp, out):
-    """xp (c, 4T + 2, 4S + 2, D) -> out (36, c, T, S, D): B^T d B of each 6 x 6 tile of
-    rows 4t..4t+5 and columns 4s..4s+5, entry 6a + b holding row a, column b."""
-    c, hp, wp, d = xp.shape
-    t, s = (hp - 2) // 4, (wp - 2) // 4
-    sd = s * d
-    two, four = xp.dtype.type(2), xp.dtype.type(4)
-    flat = xp.reshape(c, hp, wp * d)
-    o = out.reshape(36, c, t, sd)
-    h = np.empty((6, wp * d), xp.dtype)         # a tile row transformed down the height
-    g = np.empty((6, sd), xp.dtype)             # one of its rows, column j of every tile
-    for n in range(c):
-        for ti in range(t):
-            r = 4 * ti
-            for z in range(wp * d):
-                d0, d1, d2 = flat[n, r, z], flat[n, r + 1, z], flat[n, r + 2, z]
-                d3, d4, d5 = flat[n, r + 3, z], flat[n, r + 4, z], flat[n, r + 5, z]
-                sq = d4 - four * d2
-                q = d3 - four * d1
-                u = d4 - d2
-                v = (d3 - d1) * two
-                h[0, z] = (d0 - d2) * four + u
-                h[1, z] = sq + q
-                h[2, z] = sq - q
-                h[3, z] = u + v
-                h[4, z] = u - v
-                h[5, z] = (d5 - d3) - v * two
-            for a in range(6):
-                for j in range(6):
-                    for si in range(s):
-                        src = (4 * si + j) * d
-                        for ch in range(d):
-                            g[j, si * d + ch] = h[a, src + ch]
-                for z in range(sd):
-                    d0, d1, d2, d3, d4, d5 = g[0, z], g[1, z], g[2, z], g[3, z], g[4, z], g[5, z]
-                    sq = d4 - four * d2
-                    q = d3 - four * d1
-                    u = d4 - d2
-                    v = (d3 - d1) * two
-                    o[6 * a, n, ti, z] = (d0 - d2) * four + u
-                    o[6 * a + 1, n, ti, z] = sq + q
-                    o[6 * a + 2, n, ti, z] = sq - q
-                    o[6 * a + 3, n, ti, z] = u + v
-                    o[6 * a + 4, n, ti, z] = u - v
-                    o[6 * a + 5, n, ti, z] = (d5 - d3) - v * two
-
-
-def winograd2d_output(m, out, bias, use_bias, relu):
-    """m (36, c, T, S, K) -> out (c, H', W', K): y = A^T m A of each tile [+ b][ReLU]; rows
-    and columns past H' and W' dropped."""
-    _, c, t, s, k = m.shape
-    ho, wo = out.shape[1], out.shape[2]
-    sk = s * k
-    zero, two = out.dtype.type(0), out.dtype.type(2)
-    four, eight = out.dtype.type(4), out.dtype.type(8)
-    mm = m.reshape(36, c, t, sk)
-    y = np.empty((4, 6, sk), out.dtype)         # a tile row's products summed down the height
-    row = np.empty((4, sk), out.dtype)          # one output row, column j of every tile
-    for n in range(c):
-        for ti in range(t):
-            r = 4 * ti
-            for b in range(6):
-                for z in range(sk):
-                    m1, m2 = mm[6 + b, n, ti, z], mm[12 + b, n, ti, z]
-                    m3, m4 = mm[18 + b, n, ti, z], mm[24 + b, n, ti, z]
-                    sa = m1 + m2
-                    sb = m1 - m2
-                    sc = m3 + m4
-                    se = m3 - m4
-                    y[0, b, z] = (mm[b, n, ti, z] + sa) + sc
-                    y[1, b, z] = se * two + sb
-                    y[2, b, z] = sc * four + sa
-                    y[3, b, z] = (se * eight + sb) + mm[30 + b, n, ti, z]
-            for i in range(min(4, ho - r)):
-                for z in range(sk):
-                    m1, m2 = y[i, 1, z], y[i, 2, z]
-                    m3, m4 = y[i, 3, z], y[i, 4, z]
-                    sa = m1 + m2
-                    sb = m1 - m2
-                    sc = m3 + m4
-                    se = m3 - m4
-                    row[0, z] = (y[i, 0, z] + sa) + sc
-                    row[1, z] = se * two + sb
-                    row[2, z] = sc * four + sa
-                    row[3, z] = (se * eight + sb) + y[i, 5, z]
-                o = out[n, r + i]
-                for si in range(s):
-                    for j in range(min(4, wo - 4 * si)):
-                        for ch in range(k):
-                            v = row[j, si * k + ch]
-                            if use_bias:
-                                v += bias[ch]
-                            if relu:            # as np.maximum: a NaN stays NaN
-                                v = zero if v < zero else v
-                            o[4 * si + j, ch] = v
-
-
-def winograd2d_adjoint(x, out):
-    """x (c, H, W, D) -> out (36, c, T, S, D): A x A^T of each 4 x 4 tile (zeros past H and W),
-    `winograd2d_output` transposed: X0..X5 of F(4, 3)'s adjoint down the height, then along
-    the width."""
-    c, hh, ww, d = x.shape
-    t, s = out.shape[2], out.shape[3]
-    sd = s * d
-    zero, two, four = x.dtype.type(0), x.dtype.type(2), x.dtype.type(4)
-    flat = x.reshape(c, hh, ww * d)
-    o = out.reshape(36, c, t, sd)
-    h = np.empty((6, ww * d), x.dtype)          # a tile row's adjoint down the height
-    g = np.zeros((4, sd), x.dtype)              # one of its rows, column j of every tile
-    for n in range(c):
-        for ti in range(t):
-            r = 4 * ti
-            for z in range(ww * d):
-                x0 = flat[n, r, z]
-                x1 = flat[n, r + 1, z] if r + 1 < hh else zero
-                x2 = flat[n, r + 2, z] if r + 2 < hh else zero
-                x3 = flat[n, r + 3, z] if r + 3 < hh else zero
-                e = x0 + x2
-                od = x1 + x3
-                f = x2 * four + x0
-                gg = (x3 * four + x1) * two
-                h[0, z] = x0
-                h[1, z] = e + od
-                h[2, z] = e - od
-                h[3, z] = f + gg
-                h[4, z] = f - gg
-                h[5, z] = x3
-            for a in range(6):
-                for si in range(s):
-                    for j in range(min(4, ww - 4 * si)):    # columns past W stay zero
-                        src = (4 * si + j) * d
-                        for ch in range(d):
-                            g[j, si * d + ch] = h[a, src + ch]
-                for z in range(sd):
-                    x0, x1, x2, x3 = g[0, z], g[1, z], g[2, z], g[3, z]
-                    e = x0 + x2
-                    od = x1 + x3
-                    f = x2 * four + x0
-                    gg = (x3 * four + x1) * two
-                    o[6 * a, n, ti, z] = x0
-                    o[6 * a + 1, n, ti, z] = e + od
-                    o[6 * a + 2, n, ti, z] = e - od
-                    o[6 * a + 3, n, ti, z] = f + gg
-                    o[6 * a + 4, n, ti, z] = f - gg
-                    o[6 * a + 5, n, ti, z] = x3
-
-
-# Winograd's F(4x4, 3x3) in both axes, for inference (`conv.winograd_f44` documents it): F(4, 3)'s
-# sums of `winograd4_rows` and `winograd4_output_of`, along one axis and then the other. The 36
-# entries of a tile go to 36 planes, the rows of the 36 GEMMs: a tile's entry is row
-# (n * T_h + t_h) * T_w + t_w of its plane, D (or K) numbers. Every pass runs over whole rows of
-# tiles, T_w * D numbers contiguous in memory, so that its loops vectorise: over a tile's D
-# channels alone (16 in a thin layer) they ran 3-4 times slower.
+# Winograd's F(4x4, 3x3) in both axes (`conv.winograd_f44` documents it; training's forward and
+# dx, and inference's forward): F(4, 3)'s sums of `winograd4_rows` and `winograd4_output_of`,
+# down the height and then along the width, in both passes. The 36 entries of a tile go to 36
+# planes, the rows of the 36 GEMMs: a tile's entry is row (n * T_h + t_h) * T_w + t_w of its
+# plane, D (or K) numbers. Every pass runs over whole rows of tiles, T_w * D numbers contiguous
+# in memory, so that its loops vectorise: over a tile's D channels alone (16 in a thin layer)
+# they ran 3-4 times slower.
 
 def winograd44_input(x, ph, pw, t0, th, tw, buf, wide, out):
-    """x (c, H, W, D) -> out (36, >= c*T_h*T_w*D): B^T d B of each tile's 6 x 6 input pixels,
-    entry 6a + b in plane 6a + b, for the T_h rows of tiles from row t0 on (all of them, or a
-    band of a large image). Pixels outside x (the padding ph, pw, and past the last tile) are
-    zeros.
+    """x (c, H, W, D), C-contiguous -> out (36, >= c*T_h*T_w*D): B^T d B of each tile's 6 x 6
+    input pixels, entry 6a + b (row a, column b) in plane 6a + b, for the T_h rows of tiles
+    from row t0 on (all of them, or a band of a large image). Pixels outside x (the padding
+    ph, pw, and past the last tile) are zeros.
 
-    Each image's rows are first copied into buf (4T_h + 2, 4, T_w + 1, D), padded, with its
-    column 4q + s at [:, s, q]: a tile's column j of every tile of a row is then one contiguous
-    run. The pass along the width writes wide (6, 4T_h + 2, T_w*D) from it, the pass down the
-    height out's planes from wide.
+    For each row of tiles, the pass down the height reads the six rows of x it covers (whole
+    rows, W*D numbers: long loops) into wide (6, 4T_h + 2, T_w*D), used as scratch: row a of
+    the tiles in wide[a]'s first (4T_w + 2)*D numbers, the padding's columns zero. Then, one a
+    at a time, column j of every tile is gathered into a row of T_w*D numbers and the pass
+    along the width writes out's planes. buf (4T_h + 2, 4, T_w + 1, D) is not used any more
+    (the gathered rows are a small array of the pass's own, which ran faster than any view of
+    buf); it stays in the signature for its callers.
     """
     c, h, wd, d = x.shape
-    hp = buf.shape[0]
     zero, two, four = x.dtype.type(0), x.dtype.type(2), x.dtype.type(4)
     span = tw * d
-    flat = buf.reshape(hp, 4, (tw + 1) * d)
+    width = (4 * tw + 2) * d                    # a row of tiles' columns, padding included
+    inner = min(wd, 4 * tw + 2 - pw) * d        # x's numbers in it, from column pw on
+    left = pw * d
+    flat = x.reshape(c, h, wd * d)
+    tall = wide.reshape(6, wide.shape[1] * wide.shape[2])
+    g = np.empty((6, span), x.dtype)            # its own: LLVM then knows it aliases nothing
+    none = np.zeros(wd * d, x.dtype)            # a row above or below x
+    for a in range(6):                          # the padding's columns: zero once
+        for z in range(left):
+            tall[a, z] = zero
+        for z in range(left + inner, width):
+            tall[a, z] = zero
     for n in range(c):
-        for y in range(hp):
-            i = 4 * t0 + y - ph
-            for s in range(4):
-                for q in range(tw + 1):
-                    j = 4 * q + s - pw
-                    if i < 0 or i >= h or j < 0 or j >= wd:
-                        for ch in range(d):
-                            buf[y, s, q, ch] = zero
-                    else:
-                        for ch in range(d):
-                            buf[y, s, q, ch] = x[n, i, j, ch]
-        for y in range(hp):                     # B^T along the width: columns 4t .. 4t + 5
-            c0, c1, c2, c3 = flat[y, 0], flat[y, 1], flat[y, 2], flat[y, 3]
-            for e in range(span):
-                d0, d1, d2 = c0[e], c1[e], c2[e]
-                d3, d4, d5 = c3[e], c0[e + d], c1[e + d]
+        for ti in range(th):
+            r = 4 * (t0 + ti) - ph
+            x0 = flat[n, r] if 0 <= r < h else none
+            x1 = flat[n, r + 1] if 0 <= r + 1 < h else none
+            x2 = flat[n, r + 2] if 0 <= r + 2 < h else none
+            x3 = flat[n, r + 3] if 0 <= r + 3 < h else none
+            x4 = flat[n, r + 4] if 0 <= r + 4 < h else none
+            x5 = flat[n, r + 5] if 0 <= r + 5 < h else none
+            h0, h1, h2 = tall[0, left:], tall[1, left:], tall[2, left:]
+            h3, h4, h5 = tall[3, left:], tall[4, left:], tall[5, left:]
+            for z in range(inner):              # B^T down the height: rows 4t .. 4t + 5
+                d0, d1, d2, d3, d4, d5 = x0[z], x1[z], x2[z], x3[z], x4[z], x5[z]
                 s_ = d4 - four * d2
                 p = d3 - four * d1
                 u = d4 - d2
                 v = (d3 - d1) * two
-                wide[0, y, e] = (d0 - d2) * four + u
-                wide[1, y, e] = s_ + p
-                wide[2, y, e] = s_ - p
-                wide[3, y, e] = u + v
-                wide[4, y, e] = u - v
-                wide[5, y, e] = (d5 - d3) - v * two
-        for ti in range(th):                    # B^T down the height: rows 4t .. 4t + 5
-            r = 4 * ti
+                h0[z] = (d0 - d2) * four + u
+                h1[z] = s_ + p
+                h2[z] = s_ - p
+                h3[z] = u + v
+                h4[z] = u - v
+                h5[z] = (d5 - d3) - v * two
             base = (n * th + ti) * span
-            for b in range(6):
-                w0, w1, w2 = wide[b, r], wide[b, r + 1], wide[b, r + 2]
-                w3, w4, w5 = wide[b, r + 3], wide[b, r + 4], wide[b, r + 5]
-                o0, o1 = out[b, base:base + span], out[6 + b, base:base + span]
-                o2, o3 = out[12 + b, base:base + span], out[18 + b, base:base + span]
-                o4, o5 = out[24 + b, base:base + span], out[30 + b, base:base + span]
+            for a in range(6):                  # B^T along the width: columns 4t .. 4t + 5
+                for j in range(6):
+                    gj = g[j]
+                    for si in range(tw):
+                        src = (4 * si + j) * d
+                        for ch in range(d):
+                            gj[si * d + ch] = tall[a, src + ch]
+                g0, g1, g2, g3, g4, g5 = g[0], g[1], g[2], g[3], g[4], g[5]
+                o0, o1 = out[6 * a, base:base + span], out[6 * a + 1, base:base + span]
+                o2, o3 = out[6 * a + 2, base:base + span], out[6 * a + 3, base:base + span]
+                o4, o5 = out[6 * a + 4, base:base + span], out[6 * a + 5, base:base + span]
                 for e in range(span):
-                    d0, d1, d2, d3, d4, d5 = w0[e], w1[e], w2[e], w3[e], w4[e], w5[e]
+                    d0, d1, d2, d3, d4, d5 = g0[e], g1[e], g2[e], g3[e], g4[e], g5[e]
                     s_ = d4 - four * d2
                     p = d3 - four * d1
                     u = d4 - d2
@@ -829,12 +685,16 @@ def winograd44_output(m, first, th, tw, out, bias, use_bias, relu, skip, use_ski
 
     The pass down the height writes a row of tiles into tall (4, 6, T_w*K); the pass along the
     width one output row into wide (4, T_w*K), its column 4t + s at [s, t*K:(t + 1)*K]; the
-    bias, skip and ReLU are applied as that row is copied into out.
+    bias, skip and ReLU are applied as that row is copied into out. Both are arrays of the
+    pass's own (LLVM then knows they alias nothing, and the loops ran faster than on the
+    callers'): the tall and wide given are not used, and stay in the signature for its callers.
     """
     c, ho, wo, k = out.shape
     zero, two = out.dtype.type(0), out.dtype.type(2)
     four, eight = out.dtype.type(4), out.dtype.type(8)
     span = tw * k
+    tall = np.empty((4, 6, span), out.dtype)      # not the callers': see above
+    wide = np.empty((4, span), out.dtype)
     for n in range(c):
         for ti in range(th):
             r = 4 * (first + ti)
@@ -949,3 +809,53 @@ def winograd44_output_pool(m, first, th, tw, out, bias, use_bias, relu, tall, wi
                                     if (a == 0 and bb == 0) or v > best or v != v:
                                         best = v    # as max_pool: the first, then any larger
                             o[ch] = best
+
+
+def winograd44_adjoint(x, out):
+    """x (c, H, W, D) -> out (36, c, T, S, D): A x A^T of each 4 x 4 tile (zeros past H and W),
+    `winograd44_output` transposed (training's dw): X0..X5 of F(4, 3)'s adjoint down the
+    height, then along the width. out's layout is the planes' of `winograd44_input`."""
+    c, hh, ww, d = x.shape
+    t, s = out.shape[2], out.shape[3]
+    sd = s * d
+    zero, two, four = x.dtype.type(0), x.dtype.type(2), x.dtype.type(4)
+    flat = x.reshape(c, hh, ww * d)
+    o = out.reshape(36, c, t, sd)
+    h = np.empty((6, ww * d), x.dtype)          # a tile row's adjoint down the height
+    g = np.zeros((4, sd), x.dtype)              # one of its rows, column j of every tile
+    for n in range(c):
+        for ti in range(t):
+            r = 4 * ti
+            for z in range(ww * d):
+                x0 = flat[n, r, z]
+                x1 = flat[n, r + 1, z] if r + 1 < hh else zero
+                x2 = flat[n, r + 2, z] if r + 2 < hh else zero
+                x3 = flat[n, r + 3, z] if r + 3 < hh else zero
+                e = x0 + x2
+                od = x1 + x3
+                f = x2 * four + x0
+                gg = (x3 * four + x1) * two
+                h[0, z] = x0
+                h[1, z] = e + od
+                h[2, z] = e - od
+                h[3, z] = f + gg
+                h[4, z] = f - gg
+                h[5, z] = x3
+            for a in range(6):
+                for si in range(s):
+                    for j in range(min(4, ww - 4 * si)):    # columns past W stay zero
+                        src = (4 * si + j) * d
+                        for ch in range(d):
+                            g[j, si * d + ch] = h[a, src + ch]
+                for z in range(sd):
+                    x0, x1, x2, x3 = g[0, z], g[1, z], g[2, z], g[3, z]
+                    e = x0 + x2
+                    od = x1 + x3
+                    f = x2 * four + x0
+                    gg = (x3 * four + x1) * two
+                    o[6 * a, n, ti, z] = x0
+                    o[6 * a + 1, n, ti, z] = e + od
+                    o[6 * a + 2, n, ti, z] = e - od
+                    o[6 * a + 3, n, ti, z] = f + gg
+                    o[6 * a + 4, n, ti, z] = f - gg
+                    o[6 * a + 5, n, ti, z] = x3

@@ -9,16 +9,15 @@
     winograd       Winograd's F(m, 3) down the height, for any tile `Scheme`
     winograd_f23   the F(2, 3) scheme: two output rows from four products
     winograd_f43   the F(4, 3) scheme: four output rows from six products
-    winograd_2d    training's F(4x4, 3x3): F(4, 3) down the height and along the width, 36
-                   products for a 4 x 4 block of outputs, forward and backward (`choose`
-                   picks it in `conv_forward` where it pays)
-    winograd_f44   inference's F(4x4, 3x3) in both axes: a 4 x 4 tile from 36 products
-                   (compiled only; `dispatch.choose_infer` picks it in `prepare_conv`)
+    winograd_f44   F(4x4, 3x3): F(4, 3) down the height and along the width, 36 products
+                   for a 4 x 4 block of outputs; one forward for inference (bias, skip, ReLU,
+                   pool; `dispatch.choose_infer` picks it in `prepare_conv`) and training's
+                   pair "winograd2d" on the same passes (`choose` picks it in `conv_forward`)
     direct         thin first layers: each output pixel's window times the filters, compiled
     grouped        grouped and depthwise convolution: one pair per group, or shifted
                    multiply-adds for depthwise
-    pair           one image's F(4, 3) layer split between the caller and a helper thread
-                   (off unless SLIDENET_PAIR=1)
+    pair           one image's F(4, 3) or F(4x4, 3x3) layer split between the caller and a
+                   helper thread, while the machine has a core to spare (SLIDENET_PAIR=0: off)
 
 `slidenet.ops.naive.conv_forward` is the lecture's loops, the oracle every pair is tested against.
 """

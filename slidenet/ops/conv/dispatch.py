@@ -34,8 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from slidenet.ops.conv import (
-    direct, full_dx, im2col, pair, winograd, winograd_2d, winograd_f23, winograd_f43,
-    winograd_f44)
+    direct, full_dx, im2col, pair, winograd, winograd_f23, winograd_f43, winograd_f44)
 from slidenet.ops.activations import add_into
 from slidenet.ops.conv.common import ConvCache
 from slidenet.ops.conv.im2col import conv_backward_im2col, conv_forward_im2col
@@ -54,7 +53,7 @@ PAIRS = {
     "winograd": (winograd_f23.conv_forward_winograd, winograd_f23.conv_backward_winograd),
     "winograd4": (winograd_f43.conv_forward_winograd4, winograd_f43.conv_backward_winograd4),
     "direct": (direct.conv_forward_direct, direct.conv_backward_direct),
-    "winograd2d": (winograd_2d.conv_forward_winograd2d, winograd_2d.conv_backward_winograd2d),
+    "winograd2d": (winograd_f44.conv_forward_winograd2d, winograd_f44.conv_backward_winograd2d),
 }
 ALGORITHMS = ("auto", *PAIRS)
 _default = {"algorithm": "auto"}
@@ -62,7 +61,7 @@ _default = {"algorithm": "auto"}
 # How each pair's forward wants its filters, computed once by `prepare_conv`.
 PREPARE = {"im2col": im2col.prepare_filters, "full": im2col.prepare_filters,
            "winograd": winograd_f23.prepare_filters, "winograd4": winograd_f43.prepare_filters,
-           "direct": lambda w: w, "winograd2d": winograd_2d.prepare_filters}
+           "direct": lambda w: w, "winograd2d": winograd_f44.prepare_filters}
 
 __all__ = ["ALGORITHMS", "ConvCache", "PreparedConv", "choose", "conv_backward", "conv_forward",
            "conv_infer", "prepare_conv", "set_algorithm"]
@@ -92,8 +91,9 @@ def choose(size, stride, pad, depth, filters, algorithm=None, height=None, width
     size (F_h, F_w), stride, pad: the geometry; depth D and filters K; algorithm: "auto", a
     pair's name, or None for `set_algorithm`'s choice; height: the input's H (None: a tall one);
     width: the input's W, given by `conv_forward` only: "auto" then takes F(4x4, 3x3) where
-    F(4, 3) would run and `winograd_2d.pays` (training's pair; inference's `prepare_conv` asks
-    `choose_infer` instead, for its own F(4x4, 3x3) that adds a residual sum and pools).
+    F(4, 3) would run and `winograd_f44.pays_in_training` ("winograd2d", training's pair of
+    `winograd_f44`; inference's `prepare_conv` asks `choose_infer` instead, for the same
+    module's forward alone, "winograd44", which also adds a residual sum and pools).
     """
     algorithm = algorithm or _default["algorithm"]
     _check(algorithm)
@@ -104,9 +104,10 @@ def choose(size, stride, pad, depth, filters, algorithm=None, height=None, width
     if winograd.applies(size, stride):
         pays = height is None or winograd_f43.pays(height + 2 * pad[0] - 2)
         if pays and (depth >= WINOGRAD_MIN_DEPTH or filters >= WINOGRAD4_THIN_FILTERS):
-            if (width is not None and height is not None and winograd_2d.applies(size, stride, pad)
-                    and winograd_2d.pays(height + 2 * pad[0] - 2, width + 2 * pad[1] - 2,
-                                         depth, filters)):
+            if (width is not None and height is not None
+                    and winograd_f44.applies(size, stride, pad)
+                    and winograd_f44.pays_in_training(height + 2 * pad[0] - 2,
+                                                      width + 2 * pad[1] - 2, depth, filters)):
                 return "winograd2d"
             return "winograd4"
         if min(depth, filters) >= WINOGRAD_MIN_DEPTH:

@@ -22,10 +22,18 @@ a time; any other runs unpaired. Results are the unpaired path's bit for bit (te
 passes are the same per tile, and each product is the very `sgemm` call `np.matmul` makes
 (splitting a GEMM's rows instead would change its bits: OpenBLAS picks its kernels by size).
 
-Used by `conv.conv_infer` (inference, `Net.prepare()`) for F(4, 3) layers at batch 1 in
-float32 when there are two or more workers and numba is installed, and only when turned on
-(SLIDENET_PAIR=1 or `set_enabled(True)`): it is off by default until it has been measured on a
-quiet machine.
+F(4x4, 3x3) layers (`winograd_f44`, what the prepared net runs for most 3x3 layers) are split
+the same way (`paired44`, `phase44`): the caller takes the first half of the rows of tiles of
+the input pass, products 0..17 of the 36 and the same rows of the output pass (with its 2x2
+max pool where the layer pools), the helper the rest.
+
+Used by `conv.conv_infer` (inference, `Net.prepare()`) for F(4, 3) layers and by
+`winograd_f44.OneImage` for F(4x4, 3x3) ones, at batch 1 in float32 when there are two or more
+workers and numba is installed, and when turned on: SLIDENET_PAIR=1 or `set_enabled(True)`
+(always, but for a back-off after a miss), or SLIDENET_PAIR=auto / `set_enabled("auto")`: also
+only while the machine has a core to spare (`ops.idle.SpareCore`: other processes' CPU time,
+sampled every quarter second), so that a busy machine runs unpaired. "auto" is the default;
+SLIDENET_PAIR=0 turns it off (docs/benchmarks.md, "Batch 1 on two threads").
 The helper's kernels call BLAS by address, so numba cannot cache them: they compile (seconds
 of CPU, docs/benchmarks.md) in the helper thread, which starts only after `START_AFTER`
 one-image layers.
@@ -37,12 +45,14 @@ import threading
 
 import numpy as np
 
-from slidenet.ops import compiled, runtime
+from slidenet.ops import compiled, idle, runtime
 
 # Control array slots (int64).
 STATE, SLEEPING, TAKEN_BY_HELPER, ARRIVED = 0, 1, 2, 3
 TASK = 8                        # the task's description starts here
-SLOTS = 32
+SLOTS = 64
+KIND = 40                       # in the task: 0 an F(4, 3) layer, 1 an F(4x4, 3x3) one
+F43, F44 = 0, 1
 IDLE, POSTED, RUNNING, DONE, STOP, HUSH = 0, 1, 2, 3, 4, 5
 # How long the helper polls the control word before it goes to sleep: longer than the gap
 # between two layers of one prediction or two predictions of a loop, far shorter than between
@@ -55,27 +65,48 @@ START_AFTER = 16
 # After the helper missed a task (descheduled on a busy machine), this many layers run
 # unpaired, so a helper that cannot get a core stops spinning against the caller.
 BACKOFF = 256
+# With "auto", `idle.SpareCore` catches a machine that stays busy; a miss on a machine it finds
+# quiet is a moment's descheduling, so the back-off is a few predictions' layers.
+AUTO_BACKOFF = 12
 
-# Off unless SLIDENET_PAIR=1 (or `set_enabled(True)`): on a machine whose cores are all busy
-# the spinning helper slowed one image down (docs/benchmarks.md, "Round 3"), and it has not yet
-# been measured on a quiet one.
-_enabled = {"on": os.environ.get("SLIDENET_PAIR", "0") == "1"}
+# "auto" unless SLIDENET_PAIR says 1 (always) or 0 (never): always on, a machine whose cores
+# were all busy saw the spinning helper slow one image down (docs/benchmarks.md, "Round 3");
+# "auto" pairs only while `idle.SpareCore` sees a core to spare.
+_setting = os.environ.get("SLIDENET_PAIR", "auto")
+_enabled = {"on": _setting != "0", "watch": _setting not in ("0", "1")}
 # The helper of this process (pid: a forked child starts its own).
 _state = {"kernels": None, "error": None, "thread": None, "ctl": None, "event": None,
-          "pid": None, "seen": 0, "skip": 0}
+          "pid": None, "seen": 0, "skip": 0, "spare": None}
 _lock = threading.Lock()        # one caller at a time uses the helper
 _start = threading.Lock()
 
 
 def set_enabled(flag):
-    """Pair one-image F(4, 3) layers (True) or not (False); returns the previous setting."""
-    previous = _enabled["on"]
+    """Pair one-image F(4, 3) and F(4x4, 3x3) layers: True (always, but for `BACKOFF` after a
+    miss), "auto" (also only while the machine has a core to spare: `idle.SpareCore`) or False.
+    Returns the previous setting."""
+    previous = "auto" if _enabled["on"] and _enabled["watch"] else _enabled["on"]
     _enabled["on"] = bool(flag)
+    _enabled["watch"] = flag == "auto"
     return previous
 
 
+def _go():
+    """Whether this layer may pair: not in a back-off after a miss, and, with "auto", a core to
+    spare on the machine."""
+    if _state["skip"]:
+        _state["skip"] -= 1
+        return False
+    if _enabled["watch"]:
+        if _state["spare"] is None:
+            _state["spare"] = idle.SpareCore(runtime.available_cores_cached())
+        return _state["spare"].allow()
+    return True
+
+
 def enabled():
-    """Whether one-image F(4, 3) layers are paired (`set_enabled`, SLIDENET_PAIR=1)."""
+    """Whether one-image F(4, 3) and F(4x4, 3x3) layers may be paired (`set_enabled`,
+    SLIDENET_PAIR): True for "auto" too."""
     return _enabled["on"]
 
 
@@ -169,6 +200,8 @@ def _compile():
         return types.int64(arr, idx, value), codegen
 
     rows, output = fast.winograd4_rows_of, fast.winograd4_output_of
+    input44, output44 = fast.winograd44_input, fast.winograd44_output
+    output44_pool = fast.winograd44_output_pool
     jit = numba.njit(nogil=True)
     f32 = np.float32
 
@@ -202,6 +235,78 @@ def _compile():
             # No skip: an array that is not o stands in (see `winograd_f43.output`).
             output(p, o, b, c[8] != 0, c[9] != 0, p[0, :1, :1], False, t0, t1)
 
+    @jit
+    def phase44(c, step, t0, t1, a0, a1, scratch):
+        """One thread's share of F(4x4, 3x3) on one image: step 0 the input pass over the rows
+        of tiles t0..t1, 1 the products a0..a1 of the 36, 2 the output pass (with the pool, if
+        the layer has one) over rows of tiles t0..t1. c: the task (`Task44`); scratch: this
+        thread's buf, wide, tall and row, one after the other."""
+        h, wd, d, th, tw, k = c[1], c[2], c[3], c[6], c[7], c[13]
+        vstride, pstride, rows = c[9], c[11], c[6] * c[7]
+        if step == 1:
+            for a in range(a0, a1):         # the very calls np.matmul makes: the same bits
+                sgemm(101, 111, 111, rows, k, d, f32(1.0), pointer(c[8] + a * vstride * 4), d,
+                      pointer(c[12] + a * d * k * 4), k, f32(0.0),
+                      pointer(c[10] + a * pstride * 4), k)
+            return
+        bt = t1 - t0
+        if bt <= 0:
+            return
+        x = numba.carray(pointer(c[0]), (1, h, wd, d), f32)
+        if step == 0:
+            buf = numba.carray(pointer(scratch), (4 * bt + 2, 4, tw + 1, d), f32)
+            wide = numba.carray(pointer(scratch + (4 * th + 2) * 4 * (tw + 1) * d * 4),
+                                (6, 4 * bt + 2, tw * d), f32)
+            # Planes as C-contiguous rows from this band's first tile on (a sliced view would
+            # not vectorise): the last plane's rows then reach past vstride, into room the
+            # caller left after the planes (`winograd_f44.OneImage`).
+            v = numba.carray(pointer(c[8] + t0 * tw * d * 4), (36, vstride), f32)
+            input44(x, c[4], c[5], t0, bt, tw, buf, wide, v)
+            return
+        at = scratch + ((4 * th + 2) * 4 * (tw + 1) * d + 6 * (4 * th + 2) * tw * d) * 4
+        tall = numba.carray(pointer(at), (4, 6, tw * k), f32)
+        row = numba.carray(pointer(at + 24 * tw * k * 4), (2, 4, tw * k), f32)
+        m = numba.carray(pointer(c[10] + t0 * tw * k * 4), (36, pstride), f32)   # as v
+        out = numba.carray(pointer(c[14]), (1, c[15], c[16], k), f32)
+        bias = numba.carray(pointer(c[17]), (k,), f32)
+        if c[19] != 0:
+            output44_pool(m, t0, bt, tw, out, bias, True, c[18] != 0, tall, row)
+        else:                               # no skip: x stands in, never read
+            output44(m, t0, bt, tw, out, bias, True, c[18] != 0, x, False, tall, row[0])
+
+    @numba.njit("int64(int64[::1], int64[::1], boolean, float32[:, :, :, ::1], "
+                "float32[:, :, :, ::1], float32[:, :, ::1], float32[::1])", nogil=True)
+    def paired44(ctl, task, hush, x, out, filters, bias):
+        """`paired` for an F(4x4, 3x3) task: rows of tiles 0..split and products 0..17 here,
+        the rest on the helper, or here too if it never took them. The task's arrays of this
+        call (x, out, filters, bias) are written into it here: their addresses cost
+        microseconds each to read in Python."""
+        c = ctl[TASK:]
+        c[:len(task)] = task
+        c[0], c[14] = x.ctypes.data, out.ctypes.data
+        c[12], c[17] = filters.ctypes.data, bias.ctypes.data
+        c[KIND] = F44
+        store(ctl, ARRIVED, 0)
+        swap(ctl, STATE, HUSH, IDLE)
+        store(ctl, STATE, POSTED)
+        split, t, mine = task[20], task[6], task[21]
+        phase44(c, 0, 0, split, 0, 0, mine)
+        if load(ctl, STATE) == POSTED and swap(ctl, STATE, POSTED, IDLE) == POSTED:
+            phase44(c, 0, split, t, 0, 0, mine)     # the helper is late: all of it here
+            phase44(c, 1, 0, 0, 0, 36, mine)
+            phase44(c, 2, 0, t, 0, 0, mine)
+            if hush:
+                store(ctl, STATE, HUSH)
+            return 0
+        arrive(ctl, 2)
+        phase44(c, 1, 0, 0, 0, 18, mine)
+        arrive(ctl, 4)
+        phase44(c, 2, 0, split, 0, 0, mine)
+        while load(ctl, STATE) != DONE:
+            pass
+        store(ctl, STATE, IDLE)
+        return 1
+
     @numba.njit("int64(int64[::1], int64)", nogil=True)
     def serve(ctl, polls):
         """The helper's loop: run posted tasks; 0 after `polls` idle polls, 1 on STOP."""
@@ -211,12 +316,20 @@ def _compile():
             if state == POSTED:
                 if swap(ctl, STATE, POSTED, RUNNING) == POSTED:
                     c = ctl[TASK:]
-                    split, t = c[16], c[13]
-                    phase(c, 0, split, t, 0, 0)
-                    arrive(ctl, 2)
-                    phase(c, 1, 0, 0, 3, 6)
-                    arrive(ctl, 4)
-                    phase(c, 2, split, t, 0, 0)
+                    if c[KIND] == F44:
+                        split, t = c[20], c[6]
+                        phase44(c, 0, split, t, 0, 0, c[22])
+                        arrive(ctl, 2)
+                        phase44(c, 1, 0, 0, 18, 36, 0)
+                        arrive(ctl, 4)
+                        phase44(c, 2, split, t, 0, 0, c[22])
+                    else:
+                        split, t = c[16], c[13]
+                        phase(c, 0, split, t, 0, 0)
+                        arrive(ctl, 2)
+                        phase(c, 1, 0, 0, 3, 6)
+                        arrive(ctl, 4)
+                        phase(c, 2, split, t, 0, 0)
                     store(ctl, TAKEN_BY_HELPER, load(ctl, TAKEN_BY_HELPER) + 1)
                     store(ctl, STATE, DONE)
                     idle = 0
@@ -236,6 +349,7 @@ def _compile():
         Returns 1 if the helper ran its share; if not, and `hush`, it is told to sleep."""
         c = ctl[TASK:]
         c[:len(task)] = task
+        c[KIND] = F43
         store(ctl, ARRIVED, 0)
         swap(ctl, STATE, HUSH, IDLE)        # a helper that has not seen its HUSH yet
         store(ctl, STATE, POSTED)
@@ -260,7 +374,7 @@ def _compile():
     class Kernels:
         pass
     done = Kernels()
-    done.serve, done.paired = serve, paired
+    done.serve, done.paired, done.paired44 = serve, paired, paired44
     return done
 
 
@@ -305,10 +419,7 @@ def applies(x, out_h, filters):
             and filters.shape[-1] >= 2 and runtime.threads() >= 2 and -(-out_h // 4) >= MIN_TILES
             and compiled.kernels(x) is not None and ready()):
         return False
-    if _state["skip"]:
-        _state["skip"] -= 1
-        return False
-    return True
+    return _go()
 
 
 def winograd4_forward(x, w, b, pad, relu, filters):
@@ -338,7 +449,7 @@ def winograd4_forward(x, w, b, pad, relu, filters):
         if asleep:
             event.set()                 # it will spin for the next layers, if not for this one
         if not kernels.paired(ctl, task, not asleep) and not asleep:
-            _state["skip"] = BACKOFF    # awake, yet too late: it did not get a core
+            _state["skip"] = AUTO_BACKOFF if _enabled["watch"] else BACKOFF    # awake, yet too late: it did not get a core
         return out
     finally:
         _lock.release()
@@ -356,3 +467,47 @@ def wait_ready(timeout):
 def helper_runs():
     """How many halves the helper thread has run in this process (for tests)."""
     return 0 if _state["ctl"] is None else int(_state["ctl"][TAKEN_BY_HELPER])
+
+
+def retry_now():
+    """Forget a back-off: the next one-image layer tries to pair (for benchmarks)."""
+    _state["skip"] = 0
+
+
+def applies44(x, filters, bias, tile_rows):
+    """Whether one image's F(4x4, 3x3) layer can run paired: one float32 image (C-contiguous,
+    as filters and bias), at least
+    MIN_TILES rows of tiles to split, two workers or more, and the helper `ready`."""
+    if not (_enabled["on"] and x.dtype == np.float32 and tile_rows >= MIN_TILES
+            and filters.flags.c_contiguous and bias.flags.c_contiguous
+            and runtime.threads() >= 2 and ready()):
+        return False
+    return _go()
+
+
+def scratch44(th, tw, d, k):
+    """Floats one thread's share of an F(4x4, 3x3) layer needs, for `phase44`: its input pass's
+    buf (4T_h + 2, 4, T_w + 1, D) and wide (6, 4T_h + 2, T_w*D), its output pass's tall
+    (4, 6, T_w*K) and row (2, 4, T_w*K), one after the other (sized for all T_h rows)."""
+    return (4 * th + 2) * 4 * (tw + 1) * d + 6 * (4 * th + 2) * tw * d + 32 * tw * k
+
+
+def winograd44_forward(layer, x, filters, b, relu):
+    """`layer.run` (a `winograd_f44.OneImage`) of one float32 image on two threads, the same
+    bits; None when the helper is in use by another caller (run unpaired then).
+    x (1, H, W, D), filters (36, D, K) and b (K,): float32, C-contiguous."""
+    if not _lock.acquire(blocking=False):
+        return None
+    try:
+        kernels, ctl, event = _state["kernels"], _state["ctl"], _state["event"]
+        out = runtime.empty(layer.shape, np.float32)
+        task = layer.pair_task()
+        task[18] = relu
+        asleep = bool(ctl[SLEEPING])
+        if asleep:
+            event.set()
+        if not kernels.paired44(ctl, task, not asleep, x, out, filters, b) and not asleep:
+            _state["skip"] = AUTO_BACKOFF if _enabled["watch"] else BACKOFF
+        return out
+    finally:
+        _lock.release()

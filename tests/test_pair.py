@@ -44,10 +44,10 @@ def test_off_one_image_runs_on_the_calling_thread_alone():
         pair.set_enabled(previous)
 
 
-@pytest.mark.parametrize("env, want", [(None, "auto"), ("auto", "auto"), ("1", True),
+@pytest.mark.parametrize("env, want", [(None, False), ("auto", "auto"), ("1", True),
                                        ("0", False)])
 def test_the_setting_comes_from_slidenet_pair(env, want):
-    """SLIDENET_PAIR unset or auto: "auto" (the default); 1: always; 0: off. In a fresh process,
+    """SLIDENET_PAIR unset or 0: off (the default); auto: "auto"; 1: always. In a fresh process,
     since the module reads it once."""
     import os
     import subprocess

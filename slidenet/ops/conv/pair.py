@@ -32,8 +32,10 @@ Used by `conv.conv_infer` (inference, `Net.prepare()`) for F(4, 3) layers and by
 workers and numba is installed, and when turned on: SLIDENET_PAIR=1 or `set_enabled(True)`
 (always, but for a back-off after a miss), or SLIDENET_PAIR=auto / `set_enabled("auto")`: also
 only while the machine has a core to spare (`ops.idle.SpareCore`: other processes' CPU time,
-sampled every quarter second), so that a busy machine runs unpaired. "auto" is the default;
-SLIDENET_PAIR=0 turns it off (docs/benchmarks.md, "Batch 1 on two threads").
+sampled every quarter second), so that a busy machine runs unpaired. Off by default
+(SLIDENET_PAIR=0): on a quiet machine "auto" and off measured alike against onnxruntime
+(docs/benchmarks.md, "Batch 1 on two threads"), and the helper's background compilation holds
+the GIL for seconds, which a server answering its first requests would feel.
 The helper's kernels call BLAS by address, so numba cannot cache them: they compile (seconds
 of CPU, docs/benchmarks.md) in the helper thread, which starts only after `START_AFTER`
 one-image layers.
@@ -69,10 +71,11 @@ BACKOFF = 256
 # quiet is a moment's descheduling, so the back-off is a few predictions' layers.
 AUTO_BACKOFF = 12
 
-# "auto" unless SLIDENET_PAIR says 1 (always) or 0 (never): always on, a machine whose cores
-# were all busy saw the spinning helper slow one image down (docs/benchmarks.md, "Round 3");
-# "auto" pairs only while `idle.SpareCore` sees a core to spare.
-_setting = os.environ.get("SLIDENET_PAIR", "auto")
+# Off unless SLIDENET_PAIR says 1 (always) or auto: always on, a machine whose cores were all
+# busy saw the spinning helper slow one image down (docs/benchmarks.md, "Round 3"); "auto"
+# pairs only while `idle.SpareCore` sees a core to spare, and was no faster than off on a quiet
+# machine ("Batch 1 on two threads").
+_setting = os.environ.get("SLIDENET_PAIR", "0")
 _enabled = {"on": _setting != "0", "watch": _setting not in ("0", "1")}
 # The helper of this process (pid: a forked child starts its own).
 _state = {"kernels": None, "error": None, "thread": None, "ctl": None, "event": None,

@@ -7,9 +7,9 @@
                 rule: missing, the tests fail; SLIDENET_SKIP_BROWSER=1 skips them, never in CI)
 
 The batch-1 helper thread (`ops.conv.pair`, off by default) is off in the tests, and in the
-commands they start, unless SLIDENET_PAIR names a setting: its compilation (seconds of CPU in the background) would slow
-every test process that predicts a few images; tests/test_pair.py turns it on where it tests it,
-and its results are the unpaired bits either way.
+commands they start, unless SLIDENET_PAIR names a setting: its compilation (seconds of CPU in
+the background) would slow every test process that predicts a few images; tests/test_pair.py
+turns it on where it tests it, and its results are the unpaired bits either way.
 """
 import os
 

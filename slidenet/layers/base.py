@@ -66,12 +66,12 @@ class Window(NamedTuple):
 
 
 class Arena:
-    """Zeros for the arrays of a blank net, handed out as views of one buffer of `count`
-    numbers of `dtype`: hundreds of layers cost one allocation rather than one each, and NumPy
-    asks the kernel for huge pages for a large buffer (which starts on one,
-    `runtime.huge_page_buffer`), which fill several times faster when the weights are written in (docs/benchmarks.md, "ONNX import time"). Pages are touched only
-    when written: a net that only predicts never touches its gradients'. Past its end, or for
-    another dtype, each array is its own."""
+    """Zeros for the arrays of a blank net, handed out as views of one buffer of `count` numbers of
+    `dtype`: hundreds of layers cost one allocation rather than one each, and NumPy asks the
+    kernel for huge pages for a large buffer (which starts on one, `runtime.huge_page_buffer`),
+    which fill several times faster when the weights are written in (docs/benchmarks.md, "ONNX
+    import time"). Pages are touched only when written: a net that only predicts never touches
+    its gradients'. Past its end, or for another dtype, each array is its own."""
 
     ALIGN = 16      # numbers: each array starts on a 64-byte line (float32)
 

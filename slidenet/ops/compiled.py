@@ -748,7 +748,8 @@ def winograd44_output_pool(m, first, th, tw, out, bias, use_bias, relu, tall, wi
     then the max of each 2x2 window at stride 2 (P_h = H' // 2, P_w = W' // 2), without writing
     the rows: inference's CONV -> RELU -> MAXPOOL(2x2); m: T_h rows of tiles from row `first`
     on. The same sums as `winograd44_output` and the comparisons of `max_pool` in its order, so
-    the result is the two kernels' bit for bit. tall (4, 6, T_w*K) as there; wide (2, 4, T_w*K): a window's two output rows."""
+    the result is the two kernels' bit for bit. tall (4, 6, T_w*K) as there; wide (2, 4, T_w*K):
+    a window's two output rows."""
     c, ph, pw, k = out.shape
     zero, two = out.dtype.type(0), out.dtype.type(2)
     four, eight = out.dtype.type(4), out.dtype.type(8)

@@ -14,8 +14,9 @@ measurement holds until the next one, so the cost is one clock read per layer an
 file reads every `period`.
 
 The first window must end before anything pairs. The signals are injected (`machine`, `own`,
-`clock`), so the decision is tested without a busy machine. Where /proc/stat cannot be read (not Linux), `machine_seconds` gives None and nothing is
-allowed: a core that cannot be seen to be idle is not taken.
+`clock`), so the decision is tested without a busy machine. Where /proc/stat cannot be read (not
+Linux), `machine_seconds` gives None and nothing is allowed: a core that cannot be seen to be
+idle is not taken.
 """
 import os
 import time

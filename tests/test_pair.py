@@ -61,6 +61,19 @@ def test_the_setting_comes_from_slidenet_pair(env, want):
     assert out.strip() == repr(want)
 
 
+def _without_a_helper(predict):
+    """predict() on two workers where the helper's control array is served by nobody: (its
+    result, the control array, the layers it was then told to run unpaired)."""
+    saved = dict(pair._state)
+    ctl = np.zeros(pair.SLOTS, np.int64)
+    pair._state.update(ctl=ctl, event=threading.Event(), skip=0)
+    try:
+        with runtime.workers(2):
+            return predict(), ctl, pair._state["skip"]
+    finally:
+        pair._state.update(saved)
+
+
 def _layer(h, w, d, k, relu=True):
     x = RNG.standard_normal((1, h, w, d)).astype(np.float32)
     weights = RNG.standard_normal((3, 3, d, k)).astype(np.float32)
@@ -88,15 +101,7 @@ def test_both_halves_on_two_threads_give_the_unpaired_bits(helper, geometry):
 def test_a_helper_that_never_comes_leaves_the_caller_all_of_it(helper):
     x, prepared = _layer(16, 16, 32, 64)
     want = _unpaired(x, prepared)
-    saved = dict(pair._state)
-    ctl = np.zeros(pair.SLOTS, np.int64)            # nobody serves this control array
-    pair._state.update(ctl=ctl, event=threading.Event(), skip=0)
-    try:
-        with runtime.workers(2):
-            got = conv.conv_infer(x, prepared)
-            skip = pair._state["skip"]
-    finally:
-        pair._state.update(saved)
+    got, ctl, skip = _without_a_helper(lambda: conv.conv_infer(x, prepared))
     np.testing.assert_array_equal(got, want)
     assert ctl[pair.TAKEN_BY_HELPER] == 0
     # It looked awake (not SLEEPING) and missed: told to sleep, and left alone for a while.
@@ -167,15 +172,7 @@ def test_f44_helper_that_never_comes_leaves_the_caller_all_of_it(helper):
     x, u, b = _layer44(16, 16, 32, 64)
     with runtime.workers(1):
         want = winograd_f44.forward(x, u, b, (1, 1), True).copy()
-    saved = dict(pair._state)
-    ctl = np.zeros(pair.SLOTS, np.int64)            # nobody serves this control array
-    pair._state.update(ctl=ctl, event=threading.Event(), skip=0)
-    try:
-        with runtime.workers(2):
-            got = winograd_f44.forward(x, u, b, (1, 1), True)
-            skip = pair._state["skip"]
-    finally:
-        pair._state.update(saved)
+    got, ctl, skip = _without_a_helper(lambda: winograd_f44.forward(x, u, b, (1, 1), True))
     np.testing.assert_array_equal(got, want)
     assert ctl[pair.TAKEN_BY_HELPER] == 0
     assert ctl[pair.STATE] == pair.HUSH and skip == pair.BACKOFF

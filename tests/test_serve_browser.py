@@ -465,10 +465,8 @@ def test_a_colour_model_takes_image_files(browser, tmp_path):
     with server(tmp_path / "colour.npz", cwd=tmp_path) as (_, url):
         warm(url, pixels)
         context = browser.new_context()
-        page = context.new_page()
-        seen = Visit(page, url)
-        page.on("console", lambda m: m.type == "error" and seen.errors.append(m.text))
-        page.on("request", lambda r: seen.requests.append(r.url))
+        seen = Visit.open(context, url)
+        page = seen.page
         page.goto(url + "/")
         assert page.locator("#draw").count() == 0
         upload(seen, pixels, tmp_path)
@@ -497,10 +495,8 @@ def test_a_model_of_many_classes_lists_its_most_probable(browser, tmp_path):
     with server(tmp_path / "many.npz", cwd=tmp_path) as (_, url):
         warm(url, pixels)
         context = browser.new_context()
-        page = context.new_page()
-        seen = Visit(page, url)
-        page.on("console", lambda m: m.type == "error" and seen.errors.append(m.text))
-        page.on("request", lambda r: seen.requests.append(r.url))
+        seen = Visit.open(context, url)
+        page = seen.page
         page.goto(url + "/")
         expect(page.locator("header, main").first).to_contain_text("classes: k0, k1, k2, ..., k24 (25)")
         upload(seen, pixels, tmp_path)

@@ -4,8 +4,11 @@ claims is checked before anything is allocated.
     model, folder, raws = read_model("cnn.onnx")     # onnx.ModelProto, its folder, weights
     w = tensor_array(model.graph.initializer[0], folder, budget, raws[0])
 
-The file is read once into a NumPy buffer; `split_weights` leaves each initializer's raw bytes
-there (the weights are views of it) and hands protobuf only the rest to parse.
+A file up to STREAMED_FROM bytes is read once into a NumPy buffer; `split_weights` leaves each
+initializer's raw bytes there (the weights are views of it) and hands protobuf only the rest to
+parse. A larger file is walked in blocks instead (`_Stream`): each initializer of at least
+LEFT_IN_FILE_FROM bytes stays in the file (`onnx_weights.FileTensor`), to be read in blocks
+straight into the net's own array, and only the rest of the file is ever in memory.
 
 Refused, each as one `OnnxFileError` line naming the file: a missing, empty, truncated or
 foreign file; a file larger than protobuf can hold; a tensor whose dims say more bytes than
@@ -21,6 +24,7 @@ import numpy as np
 
 from slidenet.errors import SlidenetError
 from slidenet.interop.onnx_graph import require_onnx
+from slidenet.interop.onnx_weights import FileTensor, Span
 from slidenet.ops.runtime import huge_page_buffer
 from slidenet.storage import limits
 from slidenet.storage.limits import MAX_ONNX_FILE_BYTES, MAX_TENSOR_BYTES
@@ -81,13 +85,22 @@ def read_model(path):
         raise OnnxFileError(f"{path} is empty, not an ONNX model")
     check_claimed_size(f"{path}", size, MAX_ONNX_FILE_BYTES)
     model = onnx.ModelProto()
-    # One read (`_read_whole`), never more than the size checked above. Read-only: the
-    # weights are views of it, never written.
-    data = _read_whole(path, size, path)     # never more than the size checked above
-    # The initializers' raw bytes stay where they lie in the file's buffer, viewed by NumPy;
-    # protobuf parses the rest (a few kilobytes), so the weights are in memory once, not
-    # twice, and never copied out of protobuf one by one.
-    light, raws = split_weights(data)
+    data = None
+    if size > STREAMED_FROM:
+        # The large initializers stay in the file, each checked to lie inside it (the walk
+        # never passes its size); the net's arrays are filled from it (`FileTensor`).
+        with open(path, "rb") as fh:
+            stream = _Stream(fh, size, path)
+            light, raws = split_weights(stream, lambda start, stop: _kept(stream, start, stop))
+    else:
+        # One read (`_read_whole`), never more than the size checked above. Read-only: the
+        # weights are views of it, never written. The initializers' raw bytes stay where they
+        # lie in the file's buffer, viewed by NumPy; protobuf parses the rest (a few
+        # kilobytes), so the weights are in memory once, and never copied out of protobuf.
+        data = _read_whole(path, size, path)
+        light, raws = split_weights(data)
+    if light is None and data is None:      # laid out otherwise: protobuf judges it whole
+        data = _read_whole(path, size, path)
     try:
         model.ParseFromString(light if light is not None else data.tobytes())
     except (DecodeError, ValueError, RuntimeError) as err:
@@ -110,6 +123,9 @@ def read_model(path):
 
 
 HUGE_PAGES_UP_TO = 64 * 2**20      # bytes: a file read into NumPy's buffer, on huge pages
+STREAMED_FROM = 64 * 2**20         # bytes: a larger file (or external file) is walked in blocks
+LEFT_IN_FILE_FROM = 2**20          # bytes: of a walked file, a tensor this large stays there
+WALK_BLOCK = 256 * 2**10           # bytes: read at a time by the walk (`_Stream`)
 
 
 def _read_whole(path, size, name):
@@ -132,6 +148,57 @@ def _read_whole(path, size, name):
                             "bytes)")
     data.flags.writeable = False
     return data
+
+
+class _Stream:
+    """A file of `size` bytes (as stat gave it), read forward in blocks of WALK_BLOCK into one
+    reused buffer, for `split_weights`: `stream[i]` is a byte (an int), `stream[a:b]` a
+    memoryview of bytes (valid until the next read); bytes never asked for (the large
+    initializers' raw data) are never read. A file that ends before `size` changed while it
+    was read: an OnnxFileError."""
+
+    def __init__(self, fh, size, name):
+        self.fh, self.size, self.name = fh, size, name
+        self.buffer = memoryview(bytearray(min(WALK_BLOCK, size)))
+        self.start = self.stop = 0
+
+    def __len__(self):
+        return self.size
+
+    def _fill(self, at, need):
+        """Read the block at `at`, which must hold `need` bytes."""
+        self.fh.seek(at)
+        self.start, self.stop = at, at + self.fh.readinto(self.buffer[:self.size - at])
+        if self.stop < at + need:
+            self._ended(self.stop)
+
+    def _ended(self, at):
+        raise OnnxFileError(f"{self.name} changed while it was read (it ends at byte {at:,}, "
+                            f"not {self.size:,})")
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop = key.start, key.stop
+            if not (self.start <= start and stop <= self.stop):
+                if stop - start > len(self.buffer):     # a large piece: read on its own
+                    self.fh.seek(start)
+                    data = self.fh.read(stop - start)
+                    if len(data) != stop - start:
+                        self._ended(start + len(data))
+                    return memoryview(data)
+                self._fill(start, stop - start)
+            return self.buffer[start - self.start:stop - self.start]
+        if not self.start <= key < self.stop:
+            self._fill(key, 1)
+        return self.buffer[key - self.start]
+
+
+def _kept(stream, start, stop):
+    """What `read_model` keeps of an initializer's raw data at stream[start:stop]: its place
+    (a `Span`) when it is large, else its bytes (uint8)."""
+    if stop - start >= LEFT_IN_FILE_FROM:
+        return Span(Path(stream.name).resolve(), str(stream.name), start, stop - start)
+    return np.frombuffer(stream[start:stop].tobytes(), np.uint8)
 
 
 def _varint(data, at, end):
@@ -194,11 +261,17 @@ def _length_delimited(number, body):
 GRAPH, INITIALIZER, RAW_DATA = 7, 5, 9      # ModelProto.graph, GraphProto.initializer, ...
 
 
-def split_weights(data):
-    """(the ONNX file in `data` (uint8) without its initializers' raw_data, [a view of each
-    initializer's raw bytes in `data`, or None where it has none]); (None, None) when the file
-    is not laid out as expected, and protobuf is then left to parse (and judge) it whole."""
-    array, data = data, memoryview(data)
+def split_weights(data, keep=None):
+    """(the ONNX file in `data` (uint8, or a `_Stream` over the file) without its initializers'
+    raw_data, [what `keep(start, stop)` makes of each initializer's raw bytes at
+    data[start:stop] (by default a view of them in `data`), or None where it has none]);
+    (None, None) when the file is not laid out as expected, and protobuf is then left to
+    parse (and judge) it whole."""
+    if keep is None:
+        array = data
+        keep = lambda start, stop: array[start:stop]     # noqa: E731
+    if isinstance(data, np.ndarray):
+        data = memoryview(data)
     try:
         raws, model = [], bytearray()
         graphs = 0
@@ -216,10 +289,10 @@ def split_weights(data):
                 for t_number, t_wire, t_start, t_payload, t_stop in \
                         _fields(data, g_payload, g_stop):
                     if t_number == RAW_DATA and t_wire == 2:
-                        raw = array[t_payload:t_stop]       # the last one counts, as in protobuf
+                        raw = (t_payload, t_stop)           # the last one counts, as in protobuf
                     else:
                         tensor += data[t_start:t_stop].tobytes()
-                raws.append(raw)
+                raws.append(None if raw is None else keep(*raw))
                 graph += _length_delimited(INITIALIZER, bytes(tensor))
             model += _length_delimited(GRAPH, bytes(graph))
         if graphs != 1:
@@ -295,7 +368,9 @@ def tensor_array(tensor, folder, budget, raw=None, files=None):
 
     The dims times the element size must fit the `budget` (a `Budget`) and match the bytes
     the tensor holds, inline or in an external file inside `folder`. raw: its raw_data as
-    `split_weights` found it in the file (uint8 array), when that took it out of the tensor.
+    `split_weights` found it in the file (uint8 array, or a `Span` of the file for a large
+    tensor left there), when that took it out of the tensor. A large tensor left in its file
+    (this one's or an external one) is returned as a `FileTensor`, read when it is used.
     files: {} kept by the caller across the tensors of one model, so that each external file
     is checked (inside `folder`, a regular file) once, not once per tensor.
     """
@@ -331,6 +406,8 @@ def tensor_array(tensor, folder, budget, raw=None, files=None):
                                 f"but it holds {len(raw):,}")
     else:
         return _typed_field(tensor, dtype, count, dims, what)
+    if isinstance(raw, Span):
+        return FileTensor(raw, tensor.name, dtype.newbyteorder("<"), dims)
     # A view on the bytes (no copy): read-only, which suits weights that are only read.
     array = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
     if not array.dtype.isnative:
@@ -366,15 +443,21 @@ class _External:
 def _external_bytes(tensor, folder, nbytes, what, files=None, budget=None):
     """`nbytes` from the external file a tensor names, which must lie inside `folder`.
 
-    With `files` (the files of one model) and a `budget` the file's size fits, the file is read
-    whole at its first tensor, as the model file is (`read_model`), and every tensor is a view
-    of it: one read rather than one open, seek and read per tensor (DenseNet's 430)."""
+    With `files` (the files of one model) and a `budget` the file's size fits, a file up to
+    STREAMED_FROM bytes is read whole at its first tensor, as the model file is (`read_model`),
+    and every tensor is a view of it: one read rather than one open, seek and read per tensor
+    (DenseNet's 430). Of a larger file, a tensor of LEFT_IN_FILE_FROM bytes or more stays
+    there (a `Span`, read straight into the net's array), and a smaller one is read alone."""
     target, location, offset, length = _external_file(tensor, folder, what, files)
     if length != nbytes:
         raise OnnxFileError(f"{what}: its dims say {nbytes:,} bytes but its external data "
                             f"claims {length:,}")
     external = files.get(location) if files is not None else None
-    if external is not None and budget is not None and external.size <= budget.total:
+    size = external.size if external is not None else target.stat().st_size
+    if size > STREAMED_FROM and length >= LEFT_IN_FILE_FROM:
+        return Span(target, location, offset, length)
+    if external is not None and budget is not None and external.size <= budget.total and \
+            external.size <= STREAMED_FROM:
         if external.data is None:
             external.data = _read_whole(target, external.size, location)
         return external.data[offset:offset + length]

@@ -45,6 +45,7 @@ from slidenet.interop import onnx_checks as checks
 from slidenet.interop.onnx_file import (
     Budget, OnnxFileError, inferred_shapes, read_model, tensor_array)
 from slidenet.interop.onnx_graph import PIXELS, require_onnx
+from slidenet.interop.onnx_weights import FileTensor, copy_tiled
 from slidenet.interop.onnx_ops import (
     OPS, Act, Const, Probs, Skip, Unknown, Unsupported, attributes, channel_vector,
     slidenet_shape, unknown_op, where)
@@ -365,6 +366,16 @@ class _Reader:
             raise Unsupported(f"its {what} is computed from the image, not a constant")
         return value.array
 
+    def weights(self, value, what):
+        """`const` for a layer's weights: a large weight may stay in its file (a
+        `FileTensor`, whose transposes and reshapes read nothing) until `fill` copies it into
+        the net."""
+        if isinstance(value, (Unknown, type(None))):
+            raise Skip()
+        if not isinstance(value, Const):
+            raise Unsupported(f"its {what} is computed from the image, not a constant")
+        return value.weights
+
     def optional_const(self, inputs, index, what, default=None):
         if index < len(inputs) and inputs[index] is not None:
             return self.const(inputs[index], what)
@@ -479,22 +490,15 @@ class _Reader:
             piece.buffers.clear()
 
 
-TILE = 64       # `_copy` moves tiles of this many by this many along the last two axes
-
-
 def _copy(target, source):
     """target[...] = source, for a `source` that is a transposed view of ONNX's weights (its
-    last two axes, D and K, are its first two in the file): tile by tile, so that the rows
-    each tile reads and writes stay in the cache and its pages in the TLB, rather than one
-    pass that strides across all of them (several times faster for VGG's 400 MB FC)."""
-    source = np.asarray(source)
-    if source.ndim < 2 or source.flags.c_contiguous or source.nbytes < 2**20:
-        target[...] = source
-        return
-    rows, cols = source.shape[-2:]
-    for i in range(0, rows, TILE):
-        for j in range(0, cols, TILE):
-            target[..., i:i + TILE, j:j + TILE] = source[..., i:i + TILE, j:j + TILE]
+    last two axes, D and K, are its first two in the file): a weight left in its file is read
+    in blocks straight into `target` (`FileTensor.copy_into`); one in memory is copied tile by
+    tile (`copy_tiled`: several times faster for VGG's 400 MB FC than one strided pass)."""
+    if isinstance(source, FileTensor):
+        source.copy_into(target)
+    else:
+        copy_tiled(target, source)
 
 
 # ---- the normaliser and the class names ----

@@ -18,6 +18,7 @@ import numpy as np
 from slidenet import geometry
 from slidenet.interop.onnx_file import tensor_array
 from slidenet.interop.onnx_graph import rows_dhw_to_hwd
+from slidenet.interop.onnx_weights import FileTensor
 from slidenet.ops import BATCHNORM_EPSILON
 
 # The dynamic batch size inside shape computations (Shape -> Gather -> ... -> Reshape): a
@@ -54,9 +55,20 @@ class Act:
     source: Optional[int] = None
 
 
-@dataclass
 class Const:
-    array: np.ndarray
+    """A constant value. `weights`: as it was given, which for a large weight may still lie in
+    its file (an `onnx_weights.FileTensor`, read as it is copied into the net); `array`: its
+    numbers, read from the file the first time they are asked for."""
+    __slots__ = ("weights",)
+
+    def __init__(self, array):
+        self.weights = array
+
+    @property
+    def array(self):
+        if isinstance(self.weights, FileTensor):
+            self.weights = np.asarray(self.weights)
+        return self.weights
 
 
 @dataclass
@@ -230,7 +242,7 @@ def _conv(reader, node, a, inputs):
     if faults:
         raise Unsupported(*faults)
     x = reader.volume(inputs[0], node)
-    weights = reader.const(inputs[1], "weights")
+    weights = reader.weights(inputs[1], "weights")
     c, h, w = x.dims
     if c % groups or weights.ndim != 4 or weights.shape[1] != c // groups or \
             weights.shape[0] % groups:
@@ -562,12 +574,12 @@ def _gemm(reader, node, a, inputs):
     if a.get("transA", 0):
         raise Unsupported("transA=1: the images would be the columns; slidenet's FC reads rows")
     x = reader.act(inputs[0], node)
-    b = reader.const(inputs[1], "weights B")
+    b = reader.weights(inputs[1], "weights B")
     if b.ndim != 2:
         raise Unsupported(f"its weights B have shape {list(b.shape)}, not a matrix")
     weights = b.T if a.get("transB", 0) else b     # a view: the weights are copied once, later
     if a.get("alpha", 1.0) != 1.0:
-        weights = weights * np.float64(a["alpha"])
+        weights = np.asarray(weights) * np.float64(a["alpha"])
     c = reader.optional_const(inputs, 2, "bias C", np.zeros(1))
     bias = _per_feature(np.asarray(c, np.float64) * a.get("beta", 1.0), weights.shape[1])
     return _fc(reader, node, x, weights, bias)
@@ -580,7 +592,7 @@ def _matmul(reader, node, a, inputs):
     if isinstance(inputs[1], Act):
         raise Unsupported("it multiplies two activations, which is no layer of a CNN")
     x = reader.act(inputs[0], node)
-    weights = reader.const(inputs[1], "weights")
+    weights = reader.weights(inputs[1], "weights")
     return _fc(reader, node, x, weights, np.zeros(weights.shape[1] if weights.ndim == 2 else 1))
 
 

@@ -37,8 +37,8 @@ class OnnxFileError(SlidenetError):
 
 class Budget:
     """Bytes that the tensors of one file may still claim, all together: slidenet's input
-    budget (`slidenet.storage.limits`: half the memory, or $SLIDENET_MAX_INPUT_BYTES), and never more
-    than MAX_TENSOR_BYTES."""
+    budget (`slidenet.storage.limits`: half the memory, or $SLIDENET_MAX_INPUT_BYTES), and
+    never more than MAX_TENSOR_BYTES."""
 
     def __init__(self, total=None):
         self.total = min(MAX_TENSOR_BYTES, limits.budget()) if total is None else total
@@ -402,8 +402,9 @@ def tensor_array(tensor, folder, budget, raw=None, files=None):
     elif raw is not None or tensor.HasField("raw_data"):
         raw = tensor.raw_data if raw is None else raw
         if len(raw) != nbytes:
-            raise OnnxFileError(f"{what}: its dims {dims} say {nbytes:,} bytes of {dtype.name} "
-                                f"but it holds {len(raw):,}")
+            where = f"{raw.name}: " if isinstance(raw, Span) else ""
+            raise OnnxFileError(f"{where}{what}: its dims {dims} say {nbytes:,} bytes of "
+                                f"{dtype.name} but it holds {len(raw):,}")
     else:
         return _typed_field(tensor, dtype, count, dims, what)
     if isinstance(raw, Span):

@@ -104,8 +104,10 @@ def read_onnx(path, classes=None, scale=None, mean=None, std=None, input_layout=
                             f"nothing was written: {fault}") from None
     metadata = _metadata(model)
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
-    # The weights now live in the pieces' arrays: the parsed file can go before the net's own
-    # arrays are allocated, so that at most two copies of the weights are alive at once.
+    # The weights now live in the pieces' arrays (views of the file's buffer, or, for a large
+    # file, its large weights still in the file): the parsed file can go before the net's own
+    # arrays are allocated, so that at most two copies of the weights are alive at once (one,
+    # for a large file).
     del model
     reader.model = reader.graph = None
     if scale is None and mean is None and std is None and \

@@ -430,7 +430,7 @@ def _identity(reader, node, a, inputs):
 def _transpose(reader, node, a, inputs):
     value = inputs[0]
     if isinstance(value, Const):
-        return Const(np.transpose(value.array, a.get("perm")))
+        return Const(np.transpose(value.weights, a.get("perm")))     # a weight's stays lazy
     x = reader.act(value, node)
     perm = list(a.get("perm", range(len(x.dims) + 1)[::-1]))
     if perm == list(range(len(x.dims) + 1)):
@@ -468,8 +468,9 @@ def _flat(reader, x, node):
 def _flatten(reader, node, a, inputs):
     value = inputs[0]
     if isinstance(value, Const):
-        axis = a.get("axis", 1) % max(value.array.ndim, 1)
-        return Const(value.array.reshape(prod(value.array.shape[:axis]), -1))
+        weights = value.weights     # a weight left in its file stays there
+        axis = a.get("axis", 1) % max(weights.ndim, 1)
+        return Const(weights.reshape(prod(weights.shape[:axis]), -1))
     x = reader.act(value, node)
     axis = a.get("axis", 1)
     if axis < 0:
@@ -487,7 +488,7 @@ def _reshape(reader, node, a, inputs):
     if isinstance(value, Const):
         if BATCH in target:
             raise Unsupported("it reshapes a constant by the batch size")
-        source = value.array
+        source = value.weights      # a weight left in its file stays there
         shape = [source.shape[i] if v == 0 and not allow_zero else v for i, v in enumerate(target)]
         return Const(source.reshape(shape))
     x = reader.act(value, node)

@@ -172,12 +172,18 @@ def test_a_net_built_on_shapes_already_inferred_is_the_patterns_blank_net():
     np.testing.assert_array_equal(shared.forward(x), alone.forward(x))
 
 
+@pytest.mark.parametrize("small_pages", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_a_blank_nets_arrays_are_its_own_contiguous_writable_and_apart(dtype):
+def test_a_blank_nets_arrays_are_its_own_contiguous_writable_and_apart(dtype, small_pages,
+                                                                       monkeypatch):
     """A blank net's weights and gradients are views of one buffer each (`layers.Arena`): each
     must still be C-contiguous, writable, of the net's dtype, zero, and share no memory with any
-    other array of the net (np.shares_memory, pair by pair), as separate arrays would be."""
+    other array of the net (np.shares_memory, pair by pair), as separate arrays would be; on
+    huge pages, or in small pages as a net above 64 MiB is (`runtime.zeroed_buffer`)."""
     from slidenet.net import Net
+    from slidenet.ops import runtime
+    if small_pages:
+        monkeypatch.setattr(runtime, "SMALL_PAGES_FROM", 0)
     pattern = ("INPUT(8x8x3) -> CONV(6) -> BATCHNORM -> RELU -> { CONV(6, 1x1) | ID } -> ADD "
                "-> { DWCONV(3x3) -> CONV(4, 1x1) | CONV(3) } -> CONCAT -> FC(7) -> FC(5)")
     net = Net.from_pattern(pattern, blank=True, dtype=dtype)
@@ -250,6 +256,20 @@ def test_a_layer_the_tree_cannot_read_falls_back_to_parse_and_its_caret():
              tree.layer("RELU", 32)]
     pattern = "INPUT(8x8x3) -> CONV(4, 3x3) -> RELU"
     assert tree.specs(items, pattern) == parse(pattern)
+
+
+@pytest.mark.parametrize("nbytes", [1, 4097, 3 * 2**20 + 5])
+def test_a_buffer_in_small_pages_is_zeros_of_the_size_asked(nbytes, monkeypatch):
+    """Above SMALL_PAGES_FROM `zeroed_buffer` maps memory of its own: exactly `nbytes`
+    writable zeros, which stay what is written (and unmap with their last view)."""
+    from slidenet.ops import runtime
+    monkeypatch.setattr(runtime, "SMALL_PAGES_FROM", 0)
+    buffer = runtime.zeroed_buffer(nbytes)
+    assert buffer.dtype == np.uint8 and buffer.shape == (nbytes,) and buffer.flags.writeable
+    assert not buffer.any()
+    buffer[::4096] = 7
+    buffer[-1] = 9
+    assert buffer.sum() == 7 * len(range(0, nbytes - 1, 4096)) + 9
 
 
 @pytest.mark.parametrize("nbytes", [100, 5 * 2**20 + 3, 64 * 2**20])

@@ -119,8 +119,6 @@ class FileTensor:
             per -= per % 16
         buffer = np.empty(per * row, np.uint8)
         axis = self.order.index(0) if self.stored else 0
-        if axis:        # each block writes across the whole target: its pages made first
-            _touch(target)
         with self._open() as fh:
             for start in range(0, rows, per):
                 stop = min(rows, start + per)
@@ -156,18 +154,6 @@ class FileTensor:
                                     f"(at byte {offset + got:,}): the file changed while "
                                     "slidenet read it")
             got += n
-
-
-PAGE = 4096         # bytes: `_touch` writes one byte in each
-
-
-def _touch(target):
-    """Write to every page of `target` (C-contiguous; its values are to be overwritten), in
-    order. Blocks of a transposed weight each write a little of every page of the target;
-    fresh memory met that way first costs several times what the same pages cost made in
-    order here (a virtual machine's fresh pages: docs/benchmarks.md, "ONNX import time")."""
-    if target.flags.c_contiguous and target.nbytes:
-        target.reshape(-1).view(np.uint8)[::PAGE] = 0
 
 
 def _place(target, source):

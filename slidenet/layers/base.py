@@ -27,7 +27,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 
 from slidenet import geometry
-from slidenet.ops.runtime import huge_page_buffer
+from slidenet.ops.runtime import zeroed_buffer
 
 
 class Unfit(Exception):
@@ -68,16 +68,18 @@ class Window(NamedTuple):
 class Arena:
     """Zeros for the arrays of a blank net, handed out as views of one buffer of `count` numbers of
     `dtype`: hundreds of layers cost one allocation rather than one each, and NumPy asks the
-    kernel for huge pages for a large buffer (which starts on one, `runtime.huge_page_buffer`),
-    which fill several times faster when the weights are written in (docs/benchmarks.md, "ONNX
-    import time"). Pages are touched only when written: a net that only predicts never touches
-    its gradients'. Past its end, or for another dtype, each array is its own."""
+    kernel for huge pages for a buffer of 4 to 64 MiB (which starts on one,
+    `runtime.huge_page_buffer`), which fill several times faster when the weights are written
+    in; a larger one is in small pages (`runtime.zeroed_buffer`), whose first writes cost less
+    on a virtual machine (docs/benchmarks.md, "ONNX import time"). Pages are touched only when
+    written: a net that only predicts never touches its gradients'. Past its end, or for
+    another dtype, each array is its own."""
 
     ALIGN = 16      # numbers: each array starts on a 64-byte line (float32)
 
     def __init__(self, count, dtype):
         dtype = np.dtype(dtype)
-        self.buffer = huge_page_buffer(count * dtype.itemsize).view(dtype)
+        self.buffer = zeroed_buffer(count * dtype.itemsize).view(dtype)
         self.used = 0
 
     def zeros(self, shape, dtype):

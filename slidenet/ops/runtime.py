@@ -376,6 +376,24 @@ def huge_page_buffer(nbytes, zeroed=True):
     return raw[skip:skip + nbytes]
 
 
+SMALL_PAGES_FROM = ALIGN_UP_TO     # bytes: a larger `zeroed_buffer` is in small pages
+
+
+def zeroed_buffer(nbytes):
+    """A uint8 array of `nbytes` zeros for a blank net's weights (`layers.Arena`): up to
+    SMALL_PAGES_FROM on huge pages (`huge_page_buffer`), above it in the operating system's
+    small pages: an anonymous mapping of its own (no file behind it, so nothing can cut it
+    short), which NumPy does not ask huge pages for. On a virtual machine that hands free
+    memory back to its host, a fresh huge page of a large buffer can cost several times its
+    512 small pages when first written, and an import writes every page of the net's weights
+    once (docs/benchmarks.md, "ONNX import time"). Pages are made only when written, either
+    way, and the mapping is unmapped when the last view of it goes."""
+    if nbytes <= SMALL_PAGES_FROM:
+        return huge_page_buffer(nbytes)
+    import mmap
+    return np.frombuffer(mmap.mmap(-1, nbytes), np.uint8)
+
+
 def batch_chunks(n, bytes_per_image, budget=None, hot_bytes_per_image=None):
     """Slices of the batch axis (0..n) for images that each need `bytes_per_image` of scratch.
 

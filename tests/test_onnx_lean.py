@@ -303,7 +303,8 @@ def streamed(monkeypatch):
     copies = []
     real = onnx_weights.FileTensor.copy_into
     monkeypatch.setattr(onnx_weights.FileTensor, "copy_into",
-                        lambda self, target: copies.append(self.tensor) or real(self, target))
+                        lambda self, target, *reads: copies.append(self.tensor) or
+                        real(self, target, *reads))
     return copies
 
 
@@ -411,13 +412,16 @@ def test_a_file_that_changes_after_it_was_walked_is_refused_naming_the_tensor(tm
                                                 r"[\d,]+ to [\d,]+, but the file now has 300: it "
                                                 "changed while slidenet read it"):
             read_onnx(path)
-    from slidenet.interop.onnx_weights import FileTensor, Span
+    from slidenet.interop.onnx_weights import FileTensor, Reads, Span
     (tmp_path / "w.bin").write_bytes(bytes(40))
     lazy = FileTensor(Span(tmp_path / "w.bin", "w.bin", 0, 40), "w", np.dtype("<f4"), (10,))
-    with lazy._open() as fh:
+    with Reads() as reads:
+        fh = reads.open(lazy)
         (tmp_path / "w.bin").write_bytes(bytes(20))
         with pytest.raises(OnnxFileError, match=r"w.bin: tensor 'w' ended early \(at byte 20\)"):
-            lazy._read(fh, 0, np.empty(40, np.uint8))
+            lazy.copy_into(np.empty(10, np.float32), reads)
+        assert fh.closed is False
+    assert fh.closed
 
 
 def test_a_large_tensor_that_lies_about_its_size_is_refused_before_reading(tmp_path,

@@ -289,10 +289,12 @@ def split_weights(data, keep=None):
                 for t_number, t_wire, t_start, t_payload, t_stop in \
                         _fields(data, g_payload, g_stop):
                     if t_number == RAW_DATA and t_wire == 2:
-                        raw = (t_payload, t_stop)           # the last one counts, as in protobuf
+                        # Kept where it lies, while the walk is there (a `_Stream` reads on
+                        # from it); the last one counts, as in protobuf.
+                        raw = keep(t_payload, t_stop)
                     else:
                         tensor += data[t_start:t_stop].tobytes()
-                raws.append(None if raw is None else keep(*raw))
+                raws.append(raw)
                 graph += _length_delimited(INITIALIZER, bytes(tensor))
             model += _length_delimited(GRAPH, bytes(graph))
         if graphs != 1:

@@ -45,7 +45,7 @@ from slidenet.interop import onnx_checks as checks
 from slidenet.interop.onnx_file import (
     Budget, OnnxFileError, inferred_shapes, read_model, tensor_array)
 from slidenet.interop.onnx_graph import PIXELS, require_onnx
-from slidenet.interop.onnx_weights import FileTensor, copy_tiled
+from slidenet.interop.onnx_weights import FileTensor, Reads, copy_tiled
 from slidenet.interop.onnx_ops import (
     OPS, Act, Const, Probs, Skip, Unknown, Unsupported, attributes, channel_vector,
     slidenet_shape, unknown_op, where)
@@ -465,26 +465,28 @@ class _Reader:
         if not len(pieces) == len(infos) == len(layers):
             raise RuntimeError(f"import bug: {len(pieces)} layers read, the net has "
                                f"{len(layers)}")
-        for layer, piece, info in zip(layers, pieces, infos):
-            if piece is None:       # an ID branch
-                continue
-            if piece.shape is not None and tuple(piece.shape) != tuple(info.output_shape):
-                raise RuntimeError(f"import bug: {piece.text} from {piece.node} gives "
-                                   f"{piece.shape}, slidenet infers {info.output_shape}")
-            for store, arrays in ((layer.params, piece.params), (layer.buffers, piece.buffers)):
-                for key, array in arrays.items():
-                    name = f"{layer.name}.{key}"
-                    if name in dropped and key not in store:
-                        folded = net.buffers[f"{dropped[name]}.running_mean"]
-                        self.folded.append((folded, np.asarray(array)))
-                        continue
-                    target = store[key]
-                    if np.ndim(array) == 4 and target.ndim == 2 and np.size(array) == target.size:
-                        target = target.reshape(np.shape(array))    # an FC's rows as (H, W, D)
-                    if np.shape(array) != target.shape:
-                        raise RuntimeError(f"import bug: {piece.text} {key} is "
-                                           f"{np.shape(array)}, slidenet's {store[key].shape}")
-                    _copy(target, array)
+        with Reads() as reads:     # one buffer and each file opened once, for all
+            for layer, piece, info in zip(layers, pieces, infos):
+                if piece is None:       # an ID branch
+                    continue
+                if piece.shape is not None and tuple(piece.shape) != tuple(info.output_shape):
+                    raise RuntimeError(f"import bug: {piece.text} from {piece.node} gives "
+                                       f"{piece.shape}, slidenet infers {info.output_shape}")
+                for store, arrays in ((layer.params, piece.params), (layer.buffers, piece.buffers)):
+                    for key, array in arrays.items():
+                        name = f"{layer.name}.{key}"
+                        if name in dropped and key not in store:
+                            folded = net.buffers[f"{dropped[name]}.running_mean"]
+                            self.folded.append((folded, np.asarray(array)))
+                            continue
+                        target = store[key]
+                        if np.ndim(array) == 4 and target.ndim == 2 and \
+                                np.size(array) == target.size:      # an FC's rows as (H, W, D)
+                            target = target.reshape(np.shape(array))
+                        if np.shape(array) != target.shape:
+                            raise RuntimeError(f"import bug: {piece.text} {key} is "
+                                               f"{np.shape(array)}, slidenet's {store[key].shape}")
+                        _copy(target, array, reads)
         for mean, bias in self.folded:      # after BATCHNORM's own statistics are in
             mean -= bias.astype(mean.dtype)
         for piece in self.pieces:           # their copies can go now
@@ -492,13 +494,14 @@ class _Reader:
             piece.buffers.clear()
 
 
-def _copy(target, source):
+def _copy(target, source, reads):
     """target[...] = source, for a `source` that is a transposed view of ONNX's weights (its
     last two axes, D and K, are its first two in the file): a weight left in its file is read
-    in blocks straight into `target` (`FileTensor.copy_into`); one in memory is copied tile by
-    tile (`copy_tiled`: several times faster for VGG's 400 MB FC than one strided pass)."""
+    in blocks straight into `target` (`FileTensor.copy_into`, sharing `reads`' buffer and open
+    files); one in memory is copied tile by tile (`copy_tiled`: several times faster for VGG's
+    400 MB FC than one strided pass)."""
     if isinstance(source, FileTensor):
-        source.copy_into(target)
+        source.copy_into(target, reads)
     else:
         copy_tiled(target, source)
 

@@ -98,16 +98,20 @@ class FileTensor:
     def __array__(self, dtype=None, copy=None):
         """The whole tensor read (checked), as the view says."""
         data = np.empty(self.nbytes, np.uint8)
-        with self._open() as fh:
-            self._read(fh, self.span.offset, data)
+        with Reads() as reads:
+            self._read(reads.open(self), self.span.offset, data)
         array = data.view(self.dtype).reshape(self.stored).transpose(self.order)
         if not array.dtype.isnative:
             array = array.astype(array.dtype.newbyteorder("="))
         return array if dtype is None else array.astype(dtype, copy=False)
 
-    def copy_into(self, target):
+    def copy_into(self, target, reads=None):
         """target[...] = this tensor, read in blocks of whole rows (of the stored first axis)
-        of about BLOCK_BYTES, each transposed into its place in `target` (shape `.shape`)."""
+        of about BLOCK_BYTES, each transposed into its place in `target` (shape `.shape`).
+        reads: the `Reads` (buffer, open files) the copies of one net share."""
+        if reads is None:
+            with Reads() as reads:
+                return self.copy_into(target, reads)
         if tuple(target.shape) != self.shape:
             raise ValueError(f"{self!r} cannot fill an array of shape {target.shape}")
         rows = self.stored[0] if self.stored else 1
@@ -117,30 +121,17 @@ class FileTensor:
         per = min(rows, max(1, BLOCK_BYTES // row))
         if per > 16:            # whole cache lines of float32 where rows become columns
             per -= per % 16
-        buffer = np.empty(per * row, np.uint8)
+        buffer = reads.buffer(per * row)
         axis = self.order.index(0) if self.stored else 0
-        with self._open() as fh:
-            for start in range(0, rows, per):
-                stop = min(rows, start + per)
-                part = buffer[:(stop - start) * row]
-                self._read(fh, self.span.offset + start * row, part)
-                block = part.view(self.dtype).reshape((stop - start, *self.stored[1:]))
-                place = target[(slice(None),) * axis + (slice(start, stop),)] \
-                    if self.stored else target
-                _place(place, block.transpose(self.order))
-
-    def _open(self):
-        """The file, opened and checked to still hold the bytes claimed."""
-        from slidenet.interop.onnx_file import OnnxFileError
-        fh = open(self.span.path, "rb", buffering=0)
-        size = os.fstat(fh.fileno()).st_size
-        end = self.span.offset + self.span.length
-        if size < end:
-            fh.close()
-            raise OnnxFileError(f"{self.span.name}: tensor {self.tensor!r} lies at bytes "
-                                f"{self.span.offset:,} to {end:,}, but the file now has "
-                                f"{size:,}: it changed while slidenet read it")
-        return fh
+        fh = reads.open(self)
+        for start in range(0, rows, per):
+            stop = min(rows, start + per)
+            part = buffer[:(stop - start) * row]
+            self._read(fh, self.span.offset + start * row, part)
+            block = part.view(self.dtype).reshape((stop - start, *self.stored[1:]))
+            place = target[(slice(None),) * axis + (slice(start, stop),)] \
+                if self.stored else target
+            _place(place, block.transpose(self.order))
 
     def _read(self, fh, offset, out):
         """out[:] = the file's bytes from `offset` (an OnnxFileError when it ends first)."""
@@ -154,6 +145,45 @@ class FileTensor:
                                     f"(at byte {offset + got:,}): the file changed while "
                                     "slidenet read it")
             got += n
+
+
+class Reads:
+    """What the copies of one net's weights share (a context: the files are closed on leaving
+    it): one buffer, grown only for a row larger than any before, and each file opened once,
+    its size checked against each tensor's bytes before they are read."""
+
+    def __init__(self):
+        self._buffer = np.empty(0, np.uint8)
+        self.files = {}         # path -> (open file, its size when opened)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for fh, _ in self.files.values():
+            fh.close()
+        self.files.clear()
+
+    def buffer(self, nbytes):
+        """A uint8 buffer of at least `nbytes`: the same memory every time it is big enough."""
+        if self._buffer.nbytes < nbytes:
+            self._buffer = np.empty(nbytes, np.uint8)
+        return self._buffer
+
+    def open(self, tensor):
+        """The open file of `tensor` (a FileTensor), checked to hold the bytes it claims."""
+        from slidenet.interop.onnx_file import OnnxFileError
+        span = tensor.span
+        if span.path not in self.files:
+            fh = open(span.path, "rb", buffering=0)
+            self.files[span.path] = (fh, os.fstat(fh.fileno()).st_size)
+        fh, size = self.files[span.path]
+        end = span.offset + span.length
+        if size < end:
+            raise OnnxFileError(f"{span.name}: tensor {tensor.tensor!r} lies at bytes "
+                                f"{span.offset:,} to {end:,}, but the file now has {size:,}: "
+                                "it changed while slidenet read it")
+        return fh
 
 
 def _place(target, source):

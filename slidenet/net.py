@@ -28,7 +28,7 @@ from slidenet.notation import zoo
 from slidenet.notation.pattern import parse
 from slidenet.notation.shapes import infer, walk_infos
 from slidenet.notation.summary import summary_html, summary_text
-from slidenet.ops.runtime import blas_for_workers
+from slidenet.ops.runtime import blas_for_workers, image_chunks, run_chunks
 from slidenet.storage.limits import MAX_WEIGHT_BYTES
 
 DTYPES = ("float32", "float64")
@@ -230,15 +230,28 @@ class InferencePlan:
         self.steps = [(step, step.prepare()) for step in layer_kinds.inference_steps(net.layers)]
 
     def forward(self, x):
-        """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs)."""
-        out = self.net._check_input(x)
+        """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs).
+
+        With several workers and a batch of at least `runtime.image_chunks`' size, each worker
+        takes slices of the batch through every step in turn (depth first): one hand-over per
+        slice instead of one per layer. Images do not mix in inference, so the scores are
+        those of the whole batch layer by layer (tested)."""
+        x = self.net._check_input(x)
+        chunks = image_chunks(len(x))
+        with blas_for_workers():
+            if chunks is None:
+                return _scores(self._through(x, len(x)))
+            parts = run_chunks(lambda sl: _scores(self._through(x[sl], len(x))), chunks)
+        return np.concatenate(parts)
+
+    def _through(self, out, batch):
+        """Every step on out (a slice of a batch of `batch` images, for the error's count)."""
         try:
-            with blas_for_workers():
-                for step, run in self.steps:
-                    out = run(out)
+            for step, run in self.steps:
+                out = run(out)
         except MemoryError:
-            raise _out_of_memory(step, len(x), "forward") from None
-        return _scores(out)
+            raise _out_of_memory(step, batch, "forward") from None
+        return out
 
 
 def _keep_outputs(layers, x, kept):

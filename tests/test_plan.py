@@ -51,3 +51,50 @@ def test_a_plan_is_a_snapshot_and_a_model_can_refresh_it(tmp_path):
     np.testing.assert_array_equal(model.scores(pixels), first)
     model.refresh()
     np.testing.assert_allclose(model.scores(pixels), first + 1.0, rtol=1e-5)
+
+
+RESIDUAL = ("INPUT(12x12x3) -> CONV(8) -> BN -> RELU -> { CONV(8) -> BN -> RELU -> CONV(8) -> BN "
+            "| ID } -> ADD -> RELU -> { CONV(16, s=2, p=1, round=down) -> BN -> RELU -> "
+            "CONV(16) -> BN | CONV(16, 1x1, s=2, round=down) -> BN } -> ADD -> RELU -> "
+            "GLOBALAVGPOOL -> FC(5)")
+
+
+@pytest.mark.parametrize("pattern", [NETS[0], RESIDUAL])
+def test_a_large_batch_goes_through_the_plan_in_slices_and_scores_the_same(pattern, monkeypatch):
+    """Two workers take slices of a batch through every step (depth first): each step sees
+    slices, never the batch, and the scores are the net's evaluation forward's."""
+    net = Net.from_pattern(pattern, seed=5)
+    for name, p in net.params.items():
+        p[...] = RNG.standard_normal(p.shape) * 0.2
+    for name, b in net.buffers.items():
+        b[...] = RNG.uniform(0.5, 2, b.shape) if name.endswith("var") else RNG.normal(0, .3, b.shape)
+    x = RNG.standard_normal((37, *net.input_shape)).astype(np.float32)
+    want = net.forward(x)
+    plan = net.prepare()
+    seen = []
+    first_step, first_run = plan.steps[0]
+    plan.steps[0] = (first_step, lambda a: seen.append(len(a)) or first_run(a))
+    with runtime.workers(2):
+        assert runtime.image_chunks(len(x)) == [slice(0, 18), slice(18, 37)]
+        got = plan.forward(x)
+    assert sorted(seen) == [18, 19]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    with runtime.workers(1):                    # one worker: the batch layer by layer
+        assert runtime.image_chunks(len(x)) is None
+        seen.clear()
+        np.testing.assert_allclose(plan.forward(x), want, rtol=1e-4,
+                                   atol=1e-4 * np.abs(want).max())
+    assert seen == [37]
+
+
+def test_slices_of_the_batch_are_a_multiple_of_the_workers_and_large_enough():
+    with runtime.workers(2):
+        assert runtime.image_chunks(31) is None            # under 16 images for each worker
+        chunks = runtime.image_chunks(64)
+        assert [c.stop - c.start for c in chunks] == [16] * 4
+        chunks = runtime.image_chunks(250)
+        assert len(chunks) % 2 == 0 and min(c.stop - c.start for c in chunks) >= 16
+        assert chunks[0].start == 0 and chunks[-1].stop == 250
+        assert all(a.stop == b.start for a, b in zip(chunks, chunks[1:]))
+    with runtime.workers(3):
+        assert len(runtime.image_chunks(100)) == 6

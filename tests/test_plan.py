@@ -71,20 +71,33 @@ def test_a_large_batch_goes_through_the_plan_in_slices_and_scores_the_same(patte
     x = RNG.standard_normal((37, *net.input_shape)).astype(np.float32)
     want = net.forward(x)
     plan = net.prepare()
-    seen = []
+    seen, late = [], []
     first_step, first_run = plan.steps[0]
     plan.steps[0] = (first_step, lambda a: seen.append(len(a)) or first_run(a))
+    # From the cut on (outputs under 8 x 8: the FCs, the second stage), one slice per worker.
+    assert 0 < plan.cut < len(plan.steps)
+    cut_step, cut_run = plan.steps[plan.cut]
+    plan.steps[plan.cut] = (cut_step, lambda a: late.append(len(a)) or cut_run(a))
     with runtime.workers(2):
         assert runtime.image_chunks(len(x)) == [slice(0, 18), slice(18, 37)]
         got = plan.forward(x)
-    assert sorted(seen) == [18, 19]
+    assert sorted(seen) == [18, 19] and sorted(late) == [18, 19]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     with runtime.workers(1):                    # one worker: the batch layer by layer
         assert runtime.image_chunks(len(x)) is None
         seen.clear()
         np.testing.assert_allclose(plan.forward(x), want, rtol=1e-4,
                                    atol=1e-4 * np.abs(want).max())
-    assert seen == [37]
+    assert seen == [37] and late == [18, 19, 37]
+
+
+def test_the_cut_is_the_first_step_under_eight_by_eight():
+    from slidenet.bench import RES18
+    plan = Net.from_pattern(RES18).prepare()
+    shapes = [step.parts[-1].info.output_shape if hasattr(step, "parts") else
+              step.info.output_shape for step, _ in plan.steps]
+    assert shapes[plan.cut - 1] == (8, 8, 64) and shapes[plan.cut] == (4, 4, 128)
+    assert Net.from_pattern(NETS[0]).prepare().cut == 4       # the first FC
 
 
 def test_slices_of_the_batch_are_a_multiple_of_the_workers_and_large_enough():

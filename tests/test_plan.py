@@ -100,14 +100,17 @@ def test_the_cut_is_the_first_step_under_eight_by_eight():
     assert Net.from_pattern(NETS[0]).prepare().cut == 4       # the first FC
 
 
-def test_slices_of_the_batch_are_a_multiple_of_the_workers_and_large_enough():
+def test_slices_of_the_batch_are_a_multiple_of_the_workers_and_sized_within_bounds():
     with runtime.workers(2):
         assert runtime.image_chunks(31) is None            # under 16 images for each worker
-        chunks = runtime.image_chunks(64)
-        assert [c.stop - c.start for c in chunks] == [16] * 4
-        chunks = runtime.image_chunks(250)
-        assert len(chunks) % 2 == 0 and min(c.stop - c.start for c in chunks) >= 16
-        assert chunks[0].start == 0 and chunks[-1].stop == 250
-        assert all(a.stop == b.start for a, b in zip(chunks, chunks[1:]))
+        assert runtime.image_chunks(32) == [slice(0, 16), slice(16, 32)]
+        assert runtime.image_chunks(64) == [slice(0, 32), slice(32, 64)]
+        for n in (65, 250, 1000):
+            chunks = runtime.image_chunks(n)
+            sizes = [c.stop - c.start for c in chunks]
+            assert len(chunks) % 2 == 0 and min(sizes) >= 16 and max(sizes) <= 32
+            assert len(chunks) == 2 * -(-n // 64)           # the fewest within 32 images
+            assert chunks[0].start == 0 and chunks[-1].stop == n
+            assert all(a.stop == b.start for a, b in zip(chunks, chunks[1:]))
     with runtime.workers(3):
         assert len(runtime.image_chunks(100)) == 6

@@ -413,25 +413,29 @@ def split(n, work=None):
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-# Images a worker takes through a whole prepared net at a time (`image_chunks`): below this
-# many, the per-image cost of a forward rises (thinner GEMMs, more calls per image); above,
-# it stays flat (docs/benchmarks.md, "res18 inference: whole-net chunks").
-NET_CHUNK_IMAGES = 16
+# Images a worker takes through a whole prepared net at a time (`image_chunks`): at least
+# NET_SLICE_LEAST (below, a forward's cost per image rises: thinner GEMMs, more calls per
+# image), at most NET_SLICE_MOST (more slices cost more calls into every step, each holding
+# the GIL for its Python part, for no gain: the cost per image is flat from 16 images on).
+# docs/benchmarks.md, "res18 inference: depth first".
+NET_SLICE_LEAST = 16
+NET_SLICE_MOST = 32
 
 
-def image_chunks(n, least=NET_CHUNK_IMAGES):
+def image_chunks(n):
     """Slices of a batch of n images for running a whole inference plan per slice, one slice
     per worker at a time (`net.InferencePlan.forward`), or None where the batch is better run
-    layer by layer (one worker, or fewer than `least` images for each of two workers).
+    layer by layer (one worker, or fewer than NET_SLICE_LEAST images for each worker).
 
     Depth first, each worker runs every layer of its images without a hand-over per layer,
     where layer by layer each kernel call hands its chunks to the workers and waits for the
-    slowest. The count is a multiple of the workers, each slice at least `least` images.
+    slowest. The count is the fewest multiple of the workers that keeps each slice within
+    NET_SLICE_MOST images.
     """
     count = threads()
-    if count <= 1 or getattr(_local, "worker", False) or n < 2 * least:
+    if count <= 1 or getattr(_local, "worker", False) or n < count * NET_SLICE_LEAST:
         return None
-    parts = max(2, n // least // count * count)
+    parts = count * -(-n // (count * NET_SLICE_MOST))
     bounds = [n * i // parts for i in range(parts + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 

@@ -391,9 +391,12 @@ def batch_chunks(n, bytes_per_image, budget=None, hot_bytes_per_image=None):
     step = max(1, min(int(budget // threads() // max(1, bytes_per_image)),
                       int(_settings["chunk_bytes"] // max(1, hot))))
     # Spread the images evenly (128 in chunks of at most 5: 26 chunks of 4 or 5, not 25 + 3),
-    # over a multiple of the thread count, so that no thread is left with the last chunk alone.
+    # over a multiple of the thread count, so that no thread is left with the last chunk alone;
+    # on a worker thread (a slice of a depth-first forward) the chunks run one after the
+    # other, and smaller chunks would only make thinner GEMMs.
     count = max(1, -(-n // step))
-    count = min(max(n, 1), -(-count // threads()) * threads())
+    sharing = 1 if getattr(_local, "worker", False) else threads()
+    count = min(max(n, 1), -(-count // sharing) * sharing)
     bounds = [n * i // count for i in range(count + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 

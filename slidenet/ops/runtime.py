@@ -14,6 +14,10 @@ cores busy, including the copying work that a multi-threaded BLAS alone would le
 The default is one worker per core this process may use (`available_cores`: its CPU affinity and
 cgroup quota), whoever calls: `Net.forward` called bare runs as `slidenet train` does.
 
+A prepared net (`net.InferencePlan`) may instead hand whole slices of a batch to the workers,
+each running every layer of its slice (`image_chunks`): a kernel called on a worker thread runs
+its chunks in turn on that thread.
+
 With more than one worker, BLAS itself must run one thread per call, or the two kinds of thread
 fight over the cores. `blas_for_workers()` sees to it: a cheap context (three calls into the BLAS
 library when the outermost one is entered and left) that lowers BLAS's threads to cores //

@@ -235,16 +235,21 @@ class InferencePlan:
 
         With several workers and a batch of at least `runtime.image_chunks`' size, the steps
         run depth first: each worker takes slices of the batch through every step in turn, one
-        hand-over per slice instead of one per layer. The early steps (`depth_first_cut`)
-        take slices of a few images (`runtime.image_chunks`), the rest one slice per worker
-        (`runtime.split`), so that their GEMMs on small images keep enough rows. Images do not
-        mix in inference: the scores are those of the whole batch layer by layer (tested)."""
+        hand-over per slice instead of one per layer. The steps before `depth_first_cut` take
+        slices of 16 to 32 images (`runtime.image_chunks`), the rest one slice per worker
+        (`runtime.split`), so that their GEMMs on small images keep enough rows; where the two
+        cuts are the same (batch 64 on two workers), each worker runs every step of its slice
+        in one pass. Images do not mix in inference: the scores are those of the whole batch
+        layer by layer (tested)."""
         x = self.net._check_input(x)
         n, steps = len(x), len(self.steps)
         chunks = image_chunks(n)
         with blas_for_workers():
             if chunks is None:
                 return _scores(self._through(x, 0, steps, n))
+            if chunks == split(n):          # one slice per worker already: one pass each
+                return np.concatenate(run_chunks(
+                    lambda sl: _scores(self._through(x[sl], 0, steps, n)), chunks))
             if self.cut > 0:
                 x = np.concatenate(run_chunks(lambda sl: self._through(x[sl], 0, self.cut, n),
                                               chunks))

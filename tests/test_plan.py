@@ -60,35 +60,38 @@ RESIDUAL = ("INPUT(12x12x3) -> CONV(8) -> BN -> RELU -> { CONV(8) -> BN -> RELU 
 
 
 @pytest.mark.parametrize("pattern", [NETS[0], RESIDUAL])
-def test_a_large_batch_goes_through_the_plan_in_slices_and_scores_the_same(pattern, monkeypatch):
+@pytest.mark.parametrize("batch, early, late", [(37, [18, 19], [18, 19]),
+                                                (130, [32, 32, 33, 33], [65, 65])])
+def test_a_large_batch_goes_through_the_plan_in_slices_and_scores_the_same(pattern, batch,
+                                                                         early, late):
     """Two workers take slices of a batch through every step (depth first): each step sees
-    slices, never the batch, and the scores are the net's evaluation forward's."""
+    slices, never the batch; the steps from the cut on one slice per worker (at 37 images the
+    same slices, in the same pass); the scores are the net's evaluation forward's."""
     net = Net.from_pattern(pattern, seed=5)
     for name, p in net.params.items():
         p[...] = RNG.standard_normal(p.shape) * 0.2
     for name, b in net.buffers.items():
         b[...] = RNG.uniform(0.5, 2, b.shape) if name.endswith("var") else RNG.normal(0, .3, b.shape)
-    x = RNG.standard_normal((37, *net.input_shape)).astype(np.float32)
+    x = RNG.standard_normal((batch, *net.input_shape)).astype(np.float32)
     want = net.forward(x)
     plan = net.prepare()
-    seen, late = [], []
+    seen, after_cut = [], []
     first_step, first_run = plan.steps[0]
     plan.steps[0] = (first_step, lambda a: seen.append(len(a)) or first_run(a))
     # From the cut on (outputs under 8 x 8: the FCs, the second stage), one slice per worker.
     assert 0 < plan.cut < len(plan.steps)
     cut_step, cut_run = plan.steps[plan.cut]
-    plan.steps[plan.cut] = (cut_step, lambda a: late.append(len(a)) or cut_run(a))
+    plan.steps[plan.cut] = (cut_step, lambda a: after_cut.append(len(a)) or cut_run(a))
     with runtime.workers(2):
-        assert runtime.image_chunks(len(x)) == [slice(0, 18), slice(18, 37)]
         got = plan.forward(x)
-    assert sorted(seen) == [18, 19] and sorted(late) == [18, 19]
+    assert sorted(seen) == early and sorted(after_cut) == late
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     with runtime.workers(1):                    # one worker: the batch layer by layer
         assert runtime.image_chunks(len(x)) is None
         seen.clear()
         np.testing.assert_allclose(plan.forward(x), want, rtol=1e-4,
                                    atol=1e-4 * np.abs(want).max())
-    assert seen == [37] and late == [18, 19, 37]
+    assert seen == [batch] and sorted(after_cut[:-1]) == late and after_cut[-1] == batch
 
 
 def test_the_cut_is_the_first_step_under_eight_by_eight():

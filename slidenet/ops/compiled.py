@@ -7,6 +7,8 @@ several calls:
         residual sum's other terms, inference's `skip`), build x's adjoint rows;
     F(4x4, 3x3) in both axes (`conv.winograd_f44`, training's and inference's): B^T d B of every
         tile, A^T m A with the bias, skip, ReLU or 2x2 max pool, and x's adjoint tiles for dw;
+    Winograd at stride 2 (`conv.winograd_s2`, inference's): B^T d B of every 9 x 9 window,
+        A^T m A with the bias and ReLU;
     im2col (`conv.common`, `conv.im2col`, `window`): the rows of thin inputs, the bias and ReLU
         over output rows, the ReLU's mask, dx's window gradients added back (`col2im_add`);
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;
@@ -19,8 +21,9 @@ equal to the NumPy path (tested). Two exceptions: pooling windows that overlap a
 gradients into one input in another order, and the direct convolution adds a window's products
 in another order than im2col's GEMM; both match to rounding. Batch normalisation's sums are
 added in float64 in another order than NumPy's GEMVs (so they match to rounding, closer to the
-exact sums). F(4x4, 3x3)'s NumPy path (`conv.winograd_f44.NUMPY`) is einsums, a check rather
-than a second implementation of the same passes: the two match to rounding.
+exact sums). F(4x4, 3x3)'s and stride-2 Winograd's NumPy paths (`conv.winograd_f44.NUMPY`,
+`conv.winograd_s2.NUMPY`) are einsums, a check rather than a second implementation of the same
+passes: the two match to rounding.
 
 Why bother: NumPy runs each of those steps as a separate pass over memory, and every call hands
 the GIL to the other worker thread (docs/benchmarks.md, "Thin first layers", measures the

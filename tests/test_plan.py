@@ -71,7 +71,8 @@ def test_a_large_batch_goes_through_the_plan_in_slices_and_scores_the_same(patte
     for name, p in net.params.items():
         p[...] = RNG.standard_normal(p.shape) * 0.2
     for name, b in net.buffers.items():
-        b[...] = RNG.uniform(0.5, 2, b.shape) if name.endswith("var") else RNG.normal(0, .3, b.shape)
+        b[...] = (RNG.uniform(0.5, 2, b.shape) if name.endswith("var")
+                  else RNG.normal(0, .3, b.shape))
     x = RNG.standard_normal((batch, *net.input_shape)).astype(np.float32)
     want = net.forward(x)
     plan = net.prepare()

@@ -51,7 +51,6 @@ from slidenet.ops import compiled
 from slidenet.ops.conv.common import check_shapes
 from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
 
-NAME = "winograd_s2"
 LINE = 16                       # numbers: a cache line of float32, between the planes
 # Below this many input channels the 81 GEMMs (inner size D) are too thin to beat im2col's
 # one GEMM of inner size 9D (docs/benchmarks.md, "res18 inference: stride 2 by Winograd").

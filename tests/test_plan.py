@@ -95,6 +95,25 @@ def test_a_large_batch_goes_through_the_plan_in_slices_and_scores_the_same(patte
     assert seen == [batch] and sorted(after_cut[:-1]) == late and after_cut[-1] == batch
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_kind_of_step_runs_on_two_slices_at_once(dtype):
+    """Layers whose inference step is their evaluation forward (a lone BATCHNORM, pools,
+    activations, DROPOUT) run on both workers' slices at the same time and score as the net."""
+    net = Net.from_pattern(NETS[1], seed=3, dtype=dtype)
+    for name, p in net.params.items():
+        p[...] = RNG.standard_normal(p.shape) * 0.2
+    x = RNG.standard_normal((40, *net.input_shape)).astype(dtype)
+    want = net.forward(x)
+    plan = net.prepare()
+    with runtime.workers(2):
+        assert runtime.image_chunks(len(x)) is not None
+        for _ in range(3):
+            got = plan.forward(x)
+            tolerance = 1e-4 if dtype == "float32" else 1e-10
+            np.testing.assert_allclose(got, want, rtol=tolerance,
+                                       atol=tolerance * np.abs(want).max())
+
+
 def test_the_cut_is_the_first_step_under_eight_by_eight():
     from slidenet.bench import RES18
     plan = Net.from_pattern(RES18).prepare()

@@ -14,7 +14,8 @@ Refused, each as one `OnnxFileError` line naming the file: a missing, empty, tru
 foreign file; a file larger than protobuf can hold; a tensor whose dims say more bytes than
 its data holds or than the budget allows; external tensor data whose path leaves the model's
 folder (`..`, an absolute path, a link pointing out), whose file is missing, or whose claimed
-offset and length reach past the end of that file.
+offset and length reach past the end of that file; a file (or external file) cut while it is
+read, naming the tensor whose bytes it no longer holds (`onnx_weights`).
 """
 import os
 from math import prod

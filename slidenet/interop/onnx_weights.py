@@ -1,13 +1,13 @@
 """A large weight left in its file until the net's own array is filled from it.
 
-    w = FileTensor(Path("vgg.onnx"), "vgg.onnx", "fc1.weight", offset, np.dtype("<f4"),
-                   (4096, 25088))
+    span = Span(Path("vgg.onnx"), "vgg.onnx", offset, 4096 * 25088 * 4)   # checked in the file
+    w = FileTensor(span, "fc1.weight", np.dtype("<f4"), (4096, 25088))
     view = w.T                          # (25088, 4096): transposes and reshapes read nothing
     view.copy_into(net_array)           # the bytes read in blocks of rows into one small buffer
 
 Why: bytes read whole from a file are fresh memory, touched once there and once more in the
 net's arrays they are copied into; on a machine where fresh memory is dear (a virtual machine
-that hands free pages back to its host) the second touch doubles an import's time. Read in
+that hands free pages back to its host) the second touch costs as much as the first. Read in
 blocks of rows into one reused buffer of a few MiB, only the net's memory is fresh
 (docs/benchmarks.md, "ONNX import time").
 

@@ -100,7 +100,7 @@ class FC(Layer):
         w, b = self.params["W"].copy(), self.bias.copy()
         if affine is not None:
             w, b = fold(w, b, affine)
-        return lambda x: ops.fc_forward(x, w, b, relu=relu)[0]
+        return lambda x: ops.fc_infer(x, w, b, relu=relu)
 
     def filter_images(self):
         """An FC reading a volume: output o's weights, reshaped to (H, W, D), are a template

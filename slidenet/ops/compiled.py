@@ -12,6 +12,7 @@ several calls:
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;
     the direct convolution of thin first layers (`conv.direct`): each output pixel's window
         times the filters;
+    the FC of one image in inference (`fc.fc_infer`): W's rows where the input is not zero;
     batch normalisation in training (`batchnorm`): the per-channel sums, the centred squares,
         xhat and the output together; the backward's two sums, and dx.
 The arithmetic and the comparisons are the same, in the same order, so results are bitwise
@@ -99,6 +100,7 @@ def _compile():
     done.add_bias_relu = jit(add_bias_relu)
     done.relu_mask = jit(relu_mask)
     done.direct_conv = jit(direct_conv)
+    done.fc_one = jit(fc_one)
     done.winograd_rows = jit(winograd_rows)
     done.winograd_output = jit(winograd_output)
     done.winograd_adjoint = jit(winograd_adjoint)
@@ -333,6 +335,33 @@ def direct_conv(xp, w, bias, taps_h, taps_w, depth, steps_h, steps_w, relu, out)
                     if relu and s < zero:
                         s = zero
                     o[ch] = s
+
+
+# One image's FC in inference (`fc.fc_infer`): no NumPy twin either; the products are added in
+# the order of x, which is not the GEMM's, so the two agree to rounding.
+
+def fc_one(x, w, b, relu, out):
+    """out (O,) = x (I,) @ w (I, O) + b (O,), rectified with relu (a NaN stays NaN).
+
+    W's rows are added into out one at a time, in order, each times its input; a row whose
+    input is 0 is skipped, since it would add 0 (W is finite: model files refuse anything
+    else). After a ReLU, and a max pool of ReLUs, many inputs are 0, so fewer of W's rows are
+    read: at batch 1 reading W is the whole cost of the layer. The loop over O is innermost and
+    contiguous, so it is vectorised.
+    """
+    o = out.shape[0]
+    zero = out.dtype.type(0)
+    acc = np.zeros(o, out.dtype)        # its own array: the compiler need not fear aliasing
+    for r in range(x.shape[0]):
+        v = x[r]
+        if v != zero:
+            for c in range(o):
+                acc[c] += v * w[r, c]
+    for c in range(o):
+        s = acc[c] + b[c]
+        if relu and s < zero:
+            s = zero
+        out[c] = s
 
 
 # Winograd's F(4, 3) (`winograd4` documents the arithmetic; the order of every addition here is

@@ -190,6 +190,7 @@ def test_a_named_algorithm_refuses_what_it_cannot_compute():
 # (H, W, D, F_h, F_w, S_h, S_w): tiling, overlapping (3x3 s=2), odd sizes, per-axis values.
 POOL_GEOMETRIES = [
     (8, 8, 3, 2, 2, 2, 2),
+    (6, 10, 4, 2, 2, 2, 2),
     (7, 7, 2, 3, 3, 2, 2),
     (9, 7, 2, 3, 3, 1, 1),
     (6, 9, 1, 2, 3, 2, 3),
@@ -242,6 +243,27 @@ def test_max_pool_backward_with_the_relu_mask(hw, size, stride):
                  {"x": x}, ("x",),
                  naive_backward=lambda dout, x: naive.pool_backward(dout, x, size, stride) * (x > 0),
                  fd=False, dtypes=False, compiled_exact=size == stride)
+
+
+def test_max_pool_2x2_nan_and_ties_compiled_as_numpy(numba):
+    # The 2x2 stride-2 passes (`compiled.max_pool22`) against the NumPy taps: NaN in every tap
+    # position, ties, all-zero windows, with and without the ReLU's mask, bit for bit.
+    x = np.maximum(RNG.integers(-1, 3, (3, 8, 6, 5)), 0).astype(np.float32)
+    for i, j in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        x[i % 3, 2 + i, 2 * j + j, j] = np.nan
+    dout = RNG.standard_normal((3, 4, 3, 5)).astype(np.float32)
+    results = []
+    for on in (True, False):
+        previous = ops.compiled.set_enabled(on)
+        try:
+            out, cache = ops.max_pool_forward(x, (2, 2), (2, 2))
+            results.append((out, *(ops.max_pool_backward(dout, cache, relu_mask=mask)
+                                   for mask in (False, True))))
+        finally:
+            ops.compiled.set_enabled(previous)
+    for fast, plain in zip(*results):
+        np.testing.assert_array_equal(fast, plain)
+    assert np.isnan(results[0][0]).sum() == 4
 
 
 def test_pool_lecture_example():

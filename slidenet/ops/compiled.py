@@ -9,7 +9,8 @@ several calls:
         tile, A^T m A with the bias, skip, ReLU or 2x2 max pool, and x's adjoint tiles for dw;
     im2col (`conv.common`, `conv.im2col`, `window`): the rows of thin inputs, the bias and ReLU
         over output rows, the ReLU's mask, dx's window gradients added back (`col2im_add`);
-    pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;
+    pooling (`pool`): max-pool a window, and hand its gradient to the first maximum (2x2
+        windows at stride 2 by a pass of their own, the taps unrolled);
     the direct convolution of thin first layers (`conv.direct`): each output pixel's window
         times the filters;
     the FC of one image in inference (`fc.fc_infer`): W's rows where the input is not zero;
@@ -116,6 +117,7 @@ def _compile():
     done.winograd44_adjoint = jit(winograd44_adjoint)
     done.max_pool = jit(max_pool)
     done.max_pool_backward = jit(max_pool_backward)
+    done.max_pool22, done.max_pool22_backward = jit(max_pool22), jit(max_pool22_backward)
     done.bn_sums = jit(bn_sums)
     done.bn_centred_squares = jit(bn_centred_squares)
     done.bn_normalise = jit(bn_normalise)
@@ -208,6 +210,58 @@ def max_pool(x, fh, fw, sh, sw, out):
                         for ch in range(d):
                             if v[ch] > o[ch] or v[ch] != v[ch]:     # as np.maximum(o, v)
                                 o[ch] = v[ch]
+
+
+def max_pool22(x, out):
+    """`max_pool` of 2x2 windows at stride 2 (R1's and VGG's pools): the same comparisons in
+    the same order, with the four taps named, so the loop over the depth has no loop around
+    it to run and is vectorised."""
+    c, ho, wo, d = out.shape
+    for n in range(c):
+        for i in range(ho):
+            r0, r1 = x[n, 2 * i], x[n, 2 * i + 1]
+            for j in range(wo):
+                o = out[n, i, j]
+                t0, t1, t2, t3 = r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]
+                for ch in range(d):
+                    m = t0[ch]
+                    v = t1[ch]
+                    if v > m or v != v:
+                        m = v
+                    v = t2[ch]
+                    if v > m or v != v:
+                        m = v
+                    v = t3[ch]
+                    if v > m or v != v:
+                        m = v
+                    o[ch] = m
+
+
+def max_pool22_backward(x, out, g, relu_mask, dx):
+    """`max_pool_backward` of 2x2 windows at stride 2 that tile x: each window's gradient to
+    its first tap equal to the max, row-major, else to the last; the same order as there."""
+    c, ho, wo, d = g.shape
+    zero = dx.dtype.type(0)
+    for n in range(c):
+        for i in range(ho):
+            r0, r1 = x[n, 2 * i], x[n, 2 * i + 1]
+            q0, q1 = dx[n, 2 * i], dx[n, 2 * i + 1]
+            for j in range(wo):
+                o, gr = out[n, i, j], g[n, i, j]
+                t0, t1, t2, t3 = r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]
+                d0, d1, d2, d3 = q0[2 * j], q0[2 * j + 1], q1[2 * j], q1[2 * j + 1]
+                for ch in range(d):
+                    m = o[ch]
+                    left = zero if relu_mask and not m > zero else gr[ch]
+                    taken = left if t0[ch] == m else zero
+                    d0[ch] = taken
+                    left -= taken
+                    taken = left if t1[ch] == m else zero
+                    d1[ch] = taken
+                    left -= taken
+                    taken = left if t2[ch] == m else zero
+                    d2[ch] = taken
+                    d3[ch] = left - taken
 
 
 def max_pool_backward(x, out, g, fh, fw, sh, sw, relu_mask, tiles, dx):

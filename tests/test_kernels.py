@@ -324,13 +324,15 @@ def test_fc_pair_split_over_threads(n, inputs, outputs):
                  fd_samples=8)
 
 
-@pytest.mark.parametrize("shape", [(1, 4, 4, 64), (1, 300), (1, 7)])
+@pytest.mark.parametrize("shape", [(1, 4, 4, 64), (1, 300), (1, 7), (3, 5, 5, 4),
+                                   (ops.fc.ROWS_UP_TO, 20)])
 @pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
-def test_fc_infer_one_image(numba, shape, relu):
-    """Inference of one image (`fc_infer`): the compiled product reads only W's rows whose input
-    is not 0. Against the naive loops in float64 and to float32 rounding, an input half zeros
-    (as after a ReLU), all zeros and none; a NaN input still gives NaN. Without the compiled
-    kernels, fc_forward's GEMM, the same numbers to rounding."""
+def test_fc_infer_few_images(numba, shape, relu):
+    """Inference of a few images (`fc_infer`): the compiled product reads only W's rows whose
+    input is not 0. Against the naive loops in float64 and to float32 rounding, an input half
+    zeros (as after a ReLU), all zeros and none; a NaN input still gives NaN; each image the
+    same bits alone as in the batch. Without the compiled kernels, fc_forward's GEMM, the same
+    numbers to rounding."""
     inputs = int(np.prod(shape[1:]))
     w, b = RNG.standard_normal((inputs, 40)) / 10, RNG.standard_normal(40)
     for x in (np.maximum(RNG.standard_normal(shape), 0), np.zeros(shape),
@@ -340,8 +342,10 @@ def test_fc_infer_one_image(numba, shape, relu):
         np.testing.assert_allclose(ops.fc_infer(x, w, b, relu), want, rtol=1e-12, atol=1e-12)
         x32, w32, b32 = (a.astype(np.float32) for a in (x, w, b))
         got = ops.fc_infer(x32, w32, b32, relu)
-        assert got.dtype == np.float32 and got.shape == (1, 40)
+        assert got.dtype == np.float32 and got.shape == (shape[0], 40)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        for i in range(shape[0]):
+            np.testing.assert_array_equal(ops.fc_infer(x32[i:i + 1], w32, b32, relu), got[i:i + 1])
         previous = ops.compiled.set_enabled(False)
         try:
             np.testing.assert_allclose(ops.fc_infer(x32, w32, b32, relu), got, rtol=1e-5,
@@ -349,8 +353,11 @@ def test_fc_infer_one_image(numba, shape, relu):
         finally:
             ops.compiled.set_enabled(previous)
     x = np.maximum(RNG.standard_normal(shape), 0).astype(np.float32)
-    x.reshape(-1)[3] = np.nan
-    assert np.isnan(ops.fc_infer(x, w.astype(np.float32), b.astype(np.float32), relu)).all()
+    x.reshape(len(x), -1)[0, 3] = np.nan
+    got = ops.fc_infer(x, w.astype(np.float32), b.astype(np.float32), relu)
+    assert np.isnan(got[0]).all() and not np.isnan(got[1:]).any()
+    big = np.zeros((ops.fc.ROWS_UP_TO + 1, inputs))         # beyond: fc_forward's GEMM
+    np.testing.assert_array_equal(ops.fc_infer(big, w, b, relu), ops.fc_forward(big, w, b, relu)[0])
 
 
 def test_fc_flattens_in_height_width_depth_order():

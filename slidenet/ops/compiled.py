@@ -13,7 +13,7 @@ several calls:
         windows at stride 2 by a pass of their own, the taps unrolled);
     the direct convolution of thin first layers (`conv.direct`): each output pixel's window
         times the filters;
-    the FC of one image in inference (`fc.fc_infer`): W's rows where the input is not zero;
+    the FC of a few images in inference (`fc.fc_infer`): W's rows where the input is not zero;
     batch normalisation in training (`batchnorm`): the per-channel sums, the centred squares,
         xhat and the output together; the backward's two sums, and dx.
 The arithmetic and the comparisons are the same, in the same order, so results are bitwise
@@ -391,31 +391,37 @@ def direct_conv(xp, w, bias, taps_h, taps_w, depth, steps_h, steps_w, relu, out)
                     o[ch] = s
 
 
-# One image's FC in inference (`fc.fc_infer`): no NumPy twin either; the products are added in
+# A few images' FC in inference (`fc.fc_infer`): no NumPy twin either; the products are added in
 # the order of x, which is not the GEMM's, so the two agree to rounding.
 
 def fc_one(x, w, b, relu, out):
-    """out (O,) = x (I,) @ w (I, O) + b (O,), rectified with relu (a NaN stays NaN).
+    """out (N, O) = x (N, I) @ w (I, O) + b (O,), rectified with relu (a NaN stays NaN), for a
+    few images (N of at most `fc.ROWS_UP_TO`).
 
-    W's rows are added into out one at a time, in order, each times its input; a row whose
-    input is 0 is skipped, since it would add 0 (W is finite: model files refuse anything
-    else). After a ReLU, and a max pool of ReLUs, many inputs are 0, so fewer of W's rows are
-    read: at batch 1 reading W is the whole cost of the layer. The loop over O is innermost and
-    contiguous, so it is vectorised.
+    Image by image, W's rows are added into its sums one at a time, in order, each times its
+    input; a row whose input is 0 is skipped, since it would add 0 (W is finite: model files refuse
+    anything else). After a ReLU, and a max pool of ReLUs, many inputs are 0, so fewer of W's
+    rows are read: for so few images reading W is the whole cost of the layer. The loop over
+    O is innermost and contiguous, so it is vectorised. Each image's sums are added in the
+    same order whatever N is: an image gets the same bits alone as in a batch.
     """
-    o = out.shape[0]
+    n, i = x.shape
+    o = out.shape[1]
     zero = out.dtype.type(0)
-    acc = np.zeros(o, out.dtype)        # its own array: the compiler need not fear aliasing
-    for r in range(x.shape[0]):
-        v = x[r]
-        if v != zero:
-            for c in range(o):
-                acc[c] += v * w[r, c]
-    for c in range(o):
-        s = acc[c] + b[c]
-        if relu and s < zero:
-            s = zero
-        out[c] = s
+    acc = np.empty(o, out.dtype)        # its own array: the compiler need not fear aliasing
+    for m in range(n):
+        for c in range(o):
+            acc[c] = zero
+        for r in range(i):
+            v = x[m, r]
+            if v != zero:
+                for c in range(o):
+                    acc[c] += v * w[r, c]
+        for c in range(o):
+            s = acc[c] + b[c]
+            if relu and s < zero:
+                s = zero
+            out[m, c] = s
 
 
 # Winograd's F(4, 3) (`winograd4` documents the arithmetic; the order of every addition here is

@@ -7,6 +7,7 @@ several calls:
         residual sum's other terms, inference's `skip`), build x's adjoint rows;
     F(4x4, 3x3) in both axes (`conv.winograd_f44`, training's and inference's): B^T d B of every
         tile, A^T m A with the bias, skip, ReLU or 2x2 max pool, and x's adjoint tiles for dw;
+        the filter transforms G w G^T and G^T dU G;
     im2col (`conv.common`, `conv.im2col`, `window`): the rows of thin inputs, the bias and ReLU
         over output rows, the ReLU's mask, dx's window gradients added back (`col2im_add`);
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum (2x2
@@ -118,6 +119,8 @@ def _compile():
     done.max_pool = jit(max_pool)
     done.max_pool_backward = jit(max_pool_backward)
     done.max_pool22, done.max_pool22_backward = jit(max_pool22), jit(max_pool22_backward)
+    done.winograd44_filters = jit(winograd44_filters)
+    done.winograd44_filter_grad = jit(winograd44_filter_grad)
     done.bn_sums = jit(bn_sums)
     done.bn_centred_squares = jit(bn_centred_squares)
     done.bn_normalise = jit(bn_normalise)
@@ -210,6 +213,60 @@ def max_pool(x, fh, fw, sh, sw, out):
                         for ch in range(d):
                             if v[ch] > o[ch] or v[ch] != v[ch]:     # as np.maximum(o, v)
                                 o[ch] = v[ch]
+
+
+# F(4x4, 3x3)'s filter transforms (`conv.winograd_f44`'s `prepare_filters` and `filter_grad`):
+# G w G^T and G^T dU G as two 3-term (or 6-term) sums each, in float64, rounded once. The NumPy
+# path multiplies by the 36 x 9 Kronecker product in one float64 GEMM, whose sums are of 9 (36)
+# terms in BLAS's order: the two agree to float64 rounding, so to float32 they almost always
+# round alike. The separable form does half the multiply-adds, vectorised over K, where the
+# GEMM of 9 rows was a slow shape for BLAS: a visible share of a training step at batch 1.
+
+def winograd44_filters(w, g, out):
+    """out (36, D, K) = G w G^T of each filter, entry 6i + j, from w (3, 3, D, K) and G (6, 3)
+    in float64: (G w)[i, b] = sum over a of G[i, a] w[a, b], then the sum over b of
+    (G w)[i, b] G[j, b], rounded once to out's dtype."""
+    d, k = w.shape[2], w.shape[3]
+    t = np.empty((6, 3, k), np.float64)
+    for e in range(d):
+        for i in range(6):
+            g0, g1, g2 = g[i, 0], g[i, 1], g[i, 2]
+            for b in range(3):
+                w0, w1, w2, row = w[0, b, e], w[1, b, e], w[2, b, e], t[i, b]
+                for c in range(k):
+                    row[c] = g0 * w0[c] + g1 * w1[c] + g2 * w2[c]
+        for i in range(6):
+            t0, t1, t2 = t[i, 0], t[i, 1], t[i, 2]
+            for j in range(6):
+                h0, h1, h2, o = g[j, 0], g[j, 1], g[j, 2], out[6 * i + j, e]
+                for c in range(k):
+                    o[c] = t0[c] * h0 + t1[c] * h1 + t2[c] * h2
+
+
+def winograd44_filter_grad(du, g, out):
+    """out (3, 3, A, B) = G^T dU G from dU (36, A, B) and G (6, 3) in float64: (dU G)[i, b] =
+    the sum over j of dU[6i + j] G[j, b], then the sum over i of G[i, a] (dU G)[i, b], rounded
+    once to out's dtype."""
+    a_n, b_n = du.shape[1], du.shape[2]
+    s = np.empty((6, 3, b_n), np.float64)
+    for e in range(a_n):
+        for i in range(6):
+            for b in range(3):
+                row = s[i, b]
+                for c in range(b_n):
+                    row[c] = 0.0
+                for j in range(6):
+                    h, src = g[j, b], du[6 * i + j, e]
+                    for c in range(b_n):
+                        row[c] += src[c] * h
+        for a in range(3):
+            for b in range(3):
+                o = out[a, b, e]
+                for c in range(b_n):
+                    v = 0.0
+                    for i in range(6):
+                        v += g[i, a] * s[i, b, c]
+                    o[c] = v
 
 
 def max_pool22(x, out):

@@ -96,7 +96,8 @@ class FC(Layer):
 
     def prepare(self, relu=False, affine=None):
         """Inference: the weights copied once; relu=True applies the next RELU too (fusion);
-        affine: a BATCHNORM's per-output (scale, shift) folded into W and b (`folding`)."""
+        affine: a BATCHNORM's per-output (scale, shift) folded into W and b (`folding`). Runs
+        `ops.fc_infer` (a few images read only W's rows whose input is not 0)."""
         w, b = self.params["W"].copy(), self.bias.copy()
         if affine is not None:
             w, b = fold(w, b, affine)

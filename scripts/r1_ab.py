@@ -3,6 +3,7 @@ replaced in one process, alternating round by round, in CPU time (what a shared 
 work inflates least).
 
     .venv/bin/python scripts/r1_ab.py [--rounds 9] [--batches 1,8,128] [--latency-calls 300]
+                                      [--workers 1]
 
 "before" puts back, in this process, what this tree replaced: the 36 x 9 float64 GEMM by GG of
 F(4x4, 3x3)'s filter transforms (`winograd_f44.prepare_filters`, `filter_grad`), the general
@@ -10,7 +11,8 @@ compiled max pool (`compiled.max_pool`, `max_pool_backward`) for 2x2 windows at 
 fc_forward's GEMM for inference of a few images (`ops.fc_infer`), and the normaliser's
 broadcast along the depth with its (scale, shift) computed per call. "after" is this tree.
 Prints, per batch, the median CPU ms of a training step (one worker, one BLAS thread: the
-arithmetic without hand-overs) both ways and after / before; and a one-image prediction
+arithmetic without hand-overs; --workers 2: two, and the wall ms too) both ways and
+after / before; and a one-image prediction
 (pixels in, `Net.prepare()`, as `slidenet bench` times batch 1) both ways, in µs.
 """
 import argparse
@@ -79,23 +81,30 @@ def main():
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--batches", default="1,8,128")
     parser.add_argument("--latency-calls", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=1, help="kernel workers (default 1)")
     args = parser.parse_args()
     modes = (("before", before), ("after", contextlib.nullcontext))
-    with runtime.workers(1), threadpool_limits(1, "blas"):
+    with runtime.workers(args.workers), threadpool_limits(1, "blas"):
         for batch in [int(b) for b in args.batches.split(",")]:
             runner = SlidenetRunner(R1, batch, 1)
             calls = max(2, 256 // batch)
             times = {name: [] for name, _ in modes}
+            walls = {name: [] for name, _ in modes}
             for _ in range(args.rounds):
                 for name, mode in modes:
                     with mode():
                         runner.train_step()
+                        start = time.perf_counter()
                         times[name].append(cpu_ms(runner.train_step, calls))
+                        walls[name].append((time.perf_counter() - start) / calls * 1e3)
             old, new = (statistics.median(times[name]) for name, _ in modes)
+            wall = "" if args.workers == 1 else (
+                f"; wall {statistics.median(walls['before']):.3f} / "
+                f"{statistics.median(walls['after']):.3f} ms")
             print(f"training step, batch {batch}: before {old:.3f} ms "
                   f"({min(times['before']):.3f}-{max(times['before']):.3f}), after {new:.3f} ms "
                   f"({min(times['after']):.3f}-{max(times['after']):.3f}): after / before "
-                  f"{new / old:.3f}")
+                  f"{new / old:.3f}{wall}")
         runner = SlidenetRunner(R1, 1, 1)
         times = {name: [] for name, _ in modes}
         for _ in range(args.rounds):

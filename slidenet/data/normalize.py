@@ -39,19 +39,16 @@ class Normalizer:
             raise DataError(f"images of depth {x.shape[-1]} given to a normalizer fitted on depth "
                             f"{len(self.mean)}")
         scale, shift = self.affine(dtype)
-        out = x.astype(dtype)          # a new array: the two passes below write into it
-        if out.ndim >= 2 and out.size:
-            # Broadcast along the last axis alone, NumPy's inner loop would be D (3) numbers
-            # long; the pair repeated along a row of pixels makes it a whole row.
-            width = out.shape[-2]
-            rows = out.reshape(-1, width * out.shape[-1])
-            scale, shift = self._tiled(scale, shift, width)
-            rows *= scale
-            rows += shift
-            return out
-        out *= scale
+        if x.ndim < 2 or x.size == 0:
+            return x.astype(dtype) * scale + shift
+        # The same multiply-add on rows of W*D numbers, scale and shift repeated along them:
+        # broadcast along D alone, NumPy's loops run 3 numbers at a time for RGB, several
+        # times slower, and this runs on the calling thread before a prediction's kernels.
+        width = x.shape[-2]
+        scale, shift = self._tiled(scale, shift, width)
+        out = np.multiply(x.reshape(-1, width * x.shape[-1]), scale, dtype=dtype)
         out += shift
-        return out
+        return out.reshape(x.shape)
 
     def _tiled(self, scale, shift, width):
         """`affine`'s (scale, shift) repeated `width` times, (width * D,) each; kept per pair."""

@@ -94,14 +94,30 @@ def runs(x, filters):
 
 def prepare_filters(w, dtype=None):
     """U (36, D, K) = G w G^T of each filter, entry 6a + b, from w (3, 3, D, K); computed in
-    float64 and rounded once to `dtype` (None: w's)."""
+    float64 and rounded once to `dtype` (None: w's). float32 with the compiled kernels: as
+    G (w G^T)'s two short sums (`compiled.winograd44_filters`); else one GEMM by GG, the same
+    to float64 rounding. (float64, the gradient checks' dtype, keeps the GEMM: its finite
+    differences see float64's rounding, and gain nothing from speed.)"""
     d, k = w.shape[2:]
+    dtype = np.dtype(dtype or w.dtype)
+    fast = compiled.kernels() if w.dtype == dtype == np.float32 else None
+    if fast is not None:
+        u = np.empty((36, d, k), dtype)
+        fast.winograd44_filters(w, G, u)
+        return u
     u = GG @ w.astype(np.float64).reshape(9, d * k)
-    return np.ascontiguousarray(u.reshape(36, d, k), dtype=dtype or w.dtype)
+    return np.ascontiguousarray(u.reshape(36, d, k), dtype=dtype)
 
 
 def filter_grad(du):
-    """dU (36, A, B) -> dw (3, 3, A, B) = G^T dU G, summed in float64 and rounded once."""
+    """dU (36, A, B) -> dw (3, 3, A, B) = G^T dU G, summed in float64 and rounded once (float32
+    with the compiled kernels as two short sums, `compiled.winograd44_filter_grad`; else one
+    GEMM, as `prepare_filters`)."""
+    fast = compiled.kernels() if du.dtype == np.float32 else None
+    if fast is not None:
+        dw = np.empty((3, 3, *du.shape[1:]), du.dtype)
+        fast.winograd44_filter_grad(du, G, dw)
+        return dw
     dw = GG.T @ du.astype(np.float64).reshape(36, -1)
     return dw.reshape(3, 3, *du.shape[1:]).astype(du.dtype)
 

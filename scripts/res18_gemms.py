@@ -8,9 +8,11 @@ its kernel runs on one chunk of images, as `np.matmul` runs it there: F(4x4, 3x3
 36 planes of (tiles x D) @ (D x K), Winograd at stride 2 81 planes of the same; a chunk is as
 many images as the kernel puts in one on one worker (`runtime.batch_chunks` with the kernel's
 bytes per image: 10-11 images of 32x32x16). Prints the CPU ms of those GEMMs per `--batch`
-images on one thread (min and median of `--rounds` runs of several calls) and their GFLOPS; then a 2048^3 float32 matmul for the BLAS's peak, and which
-BLAS kernels NumPy runs (threadpoolctl: OpenBLAS's core type, which OPENBLAS_CORETYPE sets).
-The rows are random: a GEMM's time does not depend on the numbers.
+images on one thread (min and median of `--rounds` runs of several calls) and their GFLOPS, and beside them the whole layer (`winograd_f44.forward`, or
+`winograd_s2.forward`, with the bias and the ReLU, padding 1, without a residual skip) the same
+way, so that what is not GEMM is their difference; then a 2048^3 float32 matmul for the BLAS's
+peak, and which BLAS kernels NumPy runs (threadpoolctl: OpenBLAS's core type, which
+OPENBLAS_CORETYPE sets). The numbers are random: a GEMM's time does not depend on them.
 """
 import argparse
 import statistics
@@ -20,6 +22,7 @@ import numpy as np
 import threadpoolctl
 
 from slidenet.ops import runtime
+from slidenet.ops.conv import winograd_f44, winograd_s2
 
 # (name, planes, image side after the conv, D, K): res18's 3x3 layers, F(4x4, 3x3) tiles of
 # 4 x 4 outputs, stride-2 Winograd tiles of 4 x 4 outputs too.
@@ -66,9 +69,20 @@ def main():
             best, median = timed(lambda: np.matmul(v, u, out=m), 10, args.rounds)
             scale = args.batch / images
             flops = 2 * planes * rows * d * k
+            x = rng.standard_normal((args.batch, 2 * side if planes == 81 else side,
+                                     2 * side if planes == 81 else side, d)).astype(np.float32)
+            w = rng.standard_normal((3, 3, d, k)).astype(np.float32)
+            b = rng.standard_normal(k).astype(np.float32)
+            if planes == 81:
+                filters = winograd_s2.prepare_filters(w)
+                layer = lambda: winograd_s2.forward(x, filters, b, (1, 1), True, after=(0, 0))
+            else:
+                filters = winograd_f44.prepare_filters(w)
+                layer = lambda: winograd_f44.forward(x, filters, b, (1, 1), True)
+            whole, _ = timed(layer, 3, args.rounds)
             print(f"{name}, {images} images: {planes} x ({rows} x {d}) @ ({d} x {k}): "
                   f"{best * scale * 1e3:.3f} ms (median {median * scale * 1e3:.3f}), "
-                  f"{flops / best / 1e9:.0f} GFLOPS")
+                  f"{flops / best / 1e9:.0f} GFLOPS; the layer {whole * 1e3:.3f} ms")
         a = rng.standard_normal((2048, 2048)).astype(np.float32)
         best, _ = timed(lambda: a @ a, 2, 3)
         print(f"2048^3 float32 matmul: {2 * 2048 ** 3 / best / 1e9:.0f} GFLOPS")

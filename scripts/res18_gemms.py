@@ -73,12 +73,13 @@ def main():
                                      2 * side if planes == 81 else side, d)).astype(np.float32)
             w = rng.standard_normal((3, 3, d, k)).astype(np.float32)
             b = rng.standard_normal(k).astype(np.float32)
-            if planes == 81:
-                filters = winograd_s2.prepare_filters(w)
-                layer = lambda: winograd_s2.forward(x, filters, b, (1, 1), True, after=(0, 0))
-            else:
-                filters = winograd_f44.prepare_filters(w)
-                layer = lambda: winograd_f44.forward(x, filters, b, (1, 1), True)
+            stride2 = planes == 81
+            filters = (winograd_s2 if stride2 else winograd_f44).prepare_filters(w)
+
+            def layer():
+                if stride2:
+                    return winograd_s2.forward(x, filters, b, (1, 1), True, after=(0, 0))
+                return winograd_f44.forward(x, filters, b, (1, 1), True)
             whole, _ = timed(layer, 3, args.rounds)
             print(f"{name}, {images} images: {planes} x ({rows} x {d}) @ ({d} x {k}): "
                   f"{best * scale * 1e3:.3f} ms (median {median * scale * 1e3:.3f}), "

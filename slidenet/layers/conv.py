@@ -250,7 +250,13 @@ class Conv(Layer):
             # padded copy (Winograd at stride 2, res18's downsampling CONVs).
             sides = (self.sides.before, self.sides.after)
             return lambda x, skip=None: ops.conv_infer(x, prepared, skip=skip, sides=sides)
-        return lambda x, skip=None: ops.conv_infer(self._padded(x), prepared, skip=skip)
+
+        def run(x, skip=None):
+            return ops.conv_infer(self._padded(x), prepared, skip=skip)
+        # Its prepared CONV, for a step that runs a whole residual block in one kernel
+        # (`merge.Add.prepare`, `conv.winograd_block`).
+        run.prepared = prepared
+        return run
 
     def filter_images(self):
         return self.params["W"]

@@ -241,7 +241,22 @@ class Add(_Merge):
             outs = [_through(plan, x) for plan in others]
             skip = outs[0] if len(outs) == 1 else self.merged(outs, x, False)
             return tail(_through(head, x), skip)
-        return run
+
+        # ResNet's basic block, { CONV -> RELU -> CONV | ID } with their BATCHNORMs folded:
+        # where both CONVs run F(4x4, 3x3), one compiled call runs the whole block band by band
+        # of images (`conv.winograd_block`); any other input takes `run`.
+        first = getattr(head[0], "prepared", None) if len(head) == 1 else None
+        second = getattr(tail, "prepared", None)
+        identity = len(steps) == 2 and all(type(s) is Identity for s in steps[1 - last])
+        if first is None or second is None or not identity:
+            return run
+        from slidenet.ops.conv import winograd_block
+
+        def block(x):
+            if winograd_block.applies(x, first, second):
+                return winograd_block.forward(x, first, second, relu)
+            return run(x)
+        return block
 
     def merged(self, outs, x, relu):
         """Inference: the sum written into a branch's own output, not a new array: the first

@@ -3,12 +3,14 @@
 `slidenet.ops.naive` holds the lecture's loop versions, used as the oracle in tests.
 Convolution has one pair per algorithm (`im2col`, `fullconv`, `winograd`, `winograd4`,
 `winograd2d` (F(4x4, 3x3), `conv.winograd_f44`), `direct`), inference's forwards alone
-(`conv.winograd_f44`'s, `conv.winograd_s2` at stride 2)
+(`conv.winograd_f44`'s, `conv.winograd_s2` at stride 2, `conv.winograd_block` for a residual
+block)
 and a dispatcher (`conv`): `set_conv_algorithm` chooses for the whole process ("auto", or one
 pair everywhere).
 `slidenet.ops.runtime` says how kernels run: the scratch-memory budget of one call
 (`set_memory_budget`), the worker threads (`set_threads`), reused buffers.
-`slidenet.ops.compiled` holds optional numba versions of the passes around the GEMMs.
+`slidenet.ops.compiled` holds optional numba versions of the passes around the GEMMs;
+`slidenet.ops.blas` the GEMM of NumPy's BLAS as a function compiled code can call.
 """
 from slidenet.ops.activations import (
     add_forward, add_into, leaky_relu_backward, leaky_relu_forward, relu6_backward, relu6_forward, relu_backward,

@@ -3,11 +3,9 @@
 A compiled kernel (numba) that runs several steps over a band of images in one call, with no
 Python between them (`conv.winograd_block`), needs the GEMM between its passes from compiled
 code. NumPy does not export its BLAS to numba (numba's own `np.dot` needs SciPy), so this module
-finds `cblas_sgemm` in the library NumPy loaded: threadpoolctl names its file, and the symbol is
-tried under the names NumPy's and OpenBLAS's builds give it (NumPy's wheels prefix `scipy_` and
-suffix `64_` for their 64-bit-integer OpenBLAS). Integer arguments are passed as 64-bit numbers:
-in the x86-64 and AArch64 calling conventions a 32-bit argument is the low half of the same
-register or stack slot, so either width reads the same small value.
+finds `cblas_sgemm` in the library NumPy loaded (threadpoolctl's handle on it), under the names
+NumPy's and OpenBLAS's builds give it (NumPy's wheels prefix `scipy_` and suffix `64_` for their
+64-bit-integer OpenBLAS), as `conv.pair`'s helper thread does for batch 1.
 
 The function is checked once against `np.matmul` on a small product before it is handed out;
 anything unexpected (no such library or symbol, another BLAS, a wrong result, or
@@ -22,7 +20,10 @@ import numpy as np
 
 # Row-major, no transpose: CBLAS's enum values.
 ROW_MAJOR, NO_TRANS = 101, 111
-NAMES = ("scipy_cblas_sgemm64_", "cblas_sgemm64_", "cblas_sgemm")
+# The symbol as NumPy's wheels (64-bit integers, `64_`), OpenBLAS's ILP64 builds and its
+# usual builds name it, with the width of its integer arguments.
+NAMES = (("scipy_cblas_sgemm64_", ctypes.c_int64), ("cblas_sgemm64_", ctypes.c_int64),
+         ("scipy_cblas_sgemm", ctypes.c_int), ("cblas_sgemm", ctypes.c_int))
 _state = {"done": False, "sgemm": None}
 _lock = threading.Lock()
 
@@ -41,22 +42,19 @@ def sgemm():
 
 def _find():
     try:
-        import threadpoolctl
+        from threadpoolctl import ThreadpoolController
         np.ones((2, 2), np.float32) @ np.ones((2, 2), np.float32)      # NumPy's BLAS loaded
-        paths = [info["filepath"] for info in threadpoolctl.threadpool_info()
-                 if info.get("user_api") == "blas" and info.get("internal_api") == "openblas"]
-        for path in paths:
-            lib = ctypes.CDLL(path)
-            for name in NAMES:
-                fn = getattr(lib, name, None)
+        for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+            if lib.internal_api != "openblas":
+                continue
+            for name, int_type in NAMES:
+                fn = getattr(lib.dynlib, name, None)
                 if fn is not None:
-                    big, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-                    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, big, big, big, f32,
-                                   ptr, big, ptr, big, f32, ptr, big]
+                    i, n, p, f = ctypes.c_int, int_type, ctypes.c_void_p, ctypes.c_float
+                    fn.argtypes = [i, i, i, n, n, n, f, p, n, p, n, f, p, n]
                     fn.restype = None
-                    if _checks(fn):
-                        return fn
-    except (ImportError, OSError, AttributeError, KeyError, TypeError):
+                    return fn if _checks(fn) else None
+    except (ImportError, OSError, AttributeError, TypeError, ValueError):
         return None
     return None
 

@@ -1,0 +1,74 @@
+"""res18's prepared forward with its residual blocks in one call each (`conv.winograd_block`)
+against the same plan running each block as two calls, alternating in one process:
+docs/benchmarks.md's "res18 inference: a residual block in one call".
+
+    .venv/bin/python scripts/res18_block_ab.py [--batch 64] [--workers 1] [--rounds 10]
+
+Each round times `--calls` forwards of one plan (`Net.prepare()` of `slidenet bench`'s RES18
+with random weights and statistics) with the block kernel, then as many with
+`winograd_block.applies` answering False (the plan's two `conv_infer` calls per block, as main
+runs them), then the other order next round. Prints the CPU ms of a forward (all threads) and
+the wall ms, min and median over the rounds, for each; and that the two give the same scores
+to float32 rounding.
+"""
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from slidenet.bench import RES18
+from slidenet.net import Net
+from slidenet.ops import runtime
+from slidenet.ops.conv import winograd_block
+
+
+def trained_looking(seed=0):
+    net = Net.from_pattern(RES18, seed=seed)
+    rng = np.random.default_rng(seed)
+    for name, p in net.params.items():
+        p[...] = rng.normal(1.0 if name.endswith("gamma") else 0.0,
+                            0.3 if name.endswith(("gamma", "beta")) else 0.05, p.shape)
+    for name, b in net.buffers.items():
+        b[...] = (rng.uniform(0.5, 2, b.shape) if name.endswith("var")
+                  else rng.normal(0, 0.3, b.shape))
+    return net
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--calls", type=int, default=4)
+    args = parser.parse_args()
+    plan = trained_looking().prepare()
+    x = np.random.default_rng(1).standard_normal((args.batch, 32, 32, 3)).astype(np.float32)
+    applies = winograd_block.applies
+    refuse = lambda *a: False                   # noqa: E731: the plan's two calls a block
+    times = {"block": ([], []), "two calls": ([], [])}
+    with runtime.workers(args.workers):
+        scores = {}
+        for name, fn in (("block", applies), ("two calls", refuse)):
+            winograd_block.applies = fn
+            scores[name] = plan.forward(x).copy()
+        for r in range(args.rounds):
+            order = ("block", "two calls") if r % 2 == 0 else ("two calls", "block")
+            for name in order:
+                winograd_block.applies = applies if name == "block" else refuse
+                cpu, wall = time.process_time(), time.perf_counter()
+                for _ in range(args.calls):
+                    plan.forward(x)
+                times[name][0].append((time.process_time() - cpu) / args.calls * 1e3)
+                times[name][1].append((time.perf_counter() - wall) / args.calls * 1e3)
+    winograd_block.applies = applies
+    diff = np.abs(scores["block"] - scores["two calls"]).max() / np.abs(scores["block"]).max()
+    print(f"batch {args.batch}, {args.workers} worker(s), {args.rounds} rounds of "
+          f"{args.calls}; scores agree to {diff:.1e} of the largest")
+    for name, (cpu, wall) in times.items():
+        print(f"{name}: CPU ms {min(cpu):.2f} (median {statistics.median(cpu):.2f}), "
+              f"wall ms {min(wall):.2f} (median {statistics.median(wall):.2f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@ import pytest
 from harness import without_numba
 from slidenet import Net, ops
 from slidenet.ops import compiled, naive, runtime
-from slidenet.ops.conv import dispatch, winograd_f44
+from slidenet.ops.conv import dispatch, winograd_block, winograd_f44
 
 RNG = np.random.default_rng(44)
 
@@ -237,16 +237,20 @@ def test_a_residual_net_scores_as_its_evaluation_forward():
                     getattr(layer, state)[...] = RNG.uniform(0.5, 1.5, getattr(layer, state).shape)
         x = RNG.standard_normal((3, 16, 16, 3)).astype(dtype)
         calls = []
-        original = winograd_f44.forward
+        original, block = winograd_f44.forward, winograd_block.forward
 
         def counted(*args, **kwargs):
             calls.append(1)
             return original(*args, **kwargs)
-        winograd_f44.forward = counted
+
+        def counted_block(*args, **kwargs):     # a residual block's two CONVs in one call
+            calls.extend([1, 1])
+            return block(*args, **kwargs)
+        winograd_f44.forward, winograd_block.forward = counted, counted_block
         try:
             got = net.prepare().forward(x)
         finally:
-            winograd_f44.forward = original
+            winograd_f44.forward, winograd_block.forward = original, block
         want = net.forward(x)
         assert len(calls) == 3                 # the three 3x3 stride-1 CONVs
         np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * np.abs(want).max())

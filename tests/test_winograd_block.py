@@ -100,6 +100,8 @@ def test_applies_only_where_it_computes_the_block():
     assert not winograd_block.applies(x.astype(np.float64), first, second)   # float64
     assert not winograd_block.applies(x[:, ::2, ::2].copy(), first, second)  # 8x8: 4 tiles
     assert not winograd_block.applies(x[:, :, :, :4].copy(), first, second)  # other depth
+    big = np.zeros((2, 128, 128, 8), np.float32)        # one image's tiles past BAND_BYTES
+    assert not winograd_block.applies(big, first, second)
     assert not winograd_block.applies(x, first._replace(relu=False), second)
     assert not winograd_block.applies(x, first._replace(algorithm="winograd4"), second)
     wide = dispatch.prepare_conv(np.ones((3, 3, 8, 12), np.float32), np.ones(12, np.float32),

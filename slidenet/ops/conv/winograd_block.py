@@ -55,7 +55,9 @@ def kernel():
 
 def applies(x, first, second):
     """Whether `forward` runs this block: x a float32 C-contiguous batch of 2 or more images
-    (N, H, W, D) of at least MIN_TILES tiles of 4 x 4 outputs each; first and second
+    (N, H, W, D) of at least MIN_TILES tiles of 4 x 4 outputs each, one image's tiles and
+    products within BAND_BYTES (a larger image keeps `winograd_f44.forward`'s bands of tile
+    rows, whose scratch stays within `runtime.chunk_bytes()`); first and second
     `dispatch.PreparedConv`s of F(4x4, 3x3) ("winograd44"), padded by 1, from D to D channels
     (the identity's sum needs the same depth), float32, the first with its RELU; the compiled
     kernels on (`compiled.set_enabled`) and the block kernel available."""
@@ -63,7 +65,8 @@ def applies(x, first, second):
             and x.flags.c_contiguous and len(x) >= 2):
         return False
     d = x.shape[3]
-    if tiles(x.shape[1]) * tiles(x.shape[2]) < MIN_TILES:
+    count = tiles(x.shape[1]) * tiles(x.shape[2])
+    if count < MIN_TILES or 36 * count * 2 * d * 4 > BAND_BYTES:
         return False
     for p in (first, second):
         if (p.algorithm != "winograd44" or tuple(p.pad) != (1, 1) or tuple(p.stride) != (1, 1)
@@ -74,7 +77,7 @@ def applies(x, first, second):
 
 
 def band_images(h, w, d):
-    """Images per band: their tiles and products within BAND_BYTES, at least one."""
+    """Images per band: their tiles and products within BAND_BYTES (at least one)."""
     return max(1, BAND_BYTES // (36 * tiles(h) * tiles(w) * 2 * d * 4))
 
 

@@ -8,6 +8,8 @@ then run it with no padding of their own; `unpad_sides` is its backward.
 """
 import numpy as np
 
+from slidenet.ops.runtime import empty
+
 
 def pad_sides(x, before, after, value=0.0):
     """x (N, H, W, D) -> (N, H + b_h + a_h, W + b_w + a_w, D), `value` in the border.
@@ -19,8 +21,12 @@ def pad_sides(x, before, after, value=0.0):
     n, h, w, d = x.shape
     (bh, bw), (ah, aw) = before, after
     keep_h, keep_w = h + min(ah, 0), w + min(aw, 0)
-    out = np.full((n, bh + keep_h + max(ah, 0), bw + keep_w + max(aw, 0), d), value,
-                  dtype=x.dtype)
+    out = empty((n, bh + keep_h + max(ah, 0), bw + keep_w + max(aw, 0), d), x.dtype)
+    # The border alone is filled (recycled memory holds anything), then the inside copied.
+    out[:, :bh] = value
+    out[:, bh + keep_h:] = value
+    out[:, bh:bh + keep_h, :bw] = value
+    out[:, bh:bh + keep_h, bw + keep_w:] = value
     out[:, bh:bh + keep_h, bw:bw + keep_w] = x[:, :keep_h, :keep_w]
     return out
 
@@ -31,6 +37,8 @@ def unpad_sides(dxp, before, after, shape):
     n, h, w, d = shape
     (bh, bw), (ah, aw) = before, after
     keep_h, keep_w = h + min(ah, 0), w + min(aw, 0)
-    dx = np.zeros(shape, dtype=dxp.dtype)
+    dx = empty(shape, dxp.dtype)
+    dx[:, keep_h:] = 0
+    dx[:, :keep_h, keep_w:] = 0
     dx[:, :keep_h, :keep_w] = dxp[:, bh:bh + keep_h, bw:bw + keep_w]
     return dx

@@ -43,7 +43,7 @@ import numpy as np
 
 from slidenet.ops import compiled
 from slidenet.ops.conv import pair
-from slidenet.ops.conv.common import ConvCache, check_shapes, flipped, relu_masked
+from slidenet.ops.conv.common import ConvCache, check_shapes, flipped, relu_masked, transformed
 from slidenet.ops.conv.im2col import conv_backward_im2col
 from slidenet.ops.conv.winograd_f43 import AT, BT, G
 from slidenet.ops.runtime import batch_chunks, bordered, chunk_bytes, empty, run_chunks, scratch
@@ -96,14 +96,12 @@ def prepare_filters(w, dtype=None):
     """U (36, D, K) = G w G^T of each filter, entry 6a + b, from w (3, 3, D, K); computed in
     float64 and rounded once to `dtype` (None: w's)."""
     d, k = w.shape[2:]
-    u = GG @ w.astype(np.float64).reshape(9, d * k)
-    return np.ascontiguousarray(u.reshape(36, d, k), dtype=dtype or w.dtype)
+    return transformed(GG, w, (36, d, k), dtype or w.dtype)
 
 
 def filter_grad(du):
     """dU (36, A, B) -> dw (3, 3, A, B) = G^T dU G, summed in float64 and rounded once."""
-    dw = GG.T @ du.astype(np.float64).reshape(36, -1)
-    return dw.reshape(3, 3, *du.shape[1:]).astype(du.dtype)
+    return transformed(GG.T, du, (3, 3, *du.shape[1:]), du.dtype)
 
 
 class NUMPY:

@@ -498,6 +498,34 @@ def test_compiled_batchnorm_keeps_the_two_pass_variance(dtype, mean):
     np.testing.assert_allclose(rv, 0.9 + 0.1 * var, rtol=1e-4)
 
 
+@pytest.mark.parametrize("relu", [False, True])
+def test_compiled_batchnorm_backward_without_numba_after_a_compiled_forward(relu):
+    # The compiled forward keeps x and the mean, not xhat; a backward that finds numba switched
+    # off since then makes xhat in NumPy, and must give the compiled backward's gradients.
+    require("NUMBA", numba_problem())
+    from slidenet.ops import compiled
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((6, 5, 4, 8)) * 2 + 3).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    gamma, beta = rng.standard_normal(8).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    stats = [np.zeros(8, np.float32), np.ones(8, np.float32)]
+    _, cache = ops.batchnorm_forward(x, gamma, beta, *stats, train=True, relu=relu)
+    want = ops.batchnorm_backward(dout, cache, relu=relu)
+    previous = compiled.set_enabled(False)
+    try:
+        got = ops.batchnorm_backward(dout, cache, relu=relu)
+    finally:
+        compiled.set_enabled(previous)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # And both are the naive loops' gradients.
+    g = dout * (cache.out > 0) if relu else dout
+    naive_dx, naive_dgamma, naive_dbeta = naive.batchnorm_backward(g.astype(np.float64),
+                                                                  x.astype(np.float64), gamma)
+    np.testing.assert_allclose(want[0], naive_dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(want[1], naive_dgamma, rtol=1e-4, atol=1e-4)
+
+
 def _loss_gradient_error(loss_fn, scores, y):
     _, analytic = loss_fn(scores, y)
     numeric = numeric_gradient(lambda: loss_fn(scores, y)[0], scores, sample(scores.size, 100, RNG))

@@ -114,8 +114,7 @@ def _compile():
     done.winograd44_adjoint = jit(winograd44_adjoint)
     done.max_pool = jit(max_pool)
     done.max_pool_backward = jit(max_pool_backward)
-    done.bn_sums = jit(bn_sums)
-    done.bn_centred_squares = jit(bn_centred_squares)
+    done.bn_moments = jit(bn_moments)
     done.bn_normalise = jit(bn_normalise)
     done.bn_backward_sums = jit(bn_backward_sums)
     done.bn_backward_dx = jit(bn_backward_dx)
@@ -523,46 +522,40 @@ def winograd4_adjoint(x, out):
 # so every inner loop runs over a whole contiguous row and vectorises. The sums are per column,
 # in float64; `batchnorm` adds them over chunks and folds the W copies of each channel.
 
-def bn_sums(x, acc):
-    """acc (W*D,) float64 = the column sums of x (R, W*D)."""
+def bn_moments(x, shift_row, acc, acc_sq):
+    """acc, acc_sq (W*D,) float64 = the column sums of x - shift_row and of (x - shift_row)^2,
+    x (R, W*D), shift_row float64: both moments in one pass. The shift (the running mean, the
+    same on every rank) keeps E[c^2] - E[c]^2 of the centred c = x - shift from cancelling."""
     rows, m = x.shape
     for q in range(m):
         acc[q] = 0.0
+        acc_sq[q] = 0.0
     for r in range(rows):
         for q in range(m):
-            acc[q] += x[r, q]
+            c = np.float64(x[r, q]) - shift_row[q]
+            acc[q] += c
+            acc_sq[q] += c * c
 
 
-def bn_centred_squares(x, mean_row, acc):
-    """acc (W*D,) float64 = the column sums of (x - mean_row)^2, x (R, W*D), mean_row float64:
-    the two-pass variance's second pass, never E[x^2] - mean^2."""
-    rows, m = x.shape
-    for q in range(m):
-        acc[q] = 0.0
-    for r in range(rows):
-        for q in range(m):
-            c = x[r, q] - mean_row[q]
-            acc[q] += c * c
-
-
-def bn_normalise(x, mean_row, inv_row, gamma_row, beta_row, xhat, out, relu):
-    """xhat = (x - mean_row) * inv_row and out = xhat * gamma_row + beta_row, over (R, W*D);
-    relu: out = max(0, out) as well (BATCHNORM -> RELU; a NaN stays NaN, as np.maximum)."""
+def bn_normalise(x, mean_row, inv_row, gamma_row, beta_row, out, relu):
+    """out = ((x - mean_row) * inv_row) * gamma_row + beta_row over (R, W*D), xhat in x's dtype
+    and never stored (the backward makes it again, bit for bit); relu: out = max(0, out) as
+    well (BATCHNORM -> RELU; a NaN stays NaN, as np.maximum)."""
     rows, m = x.shape
     zero = out.dtype.type(0)
     for r in range(rows):
         for q in range(m):
             v = (x[r, q] - mean_row[q]) * inv_row[q]
-            xhat[r, q] = v
             o = v * gamma_row[q] + beta_row[q]
             if relu and o < zero:
                 o = zero
             out[r, q] = o
 
 
-def bn_backward_sums(g, xhat, acc_g, acc_gx, out, relu):
-    """acc_g, acc_gx (W*D,) float64 = the column sums of g and of g * xhat, over (R, W*D);
-    relu: of g * (out > 0) instead (the mask of a fused RELU, as `relu_mask` applies it)."""
+def bn_backward_sums(g, x, mean_row, inv_row, acc_g, acc_gx, out, relu):
+    """acc_g, acc_gx (W*D,) float64 = the column sums of g and of g * xhat, over (R, W*D), where
+    xhat = (x - mean_row) * inv_row as `bn_normalise` made it; relu: of g * (out > 0) instead
+    (the mask of a fused RELU, as `relu_mask` applies it)."""
     rows, m = g.shape
     zero = out.dtype.type(0)
     one, nil = g.dtype.type(1), g.dtype.type(0)
@@ -575,12 +568,12 @@ def bn_backward_sums(g, xhat, acc_g, acc_gx, out, relu):
             if relu:
                 v = v * (one if out[r, q] > zero else nil)
             acc_g[q] += v
-            acc_gx[q] += v * np.float64(xhat[r, q])
+            acc_gx[q] += v * np.float64((x[r, q] - mean_row[q]) * inv_row[q])
 
 
-def bn_backward_dx(g, xhat, mean_g_row, mean_gx_row, scale_row, dx, out, relu):
-    """dx = (g - xhat * mean_gx_row - mean_g_row) * scale_row over (R, W*D), in NumPy's order;
-    relu: g masked by out > 0 first, as in `bn_backward_sums`."""
+def bn_backward_dx(g, x, mean_row, inv_row, mean_g_row, mean_gx_row, scale_row, dx, out, relu):
+    """dx = (g - xhat * mean_gx_row - mean_g_row) * scale_row over (R, W*D), in NumPy's order,
+    xhat made again from x as in `bn_backward_sums`; relu: g masked by out > 0 first."""
     rows, m = g.shape
     zero = out.dtype.type(0)
     one, nil = g.dtype.type(1), g.dtype.type(0)
@@ -589,7 +582,8 @@ def bn_backward_dx(g, xhat, mean_g_row, mean_gx_row, scale_row, dx, out, relu):
             v = g[r, q]
             if relu:
                 v = v * (one if out[r, q] > zero else nil)
-            dx[r, q] = ((v - xhat[r, q] * mean_gx_row[q]) - mean_g_row[q]) * scale_row[q]
+            xhat = (x[r, q] - mean_row[q]) * inv_row[q]
+            dx[r, q] = ((v - xhat * mean_gx_row[q]) - mean_g_row[q]) * scale_row[q]
 
 
 # Winograd's F(4x4, 3x3) in both axes (`conv.winograd_f44` documents it; training's forward and

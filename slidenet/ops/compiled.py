@@ -112,6 +112,8 @@ def _compile():
     done.winograd44_input, done.winograd44_output = jit(winograd44_input), jit(winograd44_output)
     done.winograd44_output_pool = jit(winograd44_output_pool)
     done.winograd44_adjoint = jit(winograd44_adjoint)
+    done.winograd44_filters = jit(winograd44_filters)
+    done.winograd44_filter_grad = jit(winograd44_filter_grad)
     done.max_pool = jit(max_pool)
     done.max_pool_backward = jit(max_pool_backward)
     done.bn_moments = jit(bn_moments)
@@ -515,6 +517,52 @@ def winograd4_adjoint(x, out):
                     out[3, n, ti, w, ch] = f + g
                     out[4, n, ti, w, ch] = f - g
                     out[5, n, ti, w, ch] = x3
+
+
+# F(4x4, 3x3)'s filter transforms (`conv.winograd_f44`): U = G w G^T of every filter and its
+# adjoint dw = G^T dU G, in float64 numbers rounded once to the output's dtype, by the separable
+# sums (G's rows along the height, then along the width) over a whole row of K (or B) numbers at
+# a time, so the loops vectorise. w may be any strided view (the flipped filters of dx).
+
+def winograd44_filters(g, w, d0, d1, out):
+    """out[6a + b, d, k] = sum_ij G[a, i] G[b, j] w[i, j, d, k] for d in d0..d1; g: G (6, 3)
+    float64; w (3, 3, D, K); out (36, D, K)."""
+    k_count = w.shape[3]
+    t = np.empty((6, 3, k_count))
+    for d in range(d0, d1):
+        for a in range(6):
+            for j in range(3):
+                for k in range(k_count):
+                    t[a, j, k] = (g[a, 0] * np.float64(w[0, j, d, k])
+                                  + g[a, 1] * np.float64(w[1, j, d, k])
+                                  + g[a, 2] * np.float64(w[2, j, d, k]))
+        for a in range(6):
+            for b in range(6):
+                for k in range(k_count):
+                    out[6 * a + b, d, k] = (g[b, 0] * t[a, 0, k] + g[b, 1] * t[a, 1, k]
+                                            + g[b, 2] * t[a, 2, k])
+
+
+def winograd44_filter_grad(g, du, a0, a1, out):
+    """out[i, j, r, c] = sum_ab G[a, i] G[b, j] du[6a + b, r, c] for r in a0..a1; g: G (6, 3)
+    float64; du (36, R, C); out (3, 3, R, C)."""
+    c_count = du.shape[2]
+    s = np.empty((6, 3, c_count))
+    for r in range(a0, a1):
+        for a in range(6):
+            for j in range(3):
+                for c in range(c_count):
+                    acc = 0.0
+                    for b in range(6):
+                        acc += g[b, j] * np.float64(du[6 * a + b, r, c])
+                    s[a, j, c] = acc
+        for i in range(3):
+            for j in range(3):
+                for c in range(c_count):
+                    acc = 0.0
+                    for a in range(6):
+                        acc += g[a, i] * s[a, j, c]
+                    out[i, j, r, c] = acc
 
 
 # Batch normalisation in training (`batchnorm`). Arrays are the module's rows, (R, W*D), with

@@ -43,10 +43,11 @@ import numpy as np
 
 from slidenet.ops import compiled
 from slidenet.ops.conv import pair
-from slidenet.ops.conv.common import ConvCache, check_shapes, flipped, relu_masked, transformed
+from slidenet.ops.conv.common import ConvCache, check_shapes, relu_masked, transformed
 from slidenet.ops.conv.im2col import conv_backward_im2col
 from slidenet.ops.conv.winograd_f43 import AT, BT, G
-from slidenet.ops.runtime import batch_chunks, bordered, chunk_bytes, empty, run_chunks, scratch
+from slidenet.ops.runtime import (
+    batch_chunks, bordered, chunk_bytes, empty, run_chunks, scratch, split)
 
 NAME = "winograd2d"             # the training pair's name in `dispatch` (inference's: "winograd44")
 LINE = 16                       # numbers: a cache line of float32
@@ -55,6 +56,7 @@ MIN_SIDE = 8
 MIN_DEPTH = 8
 # G w G^T for all 36 entries at once: GG[6a + b, 3i + j] = G[a, i] G[b, j].
 GG = np.kron(G, G)
+G64 = np.ascontiguousarray(G, np.float64)
 
 
 def tiles(n):
@@ -93,15 +95,36 @@ def runs(x, filters):
 
 
 def prepare_filters(w, dtype=None):
-    """U (36, D, K) = G w G^T of each filter, entry 6a + b, from w (3, 3, D, K); computed in
-    float64 and rounded once to `dtype` (None: w's)."""
+    """U (36, D, K) = G w G^T of each filter, entry 6a + b, from w (3, 3, D, K) in any layout
+    (the flipped filters of dx are a view); computed in float64 and rounded once to `dtype`
+    (None: w's). A float32 U, with numba: G's sums along each axis in turn in float64 numbers
+    (`compiled.winograd44_filters`), on the worker threads by blocks of D; else (and for float64,
+    which gradcheck's finite differences see: its exact arithmetic as before) one float64
+    product by GG (`transformed`)."""
     d, k = w.shape[2:]
-    return transformed(GG, w, (36, d, k), dtype or w.dtype)
+    dtype = np.dtype(dtype or w.dtype)
+    fast = compiled.kernels(w) if dtype == np.float32 else None
+    if fast is None:
+        return transformed(GG, w, (36, d, k), dtype)
+    u = empty((36, d, k), dtype)
+    run_chunks(lambda sl: fast.winograd44_filters(G64, w, sl.start, sl.stop, u),
+               split(d, 36 * d * k * 6))
+    return u
 
 
-def filter_grad(du):
-    """dU (36, A, B) -> dw (3, 3, A, B) = G^T dU G, summed in float64 and rounded once."""
-    return transformed(GG.T, du, (3, 3, *du.shape[1:]), du.dtype)
+def filter_grad(du, out=None):
+    """dU (36, A, B) -> dw (3, 3, A, B) = G^T dU G, summed in float64 and rounded once (with
+    numba and float32, G^T's sums along each axis in turn, `compiled.winograd44_filter_grad`; as
+    `prepare_filters`). out: where to write it (any layout, e.g. a flipped view; None: a new
+    array)."""
+    fast = compiled.kernels(du) if du.dtype == np.float32 else None
+    dw = empty((3, 3, *du.shape[1:]), du.dtype) if out is None else out
+    if fast is None:
+        dw[...] = transformed(GG.T, du, (3, 3, *du.shape[1:]), du.dtype)
+        return dw
+    run_chunks(lambda sl: fast.winograd44_filter_grad(G64, du, sl.start, sl.stop, dw),
+               split(du.shape[1], du.size * 6))
+    return dw
 
 
 class NUMPY:
@@ -386,7 +409,9 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False):
     if not need_dx:
         return conv_backward_im2col(dout, cache, need_dx, relu)
     x, w, budget = cache.x, cache.w, cache.budget
-    w_flip, back_pad = flipped(w, cache.pad)        # dx is a stride-1 "full" convolution
+    # dx is a stride-1 "full" convolution with the flipped filters (`flipped`), read here as a
+    # view: the compiled transform takes any layout.
+    w_flip, back_pad = w[::-1, ::-1].transpose(0, 1, 3, 2), (2 - cache.pad[0], 2 - cache.pad[1])
     n, h, wd, d = x.shape
     k = w.shape[3]
     _, ho, wo, _ = dout.shape
@@ -426,5 +451,6 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False):
     for du_part, db_part in run_chunks(work, chunks):
         du += du_part
         db += db_part
-    dw_flip = filter_grad(du)                       # (3, 3, K, D)
-    return dx, np.ascontiguousarray(dw_flip[::-1, ::-1].transpose(0, 1, 3, 2)), db
+    dw = empty(w.shape, du.dtype)
+    filter_grad(du, dw[::-1, ::-1].transpose(0, 1, 3, 2))    # dw_flip (3, 3, K, D), in place
+    return dx, dw, db

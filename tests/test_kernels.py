@@ -112,7 +112,7 @@ def test_auto_picks_winograd_full_or_im2col():
 
 def test_auto_picks_winograd2d_where_it_pays():
     # Training (conv_forward passes the width) takes F(4x4, 3x3) where F(4, 3) would run on
-    # an output of at least 8 x 8; inference (`prepare_conv`, no width) keeps F(4, 3).
+    # an output of at least MIN_SIDE x MIN_SIDE; inference (`prepare_conv`, no width) keeps F(4, 3).
     deep, side = winograd_f44.MIN_DEPTH, winograd_f44.MIN_SIDE
     compiled = winograd_f44.compiled.kernels() is not None
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", 32, 32) == (

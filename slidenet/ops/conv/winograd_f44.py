@@ -52,8 +52,12 @@ from slidenet.ops.runtime import (
 NAME = "winograd2d"             # the training pair's name in `dispatch` (inference's: "winograd44")
 LINE = 16                       # numbers: a cache line of float32
 # `pays_in_training`: docs/benchmarks.md, "res18 training: F(4x4, 3x3)", has the measurements.
-MIN_SIDE = 8
+MIN_SIDE = 4
 MIN_DEPTH = 8
+# The backward's dU over the whole batch at once, split by product, at most this many tiles an
+# image (see `conv_backward_winograd2d`; docs/benchmarks.md, "res18 training: BATCHNORM in two
+# passes", has the measurements: it pays for one tile an image, not for four or sixteen).
+WHOLE_TILES = 1
 # G w G^T for all 36 entries at once: GG[6a + b, 3i + j] = G[a, i] G[b, j].
 GG = np.kron(G, G)
 G64 = np.ascontiguousarray(G, np.float64)
@@ -422,6 +426,15 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False):
     padded_out = (4 * t + 2) * (4 * s + 2)
     fast = passes(x, dout, dx)
 
+    # Few tiles an image (a 4 x 4 output): dU's 36 GEMMs would sum over only a
+    # chunk's few tiles each, and every chunk would add a whole (36, K, D) partial. Instead
+    # each chunk keeps its rows of dout and of adjoint(x) in whole-batch arrays, and the 36
+    # GEMMs run once over every tile of the batch, split over the workers by product.
+    whole = t * s <= WHOLE_TILES
+    if whole:
+        every_r = empty((36, n * t * s, k), dout.dtype)
+        every_x = empty((36, n * t * s, d), x.dtype)
+
     def work(sl):
         c = sl.stop - sl.start
         # dout padded by 2 - P once, for the ReLU's mask and db; the input pass adds no more.
@@ -440,6 +453,11 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False):
                                scratch("conv.w2row", (4, s * d), dx.dtype))
         xt = scratch("conv.w2x", (36, c, t, s, d), x.dtype)
         fast.winograd44_adjoint(x[sl], xt)
+        if whole:
+            tiles_of = slice(sl.start * t * s, sl.stop * t * s)
+            every_r[:, tiles_of] = r
+            every_x[:, tiles_of] = xt.reshape(36, c * t * s, d)
+            return None, db_part
         return np.matmul(r.transpose(0, 2, 1), xt.reshape(36, c * t * s, d)), db_part
 
     hot = 36 * t * s * (k + 2 * d)                  # rows, products and adjoint(x)
@@ -449,8 +467,12 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False):
     du = np.zeros((36, k, d), np.result_type(x, dout))
     db = np.zeros(k, dout.dtype)
     for du_part, db_part in run_chunks(work, chunks):
-        du += du_part
+        if du_part is not None:
+            du += du_part
         db += db_part
+    if whole:
+        run_chunks(lambda ps: np.matmul(every_r[ps].transpose(0, 2, 1), every_x[ps], out=du[ps]),
+                   split(36, 36 * n * t * s * k * d))
     dw = empty(w.shape, du.dtype)
     filter_grad(du, dw[::-1, ::-1].transpose(0, 1, 3, 2))    # dw_flip (3, 3, K, D), in place
     return dx, dw, db

@@ -66,6 +66,15 @@ def _geometry(shape):
     return n, h, w * d, d
 
 
+def _tiled(tile, *vectors):
+    """Each (D,) vector tiled `tile` times, (W*D,) rows in their own dtypes; one np.tile for
+    all of them when they share one (the usual case: this runs several times a layer, on the
+    thread that the other worker waits for)."""
+    if all(v.dtype == vectors[0].dtype for v in vectors):
+        return tuple(np.tile(np.stack(vectors), (1, tile)))
+    return tuple(np.tile(v, tile) for v in vectors)
+
+
 def _channel_sums(parts, d):
     """Add per-chunk column sums (each (W*D,)) over chunks and fold them to D channels, in float64."""
     total = np.sum([np.asarray(p, np.float64) for p in parts], axis=0)
@@ -88,13 +97,13 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum
     tile = width // d
     out = empty(x.shape, np.result_type(x, gamma))
     out_rows = out.reshape(n * h, width)
-    zero_row = np.zeros(width, out.dtype)       # max against a row: faster than against 0
     chunks = batch_chunks(n, 2 * h * width * x.itemsize)
 
     def by_chunk(work):
         return run_chunks(lambda sl: work(slice(sl.start * h, sl.stop * h)), chunks)
 
     if not train:
+        zero_row = np.zeros(width, out.dtype)   # max against a row: faster than against 0
         scale = gamma / np.sqrt(running_var + eps)
         scale_row = np.tile(scale.astype(out.dtype), tile)
         shift_row = np.tile((beta - running_mean * scale).astype(out.dtype), tile)
@@ -114,6 +123,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, train, momentum
     if fast is not None:
         return _compiled_forward(fast, x, rows, out, out_rows, by_chunk, gamma, beta, running_mean,
                                  running_var, momentum, eps, reduce, m, tile, d, relu)
+    zero_row = np.zeros(width, out.dtype)
     ones = np.ones(max(sl.stop - sl.start for sl in chunks) * h, x.dtype)
     sums = _channel_sums(by_chunk(lambda rs: ones[:rs.stop - rs.start] @ rows[rs]), d)
     if reduce is not None:      # data-parallel: the sums and the count over the global batch
@@ -171,12 +181,11 @@ def _compiled_forward(fast, x, rows, out, out_rows, by_chunk, gamma, beta, runni
         shift_row = np.tile(shift, tile)
 
         def chunk(rs):
-            acc, acc_sq = np.empty(width, np.float64), np.empty(width, np.float64)
-            fast.bn_moments(rows[rs], shift_row, acc, acc_sq)
-            return acc, acc_sq
-        parts = by_chunk(chunk)
-        return (_channel_sums([p[0] for p in parts], d),
-                _channel_sums([p[1] for p in parts], d))
+            acc = np.empty((2, width), np.float64)
+            fast.bn_moments(rows[rs], shift_row, acc[0], acc[1])
+            return acc
+        both = np.sum(by_chunk(chunk), axis=0).reshape(2, -1, d).sum(axis=1)
+        return both[0], both[1]
 
     if reduce is None:
         # One pass: both moments about one of the batch's own values per channel (its first
@@ -199,10 +208,8 @@ def _compiled_forward(fast, x, rows, out, out_rows, by_chunk, gamma, beta, runni
     inv = (1 / np.sqrt(var + eps)).astype(x.dtype)
     # As the NumPy path: x - mean and the scaling in x's dtype, the affine step in out's.
     mean_x = mean.astype(x.dtype)
-    mean_x_row = np.tile(mean_x, tile)
-    inv_row = np.tile(inv, tile)
-    gamma_row = np.tile(gamma.astype(out.dtype), tile)
-    beta_row = np.tile(beta.astype(out.dtype), tile)
+    mean_x_row, inv_row, gamma_row, beta_row = _tiled(
+        tile, mean_x, inv, gamma.astype(out.dtype), beta.astype(out.dtype))
     by_chunk(lambda rs: fast.bn_normalise(rows[rs], mean_x_row, inv_row, gamma_row, beta_row,
                                           out_rows[rs], relu))
     _update_running(running_mean, running_var, mean, var, momentum)
@@ -244,35 +251,34 @@ def batchnorm_backward(dout, cache, relu=False):
     # What xhat is made from: the kept x (compiled), or xhat itself (NumPy).
     base_rows = (cache.x if kept_x else cache.xhat).reshape(n * h, width)
     chunks = batch_chunks(n, 2 * h * width * dout.itemsize)
-    ones = np.ones(max(sl.stop - sl.start for sl in chunks) * h, dout.dtype)
     # The fused RELU's mask, read by the compiled passes (any array of rows when there is none).
     mask_rows = (cache.out if relu else base_rows).reshape(n * h, width)
-    if kept_x:
-        mean_row = np.tile(cache.mean, tile)
-        inv_row = np.tile(inv, tile)
+    if fast is not None:
+        mean_row, inv_row = _tiled(tile, cache.mean, inv)
+    else:
+        ones = np.ones(max(sl.stop - sl.start for sl in chunks) * h, dout.dtype)
 
     def sums(sl):
         rs = slice(sl.start * h, sl.stop * h)
         g = g_rows[rs]
         if fast is not None:
-            acc_g, acc_gx = np.empty(width, np.float64), np.empty(width, np.float64)
-            fast.bn_backward_sums(g, base_rows[rs], mean_row, inv_row, acc_g, acc_gx,
+            acc = np.empty((2, width), np.float64)
+            fast.bn_backward_sums(g, base_rows[rs], mean_row, inv_row, acc[0], acc[1],
                                   mask_rows[rs], relu)
-            return acc_g, acc_gx
+            return acc
         ones_c = ones[:rs.stop - rs.start]
         both = np.multiply(g, base_rows[rs], out=scratch("bn.gx", g.shape, dout.dtype))
-        return ones_c @ g, ones_c @ both
-    parts = run_chunks(sums, chunks)
-    dbeta = _channel_sums([p[0] for p in parts], d)
-    dgamma = _channel_sums([p[1] for p in parts], d)
+        return np.stack([ones_c @ g, ones_c @ both])
+    # (chunks, 2, W*D) -> per channel, in float64: the column sums of g and of g * xhat.
+    dbeta, dgamma = np.sum(np.asarray(run_chunks(sums, chunks), np.float64),
+                           axis=0).reshape(2, -1, d).sum(axis=1)
     dtype = np.result_type(dout, gamma)
     sum_g, sum_gx = dbeta, dgamma
     if cache.reduce is not None:    # data-parallel: dx needs the global batch's two sums
         both = cache.reduce(np.concatenate([dbeta, dgamma]))
         sum_g, sum_gx, m = both[:d], both[d:], cache.count
-    mean_g_row = np.tile((sum_g / m).astype(dtype), tile)
-    mean_gx_row = np.tile((sum_gx / m).astype(dtype), tile)
-    scale_row = np.tile((gamma * inv).astype(dtype), tile)
+    mean_g_row, mean_gx_row, scale_row = _tiled(
+        tile, (sum_g / m).astype(dtype), (sum_gx / m).astype(dtype), (gamma * inv).astype(dtype))
     dx = empty(dout.shape, dtype)
     dx_rows = dx.reshape(n * h, width)
 

@@ -183,10 +183,17 @@ class Conv(Layer):
         """x with the padding of both sides made, when they differ (else x itself)."""
         return x if self.sides.even else pad_sides(x, self.sides.before, self.sides.after)
 
-    def backward(self, dout, need_dx=True, relu=False):
-        """relu=True: apply the mask of the RELU that forward(relu=True) applied."""
+    def backward(self, dout, need_dx=True, relu=False, skip=None):
+        """relu=True: apply the mask of the RELU that forward(relu=True) applied. skip: None, or
+        an array of the input's shape to return dx + skip (a residual block's other branches'
+        gradient, `merge.Add`), added by the kernel as it writes dx where it can."""
+        if skip is not None and (not self.fusable or not self.sides.even):
+            return ops.add_forward([self.backward(dout, need_dx, relu), skip])
         backward = ops.conv_backward if self.fusable else ops.grouped_conv_backward
-        dx, dw, db = backward(dout, self.cache, need_dx, relu=relu)
+        if skip is None:
+            dx, dw, db = backward(dout, self.cache, need_dx, relu=relu)
+        else:
+            dx, dw, db = backward(dout, self.cache, need_dx, relu=relu, skip=skip)
         if dx is not None and not self.sides.even:
             dx = unpad_sides(dx, self.sides.before, self.sides.after, self.input_shape)
         self.grads["W"][...] = dw

@@ -402,13 +402,15 @@ def padded(name, c, h, w, d, pad, dtype):
                     (ph, rows_total - ph - h, pw, cols_total - pw - w))
 
 
-def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False):
+def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False, skip=None):
     """Gradients of the F(4x4, 3x3) forward: dx = output(input(dout) @ U_flip), and the flipped
     filters' 36 matrices get input(dout)^T @ adjoint(x) (the module docstring).
 
     dout: (N, H', W', K). Returns dx (N, H, W, D) (None when need_dx is False), dw (3, 3, D, K),
-    db (K,). relu: dout is first multiplied by the mask of the forward's ReLU. Without dx,
-    im2col's backward computes dw alone, from the input's rows.
+    db (K,). relu: dout is first multiplied by the mask of the forward's ReLU. skip: None, or
+    an array of dx's shape added to dx in the output pass that writes it (the other branches'
+    gradients of a residual sum: `dispatch.conv_backward`). Without dx, im2col's backward
+    computes dw alone, from the input's rows.
     """
     if not need_dx:
         return conv_backward_im2col(dout, cache, need_dx, relu)
@@ -447,8 +449,11 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False):
         r = rows(fast, gp, (0, 0), 0, t, s, "conv.w2grows")
         prod = scratch("conv.w2m", (36, r.shape[1] * d), dx.dtype)
         np.matmul(r, u_flip, out=prod.reshape(36, r.shape[1], d))
+        # The unused skip is a stand-in of its rank, never dx itself (an output array that
+        # might overlap an input makes numba's loop check for it and run scalar).
         fast.winograd44_output(prod, 0, t, s, dx[sl], prod[0, :d], False, False,
-                               prod[:1, :1, None, None], False,
+                               prod[:1, :1, None, None] if skip is None else skip[sl],
+                               skip is not None,
                                scratch("conv.w2tall", (4, 6, s * d), dx.dtype),
                                scratch("conv.w2row", (4, s * d), dx.dtype))
         xt = scratch("conv.w2x", (36, c, t, s, d), x.dtype)

@@ -49,6 +49,10 @@ def test_unpad_sides_is_the_adjoint_of_pad_sides(before, after):
         assert not dx[:, ah:].any()
     if aw < 0:
         assert not dx[:, :, aw:].any()
+    # With a skip: dx + skip, the same bits as adding it after.
+    skip = RNG.standard_normal(shape)
+    _poison(shape, np.float64)
+    np.testing.assert_array_equal(unpad_sides(dxp, before, after, shape, skip), dx + skip)
 
 
 @pytest.mark.parametrize("transform,rows", [(F43.G, 3), (GG, 9), (GG.T, 36)])

@@ -187,15 +187,16 @@ class Conv(Layer):
         """relu=True: apply the mask of the RELU that forward(relu=True) applied. skip: None, or
         an array of the input's shape to return dx + skip (a residual block's other branches'
         gradient, `merge.Add`), added by the kernel as it writes dx where it can."""
-        if skip is not None and (not self.fusable or not self.sides.even):
-            return ops.add_forward([self.backward(dout, need_dx, relu), skip])
+        in_kernel = skip is not None and self.fusable and self.sides.even
         backward = ops.conv_backward if self.fusable else ops.grouped_conv_backward
-        if skip is None:
-            dx, dw, db = backward(dout, self.cache, need_dx, relu=relu)
-        else:
+        if in_kernel:
             dx, dw, db = backward(dout, self.cache, need_dx, relu=relu, skip=skip)
+        else:
+            dx, dw, db = backward(dout, self.cache, need_dx, relu=relu)
         if dx is not None and not self.sides.even:
-            dx = unpad_sides(dx, self.sides.before, self.sides.after, self.input_shape)
+            dx = unpad_sides(dx, self.sides.before, self.sides.after, self.input_shape, skip)
+        elif skip is not None and not in_kernel:
+            dx = ops.add_forward([dx, skip])
         self.grads["W"][...] = dw
         if self.no_bias is None:
             self.grads["b"][...] = db

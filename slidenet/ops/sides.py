@@ -39,9 +39,11 @@ def pad_sides(x, before, after, value=0.0):
     return out
 
 
-def unpad_sides(dxp, before, after, shape):
+def unpad_sides(dxp, before, after, shape, skip=None):
     """The gradient of `pad_sides`: dxp (N, H', W', D) -> dx of `shape` (N, H, W, D); the
-    cropped rows and columns, which no window read, get zero."""
+    cropped rows and columns, which no window read, get zero. skip: None, or an array of
+    `shape` to return dx + skip instead (a residual sum's other term), in the same pass: the
+    bits of adding it after (0 + s where nothing was read)."""
     n, h, w, d = shape
     (bh, bw), (ah, aw) = before, after
     keep_h, keep_w = h + min(ah, 0), w + min(aw, 0)
@@ -49,8 +51,15 @@ def unpad_sides(dxp, before, after, shape):
 
     def images(sl):
         part = dx[sl]
-        part[:, keep_h:] = 0
-        part[:, :keep_h, keep_w:] = 0
-        part[:, :keep_h, :keep_w] = dxp[sl, bh:bh + keep_h, bw:bw + keep_w]
+        inside = dxp[sl, bh:bh + keep_h, bw:bw + keep_w]
+        if skip is None:
+            part[:, keep_h:] = 0
+            part[:, :keep_h, keep_w:] = 0
+            part[:, :keep_h, :keep_w] = inside
+            return
+        other = skip[sl]
+        np.add(other[:, keep_h:], 0, out=part[:, keep_h:])
+        np.add(other[:, :keep_h, keep_w:], 0, out=part[:, :keep_h, keep_w:])
+        np.add(inside, other[:, :keep_h, :keep_w], out=part[:, :keep_h, :keep_w])
     run_chunks(images, split(n, dx.size * COPY_WEIGHT))
     return dx

@@ -51,12 +51,13 @@ from slidenet.ops.runtime import (
 
 NAME = "winograd2d"             # the training pair's name in `dispatch` (inference's: "winograd44")
 LINE = 16                       # numbers: a cache line of float32
-# `pays_in_training`: docs/benchmarks.md, "res18 training: F(4x4, 3x3)", has the measurements.
+# `pays_in_training`: docs/benchmarks.md, "res18 training: F(4x4, 3x3)" and "res18 training: half
+# the serial work" (MIN_SIDE 4), have the measurements.
 MIN_SIDE = 4
 MIN_DEPTH = 8
 # The backward's dU over the whole batch at once, split by product, at most this many tiles an
-# image (see `conv_backward_winograd2d`; docs/benchmarks.md, "res18 training: BATCHNORM in two
-# passes", has the measurements: it pays for one tile an image, not for four or sixteen).
+# image (see `conv_backward_winograd2d`; docs/benchmarks.md, "res18 training: half the serial
+# work", has the measurements: it pays for one tile an image, not for four or sixteen).
 WHOLE_TILES = 1
 # G w G^T for all 36 entries at once: GG[6a + b, 3i + j] = G[a, i] G[b, j].
 GG = np.kron(G, G)

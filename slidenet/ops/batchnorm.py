@@ -67,12 +67,16 @@ def _geometry(shape):
 
 
 def _tiled(tile, *vectors):
-    """Each (D,) vector tiled `tile` times, (W*D,) rows in their own dtypes; one np.tile for
-    all of them when they share one (the usual case: this runs several times a layer, on the
-    thread that the other worker waits for)."""
-    if all(v.dtype == vectors[0].dtype for v in vectors):
-        return tuple(np.tile(np.stack(vectors), (1, tile)))
-    return tuple(np.tile(v, tile) for v in vectors)
+    """Each (D,) vector tiled `tile` times, (W*D,) rows in their own dtypes; made in one array
+    when they share one (the usual case: this runs several times a layer, on the thread that
+    the other worker waits for, and np.tile's own overhead was most of its time)."""
+    count, d = len(vectors), vectors[0].shape[0]
+    if any(v.dtype != vectors[0].dtype for v in vectors):
+        return tuple(np.tile(v, tile) for v in vectors)
+    rows = np.empty((count, tile, d), vectors[0].dtype)
+    for i, v in enumerate(vectors):
+        rows[i] = v
+    return tuple(rows.reshape(count, tile * d))
 
 
 def _channel_sums(parts, d):
@@ -178,7 +182,7 @@ def _compiled_forward(fast, x, rows, out, out_rows, by_chunk, gamma, beta, runni
 
     def moments(shift):
         """The per-channel sums of x - shift and of its squares (shift: (D,) float64)."""
-        shift_row = np.tile(shift, tile)
+        shift_row, = _tiled(tile, shift)
 
         def chunk(rs):
             acc = np.empty((2, width), np.float64)

@@ -43,7 +43,7 @@ import numpy as np
 
 from slidenet.ops import compiled
 from slidenet.ops.conv import pair
-from slidenet.ops.conv.common import ConvCache, check_shapes, relu_masked, transformed
+from slidenet.ops.conv.common import ConvCache, check_shapes, flipped, relu_masked, transformed
 from slidenet.ops.conv.im2col import conv_backward_im2col
 from slidenet.ops.conv.winograd_f43 import AT, BT, G
 from slidenet.ops.runtime import (
@@ -62,6 +62,22 @@ WHOLE_TILES = 1
 # G w G^T for all 36 entries at once: GG[6a + b, 3i + j] = G[a, i] G[b, j].
 GG = np.kron(G, G)
 G64 = np.ascontiguousarray(G, np.float64)
+
+
+_ONES = {}
+
+
+def _ones(count, dtype):
+    """A read-only vector of `count` ones (the backward's db is a GEMV by it), made once per
+    size: the same few sizes every training step, and a fresh one is new pages each time."""
+    key = (count, np.dtype(dtype).str)
+    ones = _ONES.get(key)
+    if ones is None:
+        if len(_ONES) > 64:                 # a bound, for callers of many sizes
+            _ONES.clear()
+        ones = _ONES[key] = np.ones(count, dtype)
+        ones.flags.writeable = False
+    return ones
 
 
 def tiles(n):
@@ -101,7 +117,7 @@ def runs(x, filters):
 
 def prepare_filters(w, dtype=None):
     """U (36, D, K) = G w G^T of each filter, entry 6a + b, from w (3, 3, D, K) in any layout
-    (the flipped filters of dx are a view); computed in float64 and rounded once to `dtype`
+    (fastest C-contiguous: the compiled loops run along K); computed in float64 and rounded once to `dtype`
     (None: w's). A float32 U, with numba: G's sums along each axis in turn in float64 numbers
     (`compiled.winograd44_filters`), on the worker threads by blocks of D; else (and for float64,
     which gradcheck's finite differences see: its exact arithmetic as before) one float64
@@ -416,9 +432,9 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False, skip=None):
     if not need_dx:
         return conv_backward_im2col(dout, cache, need_dx, relu)
     x, w, budget = cache.x, cache.w, cache.budget
-    # dx is a stride-1 "full" convolution with the flipped filters (`flipped`), read here as a
-    # view: the compiled transform takes any layout.
-    w_flip, back_pad = w[::-1, ::-1].transpose(0, 1, 3, 2), (2 - cache.pad[0], 2 - cache.pad[1])
+    # dx is a stride-1 "full" convolution with the flipped filters, copied contiguous first:
+    # the compiled transform reads a transposed view several times slower than the copy costs.
+    w_flip, back_pad = flipped(w, cache.pad)
     n, h, wd, d = x.shape
     k = w.shape[3]
     _, ho, wo, _ = dout.shape
@@ -464,21 +480,29 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False, skip=None):
             every_r[:, tiles_of] = r
             every_x[:, tiles_of] = xt.reshape(36, c * t * s, d)
             return None, db_part
-        return np.matmul(r.transpose(0, 2, 1), xt.reshape(36, c * t * s, d)), db_part
+        part = empty((36, k, d), np.result_type(x, dout))       # recycled, as du
+        return np.matmul(r.transpose(0, 2, 1), xt.reshape(36, c * t * s, d), out=part), db_part
 
     hot = 36 * t * s * (k + 2 * d)                  # rows, products and adjoint(x)
     per_image = hot + padded_out * k
     chunks = batch_chunks(n, per_image * x.itemsize, budget, hot * x.itemsize)
-    ones = np.ones(max(sl.stop - sl.start for sl in chunks) * padded_out, dout.dtype)
-    du = np.zeros((36, k, d), np.result_type(x, dout))
+    ones = _ones(max(sl.stop - sl.start for sl in chunks) * padded_out, dout.dtype)
+    # dU in recycled memory (a fresh (36, K, D) array is new pages every step): the whole
+    # batch's GEMMs write all of it; else the chunks' partials are added to the first one.
+    du = empty((36, k, d), np.result_type(x, dout))
     db = np.zeros(k, dout.dtype)
-    for du_part, db_part in run_chunks(work, chunks):
+    parts = run_chunks(work, chunks)
+    for i, (du_part, db_part) in enumerate(parts):
         if du_part is not None:
-            du += du_part
+            if i == 0:
+                du[...] = du_part
+            else:
+                du += du_part
         db += db_part
     if whole:
         run_chunks(lambda ps: np.matmul(every_r[ps].transpose(0, 2, 1), every_x[ps], out=du[ps]),
                    split(36, 36 * n * t * s * k * d))
+    dw_flip = filter_grad(du)                       # (3, 3, K, D), contiguous: written fast
     dw = empty(w.shape, du.dtype)
-    filter_grad(du, dw[::-1, ::-1].transpose(0, 1, 3, 2))    # dw_flip (3, 3, K, D), in place
+    np.copyto(dw, dw_flip[::-1, ::-1].transpose(0, 1, 3, 2))
     return dx, dw, db

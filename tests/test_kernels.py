@@ -117,6 +117,8 @@ def test_auto_picks_winograd2d_where_it_pays():
     compiled = winograd_f44.compiled.kernels() is not None
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", 32, 32) == (
         "winograd2d" if compiled else "winograd4")
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", side, side) == (
+        "winograd2d" if compiled else "winograd4")      # res18's last stage: 4 x 4
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", side - 1, 32) == "winograd4"
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", 32, side - 1) == "winograd4"
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", 32) == "winograd4"

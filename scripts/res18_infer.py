@@ -4,6 +4,7 @@ docs/benchmarks.md's "res18 inference (issue #20 item 5)".
     .venv/bin/python scripts/res18_infer.py [--batches 1,8,64,256] [--rounds 7] [--threads 2]
     .venv/bin/python scripts/res18_infer.py --net r1        # the chain net, for regressions
     .venv/bin/python scripts/res18_infer.py --work          # CPU ms a forward, one worker
+    .venv/bin/python scripts/res18_infer.py --work --workers 2  # CPU and wall ms, 2 workers
 
 The net (`slidenet bench --net res18`, or R1) gets random weights and random BATCHNORM
 statistics, as after training, and is saved as a model file and exported with `slidenet
@@ -14,8 +15,9 @@ pixels in; 2 intra-op threads, spinning off, as `slidenet bench` runs it), one a
 Prints each round's images/s and the ratios, then the median ratio and its range, and how many
 cores other processes kept busy meanwhile. `--work` instead prints the CPU time of one prepared
 forward on one worker thread (`runtime.workers(1)`, median of 5), which a busy neighbour moves
-less than wall time. Runs unchanged on an older tree (PYTHONPATH=/work/main), which is how it
-compares two branches.
+less than wall time; `--work --workers 2` the CPU time of all threads and the wall time with
+two workers (which the depth-first forward changes and one worker does not show). Runs
+unchanged on an older tree (PYTHONPATH=/work/main), which is how it compares two branches.
 """
 import argparse
 import os
@@ -56,22 +58,26 @@ def per_second(fn, images, calls):
     return images * calls / (time.perf_counter() - start)
 
 
-def work(net, batches):
-    """Print the CPU milliseconds of one prepared forward per batch size, on one worker."""
+def work(net, batches, workers=1):
+    """Print the CPU milliseconds of one prepared forward per batch size, on `workers` worker
+    threads (all threads' CPU time; with more than one, the wall milliseconds too)."""
     from slidenet.ops import runtime
     plan, rng, cells = net.prepare(), np.random.default_rng(1), []
-    with runtime.workers(1):
+    with runtime.workers(workers):
         for batch in [int(b) for b in batches.split(",")]:
             x = rng.standard_normal((batch, *net.input_shape)).astype(np.float32)
             plan.forward(x)
-            calls, times = max(2, 256 // batch), []
+            calls, times, walls = max(2, 256 // batch), [], []
             for _ in range(5):
-                start = time.process_time()
+                start, wall = time.process_time(), time.perf_counter()
                 for _ in range(calls):
                     plan.forward(x)
                 times.append((time.process_time() - start) / calls * 1e3)
-            cells.append(f"batch {batch}: {statistics.median(times):.2f}")
-    print(f"{slidenet.__file__}: CPU ms a forward, one worker: " + ", ".join(cells))
+                walls.append((time.perf_counter() - wall) / calls * 1e3)
+            cells.append(f"batch {batch}: {statistics.median(times):.2f}" + (
+                f" (wall {statistics.median(walls):.2f})" if workers > 1 else ""))
+    who = "one worker" if workers == 1 else f"{workers} workers"
+    print(f"{slidenet.__file__}: CPU ms a forward, {who}: " + ", ".join(cells))
 
 
 def main():
@@ -82,9 +88,12 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--images", type=int, default=512, help="images per timing (about)")
     parser.add_argument("--work", action="store_true", help="CPU ms a forward, one worker")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="with --work: worker threads (CPU ms of all, and wall ms)")
     args = parser.parse_args()
     if args.work:
-        return work(trained_looking(RES18 if args.net == "res18" else R1), args.batches)
+        return work(trained_looking(RES18 if args.net == "res18" else R1), args.batches,
+                    args.workers)
     import onnxruntime as ort
     net = trained_looking(RES18 if args.net == "res18" else R1)
     folder = tempfile.mkdtemp()

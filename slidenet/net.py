@@ -28,7 +28,7 @@ from slidenet.notation import zoo
 from slidenet.notation.pattern import parse
 from slidenet.notation.shapes import infer, walk_infos
 from slidenet.notation.summary import summary_html, summary_text
-from slidenet.ops.runtime import blas_for_workers
+from slidenet.ops.runtime import blas_for_workers, image_chunks, run_chunks, split
 from slidenet.storage.limits import MAX_WEIGHT_BYTES
 
 DTYPES = ("float32", "float64")
@@ -228,17 +228,63 @@ class InferencePlan:
         # BATCHNORM folded into the CONV or FC before it, a merge's RELU applied where it
         # merges (`layers.folding`); every other run fused as `net.steps` fuses it.
         self.steps = [(step, step.prepare()) for step in layer_kinds.inference_steps(net.layers)]
+        self.cut = depth_first_cut([step for step, _ in self.steps])
 
     def forward(self, x):
-        """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs)."""
-        out = self.net._check_input(x)
+        """x: (batch, H, W, D) matching INPUT. Returns scores (batch, num_outputs).
+
+        With several workers and a batch of at least `runtime.image_chunks`' size, the steps
+        run depth first: each worker takes slices of the batch through every step in turn, one
+        hand-over per slice instead of one per layer. The steps before `depth_first_cut` take
+        slices of 16 to 32 images (`runtime.image_chunks`), the rest one slice per worker
+        (`runtime.split`), so that their GEMMs on small images keep enough rows; where the two
+        cuts are the same (batch 64 on two workers), each worker runs every step of its slice
+        in one pass. Images do not mix in inference: the scores are those of the whole batch
+        layer by layer (tested)."""
+        x = self.net._check_input(x)
+        n, steps = len(x), len(self.steps)
+        chunks = image_chunks(n)
+        with blas_for_workers():
+            if chunks is None:
+                return _scores(self._through(x, 0, steps, n))
+            if chunks == split(n):          # one slice per worker already: one pass each
+                return np.concatenate(run_chunks(
+                    lambda sl: _scores(self._through(x[sl], 0, steps, n)), chunks))
+            if self.cut > 0:
+                x = np.concatenate(run_chunks(lambda sl: self._through(x[sl], 0, self.cut, n),
+                                              chunks))
+            if self.cut < steps:
+                x = np.concatenate(run_chunks(lambda sl: self._through(x[sl], self.cut, steps, n),
+                                              split(n)))
+        return _scores(x)
+
+    def _through(self, out, start, stop, batch):
+        """Steps start .. stop - 1 on out (a slice of a batch of `batch` images, for the
+        error's count)."""
         try:
-            with blas_for_workers():
-                for step, run in self.steps:
-                    out = run(out)
+            for step, run in self.steps[start:stop]:
+                out = run(out)
         except MemoryError:
-            raise _out_of_memory(step, len(x), "forward") from None
-        return _scores(out)
+            raise _out_of_memory(step, batch, "forward") from None
+        return out
+
+
+# The smallest output (pixels per image) of a step that a worker runs on slices of a few
+# images (`InferencePlan.forward`): below, a slice's GEMMs (F(4x4, 3x3)'s one row per 4 x 4
+# tile, an FC's one per image) get too short (docs/benchmarks.md, "res18 inference: depth
+# first").
+DEPTH_FIRST_PIXELS = 64
+
+
+def depth_first_cut(steps):
+    """The index of the first step whose output has fewer than DEPTH_FIRST_PIXELS pixels per
+    image (an FC's or a 1 x 1 head's: one); len(steps) if none has."""
+    for i, step in enumerate(steps):
+        parts = getattr(step, "parts", None)
+        shape = (parts[-1] if parts else step).info.output_shape
+        if len(shape) != 3 or shape[0] * shape[1] < DEPTH_FIRST_PIXELS:
+            return i
+    return len(steps)
 
 
 def _keep_outputs(layers, x, kept):

@@ -503,6 +503,25 @@ def test_normalizer_matches_numpy():
     assert norm.normalize(x, dtype=np.float64).dtype == np.float64
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_normalize_is_each_channels_multiply_add_whatever_the_layout(dtype):
+    """Rows of W*D numbers (the fast path) compute x * scale + shift of each pixel's channel,
+    bit for bit, for uint8 and float pixels, strided views, one image and one pixel."""
+    rng = np.random.default_rng(7)
+    norm = data.Normalizer(rng.uniform(0.2, 0.6, 3).astype(np.float32),
+                           rng.uniform(0.1, 0.3, 3).astype(np.float32))
+    scale, shift = norm.affine(dtype)
+    pixels = rng.integers(0, 256, (5, 9, 11, 3)).astype(np.uint8)
+    for x in (pixels, pixels.astype(np.float32) / 3, pixels[:, ::2, 1::3], pixels[0],
+              pixels[0, 0, 0], pixels[:0]):
+        want = np.empty(x.shape, dtype)
+        for c in range(3):                  # the oracle: channel by channel
+            want[..., c] = x[..., c].astype(dtype) * scale[c] + shift[c]
+        got = norm.normalize(x, dtype=dtype)
+        assert got.dtype == dtype and got.shape == x.shape
+        np.testing.assert_array_equal(got, want)
+
+
 def test_normalizer_arrays_round_trip():
     norm = data.Normalizer(np.array([0.1, 0.2], np.float32), np.array([0.3, 0.4], np.float32))
     again = data.Normalizer.from_arrays({**norm.to_arrays(), "conv1.W": np.ones(3)})

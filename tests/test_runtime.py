@@ -41,6 +41,20 @@ def test_chunks_respect_the_budget_and_cover_the_batch(settings):
     assert runtime.batch_chunks(3, 10**9, budget=1) == [slice(0, 1), slice(1, 2), slice(2, 3)]
 
 
+def test_chunks_on_a_worker_thread_are_not_rounded_up_to_the_workers(settings):
+    """Two workers share a call's chunks: a count that is a multiple of two. On a worker
+    (a slice of a depth-first forward), the chunks run in turn: as few as the sizes allow."""
+    runtime.set_threads(2)
+    runtime.set_chunk_bytes(64 * 1000)
+    assert runtime.batch_chunks(40, 1000, budget=10**9) == [slice(0, 20), slice(20, 40)]
+    assert runtime.batch_chunks(130, 1000, budget=10**9) == [slice(0, 32), slice(32, 65),
+                                                               slice(65, 97), slice(97, 130)]
+    with runtime.on_this_thread():
+        assert runtime.batch_chunks(40, 1000, budget=10**9) == [slice(0, 40)]
+        assert runtime.batch_chunks(130, 1000, budget=10**9) == [slice(0, 43), slice(43, 86),
+                                                                   slice(86, 130)]
+
+
 def test_recycled_results_are_never_overwritten_while_held(settings):
     runtime.set_recycle_limit(None)
     x = RNG.standard_normal((64, 16, 16, 8)).astype(np.float32)
@@ -285,7 +299,13 @@ def test_bare_calls_compute_what_workers_compute(settings):
     np.testing.assert_array_equal(bare, inside)
     np.testing.assert_array_equal(bare_dx, inside_dx)
     plan = net.prepare()
-    np.testing.assert_array_equal(plan.forward(x), net.forward(x))
+    bare_scores = plan.forward(x)
+    with runtime.workers():
+        np.testing.assert_array_equal(plan.forward(x), bare_scores)
+    # The plan takes slices of the batch through every step (`runtime.image_chunks`), the net
+    # each layer's chunks: the same sums, which BLAS may round apart.
+    want = net.forward(x)
+    np.testing.assert_allclose(bare_scores, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 def test_default_threads_follow_the_cores_this_process_may_use():

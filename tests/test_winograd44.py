@@ -182,7 +182,7 @@ def test_prepare_conv_chooses_it_for_inference_where_it_applies_and_pays():
     assert chosen(16, 16, 16, 2) == "winograd4"                   # 2 columns: no fewer products
     assert chosen(16, 16, 6, 16) == "winograd"                    # F(2, 3) down 6 rows stays
     assert chosen(16, 16, size=(3, 1)) == "winograd4"
-    assert chosen(16, 16, stride=(2, 2)) == "im2col"
+    assert chosen(16, 16, stride=(2, 2)) == "winograd_s2"   # inference at stride 2
     assert chosen(3, 16) == "direct"
     # dx-free inference alone: training's `choose` never names it.
     assert "winograd44" not in dispatch.ALGORITHMS

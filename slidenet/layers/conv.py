@@ -253,6 +253,11 @@ class Conv(Layer):
                 np.ascontiguousarray(x[:, :h + ah:sh, :wd + aw:sw]), picked, skip=skip)
         prepared = ops.prepare_conv(w, b, stride, self.pad, relu, height=self.info.input_shape[0],
                                     width=self.info.input_shape[1])
+        if not self.sides.even:
+            # The kernel pads (`conv_infer`'s sides), or reads through the padding without a
+            # padded copy (Winograd at stride 2, res18's downsampling CONVs).
+            sides = (self.sides.before, self.sides.after)
+            return lambda x, skip=None: ops.conv_infer(x, prepared, skip=skip, sides=sides)
         return lambda x, skip=None: ops.conv_infer(self._padded(x), prepared, skip=skip)
 
     def filter_images(self):

@@ -7,6 +7,8 @@ several calls:
         residual sum's other terms, inference's `skip`), build x's adjoint rows;
     F(4x4, 3x3) in both axes (`conv.winograd_f44`, training's and inference's): B^T d B of every
         tile, A^T m A with the bias, skip, ReLU or 2x2 max pool, and x's adjoint tiles for dw;
+    Winograd at stride 2 (`conv.winograd_s2`, inference's): B^T d B of every 9 x 9 window,
+        A^T m A with the bias and ReLU;
     im2col (`conv.common`, `conv.im2col`, `window`): the rows of thin inputs, the bias and ReLU
         over output rows, the ReLU's mask, dx's window gradients added back (`col2im_add`);
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;
@@ -19,8 +21,9 @@ equal to the NumPy path (tested). Two exceptions: pooling windows that overlap a
 gradients into one input in another order, and the direct convolution adds a window's products
 in another order than im2col's GEMM; both match to rounding. Batch normalisation's sums are
 added in float64 in another order than NumPy's GEMVs (so they match to rounding, closer to the
-exact sums). F(4x4, 3x3)'s NumPy path (`conv.winograd_f44.NUMPY`) is einsums, a check rather
-than a second implementation of the same passes: the two match to rounding.
+exact sums). F(4x4, 3x3)'s and stride-2 Winograd's NumPy paths (`conv.winograd_f44.NUMPY`,
+`conv.winograd_s2.NUMPY`) are einsums, a check rather than a second implementation of the same
+passes: the two match to rounding.
 
 Why bother: NumPy runs each of those steps as a separate pass over memory, and every call hands
 the GIL to the other worker thread (docs/benchmarks.md, "Thin first layers", measures the
@@ -114,6 +117,8 @@ def _compile():
     done.winograd44_adjoint = jit(winograd44_adjoint)
     done.winograd44_filters = jit(winograd44_filters)
     done.winograd44_filter_grad = jit(winograd44_filter_grad)
+    done.winograd_s2_input, done.winograd_s2_output = (jit(winograd_s2_input),
+                                                       jit(winograd_s2_output))
     done.max_pool = jit(max_pool)
     done.max_pool_backward = jit(max_pool_backward)
     done.bn_moments = jit(bn_moments)
@@ -902,3 +907,132 @@ def winograd44_adjoint(x, out):
                     o[6 * a + 3, n, ti, z] = f + gg
                     o[6 * a + 4, n, ti, z] = f - gg
                     o[6 * a + 5, n, ti, z] = x3
+
+
+# Winograd for a 3 x 3 filter at stride 2 (`conv.winograd_s2` documents the arithmetic): 81
+# products for a 4 x 4 output tile from a 9 x 9 input window, windows 8 apart. The passes are
+# laid out as F(4x4, 3x3)'s: down the height over whole rows, then along the width over rows of
+# T_w * D (or K) numbers, each window's column j gathered into a row of its own first.
+
+def winograd_s2_input(x, ph, pw, h_in, w_in, th, tw, out):
+    """x (c, H, W, D), C-contiguous -> out (81, >= c*T_h*T_w*D): B^T d B of each tile's 9 x 9
+    window (rows and columns 8t - P .. 8t - P + 8 of x), entry 9a + b in plane 9a + b; pixels
+    outside x's first h_in rows and w_in columns (the padding ph, pw, rows a cropping leaves
+    out, and past the last window) are zeros."""
+    c, rows_x, wd, d = x.shape
+    h = h_in                                    # rows from h_in on read as zeros
+    two, three = x.dtype.type(2), x.dtype.type(3)
+    span = tw * d
+    width = (8 * tw + 1) * d                    # a row of windows' columns, padding included
+    inner = max(0, min(w_in, 8 * tw + 1 - pw)) * d
+    left = pw * d
+    flat = x.reshape(c, rows_x, wd * d)
+    tall = np.zeros((9, width), x.dtype)        # the padding's columns stay zero
+    g = np.empty((9, span), x.dtype)
+    none = np.zeros(wd * d, x.dtype)
+    for n in range(c):
+        for ti in range(th):
+            r = 8 * ti - ph
+            s0 = flat[n, r] if 0 <= r < h else none
+            s1 = flat[n, r + 1] if 0 <= r + 1 < h else none
+            s2 = flat[n, r + 2] if 0 <= r + 2 < h else none
+            s3 = flat[n, r + 3] if 0 <= r + 3 < h else none
+            s4 = flat[n, r + 4] if 0 <= r + 4 < h else none
+            s5 = flat[n, r + 5] if 0 <= r + 5 < h else none
+            s6 = flat[n, r + 6] if 0 <= r + 6 < h else none
+            s7 = flat[n, r + 7] if 0 <= r + 7 < h else none
+            s8 = flat[n, r + 8] if 0 <= r + 8 < h else none
+            h0, h1, h2 = tall[0, left:], tall[1, left:], tall[2, left:]
+            h3, h4, h5 = tall[3, left:], tall[4, left:], tall[5, left:]
+            h6, h7, h8 = tall[6, left:], tall[7, left:], tall[8, left:]
+            for z in range(inner):              # B^T down the height
+                e2, e4, e6 = s2[z], s4[z], s6[z]
+                h0[z] = s1[z]
+                h1[z] = s3[z]
+                h2[z] = s5[z]
+                h3[z] = s7[z]
+                h4[z] = ((s0[z] * two - e2) - e4 * two) + e6
+                h5[z] = (e2 * two + e4) - e6
+                h6[z] = (e4 * three - e2 * two) - e6
+                h7[z] = e6 - e2
+                h8[z] = ((e2 * two - e4) - e6 * two) + s8[z]
+            base = (n * th + ti) * span
+            for a in range(9):                  # B^T along the width
+                for j in range(9):
+                    gj = g[j]
+                    for si in range(tw):
+                        src = (8 * si + j) * d
+                        for ch in range(d):
+                            gj[si * d + ch] = tall[a, src + ch]
+                g0, g1, g2, g3, g4 = g[0], g[1], g[2], g[3], g[4]
+                g5, g6, g7, g8 = g[5], g[6], g[7], g[8]
+                o0, o1 = out[9 * a, base:base + span], out[9 * a + 1, base:base + span]
+                o2, o3 = out[9 * a + 2, base:base + span], out[9 * a + 3, base:base + span]
+                o4, o5 = out[9 * a + 4, base:base + span], out[9 * a + 5, base:base + span]
+                o6, o7 = out[9 * a + 6, base:base + span], out[9 * a + 7, base:base + span]
+                o8 = out[9 * a + 8, base:base + span]
+                for e in range(span):
+                    e2, e4, e6 = g2[e], g4[e], g6[e]
+                    o0[e] = g1[e]
+                    o1[e] = g3[e]
+                    o2[e] = g5[e]
+                    o3[e] = g7[e]
+                    o4[e] = ((g0[e] * two - e2) - e4 * two) + e6
+                    o5[e] = (e2 * two + e4) - e6
+                    o6[e] = (e4 * three - e2 * two) - e6
+                    o7[e] = e6 - e2
+                    o8[e] = ((e2 * two - e4) - e6 * two) + g8[e]
+
+
+def winograd_s2_output(m, th, tw, out, bias, relu):
+    """m (81, >= c*T_h*T_w*K) -> out (c, H', W', K): y = A^T m A of each tile + b [ReLU], rows
+    and columns past H', W' dropped. As `winograd44_output`: down the height into tall
+    (4, 9, T_w*K), along the width one output row at a time into wide (4, T_w*K)."""
+    c, ho, wo, k = out.shape
+    zero, two = out.dtype.type(0), out.dtype.type(2)
+    four, eight = out.dtype.type(4), out.dtype.type(8)
+    span = tw * k
+    tall = np.empty((4, 9, span), out.dtype)
+    wide = np.empty((4, span), out.dtype)
+    for n in range(c):
+        for ti in range(th):
+            r = 4 * ti
+            rows = min(4, ho - r)
+            base = (n * th + ti) * span
+            for b in range(9):                  # A^T down the height
+                m0, m1 = m[b, base:base + span], m[9 + b, base:base + span]
+                m2, m3 = m[18 + b, base:base + span], m[27 + b, base:base + span]
+                m4, m5 = m[36 + b, base:base + span], m[45 + b, base:base + span]
+                m6, m7 = m[54 + b, base:base + span], m[63 + b, base:base + span]
+                m8 = m[72 + b, base:base + span]
+                y0, y1, y2, y3 = tall[0, b], tall[1, b], tall[2, b], tall[3, b]
+                for e in range(span):
+                    p = m5[e] + m6[e]
+                    q = m5[e] - m6[e]
+                    v = m7[e]
+                    y0[e] = m0[e] + ((m4[e] + p) + v)
+                    y1[e] = m1[e] + (q + v * two)
+                    y2[e] = m2[e] + (p + v * four)
+                    y3[e] = m3[e] + ((q + v * eight) + m8[e])
+            for pr in range(rows):              # A^T along the width, one output row
+                t0, t1, t2 = tall[pr, 0], tall[pr, 1], tall[pr, 2]
+                t3, t4, t5 = tall[pr, 3], tall[pr, 4], tall[pr, 5]
+                t6, t7, t8 = tall[pr, 6], tall[pr, 7], tall[pr, 8]
+                w0, w1, w2, w3 = wide[0], wide[1], wide[2], wide[3]
+                for e in range(span):
+                    p = t5[e] + t6[e]
+                    q = t5[e] - t6[e]
+                    v = t7[e]
+                    w0[e] = t0[e] + ((t4[e] + p) + v)
+                    w1[e] = t1[e] + (q + v * two)
+                    w2[e] = t2[e] + (p + v * four)
+                    w3[e] = t3[e] + ((q + v * eight) + t8[e])
+                o = out[n, r + pr]
+                for tj in range(tw):
+                    for s in range(min(4, wo - 4 * tj)):
+                        src, dst = wide[s, tj * k:tj * k + k], o[4 * tj + s]
+                        for ch in range(k):
+                            val = src[ch] + bias[ch]
+                            if relu:            # as np.maximum: a NaN stays NaN
+                                val = zero if val < zero else val
+                            dst[ch] = val

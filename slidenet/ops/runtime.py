@@ -14,6 +14,10 @@ cores busy, including the copying work that a multi-threaded BLAS alone would le
 The default is one worker per core this process may use (`available_cores`: its CPU affinity and
 cgroup quota), whoever calls: `Net.forward` called bare runs as `slidenet train` does.
 
+A prepared net (`net.InferencePlan`) may instead hand whole slices of a batch to the workers,
+each running every layer of its slice (`image_chunks`): a kernel called on a worker thread runs
+its chunks in turn on that thread.
+
 With more than one worker, BLAS itself must run one thread per call, or the two kinds of thread
 fight over the cores. `blas_for_workers()` sees to it: a cheap context (three calls into the BLAS
 library when the outermost one is entered and left) that lowers BLAS's threads to cores //
@@ -393,9 +397,12 @@ def batch_chunks(n, bytes_per_image, budget=None, hot_bytes_per_image=None):
     step = max(1, min(int(budget // threads() // max(1, bytes_per_image)),
                       int(_settings["chunk_bytes"] // max(1, hot))))
     # Spread the images evenly (128 in chunks of at most 5: 26 chunks of 4 or 5, not 25 + 3),
-    # over a multiple of the thread count, so that no thread is left with the last chunk alone.
+    # over a multiple of the thread count, so that no thread is left with the last chunk alone;
+    # on a worker thread (a slice of a depth-first forward) the chunks run one after the
+    # other, and smaller chunks would only make thinner GEMMs.
     count = max(1, -(-n // step))
-    count = min(max(n, 1), -(-count // threads()) * threads())
+    sharing = 1 if getattr(_local, "worker", False) else threads()
+    count = min(max(n, 1), -(-count // sharing) * sharing)
     bounds = [n * i // count for i in range(count + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
@@ -411,6 +418,33 @@ def split(n, work=None):
     work: its multiply-adds; below SMALL_WORK, handing it to threads costs more than it saves.
     """
     parts = 1 if work is not None and work < SMALL_WORK else min(threads(), max(1, n))
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+# Images a worker takes through a whole prepared net at a time (`image_chunks`): at least
+# NET_SLICE_LEAST (below, a forward's cost per image rises: thinner GEMMs, more calls per
+# image), at most NET_SLICE_MOST (more slices cost more calls into every step, each holding
+# the GIL for its Python part, for no gain: the cost per image is flat from 16 images on).
+# docs/benchmarks.md, "res18 inference: depth first".
+NET_SLICE_LEAST = 16
+NET_SLICE_MOST = 32
+
+
+def image_chunks(n):
+    """Slices of a batch of n images for running a whole inference plan per slice, one slice
+    per worker at a time (`net.InferencePlan.forward`), or None where the batch is better run
+    layer by layer (one worker, or fewer than NET_SLICE_LEAST images for each worker).
+
+    Depth first, each worker runs every layer of its images without a hand-over per layer,
+    where layer by layer each kernel call hands its chunks to the workers and waits for the
+    slowest. The count is the fewest multiple of the workers that keeps each slice within
+    NET_SLICE_MOST images.
+    """
+    count = threads()
+    if count <= 1 or getattr(_local, "worker", False) or n < count * NET_SLICE_LEAST:
+        return None
+    parts = count * -(-n // (count * NET_SLICE_MOST))
     bounds = [n * i // parts for i in range(parts + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 

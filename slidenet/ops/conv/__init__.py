@@ -13,6 +13,9 @@
                    for a 4 x 4 block of outputs; one forward for inference (bias, skip, ReLU,
                    pool; `dispatch.choose_infer` picks it in `prepare_conv`) and training's
                    pair "winograd2d" on the same passes (`choose` picks it in `conv_forward`)
+    winograd_s2    inference's 3x3 CONVs at stride 2: the input's even and odd phases, F(4, 2)
+                   on the 2-tap half, 81 products for a 4 x 4 block of outputs instead of 144
+                   (`dispatch.choose_infer` picks it in `prepare_conv`)
     direct         thin first layers: each output pixel's window times the filters, compiled
     grouped        grouped and depthwise convolution: one pair per group, or shifted
                    multiply-adds for depthwise

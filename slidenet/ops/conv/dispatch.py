@@ -34,11 +34,13 @@ from typing import NamedTuple
 import numpy as np
 
 from slidenet.ops.conv import (
-    direct, full_dx, im2col, pair, winograd, winograd_f23, winograd_f43, winograd_f44)
+    direct, full_dx, im2col, pair, winograd, winograd_f23, winograd_f43, winograd_f44,
+    winograd_s2)
 from slidenet.ops.activations import add_into
 from slidenet.ops.conv.common import ConvCache
 from slidenet.ops.conv.im2col import conv_backward_im2col, conv_forward_im2col
 from slidenet.ops.pool import max_pool_forward
+from slidenet.ops.sides import pad_sides
 
 # Below this many input or output channels the GEMMs of F(2, 3) (inner size F_w * D) are too
 # narrow for BLAS to run near its peak, and im2col's single wider GEMM wins. F(4, 3), with fewer
@@ -153,8 +155,13 @@ def prepare_conv(w, b, stride=(1, 1), pad=(0, 0), relu=False, algorithm=None, he
     if width is not None and (algorithm or _default["algorithm"]) == "auto":
         name = choose_infer(name, w, stride, pad, width)
     w, b = w.copy(), b.copy()
-    prepare = winograd_f44.prepare_filters if name == "winograd44" else PREPARE[name]
+    prepare = INFER_PREPARE[name] if name in INFER_PREPARE else PREPARE[name]
     return PreparedConv(name, w, b, tuple(stride), tuple(pad), relu, prepare(w))
+
+
+# The inference-only schemes' filters, as `prepare_conv` computes them once.
+INFER_PREPARE = {"winograd44": winograd_f44.prepare_filters,
+                 "winograd_s2": winograd_s2.prepare_filters}
 
 
 # Below this many input channels F(4x4, 3x3)'s 36 GEMMs (inner size D) are too thin to beat
@@ -167,16 +174,25 @@ def choose_infer(name, w, stride, pad, width):
     """Inference's choice for a convolution `choose` gave `name`: "winograd44" (F(4x4, 3x3),
     `winograd_f44`) where "auto" chose F(4, 3) and F(4x4, 3x3) applies (a 3 x 3 filter at stride
     1), pays across the output width (`winograd_f44.pays`), the input has at least
-    WINOGRAD44_MIN_DEPTH channels and the compiled kernels run; else `name`."""
+    WINOGRAD44_MIN_DEPTH channels and the compiled kernels run; "winograd_s2" (`winograd_s2`)
+    where "auto" chose im2col for a 3 x 3 filter at stride 2 on at least `winograd_s2.MIN_DEPTH`
+    channels and the compiled kernels run; else `name`."""
     if (name == "winograd4" and winograd_f44.applies(w.shape[:2], stride)
             and winograd_f44.pays(width + 2 * pad[1] - 2) and w.shape[2] >= WINOGRAD44_MIN_DEPTH
             and winograd_f44.runs(w, w)):
         return "winograd44"
+    if (name == "im2col" and winograd_s2.applies(w.shape[:2], stride)
+            and w.shape[2] >= winograd_s2.MIN_DEPTH and winograd_s2.runs(w)):
+        return "winograd_s2"
     return name
 
 
-def conv_infer(x, prepared, budget=None, pool=False, *, skip=None):
+def conv_infer(x, prepared, budget=None, pool=False, *, skip=None, sides=None):
     """conv_forward's output alone (no cache), with the filters `prepare_conv` made.
+
+    sides: None, or (before, after), padding that differs per side and that x does not have
+    yet (`ops.sides.pad_sides`'s arguments): "winograd_s2" reads x through it, the others pad a
+    copy first.
 
     skip: None, or an array of the output's shape added before the ReLU: relu(conv(x) + b +
     skip), a residual block's sum ending in its RELU. The Winograd pairs add it in the pass
@@ -198,6 +214,15 @@ def conv_infer(x, prepared, budget=None, pool=False, *, skip=None):
     p = prepared
     if pool and skip is not None:
         raise ValueError("conv_infer pools or adds a skip, not both")
+    if p.algorithm == "winograd_s2":
+        if skip is None and not pool and winograd_s2.runs(x, p.filters) and \
+                winograd_s2.pays(x, sides[0] if sides else p.pad, sides[1] if sides else p.pad):
+            before, after = sides if sides else (p.pad, p.pad)
+            return winograd_s2.forward(x, p.filters, p.b, before, p.relu, budget, after)
+        # A call it does not take (a skip, a pool, few tiles, no compiled kernels): im2col.
+        p = p._replace(algorithm="im2col", filters=im2col.prepare_filters(p.w))
+    if sides is not None:
+        x = pad_sides(x, *sides)
     if p.algorithm == "winograd44" and not winograd_f44.runs(x, p.filters):
         # The compiled kernels were turned off after prepare_conv: F(4, 3) from the filters.
         p = p._replace(algorithm="winograd4", filters=winograd_f43.prepare_filters(p.w))

@@ -192,6 +192,7 @@ def test_a_named_algorithm_refuses_what_it_cannot_compute():
 # (H, W, D, F_h, F_w, S_h, S_w): tiling, overlapping (3x3 s=2), odd sizes, per-axis values.
 POOL_GEOMETRIES = [
     (8, 8, 3, 2, 2, 2, 2),
+    (6, 10, 4, 2, 2, 2, 2),
     (7, 7, 2, 3, 3, 2, 2),
     (9, 7, 2, 3, 3, 1, 1),
     (6, 9, 1, 2, 3, 2, 3),
@@ -244,6 +245,27 @@ def test_max_pool_backward_with_the_relu_mask(hw, size, stride):
                  {"x": x}, ("x",),
                  naive_backward=lambda dout, x: naive.pool_backward(dout, x, size, stride) * (x > 0),
                  fd=False, dtypes=False, compiled_exact=size == stride)
+
+
+def test_max_pool_2x2_nan_and_ties_compiled_as_numpy(numba):
+    # The 2x2 stride-2 passes (`compiled.max_pool22`) against the NumPy taps: NaN in every tap
+    # position, ties, all-zero windows, with and without the ReLU's mask, bit for bit.
+    x = np.maximum(RNG.integers(-1, 3, (3, 8, 6, 5)), 0).astype(np.float32)
+    for i, j in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        x[i % 3, 2 + i, 2 * j + j, j] = np.nan
+    dout = RNG.standard_normal((3, 4, 3, 5)).astype(np.float32)
+    results = []
+    for on in (True, False):
+        previous = ops.compiled.set_enabled(on)
+        try:
+            out, cache = ops.max_pool_forward(x, (2, 2), (2, 2))
+            results.append((out, *(ops.max_pool_backward(dout, cache, relu_mask=mask)
+                                   for mask in (False, True))))
+        finally:
+            ops.compiled.set_enabled(previous)
+    for fast, plain in zip(*results):
+        np.testing.assert_array_equal(fast, plain)
+    assert np.isnan(results[0][0]).sum() == 4
 
 
 def test_pool_lecture_example():
@@ -302,6 +324,42 @@ def test_fc_pair_split_over_threads(n, inputs, outputs):
                  naive_backward=lambda dout, x, w, b: naive.fc_backward(
                      dout * (naive.fc_forward(x, w, b) > 0), x, w),
                  fd_samples=8)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 4, 64), (1, 300), (1, 7), (3, 5, 5, 4),
+                                   (ops.fc.ROWS_UP_TO, 20)])
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+def test_fc_infer_few_images(numba, shape, relu):
+    """Inference of a few images (`fc_infer`): the compiled product reads only W's rows whose
+    input is not 0. Against the naive loops in float64 and to float32 rounding, an input half
+    zeros (as after a ReLU), all zeros and none; a NaN input still gives NaN; each image the
+    same bits alone as in the batch. Without the compiled kernels, fc_forward's GEMM, the same
+    numbers to rounding."""
+    inputs = int(np.prod(shape[1:]))
+    w, b = RNG.standard_normal((inputs, 40)) / 10, RNG.standard_normal(40)
+    for x in (np.maximum(RNG.standard_normal(shape), 0), np.zeros(shape),
+              RNG.standard_normal(shape)):
+        want = naive.fc_forward(x, w, b)
+        want = np.maximum(want, 0) if relu else want
+        np.testing.assert_allclose(ops.fc_infer(x, w, b, relu), want, rtol=1e-12, atol=1e-12)
+        x32, w32, b32 = (a.astype(np.float32) for a in (x, w, b))
+        got = ops.fc_infer(x32, w32, b32, relu)
+        assert got.dtype == np.float32 and got.shape == (shape[0], 40)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        for i in range(shape[0]):
+            np.testing.assert_array_equal(ops.fc_infer(x32[i:i + 1], w32, b32, relu), got[i:i + 1])
+        previous = ops.compiled.set_enabled(False)
+        try:
+            np.testing.assert_allclose(ops.fc_infer(x32, w32, b32, relu), got, rtol=1e-5,
+                                       atol=1e-5)
+        finally:
+            ops.compiled.set_enabled(previous)
+    x = np.maximum(RNG.standard_normal(shape), 0).astype(np.float32)
+    x.reshape(len(x), -1)[0, 3] = np.nan
+    got = ops.fc_infer(x, w.astype(np.float32), b.astype(np.float32), relu)
+    assert np.isnan(got[0]).all() and not np.isnan(got[1:]).any()
+    big = np.zeros((ops.fc.ROWS_UP_TO + 1, inputs))         # beyond: fc_forward's GEMM
+    np.testing.assert_array_equal(ops.fc_infer(big, w, b, relu), ops.fc_forward(big, w, b, relu)[0])
 
 
 def test_fc_flattens_in_height_width_depth_order():

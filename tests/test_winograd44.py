@@ -314,3 +314,41 @@ def test_compiled_filter_transforms_are_the_float64_sums_rounded_once(d, k, work
                                    rtol=2e-7, atol=1e-6)
         np.testing.assert_allclose(winograd_f44.filter_grad(du), exact.astype(np.float32),
                                    rtol=2e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("d, k", [(1, 1), (3, 5), (32, 64)])
+def test_filter_transforms_in_float32_round_the_exact_ones(d, k):
+    """G w G^T (`prepare_filters`) and G^T dU G (`filter_grad`) in float32 run compiled as two
+    short sums each: against the exact transforms (the 6 x 3 G of the lecture's F(4, 3),
+    multiplied out entry by entry in Python's exact fractions of the float inputs) they are
+    the float32 rounding of it to 1 unit in the last place, as the NumPy GEMM by GG is; and
+    float64 keeps that GEMM, bit for bit."""
+    from fractions import Fraction
+    g = [[Fraction(1, 4), 0, 0], [Fraction(-1, 6)] * 3, [Fraction(-1, 6), Fraction(1, 6),
+                                                         Fraction(-1, 6)],
+         [Fraction(1, 24), Fraction(1, 12), Fraction(1, 6)],
+         [Fraction(1, 24), Fraction(-1, 12), Fraction(1, 6)], [0, 0, 1]]
+    w = RNG.standard_normal((3, 3, d, k)).astype(np.float32)
+    du = RNG.standard_normal((36, d, k)).astype(np.float32)
+    u, dw = winograd_f44.prepare_filters(w), winograd_f44.filter_grad(du)
+    assert u.dtype == dw.dtype == np.float32
+    picks = [(e, c) for e in range(d) for c in range(k)][:6]
+    for e, c in picks:
+        for a in range(6):
+            for b in range(6):
+                exact = sum(g[a][i] * Fraction(float(w[i, j, e, c])) * g[b][j]
+                            for i in range(3) for j in range(3))
+                assert abs(float(u[6 * a + b, e, c]) - float(exact)) <= abs(np.spacing(np.float32(exact)))
+        for i in range(3):
+            for j in range(3):
+                exact = sum(g[a][i] * Fraction(float(du[6 * a + b, e, c])) * g[b][j]
+                            for a in range(6) for b in range(6))
+                assert abs(float(dw[i, j, e, c]) - float(exact)) <= abs(np.spacing(np.float32(exact)))
+    previous = compiled.set_enabled(False)
+    try:
+        np.testing.assert_allclose(winograd_f44.prepare_filters(w), u, rtol=2.5e-7, atol=1e-30)
+        np.testing.assert_allclose(winograd_f44.filter_grad(du), dw, rtol=2.5e-7, atol=1e-30)
+        u64 = winograd_f44.prepare_filters(w.astype(np.float64))
+    finally:
+        compiled.set_enabled(previous)
+    np.testing.assert_array_equal(winograd_f44.prepare_filters(w.astype(np.float64)), u64)

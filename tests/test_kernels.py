@@ -112,11 +112,13 @@ def test_auto_picks_winograd_full_or_im2col():
 
 def test_auto_picks_winograd2d_where_it_pays():
     # Training (conv_forward passes the width) takes F(4x4, 3x3) where F(4, 3) would run on
-    # an output of at least 8 x 8; inference (`prepare_conv`, no width) keeps F(4, 3).
+    # an output of at least MIN_SIDE x MIN_SIDE; inference (`prepare_conv`, no width) keeps F(4, 3).
     deep, side = winograd_f44.MIN_DEPTH, winograd_f44.MIN_SIDE
     compiled = winograd_f44.compiled.kernels() is not None
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", 32, 32) == (
         "winograd2d" if compiled else "winograd4")
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", side, side) == (
+        "winograd2d" if compiled else "winograd4")      # res18's last stage: 4 x 4
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", side - 1, 32) == "winograd4"
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", 32, side - 1) == "winograd4"
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", 32) == "winograd4"
@@ -293,6 +295,15 @@ def test_integer_images_pool_on_numpy():
 @pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
 def test_fc_pair(shape, relu):
     inputs = int(np.prod(shape[1:]))
+    # Arrays of the test's own seed, not the module's stream (so no other test's draws decide
+    # them), drawn again while a ReLU's input lies within 1e-3 of its kink, where the centred
+    # differences (h = 1e-5) would straddle it.
+    rng = np.random.default_rng([shape[0], inputs, relu])
+    while True:
+        x, w = rng.standard_normal(shape), rng.standard_normal((inputs, 30))
+        b = rng.standard_normal(30)
+        if not relu or np.abs(naive.fc_forward(x, w, b)).min() > 1e-3:
+            break
 
     def reference(x, w, b):
         out = naive.fc_forward(x, w, b)
@@ -303,8 +314,7 @@ def test_fc_pair(shape, relu):
 
     check_kernel(lambda x, w, b: ops.fc_forward(x, w, b, relu=relu),
                  lambda dout, cache: ops.fc_backward(dout, cache, relu=relu),
-                 {"x": RNG.standard_normal(shape), "w": RNG.standard_normal((inputs, 30)),
-                  "b": RNG.standard_normal(30)}, ("x", "w", "b"),
+                 {"x": x, "w": w, "b": b}, ("x", "w", "b"),
                  naive=reference, naive_backward=reference_backward)
 
 
@@ -554,6 +564,34 @@ def test_compiled_batchnorm_keeps_the_two_pass_variance(dtype, mean):
     want = (x64 - x64.mean(axis=(0, 1, 2))) / np.sqrt(var + 1e-5)
     assert np.abs(out - want).max() < (1e-2 if dtype == np.float32 else 1e-6)
     np.testing.assert_allclose(rv, 0.9 + 0.1 * var, rtol=1e-4)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_compiled_batchnorm_backward_without_numba_after_a_compiled_forward(relu):
+    # The compiled forward keeps x and the mean, not xhat; a backward that finds numba switched
+    # off since then makes xhat in NumPy, and must give the compiled backward's gradients.
+    require("NUMBA", numba_problem())
+    from slidenet.ops import compiled
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((6, 5, 4, 8)) * 2 + 3).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    gamma, beta = rng.standard_normal(8).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    stats = [np.zeros(8, np.float32), np.ones(8, np.float32)]
+    _, cache = ops.batchnorm_forward(x, gamma, beta, *stats, train=True, relu=relu)
+    want = ops.batchnorm_backward(dout, cache, relu=relu)
+    previous = compiled.set_enabled(False)
+    try:
+        got = ops.batchnorm_backward(dout, cache, relu=relu)
+    finally:
+        compiled.set_enabled(previous)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # And both are the naive loops' gradients.
+    g = dout * (cache.out > 0) if relu else dout
+    naive_dx, naive_dgamma, naive_dbeta = naive.batchnorm_backward(g.astype(np.float64),
+                                                                  x.astype(np.float64), gamma)
+    np.testing.assert_allclose(want[0], naive_dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(want[1], naive_dgamma, rtol=1e-4, atol=1e-4)
 
 
 def _loss_gradient_error(loss_fn, scores, y):

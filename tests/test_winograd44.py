@@ -286,6 +286,40 @@ def test_one_image_keeps_the_chunked_paths_bits(h, w, d, k, pad, pool, relu, mon
                                                                 pool=pool))
 
 
+@pytest.mark.parametrize("d,k", [(3, 5), (16, 16), (40, 72)])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_compiled_filter_transforms_are_the_float64_sums_rounded_once(d, k, workers):
+    # U = G w G^T and dw = G^T dU G in float32 (training's dtype) by the compiled separable
+    # sums, against a loop over the 3 x 3 (or 6 x 6) entries in float64, rounded once; for the
+    # flipped filters of dx as a view, and dw written into a flipped view as the backward does.
+    g = winograd_f44.G.astype(np.float64)
+    w = RNG.standard_normal((3, 3, d, k)).astype(np.float32)
+    du = RNG.standard_normal((36, k, d)).astype(np.float32)
+    with runtime.workers(workers):
+        for filters in (w, w[::-1, ::-1].transpose(0, 1, 3, 2)):
+            exact = np.zeros((36,) + filters.shape[2:])
+            for a in range(6):
+                for b in range(6):
+                    for i in range(3):
+                        for j in range(3):
+                            exact[6 * a + b] += g[a, i] * g[b, j] * filters[i, j].astype(np.float64)
+            got = winograd_f44.prepare_filters(filters)
+            assert got.dtype == np.float32
+            np.testing.assert_allclose(got, exact.astype(np.float32), rtol=2e-7, atol=1e-6)
+        exact = np.zeros((3, 3, k, d))
+        for i in range(3):
+            for j in range(3):
+                for a in range(6):
+                    for b in range(6):
+                        exact[i, j] += g[a, i] * g[b, j] * du[6 * a + b].astype(np.float64)
+        dw = np.full((3, 3, d, k), np.nan, np.float32)
+        winograd_f44.filter_grad(du, dw[::-1, ::-1].transpose(0, 1, 3, 2))
+        np.testing.assert_allclose(dw[::-1, ::-1].transpose(0, 1, 3, 2), exact.astype(np.float32),
+                                   rtol=2e-7, atol=1e-6)
+        np.testing.assert_allclose(winograd_f44.filter_grad(du), exact.astype(np.float32),
+                                   rtol=2e-7, atol=1e-6)
+
+
 @pytest.mark.parametrize("d, k", [(1, 1), (3, 5), (32, 64)])
 def test_filter_transforms_in_float32_round_the_exact_ones(d, k):
     """G w G^T (`prepare_filters`) and G^T dU G (`filter_grad`) in float32 run compiled as two

@@ -119,15 +119,14 @@ def _compile():
     done.winograd44_input, done.winograd44_output = jit(winograd44_input), jit(winograd44_output)
     done.winograd44_output_pool = jit(winograd44_output_pool)
     done.winograd44_adjoint = jit(winograd44_adjoint)
+    done.winograd44_filters = jit(winograd44_filters)
+    done.winograd44_filter_grad = jit(winograd44_filter_grad)
     done.winograd_s2_input, done.winograd_s2_output = (jit(winograd_s2_input),
                                                        jit(winograd_s2_output))
     done.max_pool = jit(max_pool)
     done.max_pool_backward = jit(max_pool_backward)
     done.max_pool22, done.max_pool22_backward = jit(max_pool22), jit(max_pool22_backward)
-    done.winograd44_filters = jit(winograd44_filters)
-    done.winograd44_filter_grad = jit(winograd44_filter_grad)
-    done.bn_sums = jit(bn_sums)
-    done.bn_centred_squares = jit(bn_centred_squares)
+    done.bn_moments = jit(bn_moments)
     done.bn_normalise = jit(bn_normalise)
     done.bn_backward_sums = jit(bn_backward_sums)
     done.bn_backward_dx = jit(bn_backward_dx)
@@ -218,60 +217,6 @@ def max_pool(x, fh, fw, sh, sw, out):
                         for ch in range(d):
                             if v[ch] > o[ch] or v[ch] != v[ch]:     # as np.maximum(o, v)
                                 o[ch] = v[ch]
-
-
-# F(4x4, 3x3)'s filter transforms (`conv.winograd_f44`'s `prepare_filters` and `filter_grad`):
-# G w G^T and G^T dU G as two 3-term (or 6-term) sums each, in float64, rounded once. The NumPy
-# path multiplies by the 36 x 9 Kronecker product in one float64 GEMM, whose sums are of 9 (36)
-# terms in BLAS's order: the two agree to float64 rounding, so to float32 they almost always
-# round alike. The separable form does half the multiply-adds, vectorised over K, where the
-# GEMM of 9 rows was a slow shape for BLAS: a visible share of a training step at batch 1.
-
-def winograd44_filters(w, g, out):
-    """out (36, D, K) = G w G^T of each filter, entry 6i + j, from w (3, 3, D, K) and G (6, 3)
-    in float64: (G w)[i, b] = sum over a of G[i, a] w[a, b], then the sum over b of
-    (G w)[i, b] G[j, b], rounded once to out's dtype."""
-    d, k = w.shape[2], w.shape[3]
-    t = np.empty((6, 3, k), np.float64)
-    for e in range(d):
-        for i in range(6):
-            g0, g1, g2 = g[i, 0], g[i, 1], g[i, 2]
-            for b in range(3):
-                w0, w1, w2, row = w[0, b, e], w[1, b, e], w[2, b, e], t[i, b]
-                for c in range(k):
-                    row[c] = g0 * w0[c] + g1 * w1[c] + g2 * w2[c]
-        for i in range(6):
-            t0, t1, t2 = t[i, 0], t[i, 1], t[i, 2]
-            for j in range(6):
-                h0, h1, h2, o = g[j, 0], g[j, 1], g[j, 2], out[6 * i + j, e]
-                for c in range(k):
-                    o[c] = t0[c] * h0 + t1[c] * h1 + t2[c] * h2
-
-
-def winograd44_filter_grad(du, g, out):
-    """out (3, 3, A, B) = G^T dU G from dU (36, A, B) and G (6, 3) in float64: (dU G)[i, b] =
-    the sum over j of dU[6i + j] G[j, b], then the sum over i of G[i, a] (dU G)[i, b], rounded
-    once to out's dtype."""
-    a_n, b_n = du.shape[1], du.shape[2]
-    s = np.empty((6, 3, b_n), np.float64)
-    for e in range(a_n):
-        for i in range(6):
-            for b in range(3):
-                row = s[i, b]
-                for c in range(b_n):
-                    row[c] = 0.0
-                for j in range(6):
-                    h, src = g[j, b], du[6 * i + j, e]
-                    for c in range(b_n):
-                        row[c] += src[c] * h
-        for a in range(3):
-            for b in range(3):
-                o = out[a, b, e]
-                for c in range(b_n):
-                    v = 0.0
-                    for i in range(6):
-                        v += g[i, a] * s[i, b, c]
-                    o[c] = v
 
 
 def max_pool22(x, out):
@@ -669,51 +614,94 @@ def winograd4_adjoint(x, out):
                     out[5, n, ti, w, ch] = x3
 
 
+# F(4x4, 3x3)'s filter transforms (`conv.winograd_f44`): U = G w G^T of every filter and its
+# adjoint dw = G^T dU G, in float64 numbers rounded once to the output's dtype, by the separable
+# sums (G's rows along the height, then along the width: half the multiply-adds of the 36 x 9
+# Kronecker product) over a whole row of K (or B) numbers at a time, so the loops vectorise; a
+# range of D (or A) per call, so the workers share a layer. The NumPy path's one float64 GEMM
+# by GG sums in another order: the two agree to float64 rounding, so in float32 they almost
+# always round alike. w may be any strided view, but reads fastest C-contiguous.
+
+def winograd44_filters(g, w, d0, d1, out):
+    """out[6a + b, d, k] = sum_ij G[a, i] G[b, j] w[i, j, d, k] for d in d0..d1; g: G (6, 3)
+    float64; w (3, 3, D, K); out (36, D, K)."""
+    k_count = w.shape[3]
+    t = np.empty((6, 3, k_count))
+    for d in range(d0, d1):
+        for a in range(6):
+            for j in range(3):
+                for k in range(k_count):
+                    t[a, j, k] = (g[a, 0] * np.float64(w[0, j, d, k])
+                                  + g[a, 1] * np.float64(w[1, j, d, k])
+                                  + g[a, 2] * np.float64(w[2, j, d, k]))
+        for a in range(6):
+            for b in range(6):
+                for k in range(k_count):
+                    out[6 * a + b, d, k] = (g[b, 0] * t[a, 0, k] + g[b, 1] * t[a, 1, k]
+                                            + g[b, 2] * t[a, 2, k])
+
+
+def winograd44_filter_grad(g, du, a0, a1, out):
+    """out[i, j, r, c] = sum_ab G[a, i] G[b, j] du[6a + b, r, c] for r in a0..a1; g: G (6, 3)
+    float64; du (36, R, C); out (3, 3, R, C)."""
+    c_count = du.shape[2]
+    s = np.empty((6, 3, c_count))
+    for r in range(a0, a1):
+        for a in range(6):
+            for j in range(3):
+                for c in range(c_count):
+                    acc = 0.0
+                    for b in range(6):
+                        acc += g[b, j] * np.float64(du[6 * a + b, r, c])
+                    s[a, j, c] = acc
+        for i in range(3):
+            for j in range(3):
+                for c in range(c_count):
+                    acc = 0.0
+                    for a in range(6):
+                        acc += g[a, i] * s[a, j, c]
+                    out[i, j, r, c] = acc
+
+
 # Batch normalisation in training (`batchnorm`). Arrays are the module's rows, (R, W*D), with
 # the D channels repeating every D numbers; the per-channel vectors come tiled to W*D (`_row`s),
 # so every inner loop runs over a whole contiguous row and vectorises. The sums are per column,
 # in float64; `batchnorm` adds them over chunks and folds the W copies of each channel.
 
-def bn_sums(x, acc):
-    """acc (W*D,) float64 = the column sums of x (R, W*D)."""
+def bn_moments(x, shift_row, acc, acc_sq):
+    """acc, acc_sq (W*D,) float64 = the column sums of x - shift_row and of (x - shift_row)^2,
+    x (R, W*D), shift_row float64: both moments in one pass. The shift (the running mean, the
+    same on every rank) keeps E[c^2] - E[c]^2 of the centred c = x - shift from cancelling."""
     rows, m = x.shape
     for q in range(m):
         acc[q] = 0.0
+        acc_sq[q] = 0.0
     for r in range(rows):
         for q in range(m):
-            acc[q] += x[r, q]
+            c = np.float64(x[r, q]) - shift_row[q]
+            acc[q] += c
+            acc_sq[q] += c * c
 
 
-def bn_centred_squares(x, mean_row, acc):
-    """acc (W*D,) float64 = the column sums of (x - mean_row)^2, x (R, W*D), mean_row float64:
-    the two-pass variance's second pass, never E[x^2] - mean^2."""
-    rows, m = x.shape
-    for q in range(m):
-        acc[q] = 0.0
-    for r in range(rows):
-        for q in range(m):
-            c = x[r, q] - mean_row[q]
-            acc[q] += c * c
-
-
-def bn_normalise(x, mean_row, inv_row, gamma_row, beta_row, xhat, out, relu):
-    """xhat = (x - mean_row) * inv_row and out = xhat * gamma_row + beta_row, over (R, W*D);
-    relu: out = max(0, out) as well (BATCHNORM -> RELU; a NaN stays NaN, as np.maximum)."""
+def bn_normalise(x, mean_row, inv_row, gamma_row, beta_row, out, relu):
+    """out = ((x - mean_row) * inv_row) * gamma_row + beta_row over (R, W*D), xhat in x's dtype
+    and never stored (the backward makes it again, bit for bit); relu: out = max(0, out) as
+    well (BATCHNORM -> RELU; a NaN stays NaN, as np.maximum)."""
     rows, m = x.shape
     zero = out.dtype.type(0)
     for r in range(rows):
         for q in range(m):
             v = (x[r, q] - mean_row[q]) * inv_row[q]
-            xhat[r, q] = v
             o = v * gamma_row[q] + beta_row[q]
             if relu and o < zero:
                 o = zero
             out[r, q] = o
 
 
-def bn_backward_sums(g, xhat, acc_g, acc_gx, out, relu):
-    """acc_g, acc_gx (W*D,) float64 = the column sums of g and of g * xhat, over (R, W*D);
-    relu: of g * (out > 0) instead (the mask of a fused RELU, as `relu_mask` applies it)."""
+def bn_backward_sums(g, x, mean_row, inv_row, acc_g, acc_gx, out, relu):
+    """acc_g, acc_gx (W*D,) float64 = the column sums of g and of g * xhat, over (R, W*D), where
+    xhat = (x - mean_row) * inv_row as `bn_normalise` made it; relu: of g * (out > 0) instead
+    (the mask of a fused RELU, as `relu_mask` applies it)."""
     rows, m = g.shape
     zero = out.dtype.type(0)
     one, nil = g.dtype.type(1), g.dtype.type(0)
@@ -726,12 +714,12 @@ def bn_backward_sums(g, xhat, acc_g, acc_gx, out, relu):
             if relu:
                 v = v * (one if out[r, q] > zero else nil)
             acc_g[q] += v
-            acc_gx[q] += v * np.float64(xhat[r, q])
+            acc_gx[q] += v * np.float64((x[r, q] - mean_row[q]) * inv_row[q])
 
 
-def bn_backward_dx(g, xhat, mean_g_row, mean_gx_row, scale_row, dx, out, relu):
-    """dx = (g - xhat * mean_gx_row - mean_g_row) * scale_row over (R, W*D), in NumPy's order;
-    relu: g masked by out > 0 first, as in `bn_backward_sums`."""
+def bn_backward_dx(g, x, mean_row, inv_row, mean_g_row, mean_gx_row, scale_row, dx, out, relu):
+    """dx = (g - xhat * mean_gx_row - mean_g_row) * scale_row over (R, W*D), in NumPy's order,
+    xhat made again from x as in `bn_backward_sums`; relu: g masked by out > 0 first."""
     rows, m = g.shape
     zero = out.dtype.type(0)
     one, nil = g.dtype.type(1), g.dtype.type(0)
@@ -740,7 +728,8 @@ def bn_backward_dx(g, xhat, mean_g_row, mean_gx_row, scale_row, dx, out, relu):
             v = g[r, q]
             if relu:
                 v = v * (one if out[r, q] > zero else nil)
-            dx[r, q] = ((v - xhat[r, q] * mean_gx_row[q]) - mean_g_row[q]) * scale_row[q]
+            xhat = (x[r, q] - mean_row[q]) * inv_row[q]
+            dx[r, q] = ((v - xhat * mean_gx_row[q]) - mean_g_row[q]) * scale_row[q]
 
 
 # Winograd's F(4x4, 3x3) in both axes (`conv.winograd_f44` documents it; training's forward and

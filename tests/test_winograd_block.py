@@ -144,3 +144,16 @@ def test_a_residual_nets_plan_takes_the_block(monkeypatch):
     monkeypatch.setattr(winograd_block, "applies", lambda *args: False)
     np.testing.assert_allclose(plan.forward(x), got, rtol=1e-5,
                                atol=1e-5 * np.abs(got).max())
+
+
+def test_without_numpys_blas_from_compiled_code_the_block_is_two_calls(monkeypatch):
+    """SLIDENET_BLAS_CALL=0: no C function, so no block kernel; `applies` says no, and a plan
+    runs the block as its two calls."""
+    monkeypatch.setenv("SLIDENET_BLAS_CALL", "0")
+    monkeypatch.setattr(blas, "_state", {"done": False, "sgemm": None})
+    monkeypatch.setattr(winograd_block, "_state", {"kernel": None, "gemm": None, "done": False})
+    assert blas.sgemm() is None
+    x, ws, bs = block_arrays(2, 16, 16, 8)
+    first, second = prepared(ws, bs, 16, 16)
+    assert winograd_block.kernel() is None
+    assert not winograd_block.applies(x, first, second)

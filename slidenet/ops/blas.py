@@ -5,7 +5,7 @@ Python between them (`conv.winograd_block`), needs the GEMM between its passes f
 code. NumPy does not export its BLAS to numba (numba's own `np.dot` needs SciPy), so this module
 finds `cblas_sgemm` in the library NumPy loaded (threadpoolctl's handle on it), under the names
 NumPy's and OpenBLAS's builds give it (NumPy's wheels prefix `scipy_` and suffix `64_` for their
-64-bit-integer OpenBLAS), as `conv.pair`'s helper thread does for batch 1.
+64-bit-integer OpenBLAS). `conv.pair`'s helper thread calls it too, at batch 1.
 
 The function is checked once against `np.matmul` on a small product before it is handed out;
 anything unexpected (no such library or symbol, another BLAS, a wrong result, or

@@ -1,9 +1,9 @@
 """Milliseconds per training step and per inference batch of a benchmark net, in one process.
 
-    .venv/bin/python scripts/step_loop.py [--net r1] [--steps 10] [--threads 2]
+    .venv/bin/python scripts/step_loop.py [--net r1] [--steps 10] [--threads 2] [--batch 128]
 
-The same training step and inference as `slidenet bench` (its `SlidenetRunner`: R1 at batch 128,
-inference at 256), without the per-layer timing and the sgemm: after two warm-up steps, the
+The same training step and inference as `slidenet bench` (its `SlidenetRunner`: training at
+batch 128 unless --batch says otherwise, e.g. 64 for res18's target; inference at 256), without the per-layer timing and the sgemm: after two warm-up steps, the
 median of --steps training steps and of --steps inference batches, in wall and in CPU time (all
 of this process's threads: less moved by other processes than wall time), and the cores other
 processes kept busy meanwhile. One line, so that two trees can be compared by alternating
@@ -42,8 +42,9 @@ def main():
     parser.add_argument("--net", choices=sorted(NETS), default="r1", help="which net (default r1)")
     parser.add_argument("--steps", type=int, default=10, help="steps timed (default 10)")
     parser.add_argument("--threads", type=int, default=2, help="kernel worker threads (default 2)")
+    parser.add_argument("--batch", type=int, default=128, help="training batch (default 128)")
     args = parser.parse_args()
-    runner = SlidenetRunner(NETS[args.net], 128, 256)
+    runner = SlidenetRunner(NETS[args.net], args.batch, 256)
     # One BLAS thread per worker, also for one worker (runtime.workers leaves BLAS alone then).
     with runtime.workers(args.threads), threadpool_limits(1, "blas"), OtherLoad() as load:
         for _ in range(2):
@@ -51,7 +52,7 @@ def main():
             runner.infer()
         train = milliseconds(runner.train_step, args.steps)
         infer = milliseconds(runner.infer, args.steps)
-    print(f"{args.net}: training step (batch 128) {train[0]:.1f} ms, CPU {train[1]:.1f} ms; "
+    print(f"{args.net}: training step (batch {args.batch}) {train[0]:.1f} ms, CPU {train[1]:.1f} ms; "
           f"inference batch (256) {infer[0]:.1f} ms, CPU {infer[1]:.1f} ms; "
           f"other processes kept {load.cores:.2f} cores busy")
 

@@ -503,6 +503,37 @@ def test_normalizer_matches_numpy():
     assert norm.normalize(x, dtype=np.float64).dtype == np.float64
 
 
+def test_normalizer_kept_affine_follows_the_statistics():
+    # normalize keeps its (scale, shift) and their copies along a row of pixels: the result is
+    # the one-multiply-add formula bit for bit, at any width and batch, and a change of the
+    # statistics (a new array or one changed in place) is seen by the next call.
+    rng = np.random.default_rng(8)
+    norm = data.Normalizer(np.array([0.2, 0.5, 0.7], np.float32),
+                           np.array([0.25, 0.3, 0.2], np.float32))
+
+    def formula(x, dtype=np.float32):
+        mean, std = norm.mean.astype(np.float64), norm.std.astype(np.float64)
+        scale, shift = (1 / (255 * std)).astype(dtype), (-mean / std).astype(dtype)
+        return x.astype(dtype) * scale + shift
+
+    for shape in [(1, 5, 7, 3), (4, 3, 2, 3), (2, 6, 3), (3,), (0, 4, 4, 3)]:
+        x = rng.integers(0, 256, shape).astype(np.uint8)
+        for dtype in (np.float32, np.float64):
+            out = norm.normalize(x, dtype=dtype)
+            assert out.dtype == dtype and out.shape == x.shape
+            np.testing.assert_array_equal(out, formula(x, dtype))
+    x = rng.integers(0, 256, (2, 4, 4, 3)).astype(np.uint8)
+    before = norm.normalize(x)
+    norm.mean[1] = 0.1                          # in place
+    np.testing.assert_array_equal(norm.normalize(x), formula(x))
+    assert not np.array_equal(norm.normalize(x), before)
+    norm.std = np.array([0.5, 0.5, 0.5], np.float32)       # a new array
+    np.testing.assert_array_equal(norm.normalize(x), formula(x))
+    scale, _ = norm.affine()
+    with pytest.raises(ValueError):
+        scale[0] = 1                            # the kept pair cannot be changed by a caller
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_normalize_is_each_channels_multiply_add_whatever_the_layout(dtype):
     """Rows of W*D numbers (the fast path) compute x * scale + shift of each pixel's channel,

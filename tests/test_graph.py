@@ -265,6 +265,36 @@ def test_no_step_writes_into_the_gradient_it_is_given(pattern):
     assert all(np.isfinite(g).all() for g in net.grads.values())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_residual_sum_added_by_the_first_conv_backward_is_the_plain_sum(dtype, monkeypatch):
+    # A block whose first branch starts on a bare CONV: the other branch's gradient is added
+    # as the CONV's backward writes its dx (F(4x4, 3x3)'s output pass for 3x3 at stride 1 and
+    # 8 channels, after the pair for a stride-2 CONV padded per side, a grouped CONV). Every
+    # gradient, the input's included, must be the bits of the two dx's summed after.
+    from slidenet.layers import merge
+    pattern = ("INPUT(8x8x8) -> { CONV(8) -> BN -> RELU -> CONV(8) -> BN | ID } -> ADD -> RELU "
+               "-> { CONV(16, s=2, p=1, round=down) -> BN -> RELU -> CONV(16) -> BN | "
+               "CONV(16, 1x1, s=2, round=down) -> BN } -> ADD -> RELU "
+               "-> { CONV(16, g=4) -> RELU | ID } -> ADD -> GLOBALAVGPOOL -> FC(3)")
+    x = np.random.default_rng(8).standard_normal((4, 8, 8, 8)).astype(dtype)
+    assert merge._takes_skip(Net.from_pattern(pattern, dtype=dtype).layers[0].branch_steps[0])
+    results, algorithms = [], []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(merge, "_takes_skip", lambda steps: False)
+        net = Net.from_pattern(pattern, seed=2, dtype=dtype)
+        scores = net.forward(x, train=True)
+        algorithms.append(net.layers[0].branch_steps[0][0].cache.algorithm)
+        dx = net.backward(np.ones_like(scores), input_grad=True)
+        results.append((dx.copy(), {k: g.copy() for k, g in net.grads.items()}))
+    (dx_fused, grads_fused), (dx_plain, grads_plain) = results
+    np.testing.assert_array_equal(dx_fused, dx_plain)
+    for key in grads_plain:
+        np.testing.assert_array_equal(grads_fused[key], grads_plain[key], err_msg=key)
+    if dtype == "float32" and compiled.kernels() is not None:
+        assert algorithms == ["winograd2d"] * 2          # the output pass's skip was exercised
+
+
 def test_fused_branches_equal_unfused_layers():
     net = Net.from_pattern(INCEPTION, dtype="float64")
     assert type(net.layers[0].branch_steps[1][0]).__name__ == "ConvRelu"

@@ -112,11 +112,13 @@ def test_auto_picks_winograd_full_or_im2col():
 
 def test_auto_picks_winograd2d_where_it_pays():
     # Training (conv_forward passes the width) takes F(4x4, 3x3) where F(4, 3) would run on
-    # an output of at least 8 x 8; inference (`prepare_conv`, no width) keeps F(4, 3).
+    # an output of at least MIN_SIDE x MIN_SIDE; inference (`prepare_conv`, no width) keeps F(4, 3).
     deep, side = winograd_f44.MIN_DEPTH, winograd_f44.MIN_SIDE
     compiled = winograd_f44.compiled.kernels() is not None
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", 32, 32) == (
         "winograd2d" if compiled else "winograd4")
+    assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", side, side) == (
+        "winograd2d" if compiled else "winograd4")      # res18's last stage: 4 x 4
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", side - 1, 32) == "winograd4"
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", 32, side - 1) == "winograd4"
     assert conv.choose((3, 3), (1, 1), (1, 1), deep, deep, "auto", 32) == "winograd4"
@@ -190,6 +192,7 @@ def test_a_named_algorithm_refuses_what_it_cannot_compute():
 # (H, W, D, F_h, F_w, S_h, S_w): tiling, overlapping (3x3 s=2), odd sizes, per-axis values.
 POOL_GEOMETRIES = [
     (8, 8, 3, 2, 2, 2, 2),
+    (6, 10, 4, 2, 2, 2, 2),
     (7, 7, 2, 3, 3, 2, 2),
     (9, 7, 2, 3, 3, 1, 1),
     (6, 9, 1, 2, 3, 2, 3),
@@ -244,6 +247,27 @@ def test_max_pool_backward_with_the_relu_mask(hw, size, stride):
                  fd=False, dtypes=False, compiled_exact=size == stride)
 
 
+def test_max_pool_2x2_nan_and_ties_compiled_as_numpy(numba):
+    # The 2x2 stride-2 passes (`compiled.max_pool22`) against the NumPy taps: NaN in every tap
+    # position, ties, all-zero windows, with and without the ReLU's mask, bit for bit.
+    x = np.maximum(RNG.integers(-1, 3, (3, 8, 6, 5)), 0).astype(np.float32)
+    for i, j in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        x[i % 3, 2 + i, 2 * j + j, j] = np.nan
+    dout = RNG.standard_normal((3, 4, 3, 5)).astype(np.float32)
+    results = []
+    for on in (True, False):
+        previous = ops.compiled.set_enabled(on)
+        try:
+            out, cache = ops.max_pool_forward(x, (2, 2), (2, 2))
+            results.append((out, *(ops.max_pool_backward(dout, cache, relu_mask=mask)
+                                   for mask in (False, True))))
+        finally:
+            ops.compiled.set_enabled(previous)
+    for fast, plain in zip(*results):
+        np.testing.assert_array_equal(fast, plain)
+    assert np.isnan(results[0][0]).sum() == 4
+
+
 def test_pool_lecture_example():
     out, _ = ops.max_pool_forward(np.zeros((1, 224, 224, 64), np.float32), (2, 2), (2, 2))
     assert out.shape == (1, 112, 112, 64)
@@ -271,6 +295,15 @@ def test_integer_images_pool_on_numpy():
 @pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
 def test_fc_pair(shape, relu):
     inputs = int(np.prod(shape[1:]))
+    # Arrays of the test's own seed, not the module's stream (so no other test's draws decide
+    # them), drawn again while a ReLU's input lies within 1e-3 of its kink, where the centred
+    # differences (h = 1e-5) would straddle it.
+    rng = np.random.default_rng([shape[0], inputs, relu])
+    while True:
+        x, w = rng.standard_normal(shape), rng.standard_normal((inputs, 30))
+        b = rng.standard_normal(30)
+        if not relu or np.abs(naive.fc_forward(x, w, b)).min() > 1e-3:
+            break
 
     def reference(x, w, b):
         out = naive.fc_forward(x, w, b)
@@ -281,8 +314,7 @@ def test_fc_pair(shape, relu):
 
     check_kernel(lambda x, w, b: ops.fc_forward(x, w, b, relu=relu),
                  lambda dout, cache: ops.fc_backward(dout, cache, relu=relu),
-                 {"x": RNG.standard_normal(shape), "w": RNG.standard_normal((inputs, 30)),
-                  "b": RNG.standard_normal(30)}, ("x", "w", "b"),
+                 {"x": x, "w": w, "b": b}, ("x", "w", "b"),
                  naive=reference, naive_backward=reference_backward)
 
 
@@ -300,6 +332,42 @@ def test_fc_pair_split_over_threads(n, inputs, outputs):
                  naive_backward=lambda dout, x, w, b: naive.fc_backward(
                      dout * (naive.fc_forward(x, w, b) > 0), x, w),
                  fd_samples=8)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 4, 64), (1, 300), (1, 7), (3, 5, 5, 4),
+                                   (ops.fc.ROWS_UP_TO, 20)])
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+def test_fc_infer_few_images(numba, shape, relu):
+    """Inference of a few images (`fc_infer`): the compiled product reads only W's rows whose
+    input is not 0. Against the naive loops in float64 and to float32 rounding, an input half
+    zeros (as after a ReLU), all zeros and none; a NaN input still gives NaN; each image the
+    same bits alone as in the batch. Without the compiled kernels, fc_forward's GEMM, the same
+    numbers to rounding."""
+    inputs = int(np.prod(shape[1:]))
+    w, b = RNG.standard_normal((inputs, 40)) / 10, RNG.standard_normal(40)
+    for x in (np.maximum(RNG.standard_normal(shape), 0), np.zeros(shape),
+              RNG.standard_normal(shape)):
+        want = naive.fc_forward(x, w, b)
+        want = np.maximum(want, 0) if relu else want
+        np.testing.assert_allclose(ops.fc_infer(x, w, b, relu), want, rtol=1e-12, atol=1e-12)
+        x32, w32, b32 = (a.astype(np.float32) for a in (x, w, b))
+        got = ops.fc_infer(x32, w32, b32, relu)
+        assert got.dtype == np.float32 and got.shape == (shape[0], 40)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        for i in range(shape[0]):
+            np.testing.assert_array_equal(ops.fc_infer(x32[i:i + 1], w32, b32, relu), got[i:i + 1])
+        previous = ops.compiled.set_enabled(False)
+        try:
+            np.testing.assert_allclose(ops.fc_infer(x32, w32, b32, relu), got, rtol=1e-5,
+                                       atol=1e-5)
+        finally:
+            ops.compiled.set_enabled(previous)
+    x = np.maximum(RNG.standard_normal(shape), 0).astype(np.float32)
+    x.reshape(len(x), -1)[0, 3] = np.nan
+    got = ops.fc_infer(x, w.astype(np.float32), b.astype(np.float32), relu)
+    assert np.isnan(got[0]).all() and not np.isnan(got[1:]).any()
+    big = np.zeros((ops.fc.ROWS_UP_TO + 1, inputs))         # beyond: fc_forward's GEMM
+    np.testing.assert_array_equal(ops.fc_infer(big, w, b, relu), ops.fc_forward(big, w, b, relu)[0])
 
 
 def test_fc_flattens_in_height_width_depth_order():
@@ -496,6 +564,34 @@ def test_compiled_batchnorm_keeps_the_two_pass_variance(dtype, mean):
     want = (x64 - x64.mean(axis=(0, 1, 2))) / np.sqrt(var + 1e-5)
     assert np.abs(out - want).max() < (1e-2 if dtype == np.float32 else 1e-6)
     np.testing.assert_allclose(rv, 0.9 + 0.1 * var, rtol=1e-4)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_compiled_batchnorm_backward_without_numba_after_a_compiled_forward(relu):
+    # The compiled forward keeps x and the mean, not xhat; a backward that finds numba switched
+    # off since then makes xhat in NumPy, and must give the compiled backward's gradients.
+    require("NUMBA", numba_problem())
+    from slidenet.ops import compiled
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((6, 5, 4, 8)) * 2 + 3).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    gamma, beta = rng.standard_normal(8).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    stats = [np.zeros(8, np.float32), np.ones(8, np.float32)]
+    _, cache = ops.batchnorm_forward(x, gamma, beta, *stats, train=True, relu=relu)
+    want = ops.batchnorm_backward(dout, cache, relu=relu)
+    previous = compiled.set_enabled(False)
+    try:
+        got = ops.batchnorm_backward(dout, cache, relu=relu)
+    finally:
+        compiled.set_enabled(previous)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # And both are the naive loops' gradients.
+    g = dout * (cache.out > 0) if relu else dout
+    naive_dx, naive_dgamma, naive_dbeta = naive.batchnorm_backward(g.astype(np.float64),
+                                                                  x.astype(np.float64), gamma)
+    np.testing.assert_allclose(want[0], naive_dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(want[1], naive_dgamma, rtol=1e-4, atol=1e-4)
 
 
 def _loss_gradient_error(loss_fn, scores, y):

@@ -8,7 +8,7 @@ import pytest
 from harness import without_numba
 from slidenet import Net, ops
 from slidenet.ops import compiled, naive, runtime
-from slidenet.ops.conv import dispatch, winograd_f44
+from slidenet.ops.conv import dispatch, winograd_block, winograd_f44
 
 RNG = np.random.default_rng(44)
 
@@ -237,16 +237,20 @@ def test_a_residual_net_scores_as_its_evaluation_forward():
                     getattr(layer, state)[...] = RNG.uniform(0.5, 1.5, getattr(layer, state).shape)
         x = RNG.standard_normal((3, 16, 16, 3)).astype(dtype)
         calls = []
-        original = winograd_f44.forward
+        original, block = winograd_f44.forward, winograd_block.forward
 
         def counted(*args, **kwargs):
             calls.append(1)
             return original(*args, **kwargs)
-        winograd_f44.forward = counted
+
+        def counted_block(*args, **kwargs):     # a residual block's two CONVs in one call
+            calls.extend([1, 1])
+            return block(*args, **kwargs)
+        winograd_f44.forward, winograd_block.forward = counted, counted_block
         try:
             got = net.prepare().forward(x)
         finally:
-            winograd_f44.forward = original
+            winograd_f44.forward, winograd_block.forward = original, block
         want = net.forward(x)
         assert len(calls) == 3                 # the three 3x3 stride-1 CONVs
         np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * np.abs(want).max())
@@ -280,3 +284,75 @@ def test_one_image_keeps_the_chunked_paths_bits(h, w, d, k, pad, pool, relu, mon
     for got, i in zip(kept, (0, 2, 1)):
         np.testing.assert_array_equal(got, winograd_f44.forward(x[i:i + 1], u, b, pad, relu,
                                                                 pool=pool))
+
+
+@pytest.mark.parametrize("d,k", [(3, 5), (16, 16), (40, 72)])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_compiled_filter_transforms_are_the_float64_sums_rounded_once(d, k, workers):
+    # U = G w G^T and dw = G^T dU G in float32 (training's dtype) by the compiled separable
+    # sums, against a loop over the 3 x 3 (or 6 x 6) entries in float64, rounded once; for the
+    # flipped filters of dx as a view, and dw written into a flipped view as the backward does.
+    g = winograd_f44.G.astype(np.float64)
+    w = RNG.standard_normal((3, 3, d, k)).astype(np.float32)
+    du = RNG.standard_normal((36, k, d)).astype(np.float32)
+    with runtime.workers(workers):
+        for filters in (w, w[::-1, ::-1].transpose(0, 1, 3, 2)):
+            exact = np.zeros((36,) + filters.shape[2:])
+            for a in range(6):
+                for b in range(6):
+                    for i in range(3):
+                        for j in range(3):
+                            exact[6 * a + b] += g[a, i] * g[b, j] * filters[i, j].astype(np.float64)
+            got = winograd_f44.prepare_filters(filters)
+            assert got.dtype == np.float32
+            np.testing.assert_allclose(got, exact.astype(np.float32), rtol=2e-7, atol=1e-6)
+        exact = np.zeros((3, 3, k, d))
+        for i in range(3):
+            for j in range(3):
+                for a in range(6):
+                    for b in range(6):
+                        exact[i, j] += g[a, i] * g[b, j] * du[6 * a + b].astype(np.float64)
+        dw = np.full((3, 3, d, k), np.nan, np.float32)
+        winograd_f44.filter_grad(du, dw[::-1, ::-1].transpose(0, 1, 3, 2))
+        np.testing.assert_allclose(dw[::-1, ::-1].transpose(0, 1, 3, 2), exact.astype(np.float32),
+                                   rtol=2e-7, atol=1e-6)
+        np.testing.assert_allclose(winograd_f44.filter_grad(du), exact.astype(np.float32),
+                                   rtol=2e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("d, k", [(1, 1), (3, 5), (32, 64)])
+def test_filter_transforms_in_float32_round_the_exact_ones(d, k):
+    """G w G^T (`prepare_filters`) and G^T dU G (`filter_grad`) in float32 run compiled as two
+    short sums each: against the exact transforms (the 6 x 3 G of the lecture's F(4, 3),
+    multiplied out entry by entry in Python's exact fractions of the float inputs) they are
+    the float32 rounding of it to 1 unit in the last place, as the NumPy GEMM by GG is; and
+    float64 keeps that GEMM, bit for bit."""
+    from fractions import Fraction
+    g = [[Fraction(1, 4), 0, 0], [Fraction(-1, 6)] * 3, [Fraction(-1, 6), Fraction(1, 6),
+                                                         Fraction(-1, 6)],
+         [Fraction(1, 24), Fraction(1, 12), Fraction(1, 6)],
+         [Fraction(1, 24), Fraction(-1, 12), Fraction(1, 6)], [0, 0, 1]]
+    w = RNG.standard_normal((3, 3, d, k)).astype(np.float32)
+    du = RNG.standard_normal((36, d, k)).astype(np.float32)
+    u, dw = winograd_f44.prepare_filters(w), winograd_f44.filter_grad(du)
+    assert u.dtype == dw.dtype == np.float32
+    picks = [(e, c) for e in range(d) for c in range(k)][:6]
+    for e, c in picks:
+        for a in range(6):
+            for b in range(6):
+                exact = sum(g[a][i] * Fraction(float(w[i, j, e, c])) * g[b][j]
+                            for i in range(3) for j in range(3))
+                assert abs(float(u[6 * a + b, e, c]) - float(exact)) <= abs(np.spacing(np.float32(exact)))
+        for i in range(3):
+            for j in range(3):
+                exact = sum(g[a][i] * Fraction(float(du[6 * a + b, e, c])) * g[b][j]
+                            for a in range(6) for b in range(6))
+                assert abs(float(dw[i, j, e, c]) - float(exact)) <= abs(np.spacing(np.float32(exact)))
+    previous = compiled.set_enabled(False)
+    try:
+        np.testing.assert_allclose(winograd_f44.prepare_filters(w), u, rtol=2.5e-7, atol=1e-30)
+        np.testing.assert_allclose(winograd_f44.filter_grad(du), dw, rtol=2.5e-7, atol=1e-30)
+        u64 = winograd_f44.prepare_filters(w.astype(np.float64))
+    finally:
+        compiled.set_enabled(previous)
+    np.testing.assert_array_equal(winograd_f44.prepare_filters(w.astype(np.float64)), u64)

@@ -45,16 +45,39 @@ class Normalizer:
         # broadcast along D alone, NumPy's loops run 3 numbers at a time for RGB, several
         # times slower, and this runs on the calling thread before a prediction's kernels.
         width = x.shape[-2]
-        out = np.multiply(x.reshape(-1, width * x.shape[-1]), np.tile(scale, width), dtype=dtype)
-        out += np.tile(shift, width)
+        scale, shift = self._tiled(scale, shift, width)
+        out = np.multiply(x.reshape(-1, width * x.shape[-1]), scale, dtype=dtype)
+        out += shift
         return out.reshape(x.shape)
+
+    def _tiled(self, scale, shift, width):
+        """`affine`'s (scale, shift) repeated `width` times, (width * D,) each; kept per pair."""
+        kept = self.__dict__.get("_tiled_pair")
+        if kept is None or kept[0] is not scale or kept[1] != width:
+            kept = (scale, width, np.tile(scale, width), np.tile(shift, width))
+            self.__dict__["_tiled_pair"] = kept
+        return kept[2], kept[3]
 
     def affine(self, dtype=np.float32):
         """(scale, shift), each `dtype` (D,): normalize(x) is x * scale + shift, one multiply-add
         per pixel, since (x/255 - mean)/std = x * 1/(255 std) - mean/std. (An ONNX export
-        writes these two arrays, so it computes exactly what `normalize` does.)"""
+        writes these two arrays, so it computes exactly what `normalize` does.)
+
+        The pair is kept for the statistics and dtype it was made from (read-only arrays):
+        computing it is eight small NumPy calls, a few percent of a one-image prediction. The
+        key is the statistics' bytes, so changing `mean` or `std`, even in place, makes a new
+        pair."""
+        dtype = np.dtype(dtype)
+        key = (dtype, self.mean.dtype, self.mean.tobytes(), self.std.dtype, self.std.tobytes())
+        kept = self.__dict__.get("_affine")
+        if kept is not None and kept[0] == key:
+            return kept[1]
         mean, std = self.mean.astype(np.float64), self.std.astype(np.float64)
-        return (1 / (255 * std)).astype(dtype), (-mean / std).astype(dtype)
+        pair = ((1 / (255 * std)).astype(dtype), (-mean / std).astype(dtype))
+        for a in pair:
+            a.setflags(write=False)
+        self.__dict__["_affine"] = (key, pair)
+        return pair
 
     def to_arrays(self):
         """{"normalizer.mean": (D,), "normalizer.std": (D,)} for a model file."""

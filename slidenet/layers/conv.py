@@ -183,12 +183,20 @@ class Conv(Layer):
         """x with the padding of both sides made, when they differ (else x itself)."""
         return x if self.sides.even else pad_sides(x, self.sides.before, self.sides.after)
 
-    def backward(self, dout, need_dx=True, relu=False):
-        """relu=True: apply the mask of the RELU that forward(relu=True) applied."""
+    def backward(self, dout, need_dx=True, relu=False, skip=None):
+        """relu=True: apply the mask of the RELU that forward(relu=True) applied. skip: None, or
+        an array of the input's shape to return dx + skip (a residual block's other branches'
+        gradient, `merge.Add`), added by the kernel as it writes dx where it can."""
+        in_kernel = skip is not None and self.fusable and self.sides.even
         backward = ops.conv_backward if self.fusable else ops.grouped_conv_backward
-        dx, dw, db = backward(dout, self.cache, need_dx, relu=relu)
+        if in_kernel:
+            dx, dw, db = backward(dout, self.cache, need_dx, relu=relu, skip=skip)
+        else:
+            dx, dw, db = backward(dout, self.cache, need_dx, relu=relu)
         if dx is not None and not self.sides.even:
-            dx = unpad_sides(dx, self.sides.before, self.sides.after, self.input_shape)
+            dx = unpad_sides(dx, self.sides.before, self.sides.after, self.input_shape, skip)
+        elif skip is not None and not in_kernel:
+            dx = ops.add_forward([dx, skip])
         self.grads["W"][...] = dw
         if self.no_bias is None:
             self.grads["b"][...] = db
@@ -250,7 +258,13 @@ class Conv(Layer):
             # padded copy (Winograd at stride 2, res18's downsampling CONVs).
             sides = (self.sides.before, self.sides.after)
             return lambda x, skip=None: ops.conv_infer(x, prepared, skip=skip, sides=sides)
-        return lambda x, skip=None: ops.conv_infer(self._padded(x), prepared, skip=skip)
+
+        def run(x, skip=None):
+            return ops.conv_infer(self._padded(x), prepared, skip=skip)
+        # Its prepared CONV, for a step that runs a whole residual block in one kernel
+        # (`merge.Add.prepare`, `conv.winograd_block`).
+        run.prepared = prepared
+        return run
 
     def filter_images(self):
         return self.params["W"]

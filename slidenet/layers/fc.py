@@ -96,11 +96,12 @@ class FC(Layer):
 
     def prepare(self, relu=False, affine=None):
         """Inference: the weights copied once; relu=True applies the next RELU too (fusion);
-        affine: a BATCHNORM's per-output (scale, shift) folded into W and b (`folding`)."""
+        affine: a BATCHNORM's per-output (scale, shift) folded into W and b (`folding`). Runs
+        `ops.fc_infer` (a few images read only W's rows whose input is not 0)."""
         w, b = self.params["W"].copy(), self.bias.copy()
         if affine is not None:
             w, b = fold(w, b, affine)
-        return lambda x: ops.fc_forward(x, w, b, relu=relu)[0]
+        return lambda x: ops.fc_infer(x, w, b, relu=relu)
 
     def filter_images(self):
         """An FC reading a volume: output o's weights, reshaped to (H, W, D), are a template

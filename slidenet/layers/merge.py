@@ -30,6 +30,12 @@ from slidenet.layers.base import Inferred, Layer, Unfit
 from slidenet.layers.registry import register
 
 
+def _takes_skip(steps):
+    """Whether a branch's first step is a bare CONV, whose backward adds a `skip` to its dx."""
+    from slidenet.layers.conv import Conv       # here: conv.py is a kind like this one
+    return bool(steps) and type(steps[0]) is Conv
+
+
 def _volume(shape):
     return " x ".join(str(n) for n in shape)
 
@@ -136,6 +142,18 @@ class _Merge(Layer):
     def branch_backward(self, grads):
         """Each branch's steps backward from its gradient in `grads`; the sum of what reaches
         the volume before '{' (it fed every branch)."""
+        two = len(self.branch_steps) == 2
+        if two and _takes_skip(self.branch_steps[0]):
+            # A residual block whose first branch starts on a bare CONV: the other branch's
+            # gradient first, then the CONV's backward adds it as it writes its dx (no pass of
+            # its own for the sum). dx1 + dx0 is dx0 + dx1 bit for bit: one addition each.
+            other = grads[1]
+            for step in reversed(self.branch_steps[1]):
+                other = step.backward(other)
+            grad, steps = grads[0], self.branch_steps[0]
+            for step in reversed(steps[1:]):
+                grad = step.backward(grad)
+            return steps[0].backward(grad, skip=other)
         dxs = []
         for steps, grad in zip(self.branch_steps, grads):
             for step in reversed(steps):
@@ -241,7 +259,22 @@ class Add(_Merge):
             outs = [_through(plan, x) for plan in others]
             skip = outs[0] if len(outs) == 1 else self.merged(outs, x, False)
             return tail(_through(head, x), skip)
-        return run
+
+        # ResNet's basic block, { CONV -> RELU -> CONV | ID } with their BATCHNORMs folded:
+        # where both CONVs run F(4x4, 3x3), one compiled call runs the whole block band by band
+        # of images (`conv.winograd_block`); any other input takes `run`.
+        first = getattr(head[0], "prepared", None) if len(head) == 1 else None
+        second = getattr(tail, "prepared", None)
+        identity = len(steps) == 2 and all(type(s) is Identity for s in steps[1 - last])
+        if first is None or second is None or not identity:
+            return run
+        from slidenet.ops.conv import winograd_block
+
+        def block(x):
+            if winograd_block.applies(x, first, second):
+                return winograd_block.forward(x, first, second, relu)
+            return run(x)
+        return block
 
     def merged(self, outs, x, relu):
         """Inference: the sum written into a branch's own output, not a new array: the first

@@ -7,13 +7,16 @@ several calls:
         residual sum's other terms, inference's `skip`), build x's adjoint rows;
     F(4x4, 3x3) in both axes (`conv.winograd_f44`, training's and inference's): B^T d B of every
         tile, A^T m A with the bias, skip, ReLU or 2x2 max pool, and x's adjoint tiles for dw;
+        the filter transforms G w G^T and G^T dU G;
     Winograd at stride 2 (`conv.winograd_s2`, inference's): B^T d B of every 9 x 9 window,
         A^T m A with the bias and ReLU;
     im2col (`conv.common`, `conv.im2col`, `window`): the rows of thin inputs, the bias and ReLU
         over output rows, the ReLU's mask, dx's window gradients added back (`col2im_add`);
-    pooling (`pool`): max-pool a window, and hand its gradient to the first maximum;
+    pooling (`pool`): max-pool a window, and hand its gradient to the first maximum (2x2
+        windows at stride 2 by a pass of their own, the taps unrolled);
     the direct convolution of thin first layers (`conv.direct`): each output pixel's window
         times the filters;
+    the FC of a few images in inference (`fc.fc_infer`): W's rows where the input is not zero;
     batch normalisation in training (`batchnorm`): the per-channel sums, the centred squares,
         xhat and the output together; the backward's two sums, and dx.
 The arithmetic and the comparisons are the same, in the same order, so results are bitwise
@@ -102,6 +105,7 @@ def _compile():
     done.add_bias_relu = jit(add_bias_relu)
     done.relu_mask = jit(relu_mask)
     done.direct_conv = jit(direct_conv)
+    done.fc_one = jit(fc_one)
     done.winograd_rows = jit(winograd_rows)
     done.winograd_output = jit(winograd_output)
     done.winograd_adjoint = jit(winograd_adjoint)
@@ -115,12 +119,14 @@ def _compile():
     done.winograd44_input, done.winograd44_output = jit(winograd44_input), jit(winograd44_output)
     done.winograd44_output_pool = jit(winograd44_output_pool)
     done.winograd44_adjoint = jit(winograd44_adjoint)
+    done.winograd44_filters = jit(winograd44_filters)
+    done.winograd44_filter_grad = jit(winograd44_filter_grad)
     done.winograd_s2_input, done.winograd_s2_output = (jit(winograd_s2_input),
                                                        jit(winograd_s2_output))
     done.max_pool = jit(max_pool)
     done.max_pool_backward = jit(max_pool_backward)
-    done.bn_sums = jit(bn_sums)
-    done.bn_centred_squares = jit(bn_centred_squares)
+    done.max_pool22, done.max_pool22_backward = jit(max_pool22), jit(max_pool22_backward)
+    done.bn_moments = jit(bn_moments)
     done.bn_normalise = jit(bn_normalise)
     done.bn_backward_sums = jit(bn_backward_sums)
     done.bn_backward_dx = jit(bn_backward_dx)
@@ -211,6 +217,58 @@ def max_pool(x, fh, fw, sh, sw, out):
                         for ch in range(d):
                             if v[ch] > o[ch] or v[ch] != v[ch]:     # as np.maximum(o, v)
                                 o[ch] = v[ch]
+
+
+def max_pool22(x, out):
+    """`max_pool` of 2x2 windows at stride 2 (R1's and VGG's pools): the same comparisons in
+    the same order, with the four taps named, so the loop over the depth has no loop around
+    it to run and is vectorised."""
+    c, ho, wo, d = out.shape
+    for n in range(c):
+        for i in range(ho):
+            r0, r1 = x[n, 2 * i], x[n, 2 * i + 1]
+            for j in range(wo):
+                o = out[n, i, j]
+                t0, t1, t2, t3 = r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]
+                for ch in range(d):
+                    m = t0[ch]
+                    v = t1[ch]
+                    if v > m or v != v:
+                        m = v
+                    v = t2[ch]
+                    if v > m or v != v:
+                        m = v
+                    v = t3[ch]
+                    if v > m or v != v:
+                        m = v
+                    o[ch] = m
+
+
+def max_pool22_backward(x, out, g, relu_mask, dx):
+    """`max_pool_backward` of 2x2 windows at stride 2 that tile x: each window's gradient to
+    its first tap equal to the max, row-major, else to the last; the same order as there."""
+    c, ho, wo, d = g.shape
+    zero = dx.dtype.type(0)
+    for n in range(c):
+        for i in range(ho):
+            r0, r1 = x[n, 2 * i], x[n, 2 * i + 1]
+            q0, q1 = dx[n, 2 * i], dx[n, 2 * i + 1]
+            for j in range(wo):
+                o, gr = out[n, i, j], g[n, i, j]
+                t0, t1, t2, t3 = r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]
+                d0, d1, d2, d3 = q0[2 * j], q0[2 * j + 1], q1[2 * j], q1[2 * j + 1]
+                for ch in range(d):
+                    m = o[ch]
+                    left = zero if relu_mask and not m > zero else gr[ch]
+                    taken = left if t0[ch] == m else zero
+                    d0[ch] = taken
+                    left -= taken
+                    taken = left if t1[ch] == m else zero
+                    d1[ch] = taken
+                    left -= taken
+                    taken = left if t2[ch] == m else zero
+                    d2[ch] = taken
+                    d3[ch] = left - taken
 
 
 def max_pool_backward(x, out, g, fh, fw, sh, sw, relu_mask, tiles, dx):
@@ -338,6 +396,39 @@ def direct_conv(xp, w, bias, taps_h, taps_w, depth, steps_h, steps_w, relu, out)
                     if relu and s < zero:
                         s = zero
                     o[ch] = s
+
+
+# A few images' FC in inference (`fc.fc_infer`): no NumPy twin either; the products are added in
+# the order of x, which is not the GEMM's, so the two agree to rounding.
+
+def fc_one(x, w, b, relu, out):
+    """out (N, O) = x (N, I) @ w (I, O) + b (O,), rectified with relu (a NaN stays NaN), for a
+    few images (N of at most `fc.ROWS_UP_TO`).
+
+    Image by image, W's rows are added into its sums one at a time, in order, each times its
+    input; a row whose input is 0 is skipped, since it would add 0 (W is finite: model files refuse
+    anything else). After a ReLU, and a max pool of ReLUs, many inputs are 0, so fewer of W's
+    rows are read: for so few images reading W is the whole cost of the layer. The loop over
+    O is innermost and contiguous, so it is vectorised. Each image's sums are added in the
+    same order whatever N is: an image gets the same bits alone as in a batch.
+    """
+    n, i = x.shape
+    o = out.shape[1]
+    zero = out.dtype.type(0)
+    acc = np.empty(o, out.dtype)        # its own array: the compiler need not fear aliasing
+    for m in range(n):
+        for c in range(o):
+            acc[c] = zero
+        for r in range(i):
+            v = x[m, r]
+            if v != zero:
+                for c in range(o):
+                    acc[c] += v * w[r, c]
+        for c in range(o):
+            s = acc[c] + b[c]
+            if relu and s < zero:
+                s = zero
+            out[m, c] = s
 
 
 # Winograd's F(4, 3) (`winograd4` documents the arithmetic; the order of every addition here is
@@ -523,51 +614,94 @@ def winograd4_adjoint(x, out):
                     out[5, n, ti, w, ch] = x3
 
 
+# F(4x4, 3x3)'s filter transforms (`conv.winograd_f44`): U = G w G^T of every filter and its
+# adjoint dw = G^T dU G, in float64 numbers rounded once to the output's dtype, by the separable
+# sums (G's rows along the height, then along the width: half the multiply-adds of the 36 x 9
+# Kronecker product) over a whole row of K (or B) numbers at a time, so the loops vectorise; a
+# range of D (or A) per call, so the workers share a layer. The NumPy path's one float64 GEMM
+# by GG sums in another order: the two agree to float64 rounding, so in float32 they almost
+# always round alike. w may be any strided view, but reads fastest C-contiguous.
+
+def winograd44_filters(g, w, d0, d1, out):
+    """out[6a + b, d, k] = sum_ij G[a, i] G[b, j] w[i, j, d, k] for d in d0..d1; g: G (6, 3)
+    float64; w (3, 3, D, K); out (36, D, K)."""
+    k_count = w.shape[3]
+    t = np.empty((6, 3, k_count))
+    for d in range(d0, d1):
+        for a in range(6):
+            for j in range(3):
+                for k in range(k_count):
+                    t[a, j, k] = (g[a, 0] * np.float64(w[0, j, d, k])
+                                  + g[a, 1] * np.float64(w[1, j, d, k])
+                                  + g[a, 2] * np.float64(w[2, j, d, k]))
+        for a in range(6):
+            for b in range(6):
+                for k in range(k_count):
+                    out[6 * a + b, d, k] = (g[b, 0] * t[a, 0, k] + g[b, 1] * t[a, 1, k]
+                                            + g[b, 2] * t[a, 2, k])
+
+
+def winograd44_filter_grad(g, du, a0, a1, out):
+    """out[i, j, r, c] = sum_ab G[a, i] G[b, j] du[6a + b, r, c] for r in a0..a1; g: G (6, 3)
+    float64; du (36, R, C); out (3, 3, R, C)."""
+    c_count = du.shape[2]
+    s = np.empty((6, 3, c_count))
+    for r in range(a0, a1):
+        for a in range(6):
+            for j in range(3):
+                for c in range(c_count):
+                    acc = 0.0
+                    for b in range(6):
+                        acc += g[b, j] * np.float64(du[6 * a + b, r, c])
+                    s[a, j, c] = acc
+        for i in range(3):
+            for j in range(3):
+                for c in range(c_count):
+                    acc = 0.0
+                    for a in range(6):
+                        acc += g[a, i] * s[a, j, c]
+                    out[i, j, r, c] = acc
+
+
 # Batch normalisation in training (`batchnorm`). Arrays are the module's rows, (R, W*D), with
 # the D channels repeating every D numbers; the per-channel vectors come tiled to W*D (`_row`s),
 # so every inner loop runs over a whole contiguous row and vectorises. The sums are per column,
 # in float64; `batchnorm` adds them over chunks and folds the W copies of each channel.
 
-def bn_sums(x, acc):
-    """acc (W*D,) float64 = the column sums of x (R, W*D)."""
+def bn_moments(x, shift_row, acc, acc_sq):
+    """acc, acc_sq (W*D,) float64 = the column sums of x - shift_row and of (x - shift_row)^2,
+    x (R, W*D), shift_row float64: both moments in one pass. The shift (the running mean, the
+    same on every rank) keeps E[c^2] - E[c]^2 of the centred c = x - shift from cancelling."""
     rows, m = x.shape
     for q in range(m):
         acc[q] = 0.0
+        acc_sq[q] = 0.0
     for r in range(rows):
         for q in range(m):
-            acc[q] += x[r, q]
+            c = np.float64(x[r, q]) - shift_row[q]
+            acc[q] += c
+            acc_sq[q] += c * c
 
 
-def bn_centred_squares(x, mean_row, acc):
-    """acc (W*D,) float64 = the column sums of (x - mean_row)^2, x (R, W*D), mean_row float64:
-    the two-pass variance's second pass, never E[x^2] - mean^2."""
-    rows, m = x.shape
-    for q in range(m):
-        acc[q] = 0.0
-    for r in range(rows):
-        for q in range(m):
-            c = x[r, q] - mean_row[q]
-            acc[q] += c * c
-
-
-def bn_normalise(x, mean_row, inv_row, gamma_row, beta_row, xhat, out, relu):
-    """xhat = (x - mean_row) * inv_row and out = xhat * gamma_row + beta_row, over (R, W*D);
-    relu: out = max(0, out) as well (BATCHNORM -> RELU; a NaN stays NaN, as np.maximum)."""
+def bn_normalise(x, mean_row, inv_row, gamma_row, beta_row, out, relu):
+    """out = ((x - mean_row) * inv_row) * gamma_row + beta_row over (R, W*D), xhat in x's dtype
+    and never stored (the backward makes it again, bit for bit); relu: out = max(0, out) as
+    well (BATCHNORM -> RELU; a NaN stays NaN, as np.maximum)."""
     rows, m = x.shape
     zero = out.dtype.type(0)
     for r in range(rows):
         for q in range(m):
             v = (x[r, q] - mean_row[q]) * inv_row[q]
-            xhat[r, q] = v
             o = v * gamma_row[q] + beta_row[q]
             if relu and o < zero:
                 o = zero
             out[r, q] = o
 
 
-def bn_backward_sums(g, xhat, acc_g, acc_gx, out, relu):
-    """acc_g, acc_gx (W*D,) float64 = the column sums of g and of g * xhat, over (R, W*D);
-    relu: of g * (out > 0) instead (the mask of a fused RELU, as `relu_mask` applies it)."""
+def bn_backward_sums(g, x, mean_row, inv_row, acc_g, acc_gx, out, relu):
+    """acc_g, acc_gx (W*D,) float64 = the column sums of g and of g * xhat, over (R, W*D), where
+    xhat = (x - mean_row) * inv_row as `bn_normalise` made it; relu: of g * (out > 0) instead
+    (the mask of a fused RELU, as `relu_mask` applies it)."""
     rows, m = g.shape
     zero = out.dtype.type(0)
     one, nil = g.dtype.type(1), g.dtype.type(0)
@@ -580,12 +714,12 @@ def bn_backward_sums(g, xhat, acc_g, acc_gx, out, relu):
             if relu:
                 v = v * (one if out[r, q] > zero else nil)
             acc_g[q] += v
-            acc_gx[q] += v * np.float64(xhat[r, q])
+            acc_gx[q] += v * np.float64((x[r, q] - mean_row[q]) * inv_row[q])
 
 
-def bn_backward_dx(g, xhat, mean_g_row, mean_gx_row, scale_row, dx, out, relu):
-    """dx = (g - xhat * mean_gx_row - mean_g_row) * scale_row over (R, W*D), in NumPy's order;
-    relu: g masked by out > 0 first, as in `bn_backward_sums`."""
+def bn_backward_dx(g, x, mean_row, inv_row, mean_g_row, mean_gx_row, scale_row, dx, out, relu):
+    """dx = (g - xhat * mean_gx_row - mean_g_row) * scale_row over (R, W*D), in NumPy's order,
+    xhat made again from x as in `bn_backward_sums`; relu: g masked by out > 0 first."""
     rows, m = g.shape
     zero = out.dtype.type(0)
     one, nil = g.dtype.type(1), g.dtype.type(0)
@@ -594,7 +728,8 @@ def bn_backward_dx(g, xhat, mean_g_row, mean_gx_row, scale_row, dx, out, relu):
             v = g[r, q]
             if relu:
                 v = v * (one if out[r, q] > zero else nil)
-            dx[r, q] = ((v - xhat[r, q] * mean_gx_row[q]) - mean_g_row[q]) * scale_row[q]
+            xhat = (x[r, q] - mean_row[q]) * inv_row[q]
+            dx[r, q] = ((v - xhat * mean_gx_row[q]) - mean_g_row[q]) * scale_row[q]
 
 
 # Winograd's F(4x4, 3x3) in both axes (`conv.winograd_f44` documents it; training's forward and

@@ -11,15 +11,24 @@ each packs its own share. Products too small to pay for a hand-over to another t
 (`runtime.split`'s threshold) run on the calling thread. A batch of one makes dw an outer
 product: one multiply per entry, as the GEMM would compute it, without the GEMM's slow path
 for an inner size of 1. docs/benchmarks.md ("Small batches") has the measurements.
+
+Inference of one image (`fc_infer`, what a prepared net runs) is a product of a vector by W,
+whose cost is reading W (R1's fc1: 4 MiB). With the compiled kernels it reads only the rows of
+W whose input is not zero (`compiled.fc_one`): after a ReLU, many are; so for up to ROWS_UP_TO
+images.
 """
 from typing import NamedTuple, Optional
 
 import numpy as np
 
+from slidenet.ops import compiled
 from slidenet.ops.runtime import SMALL_WORK, run_chunks, split
 
 # Batches of fewer rows than this split the forward and dx by columns of the result.
 COLUMNS_BELOW = 64
+# Inference of at most this many images reads W row by row (`fc_infer`): below it a GEMM is
+# slow for so few rows, above it the GEMM is faster (docs/benchmarks.md, "R1 at batch 1").
+ROWS_UP_TO = 3
 
 
 class FcCache(NamedTuple):
@@ -58,6 +67,21 @@ def fc_forward(x, w, b, relu=False):
 
         run_chunks(work, split(n, n * i * o))
     return out, FcCache(x2, x.shape, w, out if relu else None)
+
+
+def fc_infer(x, w, b, relu=False):
+    """fc_forward's output alone (no cache), for inference: x (N, ...), w (I, O), b (O,) ->
+    (N, O). At most ROWS_UP_TO float images with the compiled kernels: `compiled.fc_one`,
+    which skips the rows of W whose input is 0 and adds the products in x's order (the GEMM's
+    order is its own: the two agree to rounding); else fc_forward's GEMM."""
+    if x.shape[0] <= ROWS_UP_TO:
+        fast = compiled.kernels(x, w)
+        if fast is not None and x.dtype == w.dtype == b.dtype:
+            out = np.empty((x.shape[0], w.shape[1]), w.dtype)
+            fast.fc_one(np.ascontiguousarray(x).reshape(x.shape[0], -1), np.ascontiguousarray(w),
+                        np.ascontiguousarray(b), relu, out)
+            return out
+    return fc_forward(x, w, b, relu)[0]
 
 
 def fc_backward(dout, cache, need_dx=True, relu=False):

@@ -14,7 +14,8 @@ naive loops, gets the gradient, even when a whole window is zero after a ReLU.
 
 With numba installed, max pooling runs `compiled.max_pool` and `compiled.max_pool_backward`
 instead: the same comparisons in one pass over each window, bitwise equal results (where
-windows overlap, their gradients are added in another order).
+windows overlap, their gradients are added in another order); 2x2 windows at stride 2 have a
+pass of their own (`max_pool22`, and `max_pool22_backward` where they tile the input).
 
 Two pairs: `max_pool_forward` / `max_pool_backward` and `avg_pool_forward` / `avg_pool_backward`;
 `naive.pool_forward` and `naive.pool_backward` are the loops they are tested against.
@@ -47,11 +48,15 @@ def _pool(x, size, stride, reduce, fast, divide=False):
     ho, wo = out_hw(h, w, size, stride)
     out = empty((n, ho, wo, d), x.dtype)
     first, *rest = _taps(size)
+    pairs = tuple(size) == tuple(stride) == (2, 2)
 
     def work(sl):
         xs, o = x[sl], out[sl]
         if fast is not None:
-            fast.max_pool(xs, *size, *stride, o)
+            if pairs:
+                fast.max_pool22(xs, o)
+            else:
+                fast.max_pool(xs, *size, *stride, o)
             return
         o[...] = tap(xs, *first, (ho, wo), stride)
         for i, j in rest:
@@ -105,11 +110,15 @@ def max_pool_backward(dout, cache, relu_mask=False):
     taps = _taps(size)
     zero_row = np.zeros(wo * d, dout.dtype)
     fast = compiled.kernels(x, dout)
+    pairs = tiles and tuple(size) == tuple(stride) == (2, 2)
 
     def work(sl):
         g, dxs, xs, o = dout[sl], dx[sl], x[sl], out[sl]
         if fast is not None:
-            fast.max_pool_backward(xs, o, g, *size, *stride, relu_mask, tiles, dxs)
+            if pairs:
+                fast.max_pool22_backward(xs, o, g, relu_mask, dxs)
+            else:
+                fast.max_pool_backward(xs, o, g, *size, *stride, relu_mask, tiles, dxs)
             return
         hit = scratch("pool.hit", g.shape, bool)
         if relu_mask:

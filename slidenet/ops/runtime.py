@@ -354,6 +354,8 @@ def empty(shape, dtype):
             if nbytes <= size <= 2 * nbytes and (best is None or size < buffers[best].nbytes) \
                     and not _in_use(buffers, i):
                 best = i
+                if size == nbytes:          # no fit is better: stop looking (a training
+                    break                   # step asks for the same sizes every time)
         if best is None:
             _trim(nbytes)
             buffers.append(np.empty(nbytes, dtype=np.uint8))

@@ -16,6 +16,8 @@
     winograd_s2    inference's 3x3 CONVs at stride 2: the input's even and odd phases, F(4, 2)
                    on the 2-tap half, 81 products for a 4 x 4 block of outputs instead of 144
                    (`dispatch.choose_infer` picks it in `prepare_conv`)
+    winograd_block inference's residual block { CONV -> RELU -> CONV | ID } on F(4x4, 3x3) in
+                   one compiled call, band by band of images in L2 (`layers.merge.Add.prepare`)
     direct         thin first layers: each output pixel's window times the filters, compiled
     grouped        grouped and depthwise convolution: one pair per group, or shifted
                    multiply-adds for depthwise

@@ -6,14 +6,17 @@ pairs hand dw alone to `im2col`'s backward when no dx is needed). `check_shapes`
 `(N + 2P - F) / S + 1` per axis. `finish_rows` adds the bias and the fused ReLU over whole output
 rows; `relu_masked` multiplies dout by the fused ReLU's mask. `flipped` gives the filters and
 padding of dx as a stride-1 convolution (`full_dx`, `winograd`). With numba (`compiled`) both passes
-run compiled, bitwise equal to the NumPy path.
+run compiled, bitwise equal to the NumPy path. `transformed` is the Winograd pairs' filter
+transforms (and their adjoints, for dw): a small float64 product made in per-thread scratch and
+rounded once into recycled memory, because fresh temporaries of a MiB or two, made and freed every
+step, cost a page fault per 4 KiB on every call.
 """
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 from slidenet.ops import compiled
-from slidenet.ops.runtime import scratch
+from slidenet.ops.runtime import empty, scratch
 from slidenet.ops.window import out_hw
 
 class ConvCache(NamedTuple):
@@ -75,3 +78,26 @@ def flipped(w, pad):
     fh, fw = w.shape[:2]
     return (np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2)),
             (fh - 1 - pad[0], fw - 1 - pad[1]))
+
+
+def transformed(transform, w, shape, dtype):
+    """transform (A, B) @ w, with w (B, ...) in any layout viewed as (B, M) in C order: computed
+    in float64 and rounded once to `dtype`, returned as `shape` (A*M numbers).
+
+    The float64 copy of w and the float64 product live in this thread's scratch and the result
+    in `runtime.empty`'s recycled memory: the Winograd pairs transform their filters on every
+    training call, and fresh arrays of that size would be new pages each time. The same
+    arithmetic as ``(transform @ w.astype(np.float64).reshape(B, -1)).astype(dtype)``.
+    """
+    rows = transform.shape[0]
+    if w.dtype == np.float64 and w.flags.c_contiguous:
+        w64 = w.reshape(transform.shape[1], -1)
+    else:
+        w64 = scratch("conv.transform_in", w.shape, np.float64)
+        w64[...] = w
+        w64 = w64.reshape(transform.shape[1], -1)
+    product = scratch("conv.transform_out", (rows, w64.shape[1]), np.float64)
+    np.matmul(transform, w64, out=product)
+    result = empty(shape, dtype)
+    np.copyto(result.reshape(product.shape), product, casting="unsafe")
+    return result

@@ -247,15 +247,26 @@ def conv_infer(x, prepared, budget=None, pool=False, *, skip=None, sides=None):
     return PAIRS[p.algorithm][0](x, p.w, p.b, p.stride, p.pad, p.relu, budget, filters=p.filters)[0]
 
 
-def conv_backward(dout, cache, need_dx=True, relu=False):
+def conv_backward(dout, cache, need_dx=True, relu=False, skip=None):
     """Gradients of conv_forward, by the pair its cache names.
 
     dout: (N, H', W', K). Returns dx (N, H, W, D), dw (F_h, F_w, D, K), db (K,).
     need_dx=False skips dx (returned as None): the first layer's input needs no gradient.
     relu=True applies the mask of the ReLU the forward fused (it needs forward's relu=True);
     leave it False when something after the ReLU already applied it (a max pool's backward,
-    `pool.max_pool_backward(..., relu_mask=True)`).
+    `pool.max_pool_backward(..., relu_mask=True)`). skip: None, or an array of x's shape:
+    return dx + skip instead (training's residual sum: the other branches' gradients of the
+    volume before the branches), added in F(4x4, 3x3)'s output pass as it writes dx, after
+    the other pairs; the same bits as adding them after. Not with need_dx=False.
     """
     if relu and cache.out is None:
         raise ValueError("relu=True needs a forward with relu=True (its output is the mask)")
-    return PAIRS[cache.algorithm][1](dout, cache, need_dx, relu)
+    if skip is None:
+        return PAIRS[cache.algorithm][1](dout, cache, need_dx, relu)
+    if not need_dx:
+        raise ValueError("skip is added to dx: it needs need_dx=True")
+    if cache.algorithm == "winograd2d":
+        return winograd_f44.conv_backward_winograd2d(dout, cache, need_dx, relu, skip=skip)
+    dx, dw, db = PAIRS[cache.algorithm][1](dout, cache, need_dx, relu)
+    np.add(dx, skip, out=dx)        # dx is the pair's own new array
+    return dx, dw, db

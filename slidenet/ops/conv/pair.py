@@ -41,13 +41,12 @@ of CPU, docs/benchmarks.md) in the helper thread, which starts only after `START
 one-image layers.
 """
 import atexit
-import ctypes
 import os
 import threading
 
 import numpy as np
 
-from slidenet.ops import compiled, idle, runtime
+from slidenet.ops import blas, compiled, idle, runtime
 
 # Control array slots (int64).
 STATE, SLEEPING, TAKEN_BY_HELPER, ARRIVED = 0, 1, 2, 3
@@ -132,27 +131,9 @@ def ready(start_after=START_AFTER):
     return _state["kernels"] is not None
 
 
-def _sgemm():
-    """NumPy's cblas_sgemm (its OpenBLAS, ILP64 or not) as a ctypes function, or None."""
-    from threadpoolctl import ThreadpoolController
-    for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
-        if lib.internal_api != "openblas":
-            continue
-        for name, int_type in (("scipy_cblas_sgemm64_", ctypes.c_int64),
-                               ("cblas_sgemm64_", ctypes.c_int64),
-                               ("scipy_cblas_sgemm", ctypes.c_int), ("cblas_sgemm", ctypes.c_int)):
-            fn = getattr(lib.dynlib, name, None)
-            if fn is not None:
-                i, n, p, f = ctypes.c_int, int_type, ctypes.c_void_p, ctypes.c_float
-                fn.argtypes = [i, i, i, n, n, n, f, p, n, p, n, f, p, n]
-                fn.restype = None
-                return fn
-    return None
-
-
 def _compile():
     fast = compiled.kernels(np.zeros(1, np.float32))
-    sgemm = _sgemm()
+    sgemm = blas.sgemm()
     # `serve` and `paired` carry their types, so numba compiles them (and all they call) here,
     # in the helper thread, not in the first prediction that uses them.
     if fast is None or sgemm is None:

@@ -28,7 +28,8 @@ import numpy as np
 
 from slidenet.ops import compiled
 from slidenet.ops.activations import add_into
-from slidenet.ops.conv.common import ConvCache, check_shapes, finish_rows, flipped, relu_masked
+from slidenet.ops.conv.common import (
+    ConvCache, check_shapes, finish_rows, flipped, relu_masked, transformed)
 from slidenet.ops.conv.im2col import conv_backward_im2col
 from slidenet.ops.runtime import batch_chunks, bordered, chunk_bytes, empty, run_chunks, scratch
 
@@ -62,15 +63,13 @@ def filters(w, transform):
     rounded before they are even used.
     """
     _, fw, d, k = w.shape
-    g = np.tensordot(transform, w.astype(np.float64, copy=False), axes=(1, 0))
-    return np.ascontiguousarray(g.reshape(len(transform), fw * d, k), dtype=w.dtype)
+    return transformed(transform, w, (len(transform), fw * d, k), w.dtype)
 
 
 def filter_grad(dg, transform):
     """The gradient of the filter rows from the g's: dg (m + 2, ...) -> (3, ...) = transform @ dg,
     summed in float64 and rounded once."""
-    dw = np.tensordot(transform, dg.astype(np.float64, copy=False), axes=(1, 0))
-    return dw.astype(dg.dtype, copy=False)
+    return transformed(transform, dg, (transform.shape[0], *dg.shape[1:]), dg.dtype)
 
 
 def padded(name, c, h, w, d, pad, dtype, m):

@@ -43,18 +43,41 @@ import numpy as np
 
 from slidenet.ops import compiled
 from slidenet.ops.conv import pair
-from slidenet.ops.conv.common import ConvCache, check_shapes, flipped, relu_masked
+from slidenet.ops.conv.common import ConvCache, check_shapes, flipped, relu_masked, transformed
 from slidenet.ops.conv.im2col import conv_backward_im2col
 from slidenet.ops.conv.winograd_f43 import AT, BT, G
-from slidenet.ops.runtime import batch_chunks, bordered, chunk_bytes, empty, run_chunks, scratch
+from slidenet.ops.runtime import (
+    batch_chunks, bordered, chunk_bytes, empty, run_chunks, scratch, split)
 
 NAME = "winograd2d"             # the training pair's name in `dispatch` (inference's: "winograd44")
 LINE = 16                       # numbers: a cache line of float32
-# `pays_in_training`: docs/benchmarks.md, "res18 training: F(4x4, 3x3)", has the measurements.
-MIN_SIDE = 8
+# `pays_in_training`: docs/benchmarks.md, "res18 training: F(4x4, 3x3)" and "res18 training: half
+# the serial work" (MIN_SIDE 4), have the measurements.
+MIN_SIDE = 4
 MIN_DEPTH = 8
+# The backward's dU over the whole batch at once, split by product, at most this many tiles an
+# image (see `conv_backward_winograd2d`; docs/benchmarks.md, "res18 training: half the serial
+# work", has the measurements: it pays for one tile an image, not for four or sixteen).
+WHOLE_TILES = 1
 # G w G^T for all 36 entries at once: GG[6a + b, 3i + j] = G[a, i] G[b, j].
 GG = np.kron(G, G)
+G64 = np.ascontiguousarray(G, np.float64)
+
+
+_ONES = {}
+
+
+def _ones(count, dtype):
+    """A read-only vector of `count` ones (the backward's db is a GEMV by it), made once per
+    size: the same few sizes every training step, and a fresh one is new pages each time."""
+    key = (count, np.dtype(dtype).str)
+    ones = _ONES.get(key)
+    if ones is None:
+        if len(_ONES) > 64:                 # a bound, for callers of many sizes
+            _ONES.clear()
+        ones = _ONES[key] = np.ones(count, dtype)
+        ones.flags.writeable = False
+    return ones
 
 
 def tiles(n):
@@ -93,17 +116,36 @@ def runs(x, filters):
 
 
 def prepare_filters(w, dtype=None):
-    """U (36, D, K) = G w G^T of each filter, entry 6a + b, from w (3, 3, D, K); computed in
-    float64 and rounded once to `dtype` (None: w's)."""
+    """U (36, D, K) = G w G^T of each filter, entry 6a + b, from w (3, 3, D, K) in any layout
+    (fastest C-contiguous: the compiled loops run along K); computed in float64 and rounded once to `dtype`
+    (None: w's). A float32 U, with numba: G's sums along each axis in turn in float64 numbers
+    (`compiled.winograd44_filters`), on the worker threads by blocks of D; else (and for float64,
+    which gradcheck's finite differences see: its exact arithmetic as before) one float64
+    product by GG (`transformed`)."""
     d, k = w.shape[2:]
-    u = GG @ w.astype(np.float64).reshape(9, d * k)
-    return np.ascontiguousarray(u.reshape(36, d, k), dtype=dtype or w.dtype)
+    dtype = np.dtype(dtype or w.dtype)
+    fast = compiled.kernels(w) if dtype == np.float32 else None
+    if fast is None:
+        return transformed(GG, w, (36, d, k), dtype)
+    u = empty((36, d, k), dtype)
+    run_chunks(lambda sl: fast.winograd44_filters(G64, w, sl.start, sl.stop, u),
+               split(d, 36 * 9 * d * k))        # as work: GG's multiply-adds
+    return u
 
 
-def filter_grad(du):
-    """dU (36, A, B) -> dw (3, 3, A, B) = G^T dU G, summed in float64 and rounded once."""
-    dw = GG.T @ du.astype(np.float64).reshape(36, -1)
-    return dw.reshape(3, 3, *du.shape[1:]).astype(du.dtype)
+def filter_grad(du, out=None):
+    """dU (36, A, B) -> dw (3, 3, A, B) = G^T dU G, summed in float64 and rounded once (with
+    numba and float32, G^T's sums along each axis in turn, `compiled.winograd44_filter_grad`; as
+    `prepare_filters`). out: where to write it (any layout, e.g. a flipped view; None: a new
+    array)."""
+    fast = compiled.kernels(du) if du.dtype == np.float32 else None
+    dw = empty((3, 3, *du.shape[1:]), du.dtype) if out is None else out
+    if fast is None:
+        dw[...] = transformed(GG.T, du, (3, 3, *du.shape[1:]), du.dtype)
+        return dw
+    run_chunks(lambda sl: fast.winograd44_filter_grad(G64, du, sl.start, sl.stop, dw),
+               split(du.shape[1], 9 * du.size))
+    return dw
 
 
 class NUMPY:
@@ -377,18 +419,22 @@ def padded(name, c, h, w, d, pad, dtype):
                     (ph, rows_total - ph - h, pw, cols_total - pw - w))
 
 
-def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False):
+def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False, skip=None):
     """Gradients of the F(4x4, 3x3) forward: dx = output(input(dout) @ U_flip), and the flipped
     filters' 36 matrices get input(dout)^T @ adjoint(x) (the module docstring).
 
     dout: (N, H', W', K). Returns dx (N, H, W, D) (None when need_dx is False), dw (3, 3, D, K),
-    db (K,). relu: dout is first multiplied by the mask of the forward's ReLU. Without dx,
-    im2col's backward computes dw alone, from the input's rows.
+    db (K,). relu: dout is first multiplied by the mask of the forward's ReLU. skip: None, or
+    an array of dx's shape added to dx in the output pass that writes it (the other branches'
+    gradients of a residual sum: `dispatch.conv_backward`). Without dx, im2col's backward
+    computes dw alone, from the input's rows.
     """
     if not need_dx:
         return conv_backward_im2col(dout, cache, need_dx, relu)
     x, w, budget = cache.x, cache.w, cache.budget
-    w_flip, back_pad = flipped(w, cache.pad)        # dx is a stride-1 "full" convolution
+    # dx is a stride-1 "full" convolution with the flipped filters, copied contiguous first:
+    # the compiled transform reads a transposed view several times slower than the copy costs.
+    w_flip, back_pad = flipped(w, cache.pad)
     n, h, wd, d = x.shape
     k = w.shape[3]
     _, ho, wo, _ = dout.shape
@@ -398,6 +444,15 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False):
     t, s = tiles(h), tiles(wd)
     padded_out = (4 * t + 2) * (4 * s + 2)
     fast = passes(x, dout, dx)
+
+    # Few tiles an image (a 4 x 4 output): dU's 36 GEMMs would sum over only a
+    # chunk's few tiles each, and every chunk would add a whole (36, K, D) partial. Instead
+    # each chunk keeps its rows of dout and of adjoint(x) in whole-batch arrays, and the 36
+    # GEMMs run once over every tile of the batch, split over the workers by product.
+    whole = t * s <= WHOLE_TILES
+    if whole:
+        every_r = empty((36, n * t * s, k), dout.dtype)
+        every_x = empty((36, n * t * s, d), x.dtype)
 
     def work(sl):
         c = sl.stop - sl.start
@@ -411,22 +466,43 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False):
         r = rows(fast, gp, (0, 0), 0, t, s, "conv.w2grows")
         prod = scratch("conv.w2m", (36, r.shape[1] * d), dx.dtype)
         np.matmul(r, u_flip, out=prod.reshape(36, r.shape[1], d))
+        # The unused skip is a stand-in of its rank, never dx itself (an output array that
+        # might overlap an input makes numba's loop check for it and run scalar).
         fast.winograd44_output(prod, 0, t, s, dx[sl], prod[0, :d], False, False,
-                               prod[:1, :1, None, None], False,
+                               prod[:1, :1, None, None] if skip is None else skip[sl],
+                               skip is not None,
                                scratch("conv.w2tall", (4, 6, s * d), dx.dtype),
                                scratch("conv.w2row", (4, s * d), dx.dtype))
         xt = scratch("conv.w2x", (36, c, t, s, d), x.dtype)
         fast.winograd44_adjoint(x[sl], xt)
-        return np.matmul(r.transpose(0, 2, 1), xt.reshape(36, c * t * s, d)), db_part
+        if whole:
+            tiles_of = slice(sl.start * t * s, sl.stop * t * s)
+            every_r[:, tiles_of] = r
+            every_x[:, tiles_of] = xt.reshape(36, c * t * s, d)
+            return None, db_part
+        part = empty((36, k, d), np.result_type(x, dout))       # recycled, as du
+        return np.matmul(r.transpose(0, 2, 1), xt.reshape(36, c * t * s, d), out=part), db_part
 
     hot = 36 * t * s * (k + 2 * d)                  # rows, products and adjoint(x)
     per_image = hot + padded_out * k
     chunks = batch_chunks(n, per_image * x.itemsize, budget, hot * x.itemsize)
-    ones = np.ones(max(sl.stop - sl.start for sl in chunks) * padded_out, dout.dtype)
-    du = np.zeros((36, k, d), np.result_type(x, dout))
+    ones = _ones(max(sl.stop - sl.start for sl in chunks) * padded_out, dout.dtype)
+    # dU in recycled memory (a fresh (36, K, D) array is new pages every step): the whole
+    # batch's GEMMs write all of it; else the chunks' partials are added to the first one.
+    du = empty((36, k, d), np.result_type(x, dout))
     db = np.zeros(k, dout.dtype)
-    for du_part, db_part in run_chunks(work, chunks):
-        du += du_part
+    parts = run_chunks(work, chunks)
+    for i, (du_part, db_part) in enumerate(parts):
+        if du_part is not None:
+            if i == 0:
+                du[...] = du_part
+            else:
+                du += du_part
         db += db_part
-    dw_flip = filter_grad(du)                       # (3, 3, K, D)
-    return dx, np.ascontiguousarray(dw_flip[::-1, ::-1].transpose(0, 1, 3, 2)), db
+    if whole:
+        run_chunks(lambda ps: np.matmul(every_r[ps].transpose(0, 2, 1), every_x[ps], out=du[ps]),
+                   split(36, 36 * n * t * s * k * d))
+    dw_flip = filter_grad(du)                       # (3, 3, K, D), contiguous: written fast
+    dw = empty(w.shape, du.dtype)
+    np.copyto(dw, dw_flip[::-1, ::-1].transpose(0, 1, 3, 2))
+    return dx, dw, db

@@ -1,0 +1,147 @@
+"""A residual block's two F(4x4, 3x3) CONVs in one compiled call, band by band of images.
+
+ResNet's basic block at stride 1, `{ CONV -> BN -> RELU -> CONV -> BN | ID } -> ADD -> RELU`,
+is in inference (BATCHNORM folded, `layers.folding`) two convolutions of 3 x 3 filters padded
+by 1 and the identity:
+
+    h   = relu(conv(x, U_a) + b_a)
+    out = relu(conv(h, U_b) + b_b + x)
+
+Layer by layer, each CONV runs `winograd_f44.forward`: the input pass writes every tile's 36
+entries for a chunk of about `runtime.chunk_bytes()` (10-12 images of 32x32x16: 2.6 MB), the
+GEMMs read them and write as many products, the output pass reads those; at that size the
+planes live in the shared L3 cache, and each chunk costs a few Python calls. Here one compiled
+call (numba, without the GIL) runs both CONVs over a band of `band_images` images at a time,
+small enough that the band's tiles, products and h stay in a core's L2 cache: the input pass,
+the 36 GEMMs (`ops.blas.sgemm`: NumPy's own BLAS, called from the compiled loop) and the output
+pass of the first CONV into h, then the same three of the second CONV, adding x and applying
+the RELU where it writes out. h is never written for the whole batch.
+
+The passes are `winograd_f44`'s compiled ones and the GEMMs the same BLAS `np.matmul` runs, so
+the numbers are the two-call path's to float32 rounding (a GEMM's sums may be grouped otherwise
+for another number of rows). float32 only; `applies` says when it runs, and callers keep the
+two calls otherwise. The kernel is compiled on first use and cached on disk as `compiled`'s
+are; the GEMM is its first argument, a C function pointer passed at each call.
+"""
+import threading
+
+import numpy as np
+
+from slidenet.ops import blas, compiled
+from slidenet.ops.conv.winograd_f44 import LINE, tiles
+from slidenet.ops.runtime import empty, run_chunks, scratch, split
+
+# A band's tiles and products (both CONVs reuse them): about half a core's L2 cache.
+BAND_BYTES = 640 * 1024
+# The fewest tiles per image (16: 16 x 16 images): on smaller images a band's GEMMs get too
+# few rows, and the block ran slower than the two calls (docs/benchmarks.md, "res18
+# inference: a residual block in one call").
+MIN_TILES = 16
+_state = {"kernel": None, "gemm": None, "done": False}
+_lock = threading.Lock()
+
+
+def kernel():
+    """The compiled block kernel, or None without numba or without `blas.sgemm`."""
+    if not _state["done"]:
+        with _lock:
+            if not _state["done"]:
+                fast, gemm = compiled.kernels(), blas.sgemm()
+                _state["kernel"] = None if fast is None or gemm is None else _build(fast)
+                _state["gemm"] = gemm
+                _state["done"] = True
+    return _state["kernel"]
+
+
+def applies(x, first, second):
+    """Whether `forward` runs this block: x a float32 C-contiguous batch of 2 or more images
+    (N, H, W, D) of at least MIN_TILES tiles of 4 x 4 outputs each, one image's tiles and
+    products within BAND_BYTES (a larger image keeps `winograd_f44.forward`'s bands of tile
+    rows, whose scratch stays within `runtime.chunk_bytes()`); first and second
+    `dispatch.PreparedConv`s of F(4x4, 3x3) ("winograd44"), padded by 1, from D to D channels
+    (the identity's sum needs the same depth), float32, the first with its RELU; the compiled
+    kernels on (`compiled.set_enabled`) and the block kernel available."""
+    if not (isinstance(x, np.ndarray) and x.ndim == 4 and x.dtype == np.float32
+            and x.flags.c_contiguous and len(x) >= 2):
+        return False
+    d = x.shape[3]
+    count = tiles(x.shape[1]) * tiles(x.shape[2])
+    if count < MIN_TILES or 36 * count * 2 * d * 4 > BAND_BYTES:
+        return False
+    for p in (first, second):
+        if (p.algorithm != "winograd44" or tuple(p.pad) != (1, 1) or tuple(p.stride) != (1, 1)
+                or p.filters.dtype != np.float32 or p.filters.shape != (36, d, d)
+                or p.b.dtype != np.float32 or not p.filters.flags.c_contiguous):
+            return False
+    return bool(first.relu) and compiled.kernels() is not None and kernel() is not None
+
+
+def band_images(h, w, d):
+    """Images per band: their tiles and products within BAND_BYTES (at least one)."""
+    return max(1, BAND_BYTES // (36 * tiles(h) * tiles(w) * 2 * d * 4))
+
+
+def forward(x, first, second, relu=True):
+    """out = relu(conv(relu(conv(x) + b_1)) + b_2 + x) (the last relu when `relu`) for a block
+    that `applies`; x (N, H, W, D) -> out (N, H, W, D). The batch is split once between the
+    worker threads (none on a worker thread), each running bands of `band_images` images."""
+    n, h, w, d = x.shape
+    th, tw = tiles(h), tiles(w)
+    per = band_images(h, w, d)
+    out = empty(x.shape, np.float32)
+    run = kernel()
+
+    def work(sl):
+        rows = per * th * tw * d
+        v = scratch("block.v", (36, rows + LINE), np.float32)
+        m = scratch("block.m", (36, rows + LINE), np.float32)
+        mid = scratch("block.h", (per, h, w, d), np.float32)
+        wide = scratch("block.wide", (6, 4 * th + 2, tw * d), np.float32)
+        tall = scratch("block.tall", (4, 6, tw * d), np.float32)
+        row = scratch("block.row", (4, tw * d), np.float32)
+        run(_state["gemm"], x[sl], first.filters, first.b, second.filters, second.b, bool(relu),
+            out[sl], per, mid, v, m, wide, tall, row)
+
+    run_chunks(work, split(n))
+    return out
+
+
+# The compiled passes `_block` calls, set by `_build` before it is compiled (numba reads a
+# function's globals when it compiles it; a closure's would keep it from the disk cache).
+_input = _output = None
+
+
+def _build(fast):
+    """The kernel, numba-compiled (cached on disk) with `fast`'s passes; its first argument
+    is the ctypes function `blas.sgemm`, a pointer passed at each call."""
+    import numba
+    global _input, _output
+    _input, _output = fast.winograd44_input, fast.winograd44_output
+    try:
+        return numba.njit(nogil=True, cache=True)(_block)
+    except RuntimeError:                        # nowhere to write the cache (as `compiled`)
+        return numba.njit(nogil=True)(_block)
+
+
+def _block(gemm, x, ua, ba, ub, bb, relu, out, per, mid, v, m, wide, tall, row):
+    """x, out (c, H, W, D); ua, ub (36, D, D); ba, bb (D,); mid (>= per, H, W, D): h of a
+    band; v, m (36, >= per*T_h*T_w*D + LINE): a band's tiles and products; wide, tall, row:
+    the passes' scratch arguments. gemm: `blas.sgemm`."""
+    c, h, w, d = x.shape
+    th, tw = (h + 3) // 4, (w + 3) // 4
+    buf = np.empty((1, 1, 1, 1), x.dtype)       # the input pass's unused argument
+    for i0 in range(0, c, per):
+        i1 = min(c, i0 + per)
+        rows = (i1 - i0) * th * tw
+        hb = mid[:i1 - i0]
+        xb = x[i0:i1]
+        _input(xb, 1, 1, 0, th, tw, buf, wide, v)
+        for e in range(36):
+            gemm(101, 111, 111, rows, d, d, 1.0, v[e].ctypes.data, d, ua[e].ctypes.data, d, 0.0,
+                 m[e].ctypes.data, d)
+        _output(m, 0, th, tw, hb, ba, True, True, xb, False, tall, row)
+        _input(hb, 1, 1, 0, th, tw, buf, wide, v)
+        for e in range(36):
+            gemm(101, 111, 111, rows, d, d, 1.0, v[e].ctypes.data, d, ub[e].ctypes.data, d, 0.0,
+                 m[e].ctypes.data, d)
+        _output(m, 0, th, tw, out[i0:i1], bb, True, relu, xb, True, tall, row)

@@ -395,8 +395,8 @@ def test_a_file_that_changes_after_it_was_walked_is_refused_naming_the_tensor(tm
                                                                               streamed):
     """The file is cut between the walk (which found each large tensor inside it) and the
     copy into the net: an OnnxFileError naming the file and the tensor, no traceback, nothing
-    read past the end; and a tensor whose bytes end early while read (the file cut under the
-    open handle), the same."""
+    read past the end; the same for a file removed meanwhile, and for a tensor whose bytes end
+    early while read (the file cut under the open handle)."""
     from slidenet.interop import onnx_import
     from slidenet.interop.onnx_file import OnnxFileError
     path = tmp_path / "chain.onnx"
@@ -411,6 +411,16 @@ def test_a_file_that_changes_after_it_was_walked_is_refused_naming_the_tensor(tm
         with pytest.raises(OnnxFileError, match=r"chain.onnx: tensor '(cw|f1|f2)' lies at bytes "
                                                 r"[\d,]+ to [\d,]+, but the file now has 300: it "
                                                 "changed while slidenet read it"):
+            read_onnx(path)
+    chain_net(path)
+
+    def remove_first(self, net):
+        path.unlink()
+        return real(self, net)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_import._Reader, "fill", remove_first)
+        with pytest.raises(OnnxFileError, match=r"chain.onnx: tensor '(cw|f1|f2)' cannot be read "
+                                                r"\(No such file or directory\)"):
             read_onnx(path)
     from slidenet.interop.onnx_weights import FileTensor, Reads, Span
     (tmp_path / "w.bin").write_bytes(bytes(40))

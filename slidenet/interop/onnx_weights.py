@@ -175,7 +175,12 @@ class Reads:
         from slidenet.interop.onnx_file import OnnxFileError
         span = tensor.span
         if span.path not in self.files:
-            fh = open(span.path, "rb", buffering=0)
+            try:
+                fh = open(span.path, "rb", buffering=0)
+            except OSError as err:      # gone (or made unreadable) since it was walked
+                raise OnnxFileError(f"{span.name}: tensor {tensor.tensor!r} cannot be read "
+                                    f"({err.strerror or err}): the file changed while "
+                                    "slidenet read it") from None
             self.files[span.path] = (fh, os.fstat(fh.fileno()).st_size)
         fh, size = self.files[span.path]
         end = span.offset + span.length

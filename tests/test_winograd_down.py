@@ -101,7 +101,7 @@ def test_applies_only_where_it_computes_the_block():
     x, ws, bs = arrays(2, 32, 32, 16, 32)
     first, sides, projection, second = prepared(x, ws, bs)
     assert winograd_down.applies(x, first, sides, projection, second)
-    small = x[:, :16, :16].copy()                       # 8 x 8 outputs: 4 tiles
+    small = x[:, :8, :8].copy()                         # 4 x 4 outputs: 1 tile
     assert not winograd_down.applies(small, first, ((1, 1), (0, 0)), projection, second)
     assert not winograd_down.applies(x[:1], first, sides, projection, second)
     assert not winograd_down.applies(x.astype(np.float64), first, sides, projection, second)
@@ -127,7 +127,7 @@ def random_statistics(net):
                   else RNG.normal(0, 0.3, b.shape))
 
 
-@pytest.mark.parametrize("side", [32, 34])
+@pytest.mark.parametrize("side", [32, 16, 34])
 def test_a_downsampling_block_in_a_plan_takes_the_kernel(monkeypatch, side):
     """res18's downsampling block in a pattern: the plan runs it through `winograd_down`
     (counted) and its scores equal the net's evaluation forward; with the kernel refused, the

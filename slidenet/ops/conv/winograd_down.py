@@ -33,9 +33,9 @@ from slidenet.ops.runtime import empty, run_chunks, scratch, split
 # since at 16 tiles an image the GEMMs need several images for rows (docs/benchmarks.md,
 # "res18 inference: the downsampling block in one call").
 BAND_BYTES = 4 * 1024 * 1024
-# The fewest output tiles per image (16: 16 x 16 outputs): on res18's smaller blocks (4 and 1
-# tiles) one call was level with the three calls or slower (docs/benchmarks.md, as above).
-MIN_TILES = 16
+# The fewest output tiles per image (4: 8 x 8 outputs): on res18's last downsampling block (1
+# tile, 4 x 4 outputs) one call was level with the three calls (docs/benchmarks.md, as above).
+MIN_TILES = 4
 _state = {"kernel": None, "gemm": None, "done": False}
 _lock = threading.Lock()
 
@@ -183,8 +183,10 @@ def _down(gemm, x, ph, pw, h_in, w_in, ua, ba, wp, ub, bias, relu, out, per, mid
         _s2_output(m1, th, tw, hb, ba, True)
         for n in range(b):                      # the pixels a 1x1 window at stride 2 reads
             for i in range(ho):
+                src, dst = xb[n, 2 * i], pb[n, i]
                 for j in range(wo):
-                    pb[n, i, j, :] = xb[n, 2 * i, 2 * j, :]
+                    for q in range(d):
+                        dst[j, q] = src[2 * j, q]
         gemm(101, 111, 111, b * ho * wo, k, d, 1.0, pb.ctypes.data, d, wp.ctypes.data, k, 0.0,
              sb.ctypes.data, k)
         _input(hb, 1, 1, 0, th, tw, buf, wide, v2)

@@ -4,8 +4,14 @@ calls, alternating twice, for each `--bands` (BAND_BYTES in KiB): docs/benchmark
 inference: the downsampling block in one call".
 
     .venv/bin/python scripts/res18_down_ab.py [--batch 64] [--bands 640 2048]
+    .venv/bin/python scripts/res18_down_ab.py --plan [--workers 1]   # res18's whole forward
+
+`--plan`: one prepared res18 (`slidenet bench`'s RES18, trained-looking random weights), 12
+rounds of 4 forwards with `winograd_down.applies` as it is and answering False (the three
+calls), alternating which goes first; CPU ms of a forward (all threads), min and median.
 """
 import argparse
+import statistics
 import time
 
 import numpy as np
@@ -25,11 +31,44 @@ def timed(fn):
     return min(runs)
 
 
+def plan_ab(batch, workers):
+    """Print res18's forward with the block in one call against three calls (CPU ms)."""
+    from res18_infer import trained_looking     # this folder's script
+    from slidenet.bench import RES18
+    plan = trained_looking(RES18).prepare()
+    x = np.random.default_rng(0).standard_normal((batch, 32, 32, 3)).astype(np.float32)
+    real = winograd_down.applies
+    times = {"one call": [], "three calls": []}
+    with runtime.workers(workers):
+        one = plan.forward(x)
+        winograd_down.applies = lambda *args: False
+        three = plan.forward(x)
+        print(f"scores differ by {np.abs(one - three).max() / np.abs(three).max():.1e} of the "
+              "largest")
+        for r in range(12):
+            for name in (("one call", "three calls") if r % 2 == 0 else
+                         ("three calls", "one call")):
+                winograd_down.applies = real if name == "one call" else (lambda *args: False)
+                start = time.process_time()
+                for _ in range(4):
+                    plan.forward(x)
+                times[name].append((time.process_time() - start) / 4 * 1e3)
+    winograd_down.applies = real
+    for name, runs in times.items():
+        print(f"{name}: CPU ms a forward, min {min(runs):.2f}, median "
+              f"{statistics.median(runs):.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--bands", type=int, nargs="+", default=[640, 2048])
+    ap.add_argument("--plan", action="store_true")
+    ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
+    if args.plan:
+        plan_ab(args.batch, args.workers)
+        return
     rng = np.random.default_rng(0)
     for side, d in ((32, 16), (16, 32), (8, 64)):
         k = 2 * d

@@ -90,7 +90,7 @@ def applies(x, first, sides, projection, second):
     if (projection.stride != (2, 2) or projection.w.shape != (d, k)
             or projection.w.dtype != np.float32 or projection.b.dtype != np.float32):
         return False
-    if (second.algorithm != "winograd44" or tuple(second.pad) != (1, 1) or second.relu is None
+    if (second.algorithm != "winograd44" or tuple(second.pad) != (1, 1)
             or second.filters.shape != (36, k, k) or second.filters.dtype != np.float32
             or not second.filters.flags.c_contiguous or second.b.dtype != np.float32):
         return False

@@ -8,6 +8,7 @@ fake data, the tiny nets that learn it, a served model, and the rule for optiona
   distributions have: IDX files (big-endian header, optionally gzipped), CIFAR-10 python
   batches (pickle protocol 2 with bytes keys, both as Python 3 writes them and as the original
   Python 2 files are laid out), folders of PNG/JPEG images, `png_bytes`, `image_like`.
+- `random_model`, `random_statistics`: nets whose every array is random, as after training.
 - `one_line_error`: the CLI's answer to a mistake, exit 2 and one line.
 - `server`, `wait_for_exit`: `slidenet serve` in a subprocess on a free port; `live_training`
   the same for `slidenet train --live`; `train_runs`, a folder of runs for `slidenet serve RUNS/`.
@@ -464,6 +465,17 @@ def random_model(pattern, seed=0, dtype="float32"):
                             rng.uniform(0.1, 0.4, d).astype(np.float32))
     names = [f"class {i}" for i in range(net.num_outputs)]
     return Model(net, normalizer, {"class_names": names, "pattern": pattern})
+
+
+def random_statistics(net, rng):
+    """Give `net` random weights, gamma near 1, beta and running statistics (variances in
+    [0.5, 2]) as after training, so that a folded BATCHNORM is not the identity."""
+    for name, p in net.params.items():
+        p[...] = rng.normal(1.0 if name.endswith("gamma") else 0.0,
+                            0.3 if name.endswith(("gamma", "beta")) else 0.1, p.shape)
+    for name, b in net.buffers.items():
+        b[...] = (rng.uniform(0.5, 2, b.shape) if name.endswith("var")
+                  else rng.normal(0, 0.3, b.shape))
 
 
 def onnx_graph(path, nodes, inits, shape=(1, 6, 6), out="y", opset=17):

@@ -5,6 +5,7 @@ applies; and a residual net's plan, which takes it, against the net's evaluation
 import numpy as np
 import pytest
 
+from helpers import random_statistics
 from slidenet import Net
 from slidenet.ops import blas, compiled, naive, runtime
 from slidenet.ops.conv import dispatch, winograd_block
@@ -114,15 +115,6 @@ def test_applies_only_where_it_computes_the_block():
         compiled.set_enabled(previous)
 
 
-def random_statistics(net):
-    for name, p in net.params.items():
-        p[...] = RNG.normal(1.0 if name.endswith("gamma") else 0.0,
-                            0.3 if name.endswith(("gamma", "beta")) else 0.1, p.shape)
-    for name, b in net.buffers.items():
-        b[...] = (RNG.uniform(0.5, 2, b.shape) if name.endswith("var")
-                  else RNG.normal(0, 0.3, b.shape))
-
-
 def test_a_residual_nets_plan_takes_the_block(monkeypatch):
     """ResNet's basic block in a pattern: the plan runs it through `winograd_block` (counted)
     and its scores equal the net's evaluation forward; with the block's kernel refused, the
@@ -130,7 +122,7 @@ def test_a_residual_nets_plan_takes_the_block(monkeypatch):
     net = Net.from_pattern("INPUT(16x16x3) -> CONV(8) -> BN -> RELU -> "
                            "{ CONV(8) -> BN -> RELU -> CONV(8) -> BN | ID } -> ADD -> RELU -> "
                            "GLOBALAVGPOOL -> FC(4)", seed=3)
-    random_statistics(net)
+    random_statistics(net, RNG)
     x = RNG.standard_normal((6, 16, 16, 3)).astype(np.float32)
     want = net.forward(x)
     calls = []
@@ -151,7 +143,7 @@ def test_without_numpys_blas_from_compiled_code_the_block_is_two_calls(monkeypat
     runs the block as its two calls."""
     monkeypatch.setenv("SLIDENET_BLAS_CALL", "0")
     monkeypatch.setattr(blas, "_state", {"done": False, "sgemm": None})
-    monkeypatch.setattr(winograd_block, "_state", {"kernel": None, "gemm": None, "done": False})
+    monkeypatch.setattr(winograd_block, "_kernel", blas.GemmKernel(winograd_block._build))
     assert blas.sgemm() is None
     x, ws, bs = block_arrays(2, 16, 16, 8)
     first, second = prepared(ws, bs, 16, 16)

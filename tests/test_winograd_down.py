@@ -4,6 +4,7 @@ applies; and res18's plan, which takes it, against the net's evaluation forward.
 import numpy as np
 import pytest
 
+from helpers import random_statistics
 from slidenet.ops import blas, compiled, naive, runtime
 from slidenet.ops.conv import dispatch, winograd_down, winograd_s2
 
@@ -118,15 +119,6 @@ def test_applies_only_where_it_computes_the_block():
         compiled.set_enabled(previous)
 
 
-def random_statistics(net):
-    for name, p in net.params.items():
-        p[...] = RNG.normal(1.0 if name.endswith("gamma") else 0.0,
-                            0.3 if name.endswith(("gamma", "beta")) else 0.1, p.shape)
-    for name, b in net.buffers.items():
-        b[...] = (RNG.uniform(0.5, 2, b.shape) if name.endswith("var")
-                  else RNG.normal(0, 0.3, b.shape))
-
-
 @pytest.mark.parametrize("side", [32, 16, 34])
 def test_a_downsampling_block_in_a_plan_takes_the_kernel(monkeypatch, side):
     """res18's downsampling block in a pattern: the plan runs it through `winograd_down`
@@ -137,7 +129,7 @@ def test_a_downsampling_block_in_a_plan_takes_the_kernel(monkeypatch, side):
         f"INPUT({side}x{side}x3) -> CONV(16) -> BN -> RELU -> "
         "{ CONV(32, s=2, p=1, round=down) -> BN -> RELU -> CONV(32) -> BN | "
         "CONV(32, 1x1, s=2, round=down) -> BN } -> ADD -> RELU -> GLOBALAVGPOOL -> FC(4)", seed=3)
-    random_statistics(net)
+    random_statistics(net, RNG)
     x = RNG.standard_normal((6, side, side, 3)).astype(np.float32)
     want = net.forward(x)
     calls = []

@@ -18,6 +18,8 @@ import threading
 
 import numpy as np
 
+from slidenet.ops import compiled
+
 # Row-major, no transpose: CBLAS's enum values.
 ROW_MAJOR, NO_TRANS = 101, 111
 # The symbol as NumPy's wheels (64-bit integers, `64_`), OpenBLAS's ILP64 builds and its
@@ -68,3 +70,31 @@ def _checks(fn):
     fn(ROW_MAJOR, NO_TRANS, NO_TRANS, 3, 4, 5, 1.0, a.ctypes.data, 5, b.ctypes.data, 4, 0.0,
        c.ctypes.data, 4)
     return bool(np.allclose(c, a @ b, rtol=1e-5, atol=1e-6))
+
+
+class GemmKernel:
+    """A compiled kernel that calls `sgemm()` between its passes, built on first use.
+
+        kernel = GemmKernel(build)     # build(fast) -> the kernel, fast = compiled.kernels()
+        run = kernel()                 # the kernel, or None without numba or without sgemm
+        run(kernel.gemm, ...)          # the kernel takes the GEMM as its first argument
+
+    Built once per process, under a lock, since the first calls may come from worker threads
+    at once."""
+
+    def __init__(self, build):
+        self._build = build
+        self._lock = threading.Lock()
+        self._done = False
+        self._kernel = None
+        self.gemm = None
+
+    def __call__(self):
+        if not self._done:
+            with self._lock:
+                if not self._done:
+                    fast, gemm = compiled.kernels(), sgemm()
+                    self._kernel = None if fast is None or gemm is None else self._build(fast)
+                    self.gemm = gemm
+                    self._done = True
+        return self._kernel

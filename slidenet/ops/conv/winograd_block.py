@@ -23,7 +23,6 @@ for another number of rows). float32 only; `applies` says when it runs, and call
 two calls otherwise. The kernel is compiled on first use and cached on disk as `compiled`'s
 are; the GEMM is its first argument, a C function pointer passed at each call.
 """
-import threading
 
 import numpy as np
 
@@ -37,20 +36,11 @@ BAND_BYTES = 640 * 1024
 # few rows, and the block ran slower than the two calls (docs/benchmarks.md, "res18
 # inference: a residual block in one call").
 MIN_TILES = 16
-_state = {"kernel": None, "gemm": None, "done": False}
-_lock = threading.Lock()
 
 
 def kernel():
     """The compiled block kernel, or None without numba or without `blas.sgemm`."""
-    if not _state["done"]:
-        with _lock:
-            if not _state["done"]:
-                fast, gemm = compiled.kernels(), blas.sgemm()
-                _state["kernel"] = None if fast is None or gemm is None else _build(fast)
-                _state["gemm"] = gemm
-                _state["done"] = True
-    return _state["kernel"]
+    return _kernel()
 
 
 def applies(x, first, second):
@@ -99,7 +89,7 @@ def forward(x, first, second, relu=True):
         wide = scratch("block.wide", (6, 4 * th + 2, tw * d), np.float32)
         tall = scratch("block.tall", (4, 6, tw * d), np.float32)
         row = scratch("block.row", (4, tw * d), np.float32)
-        run(_state["gemm"], x[sl], first.filters, first.b, second.filters, second.b, bool(relu),
+        run(_kernel.gemm, x[sl], first.filters, first.b, second.filters, second.b, bool(relu),
             out[sl], per, mid, v, m, wide, tall, row)
 
     run_chunks(work, split(n))
@@ -121,6 +111,9 @@ def _build(fast):
         return numba.njit(nogil=True, cache=True)(_block)
     except RuntimeError:                        # nowhere to write the cache (as `compiled`)
         return numba.njit(nogil=True)(_block)
+
+
+_kernel = blas.GemmKernel(_build)
 
 
 def _block(gemm, x, ua, ba, ub, bb, relu, out, per, mid, v, m, wide, tall, row):

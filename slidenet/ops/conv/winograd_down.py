@@ -21,7 +21,6 @@ float32 rounding.
 float32 only; `applies` says when it runs, and callers keep the three calls otherwise. The
 kernel is compiled on first use and cached on disk, as `winograd_block`'s.
 """
-import threading
 
 import numpy as np
 
@@ -36,8 +35,6 @@ BAND_BYTES = 4 * 1024 * 1024
 # The fewest output tiles per image (4: 8 x 8 outputs): on res18's last downsampling block (1
 # tile, 4 x 4 outputs) one call was level with the three calls (docs/benchmarks.md, as above).
 MIN_TILES = 4
-_state = {"kernel": None, "gemm": None, "done": False}
-_lock = threading.Lock()
 
 
 class Projection:
@@ -51,14 +48,7 @@ class Projection:
 
 def kernel():
     """The compiled kernel, or None without numba or without `blas.sgemm`."""
-    if not _state["done"]:
-        with _lock:
-            if not _state["done"]:
-                fast, gemm = compiled.kernels(), blas.sgemm()
-                _state["kernel"] = None if fast is None or gemm is None else _build(fast)
-                _state["gemm"] = gemm
-                _state["done"] = True
-    return _state["kernel"]
+    return _kernel()
 
 
 def out_size(x, sides):
@@ -130,7 +120,7 @@ def forward(x, first, sides, projection, second, relu=True):
         pick = scratch("down.pick", (per, ho, wo, d), np.float32)
         skip = scratch("down.skip", (per, ho, wo, k), np.float32)
         wide = scratch("down.wide", (6, 4 * th + 2, tw * k), np.float32)
-        run(_state["gemm"], x[sl], ph, pw, h_in, w_in, first.filters, first.b, projection.w,
+        run(_kernel.gemm, x[sl], ph, pw, h_in, w_in, first.filters, first.b, projection.w,
             second.filters, bias, bool(relu), out[sl], per, mid, pick, skip, v1, m1, v2, m2,
             wide)
 
@@ -153,6 +143,9 @@ def _build(fast):
         return numba.njit(nogil=True, cache=True)(_down)
     except RuntimeError:                        # nowhere to write the cache (as `compiled`)
         return numba.njit(nogil=True)(_down)
+
+
+_kernel = blas.GemmKernel(_build)
 
 
 def _down(gemm, x, ph, pw, h_in, w_in, ua, ba, wp, ub, bias, relu, out, per, mid, pick, skip,

@@ -740,7 +740,7 @@ def bn_backward_dx(g, x, mean_row, inv_row, mean_g_row, mean_gx_row, scale_row, 
 # in memory, so that its loops vectorise: over a tile's D channels alone (16 in a thin layer)
 # they ran 3-4 times slower.
 
-def winograd44_input(x, ph, pw, t0, th, tw, buf, wide, out):
+def winograd44_input(x, ph, pw, t0, th, tw, wide, out):
     """x (c, H, W, D), C-contiguous -> out (36, >= c*T_h*T_w*D): B^T d B of each tile's 6 x 6
     input pixels, entry 6a + b (row a, column b) in plane 6a + b, for the T_h rows of tiles
     from row t0 on (all of them, or a band of a large image). Pixels outside x (the padding
@@ -750,9 +750,8 @@ def winograd44_input(x, ph, pw, t0, th, tw, buf, wide, out):
     rows, W*D numbers: long loops) into wide (6, 4T_h + 2, T_w*D), used as scratch: row a of
     the tiles in wide[a]'s first (4T_w + 2)*D numbers, the padding's columns zero. Then, one a
     at a time, column j of every tile is gathered into a row of T_w*D numbers and the pass
-    along the width writes out's planes. buf (4T_h + 2, 4, T_w + 1, D) is not used any more
-    (the gathered rows are a small array of the pass's own, which ran faster than any view of
-    buf); it stays in the signature for its callers.
+    along the width writes out's planes (the gathered rows are a small array of the pass's own,
+    which ran faster than any view of a caller's scratch).
     """
     c, h, wd, d = x.shape
     zero, two, four = x.dtype.type(0), x.dtype.type(2), x.dtype.type(4)
@@ -818,7 +817,7 @@ def winograd44_input(x, ph, pw, t0, th, tw, buf, wide, out):
                     o5[e] = (d5 - d3) - v * two
 
 
-def winograd44_output(m, first, th, tw, out, bias, use_bias, relu, skip, use_skip, tall, wide):
+def winograd44_output(m, first, th, tw, out, bias, use_bias, relu, skip, use_skip):
     """m (36, >= c*T_h*T_w*K) -> out (c, H', W', K): y = A^T m A of each tile [+ b][+ skip]
     [ReLU], rows and columns past H', W' dropped; m holds the T_h rows of tiles from row
     `first` on. skip (c, H', W', K): a residual sum's other terms, read with use_skip.
@@ -826,14 +825,14 @@ def winograd44_output(m, first, th, tw, out, bias, use_bias, relu, skip, use_ski
     The pass down the height writes a row of tiles into tall (4, 6, T_w*K); the pass along the
     width one output row into wide (4, T_w*K), its column 4t + s at [s, t*K:(t + 1)*K]; the
     bias, skip and ReLU are applied as that row is copied into out. Both are arrays of the
-    pass's own (LLVM then knows they alias nothing, and the loops ran faster than on the
-    callers'): the tall and wide given are not used, and stay in the signature for its callers.
+    pass's own, not the caller's scratch: LLVM then knows they alias nothing, and the loops ran
+    faster than on arrays passed in.
     """
     c, ho, wo, k = out.shape
     zero, two = out.dtype.type(0), out.dtype.type(2)
     four, eight = out.dtype.type(4), out.dtype.type(8)
     span = tw * k
-    tall = np.empty((4, 6, span), out.dtype)      # not the callers': see above
+    tall = np.empty((4, 6, span), out.dtype)      # the pass's own: see above
     wide = np.empty((4, span), out.dtype)
     for n in range(c):
         for ti in range(th):

@@ -224,7 +224,7 @@ def _compile():
         """One thread's share of F(4x4, 3x3) on one image: step 0 the input pass over the rows
         of tiles t0..t1, 1 the products a0..a1 of the 36, 2 the output pass (with the pool, if
         the layer has one) over rows of tiles t0..t1. c: the task (`Task44`); scratch: this
-        thread's buf, wide, tall and row, one after the other."""
+        thread's wide, tall and row, one after the other."""
         h, wd, d, th, tw, k = c[1], c[2], c[3], c[6], c[7], c[13]
         vstride, pstride, rows = c[9], c[11], c[6] * c[7]
         if step == 1:
@@ -238,16 +238,14 @@ def _compile():
             return
         x = numba.carray(pointer(c[0]), (1, h, wd, d), f32)
         if step == 0:
-            buf = numba.carray(pointer(scratch), (4 * bt + 2, 4, tw + 1, d), f32)
-            wide = numba.carray(pointer(scratch + (4 * th + 2) * 4 * (tw + 1) * d * 4),
-                                (6, 4 * bt + 2, tw * d), f32)
+            wide = numba.carray(pointer(scratch), (6, 4 * bt + 2, tw * d), f32)
             # Planes as C-contiguous rows from this band's first tile on (a sliced view would
             # not vectorise): the last plane's rows then reach past vstride, into room the
             # caller left after the planes (`winograd_f44.OneImage`).
             v = numba.carray(pointer(c[8] + t0 * tw * d * 4), (36, vstride), f32)
-            input44(x, c[4], c[5], t0, bt, tw, buf, wide, v)
+            input44(x, c[4], c[5], t0, bt, tw, wide, v)
             return
-        at = scratch + ((4 * th + 2) * 4 * (tw + 1) * d + 6 * (4 * th + 2) * tw * d) * 4
+        at = scratch + 6 * (4 * th + 2) * tw * d * 4
         tall = numba.carray(pointer(at), (4, 6, tw * k), f32)
         row = numba.carray(pointer(at + 24 * tw * k * 4), (2, 4, tw * k), f32)
         m = numba.carray(pointer(c[10] + t0 * tw * k * 4), (36, pstride), f32)   # as v
@@ -256,7 +254,7 @@ def _compile():
         if c[19] != 0:
             output44_pool(m, t0, bt, tw, out, bias, True, c[18] != 0, tall, row)
         else:                               # no skip: x stands in, never read
-            output44(m, t0, bt, tw, out, bias, True, c[18] != 0, x, False, tall, row[0])
+            output44(m, t0, bt, tw, out, bias, True, c[18] != 0, x, False)
 
     @numba.njit("int64(int64[::1], int64[::1], boolean, float32[:, :, :, ::1], "
                 "float32[:, :, :, ::1], float32[:, :, ::1], float32[::1])", nogil=True)
@@ -471,9 +469,9 @@ def applies44(x, filters, bias, tile_rows):
 
 def scratch44(th, tw, d, k):
     """Floats one thread's share of an F(4x4, 3x3) layer needs, for `phase44`: its input pass's
-    buf (4T_h + 2, 4, T_w + 1, D) and wide (6, 4T_h + 2, T_w*D), its output pass's tall
-    (4, 6, T_w*K) and row (2, 4, T_w*K), one after the other (sized for all T_h rows)."""
-    return (4 * th + 2) * 4 * (tw + 1) * d + 6 * (4 * th + 2) * tw * d + 32 * tw * k
+    wide (6, 4T_h + 2, T_w*D), its output pass's tall (4, 6, T_w*K) and row (2, 4, T_w*K), one
+    after the other (sized for all T_h rows)."""
+    return 6 * (4 * th + 2) * tw * d + 32 * tw * k
 
 
 def winograd44_forward(layer, x, filters, b, relu):

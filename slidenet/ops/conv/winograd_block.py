@@ -87,10 +87,8 @@ def forward(x, first, second, relu=True):
         m = scratch("block.m", (36, rows + LINE), np.float32)
         mid = scratch("block.h", (per, h, w, d), np.float32)
         wide = scratch("block.wide", (6, 4 * th + 2, tw * d), np.float32)
-        tall = scratch("block.tall", (4, 6, tw * d), np.float32)
-        row = scratch("block.row", (4, tw * d), np.float32)
         run(_kernel.gemm, x[sl], first.filters, first.b, second.filters, second.b, bool(relu),
-            out[sl], per, mid, v, m, wide, tall, row)
+            out[sl], per, mid, v, m, wide)
 
     run_chunks(work, split(n))
     return out
@@ -116,25 +114,24 @@ def _build(fast):
 _kernel = blas.GemmKernel(_build)
 
 
-def _block(gemm, x, ua, ba, ub, bb, relu, out, per, mid, v, m, wide, tall, row):
+def _block(gemm, x, ua, ba, ub, bb, relu, out, per, mid, v, m, wide):
     """x, out (c, H, W, D); ua, ub (36, D, D); ba, bb (D,); mid (>= per, H, W, D): h of a
-    band; v, m (36, >= per*T_h*T_w*D + LINE): a band's tiles and products; wide, tall, row:
-    the passes' scratch arguments. gemm: `blas.sgemm`."""
+    band; v, m (36, >= per*T_h*T_w*D + LINE): a band's tiles and products; wide: the input
+    pass's scratch. gemm: `blas.sgemm`."""
     c, h, w, d = x.shape
     th, tw = (h + 3) // 4, (w + 3) // 4
-    buf = np.empty((1, 1, 1, 1), x.dtype)       # the input pass's unused argument
     for i0 in range(0, c, per):
         i1 = min(c, i0 + per)
         rows = (i1 - i0) * th * tw
         hb = mid[:i1 - i0]
         xb = x[i0:i1]
-        _input(xb, 1, 1, 0, th, tw, buf, wide, v)
+        _input(xb, 1, 1, 0, th, tw, wide, v)
         for e in range(36):
             gemm(101, 111, 111, rows, d, d, 1.0, v[e].ctypes.data, d, ua[e].ctypes.data, d, 0.0,
                  m[e].ctypes.data, d)
-        _output(m, 0, th, tw, hb, ba, True, True, xb, False, tall, row)
-        _input(hb, 1, 1, 0, th, tw, buf, wide, v)
+        _output(m, 0, th, tw, hb, ba, True, True, xb, False)
+        _input(hb, 1, 1, 0, th, tw, wide, v)
         for e in range(36):
             gemm(101, 111, 111, rows, d, d, 1.0, v[e].ctypes.data, d, ub[e].ctypes.data, d, 0.0,
                  m[e].ctypes.data, d)
-        _output(m, 0, th, tw, out[i0:i1], bb, True, relu, xb, True, tall, row)
+        _output(m, 0, th, tw, out[i0:i1], bb, True, relu, xb, True)

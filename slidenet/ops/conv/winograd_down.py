@@ -158,9 +158,6 @@ def _down(gemm, x, ph, pw, h_in, w_in, ua, ba, wp, ub, bias, relu, out, per, mid
     c, _, _, d = x.shape
     _, ho, wo, k = out.shape
     th, tw = (ho + 3) // 4, (wo + 3) // 4
-    buf = np.empty((1, 1, 1, 1), x.dtype)       # the F(4x4, 3x3) input pass's unused argument
-    tall = np.empty((4, 6, tw * k), x.dtype)    # its output pass's unused arguments
-    row = np.empty((4, tw * k), x.dtype)
     for i0 in range(0, c, per):
         i1 = min(c, i0 + per)
         b = i1 - i0
@@ -182,8 +179,8 @@ def _down(gemm, x, ph, pw, h_in, w_in, ua, ba, wp, ub, bias, relu, out, per, mid
                         dst[j, q] = src[2 * j, q]
         gemm(101, 111, 111, b * ho * wo, k, d, 1.0, pb.ctypes.data, d, wp.ctypes.data, k, 0.0,
              sb.ctypes.data, k)
-        _input(hb, 1, 1, 0, th, tw, buf, wide, v2)
+        _input(hb, 1, 1, 0, th, tw, wide, v2)
         for e in range(36):
             gemm(101, 111, 111, rows, k, k, 1.0, v2[e].ctypes.data, k, ub[e].ctypes.data, k,
                  0.0, m2[e].ctypes.data, k)
-        _output(m2, 0, th, tw, out[i0:i1], bias, True, relu, sb, True, tall, row)
+        _output(m2, 0, th, tw, out[i0:i1], bias, True, relu, sb, True)

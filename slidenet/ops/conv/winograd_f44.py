@@ -149,11 +149,11 @@ def filter_grad(du, out=None):
 
 
 class NUMPY:
-    """The passes without numba, with `ops.compiled`'s signatures (buf, wide, tall: unused):
+    """The passes without numba, with `ops.compiled`'s signatures (wide, tall: unused):
     einsums over strided views of the tiles. A check and a fallback, not for speed."""
 
     @staticmethod
-    def winograd44_input(x, ph, pw, t0, th, tw, buf, wide, out):
+    def winograd44_input(x, ph, pw, t0, th, tw, wide, out):
         c, h, wd, d = x.shape
         hp, wp = 4 * th + 2, 4 * tw + 2
         xp = np.zeros((c, hp, wp, d), x.dtype)
@@ -177,8 +177,7 @@ class NUMPY:
         return y.reshape(c, 4 * th, 4 * tw, k)
 
     @staticmethod
-    def winograd44_output(m, first, th, tw, out, bias, use_bias, relu, skip, use_skip, tall,
-                          wide):
+    def winograd44_output(m, first, th, tw, out, bias, use_bias, relu, skip, use_skip):
         c, ho, wo, k = out.shape
         r0 = 4 * first
         r1 = min(ho, r0 + 4 * th)
@@ -228,8 +227,7 @@ def rows(fast, x, pad, first, th, tw, name):
     c, d = x.shape[0], x.shape[3]
     n = c * th * tw
     v = scratch(name, (36, n * d + LINE), x.dtype)
-    # buf: a stand-in of buf's rank, which the compiled pass no longer uses.
-    fast.winograd44_input(x, pad[0], pad[1], first, th, tw, v[:1, :1, None, None],
+    fast.winograd44_input(x, pad[0], pad[1], first, th, tw,
                           scratch(name + "wide", (6, 4 * th + 2, tw * d), x.dtype), v)
     return v[:, :n * d].reshape(36, n, d)
 
@@ -279,7 +277,7 @@ def forward(x, filters, b, pad=(1, 1), relu=False, budget=None, skip=None, pool=
             return
         fast.winograd44_output(prod, band.start, bt, tw, out[sl], bias, True, relu,
                                prod[:1, :1, None, None] if skip is None else skip[sl],
-                               skip is not None, tall, scratch("conv.w44row", (4, tw * k), dtype))
+                               skip is not None)
 
     per_row = 36 * tw * (d + k) * x.itemsize       # one row of tiles' GEMM rows and products
     if per_row * th > chunk_bytes() and th > 1:
@@ -301,7 +299,7 @@ class OneImage:
 
     Arrays (T_h, T_w: the rows and columns of tiles): v (36, T_h*T_w*D + LINE) and its GEMM
     view vm (36, T_h*T_w, D); prod (36, T_h*T_w*K + LINE) and pm (36, T_h*T_w, K); the passes'
-    buf, wide, tall and row as `forward` gives them.
+    wide, tall and row as `forward` gives them.
     """
 
     def __init__(self, h, wd, d, k, pad, pool, dtype):
@@ -318,7 +316,6 @@ class OneImage:
         self.prod = np.empty(36 * (rows * k + LINE) + rows * k, dtype)[:36 * (rows * k + LINE)] \
             .reshape(36, rows * k + LINE)
         self.pm = self.prod[:, :rows * k].reshape(36, rows, k)
-        self.buf = np.empty((4 * self.th + 2, 4, self.tw + 1, d), dtype)
         self.wide = np.empty((6, 4 * self.th + 2, self.tw * d), dtype)
         self.tall = np.empty((4, 6, self.tw * k), dtype)
         self.row = np.empty((2, 4, self.tw * k), dtype)
@@ -353,7 +350,7 @@ class OneImage:
             if out is not None:
                 return out
         out = empty(self.shape, x.dtype)
-        fast.winograd44_input(x, self.pad[0], self.pad[1], 0, self.th, self.tw, self.buf,
+        fast.winograd44_input(x, self.pad[0], self.pad[1], 0, self.th, self.tw,
                               self.wide, self.v)
         np.matmul(self.vm, filters, out=self.pm)
         if self.pool:
@@ -361,7 +358,7 @@ class OneImage:
                                         self.tall, self.row)
         else:
             fast.winograd44_output(self.prod, 0, self.th, self.tw, out, b, True, relu,
-                                   self.no_skip, False, self.tall, self.row[0])
+                                   self.no_skip, False)
         return out
 
 
@@ -470,9 +467,7 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False, skip=None):
         # might overlap an input makes numba's loop check for it and run scalar).
         fast.winograd44_output(prod, 0, t, s, dx[sl], prod[0, :d], False, False,
                                prod[:1, :1, None, None] if skip is None else skip[sl],
-                               skip is not None,
-                               scratch("conv.w2tall", (4, 6, s * d), dx.dtype),
-                               scratch("conv.w2row", (4, s * d), dx.dtype))
+                               skip is not None)
         xt = scratch("conv.w2x", (36, c, t, s, d), x.dtype)
         fast.winograd44_adjoint(x[sl], xt)
         if whole:

@@ -64,7 +64,9 @@ BORDERED_KEEP = 16
 # threads None: one per available core, counted at first use.
 _settings = {"budget": DEFAULT_BUDGET, "chunk_bytes": DEFAULT_CHUNK_BYTES, "threads": None,
              "recycle_limit": DEFAULT_RECYCLE_LIMIT, "cores": None}
-_recycled = {"buffers": [], "lock": threading.Lock()}
+# Free and held result buffers, oldest first, and the same buffers by size (bytes -> list,
+# oldest first), so that a training step's repeated request finds its exact fit without a scan.
+_recycled = {"buffers": [], "by_size": {}, "lock": threading.Lock()}
 _pool = {"executor": None, "size": 0}
 _local = threading.local()
 
@@ -319,9 +321,25 @@ def set_recycle_limit(nbytes=None):
 
 
 def _in_use(buffers, i):
-    # References: the list's and getrefcount's own argument. Any array viewing the buffer
-    # (our result, a view of it, a cache holding it) adds one through its `.base`.
-    return sys.getrefcount(buffers[i]) > 2
+    # References: the two lists' (`buffers` and its size's in `by_size`) and getrefcount's own
+    # argument. Any array viewing the buffer (our result, a view of it, a cache holding it) adds
+    # one through its `.base`.
+    return sys.getrefcount(buffers[i]) > 3
+
+
+def _drop(i):
+    """Forget buffer i of `_recycled["buffers"]` (in both lists); returns its size in bytes."""
+    buffers, by_size = _recycled["buffers"], _recycled["by_size"]
+    nbytes = buffers[i].nbytes
+    same = by_size[nbytes]
+    for j in range(len(same)):          # no loop variable may hold a buffer (refcounts)
+        if same[j] is buffers[i]:
+            del same[j]
+            break
+    if not same:
+        del by_size[nbytes]
+    del buffers[i]
+    return nbytes
 
 
 def _trim(extra):
@@ -333,7 +351,7 @@ def _trim(extra):
         if _in_use(buffers, i):
             i += 1
         else:
-            total -= buffers.pop(i).nbytes
+            total -= _drop(i)
 
 
 def empty(shape, dtype):
@@ -346,6 +364,12 @@ def empty(shape, dtype):
     if nbytes < RECYCLE_MIN_BYTES or _settings["recycle_limit"] <= 0:
         return np.empty(shape, dtype)
     with _recycled["lock"]:
+        # An exact fit first: the oldest free buffer of this size, as the scan below would
+        # find it (both lists keep the buffers oldest first).
+        same = _recycled["by_size"].get(nbytes, ())
+        for i in range(len(same)):
+            if not _in_use(same, i):
+                return same[i].view(dtype).reshape(shape)
         buffers = _recycled["buffers"]
         best = None
         for i in range(len(buffers)):      # no loop variable may hold a buffer (refcounts)
@@ -359,6 +383,7 @@ def empty(shape, dtype):
         if best is None:
             _trim(nbytes)
             buffers.append(np.empty(nbytes, dtype=np.uint8))
+            _recycled["by_size"].setdefault(nbytes, []).append(buffers[-1])
             best = len(buffers) - 1
         return buffers[best][:nbytes].view(dtype).reshape(shape)
 

@@ -41,8 +41,8 @@ import math
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from queue import SimpleQueue
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -492,13 +492,54 @@ def image_chunks(n):
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
+class _Helpers:
+    """`size` daemon threads that run the callables handed to `submit`, each by the next idle
+    thread, in the order handed.
+
+    A plain queue and nothing more: a kernel call hands over one callable per helper, tens of
+    times per layer, and concurrent.futures' Future and work item for each cost several times
+    the hand-over itself. The callables report their own results (`run_chunks`' tasks put them
+    into a queue of their call) and must not raise.
+    """
+
+    def __init__(self, size):
+        self.size = size
+        self.tasks = SimpleQueue()
+        self.threads = [threading.Thread(target=self._serve, name=f"slidenet_{i}", daemon=True)
+                        for i in range(size)]
+        for thread in self.threads:
+            thread.start()
+
+    def _serve(self):
+        for task in iter(self.tasks.get, None):
+            task()
+            del task                # holds nothing of the last call while waiting for the next
+
+    def submit(self, task):
+        self.tasks.put(task)
+
+    def shutdown(self):
+        for _ in self.threads:
+            self.tasks.put(None)
+        for thread in self.threads:
+            thread.join()
+
+
 def _executor(size):
     if _pool["size"] != size:
         if _pool["executor"] is not None:
-            _pool["executor"].shutdown(wait=True)
-        _pool["executor"] = ThreadPoolExecutor(size, thread_name_prefix="slidenet")
+            _pool["executor"].shutdown()
+        _pool["executor"] = _Helpers(size)
         _pool["size"] = size
     return _pool["executor"]
+
+
+def _forget_helpers():
+    # A forked child has none of its parent's threads: it starts helpers of its own.
+    _pool["executor"], _pool["size"] = None, 0
+
+
+os.register_at_fork(after_in_child=_forget_helpers)
 
 
 def run_chunks(work, slices):
@@ -517,24 +558,19 @@ def run_chunks(work, slices):
     if count <= 1 or getattr(_local, "worker", False):
         return [work(sl) for sl in slices]
     order, lock = iter(range(len(slices))), threading.Lock()
-    # What the threads run, held here only: a called-off task may wait in the pool's queue
+    # What the threads run, held here only: a called-off task may wait in the helpers' queue
     # after the call returns, and must not keep `work`'s arrays alive meanwhile (their
     # reference counts tell `empty` whether it may recycle them).
-    job = {"work": work}
+    job = {"work": work, "started": 0}
+    finished = SimpleQueue()        # (results, error) of each helper that started
 
     def take():
         with lock:
             return next(order, None)
 
-    def part(pooled=True):
-        run = job.get("work")
-        if run is None:                 # called off after the call returned
-            return []
-        if pooled and not getattr(_local, "limited", False):
-            _blas_limit.pool_thread()
-            _local.limited = True
-        _local.worker = True
+    def part(run):
         done = []
+        _local.worker = True
         try:
             for i in iter(take, None):
                 done.append((i, run(slices[i])))
@@ -547,18 +583,38 @@ def run_chunks(work, slices):
             _local.worker = False
         return done
 
-    with _blas_limit:
-        futures = [_executor(count - 1).submit(part) for _ in range(1, count)]
+    def helper():
+        with lock:
+            run = job.get("work")
+            if run is None:             # called off: the caller has finished without it
+                return
+            job["started"] += 1
+        if not getattr(_local, "limited", False):
+            _blas_limit.pool_thread()
+            _local.limited = True
         try:
-            results = part(pooled=False)
+            outcome = (part(run), None)
+        except BaseException as error:
+            outcome = ([], error)
+        del run                         # before the caller learns that this part is done
+        finished.put(outcome)
+
+    with _blas_limit:
+        helpers = _executor(count - 1)
+        for _ in range(1, count):
+            helpers.submit(helper)
+        try:
+            results = part(work)
         finally:
-            # A worker that has not started by the time the caller ran out of chunks is not
+            # A helper that has not started by the time the caller ran out of chunks is not
             # waited for: on a busy machine it may not get a core for milliseconds, and the
             # chunks are all done. One that has started may still be writing: wait for it.
-            futures = [future for future in futures if not future.cancel()]
-            for future in futures:
-                future.exception()
-            job.clear()
-    for future in futures:
-        results.extend(future.result())
+            with lock:
+                started = job["started"]
+                job.clear()
+            outcomes = [finished.get() for _ in range(started)]
+    for done, error in outcomes:
+        if error is not None:
+            raise error
+        results.extend(done)
     return [value for _, value in sorted(results, key=lambda pair: pair[0])]

@@ -8,7 +8,7 @@ import pytest
 from harness import without_numba
 from slidenet import Net, ops
 from slidenet.ops import compiled, naive, runtime
-from slidenet.ops.conv import dispatch, winograd_block, winograd_f44
+from slidenet.ops.conv import dispatch, winograd_block, winograd_down, winograd_f44
 
 RNG = np.random.default_rng(44)
 
@@ -246,11 +246,18 @@ def test_a_residual_net_scores_as_its_evaluation_forward():
         def counted_block(*args, **kwargs):     # a residual block's two CONVs in one call
             calls.extend([1, 1])
             return block(*args, **kwargs)
+        down = winograd_down.forward
+
+        def counted_down(*args, **kwargs):      # a downsampling block's second CONV in it
+            calls.append(1)
+            return down(*args, **kwargs)
         winograd_f44.forward, winograd_block.forward = counted, counted_block
+        winograd_down.forward = counted_down
         try:
             got = net.prepare().forward(x)
         finally:
             winograd_f44.forward, winograd_block.forward = original, block
+            winograd_down.forward = down
         want = net.forward(x)
         assert len(calls) == 3                 # the three 3x3 stride-1 CONVs
         np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * np.abs(want).max())

@@ -185,9 +185,12 @@ def test_conv_infer_hands_what_it_does_not_take_to_im2col():
         winograd_s2.forward = original
 
 
-def test_a_residual_net_scores_as_its_evaluation_forward():
+def test_a_residual_net_scores_as_its_evaluation_forward(monkeypatch):
     """res18's downsampling block at 16 channels: the plan runs the stride-2 CONV by this
-    scheme (on the unpadded input), the evaluation forward by training's kernels."""
+    scheme (on the unpadded input), the evaluation forward by training's kernels. (The block
+    in one call, `winograd_down`, is refused here: tests/test_winograd_down.py tests it.)"""
+    from slidenet.ops.conv import winograd_down
+    monkeypatch.setattr(winograd_down, "applies", lambda *args: False)
     pattern = ("INPUT(16x16x3) -> CONV(16) -> BN -> RELU -> "
                "{ CONV(24, s=2, p=1, round=down) -> BN -> RELU -> CONV(24) -> BN | "
                "CONV(24, 1x1, s=2, round=down) -> BN } -> ADD -> RELU -> GLOBALAVGPOOL -> FC(5)")

@@ -249,15 +249,25 @@ class Conv(Layer):
             (sh, sw), (ah, aw) = stride, self.sides.after
             picked = ops.prepare_conv(w, b, (1, 1), (0, 0), relu, height=self.info.output_shape[0])
             h, wd = self.info.input_shape[:2]
-            return lambda x, skip=None: ops.conv_infer(
-                np.ascontiguousarray(x[:, :h + ah:sh, :wd + aw:sw]), picked, skip=skip)
+
+            def projection(x, skip=None):
+                return ops.conv_infer(np.ascontiguousarray(x[:, :h + ah:sh, :wd + aw:sw]),
+                                      picked, skip=skip)
+            # Its prepared 1x1 CONV, for a step that runs a downsampling block in one kernel
+            # (`merge.Add.prepare`, `conv.winograd_down`).
+            projection.projection = (picked, (sh, sw))
+            return projection
         prepared = ops.prepare_conv(w, b, stride, self.pad, relu, height=self.info.input_shape[0],
                                     width=self.info.input_shape[1])
         if not self.sides.even:
             # The kernel pads (`conv_infer`'s sides), or reads through the padding without a
             # padded copy (Winograd at stride 2, res18's downsampling CONVs).
             sides = (self.sides.before, self.sides.after)
-            return lambda x, skip=None: ops.conv_infer(x, prepared, skip=skip, sides=sides)
+
+            def through(x, skip=None):
+                return ops.conv_infer(x, prepared, skip=skip, sides=sides)
+            through.prepared, through.sides = prepared, sides     # as `run.prepared` below
+            return through
 
         def run(x, skip=None):
             return ops.conv_infer(self._padded(x), prepared, skip=skip)

@@ -266,6 +266,11 @@ class Add(_Merge):
         first = getattr(head[0], "prepared", None) if len(head) == 1 else None
         second = getattr(tail, "prepared", None)
         identity = len(steps) == 2 and all(type(s) is Identity for s in steps[1 - last])
+        if first is not None and second is not None and len(steps) == 2 and \
+                len(plans[1 - last]) == 1 and hasattr(plans[1 - last][0], "projection") and \
+                hasattr(head[0], "sides"):
+            return _down_block(run, first, head[0].sides, plans[1 - last][0].projection, second,
+                               relu)
         if first is None or second is None or not identity:
             return run
         from slidenet.ops.conv import winograd_block
@@ -371,3 +376,18 @@ def _unequal(first, shape, text1, text2, index):
 def _torch_cat(outs):
     import torch        # only here: slidenet runs without PyTorch
     return torch.cat(outs, 1)
+
+
+def _down_block(run, first, sides, projection, second, relu):
+    """ResNet's downsampling block, { CONV(s=2) -> RELU -> CONV | CONV(1x1, s=2) } with their
+    BATCHNORMs folded, as one compiled call where `conv.winograd_down` applies; `run` (the
+    three calls) otherwise."""
+    from slidenet.ops.conv import winograd_down
+    picked, stride = projection
+    proj = winograd_down.Projection(picked.w, picked.b, stride)
+
+    def block(x):
+        if not picked.relu and winograd_down.applies(x, first, sides, proj, second):
+            return winograd_down.forward(x, first, sides, proj, second, relu)
+        return run(x)
+    return block

@@ -18,6 +18,8 @@
                    (`dispatch.choose_infer` picks it in `prepare_conv`)
     winograd_block inference's residual block { CONV -> RELU -> CONV | ID } on F(4x4, 3x3) in
                    one compiled call, band by band of images in L2 (`layers.merge.Add.prepare`)
+    winograd_down  inference's downsampling block { CONV(s=2) -> RELU -> CONV | CONV(1x1, s=2) }
+                   in one compiled call, band by band (`layers.merge.Add.prepare`)
     direct         thin first layers: each output pixel's window times the filters, compiled
     grouped        grouped and depthwise convolution: one pair per group, or shifted
                    multiply-adds for depthwise

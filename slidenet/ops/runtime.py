@@ -41,8 +41,8 @@ import math
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from queue import SimpleQueue
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -64,7 +64,9 @@ BORDERED_KEEP = 16
 # threads None: one per available core, counted at first use.
 _settings = {"budget": DEFAULT_BUDGET, "chunk_bytes": DEFAULT_CHUNK_BYTES, "threads": None,
              "recycle_limit": DEFAULT_RECYCLE_LIMIT, "cores": None}
-_recycled = {"buffers": [], "lock": threading.Lock()}
+# Free and held result buffers, oldest first, and the same buffers by size (bytes -> list,
+# oldest first), so that a training step's repeated request finds its exact fit without a scan.
+_recycled = {"buffers": [], "by_size": {}, "lock": threading.Lock()}
 _pool = {"executor": None, "size": 0}
 _local = threading.local()
 
@@ -319,9 +321,25 @@ def set_recycle_limit(nbytes=None):
 
 
 def _in_use(buffers, i):
-    # References: the list's and getrefcount's own argument. Any array viewing the buffer
-    # (our result, a view of it, a cache holding it) adds one through its `.base`.
-    return sys.getrefcount(buffers[i]) > 2
+    # References: the two lists' (`buffers` and its size's in `by_size`) and getrefcount's own
+    # argument. Any array viewing the buffer (our result, a view of it, a cache holding it) adds
+    # one through its `.base`.
+    return sys.getrefcount(buffers[i]) > 3
+
+
+def _drop(i):
+    """Forget buffer i of `_recycled["buffers"]` (in both lists); returns its size in bytes."""
+    buffers, by_size = _recycled["buffers"], _recycled["by_size"]
+    nbytes = buffers[i].nbytes
+    same = by_size[nbytes]
+    for j in range(len(same)):          # no loop variable may hold a buffer (refcounts)
+        if same[j] is buffers[i]:
+            del same[j]
+            break
+    if not same:
+        del by_size[nbytes]
+    del buffers[i]
+    return nbytes
 
 
 def _trim(extra):
@@ -333,7 +351,7 @@ def _trim(extra):
         if _in_use(buffers, i):
             i += 1
         else:
-            total -= buffers.pop(i).nbytes
+            total -= _drop(i)
 
 
 def empty(shape, dtype):
@@ -346,6 +364,12 @@ def empty(shape, dtype):
     if nbytes < RECYCLE_MIN_BYTES or _settings["recycle_limit"] <= 0:
         return np.empty(shape, dtype)
     with _recycled["lock"]:
+        # An exact fit first: the oldest free buffer of this size, as the scan below would
+        # find it (both lists keep the buffers oldest first).
+        same = _recycled["by_size"].get(nbytes, ())
+        for i in range(len(same)):
+            if not _in_use(same, i):
+                return same[i].view(dtype).reshape(shape)
         buffers = _recycled["buffers"]
         best = None
         for i in range(len(buffers)):      # no loop variable may hold a buffer (refcounts)
@@ -359,6 +383,7 @@ def empty(shape, dtype):
         if best is None:
             _trim(nbytes)
             buffers.append(np.empty(nbytes, dtype=np.uint8))
+            _recycled["by_size"].setdefault(nbytes, []).append(buffers[-1])
             best = len(buffers) - 1
         return buffers[best][:nbytes].view(dtype).reshape(shape)
 
@@ -467,13 +492,54 @@ def image_chunks(n):
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
+class _Helpers:
+    """`size` daemon threads that run the callables handed to `submit`, each by the next idle
+    thread, in the order handed.
+
+    A plain queue and nothing more: a kernel call hands over one callable per helper, tens of
+    times per layer, and concurrent.futures' Future and work item for each cost several times
+    the hand-over itself. The callables report their own results (`run_chunks`' tasks put them
+    into a queue of their call) and must not raise.
+    """
+
+    def __init__(self, size):
+        self.size = size
+        self.tasks = SimpleQueue()
+        self.threads = [threading.Thread(target=self._serve, name=f"slidenet_{i}", daemon=True)
+                        for i in range(size)]
+        for thread in self.threads:
+            thread.start()
+
+    def _serve(self):
+        for task in iter(self.tasks.get, None):
+            task()
+            del task                # holds nothing of the last call while waiting for the next
+
+    def submit(self, task):
+        self.tasks.put(task)
+
+    def shutdown(self):
+        for _ in self.threads:
+            self.tasks.put(None)
+        for thread in self.threads:
+            thread.join()
+
+
 def _executor(size):
     if _pool["size"] != size:
         if _pool["executor"] is not None:
-            _pool["executor"].shutdown(wait=True)
-        _pool["executor"] = ThreadPoolExecutor(size, thread_name_prefix="slidenet")
+            _pool["executor"].shutdown()
+        _pool["executor"] = _Helpers(size)
         _pool["size"] = size
     return _pool["executor"]
+
+
+def _forget_helpers():
+    # A forked child has none of its parent's threads: it starts helpers of its own.
+    _pool["executor"], _pool["size"] = None, 0
+
+
+os.register_at_fork(after_in_child=_forget_helpers)
 
 
 def run_chunks(work, slices):
@@ -492,24 +558,19 @@ def run_chunks(work, slices):
     if count <= 1 or getattr(_local, "worker", False):
         return [work(sl) for sl in slices]
     order, lock = iter(range(len(slices))), threading.Lock()
-    # What the threads run, held here only: a called-off task may wait in the pool's queue
+    # What the threads run, held here only: a called-off task may wait in the helpers' queue
     # after the call returns, and must not keep `work`'s arrays alive meanwhile (their
     # reference counts tell `empty` whether it may recycle them).
-    job = {"work": work}
+    job = {"work": work, "started": 0}
+    finished = SimpleQueue()        # (results, error) of each helper that started
 
     def take():
         with lock:
             return next(order, None)
 
-    def part(pooled=True):
-        run = job.get("work")
-        if run is None:                 # called off after the call returned
-            return []
-        if pooled and not getattr(_local, "limited", False):
-            _blas_limit.pool_thread()
-            _local.limited = True
-        _local.worker = True
+    def part(run):
         done = []
+        _local.worker = True
         try:
             for i in iter(take, None):
                 done.append((i, run(slices[i])))
@@ -522,18 +583,38 @@ def run_chunks(work, slices):
             _local.worker = False
         return done
 
-    with _blas_limit:
-        futures = [_executor(count - 1).submit(part) for _ in range(1, count)]
+    def helper():
+        with lock:
+            run = job.get("work")
+            if run is None:             # called off: the caller has finished without it
+                return
+            job["started"] += 1
+        if not getattr(_local, "limited", False):
+            _blas_limit.pool_thread()
+            _local.limited = True
         try:
-            results = part(pooled=False)
+            outcome = (part(run), None)
+        except BaseException as error:
+            outcome = ([], error)
+        del run                         # before the caller learns that this part is done
+        finished.put(outcome)
+
+    with _blas_limit:
+        helpers = _executor(count - 1)
+        for _ in range(1, count):
+            helpers.submit(helper)
+        try:
+            results = part(work)
         finally:
-            # A worker that has not started by the time the caller ran out of chunks is not
+            # A helper that has not started by the time the caller ran out of chunks is not
             # waited for: on a busy machine it may not get a core for milliseconds, and the
             # chunks are all done. One that has started may still be writing: wait for it.
-            futures = [future for future in futures if not future.cancel()]
-            for future in futures:
-                future.exception()
-            job.clear()
-    for future in futures:
-        results.extend(future.result())
+            with lock:
+                started = job["started"]
+                job.clear()
+            outcomes = [finished.get() for _ in range(started)]
+    for done, error in outcomes:
+        if error is not None:
+            raise error
+        results.extend(done)
     return [value for _, value in sorted(results, key=lambda pair: pair[0])]

@@ -21,7 +21,8 @@ import time
 
 import numpy as np
 
-from res18_infer import trained_looking     # this folder's script: the same trained-looking net
+from res18_down_ab import timed             # this folder's scripts: the same timing and
+from res18_infer import trained_looking     # trained-looking net
 from slidenet.bench import RES18
 from slidenet.ops import runtime
 from slidenet.ops.conv import dispatch, winograd_block
@@ -46,14 +47,7 @@ def stages(batch):
         with runtime.workers(1):
             for _ in range(2):
                 for name, fn in (("two calls", two), ("block", one)):
-                    fn()
-                    runs = []
-                    for _ in range(7):
-                        start = time.process_time()
-                        for _ in range(5):
-                            fn()
-                        runs.append((time.process_time() - start) / 5 * 1e3)
-                    cells.append(f"{name} {min(runs):.2f}")
+                    cells.append(f"{name} {timed(fn):.2f}")
         print(f"{side}x{side}x{d}, bands of {winograd_block.band_images(side, side, d)} "
               f"images: " + ", ".join(cells))
 

@@ -23,7 +23,8 @@ Any check can be switched off for a kernel it does not apply to (a kink at rando
 a kernel with no batch axis), with the reason in the test.
 
 `CONV_GEOMETRIES` and `conv_arrays` are the convolutions every convolution test runs (the pairs
-in test_kernels.py, the thin first layers in test_thin.py).
+in test_kernels.py, the thin first layers in test_thin.py); `conv3x3_arrays`, a 3x3 CONV's
+arrays for the Winograd schemes' own tests.
 """
 import subprocess
 import sys
@@ -75,6 +76,14 @@ def conv_arrays(h, w, d, fh, fw, k, n=3, seed=1234):
     rng = np.random.default_rng(seed)
     return {"x": rng.standard_normal((n, h, w, d)), "w": rng.standard_normal((fh, fw, d, k)),
             "b": rng.standard_normal(k)}
+
+
+def conv3x3_arrays(rng, n, h, w, d, k, dtype):
+    """x (n, h, w, d), 3x3 filters (3, 3, d, k) and a bias (k,) of `rng`'s standard normal, in
+    dtype: a 3x3 CONV's arrays for the Winograd schemes' tests."""
+    x = rng.standard_normal((n, h, w, d)).astype(dtype)
+    wt = rng.standard_normal((3, 3, d, k)).astype(dtype)
+    return x, wt, rng.standard_normal(k).astype(dtype)
 
 
 def _grads(result, wrt):

@@ -5,7 +5,7 @@ a residual block, its NumPy passes, and where `prepare_conv` chooses it. (Traini
 import numpy as np
 import pytest
 
-from harness import without_numba
+from harness import conv3x3_arrays, without_numba
 from slidenet import Net, ops
 from slidenet.ops import compiled, naive, runtime
 from slidenet.ops.conv import dispatch, winograd_block, winograd_down, winograd_f44
@@ -24,16 +24,10 @@ def kernels(numba):
     return numba
 
 
-def arrays(n, h, w, d, k, dtype):
-    x = RNG.standard_normal((n, h, w, d)).astype(dtype)
-    wt = RNG.standard_normal((3, 3, d, k)).astype(dtype)
-    return x, wt, RNG.standard_normal(k).astype(dtype)
-
-
 @pytest.mark.parametrize("n, h, w, d, k, pad", GEOMETRIES)
 @pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 2e-5)])
 def test_forward_is_the_lectures_convolution(n, h, w, d, k, pad, dtype, tolerance):
-    x, wt, b = arrays(n, h, w, d, k, dtype)
+    x, wt, b = conv3x3_arrays(RNG, n, h, w, d, k, dtype)
     want = naive.conv_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64),
                               (1, 1), pad)
     got = winograd_f44.forward(x, winograd_f44.prepare_filters(wt), b, pad)
@@ -42,7 +36,7 @@ def test_forward_is_the_lectures_convolution(n, h, w, d, k, pad, dtype, toleranc
 
 
 def test_filters_of_another_depth_are_refused():
-    x, wt, b = arrays(1, 6, 6, 4, 3, "float32")
+    x, wt, b = conv3x3_arrays(RNG, 1, 6, 6, 4, 3, "float32")
     with pytest.raises(ValueError, match="depth"):
         winograd_f44.forward(x[..., :3], winograd_f44.prepare_filters(wt), b, (1, 1))
 
@@ -51,7 +45,7 @@ def test_filters_of_another_depth_are_refused():
 @pytest.mark.parametrize("relu", [False, True])
 def test_the_skip_and_relu_are_added_after_the_bias(dtype, relu):
     """relu(conv(x) + b + skip): the same numbers as the plain output plus skip, rectified."""
-    x, wt, b = arrays(3, 7, 9, 8, 12, dtype)
+    x, wt, b = conv3x3_arrays(RNG, 3, 7, 9, 8, 12, dtype)
     u = winograd_f44.prepare_filters(wt)
     plain = winograd_f44.forward(x, u, b, (1, 1)).copy()
     skip = RNG.standard_normal(plain.shape).astype(dtype)
@@ -65,7 +59,7 @@ def test_the_skip_and_relu_are_added_after_the_bias(dtype, relu):
 def test_chunks_agree_with_the_whole_batch_and_threads_bit_for_bit():
     """Chunks of fewer images are GEMMs of fewer rows, which OpenBLAS may sum in another order:
     equal to rounding. One image per chunk on 2 threads as on 1: bit for bit."""
-    x, wt, b = arrays(7, 12, 10, 16, 8, "float32")
+    x, wt, b = conv3x3_arrays(RNG, 7, 12, 10, 16, 8, "float32")
     u = winograd_f44.prepare_filters(wt)
     with runtime.workers(1):
         whole = winograd_f44.forward(x, u, b, (1, 1), relu=True).copy()
@@ -84,7 +78,7 @@ def test_large_images_run_in_bands_as_whole_images_do(dtype):
     """Where one image's GEMM rows exceed `runtime.chunk_bytes()`, each image runs in bands of
     rows of tiles: the lecture's convolution still, its skip and its pool too, and 2 threads
     give 1's bits. (A 22-row output: a last band and a last tile that stick out.)"""
-    x, wt, b = arrays(2, 22, 13, 8, 6, dtype)
+    x, wt, b = conv3x3_arrays(RNG, 2, 22, 13, 8, 6, dtype)
     u = winograd_f44.prepare_filters(wt)
     want = naive.conv_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64),
                               (1, 1), (1, 1))
@@ -114,7 +108,7 @@ def test_the_numpy_passes_agree_with_the_compiled_ones(n, h, w, d, k, pad, monke
     """`winograd_f44.NUMPY` (the passes without numba, as einsums) in place of the compiled
     ones: the lecture's convolution, its skip and its pool, whole and in bands of tile rows;
     equal to the compiled passes to rounding (another order of the same sums)."""
-    x, wt, b = arrays(n, h, w, d, k, "float64")
+    x, wt, b = conv3x3_arrays(RNG, n, h, w, d, k, "float64")
     u = winograd_f44.prepare_filters(wt)
     want = naive.conv_forward(x, wt, b, (1, 1), pad)
     skip = RNG.standard_normal(want.shape)
@@ -189,7 +183,7 @@ def test_prepare_conv_chooses_it_for_inference_where_it_applies_and_pays():
 
 
 def test_a_prepared_layer_runs_f43_once_the_kernels_are_turned_off():
-    x, wt, b = arrays(2, 8, 8, 16, 16, "float32")
+    x, wt, b = conv3x3_arrays(RNG, 2, 8, 8, 16, 16, "float32")
     p = ops.prepare_conv(wt, b, (1, 1), (1, 1), relu=True, height=8, width=8)
     assert p.algorithm == "winograd44"
     skip = RNG.standard_normal((2, 8, 8, 16)).astype(np.float32)
@@ -211,7 +205,7 @@ def test_a_prepared_layer_runs_f43_once_the_kernels_are_turned_off():
 def test_the_pooled_output_is_the_output_then_the_max_pool(h, w, relu, dtype):
     """CONV -> RELU -> MAXPOOL(2x2) in the output pass: bit for bit the output, then
     `max_pool_forward` (sizes that are not multiples of 4: a last tile half outside)."""
-    x, wt, b = arrays(2, h, w, 16, 8, dtype)
+    x, wt, b = conv3x3_arrays(RNG, 2, h, w, 16, 8, dtype)
     p = ops.prepare_conv(wt, b, (1, 1), (1, 1), relu=relu, height=h, width=w)
     assert p.algorithm == "winograd44"
     want = ops.max_pool_forward(ops.conv_infer(x, p).copy(), (2, 2), (2, 2))[0]
@@ -281,7 +275,7 @@ def test_one_image_keeps_the_chunked_paths_bits(h, w, d, k, pad, pool, relu, mon
     """Batch 1 runs `OneImage` (its scratch kept per layer shape); with ONE_IMAGE_BYTES at 0 it
     runs the chunked path. Both must give the same bits, and stay right when the same layer
     shape runs again with other numbers (the kept scratch is reused)."""
-    x, wt, b = arrays(3, h, w, d, k, "float32")
+    x, wt, b = conv3x3_arrays(RNG, 3, h, w, d, k, "float32")
     u = winograd_f44.prepare_filters(wt)
     kept = [winograd_f44.forward(x[i:i + 1], u, b, pad, relu, pool=pool).copy() for i in (0, 2, 1)]
     assert winograd_f44.one_image(h, w, d, k, pad, pool, np.dtype(np.float32)) is not None

@@ -6,7 +6,7 @@ plan against its evaluation forward."""
 import numpy as np
 import pytest
 
-from harness import without_numba
+from harness import conv3x3_arrays, without_numba
 from slidenet import Net, ops
 from slidenet.ops import compiled, naive, runtime
 from slidenet.ops.conv import dispatch, winograd_s2
@@ -27,12 +27,6 @@ GEOMETRIES = [(2, 16, 16, 16, 8, (1, 1), (0, 0)), (2, 16, 16, 16, 8, (1, 1), (1,
 def kernels(numba):
     """Every test here runs the compiled kernels (inference takes this scheme only with them)."""
     return numba
-
-
-def arrays(n, h, w, d, k, dtype):
-    x = RNG.standard_normal((n, h, w, d)).astype(dtype)
-    wt = RNG.standard_normal((3, 3, d, k)).astype(dtype)
-    return x, wt, RNG.standard_normal(k).astype(dtype)
 
 
 def lectures(x, wt, b, before, after):
@@ -65,7 +59,7 @@ def test_the_matrices_compute_the_stride_2_correlation():
 @pytest.mark.parametrize("relu", [False, True])
 def test_forward_is_the_lectures_convolution(n, h, w, d, k, before, after, dtype, tolerance,
                                              relu):
-    x, wt, b = arrays(n, h, w, d, k, dtype)
+    x, wt, b = conv3x3_arrays(RNG, n, h, w, d, k, dtype)
     want = lectures(x, wt, b, before, after)
     if relu:
         want = np.maximum(want, 0)
@@ -77,7 +71,7 @@ def test_forward_is_the_lectures_convolution(n, h, w, d, k, before, after, dtype
 def test_cropped_rows_are_never_read():
     """A window's transform mixes all its samples, so the rows a negative `after` crops must
     read as zeros: filled with NaN and huge numbers, the output does not change."""
-    x, wt, b = arrays(2, 13, 12, 4, 3, "float32")
+    x, wt, b = conv3x3_arrays(RNG, 2, 13, 12, 4, 3, "float32")
     u = winograd_s2.prepare_filters(wt)
     clean = winograd_s2.forward(x, u, b, (1, 1), False, None, (-2, -1)).copy()
     x[:, -2:], x[:, :, -1:] = np.nan, 1e30
@@ -86,7 +80,7 @@ def test_cropped_rows_are_never_read():
 
 
 def test_chunks_agree_with_the_whole_batch_and_threads_bit_for_bit():
-    x, wt, b = arrays(7, 21, 18, 16, 8, "float32")
+    x, wt, b = conv3x3_arrays(RNG, 7, 21, 18, 16, 8, "float32")
     u = winograd_s2.prepare_filters(wt)
     with runtime.workers(1):
         whole = winograd_s2.forward(x, u, b, (1, 1), True).copy()
@@ -102,7 +96,7 @@ def test_chunks_agree_with_the_whole_batch_and_threads_bit_for_bit():
 @pytest.mark.parametrize("n, h, w, d, k, before, after", GEOMETRIES[:5])
 def test_the_numpy_passes_agree_with_the_compiled_ones(n, h, w, d, k, before, after,
                                                         monkeypatch):
-    x, wt, b = arrays(n, h, w, d, k, "float64")
+    x, wt, b = conv3x3_arrays(RNG, n, h, w, d, k, "float64")
     u = winograd_s2.prepare_filters(wt)
     fast = winograd_s2.forward(x, u, b, before, True, None, after).copy()
     used = []
@@ -152,7 +146,7 @@ def test_prepare_conv_chooses_it_for_inference_where_it_applies_and_pays():
 def test_conv_infer_hands_what_it_does_not_take_to_im2col():
     """A skip, few output tiles (batch 1 of a small image), or the compiled kernels turned off
     after `prepare_conv`: im2col on the padded input, the same convolution."""
-    x, wt, b = arrays(2, 32, 32, 16, 8, "float32")
+    x, wt, b = conv3x3_arrays(RNG, 2, 32, 32, 16, 8, "float32")
     p = ops.prepare_conv(wt, b, (2, 2), (0, 0), relu=True, height=32, width=32)
     assert p.algorithm == "winograd_s2"
     sides = ((1, 1), (0, 0))

@@ -8,7 +8,8 @@ fake data, the tiny nets that learn it, a served model, and the rule for optiona
   distributions have: IDX files (big-endian header, optionally gzipped), CIFAR-10 python
   batches (pickle protocol 2 with bytes keys, both as Python 3 writes them and as the original
   Python 2 files are laid out), folders of PNG/JPEG images, `png_bytes`, `image_like`.
-- `random_model`, `random_statistics`: nets whose every array is random, as after training.
+- `random_model`, `random_statistics`: nets whose every array is random, as after training;
+  `assert_plan_takes`: a prepared plan runs a fused block kernel and scores as the net does.
 - `one_line_error`: the CLI's answer to a mistake, exit 2 and one line.
 - `server`, `wait_for_exit`: `slidenet serve` in a subprocess on a free port; `live_training`
   the same for `slidenet train --live`; `train_runs`, a folder of runs for `slidenet serve RUNS/`.
@@ -476,6 +477,22 @@ def random_statistics(net, rng):
     for name, b in net.buffers.items():
         b[...] = (rng.uniform(0.5, 2, b.shape) if name.endswith("var")
                   else rng.normal(0, 0.3, b.shape))
+
+
+def assert_plan_takes(monkeypatch, module, net, x):
+    """`net`'s prepared plan runs a block through `module.forward` (a kernel of several layers in
+    one call: counted) and scores x (float32) as the net's evaluation forward does, to float32
+    rounding; with `module.applies` refusing, the plan's separate calls score the same."""
+    want = net.forward(x)
+    calls = []
+    forward = module.forward
+    monkeypatch.setattr(module, "forward", lambda *args: calls.append(1) or forward(*args))
+    plan = net.prepare()
+    got = plan.forward(x)
+    assert calls
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    monkeypatch.setattr(module, "applies", lambda *args: False)
+    np.testing.assert_allclose(plan.forward(x), got, rtol=1e-5, atol=1e-5 * np.abs(got).max())
 
 
 def onnx_graph(path, nodes, inits, shape=(1, 6, 6), out="y", opset=17):

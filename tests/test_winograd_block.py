@@ -5,7 +5,7 @@ applies; and a residual net's plan, which takes it, against the net's evaluation
 import numpy as np
 import pytest
 
-from helpers import random_statistics
+from helpers import assert_plan_takes, random_statistics
 from slidenet import Net
 from slidenet.ops import blas, compiled, naive, runtime
 from slidenet.ops.conv import dispatch, winograd_block
@@ -123,19 +123,8 @@ def test_a_residual_nets_plan_takes_the_block(monkeypatch):
                            "{ CONV(8) -> BN -> RELU -> CONV(8) -> BN | ID } -> ADD -> RELU -> "
                            "GLOBALAVGPOOL -> FC(4)", seed=3)
     random_statistics(net, RNG)
-    x = RNG.standard_normal((6, 16, 16, 3)).astype(np.float32)
-    want = net.forward(x)
-    calls = []
-    forward = winograd_block.forward
-    monkeypatch.setattr(winograd_block, "forward",
-                        lambda *args: calls.append(1) or forward(*args))
-    plan = net.prepare()
-    got = plan.forward(x)
-    assert calls
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-    monkeypatch.setattr(winograd_block, "applies", lambda *args: False)
-    np.testing.assert_allclose(plan.forward(x), got, rtol=1e-5,
-                               atol=1e-5 * np.abs(got).max())
+    assert_plan_takes(monkeypatch, winograd_block, net,
+                      RNG.standard_normal((6, 16, 16, 3)).astype(np.float32))
 
 
 def test_without_numpys_blas_from_compiled_code_the_block_is_two_calls(monkeypatch):

@@ -4,7 +4,7 @@ applies; and res18's plan, which takes it, against the net's evaluation forward.
 import numpy as np
 import pytest
 
-from helpers import random_statistics
+from helpers import assert_plan_takes, random_statistics
 from slidenet.ops import blas, compiled, naive, runtime
 from slidenet.ops.conv import dispatch, winograd_down, winograd_s2
 
@@ -130,15 +130,5 @@ def test_a_downsampling_block_in_a_plan_takes_the_kernel(monkeypatch, side):
         "{ CONV(32, s=2, p=1, round=down) -> BN -> RELU -> CONV(32) -> BN | "
         "CONV(32, 1x1, s=2, round=down) -> BN } -> ADD -> RELU -> GLOBALAVGPOOL -> FC(4)", seed=3)
     random_statistics(net, RNG)
-    x = RNG.standard_normal((6, side, side, 3)).astype(np.float32)
-    want = net.forward(x)
-    calls = []
-    forward = winograd_down.forward
-    monkeypatch.setattr(winograd_down, "forward",
-                        lambda *args: calls.append(1) or forward(*args))
-    plan = net.prepare()
-    got = plan.forward(x)
-    assert calls
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-    monkeypatch.setattr(winograd_down, "applies", lambda *args: False)
-    np.testing.assert_allclose(plan.forward(x), got, rtol=1e-5, atol=1e-5 * np.abs(got).max())
+    assert_plan_takes(monkeypatch, winograd_down, net,
+                      RNG.standard_normal((6, side, side, 3)).astype(np.float32))

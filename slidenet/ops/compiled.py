@@ -91,14 +91,18 @@ class _Kernels:
     pass
 
 
-def _compile():
+def jit(fn):
+    """fn compiled by numba without the GIL, cached on disk where a cache can be written
+    (else compiled again in each process). For this module's passes and the kernels built on
+    them (`conv.winograd_block`, `conv.winograd_down`)."""
     import numba
+    try:
+        return numba.njit(nogil=True, cache=True)(fn)
+    except RuntimeError:                        # nowhere to write the cache: compile each run
+        return numba.njit(nogil=True)(fn)
 
-    def jit(fn):
-        try:
-            return numba.njit(nogil=True, cache=True)(fn)
-        except RuntimeError:                    # nowhere to write the cache: compile each run
-            return numba.njit(nogil=True)(fn)
+
+def _compile():
     done = _Kernels()
     done.im2col_rows = jit(im2col_rows)
     done.col2im_add = jit(col2im_add)

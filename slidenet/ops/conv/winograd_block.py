@@ -102,13 +102,9 @@ _input = _output = None
 def _build(fast):
     """The kernel, numba-compiled (cached on disk) with `fast`'s passes; its first argument
     is the ctypes function `blas.sgemm`, a pointer passed at each call."""
-    import numba
     global _input, _output
     _input, _output = fast.winograd44_input, fast.winograd44_output
-    try:
-        return numba.njit(nogil=True, cache=True)(_block)
-    except RuntimeError:                        # nowhere to write the cache (as `compiled`)
-        return numba.njit(nogil=True)(_block)
+    return compiled.jit(_block)
 
 
 _kernel = blas.GemmKernel(_build)

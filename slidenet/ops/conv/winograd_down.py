@@ -135,14 +135,10 @@ _s2_input = _s2_output = _input = _output = None
 
 def _build(fast):
     """The kernel, numba-compiled (cached on disk) with `fast`'s passes."""
-    import numba
     global _s2_input, _s2_output, _input, _output
     _s2_input, _s2_output = fast.winograd_s2_input, fast.winograd_s2_output
     _input, _output = fast.winograd44_input, fast.winograd44_output
-    try:
-        return numba.njit(nogil=True, cache=True)(_down)
-    except RuntimeError:                        # nowhere to write the cache (as `compiled`)
-        return numba.njit(nogil=True)(_down)
+    return compiled.jit(_down)
 
 
 _kernel = blas.GemmKernel(_build)

@@ -25,6 +25,7 @@
                    multiply-adds for depthwise
     pair           one image's F(4, 3) or F(4x4, 3x3) layer split between the caller and a
                    helper thread, while the machine has a core to spare (SLIDENET_PAIR=0: off)
+    pair_kernels   pair's compiled side (the helper's loop, the caller's calls), cached on disk
 
 `slidenet.ops.naive.conv_forward` is the lecture's loops, the oracle every pair is tested against.
 """

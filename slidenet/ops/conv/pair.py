@@ -36,9 +36,11 @@ sampled every quarter second), so that a busy machine runs unpaired. Off by defa
 (SLIDENET_PAIR=0): on a quiet machine "auto" and off measured alike against onnxruntime
 (docs/benchmarks.md, "Batch 1 on two threads"), and the helper's background compilation holds
 the GIL for seconds, which a server answering its first requests would feel.
-The helper's kernels call BLAS by address, so numba cannot cache them: they compile (seconds
-of CPU, docs/benchmarks.md) in the helper thread, which starts only after `START_AFTER`
-one-image layers.
+The compiled side lives in `pair_kernels` (imported when the helper starts): numba caches it on
+disk, the GEMM being an argument of each kernel (as `blas.GemmKernel`'s), so only the first
+process on a machine compiles it (seconds of CPU, docs/benchmarks.md); the next ones load it in
+a fraction of a second, in the helper thread, which starts only after `START_AFTER` one-image
+layers.
 """
 import atexit
 import os
@@ -114,8 +116,8 @@ def enabled():
 
 def ready(start_after=START_AFTER):
     """Whether the helper is compiled and running. The `start_after`th call starts it: it
-    compiles its kernels (seconds; they cannot be cached, since they call BLAS by address) in
-    the background, and until then every call runs unpaired, so no prediction waits for it."""
+    loads its kernels from numba's disk cache (or compiles them, seconds, in the first process)
+    in the background, and until then every call runs unpaired, so no prediction waits."""
     if _state["pid"] != os.getpid():                # not started, or a forked child
         _state["seen"] += 1
         if _state["seen"] < start_after:
@@ -132,232 +134,15 @@ def ready(start_after=START_AFTER):
 
 
 def _compile():
-    fast = compiled.kernels(np.zeros(1, np.float32))
-    sgemm = blas.sgemm()
-    # `serve` and `paired` carry their types, so numba compiles them (and all they call) here,
-    # in the helper thread, not in the first prediction that uses them.
-    if fast is None or sgemm is None:
+    """The compiled kernels (`pair_kernels`, loaded from numba's disk cache after the first
+    process) and the GEMM they take."""
+    fast, gemm = compiled.kernels(np.zeros(1, np.float32)), blas.sgemm()
+    if fast is None or gemm is None:
         raise RuntimeError("numba or NumPy's OpenBLAS is missing")
-    import numba
-    from llvmlite import ir
-    from numba.core import cgutils, types
-    from numba.extending import intrinsic
-
-    def _slot(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        return cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]])
-
-    @intrinsic
-    def load(typingctx, arr, idx):
-        def codegen(context, builder, sig, args):
-            return builder.load_atomic(_slot(context, builder, sig, args), "seq_cst", 8)
-        return types.int64(arr, idx), codegen
-
-    @intrinsic
-    def store(typingctx, arr, idx, value):
-        def codegen(context, builder, sig, args):
-            builder.store_atomic(args[2], _slot(context, builder, sig, args), "seq_cst", 8)
-            return context.get_dummy_value()
-        return types.void(arr, idx, value), codegen
-
-    @intrinsic
-    def swap(typingctx, arr, idx, expected, new):
-        """Compare-and-swap; returns the value that was there."""
-        def codegen(context, builder, sig, args):
-            pair = builder.cmpxchg(_slot(context, builder, sig, args), args[2], args[3],
-                                   "seq_cst", "seq_cst")
-            return builder.extract_value(pair, 0)
-        return types.int64(arr, idx, expected, new), codegen
-
-    @intrinsic
-    def pointer(typingctx, address):
-        def codegen(context, builder, sig, args):
-            return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
-        return types.voidptr(address), codegen
-
-    @intrinsic
-    def add(typingctx, arr, idx, value):
-        """Atomic fetch-and-add; returns the value before."""
-        def codegen(context, builder, sig, args):
-            return builder.atomic_rmw("add", _slot(context, builder, sig, args), args[2],
-                                      "seq_cst")
-        return types.int64(arr, idx, value), codegen
-
-    rows, output = fast.winograd4_rows_of, fast.winograd4_output_of
-    input44, output44 = fast.winograd44_input, fast.winograd44_output
-    output44_pool = fast.winograd44_output_pool
-    jit = numba.njit(nogil=True)
-    f32 = np.float32
-
-    @jit
-    def arrive(ctl, count):
-        """A barrier of the two threads: the `count`th arrival of the task."""
-        add(ctl, ARRIVED, 1)
-        while load(ctl, ARRIVED) < count:
-            pass
-
-    @jit
-    def phase(c, step, t0, t1, a0, a1):
-        """One thread's share of step 0 (row sets of tiles t0..t1), 1 (products a0..a1) or 2
-        (output rows of tiles t0..t1) of F(4, 3) on one image. c: the task's description."""
-        xp, hp, wp, d, fw, g, k, bias = c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
-        out, ho, wo, t, buf_r, buf_p = c[10], c[11], c[12], c[13], c[14], c[15]
-        kk = fw * d
-        m = t * wo
-        r = numba.carray(pointer(buf_r), (6, 1, t, wo, kk), f32)
-        p = numba.carray(pointer(buf_p), (6, 1, t, wo, k), f32)
-        if step == 0:
-            rows(numba.carray(pointer(xp), (1, hp, wp, d), f32), fw, r, t0, t1)
-        elif step == 1:
-            for a in range(a0, a1):         # the very calls np.matmul makes: the same bits
-                sgemm(101, 111, 111, m, k, kk, f32(1.0), pointer(buf_r + a * m * kk * 4), kk,
-                      pointer(g + a * kk * k * 4), k, f32(0.0), pointer(buf_p + a * m * k * 4),
-                      k)
-        else:
-            o = numba.carray(pointer(out), (1, ho, wo, k), f32)
-            b = numba.carray(pointer(bias), (k,), f32)
-            # No skip: an array that is not o stands in (see `winograd_f43.output`).
-            output(p, o, b, c[8] != 0, c[9] != 0, p[0, :1, :1], False, t0, t1)
-
-    @jit
-    def phase44(c, step, t0, t1, a0, a1, scratch):
-        """One thread's share of F(4x4, 3x3) on one image: step 0 the input pass over the rows
-        of tiles t0..t1, 1 the products a0..a1 of the 36, 2 the output pass (with the pool, if
-        the layer has one) over rows of tiles t0..t1. c: the task (`Task44`); scratch: this
-        thread's wide, tall and row, one after the other."""
-        h, wd, d, th, tw, k = c[1], c[2], c[3], c[6], c[7], c[13]
-        vstride, pstride, rows = c[9], c[11], c[6] * c[7]
-        if step == 1:
-            for a in range(a0, a1):         # the very calls np.matmul makes: the same bits
-                sgemm(101, 111, 111, rows, k, d, f32(1.0), pointer(c[8] + a * vstride * 4), d,
-                      pointer(c[12] + a * d * k * 4), k, f32(0.0),
-                      pointer(c[10] + a * pstride * 4), k)
-            return
-        bt = t1 - t0
-        if bt <= 0:
-            return
-        x = numba.carray(pointer(c[0]), (1, h, wd, d), f32)
-        if step == 0:
-            wide = numba.carray(pointer(scratch), (6, 4 * bt + 2, tw * d), f32)
-            # Planes as C-contiguous rows from this band's first tile on (a sliced view would
-            # not vectorise): the last plane's rows then reach past vstride, into room the
-            # caller left after the planes (`winograd_f44.OneImage`).
-            v = numba.carray(pointer(c[8] + t0 * tw * d * 4), (36, vstride), f32)
-            input44(x, c[4], c[5], t0, bt, tw, wide, v)
-            return
-        at = scratch + 6 * (4 * th + 2) * tw * d * 4
-        tall = numba.carray(pointer(at), (4, 6, tw * k), f32)
-        row = numba.carray(pointer(at + 24 * tw * k * 4), (2, 4, tw * k), f32)
-        m = numba.carray(pointer(c[10] + t0 * tw * k * 4), (36, pstride), f32)   # as v
-        out = numba.carray(pointer(c[14]), (1, c[15], c[16], k), f32)
-        bias = numba.carray(pointer(c[17]), (k,), f32)
-        if c[19] != 0:
-            output44_pool(m, t0, bt, tw, out, bias, True, c[18] != 0, tall, row)
-        else:                               # no skip: x stands in, never read
-            output44(m, t0, bt, tw, out, bias, True, c[18] != 0, x, False)
-
-    @numba.njit("int64(int64[::1], int64[::1], boolean, float32[:, :, :, ::1], "
-                "float32[:, :, :, ::1], float32[:, :, ::1], float32[::1])", nogil=True)
-    def paired44(ctl, task, hush, x, out, filters, bias):
-        """`paired` for an F(4x4, 3x3) task: rows of tiles 0..split and products 0..17 here,
-        the rest on the helper, or here too if it never took them. The task's arrays of this
-        call (x, out, filters, bias) are written into it here: their addresses cost
-        microseconds each to read in Python."""
-        c = ctl[TASK:]
-        c[:len(task)] = task
-        c[0], c[14] = x.ctypes.data, out.ctypes.data
-        c[12], c[17] = filters.ctypes.data, bias.ctypes.data
-        c[KIND] = F44
-        store(ctl, ARRIVED, 0)
-        swap(ctl, STATE, HUSH, IDLE)
-        store(ctl, STATE, POSTED)
-        split, t, mine = task[20], task[6], task[21]
-        phase44(c, 0, 0, split, 0, 0, mine)
-        if load(ctl, STATE) == POSTED and swap(ctl, STATE, POSTED, IDLE) == POSTED:
-            phase44(c, 0, split, t, 0, 0, mine)     # the helper is late: all of it here
-            phase44(c, 1, 0, 0, 0, 36, mine)
-            phase44(c, 2, 0, t, 0, 0, mine)
-            if hush:
-                store(ctl, STATE, HUSH)
-            return 0
-        arrive(ctl, 2)
-        phase44(c, 1, 0, 0, 0, 18, mine)
-        arrive(ctl, 4)
-        phase44(c, 2, 0, split, 0, 0, mine)
-        while load(ctl, STATE) != DONE:
-            pass
-        store(ctl, STATE, IDLE)
-        return 1
-
-    @numba.njit("int64(int64[::1], int64)", nogil=True)
-    def serve(ctl, polls):
-        """The helper's loop: run posted tasks; 0 after `polls` idle polls, 1 on STOP."""
-        idle = 0
-        while idle < polls:
-            state = load(ctl, STATE)
-            if state == POSTED:
-                if swap(ctl, STATE, POSTED, RUNNING) == POSTED:
-                    c = ctl[TASK:]
-                    if c[KIND] == F44:
-                        split, t = c[20], c[6]
-                        phase44(c, 0, split, t, 0, 0, c[22])
-                        arrive(ctl, 2)
-                        phase44(c, 1, 0, 0, 18, 36, 0)
-                        arrive(ctl, 4)
-                        phase44(c, 2, split, t, 0, 0, c[22])
-                    else:
-                        split, t = c[16], c[13]
-                        phase(c, 0, split, t, 0, 0)
-                        arrive(ctl, 2)
-                        phase(c, 1, 0, 0, 3, 6)
-                        arrive(ctl, 4)
-                        phase(c, 2, split, t, 0, 0)
-                    store(ctl, TAKEN_BY_HELPER, load(ctl, TAKEN_BY_HELPER) + 1)
-                    store(ctl, STATE, DONE)
-                    idle = 0
-                    continue
-            elif state == STOP:
-                return 1
-            elif state == HUSH:             # the caller gave up on us for a while: sleep
-                swap(ctl, STATE, HUSH, IDLE)
-                return 0
-            idle += 1
-        return 0
-
-    @numba.njit("int64(int64[::1], int64[::1], boolean)", nogil=True)
-    def paired(ctl, task, hush):
-        """Run the task (its description in `task`) on both threads: tiles 0..split and
-        products 0..2 here, the rest on the helper, or here too if it never took them.
-        Returns 1 if the helper ran its share; if not, and `hush`, it is told to sleep."""
-        c = ctl[TASK:]
-        c[:len(task)] = task
-        c[KIND] = F43
-        store(ctl, ARRIVED, 0)
-        swap(ctl, STATE, HUSH, IDLE)        # a helper that has not seen its HUSH yet
-        store(ctl, STATE, POSTED)
-        split, t = task[16], task[13]
-        phase(c, 0, 0, split, 0, 0)
-        if load(ctl, STATE) == POSTED and swap(ctl, STATE, POSTED, IDLE) == POSTED:
-            phase(c, 0, split, t, 0, 0)     # the helper is late: all of it here
-            phase(c, 1, 0, 0, 0, 6)
-            phase(c, 2, 0, t, 0, 0)
-            if hush:
-                store(ctl, STATE, HUSH)
-            return 0
-        arrive(ctl, 2)
-        phase(c, 1, 0, 0, 0, 3)
-        arrive(ctl, 4)
-        phase(c, 2, 0, split, 0, 0)
-        while load(ctl, STATE) != DONE:
-            pass
-        store(ctl, STATE, IDLE)
-        return 1
-
-    class Kernels:
-        pass
-    done = Kernels()
-    done.serve, done.paired, done.paired44 = serve, paired, paired44
-    return done
+    from slidenet.ops.conv import pair_kernels
+    kernels = pair_kernels.build(fast, gemm)
+    kernels.gemm = gemm
+    return kernels
 
 
 def _stop(ctl, event, thread):
@@ -377,13 +162,13 @@ def _helper(ctl, event):
         return
     import time
     idle = np.zeros(SLOTS, np.int64)                # no task: idle polls, timed once warm
-    kernels.serve(idle, 1000)
+    kernels.serve(idle, 1000, kernels.gemm)
     start = time.perf_counter()
-    kernels.serve(idle, 1_000_000)
+    kernels.serve(idle, 1_000_000, kernels.gemm)
     polls = max(1000, int(SPIN_SECONDS * 1_000_000 / max(1e-9, time.perf_counter() - start)))
     _state["kernels"] = kernels
     while True:
-        if kernels.serve(ctl, polls) == 1:
+        if kernels.serve(ctl, polls, kernels.gemm) == 1:
             return
         event.clear()
         ctl[SLEEPING] = 1
@@ -430,7 +215,7 @@ def winograd4_forward(x, w, b, pad, relu, filters):
         asleep = bool(ctl[SLEEPING])
         if asleep:
             event.set()                 # it will spin for the next layers, if not for this one
-        if not kernels.paired(ctl, task, not asleep) and not asleep:
+        if not kernels.paired(ctl, task, not asleep, kernels.gemm) and not asleep:
             _state["skip"] = AUTO_BACKOFF if _enabled["watch"] else BACKOFF    # awake, yet too late: it did not get a core
         return out
     finally:
@@ -488,7 +273,8 @@ def winograd44_forward(layer, x, filters, b, relu):
         asleep = bool(ctl[SLEEPING])
         if asleep:
             event.set()
-        if not kernels.paired44(ctl, task, not asleep, x, out, filters, b) and not asleep:
+        if not kernels.paired44(ctl, task, not asleep, x, out, filters, b,
+                                kernels.gemm) and not asleep:
             _state["skip"] = AUTO_BACKOFF if _enabled["watch"] else BACKOFF
         return out
     finally:

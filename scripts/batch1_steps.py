@@ -10,7 +10,8 @@ prediction's own inputs), once paired (2 workers, the helper running) and once o
 prints per step the median over the rounds in microseconds, both ways, and the whole forward:
 wall time, and the process's CPU time (`time.process_time`: both threads' while paired, so the
 helper's polling shows) which a shared machine's other work does not inflate as much; and the
-cores other processes used meanwhile (/proc/stat less this process), each way. The helper runs
+cores other processes used meanwhile (/proc/stat less this process), each way; and what became
+of the layers that could pair (`pair.counts`: paired, missed, woke, backoff, busy). The helper runs
 always (as SLIDENET_PAIR=1, but for its back-off after a miss), or with --auto only while a core
 is spare (the default, SLIDENET_PAIR=auto).
 """
@@ -49,12 +50,14 @@ def main():
     modes = ("paired", "one thread")
     times = {(name, mode): [] for name in names for mode in modes}
     cpu = {(name, mode): [] for name in names for mode in modes}
+    outcomes = {}                           # (step, mode) -> `pair.counts` during its calls
     others = {mode: [] for mode in modes}   # cores other processes used meanwhile
     for _ in range(args.rounds):
         for mode, count in (("paired", 2), ("one thread", 1)):
             with runtime.workers(count):
                 busy, own, began = idle.machine_seconds(), time.process_time(), time.perf_counter()
                 for (step, run), given in zip(plan.steps, inputs):
+                    before = dict(pair.counts)
                     start, used = time.perf_counter(), time.process_time()
                     for _ in range(args.calls):
                         if args.always:
@@ -62,6 +65,8 @@ def main():
                         run(given)
                     times[step.name, mode].append((time.perf_counter() - start) / args.calls)
                     cpu[step.name, mode].append((time.process_time() - used) / args.calls)
+                    _count(outcomes, step.name, mode, before)
+                before = dict(pair.counts)
                 start, used = time.perf_counter(), time.process_time()
                 for _ in range(args.calls):
                     if args.always:
@@ -69,6 +74,7 @@ def main():
                     plan.forward(x)
                 times["whole forward", mode].append((time.perf_counter() - start) / args.calls)
                 cpu["whole forward", mode].append((time.process_time() - used) / args.calls)
+                _count(outcomes, "whole forward", mode, before)
                 if busy is not None:
                     others[mode].append(((idle.machine_seconds() - busy)
                                          - (time.process_time() - own))
@@ -87,6 +93,18 @@ def main():
                 v = [t * 1e6 for t in table[name, mode]]
                 cells.append(f"{mode} {statistics.median(v):7.1f} ({min(v):.0f}-{max(v):.0f})")
             print(f"  {name:<28}" + "   ".join(cells))
+    print("what became of the layers that could pair, paired rounds (`pair.counts`)")
+    for name in names:
+        seen = outcomes.get((name, "paired"))
+        if seen and any(seen.values()):
+            print(f"  {name:<28}" + ", ".join(f"{k} {v}" for k, v in seen.items() if v))
+
+
+def _count(outcomes, name, mode, before):
+    """Add `pair.counts` since `before` to outcomes[name, mode]."""
+    seen = outcomes.setdefault((name, mode), dict.fromkeys(pair.counts, 0))
+    for key, value in pair.counts.items():
+        seen[key] += value - before[key]
 
 
 if __name__ == "__main__":

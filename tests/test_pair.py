@@ -214,3 +214,73 @@ def test_auto_pairs_only_while_the_machine_has_a_core_to_spare(helper):
     finally:
         pair.set_enabled(previous)
         pair._state["spare"] = saved
+
+
+def test_fc_columns_on_two_threads_give_the_one_thread_bits(helper):
+    """One image's FC split by output columns (each column's sum in the same order): the bits
+    of `compiled.fc_one` on one thread, and the GEMM's numbers to rounding; with ReLU, with an
+    uneven split and with the zeros a ReLU leaves in the input (rows skipped)."""
+    from slidenet.ops import compiled, fc
+    fast = compiled.kernels(np.zeros(1, np.float32))
+    for n_in, n_out, relu in ((4096, 256, True), (300, 250, False), (1000, 77, True)):
+        x = np.maximum(RNG.standard_normal((1, n_in)), 0).astype(np.float32)
+        w = RNG.standard_normal((n_in, n_out)).astype(np.float32)
+        b = RNG.standard_normal(n_out).astype(np.float32)
+        want = np.empty((1, n_out), np.float32)
+        fast.fc_one(x, w, b, relu, want)
+        oracle = x.astype(np.float64) @ w + b
+        np.testing.assert_allclose(want, np.maximum(oracle, 0) if relu else oracle,
+                                   rtol=1e-4, atol=1e-3)
+        runs, deadline, calls = pair.helper_runs(), time.monotonic() + 20, 0
+        with runtime.workers(2):
+            while (pair.helper_runs() == runs or calls < 3) and time.monotonic() < deadline:
+                pair.retry_now()
+                np.testing.assert_array_equal(fc.fc_infer(x, w, b, relu), want)
+                calls += 1
+        assert pair.helper_runs() > runs, "the helper never took its half in 20 s"
+
+
+@pytest.mark.parametrize("h, w, d, k, pad", [(32, 32, 3, 32, 1), (28, 28, 1, 16, 1),
+                                              (9, 7, 3, 16, 0), (5, 6, 1, 17, 1)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_direct_rows_on_two_threads_give_the_one_thread_bits(helper, h, w, d, k, pad, relu):
+    """A thin first layer (the direct kernel) split by output rows: the one-thread bits, and
+    the lecture's loops to rounding."""
+    from slidenet.ops import naive
+    x = RNG.standard_normal((1, h, w, d)).astype(np.float32)
+    weights = RNG.standard_normal((3, 3, d, k)).astype(np.float32)
+    bias = RNG.standard_normal(k).astype(np.float32)
+    prepared = conv.prepare_conv(weights, bias, (1, 1), (pad, pad), relu, algorithm="direct")
+    want = _unpaired(x, prepared)
+    loops = naive.conv_forward(x.astype(np.float64), weights.astype(np.float64),
+                               bias.astype(np.float64), (1, 1), (pad, pad))
+    np.testing.assert_allclose(want, np.maximum(loops, 0) if relu else loops, rtol=1e-4,
+                               atol=1e-4)
+    runs, deadline, calls = pair.helper_runs(), time.monotonic() + 20, 0
+    with runtime.workers(2):
+        while (pair.helper_runs() == runs or calls < 3) and time.monotonic() < deadline:
+            pair.retry_now()
+            np.testing.assert_array_equal(conv.conv_infer(x, prepared), want)
+            calls += 1
+    assert pair.helper_runs() > runs, "the helper never took its half in 20 s"
+
+
+def test_fc_and_direct_helpers_that_never_come_leave_the_caller_all_of_it(helper):
+    from slidenet.ops import fc
+    x = np.maximum(RNG.standard_normal((1, 4096)), 0).astype(np.float32)
+    w = RNG.standard_normal((4096, 256)).astype(np.float32)
+    b = RNG.standard_normal(256).astype(np.float32)
+    with runtime.workers(1):
+        want = fc.fc_infer(x, w, b, True).copy()
+    got, ctl, skip = _without_a_helper(lambda: fc.fc_infer(x, w, b, True))
+    np.testing.assert_array_equal(got, want)
+    assert ctl[pair.TAKEN_BY_HELPER] == 0 and ctl[pair.STATE] == pair.HUSH
+    assert skip == pair.BACKOFF
+    image = RNG.standard_normal((1, 32, 32, 3)).astype(np.float32)
+    prepared = conv.prepare_conv(RNG.standard_normal((3, 3, 3, 32)).astype(np.float32),
+                                 np.zeros(32, np.float32), (1, 1), (1, 1), True,
+                                 algorithm="direct")
+    want = _unpaired(image, prepared)
+    got, ctl, skip = _without_a_helper(lambda: conv.conv_infer(image, prepared))
+    np.testing.assert_array_equal(got, want)
+    assert ctl[pair.TAKEN_BY_HELPER] == 0 and ctl[pair.STATE] == pair.HUSH

@@ -15,13 +15,15 @@ for an inner size of 1. docs/benchmarks.md ("Small batches") has the measurement
 Inference of one image (`fc_infer`, what a prepared net runs) is a product of a vector by W,
 whose cost is reading W (R1's fc1: 4 MiB). With the compiled kernels it reads only the rows of
 W whose input is not zero (`compiled.fc_one`): after a ReLU, many are; so for up to ROWS_UP_TO
-images.
+images. One float32 image's output columns may be split with `conv.pair`'s helper thread (each
+column's sum the same, in the same order: the same bits).
 """
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 from slidenet.ops import compiled
+from slidenet.ops.conv import pair
 from slidenet.ops.runtime import SMALL_WORK, run_chunks, split
 
 # Batches of fewer rows than this split the forward and dx by columns of the result.
@@ -77,6 +79,10 @@ def fc_infer(x, w, b, relu=False):
     if x.shape[0] <= ROWS_UP_TO:
         fast = compiled.kernels(x, w)
         if fast is not None and x.dtype == w.dtype == b.dtype:
+            if x.shape[0] == 1 and pair.enabled():
+                out = pair.fc_forward(x.reshape(1, -1), w, b, relu)
+                if out is not None:
+                    return out
             out = np.empty((x.shape[0], w.shape[1]), w.dtype)
             fast.fc_one(np.ascontiguousarray(x).reshape(x.shape[0], -1), np.ascontiguousarray(w),
                         np.ascontiguousarray(b), relu, out)

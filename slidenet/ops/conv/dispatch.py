@@ -200,7 +200,8 @@ def conv_infer(x, prepared, budget=None, pool=False, *, skip=None, sides=None):
 
     A batch of one image has no chunks to share: through the thread pool, splitting its rows
     costs more in hand-overs than it saves (docs/benchmarks.md, "Batch 1"). An F(4, 3) layer
-    of one float32 image is split with `pair` instead, whose hand-over stays in compiled code.
+    of one float32 image is split with `pair` instead, whose hand-over stays in compiled code,
+    and so is a direct one (a thin first layer, by rows of its output).
 
     "winograd44" (F(4x4, 3x3), `choose_infer`) adds the skip, or pools, in its output pass
     too; it runs F(4, 3) if the compiled kernels have been turned off since `prepare_conv`.
@@ -240,6 +241,11 @@ def conv_infer(x, prepared, budget=None, pool=False, *, skip=None, sides=None):
         out = PAIRS[p.algorithm][0](x, p.w, p.b, p.stride, p.pad, False, budget,
                                     filters=p.filters)[0]
         return add_into(out, [skip], p.relu)
+    if p.algorithm == "direct" and x.shape[0] == 1 and tuple(p.stride) == (1, 1) \
+            and pair.enabled():
+        out = pair.direct_forward(x, p.w, p.b, p.pad, p.relu)
+        if out is not None:
+            return out
     if p.algorithm == "winograd4" and pair.applies(x, x.shape[1] + 2 * p.pad[0] - 2, p.filters):
         out = pair.winograd4_forward(x, p.w, p.b, p.pad, p.relu, p.filters)
         if out is not None:

@@ -54,8 +54,12 @@ from slidenet.ops import blas, compiled, idle, runtime
 STATE, SLEEPING, TAKEN_BY_HELPER, ARRIVED = 0, 1, 2, 3
 TASK = 8                        # the task's description starts here
 SLOTS = 64
-KIND = 40                       # in the task: 0 an F(4, 3) layer, 1 an F(4x4, 3x3) one
-F43, F44 = 0, 1
+KIND = 40                       # in the task: what kind of layer it is
+F43, F44, FC, DIRECT = 0, 1, 2, 3
+# The direct convolutions the helper runs (`compiled.direct_conv` is compiled per window and
+# stride): (F_h, F_w, D, S_h, S_w) -> the code `pair_kernels.direct_rows` knows it by. An RGB
+# and a grey first layer's 3x3 window at stride 1.
+DIRECT_SHAPES = {(3, 3, 3, 1, 1): 0, (3, 3, 1, 1, 1): 1}
 IDLE, POSTED, RUNNING, DONE, STOP, HUSH = 0, 1, 2, 3, 4, 5
 # How long the helper polls the control word before it goes to sleep: longer than the gap
 # between two layers of one prediction or two predictions of a loop, far shorter than between
@@ -95,17 +99,40 @@ def set_enabled(flag):
     return previous
 
 
+# What became of the layers that could pair, since the process started (for benchmarks,
+# `scripts/batch1_steps.py`): paired (the helper ran its share), missed (awake, yet it had not
+# taken its share when the caller finished its first step: the caller ran all of it), woke
+# (it was asleep: woken, the caller ran this one alone), backoff (not tried: in the back-off
+# after a miss), busy (not tried: "auto" saw no core to spare).
+counts = dict.fromkeys(("paired", "missed", "woke", "backoff", "busy"), 0)
+
+
 def _go():
     """Whether this layer may pair: not in a back-off after a miss, and, with "auto", a core to
     spare on the machine."""
     if _state["skip"]:
         _state["skip"] -= 1
+        counts["backoff"] += 1
         return False
     if _enabled["watch"]:
         if _state["spare"] is None:
             _state["spare"] = idle.SpareCore(runtime.available_cores_cached())
-        return _state["spare"].allow()
+        if not _state["spare"].allow():
+            counts["busy"] += 1
+            return False
     return True
+
+
+def _after(ran, asleep):
+    """Count a paired call's outcome; after a miss (the helper awake, yet too late: it did not
+    get a core), the back-off."""
+    if ran:
+        counts["paired"] += 1
+    elif asleep:
+        counts["woke"] += 1
+    else:
+        counts["missed"] += 1
+        _state["skip"] = AUTO_BACKOFF if _enabled["watch"] else BACKOFF
 
 
 def enabled():
@@ -215,8 +242,7 @@ def winograd4_forward(x, w, b, pad, relu, filters):
         asleep = bool(ctl[SLEEPING])
         if asleep:
             event.set()                 # it will spin for the next layers, if not for this one
-        if not kernels.paired(ctl, task, not asleep, kernels.gemm) and not asleep:
-            _state["skip"] = AUTO_BACKOFF if _enabled["watch"] else BACKOFF    # awake, yet too late: it did not get a core
+        _after(kernels.paired(ctl, task, not asleep, kernels.gemm), asleep)
         return out
     finally:
         _lock.release()
@@ -273,9 +299,72 @@ def winograd44_forward(layer, x, filters, b, relu):
         asleep = bool(ctl[SLEEPING])
         if asleep:
             event.set()
-        if not kernels.paired44(ctl, task, not asleep, x, out, filters, b,
-                                kernels.gemm) and not asleep:
-            _state["skip"] = AUTO_BACKOFF if _enabled["watch"] else BACKOFF
+        _after(kernels.paired44(ctl, task, not asleep, x, out, filters, b, kernels.gemm),
+               asleep)
+        return out
+    finally:
+        _lock.release()
+
+
+# An FC of fewer multiply-adds than this (R1's fc2: 2,560) is not worth a hand-over.
+FC_MIN_WORK = 1 << 16
+
+
+def _may_pair():
+    """The conditions every paired layer shares: turned on, two workers or more, the helper
+    `ready`, and `_go`."""
+    return _enabled["on"] and runtime.threads() >= 2 and ready() and _go()
+
+
+def fc_forward(x, w, b, relu):
+    """One float32 image's FC (`fc.fc_infer`'s `compiled.fc_one`) on two threads, by columns
+    of the output, the same bits; None where it does not apply or the helper is in use by
+    another caller (run unpaired then). x (1, I), w (I, O), b (O,) -> (1, O)."""
+    if not (x.shape[0] == 1 and x.dtype == w.dtype == b.dtype == np.float32
+            and w.shape[1] >= 32 and w.size >= FC_MIN_WORK and x.flags.c_contiguous
+            and w.flags.c_contiguous and b.flags.c_contiguous and _may_pair()):
+        return None
+    if not _lock.acquire(blocking=False):
+        return None
+    try:
+        kernels, ctl, event = _state["kernels"], _state["ctl"], _state["event"]
+        out = np.empty((1, w.shape[1]), np.float32)
+        asleep = bool(ctl[SLEEPING])
+        if asleep:
+            event.set()
+        _after(kernels.paired_fc(ctl, not asleep, x.reshape(-1), w, b, bool(relu),
+                                 out.reshape(-1)), asleep)
+        return out
+    finally:
+        _lock.release()
+
+
+def direct_forward(x, w, b, pad, relu):
+    """One float32 image's direct convolution (`conv.direct`, stride 1, a window of
+    DIRECT_SHAPES) on two threads, by rows of the output, the same bits; None where it does
+    not apply or the helper is in use by another caller (run unpaired then).
+    x (1, H, W, D), w (F_h, F_w, D, K), b (K,), pad (P_h, P_w) -> (1, H', W', K)."""
+    fh, fw, d, k = w.shape
+    code = DIRECT_SHAPES.get((fh, fw, d, 1, 1))
+    if not (code is not None and x.ndim == 4 and x.shape[0] == 1 and x.shape[3] == d
+            and x.dtype == w.dtype == b.dtype == np.float32 and w.flags.c_contiguous
+            and b.flags.c_contiguous and x.shape[1] + 2 * pad[0] - fh + 1 >= 4
+            and x.shape[2] + 2 * pad[1] - fw + 1 >= 1 and _may_pair()):
+        return None
+    if not _lock.acquire(blocking=False):
+        return None
+    try:
+        kernels, ctl, event = _state["kernels"], _state["ctl"], _state["event"]
+        _, h, wd, _ = x.shape
+        (ph, pw) = pad
+        xp, inner = runtime.bordered("pair.direct", (1, h + 2 * ph, wd + 2 * pw, d), x.dtype,
+                                     (ph, ph, pw, pw))
+        inner[...] = x
+        out = runtime.empty((1, h + 2 * ph - fh + 1, wd + 2 * pw - fw + 1, k), np.float32)
+        asleep = bool(ctl[SLEEPING])
+        if asleep:
+            event.set()
+        _after(kernels.paired_direct(ctl, not asleep, xp, w, b, out, bool(relu), code), asleep)
         return out
     finally:
         _lock.release()

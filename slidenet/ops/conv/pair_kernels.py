@@ -11,8 +11,9 @@ call (`compiled`'s) are this module's globals, set by `build` before anything co
 The control array `ctl` (int64, `pair.SLOTS`) is shared by the two threads and read and
 written with atomic operations (`load`, `store`, `swap`, `add`: LLVM's, sequentially
 consistent); the task's description starts at `pair.TASK`. `pair` documents the protocol:
-`serve` is the helper's loop, `paired` (F(4, 3)) and `paired44` (F(4x4, 3x3)) the caller's one
-call per layer, each with its share and the taking back of a late helper's.
+`serve` is the helper's loop, `paired` (F(4, 3)), `paired44` (F(4x4, 3x3)), `paired_fc` (an
+FC, by columns) and `paired_direct` (a thin first layer, by output rows) the caller's one call
+per layer, each with its share and the taking back of a late helper's.
 """
 import numba
 import numpy as np
@@ -22,8 +23,8 @@ from numba.extending import intrinsic
 
 from slidenet.ops import compiled
 from slidenet.ops.conv.pair import (
-    ARRIVED, DONE, F43, F44, HUSH, IDLE, KIND, POSTED, RUNNING, STATE, STOP, TAKEN_BY_HELPER,
-    TASK)
+    ARRIVED, DIRECT, DONE, F43, F44, FC, HUSH, IDLE, KIND, POSTED, RUNNING, STATE, STOP,
+    TAKEN_BY_HELPER, TASK)
 
 
 def _slot(context, builder, sig, args):
@@ -76,7 +77,7 @@ def pointer(typingctx, address):
 
 # `compiled`'s passes, set by `build` before the kernels below compile (numba reads a
 # function's globals when it compiles it; a closure's would keep it from the disk cache).
-_rows = _output = _input44 = _output44 = _output44_pool = None
+_rows = _output = _input44 = _output44 = _output44_pool = _direct = None
 f32 = np.float32
 
 
@@ -147,6 +148,54 @@ def phase44(gemm, c, step, t0, t1, a0, a1, scratch):
         _output44(m, t0, bt, tw, out, bias, True, c[18] != 0, x, False)
 
 
+def fc_columns(c, c0, c1):
+    """One thread's share of one image's FC (`compiled.fc_one`'s arithmetic, for its columns
+    c0..c1 of the output): the same sums, in the same order, so the same bits. c: the task,
+    x (I,), w (I, O), b (O,), out (O,) at c[0..3], I and O at c[4], c[5], relu at c[6]."""
+    n_in, n_out = c[4], c[5]
+    x = numba.carray(pointer(c[0]), (n_in,), f32)
+    w = numba.carray(pointer(c[1]), (n_in, n_out), f32)
+    b = numba.carray(pointer(c[2]), (n_out,), f32)
+    out = numba.carray(pointer(c[3]), (n_out,), f32)
+    zero = f32(0)
+    acc = np.empty(c1 - c0, f32)        # its own array: the compiler need not fear aliasing
+    for j in range(c1 - c0):
+        acc[j] = zero
+    for r in range(n_in):
+        v = x[r]
+        if v != zero:
+            for j in range(c1 - c0):
+                acc[j] += v * w[r, c0 + j]
+    for j in range(c1 - c0):
+        s = acc[j] + b[c0 + j]
+        if c[6] != 0 and s < zero:
+            s = zero
+        out[c0 + j] = s
+
+
+def direct_rows(c, i0, i1):
+    """One thread's share of one image's direct convolution (`compiled.direct_conv`, called
+    on its output rows i0..i1 and the input rows they read): each pixel's sums are the
+    one-thread call's. c: the task, xp (1, H_p, W_p, D), w (F_h, F_w, D, K), bias (K,), out
+    (1, H', W', K) at c[0..3], H_p, W_p, D, H', W', K at c[4..9], relu at c[10], the window's
+    code (`pair.DIRECT_SHAPES`) at c[11]; stride 1."""
+    if i1 <= i0:
+        return
+    wp, d, wo, k = c[5], c[6], c[8], c[9]
+    code = c[11]
+    fh = 3
+    xb = numba.carray(pointer(c[0] + i0 * wp * d * 4), (1, i1 - i0 + fh - 1, wp, d), f32)
+    ob = numba.carray(pointer(c[3] + i0 * wo * k * 4), (1, i1 - i0, wo, k), f32)
+    bias = numba.carray(pointer(c[2]), (k,), f32)
+    relu = c[10] != 0
+    if code == 0:
+        w = numba.carray(pointer(c[1]), (3, 3, 3, k), f32)
+        _direct(xb, w, bias, (0, 0, 0), (0, 0, 0), (0, 0, 0), (0,), (0,), relu, ob)
+    else:
+        w = numba.carray(pointer(c[1]), (3, 3, 1, k), f32)
+        _direct(xb, w, bias, (0, 0, 0), (0, 0, 0), (0,), (0,), (0,), relu, ob)
+
+
 def helper_share(gemm, ctl):
     """The helper's share of the posted task (its kind in `ctl[TASK + KIND]`)."""
     c = ctl[TASK:]
@@ -164,6 +213,10 @@ def helper_share(gemm, ctl):
         phase(gemm, c, 1, 0, 0, 3, 6)
         arrive(ctl, 4)
         phase(gemm, c, 2, split, t, 0, 0)
+    elif c[KIND] == FC:
+        fc_columns(c, c[7], c[5])
+    else:
+        direct_rows(c, c[12], c[7])
 
 
 def serve(ctl, polls, gemm):
@@ -192,11 +245,16 @@ def post(ctl, task, kind):
     """The caller: the task into the control array, then the word that posts it."""
     c = ctl[TASK:]
     c[:len(task)] = task
-    c[KIND] = kind
+    publish(ctl, kind)
+    return c
+
+
+def publish(ctl, kind):
+    """The caller: post the task written at ctl[TASK:], of this kind."""
+    ctl[TASK + KIND] = kind
     store(ctl, ARRIVED, 0)
     swap(ctl, STATE, HUSH, IDLE)        # a helper that has not seen its HUSH yet
     store(ctl, STATE, POSTED)
-    return c
 
 
 def taken_back(ctl):
@@ -259,8 +317,52 @@ def paired44(ctl, task, hush, x, out, filters, bias, gemm):
     return 1
 
 
+def paired_fc(ctl, hush, x, w, b, relu, out):
+    """One image's FC on both threads: x (I,), w (I, O), b (O,) -> out (O,), rectified with
+    relu; the first half of the columns here (a multiple of 16), the rest on the helper, or
+    here too if it had not taken them when this half is done. Returns 1 if the helper ran its
+    share; if not, and `hush`, it is told to sleep."""
+    n_in, n_out = w.shape
+    split = max(16, (n_out // 2) // 16 * 16)
+    c = ctl[TASK:]
+    c[0], c[1], c[2], c[3] = x.ctypes.data, w.ctypes.data, b.ctypes.data, out.ctypes.data
+    c[4], c[5], c[6], c[7] = n_in, n_out, relu, split
+    publish(ctl, FC)
+    fc_columns(c, 0, split)
+    if taken_back(ctl):
+        fc_columns(c, split, n_out)
+        if hush:
+            store(ctl, STATE, HUSH)
+        return 0
+    finish(ctl)
+    return 1
+
+
+def paired_direct(ctl, hush, xp, w, bias, out, relu, code):
+    """One image's direct convolution (stride 1, a window of `pair.DIRECT_SHAPES`) on both
+    threads: xp (1, H_p, W_p, D) padded, w (F_h, F_w, D, K), bias (K,) -> out (1, H', W', K);
+    the first half of the output rows here, the rest on the helper, or here too if it had not
+    taken them when this half is done. Returns as `paired_fc`."""
+    _, hp, wp, d = xp.shape
+    _, ho, wo, k = out.shape
+    split = ho - ho // 2
+    c = ctl[TASK:]
+    c[0], c[1], c[2], c[3] = xp.ctypes.data, w.ctypes.data, bias.ctypes.data, out.ctypes.data
+    c[4], c[5], c[6], c[7], c[8], c[9] = hp, wp, d, ho, wo, k
+    c[10], c[11], c[12] = relu, code, split
+    publish(ctl, DIRECT)
+    direct_rows(c, 0, split)
+    if taken_back(ctl):
+        direct_rows(c, split, ho)
+        if hush:
+            store(ctl, STATE, HUSH)
+        return 0
+    finish(ctl)
+    return 1
+
+
 class Kernels:
-    """What `build` returns: serve, paired, paired44, compiled for `gemm`'s type."""
+    """What `build` returns: serve, paired, paired44, paired_fc, paired_direct."""
 
 
 def _jit(fn, signature=None):
@@ -283,10 +385,12 @@ def build(fast, gemm):
     if _built:
         return _built[0]
     global _rows, _output, _input44, _output44, _output44_pool
-    global arrive, phase, phase44, helper_share, post, taken_back, finish
+    global arrive, phase, phase44, helper_share, post, taken_back, finish, publish
+    global fc_columns, direct_rows, _direct
     _rows, _output = fast.winograd4_rows_of, fast.winograd4_output_of
     _input44, _output44 = fast.winograd44_input, fast.winograd44_output
-    _output44_pool = fast.winograd44_output_pool
+    _output44_pool, _direct = fast.winograd44_output_pool, fast.direct_conv
+    fc_columns, direct_rows, publish = _jit(fc_columns), _jit(direct_rows), _jit(publish)
     arrive, phase, phase44 = _jit(arrive), _jit(phase), _jit(phase44)
     helper_share, post = _jit(helper_share), _jit(post)
     taken_back, finish = _jit(taken_back), _jit(finish)
@@ -297,5 +401,11 @@ def build(fast, gemm):
     done.paired = _jit(paired, types.int64(ints, ints, types.boolean, g))
     done.paired44 = _jit(paired44, types.int64(ints, ints, types.boolean, images, images,
                                                types.float32[:, :, ::1], types.float32[::1], g))
+    vector, matrix = types.float32[::1], types.float32[:, ::1]
+    done.paired_fc = _jit(paired_fc, types.int64(ints, types.boolean, vector, matrix, vector,
+                                                 types.boolean, vector))
+    done.paired_direct = _jit(paired_direct, types.int64(ints, types.boolean, images,
+                                                         images, vector, images,
+                                                         types.boolean, types.int64))
     _built.append(done)
     return done

@@ -284,3 +284,56 @@ def test_fc_and_direct_helpers_that_never_come_leave_the_caller_all_of_it(helper
     got, ctl, skip = _without_a_helper(lambda: conv.conv_infer(image, prepared))
     np.testing.assert_array_equal(got, want)
     assert ctl[pair.TAKEN_BY_HELPER] == 0 and ctl[pair.STATE] == pair.HUSH
+
+
+def test_a_sleeping_helper_is_woken_and_takes_its_halves_again(helper):
+    """After SPIN_SECONDS without a task the helper sleeps (on futex(2) where there is one, in
+    compiled code); the next layer wakes it and runs on the caller alone (or, if it is up in
+    time, paired), the ones after are paired again. The same bits throughout."""
+    ctl = pair._state["ctl"]
+    x, u, b = _layer44(16, 16, 32, 64)
+    with runtime.workers(1):
+        want = winograd_f44.forward(x, u, b, (1, 1), True).copy()
+    deadline = time.monotonic() + 20
+    while ctl[pair.SLEEPING] != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ctl[pair.SLEEPING] == 1, "the helper never went to sleep"
+    woke, runs = pair.counts["woke"], pair.helper_runs()
+    with runtime.workers(2):
+        pair.retry_now()
+        np.testing.assert_array_equal(winograd_f44.forward(x, u, b, (1, 1), True), want)
+        # Woken: the caller ran it alone, or (rarely) the helper was up in time to take its half.
+        assert pair.counts["woke"] + pair.helper_runs() == woke + runs + 1
+        deadline = time.monotonic() + 20
+        while pair.helper_runs() == runs and time.monotonic() < deadline:
+            pair.retry_now()
+            np.testing.assert_array_equal(winograd_f44.forward(x, u, b, (1, 1), True), want)
+    assert pair.helper_runs() > runs, "the woken helper never took its half in 20 s"
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.5])
+def test_the_process_exits_cleanly_with_the_helper_polling_or_asleep(pause):
+    """A process whose helper is polling (pause 0) or asleep (0.5 s after its last task) exits
+    at once, with status 0."""
+    import subprocess
+    import sys
+    code = ("import time, numpy as np\n"
+            "from slidenet.ops import runtime\n"
+            "from slidenet.ops.conv import pair\n"
+            "from slidenet.ops.conv import winograd_f44 as f\n"
+            "pair.set_enabled(True)\n"
+            "assert pair.wait_ready(300)\n"
+            "x = np.ones((1, 16, 16, 8), np.float32)\n"
+            "u = f.prepare_filters(np.ones((3, 3, 8, 8), np.float32))\n"
+            "with runtime.workers(2):\n"
+            "    for _ in range(50):\n"
+            "        f.forward(x, u, np.zeros(8, np.float32), (1, 1), True)\n"
+            f"time.sleep({pause})\n"
+            "print(pair.helper_runs() >= 0, int(pair._state['ctl'][pair.SLEEPING]))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    # Asleep after the pause (polling before it, unless a miss told it to sleep).
+    assert done.stdout.split()[0] == "True"
+    if pause:
+        assert done.stdout.split()[1] == "1"

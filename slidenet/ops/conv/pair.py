@@ -51,7 +51,7 @@ import numpy as np
 from slidenet.ops import blas, compiled, idle, runtime
 
 # Control array slots (int64).
-STATE, SLEEPING, TAKEN_BY_HELPER, ARRIVED = 0, 1, 2, 3
+STATE, SLEEPING, TAKEN_BY_HELPER, ARRIVED, FUTEX = 0, 1, 2, 3, 4
 TASK = 8                        # the task's description starts here
 SLOTS = 64
 KIND = 40                       # in the task: what kind of layer it is
@@ -61,6 +61,9 @@ F43, F44, FC, DIRECT = 0, 1, 2, 3
 # and a grey first layer's 3x3 window at stride 1.
 DIRECT_SHAPES = {(3, 3, 3, 1, 1): 0, (3, 3, 1, 1, 1): 1}
 IDLE, POSTED, RUNNING, DONE, STOP, HUSH = 0, 1, 2, 3, 4, 5
+# futex(2)'s system call number, by machine, for a helper that sleeps and wakes without the GIL
+# (`pair_kernels.serve`); elsewhere it sleeps on a `threading.Event`.
+SYS_FUTEX = {"x86_64": 202, "aarch64": 98}
 # How long the helper polls the control word before it goes to sleep: longer than the gap
 # between two layers of one prediction or two predictions of a loop, far shorter than between
 # the requests of an idle server. Counted in polls, measured when the helper starts.
@@ -73,8 +76,9 @@ START_AFTER = 16
 # unpaired, so a helper that cannot get a core stops spinning against the caller.
 BACKOFF = 256
 # With "auto", `idle.SpareCore` catches a machine that stays busy; a miss on a machine it finds
-# quiet is a moment's descheduling, so the back-off is a few predictions' layers.
-AUTO_BACKOFF = 12
+# quiet is a moment's descheduling: the helper keeps polling (it is not told to sleep), and
+# the back-off is a layer or two.
+AUTO_BACKOFF = 2
 
 # Off unless SLIDENET_PAIR says 1 (always) or auto: always on, a machine whose cores were all
 # busy saw the spinning helper slow one image down (docs/benchmarks.md, "Round 3"); "auto"
@@ -123,12 +127,12 @@ def _go():
     return True
 
 
-def _after(ran, asleep):
-    """Count a paired call's outcome; after a miss (the helper awake, yet too late: it did not
-    get a core), the back-off."""
-    if ran:
+def _after(code):
+    """Count a paired call's outcome (`pair_kernels`' MISSED 0, PAIRED 1, WOKE 2); after a miss
+    (the helper awake, yet too late: it did not get a core), the back-off."""
+    if code == 1:
         counts["paired"] += 1
-    elif asleep:
+    elif code == 2:
         counts["woke"] += 1
     else:
         counts["missed"] += 1
@@ -152,6 +156,7 @@ def ready(start_after=START_AFTER):
         with _start:
             if _state["pid"] != os.getpid():
                 ctl, event = np.zeros(SLOTS, np.int64), threading.Event()
+                ctl[FUTEX] = _futex_number()
                 _state.update(ctl=ctl, event=event, kernels=None, error=None, pid=os.getpid())
                 _state["thread"] = threading.Thread(target=_helper, args=(ctl, event),
                                                     name="slidenet-pair", daemon=True)
@@ -172,12 +177,37 @@ def _compile():
     return kernels
 
 
+def _futex_number():
+    """SYS_futex here, or 0 where the helper must sleep on an Event (not Linux, another
+    machine, a big-endian one: the futex word is the low half of an int64 slot)."""
+    import platform
+    import sys
+    if not sys.platform.startswith("linux") or sys.byteorder != "little" \
+            or os.environ.get("SLIDENET_PAIR_FUTEX", "1") == "0":
+        return 0
+    return SYS_FUTEX.get(platform.machine(), 0)
+
+
 def _stop(ctl, event, thread):
-    """At exit, before the interpreter frees anything: the helper told to return, and joined,
-    so it never polls memory that is being freed."""
+    """At exit, before the interpreter frees anything: the helper told to return (woken if it
+    sleeps), and joined, so it never polls memory that is being freed."""
     ctl[STATE] = STOP
+    kernels = _state["kernels"]
+    if kernels is not None:
+        kernels.wake(ctl)
     event.set()
     thread.join(1.0)
+
+
+def _run(call, *args):
+    """Make a caller's compiled call (`pair_kernels.paired*`, which posts the task and wakes a
+    sleeping helper itself) and count its outcome."""
+    kernels, ctl = _state["kernels"], _state["ctl"]
+    # With "auto" a miss is a moment's descheduling: the helper keeps polling.
+    code = call(ctl, not _enabled["watch"], *args)
+    if code == 2 and not ctl[FUTEX]:
+        _state["event"].set()           # no futex(2): it sleeps in Python
+    _after(code)
 
 
 def _helper(ctl, event):
@@ -224,7 +254,7 @@ def winograd4_forward(x, w, b, pad, relu, filters):
         return None
     try:
         from slidenet.ops.conv import winograd
-        kernels, ctl, event = _state["kernels"], _state["ctl"], _state["event"]
+        kernels = _state["kernels"]
         fh, fw, d, k = w.shape
         _, h, wd, _ = x.shape
         ho, wo = h + 2 * pad[0] - 2, wd + 2 * pad[1] - fw + 1
@@ -239,10 +269,7 @@ def winograd4_forward(x, w, b, pad, relu, filters):
                          bias.ctypes.data, 1, int(relu), out.ctypes.data, ho, wo, t,
                          buffers.ctypes.data, buffers.ctypes.data + 6 * t * wo * fw * d * 4,
                          t // 2 + t % 2], np.int64)     # the caller's tiles: the larger half
-        asleep = bool(ctl[SLEEPING])
-        if asleep:
-            event.set()                 # it will spin for the next layers, if not for this one
-        _after(kernels.paired(ctl, task, not asleep, kernels.gemm), asleep)
+        _run(kernels.paired, task, kernels.gemm)
         return out
     finally:
         _lock.release()
@@ -292,15 +319,11 @@ def winograd44_forward(layer, x, filters, b, relu):
     if not _lock.acquire(blocking=False):
         return None
     try:
-        kernels, ctl, event = _state["kernels"], _state["ctl"], _state["event"]
+        kernels = _state["kernels"]
         out = runtime.empty(layer.shape, np.float32)
         task = layer.pair_task()
         task[18] = relu
-        asleep = bool(ctl[SLEEPING])
-        if asleep:
-            event.set()
-        _after(kernels.paired44(ctl, task, not asleep, x, out, filters, b, kernels.gemm),
-               asleep)
+        _run(kernels.paired44, task, x, out, filters, b, kernels.gemm)
         return out
     finally:
         _lock.release()
@@ -327,13 +350,9 @@ def fc_forward(x, w, b, relu):
     if not _lock.acquire(blocking=False):
         return None
     try:
-        kernels, ctl, event = _state["kernels"], _state["ctl"], _state["event"]
+        kernels = _state["kernels"]
         out = np.empty((1, w.shape[1]), np.float32)
-        asleep = bool(ctl[SLEEPING])
-        if asleep:
-            event.set()
-        _after(kernels.paired_fc(ctl, not asleep, x.reshape(-1), w, b, bool(relu),
-                                 out.reshape(-1)), asleep)
+        _run(kernels.paired_fc, x.reshape(-1), w, b, bool(relu), out.reshape(-1))
         return out
     finally:
         _lock.release()
@@ -354,17 +373,14 @@ def direct_forward(x, w, b, pad, relu):
     if not _lock.acquire(blocking=False):
         return None
     try:
-        kernels, ctl, event = _state["kernels"], _state["ctl"], _state["event"]
+        kernels = _state["kernels"]
         _, h, wd, _ = x.shape
         (ph, pw) = pad
         xp, inner = runtime.bordered("pair.direct", (1, h + 2 * ph, wd + 2 * pw, d), x.dtype,
                                      (ph, ph, pw, pw))
         inner[...] = x
         out = runtime.empty((1, h + 2 * ph - fh + 1, wd + 2 * pw - fw + 1, k), np.float32)
-        asleep = bool(ctl[SLEEPING])
-        if asleep:
-            event.set()
-        _after(kernels.paired_direct(ctl, not asleep, xp, w, b, out, bool(relu), code), asleep)
+        _run(kernels.paired_direct, xp, w, b, out, bool(relu), code)
         return out
     finally:
         _lock.release()

@@ -23,8 +23,14 @@ from numba.extending import intrinsic
 
 from slidenet.ops import compiled
 from slidenet.ops.conv.pair import (
-    ARRIVED, DIRECT, DONE, F43, F44, FC, HUSH, IDLE, KIND, POSTED, RUNNING, STATE, STOP,
-    TAKEN_BY_HELPER, TASK)
+    ARRIVED, DIRECT, DONE, F43, F44, FC, FUTEX, HUSH, IDLE, KIND, POSTED, RUNNING, SLEEPING,
+    STATE, STOP, TAKEN_BY_HELPER, TASK)
+
+# futex(2)'s operations on a word only this process uses.
+FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
+# The caller's answers: the helper ran its share, or missed it (awake, yet late), or was
+# asleep (woken now; this layer ran on the caller alone).
+MISSED, PAIRED, WOKE = 0, 1, 2
 
 
 def _slot(context, builder, sig, args):
@@ -65,6 +71,22 @@ def add(typingctx, arr, idx, value):
     def codegen(context, builder, sig, args):
         return builder.atomic_rmw("add", _slot(context, builder, sig, args), args[2], "seq_cst")
     return types.int64(arr, idx, value), codegen
+
+
+@intrinsic
+def futex(typingctx, number, arr, idx, op, value):
+    """syscall(number, &arr[idx], op, value, NULL): futex(2) on the 32 bits at arr[idx]'s
+    address (its low half on a little-endian machine); number: SYS_futex on this machine."""
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        ary = context.make_array(sig.args[1])(context, builder, args[1])
+        word = cgutils.get_item_pointer(context, builder, sig.args[1], ary, [args[2]])
+        call = cgutils.get_or_insert_function(builder.module,
+                                              ir.FunctionType(i64, [i64], var_arg=True),
+                                              "syscall")
+        return builder.call(call, [args[0], builder.ptrtoint(word, i64), args[3], args[4],
+                                   ir.Constant(i64, 0)])
+    return types.int64(number, arr, idx, op, value), codegen
 
 
 @intrinsic
@@ -220,25 +242,59 @@ def helper_share(gemm, ctl):
 
 
 def serve(ctl, polls, gemm):
-    """The helper's loop: run posted tasks; 0 after `polls` idle polls (or when told to hush),
-    1 on STOP."""
-    idle = 0
-    while idle < polls:
-        state = load(ctl, STATE)
-        if state == POSTED:
-            if swap(ctl, STATE, POSTED, RUNNING) == POSTED:
-                helper_share(gemm, ctl)
-                store(ctl, TAKEN_BY_HELPER, load(ctl, TAKEN_BY_HELPER) + 1)
-                store(ctl, STATE, DONE)
-                idle = 0
-                continue
-        elif state == STOP:
-            return 1
-        elif state == HUSH:             # the caller gave up on us for a while: sleep
-            swap(ctl, STATE, HUSH, IDLE)
+    """The helper's loop: run posted tasks; after `polls` idle polls (or when told to hush),
+    sleep. Returns 1 on STOP; 0 to sleep in Python (where ctl[FUTEX] is 0: no futex(2)).
+
+    Asleep here, on futex(2) with the word ctl[SLEEPING] = 1, the helper needs no GIL to wake:
+    the caller's `wake` sets the word to 0 and wakes it from compiled code, and it goes
+    straight back to polling."""
+    while True:
+        idle = 0
+        while idle < polls:
+            state = load(ctl, STATE)
+            if state == POSTED:
+                if swap(ctl, STATE, POSTED, RUNNING) == POSTED:
+                    helper_share(gemm, ctl)
+                    store(ctl, TAKEN_BY_HELPER, load(ctl, TAKEN_BY_HELPER) + 1)
+                    store(ctl, STATE, DONE)
+                    idle = 0
+                    continue
+            elif state == STOP:
+                return 1
+            elif state == HUSH:         # the caller gave up on us for a while: sleep
+                swap(ctl, STATE, HUSH, IDLE)
+                break
+            idle += 1
+        number = ctl[FUTEX]
+        if number == 0:
             return 0
-        idle += 1
-    return 0
+        store(ctl, SLEEPING, 1)
+        # A task posted (or STOP) before the word said so: the caller saw us awake.
+        state = load(ctl, STATE)
+        if state == POSTED or state == STOP:
+            store(ctl, SLEEPING, 0)
+            continue
+        while load(ctl, SLEEPING) == 1:
+            futex(number, ctl, SLEEPING, FUTEX_WAIT_PRIVATE, 1)
+
+
+def wake(ctl):
+    """The caller, after posting: wake a sleeping helper (it takes the next tasks, rarely this
+    one). True if it was asleep. Where ctl[FUTEX] is 0 the caller's Python sets its Event."""
+    if load(ctl, SLEEPING) == 1 and swap(ctl, SLEEPING, 1, 0) == 1:
+        if ctl[FUTEX] != 0:
+            futex(ctl[FUTEX], ctl, SLEEPING, FUTEX_WAKE_PRIVATE, 1)
+        return True
+    return False
+
+
+def alone(ctl, hush, asleep):
+    """The caller took the task back: tell an awake helper to sleep if `hush`; the answer."""
+    if asleep:
+        return WOKE
+    if hush:
+        store(ctl, STATE, HUSH)
+    return MISSED
 
 
 def post(ctl, task, kind):
@@ -270,29 +326,28 @@ def finish(ctl):
     store(ctl, STATE, IDLE)
 
 
-def paired(ctl, task, hush, gemm):
+def paired(ctl, hush, task, gemm):
     """Run an F(4, 3) task (its description in `task`) on both threads: tiles 0..split and
-    products 0..2 here, the rest on the helper, or here too if it never took them. Returns 1 if
-    the helper ran its share; if not, and `hush`, it is told to sleep."""
+    products 0..2 here, the rest on the helper, or here too if it never took them. Returns
+    PAIRED, MISSED (then, if `hush`, the helper is told to sleep) or WOKE."""
     c = post(ctl, task, F43)
+    asleep = wake(ctl)
     split, t = task[16], task[13]
     phase(gemm, c, 0, 0, split, 0, 0)
     if taken_back(ctl):
         phase(gemm, c, 0, split, t, 0, 0)   # the helper is late: all of it here
         phase(gemm, c, 1, 0, 0, 0, 6)
         phase(gemm, c, 2, 0, t, 0, 0)
-        if hush:
-            store(ctl, STATE, HUSH)
-        return 0
+        return alone(ctl, hush, asleep)
     arrive(ctl, 2)
     phase(gemm, c, 1, 0, 0, 0, 3)
     arrive(ctl, 4)
     phase(gemm, c, 2, 0, split, 0, 0)
     finish(ctl)
-    return 1
+    return PAIRED
 
 
-def paired44(ctl, task, hush, x, out, filters, bias, gemm):
+def paired44(ctl, hush, task, x, out, filters, bias, gemm):
     """`paired` for an F(4x4, 3x3) task: rows of tiles 0..split and products 0..17 here, the
     rest on the helper, or here too if it never took them. The task's arrays of this call (x,
     out, filters, bias) are written into it here: their addresses cost microseconds each to
@@ -300,49 +355,46 @@ def paired44(ctl, task, hush, x, out, filters, bias, gemm):
     task[0], task[14] = x.ctypes.data, out.ctypes.data
     task[12], task[17] = filters.ctypes.data, bias.ctypes.data
     c = post(ctl, task, F44)
+    asleep = wake(ctl)
     split, t, mine = task[20], task[6], task[21]
     phase44(gemm, c, 0, 0, split, 0, 0, mine)
     if taken_back(ctl):
         phase44(gemm, c, 0, split, t, 0, 0, mine)   # the helper is late: all of it here
         phase44(gemm, c, 1, 0, 0, 0, 36, mine)
         phase44(gemm, c, 2, 0, t, 0, 0, mine)
-        if hush:
-            store(ctl, STATE, HUSH)
-        return 0
+        return alone(ctl, hush, asleep)
     arrive(ctl, 2)
     phase44(gemm, c, 1, 0, 0, 0, 18, mine)
     arrive(ctl, 4)
     phase44(gemm, c, 2, 0, split, 0, 0, mine)
     finish(ctl)
-    return 1
+    return PAIRED
 
 
 def paired_fc(ctl, hush, x, w, b, relu, out):
     """One image's FC on both threads: x (I,), w (I, O), b (O,) -> out (O,), rectified with
     relu; the first half of the columns here (a multiple of 16), the rest on the helper, or
-    here too if it had not taken them when this half is done. Returns 1 if the helper ran its
-    share; if not, and `hush`, it is told to sleep."""
+    here too if it had not taken them when this half is done. Returns as `paired`."""
     n_in, n_out = w.shape
     split = max(16, (n_out // 2) // 16 * 16)
     c = ctl[TASK:]
     c[0], c[1], c[2], c[3] = x.ctypes.data, w.ctypes.data, b.ctypes.data, out.ctypes.data
     c[4], c[5], c[6], c[7] = n_in, n_out, relu, split
     publish(ctl, FC)
+    asleep = wake(ctl)
     fc_columns(c, 0, split)
     if taken_back(ctl):
         fc_columns(c, split, n_out)
-        if hush:
-            store(ctl, STATE, HUSH)
-        return 0
+        return alone(ctl, hush, asleep)
     finish(ctl)
-    return 1
+    return PAIRED
 
 
 def paired_direct(ctl, hush, xp, w, bias, out, relu, code):
     """One image's direct convolution (stride 1, a window of `pair.DIRECT_SHAPES`) on both
     threads: xp (1, H_p, W_p, D) padded, w (F_h, F_w, D, K), bias (K,) -> out (1, H', W', K);
     the first half of the output rows here, the rest on the helper, or here too if it had not
-    taken them when this half is done. Returns as `paired_fc`."""
+    taken them when this half is done. Returns as `paired`."""
     _, hp, wp, d = xp.shape
     _, ho, wo, k = out.shape
     split = ho - ho // 2
@@ -351,14 +403,13 @@ def paired_direct(ctl, hush, xp, w, bias, out, relu, code):
     c[4], c[5], c[6], c[7], c[8], c[9] = hp, wp, d, ho, wo, k
     c[10], c[11], c[12] = relu, code, split
     publish(ctl, DIRECT)
+    asleep = wake(ctl)
     direct_rows(c, 0, split)
     if taken_back(ctl):
         direct_rows(c, split, ho)
-        if hush:
-            store(ctl, STATE, HUSH)
-        return 0
+        return alone(ctl, hush, asleep)
     finish(ctl)
-    return 1
+    return PAIRED
 
 
 class Kernels:
@@ -386,11 +437,12 @@ def build(fast, gemm):
         return _built[0]
     global _rows, _output, _input44, _output44, _output44_pool
     global arrive, phase, phase44, helper_share, post, taken_back, finish, publish
-    global fc_columns, direct_rows, _direct
+    global fc_columns, direct_rows, _direct, wake, alone
     _rows, _output = fast.winograd4_rows_of, fast.winograd4_output_of
     _input44, _output44 = fast.winograd44_input, fast.winograd44_output
     _output44_pool, _direct = fast.winograd44_output_pool, fast.direct_conv
     fc_columns, direct_rows, publish = _jit(fc_columns), _jit(direct_rows), _jit(publish)
+    wake, alone = _jit(wake), _jit(alone)
     arrive, phase, phase44 = _jit(arrive), _jit(phase), _jit(phase44)
     helper_share, post = _jit(helper_share), _jit(post)
     taken_back, finish = _jit(taken_back), _jit(finish)
@@ -398,8 +450,8 @@ def build(fast, gemm):
     ints, images = types.int64[::1], types.float32[:, :, :, ::1]
     done = Kernels()
     done.serve = _jit(serve, types.int64(ints, types.int64, g))
-    done.paired = _jit(paired, types.int64(ints, ints, types.boolean, g))
-    done.paired44 = _jit(paired44, types.int64(ints, ints, types.boolean, images, images,
+    done.paired = _jit(paired, types.int64(ints, types.boolean, ints, g))
+    done.paired44 = _jit(paired44, types.int64(ints, types.boolean, ints, images, images,
                                                types.float32[:, :, ::1], types.float32[::1], g))
     vector, matrix = types.float32[::1], types.float32[:, ::1]
     done.paired_fc = _jit(paired_fc, types.int64(ints, types.boolean, vector, matrix, vector,
@@ -407,5 +459,7 @@ def build(fast, gemm):
     done.paired_direct = _jit(paired_direct, types.int64(ints, types.boolean, images,
                                                          images, vector, images,
                                                          types.boolean, types.int64))
+    wake.compile((ints,))               # now, not at exit (`pair._stop` calls it)
+    done.wake = wake
     _built.append(done)
     return done

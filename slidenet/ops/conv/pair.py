@@ -5,7 +5,7 @@ layer to the thread pool costs ~30 us of futex wake-ups plus GIL traffic against
 work (docs/benchmarks.md, "Batch 1"). Here the hand-over never touches Python or the GIL:
 
 * the helper thread waits in compiled code (numba, no GIL), spinning on one word of a shared
-  control array for a while after each task, then sleeping on an Event;
+  control array for a while after each task, then sleeping (futex(2), still in compiled code);
 * the calling thread makes one compiled call per layer: it writes the layer's description
   (array addresses and sizes) into the control array, flips the word, does its share, and
   waits for the word to say "done";
@@ -25,17 +25,24 @@ passes are the same per tile, and each product is the very `sgemm` call `np.matm
 F(4x4, 3x3) layers (`winograd_f44`, what the prepared net runs for most 3x3 layers) are split
 the same way (`paired44`, `phase44`): the caller takes the first half of the rows of tiles of
 the input pass, products 0..17 of the 36 and the same rows of the output pass (with its 2x2
-max pool where the layer pools), the helper the rest.
+max pool where the layer pools), the helper the rest. An FC of one image (`fc.fc_infer`) is
+split by columns of its output (`fc_forward`: each column's sum is `compiled.fc_one`'s, in the
+same order), a thin first layer (`conv.direct`) by rows of its output (`direct_forward`:
+`compiled.direct_conv` on each half's rows): one step each, so no barrier, and the same bits.
 
-Used by `conv.conv_infer` (inference, `Net.prepare()`) for F(4, 3) layers and by
-`winograd_f44.OneImage` for F(4x4, 3x3) ones, at batch 1 in float32 when there are two or more
-workers and numba is installed, and when turned on: SLIDENET_PAIR=1 or `set_enabled(True)`
+After SPIN_SECONDS without a task the helper sleeps on futex(2) (Linux; an Event elsewhere),
+and the caller's compiled call wakes it: neither side needs the GIL, so a woken helper polls
+again a few microseconds later, whatever the caller's Python is doing.
+
+Used by `conv.conv_infer` (inference, `Net.prepare()`) for F(4, 3) and direct layers, by
+`fc.fc_infer` and by `winograd_f44.OneImage` for F(4x4, 3x3) ones, at batch 1 in float32 when
+there are two or more workers and numba is installed, and when turned on: SLIDENET_PAIR=1 or `set_enabled(True)`
 (always, but for a back-off after a miss), or SLIDENET_PAIR=auto / `set_enabled("auto")`: also
 only while the machine has a core to spare (`ops.idle.SpareCore`: other processes' CPU time,
 sampled every quarter second), so that a busy machine runs unpaired. Off by default
 (SLIDENET_PAIR=0): on a quiet machine "auto" and off measured alike against onnxruntime
-(docs/benchmarks.md, "Batch 1 on two threads"), and the helper's background compilation holds
-the GIL for seconds, which a server answering its first requests would feel.
+(docs/benchmarks.md, "Batch 1 on two threads"; "Batch 1 on two cores, round 2" says what a
+quiet machine must show before "auto" is the default).
 The compiled side lives in `pair_kernels` (imported when the helper starts): numba caches it on
 disk, the GEMM being an argument of each kernel (as `blas.GemmKernel`'s), so only the first
 process on a machine compiles it (seconds of CPU, docs/benchmarks.md); the next ones load it in

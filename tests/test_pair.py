@@ -66,6 +66,7 @@ def _without_a_helper(predict):
     result, the control array, the layers it was then told to run unpaired)."""
     saved = dict(pair._state)
     ctl = np.zeros(pair.SLOTS, np.int64)
+    ctl[pair.GEMM], ctl[pair.GEMM_WIDE] = pair._state["kernels"].gemm     # where the GEMM is
     pair._state.update(ctl=ctl, event=threading.Event(), skip=0)
     try:
         with runtime.workers(2):

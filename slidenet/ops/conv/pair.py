@@ -44,12 +44,13 @@ sampled every quarter second), so that a busy machine runs unpaired. Off by defa
 (docs/benchmarks.md, "Batch 1 on two threads"; "Batch 1 on two cores, round 2" says what a
 quiet machine must show before "auto" is the default).
 The compiled side lives in `pair_kernels` (imported when the helper starts): numba caches it on
-disk, the GEMM being an argument of each kernel (as `blas.GemmKernel`'s), so only the first
+disk, the GEMM being called by an address in the control array, so only the first
 process on a machine compiles it (seconds of CPU, docs/benchmarks.md); the next ones load it in
 a fraction of a second, in the helper thread, which starts only after `START_AFTER` one-image
 layers.
 """
 import atexit
+import ctypes
 import os
 import threading
 
@@ -58,7 +59,7 @@ import numpy as np
 from slidenet.ops import blas, compiled, idle, runtime
 
 # Control array slots (int64).
-STATE, SLEEPING, TAKEN_BY_HELPER, ARRIVED, FUTEX = 0, 1, 2, 3, 4
+STATE, SLEEPING, TAKEN_BY_HELPER, ARRIVED, FUTEX, GEMM, GEMM_WIDE = 0, 1, 2, 3, 4, 5, 6
 TASK = 8                        # the task's description starts here
 SLOTS = 64
 KIND = 40                       # in the task: what kind of layer it is
@@ -164,6 +165,7 @@ def ready(start_after=START_AFTER):
             if _state["pid"] != os.getpid():
                 ctl, event = np.zeros(SLOTS, np.int64), threading.Event()
                 ctl[FUTEX] = _futex_number()
+                ctl[GEMM] = ctl[GEMM_WIDE] = 0          # set once the kernels are built
                 _state.update(ctl=ctl, event=event, kernels=None, error=None, pid=os.getpid())
                 _state["thread"] = threading.Thread(target=_helper, args=(ctl, event),
                                                     name="slidenet-pair", daemon=True)
@@ -179,8 +181,10 @@ def _compile():
     if fast is None or gemm is None:
         raise RuntimeError("numba or NumPy's OpenBLAS is missing")
     from slidenet.ops.conv import pair_kernels
-    kernels = pair_kernels.build(fast, gemm)
-    kernels.gemm = gemm
+    kernels = pair_kernels.build(fast)
+    # Where the kernels find the GEMM: its address, and whether its sizes are 64-bit integers.
+    kernels.gemm = (ctypes.cast(gemm, ctypes.c_void_p).value,
+                    int(gemm.argtypes[3] is ctypes.c_int64))
     return kernels
 
 
@@ -226,13 +230,14 @@ def _helper(ctl, event):
         return
     import time
     idle = np.zeros(SLOTS, np.int64)                # no task: idle polls, timed once warm
-    kernels.serve(idle, 1000, kernels.gemm)
+    kernels.serve(idle, 1000)
     start = time.perf_counter()
-    kernels.serve(idle, 1_000_000, kernels.gemm)
+    kernels.serve(idle, 1_000_000)
     polls = max(1000, int(SPIN_SECONDS * 1_000_000 / max(1e-9, time.perf_counter() - start)))
+    ctl[GEMM], ctl[GEMM_WIDE] = kernels.gemm
     _state["kernels"] = kernels
     while True:
-        if kernels.serve(ctl, polls, kernels.gemm) == 1:
+        if kernels.serve(ctl, polls) == 1:
             return
         event.clear()
         ctl[SLEEPING] = 1
@@ -276,7 +281,7 @@ def winograd4_forward(x, w, b, pad, relu, filters):
                          bias.ctypes.data, 1, int(relu), out.ctypes.data, ho, wo, t,
                          buffers.ctypes.data, buffers.ctypes.data + 6 * t * wo * fw * d * 4,
                          t // 2 + t % 2], np.int64)     # the caller's tiles: the larger half
-        _run(kernels.paired, task, kernels.gemm)
+        _run(kernels.paired, task)
         return out
     finally:
         _lock.release()
@@ -330,7 +335,7 @@ def winograd44_forward(layer, x, filters, b, relu):
         out = runtime.empty(layer.shape, np.float32)
         task = layer.pair_task()
         task[18] = relu
-        _run(kernels.paired44, task, x, out, filters, b, kernels.gemm)
+        _run(kernels.paired44, task, x, out, filters, b)
         return out
     finally:
         _lock.release()

@@ -4,9 +4,11 @@ Imported only when `pair` starts its helper (it imports numba). Every kernel her
 by numba without the GIL and cached on disk (`compiled.jit`'s rule: where a cache can be
 written), so a process after the first loads them instead of compiling for seconds. What kept
 the first version from the cache was the GEMM: it called NumPy's BLAS through an address held
-as a global. Here, as in `conv.winograd_block` (`blas.GemmKernel`), the ctypes function
-`blas.sgemm()` is an argument of each kernel, a pointer passed at each call; the passes they
-call (`compiled`'s) are this module's globals, set by `build` before anything compiles.
+as a global. Here the function's address (`blas.sgemm()`, found and checked in each process)
+is a number in the control array, `ctl[pair.GEMM]`, called through `sgemm_at`: no constant in
+the compiled code, and no ctypes argument, which numba would type at each call (about a
+microsecond). The passes the kernels call (`compiled`'s) are this module's globals, set by
+`build` before anything compiles.
 
 The control array `ctl` (int64, `pair.SLOTS`) is shared by the two threads and read and
 written with atomic operations (`load`, `store`, `swap`, `add`: LLVM's, sequentially
@@ -23,7 +25,7 @@ from numba.extending import intrinsic
 
 from slidenet.ops import compiled
 from slidenet.ops.conv.pair import (
-    ARRIVED, DIRECT, DONE, F43, F44, FC, FUTEX, HUSH, IDLE, KIND, POSTED, RUNNING, SLEEPING,
+    ARRIVED, DIRECT, DONE, F43, F44, FC, FUTEX, GEMM, GEMM_WIDE, HUSH, IDLE, KIND, POSTED, RUNNING, SLEEPING,
     STATE, STOP, TAKEN_BY_HELPER, TASK)
 
 # futex(2)'s operations on a word only this process uses.
@@ -90,6 +92,37 @@ def futex(typingctx, number, arr, idx, op, value):
 
 
 @intrinsic
+def sgemm_at(typingctx, address, wide, m, n, k, a, lda, b, ldb, c, ldc):
+    """cblas_sgemm(row-major, no transposes, m, n, k, 1, a, lda, b, ldb, 0, c, ldc), called at
+    `address` (`blas.sgemm()`'s function), with 64-bit integer sizes where `wide` is not 0,
+    else 32-bit ones: a call by address, so the kernels that make it cache on disk and take
+    no ctypes argument (numba types one at every call, about a microsecond)."""
+    def codegen(context, builder, sig, args):
+        i32, i64, real = ir.IntType(32), ir.IntType(64), ir.FloatType()
+        void_p = ir.IntType(8).as_pointer()
+        sizes = [context.cast(builder, args[i], sig.args[i], types.int64)
+                 for i in (2, 3, 4, 6, 8, 10)]
+        head = [ir.Constant(i32, 101), ir.Constant(i32, 111), ir.Constant(i32, 111)]
+        one, zero = ir.Constant(real, 1.0), ir.Constant(real, 0.0)
+        address = context.cast(builder, args[0], sig.args[0], types.int64)
+        is_wide = builder.icmp_signed("!=", context.cast(builder, args[1], sig.args[1],
+                                                         types.int64), ir.Constant(i64, 0))
+        with builder.if_else(is_wide) as (then, otherwise):
+            for block, width in ((then, i64), (otherwise, i32)):
+                with block:
+                    m_, n_, k_, lda_, ldb_, ldc_ = [v if width is i64 else builder.trunc(v, i32)
+                                                    for v in sizes]
+                    fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, width, width, width,
+                                                           real, void_p, width, void_p, width,
+                                                           real, void_p, width])
+                    builder.call(builder.inttoptr(address, fnty.as_pointer()),
+                                 head + [m_, n_, k_, one, args[5], lda_, args[7], ldb_, zero,
+                                         args[9], ldc_])
+        return context.get_dummy_value()
+    return types.void(address, wide, m, n, k, a, lda, b, ldb, c, ldc), codegen
+
+
+@intrinsic
 def pointer(typingctx, address):
     """An int64 address as a pointer, for `numba.carray` and the GEMM."""
     def codegen(context, builder, sig, args):
@@ -113,7 +146,7 @@ def arrive(ctl, count):
 def phase(gemm, c, step, t0, t1, a0, a1):
     """One thread's share of step 0 (row sets of tiles t0..t1), 1 (products a0..a1) or 2
     (output rows of tiles t0..t1) of F(4, 3) on one image. c: the task's description; gemm:
-    `blas.sgemm`."""
+    (address, wide) of `blas.sgemm()` (`sgemm_at`)."""
     xp, hp, wp, d, fw, g, k, bias = c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
     out, ho, wo, t, buf_r, buf_p = c[10], c[11], c[12], c[13], c[14], c[15]
     kk = fw * d
@@ -124,8 +157,8 @@ def phase(gemm, c, step, t0, t1, a0, a1):
         _rows(numba.carray(pointer(xp), (1, hp, wp, d), f32), fw, r, t0, t1)
     elif step == 1:
         for a in range(a0, a1):         # the very calls np.matmul makes: the same bits
-            gemm(101, 111, 111, m, k, kk, f32(1.0), pointer(buf_r + a * m * kk * 4), kk,
-                 pointer(g + a * kk * k * 4), k, f32(0.0), pointer(buf_p + a * m * k * 4), k)
+            sgemm_at(gemm[0], gemm[1], m, k, kk, pointer(buf_r + a * m * kk * 4), kk,
+                     pointer(g + a * kk * k * 4), k, pointer(buf_p + a * m * k * 4), k)
     else:
         o = numba.carray(pointer(out), (1, ho, wo, k), f32)
         b = numba.carray(pointer(bias), (k,), f32)
@@ -142,9 +175,8 @@ def phase44(gemm, c, step, t0, t1, a0, a1, scratch):
     vstride, pstride, rows = c[9], c[11], c[6] * c[7]
     if step == 1:
         for a in range(a0, a1):         # the very calls np.matmul makes: the same bits
-            gemm(101, 111, 111, rows, k, d, f32(1.0), pointer(c[8] + a * vstride * 4), d,
-                 pointer(c[12] + a * d * k * 4), k, f32(0.0),
-                 pointer(c[10] + a * pstride * 4), k)
+            sgemm_at(gemm[0], gemm[1], rows, k, d, pointer(c[8] + a * vstride * 4), d,
+                     pointer(c[12] + a * d * k * 4), k, pointer(c[10] + a * pstride * 4), k)
         return
     bt = t1 - t0
     if bt <= 0:
@@ -241,7 +273,7 @@ def helper_share(gemm, ctl):
         direct_rows(c, c[12], c[7])
 
 
-def serve(ctl, polls, gemm):
+def serve(ctl, polls):
     """The helper's loop: run posted tasks; after `polls` idle polls (or when told to hush),
     sleep. Returns 1 on STOP; 0 to sleep in Python (where ctl[FUTEX] is 0: no futex(2)).
 
@@ -254,7 +286,7 @@ def serve(ctl, polls, gemm):
             state = load(ctl, STATE)
             if state == POSTED:
                 if swap(ctl, STATE, POSTED, RUNNING) == POSTED:
-                    helper_share(gemm, ctl)
+                    helper_share((ctl[GEMM], ctl[GEMM_WIDE]), ctl)
                     store(ctl, TAKEN_BY_HELPER, load(ctl, TAKEN_BY_HELPER) + 1)
                     store(ctl, STATE, DONE)
                     idle = 0
@@ -326,12 +358,13 @@ def finish(ctl):
     store(ctl, STATE, IDLE)
 
 
-def paired(ctl, hush, task, gemm):
+def paired(ctl, hush, task):
     """Run an F(4, 3) task (its description in `task`) on both threads: tiles 0..split and
     products 0..2 here, the rest on the helper, or here too if it never took them. Returns
     PAIRED, MISSED (then, if `hush`, the helper is told to sleep) or WOKE."""
     c = post(ctl, task, F43)
     asleep = wake(ctl)
+    gemm = (ctl[GEMM], ctl[GEMM_WIDE])
     split, t = task[16], task[13]
     phase(gemm, c, 0, 0, split, 0, 0)
     if taken_back(ctl):
@@ -347,7 +380,7 @@ def paired(ctl, hush, task, gemm):
     return PAIRED
 
 
-def paired44(ctl, hush, task, x, out, filters, bias, gemm):
+def paired44(ctl, hush, task, x, out, filters, bias):
     """`paired` for an F(4x4, 3x3) task: rows of tiles 0..split and products 0..17 here, the
     rest on the helper, or here too if it never took them. The task's arrays of this call (x,
     out, filters, bias) are written into it here: their addresses cost microseconds each to
@@ -356,6 +389,7 @@ def paired44(ctl, hush, task, x, out, filters, bias, gemm):
     task[12], task[17] = filters.ctypes.data, bias.ctypes.data
     c = post(ctl, task, F44)
     asleep = wake(ctl)
+    gemm = (ctl[GEMM], ctl[GEMM_WIDE])
     split, t, mine = task[20], task[6], task[21]
     phase44(gemm, c, 0, 0, split, 0, 0, mine)
     if taken_back(ctl):
@@ -429,10 +463,9 @@ def _jit(fn, signature=None):
 _built = []
 
 
-def build(fast, gemm):
-    """The kernels, compiled (or loaded from the disk cache) now, with `fast`'s passes; gemm:
-    `blas.sgemm()`, whose ctypes type is part of their signatures. Once per process (a forked
-    child's helper takes its parent's)."""
+def build(fast):
+    """The kernels, compiled (or loaded from the disk cache) now, with `fast`'s passes. Once
+    per process (a forked child's helper takes its parent's)."""
     if _built:
         return _built[0]
     global _rows, _output, _input44, _output44, _output44_pool
@@ -446,13 +479,12 @@ def build(fast, gemm):
     arrive, phase, phase44 = _jit(arrive), _jit(phase), _jit(phase44)
     helper_share, post = _jit(helper_share), _jit(post)
     taken_back, finish = _jit(taken_back), _jit(finish)
-    g = numba.typeof(gemm)
     ints, images = types.int64[::1], types.float32[:, :, :, ::1]
     done = Kernels()
-    done.serve = _jit(serve, types.int64(ints, types.int64, g))
-    done.paired = _jit(paired, types.int64(ints, types.boolean, ints, g))
+    done.serve = _jit(serve, types.int64(ints, types.int64))
+    done.paired = _jit(paired, types.int64(ints, types.boolean, ints))
     done.paired44 = _jit(paired44, types.int64(ints, types.boolean, ints, images, images,
-                                               types.float32[:, :, ::1], types.float32[::1], g))
+                                               types.float32[:, :, ::1], types.float32[::1]))
     vector, matrix = types.float32[::1], types.float32[:, ::1]
     done.paired_fc = _jit(paired_fc, types.int64(ints, types.boolean, vector, matrix, vector,
                                                  types.boolean, vector))

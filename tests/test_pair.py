@@ -109,9 +109,13 @@ def test_a_helper_that_never_comes_leaves_the_caller_all_of_it(helper):
     assert ctl[pair.STATE] == pair.HUSH and skip == pair.BACKOFF
 
 
-def test_a_prepared_net_predicts_the_same_one_image_at_a_time_from_two_threads(helper):
-    net = Net.from_pattern("INPUT(16x16x3) -> [CONV(8) -> RELU]*2 -> POOL -> CONV(16) -> RELU "
-                           "-> FC(5)", seed=3)
+@pytest.mark.parametrize("pattern", [
+    "INPUT(16x16x3) -> [CONV(8) -> RELU]*2 -> POOL -> CONV(16) -> RELU -> FC(5)",
+    # A direct first layer and an FC large enough to pair, as R1's.
+    "INPUT(16x16x3) -> [CONV(16) -> RELU]*2 -> POOL -> CONV(16) -> RELU -> FC(64) -> RELU "
+    "-> FC(5)"])
+def test_a_prepared_net_predicts_the_same_one_image_at_a_time_from_two_threads(helper, pattern):
+    net = Net.from_pattern(pattern, seed=3)
     plan = net.prepare()
     images = RNG.standard_normal((12, 16, 16, 3)).astype(np.float32)
     with runtime.workers(1):

@@ -206,25 +206,29 @@ def fc_columns(c, c0, c1):
     """One thread's share of one image's FC (`compiled.fc_one`'s arithmetic, for its columns
     c0..c1 of the output): the same sums, in the same order, so the same bits. c: the task,
     x (I,), w (I, O), b (O,), out (O,) at c[0..3], I and O at c[4], c[5], relu at c[6]."""
-    n_in, n_out = c[4], c[5]
+    n_in, n_out, width = c[4], c[5], c1 - c0
     x = numba.carray(pointer(c[0]), (n_in,), f32)
-    w = numba.carray(pointer(c[1]), (n_in, n_out), f32)
-    b = numba.carray(pointer(c[2]), (n_out,), f32)
-    out = numba.carray(pointer(c[3]), (n_out,), f32)
+    # W, b and out from column c0 on, indexed from 0: an index known not to be negative lets
+    # the compiler vectorise (c0 + j would need numba's check for negative indices). W's view
+    # is declared n_out wide, as W, so its rows lie where W's do; only width columns are read.
+    w = numba.carray(pointer(c[1] + c0 * 4), (n_in, n_out), f32)
+    b = numba.carray(pointer(c[2] + c0 * 4), (width,), f32)
+    out = numba.carray(pointer(c[3] + c0 * 4), (width,), f32)
+    relu = c[6] != 0
     zero = f32(0)
-    acc = np.empty(c1 - c0, f32)        # its own array: the compiler need not fear aliasing
-    for j in range(c1 - c0):
+    acc = np.empty(width, f32)          # its own array: the compiler need not fear aliasing
+    for j in range(width):
         acc[j] = zero
     for r in range(n_in):
         v = x[r]
         if v != zero:
-            for j in range(c1 - c0):
-                acc[j] += v * w[r, c0 + j]
-    for j in range(c1 - c0):
-        s = acc[j] + b[c0 + j]
-        if c[6] != 0 and s < zero:
+            for j in range(width):
+                acc[j] += v * w[r, j]
+    for j in range(width):
+        s = acc[j] + b[j]
+        if relu and s < zero:
             s = zero
-        out[c0 + j] = s
+        out[j] = s
 
 
 def direct_rows(c, i0, i1):

@@ -303,6 +303,10 @@ def test_a_sleeping_helper_is_woken_and_takes_its_halves_again(helper):
     while ctl[pair.SLEEPING] != 1 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert ctl[pair.SLEEPING] == 1, "the helper never went to sleep"
+    import platform
+    import sys
+    if sys.platform.startswith("linux") and platform.machine() == "x86_64":
+        assert ctl[pair.FUTEX] == pair.SYS_FUTEX["x86_64"]      # asleep on futex(2)
     woke, runs = pair.counts["woke"], pair.helper_runs()
     with runtime.workers(2):
         pair.retry_now()
@@ -316,10 +320,13 @@ def test_a_sleeping_helper_is_woken_and_takes_its_halves_again(helper):
     assert pair.helper_runs() > runs, "the woken helper never took its half in 20 s"
 
 
+@pytest.mark.parametrize("futex", ["1", "0"])
 @pytest.mark.parametrize("pause", [0.0, 0.5])
-def test_the_process_exits_cleanly_with_the_helper_polling_or_asleep(pause):
+def test_the_process_exits_cleanly_with_the_helper_polling_or_asleep(pause, futex):
     """A process whose helper is polling (pause 0) or asleep (0.5 s after its last task) exits
-    at once, with status 0."""
+    at once, with status 0; asleep on futex(2) or (SLIDENET_PAIR_FUTEX=0, as where there is
+    none) on its Event, and woken by the next layer to pair again before that."""
+    import os
     import subprocess
     import sys
     code = ("import time, numpy as np\n"
@@ -333,10 +340,16 @@ def test_the_process_exits_cleanly_with_the_helper_polling_or_asleep(pause):
             "with runtime.workers(2):\n"
             "    for _ in range(50):\n"
             "        f.forward(x, u, np.zeros(8, np.float32), (1, 1), True)\n"
+            "    time.sleep(0.5)\n"                   # asleep: woken, then paired again
+            "    assert pair._state['ctl'][pair.SLEEPING] == 1\n"
+            "    runs, deadline = pair.helper_runs(), time.monotonic() + 20\n"
+            "    while pair.helper_runs() == runs and time.monotonic() < deadline:\n"
+            "        pair.retry_now()\n"
+            "        f.forward(x, u, np.zeros(8, np.float32), (1, 1), True)\n"
             f"time.sleep({pause})\n"
-            "print(pair.helper_runs() >= 0, int(pair._state['ctl'][pair.SLEEPING]))\n")
+            "print(pair.helper_runs() > runs, int(pair._state['ctl'][pair.SLEEPING]))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env={**os.environ, "SLIDENET_PAIR_FUTEX": futex})
     assert done.returncode == 0, done.stderr
     # Asleep after the pause (polling before it, unless a miss told it to sleep).
     assert done.stdout.split()[0] == "True"

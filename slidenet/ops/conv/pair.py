@@ -244,8 +244,7 @@ def _helper(ctl, event):
         if ctl[STATE] == POSTED:            # posted while we were deciding to sleep
             ctl[SLEEPING] = 0
             continue
-        event.wait()
-        ctl[SLEEPING] = 0
+        event.wait()                # `serve` sets ctl[SLEEPING] to 0 ("polling") when it starts
 
 
 def applies(x, out_h, filters):

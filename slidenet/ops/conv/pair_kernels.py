@@ -28,6 +28,8 @@ from slidenet.ops.conv.pair import (
     ARRIVED, DIRECT, DONE, F43, F44, FC, FUTEX, GEMM, GEMM_WIDE, HUSH, IDLE, KIND, POSTED, RUNNING, SLEEPING,
     STATE, STOP, TAKEN_BY_HELPER, TASK)
 
+# ctl[SLEEPING]: 0 polling, 1 asleep, WAKING woken by the caller and not yet polling.
+WAKING = 2
 # futex(2)'s operations on a word only this process uses.
 FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
 # The caller's answers: the helper ran its share, or missed it (awake, yet late), or was
@@ -284,6 +286,7 @@ def serve(ctl, polls):
     Asleep here, on futex(2) with the word ctl[SLEEPING] = 1, the helper needs no GIL to wake:
     the caller's `wake` sets the word to 0 and wakes it from compiled code, and it goes
     straight back to polling."""
+    store(ctl, SLEEPING, 0)             # polling: a task posted from now on is seen
     while True:
         idle = 0
         while idle < polls:
@@ -312,16 +315,20 @@ def serve(ctl, polls):
             continue
         while load(ctl, SLEEPING) == 1:
             futex(number, ctl, SLEEPING, FUTEX_WAIT_PRIVATE, 1)
+        store(ctl, SLEEPING, 0)
 
 
 def wake(ctl):
     """The caller, after posting: wake a sleeping helper (it takes the next tasks, rarely this
-    one). True if it was asleep. Where ctl[FUTEX] is 0 the caller's Python sets its Event."""
-    if load(ctl, SLEEPING) == 1 and swap(ctl, SLEEPING, 1, 0) == 1:
+    one). True if it was asleep, or woken and not yet polling (ctl[SLEEPING] is 1, then
+    WAKING until the helper polls again): a miss then is no reason to send it back to sleep.
+    Where ctl[FUTEX] is 0 the caller's Python sets the helper's Event."""
+    sleeping = load(ctl, SLEEPING)
+    if sleeping == 1 and swap(ctl, SLEEPING, 1, WAKING) == 1:
         if ctl[FUTEX] != 0:
             futex(ctl[FUTEX], ctl, SLEEPING, FUTEX_WAKE_PRIVATE, 1)
         return True
-    return False
+    return sleeping == WAKING
 
 
 def alone(ctl, hush, asleep):

@@ -36,8 +36,8 @@ again a few microseconds later, whatever the caller's Python is doing.
 
 Used by `conv.conv_infer` (inference, `Net.prepare()`) for F(4, 3) and direct layers, by
 `fc.fc_infer` and by `winograd_f44.OneImage` for F(4x4, 3x3) ones, at batch 1 in float32 when
-there are two or more workers and numba is installed, and when turned on: SLIDENET_PAIR=1 or `set_enabled(True)`
-(always, but for a back-off after a miss), or SLIDENET_PAIR=auto / `set_enabled("auto")`: also
+there are two or more workers and numba is installed, and when turned on: SLIDENET_PAIR=1 or
+`set_enabled(True)` (always, but for a back-off after a miss), or SLIDENET_PAIR=auto / `set_enabled("auto")`: also
 only while the machine has a core to spare (`ops.idle.SpareCore`: other processes' CPU time,
 sampled every quarter second), so that a busy machine runs unpaired. Off by default
 (SLIDENET_PAIR=0): on a quiet machine "auto" and off measured alike against onnxruntime
@@ -102,9 +102,9 @@ _start = threading.Lock()
 
 
 def set_enabled(flag):
-    """Pair one-image F(4, 3) and F(4x4, 3x3) layers: True (always, but for `BACKOFF` after a
-    miss), "auto" (also only while the machine has a core to spare: `idle.SpareCore`) or False.
-    Returns the previous setting."""
+    """Pair one-image F(4, 3), F(4x4, 3x3), direct and FC layers: True (always, but for
+    `BACKOFF` after a miss), "auto" (also only while the machine has a core to spare:
+    `idle.SpareCore`) or False. Returns the previous setting."""
     previous = "auto" if _enabled["on"] and _enabled["watch"] else _enabled["on"]
     _enabled["on"] = bool(flag)
     _enabled["watch"] = flag == "auto"
@@ -148,8 +148,8 @@ def _after(code):
 
 
 def enabled():
-    """Whether one-image F(4, 3) and F(4x4, 3x3) layers may be paired (`set_enabled`,
-    SLIDENET_PAIR): True for "auto" too."""
+    """Whether one-image layers may be paired (`set_enabled`, SLIDENET_PAIR): True for "auto"
+    too."""
     return _enabled["on"]
 
 

@@ -25,8 +25,8 @@ from numba.extending import intrinsic
 
 from slidenet.ops import compiled
 from slidenet.ops.conv.pair import (
-    ARRIVED, DIRECT, DONE, F43, F44, FC, FUTEX, GEMM, GEMM_WIDE, HUSH, IDLE, KIND, POSTED, RUNNING, SLEEPING,
-    STATE, STOP, TAKEN_BY_HELPER, TASK)
+    ARRIVED, DIRECT, DONE, F43, F44, FC, FUTEX, GEMM, GEMM_WIDE, HUSH, IDLE, KIND, POSTED,
+    RUNNING, SLEEPING, STATE, STOP, TAKEN_BY_HELPER, TASK)
 
 # ctl[SLEEPING]: 0 polling, 1 asleep, WAKING woken by the caller and not yet polling.
 WAKING = 2

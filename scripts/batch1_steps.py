@@ -13,7 +13,7 @@ helper's polling shows) which a shared machine's other work does not inflate as 
 cores other processes used meanwhile (/proc/stat less this process), each way; and what became
 of the layers that could pair (`pair.counts`: paired, missed, woke, backoff, busy). The helper runs
 always (as SLIDENET_PAIR=1, but for its back-off after a miss), or with --auto only while a core
-is spare (the default, SLIDENET_PAIR=auto).
+is spare (SLIDENET_PAIR=auto).
 """
 import argparse
 import statistics

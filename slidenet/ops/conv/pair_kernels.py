@@ -28,6 +28,9 @@ from slidenet.ops.conv.pair import (
     ARRIVED, DIRECT, DONE, F43, F44, FC, FUTEX, GEMM, GEMM_WIDE, HUSH, IDLE, KIND, POSTED,
     RUNNING, SLEEPING, STATE, STOP, TAKEN_BY_HELPER, TASK)
 
+# How many times the caller of a one-step task (an FC, a direct layer) looks for the helper to
+# take it before running it alone (`waited`): about a microsecond.
+GRACE = 250
 # ctl[SLEEPING]: 0 polling, 1 asleep, WAKING woken by the caller and not yet polling.
 WAKING = 2
 # futex(2)'s operations on a word only this process uses.
@@ -362,6 +365,18 @@ def taken_back(ctl):
     return load(ctl, STATE) == POSTED and swap(ctl, STATE, POSTED, IDLE) == POSTED
 
 
+def waited(ctl, asleep):
+    """The caller of a one-step task, before its share: a moment's wait (GRACE polls, a
+    microsecond or two) for an awake helper to take the task, which a polling helper does in
+    well under that. True if it did not, and the task is the caller's alone: it then runs the
+    whole layer in one call (as fast as unpaired), not its half and then the other."""
+    if not asleep:
+        for _ in range(GRACE):
+            if load(ctl, STATE) != POSTED:
+                break
+    return taken_back(ctl)
+
+
 def finish(ctl):
     """The caller, after its share: wait for the helper's."""
     while load(ctl, STATE) != DONE:
@@ -418,8 +433,9 @@ def paired44(ctl, hush, task, x, out, filters, bias):
 
 def paired_fc(ctl, hush, x, w, b, relu, out):
     """One image's FC on both threads: x (I,), w (I, O), b (O,) -> out (O,), rectified with
-    relu; the first half of the columns here (a multiple of 16), the rest on the helper, or
-    here too if it had not taken them when this half is done. Returns as `paired`."""
+    relu; the first half of the columns here (a multiple of 16), the rest on the helper; or
+    all of it here if the helper has not taken its half after `waited`. Returns as
+    `paired`."""
     n_in, n_out = w.shape
     split = max(16, (n_out // 2) // 16 * 16)
     c = ctl[TASK:]
@@ -427,10 +443,10 @@ def paired_fc(ctl, hush, x, w, b, relu, out):
     c[4], c[5], c[6], c[7] = n_in, n_out, relu, split
     publish(ctl, FC)
     asleep = wake(ctl)
-    fc_columns(c, 0, split)
-    if taken_back(ctl):
-        fc_columns(c, split, n_out)
+    if waited(ctl, asleep):
+        fc_columns(c, 0, n_out)
         return alone(ctl, hush, asleep)
+    fc_columns(c, 0, split)
     finish(ctl)
     return PAIRED
 
@@ -438,8 +454,8 @@ def paired_fc(ctl, hush, x, w, b, relu, out):
 def paired_direct(ctl, hush, xp, w, bias, out, relu, code):
     """One image's direct convolution (stride 1, a window of `pair.DIRECT_SHAPES`) on both
     threads: xp (1, H_p, W_p, D) padded, w (F_h, F_w, D, K), bias (K,) -> out (1, H', W', K);
-    the first half of the output rows here, the rest on the helper, or here too if it had not
-    taken them when this half is done. Returns as `paired`."""
+    the first half of the output rows here, the rest on the helper; or all of it here if the
+    helper has not taken its half after `waited`. Returns as `paired`."""
     _, hp, wp, d = xp.shape
     _, ho, wo, k = out.shape
     split = ho - ho // 2
@@ -449,10 +465,10 @@ def paired_direct(ctl, hush, xp, w, bias, out, relu, code):
     c[10], c[11], c[12] = relu, code, split
     publish(ctl, DIRECT)
     asleep = wake(ctl)
-    direct_rows(c, 0, split)
-    if taken_back(ctl):
-        direct_rows(c, split, ho)
+    if waited(ctl, asleep):
+        direct_rows(c, 0, ho)
         return alone(ctl, hush, asleep)
+    direct_rows(c, 0, split)
     finish(ctl)
     return PAIRED
 
@@ -481,12 +497,12 @@ def build(fast):
         return _built[0]
     global _rows, _output, _input44, _output44, _output44_pool
     global arrive, phase, phase44, helper_share, post, taken_back, finish, publish
-    global fc_columns, direct_rows, _direct, wake, alone
+    global fc_columns, direct_rows, _direct, wake, alone, waited
     _rows, _output = fast.winograd4_rows_of, fast.winograd4_output_of
     _input44, _output44 = fast.winograd44_input, fast.winograd44_output
     _output44_pool, _direct = fast.winograd44_output_pool, fast.direct_conv
     fc_columns, direct_rows, publish = _jit(fc_columns), _jit(direct_rows), _jit(publish)
-    wake, alone = _jit(wake), _jit(alone)
+    wake, alone, waited = _jit(wake), _jit(alone), _jit(waited)
     arrive, phase, phase44 = _jit(arrive), _jit(phase), _jit(phase44)
     helper_share, post = _jit(helper_share), _jit(post)
     taken_back, finish = _jit(taken_back), _jit(finish)

@@ -13,15 +13,16 @@ GEMMs read them and write as many products, the output pass reads those; at that
 planes live in the shared L3 cache, and each chunk costs a few Python calls. Here one compiled
 call (numba, without the GIL) runs both CONVs over a band of `band_images` images at a time,
 small enough that the band's tiles, products and h stay in a core's L2 cache: the input pass,
-the 36 GEMMs (`ops.blas.sgemm`: NumPy's own BLAS, called from the compiled loop) and the output
+the 36 GEMMs (`ops.blas.gemm_for`: `ops.vgemm`'s on 512-bit registers where the host has them
+and D is a multiple of 16, else NumPy's own BLAS, called from the compiled loop) and the output
 pass of the first CONV into h, then the same three of the second CONV, adding x and applying
 the RELU where it writes out. h is never written for the whole batch.
 
-The passes are `winograd_f44`'s compiled ones and the GEMMs the same BLAS `np.matmul` runs, so
-the numbers are the two-call path's to float32 rounding (a GEMM's sums may be grouped otherwise
-for another number of rows). float32 only; `applies` says when it runs, and callers keep the
+The passes are `winograd_f44`'s compiled ones and the GEMMs the same products `np.matmul`
+computes, so the numbers are the two-call path's to float32 rounding (a GEMM's sums may be
+grouped otherwise). float32 only; `applies` says when it runs, and callers keep the
 two calls otherwise. The kernel is compiled on first use and cached on disk as `compiled`'s
-are; the GEMM is its first argument, a C function pointer passed at each call.
+are; the GEMM is its first argument, a C function pointer passed at each call (either GEMM).
 """
 
 import numpy as np
@@ -79,7 +80,7 @@ def forward(x, first, second, relu=True):
     th, tw = tiles(h), tiles(w)
     per = band_images(h, w, d)
     out = empty(x.shape, np.float32)
-    run = kernel()
+    run, gemm = kernel(), blas.gemm_for(d)
 
     def work(sl):
         rows = per * th * tw * d
@@ -87,7 +88,7 @@ def forward(x, first, second, relu=True):
         m = scratch("block.m", (36, rows + LINE), np.float32)
         mid = scratch("block.h", (per, h, w, d), np.float32)
         wide = scratch("block.wide", (6, 4 * th + 2, tw * d), np.float32)
-        run(_kernel.gemm, x[sl], first.filters, first.b, second.filters, second.b, bool(relu),
+        run(gemm, x[sl], first.filters, first.b, second.filters, second.b, bool(relu),
             out[sl], per, mid, v, m, wide)
 
     run_chunks(work, split(n))
@@ -113,7 +114,7 @@ _kernel = blas.GemmKernel(_build)
 def _block(gemm, x, ua, ba, ub, bb, relu, out, per, mid, v, m, wide):
     """x, out (c, H, W, D); ua, ub (36, D, D); ba, bb (D,); mid (>= per, H, W, D): h of a
     band; v, m (36, >= per*T_h*T_w*D + LINE): a band's tiles and products; wide: the input
-    pass's scratch. gemm: `blas.sgemm`."""
+    pass's scratch. gemm: `blas.gemm_for(D)`."""
     c, h, w, d = x.shape
     th, tw = (h + 3) // 4, (w + 3) // 4
     for i0 in range(0, c, per):

@@ -14,7 +14,8 @@ and p written out for all of it. Here one compiled call (numba, without the GIL)
 `band_images` images at a time through: the stride-2 input pass, its 81 GEMMs and output pass
 into h; the projection's pixels picked into a small array and one GEMM into p; F(4x4, 3x3)'s
 input pass on h, 36 GEMMs and the output pass adding p, the summed biases and the RELU where it
-writes out. The GEMMs are `ops.blas.sgemm` (NumPy's own BLAS, as `np.matmul`); the passes are
+writes out. The GEMMs are `ops.blas.gemm_for(K)`'s (`ops.vgemm` on 512-bit registers where the
+host has them and K is a multiple of 16, else NumPy's own BLAS, as `np.matmul`); the passes are
 `compiled`'s. The two biases are added once, as their sum: the numbers are the three calls' to
 float32 rounding.
 
@@ -108,7 +109,7 @@ def forward(x, first, sides, projection, second, relu=True):
     per = band_images(ho, wo, d, k)
     bias = (second.b + projection.b).astype(np.float32)
     out = empty((n, ho, wo, k), np.float32)
-    run = kernel()
+    run, gemm = kernel(), blas.gemm_for(k)
 
     def work(sl):
         t = per * th * tw
@@ -120,7 +121,7 @@ def forward(x, first, sides, projection, second, relu=True):
         pick = scratch("down.pick", (per, ho, wo, d), np.float32)
         skip = scratch("down.skip", (per, ho, wo, k), np.float32)
         wide = scratch("down.wide", (6, 4 * th + 2, tw * k), np.float32)
-        run(_kernel.gemm, x[sl], ph, pw, h_in, w_in, first.filters, first.b, projection.w,
+        run(gemm, x[sl], ph, pw, h_in, w_in, first.filters, first.b, projection.w,
             second.filters, bias, bool(relu), out[sl], per, mid, pick, skip, v1, m1, v2, m2,
             wide)
 
@@ -150,7 +151,7 @@ def _down(gemm, x, ph, pw, h_in, w_in, ua, ba, wp, ub, bias, relu, out, per, mid
     the projection; ub (36, K, K), bias (K,): the second CONV and both biases summed; mid,
     skip (>= per, H', W', K), pick (>= per, H', W', D): a band's h, projection and picked
     pixels; v1, m1 (81, ...), v2, m2 (36, ...): a band's tiles and products; wide: the F(4x4,
-    3x3) input pass's scratch. gemm: `blas.sgemm`."""
+    3x3) input pass's scratch. gemm: `blas.gemm_for(K)`."""
     c, _, _, d = x.shape
     _, ho, wo, k = out.shape
     th, tw = (ho + 3) // 4, (wo + 3) // 4

@@ -1,0 +1,115 @@
+"""res18's prepared forward with the block kernels' GEMMs on 512-bit registers (`ops.vgemm`)
+against the same plan calling NumPy's BLAS (`blas.sgemm`), alternating in one process:
+docs/benchmarks.md's "res18 inference: the small GEMMs on 512-bit registers".
+
+    .venv/bin/python scripts/res18_vgemm_ab.py [--batch 64] [--workers 1] [--rounds 10]
+    .venv/bin/python scripts/res18_vgemm_ab.py --stages     # each block kind alone
+
+Each round times `--calls` forwards of one plan (`slidenet bench`'s RES18, random weights and
+statistics) with `vgemm` on, then as many with it off (`blas.gemm_for` answering `blas.sgemm`),
+then the other order next round. Prints the CPU ms of a forward (all threads) and the wall ms,
+min and median over the rounds, and that the two give the same scores to float32 rounding.
+`--stages`: the basic blocks of res18's first two sizes and its first two downsampling blocks
+alone (random weights, `--batch` images, one worker), CPU ms, min of 7 runs of 5 calls,
+alternating twice.
+"""
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from res18_down_ab import timed             # this folder's scripts: the same timing and
+from res18_infer import trained_looking     # trained-looking net
+from slidenet.bench import RES18
+from slidenet.ops import blas, runtime, vgemm
+from slidenet.ops.conv import dispatch, winograd_block, winograd_down
+
+REAL = blas.gemm_for
+
+
+def use(on):
+    """Switch the block kernels' GEMM: vgemm's where it applies (on) or NumPy's BLAS."""
+    blas.gemm_for = REAL if on else (lambda n: blas.sgemm())
+
+
+def conv(rng, d, k, stride, side, relu=True):
+    return dispatch.prepare_conv((rng.standard_normal((3, 3, d, k)) * 0.1).astype(np.float32),
+                                 rng.standard_normal(k).astype(np.float32), stride, (1, 1),
+                                 relu, height=side, width=side)
+
+
+def stages(batch):
+    """Print one block of each kind vgemm serves: vgemm on against off, CPU ms."""
+    rng = np.random.default_rng(0)
+    for side, d in ((32, 16), (16, 32)):
+        x = rng.standard_normal((batch, side, side, d)).astype(np.float32)
+        first, second = conv(rng, d, d, (1, 1), side), conv(rng, d, d, (1, 1), side)
+        cells = []
+        with runtime.workers(1):
+            for _ in range(2):
+                for name, on in (("vgemm", True), ("blas", False)):
+                    use(on)
+                    cells.append(f"{name} {timed(lambda: winograd_block.forward(x, first, second)):.2f}")
+        print(f"block {side}x{side}x{d}: " + ", ".join(cells))
+    for side, d in ((32, 16), (16, 32)):
+        k, half = 2 * d, side // 2
+        x = rng.standard_normal((batch, side, side, d)).astype(np.float32)
+        first = dispatch.prepare_conv((rng.standard_normal((3, 3, d, k)) * 0.1).astype(np.float32),
+                                      rng.standard_normal(k).astype(np.float32), (2, 2), (1, 1),
+                                      True, height=side, width=side)
+        second = conv(rng, k, k, (1, 1), half, relu=False)
+        proj = winograd_down.Projection((rng.standard_normal((d, k)) * 0.1).astype(np.float32),
+                                        rng.standard_normal(k).astype(np.float32), (2, 2))
+        sides = ((1, 1), (0, 0))
+        assert winograd_down.applies(x, first, sides, proj, second)
+        cells = []
+        with runtime.workers(1):
+            for _ in range(2):
+                for name, on in (("vgemm", True), ("blas", False)):
+                    use(on)
+                    cells.append(f"{name} "
+                                 f"{timed(lambda: winograd_down.forward(x, first, sides, proj, second)):.2f}")
+        print(f"down {side}x{side}x{d} -> {k}: " + ", ".join(cells))
+    use(True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--calls", type=int, default=4)
+    parser.add_argument("--stages", action="store_true")
+    args = parser.parse_args()
+    if vgemm.sgemm(16) is None:
+        raise SystemExit("vgemm is not available here (no llvmlite or no AVX-512F)")
+    if args.stages:
+        return stages(args.batch)
+    plan = trained_looking(RES18).prepare()
+    x = np.random.default_rng(1).standard_normal((args.batch, 32, 32, 3)).astype(np.float32)
+    times = {"vgemm": ([], []), "blas": ([], [])}
+    with runtime.workers(args.workers):
+        scores = {}
+        for name in times:
+            use(name == "vgemm")
+            scores[name] = plan.forward(x).copy()
+        for r in range(args.rounds):
+            for name in (("vgemm", "blas") if r % 2 == 0 else ("blas", "vgemm")):
+                use(name == "vgemm")
+                cpu, wall = time.process_time(), time.perf_counter()
+                for _ in range(args.calls):
+                    plan.forward(x)
+                times[name][0].append((time.process_time() - cpu) / args.calls * 1e3)
+                times[name][1].append((time.perf_counter() - wall) / args.calls * 1e3)
+    use(True)
+    diff = np.abs(scores["vgemm"] - scores["blas"]).max() / np.abs(scores["blas"]).max()
+    print(f"batch {args.batch}, {args.workers} worker(s), {args.rounds} rounds of "
+          f"{args.calls}; scores agree to {diff:.1e} of the largest")
+    for name, (cpu, wall) in times.items():
+        print(f"{name}: CPU ms {min(cpu):.2f} (median {statistics.median(cpu):.2f}), "
+              f"wall ms {min(wall):.2f} (median {statistics.median(wall):.2f})")
+
+
+if __name__ == "__main__":
+    main()

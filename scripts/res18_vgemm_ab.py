@@ -6,11 +6,12 @@ docs/benchmarks.md's "res18 inference: the small GEMMs on 512-bit registers".
     .venv/bin/python scripts/res18_vgemm_ab.py --stages     # each block kind alone
 
 Each round times `--calls` forwards of one plan (`slidenet bench`'s RES18, random weights and
-statistics) with `vgemm` on, then as many with it off (`blas.gemm_for` answering `blas.sgemm`),
+statistics) with `vgemm` on, then as many with it off (NumPy's BLAS, the block kernels' limits as
+before it),
 then the other order next round. Prints the CPU ms of a forward (all threads) and the wall ms,
 min and median over the rounds, and that the two give the same scores to float32 rounding.
-`--stages`: the basic blocks of res18's first two sizes and its first two downsampling blocks
-alone (random weights, `--batch` images, one worker), CPU ms, min of 7 runs of 5 calls,
+`--stages`: res18's basic and downsampling blocks alone, as the plan runs them (one call where
+the block kernels apply, else two or three) (random weights, `--batch` images, one worker), CPU ms, min of 7 runs of 5 calls,
 alternating twice.
 """
 import argparse
@@ -22,15 +23,16 @@ import numpy as np
 from res18_down_ab import timed             # this folder's scripts: the same timing and
 from res18_infer import trained_looking     # trained-looking net
 from slidenet.bench import RES18
-from slidenet.ops import blas, runtime, vgemm
+from slidenet.ops import runtime, vgemm
 from slidenet.ops.conv import dispatch, winograd_block, winograd_down
 
-REAL = blas.gemm_for
-
-
 def use(on):
-    """Switch the block kernels' GEMM: vgemm's where it applies (on) or NumPy's BLAS."""
-    blas.gemm_for = REAL if on else (lambda n: blas.sgemm())
+    """Switch vgemm on (the block kernels call it, and take the smaller images it makes pay) or
+    off (NumPy's BLAS and the block kernels' MIN_TILES, as before it)."""
+    vgemm.sgemm(16)
+    if "built" not in vgemm._state:
+        vgemm._state["built"] = vgemm._state["fns"]
+    vgemm._state["fns"] = vgemm._state["built"] if on else {}
 
 
 def conv(rng, d, k, stride, side, relu=True):
@@ -39,10 +41,27 @@ def conv(rng, d, k, stride, side, relu=True):
                                  relu, height=side, width=side)
 
 
+def block(x, first, second):
+    """The basic block as the plan runs it: one call where `winograd_block.applies`, else two."""
+    if winograd_block.applies(x, first, second):
+        return winograd_block.forward(x, first, second)
+    return dispatch.conv_infer(dispatch.conv_infer(x, first), second, skip=x)
+
+
+def down(x, first, sides, proj, second):
+    """The downsampling block as the plan runs it: one call where `winograd_down.applies`, else
+    three (the stride-2 CONV, the projection's strided copy and GEMM, the CONV adding it)."""
+    if winograd_down.applies(x, first, sides, proj, second):
+        return winograd_down.forward(x, first, sides, proj, second)
+    h = dispatch.conv_infer(x, first, sides=sides)
+    p = x[:, ::2, ::2] @ proj.w + proj.b
+    return dispatch.conv_infer(h, second, skip=p)
+
+
 def stages(batch):
     """Print one block of each kind vgemm serves: vgemm on against off, CPU ms."""
     rng = np.random.default_rng(0)
-    for side, d in ((32, 16), (16, 32)):
+    for side, d in ((32, 16), (16, 32), (8, 64), (4, 128)):
         x = rng.standard_normal((batch, side, side, d)).astype(np.float32)
         first, second = conv(rng, d, d, (1, 1), side), conv(rng, d, d, (1, 1), side)
         cells = []
@@ -50,9 +69,9 @@ def stages(batch):
             for _ in range(2):
                 for name, on in (("vgemm", True), ("blas", False)):
                     use(on)
-                    cells.append(f"{name} {timed(lambda: winograd_block.forward(x, first, second)):.2f}")
+                    cells.append(f"{name} {timed(lambda: block(x, first, second)):.2f}")
         print(f"block {side}x{side}x{d}: " + ", ".join(cells))
-    for side, d in ((32, 16), (16, 32)):
+    for side, d in ((32, 16), (16, 32), (8, 64)):
         k, half = 2 * d, side // 2
         x = rng.standard_normal((batch, side, side, d)).astype(np.float32)
         first = dispatch.prepare_conv((rng.standard_normal((3, 3, d, k)) * 0.1).astype(np.float32),
@@ -62,14 +81,13 @@ def stages(batch):
         proj = winograd_down.Projection((rng.standard_normal((d, k)) * 0.1).astype(np.float32),
                                         rng.standard_normal(k).astype(np.float32), (2, 2))
         sides = ((1, 1), (0, 0))
-        assert winograd_down.applies(x, first, sides, proj, second)
         cells = []
         with runtime.workers(1):
             for _ in range(2):
                 for name, on in (("vgemm", True), ("blas", False)):
                     use(on)
                     cells.append(f"{name} "
-                                 f"{timed(lambda: winograd_down.forward(x, first, sides, proj, second)):.2f}")
+                                 f"{timed(lambda: down(x, first, sides, proj, second)):.2f}")
         print(f"down {side}x{side}x{d} -> {k}: " + ", ".join(cells))
     use(True)
 

@@ -34,14 +34,14 @@ from slidenet.ops import blas
 
 # Rows of C a block takes, by registers per row (16 columns each): R x V accumulators and V
 # registers of B within the 32 that AVX-512 has.
-ROWS = {1: 8, 2: 6}
+ROWS = {1: 8, 2: 6, 4: 6}
 _state = {"done": False, "fns": {}}
 _lock = threading.Lock()
 
 
 def sgemm(n):
     """The checked ctypes function for products of n columns, or None where n is not a multiple
-    of 16 (and see the module docstring). Columns go 32 at a time where n allows, else 16."""
+    of 16 (and see the module docstring). Columns go 64 or 32 at a time where n allows, else 16."""
     if n <= 0 or n % 16:
         return None
     if not _state["done"]:
@@ -50,7 +50,7 @@ def sgemm(n):
                 _state["fns"] = _build() if os.environ.get("SLIDENET_VGEMM", "1") != "0" \
                     else {}
                 _state["done"] = True
-    return _state["fns"].get(2 if n % 32 == 0 else 1)
+    return _state["fns"].get(4 if n % 64 == 0 else 2 if n % 32 == 0 else 1)
 
 
 def _ir(name, v, r, int_type):
@@ -126,7 +126,7 @@ def _ir(name, v, r, int_type):
 
 
 def _build():
-    """{1: fn, 2: fn}, by registers per row of a column block, compiled and checked, or {}."""
+    """{1: fn, 2: fn, 4: fn}, by registers per row of a column block, compiled and checked, or {}."""
     gemm = blas.sgemm()
     if gemm is None:
         return {}
@@ -138,7 +138,7 @@ def _build():
         if not features.get("avx512f", False):
             return {}
         int_type = "i64" if gemm.argtypes[3] is ctypes.c_int64 else "i32"
-        body = "\n".join(_ir(f"vgemm{v}", v, ROWS[v], int_type) for v in (1, 2))
+        body = "\n".join(_ir(f"vgemm{v}", v, ROWS[v], int_type) for v in ROWS)
         text = ("declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, "
                 "<16 x float>)\n" + body)
         module = llvm.parse_assembly(text)
@@ -150,7 +150,7 @@ def _build():
         engine = llvm.create_mcjit_compiler(module, machine)
         engine.finalize_object()
         fns = {}
-        for v in (1, 2):
+        for v in ROWS:
             fn = ctypes.CFUNCTYPE(None, *gemm.argtypes)(engine.get_function_address(f"vgemm{v}"))
             fn.argtypes, fn.restype = gemm.argtypes, None
             if not _checks(fn, 16 * v):

@@ -27,7 +27,7 @@ are; the GEMM is its first argument, a C function pointer passed at each call (e
 
 import numpy as np
 
-from slidenet.ops import blas, compiled
+from slidenet.ops import blas, compiled, vgemm
 from slidenet.ops.conv.winograd_f44 import LINE, tiles
 from slidenet.ops.runtime import empty, run_chunks, scratch, split
 
@@ -37,6 +37,9 @@ BAND_BYTES = 640 * 1024
 # few rows, and the block ran slower than the two calls (docs/benchmarks.md, "res18
 # inference: a residual block in one call").
 MIN_TILES = 16
+# The same with `ops.vgemm`'s GEMMs, which do not pack their operands and lose nothing on short
+# products: every image size (res18's 8 x 8 and 4 x 4 blocks too).
+VECTOR_MIN_TILES = 1
 
 
 def kernel():
@@ -46,7 +49,8 @@ def kernel():
 
 def applies(x, first, second):
     """Whether `forward` runs this block: x a float32 C-contiguous batch of 2 or more images
-    (N, H, W, D) of at least MIN_TILES tiles of 4 x 4 outputs each, one image's tiles and
+    (N, H, W, D) of at least MIN_TILES tiles of 4 x 4 outputs each (VECTOR_MIN_TILES where
+    `vgemm.sgemm(D)` is there), one image's tiles and
     products within BAND_BYTES (a larger image keeps `winograd_f44.forward`'s bands of tile
     rows, whose scratch stays within `runtime.chunk_bytes()`); first and second
     `dispatch.PreparedConv`s of F(4x4, 3x3) ("winograd44"), padded by 1, from D to D channels
@@ -57,7 +61,8 @@ def applies(x, first, second):
         return False
     d = x.shape[3]
     count = tiles(x.shape[1]) * tiles(x.shape[2])
-    if count < MIN_TILES or 36 * count * 2 * d * 4 > BAND_BYTES:
+    least = VECTOR_MIN_TILES if vgemm.sgemm(d) is not None else MIN_TILES
+    if count < least or 36 * count * 2 * d * 4 > BAND_BYTES:
         return False
     for p in (first, second):
         if (p.algorithm != "winograd44" or tuple(p.pad) != (1, 1) or tuple(p.stride) != (1, 1)

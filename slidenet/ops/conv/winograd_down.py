@@ -25,7 +25,7 @@ kernel is compiled on first use and cached on disk, as `winograd_block`'s.
 
 import numpy as np
 
-from slidenet.ops import blas, compiled
+from slidenet.ops import blas, compiled, vgemm
 from slidenet.ops.conv.winograd_s2 import LINE, tiles
 from slidenet.ops.runtime import empty, run_chunks, scratch, split
 
@@ -36,6 +36,9 @@ BAND_BYTES = 4 * 1024 * 1024
 # The fewest output tiles per image (4: 8 x 8 outputs): on res18's last downsampling block (1
 # tile, 4 x 4 outputs) one call was level with the three calls (docs/benchmarks.md, as above).
 MIN_TILES = 4
+# The same with `ops.vgemm`'s GEMMs (no packing, nothing lost on short products): the last
+# block too.
+VECTOR_MIN_TILES = 1
 
 
 class Projection:
@@ -60,7 +63,8 @@ def out_size(x, sides):
 
 def applies(x, first, sides, projection, second):
     """Whether `forward` runs this block: x a float32 C-contiguous batch (N, H, W, D) of 2 or
-    more images, whose output (H', W') has at least MIN_TILES tiles of 4 x 4; first a
+    more images, whose output (H', W') has at least MIN_TILES tiles of 4 x 4 (VECTOR_MIN_TILES
+    where `vgemm.sgemm(K)` is there); first a
     `dispatch.PreparedConv` of "winograd_s2" (D -> K, with its RELU) read
     through sides = (before, after), before (1, 1); projection a `Projection` (D -> K, stride
     (2, 2)) whose picked pixels lie in x; second a "winograd44" PreparedConv (K -> K, padded by
@@ -75,7 +79,8 @@ def applies(x, first, sides, projection, second):
         return False
     k = first.filters.shape[2]
     ho, wo = out_size(x, sides)
-    if (tiles(ho) * tiles(wo) < MIN_TILES or 2 * (ho - 1) >= x.shape[1]
+    least = VECTOR_MIN_TILES if vgemm.sgemm(k) is not None else MIN_TILES
+    if (tiles(ho) * tiles(wo) < least or 2 * (ho - 1) >= x.shape[1]
             or 2 * (wo - 1) >= x.shape[2]):
         return False
     if (projection.stride != (2, 2) or projection.w.shape != (d, k)

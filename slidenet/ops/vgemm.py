@@ -54,7 +54,8 @@ def sgemm(n):
 
 
 def _ir(name, v, r, int_type):
-    """The IR of one function: columns in blocks of 16 v, rows in blocks of r, then one by one."""
+    """The IR of one function: columns in blocks of 16 v, rows in blocks of r, the rows left
+    over in blocks of r // 2, r // 4, ... 1."""
     f16 = "<16 x float>"
     lines = [f"define void @{name}(i32 %order, i32 %ta, i32 %tb, {int_type} %m0, "
              f"{int_type} %n0, {int_type} %k0, float %alpha, ptr noalias readonly %a, "
@@ -118,8 +119,12 @@ def _ir(name, v, r, int_type):
         out += [f"  store i64 %{tag}end, ptr %i", f"  br label %{step_next}"]
         return out
 
-    lines += block("B0", r, "B0head", "B1head")
-    lines += block("B1", 1, "B1head", "jnext")
+    sizes = [r]                     # then halves for the rows left over: 6, 3, 1 or 8, 4, 2, 1
+    while sizes[-1] > 1:
+        sizes.append(sizes[-1] // 2)
+    for t, rows in enumerate(sizes):
+        after = f"B{t + 1}head" if t + 1 < len(sizes) else "jnext"
+        lines += block(f"B{t}", rows, f"B{t}head", after)
     lines += ["jnext:", f"  %jn = add i64 %jv, {16 * v}", "  store i64 %jn, ptr %j",
               "  br label %jhead", "exit:", "  ret void", "}"]
     return "\n".join(lines)
@@ -167,7 +172,8 @@ def _checks(fn, width):
     in blocks of `width`): rows in whole blocks and left over, one and more column blocks,
     strided operands, and leaves C's other columns alone."""
     rng = np.random.default_rng(0)
-    for m, n, k in ((13, width, 5), (8, 2 * width, 16), (29, 4 * width, 33), (1, width, 1)):
+    for m, n, k in ((13, width, 5), (8, 2 * width, 16), (29, 4 * width, 33), (1, width, 1),
+                    (7, width, 2), (15, width, 3)):
         a = rng.standard_normal((m, k + 3)).astype(np.float32)
         b = rng.standard_normal((k, n + 16)).astype(np.float32)
         c = np.full((m, n + 5), np.nan, np.float32)

@@ -33,6 +33,10 @@ from slidenet.ops.runtime import empty, run_chunks, scratch, split
 
 # A band's tiles and products (both CONVs reuse them): about half a core's L2 cache.
 BAND_BYTES = 640 * 1024
+# The fewest rows of a band's GEMMs (tiles): on small images (4 x 4: one tile each) a band
+# within BAND_BYTES has a few rows for each D x D filter matrix that the GEMM reads, and larger
+# bands ran faster (docs/benchmarks.md, "res18 inference: the small GEMMs on 512-bit registers").
+BAND_ROWS = 64
 # The fewest tiles per image (16: 16 x 16 images): on smaller images a band's GEMMs get too
 # few rows, and the block ran slower than the two calls (docs/benchmarks.md, "res18
 # inference: a residual block in one call").
@@ -73,8 +77,10 @@ def applies(x, first, second):
 
 
 def band_images(h, w, d):
-    """Images per band: their tiles and products within BAND_BYTES (at least one)."""
-    return max(1, BAND_BYTES // (36 * tiles(h) * tiles(w) * 2 * d * 4))
+    """Images per band: their tiles and products within BAND_BYTES, or more where that leaves
+    a band's GEMMs fewer than BAND_ROWS rows (at least one)."""
+    count = tiles(h) * tiles(w)
+    return max(1, BAND_BYTES // (36 * count * 2 * d * 4), -(-BAND_ROWS // count))
 
 
 def forward(x, first, second, relu=True):

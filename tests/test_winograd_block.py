@@ -87,6 +87,7 @@ def test_bands_and_threads_give_the_same_numbers(monkeypatch):
     first, second = prepared(ws, bs, 16, 16)
     whole = winograd_block.forward(x, first, second)
     per_image = 36 * 16 * 2 * 8 * 4
+    monkeypatch.setattr(winograd_block, "BAND_ROWS", 1)
     for images in (1, 2):
         monkeypatch.setattr(winograd_block, "BAND_BYTES", images * per_image)
         assert winograd_block.band_images(16, 16, 8) == images
@@ -94,6 +95,13 @@ def test_bands_and_threads_give_the_same_numbers(monkeypatch):
             with runtime.workers(workers):
                 got = winograd_block.forward(x, first, second)
             np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
+
+
+def test_bands_keep_enough_rows_for_their_gemms():
+    """Within BAND_BYTES, and larger where that would leave fewer than BAND_ROWS tiles."""
+    assert winograd_block.band_images(32, 32, 16) == 2            # 640 KiB: 2 x 64 tiles
+    assert winograd_block.band_images(4, 4, 128) == winograd_block.BAND_ROWS   # 1 tile each
+    assert winograd_block.band_images(8, 8, 64) * 4 >= winograd_block.BAND_ROWS
 
 
 def test_applies_only_where_it_computes_the_block():

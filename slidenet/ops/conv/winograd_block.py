@@ -29,7 +29,7 @@ import numpy as np
 
 from slidenet.ops import blas, compiled, vgemm
 from slidenet.ops.conv.winograd_f44 import LINE, tiles
-from slidenet.ops.runtime import empty, run_chunks, scratch, split
+from slidenet.ops.runtime import empty, run_chunks, scratch, worker_split
 
 # A band's tiles and products (both CONVs reuse them): about half a core's L2 cache.
 BAND_BYTES = 640 * 1024
@@ -86,7 +86,8 @@ def band_images(h, w, d):
 def forward(x, first, second, relu=True):
     """out = relu(conv(relu(conv(x) + b_1)) + b_2 + x) (the last relu when `relu`) for a block
     that `applies`; x (N, H, W, D) -> out (N, H, W, D). The batch is split once between the
-    worker threads (none on a worker thread), each running bands of `band_images` images."""
+    worker threads (not at all on a worker thread: `runtime.worker_split`), each running
+    bands of `band_images` images."""
     n, h, w, d = x.shape
     th, tw = tiles(h), tiles(w)
     per = band_images(h, w, d)
@@ -102,7 +103,7 @@ def forward(x, first, second, relu=True):
         run(gemm, x[sl], first.filters, first.b, second.filters, second.b, bool(relu),
             out[sl], per, mid, v, m, wide)
 
-    run_chunks(work, split(n))
+    run_chunks(work, worker_split(n))
     return out
 
 

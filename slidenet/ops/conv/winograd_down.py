@@ -27,7 +27,7 @@ import numpy as np
 
 from slidenet.ops import blas, compiled, vgemm
 from slidenet.ops.conv.winograd_s2 import LINE, tiles
-from slidenet.ops.runtime import empty, run_chunks, scratch, split
+from slidenet.ops.runtime import empty, run_chunks, scratch, worker_split
 
 # A band's tiles and products of both CONVs, h and the projection: past a core's L2 cache,
 # since at 16 tiles an image the GEMMs need several images for rows (docs/benchmarks.md,
@@ -104,7 +104,8 @@ def band_images(ho, wo, d, k):
 def forward(x, first, sides, projection, second, relu=True):
     """out = [relu](conv(relu(conv_s2(x) + b_1)) + b_2 + x[:, ::2, ::2] @ W_p + b_p) for a block
     that `applies`; x (N, H, W, D) -> out (N, H', W', K). The batch is split once between the
-    worker threads (none on a worker thread), each running bands of `band_images` images."""
+    worker threads (not at all on a worker thread: `runtime.worker_split`), each running
+    bands of `band_images` images."""
     n, h, w, d = x.shape
     k = first.filters.shape[2]
     ho, wo = out_size(x, sides)
@@ -130,7 +131,7 @@ def forward(x, first, sides, projection, second, relu=True):
             second.filters, bias, bool(relu), out[sl], per, mid, pick, skip, v1, m1, v2, m2,
             wide)
 
-    run_chunks(work, split(n))
+    run_chunks(work, worker_split(n))
     return out
 
 

@@ -27,7 +27,7 @@ are; the GEMM is its first argument, a C function pointer passed at each call (e
 
 import numpy as np
 
-from slidenet.ops import blas, compiled, vgemm
+from slidenet.ops import blas, compiled, vgemm, vpass
 from slidenet.ops.conv.winograd_f44 import LINE, tiles
 from slidenet.ops.runtime import empty, run_chunks, scratch, worker_split
 
@@ -93,12 +93,18 @@ def forward(x, first, second, relu=True):
     per = band_images(h, w, d)
     out = empty(x.shape, np.float32)
     run, gemm = kernel(), blas.gemm_for(d)
+    inpass = vpass.input_pass() if d % 16 == 0 else None
+    vector = _kernel_vector() if inpass is not None else None
 
     def work(sl):
         rows = per * th * tw * d
         v = scratch("block.v", (36, rows + LINE), np.float32)
         m = scratch("block.m", (36, rows + LINE), np.float32)
         mid = scratch("block.h", (per, h, w, d), np.float32)
+        if vector is not None:
+            vector(gemm, inpass, x[sl], first.filters, first.b, second.filters, second.b,
+                   bool(relu), out[sl], per, mid, v, m)
+            return
         wide = scratch("block.wide", (6, 4 * th + 2, tw * d), np.float32)
         run(gemm, x[sl], first.filters, first.b, second.filters, second.b, bool(relu),
             out[sl], per, mid, v, m, wide)
@@ -123,6 +129,16 @@ def _build(fast):
 _kernel = blas.GemmKernel(_build)
 
 
+def _build_vector(fast):
+    """`_block_vector`, numba-compiled (cached on disk) with `fast`'s output pass."""
+    global _output
+    _output = fast.winograd44_output
+    return compiled.jit(_block_vector)
+
+
+_kernel_vector = blas.GemmKernel(_build_vector)
+
+
 def _block(gemm, x, ua, ba, ub, bb, relu, out, per, mid, v, m, wide):
     """x, out (c, H, W, D); ua, ub (36, D, D); ba, bb (D,); mid (>= per, H, W, D): h of a
     band; v, m (36, >= per*T_h*T_w*D + LINE): a band's tiles and products; wide: the input
@@ -140,6 +156,29 @@ def _block(gemm, x, ua, ba, ub, bb, relu, out, per, mid, v, m, wide):
                  m[e].ctypes.data, d)
         _output(m, 0, th, tw, hb, ba, True, True, xb, False)
         _input(hb, 1, 1, 0, th, tw, wide, v)
+        for e in range(36):
+            gemm(101, 111, 111, rows, d, d, 1.0, v[e].ctypes.data, d, ub[e].ctypes.data, d, 0.0,
+                 m[e].ctypes.data, d)
+        _output(m, 0, th, tw, out[i0:i1], bb, True, relu, xb, True)
+
+
+def _block_vector(gemm, inpass, x, ua, ba, ub, bb, relu, out, per, mid, v, m):
+    """`_block` with `ops.vpass.input_pass()` (inpass, a ctypes function) for the input passes
+    (D a multiple of 16): the same planes, bit for bit, without the gather between its two
+    passes; no scratch for it."""
+    c, h, w, d = x.shape
+    th, tw = (h + 3) // 4, (w + 3) // 4
+    for i0 in range(0, c, per):
+        i1 = min(c, i0 + per)
+        rows = (i1 - i0) * th * tw
+        hb = mid[:i1 - i0]
+        xb = x[i0:i1]
+        inpass(xb.ctypes.data, i1 - i0, h, w, d, 1, 1, 0, th, tw, v.ctypes.data, v.shape[1])
+        for e in range(36):
+            gemm(101, 111, 111, rows, d, d, 1.0, v[e].ctypes.data, d, ua[e].ctypes.data, d, 0.0,
+                 m[e].ctypes.data, d)
+        _output(m, 0, th, tw, hb, ba, True, True, xb, False)
+        inpass(hb.ctypes.data, i1 - i0, h, w, d, 1, 1, 0, th, tw, v.ctypes.data, v.shape[1])
         for e in range(36):
             gemm(101, 111, 111, rows, d, d, 1.0, v[e].ctypes.data, d, ub[e].ctypes.data, d, 0.0,
                  m[e].ctypes.data, d)

@@ -1,0 +1,83 @@
+"""ops.vpass: F(4x4, 3x3)'s input pass on 512-bit registers, against the naive transform and
+`compiled.winograd44_input` (bit for bit)."""
+import numpy as np
+import pytest
+
+from slidenet.ops import compiled, vgemm, vpass
+from slidenet.ops.conv import dispatch, winograd_block
+
+RNG = np.random.default_rng(11)
+
+needs_vpass = pytest.mark.skipif(vpass.input_pass() is None,
+                                 reason="no llvmlite, no AVX-512F or no numba on this host")
+
+# F(4x4, 3x3)'s B^T, as winograd_f44 and the lecture's Winograd section write it
+BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+               [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
+
+
+def naive_planes(x, ph, pw, t0, th, tw, bt=BT):
+    """B^T d B of every tile's 6 x 6 window (zeros outside x) by loops, in float64, as
+    (36, c*th*tw*D): entry 6a + b of tile (n, ti, tj) at [6a + b, ((n*th + ti)*tw + tj)*D:]."""
+    c, h, w, d = x.shape
+    out = np.zeros((36, c * th * tw * d))
+    for n in range(c):
+        for ti in range(th):
+            for tj in range(tw):
+                win = np.zeros((6, 6, d))
+                for i in range(6):
+                    for j in range(6):
+                        r, q = 4 * (t0 + ti) - ph + i, 4 * tj - pw + j
+                        if 0 <= r < h and 0 <= q < w:
+                            win[i, j] = x[n, r, q]
+                t = np.einsum("ai,ijd,bj->abd", bt, win, bt)
+                base = ((n * th + ti) * tw + tj) * d
+                out[:, base:base + d] = t.reshape(36, d)
+    return out
+
+
+@needs_vpass
+@pytest.mark.parametrize("c, h, w, d, ph, pw, t0, th, tw", [
+    (2, 8, 8, 16, 1, 1, 0, 2, 2),          # padded by 1, as a 3x3 CONV
+    (1, 7, 10, 32, 1, 1, 0, 2, 3),         # a last tile past the edge
+    (3, 5, 5, 16, 0, 2, 0, 2, 2),          # other padding, cropping
+    (1, 16, 12, 48, 1, 1, 2, 2, 3),        # a band of tile rows from t0 on
+    (1, 4, 4, 128, 1, 1, 0, 1, 1)])
+def test_matches_the_naive_transform_and_the_numba_pass(c, h, w, d, ph, pw, t0, th, tw):
+    x = RNG.standard_normal((c, h, w, d)).astype(np.float32)
+    n = c * th * tw * d
+    got = np.full((36, n + 7), np.nan, np.float32)
+    vpass.run(vpass.input_pass(), x, ph, pw, t0, th, tw, got)
+    assert np.isnan(got[:, n:]).all()                                   # nothing else written
+    want = naive_planes(x.astype(np.float64), ph, pw, t0, th, tw)
+    scale = naive_planes(np.abs(x).astype(np.float64), ph, pw, t0, th, tw, np.abs(BT))
+    assert np.all(np.abs(got[:, :n] - want) <= 8 * np.finfo(np.float32).eps * scale + 1e-30)
+    same = np.zeros_like(got)
+    compiled.kernels().winograd44_input(x, ph, pw, t0, th, tw,
+                                        np.zeros((6, 4 * th + 2, tw * d), np.float32), same)
+    assert np.array_equal(got[:, :n], same[:, :n])                      # bit for bit
+
+
+@needs_vpass
+def test_the_block_kernel_gives_the_numba_pass_bits(monkeypatch):
+    x = RNG.standard_normal((3, 16, 16, 32)).astype(np.float32)
+    first, second = (dispatch.prepare_conv(
+        (RNG.standard_normal((3, 3, 32, 32)) * 0.1).astype(np.float32),
+        RNG.standard_normal(32).astype(np.float32), (1, 1), (1, 1), True, height=16, width=16)
+        for _ in range(2))
+    vector = winograd_block.forward(x, first, second)
+    monkeypatch.setattr(vpass, "_state", {"done": True, "fn": None})   # the numba pass
+    assert np.array_equal(winograd_block.forward(x, first, second), vector)
+
+
+def test_none_without_vgemm(monkeypatch):
+    monkeypatch.setattr(vgemm, "_state", {"done": True, "fns": {}})
+    monkeypatch.setattr(vpass, "_state", {"done": False, "fn": None})
+    assert vpass.input_pass() is None
+
+
+def test_built_wherever_vgemm_is():
+    """A pass that failed its own check would be None and skip the tests above."""
+    if vgemm.sgemm(16) is None or compiled.kernels() is None:
+        pytest.skip("no vgemm or no numba on this host")
+    assert vpass.input_pass() is not None

@@ -1,5 +1,5 @@
-"""ops.vpass: F(4x4, 3x3)'s input pass on 512-bit registers, against the naive transform and
-`compiled.winograd44_input` (bit for bit)."""
+"""ops.vpass: F(4x4, 3x3)'s input and output passes on 512-bit registers, against the naive
+transforms and `compiled.winograd44_input` / `winograd44_output` (bit for bit)."""
 import numpy as np
 import pytest
 
@@ -58,6 +58,51 @@ def test_matches_the_naive_transform_and_the_numba_pass(c, h, w, d, ph, pw, t0, 
     assert np.array_equal(got[:, :n], same[:, :n])                      # bit for bit
 
 
+AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+               [0, 1, -1, 8, -8, 1]], np.float64)
+
+
+@needs_vpass
+@pytest.mark.parametrize("c, ho, wo, k, use_bias, relu, use_skip", [
+    (2, 8, 8, 16, True, True, True), (1, 7, 6, 32, True, False, True),   # cropped last tiles
+    (3, 5, 9, 16, False, True, False), (1, 4, 4, 128, True, True, False)])
+def test_output_pass_matches_the_naive_transform_and_the_numba_pass(c, ho, wo, k, use_bias,
+                                                                    relu, use_skip):
+    """y = A^T m A of each tile [+ b][+ skip][ReLU], pixels past H', W' dropped: against
+    float64 loops to float32 rounding and `compiled.winograd44_output` bit for bit."""
+    th, tw = (ho + 3) // 4, (wo + 3) // 4
+    m = RNG.standard_normal((36, c * th * tw * k + 5)).astype(np.float32)
+    m[3, 7] = np.nan                                    # a NaN stays a NaN through the ReLU
+    bias = RNG.standard_normal(k).astype(np.float32)
+    skip = RNG.standard_normal((c, ho, wo, k)).astype(np.float32)
+    got = np.full((c, ho, wo, k), -7.0, np.float32)
+    vpass.run_output(vpass.output_pass(), m, 0, th, tw, got, bias, use_bias, relu, skip,
+                     use_skip)
+    want = np.zeros((c, ho, wo, k))
+    for n in range(c):
+        for ti in range(th):
+            for tj in range(tw):
+                base = ((n * th + ti) * tw + tj) * k
+                tile = m[:, base:base + k].astype(np.float64).reshape(6, 6, k)
+                y = np.zeros((4, 4, k))         # only the nonzero terms: a NaN stays in
+                for p, q, a, b in np.ndindex(4, 4, 6, 6):               # its own outputs
+                    if AT[p, a] and AT[q, b]:
+                        y[p, q] += AT[p, a] * AT[q, b] * tile[a, b]
+                for p in range(min(4, ho - 4 * ti)):
+                    for q in range(min(4, wo - 4 * tj)):
+                        want[n, 4 * ti + p, 4 * tj + q] = y[p, q]
+    want += bias if use_bias else 0
+    want += skip if use_skip else 0
+    want = np.where(want < 0, 0, want) if relu else want
+    finite = np.isfinite(want)
+    assert np.array_equal(np.isnan(got), ~finite)
+    assert np.allclose(got[finite], want[finite], rtol=1e-5, atol=1e-5 * np.abs(want[finite]).max())
+    same = np.zeros_like(got)
+    compiled.kernels().winograd44_output(m, 0, th, tw, same, bias, use_bias, relu, skip,
+                                         use_skip)
+    assert np.array_equal(got, same, equal_nan=True)                   # bit for bit
+
+
 @needs_vpass
 def test_the_block_kernel_gives_the_numba_pass_bits(monkeypatch):
     x = RNG.standard_normal((3, 16, 16, 32)).astype(np.float32)
@@ -66,18 +111,18 @@ def test_the_block_kernel_gives_the_numba_pass_bits(monkeypatch):
         RNG.standard_normal(32).astype(np.float32), (1, 1), (1, 1), True, height=16, width=16)
         for _ in range(2))
     vector = winograd_block.forward(x, first, second)
-    monkeypatch.setattr(vpass, "_state", {"done": True, "fn": None})   # the numba pass
+    monkeypatch.setattr(vpass, "_state", {"done": True, "fn": None, "out": None})   # numba's
     assert np.array_equal(winograd_block.forward(x, first, second), vector)
 
 
 def test_none_without_vgemm(monkeypatch):
     monkeypatch.setattr(vgemm, "_state", {"done": True, "fns": {}})
-    monkeypatch.setattr(vpass, "_state", {"done": False, "fn": None})
-    assert vpass.input_pass() is None
+    monkeypatch.setattr(vpass, "_state", {"done": False, "fn": None, "out": None})
+    assert vpass.input_pass() is None and vpass.output_pass() is None
 
 
 def test_built_wherever_vgemm_is():
     """A pass that failed its own check would be None and skip the tests above."""
     if vgemm.sgemm(16) is None or compiled.kernels() is None:
         pytest.skip("no vgemm or no numba on this host")
-    assert vpass.input_pass() is not None
+    assert vpass.input_pass() is not None and vpass.output_pass() is not None

@@ -1,4 +1,4 @@
-"""F(4x4, 3x3)'s input pass on 512-bit registers, for depths that are a multiple of 16.
+"""F(4x4, 3x3)'s input and output passes on 512-bit registers, for depths a multiple of 16.
 
 `compiled.winograd44_input` computes B^T d B of every tile's 6 x 6 window in two passes over
 rows of numbers (down the height, then along the width), gathering each tile's columns into
@@ -18,6 +18,16 @@ height and 0 .. tw - 1 of the width, out the planes (36, >= plane) float32: entr
 (n, ti, tj) at out[6a + b, ((n*th + ti)*tw + tj)*D : ... + D], as `winograd44_input` writes
 them. None where `vgemm.sgemm` is None (no llvmlite, no AVX-512F, `SLIDENET_VGEMM=0`) or if the
 compiled function's planes differ from `winograd44_input`'s on a check: callers keep that.
+
+`output_pass()` is `compiled.winograd44_output`'s counterpart, the same way (A^T m A of each
+tile in registers, bias, skip and ReLU as it stores the output's pixels, rows and columns past
+H', W' dropped; the same sums in the same order):
+
+    fn(m, plane, first, th, tw, out, c, ho, wo, k, bias, use_bias, relu, skip, use_skip)
+
+m the products (36, >= plane), out (c, H', W', K), bias (K,) and skip (c, H', W', K) valid
+arrays even where their flag is 0. None as `input_pass()` is, or if its output differs from
+`winograd44_output`'s on a check.
 """
 import ctypes
 import threading
@@ -26,19 +36,30 @@ import numpy as np
 
 from slidenet.ops import compiled, vgemm
 
-_state = {"done": False, "fn": None}
+_state = {"done": False, "fn": None, "out": None}
 _lock = threading.Lock()
 F16 = "<16 x float>"
 
 
 def input_pass():
     """The checked ctypes function (see the module docstring), or None."""
+    _ready()
+    return _state["fn"]
+
+
+def output_pass():
+    """The checked ctypes function (see the module docstring), or None."""
+    _ready()
+    return _state["out"]
+
+
+def _ready():
     if not _state["done"]:
         with _lock:
             if not _state["done"]:
-                _state["fn"] = _build() if vgemm.sgemm(16) is not None else None
+                if vgemm.sgemm(16) is not None:
+                    _state["fn"], _state["out"] = _build()
                 _state["done"] = True
-    return _state["fn"]
 
 
 def _transform(name, d):
@@ -65,6 +86,103 @@ def _transform(name, d):
         f"  %{name}b1 = fmul {F16} %{name}v, {c2}",
         f"  %{name}5 = fsub {F16} %{name}b0, %{name}b1",       # (d5 - d3) - v 2
     ]
+
+
+def _transform_out(name, m):
+    """IR lines computing the four outputs `{name}0..3` of A^T along one axis from the six
+    values m[0..5], in `winograd44_output`'s order of operations."""
+    c4 = "<float 4.0" + ", float 4.0" * 15 + ">"
+    c2 = "<float 2.0" + ", float 2.0" * 15 + ">"
+    c8 = "<float 8.0" + ", float 8.0" * 15 + ">"
+    return [
+        f"  %{name}a = fadd {F16} {m[1]}, {m[2]}",
+        f"  %{name}b = fsub {F16} {m[1]}, {m[2]}",
+        f"  %{name}c = fadd {F16} {m[3]}, {m[4]}",
+        f"  %{name}f = fsub {F16} {m[3]}, {m[4]}",
+        f"  %{name}y0 = fadd {F16} {m[0]}, %{name}a",
+        f"  %{name}0 = fadd {F16} %{name}y0, %{name}c",         # (m0 + a) + c
+        f"  %{name}y1 = fmul {F16} %{name}f, {c2}",
+        f"  %{name}1 = fadd {F16} %{name}y1, %{name}b",         # f 2 + b
+        f"  %{name}y2 = fmul {F16} %{name}c, {c4}",
+        f"  %{name}2 = fadd {F16} %{name}y2, %{name}a",         # c 4 + a
+        f"  %{name}y3 = fmul {F16} %{name}f, {c8}",
+        f"  %{name}y4 = fadd {F16} %{name}y3, %{name}b",
+        f"  %{name}3 = fadd {F16} %{name}y4, {m[5]}",           # (f 8 + b) + m5
+    ]
+
+
+def _loops(loops, body):
+    """IR of nested counted loops [(name, bound)] around `body` (lines that end by branching
+    to the innermost loop's `{name}_next`), after the entry's own lines."""
+    lines = [f"  %{v}_slot = alloca i64" for v, _ in loops]
+    lines += [f"  store i64 0, ptr %{loops[0][0]}_slot", f"  br label %{loops[0][0]}_head"]
+    for depth, (v, bound) in enumerate(loops):
+        inner = loops[depth + 1][0] if depth + 1 < len(loops) else None
+        lines += [f"{v}_head:", f"  %{v} = load i64, ptr %{v}_slot",
+                  f"  %{v}_go = icmp slt i64 %{v}, {bound}",
+                  f"  br i1 %{v}_go, label %{v}_body, label %{v}_done", f"{v}_body:"]
+        lines += ([f"  store i64 0, ptr %{inner}_slot", f"  br label %{inner}_head"] if inner
+                  else ["  br label %tile"])
+    lines += ["tile:"] + body
+    for depth in reversed(range(len(loops))):
+        v = loops[depth][0]
+        outer = loops[depth - 1][0] if depth else None
+        lines += [f"{v}_next:", f"  %{v}_n = add i64 %{v}, 1", f"  store i64 %{v}_n, ptr %{v}_slot",
+                  f"  br label %{v}_head", f"{v}_done:"]
+        lines += [f"  br label %{outer}_next"] if outer else ["  ret void"]
+    return lines
+
+
+def _ir_output():
+    """The output pass: loops over images, tile rows, tile columns and blocks of 16 channels;
+    for each, A^T m A in registers and the in-bounds pixels stored with bias, skip, ReLU."""
+    lines = ["define void @output_pass(ptr noalias readonly %m, i64 %plane, i64 %first, "
+             "i64 %th, i64 %tw, ptr noalias %out, i64 %c, i64 %ho, i64 %wo, i64 %k, "
+             "ptr noalias readonly %bias, i64 %use_bias, i64 %relu, ptr noalias readonly %skip, "
+             "i64 %use_skip) nounwind {", "entry:", "  %blocks = udiv i64 %k, 16",
+             "  %ub = icmp ne i64 %use_bias, 0", "  %ur = icmp ne i64 %relu, 0",
+             "  %us = icmp ne i64 %use_skip, 0"]
+    body = ["  %tn = mul i64 %n, %th", "  %tr = add i64 %tn, %ti", "  %tt = mul i64 %tr, %tw",
+            "  %tix = add i64 %tt, %tj", "  %toff = mul i64 %tix, %k", "  %ch = mul i64 %cb, 16",
+            "  %mbase = add i64 %toff, %ch"]
+    for e in range(36):
+        body += [f"  %pl{e} = mul i64 %plane, {e}", f"  %mo{e} = add i64 %pl{e}, %mbase",
+                 f"  %mp{e} = getelementptr inbounds float, ptr %m, i64 %mo{e}",
+                 f"  %mv{e} = load {F16}, ptr %mp{e}, align 4"]
+    for b in range(6):                       # down the height: column b's six entries
+        body += _transform_out(f"h{b}_", [f"%mv{6 * a + b}" for a in range(6)])
+    for p in range(4):                       # along the width: output row p
+        body += _transform_out(f"y{p}_", [f"%h{b}_{p}" for b in range(6)])
+    body += ["  %bp = getelementptr inbounds float, ptr %bias, i64 %ch",
+             f"  %bv = load {F16}, ptr %bp, align 4",
+             "  %trow = add i64 %first, %ti", "  %r0 = mul i64 %trow, 4", "  %q0 = mul i64 %tj, 4",
+             "  %img = mul i64 %n, %ho"]
+    for p in range(4):
+        for q in range(4):
+            t = f"{p}_{q}"
+            nxt = f"px{p}_{q + 1}" if q < 3 else (f"px{p + 1}_0" if p < 3 else "cb_next")
+            body += [f"  br label %px{t}", f"px{t}:",
+                     f"  %r{t} = add i64 %r0, {p}", f"  %q{t} = add i64 %q0, {q}",
+                     f"  %rin{t} = icmp slt i64 %r{t}, %ho", f"  %qin{t} = icmp slt i64 %q{t}, %wo",
+                     f"  %in{t} = and i1 %rin{t}, %qin{t}",
+                     f"  br i1 %in{t}, label %st{t}, label %{nxt}", f"st{t}:",
+                     f"  %row{t} = add i64 %img, %r{t}", f"  %rw{t} = mul i64 %row{t}, %wo",
+                     f"  %px_{t} = add i64 %rw{t}, %q{t}", f"  %po{t} = mul i64 %px_{t}, %k",
+                     f"  %at{t} = add i64 %po{t}, %ch",
+                     f"  %vb{t} = fadd {F16} %y{p}_{q}, %bv",
+                     f"  %v1{t} = select i1 %ub, {F16} %vb{t}, {F16} %y{p}_{q}",
+                     f"  %sp{t} = getelementptr inbounds float, ptr %skip, i64 %at{t}",
+                     f"  %sv{t} = load {F16}, ptr %sp{t}, align 4",
+                     f"  %vs{t} = fadd {F16} %v1{t}, %sv{t}",
+                     f"  %v2{t} = select i1 %us, {F16} %vs{t}, {F16} %v1{t}",
+                     f"  %neg{t} = fcmp olt {F16} %v2{t}, zeroinitializer",
+                     f"  %vr{t} = select <16 x i1> %neg{t}, {F16} zeroinitializer, {F16} %v2{t}",
+                     f"  %v3{t} = select i1 %ur, {F16} %vr{t}, {F16} %v2{t}",
+                     f"  %op{t} = getelementptr inbounds float, ptr %out, i64 %at{t}",
+                     f"  store {F16} %v3{t}, ptr %op{t}, align 4", f"  br label %{nxt}"]
+    lines += _loops((("n", "%c"), ("ti", "%th"), ("tj", "%tw"), ("cb", "%blocks")), body)
+    lines.append("}")
+    return "\n".join(lines)
 
 
 def _ir():
@@ -136,11 +254,12 @@ def _ir():
 
 
 def _build():
+    """(input pass, output pass), each compiled and checked, or None."""
     try:
         import llvmlite.binding as llvm
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
-        module = llvm.parse_assembly(_ir())
+        module = llvm.parse_assembly(_ir() + "\n" + _ir_output())
         module.verify()
         machine = llvm.Target.from_default_triple().create_target_machine(
             cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
@@ -153,12 +272,13 @@ def _build():
         argtypes = [p, i, i, i, i, i, i, i, i, i, p, i]
         fn = ctypes.CFUNCTYPE(None, *argtypes)(engine.get_function_address("input_pass"))
         fn.argtypes, fn.restype = argtypes, None
-        if not _checks(fn):
-            return None
+        outtypes = [p, i, i, i, i, p, i, i, i, i, p, i, i, p, i]
+        out = ctypes.CFUNCTYPE(None, *outtypes)(engine.get_function_address("output_pass"))
+        out.argtypes, out.restype = outtypes, None
         _state["engine"] = engine           # the compiled code lives as long as the engine
-        return fn
+        return (fn if _checks(fn) else None), (out if _checks_output(out) else None)
     except (ImportError, OSError, RuntimeError, AttributeError, TypeError, ValueError):
-        return None
+        return None, None
 
 
 def run(fn, x, ph, pw, t0, th, tw, out):
@@ -182,5 +302,35 @@ def _checks(fn):
         run(fn, x, ph, pw, 0, th, tw, got)
         n = c * th * tw * d
         if not (np.array_equal(got[:, :n], want[:, :n]) and np.isnan(got[:, n:]).all()):
+            return False
+    return True
+
+
+def run_output(fn, m, first, th, tw, out, bias, use_bias, relu, skip, use_skip):
+    """fn (`output_pass()`) on m (36, plane) into out (c, H', W', K) from Python (tests)."""
+    c, ho, wo, k = out.shape
+    fn(m.ctypes.data, m.shape[1], first, th, tw, out.ctypes.data, c, ho, wo, k,
+       bias.ctypes.data, int(use_bias), int(relu), skip.ctypes.data, int(use_skip))
+
+
+def _checks_output(fn):
+    """Whether fn writes `winograd44_output`'s pixels, bit for bit, cropping, with and without
+    bias, skip and ReLU."""
+    fast = compiled.kernels()
+    if fast is None:
+        return False
+    rng = np.random.default_rng(0)
+    for c, ho, wo, k, flags in ((2, 7, 6, 16, (True, True, True)), (1, 8, 8, 32, (False,
+                                                                                   False, True)),
+                                (1, 5, 9, 16, (True, True, False))):
+        th, tw = (ho + 3) // 4, (wo + 3) // 4
+        m = rng.standard_normal((36, c * th * tw * k + 8)).astype(np.float32)
+        bias = rng.standard_normal(k).astype(np.float32)
+        skip = rng.standard_normal((c, ho, wo, k)).astype(np.float32)
+        want = np.zeros((c, ho, wo, k), np.float32)
+        got = np.full_like(want, np.nan)
+        fast.winograd44_output(m, 0, th, tw, want, bias, flags[0], flags[1], skip, flags[2])
+        run_output(fn, m, 0, th, tw, got, bias, flags[0], flags[1], skip, flags[2])
+        if not np.array_equal(got, want):
             return False
     return True

@@ -10,7 +10,8 @@ statistics) with `vgemm` on, then as many with it off (NumPy's BLAS, the block k
 before it),
 then the other order next round. Prints the CPU ms of a forward (all threads) and the wall ms,
 min and median over the rounds, and that the two give the same scores to float32 rounding.
-`--stages`: res18's basic and downsampling blocks alone, as the plan runs them (one call where
+`--passes`: the same with `ops.vpass`'s passes on and off (vgemm on in both). `--stages`:
+res18's basic and downsampling blocks alone, as the plan runs them (one call where
 the block kernels apply, else two or three) (random weights, `--batch` images, one worker), CPU ms, min of 7 runs of 5 calls,
 alternating twice.
 """
@@ -23,8 +24,16 @@ import numpy as np
 from res18_down_ab import timed             # this folder's scripts: the same timing and
 from res18_infer import trained_looking     # trained-looking net
 from slidenet.bench import RES18
-from slidenet.ops import runtime, vgemm
+from slidenet.ops import runtime, vgemm, vpass
 from slidenet.ops.conv import dispatch, winograd_block, winograd_down
+
+def use_passes(on):
+    """Switch `ops.vpass`'s passes on (the basic block's vector kernel) or off (numba's)."""
+    vpass.input_pass()
+    if "built" not in vpass._state:
+        vpass._state["built"] = (vpass._state["fn"], vpass._state["out"])
+    vpass._state["fn"], vpass._state["out"] = vpass._state["built"] if on else (None, None)
+
 
 def use(on):
     """Switch vgemm on (the block kernels call it, and take the smaller images it makes pay) or
@@ -99,6 +108,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--calls", type=int, default=4)
     parser.add_argument("--stages", action="store_true")
+    parser.add_argument("--passes", action="store_true",
+                        help="instead: vpass's passes on against off (vgemm on in both)")
     args = parser.parse_args()
     if vgemm.sgemm(16) is None:
         raise SystemExit("vgemm is not available here (no llvmlite or no AVX-512F)")
@@ -106,22 +117,24 @@ def main():
         return stages(args.batch)
     plan = trained_looking(RES18).prepare()
     x = np.random.default_rng(1).standard_normal((args.batch, 32, 32, 3)).astype(np.float32)
-    times = {"vgemm": ([], []), "blas": ([], [])}
+    names = ("vpass", "numba passes") if args.passes else ("vgemm", "blas")
+    switch = use_passes if args.passes else use
+    times = {name: ([], []) for name in names}
     with runtime.workers(args.workers):
         scores = {}
         for name in times:
-            use(name == "vgemm")
+            switch(name == names[0])
             scores[name] = plan.forward(x).copy()
         for r in range(args.rounds):
-            for name in (("vgemm", "blas") if r % 2 == 0 else ("blas", "vgemm")):
-                use(name == "vgemm")
+            for name in (names if r % 2 == 0 else names[::-1]):
+                switch(name == names[0])
                 cpu, wall = time.process_time(), time.perf_counter()
                 for _ in range(args.calls):
                     plan.forward(x)
                 times[name][0].append((time.process_time() - cpu) / args.calls * 1e3)
                 times[name][1].append((time.perf_counter() - wall) / args.calls * 1e3)
-    use(True)
-    diff = np.abs(scores["vgemm"] - scores["blas"]).max() / np.abs(scores["blas"]).max()
+    switch(True)
+    diff = np.abs(scores[names[0]] - scores[names[1]]).max() / np.abs(scores[names[1]]).max()
     print(f"batch {args.batch}, {args.workers} worker(s), {args.rounds} rounds of "
           f"{args.calls}; scores agree to {diff:.1e} of the largest")
     for name, (cpu, wall) in times.items():

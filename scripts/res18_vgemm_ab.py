@@ -1,19 +1,19 @@
 """res18's prepared forward with the block kernels' GEMMs on 512-bit registers (`ops.vgemm`)
 against the same plan calling NumPy's BLAS (`blas.sgemm`), alternating in one process:
-docs/benchmarks.md's "res18 inference: the small GEMMs on 512-bit registers".
+docs/benchmarks.md's "res18 inference: the small GEMMs and the passes on 512-bit registers".
 
     .venv/bin/python scripts/res18_vgemm_ab.py [--batch 64] [--workers 1] [--rounds 10]
+    .venv/bin/python scripts/res18_vgemm_ab.py --passes     # ops.vpass's passes on and off
     .venv/bin/python scripts/res18_vgemm_ab.py --stages     # each block kind alone
 
 Each round times `--calls` forwards of one plan (`slidenet bench`'s RES18, random weights and
-statistics) with `vgemm` on, then as many with it off (NumPy's BLAS, the block kernels' limits as
-before it),
-then the other order next round. Prints the CPU ms of a forward (all threads) and the wall ms,
-min and median over the rounds, and that the two give the same scores to float32 rounding.
+statistics) with `vgemm` on, then as many with it off (NumPy's BLAS, the block kernels' limits
+as before it), then the other order next round. Prints the CPU ms of a forward (all threads)
+and the wall ms, min and median over the rounds, and how far apart the two scores are.
 `--passes`: the same with `ops.vpass`'s passes on and off (vgemm on in both). `--stages`:
-res18's basic and downsampling blocks alone, as the plan runs them (one call where
-the block kernels apply, else two or three) (random weights, `--batch` images, one worker), CPU ms, min of 7 runs of 5 calls,
-alternating twice.
+res18's basic and downsampling blocks alone, as the plan runs them (one call where the block
+kernels apply, else two or three), random weights, `--batch` images, one worker, CPU ms, min
+of 7 runs of 5 calls, alternating twice.
 """
 import argparse
 import statistics
@@ -78,7 +78,8 @@ def stages(batch):
             for _ in range(2):
                 for name, on in (("vgemm", True), ("blas", False)):
                     use(on)
-                    cells.append(f"{name} {timed(lambda: block(x, first, second)):.2f}")
+                    ms = timed(lambda: block(x, first, second))
+                    cells.append(f"{name} {ms:.2f}")
         print(f"block {side}x{side}x{d}: " + ", ".join(cells))
     for side, d in ((32, 16), (16, 32), (8, 64)):
         k, half = 2 * d, side // 2
@@ -95,8 +96,8 @@ def stages(batch):
             for _ in range(2):
                 for name, on in (("vgemm", True), ("blas", False)):
                     use(on)
-                    cells.append(f"{name} "
-                                 f"{timed(lambda: down(x, first, sides, proj, second)):.2f}")
+                    ms = timed(lambda: down(x, first, sides, proj, second))
+                    cells.append(f"{name} {ms:.2f}")
         print(f"down {side}x{side}x{d} -> {k}: " + ", ".join(cells))
     use(True)
 

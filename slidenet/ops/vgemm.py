@@ -131,7 +131,8 @@ def _ir(name, v, r, int_type):
 
 
 def _build():
-    """{1: fn, 2: fn, 4: fn}, by registers per row of a column block, compiled and checked, or {}."""
+    """{1: fn, 2: fn, 4: fn}, by registers per row of a column block, compiled and checked;
+    or {}."""
     gemm = blas.sgemm()
     if gemm is None:
         return {}

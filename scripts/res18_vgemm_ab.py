@@ -7,8 +7,8 @@ docs/benchmarks.md's "res18 inference: the small GEMMs and the passes on 512-bit
     .venv/bin/python scripts/res18_vgemm_ab.py --stages     # each block kind alone
 
 Each round times `--calls` forwards of one plan (`slidenet bench`'s RES18, random weights and
-statistics) with `vgemm` on, then as many with it off (NumPy's BLAS, the block kernels' limits
-as before it), then the other order next round. Prints the CPU ms of a forward (all threads)
+statistics) with `vgemm` and `vpass` on, then as many with them off (NumPy's BLAS, numba's
+passes, the block kernels' limits as before), then the other order next round. Prints the CPU ms of a forward (all threads)
 and the wall ms, min and median over the rounds, and how far apart the two scores are.
 `--passes`: the same with `ops.vpass`'s passes on and off (vgemm on in both). `--stages`:
 res18's basic and downsampling blocks alone, as the plan runs them (one call where the block
@@ -36,12 +36,13 @@ def use_passes(on):
 
 
 def use(on):
-    """Switch vgemm on (the block kernels call it, and take the smaller images it makes pay) or
-    off (NumPy's BLAS and the block kernels' MIN_TILES, as before it)."""
+    """Switch vgemm on (the block kernels call it, and take the smaller images it makes pay)
+    or off (NumPy's BLAS and the block kernels' MIN_TILES, as before it), and vpass with it."""
     vgemm.sgemm(16)
     if "built" not in vgemm._state:
         vgemm._state["built"] = vgemm._state["fns"]
     vgemm._state["fns"] = vgemm._state["built"] if on else {}
+    use_passes(on)
 
 
 def conv(rng, d, k, stride, side, relu=True):

@@ -256,18 +256,7 @@ def _ir():
 def _build():
     """(input pass, output pass), each compiled and checked, or None."""
     try:
-        import llvmlite.binding as llvm
-        llvm.initialize_native_target()
-        llvm.initialize_native_asmprinter()
-        module = llvm.parse_assembly(_ir() + "\n" + _ir_output())
-        module.verify()
-        machine = llvm.Target.from_default_triple().create_target_machine(
-            cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
-            opt=3)
-        builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(3))
-        builder.getModulePassManager().run(module, builder)
-        engine = llvm.create_mcjit_compiler(module, machine)
-        engine.finalize_object()
+        engine = vgemm.compile_ir(_ir() + "\n" + _ir_output(), "vpass")
         i, p = ctypes.c_int64, ctypes.c_void_p
         argtypes = [p, i, i, i, i, i, i, i, i, i, p, i]
         fn = ctypes.CFUNCTYPE(None, *argtypes)(engine.get_function_address("input_pass"))

@@ -28,11 +28,13 @@ from slidenet.ops import runtime, vgemm, vpass
 from slidenet.ops.conv import dispatch, winograd_block, winograd_down
 
 def use_passes(on):
-    """Switch `ops.vpass`'s passes on (the basic block's vector kernel) or off (numba's)."""
+    """Switch `ops.vpass`'s passes on (the block kernels' vector kernels) or off (numba's)."""
     vpass.input_pass()
+    names = ("fn", "out", "s2")
     if "built" not in vpass._state:
-        vpass._state["built"] = (vpass._state["fn"], vpass._state["out"])
-    vpass._state["fn"], vpass._state["out"] = vpass._state["built"] if on else (None, None)
+        vpass._state["built"] = {name: vpass._state.get(name) for name in names}
+    for name in names:
+        vpass._state[name] = vpass._state["built"][name] if on else None
 
 
 def use(on):

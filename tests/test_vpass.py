@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from slidenet.ops import compiled, vgemm, vpass
-from slidenet.ops.conv import dispatch, winograd_block
+from slidenet.ops.conv import dispatch, winograd_block, winograd_down
 
 RNG = np.random.default_rng(11)
 
@@ -55,6 +55,43 @@ def test_matches_the_naive_transform_and_the_numba_pass(c, h, w, d, ph, pw, t0, 
     same = np.zeros_like(got)
     compiled.kernels().winograd44_input(x, ph, pw, t0, th, tw,
                                         np.zeros((6, 4 * th + 2, tw * d), np.float32), same)
+    assert np.array_equal(got[:, :n], same[:, :n])                      # bit for bit
+
+
+# the stride-2 scheme's B^T (winograd_s2's docstring derives it): the odd samples as they are,
+# then F(4, 2)'s input transform of the even ones
+BT_S2 = np.array([[0, 1, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0, 0, 0, 0],
+                  [0, 0, 0, 0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 1, 0],
+                  [2, 0, -1, 0, -2, 0, 1, 0, 0], [0, 0, 2, 0, 1, 0, -1, 0, 0],
+                  [0, 0, -2, 0, 3, 0, -1, 0, 0], [0, 0, -1, 0, 0, 0, 1, 0, 0],
+                  [0, 0, 2, 0, -1, 0, -2, 0, 1]], np.float64)
+
+
+@needs_vpass
+@pytest.mark.parametrize("c, h, w, d, ph, pw, h_in, w_in, th, tw", [
+    (2, 32, 32, 16, 1, 1, 32, 32, 4, 4),   # res18's 32x32x16 -> 16x16
+    (1, 9, 13, 32, 1, 0, 9, 13, 2, 2),     # windows past the edge, no padding on the left
+    (1, 8, 8, 16, 1, 1, 7, 6, 1, 1)])      # rows and columns cropped (h_in, w_in)
+def test_s2_input_pass_matches_the_naive_transform_and_the_numba_pass(c, h, w, d, ph, pw, h_in,
+                                                                      w_in, th, tw):
+    x = RNG.standard_normal((c, h, w, d)).astype(np.float32)
+    n = c * th * tw * d
+    got = np.full((81, n + 3), np.nan, np.float32)
+    vpass.run_s2(vpass.s2_input_pass(), x, ph, pw, h_in, w_in, th, tw, got)
+    assert np.isnan(got[:, n:]).all()
+    want = np.zeros((81, n))
+    for i, ti, tj in np.ndindex(c, th, tw):
+        win = np.zeros((9, 9, d))
+        for a, b in np.ndindex(9, 9):
+            r, q = 8 * ti - ph + a, 8 * tj - pw + b
+            if 0 <= r < h_in and 0 <= q < w_in:
+                win[a, b] = x[i, r, q]
+        base = ((i * th + ti) * tw + tj) * d
+        want[:, base:base + d] = np.einsum("ai,ijd,bj->abd", BT_S2, win, BT_S2).reshape(81, d)
+    scale = np.abs(want).max()
+    assert np.abs(got[:, :n] - want).max() <= 1e-5 * scale
+    same = np.zeros_like(got)
+    compiled.kernels().winograd_s2_input(x, ph, pw, h_in, w_in, th, tw, same)
     assert np.array_equal(got[:, :n], same[:, :n])                      # bit for bit
 
 
@@ -115,10 +152,29 @@ def test_the_block_kernel_gives_the_numba_pass_bits(monkeypatch):
     assert np.array_equal(winograd_block.forward(x, first, second), vector)
 
 
+@needs_vpass
+def test_the_downsampling_kernel_gives_the_numba_passes_bits(monkeypatch):
+    x = RNG.standard_normal((3, 16, 16, 16)).astype(np.float32)
+    first = dispatch.prepare_conv((RNG.standard_normal((3, 3, 16, 32)) * 0.1).astype(np.float32),
+                                  RNG.standard_normal(32).astype(np.float32), (2, 2), (1, 1),
+                                  True, height=16, width=16)
+    second = dispatch.prepare_conv((RNG.standard_normal((3, 3, 32, 32)) * 0.1).astype(
+        np.float32), RNG.standard_normal(32).astype(np.float32), (1, 1), (1, 1), False,
+        height=8, width=8)
+    proj = winograd_down.Projection((RNG.standard_normal((16, 32)) * 0.1).astype(np.float32),
+                                    RNG.standard_normal(32).astype(np.float32), (2, 2))
+    sides = ((1, 1), (0, 0))
+    assert winograd_down.applies(x, first, sides, proj, second)
+    vector = winograd_down.forward(x, first, sides, proj, second)
+    monkeypatch.setattr(vpass, "_state", {"done": True, "fn": None, "out": None, "s2": None})
+    assert np.array_equal(winograd_down.forward(x, first, sides, proj, second), vector)
+
+
 def test_none_without_vgemm(monkeypatch):
     monkeypatch.setattr(vgemm, "_state", {"done": True, "fns": {}})
     monkeypatch.setattr(vpass, "_state", {"done": False, "fn": None, "out": None})
     assert vpass.input_pass() is None and vpass.output_pass() is None
+    assert vpass.s2_input_pass() is None
 
 
 def test_built_wherever_vgemm_is():
@@ -126,3 +182,4 @@ def test_built_wherever_vgemm_is():
     if vgemm.sgemm(16) is None or compiled.kernels() is None:
         pytest.skip("no vgemm or no numba on this host")
     assert vpass.input_pass() is not None and vpass.output_pass() is not None
+    assert vpass.s2_input_pass() is not None

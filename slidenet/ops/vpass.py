@@ -47,6 +47,14 @@ def input_pass():
     return _state["fn"]
 
 
+def s2_input_pass():
+    """The checked ctypes function fn(x, c, h, w, d, ph, pw, h_in, w_in, th, tw, out, plane):
+    `compiled.winograd_s2_input`'s planes (81 of them, each tile's 9 x 9 window at stride 8,
+    zeros outside the first h_in rows and w_in columns), or None."""
+    _ready()
+    return _state.get("s2")
+
+
 def output_pass():
     """The checked ctypes function (see the module docstring), or None."""
     _ready()
@@ -185,78 +193,99 @@ def _ir_output():
     return "\n".join(lines)
 
 
-def _ir():
-    """The pass: loops over images, tile rows, tile columns and blocks of 16 channels."""
-    lines = ["define void @input_pass(ptr noalias readonly %x, i64 %c, i64 %h, i64 %w, i64 %d, "
-             "i64 %ph, i64 %pw, i64 %t0, i64 %th, i64 %tw, ptr noalias %out, i64 %plane) "
-             "nounwind {", "entry:"]
-    loops = (("n", "%c"), ("ti", "%th"), ("tj", "%tw"), ("cb", "%blocks"))
-    lines += [f"  %{v}_slot = alloca i64" for v, _ in loops]
-    lines += ["  %blocks = udiv i64 %d, 16", "  %hm1 = sub i64 %h, 1", "  %wm1 = sub i64 %w, 1",
-              "  store i64 0, ptr %n_slot", "  br label %n_head"]
-    for depth, (v, bound) in enumerate(loops):
-        inner = loops[depth + 1][0] if depth + 1 < len(loops) else None
-        lines += [f"{v}_head:", f"  %{v} = load i64, ptr %{v}_slot",
-                  f"  %{v}_go = icmp slt i64 %{v}, {bound}",
-                  f"  br i1 %{v}_go, label %{v}_body, label %{v}_done", f"{v}_body:"]
-        if inner:
-            lines += [f"  store i64 0, ptr %{inner}_slot", f"  br label %{inner}_head"]
-        else:
-            lines += ["  br label %tile"]
-    # the body: one tile's 16 channels
-    lines += ["tile:", "  %trow = add i64 %t0, %ti", "  %r4 = mul i64 %trow, 4",
-              "  %r0 = sub i64 %r4, %ph", "  %c4 = mul i64 %tj, 4", "  %q0 = sub i64 %c4, %pw",
-              "  %ch = mul i64 %cb, 16", "  %img = mul i64 %n, %h"]
-    for i in range(6):
-        lines += [f"  %ri{i} = add i64 %r0, {i}",
-                  f"  %rin{i} = icmp ult i64 %ri{i}, %h",           # 0 <= row < h
-                  f"  %rcl{i} = select i1 %rin{i}, i64 %ri{i}, i64 0",
-                  f"  %rrow{i} = add i64 %img, %rcl{i}",
-                  f"  %rbase{i} = mul i64 %rrow{i}, %w"]
-    for j in range(6):
-        lines += [f"  %qj{j} = add i64 %q0, {j}",
-                  f"  %qin{j} = icmp ult i64 %qj{j}, %w",
-                  f"  %qcl{j} = select i1 %qin{j}, i64 %qj{j}, i64 0"]
-    for i in range(6):
-        for j in range(6):
+def _transform_s2(name, d):
+    """IR lines computing the nine outputs `{name}0..8` of the stride-2 scheme's B^T along one
+    axis from the nine values d[0..8], in `winograd_s2_input`'s order of operations."""
+    c2 = "<float 2.0" + ", float 2.0" * 15 + ">"
+    c3 = "<float 3.0" + ", float 3.0" * 15 + ">"
+    return [
+        f"  %{name}0 = bitcast {F16} {d[1]} to {F16}",          # the odd samples as they are
+        f"  %{name}1 = bitcast {F16} {d[3]} to {F16}",
+        f"  %{name}2 = bitcast {F16} {d[5]} to {F16}",
+        f"  %{name}3 = bitcast {F16} {d[7]} to {F16}",
+        f"  %{name}a0 = fmul {F16} {d[0]}, {c2}",
+        f"  %{name}a1 = fsub {F16} %{name}a0, {d[2]}",
+        f"  %{name}a2 = fmul {F16} {d[4]}, {c2}",
+        f"  %{name}a3 = fsub {F16} %{name}a1, %{name}a2",
+        f"  %{name}4 = fadd {F16} %{name}a3, {d[6]}",          # ((d0 2 - e2) - e4 2) + e6
+        f"  %{name}b0 = fmul {F16} {d[2]}, {c2}",
+        f"  %{name}b1 = fadd {F16} %{name}b0, {d[4]}",
+        f"  %{name}5 = fsub {F16} %{name}b1, {d[6]}",          # (e2 2 + e4) - e6
+        f"  %{name}c0 = fmul {F16} {d[4]}, {c3}",
+        f"  %{name}c1 = fsub {F16} %{name}c0, %{name}b0",
+        f"  %{name}6 = fsub {F16} %{name}c1, {d[6]}",          # (e4 3 - e2 2) - e6
+        f"  %{name}7 = fsub {F16} {d[6]}, {d[2]}",             # e6 - e2
+        f"  %{name}e0 = fsub {F16} %{name}b0, {d[4]}",
+        f"  %{name}e1 = fmul {F16} {d[6]}, {c2}",
+        f"  %{name}e2 = fsub {F16} %{name}e0, %{name}e1",
+        f"  %{name}8 = fadd {F16} %{name}e2, {d[8]}",          # ((e2 2 - e4) - e6 2) + d8
+    ]
+
+
+def _ir(name="input_pass", size=6, step=4, transform=_transform):
+    """An input pass: loops over images, tile rows, tile columns and blocks of 16 channels; for
+    each, the size x size window at (step ti - ph, step tj - pw) (zeros outside the first h_in
+    rows and w_in columns), `transform` down the height, then along the width, into the
+    size * size planes. F(4x4, 3x3)'s (6, 4; tile rows from t0, h_in = H, w_in = W) by default;
+    the stride-2 scheme's is (9, 8) with h_in, w_in as arguments and t0 = 0."""
+    if name == "input_pass":
+        args = "i64 %ph, i64 %pw, i64 %t0, i64 %th, i64 %tw"
+        head = ["  %hlim = add i64 %h, 0", "  %wlim = add i64 %w, 0"]
+    else:
+        args = "i64 %ph, i64 %pw, i64 %h_in, i64 %w_in, i64 %th, i64 %tw"
+        head = ["  %hlim = add i64 %h_in, 0", "  %wlim = add i64 %w_in, 0", "  %t0 = add i64 0, 0"]
+    lines = [f"define void @{name}(ptr noalias readonly %x, i64 %c, i64 %h, i64 %w, i64 %d, "
+             f"{args}, ptr noalias %out, i64 %plane) nounwind {{", "entry:",
+             "  %blocks = udiv i64 %d, 16"] + head
+    body = ["  %trow = add i64 %t0, %ti", f"  %r4 = mul i64 %trow, {step}",
+            "  %r0 = sub i64 %r4, %ph", f"  %c4 = mul i64 %tj, {step}", "  %q0 = sub i64 %c4, %pw",
+            "  %ch = mul i64 %cb, 16", "  %img = mul i64 %n, %h"]
+    for i in range(size):
+        body += [f"  %ri{i} = add i64 %r0, {i}",
+                 f"  %rin{i} = icmp ult i64 %ri{i}, %hlim",        # 0 <= row < h_in
+                 f"  %rcl{i} = select i1 %rin{i}, i64 %ri{i}, i64 0",
+                 f"  %rrow{i} = add i64 %img, %rcl{i}",
+                 f"  %rbase{i} = mul i64 %rrow{i}, %w"]
+    for j in range(size):
+        body += [f"  %qj{j} = add i64 %q0, {j}",
+                 f"  %qin{j} = icmp ult i64 %qj{j}, %wlim",
+                 f"  %qcl{j} = select i1 %qin{j}, i64 %qj{j}, i64 0"]
+    for i in range(size):
+        for j in range(size):
             t = f"{i}_{j}"
-            lines += [f"  %pix{t} = add i64 %rbase{i}, %qcl{j}",
-                      f"  %off{t} = mul i64 %pix{t}, %d",
-                      f"  %at{t} = add i64 %off{t}, %ch",
-                      f"  %ptr{t} = getelementptr inbounds float, ptr %x, i64 %at{t}",
-                      f"  %ld{t} = load {F16}, ptr %ptr{t}, align 4",
-                      f"  %in{t} = and i1 %rin{i}, %qin{j}",
-                      f"  %px{t} = select i1 %in{t}, {F16} %ld{t}, {F16} zeroinitializer"]
-    for j in range(6):                       # down the height: column j's six pixels
-        lines += _transform(f"h{j}_", [f"%px{i}_{j}" for i in range(6)])
-    for a in range(6):                       # along the width: row a of the height's outputs
-        lines += _transform(f"g{a}_", [f"%h{j}_{a}" for j in range(6)])
-    lines += ["  %tn = mul i64 %n, %th", "  %tr = add i64 %tn, %ti", "  %tt = mul i64 %tr, %tw",
-              "  %tix = add i64 %tt, %tj", "  %toff = mul i64 %tix, %d",
-              "  %obase = add i64 %toff, %ch"]
-    for a in range(6):
-        for b in range(6):
-            e = 6 * a + b
-            lines += [f"  %pl{e} = mul i64 %plane, {e}",
-                      f"  %oo{e} = add i64 %pl{e}, %obase",
-                      f"  %op{e} = getelementptr inbounds float, ptr %out, i64 %oo{e}",
-                      f"  store {F16} %g{a}_{b}, ptr %op{e}, align 4"]
-    lines += ["  br label %cb_next"]
-    for depth in reversed(range(len(loops))):
-        v = loops[depth][0]
-        outer = loops[depth - 1][0] if depth else None
-        lines += [f"{v}_next:", f"  %{v}_n = add i64 %{v}, 1", f"  store i64 %{v}_n, ptr %{v}_slot",
-                  f"  br label %{v}_head", f"{v}_done:"]
-        lines += [f"  br label %{outer}_next"] if outer else ["  ret void"]
+            body += [f"  %pix{t} = add i64 %rbase{i}, %qcl{j}",
+                     f"  %off{t} = mul i64 %pix{t}, %d",
+                     f"  %at{t} = add i64 %off{t}, %ch",
+                     f"  %ptr{t} = getelementptr inbounds float, ptr %x, i64 %at{t}",
+                     f"  %ld{t} = load {F16}, ptr %ptr{t}, align 4",
+                     f"  %in{t} = and i1 %rin{i}, %qin{j}",
+                     f"  %px{t} = select i1 %in{t}, {F16} %ld{t}, {F16} zeroinitializer"]
+    for j in range(size):                    # down the height: column j's pixels
+        body += transform(f"h{j}_", [f"%px{i}_{j}" for i in range(size)])
+    for a in range(size):                    # along the width: row a of the height's outputs
+        body += transform(f"g{a}_", [f"%h{j}_{a}" for j in range(size)])
+    body += ["  %tn = mul i64 %n, %th", "  %tr = add i64 %tn, %ti", "  %tt = mul i64 %tr, %tw",
+             "  %tix = add i64 %tt, %tj", "  %toff = mul i64 %tix, %d",
+             "  %obase = add i64 %toff, %ch"]
+    for a in range(size):
+        for b in range(size):
+            e = size * a + b
+            body += [f"  %pl{e} = mul i64 %plane, {e}",
+                     f"  %oo{e} = add i64 %pl{e}, %obase",
+                     f"  %op{e} = getelementptr inbounds float, ptr %out, i64 %oo{e}",
+                     f"  store {F16} %g{a}_{b}, ptr %op{e}, align 4"]
+    body += ["  br label %cb_next"]
+    lines += _loops((("n", "%c"), ("ti", "%th"), ("tj", "%tw"), ("cb", "%blocks")), body)
     lines.append("}")
-    # cb_next is emitted by the loop above; the tile body jumps to it
     return "\n".join(lines)
 
 
 def _build():
     """(input pass, output pass), each compiled and checked, or None."""
     try:
-        engine = vgemm.compile_ir(_ir() + "\n" + _ir_output(), "vpass")
+        engine = vgemm.compile_ir("\n".join((_ir(), _ir_output(),
+                                              _ir("s2_input_pass", 9, 8, _transform_s2))),
+                                  "vpass")
         i, p = ctypes.c_int64, ctypes.c_void_p
         argtypes = [p, i, i, i, i, i, i, i, i, i, p, i]
         fn = ctypes.CFUNCTYPE(None, *argtypes)(engine.get_function_address("input_pass"))
@@ -264,7 +293,11 @@ def _build():
         outtypes = [p, i, i, i, i, p, i, i, i, i, p, i, i, p, i]
         out = ctypes.CFUNCTYPE(None, *outtypes)(engine.get_function_address("output_pass"))
         out.argtypes, out.restype = outtypes, None
+        s2types = [p, i, i, i, i, i, i, i, i, i, i, p, i]
+        s2 = ctypes.CFUNCTYPE(None, *s2types)(engine.get_function_address("s2_input_pass"))
+        s2.argtypes, s2.restype = s2types, None
         _state["engine"] = engine           # the compiled code lives as long as the engine
+        _state["s2"] = s2 if _checks_s2(s2) else None
         return (fn if _checks(fn) else None), (out if _checks_output(out) else None)
     except (ImportError, OSError, RuntimeError, AttributeError, TypeError, ValueError):
         return None, None
@@ -321,5 +354,30 @@ def _checks_output(fn):
         fast.winograd44_output(m, 0, th, tw, want, bias, flags[0], flags[1], skip, flags[2])
         run_output(fn, m, 0, th, tw, got, bias, flags[0], flags[1], skip, flags[2])
         if not np.array_equal(got, want):
+            return False
+    return True
+
+
+def run_s2(fn, x, ph, pw, h_in, w_in, th, tw, out):
+    """fn (`s2_input_pass()`) on x (c, H, W, D) into out (81, plane) from Python (tests)."""
+    fn(x.ctypes.data, x.shape[0], x.shape[1], x.shape[2], x.shape[3], ph, pw, h_in, w_in, th,
+       tw, out.ctypes.data, out.shape[1])
+
+
+def _checks_s2(fn):
+    """Whether fn writes `winograd_s2_input`'s planes, bit for bit, padded and cropped."""
+    fast = compiled.kernels()
+    if fast is None:
+        return False
+    rng = np.random.default_rng(0)
+    for c, h, w, d, ph, pw, h_in, w_in, th, tw in ((2, 9, 11, 16, 1, 1, 9, 11, 2, 2),
+                                                   (1, 8, 8, 32, 1, 0, 7, 8, 1, 1)):
+        x = rng.standard_normal((c, h, w, d)).astype(np.float32)
+        n = c * th * tw * d
+        want = np.zeros((81, n + 8), np.float32)
+        got = np.full_like(want, np.nan)
+        fast.winograd_s2_input(x, ph, pw, h_in, w_in, th, tw, want)
+        run_s2(fn, x, ph, pw, h_in, w_in, th, tw, got)
+        if not (np.array_equal(got[:, :n], want[:, :n]) and np.isnan(got[:, n:]).all()):
             return False
     return True

@@ -444,7 +444,61 @@ def direct_dw(x, g, out, taps_h, taps_w, depth, pad_h, pad_w, relu, dw, db):
                     # As `relu_mask`: times 1 or 0, so an infinite gradient behind a 0 is NaN.
                     gq[ch, q] = gp[ch] * (one if (not relu or op[ch] > zero) else zero)
         x0, x1, x2, x3 = xq[0], xq[min(1, d - 1)], xq[min(2, d - 1)], xq[min(3, d - 1)]
-        for ch in range(k):
+        # Four filters at a time: each load of x serves four sums, each load of g up to four.
+        for c0 in range(0, k - 3, 4):
+            g0, g1, g2, g3 = gq[c0], gq[c0 + 1], gq[c0 + 2], gq[c0 + 3]
+            t = 0
+            for a in range(fh):
+                for b in range(fw):
+                    off = np.uint64(a) * uwp + np.uint64(b)
+                    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
+                    for q in range(span):
+                        u = np.uint64(q) + off
+                        v0, v1, v2, v3 = g0[q], g1[q], g2[q], g3[q]
+                        y = x0[u]
+                        s00 += y * v0
+                        s10 += y * v1
+                        s20 += y * v2
+                        s30 += y * v3
+                        if d > 1:
+                            y = x1[u]
+                            s01 += y * v0
+                            s11 += y * v1
+                            s21 += y * v2
+                            s31 += y * v3
+                        if d > 2:
+                            y = x2[u]
+                            s02 += y * v0
+                            s12 += y * v1
+                            s22 += y * v2
+                            s32 += y * v3
+                        if d > 3:
+                            y = x3[u]
+                            s03 += y * v0
+                            s13 += y * v1
+                            s23 += y * v2
+                            s33 += y * v3
+                    dw[t, c0 + 0] += s00
+                    dw[t, c0 + 1] += s10
+                    dw[t, c0 + 2] += s20
+                    dw[t, c0 + 3] += s30
+                    if d > 1:
+                        dw[t + 1, c0 + 0] += s01
+                        dw[t + 1, c0 + 1] += s11
+                        dw[t + 1, c0 + 2] += s21
+                        dw[t + 1, c0 + 3] += s31
+                    if d > 2:
+                        dw[t + 2, c0 + 0] += s02
+                        dw[t + 2, c0 + 1] += s12
+                        dw[t + 2, c0 + 2] += s22
+                        dw[t + 2, c0 + 3] += s32
+                    if d > 3:
+                        dw[t + 3, c0 + 0] += s03
+                        dw[t + 3, c0 + 1] += s13
+                        dw[t + 3, c0 + 2] += s23
+                        dw[t + 3, c0 + 3] += s33
+                    t += d
+        for ch in range(k - k % 4, k):        # the last k % 4 filters one at a time
             gr = gq[ch]
             t = 0
             for a in range(fh):
@@ -469,6 +523,8 @@ def direct_dw(x, g, out, taps_h, taps_w, depth, pad_h, pad_w, relu, dw, db):
                     if d > 3:
                         dw[t + 3, ch] += s3
                     t += d
+        for ch in range(k):
+            gr = gq[ch]
             s0 = zero
             for q in range(span):
                 s0 += gr[q]

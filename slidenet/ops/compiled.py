@@ -15,14 +15,15 @@ several calls:
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum (2x2
         windows at stride 2 by a pass of their own, the taps unrolled);
     the direct convolution of thin first layers (`conv.direct`): each output pixel's window
-        times the filters;
+        times the filters; its dw and db at stride 1 as dot products of planar rows;
     the FC of a few images in inference (`fc.fc_infer`): W's rows where the input is not zero;
     batch normalisation in training (`batchnorm`): the per-channel sums, the centred squares,
         xhat and the output together; the backward's two sums, and dx.
 The arithmetic and the comparisons are the same, in the same order, so results are bitwise
 equal to the NumPy path (tested). Two exceptions: pooling windows that overlap add up to four
 gradients into one input in another order, and the direct convolution adds a window's products
-in another order than im2col's GEMM; both match to rounding. Batch normalisation's sums are
+in another order than im2col's GEMM (its dw, `direct_dw`, sums in vector lanes, the one kernel
+compiled with numba's reassociation); they match to rounding. Batch normalisation's sums are
 added in float64 in another order than NumPy's GEMVs (so they match to rounding, closer to the
 exact sums). F(4x4, 3x3)'s and stride-2 Winograd's NumPy paths (`conv.winograd_f44.NUMPY`,
 `conv.winograd_s2.NUMPY`) are einsums, a check rather than a second implementation of the same

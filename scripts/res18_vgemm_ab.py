@@ -30,7 +30,7 @@ from slidenet.ops.conv import dispatch, winograd_block, winograd_down
 def use_passes(on):
     """Switch `ops.vpass`'s passes on (the block kernels' vector kernels) or off (numba's)."""
     vpass.input_pass()
-    names = ("fn", "out", "s2")
+    names = ("fn", "out", "s2", "s2out")
     if "built" not in vpass._state:
         vpass._state["built"] = {name: vpass._state.get(name) for name in names}
     for name in names:

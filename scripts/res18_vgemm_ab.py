@@ -8,8 +8,9 @@ docs/benchmarks.md's "res18 inference: the small GEMMs and the passes on 512-bit
 
 Each round times `--calls` forwards of one plan (`slidenet bench`'s RES18, random weights and
 statistics) with `vgemm` and `vpass` on, then as many with them off (NumPy's BLAS, numba's
-passes, the block kernels' limits as before), then the other order next round. Prints the CPU ms of a forward (all threads)
-and the wall ms, min and median over the rounds, and how far apart the two scores are.
+passes, the block kernels' limits as before), then the other order next round. Prints the CPU
+ms of a forward (all threads) and the wall ms, min and median over the rounds, and how far
+apart the two scores are.
 `--passes`: the same with `ops.vpass`'s passes on and off (vgemm on in both). `--stages`:
 res18's basic and downsampling blocks alone, as the plan runs them (one call where the block
 kernels apply, else two or three), random weights, `--batch` images, one worker, CPU ms, min

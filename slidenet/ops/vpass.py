@@ -1,4 +1,5 @@
-"""F(4x4, 3x3)'s input and output passes on 512-bit registers, for depths a multiple of 16.
+"""The Winograd passes of the block kernels on 512-bit registers, for depths a multiple of 16:
+F(4x4, 3x3)'s input and output passes and the stride-2 scheme's (`conv.winograd_s2`).
 
 `compiled.winograd44_input` computes B^T d B of every tile's 6 x 6 window in two passes over
 rows of numbers (down the height, then along the width), gathering each tile's columns into
@@ -27,7 +28,10 @@ H', W' dropped; the same sums in the same order):
 
 m the products (36, >= plane), out (c, H', W', K), bias (K,) and skip (c, H', W', K) valid
 arrays even where their flag is 0. None as `input_pass()` is, or if its output differs from
-`winograd44_output`'s on a check.
+`winograd44_output`'s on a check. `s2_input_pass()` and `s2_output_pass()` are the same for
+the stride-2 scheme's 81 planes (a 9 x 9 window at stride 8; `winograd_s2_input` /
+`winograd_s2_output`, bit for bit). The vector kernels of `conv.winograd_block` and
+`conv.winograd_down` call them.
 """
 import ctypes
 import threading
@@ -36,7 +40,7 @@ import numpy as np
 
 from slidenet.ops import compiled, vgemm
 
-_state = {"done": False, "fn": None, "out": None}
+_state = {"done": False, "fn": None, "out": None, "s2": None, "s2out": None}
 _lock = threading.Lock()
 F16 = "<16 x float>"
 
@@ -316,7 +320,8 @@ def _ir(name="input_pass", size=6, step=4, transform=_transform):
 
 
 def _build():
-    """(input pass, output pass), each compiled and checked, or None."""
+    """(input pass, output pass), each compiled and checked, or None; the stride-2 passes go
+    into `_state` the same way."""
     try:
         engine = vgemm.compile_ir("\n".join((
             _ir(), _ir_output(), _ir("s2_input_pass", 9, 8, _transform_s2),

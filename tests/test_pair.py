@@ -355,3 +355,30 @@ def test_the_process_exits_cleanly_with_the_helper_polling_or_asleep(pause, fute
     assert done.stdout.split()[0] == "True"
     if pause:
         assert done.stdout.split()[1] == "1"
+
+
+def test_the_kernels_caches_are_emptied_when_compiled_py_is_not_the_one_they_hold(tmp_path):
+    """numba checks a cached kernel against its own file only; pair_kernels inlines
+    compiled.py's passes, so `_refresh` empties their caches when compiled.py's content is not
+    the one it recorded, and only then."""
+    pytest.importorskip("numba")
+    from slidenet.ops.conv import pair_kernels
+
+    class Cache:
+        _cache_path = str(tmp_path)
+        flushed = 0
+
+        def flush(self):
+            Cache.flushed += 1
+
+    class Kernel:
+        _cache = Cache()
+
+    kernels = [Kernel(), Kernel()]
+    pair_kernels._refresh(kernels)                  # nothing recorded: emptied, recorded
+    assert Cache.flushed == 2
+    pair_kernels._refresh(kernels)                  # the same compiled.py: kept
+    assert Cache.flushed == 2
+    (tmp_path / "pair_kernels.compiled-sha256").write_text("another compiled.py")
+    pair_kernels._refresh(kernels)
+    assert Cache.flushed == 4

@@ -8,7 +8,9 @@ as a global. Here the function's address (`blas.sgemm()`, found and checked in e
 is a number in the control array, `ctl[pair.GEMM]`, called through `sgemm_at`: no constant in
 the compiled code, and no ctypes argument, which numba would type at each call (about a
 microsecond). The passes the kernels call (`compiled`'s) are this module's globals, set by
-`build` before anything compiles.
+`build` before anything compiles. numba checks a cached kernel against its own source file
+alone, not against the files of the kernels it calls, so `build` also records which
+compiled.py the cache was made with and empties it when that changes (`_refresh`).
 
 The control array `ctl` (int64, `pair.SLOTS`) is shared by the two threads and read and
 written with atomic operations (`load`, `store`, `swap`, `add`: LLVM's, sequentially
@@ -477,14 +479,9 @@ class Kernels:
     """What `build` returns: serve, paired, paired44, paired_fc, paired_direct."""
 
 
-def _jit(fn, signature=None):
-    """`compiled.jit`, for a signature too (compiled now, in the thread that asks)."""
-    if signature is None:
-        return compiled.jit(fn)
-    try:
-        return numba.njit(signature, nogil=True, cache=True)(fn)
-    except RuntimeError:                        # nowhere to write the cache: compile each run
-        return numba.njit(signature, nogil=True)(fn)
+def _jit(fn):
+    """`compiled.jit`: numba, no GIL, cached on disk where a cache can be written."""
+    return compiled.jit(fn)
 
 
 _built = []
@@ -506,19 +503,53 @@ def build(fast):
     arrive, phase, phase44 = _jit(arrive), _jit(phase), _jit(phase44)
     helper_share, post = _jit(helper_share), _jit(post)
     taken_back, finish = _jit(taken_back), _jit(finish)
-    ints, images = types.int64[::1], types.float32[:, :, :, ::1]
     done = Kernels()
-    done.serve = _jit(serve, types.int64(ints, types.int64))
-    done.paired = _jit(paired, types.int64(ints, types.boolean, ints))
-    done.paired44 = _jit(paired44, types.int64(ints, types.boolean, ints, images, images,
-                                               types.float32[:, :, ::1], types.float32[::1]))
+    done.serve, done.paired, done.paired44 = _jit(serve), _jit(paired), _jit(paired44)
+    done.paired_fc, done.paired_direct, done.wake = _jit(paired_fc), _jit(paired_direct), wake
+    _refresh([fc_columns, direct_rows, publish, wake, alone, waited, arrive, phase, phase44,
+              helper_share, post, taken_back, finish, done.serve, done.paired, done.paired44,
+              done.paired_fc, done.paired_direct])
+    # Compiled (or loaded) now, in the helper thread, not in the first call that needs them.
+    ints, images = types.int64[::1], types.float32[:, :, :, ::1]
     vector, matrix = types.float32[::1], types.float32[:, ::1]
-    done.paired_fc = _jit(paired_fc, types.int64(ints, types.boolean, vector, matrix, vector,
-                                                 types.boolean, vector))
-    done.paired_direct = _jit(paired_direct, types.int64(ints, types.boolean, images,
-                                                         images, vector, images,
-                                                         types.boolean, types.int64))
-    wake.compile((ints,))               # now, not at exit (`pair._stop` calls it)
-    done.wake = wake
+    done.serve.compile((ints, types.int64))
+    done.paired.compile((ints, types.boolean, ints))
+    done.paired44.compile((ints, types.boolean, ints, images, images, types.float32[:, :, ::1],
+                           vector))
+    done.paired_fc.compile((ints, types.boolean, vector, matrix, vector, types.boolean, vector))
+    done.paired_direct.compile((ints, types.boolean, images, images, vector, images,
+                                types.boolean, types.int64))
+    wake.compile((ints,))               # `pair._stop` calls it at exit
     _built.append(done)
     return done
+
+
+def _refresh(kernels):
+    """numba checks a cached kernel against its own source file alone, and these hold
+    `compiled`'s passes (inlined where they call them): when compiled.py is not the one they
+    were cached with (an edit, another branch), their caches are emptied first and they compile
+    again, so a pass that changed never runs here in its old form."""
+    import hashlib
+    import os
+    with open(compiled.__file__, "rb") as f:
+        stamp = hashlib.sha256(f.read()).hexdigest()
+    folder = getattr(getattr(kernels[0], "_cache", None), "_cache_path", None)
+    if folder is None:                          # no disk cache: compiled afresh anyway
+        return
+    path = os.path.join(folder, "pair_kernels.compiled-sha256")
+    try:
+        with open(path) as f:
+            if f.read() == stamp:
+                return
+    except OSError:
+        pass
+    for kernel in kernels:
+        flush = getattr(getattr(kernel, "_cache", None), "flush", None)
+        if flush is not None:
+            flush()
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.write(stamp)
+        os.replace(path + ".tmp", path)
+    except OSError:                             # read-only: compiled again next time too
+        pass

@@ -22,6 +22,12 @@ import numpy as np
 
 from slidenet.errors import ModelFileError, SlidenetError
 from slidenet.ops import compiled_step
+from slidenet.ops.runtime import run_chunks, split
+
+# Entries from which an array's compiled update is shared by the worker threads (one slice
+# each; the update is the same entry by entry, so the same bits): below, one hand-over costs
+# more than half the pass saves.
+SHARED_FROM = 2**17
 
 
 def decays(name):
@@ -73,7 +79,9 @@ class Optimizer:
             g = grads[name]
             fast = self._compiled(name, p, g)
             if fast is not None:
-                self._fused(fast, name, p.reshape(-1), g.reshape(-1), lr, p.dtype.type)
+                slices = split(p.size) if p.size >= SHARED_FROM else [slice(0, p.size)]
+                run_chunks(lambda sl: self._fused(fast, name, sl, p, g, lr, p.dtype.type),
+                           slices)
                 continue
             scratch = self._scratch.get(name)
             if scratch is None:
@@ -93,10 +101,15 @@ class Optimizer:
     def _update(self, name, p, g, lr, scratch):
         raise NotImplementedError
 
-    def _fused(self, fast, name, p, g, lr, scalar):
-        """_update's arithmetic by `fast`'s kernel on flat p, g (P,); scalar: p's dtype's
-        scalar type, for the hyper-parameters as NumPy would convert them."""
+    def _fused(self, fast, name, sl, p, g, lr, scalar):
+        """_update's arithmetic by `fast`'s kernel on the entries `sl` of p, g and p's state,
+        flattened; scalar: p's dtype's scalar type, for the hyper-parameters as NumPy would
+        convert them."""
         raise NotImplementedError
+
+    def _flat(self, sl, *arrays):
+        """Entries `sl` of each (C-contiguous) array, flattened: views."""
+        return [a.reshape(-1)[sl] for a in arrays]
 
     def _decay(self, name):
         """The L2 strength for `name`: weight_decay for weights (``.W``), else 0."""
@@ -159,8 +172,8 @@ class SGD(Optimizer):
         step *= lr
         p -= step
 
-    def _fused(self, fast, name, p, g, lr, scalar):
-        fast.sgd(p, g, scalar(lr), scalar(self._decay(name)))
+    def _fused(self, fast, name, sl, p, g, lr, scalar):
+        fast.sgd(*self._flat(sl, p, g), scalar(lr), scalar(self._decay(name)))
 
 
 class Momentum(Optimizer):
@@ -185,8 +198,8 @@ class Momentum(Optimizer):
         v -= step
         p += v
 
-    def _fused(self, fast, name, p, g, lr, scalar):
-        fast.momentum(p, g, self.state["v"][name].reshape(-1), scalar(lr),
+    def _fused(self, fast, name, sl, p, g, lr, scalar):
+        fast.momentum(*self._flat(sl, p, g, self.state["v"][name]), scalar(lr),
                       scalar(self._decay(name)), scalar(self.momentum))
 
 
@@ -209,9 +222,9 @@ class Nesterov(Momentum):
         np.multiply(v, 1.0 + mu, out=scratch)
         p += scratch
 
-    def _fused(self, fast, name, p, g, lr, scalar):
+    def _fused(self, fast, name, sl, p, g, lr, scalar):
         mu = self.momentum
-        fast.nesterov(p, g, self.state["v"][name].reshape(-1), scalar(lr),
+        fast.nesterov(*self._flat(sl, p, g, self.state["v"][name]), scalar(lr),
                       scalar(self._decay(name)), scalar(mu), scalar(1.0 + mu))
 
 
@@ -259,10 +272,10 @@ class Adam(Optimizer):
         scratch *= lr / (1.0 - b1 ** self.t)
         p -= scratch
 
-    def _fused(self, fast, name, p, g, lr, scalar):
+    def _fused(self, fast, name, sl, p, g, lr, scalar):
         b1, b2 = self.beta1, self.beta2
         keep = 1.0 - lr * self.weight_decay if self.weight_decay and decays(name) else 1.0
-        fast.adam(p, g, self.state["m"][name].reshape(-1), self.state["v"][name].reshape(-1),
+        fast.adam(*self._flat(sl, p, g, self.state["m"][name], self.state["v"][name]),
                   scalar(keep), scalar(b1), scalar(1.0 - b1), scalar(b2), scalar(1.0 - b2),
                   scalar(1.0 - b2 ** self.t), scalar(self.eps),
                   scalar(lr / (1.0 - b1 ** self.t)))

@@ -22,12 +22,6 @@ import numpy as np
 
 from slidenet.errors import ModelFileError, SlidenetError
 from slidenet.ops import compiled_step
-from slidenet.ops.runtime import run_chunks, split
-
-# Entries from which an array's compiled update is shared by the worker threads (one slice
-# each; the update is the same entry by entry, so the same bits): below, one hand-over costs
-# more than half the pass saves.
-SHARED_FROM = 2**17
 
 
 def decays(name):
@@ -79,9 +73,9 @@ class Optimizer:
             g = grads[name]
             fast = self._compiled(name, p, g)
             if fast is not None:
-                slices = split(p.size) if p.size >= SHARED_FROM else [slice(0, p.size)]
-                run_chunks(lambda sl: self._fused(fast, name, sl, p, g, lr, p.dtype.type),
-                           slices)
+                # On the calling thread: shared by two workers, R1's largest update (fc1's
+                # W) was slower (docs/benchmarks.md, "R1 training: round 5").
+                self._fused(fast, name, p.reshape(-1), g.reshape(-1), lr, p.dtype.type)
                 continue
             scratch = self._scratch.get(name)
             if scratch is None:
@@ -101,15 +95,11 @@ class Optimizer:
     def _update(self, name, p, g, lr, scratch):
         raise NotImplementedError
 
-    def _fused(self, fast, name, sl, p, g, lr, scalar):
-        """_update's arithmetic by `fast`'s kernel on the entries `sl` of p, g and p's state,
-        flattened; scalar: p's dtype's scalar type, for the hyper-parameters as NumPy would
-        convert them."""
+    def _fused(self, fast, name, p, g, lr, scalar):
+        """_update's arithmetic by `fast`'s kernel on p, g (P,), flat views; p's state is
+        flattened likewise. scalar: p's dtype's scalar type, for the hyper-parameters as NumPy
+        would convert them."""
         raise NotImplementedError
-
-    def _flat(self, sl, *arrays):
-        """Entries `sl` of each (C-contiguous) array, flattened: views."""
-        return [a.reshape(-1)[sl] for a in arrays]
 
     def _decay(self, name):
         """The L2 strength for `name`: weight_decay for weights (``.W``), else 0."""
@@ -172,8 +162,8 @@ class SGD(Optimizer):
         step *= lr
         p -= step
 
-    def _fused(self, fast, name, sl, p, g, lr, scalar):
-        fast.sgd(*self._flat(sl, p, g), scalar(lr), scalar(self._decay(name)))
+    def _fused(self, fast, name, p, g, lr, scalar):
+        fast.sgd(p, g, scalar(lr), scalar(self._decay(name)))
 
 
 class Momentum(Optimizer):
@@ -198,8 +188,8 @@ class Momentum(Optimizer):
         v -= step
         p += v
 
-    def _fused(self, fast, name, sl, p, g, lr, scalar):
-        fast.momentum(*self._flat(sl, p, g, self.state["v"][name]), scalar(lr),
+    def _fused(self, fast, name, p, g, lr, scalar):
+        fast.momentum(p, g, self.state["v"][name].reshape(-1), scalar(lr),
                       scalar(self._decay(name)), scalar(self.momentum))
 
 
@@ -222,9 +212,9 @@ class Nesterov(Momentum):
         np.multiply(v, 1.0 + mu, out=scratch)
         p += scratch
 
-    def _fused(self, fast, name, sl, p, g, lr, scalar):
+    def _fused(self, fast, name, p, g, lr, scalar):
         mu = self.momentum
-        fast.nesterov(*self._flat(sl, p, g, self.state["v"][name]), scalar(lr),
+        fast.nesterov(p, g, self.state["v"][name].reshape(-1), scalar(lr),
                       scalar(self._decay(name)), scalar(mu), scalar(1.0 + mu))
 
 
@@ -272,10 +262,10 @@ class Adam(Optimizer):
         scratch *= lr / (1.0 - b1 ** self.t)
         p -= scratch
 
-    def _fused(self, fast, name, sl, p, g, lr, scalar):
+    def _fused(self, fast, name, p, g, lr, scalar):
         b1, b2 = self.beta1, self.beta2
         keep = 1.0 - lr * self.weight_decay if self.weight_decay and decays(name) else 1.0
-        fast.adam(*self._flat(sl, p, g, self.state["m"][name], self.state["v"][name]),
+        fast.adam(p, g, self.state["m"][name].reshape(-1), self.state["v"][name].reshape(-1),
                   scalar(keep), scalar(b1), scalar(1.0 - b1), scalar(b2), scalar(1.0 - b2),
                   scalar(1.0 - b2 ** self.t), scalar(self.eps),
                   scalar(lr / (1.0 - b1 ** self.t)))

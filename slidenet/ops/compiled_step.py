@@ -8,8 +8,9 @@ the calls themselves and the temporary arrays between them, not arithmetic:
     `sgd`, `momentum`, `nesterov`, `adam`: one optimiser update of one parameter array, in one
         pass and in place, with the same float operations in the same order as
         `training.optim`'s NumPy expressions (bit for bit, tested), and no scratch array;
-    `softmax_loss`: the mean softmax cross-entropy of a batch and its gradient, in one pass
-        per row (to rounding of `losses.softmax_loss`'s NumPy path: another order of the sums).
+    `softmax_loss`: the softmax cross-entropy's log-probabilities of the true classes and its
+        gradient, in one pass per row (to rounding of `losses.softmax_loss`'s NumPy path:
+        another order of the sums; the mean is NumPy's, in the scores' dtype).
 
 Each is compiled on first use (cached on disk where it can be), and only where `compiled`'s
 kernels are on (`compiled.set_enabled`, ``SLIDENET_NUMBA``); `kernels(*arrays)` returns None
@@ -101,16 +102,18 @@ def adam(p, g, m, v, keep, b1, one_b1, b2, one_b2, bias2, eps, rate):
         p[i] = pi - mi / (np.sqrt(vi / bias2) + eps) * rate
 
 
-def softmax_loss(scores, y, count, dscores):
-    """The mean over rows of -log(e^{s_{i,y_i}} / sum_j e^{s_ij}) (float64), and into dscores
-    (N, C) its gradient (softmax - onehot(y)) / N in scores' dtype. scores (N, C), y (N,),
-    count: N in scores' dtype. Returns -1.0 (and leaves dscores unfinished) when a label is not
-    in [0, C): the caller's NumPy path then says what is wrong."""
+def softmax_loss(scores, y, count, dscores, picked):
+    """The softmax cross-entropy's pieces, one pass per row: into picked (N,) each row's
+    log(e^{s_{i,y_i}} / sum_j e^{s_ij}), and into dscores (N, C) the gradient of the mean loss,
+    (softmax - onehot(y)) / N; both in scores' dtype (the caller takes -mean(picked), as NumPy
+    would: a float32 loss has float32's resolution). scores (N, C), y (N,), count: N in scores'
+    dtype. Returns False (and leaves the outputs unfinished) when a label is not in [0, C), or
+    a row's log-sum is not finite (a NaN or infinite score): the caller's NumPy path then says
+    what it says there."""
     n, c = scores.shape
     for i in range(n):
         if not 0 <= y[i] < c:
-            return -1.0
-    total = 0.0
+            return False
     for i in range(n):
         top = scores[i, 0]
         for j in range(1, c):
@@ -120,12 +123,14 @@ def softmax_loss(scores, y, count, dscores):
         for j in range(c):
             sum_exp += np.exp(scores[i, j] - top)
         log_sum = np.log(sum_exp)
+        if not np.isfinite(log_sum) or not np.isfinite(top):
+            return False
         for j in range(c):
             log_p = (scores[i, j] - top) - log_sum
             dscores[i, j] = np.exp(log_p)
             if j == y[i]:
-                total -= log_p
+                picked[i] = log_p
                 dscores[i, j] -= 1
         for j in range(c):
             dscores[i, j] /= count
-    return total / n
+    return True

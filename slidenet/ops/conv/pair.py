@@ -37,8 +37,8 @@ again a few microseconds later, whatever the caller's Python is doing.
 Used by `conv.conv_infer` (inference, `Net.prepare()`) for F(4, 3) and direct layers, by
 `fc.fc_infer` and by `winograd_f44.OneImage` for F(4x4, 3x3) ones, at batch 1 in float32 when
 there are two or more workers and numba is installed, and when turned on: SLIDENET_PAIR=1 or
-`set_enabled(True)` (always, but for a back-off after a miss), or SLIDENET_PAIR=auto / `set_enabled("auto")`: also
-only while the machine has a core to spare (`ops.idle.SpareCore`: other processes' CPU time,
+`set_enabled(True)` (always, but for a back-off after a miss), or SLIDENET_PAIR=auto /
+`set_enabled("auto")`: also only while the machine has a core to spare (`ops.idle.SpareCore`: other processes' CPU time,
 sampled every quarter second), so that a busy machine runs unpaired. Off by default
 (SLIDENET_PAIR=0): on a quiet machine "auto" and off measured alike against onnxruntime
 (docs/benchmarks.md, "Batch 1 on two threads"; "Batch 1 on two cores, round 2" says what a

@@ -38,11 +38,12 @@ Used by `conv.conv_infer` (inference, `Net.prepare()`) for F(4, 3) and direct la
 `fc.fc_infer` and by `winograd_f44.OneImage` for F(4x4, 3x3) ones, at batch 1 in float32 when
 there are two or more workers and numba is installed, and when turned on: SLIDENET_PAIR=1 or
 `set_enabled(True)` (always, but for a back-off after a miss), or SLIDENET_PAIR=auto /
-`set_enabled("auto")`: also only while the machine has a core to spare (`ops.idle.SpareCore`: other processes' CPU time,
-sampled every quarter second), so that a busy machine runs unpaired. Off by default
-(SLIDENET_PAIR=0): on a quiet machine "auto" and off measured alike against onnxruntime
-(docs/benchmarks.md, "Batch 1 on two threads"; "Batch 1 on two cores, round 2" says what a
-quiet machine must show before "auto" is the default).
+`set_enabled("auto")`: also only while the machine has a core to spare (`ops.idle.SpareCore`:
+other processes' CPU time, sampled every quarter second), so that a busy machine runs
+unpaired. Off by default (SLIDENET_PAIR=0): on a quiet machine "auto" and off measured alike
+against onnxruntime (docs/benchmarks.md, "Batch 1 on two threads"); "Batch 1 on two cores,
+round 2" measured it faster in a quiet minute and says what a quiet machine's rerun must show
+before "auto" is the default.
 The compiled side lives in `pair_kernels` (imported when the helper starts): numba caches it on
 disk, the GEMM being called by an address in the control array, so only the first
 process on a machine compiles it (seconds of CPU, docs/benchmarks.md); the next ones load it in
@@ -250,7 +251,8 @@ def _helper(ctl, event):
 def applies(x, out_h, filters):
     """Whether a batch of x can run paired: one float32 image, F(4, 3) tiles to split, two
     workers or more, the compiled kernels, and the helper `ready`."""
-    if not (_enabled["on"] and x.shape[0] == 1 and x.dtype == np.float32 and filters.dtype == np.float32
+    if not (_enabled["on"] and x.shape[0] == 1 and x.dtype == np.float32
+            and filters.dtype == np.float32
             and filters.shape[-1] >= 2 and runtime.threads() >= 2 and -(-out_h // 4) >= MIN_TILES
             and compiled.kernels(x) is not None and ready()):
         return False

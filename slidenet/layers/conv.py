@@ -170,6 +170,12 @@ class Conv(Layer):
         """x (N, H, W, D) -> (N, H', W', K); relu=True applies the next RELU too (fusion)."""
         stride = self.info.spec.stride
         self.input_shape = x.shape
+        if self.fusable and not self.sides.even and ops.conv.takes_sides(
+                x, self.params["W"], stride, self.sides.before, self.sides.after):
+            # Read through the per-side padding, no padded copy (training's stride-2 Winograd).
+            out, self.cache = ops.conv_forward(x, self.params["W"], self.bias, stride, relu=relu,
+                                               sides=(self.sides.before, self.sides.after))
+            return out
         x = self._padded(x)
         if self.fusable:
             out, self.cache = ops.conv_forward(x, self.params["W"], self.bias, stride, self.pad,
@@ -187,13 +193,14 @@ class Conv(Layer):
         """relu=True: apply the mask of the RELU that forward(relu=True) applied. skip: None, or
         an array of the input's shape to return dx + skip (a residual block's other branches'
         gradient, `merge.Add`), added by the kernel as it writes dx where it can."""
-        in_kernel = skip is not None and self.fusable and self.sides.even
+        through = self.fusable and self.cache.algorithm == "winograd_s2"    # no padded copy
+        in_kernel = skip is not None and self.fusable and (self.sides.even or through)
         backward = ops.conv_backward if self.fusable else ops.grouped_conv_backward
         if in_kernel:
             dx, dw, db = backward(dout, self.cache, need_dx, relu=relu, skip=skip)
         else:
             dx, dw, db = backward(dout, self.cache, need_dx, relu=relu)
-        if dx is not None and not self.sides.even:
+        if dx is not None and not self.sides.even and not through:
             dx = unpad_sides(dx, self.sides.before, self.sides.after, self.input_shape, skip)
         elif skip is not None and not in_kernel:
             dx = ops.add_forward([dx, skip])

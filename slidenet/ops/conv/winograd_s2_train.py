@@ -38,7 +38,7 @@ import numpy as np
 
 from slidenet.ops import compiled
 from slidenet.ops.conv import winograd_s2
-from slidenet.ops.conv.common import relu_masked, transformed
+from slidenet.ops.conv.common import check_shapes, relu_masked, transformed
 from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
 
 LINE = winograd_s2.LINE
@@ -57,6 +57,8 @@ class S2Cache(NamedTuple):
     after: tuple                    # after the last ones; negative: that many cropped
     budget: Optional[int]
     out: Optional[np.ndarray]       # (N, H', W', K) when the forward applied a ReLU
+    chunks: list                    # the forward's slices of the batch
+    kept: list                      # each chunk's V = B^T x B, (81, >= tiles * D)
 
 
 # Fewer 4 x 4 output tiles an image than this (res18's last downsampling CONV, 4 x 4 outputs:
@@ -87,19 +89,47 @@ def filters(w):
 def forward(x, w, b, before, after, relu=False, budget=None):
     """relu(conv(x) + b) at stride 2 through the padding before/after (after negative: rows and
     columns cropped): x (N, H, W, D), w (3, 3, D, K), b (K,). Returns out (N, H', W', K) and an
-    S2Cache."""
+    S2Cache, which keeps each chunk's transformed input V for the backward's dw.
+
+    `winograd_s2.forward`'s chunks and passes, with V written into recycled memory of its own
+    (not a thread's scratch) so that the backward does not make it again."""
+    before, after = tuple(before), tuple(after)
+    n, h, wd, d = x.shape
+    ho, wo = (h + before[0] + after[0] - 3) // 2 + 1, (wd + before[1] + after[1] - 3) // 2 + 1
+    if ho < 1 or wo < 1:
+        check_shapes(x, np.empty((3, 3, d, 0)), (2, 2), before)  # its error names the misfit
+    th, tw = winograd_s2.tiles(ho), winograd_s2.tiles(wo)
+    h_in, w_in = h + min(after[0], 0), wd + min(after[1], 0)
     x = np.ascontiguousarray(x)
     u = filters(w)
-    out = winograd_s2.forward(x, u, b, tuple(before), relu, budget, tuple(after))
-    return out, S2Cache("winograd_s2", x, w, u, tuple(before), tuple(after), budget,
-                        out if relu else None)
+    k = u.shape[2]
+    dtype = np.result_type(x, u)
+    out = empty((n, ho, wo, k), dtype)
+    bias = b.astype(dtype, copy=False)
+    fast = winograd_s2.passes(x, u)
+    chunks = batch_chunks(n, 81 * th * tw * (d + k) * x.itemsize, budget)
+    kept = [empty((81, (sl.stop - sl.start) * th * tw * d + LINE), x.dtype) for sl in chunks]
+
+    def work(i):
+        sl = chunks[i]
+        rows = (sl.stop - sl.start) * th * tw
+        v = kept[i]
+        fast.winograd_s2_input(x[sl], before[0], before[1], h_in, w_in, th, tw, v)
+        prod = scratch("conv.ws2m", (81, rows * k + LINE), dtype)
+        np.matmul(v[:, :rows * d].reshape(81, rows, d), u,
+                  out=prod[:, :rows * k].reshape(81, rows, k))
+        fast.winograd_s2_output(prod, th, tw, out[sl], bias, relu)
+
+    run_chunks(work, list(range(len(chunks))))
+    return out, S2Cache("winograd_s2", x, w, u, before, after, budget, out if relu else None,
+                        chunks, kept)
 
 
 def backward(dout, cache, need_dx=True, relu=False, skip=None):
     """Gradients of `forward`: dout (N, H', W', K) -> dx (N, H, W, D) (None without need_dx),
     dw (3, 3, D, K), db (K,). relu: dout is first masked by the fused ReLU's output. skip: None,
     or an array of x's shape: dx + skip is returned, added as dx is written."""
-    x, u, budget = cache.x, cache.u, cache.budget
+    x, u = cache.x, cache.u
     (ph, pw), (ah, aw) = cache.before, cache.after
     n, h, wd, d = x.shape
     _, ho, wo, k = dout.shape
@@ -109,19 +139,17 @@ def backward(dout, cache, need_dx=True, relu=False, skip=None):
     dtype = np.result_type(dout, u)
     dx = empty(x.shape, dtype) if need_dx else None
     fast = _passes(x, dout)
-    forward_passes = winograd_s2.passes(x, dout)
     ut = u.transpose(0, 2, 1)       # (81, K, D): BLAS reads it transposed, no copy
 
-    def work(sl):
-        c = sl.stop - sl.start
-        rows = c * th * tw
+    def work(i):
+        sl = cache.chunks[i]
+        rows = (sl.stop - sl.start) * th * tw
         g = dout[sl] if not relu else relu_masked(dout[sl], cache.out[sl],
                                                   scratch("conv.ws2g", dout[sl].shape, dtype))
         dm = scratch("conv.ws2dm", (81, rows * k + LINE), dtype)
         fast.s2_output_adjoint(g, th, tw, dm)
         dm3 = dm[:, :rows * k].reshape(81, rows, k)
-        v = scratch("conv.ws2v", (81, rows * d + LINE), x.dtype)
-        forward_passes.winograd_s2_input(x[sl], ph, pw, h_in, w_in, th, tw, v)
+        v = cache.kept[i]
         du = np.matmul(v[:, :rows * d].reshape(81, rows, d).transpose(0, 2, 1), dm3)
         g2 = g.reshape(-1, k)
         db = np.ones(g2.shape[0], dtype) @ g2
@@ -132,9 +160,8 @@ def backward(dout, cache, need_dx=True, relu=False, skip=None):
                                   skip[sl] if skip is not None else dx[sl], skip is not None)
         return du, db
 
-    per_image = 81 * th * tw * (2 * d + k) * x.itemsize
     du, db = None, None
-    for du_part, db_part in run_chunks(work, batch_chunks(n, per_image, budget)):
+    for du_part, db_part in run_chunks(work, list(range(len(cache.chunks)))):
         du = du_part if du is None else du + du_part
         db = db_part if db is None else db + db_part
     dw = transformed(winograd_s2.GG.T, du, cache.w.shape, dtype)

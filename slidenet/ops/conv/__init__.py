@@ -23,6 +23,8 @@
                    one compiled call, band by band of images in L2 (`layers.merge.Add.prepare`)
     winograd_down  inference's downsampling block { CONV(s=2) -> RELU -> CONV | CONV(1x1, s=2) }
                    in one compiled call, band by band (`layers.merge.Add.prepare`)
+    picked         training's strided 1x1 CONVs (projections): the pixels the windows read,
+                   picked once, a 1x1 CONV at stride 1; dx put back in one pass
     direct         thin first layers: each output pixel's window times the filters, compiled
     grouped        grouped and depthwise convolution: one pair per group, or shifted
                    multiply-adds for depthwise

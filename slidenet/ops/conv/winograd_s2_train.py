@@ -291,22 +291,19 @@ def s2_input_adjoint(dv, ph, pw, h_in, w_in, th, tw, dx, skip, add):
                     s4[e] = ((v5 - v4 * two) + v6 * three) - v8
                     s6[e] = (((v4 - v5) - v6) + v7) - v8 * two
                 row = wide[a]
-                for tj in range(tw):            # each tile's 9 columns into their places
+                for ch in range(d):             # each tile's 9 columns into their places,
+                    row[ch] = s0[ch]            # column by column
+                for tj in range(1, tw):
                     at, src = 8 * tj * d, tj * d
-                    if tj == 0:
-                        for ch in range(d):
-                            row[ch] = s0[ch]
-                    else:
-                        for ch in range(d):
-                            row[at + ch] = t8[src - d + ch] + s0[src + ch]
                     for ch in range(d):
-                        row[at + d + ch] = t0[src + ch]
-                        row[at + 2 * d + ch] = s2[src + ch]
-                        row[at + 3 * d + ch] = t1[src + ch]
-                        row[at + 4 * d + ch] = s4[src + ch]
-                        row[at + 5 * d + ch] = t2[src + ch]
-                        row[at + 6 * d + ch] = s6[src + ch]
-                        row[at + 7 * d + ch] = t3[src + ch]
+                        row[at + ch] = t8[src - d + ch] + s0[src + ch]
+                for j in range(1, 8):
+                    col = t0 if j == 1 else t1 if j == 3 else t2 if j == 5 else t3 if j == 7 \
+                        else s2 if j == 2 else s4 if j == 4 else s6
+                    for tj in range(tw):
+                        at, src = (8 * tj + j) * d, tj * d
+                        for ch in range(d):
+                            row[at + ch] = col[src + ch]
                 last = 8 * tw * d
                 for ch in range(d):
                     row[last + ch] = t8[span - d + ch]

@@ -55,6 +55,19 @@ def test_chunks_on_a_worker_thread_are_not_rounded_up_to_the_workers(settings):
                                                                    slice(86, 130)]
 
 
+def test_worker_split_is_one_slice_on_a_worker_thread(settings):
+    """`worker_split`: split's even slices from the caller, the whole range on a worker (where
+    run_chunks would run split's slices in turn); a block kernel's call there is one call."""
+    runtime.set_threads(2)
+    assert runtime.worker_split(64) == runtime.split(64) == [slice(0, 32), slice(32, 64)]
+    with runtime.on_this_thread():
+        assert runtime.worker_split(64) == [slice(0, 64)]
+        assert runtime.split(64) == [slice(0, 32), slice(32, 64)]
+    seen = runtime.run_chunks(lambda sl: runtime.worker_split(sl.stop - sl.start),
+                              [slice(0, 30), slice(30, 64)])
+    assert seen == [[slice(0, 30)], [slice(0, 34)]]
+
+
 def test_recycled_results_are_never_overwritten_while_held(settings):
     runtime.set_recycle_limit(None)
     x = RNG.standard_normal((64, 16, 16, 8)).astype(np.float32)

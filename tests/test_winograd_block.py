@@ -7,7 +7,7 @@ import pytest
 
 from helpers import assert_plan_takes, random_statistics
 from slidenet import Net
-from slidenet.ops import blas, compiled, naive, runtime
+from slidenet.ops import blas, compiled, naive, runtime, vgemm
 from slidenet.ops.conv import dispatch, winograd_block
 
 RNG = np.random.default_rng(5)
@@ -58,11 +58,14 @@ def test_sgemm_from_ctypes_is_numpys_product():
 
 
 @pytest.mark.parametrize("shape", [(3, 16, 16, 16), (2, 17, 19, 8), (2, 32, 32, 16),
-                                   (2, 16, 21, 32)])
+                                   (2, 16, 21, 32), (3, 4, 4, 16), (2, 8, 8, 64),
+                                   (19, 4, 4, 128)])
 @pytest.mark.parametrize("relu", [True, False])
-def test_block_matches_the_naive_loops_and_the_two_calls(shape, relu):
+def test_block_matches_the_naive_loops_and_the_two_calls(shape, relu, monkeypatch):
     """Against float64's naive loops to float32 rounding, and against the two `conv_infer`
-    calls it replaces (the second adding x) to a few float32 roundings."""
+    calls it replaces (the second adding x) to a few float32 roundings. Small images (4 x 4,
+    8 x 8) are taken with vgemm's GEMMs; without them, MIN_TILES is lowered to reach them."""
+    monkeypatch.setattr(winograd_block, "MIN_TILES", 1)
     n, h, w, d = shape
     x, ws, bs = block_arrays(n, h, w, d)
     first, second = prepared(ws, bs, h, w)
@@ -84,6 +87,7 @@ def test_bands_and_threads_give_the_same_numbers(monkeypatch):
     first, second = prepared(ws, bs, 16, 16)
     whole = winograd_block.forward(x, first, second)
     per_image = 36 * 16 * 2 * 8 * 4
+    monkeypatch.setattr(winograd_block, "BAND_ROWS", 1)
     for images in (1, 2):
         monkeypatch.setattr(winograd_block, "BAND_BYTES", images * per_image)
         assert winograd_block.band_images(16, 16, 8) == images
@@ -93,6 +97,13 @@ def test_bands_and_threads_give_the_same_numbers(monkeypatch):
             np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
 
 
+def test_bands_keep_enough_rows_for_their_gemms():
+    """Within BAND_BYTES, and larger where that would leave fewer than BAND_ROWS tiles."""
+    assert winograd_block.band_images(32, 32, 16) == 2            # 640 KiB: 2 x 64 tiles
+    assert winograd_block.band_images(4, 4, 128) == winograd_block.BAND_ROWS   # 1 tile each
+    assert winograd_block.band_images(8, 8, 64) * 4 >= winograd_block.BAND_ROWS
+
+
 def test_applies_only_where_it_computes_the_block():
     x, ws, bs = block_arrays(2, 16, 16, 8)
     first, second = prepared(ws, bs, 16, 16)
@@ -100,6 +111,9 @@ def test_applies_only_where_it_computes_the_block():
     assert not winograd_block.applies(x[:1], first, second)                  # one image
     assert not winograd_block.applies(x.astype(np.float64), first, second)   # float64
     assert not winograd_block.applies(x[:, ::2, ::2].copy(), first, second)  # 8x8: 4 tiles
+    x16, ws16, bs16 = block_arrays(2, 4, 4, 16)        # 4x4, 16 channels: 1 tile, vgemm's
+    assert (winograd_block.applies(x16, *prepared(ws16, bs16, 4, 4))
+            == (vgemm.sgemm(16) is not None))
     assert not winograd_block.applies(x[:, :, :, :4].copy(), first, second)  # other depth
     big = np.zeros((2, 128, 128, 8), np.float32)        # one image's tiles past BAND_BYTES
     assert not winograd_block.applies(big, first, second)

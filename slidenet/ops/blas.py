@@ -72,12 +72,22 @@ def _checks(fn):
     return bool(np.allclose(c, a @ b, rtol=1e-5, atol=1e-6))
 
 
+def gemm_for(n):
+    """The GEMM for a compiled kernel whose products all have n columns: `vgemm.sgemm(n)` (512-bit
+    registers, for n a multiple of 16) where the host has it, else `sgemm()`; either may be
+    None. Both take cblas_sgemm's arguments; the kernels call them row-major, untransposed,
+    alpha 1, beta 0, which is all `vgemm` computes."""
+    from slidenet.ops import vgemm
+    return vgemm.sgemm(n) or sgemm()
+
+
 class GemmKernel:
     """A compiled kernel that calls `sgemm()` between its passes, built on first use.
 
         kernel = GemmKernel(build)     # build(fast) -> the kernel, fast = compiled.kernels()
         run = kernel()                 # the kernel, or None without numba or without sgemm
         run(kernel.gemm, ...)          # the kernel takes the GEMM as its first argument
+        run(gemm_for(n), ...)          # or the one for its products' n columns
 
     Built once per process, under a lock, since the first calls may come from worker threads
     at once."""

@@ -465,6 +465,14 @@ def split(n, work=None):
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
+def worker_split(n):
+    """`split(n)`, or the whole range as one slice on a worker thread (a slice of a depth-first
+    forward), where `run_chunks` would run split's slices one after the other: for a kernel
+    whose cost per item falls with the slice (its GEMMs' rows), one call of all n is cheaper
+    than several of fewer."""
+    return [slice(0, n)] if getattr(_local, "worker", False) else split(n)
+
+
 # Images a worker takes through a whole prepared net at a time (`image_chunks`): at least
 # NET_SLICE_LEAST (below, a forward's cost per image rises: thinner GEMMs, more calls per
 # image), at most NET_SLICE_MOST (more slices cost more calls into every step, each holding

@@ -36,7 +36,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from slidenet.ops import compiled
+from slidenet.ops import compiled, vgemm
 from slidenet.ops.conv import winograd_s2
 from slidenet.ops.conv.common import check_shapes, relu_masked, transformed
 from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
@@ -107,6 +107,7 @@ def forward(x, w, b, before, after, relu=False, budget=None):
     out = empty((n, ho, wo, k), dtype)
     bias = b.astype(dtype, copy=False)
     fast = winograd_s2.passes(x, u)
+    wide_k = _vector_gemm(k, x, u)
     chunks = batch_chunks(n, 81 * th * tw * (d + k) * x.itemsize, budget)
     kept = [empty((81, (sl.stop - sl.start) * th * tw * d + LINE), x.dtype) for sl in chunks]
 
@@ -116,8 +117,11 @@ def forward(x, w, b, before, after, relu=False, budget=None):
         v = kept[i]
         fast.winograd_s2_input(x[sl], before[0], before[1], h_in, w_in, th, tw, v)
         prod = scratch("conv.ws2m", (81, rows * k + LINE), dtype)
-        np.matmul(v[:, :rows * d].reshape(81, rows, d), u,
-                  out=prod[:, :rows * k].reshape(81, rows, k))
+        if wide_k is not None:
+            plane_products(wide_k, v, u, prod, rows)
+        else:
+            np.matmul(v[:, :rows * d].reshape(81, rows, d), u,
+                      out=prod[:, :rows * k].reshape(81, rows, k))
         fast.winograd_s2_output(prod, th, tw, out[sl], bias, relu)
 
     run_chunks(work, list(range(len(chunks))))
@@ -140,6 +144,9 @@ def backward(dout, cache, need_dx=True, relu=False, skip=None):
     dx = empty(x.shape, dtype) if need_dx else None
     fast = _passes(x, dout)
     ut = u.transpose(0, 2, 1)       # (81, K, D): BLAS reads it transposed, no copy
+    wide_d = _vector_gemm(d, x, u) if need_dx else None
+    # `vgemm` multiplies untransposed rows only: U^T copied once, (81, K, D), C-contiguous.
+    ut_rows = np.ascontiguousarray(ut) if wide_d is not None else None
 
     def work(i):
         sl = cache.chunks[i]
@@ -155,7 +162,10 @@ def backward(dout, cache, need_dx=True, relu=False, skip=None):
         db = np.ones(g2.shape[0], dtype) @ g2
         if need_dx:
             dv = scratch("conv.ws2dv", (81, rows * d + LINE), dtype)
-            np.matmul(dm3, ut, out=dv[:, :rows * d].reshape(81, rows, d))
+            if wide_d is not None:
+                plane_products(wide_d, dm, ut_rows, dv, rows)
+            else:
+                np.matmul(dm3, ut, out=dv[:, :rows * d].reshape(81, rows, d))
             fast.s2_input_adjoint(dv, ph, pw, h_in, w_in, th, tw, dx[sl],
                                   skip[sl] if skip is not None else dx[sl], skip is not None)
         return du, db
@@ -166,6 +176,32 @@ def backward(dout, cache, need_dx=True, relu=False, skip=None):
         db = db_part if db is None else db + db_part
     dw = transformed(winograd_s2.GG.T, du, cache.w.shape, dtype)
     return dx, dw, db
+
+
+def _vector_gemm(cols, *arrays):
+    """`vgemm.sgemm(cols)`, the products of `cols` columns on 512-bit registers, for float32
+    arrays where the host has it and the compiled kernels run; else None (NumPy's matmul)."""
+    if any(a.dtype != np.float32 for a in arrays) or _passes(*arrays) is None:
+        return None
+    gemm = vgemm.sgemm(cols)
+    if gemm is not None and "plane_products" not in _jitted:
+        with _lock:
+            if "plane_products" not in _jitted:
+                _jitted["plane_products"] = compiled.jit(_plane_products)
+    return gemm
+
+
+def plane_products(gemm, a, b, c, rows):
+    """c[e] = a[e] @ b[e] for the 81 planes: a (81, >= rows * I) holding (rows, I) row-major, b
+    (81, I, J) C-contiguous, c (81, >= rows * J) likewise; by `gemm` (`vgemm.sgemm(J)`), from
+    one compiled loop."""
+    _jitted["plane_products"](gemm, a, b, c, rows, b.shape[1], b.shape[2])
+
+
+def _plane_products(gemm, a, b, c, rows, inner, cols):
+    for e in range(a.shape[0]):
+        gemm(101, 111, 111, rows, cols, inner, 1.0, a[e].ctypes.data, inner, b[e].ctypes.data,
+             cols, 0.0, c[e].ctypes.data, cols)
 
 
 _lock = threading.Lock()

@@ -181,3 +181,32 @@ def test_res18_like_training_equals_the_im2col_path(monkeypatch):
     near(dx, dx2, 1e-12)
     for name in grads:
         near(grads[name], grads2[name], 1e-11)
+
+
+def test_the_plane_products_on_512_bit_registers_agree_with_numpys(monkeypatch):
+    """Where `vgemm` runs (float32, 16 x j columns, AVX-512), the forward's and dV's products
+    go through it; the results equal NumPy's matmul path to float32 rounding."""
+    from slidenet.ops import vgemm
+    if vgemm.sgemm(32) is None or vgemm.sgemm(16) is None:
+        pytest.skip("no vgemm on this host (llvmlite, AVX-512F)")
+    x, wt, b = conv3x3_arrays(RNG, 4, 32, 32, 16, 32, "float32")
+    dout = RNG.standard_normal((4, 16, 16, 32)).astype(np.float32)
+    skip = RNG.standard_normal(x.shape).astype(np.float32)
+    used = []
+    real = winograd_s2_train.plane_products
+
+    def counted(*args):
+        used.append(1)
+        return real(*args)
+    monkeypatch.setattr(winograd_s2_train, "plane_products", counted)
+    out, cache = winograd_s2_train.forward(x, wt, b, (1, 1), (0, 0))
+    fast = [out.copy()] + [g.copy() for g in winograd_s2_train.backward(dout, cache, skip=skip)]
+    assert len(used) >= 2
+    monkeypatch.setattr(winograd_s2_train, "_vector_gemm", lambda *args: None)
+    out, cache = winograd_s2_train.forward(x, wt, b, (1, 1), (0, 0))
+    slow = [out] + list(winograd_s2_train.backward(dout, cache, skip=skip))
+    _, dx_want, dw_want, _ = lectures(x, wt, b, dout, (1, 1), (0, 0))
+    for got, want in zip(fast, slow):
+        near(got, want, 1e-5)
+    near(fast[1], dx_want + skip, 2e-5)
+    near(fast[2], dw_want, 2e-5)

@@ -278,12 +278,6 @@ def s2_output_adjoint(g, th, tw, out):
                     out[72 + b, q] = dd
 
 
-# The rows of B (B^T's columns) as coefficients of entries 4-8, for the even samples 0, 2, 4
-# and 6 of a window (sample 8 is entry 8 alone; the odd samples 1, 3, 5, 7 are entries 0-3).
-EVEN = np.array([[2, 0, 0, 0, 0], [-1, 2, -2, -1, 2], [-2, 1, 3, 0, -1], [1, -1, -1, 1, -2]],
-                dtype=np.float64)
-
-
 def s2_input_adjoint(dv, ph, pw, h_in, w_in, th, tw, dx, skip, add):
     """dv (81, >= c*T_h*T_w*D) -> dx (c, H, W, D): B dV B^T of each tile added onto its 9 x 9
     window (rows and columns 8t - P .. 8t - P + 8 of x; neighbouring windows share one row and
@@ -291,10 +285,12 @@ def s2_input_adjoint(dv, ph, pw, h_in, w_in, th, tw, dx, skip, add):
     (cropped) and pixels no window reads get zero. With add, skip (dx's shape) is added to every
     pixel as it is written (skip may be dx itself when add is False: it is not read).
 
-    Along the width first: each row a of a row of tiles' entries into wide (9, (8 T_w + 1) * D),
-    the window columns in order, a tile's column 0 adding the last column of the tile before
-    it; then down the height, each output row of x made from wide's rows and written with the
-    skip in one pass."""
+    Along the width first: for each row a of a row of tiles' entries, the even window columns
+    over the whole row of tiles (contiguous, T_w * D numbers), then every column placed into
+    wide (9, (8 T_w + 1) * D) one column at a time (one source and one destination a loop, as
+    `winograd_s2_input` gathers), a tile's column 0 adding the last column of the tile before
+    it; then down the height, each output row of x made from views of wide's rows indexed from
+    0 (loops the compiler vectorises) and written with the skip in one pass."""
     c, h, wd, d = dx.shape
     two, three = dx.dtype.type(2), dx.dtype.type(3)
     span = tw * d

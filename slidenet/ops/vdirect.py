@@ -30,11 +30,12 @@ xp (c, H_p, W_p, D) the zero-padded input, w (F_h, F_w, D, K), bias (K,), out (c
 all float32 and C-contiguous, passed by address; relu 0 or 1. Only xp's rows i*S_h ..
 i*S_h + F_h - 1 for i < H' are read, and hp is used only to step from one image to the next:
 for output rows i0 .. i1 - 1 of one image, pass xp's address at row i0*S_h, out's at row i0,
-c = 1 and ho = i1 - i0 (`run_rows`). None where `vgemm.sgemm` is None (no llvmlite, no
-AVX-512F, ``SLIDENET_VGEMM=0``), where K is not a multiple of 16, or if the compiled function
+c = 1 and ho = i1 - i0 (`run_rows`). None without llvmlite, without AVX-512F on the host,
+with ``SLIDENET_VGEMM=0`` in the environment (as `vgemm.sgemm`), where K is not a multiple of 16, or if the compiled function
 differs from float64 loops on a check: callers keep `compiled.direct_conv`.
 """
 import ctypes
+import os
 import threading
 
 import numpy as np
@@ -62,7 +63,7 @@ def kernel(fh, fw, d, sh, sw, k):
     """The checked ctypes function for this window, stride and number of filters (see the
     module docstring), or None. Compiled on first use (or loaded from the disk cache)."""
     v = vectors(k)
-    if not v or vgemm.sgemm(16) is None:
+    if not v or not _host():
         return None
     key = (fh, fw, d, sh, sw, v)
     if key not in _state:
@@ -70,6 +71,23 @@ def kernel(fh, fw, d, sh, sw, k):
             if key not in _state:
                 _state[key] = _build(*key)
     return _state[key][0]
+
+
+def _host():
+    """Whether the kernels may be built: llvmlite, AVX-512F on the host, and not
+    ``SLIDENET_VGEMM=0`` (the switch `vgemm`'s kernels share)."""
+    if "host" not in _state:
+        ok = os.environ.get("SLIDENET_VGEMM", "1") != "0"
+        if ok:
+            try:
+                import llvmlite.binding as llvm
+                llvm.initialize_native_target()
+                llvm.initialize_native_asmprinter()
+                ok = bool(llvm.get_host_cpu_features().get("avx512f", False))
+            except (ImportError, OSError, RuntimeError):
+                ok = False
+        _state["host"] = ok
+    return _state["host"]
 
 
 def _ir(name, fh, fw, d, sh, sw, v):
@@ -130,43 +148,36 @@ def _block(tag, rows, v, taps, d, sw, done_next):
            f"{tag}body:",
            f"  %{tag}xj0 = mul i64 %{tag}j, {sw * d}",
            f"  %{tag}xj = add i64 %xi, %{tag}xj0"]
-    acc, loaded = {}, set()
-    fw = max(c for _, c, _ in taps) + 1
-    # Along each row a of the window, input column by input column: each number is loaded and
-    # broadcast once and added into every pixel whose window holds it (pixel p at tap c = m -
-    # p*S_w), so it dies at once; each pixel still takes its taps in (a, c, e) order.
-    for a in sorted({a for a, _, _ in taps}):
-        for m in range((rows - 1) * sw + fw):
-            for e in range(d):
-                users = [(p, m - p * sw) for p in range(rows) if 0 <= m - p * sw < fw]
-                if not users:
-                    continue
-                s = f"{tag}a{a}m{m}e{e}"
-                out += [f"  %{s}o0 = add i64 %{tag}xj, %roff{a}",
-                        f"  %{s}o = add i64 %{s}o0, {m * d + e}",
-                        f"  %{s}p = getelementptr inbounds float, ptr %x, i64 %{s}o",
-                        f"  %{s}s = load float, ptr %{s}p, align 4",
-                        f"  %{s}i = insertelement {F16} poison, float %{s}s, i64 0",
-                        f"  %{s}b = shufflevector {F16} %{s}i, {F16} poison, "
-                        f"<16 x i32> zeroinitializer"]
-                for p, c in users:
-                    t = taps.index((a, c, e))
-                    for u in range(v):      # the tap's weights, loaded at their first use
-                        if (t, u) not in loaded:
-                            loaded.add((t, u))
-                            out += [f"  %{tag}wo{t}_{u}0 = add i64 %toff{t}, %q",
-                                    f"  %{tag}wo{t}_{u} = add i64 %{tag}wo{t}_{u}0, {16 * u}",
-                                    f"  %{tag}wp{t}_{u} = getelementptr inbounds float, "
-                                    f"ptr %w, i64 %{tag}wo{t}_{u}",
-                                    f"  %{tag}wv{t}_{u} = load {F16}, ptr %{tag}wp{t}_{u}, "
-                                    f"align 4"]
-                        new = f"%{s}p{p}_{u}"
-                        if t == 0:
-                            out.append(f"  {new} = fmul {F16} %{s}b, %{tag}wv{t}_{u}")
-                        else:
-                            out.append(f"  {new} = call {F16} @llvm.fma.v16f32({F16} %{s}b, "
-                                       f"{F16} %{tag}wv{t}_{u}, {F16} {acc[p, u]})")
-                        acc[p, u] = new
+    acc = {}
+    for t, (a, c, e) in enumerate(taps):
+        # The pointers pass through an empty asm statement at each tap, so the compiler
+        # neither hoists the weights out of the pixels' loop nor merges the loads of a number
+        # that two taps share: either keeps values live for long and spills the accumulators.
+        out += [f"  %{tag}xl{t} = call ptr asm sideeffect \"\", \"=r,0\"(ptr %x)",
+                f"  %{tag}wl{t} = call ptr asm sideeffect \"\", \"=r,0\"(ptr %w)"]
+        for u in range(v):                  # the tap's weights for the V vectors of filters
+            out += [f"  %{tag}wo{t}_{u}0 = add i64 %toff{t}, %q",
+                    f"  %{tag}wo{t}_{u} = add i64 %{tag}wo{t}_{u}0, {16 * u}",
+                    f"  %{tag}wp{t}_{u} = getelementptr inbounds float, ptr %{tag}wl{t}, "
+                    f"i64 %{tag}wo{t}_{u}",
+                    f"  %{tag}wv{t}_{u} = load {F16}, ptr %{tag}wp{t}_{u}, align 4"]
+        for p in range(rows):               # each pixel's input number, broadcast
+            s = f"{tag}t{t}p{p}"
+            out += [f"  %{s}o0 = add i64 %{tag}xj, %roff{a}",
+                    f"  %{s}o = add i64 %{s}o0, {(p * sw + c) * d + e}",
+                    f"  %{s}p = getelementptr inbounds float, ptr %{tag}xl{t}, i64 %{s}o",
+                    f"  %{s}s = load float, ptr %{s}p, align 4",
+                    f"  %{s}i = insertelement {F16} poison, float %{s}s, i64 0",
+                    f"  %{s}b = shufflevector {F16} %{s}i, {F16} poison, "
+                    f"<16 x i32> zeroinitializer"]
+            for u in range(v):
+                new = f"%{s}a{u}"
+                if t == 0:
+                    out.append(f"  {new} = fmul {F16} %{s}b, %{tag}wv{t}_{u}")
+                else:
+                    out.append(f"  {new} = call {F16} @llvm.fma.v16f32({F16} %{s}b, "
+                               f"{F16} %{tag}wv{t}_{u}, {F16} {acc[p, u]})")
+                acc[p, u] = new
     for u in range(v):
         out += [f"  %{tag}bo{u} = add i64 %q, {16 * u}",
                 f"  %{tag}bp{u} = getelementptr inbounds float, ptr %b, i64 %{tag}bo{u}",

@@ -34,7 +34,7 @@ GEMM adds the window's products in its own order.
 """
 import numpy as np
 
-from slidenet.ops import compiled
+from slidenet.ops import compiled, vdirect
 from slidenet.ops.conv import full_dx
 from slidenet.ops.conv.common import ConvCache, check_shapes
 from slidenet.ops.conv.im2col import conv_backward_im2col, conv_forward_im2col
@@ -90,13 +90,20 @@ def conv_forward_direct(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=N
     # Tuples whose lengths are the sizes the kernel is compiled for (see `compiled.direct_conv`).
     sizes = ((0,) * fh, (0,) * fw, (0,) * d, (0,) * sh, (0,) * sw)
     padded = (h + 2 * ph, wd + 2 * pw, d)
+    # In float32 with K a multiple of 16, the kernel on 512-bit registers where the host has
+    # them (`vdirect`: R pixels by K/16 vectors of filters at once); else numba's.
+    vector = (vdirect.kernel(fh, fw, d, sh, sw, k)
+              if x.dtype == np.float32 and out.dtype == np.float32 else None)
 
     def work(sl):
         xp = x[sl]
         if pad != (0, 0):
             xp, inner = bordered("conv.dpad", (sl.stop - sl.start, *padded), x.dtype, (ph, ph, pw, pw))
             inner[...] = x[sl]
-        fast.direct_conv(xp, wt, bias, *sizes, relu, out[sl])
+        if vector is not None:
+            vdirect.run(vector, xp, wt, bias, relu, out[sl])
+        else:
+            fast.direct_conv(xp, wt, bias, *sizes, relu, out[sl])
 
     per_image = (padded[0] * padded[1] * d + ho * wo * k) * x.itemsize
     run_chunks(work, batch_chunks(n, per_image, budget))

@@ -6,9 +6,11 @@ against what it replaced, in one process, alternating round by round, in CPU tim
 
 Layers: R1's conv1 (32x32x3 -> 32, 3x3, pad 1) and res18's (32x32x3 -> 16), with the ReLU.
 backward (dw and db, no dx, as a first layer's training step asks): "before" is im2col's rows +
-GEMM (`conv_backward_im2col`), "after" the direct pair's `compiled.direct_dw`. forward: the
-direct pair's `compiled.direct_conv` alone (nothing replaced it; for the record). Prints min and
-median µs per call over the rounds, and before / after of the medians.
+GEMM (`conv_backward_im2col`), "after" the direct pair's `compiled.direct_dw`. forward
+(`conv_forward_direct`, docs/benchmarks.md "Thin first layers: the forward on 512-bit
+registers"): "before" numba's `compiled.direct_conv` (`vdirect.kernel` made to answer None),
+"after" the kernel on 512-bit registers (`ops.vdirect`); "after" alone where the host has no
+AVX-512F. Prints min and median µs per call over the rounds, and before / after of the medians.
 """
 import argparse
 import os
@@ -18,7 +20,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from slidenet.ops import compiled, naive, runtime
+from slidenet.ops import compiled, naive, runtime, vdirect
 from slidenet.ops.conv.direct import conv_backward_direct, conv_forward_direct
 from slidenet.ops.conv.im2col import conv_backward_im2col
 
@@ -30,6 +32,16 @@ def per_call(fn, calls):
     for _ in range(calls):
         fn()
     return (time.process_time() - t) / calls * 1e6
+
+
+def numba_forward(forward):
+    """forward() with `vdirect.kernel` answering None: numba's `compiled.direct_conv` runs."""
+    real = vdirect.kernel
+    vdirect.kernel = lambda *args: None
+    try:
+        return forward()
+    finally:
+        vdirect.kernel = real
 
 
 def main():
@@ -55,7 +67,16 @@ def main():
                 assert np.allclose(dw, dw_want, rtol=1e-4, atol=1e-3 * np.abs(dw_want).max())
                 assert np.allclose(db, db_want, rtol=1e-4, atol=1e-3 * np.abs(db_want).max())
             calls = max(1, 256 // n)
-            passes = [("forward", None, lambda: conv_forward_direct(x, w, b, (1, 1), (1, 1), relu=True))]
+            forward = lambda: conv_forward_direct(x, w, b, (1, 1), (1, 1), relu=True)
+            before = None
+            if vdirect.kernel(3, 3, 3, 1, 1, k) is not None:
+                # Both forwards are the lecture's numbers to float32 rounding.
+                want = np.maximum(naive.conv_forward(x.astype(np.float64), w.astype(np.float64),
+                                                     b.astype(np.float64), (1, 1), (1, 1)), 0)
+                assert np.allclose(forward()[0], want, rtol=1e-5, atol=1e-5)
+                assert np.allclose(numba_forward(forward)[0], want, rtol=1e-5, atol=1e-5)
+                before = lambda: numba_forward(forward)
+            passes = [("forward", before, forward)]
             if n >= 64:
                 passes.append(("backward",
                                lambda: conv_backward_im2col(dout, cache, need_dx=False, relu=True),

@@ -7,6 +7,8 @@ for what callers rely on: each image the same bits alone as in a batch, a range 
 the same bits as the whole image's, NaN kept, nothing written outside out, and
 `conv_forward_direct` taking it (and numba's kernel where it does not apply).
 """
+import ctypes
+import os
 import subprocess
 import sys
 
@@ -101,13 +103,39 @@ def test_no_kernel_for_filters_that_are_not_whole_vectors():
     assert vdirect.kernel(3, 3, 3, 1, 1, 24) is None
 
 
-def test_slidenet_vgemm_0_turns_it_off():
+@pytest.mark.parametrize("switch", ["SLIDENET_VGEMM", "SLIDENET_VDIRECT"])
+def test_the_environment_turns_it_off(switch):
     code = ("from slidenet.ops import vdirect\n"
             "print(vdirect.kernel(3, 3, 3, 1, 1, 32) is None)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**__import__("os").environ, "SLIDENET_VGEMM": "0"})
+                          env={**os.environ, switch: "0"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True"]
+
+
+@needs_vdirect
+@pytest.mark.usefixtures("numba")
+def test_compiled_code_calls_it_on_ranges_of_rows():
+    # As a second thread's numba code would (pair.py's direct_rows): the entry address through
+    # a ctypes prototype of integers, two halves of one image's rows, the whole image's bits.
+    import numba
+    fn = vdirect.kernel(3, 3, 3, 1, 1, 32)
+    proto = ctypes.CFUNCTYPE(None, *([ctypes.c_int64] * 10 + [ctypes.c_int32]))
+    entry = proto(vdirect.address(fn))
+
+    @numba.njit(nogil=True)
+    def rows(xa, wa, ba, oa, hp, wp, d, wo, k, i0, i1, relu):
+        entry(xa + i0 * wp * d * 4, wa, ba, oa + i0 * wo * k * 4, 1, hp, wp, i1 - i0, wo, k, relu)
+
+    x, wt, b = arrays(13, 21, 3, 3, 3, 32, n=1)
+    xp = padded(x, 1, 1)
+    whole = np.empty((1, 13, 21, 32), np.float32)
+    vdirect.run(fn, xp, wt, b, True, whole)
+    halves = np.full_like(whole, np.nan)
+    for i0, i1 in ((0, 6), (6, 13)):
+        rows(xp.ctypes.data, wt.ctypes.data, b.ctypes.data, halves.ctypes.data, 15, 23, 3, 21,
+             32, i0, i1, 1)
+    np.testing.assert_array_equal(halves, whole)
 
 
 @needs_vdirect

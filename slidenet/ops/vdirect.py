@@ -30,9 +30,13 @@ xp (c, H_p, W_p, D) the zero-padded input, w (F_h, F_w, D, K), bias (K,), out (c
 all float32 and C-contiguous, passed by address; relu 0 or 1. Only xp's rows i*S_h ..
 i*S_h + F_h - 1 for i < H' are read, and hp is used only to step from one image to the next:
 for output rows i0 .. i1 - 1 of one image, pass xp's address at row i0*S_h, out's at row i0,
-c = 1 and ho = i1 - i0 (`run_rows`). None without llvmlite, without AVX-512F on the host,
-with ``SLIDENET_VGEMM=0`` in the environment (as `vgemm.sgemm`), where K is not a multiple of 16, or if the compiled function
-differs from float64 loops on a check: callers keep `compiled.direct_conv`.
+c = 1 and ho = i1 - i0 (`run_rows`). numba's compiled code can call it too, through
+`address(fn)` and a ctypes prototype of integers (tests/test_vdirect.py shows how).
+
+None without llvmlite, without AVX-512F on the host, with ``SLIDENET_VGEMM=0`` (as
+`vgemm.sgemm`) or ``SLIDENET_VDIRECT=0`` in the environment, where K is not a multiple of 16,
+or if the compiled function differs from float64 loops on a check: callers keep
+`compiled.direct_conv`.
 """
 import ctypes
 import os
@@ -74,10 +78,12 @@ def kernel(fh, fw, d, sh, sw, k):
 
 
 def _host():
-    """Whether the kernels may be built: llvmlite, AVX-512F on the host, and not
-    ``SLIDENET_VGEMM=0`` (the switch `vgemm`'s kernels share)."""
+    """Whether the kernels may be built: llvmlite, AVX-512F on the host, and neither
+    ``SLIDENET_VGEMM=0`` (the switch of `vgemm`'s kernels, which these share) nor
+    ``SLIDENET_VDIRECT=0`` (these alone, to compare them with numba's)."""
     if "host" not in _state:
-        ok = os.environ.get("SLIDENET_VGEMM", "1") != "0"
+        ok = (os.environ.get("SLIDENET_VGEMM", "1") != "0"
+              and os.environ.get("SLIDENET_VDIRECT", "1") != "0")
         if ok:
             try:
                 import llvmlite.binding as llvm
@@ -218,6 +224,11 @@ def _build(fh, fw, d, sh, sw, v):
         return fn, engine                   # the compiled code lives as long as the engine
     except (ImportError, OSError, RuntimeError, AttributeError, TypeError, ValueError):
         return None, None
+
+
+def address(fn):
+    """The entry address of a function from `kernel` (an int), for compiled callers."""
+    return ctypes.cast(fn, ctypes.c_void_p).value
 
 
 def run(fn, xp, w, bias, relu, out):

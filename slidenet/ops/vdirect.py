@@ -47,9 +47,11 @@ import numpy as np
 from slidenet.ops import vgemm
 
 F16 = "<16 x float>"
-# Output pixels a block takes, by vectors of 16 filters: R x V accumulators and V weights within
-# AVX-512's 32 registers, and at least 8 independent chains to hide the multiply-add's latency.
-ROWS = {1: 8, 2: 8, 4: 6}
+# Output pixels a block takes, by vectors of 16 filters: 16 accumulators (R x V) leave room in
+# AVX-512's 32 registers for the weights and broadcasts, and are more independent chains than
+# the multiply-add's latency needs. More or fewer ran slower (docs/benchmarks.md, "Thin first
+# layers: the forward on 512-bit registers").
+ROWS = {1: 16, 2: 8, 4: 4}
 _state = {}
 _lock = threading.Lock()
 _ARGTYPES = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 6 + [ctypes.c_int32]
@@ -162,16 +164,16 @@ def _block(tag, rows, v, taps, d, sw, done_next):
         out += [f"  %{tag}xl{t} = call ptr asm sideeffect \"\", \"=r,0\"(ptr %x)",
                 f"  %{tag}wl{t} = call ptr asm sideeffect \"\", \"=r,0\"(ptr %w)"]
         for u in range(v):                  # the tap's weights for the V vectors of filters
-            out += [f"  %{tag}wo{t}_{u}0 = add i64 %toff{t}, %q",
-                    f"  %{tag}wo{t}_{u} = add i64 %{tag}wo{t}_{u}0, {16 * u}",
+            out += [f"  %{tag}wo{t}_{u}a = add i64 %toff{t}, %q",
+                    f"  %{tag}wo{t}_{u} = add i64 %{tag}wo{t}_{u}a, {16 * u}",
                     f"  %{tag}wp{t}_{u} = getelementptr inbounds float, ptr %{tag}wl{t}, "
                     f"i64 %{tag}wo{t}_{u}",
                     f"  %{tag}wv{t}_{u} = load {F16}, ptr %{tag}wp{t}_{u}, align 4"]
         for p in range(rows):               # each pixel's input number, broadcast
             s = f"{tag}t{t}p{p}"
-            out += [f"  %{s}o0 = add i64 %{tag}xj, %roff{a}",
-                    f"  %{s}o = add i64 %{s}o0, {(p * sw + c) * d + e}",
-                    f"  %{s}p = getelementptr inbounds float, ptr %{tag}xl{t}, i64 %{s}o",
+            out += [f"  %{s}_o0 = add i64 %{tag}xj, %roff{a}",
+                    f"  %{s}_o = add i64 %{s}_o0, {(p * sw + c) * d + e}",
+                    f"  %{s}p = getelementptr inbounds float, ptr %{tag}xl{t}, i64 %{s}_o",
                     f"  %{s}s = load float, ptr %{s}p, align 4",
                     f"  %{s}i = insertelement {F16} poison, float %{s}s, i64 0",
                     f"  %{s}b = shufflevector {F16} %{s}i, {F16} poison, "
@@ -192,9 +194,9 @@ def _block(tag, rows, v, taps, d, sw, done_next):
             f"  %{tag}rls = shufflevector <16 x i1> %{tag}rl, <16 x i1> poison, "
             f"<16 x i32> zeroinitializer"]
     for p in range(rows):
-        out += [f"  %{tag}oj{p}0 = add i64 %{tag}j, {p}",
-                f"  %{tag}oj{p}1 = mul i64 %{tag}oj{p}0, %k",
-                f"  %{tag}oj{p} = add i64 %oi, %{tag}oj{p}1"]
+        out += [f"  %{tag}oj{p}_a = add i64 %{tag}j, {p}",
+                f"  %{tag}oj{p}_b = mul i64 %{tag}oj{p}_a, %k",
+                f"  %{tag}oj{p} = add i64 %oi, %{tag}oj{p}_b"]
         for u in range(v):
             s = f"{tag}y{p}_{u}"
             out += [f"  %{s}s = fadd {F16} {acc[p, u]}, %{tag}bv{u}",
@@ -202,9 +204,9 @@ def _block(tag, rows, v, taps, d, sw, done_next):
                     f"  %{s}n = fcmp olt {F16} %{s}s, zeroinitializer",
                     f"  %{s}m = and <16 x i1> %{s}n, %{tag}rls",
                     f"  %{s}r = select <16 x i1> %{s}m, {F16} zeroinitializer, {F16} %{s}s",
-                    f"  %{s}o0 = add i64 %{tag}oj{p}, %q",
-                    f"  %{s}o = add i64 %{s}o0, {16 * u}",
-                    f"  %{s}p = getelementptr inbounds float, ptr %o, i64 %{s}o",
+                    f"  %{s}_o0 = add i64 %{tag}oj{p}, %q",
+                    f"  %{s}_o = add i64 %{s}_o0, {16 * u}",
+                    f"  %{s}p = getelementptr inbounds float, ptr %o, i64 %{s}_o",
                     f"  store {F16} %{s}r, ptr %{s}p, align 4"]
     out += [f"  store i64 %{tag}end, ptr %j_slot", f"  br label %{tag}head"]
     return out

@@ -2,7 +2,7 @@
 against what it replaced, in one process, alternating round by round, in CPU time of one thread
 (what a shared machine's other work inflates least).
 
-    .venv/bin/python scripts/thin_ab.py [--rounds 9]
+    .venv/bin/python scripts/thin_ab.py [--rounds 9] [--latency]
 
 Layers: R1's conv1 (32x32x3 -> 32, 3x3, pad 1) and res18's (32x32x3 -> 16), with the ReLU.
 backward (dw and db, no dx, as a first layer's training step asks): "before" is im2col's rows +
@@ -11,6 +11,9 @@ GEMM (`conv_backward_im2col`), "after" the direct pair's `compiled.direct_dw`. f
 registers"): "before" numba's `compiled.direct_conv` (`vdirect.kernel` made to answer None),
 "after" the kernel on 512-bit registers (`ops.vdirect`); "after" alone where the host has no
 AVX-512F. Prints min and median µs per call over the rounds, and before / after of the medians.
+--latency: R1's prediction of one image (pixels in, `Net.prepare()`, one worker), numba's
+forward for conv1 against vdirect's, and onnxruntime's session on one thread, alternating round
+by round, in CPU µs per prediction.
 """
 import argparse
 import os
@@ -47,7 +50,10 @@ def numba_forward(forward):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--latency", action="store_true")
     args = parser.parse_args()
+    if args.latency:
+        return latency(args)
     if compiled.kernels() is None:
         raise SystemExit("numba is off: nothing to compare")
     rng = np.random.default_rng(0)
@@ -95,6 +101,27 @@ def main():
                           f"{statistics.median(bt) / statistics.median(a):11.2f}x")
                 else:
                     print(f"{name:12} {n:4d} {label:9} {'':16} {min(a):7.0f} /{statistics.median(a):7.0f}")
+    print(f"load average {os.getloadavg()[0]:.2f}")
+
+
+def latency(args):
+    from slidenet.bench import R1, SlidenetRunner
+    from slidenet.bench.runners import OnnxRunner
+    print(f"load average {os.getloadavg()[0]:.2f}; CPU µs per prediction of one image")
+    with runtime.workers(1), threadpool_limits(1):
+        sn = SlidenetRunner(R1, 1, 1)
+        ort = OnnxRunner(sn, 1)
+        ways = {"numba conv1": lambda: numba_forward(sn.infer_one), "vdirect conv1": sn.infer_one,
+                "onnxruntime": ort.infer_one}
+        for fn in ways.values():
+            for _ in range(50):
+                fn()
+        times = {name: [] for name in ways}
+        for _ in range(args.rounds):
+            for name, fn in ways.items():
+                times[name].append(per_call(fn, 300))
+    for name, t in times.items():
+        print(f"{name:14} min {min(t):6.0f}  median {statistics.median(t):6.0f}  max {max(t):6.0f}")
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 

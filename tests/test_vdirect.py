@@ -7,7 +7,6 @@ for what callers rely on: each image the same bits alone as in a batch, a range 
 the same bits as the whole image's, NaN kept, nothing written outside out, and
 `conv_forward_direct` taking it (and numba's kernel where it does not apply).
 """
-import ctypes
 import os
 import subprocess
 import sys
@@ -30,6 +29,7 @@ GEOMETRIES = [
     (32, 32, 3, 3, 3, 1, 1, 1, 1, 32),
     (32, 32, 3, 3, 3, 1, 1, 1, 1, 16),
     (28, 28, 1, 3, 3, 1, 1, 1, 1, 16),
+    (5, 31, 3, 3, 3, 1, 1, 1, 1, 16),      # 31 = 16 + 8 + 4 + 2 + 1: every block size
     (9, 23, 3, 3, 3, 1, 1, 1, 1, 64),
     (7, 13, 3, 3, 3, 2, 2, 1, 1, 48),
     (11, 19, 1, 5, 5, 1, 1, 2, 2, 32),
@@ -116,16 +116,18 @@ def test_the_environment_turns_it_off(switch):
 @needs_vdirect
 @pytest.mark.usefixtures("numba")
 def test_compiled_code_calls_it_on_ranges_of_rows():
-    # As a second thread's numba code would (pair.py's direct_rows): the entry address through
-    # a ctypes prototype of integers, two halves of one image's rows, the whole image's bits.
+    # As a second thread's numba code would (pair.py's direct_rows): the entry address and the
+    # arrays' addresses through the intrinsic, two halves of one image's rows, the whole
+    # image's bits; and `caller()` (numba, whole images) the bits of `run` (ctypes).
     import numba
     fn = vdirect.kernel(3, 3, 3, 1, 1, 32)
-    proto = ctypes.CFUNCTYPE(None, *([ctypes.c_int64] * 10 + [ctypes.c_int32]))
-    entry = proto(vdirect.address(fn))
+    call_address = vdirect.call_address()
+    entry = vdirect.address(fn)
 
     @numba.njit(nogil=True)
     def rows(xa, wa, ba, oa, hp, wp, d, wo, k, i0, i1, relu):
-        entry(xa + i0 * wp * d * 4, wa, ba, oa + i0 * wo * k * 4, 1, hp, wp, i1 - i0, wo, k, relu)
+        call_address(entry, xa + i0 * wp * d * 4, wa, ba, oa + i0 * wo * k * 4, 1, hp, wp,
+                     i1 - i0, wo, k, relu)
 
     x, wt, b = arrays(13, 21, 3, 3, 3, 32, n=1)
     xp = padded(x, 1, 1)
@@ -136,6 +138,9 @@ def test_compiled_code_calls_it_on_ranges_of_rows():
         rows(xp.ctypes.data, wt.ctypes.data, b.ctypes.data, halves.ctypes.data, 15, 23, 3, 21,
              32, i0, i1, 1)
     np.testing.assert_array_equal(halves, whole)
+    again = np.full_like(whole, np.nan)
+    vdirect.caller()(entry, xp, wt, b, again, True)
+    np.testing.assert_array_equal(again, whole)
 
 
 @needs_vdirect
@@ -146,8 +151,8 @@ def test_the_direct_pair_takes_it_where_it_applies(monkeypatch, k, dtype, taken)
     # float32 and K a multiple of 16: the vector kernel; else numba's `direct_conv`. Both the
     # lecture's numbers, in chunks of one image and on two threads the same bits.
     calls = []
-    real = vdirect.run
-    monkeypatch.setattr(vdirect, "run", lambda *a: calls.append(1) or real(*a))
+    real = vdirect.caller()
+    monkeypatch.setattr(vdirect, "caller", lambda: lambda *a: calls.append(1) or real(*a))
     x, wt, b = (a.astype(dtype) for a in arrays(11, 14, 3, 3, 3, k, n=5))
     out, _ = direct.conv_forward_direct(x, wt, b, (1, 1), (1, 1), relu=True)
     assert bool(calls) == taken and out.dtype == dtype

@@ -94,13 +94,18 @@ def conv_forward_direct(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=N
     # them (`vdirect`: R pixels by K/16 vectors of filters at once); else numba's.
     vector = (vdirect.kernel(fh, fw, d, sh, sw, k)
               if x.dtype == np.float32 and out.dtype == np.float32 else None)
+    # Called through numba (a fraction of a microsecond) rather than ctypes (a few).
+    call = vdirect.caller() if vector is not None else None
+    entry = vdirect.address(vector) if call is not None else 0
 
     def work(sl):
         xp = x[sl]
         if pad != (0, 0):
             xp, inner = bordered("conv.dpad", (sl.stop - sl.start, *padded), x.dtype, (ph, ph, pw, pw))
             inner[...] = x[sl]
-        if vector is not None:
+        if call is not None:
+            call(entry, xp, wt, bias, out[sl], relu)
+        elif vector is not None:
             vdirect.run(vector, xp, wt, bias, relu, out[sl])
         else:
             fast.direct_conv(xp, wt, bias, *sizes, relu, out[sl])

@@ -9,8 +9,11 @@ window where it lies in the zero-padded input and forms all K dot products at on
 
 with the K filters contiguous (channels last), so the loop over them is one vectorised pass and
 the window's F_h*F_w*D numbers are broadcast into it. The bias and the ReLU are added in the
-same pass. It runs as a compiled kernel (`compiled.direct_conv`, numba), a chunk of images per
-call on the worker threads, without the GIL.
+same pass. It runs as a compiled kernel, a chunk of images per call on the worker threads,
+without the GIL: in float32 with K a multiple of 16, where the host has 512-bit registers
+(AVX-512F) and llvmlite, `vdirect`'s (LLVM IR: R output pixels x K/16 vectors of filters as
+accumulators in registers, a fused multiply-add per tap; the same numbers to float32 rounding,
+not bit for bit, as numba's kernel); otherwise numba's `compiled.direct_conv`.
 
 It pays where the compiler unrolls the whole window, which it does up to DIRECT_MAX_TAPS
 numbers (a 3x3 window of 3 channels, a 5x5 one of 1), and where there are enough filters

@@ -8,8 +8,9 @@ docs/benchmarks.md's "res18 inference: the small GEMMs and the passes on 512-bit
 
 Each round times `--calls` forwards of one plan (`slidenet bench`'s RES18, random weights and
 statistics) with `vgemm` and `vpass` on, then as many with them off (NumPy's BLAS, numba's
-passes, the block kernels' limits as before), then the other order next round. Prints the CPU ms of a forward (all threads)
-and the wall ms, min and median over the rounds, and how far apart the two scores are.
+passes, the block kernels' limits as before), then the other order next round. Prints the CPU
+ms of a forward (all threads) and the wall ms, min and median over the rounds, and how far
+apart the two scores are.
 `--passes`: the same with `ops.vpass`'s passes on and off (vgemm on in both). `--stages`:
 res18's basic and downsampling blocks alone, as the plan runs them (one call where the block
 kernels apply, else two or three), random weights, `--batch` images, one worker, CPU ms, min
@@ -30,7 +31,7 @@ from slidenet.ops.conv import dispatch, winograd_block, winograd_down
 def use_passes(on):
     """Switch `ops.vpass`'s passes on (the block kernels' vector kernels) or off (numba's)."""
     vpass.input_pass()
-    names = ("fn", "out", "s2")
+    names = ("fn", "out", "s2", "s2out")
     if "built" not in vpass._state:
         vpass._state["built"] = {name: vpass._state.get(name) for name in names}
     for name in names:

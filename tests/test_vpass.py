@@ -95,6 +95,34 @@ def test_s2_input_pass_matches_the_naive_transform_and_the_numba_pass(c, h, w, d
     assert np.array_equal(got[:, :n], same[:, :n])                      # bit for bit
 
 
+# the stride-2 scheme's A^T: the odd samples' product, then F(4, 2)'s output transform
+AT_S2 = np.array([[1, 0, 0, 0, 1, 1, 1, 1, 0], [0, 1, 0, 0, 0, 1, -1, 2, 0],
+                  [0, 0, 1, 0, 0, 1, 1, 4, 0], [0, 0, 0, 1, 0, 1, -1, 8, 1]], np.float64)
+
+
+@needs_vpass
+@pytest.mark.parametrize("c, ho, wo, k, relu", [(2, 16, 16, 32, True), (1, 7, 5, 16, False)])
+def test_s2_output_pass_matches_the_naive_transform_and_the_numba_pass(c, ho, wo, k, relu):
+    th, tw = (ho + 3) // 4, (wo + 3) // 4
+    m = RNG.standard_normal((81, c * th * tw * k + 5)).astype(np.float32)
+    bias = RNG.standard_normal(k).astype(np.float32)
+    got = np.full((c, ho, wo, k), -7.0, np.float32)
+    vpass.run_output(vpass.s2_output_pass(), m, 0, th, tw, got, bias, True, relu, got, False)
+    want = np.zeros((c, ho, wo, k))
+    for n, ti, tj in np.ndindex(c, th, tw):
+        base = ((n * th + ti) * tw + tj) * k
+        y = np.einsum("pa,abk,qb->pqk", AT_S2, m[:, base:base + k].astype(np.float64).reshape(
+            9, 9, k), AT_S2)
+        for p, q in np.ndindex(min(4, ho - 4 * ti), min(4, wo - 4 * tj)):
+            want[n, 4 * ti + p, 4 * tj + q] = y[p, q]
+    want += bias
+    want = np.maximum(want, 0) if relu else want
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    same = np.zeros_like(got)
+    compiled.kernels().winograd_s2_output(m, th, tw, same, bias, relu)
+    assert np.array_equal(got, same)                                    # bit for bit
+
+
 AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
                [0, 1, -1, 8, -8, 1]], np.float64)
 
@@ -166,7 +194,8 @@ def test_the_downsampling_kernel_gives_the_numba_passes_bits(monkeypatch):
     sides = ((1, 1), (0, 0))
     assert winograd_down.applies(x, first, sides, proj, second)
     vector = winograd_down.forward(x, first, sides, proj, second)
-    monkeypatch.setattr(vpass, "_state", {"done": True, "fn": None, "out": None, "s2": None})
+    monkeypatch.setattr(vpass, "_state", {"done": True, "fn": None, "out": None, "s2": None,
+                                          "s2out": None})
     assert np.array_equal(winograd_down.forward(x, first, sides, proj, second), vector)
 
 
@@ -174,7 +203,7 @@ def test_none_without_vgemm(monkeypatch):
     monkeypatch.setattr(vgemm, "_state", {"done": True, "fns": {}})
     monkeypatch.setattr(vpass, "_state", {"done": False, "fn": None, "out": None})
     assert vpass.input_pass() is None and vpass.output_pass() is None
-    assert vpass.s2_input_pass() is None
+    assert vpass.s2_input_pass() is None and vpass.s2_output_pass() is None
 
 
 def test_built_wherever_vgemm_is():
@@ -182,4 +211,4 @@ def test_built_wherever_vgemm_is():
     if vgemm.sgemm(16) is None or compiled.kernels() is None:
         pytest.skip("no vgemm or no numba on this host")
     assert vpass.input_pass() is not None and vpass.output_pass() is not None
-    assert vpass.s2_input_pass() is not None
+    assert vpass.s2_input_pass() is not None and vpass.s2_output_pass() is not None

@@ -1,4 +1,5 @@
-"""F(4x4, 3x3)'s input and output passes on 512-bit registers, for depths a multiple of 16.
+"""The Winograd passes of the block kernels on 512-bit registers, for depths a multiple of 16:
+F(4x4, 3x3)'s input and output passes and the stride-2 scheme's (`conv.winograd_s2`).
 
 `compiled.winograd44_input` computes B^T d B of every tile's 6 x 6 window in two passes over
 rows of numbers (down the height, then along the width), gathering each tile's columns into
@@ -27,7 +28,10 @@ H', W' dropped; the same sums in the same order):
 
 m the products (36, >= plane), out (c, H', W', K), bias (K,) and skip (c, H', W', K) valid
 arrays even where their flag is 0. None as `input_pass()` is, or if its output differs from
-`winograd44_output`'s on a check.
+`winograd44_output`'s on a check. `s2_input_pass()` and `s2_output_pass()` are the same for
+the stride-2 scheme's 81 planes (a 9 x 9 window at stride 8; `winograd_s2_input` /
+`winograd_s2_output`, bit for bit). The vector kernels of `conv.winograd_block` and
+`conv.winograd_down` call them.
 """
 import ctypes
 import threading
@@ -36,7 +40,7 @@ import numpy as np
 
 from slidenet.ops import compiled, vgemm
 
-_state = {"done": False, "fn": None, "out": None}
+_state = {"done": False, "fn": None, "out": None, "s2": None, "s2out": None}
 _lock = threading.Lock()
 F16 = "<16 x float>"
 
@@ -53,6 +57,14 @@ def s2_input_pass():
     zeros outside the first h_in rows and w_in columns), or None."""
     _ready()
     return _state.get("s2")
+
+
+def s2_output_pass():
+    """The checked ctypes function with `output_pass()`'s arguments for the stride-2 scheme's
+    81 planes: `compiled.winograd_s2_output`'s pixels (called with first 0, the bias on, no
+    skip), or None."""
+    _ready()
+    return _state.get("s2out")
 
 
 def output_pass():
@@ -141,10 +153,37 @@ def _loops(loops, body):
     return lines
 
 
-def _ir_output():
-    """The output pass: loops over images, tile rows, tile columns and blocks of 16 channels;
-    for each, A^T m A in registers and the in-bounds pixels stored with bias, skip, ReLU."""
-    lines = ["define void @output_pass(ptr noalias readonly %m, i64 %plane, i64 %first, "
+def _transform_out_s2(name, m):
+    """IR lines computing the four outputs `{name}0..3` of the stride-2 scheme's A^T along one
+    axis from the nine values m[0..8], in `winograd_s2_output`'s order of operations."""
+    c2 = "<float 2.0" + ", float 2.0" * 15 + ">"
+    c4 = "<float 4.0" + ", float 4.0" * 15 + ">"
+    c8 = "<float 8.0" + ", float 8.0" * 15 + ">"
+    return [
+        f"  %{name}p = fadd {F16} {m[5]}, {m[6]}",
+        f"  %{name}q = fsub {F16} {m[5]}, {m[6]}",
+        f"  %{name}a0 = fadd {F16} {m[4]}, %{name}p",
+        f"  %{name}a1 = fadd {F16} %{name}a0, {m[7]}",
+        f"  %{name}0 = fadd {F16} {m[0]}, %{name}a1",           # m0 + ((m4 + p) + v)
+        f"  %{name}b0 = fmul {F16} {m[7]}, {c2}",
+        f"  %{name}b1 = fadd {F16} %{name}q, %{name}b0",
+        f"  %{name}1 = fadd {F16} {m[1]}, %{name}b1",           # m1 + (q + v 2)
+        f"  %{name}c0 = fmul {F16} {m[7]}, {c4}",
+        f"  %{name}c1 = fadd {F16} %{name}p, %{name}c0",
+        f"  %{name}2 = fadd {F16} {m[2]}, %{name}c1",           # m2 + (p + v 4)
+        f"  %{name}d0 = fmul {F16} {m[7]}, {c8}",
+        f"  %{name}d1 = fadd {F16} %{name}q, %{name}d0",
+        f"  %{name}d2 = fadd {F16} %{name}d1, {m[8]}",
+        f"  %{name}3 = fadd {F16} {m[3]}, %{name}d2",           # m3 + ((q + v 8) + m8)
+    ]
+
+
+def _ir_output(name="output_pass", size=6, transform=_transform_out):
+    """An output pass: loops over images, tile rows, tile columns and blocks of 16 channels;
+    for each, A^T m A from the size * size planes in registers and the in-bounds pixels stored
+    with bias, skip, ReLU. F(4x4, 3x3)'s by default; the stride-2 scheme's is (9,
+    `_transform_out_s2`)."""
+    lines = [f"define void @{name}(ptr noalias readonly %m, i64 %plane, i64 %first, "
              "i64 %th, i64 %tw, ptr noalias %out, i64 %c, i64 %ho, i64 %wo, i64 %k, "
              "ptr noalias readonly %bias, i64 %use_bias, i64 %relu, ptr noalias readonly %skip, "
              "i64 %use_skip) nounwind {", "entry:", "  %blocks = udiv i64 %k, 16",
@@ -153,14 +192,14 @@ def _ir_output():
     body = ["  %tn = mul i64 %n, %th", "  %tr = add i64 %tn, %ti", "  %tt = mul i64 %tr, %tw",
             "  %tix = add i64 %tt, %tj", "  %toff = mul i64 %tix, %k", "  %ch = mul i64 %cb, 16",
             "  %mbase = add i64 %toff, %ch"]
-    for e in range(36):
+    for e in range(size * size):
         body += [f"  %pl{e} = mul i64 %plane, {e}", f"  %mo{e} = add i64 %pl{e}, %mbase",
                  f"  %mp{e} = getelementptr inbounds float, ptr %m, i64 %mo{e}",
                  f"  %mv{e} = load {F16}, ptr %mp{e}, align 4"]
-    for b in range(6):                       # down the height: column b's six entries
-        body += _transform_out(f"h{b}_", [f"%mv{6 * a + b}" for a in range(6)])
+    for b in range(size):                    # down the height: column b's entries
+        body += transform(f"h{b}_", [f"%mv{size * a + b}" for a in range(size)])
     for p in range(4):                       # along the width: output row p
-        body += _transform_out(f"y{p}_", [f"%h{b}_{p}" for b in range(6)])
+        body += transform(f"y{p}_", [f"%h{b}_{p}" for b in range(size)])
     body += ["  %bp = getelementptr inbounds float, ptr %bias, i64 %ch",
              f"  %bv = load {F16}, ptr %bp, align 4",
              "  %trow = add i64 %first, %ti", "  %r0 = mul i64 %trow, 4", "  %q0 = mul i64 %tj, 4",
@@ -281,11 +320,12 @@ def _ir(name="input_pass", size=6, step=4, transform=_transform):
 
 
 def _build():
-    """(input pass, output pass), each compiled and checked, or None."""
+    """(input pass, output pass), each compiled and checked, or None; the stride-2 passes go
+    into `_state` the same way."""
     try:
-        engine = vgemm.compile_ir("\n".join((_ir(), _ir_output(),
-                                              _ir("s2_input_pass", 9, 8, _transform_s2))),
-                                  "vpass")
+        engine = vgemm.compile_ir("\n".join((
+            _ir(), _ir_output(), _ir("s2_input_pass", 9, 8, _transform_s2),
+            _ir_output("s2_output_pass", 9, _transform_out_s2))), "vpass")
         i, p = ctypes.c_int64, ctypes.c_void_p
         argtypes = [p, i, i, i, i, i, i, i, i, i, p, i]
         fn = ctypes.CFUNCTYPE(None, *argtypes)(engine.get_function_address("input_pass"))
@@ -298,6 +338,9 @@ def _build():
         s2.argtypes, s2.restype = s2types, None
         _state["engine"] = engine           # the compiled code lives as long as the engine
         _state["s2"] = s2 if _checks_s2(s2) else None
+        s2out = ctypes.CFUNCTYPE(None, *outtypes)(engine.get_function_address("s2_output_pass"))
+        s2out.argtypes, s2out.restype = outtypes, None
+        _state["s2out"] = s2out if _checks_output(s2out, 9) else None
         return (fn if _checks(fn) else None), (out if _checks_output(out) else None)
     except (ImportError, OSError, RuntimeError, AttributeError, TypeError, ValueError):
         return None, None
@@ -335,9 +378,10 @@ def run_output(fn, m, first, th, tw, out, bias, use_bias, relu, skip, use_skip):
        bias.ctypes.data, int(use_bias), int(relu), skip.ctypes.data, int(use_skip))
 
 
-def _checks_output(fn):
-    """Whether fn writes `winograd44_output`'s pixels, bit for bit, cropping, with and without
-    bias, skip and ReLU."""
+def _checks_output(fn, size=6):
+    """Whether fn writes `winograd44_output`'s pixels (size 6) or `winograd_s2_output`'s
+    (size 9, bias on, no skip), bit for bit, cropping, with and without bias, skip and
+    ReLU."""
     fast = compiled.kernels()
     if fast is None:
         return False
@@ -346,12 +390,17 @@ def _checks_output(fn):
                                                                                    False, True)),
                                 (1, 5, 9, 16, (True, True, False))):
         th, tw = (ho + 3) // 4, (wo + 3) // 4
-        m = rng.standard_normal((36, c * th * tw * k + 8)).astype(np.float32)
+        if size == 9:
+            flags = (True, flags[1], False)
+        m = rng.standard_normal((size * size, c * th * tw * k + 8)).astype(np.float32)
         bias = rng.standard_normal(k).astype(np.float32)
         skip = rng.standard_normal((c, ho, wo, k)).astype(np.float32)
         want = np.zeros((c, ho, wo, k), np.float32)
         got = np.full_like(want, np.nan)
-        fast.winograd44_output(m, 0, th, tw, want, bias, flags[0], flags[1], skip, flags[2])
+        if size == 9:
+            fast.winograd_s2_output(m, th, tw, want, bias, flags[1])
+        else:
+            fast.winograd44_output(m, 0, th, tw, want, bias, flags[0], flags[1], skip, flags[2])
         run_output(fn, m, 0, th, tw, got, bias, flags[0], flags[1], skip, flags[2])
         if not np.array_equal(got, want):
             return False

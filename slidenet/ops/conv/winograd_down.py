@@ -116,8 +116,8 @@ def forward(x, first, sides, projection, second, relu=True):
     bias = (second.b + projection.b).astype(np.float32)
     out = empty((n, ho, wo, k), np.float32)
     run, gemm = kernel(), blas.gemm_for(k)
-    passes = (vpass.s2_input_pass(), vpass.input_pass(), vpass.output_pass()) \
-        if d % 16 == 0 and k % 16 == 0 else (None,)
+    passes = (vpass.s2_input_pass(), vpass.s2_output_pass(), vpass.input_pass(),
+              vpass.output_pass()) if d % 16 == 0 and k % 16 == 0 else (None,)
     vector = _kernel_vector() if None not in passes else None
 
     def work(sl):
@@ -160,9 +160,7 @@ _kernel = blas.GemmKernel(_build)
 
 
 def _build_vector(fast):
-    """`_down_vector`, numba-compiled (cached on disk) with `fast`'s stride-2 output pass."""
-    global _s2_output
-    _s2_output = fast.winograd_s2_output
+    """`_down_vector`, numba-compiled (cached on disk); its passes are arguments."""
     return compiled.jit(_down_vector)
 
 
@@ -207,11 +205,11 @@ def _down(gemm, x, ph, pw, h_in, w_in, ua, ba, wp, ub, bias, relu, out, per, mid
         _output(m2, 0, th, tw, out[i0:i1], bias, True, relu, sb, True)
 
 
-def _down_vector(gemm, s2in, inpass, outpass, x, ph, pw, h_in, w_in, ua, ba, wp, ub, bias,
-                 relu, out, per, mid, pick, skip, v1, m1, v2, m2):
-    """`_down` with `ops.vpass`'s passes (ctypes functions: the stride-2 input pass, F(4x4,
-    3x3)'s input and output passes) for D and K multiples of 16: the same numbers, bit for
-    bit; the stride-2 output pass stays `compiled`'s."""
+def _down_vector(gemm, s2in, s2out, inpass, outpass, x, ph, pw, h_in, w_in, ua, ba, wp, ub,
+                 bias, relu, out, per, mid, pick, skip, v1, m1, v2, m2):
+    """`_down` with `ops.vpass`'s passes (ctypes functions: the stride-2 scheme's input and
+    output passes, F(4x4, 3x3)'s) for D and K multiples of 16: the same numbers, bit for
+    bit."""
     c, h, w, d = x.shape
     _, ho, wo, k = out.shape
     th, tw = (ho + 3) // 4, (wo + 3) // 4
@@ -228,7 +226,8 @@ def _down_vector(gemm, s2in, inpass, outpass, x, ph, pw, h_in, w_in, ua, ba, wp,
         for e in range(81):
             gemm(101, 111, 111, rows, k, d, 1.0, v1[e].ctypes.data, d, ua[e].ctypes.data, k,
                  0.0, m1[e].ctypes.data, k)
-        _s2_output(m1, th, tw, hb, ba, True)
+        s2out(m1.ctypes.data, m1.shape[1], 0, th, tw, hb.ctypes.data, b, ho, wo, k,
+              ba.ctypes.data, 1, 1, hb.ctypes.data, 0)
         for n in range(b):                      # the pixels a 1x1 window at stride 2 reads
             for i in range(ho):
                 src, dst = xb[n, 2 * i], pb[n, i]

@@ -57,7 +57,7 @@ import threading
 
 import numpy as np
 
-from slidenet.ops import blas, compiled, idle, runtime
+from slidenet.ops import blas, compiled, idle, runtime, vdirect
 
 # Control array slots (int64).
 STATE, SLEEPING, TAKEN_BY_HELPER, ARRIVED, FUTEX, GEMM, GEMM_WIDE = 0, 1, 2, 3, 4, 5, 6
@@ -393,7 +393,10 @@ def direct_forward(x, w, b, pad, relu):
                                      (ph, ph, pw, pw))
         inner[...] = x
         out = runtime.empty((1, h + 2 * ph - fh + 1, wd + 2 * pw - fw + 1, k), np.float32)
-        _run(kernels.paired_direct, xp, w, b, out, bool(relu), code)
+        # The kernel the unpaired path runs (`conv.direct`): `vdirect`'s where it has one.
+        vector = vdirect.kernel(fh, fw, d, 1, 1, k)
+        entry = vdirect.address(vector) if vector is not None else 0
+        _run(kernels.paired_direct, xp, w, b, out, bool(relu), code, entry)
         return out
     finally:
         _lock.release()

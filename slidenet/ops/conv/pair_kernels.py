@@ -139,7 +139,7 @@ def pointer(typingctx, address):
 
 # `compiled`'s passes, set by `build` before the kernels below compile (numba reads a
 # function's globals when it compiles it; a closure's would keep it from the disk cache).
-_rows = _output = _input44 = _output44 = _output44_pool = _direct = None
+_rows = _output = _input44 = _output44 = _output44_pool = _direct = _vdirect = None
 f32 = np.float32
 
 
@@ -243,7 +243,8 @@ def direct_rows(c, i0, i1):
     on its output rows i0..i1 and the input rows they read): each pixel's sums are the
     one-thread call's. c: the task, xp (1, H_p, W_p, D), w (F_h, F_w, D, K), bias (K,), out
     (1, H', W', K) at c[0..3], H_p, W_p, D, H', W', K at c[4..9], relu at c[10], the window's
-    code (`pair.DIRECT_SHAPES`) at c[11]; stride 1."""
+    code (`pair.DIRECT_SHAPES`) at c[11], `vdirect`'s kernel's address at c[13] (0: numba's
+    `compiled.direct_conv`, else that kernel, as the unpaired path chooses); stride 1."""
     if i1 <= i0:
         return
     wp, d, wo, k = c[5], c[6], c[8], c[9]
@@ -253,7 +254,10 @@ def direct_rows(c, i0, i1):
     ob = numba.carray(pointer(c[3] + i0 * wo * k * 4), (1, i1 - i0, wo, k), f32)
     bias = numba.carray(pointer(c[2]), (k,), f32)
     relu = c[10] != 0
-    if code == 0:
+    if c[13] != 0:                      # the unpaired path's kernel on 512-bit registers
+        _vdirect(c[13], c[0] + i0 * wp * d * 4, c[1], c[2], c[3] + i0 * wo * k * 4, 1, c[4],
+                 wp, i1 - i0, wo, k, relu)
+    elif code == 0:
         w = numba.carray(pointer(c[1]), (3, 3, 3, k), f32)
         _direct(xb, w, bias, (0, 0, 0), (0, 0, 0), (0, 0, 0), (0,), (0,), relu, ob)
     else:
@@ -453,7 +457,7 @@ def paired_fc(ctl, hush, x, w, b, relu, out):
     return PAIRED
 
 
-def paired_direct(ctl, hush, xp, w, bias, out, relu, code):
+def paired_direct(ctl, hush, xp, w, bias, out, relu, code, entry):
     """One image's direct convolution (stride 1, a window of `pair.DIRECT_SHAPES`) on both
     threads: xp (1, H_p, W_p, D) padded, w (F_h, F_w, D, K), bias (K,) -> out (1, H', W', K);
     the first half of the output rows here, the rest on the helper; or all of it here if the
@@ -464,7 +468,7 @@ def paired_direct(ctl, hush, xp, w, bias, out, relu, code):
     c = ctl[TASK:]
     c[0], c[1], c[2], c[3] = xp.ctypes.data, w.ctypes.data, bias.ctypes.data, out.ctypes.data
     c[4], c[5], c[6], c[7], c[8], c[9] = hp, wp, d, ho, wo, k
-    c[10], c[11], c[12] = relu, code, split
+    c[10], c[11], c[12], c[13] = relu, code, split, entry
     publish(ctl, DIRECT)
     asleep = wake(ctl)
     if waited(ctl, asleep):
@@ -494,7 +498,9 @@ def build(fast):
         return _built[0]
     global _rows, _output, _input44, _output44, _output44_pool
     global arrive, phase, phase44, helper_share, post, taken_back, finish, publish
-    global fc_columns, direct_rows, _direct, wake, alone, waited
+    global fc_columns, direct_rows, _direct, wake, alone, waited, _vdirect
+    from slidenet.ops import vdirect
+    _vdirect = vdirect.call_address()
     _rows, _output = fast.winograd4_rows_of, fast.winograd4_output_of
     _input44, _output44 = fast.winograd44_input, fast.winograd44_output
     _output44_pool, _direct = fast.winograd44_output_pool, fast.direct_conv
@@ -518,7 +524,7 @@ def build(fast):
                            vector))
     done.paired_fc.compile((ints, types.boolean, vector, matrix, vector, types.boolean, vector))
     done.paired_direct.compile((ints, types.boolean, images, images, vector, images,
-                                types.boolean, types.int64))
+                                types.boolean, types.int64, types.int64))
     wake.compile((ints,))               # `pair._stop` calls it at exit
     _built.append(done)
     return done

@@ -41,7 +41,7 @@ import threading
 
 import numpy as np
 
-from slidenet.ops import compiled
+from slidenet.ops import compiled, stacked
 from slidenet.ops.conv import pair
 from slidenet.ops.conv.common import ConvCache, check_shapes, flipped, relu_masked, transformed
 from slidenet.ops.conv.im2col import conv_backward_im2col
@@ -269,7 +269,7 @@ def forward(x, filters, b, pad=(1, 1), relu=False, budget=None, skip=None, pool=
         bt = band.stop - band.start
         v = rows(fast, x[sl], pad, band.start, bt, tw, "conv.w44v")
         prod = scratch("conv.w44m", (36, v.shape[1] * k + LINE), dtype)
-        np.matmul(v, filters, out=prod[:, :v.shape[1] * k].reshape(36, v.shape[1], k))
+        stacked.matmul(v, filters, prod[:, :v.shape[1] * k].reshape(36, v.shape[1], k))
         tall = scratch("conv.w44tall", (4, 6, tw * k), dtype)
         if pool:
             fast.winograd44_output_pool(prod, band.start, bt, tw, out[sl], bias, True, relu,
@@ -462,7 +462,7 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False, skip=None):
         db_part = ones[:c * padded_out] @ gp.reshape(-1, k)     # the zero border adds nothing
         r = rows(fast, gp, (0, 0), 0, t, s, "conv.w2grows")
         prod = scratch("conv.w2m", (36, r.shape[1] * d), dx.dtype)
-        np.matmul(r, u_flip, out=prod.reshape(36, r.shape[1], d))
+        stacked.matmul(r, u_flip, prod.reshape(36, r.shape[1], d))
         # The unused skip is a stand-in of its rank, never dx itself (an output array that
         # might overlap an input makes numba's loop check for it and run scalar).
         fast.winograd44_output(prod, 0, t, s, dx[sl], prod[0, :d], False, False,
@@ -476,7 +476,7 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False, skip=None):
             every_x[:, tiles_of] = xt.reshape(36, c * t * s, d)
             return None, db_part
         part = empty((36, k, d), np.result_type(x, dout))       # recycled, as du
-        return np.matmul(r.transpose(0, 2, 1), xt.reshape(36, c * t * s, d), out=part), db_part
+        return stacked.matmul(r.transpose(0, 2, 1), xt.reshape(36, c * t * s, d), part), db_part
 
     hot = 36 * t * s * (k + 2 * d)                  # rows, products and adjoint(x)
     per_image = hot + padded_out * k
@@ -495,7 +495,7 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False, skip=None):
                 du += du_part
         db += db_part
     if whole:
-        run_chunks(lambda ps: np.matmul(every_r[ps].transpose(0, 2, 1), every_x[ps], out=du[ps]),
+        run_chunks(lambda ps: stacked.matmul(every_r[ps].transpose(0, 2, 1), every_x[ps], du[ps]),
                    split(36, 36 * n * t * s * k * d))
     dw_flip = filter_grad(du)                       # (3, 3, K, D), contiguous: written fast
     dw = empty(w.shape, du.dtype)

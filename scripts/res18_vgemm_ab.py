@@ -1,18 +1,20 @@
 """res18's prepared forward with the block kernels' GEMMs on 512-bit registers (`ops.vgemm`)
 against the same plan calling NumPy's BLAS (`blas.sgemm`), alternating in one process:
-docs/benchmarks.md's "res18 inference: the small GEMMs on 512-bit registers".
+docs/benchmarks.md's "res18 inference: the small GEMMs and the passes on 512-bit registers".
 
     .venv/bin/python scripts/res18_vgemm_ab.py [--batch 64] [--workers 1] [--rounds 10]
+    .venv/bin/python scripts/res18_vgemm_ab.py --passes     # ops.vpass's passes on and off
     .venv/bin/python scripts/res18_vgemm_ab.py --stages     # each block kind alone
 
 Each round times `--calls` forwards of one plan (`slidenet bench`'s RES18, random weights and
-statistics) with `vgemm` on, then as many with it off (NumPy's BLAS, the block kernels' limits as
-before it),
-then the other order next round. Prints the CPU ms of a forward (all threads) and the wall ms,
-min and median over the rounds, and that the two give the same scores to float32 rounding.
-`--stages`: res18's basic and downsampling blocks alone, as the plan runs them (one call where
-the block kernels apply, else two or three) (random weights, `--batch` images, one worker), CPU ms, min of 7 runs of 5 calls,
-alternating twice.
+statistics) with `vgemm` and `vpass` on, then as many with them off (NumPy's BLAS, numba's
+passes, the block kernels' limits as before), then the other order next round. Prints the CPU
+ms of a forward (all threads) and the wall ms, min and median over the rounds, and how far
+apart the two scores are.
+`--passes`: the same with `ops.vpass`'s passes on and off (vgemm on in both). `--stages`:
+res18's basic and downsampling blocks alone, as the plan runs them (one call where the block
+kernels apply, else two or three), random weights, `--batch` images, one worker, CPU ms, min
+of 7 runs of 5 calls, alternating twice.
 """
 import argparse
 import statistics
@@ -23,16 +25,27 @@ import numpy as np
 from res18_down_ab import timed             # this folder's scripts: the same timing and
 from res18_infer import trained_looking     # trained-looking net
 from slidenet.bench import RES18
-from slidenet.ops import runtime, vgemm
+from slidenet.ops import runtime, vgemm, vpass
 from slidenet.ops.conv import dispatch, winograd_block, winograd_down
 
+def use_passes(on):
+    """Switch `ops.vpass`'s passes on (the block kernels' vector kernels) or off (numba's)."""
+    vpass.input_pass()
+    names = ("fn", "out", "s2", "s2out")
+    if "built" not in vpass._state:
+        vpass._state["built"] = {name: vpass._state.get(name) for name in names}
+    for name in names:
+        vpass._state[name] = vpass._state["built"][name] if on else None
+
+
 def use(on):
-    """Switch vgemm on (the block kernels call it, and take the smaller images it makes pay) or
-    off (NumPy's BLAS and the block kernels' MIN_TILES, as before it)."""
+    """Switch vgemm on (the block kernels call it, and take the smaller images it makes pay)
+    or off (NumPy's BLAS and the block kernels' MIN_TILES, as before it), and vpass with it."""
     vgemm.sgemm(16)
     if "built" not in vgemm._state:
         vgemm._state["built"] = vgemm._state["fns"]
     vgemm._state["fns"] = vgemm._state["built"] if on else {}
+    use_passes(on)
 
 
 def conv(rng, d, k, stride, side, relu=True):
@@ -69,7 +82,8 @@ def stages(batch):
             for _ in range(2):
                 for name, on in (("vgemm", True), ("blas", False)):
                     use(on)
-                    cells.append(f"{name} {timed(lambda: block(x, first, second)):.2f}")
+                    ms = timed(lambda: block(x, first, second))
+                    cells.append(f"{name} {ms:.2f}")
         print(f"block {side}x{side}x{d}: " + ", ".join(cells))
     for side, d in ((32, 16), (16, 32), (8, 64)):
         k, half = 2 * d, side // 2
@@ -86,8 +100,8 @@ def stages(batch):
             for _ in range(2):
                 for name, on in (("vgemm", True), ("blas", False)):
                     use(on)
-                    cells.append(f"{name} "
-                                 f"{timed(lambda: down(x, first, sides, proj, second)):.2f}")
+                    ms = timed(lambda: down(x, first, sides, proj, second))
+                    cells.append(f"{name} {ms:.2f}")
         print(f"down {side}x{side}x{d} -> {k}: " + ", ".join(cells))
     use(True)
 
@@ -99,6 +113,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--calls", type=int, default=4)
     parser.add_argument("--stages", action="store_true")
+    parser.add_argument("--passes", action="store_true",
+                        help="instead: vpass's passes on against off (vgemm on in both)")
     args = parser.parse_args()
     if vgemm.sgemm(16) is None:
         raise SystemExit("vgemm is not available here (no llvmlite or no AVX-512F)")
@@ -106,22 +122,24 @@ def main():
         return stages(args.batch)
     plan = trained_looking(RES18).prepare()
     x = np.random.default_rng(1).standard_normal((args.batch, 32, 32, 3)).astype(np.float32)
-    times = {"vgemm": ([], []), "blas": ([], [])}
+    names = ("vpass", "numba passes") if args.passes else ("vgemm", "blas")
+    switch = use_passes if args.passes else use
+    times = {name: ([], []) for name in names}
     with runtime.workers(args.workers):
         scores = {}
         for name in times:
-            use(name == "vgemm")
+            switch(name == names[0])
             scores[name] = plan.forward(x).copy()
         for r in range(args.rounds):
-            for name in (("vgemm", "blas") if r % 2 == 0 else ("blas", "vgemm")):
-                use(name == "vgemm")
+            for name in (names if r % 2 == 0 else names[::-1]):
+                switch(name == names[0])
                 cpu, wall = time.process_time(), time.perf_counter()
                 for _ in range(args.calls):
                     plan.forward(x)
                 times[name][0].append((time.process_time() - cpu) / args.calls * 1e3)
                 times[name][1].append((time.perf_counter() - wall) / args.calls * 1e3)
-    use(True)
-    diff = np.abs(scores["vgemm"] - scores["blas"]).max() / np.abs(scores["blas"]).max()
+    switch(True)
+    diff = np.abs(scores[names[0]] - scores[names[1]]).max() / np.abs(scores[names[1]]).max()
     print(f"batch {args.batch}, {args.workers} worker(s), {args.rounds} rounds of "
           f"{args.calls}; scores agree to {diff:.1e} of the largest")
     for name, (cpu, wall) in times.items():

@@ -10,7 +10,8 @@ input needs no gradient) through the ReLU's mask. Three ways, alternating round 
     before      "full" (what "auto" chose for them before the direct pair) with the compiled
                 kernels off: im2col's rows, GEMM, bias and ReLU, mask, all on NumPy
     im2col      "full" with the compiled kernels on: the same GEMMs, im2col's passes compiled
-    direct      "auto" now: the direct pair's forward; its backward is im2col's, as above
+    direct      "auto" now: the direct pair's forward; its backward (no dx, stride 1) by
+                `compiled.direct_dw` (before that kernel: im2col's, as above)
 
 A round takes the fastest of a few calls; the table gives the median of the rounds and their
 range, in ms. The machine is shared: the last line says how many cores other processes kept

@@ -211,3 +211,98 @@ def test_without_numba_the_direct_pair_runs_im2col():
             "_, dw_want, _ = naive.conv_backward((want > 0) * 1.0, x, w, (1, 1), (1, 1))\n"
             "print(cache.algorithm, np.allclose(out, want), np.allclose(dw, dw_want), compiled.kernels() is None)")
     assert without_numba(code).split() == ["direct", "True", "True", "True"]
+
+
+# (H, W, D, F_h, F_w, P_h, P_w, K) at stride 1 for the direct pair's compiled dw and db: RGB and
+# grey, 2 and 4 channels, windows of 1 to 27 numbers, padding 0 to 2, odd and non-square
+# inputs, filter counts that are and are not multiples of the kernel's four at a time.
+DW_GEOMETRIES = [
+    (32, 32, 3, 3, 3, 1, 1, 32),        # R1's conv1
+    (9, 7, 3, 3, 3, 1, 1, 16),
+    (7, 10, 1, 5, 5, 2, 2, 6),
+    (6, 5, 2, 3, 3, 0, 0, 5),
+    (5, 8, 4, 1, 1, 0, 0, 17),
+    (8, 6, 1, 3, 1, 2, 0, 3),
+    (4, 4, 3, 3, 2, 1, 0, 9),
+]
+
+
+@needs_numba
+@pytest.mark.parametrize("geometry", DW_GEOMETRIES, ids=lambda g: "x".join(map(str, g)))
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_direct_dw_is_the_naive_loops(geometry, relu, dtype, monkeypatch):
+    # A first layer's dw and db (no dx) by `compiled.direct_dw`, against the lecture's loops on
+    # the same numbers (the ReLU's mask from the naive forward), in float64 and float32.
+    h, w, d, fh, fw, ph, pw, k = geometry
+    calls = spy(monkeypatch, "direct_dw")
+    x = RNG.standard_normal((3, h, w, d)).astype(dtype)
+    wt = RNG.standard_normal((fh, fw, d, k)).astype(dtype)
+    b = RNG.standard_normal(k).astype(dtype)
+    out, cache = direct.conv_forward_direct(x, wt, b, (1, 1), (ph, pw), relu=relu)
+    dout = RNG.standard_normal(out.shape).astype(dtype)
+    dx, dw, db = direct.conv_backward_direct(dout, cache, need_dx=False, relu=relu)
+    assert dx is None and calls, "the compiled dw kernel did not run"
+    x64, w64, b64, g64 = (a.astype(np.float64) for a in (x, wt, b, dout))
+    if relu:
+        g64 = g64 * (naive.conv_forward(x64, w64, b64, (1, 1), (ph, pw)) > 0)
+    _, dw_want, db_want = naive.conv_backward(g64, x64, w64, (1, 1), (ph, pw))
+    assert dw.dtype == dtype and db.dtype == dtype and dw.shape == wt.shape
+    # float32: the sums of up to 3 * 32 * 32 products, each to rounding.
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    scale = np.sqrt(h * w * 3)
+    np.testing.assert_allclose(dw, dw_want, rtol=0, atol=tol * scale * np.abs(x64).max() * np.abs(g64).max())
+    np.testing.assert_allclose(db, db_want, rtol=0, atol=tol * scale * np.abs(g64).max())
+
+
+@needs_numba
+def test_direct_dw_adds_images_in_any_chunks_to_the_same_sums():
+    # Chunks of the batch on one or two workers, a budget small enough for one image a chunk:
+    # the same dw to rounding as one chunk (the chunks' sums are added in batch order).
+    x = RNG.standard_normal((7, 12, 11, 3)).astype(np.float32)
+    w = RNG.standard_normal((3, 3, 3, 16)).astype(np.float32)
+    b = RNG.standard_normal(16).astype(np.float32)
+    dout = RNG.standard_normal((7, 12, 11, 16)).astype(np.float32)
+    results = []
+    for workers, budget in ((1, None), (2, 1), (1, 1)):
+        with runtime.workers(workers):
+            out, cache = direct.conv_forward_direct(x, w, b, (1, 1), (1, 1), relu=True, budget=budget)
+            results.append(direct.conv_backward_direct(dout, cache, need_dx=False, relu=True)[1:])
+    for dw, db in results[1:]:
+        np.testing.assert_allclose(dw, results[0][0], rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(db, results[0][1], rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(results[1][0], results[2][0])     # same chunks: same bits
+
+
+@needs_numba
+def test_direct_dw_treats_nan_and_infinity_as_im2col_does():
+    # An infinite gradient behind a rectified output is inf * 0 = NaN in the mask, as NumPy's
+    # multiply by a boolean makes it; a NaN input makes NaN sums; everything else is finite.
+    x = RNG.standard_normal((2, 6, 6, 3))
+    x[1, 2, 3, 0] = np.nan
+    w = RNG.standard_normal((3, 3, 3, 8))
+    b = np.array([-9, 9, -9, 9, 0, 0, 0, 0], np.float64)     # filters 0 and 2 rectified everywhere
+    out, cache = direct.conv_forward_direct(x, w, b, (1, 1), (1, 1), relu=True)
+    dout = np.full_like(out, 0.5)
+    dout[0, 1, 1, :] = np.inf
+    with np.errstate(invalid="ignore"):
+        _, dw_want, db_want = im2col.conv_backward_im2col(dout, cache, need_dx=False, relu=True)
+        _, dw, db = direct.conv_backward_direct(dout, cache, need_dx=False, relu=True)
+    np.testing.assert_array_equal(np.isnan(dw), np.isnan(dw_want))
+    np.testing.assert_array_equal(np.isnan(db), np.isnan(db_want))
+    assert np.isnan(db[[0, 2]]).all() and np.isnan(dw[..., 0]).all()
+    finite = np.isfinite(dw_want)
+    np.testing.assert_allclose(dw[finite], dw_want[finite], rtol=1e-12, atol=1e-12)
+
+
+def test_direct_pair_at_stride_2_takes_im2col_backward():
+    # The compiled dw is for stride 1; a strided first layer's gradients are im2col's, and right.
+    x = RNG.standard_normal((2, 9, 7, 3))
+    w = RNG.standard_normal((3, 3, 3, 16))
+    b = RNG.standard_normal(16)
+    out, cache = direct.conv_forward_direct(x, w, b, (2, 2), (1, 1), relu=False)
+    dout = RNG.standard_normal(out.shape)
+    _, dw, db = direct.conv_backward_direct(dout, cache, need_dx=False)
+    _, dw_want, db_want = naive.conv_backward(dout, x, w, (2, 2), (1, 1))
+    np.testing.assert_allclose(dw, dw_want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(db, db_want, rtol=1e-12, atol=1e-12)

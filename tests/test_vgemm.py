@@ -85,3 +85,27 @@ def test_built_wherever_the_host_has_512_bit_registers():
     if not llvm.get_host_cpu_features().get("avx512f", False) or blas.sgemm() is None:
         pytest.skip("no AVX-512F or no NumPy BLAS from ctypes on this host")
     assert vgemm.sgemm(16) is not None and vgemm.sgemm(32) is not None
+
+
+@needs_vgemm
+def test_compiled_code_is_cached_on_disk_and_loaded_from_it(tmp_path, monkeypatch):
+    """compile_ir writes the object code under NUMBA_CACHE_DIR; a second build loads it, and
+    the function it holds computes what the first one did."""
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    wide = blas.sgemm().argtypes[3] is vgemm.ctypes.c_int64
+    text = vgemm._ir("vgemm_test", 1, 8, "i64" if wide else "i32")
+    text = ("declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, "
+            "<16 x float>)\n" + text)
+    results = []
+    for _ in range(2):
+        engine = vgemm.compile_ir(text, "test")
+        fn = vgemm.ctypes.CFUNCTYPE(None, *blas.sgemm().argtypes)(
+            engine.get_function_address("vgemm_test"))
+        a = RNG.standard_normal((11, 16)).astype(np.float32)
+        b = RNG.standard_normal((16, 16)).astype(np.float32)
+        c = np.zeros((11, 16), np.float32)
+        fn(101, 111, 111, 11, 16, 16, 1.0, a.ctypes.data, 16, b.ctypes.data, 16, 0.0,
+           c.ctypes.data, 16)
+        np.testing.assert_allclose(c, a @ b, rtol=1e-5, atol=1e-5)
+        results.append(sorted(p.name for p in tmp_path.iterdir()))
+    assert len(results[0]) == 1 and results[0][0].startswith("test-") and results[1] == results[0]

@@ -15,14 +15,15 @@ several calls:
     pooling (`pool`): max-pool a window, and hand its gradient to the first maximum (2x2
         windows at stride 2 by a pass of their own, the taps unrolled);
     the direct convolution of thin first layers (`conv.direct`): each output pixel's window
-        times the filters;
+        times the filters; its dw and db at stride 1 as dot products of planar rows;
     the FC of a few images in inference (`fc.fc_infer`): W's rows where the input is not zero;
     batch normalisation in training (`batchnorm`): the per-channel sums, the centred squares,
         xhat and the output together; the backward's two sums, and dx.
 The arithmetic and the comparisons are the same, in the same order, so results are bitwise
 equal to the NumPy path (tested). Two exceptions: pooling windows that overlap add up to four
 gradients into one input in another order, and the direct convolution adds a window's products
-in another order than im2col's GEMM; both match to rounding. Batch normalisation's sums are
+in another order than im2col's GEMM (its dw, `direct_dw`, sums in vector lanes, the one kernel
+compiled with numba's reassociation); they match to rounding. Batch normalisation's sums are
 added in float64 in another order than NumPy's GEMVs (so they match to rounding, closer to the
 exact sums). F(4x4, 3x3)'s and stride-2 Winograd's NumPy paths (`conv.winograd_f44.NUMPY`,
 `conv.winograd_s2.NUMPY`) are einsums, a check rather than a second implementation of the same
@@ -91,15 +92,16 @@ class _Kernels:
     pass
 
 
-def jit(fn):
+def jit(fn, fastmath=False):
     """fn compiled by numba without the GIL, cached on disk where a cache can be written
     (else compiled again in each process). For this module's passes and the kernels built on
-    them (`conv.winograd_block`, `conv.winograd_down`)."""
+    them (`conv.winograd_block`, `conv.winograd_down`). fastmath: numba's flags (a set), for
+    the one kernel whose sums may be reordered (`direct_dw`)."""
     import numba
     try:
-        return numba.njit(nogil=True, cache=True)(fn)
+        return numba.njit(nogil=True, cache=True, fastmath=fastmath)(fn)
     except RuntimeError:                        # nowhere to write the cache: compile each run
-        return numba.njit(nogil=True)(fn)
+        return numba.njit(nogil=True, fastmath=fastmath)(fn)
 
 
 def _compile():
@@ -109,6 +111,9 @@ def _compile():
     done.add_bias_relu = jit(add_bias_relu)
     done.relu_mask = jit(relu_mask)
     done.direct_conv = jit(direct_conv)
+    # Reassociation lets the compiler vectorise direct_dw's dot products (16 partial sums in
+    # lanes); contraction gives them FMAs. Neither touches NaN or infinity.
+    done.direct_dw = jit(direct_dw, fastmath={"reassoc", "contract"})
     done.fc_one = jit(fc_one)
     done.winograd_rows = jit(winograd_rows)
     done.winograd_output = jit(winograd_output)
@@ -400,6 +405,131 @@ def direct_conv(xp, w, bias, taps_h, taps_w, depth, steps_h, steps_w, relu, out)
                     if relu and s < zero:
                         s = zero
                     o[ch] = s
+
+
+def direct_dw(x, g, out, taps_h, taps_w, depth, pad_h, pad_w, relu, dw, db):
+    """dw (F_h*F_w*D, K) and db (K,) += the gradients of a thin convolution at stride 1 over a
+    chunk: x (c, H, W, D) the forward's input (unpadded), g (c, H', W', K) dout, out the
+    forward's output (its ReLU's mask where relu, else unused); pad_h, pad_w: the padding.
+    taps_h, taps_w, depth: tuples whose lengths are F_h, F_w and D (see `direct_conv`).
+
+    dw[(a, b, e), k] = sum over pixels (i, j) of xp[i + a, j + b, e] * g[i, j, k]: with each
+    image laid out planar, one channel of x zero-padded in a flat row of H_p*W_p numbers and one
+    channel of g in a flat row of the same width W_p (zeros in the W_p - W' columns past each
+    output row), that sum is a dot product of two contiguous rows, the x row shifted by
+    a*W_p + b. The D channels of x share each load of g (D sums at once, D <= 4). Products are
+    summed in lanes, in another order than the GEMM's or the naive loops' (they agree to
+    rounding); each image's sums are added into dw in image order. Indices are unsigned so
+    that the compiler knows they are not negative (numba would otherwise wrap them).
+    """
+    fh, fw, d = len(taps_h), len(taps_w), len(depth)
+    c, h, wd, _ = x.shape
+    _, ho, wo, k = g.shape
+    hp, wp = h + 2 * pad_h, wd + 2 * pad_w
+    uwp = np.uint64(wp)
+    span = (ho - 1) * wp + wo               # the flat positions that hold an output pixel
+    zero, one = dw.dtype.type(0), dw.dtype.type(1)
+    xq = np.zeros((d, hp * wp), dw.dtype)   # borders stay zero; the interior is rewritten
+    gq = np.zeros((k, span), dw.dtype)      # the W_p - W' gap columns stay zero
+    for n in range(c):
+        for r in range(h):
+            row = np.uint64(r + pad_h) * uwp + np.uint64(pad_w)
+            for s in range(wd):
+                for e in range(d):
+                    xq[e, row + np.uint64(s)] = x[n, r, s, e]
+        for i in range(ho):
+            for j in range(wo):
+                q = np.uint64(i) * uwp + np.uint64(j)
+                gp, op = g[n, i, j], out[n, i, j]
+                for ch in range(k):
+                    # As `relu_mask`: times 1 or 0, so an infinite gradient behind a 0 is NaN.
+                    gq[ch, q] = gp[ch] * (one if (not relu or op[ch] > zero) else zero)
+        x0, x1, x2, x3 = xq[0], xq[min(1, d - 1)], xq[min(2, d - 1)], xq[min(3, d - 1)]
+        # Four filters at a time: each load of x serves four sums, each load of g up to four.
+        for c0 in range(0, k - 3, 4):
+            g0, g1, g2, g3 = gq[c0], gq[c0 + 1], gq[c0 + 2], gq[c0 + 3]
+            t = 0
+            for a in range(fh):
+                for b in range(fw):
+                    off = np.uint64(a) * uwp + np.uint64(b)
+                    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
+                    for q in range(span):
+                        u = np.uint64(q) + off
+                        v0, v1, v2, v3 = g0[q], g1[q], g2[q], g3[q]
+                        y = x0[u]
+                        s00 += y * v0
+                        s10 += y * v1
+                        s20 += y * v2
+                        s30 += y * v3
+                        if d > 1:
+                            y = x1[u]
+                            s01 += y * v0
+                            s11 += y * v1
+                            s21 += y * v2
+                            s31 += y * v3
+                        if d > 2:
+                            y = x2[u]
+                            s02 += y * v0
+                            s12 += y * v1
+                            s22 += y * v2
+                            s32 += y * v3
+                        if d > 3:
+                            y = x3[u]
+                            s03 += y * v0
+                            s13 += y * v1
+                            s23 += y * v2
+                            s33 += y * v3
+                    dw[t, c0 + 0] += s00
+                    dw[t, c0 + 1] += s10
+                    dw[t, c0 + 2] += s20
+                    dw[t, c0 + 3] += s30
+                    if d > 1:
+                        dw[t + 1, c0 + 0] += s01
+                        dw[t + 1, c0 + 1] += s11
+                        dw[t + 1, c0 + 2] += s21
+                        dw[t + 1, c0 + 3] += s31
+                    if d > 2:
+                        dw[t + 2, c0 + 0] += s02
+                        dw[t + 2, c0 + 1] += s12
+                        dw[t + 2, c0 + 2] += s22
+                        dw[t + 2, c0 + 3] += s32
+                    if d > 3:
+                        dw[t + 3, c0 + 0] += s03
+                        dw[t + 3, c0 + 1] += s13
+                        dw[t + 3, c0 + 2] += s23
+                        dw[t + 3, c0 + 3] += s33
+                    t += d
+        for ch in range(k - k % 4, k):        # the last k % 4 filters one at a time
+            gr = gq[ch]
+            t = 0
+            for a in range(fh):
+                for b in range(fw):
+                    off = np.uint64(a) * uwp + np.uint64(b)
+                    s0 = s1 = s2 = s3 = zero
+                    for q in range(span):
+                        gv = gr[q]
+                        u = np.uint64(q) + off
+                        s0 += x0[u] * gv
+                        if d > 1:
+                            s1 += x1[u] * gv
+                        if d > 2:
+                            s2 += x2[u] * gv
+                        if d > 3:
+                            s3 += x3[u] * gv
+                    dw[t, ch] += s0
+                    if d > 1:
+                        dw[t + 1, ch] += s1
+                    if d > 2:
+                        dw[t + 2, ch] += s2
+                    if d > 3:
+                        dw[t + 3, ch] += s3
+                    t += d
+        for ch in range(k):
+            gr = gq[ch]
+            s0 = zero
+            for q in range(span):
+                s0 += gr[q]
+            db[ch] += s0
 
 
 # A few images' FC in inference (`fc.fc_infer`): no NumPy twin either; the products are added in

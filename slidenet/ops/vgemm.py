@@ -30,6 +30,7 @@ import threading
 
 import numpy as np
 
+from slidenet.errors import SlidenetError
 from slidenet.ops import blas
 
 # Rows of C a block takes, by registers per row (16 columns each): R x V accumulators and V
@@ -147,7 +148,7 @@ def _ir(name, v, r, int_type, trans_a=False):
 
 def _build():
     """{1: fn, 2: fn, 4: fn}, by registers per row of a column block, and the same keyed
-    ("t", v) for A transposed, compiled and checked, or {}."""
+    ("t", v) for A transposed, compiled and checked; or {}."""
     gemm = blas.sgemm()
     if gemm is None:
         return {}
@@ -155,22 +156,13 @@ def _build():
         import llvmlite.binding as llvm
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
-        cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features()
-        if not features.get("avx512f", False):
+        if not llvm.get_host_cpu_features().get("avx512f", False):
             return {}
         int_type = "i64" if gemm.argtypes[3] is ctypes.c_int64 else "i32"
         body = "\n".join([_ir(f"vgemm{v}", v, ROWS[v], int_type) for v in ROWS]
                          + [_ir(f"vgemmt{v}", v, ROWS[v], int_type, True) for v in ROWS])
-        text = ("declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, "
-                "<16 x float>)\n" + body)
-        module = llvm.parse_assembly(text)
-        module.verify()
-        machine = llvm.Target.from_default_triple().create_target_machine(
-            cpu=cpu, features=features.flatten(), opt=3)
-        builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(3))
-        builder.getModulePassManager().run(module, builder)
-        engine = llvm.create_mcjit_compiler(module, machine)
-        engine.finalize_object()
+        engine = compile_ir("declare <16 x float> @llvm.fma.v16f32(<16 x float>, "
+                            "<16 x float>, <16 x float>)\n" + body, "vgemm")
         fns = {}
         for trans_a, v in [(False, v) for v in ROWS] + [(True, v) for v in ROWS]:
             name = f"vgemmt{v}" if trans_a else f"vgemm{v}"
@@ -183,6 +175,52 @@ def _build():
         return fns
     except (ImportError, OSError, RuntimeError, AttributeError, TypeError, ValueError):
         return {}
+
+
+def compile_ir(text, tag):
+    """An llvmlite execution engine holding the IR `text` compiled for the host CPU (keep it
+    alive as long as its functions are called).
+
+    The object code is cached on disk beside numba's caches (`__pycache__` here, or
+    NUMBA_CACHE_DIR), named by a hash of the IR, the CPU, its features and llvmlite's version,
+    and written atomically: a later process loads it in milliseconds instead of optimising and
+    compiling again (a few tenths of a second). Where nothing can be written, each process
+    compiles. The caller still checks the functions before it hands them out."""
+    import hashlib
+
+    import llvmlite
+    import llvmlite.binding as llvm
+    cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+    key = hashlib.sha256("\0".join((text, cpu, features, llvmlite.__version__)).encode())
+    folder = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.dirname(__file__),
+                                                                "__pycache__")
+    path = os.path.join(folder, f"{tag}-{key.hexdigest()[:24]}.o")
+    try:
+        with open(path, "rb") as fh:
+            cached = fh.read()
+    except OSError:
+        cached = None
+    module = llvm.parse_assembly(text)
+    module.verify()
+    machine = llvm.Target.from_default_triple().create_target_machine(cpu=cpu,
+                                                                      features=features, opt=3)
+    if cached is None:
+        builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(3))
+        builder.getModulePassManager().run(module, builder)
+    engine = llvm.create_mcjit_compiler(module, machine)
+
+    def store(_module, data):
+        if cached is None:
+            try:
+                from slidenet.storage.writing import write_bytes
+                os.makedirs(folder, exist_ok=True)
+                write_bytes(path, bytes(data))
+            except (OSError, SlidenetError):
+                pass                            # no cache: the next process compiles again
+
+    engine.set_object_cache(store, lambda _module: cached)
+    engine.finalize_object()
+    return engine
 
 
 def _checks(fn, width, trans_a=False):

@@ -19,9 +19,15 @@ passes). Beyond that window the same loops are not unrolled and run many times s
 pair refuses it. docs/benchmarks.md ("Thin first layers", "Where the kernels' thresholds come
 from") has the measurements.
 
-Backward is im2col's: dw = rows^T @ dout is a GEMM that runs near the BLAS peak, and a direct
-dw (each pixel's window times its K gradients, added into dw) was slower. A first layer needs no
-dx; where one is asked for, it comes from the "full" convolution at stride 1, else by scatter.
+Backward (with numba, at stride 1): dw and db by a compiled kernel of their own
+(`compiled.direct_dw`) instead of im2col's rows and GEMM. dw[(a, b, e), k] is the sum over the
+output pixels of x's number under tap (a, b, e) times pixel's gradient for filter k: with x and
+dout laid out planar (one flat row per channel, of the padded width), each of those 27 x K sums
+is a dot product of two contiguous rows, the x row shifted by the tap's offset, which the
+compiler vectorises. That skips the rows (9 times the input, written and read again), and the
+ReLU's mask is applied in the same pass that lays dout out. Strided windows take im2col's
+backward. A first layer needs no dx; where one is asked for, it comes from the "full"
+convolution at stride 1, else by scatter (and dw, db from im2col's GEMM with it).
 
 Without numba the forward is im2col's: the same numbers to rounding, not bit for bit, since the
 GEMM adds the window's products in its own order.
@@ -98,12 +104,43 @@ def conv_forward_direct(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=N
 
 
 def conv_backward_direct(dout, cache, need_dx=True, relu=False):
-    """Gradients of the direct convolution: im2col's dw and db; dx (rarely asked of a first
-    layer) as the "full" convolution at stride 1, else by im2col's scatter.
+    """Gradients of the direct convolution: without dx at stride 1, dw and db by the compiled
+    `compiled.direct_dw` (im2col's without numba, or at other strides); dx (rarely asked of a
+    first layer) as the "full" convolution at stride 1, else by im2col's scatter.
 
     dout: (N, H', W', K). Returns dx (N, H, W, D) (None when need_dx is False), dw (F_h, F_w,
     D, K), db (K,). relu: dout is first multiplied by the mask of the forward's ReLU.
     """
     if need_dx and full_dx.applies(cache.w.shape[:2], cache.stride, cache.pad):
         return full_dx.conv_backward_full(dout, cache, need_dx, relu)
-    return conv_backward_im2col(dout, cache, need_dx, relu)
+    fast = compiled.kernels(cache.x, dout)
+    if need_dx or fast is None or tuple(cache.stride) != (1, 1):
+        return conv_backward_im2col(dout, cache, need_dx, relu)
+    return None, *_direct_dw(fast, dout, cache, relu)
+
+
+def _direct_dw(fast, dout, cache, relu):
+    """dw (F_h, F_w, D, K) and db (K,) by `compiled.direct_dw`, chunk by chunk on the workers,
+    the chunks' sums added in batch order."""
+    x, w, (ph, pw) = cache.x, cache.w, cache.pad
+    n, h, wd, d = x.shape
+    fh, fw, _, k = w.shape
+    _, ho, wo, _ = dout.shape
+    dtype = np.result_type(x, dout)
+    dout = np.ascontiguousarray(dout)
+    mask = cache.out if relu else dout          # read only where relu
+    sizes = ((0,) * fh, (0,) * fw, (0,) * d)
+
+    def work(sl):
+        dw_part, db_part = np.zeros((fh * fw * d, k), dtype), np.zeros(k, dtype)
+        fast.direct_dw(x[sl], dout[sl], mask[sl], *sizes, ph, pw, relu, dw_part, db_part)
+        return dw_part, db_part
+
+    # The kernel's planar copies: x padded (H_p * W_p * D) and dout (about H' * W_p * K).
+    per_image = ((h + 2 * ph) * (wd + 2 * pw) * d + ho * (wd + 2 * pw) * k) * np.dtype(dtype).itemsize
+    dw = np.zeros((fh * fw * d, k), dtype)
+    db = np.zeros(k, dout.dtype)
+    for dw_part, db_part in run_chunks(work, batch_chunks(n, per_image, cache.budget)):
+        dw += dw_part
+        db += db_part
+    return dw.reshape(w.shape), db

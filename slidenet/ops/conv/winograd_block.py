@@ -93,8 +93,8 @@ def forward(x, first, second, relu=True):
     per = band_images(h, w, d)
     out = empty(x.shape, np.float32)
     run, gemm = kernel(), blas.gemm_for(d)
-    inpass = vpass.input_pass() if d % 16 == 0 else None
-    vector = _kernel_vector() if inpass is not None else None
+    inpass, outpass = (vpass.input_pass(), vpass.output_pass()) if d % 16 == 0 else (None, None)
+    vector = _kernel_vector() if inpass is not None and outpass is not None else None
 
     def work(sl):
         rows = per * th * tw * d
@@ -102,7 +102,7 @@ def forward(x, first, second, relu=True):
         m = scratch("block.m", (36, rows + LINE), np.float32)
         mid = scratch("block.h", (per, h, w, d), np.float32)
         if vector is not None:
-            vector(gemm, inpass, x[sl], first.filters, first.b, second.filters, second.b,
+            vector(gemm, inpass, outpass, x[sl], first.filters, first.b, second.filters, second.b,
                    bool(relu), out[sl], per, mid, v, m)
             return
         wide = scratch("block.wide", (6, 4 * th + 2, tw * d), np.float32)
@@ -130,9 +130,7 @@ _kernel = blas.GemmKernel(_build)
 
 
 def _build_vector(fast):
-    """`_block_vector`, numba-compiled (cached on disk) with `fast`'s output pass."""
-    global _output
-    _output = fast.winograd44_output
+    """`_block_vector`, numba-compiled (cached on disk); its passes are arguments."""
     return compiled.jit(_block_vector)
 
 
@@ -162,10 +160,10 @@ def _block(gemm, x, ua, ba, ub, bb, relu, out, per, mid, v, m, wide):
         _output(m, 0, th, tw, out[i0:i1], bb, True, relu, xb, True)
 
 
-def _block_vector(gemm, inpass, x, ua, ba, ub, bb, relu, out, per, mid, v, m):
-    """`_block` with `ops.vpass.input_pass()` (inpass, a ctypes function) for the input passes
-    (D a multiple of 16): the same planes, bit for bit, without the gather between its two
-    passes; no scratch for it."""
+def _block_vector(gemm, inpass, outpass, x, ua, ba, ub, bb, relu, out, per, mid, v, m):
+    """`_block` with `ops.vpass`'s passes (inpass, outpass: ctypes functions) for D a multiple
+    of 16: the same numbers, bit for bit, each tile's 16 channels in a register, without the
+    numba passes' rows between their two axes; no scratch for them."""
     c, h, w, d = x.shape
     th, tw = (h + 3) // 4, (w + 3) // 4
     for i0 in range(0, c, per):
@@ -177,9 +175,12 @@ def _block_vector(gemm, inpass, x, ua, ba, ub, bb, relu, out, per, mid, v, m):
         for e in range(36):
             gemm(101, 111, 111, rows, d, d, 1.0, v[e].ctypes.data, d, ua[e].ctypes.data, d, 0.0,
                  m[e].ctypes.data, d)
-        _output(m, 0, th, tw, hb, ba, True, True, xb, False)
+        outpass(m.ctypes.data, m.shape[1], 0, th, tw, hb.ctypes.data, i1 - i0, h, w, d,
+                ba.ctypes.data, 1, 1, xb.ctypes.data, 0)
         inpass(hb.ctypes.data, i1 - i0, h, w, d, 1, 1, 0, th, tw, v.ctypes.data, v.shape[1])
         for e in range(36):
             gemm(101, 111, 111, rows, d, d, 1.0, v[e].ctypes.data, d, ub[e].ctypes.data, d, 0.0,
                  m[e].ctypes.data, d)
-        _output(m, 0, th, tw, out[i0:i1], bb, True, relu, xb, True)
+        ob = out[i0:i1]
+        outpass(m.ctypes.data, m.shape[1], 0, th, tw, ob.ctypes.data, i1 - i0, h, w, d,
+                bb.ctypes.data, 1, 1 if relu else 0, xb.ctypes.data, 1)

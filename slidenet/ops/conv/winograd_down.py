@@ -25,7 +25,7 @@ kernel is compiled on first use and cached on disk, as `winograd_block`'s.
 
 import numpy as np
 
-from slidenet.ops import blas, compiled, vgemm
+from slidenet.ops import blas, compiled, vgemm, vpass
 from slidenet.ops.conv.winograd_s2 import LINE, tiles
 from slidenet.ops.runtime import empty, run_chunks, scratch, worker_split
 
@@ -116,6 +116,9 @@ def forward(x, first, sides, projection, second, relu=True):
     bias = (second.b + projection.b).astype(np.float32)
     out = empty((n, ho, wo, k), np.float32)
     run, gemm = kernel(), blas.gemm_for(k)
+    passes = (vpass.s2_input_pass(), vpass.s2_output_pass(), vpass.input_pass(),
+              vpass.output_pass()) if d % 16 == 0 and k % 16 == 0 else (None,)
+    vector = _kernel_vector() if None not in passes else None
 
     def work(sl):
         t = per * th * tw
@@ -126,6 +129,11 @@ def forward(x, first, sides, projection, second, relu=True):
         mid = scratch("down.h", (per, ho, wo, k), np.float32)
         pick = scratch("down.pick", (per, ho, wo, d), np.float32)
         skip = scratch("down.skip", (per, ho, wo, k), np.float32)
+        if vector is not None:
+            vector(gemm, *passes, x[sl], ph, pw, h_in, w_in, first.filters, first.b,
+                   projection.w, second.filters, bias, bool(relu), out[sl], per, mid, pick,
+                   skip, v1, m1, v2, m2)
+            return
         wide = scratch("down.wide", (6, 4 * th + 2, tw * k), np.float32)
         run(gemm, x[sl], ph, pw, h_in, w_in, first.filters, first.b, projection.w,
             second.filters, bias, bool(relu), out[sl], per, mid, pick, skip, v1, m1, v2, m2,
@@ -149,6 +157,14 @@ def _build(fast):
 
 
 _kernel = blas.GemmKernel(_build)
+
+
+def _build_vector(fast):
+    """`_down_vector`, numba-compiled (cached on disk); its passes are arguments."""
+    return compiled.jit(_down_vector)
+
+
+_kernel_vector = blas.GemmKernel(_build_vector)
 
 
 def _down(gemm, x, ph, pw, h_in, w_in, ua, ba, wp, ub, bias, relu, out, per, mid, pick, skip,
@@ -187,3 +203,43 @@ def _down(gemm, x, ph, pw, h_in, w_in, ua, ba, wp, ub, bias, relu, out, per, mid
             gemm(101, 111, 111, rows, k, k, 1.0, v2[e].ctypes.data, k, ub[e].ctypes.data, k,
                  0.0, m2[e].ctypes.data, k)
         _output(m2, 0, th, tw, out[i0:i1], bias, True, relu, sb, True)
+
+
+def _down_vector(gemm, s2in, s2out, inpass, outpass, x, ph, pw, h_in, w_in, ua, ba, wp, ub,
+                 bias, relu, out, per, mid, pick, skip, v1, m1, v2, m2):
+    """`_down` with `ops.vpass`'s passes (ctypes functions: the stride-2 scheme's input and
+    output passes, F(4x4, 3x3)'s) for D and K multiples of 16: the same numbers, bit for
+    bit."""
+    c, h, w, d = x.shape
+    _, ho, wo, k = out.shape
+    th, tw = (ho + 3) // 4, (wo + 3) // 4
+    for i0 in range(0, c, per):
+        i1 = min(c, i0 + per)
+        b = i1 - i0
+        rows = b * th * tw
+        xb = x[i0:i1]
+        hb = mid[:b]
+        pb = pick[:b]
+        sb = skip[:b]
+        s2in(xb.ctypes.data, b, h, w, d, ph, pw, h_in, w_in, th, tw, v1.ctypes.data,
+             v1.shape[1])
+        for e in range(81):
+            gemm(101, 111, 111, rows, k, d, 1.0, v1[e].ctypes.data, d, ua[e].ctypes.data, k,
+                 0.0, m1[e].ctypes.data, k)
+        s2out(m1.ctypes.data, m1.shape[1], 0, th, tw, hb.ctypes.data, b, ho, wo, k,
+              ba.ctypes.data, 1, 1, hb.ctypes.data, 0)
+        for n in range(b):                      # the pixels a 1x1 window at stride 2 reads
+            for i in range(ho):
+                src, dst = xb[n, 2 * i], pb[n, i]
+                for j in range(wo):
+                    for q in range(d):
+                        dst[j, q] = src[2 * j, q]
+        gemm(101, 111, 111, b * ho * wo, k, d, 1.0, pb.ctypes.data, d, wp.ctypes.data, k, 0.0,
+             sb.ctypes.data, k)
+        inpass(hb.ctypes.data, b, ho, wo, k, 1, 1, 0, th, tw, v2.ctypes.data, v2.shape[1])
+        for e in range(36):
+            gemm(101, 111, 111, rows, k, k, 1.0, v2[e].ctypes.data, k, ub[e].ctypes.data, k,
+                 0.0, m2[e].ctypes.data, k)
+        ob = out[i0:i1]
+        outpass(m2.ctypes.data, m2.shape[1], 0, th, tw, ob.ctypes.data, b, ho, wo, k,
+                bias.ctypes.data, 1, 1 if relu else 0, sb.ctypes.data, 1)

@@ -1,6 +1,7 @@
 """Milliseconds per training step and per inference batch of a benchmark net, in one process.
 
     .venv/bin/python scripts/step_loop.py [--net r1] [--steps 10] [--threads 2] [--batch 128]
+        [--no-infer]
 
 The same training step and inference as `slidenet bench` (its `SlidenetRunner`: training at
 batch 128 unless --batch says otherwise, e.g. 64 for res18's target; inference at 256), without the per-layer timing and the sgemm: after two warm-up steps, the
@@ -43,17 +44,22 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="steps timed (default 10)")
     parser.add_argument("--threads", type=int, default=2, help="kernel worker threads (default 2)")
     parser.add_argument("--batch", type=int, default=128, help="training batch (default 128)")
+    parser.add_argument("--no-infer", action="store_true", help="time training steps only")
     args = parser.parse_args()
     runner = SlidenetRunner(NETS[args.net], args.batch, 256)
     # One BLAS thread per worker, also for one worker (runtime.workers leaves BLAS alone then).
     with runtime.workers(args.threads), threadpool_limits(1, "blas"), OtherLoad() as load:
         for _ in range(2):
             runner.train_step()
-            runner.infer()
+            if not args.no_infer:
+                runner.infer()
         train = milliseconds(runner.train_step, args.steps)
-        infer = milliseconds(runner.infer, args.steps)
-    print(f"{args.net}: training step (batch {args.batch}) {train[0]:.1f} ms, CPU {train[1]:.1f} ms; "
-          f"inference batch (256) {infer[0]:.1f} ms, CPU {infer[1]:.1f} ms; "
+        infer = None if args.no_infer else milliseconds(runner.infer, args.steps)
+    digits = 3 if train[0] < 10 else 1
+    inference = "" if infer is None else \
+        f"inference batch (256) {infer[0]:.1f} ms, CPU {infer[1]:.1f} ms; "
+    print(f"{args.net}: training step (batch {args.batch}) {train[0]:.{digits}f} ms, "
+          f"CPU {train[1]:.{digits}f} ms; {inference}"
           f"other processes kept {load.cores:.2f} cores busy")
 
 

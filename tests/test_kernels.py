@@ -334,6 +334,85 @@ def test_fc_pair_split_over_threads(n, inputs, outputs):
                  fd_samples=8)
 
 
+@pytest.mark.parametrize("n", [1, 5, ops.fc.COLUMNS_BELOW])
+def test_fc_backward_writes_dw_into_the_given_array(n):
+    """`fc_backward(..., dw=grad)` writes dw into grad (the layer's gradient, no fresh array)
+    with the bits of a fresh result; an array of another dtype or shape is left alone."""
+    rng = np.random.default_rng(n)
+    x = np.maximum(rng.standard_normal((n, 4, 4, 70)), 0).astype(np.float32)
+    w = rng.standard_normal((4 * 4 * 70, 30)).astype(np.float32)
+    b = rng.standard_normal(30).astype(np.float32)
+    dout = rng.standard_normal((n, 30)).astype(np.float32)
+    _, cache = ops.fc_forward(x, w, b, relu=True)
+    fresh = ops.fc_backward(dout, cache, relu=True)
+    grad = np.full(w.shape, np.nan, np.float32)
+    given = ops.fc_backward(dout, cache, relu=True, dw=grad)
+    assert given[1] is grad
+    for got, want in zip(given, fresh):
+        np.testing.assert_array_equal(got, want)
+    for other in (np.zeros(w.shape, np.float64), np.zeros((30, w.shape[0]), np.float32)):
+        kept = other.copy()
+        result = ops.fc_backward(dout, cache, relu=True, dw=other)
+        assert result[1] is not other
+        np.testing.assert_array_equal(other, kept)
+        np.testing.assert_array_equal(result[1], fresh[1])
+
+
+@pytest.mark.parametrize("n", [1, 7, 130])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_loss_compiled_against_the_formula(numba, n, dtype):
+    """The compiled softmax loss (`compiled_step.softmax_loss`) against the formula in float64
+    written out here, and against the NumPy path, to rounding: loss and gradient."""
+    from slidenet.ops import compiled
+    rng = np.random.default_rng(n)
+    scores = (rng.standard_normal((n, 10)) * 5).astype(dtype)
+    y = rng.integers(0, 10, n)
+    loss, dscores = ops.softmax_loss(scores, y)
+    assert dscores.dtype == dtype
+    s = scores.astype(np.float64)
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    want = -np.log(p[np.arange(n), y]).mean()
+    onehot = np.eye(10)[y]
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(loss, want, rtol=tolerance)
+    np.testing.assert_allclose(dscores, (p - onehot) / n, rtol=0, atol=tolerance / n)
+    previous = compiled.set_enabled(False)
+    try:
+        plain_loss, plain = ops.softmax_loss(scores, y)
+    finally:
+        compiled.set_enabled(previous)
+    np.testing.assert_allclose(loss, plain_loss, rtol=tolerance)
+    np.testing.assert_allclose(dscores, plain, rtol=0, atol=tolerance / n)
+
+
+def test_softmax_loss_compiled_leaves_odd_cases_to_numpy(numba):
+    """Where the compiled loss cannot say what NumPy says, NumPy's path answers: a label of -1
+    (NumPy's last class), a label past the classes (IndexError), a NaN or infinite score."""
+    from slidenet.ops import compiled
+    scores = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+
+    def both(s, y):
+        fast = ops.softmax_loss(s, y)
+        previous = compiled.set_enabled(False)
+        try:
+            return fast, ops.softmax_loss(s, y)
+        finally:
+            compiled.set_enabled(previous)
+
+    (loss, d), (want, want_d) = both(scores, np.array([0, -1, 2]))
+    assert loss == want
+    np.testing.assert_array_equal(d, want_d)
+    with pytest.raises(IndexError):
+        ops.softmax_loss(scores, np.array([0, 4, 2]))
+    for bad in (np.nan, np.inf):
+        odd = scores.copy()
+        odd[1, 2] = bad
+        (loss, d), (want, want_d) = both(odd, np.array([0, 1, 2]))
+        assert np.isnan(loss) and np.isnan(want)
+        np.testing.assert_array_equal(d, want_d)
+
+
 @pytest.mark.parametrize("shape", [(1, 4, 4, 64), (1, 300), (1, 7), (3, 5, 5, 4),
                                    (ops.fc.ROWS_UP_TO, 20)])
 @pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])

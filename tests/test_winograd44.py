@@ -287,12 +287,14 @@ def test_one_image_keeps_the_chunked_paths_bits(h, w, d, k, pad, pool, relu, mon
                                                                 pool=pool))
 
 
-@pytest.mark.parametrize("d,k", [(3, 5), (16, 16), (40, 72)])
+@pytest.mark.parametrize("d,k", [(3, 5), (16, 16), (40, 72), (130, 100)])
 @pytest.mark.parametrize("workers", [1, 2])
 def test_compiled_filter_transforms_are_the_float64_sums_rounded_once(d, k, workers):
     # U = G w G^T and dw = G^T dU G in float32 (training's dtype) by the compiled separable
     # sums, against a loop over the 3 x 3 (or 6 x 6) entries in float64, rounded once; for the
     # flipped filters of dx as a view, and dw written into a flipped view as the backward does.
+    # (130, 100): large enough for the transforms to be shared by two workers.
+    assert (36 * 9 * d * k >= winograd_f44.FILTERS_SHARED_FROM) == (d == 130)
     g = winograd_f44.G.astype(np.float64)
     w = RNG.standard_normal((3, 3, d, k)).astype(np.float32)
     du = RNG.standard_normal((36, k, d)).astype(np.float32)

@@ -8,7 +8,9 @@ nn.Conv2d, nn.MaxPool2d, nn.Linear, ...). `OnnxRunner` runs the very net slidene
 (`slidenet export`: pixels in, the normalisation and an NHWC -> NCHW transpose inside) in
 onnxruntime, which infers but does not train.
 
-`infer` times a batch, `infer_one` one image: the latency of a prediction.
+`infer` times a batch, `infer_one` one image: the latency of a prediction. A training step
+is forward, the softmax loss, backward and a plain SGD update on each side: slidenet's the
+optimiser `slidenet train` runs (`training.optim.SGD`), PyTorch's `torch.optim.SGD`.
 """
 import time
 
@@ -19,6 +21,7 @@ from slidenet.data import Normalizer
 from slidenet.net import Net
 from slidenet.ops import softmax_loss
 from slidenet.notation.shapes import walk_infos
+from slidenet.training.optim import SGD
 
 
 def onnxruntime_module():
@@ -56,6 +59,7 @@ class SlidenetRunner:
         self.pixels = rng.uniform(0, 255, (infer_batch, *shape)).astype(np.float32)
         self.normalizer = Normalizer(np.zeros(shape[2], np.float32),
                                      np.full(shape[2], 1 / 255, np.float32))
+        self.opt = SGD(self.net.params)
         self._plan = None
 
     @property
@@ -67,8 +71,7 @@ class SlidenetRunner:
     def train_step(self):
         _, dscores = softmax_loss(self.net.forward(self.x, train=True), self.y)
         self.net.backward(dscores, input_grad=False)
-        for key, p in self.net.params.items():
-            p -= LEARNING_RATE * self.net.grads[key]
+        self.opt.step(self.net.grads, LEARNING_RATE)
 
     def infer(self):
         return self.plan.forward(self.normalizer.normalize(self.pixels))
@@ -91,8 +94,7 @@ class SlidenetRunner:
             start = time.perf_counter()
             grad = step.backward(grad, need_dx=step is not steps[0])
             times[step.name][1] += time.perf_counter() - start
-        for key, p in self.net.params.items():
-            p -= LEARNING_RATE * self.net.grads[key]
+        self.opt.step(self.net.grads, LEARNING_RATE)
 
 
 class TorchRunner:

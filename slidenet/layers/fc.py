@@ -83,7 +83,10 @@ class FC(Layer):
 
     def backward(self, dout, need_dx=True, relu=False):
         """relu=True: apply the mask of the RELU that forward(relu=True) applied."""
-        dx, self.grads["W"][...], db = ops.fc_backward(dout, self.cache, need_dx, relu=relu)
+        grad = self.grads["W"]
+        dx, dw, db = ops.fc_backward(dout, self.cache, need_dx, relu=relu, dw=grad)
+        if dw is not grad:
+            grad[...] = dw
         if self.no_bias is None:
             self.grads["b"][...] = db
         return dx

@@ -10,7 +10,10 @@ multiplies: split by rows, every thread would pack all of W for its few rows; sp
 each packs its own share. Products too small to pay for a hand-over to another thread
 (`runtime.split`'s threshold) run on the calling thread. A batch of one makes dw an outer
 product: one multiply per entry, as the GEMM would compute it, without the GEMM's slow path
-for an inner size of 1. docs/benchmarks.md ("Small batches") has the measurements.
+for an inner size of 1 (with numba by `compiled_step.outer`: NumPy's broadcast multiply is
+slow on its broadcast rows). The backward writes dw into the caller's array when given one (the
+layer's grads: no fresh array of W's size to fault in, no copy). docs/benchmarks.md ("Small
+batches", "R1 training: round 5") has the measurements.
 
 Inference of one image (`fc_infer`, what a prepared net runs) is a product of a vector by W,
 whose cost is reading W (R1's fc1: 4 MiB). With the compiled kernels it reads only the rows of
@@ -21,7 +24,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from slidenet.ops import compiled
+from slidenet.ops import compiled, compiled_step
 from slidenet.ops.runtime import SMALL_WORK, run_chunks, split
 
 # Batches of fewer rows than this split the forward and dx by columns of the result.
@@ -84,11 +87,12 @@ def fc_infer(x, w, b, relu=False):
     return fc_forward(x, w, b, relu)[0]
 
 
-def fc_backward(dout, cache, need_dx=True, relu=False):
+def fc_backward(dout, cache, need_dx=True, relu=False, dw=None):
     """dout: (N, O). Returns dx (shape of x), dw (I, O), db (O,).
 
     need_dx=False skips dx (returned as None). relu=True applies the mask of the ReLU the
-    forward fused (it needs forward's relu=True).
+    forward fused (it needs forward's relu=True). dw: None, or a C-contiguous (I, O) array of
+    the result's dtype to write dw into (and return), e.g. the layer's gradient.
     """
     x2, shape, w, relu_out = cache
     if relu:
@@ -97,13 +101,18 @@ def fc_backward(dout, cache, need_dx=True, relu=False):
         dout = dout * (relu_out > 0)
     (n, i), o = x2.shape, w.shape[1]
     dx = np.empty((n, i), dtype=np.result_type(dout, w)) if need_dx else None
-    dw = np.empty((i, o), dtype=np.result_type(x2, dout))
+    dtype = np.result_type(x2, dout)
+    if dw is None or dw.shape != (i, o) or dw.dtype != dtype or not dw.flags.c_contiguous:
+        dw = np.empty((i, o), dtype=dtype)
+    fast = compiled_step.kernels(x2, dout) if n == 1 and x2.dtype == dout.dtype else None
 
     columns = n < COLUMNS_BELOW
 
     def work(task):
         product, sl = task
-        if product == "dw" and n == 1:
+        if product == "dw" and fast is not None:
+            fast.outer(x2[0, sl], dout[0], dw[sl])
+        elif product == "dw" and n == 1:
             np.multiply(x2[0, sl, None], dout, out=dw[sl])      # an outer product
         elif product == "dw":
             np.matmul(x2[:, sl].T, dout, out=dw[sl])

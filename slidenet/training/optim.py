@@ -12,10 +12,16 @@ SGD and the momentum methods add it to the gradient (``g' = g + wd * w``); Adam 
 The learning rate is an argument of `step`, not of the optimizer, so a schedule (see
 `slidenet.training.schedules`) can change it every step. State (velocities, moments, the step count)
 is saved as plain arrays (`state_arrays`) so a resumed run continues bit for bit.
+
+With the compiled kernels (`ops.compiled_step`) each array's update is one pass in place: the
+same float operations in the same order as the NumPy expressions below, so the same bits
+(tested), without their temporaries and the few NumPy calls per array that dominate a step at
+small batches. The NumPy expressions remain the reference and the path without numba.
 """
 import numpy as np
 
 from slidenet.errors import ModelFileError, SlidenetError
+from slidenet.ops import compiled_step
 
 
 def decays(name):
@@ -53,19 +59,51 @@ class Optimizer:
         # State lives in the params' dtype so float32 nets stay float32 throughout.
         self.state = {slot: {n: np.zeros_like(p) for n, p in params.items()}
                       for slot in self.slots}
-        # One scratch array per parameter: steps then allocate nothing.
-        self._scratch = {n: np.empty_like(p) for n, p in params.items()}
+        # One scratch array per parameter, made on the NumPy path's first use: steps then
+        # allocate nothing (the compiled path needs none).
+        self._scratch = {}
 
     def step(self, grads, lr):
         """One update of every parameter from `grads` (same names and shapes) at rate `lr`."""
-        # A Python float is "weak" in NumPy's casting, so float32 arrays compute in float32.
+        # A Python float is "weak" in NumPy's casting, so float32 arrays compute in float32;
+        # the compiled path is given each scalar converted the same way (`p.dtype.type`).
         lr = float(lr)
         self.t += 1
         for name, p in self.params.items():
-            self._update(name, p, grads[name], lr, self._scratch[name])
+            g = grads[name]
+            fast = self._compiled(name, p, g)
+            if fast is not None:
+                # On the calling thread: shared by two workers, R1's largest update (fc1's
+                # W) was slower (docs/benchmarks.md, "R1 training: round 5").
+                self._fused(fast, name, p.reshape(-1), g.reshape(-1), lr, p.dtype.type)
+                continue
+            scratch = self._scratch.get(name)
+            if scratch is None:
+                scratch = self._scratch[name] = np.empty_like(p)
+            self._update(name, p, g, lr, scratch)
+
+    def _compiled(self, name, p, g):
+        """`compiled_step`'s kernels when p, g and p's state are C-contiguous arrays of one
+        float dtype (flat views of them are then the arrays themselves), else None."""
+        if p.dtype != g.dtype or p.shape != g.shape or not p.flags.c_contiguous \
+                or not g.flags.c_contiguous:
+            return None
+        if any(not per[name].flags.c_contiguous for per in self.state.values()):
+            return None
+        return compiled_step.kernels(p, g)
 
     def _update(self, name, p, g, lr, scratch):
         raise NotImplementedError
+
+    def _fused(self, fast, name, p, g, lr, scalar):
+        """_update's arithmetic by `fast`'s kernel on p, g (P,), flat views; p's state is
+        flattened likewise. scalar: p's dtype's scalar type, for the hyper-parameters as NumPy
+        would convert them."""
+        raise NotImplementedError
+
+    def _decay(self, name):
+        """The L2 strength for `name`: weight_decay for weights (``.W``), else 0."""
+        return self.weight_decay if self.weight_decay and decays(name) else 0.0
 
     def _l2_grad(self, name, p, g, out):
         """Write ``g + wd * p`` (the L2 term) into `out` for decayed weights, else just `g`."""
@@ -124,6 +162,9 @@ class SGD(Optimizer):
         step *= lr
         p -= step
 
+    def _fused(self, fast, name, p, g, lr, scalar):
+        fast.sgd(p, g, scalar(lr), scalar(self._decay(name)))
+
 
 class Momentum(Optimizer):
     """Momentum (cs231n form): ``v = mu * v - lr * g'``, ``w += v``.
@@ -147,6 +188,10 @@ class Momentum(Optimizer):
         v -= step
         p += v
 
+    def _fused(self, fast, name, p, g, lr, scalar):
+        fast.momentum(p, g, self.state["v"][name].reshape(-1), scalar(lr),
+                      scalar(self._decay(name)), scalar(self.momentum))
+
 
 class Nesterov(Momentum):
     """Nesterov momentum (cs231n form), which evaluates the gradient at the look-ahead point.
@@ -166,6 +211,11 @@ class Nesterov(Momentum):
         v -= step              # v = mu * v_prev - lr * g'
         np.multiply(v, 1.0 + mu, out=scratch)
         p += scratch
+
+    def _fused(self, fast, name, p, g, lr, scalar):
+        mu = self.momentum
+        fast.nesterov(p, g, self.state["v"][name].reshape(-1), scalar(lr),
+                      scalar(self._decay(name)), scalar(mu), scalar(1.0 + mu))
 
 
 class Adam(Optimizer):
@@ -211,6 +261,14 @@ class Adam(Optimizer):
         np.divide(m, scratch, out=scratch)
         scratch *= lr / (1.0 - b1 ** self.t)
         p -= scratch
+
+    def _fused(self, fast, name, p, g, lr, scalar):
+        b1, b2 = self.beta1, self.beta2
+        keep = 1.0 - lr * self.weight_decay if self.weight_decay and decays(name) else 1.0
+        fast.adam(p, g, self.state["m"][name].reshape(-1), self.state["v"][name].reshape(-1),
+                  scalar(keep), scalar(b1), scalar(1.0 - b1), scalar(b2), scalar(1.0 - b2),
+                  scalar(1.0 - b2 ** self.t), scalar(self.eps),
+                  scalar(lr / (1.0 - b1 ** self.t)))
 
 
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, Adam)}

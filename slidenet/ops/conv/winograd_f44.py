@@ -59,6 +59,10 @@ MIN_DEPTH = 8
 # image (see `conv_backward_winograd2d`; docs/benchmarks.md, "res18 training: half the serial
 # work", has the measurements: it pays for one tile an image, not for four or sixteen).
 WHOLE_TILES = 1
+# Multiply-adds (counted as GG's) from which a filter transform (`prepare_filters`,
+# `filter_grad`) is shared by the worker threads: below, a hand-over costs about what the
+# second thread saves (R1's 64-channel layers, docs/benchmarks.md "R1 training: round 5").
+FILTERS_SHARED_FROM = 4 * 2**20
 # G w G^T for all 36 entries at once: GG[6a + b, 3i + j] = G[a, i] G[b, j].
 GG = np.kron(G, G)
 G64 = np.ascontiguousarray(G, np.float64)
@@ -129,8 +133,13 @@ def prepare_filters(w, dtype=None):
         return transformed(GG, w, (36, d, k), dtype)
     u = empty((36, d, k), dtype)
     run_chunks(lambda sl: fast.winograd44_filters(G64, w, sl.start, sl.stop, u),
-               split(d, 36 * 9 * d * k))        # as work: GG's multiply-adds
+               _filter_slices(d, 36 * 9 * d * k))        # as work: GG's multiply-adds
     return u
+
+
+def _filter_slices(n, work):
+    """`split`'s slices of a filter transform's n rows, one slice below FILTERS_SHARED_FROM."""
+    return split(n) if work >= FILTERS_SHARED_FROM else [slice(0, n)]
 
 
 def filter_grad(du, out=None):
@@ -144,7 +153,7 @@ def filter_grad(du, out=None):
         dw[...] = transformed(GG.T, du, (3, 3, *du.shape[1:]), du.dtype)
         return dw
     run_chunks(lambda sl: fast.winograd44_filter_grad(G64, du, sl.start, sl.stop, dw),
-               split(du.shape[1], 9 * du.size))
+               _filter_slices(du.shape[1], 9 * du.size))
     return dw
 
 

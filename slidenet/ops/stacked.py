@@ -27,11 +27,13 @@ _F32 = np.dtype(np.float32)
 
 
 def _products(gemm, trans_a, count, m, n, k, a, a_step, lda, b, b_step, ldb, c, c_step, ldc):
-    """gemm on each of `count` products; a, b, c: addresses of the first matrices, *_step: bytes
-    from one matrix to the next."""
+    """gemm on each of `count` products; a, b, c: the stacks (their addresses are taken here:
+    NumPy's `.ctypes.data` costs more than the dispatch), *_step: bytes from one matrix to the
+    next."""
+    pa, pb, pc = a.ctypes.data, b.ctypes.data, c.ctypes.data
     for e in range(count):
-        gemm(101, trans_a, 111, m, n, k, 1.0, a + e * a_step, lda, b + e * b_step, ldb, 0.0,
-             c + e * c_step, ldc)
+        gemm(101, trans_a, 111, m, n, k, 1.0, pa + e * a_step, lda, pb + e * b_step, ldb, 0.0,
+             pc + e * c_step, ldc)
 
 
 _kernel = blas.GemmKernel(lambda fast: compiled.jit(_products))
@@ -70,5 +72,5 @@ def _call(a, b, out):
         return None
     if np.may_share_memory(out, a) or np.may_share_memory(out, b):
         return None
-    return (gemm, trans_a, count, m, n, k, a.ctypes.data, sa[0], lda, b.ctypes.data, sb[0],
-            sb[1] // 4, out.ctypes.data, so[0], so[1] // 4)
+    return (gemm, trans_a, count, m, n, k, a, sa[0], lda, b, sb[0], sb[1] // 4, out, so[0],
+            so[1] // 4)

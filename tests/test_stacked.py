@@ -3,6 +3,7 @@ the naive loops and np.matmul; the fallbacks; training's F(4x4, 3x3) on them."""
 import numpy as np
 import pytest
 
+from harness import without_numba
 from slidenet.ops import compiled, naive, stacked, vgemm
 from slidenet.ops.conv import winograd_f44
 
@@ -108,6 +109,28 @@ def test_switched_off_it_is_numpys_matmul(monkeypatch):
         np.testing.assert_array_equal(stacked.matmul(a, b, out), np.matmul(a, b))
     finally:
         compiled.set_enabled(previous)
+
+
+def test_without_numba_or_llvmlite_training_keeps_numpys_matmul():
+    """Neither numba nor llvmlite importable: no kernel, every stack np.matmul's bits, and the
+    training pair still runs (its NumPy passes)."""
+    got = without_numba("""
+sys.modules['llvmlite'] = None
+import numpy as np
+from slidenet.ops import stacked, vgemm
+from slidenet.ops.conv import winograd_f44
+rng = np.random.default_rng(0)
+a = rng.standard_normal((36, 64, 20)).astype(np.float32).transpose(0, 2, 1)
+b = rng.standard_normal((36, 64, 32)).astype(np.float32)
+out = np.empty((36, 20, 32), np.float32)
+x = rng.standard_normal((2, 8, 8, 16)).astype(np.float32)
+w = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
+y, cache = winograd_f44.conv_forward_winograd2d(x, w, np.zeros(16, np.float32), (1, 1), (1, 1))
+dx, dw, db = winograd_f44.conv_backward_winograd2d(np.ones_like(y), cache)
+print(vgemm.sgemm(32) is None, vgemm.sgemm_t(32) is None, stacked._call(a, b, out) is None,
+      np.array_equal(stacked.matmul(a, b, out), np.matmul(a, b)), dw.shape)
+""")
+    assert got.split() == ["True", "True", "True", "True", "(3,", "3,", "16,", "16)"]
 
 
 def training_step(x, wt, b, dout):

@@ -14,9 +14,9 @@ stack, not one ctypes call per product, and no GIL while it runs.
 
 It applies to float32 arrays whose matrices are row-major with unit column steps (a may be a
 transposed view: a[e] stored K x M), N a multiple of 16, and out not overlapping a or b; any
-other case, or no kernel (no numba, no llvmlite or AVX-512F, ``SLIDENET_VGEMM=0``), is
-`np.matmul` itself. The sums are the same in another order: equal to `np.matmul`'s to float32
-rounding (tests/test_stacked.py).
+other case, or no kernel (no numba or the compiled kernels turned off, no llvmlite or
+AVX-512F, ``SLIDENET_VGEMM=0``), is `np.matmul` itself. The sums are the same in another order:
+equal to `np.matmul`'s to float32 rounding (tests/test_stacked.py).
 """
 import numpy as np
 

@@ -9,8 +9,11 @@ window where it lies in the zero-padded input and forms all K dot products at on
 
 with the K filters contiguous (channels last), so the loop over them is one vectorised pass and
 the window's F_h*F_w*D numbers are broadcast into it. The bias and the ReLU are added in the
-same pass. It runs as a compiled kernel (`compiled.direct_conv`, numba), a chunk of images per
-call on the worker threads, without the GIL.
+same pass. It runs as a compiled kernel, a chunk of images per call on the worker threads,
+without the GIL: in float32 with K a multiple of 16, where the host has 512-bit registers
+(AVX-512F) and llvmlite, `vdirect`'s (LLVM IR: R output pixels x K/16 vectors of filters as
+accumulators in registers, a fused multiply-add per tap; the same numbers to float32 rounding,
+not bit for bit, as numba's kernel); otherwise numba's `compiled.direct_conv`.
 
 It pays where the compiler unrolls the whole window, which it does up to DIRECT_MAX_TAPS
 numbers (a 3x3 window of 3 channels, a 5x5 one of 1), and where there are enough filters
@@ -34,7 +37,7 @@ GEMM adds the window's products in its own order.
 """
 import numpy as np
 
-from slidenet.ops import compiled
+from slidenet.ops import compiled, vdirect
 from slidenet.ops.conv import full_dx
 from slidenet.ops.conv.common import ConvCache, check_shapes
 from slidenet.ops.conv.im2col import conv_backward_im2col, conv_forward_im2col
@@ -90,13 +93,25 @@ def conv_forward_direct(x, w, b, stride=(1, 1), pad=(0, 0), relu=False, budget=N
     # Tuples whose lengths are the sizes the kernel is compiled for (see `compiled.direct_conv`).
     sizes = ((0,) * fh, (0,) * fw, (0,) * d, (0,) * sh, (0,) * sw)
     padded = (h + 2 * ph, wd + 2 * pw, d)
+    # In float32 with K a multiple of 16, the kernel on 512-bit registers where the host has
+    # them (`vdirect`: R pixels by K/16 vectors of filters at once); else numba's.
+    vector = (vdirect.kernel(fh, fw, d, sh, sw, k)
+              if x.dtype == np.float32 and out.dtype == np.float32 else None)
+    # Called through numba (a fraction of a microsecond) rather than ctypes (a few).
+    call = vdirect.caller() if vector is not None else None
+    entry = vdirect.address(vector) if call is not None else 0
 
     def work(sl):
         xp = x[sl]
         if pad != (0, 0):
             xp, inner = bordered("conv.dpad", (sl.stop - sl.start, *padded), x.dtype, (ph, ph, pw, pw))
             inner[...] = x[sl]
-        fast.direct_conv(xp, wt, bias, *sizes, relu, out[sl])
+        if call is not None:
+            call(entry, xp, wt, bias, out[sl], relu)
+        elif vector is not None:
+            vdirect.run(vector, xp, wt, bias, relu, out[sl])
+        else:
+            fast.direct_conv(xp, wt, bias, *sizes, relu, out[sl])
 
     per_image = (padded[0] * padded[1] * d + ho * wo * k) * x.itemsize
     run_chunks(work, batch_chunks(n, per_image, budget))

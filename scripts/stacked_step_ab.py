@@ -5,8 +5,9 @@ products on 512-bit registers".
     .venv/bin/python scripts/stacked_step_ab.py [--net r1] [--batch 128] [--rounds 9]
                                                 [--steps 5] [--workers 2]
 
-"off" empties vgemm's table of kernels in this process (what SLIDENET_VGEMM=0 gives: every
-stack is `np.matmul`), "on" puts it back. The same net, weights and batch both ways. Prints the
+"off" makes `ops.stacked` find no kernel for any stack in this process (every stack is
+`np.matmul`, as with SLIDENET_VGEMM=0, while the other users of `ops.vgemm` keep it), "on" puts
+it back. The same net, weights and batch both ways. Prints the
 least and the median of the rounds' CPU ms (all threads) and wall ms a step, each way, and the
 load average.
 """
@@ -19,7 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from slidenet.bench import NETS
 from slidenet.bench.runners import SlidenetRunner
-from slidenet.ops import runtime, vgemm
+from slidenet.ops import runtime, stacked, vgemm
 
 
 def main():
@@ -33,25 +34,24 @@ def main():
     runner = SlidenetRunner(NETS[args.net], args.batch, 256)
     if vgemm.sgemm(16) is None:
         raise SystemExit("no vgemm kernels on this host (llvmlite, AVX-512F, SLIDENET_VGEMM)")
-    kernels = dict(vgemm._state["fns"])
-    modes = {"off": {}, "on": kernels}
+    modes = {"off": lambda a, b, out: None, "on": stacked._call}
     cpu, wall = {m: [] for m in modes}, {m: [] for m in modes}
     loads = [os.getloadavg()[0]]
     with runtime.workers(args.workers), threadpool_limits(1, "blas"):
         for mode in modes:                              # warm both ways
-            vgemm._state["fns"] = modes[mode]
+            stacked._call = modes[mode]
             for _ in range(2):
                 runner.train_step()
         for _ in range(args.rounds):
             for mode in modes:
-                vgemm._state["fns"] = modes[mode]
+                stacked._call = modes[mode]
                 start, start_cpu = time.perf_counter(), time.process_time()
                 for _ in range(args.steps):
                     runner.train_step()
                 wall[mode].append((time.perf_counter() - start) * 1e3 / args.steps)
                 cpu[mode].append((time.process_time() - start_cpu) * 1e3 / args.steps)
             loads.append(os.getloadavg()[0])
-    vgemm._state["fns"] = kernels
+    stacked._call = modes["on"]
     line = [f"{args.net} batch {args.batch}, {args.workers} workers:"]
     for mode in modes:
         line.append(f"{mode} CPU {min(cpu[mode]):.2f} (median {statistics.median(cpu[mode]):.2f})"

@@ -26,6 +26,7 @@ from slidenet.layers import sliding
 from slidenet.layers.base import Inferred, Layer, Unfit, Window, by_channel, fold, window_at
 from slidenet.layers.registry import register
 from slidenet.notation import arguments
+from slidenet.ops.conv import picked
 from slidenet.ops.sides import pad_sides, unpad_sides
 
 
@@ -154,6 +155,10 @@ class Conv(Layer):
         # Groups run `ops.grouped_conv_forward` on their own.
         self.fusable = self.groups == 1
         self.pad = self.sides.before if self.sides.even else (0, 0)
+        # A 1x1 window at a stride with nothing padded before (a projection): training picks
+        # the pixels it reads (`conv.picked`), no padded copy and no rows.
+        self.picks = self.fusable and picked.applies(info.spec.size, info.spec.stride,
+                                                     self.sides.before, self.sides.after)
         self.input_shape = None
         fan_in = fh * fw * d // self.groups
         self.param("W", init.normal((fh, fw, d // self.groups, k), np.sqrt(2 / fan_in)))
@@ -170,6 +175,17 @@ class Conv(Layer):
         """x (N, H, W, D) -> (N, H', W', K); relu=True applies the next RELU too (fusion)."""
         stride = self.info.spec.stride
         self.input_shape = x.shape
+        if self.picks:
+            # A projection: the pixels its windows read, one copy, a 1x1 CONV at stride 1.
+            out, self.cache = ops.conv_forward(picked.pick(x, stride, self.sides.after),
+                                               self.params["W"], self.bias, relu=relu)
+            return out
+        if self.fusable and not self.sides.even and ops.conv.takes_sides(
+                x, self.params["W"], stride, self.sides.before, self.sides.after):
+            # Read through the per-side padding, no padded copy (training's stride-2 Winograd).
+            out, self.cache = ops.conv_forward(x, self.params["W"], self.bias, stride, relu=relu,
+                                               sides=(self.sides.before, self.sides.after))
+            return out
         x = self._padded(x)
         if self.fusable:
             out, self.cache = ops.conv_forward(x, self.params["W"], self.bias, stride, self.pad,
@@ -187,13 +203,25 @@ class Conv(Layer):
         """relu=True: apply the mask of the RELU that forward(relu=True) applied. skip: None, or
         an array of the input's shape to return dx + skip (a residual block's other branches'
         gradient, `merge.Add`), added by the kernel as it writes dx where it can."""
-        in_kernel = skip is not None and self.fusable and self.sides.even
+        if self.picks:
+            dx, dw, db = ops.conv_backward(dout, self.cache, need_dx, relu=relu)
+            if dx is not None:
+                dx = picked.put_back(dx, self.input_shape, self.info.spec.stride,
+                                     self.sides.after)
+                if skip is not None:
+                    dx = ops.add_forward([dx, skip])
+            self.grads["W"][...] = dw
+            if self.no_bias is None:
+                self.grads["b"][...] = db
+            return dx
+        through = self.fusable and self.cache.algorithm == "winograd_s2"    # no padded copy
+        in_kernel = skip is not None and self.fusable and (self.sides.even or through)
         backward = ops.conv_backward if self.fusable else ops.grouped_conv_backward
         if in_kernel:
             dx, dw, db = backward(dout, self.cache, need_dx, relu=relu, skip=skip)
         else:
             dx, dw, db = backward(dout, self.cache, need_dx, relu=relu)
-        if dx is not None and not self.sides.even:
+        if dx is not None and not self.sides.even and not through:
             dx = unpad_sides(dx, self.sides.before, self.sides.after, self.input_shape, skip)
         elif skip is not None and not in_kernel:
             dx = ops.add_forward([dx, skip])

@@ -2,7 +2,8 @@
 
 `slidenet.ops.naive` holds the lecture's loop versions, used as the oracle in tests.
 Convolution has one pair per algorithm (`im2col`, `fullconv`, `winograd`, `winograd4`,
-`winograd2d` (F(4x4, 3x3), `conv.winograd_f44`), `direct`), inference's forwards alone
+`winograd2d` (F(4x4, 3x3), `conv.winograd_f44`), `direct`; training's stride-2 3x3 CONVs
+through their per-side padding, `conv.winograd_s2_train`), inference's forwards alone
 (`conv.winograd_f44`'s, `conv.winograd_s2` at stride 2, `conv.winograd_block` for a residual
 block)
 and a dispatcher (`conv`): `set_conv_algorithm` chooses for the whole process ("auto", or one

@@ -16,10 +16,15 @@
     winograd_s2    inference's 3x3 CONVs at stride 2: the input's even and odd phases, F(4, 2)
                    on the 2-tap half, 81 products for a 4 x 4 block of outputs instead of 144
                    (`dispatch.choose_infer` picks it in `prepare_conv`)
+    winograd_s2_train training's 3x3 CONVs at stride 2 on winograd_s2's scheme: its forward
+                   through the per-side padding, dx and dw from one set of dout's tiles
+                   (`dispatch.takes_sides`, `conv_forward(..., sides=)`)
     winograd_block inference's residual block { CONV -> RELU -> CONV | ID } on F(4x4, 3x3) in
                    one compiled call, band by band of images in L2 (`layers.merge.Add.prepare`)
     winograd_down  inference's downsampling block { CONV(s=2) -> RELU -> CONV | CONV(1x1, s=2) }
                    in one compiled call, band by band (`layers.merge.Add.prepare`)
+    picked         training's strided 1x1 CONVs (projections): the pixels the windows read,
+                   picked once, a 1x1 CONV at stride 1; dx put back in one pass
     direct         thin first layers: each output pixel's window times the filters, compiled
     grouped        grouped and depthwise convolution: one pair per group, or shifted
                    multiply-adds for depthwise
@@ -30,7 +35,7 @@
 """
 from slidenet.ops.conv.dispatch import (
     ALGORITHMS, PAIRS, WINOGRAD4_THIN_FILTERS, WINOGRAD_MIN_DEPTH, ConvCache, PreparedConv, choose, conv_backward, conv_forward, conv_infer,
-    prepare_conv, set_algorithm)
+    prepare_conv, set_algorithm, takes_sides)
 
 __all__ = ["ALGORITHMS", "PAIRS", "WINOGRAD4_THIN_FILTERS", "WINOGRAD_MIN_DEPTH", "ConvCache", "PreparedConv", "choose", "conv_backward",
-           "conv_forward", "conv_infer", "prepare_conv", "set_algorithm"]
+           "conv_forward", "conv_infer", "prepare_conv", "set_algorithm", "takes_sides"]

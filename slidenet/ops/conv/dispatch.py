@@ -15,6 +15,9 @@ is the same thing as loops, and every pair is tested against it.
                 (six products for four rows), a few times im2col's float32 rounding.
     "direct"    `direct`: thin inputs (a first layer): each output pixel's window times the
                 filters, no rows, compiled; im2col's backward.
+    "winograd_s2" `winograd_s2_train`: training's 3x3 CONVs at stride 2 read through their
+                per-side padding (`conv_forward(..., sides=)`, where `takes_sides` says so):
+                inference's stride-2 Winograd forward, dx and dw from one set of dout's tiles.
 
 `conv_forward` picks the pair and records it in the `ConvCache` it returns; `conv_backward` runs
 that pair's backward. The pair is the one named by its `algorithm` argument, or by
@@ -35,7 +38,7 @@ import numpy as np
 
 from slidenet.ops.conv import (
     direct, full_dx, im2col, pair, winograd, winograd_f23, winograd_f43, winograd_f44,
-    winograd_s2)
+    winograd_s2, winograd_s2_train)
 from slidenet.ops.activations import add_into
 from slidenet.ops.conv.common import ConvCache
 from slidenet.ops.conv.im2col import conv_backward_im2col, conv_forward_im2col
@@ -66,7 +69,7 @@ PREPARE = {"im2col": im2col.prepare_filters, "full": im2col.prepare_filters,
            "direct": lambda w: w, "winograd2d": winograd_f44.prepare_filters}
 
 __all__ = ["ALGORITHMS", "ConvCache", "PreparedConv", "choose", "conv_backward", "conv_forward",
-           "conv_infer", "prepare_conv", "set_algorithm"]
+           "conv_infer", "prepare_conv", "set_algorithm", "takes_sides"]
 
 
 def set_algorithm(algorithm=None):
@@ -117,15 +120,32 @@ def choose(size, stride, pad, depth, filters, algorithm=None, height=None, width
     return "full" if full_dx.applies(size, stride, pad) else "im2col"
 
 
-def conv_forward(x, w, b, stride=(1, 1), pad=(0, 0), budget=None, relu=False, algorithm=None):
+def takes_sides(x, w, stride, before, after, algorithm=None):
+    """Whether `conv_forward(..., sides=(before, after))` reads x through padding that differs
+    per side (or crops) without a padded copy: training's stride-2 Winograd
+    (`winograd_s2_train.takes`: a 3 x 3 filter at stride 2 on at least 16 channels, at least
+    4 output tiles an image, compiled kernels), under "auto" only. Else the caller pads x
+    first (`ops.sides.pad_sides`) and unpads dx (`unpad_sides`)."""
+    return ((algorithm or _default["algorithm"]) == "auto"
+            and winograd_s2_train.takes(x, w, stride, before, after))
+
+
+def conv_forward(x, w, b, stride=(1, 1), pad=(0, 0), budget=None, relu=False, algorithm=None,
+                 sides=None):
     """Convolve K filters over x.
 
     x: (N, H, W, D); w: (F_h, F_w, D, K); b: (K,); stride (S_h, S_w); pad (P_h, P_w).
     Returns out (N, H', W', K) with H' = (H + 2P_h - F_h) / S_h + 1 (and W' likewise), and a
     ConvCache for `conv_backward`. budget: scratch bytes for this call (None: the global
     budget). relu: return max(0, out) instead (the cache then keeps out for the ReLU's mask).
-    algorithm: see `choose`.
+    algorithm: see `choose`. sides: None, or (before, after), padding per side that x does
+    not have yet (pad is then ignored), for a call `takes_sides` takes: training's stride-2
+    Winograd (`winograd_s2_train`), whose cache is an `S2Cache`.
     """
+    if sides is not None:
+        if not takes_sides(x, w, stride, *sides, algorithm=algorithm):
+            raise ValueError("conv_forward takes sides only where takes_sides says so")
+        return winograd_s2_train.forward(x, w, b, *sides, relu, budget)
     name = choose(w.shape[:2], stride, pad, w.shape[2], w.shape[3], algorithm, x.shape[1],
                   x.shape[2])
     return PAIRS[name][0](x, w, b, tuple(stride), tuple(pad), relu, budget)
@@ -261,6 +281,10 @@ def conv_backward(dout, cache, need_dx=True, relu=False, skip=None):
     """
     if relu and cache.out is None:
         raise ValueError("relu=True needs a forward with relu=True (its output is the mask)")
+    if cache.algorithm == "winograd_s2":         # training's stride-2 Winograd: an S2Cache
+        if skip is not None and not need_dx:
+            raise ValueError("skip is added to dx: it needs need_dx=True")
+        return winograd_s2_train.backward(dout, cache, need_dx, relu, skip)
     if skip is None:
         return PAIRS[cache.algorithm][1](dout, cache, need_dx, relu)
     if not need_dx:

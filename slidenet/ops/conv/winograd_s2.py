@@ -42,8 +42,8 @@ without numba, `NUMPY`'s einsums with the same signatures, equal to rounding):
                                                         read as zeros
     output   (81, c*T_h*T_w, K) -> out (c, H', W', K)   A^T m A + b [ReLU], edges cropped
 
-Inference only (`dispatch.choose_infer`, "winograd_s2"): training keeps im2col, whose backward
-needs its rows.
+Inference takes it through `dispatch.choose_infer` ("winograd_s2"); training's pair on the same
+passes, with the adjoints for dx and dw, is `winograd_s2_train`.
 """
 import numpy as np
 

@@ -359,3 +359,57 @@ def test_filter_transforms_in_float32_round_the_exact_ones(d, k):
     finally:
         compiled.set_enabled(previous)
     np.testing.assert_array_equal(winograd_f44.prepare_filters(w.astype(np.float64)), u64)
+
+
+# (N, H, W, D, K, pad, chunk tile rows or None): depths a multiple of 16 each way (both passes
+# on 512-bit registers), D only (dx's output pass), K only (the forward's output pass and dx's
+# input pass over dout), neither; a residual skip; bands of tile rows of a large image.
+VPASS_CASES = [(3, 8, 8, 16, 32, (1, 1), None), (2, 9, 7, 32, 8, (1, 1), None),
+               (2, 6, 10, 8, 16, (0, 1), None), (2, 5, 5, 5, 6, (1, 1), None),
+               (2, 22, 13, 16, 16, (1, 1), 2)]
+
+
+@pytest.mark.parametrize("n, h, w, d, k, pad, band", VPASS_CASES)
+@pytest.mark.parametrize("use_skip", [False, True])
+def test_training_gives_the_numba_passes_bits_with_vpass(n, h, w, d, k, pad, band, use_skip,
+                                                         monkeypatch):
+    """Training's forward and backward with `ops.vpass`'s passes where the depth fits give,
+    bit for bit, what the numba passes give (vpass turned off, as SLIDENET_VGEMM=0 does), and
+    both are the lecture's convolution and its gradients (the naive loops, in float64)."""
+    from slidenet.ops import vpass
+    if vpass.input_pass() is None or vpass.output_pass() is None:
+        pytest.skip("no llvmlite, no AVX-512F or no numba on this host")
+    x, wt, b = conv3x3_arrays(RNG, n, h, w, d, k, "float32")
+    ho, wo = h + 2 * pad[0] - 2, w + 2 * pad[1] - 2
+    dout = RNG.standard_normal((n, ho, wo, k)).astype(np.float32)
+    skip = RNG.standard_normal((n, ho, wo, k)).astype(np.float32) if use_skip else None
+    dskip = RNG.standard_normal(x.shape).astype(np.float32) if use_skip else None
+
+    def step():
+        previous = runtime.set_chunk_bytes(36 * 4 * -(-w // 4) * (d + k) * 4 * band) \
+            if band else None
+        try:
+            u = winograd_f44.prepare_filters(wt)
+            out = winograd_f44.forward(x, u, b, pad, relu=True, skip=skip).copy()
+            cache = winograd_f44.conv_forward_winograd2d(x, wt, b, (1, 1), pad, True)[1]
+            grads = winograd_f44.conv_backward_winograd2d(dout, cache, True, True, dskip)
+            return [out] + [g.copy() for g in grads]
+        finally:
+            if band:
+                runtime.set_chunk_bytes(previous)
+
+    vector = step()
+    monkeypatch.setattr(vpass, "_state", {"done": True, "fn": None, "out": None, "s2": None,
+                                          "s2out": None})
+    numba_passes = step()
+    for got, want in zip(vector, numba_passes):
+        np.testing.assert_array_equal(got, want)
+    x64, w64, b64 = (a.astype(np.float64) for a in (x, wt, b))
+    pre = naive.conv_forward(x64, w64, b64, (1, 1), pad) + (0 if skip is None else skip)
+    scale = np.abs(pre).max()
+    np.testing.assert_allclose(vector[0], np.maximum(pre, 0), rtol=0, atol=2e-5 * scale)
+    mask = naive.conv_forward(x64, w64, b64, (1, 1), pad) > 0
+    dx, dw, db = naive.conv_backward(dout.astype(np.float64) * mask, x64, w64, (1, 1), pad)
+    dx = dx + (0 if dskip is None else dskip)
+    for got, want in zip(vector[1:], (dx, dw, db)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())

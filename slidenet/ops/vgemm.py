@@ -54,9 +54,20 @@ def sgemm(n):
     return _state["fns"].get(4 if n % 64 == 0 else 2 if n % 32 == 0 else 1)
 
 
-def _ir(name, v, r, int_type):
+def sgemm_t(n):
+    """As `sgemm(n)`, for C = A^T @ B with A stored transposed: cblas_sgemm's row-major call
+    with trans_a (A is k x m, row stride lda), which is how training's dw products read their
+    rows of dout (`ops.stacked`). None where `sgemm(n)` is None."""
+    if sgemm(n) is None:
+        return None
+    return _state["fns"].get(("t", 4 if n % 64 == 0 else 2 if n % 32 == 0 else 1))
+
+
+def _ir(name, v, r, int_type, trans_a=False):
     """The IR of one function: columns in blocks of 16 v, rows in blocks of r, the rows left
-    over in blocks of r // 2, r // 4, ... 1."""
+    over in blocks of r // 2, r // 4, ... 1. trans_a: A is stored transposed (k x m, row
+    stride lda), so A[i, t] is at t * lda + i and a block's r numbers of one term lie side by
+    side."""
     f16 = "<16 x float>"
     lines = [f"define void @{name}(i32 %order, i32 %ta, i32 %tb, {int_type} %m0, "
              f"{int_type} %n0, {int_type} %k0, float %alpha, ptr noalias readonly %a, "
@@ -92,10 +103,14 @@ def _ir(name, v, r, int_type):
                     f"  %{tag}bp{j} = getelementptr inbounds float, ptr %b, i64 %{tag}bo{j}",
                     f"  %{tag}bv{j} = load {f16}, ptr %{tag}bp{j}, align 4"]
         for i in range(rows):
-            out += [f"  %{tag}ar{i} = add i64 %{tag}iv, {i}",
-                    f"  %{tag}ao{i} = mul i64 %{tag}ar{i}, %lda",
-                    f"  %{tag}ak{i} = add i64 %{tag}ao{i}, %{tag}kv",
-                    f"  %{tag}ap{i} = getelementptr inbounds float, ptr %a, i64 %{tag}ak{i}",
+            out.append(f"  %{tag}ar{i} = add i64 %{tag}iv, {i}")
+            if trans_a:
+                out += [f"  %{tag}ao{i} = mul i64 %{tag}kv, %lda",
+                        f"  %{tag}ak{i} = add i64 %{tag}ao{i}, %{tag}ar{i}"]
+            else:
+                out += [f"  %{tag}ao{i} = mul i64 %{tag}ar{i}, %lda",
+                        f"  %{tag}ak{i} = add i64 %{tag}ao{i}, %{tag}kv"]
+            out += [f"  %{tag}ap{i} = getelementptr inbounds float, ptr %a, i64 %{tag}ak{i}",
                     f"  %{tag}as{i} = load float, ptr %{tag}ap{i}, align 4",
                     f"  %{tag}ai{i} = insertelement {f16} poison, float %{tag}as{i}, i64 0",
                     f"  %{tag}sp{i} = shufflevector {f16} %{tag}ai{i}, {f16} poison, "
@@ -132,8 +147,8 @@ def _ir(name, v, r, int_type):
 
 
 def _build():
-    """{1: fn, 2: fn, 4: fn}, by registers per row of a column block, compiled and checked;
-    or {}."""
+    """{1: fn, 2: fn, 4: fn}, by registers per row of a column block, and the same keyed
+    ("t", v) for A transposed, compiled and checked; or {}."""
     gemm = blas.sgemm()
     if gemm is None:
         return {}
@@ -144,16 +159,18 @@ def _build():
         if not llvm.get_host_cpu_features().get("avx512f", False):
             return {}
         int_type = "i64" if gemm.argtypes[3] is ctypes.c_int64 else "i32"
-        body = "\n".join(_ir(f"vgemm{v}", v, ROWS[v], int_type) for v in ROWS)
+        body = "\n".join([_ir(f"vgemm{v}", v, ROWS[v], int_type) for v in ROWS]
+                         + [_ir(f"vgemmt{v}", v, ROWS[v], int_type, True) for v in ROWS])
         engine = compile_ir("declare <16 x float> @llvm.fma.v16f32(<16 x float>, "
                             "<16 x float>, <16 x float>)\n" + body, "vgemm")
         fns = {}
-        for v in ROWS:
-            fn = ctypes.CFUNCTYPE(None, *gemm.argtypes)(engine.get_function_address(f"vgemm{v}"))
+        for trans_a, v in [(False, v) for v in ROWS] + [(True, v) for v in ROWS]:
+            name = f"vgemmt{v}" if trans_a else f"vgemm{v}"
+            fn = ctypes.CFUNCTYPE(None, *gemm.argtypes)(engine.get_function_address(name))
             fn.argtypes, fn.restype = gemm.argtypes, None
-            if not _checks(fn, 16 * v):
+            if not _checks(fn, 16 * v, trans_a):
                 return {}
-            fns[v] = fn
+            fns[("t", v) if trans_a else v] = fn
         _state["engine"] = engine           # the compiled code lives as long as the engine
         return fns
     except (ImportError, OSError, RuntimeError, AttributeError, TypeError, ValueError):
@@ -206,19 +223,20 @@ def compile_ir(text, tag):
     return engine
 
 
-def _checks(fn, width):
+def _checks(fn, width, trans_a=False):
     """Whether fn computes C = A @ B as np.matmul does on shapes that take every path (columns
     in blocks of `width`): rows in whole blocks and left over, one and more column blocks,
-    strided operands, and leaves C's other columns alone."""
+    strided operands, and leaves C's other columns alone. trans_a: A stored transposed."""
     rng = np.random.default_rng(0)
     for m, n, k in ((13, width, 5), (8, 2 * width, 16), (29, 4 * width, 33), (1, width, 1),
                     (7, width, 2), (15, width, 3)):
-        a = rng.standard_normal((m, k + 3)).astype(np.float32)
+        a = rng.standard_normal((k, m + 3) if trans_a else (m, k + 3)).astype(np.float32)
         b = rng.standard_normal((k, n + 16)).astype(np.float32)
         c = np.full((m, n + 5), np.nan, np.float32)
-        fn(101, 111, 111, m, n, k, 1.0, a.ctypes.data, k + 3, b.ctypes.data, n + 16, 0.0,
-           c.ctypes.data, n + 5)
-        if not (np.allclose(c[:, :n], a[:, :k] @ b[:, :n], rtol=1e-5, atol=1e-5)
+        fn(101, 112 if trans_a else 111, 111, m, n, k, 1.0, a.ctypes.data, a.shape[1],
+           b.ctypes.data, n + 16, 0.0, c.ctypes.data, n + 5)
+        a_mk = a[:, :m].T if trans_a else a[:, :k]
+        if not (np.allclose(c[:, :n], a_mk @ b[:, :n], rtol=1e-5, atol=1e-5)
                 and np.isnan(c[:, n:]).all()):
             return False
     return True

@@ -31,7 +31,7 @@ arrays even where their flag is 0. None as `input_pass()` is, or if its output d
 `winograd44_output`'s on a check. `s2_input_pass()` and `s2_output_pass()` are the same for
 the stride-2 scheme's 81 planes (a 9 x 9 window at stride 8; `winograd_s2_input` /
 `winograd_s2_output`, bit for bit). The vector kernels of `conv.winograd_block` and
-`conv.winograd_down` call them.
+`conv.winograd_down` call them, and so do `conv.winograd_f44`'s `rows` and `output`.
 """
 import ctypes
 import threading
@@ -347,7 +347,7 @@ def _build():
 
 
 def run(fn, x, ph, pw, t0, th, tw, out):
-    """fn (`input_pass()`) on x (c, H, W, D) into out (36, plane) from Python (tests)."""
+    """fn (`input_pass()`) on x (c, H, W, D) into out (36, plane) from Python."""
     fn(x.ctypes.data, x.shape[0], x.shape[1], x.shape[2], x.shape[3], ph, pw, t0, th, tw,
        out.ctypes.data, out.shape[1])
 
@@ -372,7 +372,7 @@ def _checks(fn):
 
 
 def run_output(fn, m, first, th, tw, out, bias, use_bias, relu, skip, use_skip):
-    """fn (`output_pass()`) on m (36, plane) into out (c, H', W', K) from Python (tests)."""
+    """fn (`output_pass()`) on m (36, plane) into out (c, H', W', K) from Python."""
     c, ho, wo, k = out.shape
     fn(m.ctypes.data, m.shape[1], first, th, tw, out.ctypes.data, c, ho, wo, k,
        bias.ctypes.data, int(use_bias), int(relu), skip.ctypes.data, int(use_skip))

@@ -41,7 +41,7 @@ import threading
 
 import numpy as np
 
-from slidenet.ops import compiled
+from slidenet.ops import compiled, stacked, vpass
 from slidenet.ops.conv import pair
 from slidenet.ops.conv.common import ConvCache, check_shapes, flipped, relu_masked, transformed
 from slidenet.ops.conv.im2col import conv_backward_im2col
@@ -236,9 +236,31 @@ def rows(fast, x, pad, first, th, tw, name):
     c, d = x.shape[0], x.shape[3]
     n = c * th * tw
     v = scratch(name, (36, n * d + LINE), x.dtype)
-    fast.winograd44_input(x, pad[0], pad[1], first, th, tw,
-                          scratch(name + "wide", (6, 4 * th + 2, tw * d), x.dtype), v)
+    fn = vpass.input_pass() if _vector(fast, d, x) else None
+    if fn is not None:
+        vpass.run(fn, x, pad[0], pad[1], first, th, tw, v)
+    else:
+        fast.winograd44_input(x, pad[0], pad[1], first, th, tw,
+                              scratch(name + "wide", (6, 4 * th + 2, tw * d), x.dtype), v)
     return v[:, :n * d].reshape(36, n, d)
+
+
+def _vector(fast, d, *arrays):
+    """Whether `ops.vpass`'s passes stand in for `fast`'s (the same bits, each tile's 16
+    channels in a register): the compiled passes, depth d a multiple of 16, float32
+    C-contiguous arrays."""
+    return fast is not NUMPY and d % 16 == 0 and all(
+        a.dtype == np.float32 and a.flags.c_contiguous for a in arrays)
+
+
+def output(fast, m, first, th, tw, out, bias, use_bias, relu, skip, use_skip):
+    """`fast.winograd44_output`'s arguments and pixels; `ops.vpass`'s output pass where it
+    stands in (`_vector`)."""
+    fn = vpass.output_pass() if _vector(fast, out.shape[3], m, out, bias, skip) else None
+    if fn is not None:
+        vpass.run_output(fn, m, first, th, tw, out, bias, use_bias, relu, skip, use_skip)
+    else:
+        fast.winograd44_output(m, first, th, tw, out, bias, use_bias, relu, skip, use_skip)
 
 
 def forward(x, filters, b, pad=(1, 1), relu=False, budget=None, skip=None, pool=False):
@@ -278,15 +300,14 @@ def forward(x, filters, b, pad=(1, 1), relu=False, budget=None, skip=None, pool=
         bt = band.stop - band.start
         v = rows(fast, x[sl], pad, band.start, bt, tw, "conv.w44v")
         prod = scratch("conv.w44m", (36, v.shape[1] * k + LINE), dtype)
-        np.matmul(v, filters, out=prod[:, :v.shape[1] * k].reshape(36, v.shape[1], k))
+        stacked.matmul(v, filters, prod[:, :v.shape[1] * k].reshape(36, v.shape[1], k))
         tall = scratch("conv.w44tall", (4, 6, tw * k), dtype)
         if pool:
             fast.winograd44_output_pool(prod, band.start, bt, tw, out[sl], bias, True, relu,
                                         tall, scratch("conv.w44row", (2, 4, tw * k), dtype))
             return
-        fast.winograd44_output(prod, band.start, bt, tw, out[sl], bias, True, relu,
-                               prod[:1, :1, None, None] if skip is None else skip[sl],
-                               skip is not None)
+        output(fast, prod, band.start, bt, tw, out[sl], bias, True, relu,
+               prod[:1, :1, None, None] if skip is None else skip[sl], skip is not None)
 
     per_row = 36 * tw * (d + k) * x.itemsize       # one row of tiles' GEMM rows and products
     if per_row * th > chunk_bytes() and th > 1:
@@ -361,7 +382,9 @@ class OneImage:
         out = empty(self.shape, x.dtype)
         fast.winograd44_input(x, self.pad[0], self.pad[1], 0, self.th, self.tw,
                               self.wide, self.v)
-        np.matmul(self.vm, filters, out=self.pm)
+        # With `pair` turned on, its helper's products are NumPy's own sgemm calls: the
+        # unpaired path then keeps np.matmul's bits, which the paired one matches.
+        (np.matmul if pair.enabled() else stacked.matmul)(self.vm, filters, self.pm)
         if self.pool:
             fast.winograd44_output_pool(self.prod, 0, self.th, self.tw, out, b, True, relu,
                                         self.tall, self.row)
@@ -471,12 +494,11 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False, skip=None):
         db_part = ones[:c * padded_out] @ gp.reshape(-1, k)     # the zero border adds nothing
         r = rows(fast, gp, (0, 0), 0, t, s, "conv.w2grows")
         prod = scratch("conv.w2m", (36, r.shape[1] * d), dx.dtype)
-        np.matmul(r, u_flip, out=prod.reshape(36, r.shape[1], d))
+        stacked.matmul(r, u_flip, prod.reshape(36, r.shape[1], d))
         # The unused skip is a stand-in of its rank, never dx itself (an output array that
         # might overlap an input makes numba's loop check for it and run scalar).
-        fast.winograd44_output(prod, 0, t, s, dx[sl], prod[0, :d], False, False,
-                               prod[:1, :1, None, None] if skip is None else skip[sl],
-                               skip is not None)
+        output(fast, prod, 0, t, s, dx[sl], prod[0, :d], False, False,
+               prod[:1, :1, None, None] if skip is None else skip[sl], skip is not None)
         xt = scratch("conv.w2x", (36, c, t, s, d), x.dtype)
         fast.winograd44_adjoint(x[sl], xt)
         if whole:
@@ -485,7 +507,7 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False, skip=None):
             every_x[:, tiles_of] = xt.reshape(36, c * t * s, d)
             return None, db_part
         part = empty((36, k, d), np.result_type(x, dout))       # recycled, as du
-        return np.matmul(r.transpose(0, 2, 1), xt.reshape(36, c * t * s, d), out=part), db_part
+        return stacked.matmul(r.transpose(0, 2, 1), xt.reshape(36, c * t * s, d), part), db_part
 
     hot = 36 * t * s * (k + 2 * d)                  # rows, products and adjoint(x)
     per_image = hot + padded_out * k
@@ -504,7 +526,7 @@ def conv_backward_winograd2d(dout, cache, need_dx=True, relu=False, skip=None):
                 du += du_part
         db += db_part
     if whole:
-        run_chunks(lambda ps: np.matmul(every_r[ps].transpose(0, 2, 1), every_x[ps], out=du[ps]),
+        run_chunks(lambda ps: stacked.matmul(every_r[ps].transpose(0, 2, 1), every_x[ps], du[ps]),
                    split(36, 36 * n * t * s * k * d))
     dw_flip = filter_grad(du)                       # (3, 3, K, D), contiguous: written fast
     dw = empty(w.shape, du.dtype)

@@ -49,6 +49,16 @@ def matmul(a, b, out):
     return out
 
 
+def gemm_of(a, b, out):
+    """The function `matmul(a, b, out)` calls for each product (cblas_sgemm's arguments), or None
+    where it runs `np.matmul`. `conv.pair` hands the same function to its helper thread, so that
+    one image's layer split over two threads gives the bits of one."""
+    call = _call(a, b, out)
+    if call is None or compiled.kernels() is None or _kernel() is None:
+        return None
+    return call[0]
+
+
 def _call(a, b, out):
     """`_products`' arguments for this stack, or None where the kernels do not apply."""
     if not (a.dtype == b.dtype == out.dtype == _F32 and a.ndim == b.ndim == out.ndim == 3):

@@ -57,7 +57,7 @@ import threading
 
 import numpy as np
 
-from slidenet.ops import blas, compiled, idle, runtime, vdirect
+from slidenet.ops import blas, compiled, idle, runtime, stacked, vdirect
 
 # Control array slots (int64).
 STATE, SLEEPING, TAKEN_BY_HELPER, ARRIVED, FUTEX, GEMM, GEMM_WIDE = 0, 1, 2, 3, 4, 5, 6
@@ -184,9 +184,14 @@ def _compile():
     from slidenet.ops.conv import pair_kernels
     kernels = pair_kernels.build(fast)
     # Where the kernels find the GEMM: its address, and whether its sizes are 64-bit integers.
-    kernels.gemm = (ctypes.cast(gemm, ctypes.c_void_p).value,
-                    int(gemm.argtypes[3] is ctypes.c_int64))
+    kernels.gemm = _address(gemm)
     return kernels
+
+
+def _address(gemm):
+    """Where the kernels find a GEMM (a ctypes function with cblas_sgemm's arguments): its
+    address, and whether its sizes are 64-bit integers."""
+    return ctypes.cast(gemm, ctypes.c_void_p).value, int(gemm.argtypes[3] is ctypes.c_int64)
 
 
 def _futex_number():
@@ -282,6 +287,8 @@ def winograd4_forward(x, w, b, pad, relu, filters):
                          bias.ctypes.data, 1, int(relu), out.ctypes.data, ho, wo, t,
                          buffers.ctypes.data, buffers.ctypes.data + 6 * t * wo * fw * d * 4,
                          t // 2 + t % 2], np.int64)     # the caller's tiles: the larger half
+        ctl = _state["ctl"]
+        ctl[GEMM], ctl[GEMM_WIDE] = kernels.gemm    # the unpaired F(4, 3)'s: np.matmul's
         _run(kernels.paired, task)
         return out
     finally:
@@ -336,6 +343,11 @@ def winograd44_forward(layer, x, filters, b, relu):
         out = runtime.empty(layer.shape, np.float32)
         task = layer.pair_task()
         task[18] = relu
+        # The products' GEMM is the one the unpaired layer's `stacked.matmul` calls (vgemm's
+        # where it applies), so both threads' products are its bits.
+        gemm = stacked.gemm_of(layer.vm, filters, layer.pm)
+        ctl = _state["ctl"]
+        ctl[GEMM], ctl[GEMM_WIDE] = kernels.gemm if gemm is None else _address(gemm)
         _run(kernels.paired44, task, x, out, filters, b)
         return out
     finally:

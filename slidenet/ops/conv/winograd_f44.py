@@ -382,9 +382,8 @@ class OneImage:
         out = empty(self.shape, x.dtype)
         fast.winograd44_input(x, self.pad[0], self.pad[1], 0, self.th, self.tw,
                               self.wide, self.v)
-        # With `pair` turned on, its helper's products are NumPy's own sgemm calls: the
-        # unpaired path then keeps np.matmul's bits, which the paired one matches.
-        (np.matmul if pair.enabled() else stacked.matmul)(self.vm, filters, self.pm)
+        # `pair` gives its threads the GEMM that stacked.matmul calls here: the same bits.
+        stacked.matmul(self.vm, filters, self.pm)
         if self.pool:
             fast.winograd44_output_pool(self.prod, 0, self.th, self.tw, out, b, True, relu,
                                         self.tall, self.row)

@@ -190,3 +190,33 @@ def test_a_forced_older_blas_kernel_on_an_avx512_cpu_is_named():
     assert blas_kernel_warning("Haswell", {}, ["avx512f"]) is None          # OpenBLAS chose
     assert blas_kernel_warning("Haswell", forced, ["avx2"]) is None         # no AVX-512 here
     assert blas_kernel_warning("SkylakeX", {"OPENBLAS_CORETYPE": "SkylakeX"}, ["avx512f"]) is None
+
+
+def test_warm_up_calls_until_its_time_has_passed(monkeypatch):
+    """At least one call, then calls until WARM_SECONDS have passed on the clock, at most
+    WARM_CALLS: a fake clock that moves 0.1 s a call stops it after 3 calls at 0.25 s."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["now"])
+    calls = []
+
+    def call():
+        calls.append(1)
+        clock["now"] += 0.1
+
+    bench.warm_up(call)
+    assert len(calls) == 3
+    calls.clear()
+    monkeypatch.setattr(bench, "WARM_SECONDS", 10.0)
+    monkeypatch.setattr(bench, "WARM_CALLS", 7)
+    bench.warm_up(call)
+    assert len(calls) == 7
+    calls.clear()
+    monkeypatch.setattr(bench, "WARM_SECONDS", 0.0)
+    bench.warm_up(call)
+    assert len(calls) == 1
+
+
+def test_scaling_times_as_many_small_batches_a_round_as_the_latency_does():
+    from slidenet.bench.scaling import calls_per_round
+    settings = bench.Settings(steps=3, latency_calls=100)
+    assert [calls_per_round(settings, b) for b in (1, 8, 64, 256)] == [100, 12, 3, 3]

@@ -26,6 +26,7 @@ library), `report` (the text tables); this one runs it all.
 import json
 import subprocess
 import sys
+import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
@@ -55,6 +56,12 @@ RES18 = " -> ".join(["INPUT(32x32x3) -> CONV(16) -> BN -> RELU", _BLOCK.format(k
                      _BLOCK.format(k=16)]
                     + [f"{_DOWN.format(k=k)} -> {_BLOCK.format(k=k)}" for k in (32, 64, 128)]
                     + ["GLOBALAVGPOOL -> FC(10)"])
+# Each library's warm-up before its timed rounds: calls until this many seconds have passed. A
+# process's first few calls run slower (caches, page tables, the core's clock rising after
+# idling): one call was not enough to reach the steady state for a one-image prediction.
+WARM_SECONDS = 0.25
+WARM_CALLS = 1000
+
 NETS = {"r1": R1, "fashion": FASHION, "res18": RES18}
 
 __all__ = ["FASHION", "NETS", "R1", "RES18", "Settings", "report", "run"]
@@ -92,13 +99,23 @@ class Settings:
         return (lambda: runtime.workers(self.threads)) if self.threads else nullcontext
 
 
+def warm_up(call):
+    """call() at least once, and again until WARM_SECONDS have passed (at most WARM_CALLS
+    times): buffers, caches, thread pools and the core's clock in their steady state."""
+    start = time.perf_counter()
+    for _ in range(WARM_CALLS):
+        call()
+        if time.perf_counter() - start >= WARM_SECONDS:
+            break
+
+
 def _alternate(runners, method, settings, contexts, calls=None):
     """Seconds per call of `method` for each runner, alternating them round by round: the
     median over the rounds, and the spread (the fastest and slowest round)."""
     calls = calls or settings.steps
     for runner in runners:
         with contexts[runner.name]():
-            getattr(runner, method)()       # warm up: buffers, caches, thread pools
+            warm_up(getattr(runner, method))
     spent = {runner.name: [] for runner in runners}
     for _ in range(settings.rounds):
         for runner in runners:

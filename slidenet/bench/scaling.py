@@ -35,9 +35,11 @@ def measure(pattern, settings, batch, infer_batch, memory=True):
     with runtime.workers(settings.thread_count()):
         trainers[0].train_step()            # numba's first compile, outside the timing
     with BusyCores(settings.busy):
-        row = {"train": _speeds(_alternate(trainers, "train_step", settings, contexts), batch,
+        row = {"train": _speeds(_alternate(trainers, "train_step", settings, contexts,
+                                           calls_per_round(settings, batch)), batch,
                                 work[0] * batch, 1.0),
-               "infer": _speeds(_alternate(inferers, "infer", settings, contexts), infer_batch,
+               "infer": _speeds(_alternate(inferers, "infer", settings, contexts,
+                                           calls_per_round(settings, infer_batch)), infer_batch,
                                 work[1] * infer_batch, 1.0)}
     if memory:
         row["memory"] = {r.name: peak_memory(r.name, pattern, settings, batch=batch)
@@ -46,6 +48,14 @@ def measure(pattern, settings, batch, infer_batch, memory=True):
             row["memory"]["onnxruntime"] = peak_memory("onnxruntime", pattern, settings,
                                                        mode="infer", batch=infer_batch)
     return row
+
+
+def calls_per_round(settings, batch):
+    """Calls timed per round at this batch: `--steps`, and for small batches as many as make
+    `--latency-calls` images (100 by default, as `slidenet bench` times one image), so that a
+    round of one-image calls is not a millisecond dominated by the switch from another
+    library's round (its threads still spinning, its data in the caches)."""
+    return max(settings.steps, settings.latency_calls // batch)
 
 
 TABLES = {"batch": BATCHES, "size": SIZES, "threads": THREADS}

@@ -186,7 +186,7 @@ def test_res18_like_training_equals_the_im2col_path(monkeypatch):
 def test_the_plane_products_on_512_bit_registers_agree_with_numpys(monkeypatch):
     """Where `vgemm` runs (float32, 16 x j columns, AVX-512), the forward's and dV's products
     go through it; the results equal NumPy's matmul path to float32 rounding."""
-    from slidenet.ops import vgemm
+    from slidenet.ops import stacked, vgemm
     if vgemm.sgemm(32) is None or vgemm.sgemm(16) is None:
         pytest.skip("no vgemm on this host (llvmlite, AVX-512F)")
     x, wt, b = conv3x3_arrays(RNG, 4, 32, 32, 16, 32, "float32")
@@ -199,9 +199,18 @@ def test_the_plane_products_on_512_bit_registers_agree_with_numpys(monkeypatch):
         used.append(1)
         return real(*args)
     monkeypatch.setattr(winograd_s2_train, "plane_products", counted)
+    # dU = V^T dM through `stacked`, which must find vgemm's transposed kernel for it.
+    transposed = []
+    real_matmul = stacked.matmul
+
+    def spied(a, b, out):
+        transposed.append(stacked.gemm_of(a, b, out) is vgemm.sgemm_t(b.shape[2]))
+        return real_matmul(a, b, out)
+    monkeypatch.setattr(stacked, "matmul", spied)
     out, cache = winograd_s2_train.forward(x, wt, b, (1, 1), (0, 0))
     fast = [out.copy()] + [g.copy() for g in winograd_s2_train.backward(dout, cache, skip=skip)]
     assert len(used) >= 2
+    assert transposed and all(transposed)
     monkeypatch.setattr(winograd_s2_train, "_vector_gemm", lambda *args: None)
     out, cache = winograd_s2_train.forward(x, wt, b, (1, 1), (0, 0))
     slow = [out] + list(winograd_s2_train.backward(dout, cache, skip=skip))

@@ -36,7 +36,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from slidenet.ops import compiled, vgemm
+from slidenet.ops import compiled, stacked, vgemm
 from slidenet.ops.conv import winograd_s2
 from slidenet.ops.conv.common import check_shapes, relu_masked, transformed
 from slidenet.ops.runtime import batch_chunks, empty, run_chunks, scratch
@@ -157,7 +157,9 @@ def backward(dout, cache, need_dx=True, relu=False, skip=None):
         fast.s2_output_adjoint(g, th, tw, dm)
         dm3 = dm[:, :rows * k].reshape(81, rows, k)
         v = cache.kept[i]
-        du = np.matmul(v[:, :rows * d].reshape(81, rows, d).transpose(0, 2, 1), dm3)
+        # dU = V^T dM: A read transposed, which `stacked` runs on vgemm's transposed kernel.
+        du = stacked.matmul(v[:, :rows * d].reshape(81, rows, d).transpose(0, 2, 1), dm3,
+                            np.empty((81, d, k), dtype))
         g2 = g.reshape(-1, k)
         db = np.ones(g2.shape[0], dtype) @ g2
         if need_dx:

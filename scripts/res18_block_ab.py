@@ -16,14 +16,11 @@ ms per `--batch` images on one worker, min of 7 runs of 5 calls, twice each alte
 last two sizes are timed past `applies`, which refuses them: the reason is in the numbers).
 """
 import argparse
-import statistics
-import time
 
 import numpy as np
 
-from res18_down_ab import timed             # this folder's scripts: the same timing and
-from res18_infer import trained_looking     # trained-looking net
-from slidenet.bench import RES18
+from res18_down_ab import timed                 # this folder's scripts: the same timing,
+from res18_infer import switched_forwards      # and res18's forwards under two settings
 from slidenet.ops import runtime
 from slidenet.ops.conv import dispatch, winograd_block
 
@@ -62,32 +59,13 @@ def main():
     args = parser.parse_args()
     if args.stages:
         return stages(args.batch)
-    plan = trained_looking(RES18).prepare()
-    x = np.random.default_rng(1).standard_normal((args.batch, 32, 32, 3)).astype(np.float32)
     applies = winograd_block.applies
     refuse = lambda *a: False                   # noqa: E731: the plan's two calls a block
-    times = {"block": ([], []), "two calls": ([], [])}
-    with runtime.workers(args.workers):
-        scores = {}
-        for name, fn in (("block", applies), ("two calls", refuse)):
-            winograd_block.applies = fn
-            scores[name] = plan.forward(x).copy()
-        for r in range(args.rounds):
-            order = ("block", "two calls") if r % 2 == 0 else ("two calls", "block")
-            for name in order:
-                winograd_block.applies = applies if name == "block" else refuse
-                cpu, wall = time.process_time(), time.perf_counter()
-                for _ in range(args.calls):
-                    plan.forward(x)
-                times[name][0].append((time.process_time() - cpu) / args.calls * 1e3)
-                times[name][1].append((time.perf_counter() - wall) / args.calls * 1e3)
-    winograd_block.applies = applies
-    diff = np.abs(scores["block"] - scores["two calls"]).max() / np.abs(scores["block"]).max()
-    print(f"batch {args.batch}, {args.workers} worker(s), {args.rounds} rounds of "
-          f"{args.calls}; scores agree to {diff:.1e} of the largest")
-    for name, (cpu, wall) in times.items():
-        print(f"{name}: CPU ms {min(cpu):.2f} (median {statistics.median(cpu):.2f}), "
-              f"wall ms {min(wall):.2f} (median {statistics.median(wall):.2f})")
+
+    def switch(block):
+        winograd_block.applies = applies if block else refuse
+    switched_forwards(args.batch, args.workers, args.rounds, args.calls, ("block", "two calls"),
+                      switch)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from slidenet.bench.machine import OtherLoad
 from slidenet.data import Normalizer
 from slidenet.model import save
 from slidenet.net import Net
+from slidenet.ops import runtime
 
 
 def trained_looking(pattern, seed=0):
@@ -48,6 +49,37 @@ def trained_looking(pattern, seed=0):
         b[...] = (rng.uniform(0.5, 2, b.shape) if name.endswith("var")
                   else rng.normal(0, 0.3, b.shape))
     return net
+
+
+def switched_forwards(batch, workers, rounds, calls, names, switch):
+    """res18's prepared forward of `batch` images under two settings, alternating round by
+    round: switch(True) gives names[0]'s, switch(False) names[1]'s. Prints how far the scores
+    differ and each setting's CPU and wall ms a forward (min and median of the rounds); leaves
+    names[0]'s setting on."""
+    plan = trained_looking(RES18).prepare()
+    x = np.random.default_rng(1).standard_normal((batch, 32, 32, 3)).astype(np.float32)
+    times = {name: ([], []) for name in names}
+    with runtime.workers(workers):
+        scores = {}
+        for name in names:
+            switch(name == names[0])
+            scores[name] = plan.forward(x).copy()
+        for r in range(rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                switch(name == names[0])
+                cpu, wall = time.process_time(), time.perf_counter()
+                for _ in range(calls):
+                    plan.forward(x)
+                times[name][0].append((time.process_time() - cpu) / calls * 1e3)
+                times[name][1].append((time.perf_counter() - wall) / calls * 1e3)
+    switch(True)
+    first, second = (scores[name] for name in names)
+    diff = np.abs(first - second).max() / np.abs(second).max()
+    print(f"batch {batch}, {workers} worker(s), {rounds} rounds of {calls}; scores agree to "
+          f"{diff:.1e} of the largest")
+    for name, (cpu, wall) in times.items():
+        print(f"{name}: CPU ms {min(cpu):.2f} (median {statistics.median(cpu):.2f}), "
+              f"wall ms {min(wall):.2f} (median {statistics.median(wall):.2f})")
 
 
 def per_second(fn, images, calls):

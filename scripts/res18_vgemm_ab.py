@@ -17,14 +17,11 @@ kernels apply, else two or three), random weights, `--batch` images, one worker,
 of 7 runs of 5 calls, alternating twice.
 """
 import argparse
-import statistics
-import time
 
 import numpy as np
 
-from res18_down_ab import timed             # this folder's scripts: the same timing and
-from res18_infer import trained_looking     # trained-looking net
-from slidenet.bench import RES18
+from res18_down_ab import timed                 # this folder's scripts: the same timing,
+from res18_infer import switched_forwards      # and res18's forwards under two settings
 from slidenet.ops import runtime, vgemm, vpass
 from slidenet.ops.conv import dispatch, winograd_block, winograd_down
 
@@ -120,31 +117,9 @@ def main():
         raise SystemExit("vgemm is not available here (no llvmlite or no AVX-512F)")
     if args.stages:
         return stages(args.batch)
-    plan = trained_looking(RES18).prepare()
-    x = np.random.default_rng(1).standard_normal((args.batch, 32, 32, 3)).astype(np.float32)
     names = ("vpass", "numba passes") if args.passes else ("vgemm", "blas")
-    switch = use_passes if args.passes else use
-    times = {name: ([], []) for name in names}
-    with runtime.workers(args.workers):
-        scores = {}
-        for name in times:
-            switch(name == names[0])
-            scores[name] = plan.forward(x).copy()
-        for r in range(args.rounds):
-            for name in (names if r % 2 == 0 else names[::-1]):
-                switch(name == names[0])
-                cpu, wall = time.process_time(), time.perf_counter()
-                for _ in range(args.calls):
-                    plan.forward(x)
-                times[name][0].append((time.process_time() - cpu) / args.calls * 1e3)
-                times[name][1].append((time.perf_counter() - wall) / args.calls * 1e3)
-    switch(True)
-    diff = np.abs(scores[names[0]] - scores[names[1]]).max() / np.abs(scores[names[1]]).max()
-    print(f"batch {args.batch}, {args.workers} worker(s), {args.rounds} rounds of "
-          f"{args.calls}; scores agree to {diff:.1e} of the largest")
-    for name, (cpu, wall) in times.items():
-        print(f"{name}: CPU ms {min(cpu):.2f} (median {statistics.median(cpu):.2f}), "
-              f"wall ms {min(wall):.2f} (median {statistics.median(wall):.2f})")
+    switched_forwards(args.batch, args.workers, args.rounds, args.calls, names,
+                      use_passes if args.passes else use)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ fashion: $(STAMP)
 # label smoothing, aimed at 94.5% in 30 minutes on 2 cores (docs/training.md has the runs).
 fashion-best: $(STAMP)
 	test -d /usr/share/datasets/fashion-mnist || apt-get install -y dataset-fashion-mnist
-	$(VENV)/bin/slidenet train --data fashion-mnist --pattern 'INPUT(28x28x1) -> [CONV(32) -> BATCHNORM -> RELU]*2 -> POOL -> [CONV(64) -> BATCHNORM -> RELU]*2 -> POOL -> FC(256) -> RELU -> DROPOUT(0.3) -> FC(10)' --epochs 48 --batch-size 128 --lr 2e-3 --flip --erase 0.25 --label-smoothing 0.1 --out runs/fashion-best
+	$(VENV)/bin/slidenet train --data fashion-mnist --pattern 'INPUT(28x28x1) -> [CONV(32) -> BATCHNORM -> RELU]*2 -> POOL -> [CONV(64) -> BATCHNORM -> RELU]*2 -> POOL -> FC(256) -> RELU -> DROPOUT(0.3) -> FC(10)' --epochs 64 --batch-size 128 --lr 2e-3 --flip --erase 0.25 --label-smoothing 0.1 --out runs/fashion-best
 	$(VENV)/bin/slidenet eval runs/fashion-best/best.npz
 
 # The browser tests of `slidenet serve` drive Debian's chromium (Playwright's own browser builds
